@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs everything m2msec and its tests need: the Debian packages of the real TLS peers and the
+# C baseline (openssl, gnutls-bin, libssl-dev, gcc) and a virtualenv in .venv with the package and its
+# dev extras. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+need=""
+for pkg in openssl gnutls-bin libssl-dev gcc; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"
+done
+if [ -n "$need" ]; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $need
+fi
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+echo "m2msec installed in .venv: run 'bash scripts/test.sh' to test, '.venv/bin/m2msec demo' to try it."

@@ -1,0 +1,93 @@
+"""``m2msec gateway``: Entity B of the Provisioned Symmetric Key SAEF in front of a oneM2M CSE."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from m2msec.errors import ConfigurationError
+from m2msec.gateway.rules import UnboundPolicy
+from m2msec.gateway.server import Gateway, GatewayConfig, parse_backend
+from m2msec.keys.table import PSKTable, TomlPSKTable
+from m2msec.tls.profiles import parse_profiles
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "gateway", help="terminate TLS-PSK and forward oneM2M HTTP requests to a CSE"
+    )
+    p.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT", help="default 127.0.0.1:8443")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--psk-table", type=Path, metavar="FILE", help="TOML PSK table (reloaded on change)")
+    src.add_argument("--db", type=Path, metavar="FILE", help="SQLite key store (see 'm2msec keys')")
+    p.add_argument("--master-key-file", type=Path, help="master key of --db (default DB.key)")
+    p.add_argument("--backend", required=True, metavar="URL", help="the CSE's HTTP binding, http://HOST:PORT[/prefix]")
+    p.add_argument("--profiles", default="onem2m,ecdhe-psk,tls13",
+                   help="cipher profiles in preference order (onem2m, psk, dhe-psk, ecdhe-psk, rsa-psk, tls13)")
+    p.add_argument("--identity-hint", help="PSK identity hint (RFC 4279 §5.1)")
+    p.add_argument("--unbound", choices=[x.value for x in UnboundPolicy], default="reject",
+                   help="requests on an SA whose identity has no bound AE-ID/CSE-ID: reject with 4106 (default) "
+                   "or forward with the Credential-ID header")
+    p.add_argument("--cert", type=Path, help="server certificate (PEM), for the rsa-psk profile")
+    p.add_argument("--key", type=Path, help="server private key (PEM), for the rsa-psk profile")
+    p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--quiet", action="store_const", dest="log_level", const=logging.WARNING,
+                   default=logging.INFO, help="log warnings only")
+    p.set_defaults(func=run)
+
+
+def _read(path: Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read {what}: {exc.strerror}") from None
+
+
+async def run(args: argparse.Namespace) -> int:
+    from m2msec.cli.main import parse_hostport
+
+    host, port = parse_hostport(args.listen)
+    table: PSKTable
+    if args.psk_table is not None:
+        table = TomlPSKTable(args.psk_table)
+    else:
+        from m2msec.keys.sqlite_store import SQLitePSKStore
+
+        if not args.db.exists():
+            raise ConfigurationError(f"{args.db}: no such key store (create it with 'm2msec keys add')")
+        table = SQLitePSKStore(args.db, master_key_file=args.master_key_file)
+    if args.handshake_timeout <= 0:
+        raise ConfigurationError("--handshake-timeout must be positive")
+    config = GatewayConfig(
+        backend=parse_backend(args.backend),
+        host=host,
+        port=port,
+        profiles=parse_profiles(args.profiles),
+        identity_hint=args.identity_hint,
+        unbound_policy=UnboundPolicy(args.unbound),
+        handshake_timeout=args.handshake_timeout,
+        certificate_pem=_read(args.cert, "certificate"),
+        private_key_pem=_read(args.key, "private key"),
+    )
+    gateway = Gateway(config, table)
+    await gateway.start()
+    print(f"m2msec gateway on {host}:{gateway.port} -> {config.backend}", flush=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    serving = asyncio.create_task(gateway.serve_forever())
+    await stop.wait()
+    serving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await serving
+    await gateway.close()
+    return 0

@@ -1,0 +1,89 @@
+"""``m2msec request``: Entity A of the Provisioned Symmetric Key SAEF (TS-0003 §8.2.2.1).
+
+Establishes the SA with (KpsaID, Kpsa), associates it with IdB (``--entity-id``), sends one oneM2M
+HTTP request inside it and prints the response.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from m2msec.errors import ConfigurationError, TLSError
+from m2msec.gateway import http
+from m2msec.saef import PSKCredentials, establish_sa
+from m2msec.tls.profiles import parse_profiles
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("request", help="send one oneM2M HTTP request over TLS-PSK")
+    p.add_argument("--connect", required=True, metavar="HOST:PORT")
+    p.add_argument("--identity", required=True, help="psk_identity (KpsaID)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--key-file", help="file holding the key in hex")
+    src.add_argument("--key-env", help="environment variable holding the key in hex")
+    p.add_argument("--entity-id", help="IdB: the CSE-ID of Entity B the SA is associated with")
+    p.add_argument("--server-name", help="SNI host name (TS-0003 §10.2.1)")
+    p.add_argument("--profiles", default="onem2m", help="cipher profiles to offer (default onem2m)")
+    p.add_argument("--origin", help="X-M2M-Origin (From)")
+    p.add_argument("-X", "--method", default="GET")
+    p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'")
+    p.add_argument("--data", help="request body; @FILE reads a file")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("target", help="request target, e.g. /mn-cse-123456")
+    p.set_defaults(func=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    from m2msec.cli.main import parse_hostport, read_key
+
+    host, port = parse_hostport(args.connect)
+    creds = PSKCredentials(
+        kpsa_id=args.identity,
+        kpsa=read_key(args.key_file, args.key_env),
+        peer_entity=args.entity_id,
+        profiles=parse_profiles(args.profiles),
+    )
+    headers: list[tuple[str, str]] = [("host", args.server_name or host)]
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise ConfigurationError(f"header {item!r} is not 'NAME: VALUE'")
+        headers.append((name.strip().lower(), value.strip()))
+    if args.origin:
+        headers.append(("x-m2m-origin", args.origin))
+    if not any(k == "x-m2m-ri" for k, _ in headers):
+        headers.append(("x-m2m-ri", secrets.token_hex(8)))
+    if not any(k == "x-m2m-rvi" for k, _ in headers):
+        headers.append(("x-m2m-rvi", "3"))
+    body = b""
+    if args.data is not None:
+        if args.data.startswith("@"):
+            try:
+                body = Path(args.data[1:]).read_bytes()
+            except OSError as exc:
+                raise ConfigurationError(f"{args.data[1:]}: {exc.strerror}") from None
+        else:
+            body = args.data.encode()
+    sa = await establish_sa(host, port, creds, server_name=args.server_name, timeout=args.timeout)
+    try:
+        print(f"* SA with {sa.session.entity or host}: {sa.session.version} {sa.session.cipher}",
+              file=sys.stderr)
+        try:
+            resp = await sa.request(http.Message(headers=headers, body=body, method=args.method.upper(),
+                                                 target=args.target), timeout=args.timeout)
+        except (http.HTTPError, TimeoutError, ConnectionError) as exc:
+            raise TLSError(f"no valid HTTP response: {exc or type(exc).__name__}") from None
+    finally:
+        await sa.close()
+    print(f"HTTP {resp.status} {resp.reason}")
+    for k, v in resp.headers:
+        print(f"{k}: {v}")
+    print()
+    sys.stdout.write(resp.body.decode("utf-8", "replace"))
+    if resp.body and not resp.body.endswith(b"\n"):
+        print()
+    return 0

@@ -1,0 +1,148 @@
+"""Minimal HTTP/1.1 message exchange over asyncio streams (h11), for the gateway and the client.
+
+Only whole messages with bounded bodies: the oneM2M HTTP binding (TS-0009) carries small
+primitives, and a bound keeps a misbehaving peer from exhausting memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import h11
+
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "HTTPError",
+    "Message",
+    "read_message",
+    "request",
+    "send_message",
+]
+
+#: largest request or response body accepted (bytes)
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+_READ = 65536
+
+
+class HTTPError(Exception):
+    """The peer sent something that is not acceptable HTTP/1.1, or closed mid-message."""
+
+    def __init__(self, message: str, *, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.too_large = too_large
+
+
+@dataclass
+class Message:
+    """A request (``method``/``target`` set) or a response (``status`` set), with its body."""
+
+    headers: list[tuple[str, str]]
+    body: bytes = field(default=b"", repr=False)
+    method: str = ""
+    target: str = ""
+    status: int = 0
+    reason: str = ""
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise HTTPError(f"malformed HTTP: {exc}") from None
+        if event is h11.NEED_DATA:
+            data = await reader.read(_READ)
+            conn.receive_data(data)  # b"" = EOF
+            continue
+        return event
+
+
+async def read_message(
+    conn: h11.Connection, reader: asyncio.StreamReader, *, max_body: int = DEFAULT_MAX_BODY
+) -> Message | None:
+    """Read one whole message. Returns None when the peer closed cleanly between messages."""
+    event = await _next_event(conn, reader)
+    if isinstance(event, h11.ConnectionClosed):
+        return None
+    if isinstance(event, h11.Request):
+        msg = Message(
+            headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers],
+            method=event.method.decode("ascii"),
+            target=event.target.decode("latin-1"),
+        )
+    elif isinstance(event, h11.Response):
+        msg = Message(
+            headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers],
+            status=event.status_code,
+            reason=event.reason.decode("latin-1"),
+        )
+    else:
+        raise HTTPError(f"unexpected HTTP event {type(event).__name__}")
+    declared = msg.header("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_body:
+        raise HTTPError(f"body of {declared} bytes exceeds the {max_body}-byte limit", too_large=True)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        event = await _next_event(conn, reader)
+        if isinstance(event, h11.Data):
+            size += len(event.data)
+            if size > max_body:
+                raise HTTPError(f"body exceeds the {max_body}-byte limit", too_large=True)
+            chunks.append(bytes(event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            break
+        elif isinstance(event, h11.ConnectionClosed):
+            raise HTTPError("connection closed in the middle of a message")
+        else:
+            raise HTTPError(f"unexpected HTTP event {type(event).__name__}")
+    msg.body = b"".join(chunks)
+    return msg
+
+
+def _encode_headers(headers: list[tuple[str, str]], body: bytes) -> list[tuple[bytes, bytes]]:
+    out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers if k.lower() != "content-length"]
+    out.append((b"content-length", str(len(body)).encode()))
+    return out
+
+
+async def send_message(conn: h11.Connection, writer: asyncio.StreamWriter, msg: Message) -> None:
+    """Send one whole message (content-length set from the body)."""
+    headers = _encode_headers(msg.headers, msg.body)
+    if msg.method:
+        head: h11.Request | h11.Response = h11.Request(method=msg.method, target=msg.target, headers=headers)
+    else:
+        head = h11.Response(status_code=msg.status, headers=headers, reason=msg.reason.encode("latin-1"))
+    try:
+        data = conn.send(head) or b""
+        if msg.body:
+            data += conn.send(h11.Data(data=msg.body)) or b""
+        data += conn.send(h11.EndOfMessage()) or b""
+    except h11.LocalProtocolError as exc:
+        raise HTTPError(f"cannot send this message: {exc}") from None
+    writer.write(data)
+    await writer.drain()
+
+
+async def request(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    msg: Message,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+) -> Message:
+    """One request/response exchange on a fresh connection."""
+    conn = h11.Connection(h11.CLIENT)
+    await send_message(conn, writer, msg)
+    response = await read_message(conn, reader, max_body=max_body)
+    if response is None:
+        raise HTTPError("connection closed before a response")
+    return response

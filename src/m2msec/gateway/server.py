@@ -1,0 +1,260 @@
+"""The TLS-PSK gateway: Entity B of the Provisioned Symmetric Key SAEF in front of a oneM2M CSE.
+
+It terminates TLS-PSK (HTTP binding, TS-0009) with the engine, associates each SA with an identity
+(:mod:`m2msec.gateway.rules`), refuses requests whose ``X-M2M-Origin`` does not match it (4106,
+TS-0003 §7.2.1) and forwards the others to the CSE at ``backend`` over loopback HTTP, adding the
+identity headers (:data:`~m2msec.gateway.rules.IDENTITY_HEADERS`).
+
+A TOML PSK table is polled for changes and reloaded without dropping live connections; an SQLite
+store is read per handshake, so changes there are visible at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import urllib.parse
+from dataclasses import dataclass, field
+
+import h11
+
+from m2msec.errors import (
+    BadRequest,
+    ConfigurationError,
+    CredentialsLoadError,
+    OneM2MError,
+    TargetNotReachable,
+)
+from m2msec.gateway import http
+from m2msec.gateway.rules import (
+    HEADER_CREDENTIAL_ID,
+    HEADER_PSK_IDENTITY,
+    HEADER_SA_IDENTITY,
+    IDENTITY_HEADERS,
+    CredentialResolver,
+    SecurityAssociation,
+    UnboundPolicy,
+    associate,
+    check_originator,
+)
+from m2msec.keys.table import PSKTable, TomlPSKTable
+from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, ServerConfig, SessionInfo, TLSContext
+from m2msec.tls.profiles import CipherProfile
+from m2msec.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, start_stream_server
+
+__all__ = ["Backend", "Gateway", "GatewayConfig", "parse_backend"]
+
+log = logging.getLogger("m2msec.gateway")
+
+#: RFC 9110 §7.6.1 hop-by-hop headers, never forwarded
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+     "transfer-encoding", "upgrade", "host", "content-length"}
+)
+
+
+@dataclass(frozen=True)
+class Backend:
+    host: str
+    port: int
+    path_prefix: str = ""
+
+    def __str__(self) -> str:
+        return f"http://{self.host}:{self.port}{self.path_prefix}"
+
+
+def parse_backend(url: str) -> Backend:
+    """Parse ``http://HOST:PORT[/prefix]`` (the CSE's HTTP binding; plain HTTP, loopback expected)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigurationError(f"backend must be an http://HOST:PORT URL, not {url!r}")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise ConfigurationError(f"backend URL {url!r} has an invalid port") from None
+    if parts.query or parts.fragment:
+        raise ConfigurationError("backend URL must not have a query or fragment")
+    return Backend(parts.hostname, port, parts.path.rstrip("/"))
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    backend: Backend
+    host: str = "127.0.0.1"
+    port: int = 8443
+    profiles: tuple[CipherProfile, ...] = DEFAULT_SERVER_PROFILES
+    identity_hint: str | None = None
+    unbound_policy: UnboundPolicy = UnboundPolicy.REJECT
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    idle_timeout: float = 60.0
+    backend_timeout: float = 30.0
+    max_body: int = http.DEFAULT_MAX_BODY
+    reload_interval: float = 1.0
+    certificate_pem: bytes | None = None
+    private_key_pem: bytes | None = field(default=None, repr=False)
+
+
+def _onem2m_error_response(exc: OneM2MError, request_id: str | None) -> http.Message:
+    headers = [("content-type", "application/json"), ("x-m2m-rsc", str(exc.rsc))]
+    if request_id:
+        headers.append(("x-m2m-ri", request_id))
+    body = json.dumps({"m2m:dbg": exc.detail}).encode()
+    return http.Message(headers=headers, body=body, status=exc.http_status)
+
+
+class Gateway:
+    """Serve TLS-PSK on ``config.host:config.port`` in front of ``config.backend``."""
+
+    def __init__(
+        self, config: GatewayConfig, table: PSKTable, *, resolver: CredentialResolver | None = None
+    ) -> None:
+        self.config = config
+        self.table = table
+        self.resolver = resolver
+        self.context = TLSContext.server(
+            ServerConfig(
+                psk_lookup=table.lookup,
+                profiles=config.profiles,
+                identity_hint=config.identity_hint,
+                certificate_pem=config.certificate_pem,
+                private_key_pem=config.private_key_pem,
+            )
+        )
+        self._server: asyncio.Server | None = None
+        self._reloader: asyncio.Task[None] | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "gateway not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        try:
+            self._server = await start_stream_server(
+                self._handle, self.config.host, self.config.port, self.context,
+                handshake_timeout=self.config.handshake_timeout,
+            )
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}"
+            ) from None
+        if isinstance(self.table, TomlPSKTable):
+            self._reloader = asyncio.create_task(self._watch_table(self.table))
+        log.info("gateway listening on %s:%d, backend %s", self.config.host, self.port, self.config.backend)
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        if self._reloader is not None:
+            self._reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reloader
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._clients):
+                task.cancel()
+            await self._server.wait_closed()
+
+    async def _watch_table(self, table: TomlPSKTable) -> None:
+        while True:
+            await asyncio.sleep(self.config.reload_interval)
+            if not table.changed():
+                continue
+            try:
+                await asyncio.to_thread(table.reload_if_changed)
+            except CredentialsLoadError as exc:
+                log.error("PSK table not reloaded, previous table stays in use: %s", exc)
+
+    # -- per connection
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
+        session: SessionInfo = writer.get_extra_info("m2msec_session")
+        peer = writer.get_extra_info("peername")
+        sa = associate(session, self.resolver)
+        log.info("SA established with %s: psk_identity=%r associated=%r cipher=%s %s",
+                 peer, sa.psk_identity, sa.identity, session.cipher, session.version)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
+        try:
+            while True:
+                try:
+                    req = await asyncio.wait_for(
+                        http.read_message(conn, reader, max_body=self.config.max_body), self.config.idle_timeout
+                    )
+                except TimeoutError:
+                    break
+                except http.HTTPError as exc:
+                    detail = "request body too large" if exc.too_large else "malformed HTTP request"
+                    log.info("bad request from %s (%r): %s", peer, sa.psk_identity, exc)
+                    if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                        resp = _onem2m_error_response(BadRequest(detail), None)
+                        if exc.too_large:
+                            resp.status = 413
+                        resp.headers.append(("connection", "close"))
+                        with contextlib.suppress(http.HTTPError, ConnectionError):
+                            await http.send_message(conn, writer, resp)
+                    break
+                if req is None:
+                    break
+                resp = await self._process(req, sa, peer)
+                await http.send_message(conn, writer, resp)
+                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                    break
+                try:
+                    conn.start_next_cycle()
+                except h11.LocalProtocolError:
+                    break
+        except (ConnectionError, http.HTTPError) as exc:
+            log.debug("connection with %s ended: %s", peer, exc)
+        finally:
+            self._clients.discard(task)
+            writer.close()
+
+    async def _process(self, req: http.Message, sa: SecurityAssociation, peer: object) -> http.Message:
+        origin = req.header("x-m2m-origin")
+        request_id = req.header("x-m2m-ri")
+        try:
+            check_originator(sa, origin, self.config.unbound_policy)
+        except OneM2MError as exc:
+            log.warning("refused %s %s from %s: rsc=%d %s", req.method, req.target[:200], peer, exc.rsc, exc.detail)
+            return _onem2m_error_response(exc, request_id)
+        try:
+            resp = await self._forward(req, sa)
+        except OneM2MError as exc:
+            log.error("forwarding %s %s failed: %s", req.method, req.target[:200], exc.detail)
+            return _onem2m_error_response(exc, request_id)
+        log.info("%s %s from %r -> %d (rsc %s)", req.method, req.target[:200], sa.identity, resp.status,
+                 resp.header("x-m2m-rsc"))
+        return resp
+
+    async def _forward(self, req: http.Message, sa: SecurityAssociation) -> http.Message:
+        backend = self.config.backend
+        headers = [(k, v) for k, v in req.headers if k not in _HOP_BY_HOP and k not in IDENTITY_HEADERS]
+        headers.insert(0, ("host", f"{backend.host}:{backend.port}"))
+        if sa.identity is not None and sa.bound:
+            headers.append((HEADER_SA_IDENTITY, sa.identity))
+        if sa.credential_id is not None:
+            headers.append((HEADER_CREDENTIAL_ID, sa.credential_id))
+        headers.append((HEADER_PSK_IDENTITY, sa.psk_identity))
+        headers.append(("connection", "close"))
+        target = req.target if req.target.startswith("/") else "/" + req.target
+        out = http.Message(headers=headers, body=req.body, method=req.method, target=backend.path_prefix + target)
+        try:
+            async with asyncio.timeout(self.config.backend_timeout):
+                reader, writer = await asyncio.open_connection(backend.host, backend.port)
+                try:
+                    resp = await http.request(reader, writer, out, max_body=self.config.max_body)
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError) as exc:
+            raise TargetNotReachable(f"the CSE at {backend} is not reachable") from exc
+        except http.HTTPError as exc:
+            raise TargetNotReachable(f"the CSE at {backend} sent an invalid response: {exc}") from exc
+        resp.headers = [(k, v) for k, v in resp.headers if k not in _HOP_BY_HOP]
+        return resp

@@ -1,0 +1,234 @@
+"""The PSK lookup table (TR-0038 §7.1.2: "OpenSSL does not provide a psk-lookup-table").
+
+A table maps ``psk_identity`` (a KpsaID, TS-0003 §10.5) to a :class:`PSKEntry`: the key and, when
+known, the AE-ID or CSE-ID bound to it (the "client identity" column of TR-0038 Table 7.1.2-2).
+Lookups are dictionary reads (O(1)); the engine calls them inside the handshake.
+
+The TOML source format (one ``[[psk]]`` table per entry)::
+
+    [[psk]]
+    identity = "test@onem2m.com"     # KpsaID, used verbatim as psk_identity
+    key = "313233343536"             # hex
+    entity = "CAE01"                 # optional AE-ID / CSE-ID bound to the key
+    description = "..."              # optional, free text
+
+This module is pure apart from reading the file; watching it for changes is the adapters' job
+(:meth:`TomlPSKTable.reload_if_changed` is what they call).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from m2msec.errors import CredentialsLoadError
+from m2msec.keys.secret import MAX_PSK_LENGTH, SecretKey
+
+__all__ = [
+    "MAX_IDENTITY_LENGTH",
+    "MemoryPSKTable",
+    "PSKEntry",
+    "PSKTable",
+    "TomlPSKTable",
+    "check_file_permissions",
+    "parse_toml_table",
+    "validate_identity",
+]
+
+log = logging.getLogger("m2msec.keys")
+
+#: OpenSSL PSK_MAX_IDENTITY_LEN (RFC 4279 §5.1 allows 2^16-1; OpenSSL caps at 256 bytes)
+MAX_IDENTITY_LENGTH = 256
+_ENTRY_FIELDS = frozenset({"identity", "key", "entity", "description"})
+
+
+def validate_identity(identity: str) -> str:
+    """Check a psk_identity: 1..256 bytes of UTF-8, no NUL or control characters."""
+    raw = identity.encode("utf-8", "surrogatepass")
+    if not raw or len(raw) > MAX_IDENTITY_LENGTH:
+        raise ValueError(f"psk identity must be 1..{MAX_IDENTITY_LENGTH} bytes of UTF-8")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in identity):
+        raise ValueError("psk identity must not contain control characters")
+    return identity
+
+
+@dataclass(frozen=True)
+class PSKEntry:
+    """One row of the PSK lookup table. ``key`` is redacted in repr."""
+
+    identity: str
+    key: SecretKey
+    entity: str | None = None
+    description: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_identity(self.identity)
+        if len(self.key) > MAX_PSK_LENGTH:
+            raise ValueError(f"psk must be at most {MAX_PSK_LENGTH} bytes")
+        if self.entity is not None and (not self.entity or any(ord(c) < 0x21 for c in self.entity)):
+            raise ValueError("entity must be a non-empty AE-ID or CSE-ID without spaces")
+
+
+class PSKTable(Protocol):
+    """What the TLS engine needs from a table."""
+
+    def lookup(self, identity: str) -> PSKEntry | None: ...
+
+
+class MemoryPSKTable:
+    """An in-memory table. :meth:`replace` swaps the whole table atomically (live connections keep the
+    entry they authenticated with)."""
+
+    def __init__(self, entries: Iterable[PSKEntry] | Mapping[str, PSKEntry] = ()) -> None:
+        self._entries: dict[str, PSKEntry] = {}
+        self.replace(entries)
+
+    def lookup(self, identity: str) -> PSKEntry | None:
+        return self._entries.get(identity)
+
+    def replace(self, entries: Iterable[PSKEntry] | Mapping[str, PSKEntry]) -> None:
+        if isinstance(entries, Mapping):
+            new = dict(entries)
+        else:
+            new = {}
+            for entry in entries:
+                if entry.identity in new:
+                    raise CredentialsLoadError(f"duplicate psk identity {entry.identity!r}")
+                new[entry.identity] = entry
+        self._entries = new  # one reference assignment: readers see the old or the new table
+
+    def entries(self) -> list[PSKEntry]:
+        return list(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, identity: object) -> bool:
+        return identity in self._entries
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {len(self._entries)} entries>"
+
+
+def check_file_permissions(path: Path) -> None:
+    """Refuse a key file that other users may read (or write)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise CredentialsLoadError(f"{path}: cannot read: {exc.strerror}") from None
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise CredentialsLoadError(
+            f"{path}: holds keys but is readable or writable by other users; run: chmod 600 {path}"
+        )
+
+
+def parse_toml_table(text: str, source: str = "<toml>") -> dict[str, PSKEntry]:
+    """Parse the TOML form above. Errors name the file and entry, never the key value."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CredentialsLoadError(f"{source}: invalid TOML: {exc}") from None
+    unknown_top = set(doc) - {"psk"}
+    if unknown_top:
+        raise CredentialsLoadError(f"{source}: unknown top-level key(s): {', '.join(sorted(unknown_top))}")
+    rows = doc.get("psk", [])
+    if not isinstance(rows, list):
+        raise CredentialsLoadError(f"{source}: 'psk' must be an array of tables ([[psk]])")
+    out: dict[str, PSKEntry] = {}
+    for n, row in enumerate(rows, start=1):
+        where = f"{source}: [[psk]] #{n}"
+        if not isinstance(row, dict):
+            raise CredentialsLoadError(f"{where}: must be a table")
+        extra = set(row) - _ENTRY_FIELDS
+        if extra:
+            raise CredentialsLoadError(
+                f"{where}: unknown field(s) {', '.join(sorted(extra))}; allowed: {', '.join(sorted(_ENTRY_FIELDS))}"
+            )
+        identity, key_hex = row.get("identity"), row.get("key")
+        entity, description = row.get("entity"), row.get("description")
+        if not isinstance(identity, str):
+            raise CredentialsLoadError(f"{where}: 'identity' is required and must be a string")
+        if not isinstance(key_hex, str):
+            raise CredentialsLoadError(f"{where} ({identity!r}): 'key' is required and must be a hex string")
+        if entity is not None and not isinstance(entity, str):
+            raise CredentialsLoadError(f"{where} ({identity!r}): 'entity' must be a string")
+        if description is not None and not isinstance(description, str):
+            raise CredentialsLoadError(f"{where} ({identity!r}): 'description' must be a string")
+        try:
+            key = SecretKey.from_hex(key_hex)
+            entry = PSKEntry(identity, key, entity, description)
+        except ValueError as exc:  # validate_identity / PSKEntry checks (messages hold no key)
+            raise CredentialsLoadError(f"{where} ({identity!r}): {exc}") from None
+        except CredentialsLoadError:
+            raise
+        except Exception as exc:  # SecretKey errors: ConfigurationError without the value
+            raise CredentialsLoadError(f"{where} ({identity!r}): {exc}") from None
+        if identity in out:
+            raise CredentialsLoadError(f"{where}: duplicate identity {identity!r}")
+        out[identity] = entry
+    return out
+
+
+class TomlPSKTable(MemoryPSKTable):
+    """A table loaded from a TOML file, reloaded when the file changes.
+
+    A reload that fails (bad TOML, bad entry, unsafe permissions) keeps the previous table and is
+    reported; the file is tried again at the next change.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._signature: tuple[int, int, int] | None = None
+        self._reload_lock = threading.Lock()
+        super().__init__(self._load())
+
+    def _stat_signature(self) -> tuple[int, int, int]:
+        st = self.path.stat()
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _load(self) -> dict[str, PSKEntry]:
+        check_file_permissions(self.path)
+        try:
+            signature = self._stat_signature()
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CredentialsLoadError(f"{self.path}: cannot read: {exc}") from None
+        entries = parse_toml_table(text, str(self.path))
+        self._signature = signature
+        return entries
+
+    def changed(self) -> bool:
+        """True when the file's mtime, size or inode differ from the loaded version."""
+        try:
+            return self._stat_signature() != self._signature
+        except OSError:
+            return False  # a file being replaced may be missing for a moment: keep serving
+
+    def reload_if_changed(self) -> bool:
+        """Reload when the file changed. Returns True when a new table is now in use.
+
+        Raises:
+            CredentialsLoadError: the changed file is invalid (the old table stays in use).
+        """
+        with self._reload_lock:
+            if not self.changed():
+                return False
+            try:
+                entries = self._load()
+            except CredentialsLoadError:
+                # do not retry the same broken version in a loop
+                try:
+                    self._signature = self._stat_signature()
+                except OSError:
+                    pass
+                raise
+            self.replace(entries)
+        log.info("reloaded PSK table %s: %d entries", self.path, len(entries))
+        return True

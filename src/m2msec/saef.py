@@ -1,0 +1,106 @@
+"""Provisioned Symmetric Key SAEF, Entity A side (TS-0003 §8.2.2.1; seeds 001, 002, 004).
+
+Credential Configuration gives Entity A (KpsaID, Kpsa); Association Configuration gives it IdB;
+the Association Security Handshake is a TLS-PSK handshake with ``psk_identity`` = KpsaID and
+``psk`` = Kpsa using the §10.2.2 suites; afterwards Entity A associates the security context with
+IdB. :func:`establish_sa` does exactly that and returns an :class:`EstablishedSA` that carries
+oneM2M HTTP requests (TS-0009) and exposes the RFC 5705 exporter (TS-0003 §10.3.1).
+
+Entity B's side is :mod:`m2msec.gateway`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import h11
+
+from m2msec.errors import TransportError
+from m2msec.gateway import http
+from m2msec.keys.secret import SecretKey
+from m2msec.tls.engine import DEFAULT_CLIENT_PROFILES, ClientConfig, SessionInfo, TLSConnection, TLSContext
+from m2msec.tls.profiles import CipherProfile
+from m2msec.transport.tls import open_connection
+
+__all__ = ["EXPORTER_CONNECTION_LABEL", "EstablishedSA", "PSKCredentials", "establish_sa"]
+
+#: TS-0003 §10.3.1: M2M Secure Connection Key export label (48 bytes: KcID = first 16, Kc = last 32)
+EXPORTER_CONNECTION_LABEL = "EXPORTER-oneM2M-Connection"
+
+
+@dataclass(frozen=True)
+class PSKCredentials:
+    """What Credential and Association Configuration give Entity A."""
+
+    kpsa_id: str
+    kpsa: SecretKey = field(repr=False)
+    #: IdB, Entity B's CSE-ID (e.g. "mn-cse-123456" in TR-0038 §7.1.2)
+    peer_entity: str | None = None
+    profiles: tuple[CipherProfile, ...] = DEFAULT_CLIENT_PROFILES
+
+    def client_config(self, server_name: str | None = None) -> ClientConfig:
+        return ClientConfig(
+            psk_identity=self.kpsa_id,
+            psk=self.kpsa,
+            profiles=self.profiles,
+            peer_entity=self.peer_entity,
+            server_name=server_name,
+        )
+
+
+class EstablishedSA:
+    """An established security association, Entity A side."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: SessionInfo) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.session = session
+        self._http = h11.Connection(h11.CLIENT)
+
+    def __repr__(self) -> str:
+        return f"<EstablishedSA {self.session.psk_identity!r} -> {self.session.entity!r} {self.session.cipher}>"
+
+    @property
+    def tls(self) -> TLSConnection:
+        conn: TLSConnection = self.writer.get_extra_info("tls_connection")
+        return conn
+
+    def export_keying_material(self, label: str, length: int, context: bytes | None = None) -> SecretKey:
+        return self.tls.export_keying_material(label, length, context)
+
+    async def request(self, msg: http.Message, *, timeout: float = 30.0) -> http.Message:
+        """Send one HTTP request inside the SA and return the response (keep-alive is honoured)."""
+        async with asyncio.timeout(timeout):
+            if self._http.our_state is h11.DONE and self._http.their_state is h11.DONE:
+                self._http.start_next_cycle()
+            await http.send_message(self._http, self.writer, msg)
+            resp = await http.read_message(self._http, self.reader)
+        if resp is None:
+            raise http.HTTPError("connection closed before a response")
+        return resp
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+async def establish_sa(
+    host: str, port: int, credentials: PSKCredentials, *, server_name: str | None = None, timeout: float = 10.0
+) -> EstablishedSA:
+    """Run the Association Security Handshake with Entity B at ``host:port``.
+
+    Raises:
+        HandshakeFailed: Entity B refused the identity or the key (or we refused B).
+        HandshakeTimeout: no handshake within ``timeout`` seconds.
+        TransportError: no TCP connection.
+    """
+    context = TLSContext.client(credentials.client_config(server_name))
+    try:
+        reader, writer, session = await open_connection(host, port, context, handshake_timeout=timeout)
+    except OSError as exc:
+        raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+    return EstablishedSA(reader, writer, session)

@@ -1,0 +1,697 @@
+"""The TLS engine: the only module of m2msec that touches OpenSSL.
+
+Theory of operation
+-------------------
+:class:`TLSContext` holds one configured ``SSL_CTX`` (built once from a :class:`ServerConfig` or
+:class:`ClientConfig`). :meth:`TLSContext.connection` makes a sans-I/O :class:`TLSConnection` over a
+pair of memory BIOs: the caller feeds received bytes with :meth:`TLSConnection.receive_data`, which
+returns events (:class:`HandshakeCompleted`, :class:`DataReceived`, :class:`ConnectionClosed`), and
+collects bytes to put on the wire with :meth:`TLSConnection.data_to_send`. No sockets, no clock, no
+asyncio: adapters (``m2msec.transport``) move the bytes and own the timers.
+
+PSK support comes from a small shim over the PSK bindings that ``cryptography`` ships but pyOpenSSL
+does not expose (pyca/pyopenssl#704 declined a public API; pyca/cryptography#4084 added the bindings
+"to allow for SSL.Context patching"). The shim touches private names, listed in
+:data:`PRIVATE_BINDINGS`; :func:`check_bindings` fails loudly when any of them disappears and the
+contract test runs it. Versions are pinned in ``pyproject.toml``.
+
+Server side, the PSK callback runs synchronously inside the handshake (OpenSSL has no asynchronous
+PSK callback): the lookup must be an in-memory or local-store read. An unknown identity makes the
+callback return 0, which OpenSSL turns into an ``unknown_psk_identity`` alert; an exception raised by
+the lookup is logged (type only) and treated the same way, so it never escapes as a traceback.
+
+Key material never appears in ``repr``, logs or exception messages: keys are :class:`SecretKey`.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from OpenSSL import SSL
+from OpenSSL import crypto as _crypto
+
+from m2msec.errors import ConfigurationError, HandshakeFailed, TLSProtocolError
+from m2msec.keys.secret import MAX_PSK_LENGTH, SecretKey
+from m2msec.keys.table import PSKEntry
+from m2msec.tls.profiles import ECDHE_PSK, ONEM2M_PSK, TLS13_PSK, CipherProfile
+
+__all__ = [
+    "DEFAULT_CLIENT_PROFILES",
+    "DEFAULT_SERVER_PROFILES",
+    "PRIVATE_BINDINGS",
+    "ClientConfig",
+    "ConnectionClosed",
+    "ConnectionState",
+    "DataReceived",
+    "Event",
+    "HandshakeCompleted",
+    "PSKLookup",
+    "ServerConfig",
+    "SessionInfo",
+    "TLSConnection",
+    "TLSContext",
+    "check_bindings",
+    "openssl_version",
+]
+
+log = logging.getLogger("m2msec.tls")
+
+#: Private names the PSK shim depends on (notes/tls-stack.md gotcha 5). The contract test asserts them.
+PRIVATE_BINDINGS: tuple[str, ...] = (
+    "OpenSSL._util.lib.SSL_CTX_set_psk_server_callback",
+    "OpenSSL._util.lib.SSL_CTX_set_psk_client_callback",
+    "OpenSSL._util.lib.SSL_CTX_use_psk_identity_hint",
+    "OpenSSL._util.lib.SSL_CTX_set_ciphersuites",
+    "OpenSSL._util.lib.SSL_CTX_set_tmp_dh",
+    "OpenSSL._util.lib.PEM_read_bio_DHparams",
+    "OpenSSL._util.lib.BIO_new_mem_buf",
+    "OpenSSL._util.lib.i2d_SSL_SESSION",
+    "OpenSSL._util.lib.SSL_get_session",
+    "OpenSSL._util.ffi.callback",
+    "OpenSSL.SSL.Context._context",
+    "OpenSSL.SSL.Connection._ssl",
+    "OpenSSL.SSL.Connection._reverse_mapping",
+)
+
+#: TS-0003 §10.2.2 first (mandatory suite), then forward-secret ECDHE_PSK, then TLS 1.3 (psk_dhe_ke).
+DEFAULT_SERVER_PROFILES: tuple[CipherProfile, ...] = (ONEM2M_PSK, ECDHE_PSK, TLS13_PSK)
+#: A oneM2M Entity A offers the §10.2.2 suites over TLS 1.2 (TS-0003 §10.2.1 mandates TLS 1.2).
+DEFAULT_CLIENT_PROFILES: tuple[CipherProfile, ...] = (ONEM2M_PSK,)
+
+#: RFC 7919 Appendix A.1 ffdhe2048 group, for DHE_PSK (public parameters, not a secret).
+_FFDHE2048_PEM = b"""-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
+
+#: RFC 5705 §4: labels that collide with TLS's own PRF uses and must not be used for export.
+_RESERVED_EXPORT_LABELS = frozenset({"client finished", "server finished", "master secret", "key expansion"})
+#: OpenSSL PSK_MAX_IDENTITY_LEN
+_MAX_IDENTITY = 256
+_READ_CHUNK = 65536
+
+PSKLookup = Callable[[str], PSKEntry | None]
+
+
+def _private(path: str) -> Any:
+    import importlib
+
+    parts = path.split(".")
+    obj: Any = importlib.import_module(".".join(parts[:2]))
+    for part in parts[2:]:
+        obj = getattr(obj, part)
+    return obj
+
+
+def check_bindings() -> None:
+    """Raise :class:`ConfigurationError` naming every private binding the PSK shim needs but cannot find."""
+    missing: list[str] = []
+    for path in PRIVATE_BINDINGS:
+        owner, _, attr = path.rpartition(".")
+        try:
+            holder = _private(owner)
+        except (ImportError, AttributeError):
+            missing.append(path)
+            continue
+        if attr in {"_context", "_ssl"}:
+            # instance attributes: check on a throw-away object
+            ctx = SSL.Context(SSL.TLS_METHOD)
+            probe: Any = ctx if attr == "_context" else SSL.Connection(ctx, None)
+            if not hasattr(probe, attr):
+                missing.append(path)
+        elif not hasattr(holder, attr):
+            missing.append(path)
+    if missing:
+        raise ConfigurationError(
+            "the installed pyOpenSSL/cryptography lack the PSK bindings m2msec needs: " + ", ".join(missing)
+        )
+
+
+check_bindings()
+from OpenSSL._util import ffi as _ffi  # noqa: E402  (private: see PRIVATE_BINDINGS)
+from OpenSSL._util import lib as _lib  # noqa: E402
+
+
+def openssl_version() -> str:
+    """Version string of the OpenSSL the engine runs on (the one bundled in the cryptography wheel)."""
+    return SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode()
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Configuration of a TLS-PSK server (Entity B).
+
+    Args:
+        psk_lookup: maps a ``psk_identity`` to its :class:`PSKEntry`, or ``None`` when unknown. Called
+            inside the handshake on the event-loop thread: must be fast and must not do network I/O.
+        profiles: cipher profiles in order of preference (server preference is enforced).
+        identity_hint: RFC 4279 §5.1 PSK identity hint sent in ServerKeyExchange (TLS 1.2).
+        certificate_pem / private_key_pem: needed only by the RSA_PSK profile.
+    """
+
+    psk_lookup: PSKLookup
+    profiles: tuple[CipherProfile, ...] = DEFAULT_SERVER_PROFILES
+    identity_hint: str | None = None
+    certificate_pem: bytes | None = None
+    private_key_pem: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Configuration of a TLS-PSK client (Entity A, TS-0003 §8.2.2.1).
+
+    Args:
+        psk_identity: the ``psk_identity`` (KpsaID, Key Identifier, KeID, ...).
+        psk: the key (Kpsa, Kc, ...).
+        peer_entity: IdB, the identity of Entity B; the security context is associated with it after a
+            successful handshake (TS-0003 §8.2.2.1 "Entity A associates the security context with IdB").
+        server_name: host name sent as SNI (TS-0003 §10.2.1); IP literals are never sent.
+        ca_pem: trust anchors to verify the server certificate of RSA_PSK suites; without it the server is
+            authenticated by the PSK alone, as with every other PSK family.
+    """
+
+    psk_identity: str
+    psk: SecretKey
+    profiles: tuple[CipherProfile, ...] = DEFAULT_CLIENT_PROFILES
+    peer_entity: str | None = None
+    server_name: str | None = None
+    ca_pem: bytes | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# events and session
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What the handshake established. Holds no key material.
+
+    ``psk_identity`` is the identity the client used. ``entity`` is the identity the security context
+    is associated with: on a server, the AE-ID/CSE-ID bound to the identity in the PSK table (or
+    ``None``); on a client, the configured IdB. ``session_id`` is empty for TLS 1.3.
+    """
+
+    is_server: bool
+    version: str
+    cipher: str
+    psk_identity: str
+    entity: str | None
+    server_name: str | None
+    identity_hint: str | None
+    session_id: bytes
+
+
+@dataclass(frozen=True)
+class HandshakeCompleted:
+    session: SessionInfo
+
+
+@dataclass(frozen=True)
+class DataReceived:
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ConnectionClosed:
+    """The peer closed the TLS session (``clean`` is True when it sent close_notify)."""
+
+    clean: bool = True
+
+
+Event = HandshakeCompleted | DataReceived | ConnectionClosed
+
+
+class ConnectionState(enum.Enum):
+    HANDSHAKING = "handshaking"
+    ESTABLISHED = "established"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+# --------------------------------------------------------------------------------------------------
+# context
+
+
+def _cipher_settings(profiles: tuple[CipherProfile, ...]) -> tuple[str, str]:
+    if not profiles:
+        raise ConfigurationError("at least one cipher profile is required")
+    tls12 = ":".join(p.tls12_ciphers for p in profiles if p.tls12_ciphers)
+    tls13 = ":".join(p.tls13_suites for p in profiles if p.tls13_suites)
+    return tls12, tls13
+
+
+class TLSContext:
+    """A configured OpenSSL context for TLS-PSK; build once, then make connections from it."""
+
+    def __init__(self, config: ServerConfig | ClientConfig) -> None:
+        self.config = config
+        self.is_server = isinstance(config, ServerConfig)
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD if self.is_server else SSL.TLS_CLIENT_METHOD)
+        tls12, tls13 = _cipher_settings(config.profiles)
+        # TS-0003 §10.2.1: TLS 1.2 at least; TLS 1.3 only when a TLS 1.3 profile is enabled.
+        ctx.set_min_proto_version(SSL.TLS1_2_VERSION if tls12 else SSL.TLS1_3_VERSION)
+        ctx.set_max_proto_version(SSL.TLS1_3_VERSION if tls13 else SSL.TLS1_2_VERSION)
+        if tls12:
+            try:
+                ctx.set_cipher_list(tls12.encode())
+            except SSL.Error as exc:
+                raise ConfigurationError(f"cipher list rejected by OpenSSL: {tls12}") from exc
+        if tls13 and _lib.SSL_CTX_set_ciphersuites(ctx._context, tls13.encode()) != 1:
+            raise ConfigurationError(f"TLS 1.3 suites rejected by OpenSSL: {tls13}")
+        ctx.set_options(
+            SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE
+        )
+        self._keepalive: list[object] = []
+        if isinstance(config, ServerConfig):
+            self._configure_server(ctx, config)
+        else:
+            self._configure_client(ctx, config)
+        self._ctx = ctx
+
+    @classmethod
+    def server(cls, config: ServerConfig) -> TLSContext:
+        return cls(config)
+
+    @classmethod
+    def client(cls, config: ClientConfig) -> TLSContext:
+        return cls(config)
+
+    # -- server
+    def _configure_server(self, ctx: SSL.Context, config: ServerConfig) -> None:
+        # Session IDs are generated (CAPIF AEFPSK needs them, TS 33.122 §6.5.2.1) but never stored, so no
+        # session can be resumed around the PSK lookup: every connection is a full PSK handshake.
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER | SSL.SESS_CACHE_NO_INTERNAL_STORE)
+        if any(p.needs_dh_params for p in config.profiles):
+            self._load_dh(ctx)
+        if any(p.needs_certificate for p in config.profiles):
+            if config.certificate_pem is None or config.private_key_pem is None:
+                raise ConfigurationError("the rsa-psk profile needs a server certificate and private key")
+            try:
+                from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+                ctx.use_certificate(x509.load_pem_x509_certificate(config.certificate_pem))
+                ctx.use_privatekey(_as_pkey_key(load_pem_private_key(config.private_key_pem, password=None)))
+                ctx.check_privatekey()
+            except (ValueError, TypeError, SSL.Error, _crypto.Error) as exc:
+                raise ConfigurationError("server certificate or private key is invalid") from exc
+        if config.identity_hint is not None:
+            hint = config.identity_hint.encode()
+            if len(hint) > _MAX_IDENTITY or b"\0" in hint:
+                raise ConfigurationError("identity hint must be at most 256 bytes without NUL")
+            _lib.SSL_CTX_use_psk_identity_hint(ctx._context, hint)
+        lookup = config.psk_lookup
+
+        @_ffi.callback("unsigned int(SSL *, char *, unsigned char *, unsigned int)", error=0)  # type: ignore[untyped-decorator]
+        def _server_cb(ssl: Any, identity: Any, out: Any, max_len: int) -> int:
+            conn = SSL.Connection._reverse_mapping.get(ssl)
+            owner: TLSConnection | None = conn.get_app_data() if conn is not None else None
+            if owner is None or identity == _ffi.NULL:
+                return 0
+            raw = _ffi.string(identity)
+            try:
+                ident = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                owner._psk_failure = "psk identity is not valid UTF-8"
+                return 0
+            owner._offered_identity = ident
+            try:
+                entry = lookup(ident)
+            except Exception as exc:  # any lookup failure rejects the handshake, never a traceback
+                log.error("PSK lookup raised %s for identity %r; handshake rejected", type(exc).__name__, ident)
+                owner._psk_failure = "psk lookup failed"
+                return 0
+            if entry is None:
+                owner._psk_failure = "unknown psk identity"
+                return 0
+            key = entry.key.reveal()
+            if len(key) > max_len:
+                owner._psk_failure = "psk too long for OpenSSL"
+                return 0
+            _ffi.memmove(out, key, len(key))
+            owner._psk_entry = entry
+            return len(key)
+
+        self._keepalive.append(_server_cb)
+        _lib.SSL_CTX_set_psk_server_callback(ctx._context, _server_cb)
+
+    @staticmethod
+    def _load_dh(ctx: SSL.Context) -> None:
+        bio = _lib.BIO_new_mem_buf(_FFDHE2048_PEM, len(_FFDHE2048_PEM))
+        try:
+            dh = _lib.PEM_read_bio_DHparams(bio, _ffi.NULL, _ffi.NULL, _ffi.NULL)
+            if dh == _ffi.NULL:
+                raise ConfigurationError("could not load the ffdhe2048 DH parameters")
+            try:
+                if _lib.SSL_CTX_set_tmp_dh(ctx._context, dh) != 1:
+                    raise ConfigurationError("OpenSSL refused the ffdhe2048 DH parameters")
+            finally:
+                _lib.DH_free(dh)
+        finally:
+            _lib.BIO_free(bio)
+
+    # -- client
+    def _configure_client(self, ctx: SSL.Context, config: ClientConfig) -> None:
+        ident = config.psk_identity.encode("utf-8")
+        if not ident or len(ident) > _MAX_IDENTITY or b"\0" in ident:
+            raise ConfigurationError("psk identity must be 1..256 bytes of UTF-8 without NUL")
+        if len(config.psk) > MAX_PSK_LENGTH:
+            raise ConfigurationError(f"psk must be at most {MAX_PSK_LENGTH} bytes")
+        if config.ca_pem is not None:
+            store = ctx.get_cert_store()
+            assert store is not None
+            try:
+                for cert in x509.load_pem_x509_certificates(config.ca_pem):
+                    store.add_cert(_crypto.X509.from_cryptography(cert))
+            except ValueError as exc:
+                raise ConfigurationError("CA file holds no valid PEM certificate") from exc
+            ctx.set_verify(SSL.VERIFY_PEER, _verify_ok)
+        key = config.psk
+
+        @_ffi.callback(
+            "unsigned int(SSL *, char *, char *, unsigned int, unsigned char *, unsigned int)", error=0
+        )  # type: ignore[untyped-decorator]
+        def _client_cb(ssl: Any, hint: Any, id_out: Any, max_id: int, psk_out: Any, max_psk: int) -> int:
+            conn = SSL.Connection._reverse_mapping.get(ssl)
+            owner: TLSConnection | None = conn.get_app_data() if conn is not None else None
+            raw = key.reveal()
+            if len(ident) + 1 > max_id or len(raw) > max_psk:
+                return 0
+            if owner is not None and hint != _ffi.NULL:
+                owner._identity_hint = _ffi.string(hint).decode("utf-8", "replace")
+            _ffi.memmove(id_out, ident + b"\0", len(ident) + 1)
+            _ffi.memmove(psk_out, raw, len(raw))
+            return len(raw)
+
+        self._keepalive.append(_client_cb)
+        _lib.SSL_CTX_set_psk_client_callback(ctx._context, _client_cb)
+
+    def connection(self) -> TLSConnection:
+        """A new sans-I/O connection. A client connection has its ClientHello ready in data_to_send()."""
+        return TLSConnection(self)
+
+
+def _verify_ok(conn: SSL.Connection, cert: _crypto.X509, errno: int, depth: int, ok: int) -> bool:
+    return bool(ok)
+
+
+def _as_pkey_key(key: object) -> Any:
+    # load_pem_private_key may return key types pyOpenSSL cannot wrap (ML-DSA); from_cryptography_key checks.
+    return key
+
+
+def _server_name_for_sni(name: str | None) -> bytes | None:
+    if not name:
+        return None
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        return None  # RFC 6066 §3: literal IPv4/IPv6 addresses are not permitted in HostName
+    try:
+        return name.encode("idna")
+    except UnicodeError as exc:
+        raise ConfigurationError(f"server name {name!r} is not a valid host name") from exc
+
+
+def _parse_session_der(der: bytes) -> bytes:
+    """Session ID from a DER SSL_SESSION (OpenSSL's SSL_SESSION_ASN1: version, ssl_version, cipher, id)."""
+
+    def read_tlv(buf: bytes, pos: int) -> tuple[int, int, int]:
+        tag = buf[pos]
+        length = buf[pos + 1]
+        pos += 2
+        if length & 0x80:
+            n = length & 0x7F
+            length = int.from_bytes(buf[pos : pos + n], "big")
+            pos += n
+        return tag, pos, length
+
+    tag, pos, _ = read_tlv(der, 0)
+    if tag != 0x30:
+        raise ValueError("not a SEQUENCE")
+    for expected in (0x02, 0x02, 0x04):  # version, ssl_version, cipher
+        tag, pos, length = read_tlv(der, pos)
+        if tag != expected:
+            raise ValueError("unexpected SSL_SESSION layout")
+        pos += length
+    tag, pos, length = read_tlv(der, pos)
+    if tag != 0x04:
+        raise ValueError("unexpected SSL_SESSION layout")
+    return der[pos : pos + length]
+
+
+# --------------------------------------------------------------------------------------------------
+# connection
+
+
+class TLSConnection:
+    """One TLS connection over memory BIOs (sans-I/O).
+
+    Use: ``events = conn.receive_data(bytes_from_peer)``; send ``conn.data_to_send()`` to the peer after
+    every call. ``receive_data(b"")`` signals EOF from the transport.
+
+    Raises:
+        HandshakeFailed: from :meth:`receive_data` when the handshake fails; an alert for the peer may
+            still be waiting in :meth:`data_to_send`.
+        TLSProtocolError: on a TLS failure after the handshake, or misuse.
+    """
+
+    def __init__(self, context: TLSContext) -> None:
+        self._context = context
+        self._ssl = SSL.Connection(context._ctx, None)
+        self._ssl.set_app_data(self)
+        self.state = ConnectionState.HANDSHAKING
+        self.session: SessionInfo | None = None
+        self._psk_entry: PSKEntry | None = None
+        self._psk_failure: str | None = None
+        self._offered_identity: str | None = None
+        self._identity_hint: str | None = None
+        if context.is_server:
+            self._ssl.set_accept_state()
+        else:
+            assert isinstance(context.config, ClientConfig)
+            sni = _server_name_for_sni(context.config.server_name)
+            if sni is not None:
+                self._ssl.set_tlsext_host_name(sni)
+            self._ssl.set_connect_state()
+            self._advance_handshake()
+
+    def __repr__(self) -> str:
+        role = "server" if self._context.is_server else "client"
+        return f"<TLSConnection {role} {self.state.value}>"
+
+    @property
+    def offered_identity(self) -> str | None:
+        """The psk_identity a client offered (server side), even when the handshake was then refused."""
+        return self._offered_identity
+
+    @property
+    def psk_entry(self) -> PSKEntry | None:
+        """Server side: the PSK table entry the client authenticated with."""
+        return self._psk_entry
+
+    # -- I/O
+    def data_to_send(self) -> bytes:
+        """Bytes that must be written to the peer, in order. Empty when there is nothing to send."""
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = self._ssl.bio_read(_READ_CHUNK)
+            except SSL.WantReadError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes received from the peer (``b""`` = transport EOF); return what happened."""
+        if self.state in (ConnectionState.CLOSED, ConnectionState.FAILED):
+            return []
+        events: list[Event] = []
+        if data:
+            self._ssl.bio_write(data)
+        elif self.state is ConnectionState.HANDSHAKING:
+            self.state = ConnectionState.FAILED
+            raise HandshakeFailed("connection closed by peer during the handshake")
+        else:
+            self.state = ConnectionState.CLOSED
+            return [ConnectionClosed(clean=False)]
+        if self.state is ConnectionState.HANDSHAKING:
+            if not self._advance_handshake():
+                return events
+            assert self.session is not None
+            events.append(HandshakeCompleted(self.session))
+        events.extend(self._read_application_data())
+        return events
+
+    def _advance_handshake(self) -> bool:
+        try:
+            self._ssl.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.Error as exc:
+            self.state = ConnectionState.FAILED
+            raise self._handshake_error(exc) from None
+        self.state = ConnectionState.ESTABLISHED
+        self.session = self._build_session()
+        return True
+
+    def _read_application_data(self) -> list[Event]:
+        events: list[Event] = []
+        while True:
+            try:
+                chunk = self._ssl.recv(_READ_CHUNK)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self.state = ConnectionState.CLOSED
+                events.append(ConnectionClosed(clean=True))
+                break
+            except SSL.Error as exc:
+                self.state = ConnectionState.FAILED
+                raise TLSProtocolError(f"TLS record error: {_reason(exc)}") from None
+            events.append(DataReceived(chunk))
+        return events
+
+    def send(self, data: bytes) -> None:
+        """Encrypt application data; the records appear in :meth:`data_to_send`."""
+        if self.state is not ConnectionState.ESTABLISHED:
+            raise TLSProtocolError(f"cannot send application data in state {self.state.value}")
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self._ssl.send(view[:16384])
+            except SSL.Error as exc:
+                self.state = ConnectionState.FAILED
+                raise TLSProtocolError(f"TLS send failed: {_reason(exc)}") from None
+            view = view[sent:]
+
+    def close(self) -> None:
+        """Queue a close_notify alert (if the session is up); the connection is closed afterwards."""
+        if self.state is ConnectionState.ESTABLISHED:
+            try:
+                self._ssl.shutdown()
+            except SSL.Error:
+                pass
+        if self.state is not ConnectionState.FAILED:
+            self.state = ConnectionState.CLOSED
+
+    # -- session facts
+    def _build_session(self) -> SessionInfo:
+        version = self._ssl.get_protocol_version_name()
+        cipher = self._ssl.get_cipher_name() or ""
+        server_name_raw = self._ssl.get_servername()
+        server_name = server_name_raw.decode("idna") if server_name_raw else None
+        if self._context.is_server:
+            entry = self._psk_entry
+            if entry is None:  # cannot happen: the callback ran, or the handshake would have failed
+                raise TLSProtocolError("handshake completed without a PSK lookup")
+            identity, entity = entry.identity, entry.entity
+            hint = self._context.config.identity_hint if isinstance(self._context.config, ServerConfig) else None
+        else:
+            assert isinstance(self._context.config, ClientConfig)
+            identity = self._context.config.psk_identity
+            entity = self._context.config.peer_entity
+            hint = self._identity_hint
+            if server_name is None:
+                server_name = self._context.config.server_name
+        return SessionInfo(
+            is_server=self._context.is_server,
+            version=version,
+            cipher=cipher,
+            psk_identity=identity,
+            entity=entity,
+            server_name=server_name,
+            identity_hint=hint,
+            session_id=self._session_id() if version != "TLSv1.3" else b"",
+        )
+
+    def _session_id(self) -> bytes:
+        sess = _lib.SSL_get_session(self._ssl._ssl)
+        if sess == _ffi.NULL:
+            return b""
+        size = _lib.i2d_SSL_SESSION(sess, _ffi.NULL)
+        if size <= 0:
+            return b""
+        buf = _ffi.new("unsigned char[]", size)
+        ptr = _ffi.new("unsigned char **", buf)
+        _lib.i2d_SSL_SESSION(sess, ptr)
+        der = _ffi.buffer(buf, size)[:]
+        try:
+            return _parse_session_der(der)
+        except (ValueError, IndexError):
+            return b""
+
+    def _require_established(self) -> None:
+        if self.session is None:
+            raise TLSProtocolError("the handshake has not completed")
+
+    def export_keying_material(self, label: str, length: int, context: bytes | None = None) -> SecretKey:
+        """RFC 5705 keying material exporter (TS-0003 §10.3.1 uses it with no context value).
+
+        ``context=None`` means "no context" (use_context = 0), which differs from ``b""`` in TLS 1.2.
+        """
+        self._require_established()
+        if label.lower() in _RESERVED_EXPORT_LABELS or not label.isascii() or not label:
+            raise ConfigurationError(f"exporter label {label!r} is not allowed (RFC 5705 §4)")
+        if not 1 <= length <= 16384:
+            raise ConfigurationError("exporter length must be 1..16384 bytes")
+        try:
+            out = self._ssl.export_keying_material(label.encode("ascii"), length, context)
+        except SSL.Error as exc:
+            raise TLSProtocolError(f"key export failed: {_reason(exc)}") from None
+        return SecretKey(out)
+
+    def master_secret(self) -> SecretKey:
+        """The TLS 1.2 master secret (CAPIF AEFPSK input, TS 33.122 §6.5.2.1). TLS 1.2 only."""
+        self._require_established()
+        assert self.session is not None
+        if self.session.version != "TLSv1.2":
+            raise TLSProtocolError(f"no master secret in {self.session.version}")
+        raw = self._ssl.master_key()
+        if not raw:
+            raise TLSProtocolError("master secret unavailable")
+        return SecretKey(raw)
+
+    # -- errors
+    def _handshake_error(self, exc: SSL.Error) -> HandshakeFailed:
+        reason = _reason(exc)
+        if self._psk_failure is not None:
+            return HandshakeFailed(self._psk_failure, alert="unknown_psk_identity")
+        alert = None
+        if "alert" in reason:
+            alert = reason.split("alert", 1)[1].strip().replace(" ", "_")
+        elif "bad record mac" in reason or "decryption failed" in reason:
+            # TLS 1.2 reports a wrong key for a known identity only as a bad MAC on Finished (gotcha 10)
+            alert = "bad_record_mac"
+            reason = "bad record mac (wrong key?)"
+        return HandshakeFailed(reason, alert=alert)
+
+
+def _reason(exc: SSL.Error) -> str:
+    """The OpenSSL reason strings of an error (library names and reasons only, never data)."""
+    try:
+        items = exc.args[0]
+        reasons = [str(item[-1]) for item in items if isinstance(item, tuple) and item[-1]]
+    except (IndexError, TypeError):
+        reasons = []
+    if isinstance(exc, SSL.SysCallError):
+        return "transport error"
+    return "; ".join(reasons) or type(exc).__name__

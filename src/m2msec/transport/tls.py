@@ -1,0 +1,319 @@
+"""asyncio adapter: TLS-PSK under any asyncio protocol.
+
+:class:`TLSAdapter` is the protocol asyncio sees on the TCP socket. It drives a sans-I/O
+:class:`~m2msec.tls.engine.TLSConnection`, owns the handshake timer, and once the handshake is done
+gives the application protocol a :class:`TLSTransport`: an ordinary ``asyncio.Transport`` whose
+``get_extra_info("m2msec_session")`` is the authenticated :class:`~m2msec.tls.engine.SessionInfo`
+(also ``"peer_identity"`` and ``"sa_entity"``). So any asyncio protocol (asyncio streams, an h11
+server, ...) runs inside TLS-PSK unchanged.
+
+Handshake failures are logged at INFO with the peer address and reason, the alert is flushed, and
+the socket is closed: the server keeps serving. Nothing here logs key material.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from m2msec.errors import HandshakeFailed, HandshakeTimeout, TLSError
+from m2msec.tls.engine import (
+    ConnectionClosed,
+    DataReceived,
+    HandshakeCompleted,
+    SessionInfo,
+    TLSConnection,
+    TLSContext,
+)
+
+__all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "TLSAdapter",
+    "TLSTransport",
+    "create_connection",
+    "open_connection",
+    "start_server",
+    "start_stream_server",
+]
+
+log = logging.getLogger("m2msec.transport")
+
+#: seconds a peer has to complete the handshake before the connection is dropped
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+
+class TLSTransport(asyncio.Transport):
+    """The transport an application protocol sees: plaintext in, records out."""
+
+    def __init__(self, adapter: TLSAdapter) -> None:
+        super().__init__()
+        self._adapter = adapter
+        self._closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        session = self._adapter.session
+        if name == "m2msec_session":
+            return session
+        if name == "peer_identity":
+            return session.psk_identity if session else default
+        if name == "sa_entity":
+            return session.entity if session else default
+        if name == "tls_connection":
+            return self._adapter.tls
+        if name == "cipher" and session is not None:
+            return (session.cipher, session.version, None)
+        raw = self._adapter.raw_transport
+        return raw.get_extra_info(name, default) if raw is not None else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing:
+            return
+        try:
+            self._adapter.tls.send(bytes(data))
+        except TLSError as exc:
+            log.info("send failed on %s: %s", self._adapter.peer, exc)
+            self.abort()
+            return
+        self._adapter.flush()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(bytes(d) for d in list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def is_closing(self) -> bool:
+        raw = self._adapter.raw_transport
+        return self._closing or raw is None or raw.is_closing()
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._adapter.tls.close()
+        self._adapter.flush()
+        if self._adapter.raw_transport is not None:
+            self._adapter.raw_transport.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self._adapter.raw_transport is not None:
+            self._adapter.raw_transport.abort()
+
+    def pause_reading(self) -> None:
+        if self._adapter.raw_transport is not None:
+            self._adapter.raw_transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._adapter.raw_transport is not None:
+            self._adapter.raw_transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        raw = self._adapter.raw_transport
+        return raw is not None and raw.is_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if self._adapter.raw_transport is not None:
+            self._adapter.raw_transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        raw = self._adapter.raw_transport
+        return raw.get_write_buffer_size() if raw is not None else 0
+
+
+class TLSAdapter(asyncio.Protocol):
+    """The socket-side protocol: bytes <-> :class:`TLSConnection`, then hands plaintext to ``app``."""
+
+    def __init__(
+        self,
+        context: TLSContext,
+        app_factory: Callable[[], asyncio.BaseProtocol],
+        *,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self.context = context
+        self._app_factory = app_factory
+        self._timeout = handshake_timeout
+        self.tls: TLSConnection = context.connection()
+        self.raw_transport: asyncio.Transport | None = None
+        self.app: asyncio.BaseProtocol | None = None
+        self.session: SessionInfo | None = None
+        self.peer: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._app_transport: TLSTransport | None = None
+        self.handshake: asyncio.Future[SessionInfo] = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.raw_transport = transport
+        self.peer = transport.get_extra_info("peername")
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._handshake_timed_out)
+        self.flush()  # a client's ClientHello
+
+    def data_received(self, data: bytes) -> None:
+        self._feed(data)
+
+    def eof_received(self) -> bool | None:
+        self._feed(b"")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if not self.handshake.done():
+            self.handshake.set_exception(HandshakeFailed("connection lost during the handshake"))
+            self.handshake.exception()  # mark retrieved: a server has nobody awaiting it
+        if self.app is not None:
+            self.app.connection_lost(exc)
+        self.raw_transport = None
+
+    def pause_writing(self) -> None:
+        if self.app is not None:
+            self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.app is not None:
+            self.app.resume_writing()
+
+    # -- internals
+    def flush(self) -> None:
+        out = self.tls.data_to_send()
+        if out and self.raw_transport is not None and not self.raw_transport.is_closing():
+            self.raw_transport.write(out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self.session is None:
+            log.info("handshake from %s timed out after %.1f s", self.peer, self._timeout)
+            self._fail(HandshakeTimeout(f"handshake did not complete within {self._timeout} s"))
+
+    def _fail(self, exc: TLSError) -> None:
+        if not self.handshake.done():
+            self.handshake.set_exception(exc)
+            self.handshake.exception()
+        if self.raw_transport is not None:
+            self.raw_transport.close()
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            events = self.tls.receive_data(data)
+        except HandshakeFailed as exc:
+            identity = self.tls.offered_identity
+            log.info("handshake from %s failed (identity %r): %s", self.peer, identity, exc.reason)
+            self.flush()  # the alert
+            self._fail(exc)
+            return
+        except TLSError as exc:
+            log.info("TLS error on %s: %s", self.peer, exc)
+            self.flush()
+            self._fail(exc)
+            return
+        self.flush()
+        for event in events:
+            if isinstance(event, HandshakeCompleted):
+                self._cancel_timer()
+                self.session = event.session
+                self._app_transport = TLSTransport(self)
+                self.app = self._app_factory()
+                self.app.connection_made(self._app_transport)
+                if not self.handshake.done():
+                    self.handshake.set_result(event.session)
+            elif isinstance(event, DataReceived):
+                if isinstance(self.app, asyncio.Protocol):
+                    self.app.data_received(event.data)
+            elif isinstance(event, ConnectionClosed):
+                keep_open = isinstance(self.app, asyncio.Protocol) and self.app.eof_received()
+                if not keep_open and self._app_transport is not None:
+                    self._app_transport.close()
+                elif self.raw_transport is not None and not event.clean:
+                    self.raw_transport.close()
+
+
+async def start_server(
+    app_factory: Callable[[], asyncio.BaseProtocol],
+    host: str | None,
+    port: int,
+    context: TLSContext,
+    *,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    **kwargs: Any,
+) -> asyncio.Server:
+    """Serve TLS-PSK on ``host:port``; each authenticated connection gets an ``app_factory()`` protocol."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: TLSAdapter(context, app_factory, handshake_timeout=handshake_timeout), host, port, **kwargs
+    )
+
+
+async def start_stream_server(
+    client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    host: str | None,
+    port: int,
+    context: TLSContext,
+    *,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    limit: int = 2**16,
+    **kwargs: Any,
+) -> asyncio.Server:
+    """Like ``asyncio.start_server`` over TLS-PSK; the writer's ``get_extra_info("m2msec_session")`` tells
+    who is connected."""
+
+    def factory() -> asyncio.BaseProtocol:
+        reader = asyncio.StreamReader(limit=limit)
+        return asyncio.StreamReaderProtocol(reader, client_connected_cb)
+
+    return await start_server(factory, host, port, context, handshake_timeout=handshake_timeout, **kwargs)
+
+
+async def create_connection(
+    app_factory: Callable[[], asyncio.BaseProtocol],
+    host: str,
+    port: int,
+    context: TLSContext,
+    *,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+) -> tuple[TLSAdapter, SessionInfo]:
+    """Connect, complete the handshake and return the adapter (``adapter.app`` is the protocol).
+
+    Raises:
+        HandshakeFailed, HandshakeTimeout: authentication failed or took too long.
+        OSError: the TCP connection could not be made.
+    """
+    loop = asyncio.get_running_loop()
+    _, adapter = await loop.create_connection(
+        lambda: TLSAdapter(context, app_factory, handshake_timeout=handshake_timeout), host, port
+    )
+    try:
+        session = await adapter.handshake
+    except BaseException:
+        if adapter.raw_transport is not None:
+            adapter.raw_transport.close()
+        raise
+    return adapter, session
+
+
+async def open_connection(
+    host: str,
+    port: int,
+    context: TLSContext,
+    *,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    limit: int = 2**16,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, SessionInfo]:
+    """Like ``asyncio.open_connection`` over TLS-PSK; also returns the established :class:`SessionInfo`."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    adapter, session = await create_connection(
+        lambda: protocol, host, port, context, handshake_timeout=handshake_timeout
+    )
+    assert adapter._app_transport is not None
+    writer = asyncio.StreamWriter(adapter._app_transport, protocol, reader, loop)
+    return reader, writer, session

@@ -1,0 +1,232 @@
+"""The sans-I/O engine, client and server in one process over memory BIOs (real OpenSSL handshakes)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from conftest import (
+    HOME_GATEWAY_CSE_ID,
+    LIGHT1_AE,
+    LIGHT1_ID,
+    LIGHT1_KEY,
+    LIGHT2_ID,
+    contexts,
+    handshake_pair,
+)
+from m2msec.errors import ConfigurationError, HandshakeFailed, TLSProtocolError
+from m2msec.keys.secret import SecretKey
+from m2msec.keys.table import MemoryPSKTable, PSKEntry
+from m2msec.tls.engine import (
+    ClientConfig,
+    ConnectionClosed,
+    ConnectionState,
+    DataReceived,
+    ServerConfig,
+    TLSContext,
+)
+from m2msec.tls.profiles import DHE_PSK, ECDHE_PSK, ONEM2M_PSK, PSK, RSA_PSK, TLS13_PSK, parse_profiles
+
+EXPECTED_CIPHER = {
+    "onem2m": "PSK-AES128-CBC-SHA256",  # TS-0003 §10.2.2 mandatory suite is preferred
+    "psk": "PSK-AES128-GCM-SHA256",
+    "dhe-psk": "DHE-PSK-AES128-GCM-SHA256",
+    "rsa-psk": "RSA-PSK-AES128-GCM-SHA256",
+    "ecdhe-psk": "ECDHE-PSK-AES128-CBC-SHA256",
+    "tls13": "TLS_AES_128_GCM_SHA256",
+}
+
+
+@pytest.mark.parametrize("profile", [ONEM2M_PSK, PSK, DHE_PSK, RSA_PSK, ECDHE_PSK, TLS13_PSK], ids=lambda p: p.name)
+def test_every_family_handshakes_and_agrees(
+    table: MemoryPSKTable, profile: object, rsa_cert: tuple[bytes, bytes]
+) -> None:
+    kw = {"certificate_pem": rsa_cert[0], "private_key_pem": rsa_cert[1]} if profile is RSA_PSK else {}
+    server, client = contexts(table, (profile,), **kw)  # type: ignore[arg-type]
+    s, c = handshake_pair(server, client)
+    assert s.session is not None and c.session is not None
+    assert s.session.cipher == c.session.cipher == EXPECTED_CIPHER[profile.name]  # type: ignore[attr-defined]
+    assert s.session.version == c.session.version == ("TLSv1.3" if profile is TLS13_PSK else "TLSv1.2")
+    # TS-0003 §8.2.2.1: B associates the context with the entity bound to the KpsaID, A with IdB
+    assert s.session.psk_identity == LIGHT1_ID and s.session.entity == LIGHT1_AE
+    assert c.session.entity == HOME_GATEWAY_CSE_ID
+    # TS-0003 §10.3.1: both ends export the same 48 bytes
+    e1 = s.export_keying_material("EXPORTER-oneM2M-Connection", 48)
+    e2 = c.export_keying_material("EXPORTER-oneM2M-Connection", 48)
+    assert len(e1) == 48 and e1 == e2
+    assert s.export_keying_material("EXPORTER-oneM2M-Connection", 48, b"ctx") != e1
+    if profile is not TLS13_PSK:
+        assert s.master_secret() == c.master_secret() and len(s.master_secret()) == 48
+        assert len(s.session.session_id) == 32 and s.session.session_id == c.session.session_id
+    else:
+        assert s.session.session_id == b""
+        with pytest.raises(TLSProtocolError):
+            s.master_secret()
+    # application data both ways
+    c.send(b"ping")
+    assert [e.data for e in s.receive_data(c.data_to_send()) if isinstance(e, DataReceived)] == [b"ping"]
+    s.send(b"pong" * 10000)
+    got = b"".join(e.data for e in c.receive_data(s.data_to_send()) if isinstance(e, DataReceived))
+    assert got == b"pong" * 10000
+    # clean close
+    c.close()
+    assert ConnectionClosed(clean=True) in s.receive_data(c.data_to_send())
+
+
+def test_default_server_accepts_a_plain_onem2m_client(table: MemoryPSKTable) -> None:
+    server = TLSContext.server(ServerConfig(table.lookup))
+    client = TLSContext.client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY)))
+    s, _ = handshake_pair(server, client)
+    assert s.session is not None and s.session.cipher == "PSK-AES128-CBC-SHA256"
+
+
+def test_session_ids_differ_between_connections(table: MemoryPSKTable) -> None:
+    server, client = contexts(table, (ONEM2M_PSK,))
+    a, _ = handshake_pair(server, client)
+    b, _ = handshake_pair(server, client)
+    assert a.session is not None and b.session is not None and a.session.session_id != b.session.session_id
+
+
+def test_unknown_identity_is_refused_with_the_alert(table: MemoryPSKTable) -> None:
+    server, client = contexts(table, (ONEM2M_PSK,), identity="nobody@in.provider.com")
+    with pytest.raises(HandshakeFailed) as info:
+        handshake_pair(server, client)
+    assert info.value.alert == "unknown_psk_identity"
+
+
+def test_unknown_identity_alert_reaches_the_client(table: MemoryPSKTable) -> None:
+    server, client = contexts(table, (ONEM2M_PSK,), identity="nobody@in.provider.com")
+    s, c = server.connection(), client.connection()
+    s.receive_data(c.data_to_send())
+    with pytest.raises(HandshakeFailed) as srv_err:
+        c.receive_data(s.data_to_send())
+        s.receive_data(c.data_to_send())
+    assert srv_err.value.alert == "unknown_psk_identity"
+    assert s.offered_identity == "nobody@in.provider.com" and s.state is ConnectionState.FAILED
+    with pytest.raises(HandshakeFailed, match="unknown psk identity"):
+        c.receive_data(s.data_to_send())
+
+
+@pytest.mark.parametrize("profile", [ONEM2M_PSK, TLS13_PSK], ids=lambda p: p.name)
+def test_wrong_key_fails_the_handshake(table: MemoryPSKTable, profile: object) -> None:
+    server, client = contexts(table, (profile,), key="0000000000000000")  # type: ignore[arg-type]
+    with pytest.raises(HandshakeFailed):
+        handshake_pair(server, client)
+
+
+def test_lookup_exception_rejects_without_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(identity: str) -> PSKEntry | None:
+        raise RuntimeError("database on fire")
+
+    server = TLSContext.server(ServerConfig(broken, profiles=(ONEM2M_PSK,)))
+    client = TLSContext.client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY)))
+    with caplog.at_level(logging.ERROR, logger="m2msec.tls"), pytest.raises(HandshakeFailed) as info:
+        handshake_pair(server, client)
+    assert info.value.reason == "psk lookup failed"
+    assert "RuntimeError" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_garbage_instead_of_client_hello_fails_cleanly(table: MemoryPSKTable) -> None:
+    server, _ = contexts(table, (ONEM2M_PSK,))
+    s = server.connection()
+    with pytest.raises(HandshakeFailed):
+        s.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert s.state is ConnectionState.FAILED
+    assert s.receive_data(b"more") == []  # a failed connection ignores further input
+
+
+def test_eof_during_handshake(table: MemoryPSKTable) -> None:
+    server, client = contexts(table, (ONEM2M_PSK,))
+    s, c = server.connection(), client.connection()
+    s.receive_data(c.data_to_send()[:10])
+    with pytest.raises(HandshakeFailed, match="closed by peer"):
+        s.receive_data(b"")
+
+
+def test_byte_at_a_time_feeding(table: MemoryPSKTable) -> None:
+    server, client = contexts(table, (ECDHE_PSK,))
+    s, c = server.connection(), client.connection()
+    for _ in range(10):
+        for b in c.data_to_send():
+            s.receive_data(bytes([b]))
+        for b in s.data_to_send():
+            c.receive_data(bytes([b]))
+        if s.session and c.session:
+            break
+    assert s.session is not None and c.session is not None
+
+
+def test_sni_and_identity_hint(table: MemoryPSKTable) -> None:
+    server = TLSContext.server(ServerConfig(table.lookup, profiles=(ONEM2M_PSK,), identity_hint="mn-cse-123456"))
+    client = TLSContext.client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY),
+                                            server_name="mn-cse-123456.in.provider.com"))
+    s, c = handshake_pair(server, client)
+    assert s.session is not None and s.session.server_name == "mn-cse-123456.in.provider.com"
+    assert c.session is not None and c.session.identity_hint == "mn-cse-123456"
+
+
+def test_ip_literal_is_not_sent_as_sni(table: MemoryPSKTable) -> None:
+    server, _ = contexts(table, (ONEM2M_PSK,))
+    client = TLSContext.client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), server_name="127.0.0.1"))
+    s, _ = handshake_pair(server, client)
+    assert s.session is not None and s.session.server_name is None
+
+
+def test_client_refuses_tls_1_3_only_server_when_configured_for_1_2(table: MemoryPSKTable) -> None:
+    server = TLSContext.server(ServerConfig(table.lookup, profiles=(TLS13_PSK,)))
+    client = TLSContext.client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(ONEM2M_PSK,)))
+    with pytest.raises(HandshakeFailed):
+        handshake_pair(server, client)
+
+
+def test_identities_map_to_their_own_entities(table: MemoryPSKTable) -> None:
+    from conftest import LIGHT2_AE, LIGHT2_KEY
+
+    server, client = contexts(table, (ONEM2M_PSK,), identity=LIGHT2_ID, key=LIGHT2_KEY)
+    s, _ = handshake_pair(server, client)
+    assert s.session is not None and s.session.entity == LIGHT2_AE
+
+
+def test_exporter_rejects_reserved_labels_and_use_before_handshake(table: MemoryPSKTable) -> None:
+    server, client = contexts(table, (ONEM2M_PSK,))
+    with pytest.raises(TLSProtocolError):
+        server.connection().export_keying_material("EXPORTER-x", 16)
+    s, _ = handshake_pair(server, client)
+    for label in ("master secret", "key expansion", "client finished", "server finished", ""):
+        with pytest.raises(ConfigurationError):
+            s.export_keying_material(label, 16)
+    with pytest.raises(ConfigurationError):
+        s.export_keying_material("EXPORTER-x", 0)
+
+
+def test_send_before_handshake_is_an_error(table: MemoryPSKTable) -> None:
+    server, _ = contexts(table, (ONEM2M_PSK,))
+    with pytest.raises(TLSProtocolError):
+        server.connection().send(b"x")
+
+
+def test_configuration_errors() -> None:
+    lookup = MemoryPSKTable().lookup
+    with pytest.raises(ConfigurationError, match="certificate"):
+        TLSContext.server(ServerConfig(lookup, profiles=(RSA_PSK,)))
+    with pytest.raises(ConfigurationError, match="profile"):
+        TLSContext.server(ServerConfig(lookup, profiles=()))
+    with pytest.raises(ConfigurationError, match="unknown cipher profile"):
+        parse_profiles("onem2m,nope")
+    with pytest.raises(ConfigurationError, match="identity"):
+        TLSContext.client(ClientConfig("", SecretKey(b"k")))
+    with pytest.raises(ConfigurationError, match="identity hint"):
+        TLSContext.server(ServerConfig(lookup, identity_hint="x" * 300))
+
+
+def test_no_key_material_in_reprs(table: MemoryPSKTable) -> None:
+    key = SecretKey.from_hex(LIGHT1_KEY)
+    cfg = ClientConfig(LIGHT1_ID, key)
+    server, client = contexts(table, (ONEM2M_PSK,))
+    s, c = handshake_pair(server, client)
+    texts = [repr(key), str(key), repr(cfg), repr(s), repr(s.session), repr(c.session), repr(table.lookup(LIGHT1_ID)),
+             repr(s.export_keying_material("EXPORTER-oneM2M-Connection", 48)), repr(s.master_secret())]
+    for text in texts:
+        assert LIGHT1_KEY not in text.lower() and "1a2b" not in text.lower()
+    assert "redacted" in repr(key)
