@@ -1,0 +1,146 @@
+"""The m2msec command line: real processes for gateway/request/demo, main() for the key store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGHT2_ID, LIGHT2_KEY
+from m2msec.cli.main import main
+
+M2MSEC = [sys.executable, "-m", "m2msec.cli.main"]
+
+
+def run(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*M2MSEC, *args], capture_output=True, text=True, timeout=60, **kw)  # type: ignore[call-overload]
+
+
+def private(path: Path, text: str) -> str:
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_keys_add_list_remove_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "keys.db")
+    keyfile = private(tmp_path / "light1.key", LIGHT1_KEY + "\n")
+    assert main(["keys", "--db", db, "add", "--identity", LIGHT1_ID, "--entity", LIGHT1_AE, "--key-file", keyfile]) == 0
+    os.environ["LIGHT2_KEY"] = LIGHT2_KEY
+    try:
+        assert main(["keys", "--db", db, "add", "--identity", LIGHT2_ID, "--key-env", "LIGHT2_KEY"]) == 0
+    finally:
+        del os.environ["LIGHT2_KEY"]
+    assert main(["keys", "--db", db, "add", "--identity", "new@x.com", "--generate", "32",
+                 "--out", str(tmp_path / "new.key")]) == 0
+    assert (tmp_path / "new.key").stat().st_mode & 0o777 == 0o600
+    assert main(["keys", "--db", db, "list"]) == 0
+    out = capsys.readouterr().out
+    assert LIGHT1_ID in out and LIGHT1_AE in out and "3 identities" in out
+    assert LIGHT1_KEY not in out and LIGHT2_KEY not in out
+    assert (tmp_path / "new.key").read_text().strip() not in out
+    assert main(["keys", "--db", db, "remove", "--identity", LIGHT2_ID]) == 0
+    toml = private(tmp_path / "t.toml", f'[[psk]]\nidentity = "{LIGHT2_ID}"\nkey = "{LIGHT2_KEY}"\n')
+    assert main(["keys", "--db", db, "import", toml]) == 0
+    assert main(["keys", "--db", db, "import", toml]) == 1  # conflict: nothing imported
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("m2msec: error:") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["keys", "--db", "{db}", "remove", "--identity", "nobody@x.com"], "no entry"),
+        (["keys", "--db", "{db}", "add", "--identity", "a@b.c", "--key-env", "M2MSEC_TEST_UNSET"], "not set"),
+        (["keys", "--db", "{db}", "add", "--identity", "a@b.c", "--key-file", "{tmp}/none"], "cannot read"),
+        (["keys", "--db", "{db}", "add", "--identity", "a@b.c", "--generate", "32"], "--out"),
+        (["keys", "--db", "{db}", "import", "{tmp}/none.toml"], "cannot read"),
+        (["gateway", "--psk-table", "{tmp}/none.toml", "--backend", "http://127.0.0.1:1"], "cannot read"),
+        (["gateway", "--db", "{db}", "--backend", "ftp://x"], "backend must be"),
+        (["gateway", "--db", "{tmp}/absent.db", "--backend", "http://127.0.0.1:1"], "no such key store"),
+        (["gateway", "--db", "{db}", "--backend", "http://127.0.0.1:1", "--profiles", "rsa-psk"], "certificate"),
+        (["gateway", "--db", "{db}", "--backend", "http://127.0.0.1:1", "--listen", "x:y"], "HOST:PORT"),
+        (["request", "--connect", "127.0.0.1:1", "--identity", "a@b.c", "--key-env", "M2MSEC_T", "/"],
+         "cannot connect"),
+    ],
+)
+def test_errors_are_one_line(tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "keys.db"
+    main(["keys", "--db", str(db), "add", "--identity", "x@y.z", "--key-file",
+          private(tmp_path / "k", "00112233")])
+    capsys.readouterr()
+    os.environ["M2MSEC_T"] = "001122"
+    try:
+        code = main([a.replace("{db}", str(db)).replace("{tmp}", str(tmp_path)) for a in argv])
+    finally:
+        del os.environ["M2MSEC_T"]
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+
+
+def test_world_readable_key_file_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keyfile = tmp_path / "k"
+    keyfile.write_text(LIGHT1_KEY)
+    keyfile.chmod(0o644)
+    assert main(["keys", "--db", str(tmp_path / "db"), "add", "--identity", "a@b.c", "--key-file", str(keyfile)]) == 2
+    assert "chmod 600" in capsys.readouterr().err
+
+
+def test_demo_runs_with_no_setup(tmp_path: Path) -> None:
+    result = run(["demo"], cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all cases behaved as TS-0003 requires" in result.stdout
+    assert LIGHT1_KEY not in result.stdout + result.stderr
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """`m2msec gateway` as a real process in front of a real HTTP server (python -m http.server)."""
+    import socket
+
+    table = private(tmp_path / "psk.toml",
+                    f'[[psk]]\nidentity = "{LIGHT1_ID}"\nkey = "{LIGHT1_KEY}"\nentity = "{LIGHT1_AE}"\n')
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "mn-cse-123456").write_text("hello from the backend\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        bport = s.getsockname()[1]
+    backend = subprocess.Popen([sys.executable, "-m", "http.server", str(bport), "--bind", "127.0.0.1",
+                                "-d", str(tmp_path / "www")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gw = subprocess.Popen([*M2MSEC, "gateway", "--listen", "127.0.0.1:0", "--psk-table", table,
+                           "--backend", f"http://127.0.0.1:{bport}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+    try:
+        assert gw.stdout is not None
+        line = gw.stdout.readline()
+        assert line.startswith("m2msec gateway on 127.0.0.1:"), line
+        port = int(line.split()[3].rsplit(":", 1)[1])
+        yield port, tmp_path
+    finally:
+        gw.terminate()
+        backend.terminate()
+        _, err = gw.communicate(timeout=10)
+        backend.wait(timeout=10)
+        assert LIGHT1_KEY not in err  # no key in the gateway's log
+    assert gw.returncode == 0  # SIGTERM is a clean shutdown
+
+
+def test_request_through_gateway_process(gateway_process: tuple[int, Path]) -> None:
+    port, tmp = gateway_process
+    keyfile = private(tmp / "light1.key", LIGHT1_KEY)
+    base = ["request", "--connect", f"127.0.0.1:{port}", "--identity", LIGHT1_ID, "--key-file", keyfile,
+            "--entity-id", "mn-cse-123456"]
+    ok = run([*base, "--origin", LIGHT1_AE, "/mn-cse-123456"])
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("HTTP 200") and "hello from the backend" in ok.stdout
+    assert "PSK-AES128-CBC-SHA256" in ok.stderr
+    refused = run([*base, "--origin", "Clight-AE2", "/mn-cse-123456"])
+    assert refused.stdout.startswith("HTTP 403") and "x-m2m-rsc: 4106" in refused.stdout
+    wrong = private(tmp / "wrong.key", "00" * 8)
+    bad = run([*base[:-4], "--key-file", wrong, "/mn-cse-123456"])
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "handshake failed" in bad.stderr
