@@ -27,8 +27,9 @@ def add_parser(sub: Any) -> None:
     src.add_argument("--db", type=Path, metavar="FILE", help="SQLite key store (see 'm2msec keys')")
     p.add_argument("--master-key-file", type=Path, help="master key of --db (default DB.key)")
     p.add_argument("--backend", required=True, metavar="URL", help="the CSE's HTTP binding, http://HOST:PORT[/prefix]")
-    p.add_argument("--profiles", default="onem2m,ecdhe-psk,tls13",
-                   help="cipher profiles in preference order (onem2m, psk, dhe-psk, ecdhe-psk, rsa-psk, tls13)")
+    p.add_argument("--profiles", default="onem2m,ecdhe-psk",
+                   help="cipher profiles in preference order: onem2m, psk, dhe-psk, ecdhe-psk, rsa-psk, tls13 "
+                   "(default onem2m,ecdhe-psk: TLS 1.2 only, TS-0003 §10.2.1)")
     p.add_argument("--identity-hint", help="PSK identity hint (RFC 4279 §5.1)")
     p.add_argument("--unbound", choices=[x.value for x in UnboundPolicy], default="reject",
                    help="requests on an SA whose identity has no bound AE-ID/CSE-ID: reject with 4106 (default) "

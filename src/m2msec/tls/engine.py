@@ -39,7 +39,7 @@ from OpenSSL import crypto as _crypto
 from m2msec.errors import ConfigurationError, HandshakeFailed, TLSProtocolError
 from m2msec.keys.secret import MAX_PSK_LENGTH, SecretKey
 from m2msec.keys.table import PSKEntry
-from m2msec.tls.profiles import ECDHE_PSK, ONEM2M_PSK, TLS13_PSK, CipherProfile
+from m2msec.tls.profiles import ECDHE_PSK, ONEM2M_PSK, CipherProfile
 
 __all__ = [
     "DEFAULT_CLIENT_PROFILES",
@@ -79,8 +79,9 @@ PRIVATE_BINDINGS: tuple[str, ...] = (
     "OpenSSL.SSL.Connection._reverse_mapping",
 )
 
-#: TS-0003 §10.2.2 first (mandatory suite), then forward-secret ECDHE_PSK, then TLS 1.3 (psk_dhe_ke).
-DEFAULT_SERVER_PROFILES: tuple[CipherProfile, ...] = (ONEM2M_PSK, ECDHE_PSK, TLS13_PSK)
+#: TS-0003 §10.2.1 says TLS 1.2 "shall be used": the default server offers the §10.2.2 suites (mandatory one
+#: first) and forward-secret ECDHE_PSK, TLS 1.2 only. TLS 1.3 (TLS13_PSK) is opt-in (docs/decisions.md D3).
+DEFAULT_SERVER_PROFILES: tuple[CipherProfile, ...] = (ONEM2M_PSK, ECDHE_PSK)
 #: A oneM2M Entity A offers the §10.2.2 suites over TLS 1.2 (TS-0003 §10.2.1 mandates TLS 1.2).
 DEFAULT_CLIENT_PROFILES: tuple[CipherProfile, ...] = (ONEM2M_PSK,)
 
