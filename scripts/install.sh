@@ -18,4 +18,7 @@ PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+# A real oneM2M CSE (ACME) for the end-to-end tests, in its own venv so its dependencies never mix with ours.
+[ -x .venv-acme/bin/python ] || "$PY" -m venv .venv-acme
+.venv-acme/bin/python -m pip install -q 'acmecse==2026.5.3'
 echo "m2msec installed in .venv: run 'bash scripts/test.sh' to test, '.venv/bin/m2msec demo' to try it."

@@ -212,6 +212,8 @@ class Gateway:
                     break
         except (ConnectionError, http.HTTPError) as exc:
             log.debug("connection with %s ended: %s", peer, exc)
+        except asyncio.CancelledError:
+            pass  # close() cancels live connections; this task is the top of its own stack
         finally:
             self._clients.discard(task)
             writer.close()
