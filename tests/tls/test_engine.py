@@ -230,3 +230,14 @@ def test_no_key_material_in_reprs(table: MemoryPSKTable) -> None:
     for text in texts:
         assert LIGHT1_KEY not in text.lower() and "1a2b" not in text.lower()
     assert "redacted" in repr(key)
+
+
+def test_tls13_unknown_identity_reports_the_alert_actually_sent(table: MemoryPSKTable) -> None:
+    server, client = contexts(table, (TLS13_PSK,), identity="nobody@in.provider.com")
+    s, c = server.connection(), client.connection()
+    with pytest.raises(HandshakeFailed) as srv:
+        s.receive_data(c.data_to_send())
+    with pytest.raises(HandshakeFailed) as cli:
+        c.receive_data(s.data_to_send())
+    assert srv.value.reason == "unknown psk identity"
+    assert srv.value.alert == cli.value.alert == "handshake_failure"

@@ -17,6 +17,7 @@ import json
 import logging
 import urllib.parse
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 import h11
 
@@ -101,7 +102,7 @@ def _onem2m_error_response(exc: OneM2MError, request_id: str | None) -> http.Mes
     if request_id:
         headers.append(("x-m2m-ri", request_id))
     body = json.dumps({"m2m:dbg": exc.detail}).encode()
-    return http.Message(headers=headers, body=body, status=exc.http_status)
+    return http.Message(headers=headers, body=body, status=exc.http_status, reason=HTTPStatus(exc.http_status).phrase)
 
 
 class Gateway:
@@ -195,7 +196,7 @@ class Gateway:
                     if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                         resp = _onem2m_error_response(BadRequest(detail), None)
                         if exc.too_large:
-                            resp.status = 413
+                            resp.status, resp.reason = 413, HTTPStatus(413).phrase
                         resp.headers.append(("connection", "close"))
                         with contextlib.suppress(http.HTTPError, ConnectionError):
                             await http.send_message(conn, writer, resp)

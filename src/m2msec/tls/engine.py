@@ -675,7 +675,10 @@ class TLSConnection:
     def _handshake_error(self, exc: SSL.Error) -> HandshakeFailed:
         reason = _reason(exc)
         if self._psk_failure is not None:
-            return HandshakeFailed(self._psk_failure, alert="unknown_psk_identity")
+            # TLS 1.2 (RFC 4279 §2) answers with unknown_psk_identity; OpenSSL's TLS 1.3 server falls back to
+            # certificate authentication instead, has none, and sends handshake_failure.
+            tls13 = self._ssl.get_protocol_version_name() == "TLSv1.3"
+            return HandshakeFailed(self._psk_failure, alert="handshake_failure" if tls13 else "unknown_psk_identity")
         alert = None
         if "alert" in reason:
             alert = reason.split("alert", 1)[1].strip().replace(" ", "_")
