@@ -3,14 +3,28 @@ TD_M2M_SE_01) or fixed test keys, never real credentials."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
+import uvloop
 
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable, PSKEntry
 from m2msec.tls.engine import ClientConfig, ServerConfig, TLSConnection, TLSContext
 from m2msec.tls.profiles import CipherProfile
+
+#: test files whose async tests run on both asyncio's loop and uvloop (the CLI runs services on uvloop)
+BOTH_LOOPS = {"test_transport.py", "test_gateway.py"}
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    if item.path.name in BOTH_LOOPS:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
+
 
 # TR-0038 §7.1.2, Tables 7.1.2-1 and 7.1.2-2 (seed 001)
 LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE = "AE123456789012-Light@in.provider.com", "1a2b3c4d5e6f7a8b", "Clight-AE1"

@@ -15,6 +15,7 @@ identity is refused with ORIGINATOR_NOT_AUTHENTICATED (4106) and is not forwarde
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,12 +81,18 @@ class SecurityAssociation:
         return self.credential_id
 
 
+@functools.lru_cache(maxsize=65536)
+def _credential_id(psk_identity: str) -> str | None:
+    # one parse per identity, not per connection (the regexes were a visible share of a handshake's cost)
+    try:
+        return str(CredentialID.for_kpsa_id(psk_identity))
+    except IdentifierError:
+        return None  # not a §10.5 KpsaID: no Credential-ID can be formed from it
+
+
 def associate(session: SessionInfo, resolver: CredentialResolver | None = None) -> SecurityAssociation:
     """Associate a server-side session with an identity (TS-0003 §8.2.2.1)."""
-    try:
-        credential_id: str | None = str(CredentialID.for_kpsa_id(session.psk_identity))
-    except IdentifierError:
-        credential_id = None  # not a §10.5 KpsaID: no Credential-ID can be formed from it
+    credential_id = _credential_id(session.psk_identity)
     if session.entity:
         allowed = frozenset({session.entity})
     elif credential_id is not None and resolver is not None:

@@ -185,9 +185,8 @@ class Gateway:
         try:
             while True:
                 try:
-                    req = await asyncio.wait_for(
-                        http.read_message(conn, reader, max_body=self.config.max_body), self.config.idle_timeout
-                    )
+                    async with asyncio.timeout(self.config.idle_timeout):  # no extra task, unlike wait_for
+                        req = await http.read_message(conn, reader, max_body=self.config.max_body)
                 except TimeoutError:
                     break
                 except http.HTTPError as exc:

@@ -77,6 +77,14 @@ PRIVATE_BINDINGS: tuple[str, ...] = (
     "OpenSSL.SSL.Context._context",
     "OpenSSL.SSL.Connection._ssl",
     "OpenSSL.SSL.Connection._reverse_mapping",
+    "OpenSSL.SSL.Connection._from_ssl",
+    "OpenSSL.SSL.Connection._raise_ssl_error",
+    "OpenSSL._util.lib.BIO_read",
+    "OpenSSL._util.lib.SSL_do_handshake",
+    "OpenSSL._util.lib.SSL_read",
+    "OpenSSL._util.lib.SSL_get_error",
+    "OpenSSL._util.lib.SSL_ERROR_WANT_READ",
+    "OpenSSL._util.lib.SSL_ERROR_ZERO_RETURN",
 )
 
 #: TS-0003 §10.2.1 says TLS 1.2 "shall be used": the default server offers the §10.2.2 suites (mandatory one
@@ -125,7 +133,7 @@ def check_bindings() -> None:
         except (ImportError, AttributeError):
             missing.append(path)
             continue
-        if attr in {"_context", "_ssl"}:
+        if attr in {"_context", "_ssl", "_from_ssl"}:
             # instance attributes: check on a throw-away object
             ctx = SSL.Context(SSL.TLS_METHOD)
             probe: Any = ctx if attr == "_context" else SSL.Connection(ctx, None)
@@ -283,6 +291,8 @@ class TLSContext:
         else:
             self._configure_client(ctx, config)
         self._ctx = ctx
+        # one read buffer per context: a context and its connections belong to one thread (the event loop)
+        self._buffer = _ffi.new("char[]", _READ_CHUNK)
 
     @classmethod
     def server(cls, config: ServerConfig) -> TLSContext:
@@ -510,16 +520,13 @@ class TLSConnection:
     # -- I/O
     def data_to_send(self) -> bytes:
         """Bytes that must be written to the peer, in order. Empty when there is nothing to send."""
+        # BIO_read straight into the context's buffer: pyOpenSSL's bio_read raises WantReadError on an empty
+        # BIO, and an exception per call is a measurable share of a PSK handshake's cost.
+        bio, buf = self._ssl._from_ssl, self._context._buffer
         chunks: list[bytes] = []
-        while True:
-            try:
-                chunk = self._ssl.bio_read(_READ_CHUNK)
-            except SSL.WantReadError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
+        while (n := _lib.BIO_read(bio, buf, _READ_CHUNK)) > 0:
+            chunks.append(_ffi.buffer(buf, n)[:])
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes received from the peer (``b""`` = transport EOF); return what happened."""
@@ -543,32 +550,49 @@ class TLSConnection:
         return events
 
     def _advance_handshake(self) -> bool:
-        try:
-            self._ssl.do_handshake()
-        except SSL.WantReadError:
-            return False
-        except SSL.Error as exc:
+        ssl = self._ssl._ssl
+        rc = _lib.SSL_do_handshake(ssl)
+        if rc <= 0:
+            if _lib.SSL_get_error(ssl, rc) == _lib.SSL_ERROR_WANT_READ:
+                return False
+            try:
+                self._ssl._raise_ssl_error(ssl, rc)  # turns OpenSSL's error queue into an SSL.Error
+            except SSL.Error as exc:
+                self.state = ConnectionState.FAILED
+                raise self._handshake_error(exc) from None
             self.state = ConnectionState.FAILED
-            raise self._handshake_error(exc) from None
+            raise HandshakeFailed("handshake failed without an OpenSSL error")
         self.state = ConnectionState.ESTABLISHED
         self.session = self._build_session()
         return True
 
     def _read_application_data(self) -> list[Event]:
         events: list[Event] = []
+        ssl, buf = self._ssl._ssl, self._context._buffer
         while True:
-            try:
-                chunk = self._ssl.recv(_READ_CHUNK)
-            except SSL.WantReadError:
+            n = _lib.SSL_read(ssl, buf, _READ_CHUNK)
+            if n > 0:
+                events.append(DataReceived(_ffi.buffer(buf, n)[:]))
+                continue
+            error = _lib.SSL_get_error(ssl, n)
+            if error == _lib.SSL_ERROR_WANT_READ:
                 break
+            if error == _lib.SSL_ERROR_ZERO_RETURN:
+                self.state = ConnectionState.CLOSED
+                events.append(ConnectionClosed(clean=True))
+                break
+            try:
+                self._ssl._raise_ssl_error(ssl, n)
             except SSL.ZeroReturnError:
                 self.state = ConnectionState.CLOSED
                 events.append(ConnectionClosed(clean=True))
                 break
+            except SSL.WantReadError:
+                break
             except SSL.Error as exc:
                 self.state = ConnectionState.FAILED
                 raise TLSProtocolError(f"TLS record error: {_reason(exc)}") from None
-            events.append(DataReceived(chunk))
+            break
         return events
 
     def send(self, data: bytes) -> None:

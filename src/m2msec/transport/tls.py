@@ -147,8 +147,7 @@ class TLSAdapter(asyncio.Protocol):
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.raw_transport = transport
+        self.raw_transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport is not a subclass
         self.peer = transport.get_extra_info("peername")
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._handshake_timed_out)
         self.flush()  # a client's ClientHello
