@@ -16,14 +16,28 @@ from dataclasses import dataclass, field
 
 import h11
 
-from m2msec.errors import TransportError
+from m2msec.errors import HandshakeFailed, TransportError
 from m2msec.gateway import http
 from m2msec.keys.secret import SecretKey
-from m2msec.tls.engine import DEFAULT_CLIENT_PROFILES, ClientConfig, SessionInfo, TLSConnection, TLSContext
-from m2msec.tls.profiles import CipherProfile
+from m2msec.tls.engine import (
+    DEFAULT_CLIENT_PROFILES,
+    CertificateConfig,
+    ClientConfig,
+    SessionInfo,
+    TLSConnection,
+    TLSContext,
+)
+from m2msec.tls.profiles import ECDHE_ECDSA, CipherProfile
 from m2msec.transport.tls import open_connection
 
-__all__ = ["EXPORTER_CONNECTION_LABEL", "EstablishedSA", "PSKCredentials", "establish_sa"]
+__all__ = [
+    "EXPORTER_CONNECTION_LABEL",
+    "CertificateCredentials",
+    "EstablishedSA",
+    "PSKCredentials",
+    "check_peer_entity",
+    "establish_sa",
+]
 
 #: TS-0003 §10.3.1: M2M Secure Connection Key export label (48 bytes: KcID = first 16, Kc = last 32)
 EXPORTER_CONNECTION_LABEL = "EXPORTER-oneM2M-Connection"
@@ -47,6 +61,39 @@ class PSKCredentials:
             peer_entity=self.peer_entity,
             server_name=server_name,
         )
+
+
+@dataclass(frozen=True)
+class CertificateCredentials:
+    """Certificate-Based SAEF, Entity A (TS-0003 §8.2.2.2): own chain and key, B's trust anchors, IdB."""
+
+    chain_pem: bytes
+    private_key_pem: bytes = field(repr=False)
+    trust_anchors_pem: bytes = b""
+    #: IdB. When set, B's certificate must carry it (a CSE-ID certificate for that CSE-ID)
+    peer_entity: str | None = None
+    crl_pem: bytes | None = None
+    profiles: tuple[CipherProfile, ...] = (ECDHE_ECDSA,)
+
+    def client_config(self, server_name: str | None = None) -> ClientConfig:
+        cert = CertificateConfig(self.chain_pem, self.private_key_pem, self.trust_anchors_pem or None, self.crl_pem)
+        return ClientConfig(None, None, profiles=self.profiles, peer_entity=self.peer_entity,
+                            server_name=server_name, certificate=cert)
+
+
+def check_peer_entity(session: SessionInfo, peer_entity: str | None) -> None:
+    """TS-0003 §8.2.2.2: Entity A authenticates B *as IdB*: B's certificate must name that CSE-ID."""
+    if peer_entity is None or session.peer_certificate is None:
+        return
+    from m2msec.errors import IdentifierError
+    from m2msec.pki import identity_from_certificate
+
+    try:
+        ident = identity_from_certificate(session.peer_certificate)
+    except IdentifierError as exc:
+        raise HandshakeFailed(f"the server certificate names no CSE-ID ({exc})") from None
+    if ident.value != peer_entity.lstrip("/"):
+        raise HandshakeFailed(f"the server certificate is for {ident.value!r}, not IdB {peer_entity!r}")
 
 
 class EstablishedSA:
@@ -89,7 +136,12 @@ class EstablishedSA:
 
 
 async def establish_sa(
-    host: str, port: int, credentials: PSKCredentials, *, server_name: str | None = None, timeout: float = 10.0
+    host: str,
+    port: int,
+    credentials: PSKCredentials | CertificateCredentials,
+    *,
+    server_name: str | None = None,
+    timeout: float = 10.0,
 ) -> EstablishedSA:
     """Run the Association Security Handshake with Entity B at ``host:port``.
 
@@ -103,4 +155,10 @@ async def establish_sa(
         reader, writer, session = await open_connection(host, port, context, handshake_timeout=timeout)
     except OSError as exc:
         raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+    if isinstance(credentials, CertificateCredentials):
+        try:
+            check_peer_entity(session, credentials.peer_entity)
+        except HandshakeFailed:
+            writer.close()
+            raise
     return EstablishedSA(reader, writer, session)

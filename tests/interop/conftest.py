@@ -23,7 +23,7 @@ from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_ID, LIGHT1_KEY
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable
 from m2msec.saef import EXPORTER_CONNECTION_LABEL
-from m2msec.tls.engine import ClientConfig, ServerConfig, SessionInfo, TLSContext
+from m2msec.tls.engine import CertificateConfig, ClientConfig, ServerConfig, SessionInfo, TLSContext
 from m2msec.tls.profiles import DHE_PSK, ECDHE_PSK, ONEM2M_PSK, PSK, RSA_PSK, TLS13_PSK, CipherProfile
 from m2msec.transport.tls import start_stream_server
 
@@ -257,10 +257,9 @@ def gnutls_cli(port: int, family: Family, *args: str) -> contextlib.AbstractAsyn
 
 
 def server_context(table: MemoryPSKTable, family: Family, rsa_cert: tuple[bytes, bytes]) -> TLSContext:
-    cert, key = rsa_cert if family.profile.needs_certificate else (None, None)
+    certificate = CertificateConfig(*rsa_cert) if family.profile.needs_certificate else None
     return TLSContext.server(ServerConfig(psk_lookup=table.lookup, profiles=(family.profile,),
-                                          identity_hint=HOME_GATEWAY_CSE_ID, certificate_pem=cert,
-                                          private_key_pem=key))
+                                          identity_hint=HOME_GATEWAY_CSE_ID, certificate=certificate))
 
 
 def client_context(family: Family) -> TLSContext:

@@ -19,6 +19,7 @@ from m2msec.errors import ConfigurationError, HandshakeFailed, TLSProtocolError
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable, PSKEntry
 from m2msec.tls.engine import (
+    CertificateConfig,
     ClientConfig,
     ConnectionClosed,
     ConnectionState,
@@ -42,7 +43,7 @@ EXPECTED_CIPHER = {
 def test_every_family_handshakes_and_agrees(
     table: MemoryPSKTable, profile: object, rsa_cert: tuple[bytes, bytes]
 ) -> None:
-    kw = {"certificate_pem": rsa_cert[0], "private_key_pem": rsa_cert[1]} if profile is RSA_PSK else {}
+    kw = {"certificate": CertificateConfig(*rsa_cert)} if profile is RSA_PSK else {}
     server, client = contexts(table, (profile,), **kw)  # type: ignore[arg-type]
     s, c = handshake_pair(server, client)
     assert s.session is not None and c.session is not None

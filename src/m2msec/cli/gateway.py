@@ -13,7 +13,8 @@ from typing import Any
 from m2msec.errors import ConfigurationError
 from m2msec.gateway.rules import UnboundPolicy
 from m2msec.gateway.server import Gateway, GatewayConfig, parse_backend
-from m2msec.keys.table import PSKTable, TomlPSKTable
+from m2msec.keys.table import PSKTable, TomlPSKTable, check_file_permissions
+from m2msec.tls.engine import CertificateConfig
 from m2msec.tls.profiles import parse_profiles
 
 
@@ -22,7 +23,7 @@ def add_parser(sub: Any) -> None:
         "gateway", help="terminate TLS-PSK and forward oneM2M HTTP requests to a CSE"
     )
     p.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT", help="default 127.0.0.1:8443")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--psk-table", type=Path, metavar="FILE", help="TOML PSK table (reloaded on change)")
     src.add_argument("--db", type=Path, metavar="FILE", help="SQLite key store (see 'm2msec keys')")
     p.add_argument("--master-key-file", type=Path, help="master key of --db (default DB.key)")
@@ -34,8 +35,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--unbound", choices=[x.value for x in UnboundPolicy], default="reject",
                    help="requests on an SA whose identity has no bound AE-ID/CSE-ID: reject with 4106 (default) "
                    "or forward with the Credential-ID header")
-    p.add_argument("--cert", type=Path, help="server certificate (PEM), for the rsa-psk profile")
-    p.add_argument("--key", type=Path, help="server private key (PEM), for the rsa-psk profile")
+    p.add_argument("--cert", type=Path, help="server certificate chain (PEM, leaf first): rsa-psk, ecdhe-ecdsa")
+    p.add_argument("--key", type=Path, help="server private key (PEM; not readable by others)")
+    p.add_argument("--client-ca", type=Path, help="CA certificates that verify certificate clients (ecdhe-ecdsa)")
+    p.add_argument("--crl", type=Path, help="CRLs of the client CAs; revoked client certificates are refused")
+    p.add_argument("--cse-id", help="CSE-ID of the CSE behind the gateway (AE-ID certificates may use their stem)")
     p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--quiet", action="store_const", dest="log_level", const=logging.WARNING,
                    default=logging.INFO, help="log warnings only")
@@ -51,14 +55,27 @@ def _read(path: Path | None, what: str) -> bytes | None:
         raise ConfigurationError(f"{path}: cannot read {what}: {exc.strerror}") from None
 
 
+def _certificate(args: argparse.Namespace) -> CertificateConfig | None:
+    if args.cert is None and args.key is None:
+        if args.client_ca is not None or args.crl is not None:
+            raise ConfigurationError("--client-ca and --crl need the gateway's own --cert and --key")
+        return None
+    if args.cert is None or args.key is None:
+        raise ConfigurationError("give both --cert and --key")
+    check_file_permissions(args.key)
+    chain, key = _read(args.cert, "certificate"), _read(args.key, "private key")
+    assert chain is not None and key is not None
+    return CertificateConfig(chain, key, _read(args.client_ca, "client CA certificates"), _read(args.crl, "CRL"))
+
+
 async def run(args: argparse.Namespace) -> int:
     from m2msec.cli.main import parse_hostport
 
     host, port = parse_hostport(args.listen)
-    table: PSKTable
+    table: PSKTable | None = None
     if args.psk_table is not None:
         table = TomlPSKTable(args.psk_table)
-    else:
+    elif args.db is not None:
         from m2msec.keys.sqlite_store import SQLitePSKStore
 
         if not args.db.exists():
@@ -74,8 +91,8 @@ async def run(args: argparse.Namespace) -> int:
         identity_hint=args.identity_hint,
         unbound_policy=UnboundPolicy(args.unbound),
         handshake_timeout=args.handshake_timeout,
-        certificate_pem=_read(args.cert, "certificate"),
-        private_key_pem=_read(args.key, "private key"),
+        certificate=_certificate(args),
+        cse_id=args.cse_id,
     )
     gateway = Gateway(config, table)
     await gateway.start()

@@ -73,7 +73,7 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from m2msec.cli import demo, gateway, keys, request
+    from m2msec.cli import demo, gateway, keys, pki, request
 
     parser = argparse.ArgumentParser(
         prog="m2msec", description="oneM2M TS-0003 security associations: TLS-PSK gateway, client and key store"
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_parser(sub)
     request.add_parser(sub)
     demo.add_parser(sub)
+    pki.add_parser(sub)
     return parser
 
 

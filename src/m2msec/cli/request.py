@@ -1,7 +1,8 @@
-"""``m2msec request``: Entity A of the Provisioned Symmetric Key SAEF (TS-0003 §8.2.2.1).
+"""``m2msec request``: Entity A of the Provisioned Symmetric Key SAEF (TS-0003 §8.2.2.1) or of the
+Certificate-Based SAEF (§8.2.2.2).
 
-Establishes the SA with (KpsaID, Kpsa), associates it with IdB (``--entity-id``), sends one oneM2M
-HTTP request inside it and prints the response.
+Establishes the SA with (KpsaID, Kpsa) or with a certificate, associates it with IdB (``--entity-id``),
+sends one oneM2M HTTP request inside it and prints the response.
 """
 
 from __future__ import annotations
@@ -14,20 +15,25 @@ from typing import Any
 
 from m2msec.errors import ConfigurationError, TLSError
 from m2msec.gateway import http
-from m2msec.saef import PSKCredentials, establish_sa
+from m2msec.keys.table import check_file_permissions
+from m2msec.saef import CertificateCredentials, PSKCredentials, establish_sa
 from m2msec.tls.profiles import parse_profiles
 
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("request", help="send one oneM2M HTTP request over TLS-PSK")
     p.add_argument("--connect", required=True, metavar="HOST:PORT")
-    p.add_argument("--identity", required=True, help="psk_identity (KpsaID)")
-    src = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--identity", help="psk_identity (KpsaID), for the Provisioned Symmetric Key SAEF")
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--key-file", help="file holding the key in hex")
     src.add_argument("--key-env", help="environment variable holding the key in hex")
-    p.add_argument("--entity-id", help="IdB: the CSE-ID of Entity B the SA is associated with")
+    p.add_argument("--cert", type=Path, help="own certificate chain (PEM), for the Certificate-Based SAEF")
+    p.add_argument("--cert-key", type=Path, help="private key of --cert (PEM; not readable by others)")
+    p.add_argument("--ca", type=Path, help="trust anchors for the server's certificate (PEM)")
+    p.add_argument("--entity-id", help="IdB: the CSE-ID of Entity B the SA is associated with (with --cert, "
+                   "B's certificate must carry it)")
     p.add_argument("--server-name", help="SNI host name (TS-0003 §10.2.1)")
-    p.add_argument("--profiles", default="onem2m", help="cipher profiles to offer (default onem2m)")
+    p.add_argument("--profiles", help="cipher profiles to offer (default onem2m, or ecdhe-ecdsa with --cert)")
     p.add_argument("--origin", help="X-M2M-Origin (From)")
     p.add_argument("-X", "--method", default="GET")
     p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'")
@@ -37,16 +43,34 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: {exc.strerror}") from None
+
+
 async def run(args: argparse.Namespace) -> int:
     from m2msec.cli.main import parse_hostport, read_key
 
     host, port = parse_hostport(args.connect)
-    creds = PSKCredentials(
-        kpsa_id=args.identity,
-        kpsa=read_key(args.key_file, args.key_env),
-        peer_entity=args.entity_id,
-        profiles=parse_profiles(args.profiles),
-    )
+    creds: PSKCredentials | CertificateCredentials
+    if args.cert is not None:
+        if args.identity is not None or args.cert_key is None or args.ca is None:
+            raise ConfigurationError("--cert goes with --cert-key and --ca, and not with --identity")
+        check_file_permissions(args.cert_key)
+        chain, key, anchors = (_read(p) for p in (args.cert, args.cert_key, args.ca))
+        creds = CertificateCredentials(chain, key, anchors, peer_entity=args.entity_id,
+                                       profiles=parse_profiles(args.profiles or "ecdhe-ecdsa"))
+    else:
+        if args.identity is None:
+            raise ConfigurationError("give --identity with --key-file/--key-env (PSK), or --cert (certificate)")
+        creds = PSKCredentials(
+            kpsa_id=args.identity,
+            kpsa=read_key(args.key_file, args.key_env),
+            peer_entity=args.entity_id,
+            profiles=parse_profiles(args.profiles or "onem2m"),
+        )
     headers: list[tuple[str, str]] = [("host", args.server_name or host)]
     for item in args.header:
         name, sep, value = item.partition(":")

@@ -31,6 +31,7 @@ __all__ = [
     "CredentialResolver",
     "SecurityAssociation",
     "UnboundPolicy",
+    "ae_id_forms",
     "associate",
     "check_originator",
 ]
@@ -62,10 +63,17 @@ class CredentialResolver(Protocol):
 
 @dataclass(frozen=True)
 class SecurityAssociation:
-    """Entity B's view of one established SA."""
+    """Entity B's view of one established SA.
 
-    psk_identity: str
+    ``credential`` names what authenticated the client (for logs and errors); ``associated`` is the
+    AE-ID or CSE-ID the context is associated with, when one is known; ``allowed_originators`` are the
+    ``From`` values accepted on this SA (TS-0003 §7.2.1, TS-0004 §7.3.2.1).
+    """
+
+    credential: str
+    psk_identity: str | None
     credential_id: str | None
+    associated: str | None
     allowed_originators: frozenset[str]
 
     @property
@@ -74,11 +82,8 @@ class SecurityAssociation:
 
     @property
     def identity(self) -> str | None:
-        """The identity the context is associated with: the single allowed originator, else the
-        Credential-ID."""
-        if len(self.allowed_originators) == 1:
-            return next(iter(self.allowed_originators))
-        return self.credential_id
+        """The identity the context is associated with, else its Credential-ID."""
+        return self.associated if self.associated is not None else self.credential_id
 
 
 @functools.lru_cache(maxsize=65536)
@@ -90,8 +95,51 @@ def _credential_id(psk_identity: str) -> str | None:
         return None  # not a §10.5 KpsaID: no Credential-ID can be formed from it
 
 
-def associate(session: SessionInfo, resolver: CredentialResolver | None = None) -> SecurityAssociation:
-    """Associate a server-side session with an identity (TS-0003 §8.2.2.1)."""
+def ae_id_forms(absolute_ae_id: str, registrar_cse_id: str | None = None) -> frozenset[str]:
+    """The ``From`` forms of one Absolute AE-ID (TS-0001 §7.2): absolute, SP-relative and, when the AE is
+    registered here, the CSE-relative AE-ID-Stem. ``//sp/cse/Cx`` -> ``/cse/Cx``, ``Cx``; ``//sp/Sx`` -> ``Sx``."""
+    parts = absolute_ae_id[2:].split("/")
+    forms = {absolute_ae_id}
+    if len(parts) == 3:  # C-type: //SP-ID/CSE-ID/AE-ID-Stem
+        forms.add("/" + "/".join(parts[1:]))
+        if registrar_cse_id is not None and parts[1] == registrar_cse_id.lstrip("/"):
+            forms.add(parts[2])
+    elif len(parts) == 2:  # S-type: //SP-ID/S-AE-ID-Stem
+        forms.add(parts[1])
+    return frozenset(forms)
+
+
+def _associate_certificate(
+    session: SessionInfo, resolver: CredentialResolver | None, registrar_cse_id: str | None
+) -> SecurityAssociation:
+    from m2msec.pki import CertificateFlavour, identity_from_certificate
+
+    assert session.peer_certificate is not None
+    try:
+        ident = identity_from_certificate(session.peer_certificate)
+    except IdentifierError as exc:
+        return SecurityAssociation(f"certificate without a oneM2M identity ({exc})", None, None, None, frozenset())
+    credential = f"{ident.flavour.value} certificate {ident.value!r}"
+    if ident.flavour is CertificateFlavour.CSE_ID:
+        # TS-0003 §8.2.2.2: associate with the CSE-ID in the certificate; a registree CSE's From is its
+        # SP-relative CSE-ID
+        cse = "/" + ident.value
+        return SecurityAssociation(credential, None, None, cse, frozenset({cse}))
+    if ident.flavour is CertificateFlavour.AE_ID:
+        return SecurityAssociation(credential, None, None, ident.value, ae_id_forms(ident.value, registrar_cse_id))
+    # device / Node-ID certificates: Credential-ID, then §8.2.1 resolution (FQDN certificates have none)
+    allowed: frozenset[str] = frozenset()
+    if ident.credential_id is not None and resolver is not None:
+        allowed = resolver.resolve(ident.credential_id) or frozenset()
+    return SecurityAssociation(credential, None, ident.credential_id, None, allowed)
+
+
+def associate(
+    session: SessionInfo, resolver: CredentialResolver | None = None, registrar_cse_id: str | None = None
+) -> SecurityAssociation:
+    """Associate a server-side session with an identity (TS-0003 §8.2.2.1 PSK, §8.2.2.2 certificates)."""
+    if session.psk_identity is None:
+        return _associate_certificate(session, resolver, registrar_cse_id)
     credential_id = _credential_id(session.psk_identity)
     if session.entity:
         allowed = frozenset({session.entity})
@@ -99,7 +147,8 @@ def associate(session: SessionInfo, resolver: CredentialResolver | None = None) 
         allowed = resolver.resolve(credential_id) or frozenset()
     else:
         allowed = frozenset()
-    return SecurityAssociation(session.psk_identity, credential_id, allowed)
+    return SecurityAssociation(repr(session.psk_identity), session.psk_identity, credential_id,
+                               session.entity or None, allowed)
 
 
 def check_originator(sa: SecurityAssociation, origin: str | None, policy: UnboundPolicy) -> None:
@@ -108,7 +157,7 @@ def check_originator(sa: SecurityAssociation, origin: str | None, policy: Unboun
         if policy is UnboundPolicy.FORWARD and sa.credential_id is not None:
             return
         raise OriginatorNotAuthenticated(
-            f"the security association ({sa.psk_identity!r}) is not bound to any AE-ID or CSE-ID"
+            f"the security association ({sa.credential}) is not bound to any AE-ID or CSE-ID"
         )
     if origin is None or origin == "":
         raise OriginatorNotAuthenticated("request has no X-M2M-Origin inside a security association")

@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 
 import h11
@@ -41,7 +41,7 @@ from m2msec.gateway.rules import (
     check_originator,
 )
 from m2msec.keys.table import PSKTable, TomlPSKTable
-from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, ServerConfig, SessionInfo, TLSContext
+from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, CertificateConfig, ServerConfig, SessionInfo, TLSContext
 from m2msec.tls.profiles import CipherProfile
 from m2msec.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, start_stream_server
 
@@ -93,8 +93,10 @@ class GatewayConfig:
     backend_timeout: float = 30.0
     max_body: int = http.DEFAULT_MAX_BODY
     reload_interval: float = 1.0
-    certificate_pem: bytes | None = None
-    private_key_pem: bytes | None = field(default=None, repr=False)
+    #: the gateway's certificate credential (rsa-psk, ecdhe-ecdsa) and the client CAs for certificate clients
+    certificate: CertificateConfig | None = None
+    #: the CSE-ID of the CSE behind the gateway: lets AE-ID certificate holders use their AE-ID-Stem as From
+    cse_id: str | None = None
 
 
 def _onem2m_error_response(exc: OneM2MError, request_id: str | None) -> http.Message:
@@ -109,18 +111,17 @@ class Gateway:
     """Serve TLS-PSK on ``config.host:config.port`` in front of ``config.backend``."""
 
     def __init__(
-        self, config: GatewayConfig, table: PSKTable, *, resolver: CredentialResolver | None = None
+        self, config: GatewayConfig, table: PSKTable | None, *, resolver: CredentialResolver | None = None
     ) -> None:
         self.config = config
         self.table = table
         self.resolver = resolver
         self.context = TLSContext.server(
             ServerConfig(
-                psk_lookup=table.lookup,
+                psk_lookup=table.lookup if table is not None else None,
                 profiles=config.profiles,
                 identity_hint=config.identity_hint,
-                certificate_pem=config.certificate_pem,
-                private_key_pem=config.private_key_pem,
+                certificate=config.certificate,
             )
         )
         self._server: asyncio.Server | None = None
@@ -178,9 +179,9 @@ class Gateway:
         self._clients.add(task)
         session: SessionInfo = writer.get_extra_info("m2msec_session")
         peer = writer.get_extra_info("peername")
-        sa = associate(session, self.resolver)
-        log.info("SA established with %s: psk_identity=%r associated=%r cipher=%s %s",
-                 peer, sa.psk_identity, sa.identity, session.cipher, session.version)
+        sa = associate(session, self.resolver, self.config.cse_id)
+        log.info("SA established with %s: %s associated=%r cipher=%s %s",
+                 peer, sa.credential, sa.identity, session.cipher, session.version)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
         try:
             while True:
@@ -191,7 +192,7 @@ class Gateway:
                     break
                 except http.HTTPError as exc:
                     detail = "request body too large" if exc.too_large else "malformed HTTP request"
-                    log.info("bad request from %s (%r): %s", peer, sa.psk_identity, exc)
+                    log.info("bad request from %s (%s): %s", peer, sa.credential, exc)
                     if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                         resp = _onem2m_error_response(BadRequest(detail), None)
                         if exc.too_large:
@@ -239,11 +240,12 @@ class Gateway:
         backend = self.config.backend
         headers = [(k, v) for k, v in req.headers if k not in _HOP_BY_HOP and k not in IDENTITY_HEADERS]
         headers.insert(0, ("host", f"{backend.host}:{backend.port}"))
-        if sa.identity is not None and sa.bound:
-            headers.append((HEADER_SA_IDENTITY, sa.identity))
+        if sa.associated is not None:
+            headers.append((HEADER_SA_IDENTITY, sa.associated))
         if sa.credential_id is not None:
             headers.append((HEADER_CREDENTIAL_ID, sa.credential_id))
-        headers.append((HEADER_PSK_IDENTITY, sa.psk_identity))
+        if sa.psk_identity is not None:
+            headers.append((HEADER_PSK_IDENTITY, sa.psk_identity))
         headers.append(("connection", "close"))
         target = req.target if req.target.startswith("/") else "/" + req.target
         out = http.Message(headers=headers, body=req.body, method=req.method, target=backend.path_prefix + target)

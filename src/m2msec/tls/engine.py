@@ -85,6 +85,7 @@ PRIVATE_BINDINGS: tuple[str, ...] = (
     "OpenSSL._util.lib.SSL_get_error",
     "OpenSSL._util.lib.SSL_ERROR_WANT_READ",
     "OpenSSL._util.lib.SSL_ERROR_ZERO_RETURN",
+    "OpenSSL._util.lib.X509_verify_cert_error_string",
 )
 
 #: TS-0003 §10.2.1 says TLS 1.2 "shall be used": the default server offers the §10.2.2 suites (mandatory one
@@ -162,44 +163,64 @@ def openssl_version() -> str:
 
 
 @dataclass(frozen=True)
+class CertificateConfig:
+    """An entity's own certificate credential and what it trusts (TS-0003 §8.1.2.3, §8.1.2.4).
+
+    Args:
+        chain_pem: the entity's certificate first, then any intermediates (PEM).
+        private_key_pem: its private key (PEM, unencrypted).
+        trust_anchors_pem: CA certificates that verify the *peer's* chain (RFC 5280 path validation,
+            name constraints included). Required wherever the peer authenticates with a certificate.
+        crl_pem: CRLs of the issuers; with them, a revoked peer certificate is refused (§8.1.2.2).
+    """
+
+    chain_pem: bytes
+    private_key_pem: bytes = field(repr=False)
+    trust_anchors_pem: bytes | None = None
+    crl_pem: bytes | None = None
+
+
+@dataclass(frozen=True)
 class ServerConfig:
-    """Configuration of a TLS-PSK server (Entity B).
+    """Configuration of a TLS server (Entity B): PSK, certificates, or both on one port.
 
     Args:
         psk_lookup: maps a ``psk_identity`` to its :class:`PSKEntry`, or ``None`` when unknown. Called
             inside the handshake on the event-loop thread: must be fast and must not do network I/O.
+            ``None`` disables PSK.
         profiles: cipher profiles in order of preference (server preference is enforced).
         identity_hint: RFC 4279 §5.1 PSK identity hint sent in ServerKeyExchange (TLS 1.2).
-        certificate_pem / private_key_pem: needed only by the RSA_PSK profile.
+        certificate: the server's certificate credential; needed by the ``rsa-psk`` profile (an RSA key)
+            and by ``ecdhe-ecdsa`` (a P-256 key, plus trust anchors for the clients' certificates).
     """
 
-    psk_lookup: PSKLookup
+    psk_lookup: PSKLookup | None
     profiles: tuple[CipherProfile, ...] = DEFAULT_SERVER_PROFILES
     identity_hint: str | None = None
-    certificate_pem: bytes | None = None
-    private_key_pem: bytes | None = field(default=None, repr=False)
+    certificate: CertificateConfig | None = None
 
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """Configuration of a TLS-PSK client (Entity A, TS-0003 §8.2.2.1).
+    """Configuration of a TLS client (Entity A, TS-0003 §8.2.2.1 / §8.2.2.2).
 
     Args:
-        psk_identity: the ``psk_identity`` (KpsaID, Key Identifier, KeID, ...).
-        psk: the key (Kpsa, Kc, ...).
+        psk_identity / psk: the ``psk_identity`` (KpsaID, Key Identifier, KeID, ...) and key (Kpsa, Kc, ...);
+            ``None`` for a certificate-only client.
         peer_entity: IdB, the identity of Entity B; the security context is associated with it after a
             successful handshake (TS-0003 §8.2.2.1 "Entity A associates the security context with IdB").
         server_name: host name sent as SNI (TS-0003 §10.2.1); IP literals are never sent.
-        ca_pem: trust anchors to verify the server certificate of RSA_PSK suites; without it the server is
-            authenticated by the PSK alone, as with every other PSK family.
+        certificate: the client's certificate credential and the trust anchors for the server's chain.
+            With PSK suites only ``trust_anchors_pem`` matters (RSA_PSK server certificate); without it the
+            server is authenticated by the PSK alone, as with every other PSK family.
     """
 
-    psk_identity: str
-    psk: SecretKey
+    psk_identity: str | None
+    psk: SecretKey | None = None
     profiles: tuple[CipherProfile, ...] = DEFAULT_CLIENT_PROFILES
     peer_entity: str | None = None
     server_name: str | None = None
-    ca_pem: bytes | None = None
+    certificate: CertificateConfig | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,11 +239,18 @@ class SessionInfo:
     is_server: bool
     version: str
     cipher: str
-    psk_identity: str
+    psk_identity: str | None
     entity: str | None
     server_name: str | None
     identity_hint: str | None
     session_id: bytes
+    #: the peer's verified end-entity certificate (certificate suites, and RSA_PSK seen from a client)
+    peer_certificate: x509.Certificate | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def authentication(self) -> str:
+        """``"psk"`` or ``"certificate"``: how the peer authenticated."""
+        return "psk" if self.psk_identity is not None else "certificate"
 
 
 @dataclass(frozen=True)
@@ -307,25 +335,31 @@ class TLSContext:
         # Session IDs are generated (CAPIF AEFPSK needs them, TS 33.122 §6.5.2.1) but never stored, so no
         # session can be resumed around the PSK lookup: every connection is a full PSK handshake.
         ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER | SSL.SESS_CACHE_NO_INTERNAL_STORE)
+        # OpenSSL refuses client-certificate handshakes with server caching unless a session ID context is set
+        ctx.set_session_id(b"m2msec")
         if any(p.needs_dh_params for p in config.profiles):
             self._load_dh(ctx)
         if any(p.needs_certificate for p in config.profiles):
-            if config.certificate_pem is None or config.private_key_pem is None:
-                raise ConfigurationError("the rsa-psk profile needs a server certificate and private key")
-            try:
-                from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-                ctx.use_certificate(x509.load_pem_x509_certificate(config.certificate_pem))
-                ctx.use_privatekey(_as_pkey_key(load_pem_private_key(config.private_key_pem, password=None)))
-                ctx.check_privatekey()
-            except (ValueError, TypeError, SSL.Error, _crypto.Error) as exc:
-                raise ConfigurationError("server certificate or private key is invalid") from exc
+            if config.certificate is None:
+                names = ", ".join(p.name for p in config.profiles if p.needs_certificate)
+                raise ConfigurationError(f"the {names} profile needs a server certificate and private key")
+        if config.certificate is not None:
+            self._use_credential(ctx, config.certificate, "server")
+        if any(p.mutual_certificates for p in config.profiles):
+            if config.certificate is None or config.certificate.trust_anchors_pem is None:
+                raise ConfigurationError("certificate clients need trust anchors (client CA certificates)")
+            # Only certificate suites send a CertificateRequest: PSK clients on the same port are unaffected.
+            self._trust(ctx, config.certificate, SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
+        if config.psk_lookup is None:
+            if not any(p.mutual_certificates for p in config.profiles):
+                raise ConfigurationError("a server without a PSK table needs a certificate profile")
+            return
         if config.identity_hint is not None:
             hint = config.identity_hint.encode()
             if len(hint) > _MAX_IDENTITY or b"\0" in hint:
                 raise ConfigurationError("identity hint must be at most 256 bytes without NUL")
             _lib.SSL_CTX_use_psk_identity_hint(ctx._context, hint)
-        lookup = config.psk_lookup
+        lookup: PSKLookup = config.psk_lookup
 
         @_ffi.callback("unsigned int(SSL *, char *, unsigned char *, unsigned int)", error=0)  # type: ignore[untyped-decorator]
         def _server_cb(ssl: Any, identity: Any, out: Any, max_len: int) -> int:
@@ -377,20 +411,24 @@ class TLSContext:
 
     # -- client
     def _configure_client(self, ctx: SSL.Context, config: ClientConfig) -> None:
+        cred = config.certificate
+        if cred is not None and cred.trust_anchors_pem is not None:
+            self._trust(ctx, cred, SSL.VERIFY_PEER)
+        if any(p.mutual_certificates for p in config.profiles):
+            if cred is None or cred.trust_anchors_pem is None:
+                raise ConfigurationError("a certificate client needs its certificate, key and trust anchors")
+            self._use_credential(ctx, cred, "client")
+        if config.psk_identity is None or config.psk is None:
+            if config.psk_identity is not None or config.psk is not None:
+                raise ConfigurationError("give both the psk identity and the psk, or neither")
+            if not any(p.mutual_certificates for p in config.profiles):
+                raise ConfigurationError("a client without a PSK needs a certificate profile")
+            return
         ident = config.psk_identity.encode("utf-8")
         if not ident or len(ident) > _MAX_IDENTITY or b"\0" in ident:
             raise ConfigurationError("psk identity must be 1..256 bytes of UTF-8 without NUL")
         if len(config.psk) > MAX_PSK_LENGTH:
             raise ConfigurationError(f"psk must be at most {MAX_PSK_LENGTH} bytes")
-        if config.ca_pem is not None:
-            store = ctx.get_cert_store()
-            assert store is not None
-            try:
-                for cert in x509.load_pem_x509_certificates(config.ca_pem):
-                    store.add_cert(_crypto.X509.from_cryptography(cert))
-            except ValueError as exc:
-                raise ConfigurationError("CA file holds no valid PEM certificate") from exc
-            ctx.set_verify(SSL.VERIFY_PEER, _verify_ok)
         key = config.psk
 
         @_ffi.callback(
@@ -411,13 +449,63 @@ class TLSContext:
         self._keepalive.append(_client_cb)
         _lib.SSL_CTX_set_psk_client_callback(ctx._context, _client_cb)
 
+    @staticmethod
+    def _use_credential(ctx: SSL.Context, cred: CertificateConfig, role: str) -> None:
+        """Load our own chain (leaf first) and private key."""
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            chain = x509.load_pem_x509_certificates(cred.chain_pem)
+            ctx.use_certificate(chain[0])
+            for extra in chain[1:]:
+                ctx.add_extra_chain_cert(extra)
+            ctx.use_privatekey(_as_pkey_key(load_pem_private_key(cred.private_key_pem, password=None)))
+            ctx.check_privatekey()
+        except (ValueError, TypeError, IndexError, SSL.Error, _crypto.Error) as exc:
+            raise ConfigurationError(f"{role} certificate chain or private key is invalid or do not match") from exc
+
+    def _trust(self, ctx: SSL.Context, cred: CertificateConfig, mode: int) -> None:
+        """Trust anchors (and CRLs) for the peer's chain; verification failures are recorded per connection."""
+        store = ctx.get_cert_store()
+        assert store is not None and cred.trust_anchors_pem is not None
+        try:
+            for cert in x509.load_pem_x509_certificates(cred.trust_anchors_pem):
+                store.add_cert(_crypto.X509.from_cryptography(cert))
+            if cred.crl_pem is not None:
+                for block in cred.crl_pem.split(b"-----END X509 CRL-----")[:-1]:
+                    store.add_crl(x509.load_pem_x509_crl(block + b"-----END X509 CRL-----\n"))
+                # TS-0003 §8.1.2.2: a revoked certificate is refused (the end-entity's issuer must supply a CRL)
+                store.set_flags(_crypto.X509StoreFlags.CRL_CHECK)
+        except ValueError as exc:
+            raise ConfigurationError("trust anchors or CRLs are not valid PEM") from exc
+        ctx.set_verify(mode, _verify_peer)
+
     def connection(self) -> TLSConnection:
         """A new sans-I/O connection. A client connection has its ClientHello ready in data_to_send()."""
         return TLSConnection(self)
 
 
-def _verify_ok(conn: SSL.Connection, cert: _crypto.X509, errno: int, depth: int, ok: int) -> bool:
-    return bool(ok)
+def _verify_peer(conn: SSL.Connection, cert: _crypto.X509, errno: int, depth: int, ok: int) -> bool:
+    """OpenSSL's chain verdict, plus the TS-0003 §10.1.1.1 key profile on the end-entity certificate."""
+    owner: TLSConnection | None = conn.get_app_data()
+    if not ok:
+        if owner is not None and owner._verify_failure is None:
+            reason = _ffi.string(_lib.X509_verify_cert_error_string(errno)).decode("ascii", "replace")
+            owner._verify_failure = f"peer certificate rejected at depth {depth}: {reason}"
+        return False
+    if depth == 0:
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+        key = cert.to_cryptography().public_key()
+        profile_ok = isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
+        # an RSA_PSK server certificate is RSA by definition (RFC 4279 §4); everything else is P-256
+        if isinstance(key, rsa.RSAPublicKey) and owner is not None and not owner._context.is_server:
+            profile_ok = True
+        if not profile_ok:
+            if owner is not None:
+                owner._verify_failure = "peer certificate key is not EC P-256 (TS-0003 §10.1.1.1)"
+            return False
+    return True
 
 
 def _as_pkey_key(key: object) -> Any:
@@ -493,6 +581,7 @@ class TLSConnection:
         self._psk_failure: str | None = None
         self._offered_identity: str | None = None
         self._identity_hint: str | None = None
+        self._verify_failure: str | None = None
         if context.is_server:
             self._ssl.set_accept_state()
         else:
@@ -624,15 +713,18 @@ class TLSConnection:
         cipher = self._ssl.get_cipher_name() or ""
         server_name_raw = self._ssl.get_servername()
         server_name = server_name_raw.decode("idna") if server_name_raw else None
+        peer = self._ssl.get_peer_certificate(as_cryptography=True)
+        identity: str | None
         if self._context.is_server:
             entry = self._psk_entry
-            if entry is None:  # cannot happen: the callback ran, or the handshake would have failed
-                raise TLSProtocolError("handshake completed without a PSK lookup")
-            identity, entity = entry.identity, entry.entity
+            if entry is None and peer is None:  # cannot happen: one of the two authenticated the client
+                raise TLSProtocolError("handshake completed without a PSK or a client certificate")
+            identity, entity = (entry.identity, entry.entity) if entry is not None else (None, None)
             hint = self._context.config.identity_hint if isinstance(self._context.config, ServerConfig) else None
         else:
             assert isinstance(self._context.config, ClientConfig)
-            identity = self._context.config.psk_identity
+            psk_suite = "PSK" in cipher or (version == "TLSv1.3" and peer is None)
+            identity = self._context.config.psk_identity if psk_suite else None
             entity = self._context.config.peer_entity
             hint = self._identity_hint
             if server_name is None:
@@ -646,6 +738,7 @@ class TLSConnection:
             server_name=server_name,
             identity_hint=hint,
             session_id=self._session_id() if version != "TLSv1.3" else b"",
+            peer_certificate=peer,
         )
 
     def _session_id(self) -> bytes:
@@ -698,6 +791,8 @@ class TLSConnection:
     # -- errors
     def _handshake_error(self, exc: SSL.Error) -> HandshakeFailed:
         reason = _reason(exc)
+        if self._verify_failure is not None:
+            return HandshakeFailed(self._verify_failure, alert="bad_certificate")
         if self._psk_failure is not None:
             # TLS 1.2 (RFC 4279 §2) answers with unknown_psk_identity; OpenSSL's TLS 1.3 server falls back to
             # certificate authentication instead, has none, and sends handshake_failure.

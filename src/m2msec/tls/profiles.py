@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "DHE_PSK",
+    "ECDHE_ECDSA",
     "ECDHE_PSK",
     "ONEM2M_PSK",
     "PROFILES",
@@ -41,6 +42,8 @@ class CipherProfile:
     tls13_suites: str = ""
     needs_certificate: bool = False
     needs_dh_params: bool = False
+    #: both ends authenticate with certificates (TS-0003 §10.2.3); no PSK involved
+    mutual_certificates: bool = False
     description: str = ""
 
 
@@ -83,8 +86,18 @@ TLS13_PSK = CipherProfile(
     description="RFC 8446 external PSK with (EC)DHE (psk_dhe_ke)",
 )
 
+#: TS-0003 §10.2.3: certificate-based SAEF, TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256 (RFC 5289, 0xC023) mandatory,
+#: the GCM variant (RFC 5289, 0xC02B) as an addition. Mutual authentication with P-256 certificates.
+ECDHE_ECDSA = CipherProfile(
+    "ecdhe-ecdsa",
+    "ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256",
+    needs_certificate=True,
+    mutual_certificates=True,
+    description="TS-0003 §10.2.3: TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256 (mandatory), ..._AES_128_GCM_SHA256",
+)
+
 PROFILES: dict[str, CipherProfile] = {
-    p.name: p for p in (ONEM2M_PSK, PSK, DHE_PSK, RSA_PSK, ECDHE_PSK, TLS13_PSK)
+    p.name: p for p in (ONEM2M_PSK, PSK, DHE_PSK, RSA_PSK, ECDHE_PSK, TLS13_PSK, ECDHE_ECDSA)
 }
 
 
