@@ -144,3 +144,57 @@ def test_request_through_gateway_process(gateway_process: tuple[int, Path]) -> N
     wrong = private(tmp / "wrong.key", "00" * 8)
     bad = run([*base[:-4], "--key-file", wrong, "/mn-cse-123456"])
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "handshake failed" in bad.stderr
+
+
+def test_certificate_saef_with_pki_gateway_and_request_processes(tmp_path: Path) -> None:
+    """A user's path: `m2msec pki` makes the CA and certificates, `m2msec gateway` serves PSK and certificate
+    clients on one port, `m2msec request --cert` talks through it (TS-0003 §8.2.2.2)."""
+    import socket
+
+    def ok(args: list[str]) -> None:
+        result = run(args)
+        assert result.returncode == 0, result.stderr
+
+    ca, srv, cli = tmp_path / "ca", tmp_path / "gw", tmp_path / "mn"
+    ok(["pki", "ca", "--out", str(ca), "--name", "provider root", "--permit-dns", "m2m.provider.com"])
+    ok(["pki", "issue", "--ca", str(ca), "--flavour", "cse-id", "--id", "in-cse", "--sp-domain", "m2m.provider.com",
+        "--out", str(srv)])
+    ok(["pki", "issue", "--ca", str(ca), "--flavour", "cse-id", "--id", "mn-cse-123456",
+        "--sp-domain", "m2m.provider.com", "--out", str(cli)])
+    table = private(tmp_path / "psk.toml",
+                    f'[[psk]]\nidentity = "{LIGHT1_ID}"\nkey = "{LIGHT1_KEY}"\nentity = "{LIGHT1_AE}"\n')
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "in-cse").write_text("hello from the backend\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        bport = s.getsockname()[1]
+    backend = subprocess.Popen([sys.executable, "-m", "http.server", str(bport), "--bind", "127.0.0.1",
+                                "-d", str(tmp_path / "www")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gw = subprocess.Popen([*M2MSEC, "gateway", "--listen", "127.0.0.1:0", "--psk-table", table,
+                           "--backend", f"http://127.0.0.1:{bport}", "--profiles", "onem2m,ecdhe-ecdsa",
+                           "--cert", f"{srv}.crt", "--key", f"{srv}.key", "--client-ca", f"{ca}.crt",
+                           "--cse-id", "in-cse"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert gw.stdout is not None
+        line = gw.stdout.readline()
+        assert line.startswith("m2msec gateway on"), line + (gw.stderr.read() if gw.stderr else "")
+        port = line.split()[3].rsplit(":", 1)[1]
+        base = ["request", "--connect", f"127.0.0.1:{port}", "--cert", f"{cli}.crt", "--cert-key", f"{cli}.key",
+                "--ca", f"{ca}.crt", "--entity-id", "in-cse"]
+        good = run([*base, "--origin", "/mn-cse-123456", "/in-cse"])
+        assert good.returncode == 0, good.stderr
+        assert good.stdout.startswith("HTTP 200") and "hello from the backend" in good.stdout
+        assert "ECDHE-ECDSA-AES128-SHA256" in good.stderr
+        bad = run([*base, "--origin", "/another-cse", "/in-cse"])
+        assert bad.stdout.startswith("HTTP 403") and "x-m2m-rsc: 4106" in bad.stdout
+        wrong_idb = run([*base[:-2], "--entity-id", "not-this-cse", "--origin", "/mn-cse-123456", "/in-cse"])
+        assert wrong_idb.returncode == 1 and "not IdB" in wrong_idb.stderr and wrong_idb.stderr.count("\n") == 1
+        keyfile = private(tmp_path / "light1.key", LIGHT1_KEY)
+        psk = run(["request", "--connect", f"127.0.0.1:{port}", "--identity", LIGHT1_ID, "--key-file", keyfile,
+                   "--origin", LIGHT1_AE, "/in-cse"])
+        assert psk.stdout.startswith("HTTP 200"), psk.stderr
+    finally:
+        gw.terminate()
+        backend.terminate()
+        gw.communicate(timeout=10)
+        backend.wait(timeout=10)

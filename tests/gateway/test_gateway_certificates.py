@@ -1,0 +1,155 @@
+"""The gateway with certificate clients (TS-0003 §8.2.2.2): every flavour end to end over loopback, the 4106
+originator check, refusals (wrong CA, expired, revoked), and PSK clients on the same port."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import AsyncIterator
+
+import pytest
+from test_gateway import RecordingBackend, backend, onem2m  # noqa: F401  (fixture re-used)
+
+from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, make_table
+from m2msec.errors import HandshakeFailed
+from m2msec.gateway.rules import UnboundPolicy
+from m2msec.gateway.server import Backend, Gateway, GatewayConfig
+from m2msec.keys.secret import SecretKey
+from m2msec.pki import CertificateFlavour, Issued, create_ca, create_crl, issue
+from m2msec.saef import CertificateCredentials, EstablishedSA, PSKCredentials, establish_sa
+from m2msec.tls.engine import CertificateConfig
+from m2msec.tls.profiles import ECDHE_ECDSA, ONEM2M_PSK
+
+SP = "m2m.provider.com"
+GATEWAY_CSE = "in-cse"
+F = CertificateFlavour
+
+
+@pytest.fixture(scope="module")
+def ca() -> Issued:
+    return create_ca("provider root", permitted_dns=[SP])
+
+
+@pytest.fixture(scope="module")
+def server_cert(ca: Issued) -> Issued:
+    return issue(ca, F.CSE_ID, GATEWAY_CSE, sp_domain=SP)
+
+
+async def start(backend_port: int, ca: Issued, server_cert: Issued, *, crl: bytes | None = None,
+                unbound: UnboundPolicy = UnboundPolicy.REJECT) -> Gateway:
+    cert = CertificateConfig(server_cert.certificate_pem(), server_cert.private_key_pem(),
+                             trust_anchors_pem=ca.certificate_pem(), crl_pem=crl)
+    gw = Gateway(GatewayConfig(backend=Backend("127.0.0.1", backend_port), port=0,
+                               profiles=(ONEM2M_PSK, ECDHE_ECDSA), certificate=cert, cse_id=GATEWAY_CSE,
+                               unbound_policy=unbound), make_table())
+    await gw.start()
+    return gw
+
+
+@pytest.fixture
+async def gateway(backend: RecordingBackend, ca: Issued, server_cert: Issued) -> AsyncIterator[Gateway]:  # noqa: F811
+    gw = await start(backend.port, ca, server_cert)
+    yield gw
+    await gw.close()
+
+
+async def connect(gw: Gateway, client: Issued, trust: Issued, peer_entity: str | None = GATEWAY_CSE) -> EstablishedSA:
+    creds = CertificateCredentials(client.certificate_pem(), client.private_key_pem(), trust.certificate_pem(),
+                                   peer_entity=peer_entity)
+    return await establish_sa("127.0.0.1", gw.port, creds)
+
+
+async def exchange(sa: EstablishedSA, origin: str) -> tuple[int, str | None]:
+    resp = await sa.request(onem2m(origin))
+    return resp.status, resp.header("x-m2m-rsc")
+
+
+@pytest.mark.parametrize(
+    ("flavour", "identity", "good_origins", "associated"),
+    [
+        (F.CSE_ID, "mn-cse-123456", ["/mn-cse-123456"], "/mn-cse-123456"),
+        (F.AE_ID, f"//{SP}/{GATEWAY_CSE}/Clight", [f"//{SP}/{GATEWAY_CSE}/Clight", f"/{GATEWAY_CSE}/Clight", "Clight"],
+         f"//{SP}/{GATEWAY_CSE}/Clight"),
+        (F.AE_ID, f"//{SP}/Slight", [f"//{SP}/Slight", "Slight"], f"//{SP}/Slight"),
+    ],
+)
+async def test_identity_certificates_are_associated_and_checked(
+    gateway: Gateway, backend: RecordingBackend, ca: Issued,  # noqa: F811
+    flavour: CertificateFlavour, identity: str, good_origins: list[str], associated: str,
+) -> None:
+    client = issue(ca, flavour, identity, sp_domain=SP if flavour is F.CSE_ID else None)
+    sa = await connect(gateway, client, ca)
+    assert sa.session.authentication == "certificate" and sa.session.cipher == "ECDHE-ECDSA-AES128-SHA256"
+    for origin in good_origins:
+        assert await exchange(sa, origin) == (200, "2000")
+    assert await exchange(sa, "/other-cse") == (403, "4106")
+    assert await exchange(sa, "Cother") == (403, "4106")
+    await sa.close()
+    assert len(backend.requests) == len(good_origins)
+    for seen in backend.requests:
+        assert seen.header("x-m2msec-sa-identity") == associated
+        assert seen.header("x-m2msec-psk-identity") is None
+
+
+@pytest.mark.parametrize(("flavour", "identity", "credential_id"), [
+    (F.DEVICE, "1.3.6.1.4.1.99999.1/SN-0001", "31-1.3.6.1.4.1.99999.1.SN-0001"),
+    (F.NODE_ID, "1.3.6.1.4.1.99999.7.42", "34-1.3.6.1.4.1.99999.7.42"),
+])
+async def test_device_and_node_certificates_get_a_credential_id(
+    backend: RecordingBackend, ca: Issued, server_cert: Issued,  # noqa: F811
+    flavour: CertificateFlavour, identity: str, credential_id: str,
+) -> None:
+    client = issue(ca, flavour, identity)
+    for policy, expected in ((UnboundPolicy.REJECT, (403, "4106")), (UnboundPolicy.FORWARD, (200, "2000"))):
+        gw = await start(backend.port, ca, server_cert, unbound=policy)
+        try:
+            sa = await connect(gw, client, ca)
+            assert await exchange(sa, "Cdevice") == expected
+            await sa.close()
+        finally:
+            await gw.close()
+    [seen] = backend.requests  # only the FORWARD policy let it through, with the TS-0003 §10.4 Credential-ID
+    assert seen.header("x-m2msec-credential-id") == credential_id and seen.header("x-m2msec-sa-identity") is None
+
+
+async def test_psk_clients_share_the_port(gateway: Gateway, backend: RecordingBackend) -> None:  # noqa: F811
+    sa = await establish_sa("127.0.0.1", gateway.port, PSKCredentials(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY)))
+    assert sa.session.authentication == "psk"
+    assert await exchange(sa, LIGHT1_AE) == (200, "2000")
+    await sa.close()
+
+
+async def test_refused_certificates(gateway: Gateway, ca: Issued, backend: RecordingBackend,  # noqa: F811
+                                    server_cert: Issued) -> None:
+    other_ca = create_ca("another root", permitted_dns=[SP])
+    stranger = issue(other_ca, F.CSE_ID, "mn-cse-1", sp_domain=SP)
+    with pytest.raises(HandshakeFailed):
+        await connect(gateway, stranger, ca)
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=10)
+    expired = issue(ca, F.CSE_ID, "mn-cse-1", sp_domain=SP, now=past, days=1)
+    with pytest.raises(HandshakeFailed):
+        await connect(gateway, expired, ca)
+    revoked = issue(ca, F.CSE_ID, "mn-cse-2", sp_domain=SP)
+    crl = create_crl(ca, [revoked.certificate.serial_number])
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    gw = await start(backend.port, ca, server_cert, crl=crl.public_bytes(Encoding.PEM))
+    try:
+        with pytest.raises(HandshakeFailed):
+            await connect(gw, revoked, ca)
+        ok = await connect(gw, issue(ca, F.CSE_ID, "mn-cse-3", sp_domain=SP), ca)
+        await ok.close()
+    finally:
+        await gw.close()
+    good = await connect(gateway, issue(ca, F.CSE_ID, "mn-cse-4", sp_domain=SP), ca)  # still serving
+    await good.close()
+
+
+async def test_entity_a_checks_idb_in_the_server_certificate(gateway: Gateway, ca: Issued) -> None:
+    client = issue(ca, F.CSE_ID, "mn-cse-123456", sp_domain=SP)
+    with pytest.raises(HandshakeFailed, match="not IdB 'some-other-cse'"):
+        await connect(gateway, client, ca, peer_entity="some-other-cse")
+    sa = await connect(gateway, client, ca, peer_entity=f"/{GATEWAY_CSE}")
+    assert sa.session.entity == f"/{GATEWAY_CSE}"
+    await sa.close()
+    await asyncio.sleep(0)
