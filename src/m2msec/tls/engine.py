@@ -26,8 +26,10 @@ Key material never appears in ``repr``, logs or exception messages: keys are :cl
 from __future__ import annotations
 
 import enum
+import hmac
 import ipaddress
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,18 +38,20 @@ from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL import crypto as _crypto
 
-from m2msec.errors import ConfigurationError, HandshakeFailed, TLSProtocolError
+from m2msec.errors import ConfigurationError, HandshakeFailed, HandshakeTimeout, TLSProtocolError
 from m2msec.keys.secret import MAX_PSK_LENGTH, SecretKey
 from m2msec.keys.table import PSKEntry
 from m2msec.tls.profiles import ECDHE_PSK, ONEM2M_PSK, CipherProfile
 
 __all__ = [
     "DEFAULT_CLIENT_PROFILES",
+    "DEFAULT_DTLS_MTU",
     "DEFAULT_SERVER_PROFILES",
     "PRIVATE_BINDINGS",
     "ClientConfig",
     "ConnectionClosed",
     "ConnectionState",
+    "DTLSConnection",
     "DataReceived",
     "Event",
     "HandshakeCompleted",
@@ -109,6 +113,11 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 _RESERVED_EXPORT_LABELS = frozenset({"client finished", "server finished", "master secret", "key expansion"})
 #: OpenSSL PSK_MAX_IDENTITY_LEN
 _MAX_IDENTITY = 256
+#: DTLS1_2_VERSION (RFC 6347 §4.1: {254, 253}); pyOpenSSL names no constant for it
+DTLS1_2_VERSION = 0xFEFD
+#: datagram payload size used for DTLS records: fits IPv6's 1280-byte minimum MTU with UDP/IP headers
+DEFAULT_DTLS_MTU = 1200
+_DTLS_HEADER = 13  # RFC 6347 §4.1: type, version, epoch, sequence_number (6), length
 _READ_CHUNK = 65536
 
 PSKLookup = Callable[[str], PSKEntry | None]
@@ -293,16 +302,30 @@ def _cipher_settings(profiles: tuple[CipherProfile, ...]) -> tuple[str, str]:
 
 
 class TLSContext:
-    """A configured OpenSSL context for TLS-PSK; build once, then make connections from it."""
+    """A configured OpenSSL context for TLS (or DTLS 1.2); build once, then make connections from it."""
 
-    def __init__(self, config: ServerConfig | ClientConfig) -> None:
+    def __init__(self, config: ServerConfig | ClientConfig, *, dtls: bool = False,
+                 cookie_secret: bytes | None = None) -> None:
         self.config = config
         self.is_server = isinstance(config, ServerConfig)
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD if self.is_server else SSL.TLS_CLIENT_METHOD)
+        self.dtls = dtls
         tls12, tls13 = _cipher_settings(config.profiles)
-        # TS-0003 §10.2.1: TLS 1.2 at least; TLS 1.3 only when a TLS 1.3 profile is enabled.
-        ctx.set_min_proto_version(SSL.TLS1_2_VERSION if tls12 else SSL.TLS1_3_VERSION)
-        ctx.set_max_proto_version(SSL.TLS1_3_VERSION if tls13 else SSL.TLS1_2_VERSION)
+        if dtls:
+            # TS-0003 §10.2.1: DTLS 1.2 (RFC 6347) over UDP; there is no TLS 1.3 profile for DTLS here
+            if tls13 or not tls12:
+                raise ConfigurationError("DTLS takes TLS 1.2-style profiles only (e.g. onem2m-dtls), not tls13")
+            ctx = SSL.Context(SSL.DTLS_SERVER_METHOD if self.is_server else SSL.DTLS_CLIENT_METHOD)
+            ctx.set_min_proto_version(DTLS1_2_VERSION)
+            ctx.set_max_proto_version(DTLS1_2_VERSION)
+            if "CCM8" in tls12:
+                # OpenSSL >= 3.2 rates the 64-bit CCM_8 tag below security level 1, yet RFC 7252 and TS-0003
+                # §10.2.2 mandate TLS_PSK_WITH_AES_128_CCM_8 (notes/tls-stack.md gotcha 6)
+                tls12 += ":@SECLEVEL=0"
+        else:
+            ctx = SSL.Context(SSL.TLS_SERVER_METHOD if self.is_server else SSL.TLS_CLIENT_METHOD)
+            # TS-0003 §10.2.1: TLS 1.2 at least; TLS 1.3 only when a TLS 1.3 profile is enabled.
+            ctx.set_min_proto_version(SSL.TLS1_2_VERSION if tls12 else SSL.TLS1_3_VERSION)
+            ctx.set_max_proto_version(SSL.TLS1_3_VERSION if tls13 else SSL.TLS1_2_VERSION)
         if tls12:
             try:
                 ctx.set_cipher_list(tls12.encode())
@@ -318,6 +341,12 @@ class TLSContext:
             self._configure_server(ctx, config)
         else:
             self._configure_client(ctx, config)
+        if dtls:
+            ctx.set_options(SSL.OP_NO_QUERY_MTU)  # the adapter sets the MTU per connection
+            if self.is_server:
+                self._cookie_secret = cookie_secret or os.urandom(32)
+                ctx.set_cookie_generate_callback(self._make_cookie)
+                ctx.set_cookie_verify_callback(self._check_cookie)
         self._ctx = ctx
         # one read buffer per context: a context and its connections belong to one thread (the event loop)
         self._buffer = _ffi.new("char[]", _READ_CHUNK)
@@ -329,6 +358,28 @@ class TLSContext:
     @classmethod
     def client(cls, config: ClientConfig) -> TLSContext:
         return cls(config)
+
+    @classmethod
+    def dtls_server(cls, config: ServerConfig, *, cookie_secret: bytes | None = None) -> TLSContext:
+        """A DTLS 1.2 server context. ``cookie_secret`` keys the stateless HelloVerifyRequest cookies (RFC 6347
+        §4.2.1); share it between instances behind one address, else a random one is made."""
+        return cls(config, dtls=True, cookie_secret=cookie_secret)
+
+    @classmethod
+    def dtls_client(cls, config: ClientConfig) -> TLSContext:
+        return cls(config, dtls=True)
+
+    # -- DTLS cookies (RFC 6347 §4.2.1): HMAC over the client's transport address, nothing stored
+    def _cookie_for(self, conn: SSL.Connection) -> bytes:
+        owner = conn.get_app_data()
+        peer = repr(getattr(owner, "peer", None)).encode()
+        return hmac.new(self._cookie_secret, peer, "sha256").digest()[:16]
+
+    def _make_cookie(self, conn: SSL.Connection) -> bytes:
+        return self._cookie_for(conn)
+
+    def _check_cookie(self, conn: SSL.Connection, cookie: bytes) -> bool:
+        return hmac.compare_digest(cookie, self._cookie_for(conn))
 
     # -- server
     def _configure_server(self, ctx: SSL.Context, config: ServerConfig) -> None:
@@ -482,7 +533,25 @@ class TLSContext:
 
     def connection(self) -> TLSConnection:
         """A new sans-I/O connection. A client connection has its ClientHello ready in data_to_send()."""
+        if self.dtls:
+            raise ConfigurationError("a DTLS context makes connections with dtls_connection(peer)")
         return TLSConnection(self)
+
+    def dtls_connection(self, peer: object, *, mtu: int = DEFAULT_DTLS_MTU) -> DTLSConnection:
+        """A new sans-I/O DTLS connection with the peer at ``peer`` (its transport address)."""
+        if not self.dtls:
+            raise ConfigurationError("dtls_connection() needs a DTLS context")
+        return DTLSConnection(self, peer, mtu=mtu)
+
+
+#: X509_V_ERR_* -> the alert OpenSSL sends for it (ssl_verify_alarm_type in OpenSSL's ssl/statem)
+_VERIFY_ALERTS = {
+    2: "unknown_ca", 18: "unknown_ca", 19: "unknown_ca", 20: "unknown_ca", 21: "unknown_ca", 22: "unknown_ca",
+    24: "unknown_ca", 25: "unknown_ca",
+    9: "bad_certificate", 11: "bad_certificate", 27: "bad_certificate", 28: "bad_certificate",
+    10: "certificate_expired", 12: "certificate_expired",
+    23: "certificate_revoked",
+}
 
 
 def _verify_peer(conn: SSL.Connection, cert: _crypto.X509, errno: int, depth: int, ok: int) -> bool:
@@ -492,6 +561,7 @@ def _verify_peer(conn: SSL.Connection, cert: _crypto.X509, errno: int, depth: in
         if owner is not None and owner._verify_failure is None:
             reason = _ffi.string(_lib.X509_verify_cert_error_string(errno)).decode("ascii", "replace")
             owner._verify_failure = f"peer certificate rejected at depth {depth}: {reason}"
+            owner._verify_alert = _VERIFY_ALERTS.get(errno, "certificate_unknown")
         return False
     if depth == 0:
         from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -504,6 +574,8 @@ def _verify_peer(conn: SSL.Connection, cert: _crypto.X509, errno: int, depth: in
         if not profile_ok:
             if owner is not None:
                 owner._verify_failure = "peer certificate key is not EC P-256 (TS-0003 §10.1.1.1)"
+                # pyOpenSSL's callback cannot set a verify error code, so OpenSSL sends internal_error
+                owner._verify_alert = "internal_error"
             return False
     return True
 
@@ -575,6 +647,7 @@ class TLSConnection:
         self._context = context
         self._ssl = SSL.Connection(context._ctx, None)
         self._ssl.set_app_data(self)
+        self._configure_ssl()
         self.state = ConnectionState.HANDSHAKING
         self.session: SessionInfo | None = None
         self._psk_entry: PSKEntry | None = None
@@ -582,6 +655,7 @@ class TLSConnection:
         self._offered_identity: str | None = None
         self._identity_hint: str | None = None
         self._verify_failure: str | None = None
+        self._verify_alert: str | None = None
         if context.is_server:
             self._ssl.set_accept_state()
         else:
@@ -591,6 +665,9 @@ class TLSConnection:
                 self._ssl.set_tlsext_host_name(sni)
             self._ssl.set_connect_state()
             self._advance_handshake()
+
+    def _configure_ssl(self) -> None:
+        """Per-connection settings needed before the first handshake step (DTLS: the MTU)."""
 
     def __repr__(self) -> str:
         role = "server" if self._context.is_server else "client"
@@ -778,10 +855,10 @@ class TLSConnection:
         return SecretKey(out)
 
     def master_secret(self) -> SecretKey:
-        """The TLS 1.2 master secret (CAPIF AEFPSK input, TS 33.122 §6.5.2.1). TLS 1.2 only."""
+        """The (D)TLS 1.2 master secret (CAPIF AEFPSK input, TS 33.122 §6.5.2.1). Not defined for TLS 1.3."""
         self._require_established()
         assert self.session is not None
-        if self.session.version != "TLSv1.2":
+        if self.session.version not in ("TLSv1.2", "DTLSv1.2"):
             raise TLSProtocolError(f"no master secret in {self.session.version}")
         raw = self._ssl.master_key()
         if not raw:
@@ -792,7 +869,7 @@ class TLSConnection:
     def _handshake_error(self, exc: SSL.Error) -> HandshakeFailed:
         reason = _reason(exc)
         if self._verify_failure is not None:
-            return HandshakeFailed(self._verify_failure, alert="bad_certificate")
+            return HandshakeFailed(self._verify_failure, alert=self._verify_alert)
         if self._psk_failure is not None:
             # TLS 1.2 (RFC 4279 §2) answers with unknown_psk_identity; OpenSSL's TLS 1.3 server falls back to
             # certificate authentication instead, has none, and sends handshake_failure.
@@ -806,6 +883,97 @@ class TLSConnection:
             alert = "bad_record_mac"
             reason = "bad record mac (wrong key?)"
         return HandshakeFailed(reason, alert=alert)
+
+
+class DTLSConnection(TLSConnection):
+    """One DTLS 1.2 association with one peer, sans-I/O: one datagram in, datagrams out, timers exposed.
+
+    Server side, the first datagrams go through ``DTLSv1_listen``: a ClientHello without a valid cookie
+    is answered with a HelloVerifyRequest and *no state is kept* (:attr:`awaiting_cookie` stays True: the
+    adapter drops this object). Retransmission is the adapter's job: after each call it asks
+    :meth:`timeout` and calls :meth:`handle_timeout` when that much time has passed (RFC 6347 §4.2.4).
+    """
+
+    def __init__(self, context: TLSContext, peer: object, *, mtu: int = DEFAULT_DTLS_MTU) -> None:
+        self.peer = peer
+        self.mtu = mtu
+        self.awaiting_cookie = context.is_server
+        super().__init__(context)
+
+    def _configure_ssl(self) -> None:
+        self._ssl.set_ciphertext_mtu(self.mtu)
+
+    def __repr__(self) -> str:
+        role = "server" if self._context.is_server else "client"
+        return f"<DTLSConnection {role} {self.peer!r} {self.state.value}>"
+
+    def send(self, data: bytes) -> None:
+        """Encrypt one application datagram into one record (and so one UDP datagram).
+
+        Raises:
+            TLSProtocolError: ``data`` does not fit the MTU (use CoAP block-wise transfer for more).
+        """
+        limit = self._ssl.get_cleartext_mtu()
+        if len(data) > limit:
+            raise TLSProtocolError(f"datagram of {len(data)} bytes exceeds the DTLS MTU ({limit} bytes of plaintext)")
+        super().send(data)
+
+    def receive_datagram(self, datagram: bytes) -> list[Event]:
+        """Feed one datagram from the peer; return what happened."""
+        if self.state in (ConnectionState.CLOSED, ConnectionState.FAILED) or not datagram:
+            return []
+        if self.awaiting_cookie:
+            self._ssl.bio_write(datagram)
+            try:
+                self._ssl.DTLSv1_listen()
+            except SSL.WantReadError:
+                return []  # HelloVerifyRequest (or nothing, for junk) queued: stay stateless
+            except SSL.Error as exc:
+                self.state = ConnectionState.FAILED
+                raise HandshakeFailed(f"bad ClientHello: {_reason(exc)}") from None
+            self.awaiting_cookie = False
+            events: list[Event] = []
+            if self._advance_handshake():
+                assert self.session is not None
+                events.append(HandshakeCompleted(self.session))
+                events.extend(self._read_application_data())
+            return events
+        return self.receive_data(datagram)
+
+    def datagrams_to_send(self) -> list[bytes]:
+        """The pending records, packed whole into datagrams of at most ``mtu`` bytes."""
+        data = self.data_to_send()
+        out: list[bytes] = []
+        current = bytearray()
+        pos = 0
+        while pos + _DTLS_HEADER <= len(data):
+            end = pos + _DTLS_HEADER + int.from_bytes(data[pos + 11 : pos + 13], "big")
+            record = data[pos:end]
+            pos = end
+            if current and len(current) + len(record) > self.mtu:
+                out.append(bytes(current))
+                current = bytearray()
+            current += record
+        if current:
+            out.append(bytes(current))
+        return out
+
+    def timeout(self) -> float | None:
+        """Seconds until a retransmission is due (RFC 6347 §4.2.4), or None when no timer runs."""
+        value = self._ssl.DTLSv1_get_timeout()
+        return None if value is None else float(value)
+
+    def handle_timeout(self) -> None:
+        """Let OpenSSL retransmit its last flight (then send :meth:`datagrams_to_send`).
+
+        Raises:
+            HandshakeTimeout: OpenSSL gave up after its retransmission limit.
+        """
+        try:
+            self._ssl.DTLSv1_handle_timeout()
+        except SSL.Error as exc:
+            self.state = ConnectionState.FAILED
+            raise HandshakeTimeout(f"DTLS retransmissions exhausted: {_reason(exc)}") from None
 
 
 def _reason(exc: SSL.Error) -> str:

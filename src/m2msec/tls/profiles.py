@@ -19,6 +19,7 @@ __all__ = [
     "DHE_PSK",
     "ECDHE_ECDSA",
     "ECDHE_PSK",
+    "ONEM2M_DTLS_PSK",
     "ONEM2M_PSK",
     "PROFILES",
     "PSK",
@@ -96,8 +97,16 @@ ECDHE_ECDSA = CipherProfile(
     description="TS-0003 §10.2.3: TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256 (mandatory), ..._AES_128_GCM_SHA256",
 )
 
+#: TS-0003 §10.2.2 for DTLS: TLS_PSK_WITH_AES_128_CCM_8 (RFC 6655, 0xC0A8) mandatory (also RFC 7252 §9.1.3.1),
+#: then TLS_PSK_WITH_AES_128_CCM (0xC0A4, 16-byte tag) and the GCM suite as additions.
+ONEM2M_DTLS_PSK = CipherProfile(
+    "onem2m-dtls",
+    "PSK-AES128-CCM8:PSK-AES128-CCM:PSK-AES128-GCM-SHA256",
+    description="TS-0003 §10.2.2 DTLS: TLS_PSK_WITH_AES_128_CCM_8 (mandatory), ..._AES_128_CCM, ..._AES_128_GCM_SHA256",
+)
+
 PROFILES: dict[str, CipherProfile] = {
-    p.name: p for p in (ONEM2M_PSK, PSK, DHE_PSK, RSA_PSK, ECDHE_PSK, TLS13_PSK, ECDHE_ECDSA)
+    p.name: p for p in (ONEM2M_PSK, PSK, DHE_PSK, RSA_PSK, ECDHE_PSK, TLS13_PSK, ECDHE_ECDSA, ONEM2M_DTLS_PSK)
 }
 
 

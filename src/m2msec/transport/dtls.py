@@ -1,0 +1,349 @@
+"""asyncio adapter: DTLS 1.2 (PSK) over UDP, under any datagram protocol.
+
+The server side (:class:`DTLSServerProtocol`) keeps one :class:`~m2msec.tls.engine.DTLSConnection` per
+peer address, but only after the peer has returned a valid cookie (RFC 6347 §4.2.1): a ClientHello from a
+spoofed source costs one HelloVerifyRequest and no memory. Peers still in their handshake are capped
+(``max_handshaking``) and dropped after ``handshake_timeout``; established peers are capped
+(``max_peers``) and evicted after ``idle_timeout``. Retransmission timers follow the engine's
+``timeout()`` (RFC 6347 §4.2.4).
+
+Each authenticated peer gets its own application protocol (an ``asyncio.DatagramProtocol``) and a
+:class:`DTLSPeerTransport` whose ``sendto(data)`` encrypts for that peer and whose
+``get_extra_info("m2msec_session")`` tells who it is. Nothing here logs key material.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from m2msec.errors import HandshakeFailed, HandshakeTimeout, TLSError
+from m2msec.tls.engine import (
+    DEFAULT_DTLS_MTU,
+    ConnectionClosed,
+    DataReceived,
+    DTLSConnection,
+    Event,
+    HandshakeCompleted,
+    SessionInfo,
+    TLSContext,
+)
+
+__all__ = ["DTLSPeerTransport", "DTLSServerProtocol", "create_dtls_endpoint", "start_dtls_server"]
+
+log = logging.getLogger("m2msec.transport.dtls")
+
+Address = Any
+AppFactory = Callable[[], asyncio.DatagramProtocol]
+
+
+@dataclass(eq=False)
+class _Peer:
+    conn: DTLSConnection
+    addr: Address
+    started: float
+    last_seen: float
+    app: asyncio.DatagramProtocol | None = None
+    transport: DTLSPeerTransport | None = None
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class DTLSPeerTransport(asyncio.DatagramTransport):
+    """One authenticated peer, as its application protocol sees it."""
+
+    def __init__(self, endpoint: _Endpoint, peer: _Peer) -> None:
+        super().__init__()
+        self._endpoint = endpoint
+        self._peer = peer
+        self._closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        session = self._peer.conn.session
+        values = {
+            "m2msec_session": session,
+            "peer_identity": session.psk_identity if session else None,
+            "sa_entity": session.entity if session else None,
+            "tls_connection": self._peer.conn,
+            "peername": self._peer.addr,
+        }
+        value = values.get(name)
+        return default if value is None else value
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Address = None) -> None:
+        if self._closing:
+            return
+        try:
+            self._peer.conn.send(bytes(data))
+        except TLSError as exc:
+            log.info("send to %s failed: %s", self._peer.addr, exc)
+            self._endpoint._drop(self._peer)
+            return
+        self._endpoint._flush(self._peer)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._peer.conn.close()  # close_notify
+            self._endpoint._flush(self._peer)
+            self._endpoint._drop(self._peer)
+
+    def abort(self) -> None:
+        self._closing = True
+        self._endpoint._drop(self._peer)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    """Shared per-peer machinery of the server and client endpoints."""
+
+    def __init__(self, context: TLSContext, app_factory: AppFactory, *, mtu: int) -> None:
+        self.context = context
+        self.app_factory = app_factory
+        self.mtu = mtu
+        self.transport: asyncio.DatagramTransport | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's UDPTransport is not a subclass
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP error: %s", exc)  # ICMP unreachable and the like: the peer timers deal with it
+
+    def _send(self, datagrams: list[bytes], addr: Address) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            for datagram in datagrams:
+                self.transport.sendto(datagram, addr)
+
+    def _flush(self, peer: _Peer) -> None:
+        self._send(peer.conn.datagrams_to_send(), peer.addr)
+
+    def _schedule(self, peer: _Peer) -> None:
+        if peer.timer is not None:
+            peer.timer.cancel()
+            peer.timer = None
+        delay = peer.conn.timeout()
+        if delay is not None:
+            peer.timer = self.loop.call_later(max(delay, 0.001), self._on_timer, peer)
+
+    def _on_timer(self, peer: _Peer) -> None:
+        peer.timer = None
+        try:
+            peer.conn.handle_timeout()
+        except HandshakeTimeout as exc:
+            log.info("DTLS handshake with %s failed: %s", peer.addr, exc)
+            self._fail(peer, exc)
+            return
+        self._flush(peer)
+        self._schedule(peer)
+
+    def _process(self, peer: _Peer, datagram: bytes) -> None:
+        peer.last_seen = self.loop.time()
+        try:
+            events = peer.conn.receive_datagram(datagram)
+        except TLSError as exc:
+            log.info("DTLS with %s failed (identity %r): %s", peer.addr, peer.conn.offered_identity, exc)
+            self._flush(peer)  # the alert
+            self._fail(peer, exc)
+            return
+        self._flush(peer)
+        self._schedule(peer)
+        self._dispatch(peer, events)
+
+    def _dispatch(self, peer: _Peer, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, HandshakeCompleted):
+                peer.transport = DTLSPeerTransport(self, peer)
+                peer.app = self.app_factory()
+                peer.app.connection_made(peer.transport)
+                self._established(peer, event.session)
+            elif isinstance(event, DataReceived) and peer.app is not None:
+                peer.app.datagram_received(event.data, peer.addr)
+            elif isinstance(event, ConnectionClosed):
+                self._drop(peer)
+
+    def _established(self, peer: _Peer, session: SessionInfo) -> None:
+        """Hook: the handshake with ``peer`` completed."""
+
+    def _fail(self, peer: _Peer, exc: TLSError) -> None:
+        self._drop(peer)
+
+    def _drop(self, peer: _Peer) -> None:
+        if peer.timer is not None:
+            peer.timer.cancel()
+            peer.timer = None
+        if peer.app is not None:
+            app, peer.app = peer.app, None
+            app.connection_lost(None)
+
+
+class DTLSServerProtocol(_Endpoint):
+    """DTLS 1.2 server on one UDP socket; see the module docstring for the limits."""
+
+    def __init__(
+        self,
+        context: TLSContext,
+        app_factory: AppFactory,
+        *,
+        mtu: int = DEFAULT_DTLS_MTU,
+        handshake_timeout: float = 10.0,
+        idle_timeout: float = 300.0,
+        max_peers: int = 10000,
+        max_handshaking: int = 1000,
+    ) -> None:
+        super().__init__(context, app_factory, mtu=mtu)
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.max_peers = max_peers
+        self.max_handshaking = max_handshaking
+        self.peers: dict[Address, _Peer] = {}
+        self.handshaking = 0
+        self.dropped = 0  # datagrams refused because a cap was reached
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._sweep()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for peer in list(self.peers.values()):
+            self._drop(peer)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        peer = self.peers.get(addr)
+        if peer is not None and not _is_initial_client_hello(data):
+            self._process(peer, data)
+            return
+        # a new peer, or a known one starting over (RFC 6347 §4.2.8): stateless until the cookie is back
+        conn = self.context.dtls_connection(addr, mtu=self.mtu)
+        try:
+            events = conn.receive_datagram(data)
+        except HandshakeFailed as exc:
+            log.debug("ClientHello from %s refused: %s", addr, exc)
+            self._send(conn.datagrams_to_send(), addr)
+            return
+        if conn.awaiting_cookie:
+            self._send(conn.datagrams_to_send(), addr)
+            return  # HelloVerifyRequest sent (or junk ignored), nothing kept
+        # the peer proved it receives at its address: now the caps on kept state apply
+        if self.handshaking >= self.max_handshaking or (peer is None and len(self.peers) >= self.max_peers):
+            self.dropped += 1
+            return
+        self._send(conn.datagrams_to_send(), addr)
+        if peer is not None:
+            self._drop(peer)
+        now = self.loop.time()
+        peer = _Peer(conn, addr, now, now)
+        self.peers[addr] = peer
+        self.handshaking += 1
+        self._schedule(peer)
+        self._dispatch(peer, events)
+
+    def _established(self, peer: _Peer, session: SessionInfo) -> None:
+        self.handshaking -= 1
+        log.info("DTLS SA with %s: psk_identity=%r %s", peer.addr, session.psk_identity, session.cipher)
+
+    def _drop(self, peer: _Peer) -> None:
+        if self.peers.get(peer.addr) is peer:
+            del self.peers[peer.addr]
+            if peer.conn.session is None:
+                self.handshaking -= 1
+        super()._drop(peer)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for peer in list(self.peers.values()):
+            if peer.conn.session is None and now - peer.started > self.handshake_timeout:
+                log.info("DTLS handshake from %s timed out", peer.addr)
+                self._drop(peer)
+            elif peer.conn.session is not None and now - peer.last_seen > self.idle_timeout:
+                if peer.transport is not None:
+                    peer.transport.close()
+                else:
+                    self._drop(peer)
+        interval = max(min(self.handshake_timeout, self.idle_timeout) / 4, 0.05)
+        self._sweeper = self.loop.call_later(interval, self._sweep)
+
+
+def _is_initial_client_hello(datagram: bytes) -> bool:
+    """A handshake record in epoch 0 whose first message is a ClientHello (RFC 6347 §4.1, §4.2.2)."""
+    return len(datagram) > 25 and datagram[0] == 22 and datagram[3:5] == b"\0\0" and datagram[13] == 1
+
+
+class _ClientProtocol(_Endpoint):
+    def __init__(self, context: TLSContext, app_factory: AppFactory, *, mtu: int, remote: Address) -> None:
+        super().__init__(context, app_factory, mtu=mtu)
+        now = self.loop.time()
+        self.peer = _Peer(context.dtls_connection(remote, mtu=mtu), remote, now, now)
+        self.handshake: asyncio.Future[SessionInfo] = self.loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._flush(self.peer)  # ClientHello
+        self._schedule(self.peer)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self._process(self.peer, data)
+
+    def _established(self, peer: _Peer, session: SessionInfo) -> None:
+        if not self.handshake.done():
+            self.handshake.set_result(session)
+
+    def _fail(self, peer: _Peer, exc: TLSError) -> None:
+        if not self.handshake.done():
+            self.handshake.set_exception(exc)
+        super()._fail(peer, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super()._drop(self.peer)
+
+    def _drop(self, peer: _Peer) -> None:
+        super()._drop(peer)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()  # one peer per client endpoint: its socket goes with it
+
+
+async def start_dtls_server(
+    app_factory: AppFactory, host: str, port: int, context: TLSContext, **limits: Any
+) -> tuple[asyncio.DatagramTransport, DTLSServerProtocol]:
+    """Serve DTLS on ``host:port`` (UDP). ``limits`` are :class:`DTLSServerProtocol`'s keyword arguments."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: DTLSServerProtocol(context, app_factory, **limits), local_addr=(host, port)
+    )
+    return transport, protocol
+
+
+async def create_dtls_endpoint(
+    app_factory: AppFactory, host: str, port: int, context: TLSContext, *,
+    handshake_timeout: float = 10.0, mtu: int = DEFAULT_DTLS_MTU,
+) -> tuple[DTLSPeerTransport, asyncio.DatagramProtocol, SessionInfo]:
+    """Connect to a DTLS server; returns the peer transport, the app protocol and the session.
+
+    Raises:
+        HandshakeFailed, HandshakeTimeout: authentication failed, or no answer in ``handshake_timeout``.
+    """
+    loop = asyncio.get_running_loop()
+    udp, proto = await loop.create_datagram_endpoint(
+        lambda: _ClientProtocol(context, app_factory, mtu=mtu, remote=(host, port)), remote_addr=(host, port)
+    )
+    try:
+        async with asyncio.timeout(handshake_timeout):
+            session = await proto.handshake
+    except TimeoutError:
+        udp.close()
+        raise HandshakeTimeout(f"DTLS handshake did not complete within {handshake_timeout} s") from None
+    except BaseException:
+        udp.close()
+        raise
+    assert proto.peer.transport is not None and proto.peer.app is not None
+    return proto.peer.transport, proto.peer.app, session
