@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from m2msec.errors import ConfigurationError
+from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
 from m2msec.gateway.rules import UnboundPolicy
 from m2msec.gateway.server import Gateway, GatewayConfig, parse_backend
 from m2msec.keys.table import PSKTable, TomlPSKTable, check_file_permissions
@@ -27,7 +28,11 @@ def add_parser(sub: Any) -> None:
     src.add_argument("--psk-table", type=Path, metavar="FILE", help="TOML PSK table (reloaded on change)")
     src.add_argument("--db", type=Path, metavar="FILE", help="SQLite key store (see 'm2msec keys')")
     p.add_argument("--master-key-file", type=Path, help="master key of --db (default DB.key)")
-    p.add_argument("--backend", required=True, metavar="URL", help="the CSE's HTTP binding, http://HOST:PORT[/prefix]")
+    p.add_argument("--backend", metavar="URL", help="the CSE's HTTP binding, http://HOST:PORT[/prefix]")
+    p.add_argument("--coap-backend", metavar="HOST:PORT",
+                   help="the CSE's CoAP binding (plain coap://); serves coaps:// (DTLS 1.2 PSK) in front of it")
+    p.add_argument("--coaps-listen", default="127.0.0.1:5684", metavar="HOST:PORT",
+                   help="where coaps:// is served (UDP; default 127.0.0.1:5684)")
     p.add_argument("--profiles", default="onem2m,ecdhe-psk",
                    help="cipher profiles in preference order: onem2m, psk, dhe-psk, ecdhe-psk, rsa-psk, tls13 "
                    "(default onem2m,ecdhe-psk: TLS 1.2 only, TS-0003 §10.2.1)")
@@ -83,6 +88,34 @@ async def run(args: argparse.Namespace) -> int:
         table = SQLitePSKStore(args.db, master_key_file=args.master_key_file)
     if args.handshake_timeout <= 0:
         raise ConfigurationError("--handshake-timeout must be positive")
+    if args.backend is None and args.coap_backend is None:
+        raise ConfigurationError("give --backend (HTTP), --coap-backend (CoAP) or both")
+    services: list[Gateway | CoapsGateway] = []
+    if args.coap_backend is not None:
+        if table is None:
+            raise ConfigurationError("coaps:// needs a PSK table (--psk-table or --db)")
+        chost, cport = parse_hostport(args.coaps_listen)
+        bhost, bport = parse_hostport(args.coap_backend)
+        coaps = CoapsGateway(CoapsConfig(backend_host=bhost, backend_port=bport, host=chost, port=cport,
+                                         identity_hint=args.identity_hint, unbound_policy=UnboundPolicy(args.unbound),
+                                         cse_id=args.cse_id, handshake_timeout=args.handshake_timeout), table)
+        await coaps.start()
+        print(f"m2msec coaps gateway on {chost}:{coaps.port} -> coap://{bhost}:{bport}", flush=True)
+        services.append(coaps)
+    if args.backend is not None:
+        services.append(await _start_http(args, host, port, table))
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for service in services:
+        await service.close()
+    return 0
+
+
+async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSKTable | None) -> Gateway:
     config = GatewayConfig(
         backend=parse_backend(args.backend),
         host=host,
@@ -97,15 +130,4 @@ async def run(args: argparse.Namespace) -> int:
     gateway = Gateway(config, table)
     await gateway.start()
     print(f"m2msec gateway on {host}:{gateway.port} -> {config.backend}", flush=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    serving = asyncio.create_task(gateway.serve_forever())
-    await stop.wait()
-    serving.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await serving
-    await gateway.close()
-    return 0
+    return gateway

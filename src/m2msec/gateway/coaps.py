@@ -1,0 +1,174 @@
+"""The gateway's ``coaps://`` side: DTLS 1.2 PSK in front of a CSE's CoAP binding (TS-0008, TS-0003 §10.2).
+
+Each authenticated DTLS peer gets a :class:`_PeerRelay`: it decodes every CoAP message, applies the
+same association and originator rules as the HTTP side (:func:`m2msec.gateway.coap.decide`: 4106 for a
+``oneM2M-FR`` that does not match the SA, never forwarded), and relays the rest to the CSE's plain CoAP
+port over a UDP socket of its own (so the CSE's answers, including separate responses and
+notifications on that path, come back to the right peer). Identity options the CSE sends back are
+stripped. The relay does not interpret CoAP beyond that: retransmission and deduplication stay
+end to end between the client and the CSE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from m2msec.gateway import coap
+from m2msec.gateway.rules import CredentialResolver, SecurityAssociation, UnboundPolicy, associate
+from m2msec.keys.table import PSKTable
+from m2msec.tls.engine import ServerConfig, TLSContext
+from m2msec.tls.profiles import ONEM2M_DTLS_PSK, CipherProfile
+from m2msec.transport.dtls import DTLSServerProtocol, start_dtls_server
+
+__all__ = ["CoapsConfig", "CoapsGateway"]
+
+log = logging.getLogger("m2msec.gateway.coaps")
+
+
+@dataclass(frozen=True)
+class CoapsConfig:
+    backend_host: str
+    backend_port: int = 5683
+    host: str = "127.0.0.1"
+    port: int = 5684
+    profiles: tuple[CipherProfile, ...] = (ONEM2M_DTLS_PSK,)
+    identity_hint: str | None = None
+    unbound_policy: UnboundPolicy = UnboundPolicy.REJECT
+    cse_id: str | None = None
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    max_peers: int = 10000
+    max_handshaking: int = 1000
+
+
+class _Backend(asyncio.DatagramProtocol):
+    def __init__(self, relay: _PeerRelay) -> None:
+        self.relay = relay
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.relay.from_cse(data)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("CSE side of %s: %s", self.relay.peer, exc)
+
+
+class _PeerRelay(asyncio.DatagramProtocol):
+    """One authenticated DTLS peer <-> its own UDP socket towards the CSE."""
+
+    def __init__(self, gateway: CoapsGateway) -> None:
+        self.gateway = gateway
+        self.transport: asyncio.DatagramTransport | None = None
+        self.backend: asyncio.DatagramTransport | None = None
+        self.pending: list[bytes] = []
+        self.peer: Any = None
+        self.sa: SecurityAssociation | None = None
+        self._mids = itertools.count(random.randrange(0x10000))
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername")
+        session = transport.get_extra_info("m2msec_session")
+        self.sa = associate(session, self.gateway.resolver, self.gateway.config.cse_id)
+        log.info("coaps SA with %s: %s associated=%r %s", self.peer, self.sa.credential, self.sa.identity,
+                 session.cipher)
+        self._task = asyncio.get_running_loop().create_task(self._open_backend())
+
+    async def _open_backend(self) -> None:
+        cfg = self.gateway.config
+        try:
+            backend, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: _Backend(self), remote_addr=(cfg.backend_host, cfg.backend_port)
+            )
+        except OSError as exc:
+            log.error("cannot reach the CSE at %s:%d: %s", cfg.backend_host, cfg.backend_port, exc)
+            return
+        if self.transport is None:  # the peer went away meanwhile
+            backend.close()
+            return
+        self.backend = backend
+        for datagram in self.pending:
+            backend.sendto(datagram)
+        self.pending.clear()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        assert self.sa is not None
+        try:
+            msg = coap.Message.decode(data)
+        except coap.CoAPFormatError as exc:
+            log.info("malformed CoAP from %s: %s", self.peer, exc)
+            rst = coap.reset(data)
+            if rst is not None and self.transport is not None:
+                self.transport.sendto(rst)
+            return
+        decision = coap.decide(msg, self.sa, self.gateway.config.unbound_policy, next(self._mids) & 0xFFFF)
+        if isinstance(decision, coap.Refuse):
+            log.warning("refused CoAP %s from %s: rsc=%d %s", coap.format_code(msg.code), self.peer,
+                        decision.error.rsc, decision.error.detail)
+            if decision.datagram is not None and self.transport is not None:
+                self.transport.sendto(decision.datagram)
+            return
+        if self.backend is None:
+            self.pending.append(decision.datagram)
+        else:
+            self.backend.sendto(decision.datagram)
+
+    def from_cse(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        try:
+            self.transport.sendto(coap.prepare_response(data))
+        except coap.CoAPFormatError as exc:
+            log.info("malformed CoAP from the CSE for %s dropped: %s", self.peer, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+
+class CoapsGateway:
+    """Serve ``coaps://`` (DTLS 1.2 PSK) on ``config.host:config.port`` in front of a CSE's CoAP port."""
+
+    def __init__(self, config: CoapsConfig, table: PSKTable, *, resolver: CredentialResolver | None = None,
+                 cookie_secret: bytes | None = None) -> None:
+        self.config = config
+        self.resolver = resolver
+        self.context = TLSContext.dtls_server(
+            ServerConfig(table.lookup, profiles=config.profiles, identity_hint=config.identity_hint),
+            cookie_secret=cookie_secret,
+        )
+        self._udp: asyncio.DatagramTransport | None = None
+        self.protocol: DTLSServerProtocol | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._udp is not None, "coaps gateway not started"
+        return int(self._udp.get_extra_info("sockname")[1])
+
+    async def start(self) -> None:
+        cfg = self.config
+        try:
+            self._udp, self.protocol = await start_dtls_server(
+                lambda: _PeerRelay(self), cfg.host, cfg.port, self.context,
+                handshake_timeout=cfg.handshake_timeout, idle_timeout=cfg.idle_timeout,
+                max_peers=cfg.max_peers, max_handshaking=cfg.max_handshaking,
+            )
+        except OSError as exc:
+            from m2msec.errors import ConfigurationError
+
+            raise ConfigurationError(f"cannot listen on udp {cfg.host}:{cfg.port}: {exc.strerror}") from None
+        log.info("coaps gateway on %s:%d -> coap://%s:%d", cfg.host, self.port, cfg.backend_host, cfg.backend_port)
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+            with contextlib.suppress(Exception):
+                await asyncio.sleep(0)

@@ -1,0 +1,197 @@
+"""coaps:// in front of a real CSE's CoAP binding (ACME, TS-0008): DTLS 1.2 PSK with TLS_PSK_WITH_AES_128_CCM_8,
+libcoap's coap-client (OpenSSL and GnuTLS builds) and our own DTLS client as Entity A, the 4106 check, and
+openssl s_client -dtls1_2 as a raw DTLS peer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY
+from m2msec.gateway import coap
+from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
+from m2msec.keys.secret import SecretKey
+from m2msec.keys.table import MemoryPSKTable, PSKEntry
+from m2msec.tls.engine import ClientConfig, TLSContext
+from m2msec.tls.profiles import ONEM2M_DTLS_PSK
+from m2msec.transport.dtls import create_dtls_endpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+ACME = ROOT / ".venv-acme" / "bin" / "acmecse"
+CSE_ID, CSE_RN = "mn-cse-123456", "cse-mn"
+# libcoap 4.3.1's -k takes the key as literal text: an ASCII test key, bound to ACME's admin originator
+ADMIN_ID, ADMIN_KEY_TEXT = "admin@in.provider.com", "coaps-test-key"
+pytestmark = [
+    pytest.mark.skipif(not ACME.exists(), reason="ACME not installed: run bash scripts/install.sh"),
+    pytest.mark.interop,
+]
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def acme_coap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    work = tmp_path_factory.mktemp("acme-coap")
+    http_port, coap_port = free_port(), free_port(socket.SOCK_DGRAM)
+    (work / "acme.ini").write_text(
+        f"[basic.config]\ncseType=MN\ncseID={CSE_ID}\ncseName={CSE_RN}\nadminID=CAdmin\n"
+        f"networkInterface=127.0.0.1\ncseHost=127.0.0.1\nhttpPort={http_port}\ndatabaseType=memory\nlogLevel=warn\n"
+        f"\n[coap]\nenable=true\nport={coap_port}\n"
+    )
+    proc = subprocess.Popen(
+        [str(ACME), "--config", "acme.ini", "--headless", "--http", "--coap", "--no-mqtt", "--no-ws",
+         "--db-type", "memory", "--base-directory", str(work)],
+        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{http_port}/{CSE_RN}",
+                                             headers={"X-M2M-Origin": "CAdmin", "X-M2M-RI": "probe", "X-M2M-RVI": "3"})
+                with urllib.request.urlopen(req, timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("ACME did not start")
+                time.sleep(0.3)
+        yield coap_port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+async def gateway(acme_coap: int) -> AsyncIterator[CoapsGateway]:
+    table = MemoryPSKTable([
+        PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE),
+        PSKEntry(ADMIN_ID, SecretKey(ADMIN_KEY_TEXT.encode()), "CAdmin"),
+    ])
+    gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=acme_coap, port=0), table)
+    await gw.start()
+    yield gw
+    await gw.close()
+
+
+async def coap_client(binary: str, port: int, origin: str, identity: str = ADMIN_ID,
+                      key: str = ADMIN_KEY_TEXT) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        binary, "-v", "7", "-B", "3", "-m", "get", "-u", identity, "-k", key,
+        "-O", f"279,{origin}", "-O", "283,ri-libcoap", "-O", "271,3",
+        f"coaps://127.0.0.1:{port}/{CSE_RN}",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+@pytest.mark.parametrize("binary", ["coap-client-openssl", "coap-client-gnutls"])
+async def test_libcoap_client_through_coaps_gateway(gateway: CoapsGateway, binary: str) -> None:
+    if shutil.which(binary) is None:
+        pytest.skip(f"{binary} not installed")
+    _, out, err = await coap_client(binary, gateway.port, "CAdmin")
+    assert '"m2m:cb"' in out and f'"csi": "/{CSE_ID}"' in out, err[-2000:]
+    _, out, err = await coap_client(binary, gateway.port, "Cimpostor")  # not the SA's identity
+    assert "m2m:cb" not in out
+    log = out + err
+    assert "4.03" in log and "307:\\x10\\x0A" in log, log[-3000:]  # oneM2M-RSC 4106 from the gateway itself
+    assert gateway.protocol is not None and gateway.protocol.handshaking == 0
+
+
+async def test_unknown_identity_is_refused(gateway: CoapsGateway) -> None:
+    if shutil.which("coap-client-openssl") is None:
+        pytest.skip("coap-client-openssl not installed")
+    _, out, _ = await coap_client("coap-client-openssl", gateway.port, "CAdmin", identity="nobody@x.com")
+    assert "m2m:cb" not in out
+    assert gateway.protocol is not None and gateway.protocol.peers == {}
+
+
+class Inbox(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.q: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.q.put_nowait(data)
+
+
+async def request(transport: asyncio.DatagramTransport, app: Inbox, msg: coap.Message) -> coap.Message:
+    for _ in range(4):  # CON retransmission (RFC 7252 §4.2), kept short for loopback
+        transport.sendto(msg.encode())
+        try:
+            while True:
+                reply = coap.Message.decode(await asyncio.wait_for(app.q.get(), 2))
+                if reply.token == msg.token:
+                    return reply
+        except TimeoutError:
+            continue
+    raise AssertionError("no CoAP response")
+
+
+async def test_entity_a_registers_its_ae_over_coaps(gateway: CoapsGateway) -> None:
+    ctx = TLSContext.dtls_client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(ONEM2M_DTLS_PSK,)))
+    transport, app, session = await create_dtls_endpoint(Inbox, "127.0.0.1", gateway.port, ctx)
+    assert session.cipher == "PSK-AES128-CCM8"  # TS-0003 §10.2.2 mandatory DTLS suite
+    ae = json.dumps({"m2m:ae": {"rn": "coaplight", "api": "Ncoaplight", "rr": False, "srv": ["3"]}}).encode()
+    create = coap.Message(coap.MessageType.CON, coap.POST, 0x1001, b"\x11", [
+        (coap.URI_PATH, CSE_RN.encode()), (12, coap.encode_uint(50)), (coap.ONEM2M_TY, coap.encode_uint(2)),
+        (coap.ONEM2M_RVI, b"3"), (coap.ONEM2M_FR, LIGHT1_AE.encode()), (coap.ONEM2M_RQI, b"r-create"),
+    ], ae)
+    try:
+        created = await request(transport, app, create)  # type: ignore[arg-type]
+        assert coap.format_code(created.code) == "2.01", created.payload
+        assert coap.decode_uint(created.option(coap.ONEM2M_RSC) or b"") == 2001
+        assert not any(n in coap.IDENTITY_OPTIONS for n, _ in created.options)
+        retrieve = coap.Message(coap.MessageType.CON, coap.GET, 0x1002, b"\x12", [
+            (coap.URI_PATH, CSE_RN.encode()), (coap.URI_PATH, b"coaplight"), (coap.ONEM2M_RVI, b"3"),
+            (coap.ONEM2M_FR, LIGHT1_AE.encode()), (coap.ONEM2M_RQI, b"r-get"),
+        ])
+        got = await request(transport, app, retrieve)  # type: ignore[arg-type]
+        assert coap.format_code(got.code) == "2.05" and b'"aei": "Clight-AE1"' in got.payload
+        hijack = coap.Message(coap.MessageType.CON, coap.GET, 0x1003, b"\x13", [
+            (coap.URI_PATH, CSE_RN.encode()), (coap.ONEM2M_FR, b"CAdmin"), (coap.ONEM2M_RQI, b"r-x")])
+        refused = await request(transport, app, hijack)  # type: ignore[arg-type]
+        assert coap.format_code(refused.code) == "4.03"
+        assert coap.decode_uint(refused.option(coap.ONEM2M_RSC) or b"") == 4106
+    finally:
+        transport.close()
+
+
+async def test_openssl_s_client_dtls_handshake(gateway: CoapsGateway) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{gateway.port}", "-psk", LIGHT1_KEY,
+        "-psk_identity", LIGHT1_ID, "-cipher", "PSK-AES128-CCM8:@SECLEVEL=0", "-keymatexport",
+        "EXPORTER-oneM2M-Connection", "-keymatexportlen", "48",
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        assert proc.stdout is not None
+        text = b""
+        while b"Keying material" not in text:
+            text += await asyncio.wait_for(proc.stdout.read(4096), 10)
+        assert b"Cipher is PSK-AES128-CCM8" in text
+        await asyncio.sleep(0.1)
+        assert gateway.protocol is not None and len(gateway.protocol.peers) == 1
+    finally:
+        proc.kill()
+        await proc.wait()
