@@ -195,3 +195,28 @@ async def test_openssl_s_client_dtls_handshake(gateway: CoapsGateway) -> None:
     finally:
         proc.kill()
         await proc.wait()
+
+
+async def test_gateway_cli_serves_coaps(acme_coap: int, tmp_path: Path) -> None:
+    """`m2msec gateway --coap-backend` as a user runs it: a real process, coap-client through it."""
+    import sys
+
+    table = tmp_path / "psk.toml"
+    table.write_text(f'[[psk]]\nidentity = "{ADMIN_ID}"\nkey = "{ADMIN_KEY_TEXT.encode().hex()}"\nentity = "CAdmin"\n')
+    table.chmod(0o600)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "m2msec.cli.main", "gateway", "--psk-table", str(table),
+        "--coap-backend", f"127.0.0.1:{acme_coap}", "--coaps-listen", "127.0.0.1:0",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        assert line.startswith("m2msec coaps gateway on 127.0.0.1:"), line
+        port = int(line.split()[4].rsplit(":", 1)[1])
+        _, out, err = await coap_client("coap-client-openssl", port, "CAdmin")
+        assert '"m2m:cb"' in out, err[-2000:]
+    finally:
+        proc.terminate()
+        _, err_bytes = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0 and ADMIN_KEY_TEXT not in err_bytes.decode()
