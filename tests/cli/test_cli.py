@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -98,29 +99,29 @@ def test_demo_runs_with_no_setup(tmp_path: Path) -> None:
     assert LIGHT1_KEY not in result.stdout + result.stderr
 
 
-@pytest.fixture
-def gateway_process(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """`m2msec gateway` as a real process in front of a real HTTP server (python -m http.server)."""
+@contextlib.contextmanager
+def gateway_with_backend(tmp_path: Path, page: str, *extra: str) -> Iterator[int]:
+    """`m2msec gateway` as a real process (PSK table with Light 1, plus ``extra`` options) in front of a real
+    HTTP server (python -m http.server) that serves ``/<page>``; yields the gateway's port."""
     import socket
 
     table = private(tmp_path / "psk.toml",
                     f'[[psk]]\nidentity = "{LIGHT1_ID}"\nkey = "{LIGHT1_KEY}"\nentity = "{LIGHT1_AE}"\n')
     (tmp_path / "www").mkdir()
-    (tmp_path / "www" / "mn-cse-123456").write_text("hello from the backend\n")
+    (tmp_path / "www" / page).write_text("hello from the backend\n")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         bport = s.getsockname()[1]
     backend = subprocess.Popen([sys.executable, "-m", "http.server", str(bport), "--bind", "127.0.0.1",
                                 "-d", str(tmp_path / "www")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     gw = subprocess.Popen([*M2MSEC, "gateway", "--listen", "127.0.0.1:0", "--psk-table", table,
-                           "--backend", f"http://127.0.0.1:{bport}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+                           "--backend", f"http://127.0.0.1:{bport}", *extra],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert gw.stdout is not None
         line = gw.stdout.readline()
-        assert line.startswith("m2msec gateway on 127.0.0.1:"), line
-        port = int(line.split()[3].rsplit(":", 1)[1])
-        yield port, tmp_path
+        assert line.startswith("m2msec gateway on 127.0.0.1:"), line + (gw.stderr.read() if gw.stderr else "")
+        yield int(line.split()[3].rsplit(":", 1)[1])
     finally:
         gw.terminate()
         backend.terminate()
@@ -128,6 +129,12 @@ def gateway_process(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         backend.wait(timeout=10)
         assert LIGHT1_KEY not in err  # no key in the gateway's log
     assert gw.returncode == 0  # SIGTERM is a clean shutdown
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    with gateway_with_backend(tmp_path, "mn-cse-123456") as port:
+        yield port, tmp_path
 
 
 def test_request_through_gateway_process(gateway_process: tuple[int, Path]) -> None:
@@ -149,7 +156,6 @@ def test_request_through_gateway_process(gateway_process: tuple[int, Path]) -> N
 def test_certificate_saef_with_pki_gateway_and_request_processes(tmp_path: Path) -> None:
     """A user's path: `m2msec pki` makes the CA and certificates, `m2msec gateway` serves PSK and certificate
     clients on one port, `m2msec request --cert` talks through it (TS-0003 §8.2.2.2)."""
-    import socket
 
     def ok(args: list[str]) -> None:
         result = run(args)
@@ -161,24 +167,9 @@ def test_certificate_saef_with_pki_gateway_and_request_processes(tmp_path: Path)
         "--out", str(srv)])
     ok(["pki", "issue", "--ca", str(ca), "--flavour", "cse-id", "--id", "mn-cse-123456",
         "--sp-domain", "m2m.provider.com", "--out", str(cli)])
-    table = private(tmp_path / "psk.toml",
-                    f'[[psk]]\nidentity = "{LIGHT1_ID}"\nkey = "{LIGHT1_KEY}"\nentity = "{LIGHT1_AE}"\n')
-    (tmp_path / "www").mkdir()
-    (tmp_path / "www" / "in-cse").write_text("hello from the backend\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        bport = s.getsockname()[1]
-    backend = subprocess.Popen([sys.executable, "-m", "http.server", str(bport), "--bind", "127.0.0.1",
-                                "-d", str(tmp_path / "www")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    gw = subprocess.Popen([*M2MSEC, "gateway", "--listen", "127.0.0.1:0", "--psk-table", table,
-                           "--backend", f"http://127.0.0.1:{bport}", "--profiles", "onem2m,ecdhe-ecdsa",
-                           "--cert", f"{srv}.crt", "--key", f"{srv}.key", "--client-ca", f"{ca}.crt",
-                           "--cse-id", "in-cse"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert gw.stdout is not None
-        line = gw.stdout.readline()
-        assert line.startswith("m2msec gateway on"), line + (gw.stderr.read() if gw.stderr else "")
-        port = line.split()[3].rsplit(":", 1)[1]
+    extra = ["--profiles", "onem2m,ecdhe-ecdsa", "--cert", f"{srv}.crt", "--key", f"{srv}.key",
+             "--client-ca", f"{ca}.crt", "--cse-id", "in-cse"]
+    with gateway_with_backend(tmp_path, "in-cse", *extra) as port:
         base = ["request", "--connect", f"127.0.0.1:{port}", "--cert", f"{cli}.crt", "--cert-key", f"{cli}.key",
                 "--ca", f"{ca}.crt", "--entity-id", "in-cse"]
         good = run([*base, "--origin", "/mn-cse-123456", "/in-cse"])
@@ -193,8 +184,4 @@ def test_certificate_saef_with_pki_gateway_and_request_processes(tmp_path: Path)
         psk = run(["request", "--connect", f"127.0.0.1:{port}", "--identity", LIGHT1_ID, "--key-file", keyfile,
                    "--origin", LIGHT1_AE, "/in-cse"])
         assert psk.stdout.startswith("HTTP 200"), psk.stderr
-    finally:
-        gw.terminate()
-        backend.terminate()
-        gw.communicate(timeout=10)
-        backend.wait(timeout=10)
+

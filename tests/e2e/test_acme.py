@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from acme_cse import CSE_RN, needs_acme, running_acme
 
 from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGHT2_ID, LIGHT2_KEY, make_table
 from m2msec.gateway import http
@@ -23,55 +20,13 @@ from m2msec.gateway.server import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.saef import PSKCredentials, establish_sa
 
-ROOT = Path(__file__).resolve().parents[2]
-ACME = ROOT / ".venv-acme" / "bin" / "acmecse"
-CSE_RN = "cse-mn"
-pytestmark = pytest.mark.skipif(not ACME.exists(), reason="ACME not installed: run bash scripts/install.sh")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+pytestmark = needs_acme
 
 
 @pytest.fixture(scope="module")
 def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    work = tmp_path_factory.mktemp("acme")
-    port = free_port()
-    (work / "acme.ini").write_text(
-        "[basic.config]\n"
-        f"cseType=MN\ncseID={HOME_GATEWAY_CSE_ID}\ncseName={CSE_RN}\nadminID=CAdmin\n"
-        f"networkInterface=127.0.0.1\ncseHost=127.0.0.1\nhttpPort={port}\n"
-        "databaseType=memory\nlogLevel=warn\n"
-    )
-    proc = subprocess.Popen(
-        [str(ACME), "--config", "acme.ini", "--headless", "--http", "--no-mqtt", "--no-coap", "--no-ws",
-         "--db-type", "memory", "--base-directory", str(work)],
-        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/{HOME_GATEWAY_CSE_ID}",
-                                             headers={"X-M2M-Origin": "CAdmin", "X-M2M-RI": "probe",
-                                                      "X-M2M-RVI": "3", "Accept": "application/json"})
-                with urllib.request.urlopen(req, timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("ACME did not start")
-            time.sleep(0.3)
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with running_acme(tmp_path_factory.mktemp("acme")) as (http_port, _):
+        yield http_port
 
 
 def primitive(origin: str, method: str, target: str, body: dict[str, object] | None = None,

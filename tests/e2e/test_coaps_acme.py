@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from acme_cse import CSE_ID, CSE_RN, needs_acme, running_acme
 
 from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY
 from m2msec.gateway import coap
@@ -25,56 +23,19 @@ from m2msec.tls.engine import ClientConfig, TLSContext
 from m2msec.tls.profiles import ONEM2M_DTLS_PSK
 from m2msec.transport.dtls import create_dtls_endpoint
 
-ROOT = Path(__file__).resolve().parents[2]
-ACME = ROOT / ".venv-acme" / "bin" / "acmecse"
-CSE_ID, CSE_RN = "mn-cse-123456", "cse-mn"
 # libcoap 4.3.1's -k takes the key as literal text: an ASCII test key, bound to ACME's admin originator
 ADMIN_ID, ADMIN_KEY_TEXT = "admin@in.provider.com", "coaps-test-key"
 pytestmark = [
-    pytest.mark.skipif(not ACME.exists(), reason="ACME not installed: run bash scripts/install.sh"),
+    needs_acme,
     pytest.mark.interop,
 ]
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def acme_coap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    work = tmp_path_factory.mktemp("acme-coap")
-    http_port, coap_port = free_port(), free_port(socket.SOCK_DGRAM)
-    (work / "acme.ini").write_text(
-        f"[basic.config]\ncseType=MN\ncseID={CSE_ID}\ncseName={CSE_RN}\nadminID=CAdmin\n"
-        f"networkInterface=127.0.0.1\ncseHost=127.0.0.1\nhttpPort={http_port}\ndatabaseType=memory\nlogLevel=warn\n"
-        f"\n[coap]\nenable=true\nport={coap_port}\n"
-    )
-    proc = subprocess.Popen(
-        [str(ACME), "--config", "acme.ini", "--headless", "--http", "--coap", "--no-mqtt", "--no-ws",
-         "--db-type", "memory", "--base-directory", str(work)],
-        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                req = urllib.request.Request(f"http://127.0.0.1:{http_port}/{CSE_RN}",
-                                             headers={"X-M2M-Origin": "CAdmin", "X-M2M-RI": "probe", "X-M2M-RVI": "3"})
-                with urllib.request.urlopen(req, timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("ACME did not start")
-                time.sleep(0.3)
+    with running_acme(tmp_path_factory.mktemp("acme-coap"), coap=True) as (_, coap_port):
+        assert coap_port is not None
         yield coap_port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture
