@@ -227,3 +227,22 @@ async def test_toml_reload_without_dropping_live_connections(backend: RecordingB
         await asyncio.gather(live.close(), light2.close(), again.close())
     finally:
         await gw.close()
+
+
+async def test_connection_cap(backend: RecordingBackend) -> None:
+    gw = await start_gateway(backend.port, make_table(), max_connections=2)
+    try:
+        idle = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(2)]  # half-open, never handshake
+        await asyncio.sleep(0.05)
+        with pytest.raises((HandshakeFailed, ConnectionError, OSError)):
+            await connect(gw)  # the third is reset before any TLS
+        for _, writer in idle:
+            writer.close()
+        await asyncio.sleep(0.05)
+        sa = await connect(gw)  # capacity is back once they are gone
+        assert (await sa.request(onem2m(LIGHT1_AE))).status == 200
+        await sa.close()
+        await asyncio.sleep(0.1)  # the server side sees the close
+        assert gw.limiter.refused >= 1 and gw.limiter.open == 0
+    finally:
+        await gw.close()

@@ -46,6 +46,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--crl", type=Path, help="CRLs of the client CAs; revoked client certificates are refused")
     p.add_argument("--cse-id", help="CSE-ID of the CSE behind the gateway (AE-ID certificates may use their stem)")
     p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--max-connections", type=int, default=10000, metavar="N",
+                   help="open TLS connections beyond which new ones are reset (default 10000)")
     p.add_argument("--quiet", action="store_const", dest="log_level", const=logging.WARNING,
                    default=logging.INFO, help="log warnings only")
     p.set_defaults(func=run)
@@ -88,6 +90,8 @@ async def run(args: argparse.Namespace) -> int:
         table = SQLitePSKStore(args.db, master_key_file=args.master_key_file)
     if args.handshake_timeout <= 0:
         raise ConfigurationError("--handshake-timeout must be positive")
+    if args.max_connections < 1:
+        raise ConfigurationError("--max-connections must be at least 1")
     if args.backend is None and args.coap_backend is None:
         raise ConfigurationError("give --backend (HTTP), --coap-backend (CoAP) or both")
     services: list[Gateway | CoapsGateway] = []
@@ -124,6 +128,7 @@ async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSK
         identity_hint=args.identity_hint,
         unbound_policy=UnboundPolicy(args.unbound),
         handshake_timeout=args.handshake_timeout,
+        max_connections=args.max_connections,
         certificate=_certificate(args),
         cse_id=args.cse_id,
     )

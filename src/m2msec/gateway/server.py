@@ -43,7 +43,7 @@ from m2msec.gateway.rules import (
 from m2msec.keys.table import PSKTable, TomlPSKTable
 from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, CertificateConfig, ServerConfig, SessionInfo, TLSContext
 from m2msec.tls.profiles import CipherProfile
-from m2msec.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, start_stream_server
+from m2msec.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimiter, start_stream_server
 
 __all__ = ["Backend", "Gateway", "GatewayConfig", "parse_backend"]
 
@@ -89,6 +89,8 @@ class GatewayConfig:
     identity_hint: str | None = None
     unbound_policy: UnboundPolicy = UnboundPolicy.REJECT
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    #: open connections (handshaking or established) beyond which new ones are reset at once
+    max_connections: int = 10000
     idle_timeout: float = 60.0
     backend_timeout: float = 30.0
     max_body: int = http.DEFAULT_MAX_BODY
@@ -124,6 +126,7 @@ class Gateway:
                 certificate=config.certificate,
             )
         )
+        self.limiter = ConnectionLimiter(config.max_connections)
         self._server: asyncio.Server | None = None
         self._reloader: asyncio.Task[None] | None = None
         self._clients: set[asyncio.Task[None]] = set()
@@ -137,7 +140,7 @@ class Gateway:
         try:
             self._server = await start_stream_server(
                 self._handle, self.config.host, self.config.port, self.context,
-                handshake_timeout=self.config.handshake_timeout,
+                handshake_timeout=self.config.handshake_timeout, limiter=self.limiter,
             )
         except OSError as exc:
             raise ConfigurationError(

@@ -30,6 +30,7 @@ from m2msec.tls.engine import (
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "ConnectionLimiter",
     "TLSAdapter",
     "TLSTransport",
     "create_connection",
@@ -132,8 +133,11 @@ class TLSAdapter(asyncio.Protocol):
         app_factory: Callable[[], asyncio.BaseProtocol],
         *,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        limiter: ConnectionLimiter | None = None,
     ) -> None:
         self.context = context
+        self._limiter = limiter
+        self._counted = False
         self._app_factory = app_factory
         self._timeout = handshake_timeout
         self.tls: TLSConnection = context.connection()
@@ -149,6 +153,12 @@ class TLSAdapter(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.raw_transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport is not a subclass
         self.peer = transport.get_extra_info("peername")
+        if self._limiter is not None:
+            if not self._limiter.acquire():
+                log.warning("connection from %s refused: %d connections open", self.peer, self._limiter.limit)
+                transport.abort()  # type: ignore[attr-defined]
+                return
+            self._counted = True
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._handshake_timed_out)
         self.flush()  # a client's ClientHello
 
@@ -160,6 +170,9 @@ class TLSAdapter(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted and self._limiter is not None:
+            self._limiter.release()
+            self._counted = False
         self._cancel_timer()
         if not self.handshake.done():
             self.handshake.set_exception(HandshakeFailed("connection lost during the handshake"))
@@ -235,6 +248,27 @@ class TLSAdapter(asyncio.Protocol):
                     self.raw_transport.close()
 
 
+class ConnectionLimiter:
+    """Caps the connections a server keeps open (handshaking or not); over the cap they are reset at once."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the connection limit must be at least 1")
+        self.limit = limit
+        self.open = 0
+        self.refused = 0
+
+    def acquire(self) -> bool:
+        if self.open >= self.limit:
+            self.refused += 1
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        self.open -= 1
+
+
 async def start_server(
     app_factory: Callable[[], asyncio.BaseProtocol],
     host: str | None,
@@ -242,12 +276,16 @@ async def start_server(
     context: TLSContext,
     *,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    limiter: ConnectionLimiter | None = None,
     **kwargs: Any,
 ) -> asyncio.Server:
-    """Serve TLS-PSK on ``host:port``; each authenticated connection gets an ``app_factory()`` protocol."""
+    """Serve TLS on ``host:port``; each authenticated connection gets an ``app_factory()`` protocol.
+
+    ``limiter`` (a :class:`ConnectionLimiter`) caps the open connections and counts the refused ones."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: TLSAdapter(context, app_factory, handshake_timeout=handshake_timeout), host, port, **kwargs
+        lambda: TLSAdapter(context, app_factory, handshake_timeout=handshake_timeout, limiter=limiter),
+        host, port, **kwargs,
     )
 
 
