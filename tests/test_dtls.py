@@ -248,3 +248,45 @@ async def test_handshake_survives_loss_and_reordering() -> None:
     finally:
         relay_t.close()
         udp.close()
+
+
+class DropOnce(asyncio.DatagramProtocol):
+    """Drops exactly the n-th datagram in one direction ("up": client to server, "down": the other way)."""
+
+    def __init__(self, server_port: int, direction: str, nth: int) -> None:
+        self.server = ("127.0.0.1", server_port)
+        self.client: object = None
+        self.counts = {"up": 0, "down": 0}
+        self.direction, self.nth = direction, nth
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t = transport
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        way = "down" if addr == self.server else "up"
+        if way == "up":
+            self.client = addr
+        self.counts[way] += 1
+        if way == self.direction and self.counts[way] == self.nth:
+            return
+        self.t.sendto(data, self.server if way == "up" else self.client)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("direction", "nth"), [("up", 1), ("down", 1), ("up", 2), ("down", 2), ("up", 3)])
+async def test_any_single_lost_handshake_datagram_is_recovered(direction: str, nth: int) -> None:
+    """Regression: a retransmitted ClientHello (with cookie) once restarted a peer mid-handshake, racing the
+    server's own retransmitted ServerHello and stranding the client (found by bench/dtls_bench.py --loss)."""
+    udp, proto, port = await echo_server()
+    loop = asyncio.get_running_loop()
+    relay_t, _ = await loop.create_datagram_endpoint(lambda: DropOnce(port, direction, nth),
+                                                     local_addr=("127.0.0.1", 0))
+    try:
+        rport = relay_t.get_extra_info("sockname")[1]
+        t, _app, session = await create_dtls_endpoint(Inbox, "127.0.0.1", rport, client_ctx(), handshake_timeout=8)
+        assert session.cipher == "PSK-AES128-CCM8"
+        t.close()
+        await asyncio.sleep(0.05)
+        assert proto.handshaking == 0
+    finally:
+        relay_t.close()
+        udp.close()

@@ -78,7 +78,14 @@ class _PeerRelay(asyncio.DatagramProtocol):
         self.sa = associate(session, self.gateway.resolver, self.gateway.config.cse_id)
         log.info("coaps SA with %s: %s associated=%r %s", self.peer, self.sa.credential, self.sa.identity,
                  session.cipher)
-        self._task = asyncio.get_running_loop().create_task(self._open_backend())
+
+    def _to_cse(self, datagram: bytes) -> None:
+        if self.backend is not None:
+            self.backend.sendto(datagram)
+            return
+        self.pending.append(datagram)
+        if self._task is None:  # the CSE-side socket is opened on the first message, not per handshake
+            self._task = asyncio.get_running_loop().create_task(self._open_backend())
 
     async def _open_backend(self) -> None:
         cfg = self.gateway.config
@@ -114,10 +121,7 @@ class _PeerRelay(asyncio.DatagramProtocol):
             if decision.datagram is not None and self.transport is not None:
                 self.transport.sendto(decision.datagram)
             return
-        if self.backend is None:
-            self.pending.append(decision.datagram)
-        else:
-            self.backend.sendto(decision.datagram)
+        self._to_cse(decision.datagram)
 
     def from_cse(self, data: bytes) -> None:
         if self.transport is None:
@@ -164,7 +168,8 @@ class CoapsGateway:
         except OSError as exc:
             from m2msec.errors import ConfigurationError
 
-            raise ConfigurationError(f"cannot listen on udp {cfg.host}:{cfg.port}: {exc.strerror}") from None
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise ConfigurationError(f"cannot listen on udp {cfg.host}:{cfg.port}: {reason}") from None
         log.info("coaps gateway on %s:%d -> coap://%s:%d", cfg.host, self.port, cfg.backend_host, cfg.backend_port)
 
     async def close(self) -> None:

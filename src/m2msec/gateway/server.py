@@ -144,7 +144,7 @@ class Gateway:
             )
         except OSError as exc:
             raise ConfigurationError(
-                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}"
+                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc or type(exc).__name__}"
             ) from None
         if isinstance(self.table, TomlPSKTable):
             self._reloader = asyncio.create_task(self._watch_table(self.table))

@@ -220,10 +220,12 @@ class DTLSServerProtocol(_Endpoint):
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         peer = self.peers.get(addr)
-        if peer is not None and not _is_initial_client_hello(data):
+        # A peer mid-handshake gets everything, retransmitted ClientHellos included: restarting it there would
+        # race our own retransmitted flight and strand the client. Only an established peer may start over.
+        if peer is not None and (peer.conn.session is None or not _is_initial_client_hello(data)):
             self._process(peer, data)
             return
-        # a new peer, or a known one starting over (RFC 6347 §4.2.8): stateless until the cookie is back
+        # a new peer, or an established one starting over (RFC 6347 §4.2.8): stateless until the cookie is back
         conn = self.context.dtls_connection(addr, mtu=self.mtu)
         try:
             events = conn.receive_datagram(data)
