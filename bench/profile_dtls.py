@@ -23,10 +23,8 @@ import argparse
 import asyncio
 import cProfile
 import gc
-import io
 import logging
 import os
-import pstats
 import socket
 import subprocess
 import sys
@@ -281,21 +279,7 @@ async def profile(args: argparse.Namespace, tbl: Any) -> None:
           f"gen1 {timer.count[1]}x {1e3 * timer.total[1]:.1f} ms, gen2 {timer.count[2]}x "
           f"{1e3 * timer.total[2]:.1f} ms = {1e6 * sum(timer.total) / n:.1f} us/handshake")
 
-    stats = pstats.Stats(profiler)
-    raw: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
-    total = sum(v[2] for v in raw.values())
-    by_area: dict[str, float] = defaultdict(float)
-    for (filename, _line, name), (_cc, _nc, tt, _ct, _callers) in raw.items():
-        by_area[area(filename, name)] += tt
-    print(f"\nown time by area (profiled total {1e6 * total / n:.0f} us/handshake):")
-    for label, tt in sorted(by_area.items(), key=lambda kv: -kv[1]):
-        print(f"  {label:28s} {100 * tt / total:5.1f} %  {1e6 * tt / n:6.1f} us/handshake")
-    for key in ("tottime", "cumulative"):
-        buf = io.StringIO()
-        pstats.Stats(profiler, stream=buf).sort_stats(key).print_stats(args.top)
-        text = buf.getvalue()
-        print(f"\ntop {args.top} by {key} (seconds for {n} handshakes):")
-        print(text[text.find("   ncalls") :].rstrip())
+    pg.print_profile(profiler, n, args.top, area)
 
 
 def main() -> int:

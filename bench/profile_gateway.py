@@ -78,6 +78,25 @@ def area(filename: str, name: str) -> str:
     return "other Python"
 
 
+def print_profile(profiler: cProfile.Profile, n: int, top: int, area_of: Callable[[str, str], str]) -> None:
+    """Own time by area, then the top functions by own and cumulative time, per handshake."""
+    stats = pstats.Stats(profiler)
+    raw: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in raw.values())
+    by_area: dict[str, float] = defaultdict(float)
+    for (filename, _line, name), (_cc, _nc, tt, _ct, _callers) in raw.items():
+        by_area[area_of(filename, name)] += tt
+    print(f"\nown time by area (profiled total {1e6 * total / n:.0f} us/handshake):")
+    for label, tt in sorted(by_area.items(), key=lambda kv: -kv[1]):
+        print(f"  {label:28s} {100 * tt / total:5.1f} %  {1e6 * tt / n:6.1f} us/handshake")
+    for key in ("tottime", "cumulative"):
+        buf = io.StringIO()
+        pstats.Stats(profiler, stream=buf).sort_stats(key).print_stats(top)
+        text = buf.getvalue()
+        print(f"\ntop {top} by {key} (seconds for {n} handshakes):")
+        print(text[text.find("   ncalls") :].rstrip())
+
+
 def client_cmd(port: int, n: int, cipher: str) -> list[str]:
     return hb.pinned(hb.CLIENT_CPU, [str(hb.CLIENT_BIN), str(port), str(n), cipher, hb.IDENTITY, hb.KEY_HEX])
 
@@ -323,21 +342,7 @@ async def profile_gateway(args: argparse.Namespace, table: Any, cipher: str) -> 
           f"gen1 {timer.count[1]}x {1e3 * timer.total[1]:.1f} ms, gen2 {timer.count[2]}x "
           f"{1e3 * timer.total[2]:.1f} ms = {1e6 * sum(timer.total) / n:.1f} us/handshake")
 
-    stats = pstats.Stats(profiler)
-    raw: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
-    total = sum(v[2] for v in raw.values())
-    by_area: dict[str, float] = defaultdict(float)
-    for (filename, _line, name), (_cc, _nc, tt, _ct, _callers) in raw.items():
-        by_area[area(filename, name)] += tt
-    print(f"\nown time by area (profiled total {1e6 * total / n:.0f} us/handshake):")
-    for label, tt in sorted(by_area.items(), key=lambda kv: -kv[1]):
-        print(f"  {label:28s} {100 * tt / total:5.1f} %  {1e6 * tt / n:6.1f} us/handshake")
-    for key in ("tottime", "cumulative"):
-        buf = io.StringIO()
-        pstats.Stats(profiler, stream=buf).sort_stats(key).print_stats(args.top)
-        text = buf.getvalue()
-        print(f"\ntop {args.top} by {key} (seconds for {n} handshakes):")
-        print(text[text.find("   ncalls") :].rstrip())
+    print_profile(profiler, n, args.top, area)
 
 
 def main() -> int:
