@@ -9,6 +9,11 @@ returns events (:class:`HandshakeCompleted`, :class:`DataReceived`, :class:`Conn
 collects bytes to put on the wire with :meth:`TLSConnection.data_to_send`. No sockets, no clock, no
 asyncio: adapters (``m2msec.transport``) move the bytes and own the timers.
 
+The same contexts do DTLS 1.2 (:meth:`TLSContext.dtls_server`, :class:`DTLSConnection`: one datagram in,
+whole-record datagrams out, stateless cookies, retransmission timers exposed) and certificates
+(:class:`CertificateConfig`: own chain and key, trust anchors and CRLs for the peer, TS-0003 §8.2.2.2),
+alone or beside PSK on one server.
+
 PSK support comes from a small shim over the PSK bindings that ``cryptography`` ships but pyOpenSSL
 does not expose (pyca/pyopenssl#704 declined a public API; pyca/cryptography#4084 added the bindings
 "to allow for SSL.Context patching"). The shim touches private names, listed in
