@@ -181,3 +181,68 @@ async def test_gateway_cli_serves_coaps(acme_coap: int, tmp_path: Path) -> None:
         proc.terminate()
         _, err_bytes = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == 0 and ADMIN_KEY_TEXT not in err_bytes.decode()
+
+
+async def test_certificate_clients_over_coaps(acme_coap: int, tmp_path: Path) -> None:
+    """TS-0003 §10.2.3 for DTLS: TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 with an AE-ID certificate, PSK alongside."""
+    from m2msec.pki import CertificateFlavour, create_ca, issue
+    from m2msec.tls.engine import CertificateConfig
+    from m2msec.tls.profiles import ECDHE_ECDSA_DTLS
+
+    sp = "m2m.provider.com"
+    ca = create_ca("provider root", permitted_dns=[sp])
+    server = issue(ca, CertificateFlavour.CSE_ID, CSE_ID, sp_domain=sp)
+    admin = issue(ca, CertificateFlavour.AE_ID, f"//{sp}/{CSE_ID}/CAdmin")
+    table = MemoryPSKTable([PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE)])
+    gw = CoapsGateway(CoapsConfig(
+        backend_host="127.0.0.1", backend_port=acme_coap, port=0, profiles=(ONEM2M_DTLS_PSK, ECDHE_ECDSA_DTLS),
+        certificate=CertificateConfig(server.certificate_pem(), server.private_key_pem(),
+                                      trust_anchors_pem=ca.certificate_pem()),
+        cse_id=CSE_ID), table)
+    await gw.start()
+    try:
+        own = CertificateConfig(admin.certificate_pem(), admin.private_key_pem(), ca.certificate_pem())
+        ctx = TLSContext.dtls_client(ClientConfig(None, None, profiles=(ECDHE_ECDSA_DTLS,), certificate=own))
+        transport, app, session = await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, ctx)
+        assert session.cipher == "ECDHE-ECDSA-AES128-CCM8" and session.authentication == "certificate"
+        try:
+            get = coap.Message(coap.MessageType.CON, coap.GET, 0x2001, b"\x21", [
+                (coap.URI_PATH, CSE_RN.encode()), (coap.ONEM2M_RVI, b"3"), (coap.ONEM2M_FR, b"CAdmin"),
+                (coap.ONEM2M_RQI, b"r-cert")])
+            got = await request(transport, app, get)  # type: ignore[arg-type]
+            assert coap.format_code(got.code) == "2.05" and b'"m2m:cb"' in got.payload  # the AE-ID stem is From
+            other = coap.Message(coap.MessageType.CON, coap.GET, 0x2002, b"\x22", [
+                (coap.URI_PATH, CSE_RN.encode()), (coap.ONEM2M_FR, b"Cother"), (coap.ONEM2M_RQI, b"r-x")])
+            refused = await request(transport, app, other)  # type: ignore[arg-type]
+            assert coap.decode_uint(refused.option(coap.ONEM2M_RSC) or b"") == 4106
+        finally:
+            transport.close()
+        # a real peer: openssl s_client -dtls1_2 with the client certificate
+        (tmp_path / "c.crt").write_bytes(admin.certificate_pem())
+        (tmp_path / "c.key").write_bytes(admin.private_key_pem())
+        (tmp_path / "c.key").chmod(0o600)
+        (tmp_path / "ca.crt").write_bytes(ca.certificate_pem())
+        proc = await asyncio.create_subprocess_exec(
+            "openssl", "s_client", "-dtls1_2", "-connect", f"127.0.0.1:{gw.port}", "-cert", str(tmp_path / "c.crt"),
+            "-key", str(tmp_path / "c.key"), "-CAfile", str(tmp_path / "ca.crt"),
+            "-cipher", "ECDHE-ECDSA-AES128-CCM8:@SECLEVEL=0",
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            assert proc.stdout is not None
+            text = b""
+            while b"Verify return code" not in text:
+                chunk = await asyncio.wait_for(proc.stdout.read(4096), 10)
+                assert chunk, text
+                text += chunk
+            assert b"Cipher is ECDHE-ECDSA-AES128-CCM8" in text and b"Verify return code: 0 (ok)" in text
+        finally:
+            proc.kill()
+            await proc.wait()
+        # PSK clients still work on the same port
+        light1 = ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(ONEM2M_DTLS_PSK,))
+        psk = TLSContext.dtls_client(light1)
+        t2, _, s2 = await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, psk)
+        assert s2.cipher == "PSK-AES128-CCM8"
+        t2.close()
+    finally:
+        await gw.close()

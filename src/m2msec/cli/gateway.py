@@ -33,6 +33,9 @@ def add_parser(sub: Any) -> None:
                    help="the CSE's CoAP binding (plain coap://); serves coaps:// (DTLS 1.2 PSK) in front of it")
     p.add_argument("--coaps-listen", default="127.0.0.1:5684", metavar="HOST:PORT",
                    help="where coaps:// is served (UDP; default 127.0.0.1:5684)")
+    p.add_argument("--coaps-profiles", default="onem2m-dtls",
+                   help="DTLS profiles: onem2m-dtls (PSK, CCM_8), ecdhe-ecdsa-dtls (certificates, needs --cert/--key/"
+                   "--client-ca); default onem2m-dtls")
     p.add_argument("--profiles", default="onem2m,ecdhe-psk",
                    help="cipher profiles in preference order: onem2m, psk, dhe-psk, ecdhe-psk, rsa-psk, tls13 "
                    "(default onem2m,ecdhe-psk: TLS 1.2 only, TS-0003 §10.2.1)")
@@ -96,13 +99,16 @@ async def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("give --backend (HTTP), --coap-backend (CoAP) or both")
     services: list[Gateway | CoapsGateway] = []
     if args.coap_backend is not None:
-        if table is None:
-            raise ConfigurationError("coaps:// needs a PSK table (--psk-table or --db)")
+        coaps_profiles = parse_profiles(args.coaps_profiles)
+        if table is None and not any(p.mutual_certificates for p in coaps_profiles):
+            raise ConfigurationError("coaps:// needs a PSK table (--psk-table or --db) or the ecdhe-ecdsa-dtls profile")
         chost, cport = parse_hostport(args.coaps_listen)
         bhost, bport = parse_hostport(args.coap_backend)
         coaps = CoapsGateway(CoapsConfig(backend_host=bhost, backend_port=bport, host=chost, port=cport,
-                                         identity_hint=args.identity_hint, unbound_policy=UnboundPolicy(args.unbound),
-                                         cse_id=args.cse_id, handshake_timeout=args.handshake_timeout), table)
+                                         profiles=coaps_profiles, identity_hint=args.identity_hint,
+                                         unbound_policy=UnboundPolicy(args.unbound), cse_id=args.cse_id,
+                                         handshake_timeout=args.handshake_timeout, certificate=_certificate(args)),
+                             table)
         await coaps.start()
         print(f"m2msec coaps gateway on {chost}:{coaps.port} -> coap://{bhost}:{bport}", flush=True)
         services.append(coaps)

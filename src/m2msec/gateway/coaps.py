@@ -1,4 +1,5 @@
-"""The gateway's ``coaps://`` side: DTLS 1.2 PSK in front of a CSE's CoAP binding (TS-0008, TS-0003 §10.2).
+"""The gateway's ``coaps://`` side: DTLS 1.2 (PSK and/or certificates) in front of a CSE's CoAP binding
+(TS-0008, TS-0003 §10.2).
 
 Each authenticated DTLS peer gets a :class:`_PeerRelay`: it decodes every CoAP message, applies the
 same association and originator rules as the HTTP side (:func:`m2msec.gateway.coap.decide`: 4106 for a
@@ -22,7 +23,7 @@ from typing import Any
 from m2msec.gateway import coap
 from m2msec.gateway.rules import CredentialResolver, SecurityAssociation, UnboundPolicy, associate
 from m2msec.keys.table import PSKTable
-from m2msec.tls.engine import ServerConfig, TLSContext
+from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
 from m2msec.tls.profiles import ONEM2M_DTLS_PSK, CipherProfile
 from m2msec.transport.dtls import DTLSServerProtocol, start_dtls_server
 
@@ -39,6 +40,8 @@ class CoapsConfig:
     port: int = 5684
     profiles: tuple[CipherProfile, ...] = (ONEM2M_DTLS_PSK,)
     identity_hint: str | None = None
+    #: the gateway's certificate and client CAs, for the ecdhe-ecdsa-dtls profile (TS-0003 §10.2.3)
+    certificate: CertificateConfig | None = None
     unbound_policy: UnboundPolicy = UnboundPolicy.REJECT
     cse_id: str | None = None
     handshake_timeout: float = 10.0
@@ -141,12 +144,13 @@ class _PeerRelay(asyncio.DatagramProtocol):
 class CoapsGateway:
     """Serve ``coaps://`` (DTLS 1.2 PSK) on ``config.host:config.port`` in front of a CSE's CoAP port."""
 
-    def __init__(self, config: CoapsConfig, table: PSKTable, *, resolver: CredentialResolver | None = None,
+    def __init__(self, config: CoapsConfig, table: PSKTable | None, *, resolver: CredentialResolver | None = None,
                  cookie_secret: bytes | None = None) -> None:
         self.config = config
         self.resolver = resolver
         self.context = TLSContext.dtls_server(
-            ServerConfig(table.lookup, profiles=config.profiles, identity_hint=config.identity_hint),
+            ServerConfig(table.lookup if table is not None else None, profiles=config.profiles,
+                         identity_hint=config.identity_hint, certificate=config.certificate),
             cookie_secret=cookie_secret,
         )
         self._udp: asyncio.DatagramTransport | None = None

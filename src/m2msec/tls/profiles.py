@@ -18,6 +18,7 @@ from dataclasses import dataclass
 __all__ = [
     "DHE_PSK",
     "ECDHE_ECDSA",
+    "ECDHE_ECDSA_DTLS",
     "ECDHE_PSK",
     "ONEM2M_DTLS_PSK",
     "ONEM2M_PSK",
@@ -105,8 +106,18 @@ ONEM2M_DTLS_PSK = CipherProfile(
     description="TS-0003 §10.2.2 DTLS: TLS_PSK_WITH_AES_128_CCM_8 (mandatory), ..._AES_128_CCM, ..._AES_128_GCM_SHA256",
 )
 
+#: TS-0003 §10.2.3 for DTLS: TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 (RFC 7251, 0xC0AE) mandatory, GCM as an addition.
+ECDHE_ECDSA_DTLS = CipherProfile(
+    "ecdhe-ecdsa-dtls",
+    "ECDHE-ECDSA-AES128-CCM8:ECDHE-ECDSA-AES128-GCM-SHA256",
+    needs_certificate=True,
+    mutual_certificates=True,
+    description="TS-0003 §10.2.3 DTLS: TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8 (mandatory), ..._AES_128_GCM_SHA256",
+)
+
 PROFILES: dict[str, CipherProfile] = {
-    p.name: p for p in (ONEM2M_PSK, PSK, DHE_PSK, RSA_PSK, ECDHE_PSK, TLS13_PSK, ECDHE_ECDSA, ONEM2M_DTLS_PSK)
+    p.name: p
+    for p in (ONEM2M_PSK, PSK, DHE_PSK, RSA_PSK, ECDHE_PSK, TLS13_PSK, ECDHE_ECDSA, ONEM2M_DTLS_PSK, ECDHE_ECDSA_DTLS)
 }
 
 
