@@ -97,6 +97,7 @@ async def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("--max-connections must be at least 1")
     if args.backend is None and args.coap_backend is None:
         raise ConfigurationError("give --backend (HTTP), --coap-backend (CoAP) or both")
+    certificate = _certificate(args)  # read once, shared by the HTTP and coaps sides
     services: list[Gateway | CoapsGateway] = []
     if args.coap_backend is not None:
         coaps_profiles = parse_profiles(args.coaps_profiles)
@@ -107,13 +108,13 @@ async def run(args: argparse.Namespace) -> int:
         coaps = CoapsGateway(CoapsConfig(backend_host=bhost, backend_port=bport, host=chost, port=cport,
                                          profiles=coaps_profiles, identity_hint=args.identity_hint,
                                          unbound_policy=UnboundPolicy(args.unbound), cse_id=args.cse_id,
-                                         handshake_timeout=args.handshake_timeout, certificate=_certificate(args)),
+                                         handshake_timeout=args.handshake_timeout, certificate=certificate),
                              table)
         await coaps.start()
         print(f"m2msec coaps gateway on {chost}:{coaps.port} -> coap://{bhost}:{bport}", flush=True)
         services.append(coaps)
     if args.backend is not None:
-        services.append(await _start_http(args, host, port, table))
+        services.append(await _start_http(args, host, port, table, certificate))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -125,7 +126,8 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSKTable | None) -> Gateway:
+async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSKTable | None,
+                      certificate: CertificateConfig | None) -> Gateway:
     config = GatewayConfig(
         backend=parse_backend(args.backend),
         host=host,
@@ -135,7 +137,7 @@ async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSK
         unbound_policy=UnboundPolicy(args.unbound),
         handshake_timeout=args.handshake_timeout,
         max_connections=args.max_connections,
-        certificate=_certificate(args),
+        certificate=certificate,
         cse_id=args.cse_id,
     )
     gateway = Gateway(config, table)

@@ -703,7 +703,6 @@ class TLSConnection:
         """Feed bytes received from the peer (``b""`` = transport EOF); return what happened."""
         if self.state in (ConnectionState.CLOSED, ConnectionState.FAILED):
             return []
-        events: list[Event] = []
         if data:
             self._ssl.bio_write(data)
         elif self.state is ConnectionState.HANDSHAKING:
@@ -712,6 +711,11 @@ class TLSConnection:
         else:
             self.state = ConnectionState.CLOSED
             return [ConnectionClosed(clean=False)]
+        return self._progress()
+
+    def _progress(self) -> list[Event]:
+        """After input: advance the handshake if it runs, then read whatever application data is ready."""
+        events: list[Event] = []
         if self.state is ConnectionState.HANDSHAKING:
             if not self._advance_handshake():
                 return events
@@ -937,12 +941,7 @@ class DTLSConnection(TLSConnection):
                 self.state = ConnectionState.FAILED
                 raise HandshakeFailed(f"bad ClientHello: {_reason(exc)}") from None
             self.awaiting_cookie = False
-            events: list[Event] = []
-            if self._advance_handshake():
-                assert self.session is not None
-                events.append(HandshakeCompleted(self.session))
-                events.extend(self._read_application_data())
-            return events
+            return self._progress()  # the ClientHello stays buffered: OpenSSL continues from it
         return self.receive_data(datagram)
 
     def datagrams_to_send(self) -> list[bytes]:
