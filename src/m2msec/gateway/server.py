@@ -29,11 +29,11 @@ from m2msec.errors import (
     TargetNotReachable,
 )
 from m2msec.gateway import http
+from m2msec.gateway.headers import check_request_headers, strip_gateway_headers
 from m2msec.gateway.rules import (
     HEADER_CREDENTIAL_ID,
     HEADER_PSK_IDENTITY,
     HEADER_SA_IDENTITY,
-    IDENTITY_HEADERS,
     CredentialResolver,
     SecurityAssociation,
     UnboundPolicy,
@@ -223,6 +223,11 @@ class Gateway:
             writer.close()
 
     async def _process(self, req: http.Message, sa: SecurityAssociation, peer: object) -> http.Message:
+        try:
+            check_request_headers(req.headers)  # one From, one RI, ... before anything reads them
+        except BadRequest as exc:
+            log.warning("refused %s %s from %s: rsc=%d %s", req.method, req.target[:200], peer, exc.rsc, exc.detail)
+            return _onem2m_error_response(exc, None)
         origin = req.header("x-m2m-origin")
         request_id = req.header("x-m2m-ri")
         try:
@@ -241,7 +246,7 @@ class Gateway:
 
     async def _forward(self, req: http.Message, sa: SecurityAssociation) -> http.Message:
         backend = self.config.backend
-        headers = [(k, v) for k, v in req.headers if k not in _HOP_BY_HOP and k not in IDENTITY_HEADERS]
+        headers = [(k, v) for k, v in strip_gateway_headers(req.headers) if k not in _HOP_BY_HOP]
         headers.insert(0, ("host", f"{backend.host}:{backend.port}"))
         if sa.associated is not None:
             headers.append((HEADER_SA_IDENTITY, sa.associated))
@@ -263,5 +268,5 @@ class Gateway:
             raise TargetNotReachable(f"the CSE at {backend} is not reachable") from exc
         except http.HTTPError as exc:
             raise TargetNotReachable(f"the CSE at {backend} sent an invalid response: {exc}") from exc
-        resp.headers = [(k, v) for k, v in resp.headers if k not in _HOP_BY_HOP]
+        resp.headers = [(k, v) for k, v in strip_gateway_headers(resp.headers) if k not in _HOP_BY_HOP]
         return resp
