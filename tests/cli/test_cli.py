@@ -65,6 +65,11 @@ def test_keys_add_list_remove_import(tmp_path: Path, capsys: pytest.CaptureFixtu
         (["gateway", "--db", "{tmp}/absent.db", "--backend", "http://127.0.0.1:1"], "no such key store"),
         (["gateway", "--db", "{db}", "--backend", "http://127.0.0.1:1", "--profiles", "rsa-psk"], "certificate"),
         (["gateway", "--db", "{db}", "--backend", "http://127.0.0.1:1", "--listen", "x:y"], "HOST:PORT"),
+        (["gateway", "--db", "{db}", "--backend", "http://127.0.0.1:1", "--profiles", "onem2m,ecdhe-ecdsa"],
+         "need --sp-id"),
+        (["gateway", "--db", "{db}", "--coap-backend", "127.0.0.1:1", "--coaps-profiles", "ecdhe-ecdsa-dtls"],
+         "need --sp-id"),
+        (["gateway", "--db", "{db}", "--backend", "http://127.0.0.1:1", "--sp-id", "//not a domain"], "--sp-id: "),
         (["request", "--connect", "127.0.0.1:1", "--identity", "a@b.c", "--key-env", "M2MSEC_T", "/"],
          "cannot connect"),
     ],
@@ -168,7 +173,7 @@ def test_certificate_saef_with_pki_gateway_and_request_processes(tmp_path: Path)
     ok(["pki", "issue", "--ca", str(ca), "--flavour", "cse-id", "--id", "mn-cse-123456",
         "--sp-domain", "m2m.provider.com", "--out", str(cli)])
     extra = ["--profiles", "onem2m,ecdhe-ecdsa", "--cert", f"{srv}.crt", "--key", f"{srv}.key",
-             "--client-ca", f"{ca}.crt", "--cse-id", "in-cse"]
+             "--client-ca", f"{ca}.crt", "--cse-id", "in-cse", "--sp-id", "//m2m.provider.com"]
     with gateway_with_backend(tmp_path, "in-cse", *extra) as port:
         base = ["request", "--connect", f"127.0.0.1:{port}", "--cert", f"{cli}.crt", "--cert-key", f"{cli}.key",
                 "--ca", f"{ca}.crt", "--entity-id", "in-cse"]

@@ -198,7 +198,7 @@ async def test_certificate_clients_over_coaps(acme_coap: int, tmp_path: Path) ->
         backend_host="127.0.0.1", backend_port=acme_coap, port=0, profiles=(ONEM2M_DTLS_PSK, ECDHE_ECDSA_DTLS),
         certificate=CertificateConfig(server.certificate_pem(), server.private_key_pem(),
                                       trust_anchors_pem=ca.certificate_pem()),
-        cse_id=CSE_ID), table)
+        cse_id=CSE_ID, sp_id=sp), table)
     await gw.start()
     try:
         own = CertificateConfig(admin.certificate_pem(), admin.private_key_pem(), ca.certificate_pem())

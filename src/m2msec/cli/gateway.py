@@ -48,6 +48,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--client-ca", type=Path, help="CA certificates that verify certificate clients (ecdhe-ecdsa)")
     p.add_argument("--crl", type=Path, help="CRLs of the client CAs; revoked client certificates are refused")
     p.add_argument("--cse-id", help="CSE-ID of the CSE behind the gateway (AE-ID certificates may use their stem)")
+    p.add_argument("--sp-id", help="the gateway's SP-ID (//domain or domain); required with ecdhe-ecdsa or "
+                   "ecdhe-ecdsa-dtls: certificates of other SPs keep their absolute AE-ID/CSE-ID only")
     p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--max-connections", type=int, default=10000, metavar="N",
                    help="open TLS connections beyond which new ones are reset (default 10000)")
@@ -78,6 +80,25 @@ def _certificate(args: argparse.Namespace) -> CertificateConfig | None:
     return CertificateConfig(chain, key, _read(args.client_ca, "client CA certificates"), _read(args.crl, "CRL"))
 
 
+def _sp_id(args: argparse.Namespace) -> str | None:
+    """--sp-id, normalized; required when certificate clients can connect (they are associated by SP, D22)."""
+    from m2msec.errors import IdentifierError
+    from m2msec.gateway.rules import normalize_sp_id
+
+    served = ([args.profiles] if args.backend is not None else []) + (
+        [args.coaps_profiles] if args.coap_backend is not None else [])
+    certificates = any(p.mutual_certificates for names in served for p in parse_profiles(names))
+    if args.sp_id is None:
+        if certificates:
+            raise ConfigurationError("certificate profiles (ecdhe-ecdsa, ecdhe-ecdsa-dtls) need --sp-id, the "
+                                     "gateway's SP-ID (e.g. //m2m.provider.com)")
+        return None
+    try:
+        return normalize_sp_id(args.sp_id)
+    except IdentifierError as exc:
+        raise ConfigurationError(f"--sp-id: {exc}") from None
+
+
 async def run(args: argparse.Namespace) -> int:
     from m2msec.cli.main import parse_hostport
 
@@ -97,6 +118,7 @@ async def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("--max-connections must be at least 1")
     if args.backend is None and args.coap_backend is None:
         raise ConfigurationError("give --backend (HTTP), --coap-backend (CoAP) or both")
+    args.sp_id = _sp_id(args)
     certificate = _certificate(args)  # read once, shared by the HTTP and coaps sides
     services: list[Gateway | CoapsGateway] = []
     if args.coap_backend is not None:
@@ -108,6 +130,7 @@ async def run(args: argparse.Namespace) -> int:
         coaps = CoapsGateway(CoapsConfig(backend_host=bhost, backend_port=bport, host=chost, port=cport,
                                          profiles=coaps_profiles, identity_hint=args.identity_hint,
                                          unbound_policy=UnboundPolicy(args.unbound), cse_id=args.cse_id,
+                                         sp_id=args.sp_id,
                                          handshake_timeout=args.handshake_timeout, certificate=certificate),
                              table)
         await coaps.start()
@@ -139,6 +162,7 @@ async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSK
         max_connections=args.max_connections,
         certificate=certificate,
         cse_id=args.cse_id,
+        sp_id=args.sp_id,
     )
     gateway = Gateway(config, table)
     await gateway.start()

@@ -44,6 +44,7 @@ class CoapsConfig:
     certificate: CertificateConfig | None = None
     unbound_policy: UnboundPolicy = UnboundPolicy.REJECT
     cse_id: str | None = None
+    sp_id: str | None = None  # as GatewayConfig.sp_id
     handshake_timeout: float = 10.0
     idle_timeout: float = 300.0
     max_peers: int = 10000
@@ -78,7 +79,7 @@ class _PeerRelay(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
         session = transport.get_extra_info("m2msec_session")
-        self.sa = associate(session, self.gateway.resolver, self.gateway.config.cse_id)
+        self.sa = associate(session, self.gateway.resolver, self.gateway.config.cse_id, self.gateway.config.sp_id)
         log.info("coaps SA with %s: %s associated=%r %s", self.peer, self.sa.credential, self.sa.identity,
                  session.cipher)
 

@@ -99,6 +99,8 @@ class GatewayConfig:
     certificate: CertificateConfig | None = None
     #: the CSE-ID of the CSE behind the gateway: lets AE-ID certificate holders use their AE-ID-Stem as From
     cse_id: str | None = None
+    #: the gateway's service provider (SP-ID): certificate identities of other SPs get their absolute form only
+    sp_id: str | None = None
 
 
 def _onem2m_error_response(exc: OneM2MError, request_id: str | None) -> http.Message:
@@ -182,7 +184,7 @@ class Gateway:
         self._clients.add(task)
         session: SessionInfo = writer.get_extra_info("m2msec_session")
         peer = writer.get_extra_info("peername")
-        sa = associate(session, self.resolver, self.config.cse_id)
+        sa = associate(session, self.resolver, self.config.cse_id, self.config.sp_id)
         log.info("SA established with %s: %s associated=%r cipher=%s %s",
                  peer, sa.credential, sa.identity, session.cipher, session.version)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
