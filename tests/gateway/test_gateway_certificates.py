@@ -115,7 +115,8 @@ async def test_device_and_node_certificates_get_a_credential_id(
 
 
 async def test_psk_clients_share_the_port(gateway: Gateway, backend: RecordingBackend) -> None:  # noqa: F811
-    sa = await establish_sa("127.0.0.1", gateway.port, PSKCredentials(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY)))
+    sa = await establish_sa("127.0.0.1", gateway.port,
+                            PSKCredentials(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), peer_entity=GATEWAY_CSE))
     assert sa.session.authentication == "psk"
     assert await exchange(sa, LIGHT1_AE) == (200, "2000")
     await sa.close()

@@ -137,19 +137,10 @@ def ae_id_forms(absolute_ae_id: str, registrar_cse_id: str | None = None, sp_id:
     return frozenset(forms)
 
 
-def _cse_sp_domain(session: SessionInfo) -> str:
-    """The ``<SP domain>`` of a CSE-ID certificate's ``<CSE-ID>.<SP domain>`` dNSName (m2msec.pki D11)."""
-    from cryptography import x509
-
-    assert session.peer_certificate is not None
-    san = session.peer_certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    [name] = san.get_values_for_type(x509.DNSName)  # identity_from_certificate found exactly one
-    return name.partition(".")[2].lower()
-
-
 def _associate_certificate(
     session: SessionInfo, resolver: CredentialResolver | None, registrar_cse_id: str | None, sp_id: str | None
 ) -> SecurityAssociation:
+    from m2msec.idb import certificate_sp_domain
     from m2msec.pki import CertificateFlavour, identity_from_certificate
 
     assert session.peer_certificate is not None
@@ -161,7 +152,7 @@ def _associate_certificate(
     if ident.flavour is CertificateFlavour.CSE_ID:
         # TS-0003 §8.2.2.2: associate with the CSE-ID in the certificate; a registree CSE of our SP uses its
         # SP-relative CSE-ID as From, one of another SP its absolute CSE-ID //<SP>/<CSE-ID> (D22)
-        sp = _cse_sp_domain(session)
+        sp = certificate_sp_domain(session.peer_certificate)  # the one dNSName identity_from_certificate read
         cse = "/" + ident.value if _own_sp(sp, sp_id) else FOREIGN_CSE_FORM.format(sp=sp, cse_id=ident.value)
         return SecurityAssociation(f"{credential} of SP {sp!r}", None, None, cse, frozenset({cse}))
     if ident.flavour is CertificateFlavour.AE_ID:
