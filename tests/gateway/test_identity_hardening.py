@@ -175,6 +175,17 @@ async def test_cse_gateway_namespace_headers_are_stripped_from_responses(gateway
     assert [k for k, _ in resp.headers if k.replace("_", "-").startswith("x-m2msec")] == []
 
 
+async def test_disguised_hop_by_hop_headers_are_not_forwarded(gateway: Gateway, cse: RecordingCSE) -> None:
+    # a WSGI/CGI CSE could read Content_Length as the body length: the "_" spellings are dropped like the real ones
+    disguised = [("content_length", "999"), ("transfer_encoding", "chunked"), ("connection_", "x")]
+    resp = await send(gateway, [("x-m2m-ri", "r1"), ("x-m2m-origin", LIGHT1_AE), *disguised])
+    assert resp.status == 200
+    [seen] = cse.requests
+    names = [k for k, _ in seen.headers]
+    assert "content_length" not in names and "transfer_encoding" not in names
+    assert "connection_" in names  # not hop-by-hop in any spelling: forwarded
+
+
 def test_header_rules_are_pure() -> None:
     assert is_single_valued("X-M2M-Origin") and is_single_valued("x_m2m_ri") and is_single_valued("x-m2m-utcmd")
     assert not is_single_valued("accept") and not is_single_valued("x-m2msec-sa-identity")

@@ -29,7 +29,7 @@ from m2msec.errors import (
     TargetNotReachable,
 )
 from m2msec.gateway import http
-from m2msec.gateway.headers import check_request_headers, strip_gateway_headers
+from m2msec.gateway.headers import check_request_headers, normalize_header_name, strip_gateway_headers
 from m2msec.gateway.rules import (
     HEADER_CREDENTIAL_ID,
     HEADER_PSK_IDENTITY,
@@ -248,7 +248,8 @@ class Gateway:
 
     async def _forward(self, req: http.Message, sa: SecurityAssociation) -> http.Message:
         backend = self.config.backend
-        headers = [(k, v) for k, v in strip_gateway_headers(req.headers) if k not in _HOP_BY_HOP]
+        # hop-by-hop in any spelling: a CSE behind WSGI/CGI may read Content_Length as Content-Length
+        headers = [(k, v) for k, v in strip_gateway_headers(req.headers) if normalize_header_name(k) not in _HOP_BY_HOP]
         headers.insert(0, ("host", f"{backend.host}:{backend.port}"))
         if sa.associated is not None:
             headers.append((HEADER_SA_IDENTITY, sa.associated))
