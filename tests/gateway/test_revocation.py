@@ -357,7 +357,7 @@ async def cert_gateway(backend_port: int, ca: Issued, server_cert: Issued, crl: 
                              trust_anchors_pem=ca.certificate_pem(), crl_pem=crl)
     gw = Gateway(GatewayConfig(backend=Backend("127.0.0.1", backend_port), port=0, reload_interval=0.05,
                                profiles=(ONEM2M_PSK, ECDHE_ECDSA), certificate=cert, cse_id=GATEWAY_CSE),
-                 MemoryPSKTable(), crls=crls)
+                 MemoryPSKTable(), **({"crls": crls} if crls is not None else {}))
     await gw.start()
     return gw
 
