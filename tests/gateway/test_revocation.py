@@ -504,3 +504,33 @@ def test_sa_status_pure(ca: Issued) -> None:
     assert "no CRL from its issuer" in (sa_status(cert, t0 + 60, max_lifetime=big, lookup=None, crls=foreign) or "")
     assert "nextUpdate" in (sa_status(cert, t0 + 8 * 86400, max_lifetime=big, lookup=None, crls=fresh) or "")
     assert "expired" in (sa_status(cert, t0 + 11 * 86400, max_lifetime=big, lookup=None, crls=None) or "")
+
+
+# -- CLI: one clear line, non-zero exit
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--crl", "{ca}"], "holds no CRL"),  # a certificate given as --crl: refused, not "CRL checking on" with none
+        (["--crl", "{tmp}/absent.crl"], "cannot read CRL file"),
+        (["--max-sa-lifetime", "0"], "--max-sa-lifetime must be positive"),
+    ],
+)
+def test_gateway_cli_refuses_bad_crl_and_lifetime(
+    tmp_path: Path, ca: Issued, server_cert: Issued, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from m2msec.cli.main import main
+    from m2msec.pki import write_issued
+
+    srv, _ = write_issued(server_cert, tmp_path / "gw")
+    ca_crt, _ = write_issued(Issued(ca.certificate, None), tmp_path / "ca")
+    table = tmp_path / "psk.toml"
+    write_table(table, (LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE))
+    # the backend URL is invalid too: it is checked after the certificate files, so nothing starts serving
+    args = ["gateway", "--psk-table", str(table), "--backend", "ftp://x", "--listen", "127.0.0.1:0",
+            "--cert", str(srv), "--key", str(tmp_path / "gw.key"), "--client-ca", str(ca_crt),
+            *[a.replace("{ca}", str(ca_crt)).replace("{tmp}", str(tmp_path)) for a in extra]]
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
