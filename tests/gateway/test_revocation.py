@@ -82,6 +82,7 @@ class CoapCSE(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         msg = coap.Message.decode(data)
         self.received.append(msg)
+        self.last_addr = addr
         self.transport.sendto(coap.Message(coap.MessageType.ACK, coap.make_code(2, 5), msg.message_id, msg.token,
                                            [(coap.ONEM2M_RSC, coap.encode_uint(2000))], b"{}").encode(), addr)
 
@@ -534,3 +535,65 @@ def test_gateway_cli_refuses_bad_crl_and_lifetime(
     assert main(args) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+
+
+async def test_coaps_crl_reload_ends_a_live_certificate_peer(
+    coap_cse: tuple[CoapCSE, int], ca: Issued, server_cert: Issued, tmp_path: Path
+) -> None:
+    """The coaps side takes reloaded CRLs too: a new handshake is refused, the live peer's next request is 4106."""
+    from m2msec.crl import CRLFile
+    from m2msec.tls.profiles import ECDHE_ECDSA_DTLS
+
+    client = issue(ca, CertificateFlavour.CSE_ID, CLIENT_CSE, sp_domain=SP)
+    path = tmp_path / "ca.crl"
+    path.write_bytes(crl_bytes(ca, []))
+    crls = CRLFile(path)
+    cert = CertificateConfig(server_cert.certificate_pem(), server_cert.private_key_pem(),
+                             trust_anchors_pem=ca.certificate_pem(), crl_pem=path.read_bytes())
+    gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=coap_cse[1], port=0, reload_interval=0.05,
+                                  profiles=(ONEM2M_DTLS_PSK, ECDHE_ECDSA_DTLS), certificate=cert,
+                                  cse_id=GATEWAY_CSE), MemoryPSKTable(), crls=crls)
+    await gw.start()
+
+    async def cert_peer() -> CoapsPeer:
+        ctx = TLSContext.dtls_client(ClientConfig(None, profiles=(ECDHE_ECDSA_DTLS,), certificate=CertificateConfig(
+            client.certificate_pem(), client.private_key_pem(), trust_anchors_pem=ca.certificate_pem())))
+        transport, inbox, _ = await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, ctx, handshake_timeout=5)
+        assert isinstance(inbox, Inbox)
+        _PEERS.append(CoapsPeer(transport, inbox))
+        return _PEERS[-1]
+
+    try:
+        live = await cert_peer()
+        assert rsc(await live.get(f"/{CLIENT_CSE}")) == 2000
+        path.write_bytes(crl_bytes(ca, [client.certificate.serial_number]))
+        bump(path)
+        await eventually(lambda: crls.generation == 1)
+        await asyncio.sleep(0.1)
+        with pytest.raises(HandshakeFailed, match="alert certificate revoked"):
+            await cert_peer()
+        answer = await live.get(f"/{CLIENT_CSE}")
+        assert (answer.code, rsc(answer)) == (coap.make_code(4, 3), 4106)
+        assert b"is revoked" in answer.payload
+        await asyncio.wait_for(live.inbox.lost.wait(), 5)
+    finally:
+        await gw.close()
+
+
+async def test_coaps_nothing_from_the_cse_reaches_an_ended_peer(coap_cse: tuple[CoapCSE, int]) -> None:
+    """A notification from the CSE for a peer whose PSK was removed is not relayed; the peer is closed."""
+    cse, cse_port = coap_cse
+    table = MemoryPSKTable([PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE)])
+    gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=cse_port, port=0), table)
+    await gw.start()
+    try:
+        peer = await coaps_connect(gw.port)
+        assert rsc(await peer.get(LIGHT1_AE)) == 2000  # the relay's CSE-side socket now exists
+        relay_addr = cse.last_addr
+        table.replace([])
+        notify = coap.Message(coap.MessageType.NON, coap.POST, 7, b"nt", [(coap.ONEM2M_FR, b"/in-cse")], b"{}")
+        cse.transport.sendto(notify.encode(), relay_addr)
+        await asyncio.wait_for(peer.inbox.lost.wait(), 5)
+        assert peer.inbox.q.empty()
+    finally:
+        await gw.close()

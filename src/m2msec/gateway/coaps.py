@@ -138,7 +138,7 @@ class _PeerRelay(asyncio.DatagramProtocol):
         self._to_cse(decision.datagram)
 
     def from_cse(self, data: bytes) -> None:
-        if self.transport is None:
+        if self.transport is None or (self.guard is not None and self.guard.close_if_ended(self.transport)):
             return
         try:
             self.transport.sendto(coap.prepare_response(data))

@@ -153,9 +153,9 @@ class SAGuard:
                 self.ended = SecurityAssociationEnded(f"the security association ended: {reason}")
         return self.ended
 
-    def _log(self, peer: object, exc: SecurityAssociationEnded) -> None:
+    def _log(self, peer: object, exc: SecurityAssociationEnded, what: str = "request refused") -> None:
         who = repr(self.grant.psk_identity) if self.grant.psk_identity is not None else "certificate"
-        log.warning("SA with %s (%s) closed, request refused: rsc=%d %s", peer, who, exc.rsc, exc.detail)
+        log.warning("SA with %s (%s) closed, %s: rsc=%d %s", peer, who, what, exc.rsc, exc.detail)
 
     def refuse_http(self, req: http.Message, peer: object) -> http.Message | None:
         """None while the SA stands; else the response that refuses ``req`` and closes the connection."""
@@ -181,4 +181,14 @@ class SAGuard:
             if answer is not None:
                 transport.sendto(answer)
             transport.close()
+        return True
+
+    def close_if_ended(self, transport: Any) -> bool:
+        """For traffic towards the peer (CoAP notifications, separate responses): nothing is relayed to an ended
+        SA; close the peer and return True."""
+        exc = self.check()
+        if exc is None:
+            return False
+        self._log(transport.get_extra_info("peername"), exc, "message from the CSE not relayed")
+        transport.close()
         return True

@@ -274,8 +274,7 @@ class TomlPSKTable(MemoryPSKTable):
             self._failing_since, self._failed_signature, self._emptied = None, None, False
             self.replace(entries)
             self.generation += 1
-        log.info("%s PSK table %s: %d entries", "PSK table valid again:" if recovered else "reloaded",
-                 self.path, len(entries))
+        log.info("reloaded PSK table %s: %d entries%s", self.path, len(entries), " (valid again)" if recovered else "")
 
     def _failing(self, signature: tuple[int, int, int], reason: str) -> None:
         now = self.clock()
