@@ -5,8 +5,9 @@ It terminates TLS-PSK (HTTP binding, TS-0009) with the engine, associates each S
 TS-0003 §7.2.1) and forwards the others to the CSE at ``backend`` over loopback HTTP, adding the
 identity headers (:data:`~m2msec.gateway.rules.IDENTITY_HEADERS`).
 
-A TOML PSK table is polled for changes and reloaded without dropping live connections; an SQLite
-store is read per handshake, so changes there are visible at once.
+A TOML PSK table and a CRL file are polled for changes and reloaded (:mod:`m2msec.gateway.reload`); an
+SQLite store is read per handshake. A live SA whose credential was removed, changed or revoked, or that
+reached its maximum lifetime, is refused and closed at its next request (:mod:`m2msec.gateway.revocation`).
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ from http import HTTPStatus
 
 import h11
 
+from m2msec.crl import CRLFile
 from m2msec.errors import (
     BadRequest,
     ConfigurationError,
-    CredentialsLoadError,
     OneM2MError,
     TargetNotReachable,
 )
 from m2msec.gateway import http
 from m2msec.gateway.headers import check_request_headers, normalize_header_name, strip_gateway_headers
+from m2msec.gateway.reload import side_reloader
+from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME, Revocation
 from m2msec.gateway.rules import (
     HEADER_CREDENTIAL_ID,
     HEADER_PSK_IDENTITY,
@@ -40,7 +43,7 @@ from m2msec.gateway.rules import (
     associate,
     check_originator,
 )
-from m2msec.keys.table import PSKTable, TomlPSKTable
+from m2msec.keys.table import PSKTable
 from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, CertificateConfig, ServerConfig, SessionInfo, TLSContext
 from m2msec.tls.profiles import CipherProfile
 from m2msec.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimiter, start_stream_server
@@ -101,6 +104,8 @@ class GatewayConfig:
     cse_id: str | None = None
     #: the gateway's service provider (SP-ID): certificate identities of other SPs get their absolute form only
     sp_id: str | None = None
+    #: seconds after which an SA is closed at its next request (docs/decisions.md D28)
+    max_sa_lifetime: float = DEFAULT_MAX_SA_LIFETIME
 
 
 def _onem2m_error_response(exc: OneM2MError, request_id: str | None) -> http.Message:
@@ -115,7 +120,8 @@ class Gateway:
     """Serve TLS-PSK on ``config.host:config.port`` in front of ``config.backend``."""
 
     def __init__(
-        self, config: GatewayConfig, table: PSKTable | None, *, resolver: CredentialResolver | None = None
+        self, config: GatewayConfig, table: PSKTable | None, *, resolver: CredentialResolver | None = None,
+        crls: CRLFile | None = None,
     ) -> None:
         self.config = config
         self.table = table
@@ -129,8 +135,9 @@ class Gateway:
             )
         )
         self.limiter = ConnectionLimiter(config.max_connections)
+        self.revocation = Revocation(table, crls, max_lifetime=config.max_sa_lifetime)
+        self._reloader = side_reloader(table, crls, self.context, config.reload_interval)
         self._server: asyncio.Server | None = None
-        self._reloader: asyncio.Task[None] | None = None
         self._clients: set[asyncio.Task[None]] = set()
 
     @property
@@ -148,8 +155,7 @@ class Gateway:
             raise ConfigurationError(
                 f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc or type(exc).__name__}"
             ) from None
-        if isinstance(self.table, TomlPSKTable):
-            self._reloader = asyncio.create_task(self._watch_table(self.table))
+        self._reloader.start()
         log.info("gateway listening on %s:%d, backend %s", self.config.host, self.port, self.config.backend)
 
     async def serve_forever(self) -> None:
@@ -157,25 +163,12 @@ class Gateway:
         await self._server.serve_forever()
 
     async def close(self) -> None:
-        if self._reloader is not None:
-            self._reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reloader
+        await self._reloader.close()
         if self._server is not None:
             self._server.close()
             for task in list(self._clients):
                 task.cancel()
             await self._server.wait_closed()
-
-    async def _watch_table(self, table: TomlPSKTable) -> None:
-        while True:
-            await asyncio.sleep(self.config.reload_interval)
-            if not table.changed():
-                continue
-            try:
-                await asyncio.to_thread(table.reload_if_changed)
-            except CredentialsLoadError as exc:
-                log.error("PSK table not reloaded, previous table stays in use: %s", exc)
 
     # -- per connection
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -185,6 +178,7 @@ class Gateway:
         session: SessionInfo = writer.get_extra_info("m2msec_session")
         peer = writer.get_extra_info("peername")
         sa = associate(session, self.resolver, self.config.cse_id, self.config.sp_id)
+        guard = self.revocation.open(session, writer.get_extra_info("tls_connection"))
         log.info("SA established with %s: %s associated=%r cipher=%s %s",
                  peer, sa.credential, sa.identity, session.cipher, session.version)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
@@ -208,7 +202,7 @@ class Gateway:
                     break
                 if req is None:
                     break
-                resp = await self._process(req, sa, peer)
+                resp = guard.refuse_http(req, peer) or await self._process(req, sa, peer)
                 await http.send_message(conn, writer, resp)
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     break
