@@ -37,8 +37,9 @@ def add_parser(sub: Any) -> None:
                    help="DTLS profiles: onem2m-dtls (PSK, CCM_8), ecdhe-ecdsa-dtls (certificates, needs --cert/--key/"
                    "--client-ca); default onem2m-dtls")
     p.add_argument("--profiles", default="onem2m,ecdhe-psk",
-                   help="cipher profiles in preference order: onem2m, psk, dhe-psk, ecdhe-psk, rsa-psk, tls13 "
-                   "(default onem2m,ecdhe-psk: TLS 1.2 only, TS-0003 §10.2.1)")
+                   help="cipher profiles in preference order: onem2m, psk, dhe-psk, ecdhe-psk, rsa-psk, tls13, "
+                   "ecdhe-ecdsa (certificates, needs --cert/--key/--client-ca) (default onem2m,ecdhe-psk: TLS 1.2 "
+                   "only, TS-0003 §10.2.1)")
     p.add_argument("--identity-hint", help="PSK identity hint (RFC 4279 §5.1)")
     p.add_argument("--unbound", choices=[x.value for x in UnboundPolicy], default="reject",
                    help="requests on an SA whose identity has no bound AE-ID/CSE-ID: reject with 4106 (default) "
