@@ -208,8 +208,9 @@ async def test_toml_reload_without_dropping_live_connections(backend: RecordingB
     gw = await start_gateway(backend.port, TomlPSKTable(path), reload_interval=0.05)
     try:
         live = await connect(gw)
-        with pytest.raises(HandshakeFailed):
+        with pytest.raises(HandshakeFailed) as refused:
             await connect(gw, LIGHT2_ID, LIGHT2_KEY)
+        assert refused.value.alert in {"unknown_psk_identity", "bad_record_mac"}  # not in the table (told or hidden)
         write((LIGHT2_ID, LIGHT2_KEY, "Clight-AE2"))  # Light 1 removed, Light 2 added
         for _ in range(100):
             await asyncio.sleep(0.05)
@@ -218,8 +219,9 @@ async def test_toml_reload_without_dropping_live_connections(backend: RecordingB
         light2 = await connect(gw, LIGHT2_ID, LIGHT2_KEY)
         assert (await light2.request(onem2m("Clight-AE2"))).status == 200
         assert (await live.request(onem2m(LIGHT1_AE))).status == 200  # the live SA survived the reload
-        with pytest.raises(HandshakeFailed):
+        with pytest.raises(HandshakeFailed) as removed:
             await connect(gw)
+        assert removed.value.alert in {"unknown_psk_identity", "bad_record_mac"}
         path.write_text("[[psk]\nbroken")  # a broken edit keeps the last good table
         os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**10))
         await asyncio.sleep(0.3)
