@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import LIGHT1_ID, LIGHT1_KEY, TD_ID, TD_KEY
-from m2msec.errors import ConfigurationError, CredentialsLoadError
+from m2msec.errors import ConfigurationError, CredentialsLoadError, StorageError
 from m2msec.keys.files import check_new_file, write_secret_file
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.sqlite_store import MASTER_KEY_ENV, SQLitePSKStore, load_master_key
@@ -116,7 +116,7 @@ def test_explicit_master_key_file_beats_the_environment(tmp_path: Path, monkeypa
         entry = store.lookup(LIGHT1_ID)
         assert entry is not None and entry.key == SecretKey.from_hex(LIGHT1_KEY)
     # without an explicit file, the environment still beats the default DB.key
-    with pytest.raises(Exception, match="master key does not match"):
+    with pytest.raises(StorageError, match="master key does not match"):
         SQLitePSKStore(db)
 
 

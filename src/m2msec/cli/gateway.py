@@ -45,7 +45,7 @@ def add_parser(sub: Any) -> None:
                    help="requests on an SA whose identity has no bound AE-ID/CSE-ID: reject with 4106 (default) "
                    "or forward with the Credential-ID header")
     p.add_argument("--cert", type=Path, help="server certificate chain (PEM, leaf first): rsa-psk, ecdhe-ecdsa")
-    p.add_argument("--key", type=Path, help="server private key (PEM; not readable by others)")
+    p.add_argument("--key", type=Path, help="server private key (PEM; no access for the group or others)")
     p.add_argument("--client-ca", type=Path, help="CA certificates that verify certificate clients (ecdhe-ecdsa)")
     p.add_argument("--crl", type=Path, help="CRLs of the client CAs; revoked client certificates are refused")
     p.add_argument("--cse-id", help="CSE-ID of the CSE behind the gateway (AE-ID certificates may use their stem)")
