@@ -7,7 +7,7 @@ On-demand benchmark, not a test. Run from anywhere:
 
 What it does (see bench/README.md for the why):
 
-1. builds the C baseline server (../shared/bench/psk_baseline.c, relative to the repo root) and the
+1. builds the C baseline server (bench/psk_baseline.c) and the
    benchmark client (bench/psk_hs_client.c) into bench/build/ against the system libssl;
 2. for each PSK source (TOML table, SQLite store) and table size, generates the table once (cached in
    bench/build/), starts ``m2msec gateway`` pinned to CPU 0, and a C baseline server pinned to CPU 0;
@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 BUILD = BENCH / "build"
-BASELINE_SRC = ROOT.parent / "shared" / "bench" / "psk_baseline.c"
+BASELINE_SRC = BENCH / "psk_baseline.c"
 CLIENT_SRC = BENCH / "psk_hs_client.c"
 BASELINE_BIN = BUILD / "psk_baseline"
 CLIENT_BIN = BUILD / "psk_hs_client"
@@ -432,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--handshakes, --rounds and --warmup must be positive")
     cipher = CIPHERS[args.cipher]
     try:
-        build(BASELINE_SRC, BASELINE_BIN, "C baseline source (../shared/bench/psk_baseline.c)")
+        build(BASELINE_SRC, BASELINE_BIN, "C baseline source (bench/psk_baseline.c)")
         build(CLIENT_SRC, CLIENT_BIN, "benchmark client source")
         if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
             print("warning: fewer than 2 CPUs or no taskset: server and client are not pinned apart", flush=True)

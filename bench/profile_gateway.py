@@ -5,7 +5,7 @@ pinned to CPU 1, makes N sequential full TLS 1.2 PSK handshakes (new TCP connect
 close) against it, exactly as in bench/handshake_bench.py.
 
 1. A *layer ladder*, measured without a profiler (CPU time of this process per handshake):
-   - ``C baseline``: ../shared/bench/psk_baseline.c (system OpenSSL), a separate process, for scale;
+   - ``C baseline``: bench/psk_baseline.c (system OpenSSL), a separate process, for scale;
    - ``engine, blocking``: m2msec.tls.engine's TLSConnection driven by a blocking accept/recv/send loop
      (OpenSSL through pyOpenSSL + the PSK shim, no asyncio);
    - ``engine + minimal asyncio Protocol``: the engine fed by a 20-line asyncio.Protocol (the asyncio floor);
@@ -361,7 +361,7 @@ def main() -> int:
     cipher = hb.CIPHERS[args.cipher]
     logging.basicConfig(level=logging.WARNING)  # as `m2msec gateway --quiet`
     try:
-        hb.build(hb.BASELINE_SRC, hb.BASELINE_BIN, "C baseline source (../shared/bench/psk_baseline.c)")
+        hb.build(hb.BASELINE_SRC, hb.BASELINE_BIN, "C baseline source (bench/psk_baseline.c)")
         hb.build(hb.CLIENT_SRC, hb.CLIENT_BIN, "benchmark client source")
         if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
             os.sched_setaffinity(0, {int(hb.SERVER_CPU)})

@@ -9,7 +9,7 @@
  *   IDENTITY  psk_identity sent to the server
  *   KEYHEX    the PSK in hex
  *   -e        after the handshake, send 1 byte and wait for 1 byte back (the echo of
- *             shared/bench/psk_baseline.c; only for a server that echoes)
+ *             bench/psk_baseline.c; only for a server that echoes)
  *   -H host   IPv4 address of the server (default 127.0.0.1)
  *
  * Each handshake: new TCP connection (TCP_NODELAY), new SSL object, no session or ticket (a full

@@ -160,6 +160,7 @@ def test_request_through_gateway_process(gateway_process: tuple[int, Path]) -> N
     wrong = private(tmp / "wrong.key", "00" * 8)
     bad = run([*base[:-4], "--key-file", wrong, "--entity-id", "mn-cse-123456", "/mn-cse-123456"])
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "handshake failed" in bad.stderr
+    assert "bad record mac" in bad.stderr  # the wrong key, not some other failure
 
 
 def test_certificate_saef_with_pki_gateway_and_request_processes(tmp_path: Path) -> None:

@@ -123,9 +123,9 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 def test_world_readable_ca_key_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           cas: tuple[str, str]) -> None:
     _, inter = cas
-    Path(f"{inter}.key").chmod(0o644)
+    Path(f"{inter}.key").chmod(0o640)  # group-readable is refused too (as ssh does)
     assert main(["pki", "issue", "--ca", inter, "--flavour", "node-id", "--id", "1.2.3", "--out",
                  str(tmp_path / "n")]) != 0
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "readable or writable by other users" in err
+    assert err.count("\n") == 1 and "group or other users have access" in err and f"chmod 600 {inter}.key" in err
     assert not (tmp_path / "n.crt").exists()

@@ -126,20 +126,23 @@ async def test_refused_certificates(gateway: Gateway, ca: Issued, backend: Recor
                                     server_cert: Issued) -> None:
     other_ca = create_ca("another root", permitted_dns=[SP])
     stranger = issue(other_ca, F.CSE_ID, "mn-cse-1", sp_domain=SP)
-    with pytest.raises(HandshakeFailed):
+    with pytest.raises(HandshakeFailed) as refused:
         await connect(gateway, stranger, ca)
+    assert refused.value.alert == "unknown_ca"
     past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=10)
     expired = issue(ca, F.CSE_ID, "mn-cse-1", sp_domain=SP, now=past, days=1)
-    with pytest.raises(HandshakeFailed):
+    with pytest.raises(HandshakeFailed) as refused:
         await connect(gateway, expired, ca)
+    assert refused.value.alert == "certificate_expired"
     revoked = issue(ca, F.CSE_ID, "mn-cse-2", sp_domain=SP)
     crl = create_crl(ca, [revoked.certificate.serial_number])
     from cryptography.hazmat.primitives.serialization import Encoding
 
     gw = await start(backend.port, ca, server_cert, crl=crl.public_bytes(Encoding.PEM))
     try:
-        with pytest.raises(HandshakeFailed):
+        with pytest.raises(HandshakeFailed) as refused:
             await connect(gw, revoked, ca)
+        assert refused.value.alert == "certificate_revoked"
         ok = await connect(gw, issue(ca, F.CSE_ID, "mn-cse-3", sp_domain=SP), ca)
         await ok.close()
     finally:

@@ -69,7 +69,7 @@ class Family:
 
     @property
     def gnutls_cli_crashes(self) -> bool:
-        """notes/tls-stack.md gotcha 8: gnutls-cli 3.7.9 segfaults after DHE-PSK/ECDHE-PSK TLS 1.2 handshakes."""
+        """docs/tls-stack.md gotcha 8: gnutls-cli 3.7.9 segfaults after DHE-PSK/ECDHE-PSK TLS 1.2 handshakes."""
         return self.profile in (DHE_PSK, ECDHE_PSK)
 
 

@@ -87,7 +87,7 @@ def test_hot_reload_swaps_table_and_keeps_old_on_error(tmp_path: Path) -> None:
     assert table.reload_if_changed() is True
     assert table.lookup(LIGHT1_ID) is not None
     write_private(path, "[[psk]\nbroken")
-    with pytest.raises(CredentialsLoadError):
+    with pytest.raises(CredentialsLoadError, match="invalid TOML"):
         table.reload_if_changed()
     assert table.lookup(LIGHT1_ID) is not None  # previous table still in use
     assert table.reload_if_changed() is False  # the same broken version is not retried in a loop

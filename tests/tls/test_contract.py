@@ -1,7 +1,7 @@
 """Contract test: the private pyOpenSSL/cryptography names the PSK shim uses must still exist.
 
 If this fails after an upgrade, the shim in m2msec/tls/engine.py must be ported before anything else
-(notes/tls-stack.md gotcha 5; pyOpenSSL and cryptography are pinned in pyproject.toml for this reason).
+(docs/tls-stack.md gotcha 5; pyOpenSSL and cryptography are pinned in pyproject.toml for this reason).
 """
 
 from __future__ import annotations

@@ -39,14 +39,15 @@ def add_parser(sub: Any) -> None:
                    help="DTLS profiles: onem2m-dtls (PSK, CCM_8), ecdhe-ecdsa-dtls (certificates, needs --cert/--key/"
                    "--client-ca); default onem2m-dtls")
     p.add_argument("--profiles", default="onem2m,ecdhe-psk",
-                   help="cipher profiles in preference order: onem2m, psk, dhe-psk, ecdhe-psk, rsa-psk, tls13 "
-                   "(default onem2m,ecdhe-psk: TLS 1.2 only, TS-0003 §10.2.1)")
+                   help="cipher profiles in preference order: onem2m, psk, dhe-psk, ecdhe-psk, rsa-psk, tls13, "
+                   "ecdhe-ecdsa (certificates, needs --cert/--key/--client-ca) (default onem2m,ecdhe-psk: TLS 1.2 "
+                   "only, TS-0003 §10.2.1)")
     p.add_argument("--identity-hint", help="PSK identity hint (RFC 4279 §5.1)")
     p.add_argument("--unbound", choices=[x.value for x in UnboundPolicy], default="reject",
                    help="requests on an SA whose identity has no bound AE-ID/CSE-ID: reject with 4106 (default) "
                    "or forward with the Credential-ID header")
     p.add_argument("--cert", type=Path, help="server certificate chain (PEM, leaf first): rsa-psk, ecdhe-ecdsa")
-    p.add_argument("--key", type=Path, help="server private key (PEM; not readable by others)")
+    p.add_argument("--key", type=Path, help="server private key (PEM; no access for the group or others)")
     p.add_argument("--client-ca", type=Path, help="CA certificates that verify certificate clients (ecdhe-ecdsa)")
     p.add_argument("--crl", type=Path, help="CRLs of the client CAs (PEM or DER, reloaded on change); revoked client "
                    "certificates are refused, live SAs with them end at their next request")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 from pathlib import Path
 from typing import Any
 
 from m2msec.errors import ConfigurationError
+from m2msec.keys.files import check_new_file, write_secret_file
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.sqlite_store import SQLitePSKStore
 from m2msec.keys.table import PSKEntry, TomlPSKTable
@@ -21,7 +21,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--db", type=Path, default=default_db(),
                    help="SQLite key store (default: $M2MSEC_DB or ~/.local/share/m2msec/keys.db)")
     p.add_argument("--master-key-file", type=Path, default=None,
-                   help="master key file (default: DB.key beside the store, or $M2MSEC_MASTER_KEY)")
+                   help="master key file; takes precedence over $M2MSEC_MASTER_KEY, which takes precedence "
+                   "over DB.key beside the store (the default)")
     ks = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
 
     a = ks.add_parser("add", help="add one identity")
@@ -32,7 +33,9 @@ def add_parser(sub: Any) -> None:
     src.add_argument("--key-file", help="file holding the key in hex")
     src.add_argument("--key-env", help="environment variable holding the key in hex")
     src.add_argument("--generate", type=int, metavar="BYTES", help="generate a random key of this length")
-    a.add_argument("--out", type=Path, help="with --generate: write the new key (hex) to this file, mode 0600")
+    a.add_argument("--out", type=Path,
+                   help="with --generate: write the new key (hex) to this new file, mode 0600 (an existing file "
+                   "is refused)")
     a.add_argument("--replace", action="store_true", help="replace an existing entry")
     a.set_defaults(func=_add)
 
@@ -61,6 +64,7 @@ def _add(args: argparse.Namespace) -> int:
             raise ConfigurationError("--generate needs --out FILE to hand the new key to its owner")
         if not 16 <= args.generate <= 64:
             raise ConfigurationError("--generate takes 16..64 bytes")
+        check_new_file(args.out)  # before anything is stored
         key = SecretKey.generate(args.generate)
     else:
         if args.out is not None:
@@ -71,11 +75,17 @@ def _add(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
     with _open(args) as store:
-        store.add(entry, replace=args.replace)
-        if args.out is not None:
-            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(key.reveal().hex() + "\n")
+        if args.out is None:
+            store.add(entry, replace=args.replace)
+        else:
+            # the key file appears (complete, 0600) before the entry: an entry whose key nobody holds is never
+            # left behind; if the store refuses the entry, the file goes again
+            write_secret_file(args.out, key.reveal().hex() + "\n")
+            try:
+                store.add(entry, replace=args.replace)
+            except BaseException:
+                args.out.unlink(missing_ok=True)
+                raise
     print(f"added {args.identity}" + (f" (entity {args.entity})" if args.entity else ""))
     return 0
 

@@ -45,7 +45,7 @@ def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, 
 
 
 def read_key(key_file: str | None, key_env: str | None) -> SecretKey:
-    """A hex key from a file (not readable by others) or from an environment variable."""
+    """A hex key from a file (no access for the group or others, D35) or from an environment variable."""
     if (key_file is None) == (key_env is None):
         raise ConfigurationError("give the key with exactly one of --key-file or --key-env")
     if key_file is not None:

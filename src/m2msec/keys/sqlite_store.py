@@ -2,9 +2,15 @@
 
 Each key is sealed with AES-256-GCM under a 32-byte *master key*; the identity is the associated
 data, so a row's ciphertext cannot be moved to another identity. The master key comes from (first
-match): the ``M2MSEC_MASTER_KEY`` environment variable (64 hex digits), an explicit key file, or the
-file ``<database>.key`` beside the database, created with mode 0600 on first use. A check value in the
-``meta`` table detects a wrong master key when the store is opened.
+match, :data:`MASTER_KEY_PRECEDENCE`): an explicit key file (``--master-key-file``), the
+``M2MSEC_MASTER_KEY`` environment variable (64 hex digits), or the file ``<database>.key`` beside the
+database. A key file is created (mode 0600 from the start) only for a new store: an existing store whose
+key file is missing is refused, since a fresh key could not read it. A check value in the ``meta`` table
+detects a wrong master key when the store is opened.
+
+The database file is created with mode 0600 (:data:`DB_FILE_MODE`) and, like every file holding keys, is
+refused when the group or others may access it: its rows are sealed, but the identity-to-entity bindings
+and the sealed keys must not be readable or replaceable by other users (docs/decisions.md D37).
 
 Lookups are primary-key reads (a few microseconds), so a store with 1,000,000 identities serves
 handshakes directly; keys added by ``m2msec keys add`` are visible to a running gateway at once
@@ -27,12 +33,20 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from m2msec.errors import ConfigurationError, Conflict, NotFound, StorageError
+from m2msec.keys.files import write_secret_file
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import PSKEntry, check_file_permissions
 
-__all__ = ["MASTER_KEY_ENV", "SQLitePSKStore", "StoredIdentity", "load_master_key"]
+__all__ = [
+    "DB_FILE_MODE", "MASTER_KEY_ENV", "MASTER_KEY_PRECEDENCE", "SQLitePSKStore", "StoredIdentity", "load_master_key",
+]
 
 MASTER_KEY_ENV = "M2MSEC_MASTER_KEY"
+#: Where the master key comes from, first match wins (docs/decisions.md D36): an explicit file given by the
+#: caller beats the environment, which beats the default file beside the database.
+MASTER_KEY_PRECEDENCE = ("--master-key-file", f"${MASTER_KEY_ENV}", "DB.key")
+#: Mode of a new key store (and of its -wal/-shm files, which SQLite creates with the database's mode).
+DB_FILE_MODE = 0o600
 _AAD_PREFIX = b"m2msec-psk-v1\0"
 _CHECK_PLAINTEXT = b"m2msec master key check v1"
 _SCHEMA = """
@@ -59,31 +73,58 @@ class StoredIdentity:
     created: float
 
 
+def _store_is_new(db_path: Path) -> bool:
+    """A store that holds nothing yet: no file, or an empty one."""
+    try:
+        return db_path.stat().st_size == 0
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        raise StorageError(f"{db_path}: cannot open key store: {exc.strerror}") from None
+
+
+def _read_master_key(path: Path) -> SecretKey:
+    check_file_permissions(path)
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not ASCII hex"
+        raise ConfigurationError(f"{path}: cannot read master key: {reason}") from None
+    key = SecretKey.from_hex(text.strip())
+    if len(key) != 32:
+        raise ConfigurationError(f"{path}: master key must be 64 hex digits (32 bytes)")
+    return key
+
+
 def load_master_key(db_path: Path, key_file: Path | None = None, *, create: bool = True) -> SecretKey:
-    """Find (or create) the master key for the store at ``db_path``; see the module docstring."""
-    env = os.environ.get(MASTER_KEY_ENV)
-    if env:
-        key = SecretKey.from_hex(env)
-        if len(key) != 32:
-            raise ConfigurationError(f"{MASTER_KEY_ENV} must be 64 hex digits (32 bytes)")
-        return key
+    """Find the master key for the store at ``db_path`` (:data:`MASTER_KEY_PRECEDENCE`).
+
+    A missing key file is created only when ``create`` is true and the store is new (no file or an empty
+    one); for an existing store it is a :class:`ConfigurationError`, never a fresh key.
+    """
+    if key_file is None:
+        env = os.environ.get(MASTER_KEY_ENV)
+        if env:
+            key = SecretKey.from_hex(env)
+            if len(key) != 32:
+                raise ConfigurationError(f"{MASTER_KEY_ENV} must be 64 hex digits (32 bytes)")
+            return key
     path = key_file or db_path.with_name(db_path.name + ".key")
     if path.exists():
-        check_file_permissions(path)
-        try:
-            key = SecretKey.from_hex(path.read_text(encoding="ascii").strip())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigurationError(f"{path}: cannot read master key: {exc}") from None
-        if len(key) != 32:
-            raise ConfigurationError(f"{path}: master key must be 64 hex digits (32 bytes)")
-        return key
+        return _read_master_key(path)
+    if not _store_is_new(db_path):
+        raise ConfigurationError(
+            f"{path}: master key file not found, and {db_path} is an existing key store that only its own master "
+            f"key can read (restore the file, or give --master-key-file or {MASTER_KEY_ENV})"
+        )
     if not create:
         raise ConfigurationError(f"{path}: master key file not found (or set {MASTER_KEY_ENV})")
     key = SecretKey.generate(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(key.reveal().hex() + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(f"{path.parent}: cannot create directory: {exc.strerror}") from None
+    write_secret_file(path, key.reveal().hex() + "\n")
     return key
 
 
@@ -93,19 +134,25 @@ class SQLitePSKStore:
     def __init__(self, path: str | os.PathLike[str], master_key: SecretKey | None = None,
                  *, master_key_file: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
+        if self.path.exists():
+            check_file_permissions(self.path)
         if master_key is None:
             kf = Path(master_key_file) if master_key_file is not None else None
-            master_key = load_master_key(self.path, kf, create=not self.path.exists() or kf is None)
+            master_key = load_master_key(self.path, kf)
         if len(master_key) != 32:
             raise ConfigurationError("the master key must be 32 bytes")
         self._aead = AESGCM(master_key.reveal())
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # created 0600 before SQLite opens it: never a moment with the umask's mode
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, DB_FILE_MODE))
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot create key store: {exc.strerror}") from None
+        try:
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
-            os.chmod(self.path, 0o600)
             self._check_master_key()
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: cannot open key store: {exc}") from None

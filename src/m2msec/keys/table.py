@@ -34,6 +34,7 @@ from m2msec.keys.secret import MAX_PSK_LENGTH, SecretKey
 
 __all__ = [
     "MAX_IDENTITY_LENGTH",
+    "SECRET_FILE_FORBIDDEN_BITS",
     "TABLE_FAILURE_GRACE",
     "MemoryPSKTable",
     "PSKEntry",
@@ -122,15 +123,22 @@ class MemoryPSKTable:
         return f"<{type(self).__name__} {len(self._entries)} entries>"
 
 
+#: Permission bits a file holding secrets must not have: any access by the group or by others (as ssh refuses
+#: an "unprotected private key file"). docs/decisions.md D35.
+SECRET_FILE_FORBIDDEN_BITS = stat.S_IRWXG | stat.S_IRWXO
+
+
 def check_file_permissions(path: Path) -> None:
-    """Refuse a key file that other users may read (or write)."""
+    """Refuse a file holding secrets (PSK table, key file, master key, private key, key store) that the
+    group or other users may access in any way (:data:`SECRET_FILE_FORBIDDEN_BITS`)."""
     try:
         mode = path.stat().st_mode
     except OSError as exc:
         raise CredentialsLoadError(f"{path}: cannot read: {exc.strerror}") from None
-    if mode & (stat.S_IROTH | stat.S_IWOTH):
+    if mode & SECRET_FILE_FORBIDDEN_BITS:
         raise CredentialsLoadError(
-            f"{path}: holds keys but is readable or writable by other users; run: chmod 600 {path}"
+            f"{path}: holds keys but group or other users have access to it (mode {stat.S_IMODE(mode):04o}); "
+            f"run: chmod 600 {path}"
         )
 
 

@@ -71,7 +71,7 @@ __all__ = [
 
 log = logging.getLogger("m2msec.tls")
 
-#: Private names the PSK shim depends on (notes/tls-stack.md gotcha 5). The contract test asserts them.
+#: Private names the PSK shim depends on (docs/tls-stack.md gotcha 5). The contract test asserts them.
 PRIVATE_BINDINGS: tuple[str, ...] = (
     "OpenSSL._util.lib.SSL_CTX_set_psk_server_callback",
     "OpenSSL._util.lib.SSL_CTX_set_psk_client_callback",
@@ -327,7 +327,7 @@ class TLSContext:
             ctx.set_max_proto_version(DTLS1_2_VERSION)
             if "CCM8" in tls12:
                 # OpenSSL >= 3.2 rates the 64-bit CCM_8 tag below security level 1, yet RFC 7252 and TS-0003
-                # §10.2.2 mandate TLS_PSK_WITH_AES_128_CCM_8 (notes/tls-stack.md gotcha 6)
+                # §10.2.2 mandate TLS_PSK_WITH_AES_128_CCM_8 (docs/tls-stack.md gotcha 6)
                 tls12 += ":@SECLEVEL=0"
         else:
             ctx = SSL.Context(SSL.TLS_SERVER_METHOD if self.is_server else SSL.TLS_CLIENT_METHOD)

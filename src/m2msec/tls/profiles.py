@@ -80,7 +80,7 @@ ECDHE_PSK = CipherProfile(
     description="RFC 5489 ECDHE_PSK",
 )
 #: TLS 1.3 external PSK, psk_dhe_ke only. OpenSSL's PSK callbacks bind a TLS 1.3 PSK to SHA-256,
-#: so only SHA-256 suites are offered (notes/tls-stack.md gotcha 9).
+#: so only SHA-256 suites are offered (docs/tls-stack.md gotcha 9).
 TLS13_PSK = CipherProfile(
     "tls13",
     "",
