@@ -12,6 +12,7 @@ import pytest
 from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, make_table
 from m2msec.errors import ConfigurationError, HandshakeFailed, HandshakeTimeout, TLSProtocolError
 from m2msec.keys.secret import SecretKey
+from m2msec.tls.cookies import COOKIE_LIFETIME, CookieJar
 from m2msec.tls.engine import ClientConfig, DTLSConnection, ServerConfig, TLSContext
 from m2msec.tls.profiles import ONEM2M_DTLS_PSK, TLS13_PSK, CipherProfile
 from m2msec.transport.dtls import DTLSServerProtocol, create_dtls_endpoint, start_dtls_server
@@ -87,6 +88,67 @@ def test_cookie_is_bound_to_the_address() -> None:
     for d in c.datagrams_to_send():
         replay.receive_datagram(d)
     assert replay.awaiting_cookie and replay.session is None
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cookie_exchange(server: TLSContext, client: DTLSConnection, peer: object) -> list[bytes]:
+    """First ClientHello -> HelloVerifyRequest; returns the client's second ClientHello (with the cookie)."""
+    s = server.dtls_connection(peer)
+    for d in client.datagrams_to_send():
+        s.receive_datagram(d)
+    assert s.awaiting_cookie
+    for d in s.datagrams_to_send():
+        client.receive_datagram(d)
+    return client.datagrams_to_send()
+
+
+def is_hello_verify_request(datagram: bytes) -> bool:
+    return datagram[0] == 22 and datagram[13] == 3  # handshake record, HelloVerifyRequest (RFC 6347 §4.2.1)
+
+
+@pytest.mark.parametrize(("age", "accepted"), [(0, True), (COOKIE_LIFETIME, True), (COOKIE_LIFETIME + 1, False),
+                                              (3600, False)])
+def test_cookie_older_than_the_lifetime_is_refused(age: float, accepted: bool) -> None:
+    clock = Clock()
+    server = TLSContext.dtls_server(ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,)), clock=clock)
+    peer = ("192.0.2.1", 5000)
+    hello = cookie_exchange(server, client_ctx().dtls_connection(("127.0.0.1", 5684)), peer)
+    clock.now += age  # the same ClientHello, replayed later from the same address
+    s = server.dtls_connection(peer)
+    for d in hello:
+        s.receive_datagram(d)
+    assert s.awaiting_cookie is not accepted
+    if not accepted:  # refused like a ClientHello without a cookie: a fresh HelloVerifyRequest, no state
+        reply = s.datagrams_to_send()
+        assert len(reply) == 1 and is_hello_verify_request(reply[0])
+
+
+def test_shared_cookie_secret_works_across_contexts_and_rotates() -> None:
+    clock = Clock()
+    cfg = ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,))
+    a = TLSContext.dtls_server(cfg, cookie_secret=b"k" * 32, clock=clock)
+    b = TLSContext.dtls_server(cfg, cookie_secret=b"k" * 32, clock=clock)
+    other = TLSContext.dtls_server(cfg, cookie_secret=b"x" * 32, clock=clock)
+    hello = cookie_exchange(a, client_ctx().dtls_connection(("127.0.0.1", 5684)), ("192.0.2.1", 5000))
+    for ctx, accepted in ((b, True), (other, False)):
+        s = ctx.dtls_connection(("192.0.2.1", 5000))
+        for d in hello:
+            s.receive_datagram(d)
+        assert s.awaiting_cookie is not accepted
+    jar = CookieJar(b"k" * 32, clock=clock)
+    first = jar.make(b"peer")
+    clock.now += COOKIE_LIFETIME
+    assert jar.check(first, b"peer") and jar.make(b"peer")[4:] != first[4:]  # next window, new secret
+    assert not jar.check(first, b"other peer") and not jar.check(first[:-1], b"peer")
+    forged = (int(clock.now) - 5).to_bytes(4, "big") + first[4:]  # a fresher timestamp on an old MAC
+    assert not jar.check(forged, b"peer")
 
 
 def test_dtls_configuration_errors() -> None:

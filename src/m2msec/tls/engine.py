@@ -31,10 +31,10 @@ Key material never appears in ``repr``, logs or exception messages: keys are :cl
 from __future__ import annotations
 
 import enum
-import hmac
 import ipaddress
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +46,7 @@ from OpenSSL import crypto as _crypto
 from m2msec.errors import ConfigurationError, HandshakeFailed, HandshakeTimeout, TLSProtocolError
 from m2msec.keys.secret import MAX_PSK_LENGTH, SecretKey
 from m2msec.keys.table import PSKEntry
+from m2msec.tls.cookies import CookieJar
 from m2msec.tls.profiles import ECDHE_PSK, ONEM2M_PSK, CipherProfile
 
 __all__ = [
@@ -310,7 +311,7 @@ class TLSContext:
     """A configured OpenSSL context for TLS (or DTLS 1.2); build once, then make connections from it."""
 
     def __init__(self, config: ServerConfig | ClientConfig, *, dtls: bool = False,
-                 cookie_secret: bytes | None = None) -> None:
+                 cookie_secret: bytes | None = None, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.is_server = isinstance(config, ServerConfig)
         self.dtls = dtls
@@ -349,7 +350,7 @@ class TLSContext:
         if dtls:
             ctx.set_options(SSL.OP_NO_QUERY_MTU)  # the adapter sets the MTU per connection
             if self.is_server:
-                self._cookie_secret = cookie_secret or os.urandom(32)
+                self._cookies = CookieJar(cookie_secret or os.urandom(32), clock=clock)
                 ctx.set_cookie_generate_callback(self._make_cookie)
                 ctx.set_cookie_verify_callback(self._check_cookie)
         self._ctx = ctx
@@ -365,26 +366,27 @@ class TLSContext:
         return cls(config)
 
     @classmethod
-    def dtls_server(cls, config: ServerConfig, *, cookie_secret: bytes | None = None) -> TLSContext:
+    def dtls_server(cls, config: ServerConfig, *, cookie_secret: bytes | None = None,
+                    clock: Callable[[], float] = time.time) -> TLSContext:
         """A DTLS 1.2 server context. ``cookie_secret`` keys the stateless HelloVerifyRequest cookies (RFC 6347
-        §4.2.1); share it between instances behind one address, else a random one is made."""
-        return cls(config, dtls=True, cookie_secret=cookie_secret)
+        §4.2.1); share it between instances behind one address, else a random one is made. Cookies expire
+        after :data:`~m2msec.tls.cookies.COOKIE_LIFETIME` seconds of ``clock`` (wall time by default)."""
+        return cls(config, dtls=True, cookie_secret=cookie_secret, clock=clock)
 
     @classmethod
     def dtls_client(cls, config: ClientConfig) -> TLSContext:
         return cls(config, dtls=True)
 
-    # -- DTLS cookies (RFC 6347 §4.2.1): HMAC over the client's transport address, nothing stored
-    def _cookie_for(self, conn: SSL.Connection) -> bytes:
-        owner = conn.get_app_data()
-        peer = repr(getattr(owner, "peer", None)).encode()
-        return hmac.new(self._cookie_secret, peer, "sha256").digest()[:16]
+    # -- DTLS cookies (RFC 6347 §4.2.1): HMAC over the client's transport address and the time, nothing stored
+    @staticmethod
+    def _cookie_peer(conn: SSL.Connection) -> bytes:
+        return repr(getattr(conn.get_app_data(), "peer", None)).encode()
 
     def _make_cookie(self, conn: SSL.Connection) -> bytes:
-        return self._cookie_for(conn)
+        return self._cookies.make(self._cookie_peer(conn))
 
     def _check_cookie(self, conn: SSL.Connection, cookie: bytes) -> bool:
-        return hmac.compare_digest(cookie, self._cookie_for(conn))
+        return self._cookies.check(cookie, self._cookie_peer(conn))
 
     # -- server
     def _configure_server(self, ctx: SSL.Context, config: ServerConfig) -> None:
