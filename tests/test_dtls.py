@@ -4,6 +4,7 @@ UDP on loopback, with stateless cookies, retransmission through a lossy relay, c
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import socket
 
@@ -13,7 +14,7 @@ from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, make_table
 from m2msec.errors import ConfigurationError, HandshakeFailed, HandshakeTimeout, TLSProtocolError
 from m2msec.keys.secret import SecretKey
 from m2msec.tls.cookies import COOKIE_LIFETIME, CookieJar
-from m2msec.tls.engine import ClientConfig, DTLSConnection, ServerConfig, TLSContext
+from m2msec.tls.engine import ClientConfig, ConnectionState, DTLSConnection, ServerConfig, TLSContext
 from m2msec.tls.profiles import ONEM2M_DTLS_PSK, TLS13_PSK, CipherProfile
 from m2msec.transport.dtls import DTLSServerProtocol, create_dtls_endpoint, start_dtls_server
 
@@ -202,12 +203,54 @@ async def test_udp_echo_and_peer_cleanup() -> None:
         udp.close()
 
 
-async def test_unknown_identity_then_server_still_serves() -> None:
-    udp, proto, port = await echo_server()
+def test_engine_unknown_identity_is_silent_like_a_wrong_key() -> None:
+    """RFC 4279 §2 hiding over DTLS: a wrong key's Finished is dropped (bad MAC, RFC 6347 §4.1.2.7), and so is an
+    unknown identity's: no alert tells a scanner which identities exist. The server still knows."""
+    answers = {}
+    for name, kw in (("unknown", {"identity": "nobody@x.com"}), ("wrong key", {"key": "00" * 8})):
+        c = client_ctx(**kw).dtls_connection(("127.0.0.1", 5684))
+        server, peer = server_ctx(), ("192.0.2.1", 5000)
+        s = server.dtls_connection(peer)
+        hello = cookie_exchange(server, c, peer)
+        for d in hello:
+            s.receive_datagram(d)
+        flight = s.datagrams_to_send()  # ServerHello ... ServerHelloDone
+        for d in flight:
+            c.receive_datagram(d)
+        for d in c.datagrams_to_send():  # ClientKeyExchange, ChangeCipherSpec, Finished
+            assert s.receive_datagram(d) == []
+        answers[name] = ([len(d) for d in flight], s.datagrams_to_send(), s.state, c.state)
+        assert s.psk_failure == ("unknown psk identity" if name == "unknown" else None)
+    assert answers["unknown"] == answers["wrong key"] == ([answers["unknown"][0][0]], [], ConnectionState.HANDSHAKING,
+                                                          ConnectionState.HANDSHAKING)
+
+
+async def test_unknown_identity_times_out_like_a_wrong_key_and_the_server_logs_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="m2msec.transport.dtls")
+    udp, proto, port = await echo_server(handshake_timeout=0.5)
     try:
-        with pytest.raises(HandshakeFailed):
-            await create_dtls_endpoint(Inbox, "127.0.0.1", port, client_ctx(identity="nobody@x.com"))
+        for kw in ({"identity": "nobody@x.com"}, {"key": "00" * 8}):
+            with pytest.raises(HandshakeTimeout):
+                await create_dtls_endpoint(Inbox, "127.0.0.1", port, client_ctx(**kw), handshake_timeout=1)
         assert await roundtrip(port) == f"{LIGHT1_AE}:hello".encode()
+        assert proto.handshaking == 0
+    finally:
+        udp.close()
+    assert any("timed out" in r.getMessage() and "'nobody@x.com'" in r.getMessage()
+               and "unknown psk identity" in r.getMessage() for r in caplog.records)
+
+
+async def test_reveal_option_sends_unknown_psk_identity() -> None:
+    context = TLSContext.dtls_server(ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,),
+                                                  reveal_unknown_psk_identity=True))
+    udp, proto = await start_dtls_server(Echo, "127.0.0.1", 0, context)
+    try:
+        with pytest.raises(HandshakeFailed) as info:
+            await create_dtls_endpoint(Inbox, "127.0.0.1", udp.get_extra_info("sockname")[1],
+                                       client_ctx(identity="nobody@x.com"), handshake_timeout=5)
+        assert info.value.alert == "unknown_psk_identity"
         assert proto.handshaking == 0
     finally:
         udp.close()

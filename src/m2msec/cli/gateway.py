@@ -51,6 +51,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--max-connections", type=int, default=10000, metavar="N",
                    help="open TLS connections beyond which new ones are reset (default 10000)")
+    p.add_argument("--reveal-unknown-psk-identity", action="store_true",
+                   help="answer an unknown PSK identity with unknown_psk_identity (debugging) instead of failing "
+                   "as for a wrong key (RFC 4279 §2, the default)")
     p.add_argument("--quiet", action="store_const", dest="log_level", const=logging.WARNING,
                    default=logging.INFO, help="log warnings only")
     p.set_defaults(func=run)
@@ -108,7 +111,8 @@ async def run(args: argparse.Namespace) -> int:
         coaps = CoapsGateway(CoapsConfig(backend_host=bhost, backend_port=bport, host=chost, port=cport,
                                          profiles=coaps_profiles, identity_hint=args.identity_hint,
                                          unbound_policy=UnboundPolicy(args.unbound), cse_id=args.cse_id,
-                                         handshake_timeout=args.handshake_timeout, certificate=certificate),
+                                         handshake_timeout=args.handshake_timeout, certificate=certificate,
+                                         reveal_unknown_psk_identity=args.reveal_unknown_psk_identity),
                              table)
         await coaps.start()
         print(f"m2msec coaps gateway on {chost}:{coaps.port} -> coap://{bhost}:{bport}", flush=True)
@@ -139,6 +143,7 @@ async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSK
         max_connections=args.max_connections,
         certificate=certificate,
         cse_id=args.cse_id,
+        reveal_unknown_psk_identity=args.reveal_unknown_psk_identity,
     )
     gateway = Gateway(config, table)
     await gateway.start()

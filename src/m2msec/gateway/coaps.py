@@ -48,6 +48,8 @@ class CoapsConfig:
     idle_timeout: float = 300.0
     max_peers: int = 10000
     max_handshaking: int = 1000
+    #: tell clients their PSK identity is unknown instead of staying silent as for a wrong key (RFC 4279 §2)
+    reveal_unknown_psk_identity: bool = False
 
 
 class _Backend(asyncio.DatagramProtocol):
@@ -150,7 +152,8 @@ class CoapsGateway:
         self.resolver = resolver
         self.context = TLSContext.dtls_server(
             ServerConfig(table.lookup if table is not None else None, profiles=config.profiles,
-                         identity_hint=config.identity_hint, certificate=config.certificate),
+                         identity_hint=config.identity_hint, certificate=config.certificate,
+                         reveal_unknown_psk_identity=config.reveal_unknown_psk_identity),
             cookie_secret=cookie_secret,
         )
         self._udp: asyncio.DatagramTransport | None = None

@@ -99,6 +99,8 @@ class GatewayConfig:
     certificate: CertificateConfig | None = None
     #: the CSE-ID of the CSE behind the gateway: lets AE-ID certificate holders use their AE-ID-Stem as From
     cse_id: str | None = None
+    #: tell clients their PSK identity is unknown instead of failing as for a wrong key (RFC 4279 §2, D34)
+    reveal_unknown_psk_identity: bool = False
 
 
 def _onem2m_error_response(exc: OneM2MError, request_id: str | None) -> http.Message:
@@ -124,6 +126,7 @@ class Gateway:
                 profiles=config.profiles,
                 identity_hint=config.identity_hint,
                 certificate=config.certificate,
+                reveal_unknown_psk_identity=config.reveal_unknown_psk_identity,
             )
         )
         self.limiter = ConnectionLimiter(config.max_connections)

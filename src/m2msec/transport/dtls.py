@@ -265,7 +265,9 @@ class DTLSServerProtocol(_Endpoint):
         now = self.loop.time()
         for peer in list(self.peers.values()):
             if peer.conn.session is None and now - peer.started > self.handshake_timeout:
-                log.info("DTLS handshake from %s timed out", peer.addr)
+                # an unknown identity is answered as a wrong key is (RFC 4279 §2): silence, so it ends here
+                log.info("DTLS handshake from %s timed out (identity %r): %s", peer.addr, peer.conn.offered_identity,
+                         peer.conn.psk_failure or "no answer")
                 self._drop(peer)
             elif peer.conn.session is not None and now - peer.last_seen > self.idle_timeout:
                 if peer.transport is not None:
