@@ -17,6 +17,7 @@ from m2msec.gateway.server import Gateway, GatewayConfig, parse_backend
 from m2msec.keys.table import PSKTable, TomlPSKTable, check_file_permissions
 from m2msec.tls.engine import CertificateConfig
 from m2msec.tls.profiles import parse_profiles
+from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE
 
 
 def add_parser(sub: Any) -> None:
@@ -51,6 +52,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--max-connections", type=int, default=10000, metavar="N",
                    help="open TLS connections beyond which new ones are reset (default 10000)")
+    p.add_argument("--max-handshakes-per-source", type=int, default=DEFAULT_MAX_HANDSHAKES_PER_SOURCE, metavar="N",
+                   help="TLS connections and DTLS peers one source (IPv4 address, IPv6 /64) may have in their "
+                   f"handshake at once (default {DEFAULT_MAX_HANDSHAKES_PER_SOURCE})")
     p.add_argument("--reveal-unknown-psk-identity", action="store_true",
                    help="answer an unknown PSK identity with unknown_psk_identity (debugging) instead of failing "
                    "as for a wrong key (RFC 4279 §2, the default)")
@@ -98,6 +102,8 @@ async def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("--handshake-timeout must be positive")
     if args.max_connections < 1:
         raise ConfigurationError("--max-connections must be at least 1")
+    if args.max_handshakes_per_source < 1:
+        raise ConfigurationError("--max-handshakes-per-source must be at least 1")
     if args.backend is None and args.coap_backend is None:
         raise ConfigurationError("give --backend (HTTP), --coap-backend (CoAP) or both")
     certificate = _certificate(args)  # read once, shared by the HTTP and coaps sides
@@ -112,7 +118,8 @@ async def run(args: argparse.Namespace) -> int:
                                          profiles=coaps_profiles, identity_hint=args.identity_hint,
                                          unbound_policy=UnboundPolicy(args.unbound), cse_id=args.cse_id,
                                          handshake_timeout=args.handshake_timeout, certificate=certificate,
-                                         reveal_unknown_psk_identity=args.reveal_unknown_psk_identity),
+                                         reveal_unknown_psk_identity=args.reveal_unknown_psk_identity,
+                                         max_handshaking_per_source=args.max_handshakes_per_source),
                              table)
         await coaps.start()
         print(f"m2msec coaps gateway on {chost}:{coaps.port} -> coap://{bhost}:{bport}", flush=True)
@@ -141,6 +148,7 @@ async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSK
         unbound_policy=UnboundPolicy(args.unbound),
         handshake_timeout=args.handshake_timeout,
         max_connections=args.max_connections,
+        max_handshakes_per_source=args.max_handshakes_per_source,
         certificate=certificate,
         cse_id=args.cse_id,
         reveal_unknown_psk_identity=args.reveal_unknown_psk_identity,

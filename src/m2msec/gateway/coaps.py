@@ -26,6 +26,7 @@ from m2msec.keys.table import PSKTable
 from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
 from m2msec.tls.profiles import ONEM2M_DTLS_PSK, CipherProfile
 from m2msec.transport.dtls import DTLSServerProtocol, start_dtls_server
+from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE
 
 __all__ = ["CoapsConfig", "CoapsGateway"]
 
@@ -48,6 +49,7 @@ class CoapsConfig:
     idle_timeout: float = 300.0
     max_peers: int = 10000
     max_handshaking: int = 1000
+    max_handshaking_per_source: int = DEFAULT_MAX_HANDSHAKES_PER_SOURCE
     #: tell clients their PSK identity is unknown instead of staying silent as for a wrong key (RFC 4279 §2)
     reveal_unknown_psk_identity: bool = False
 
@@ -171,6 +173,7 @@ class CoapsGateway:
                 lambda: _PeerRelay(self), cfg.host, cfg.port, self.context,
                 handshake_timeout=cfg.handshake_timeout, idle_timeout=cfg.idle_timeout,
                 max_peers=cfg.max_peers, max_handshaking=cfg.max_handshaking,
+                max_handshaking_per_source=cfg.max_handshaking_per_source,
             )
         except OSError as exc:
             from m2msec.errors import ConfigurationError

@@ -43,6 +43,7 @@ from m2msec.gateway.rules import (
 from m2msec.keys.table import PSKTable, TomlPSKTable
 from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, CertificateConfig, ServerConfig, SessionInfo, TLSContext
 from m2msec.tls.profiles import CipherProfile
+from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE
 from m2msec.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimiter, start_stream_server
 
 __all__ = ["Backend", "Gateway", "GatewayConfig", "parse_backend"]
@@ -91,6 +92,8 @@ class GatewayConfig:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     #: open connections (handshaking or established) beyond which new ones are reset at once
     max_connections: int = 10000
+    #: connections one source (IPv4 address, IPv6 /64) may have in their handshake at once (D31)
+    max_handshakes_per_source: int = DEFAULT_MAX_HANDSHAKES_PER_SOURCE
     idle_timeout: float = 60.0
     backend_timeout: float = 30.0
     max_body: int = http.DEFAULT_MAX_BODY
@@ -129,7 +132,8 @@ class Gateway:
                 reveal_unknown_psk_identity=config.reveal_unknown_psk_identity,
             )
         )
-        self.limiter = ConnectionLimiter(config.max_connections)
+        self.limiter = ConnectionLimiter(config.max_connections,
+                                         per_source_handshakes=config.max_handshakes_per_source)
         self._server: asyncio.Server | None = None
         self._reloader: asyncio.Task[None] | None = None
         self._clients: set[asyncio.Task[None]] = set()

@@ -3,7 +3,8 @@
 The server side (:class:`DTLSServerProtocol`) keeps one :class:`~m2msec.tls.engine.DTLSConnection` per
 peer address, but only after the peer has returned a valid cookie (RFC 6347 §4.2.1): a ClientHello from a
 spoofed source costs one HelloVerifyRequest and no memory. Peers still in their handshake are capped
-(``max_handshaking``) and dropped after ``handshake_timeout``; established peers are capped
+(``max_handshaking``, and ``max_handshaking_per_source`` per source address, IPv6 per /64:
+:mod:`m2msec.transport.limits`) and dropped after ``handshake_timeout``; established peers are capped
 (``max_peers``) and evicted after ``idle_timeout``. Retransmission timers follow the engine's
 ``timeout()`` (RFC 6347 §4.2.4).
 
@@ -31,6 +32,7 @@ from m2msec.tls.engine import (
     SessionInfo,
     TLSContext,
 )
+from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE, SourceLimiter, source_of
 
 __all__ = ["DTLSPeerTransport", "DTLSServerProtocol", "create_dtls_endpoint", "start_dtls_server"]
 
@@ -197,12 +199,14 @@ class DTLSServerProtocol(_Endpoint):
         idle_timeout: float = 300.0,
         max_peers: int = 10000,
         max_handshaking: int = 1000,
+        max_handshaking_per_source: int = DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
     ) -> None:
         super().__init__(context, app_factory, mtu=mtu)
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
         self.max_peers = max_peers
         self.max_handshaking = max_handshaking
+        self.sources = SourceLimiter(max_handshaking_per_source)  # handshakes in progress per source
         self.peers: dict[Address, _Peer] = {}
         self.handshaking = 0
         self.dropped = 0  # datagrams refused because a cap was reached
@@ -236,10 +240,16 @@ class DTLSServerProtocol(_Endpoint):
         if conn.awaiting_cookie:
             self._send(conn.datagrams_to_send(), addr)
             return  # HelloVerifyRequest sent (or junk ignored), nothing kept
-        # the peer proved it receives at its address: now the caps on kept state apply
+        # the peer proved it receives at its address: now the caps on kept state apply, its source's first
+        source = source_of(addr)
+        if self.sources.held.get(source, 0) >= self.sources.limit:
+            self.sources.refused += 1
+            self.dropped += 1
+            return
         if self.handshaking >= self.max_handshaking or (peer is None and len(self.peers) >= self.max_peers):
             self.dropped += 1
             return
+        self.sources.acquire(source)
         self._send(conn.datagrams_to_send(), addr)
         if peer is not None:
             self._drop(peer)
@@ -252,6 +262,7 @@ class DTLSServerProtocol(_Endpoint):
 
     def _established(self, peer: _Peer, session: SessionInfo) -> None:
         self.handshaking -= 1
+        self.sources.release(source_of(peer.addr))
         log.info("DTLS SA with %s: psk_identity=%r %s", peer.addr, session.psk_identity, session.cipher)
 
     def _drop(self, peer: _Peer) -> None:
@@ -259,6 +270,7 @@ class DTLSServerProtocol(_Endpoint):
             del self.peers[peer.addr]
             if peer.conn.session is None:
                 self.handshaking -= 1
+                self.sources.release(source_of(peer.addr))
         super()._drop(peer)
 
     def _sweep(self) -> None:
