@@ -7,17 +7,22 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 from m2msec.errors import ConfigurationError
 from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
+from m2msec.gateway.limits import DEFAULT_BODY_BUDGET, DEFAULT_WRITE_TIMEOUT, fit_connection_cap
 from m2msec.gateway.rules import UnboundPolicy
 from m2msec.gateway.server import Gateway, GatewayConfig, parse_backend
 from m2msec.keys.table import PSKTable, TomlPSKTable, check_file_permissions
 from m2msec.tls.engine import CertificateConfig
 from m2msec.tls.profiles import parse_profiles
 from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE
+
+#: --max-connections when not given (lowered to what the file-descriptor limit allows)
+DEFAULT_MAX_CONNECTIONS = 10000
 
 
 def add_parser(sub: Any) -> None:
@@ -50,8 +55,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--crl", type=Path, help="CRLs of the client CAs; revoked client certificates are refused")
     p.add_argument("--cse-id", help="CSE-ID of the CSE behind the gateway (AE-ID certificates may use their stem)")
     p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
-    p.add_argument("--max-connections", type=int, default=10000, metavar="N",
-                   help="open TLS connections beyond which new ones are reset (default 10000)")
+    p.add_argument("--max-connections", type=int, default=None, metavar="N",
+                   help=f"open TLS connections beyond which new ones are reset (default {DEFAULT_MAX_CONNECTIONS}, "
+                   "lowered to what the file-descriptor limit allows); refused at start above that limit")
+    p.add_argument("--max-body-memory", type=int, default=DEFAULT_BODY_BUDGET, metavar="BYTES",
+                   help="request-body bytes all connections together may hold; over it, 503 / rsc 5000 "
+                   f"(default {DEFAULT_BODY_BUDGET})")
+    p.add_argument("--write-timeout", type=float, default=DEFAULT_WRITE_TIMEOUT, metavar="SECONDS",
+                   help=f"a client that does not read its response within this is dropped (default "
+                   f"{DEFAULT_WRITE_TIMEOUT:g})")
     p.add_argument("--max-handshakes-per-source", type=int, default=DEFAULT_MAX_HANDSHAKES_PER_SOURCE, metavar="N",
                    help="TLS connections and DTLS peers one source (IPv4 address, IPv6 /64) may have in their "
                    f"handshake at once (default {DEFAULT_MAX_HANDSHAKES_PER_SOURCE})")
@@ -100,8 +112,12 @@ async def run(args: argparse.Namespace) -> int:
         table = SQLitePSKStore(args.db, master_key_file=args.master_key_file)
     if args.handshake_timeout <= 0:
         raise ConfigurationError("--handshake-timeout must be positive")
-    if args.max_connections < 1:
+    if args.max_connections is not None and args.max_connections < 1:
         raise ConfigurationError("--max-connections must be at least 1")
+    if args.max_body_memory < 1:
+        raise ConfigurationError("--max-body-memory must be at least 1")
+    if args.write_timeout <= 0:
+        raise ConfigurationError("--write-timeout must be positive")
     if args.max_handshakes_per_source < 1:
         raise ConfigurationError("--max-handshakes-per-source must be at least 1")
     if args.backend is None and args.coap_backend is None:
@@ -114,16 +130,19 @@ async def run(args: argparse.Namespace) -> int:
             raise ConfigurationError("coaps:// needs a PSK table (--psk-table or --db) or the ecdhe-ecdsa-dtls profile")
         chost, cport = parse_hostport(args.coaps_listen)
         bhost, bport = parse_hostport(args.coap_backend)
-        coaps = CoapsGateway(CoapsConfig(backend_host=bhost, backend_port=bport, host=chost, port=cport,
-                                         profiles=coaps_profiles, identity_hint=args.identity_hint,
-                                         unbound_policy=UnboundPolicy(args.unbound), cse_id=args.cse_id,
-                                         handshake_timeout=args.handshake_timeout, certificate=certificate,
-                                         reveal_unknown_psk_identity=args.reveal_unknown_psk_identity,
-                                         max_handshaking_per_source=args.max_handshakes_per_source),
-                             table)
+        coaps_config = CoapsConfig(backend_host=bhost, backend_port=bport, host=chost, port=cport,
+                                   profiles=coaps_profiles, identity_hint=args.identity_hint,
+                                   unbound_policy=UnboundPolicy(args.unbound), cse_id=args.cse_id,
+                                   handshake_timeout=args.handshake_timeout, certificate=certificate,
+                                   reveal_unknown_psk_identity=args.reveal_unknown_psk_identity,
+                                   max_handshaking_per_source=args.max_handshakes_per_source)
+        _fit_file_descriptors(args, coaps_config.max_peers)
+        coaps = CoapsGateway(coaps_config, table)
         await coaps.start()
         print(f"m2msec coaps gateway on {chost}:{coaps.port} -> coap://{bhost}:{bport}", flush=True)
         services.append(coaps)
+    else:
+        _fit_file_descriptors(args, 0)
     if args.backend is not None:
         services.append(await _start_http(args, host, port, table, certificate))
     loop = asyncio.get_running_loop()
@@ -137,6 +156,17 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_file_descriptors(args: argparse.Namespace, coaps_peers: int) -> None:
+    """Refuse caps above RLIMIT_NOFILE (raising the soft limit if that is enough); fix args.max_connections."""
+    wanted = args.max_connections if args.backend is not None else 0
+    cap = fit_connection_cap(wanted, DEFAULT_MAX_CONNECTIONS, coaps_peers)
+    if args.max_connections is None and args.backend is not None:
+        if cap < DEFAULT_MAX_CONNECTIONS:
+            print(f"m2msec gateway: --max-connections lowered to {cap} to fit the file-descriptor limit",
+                  file=sys.stderr, flush=True)
+        args.max_connections = cap
+
+
 async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSKTable | None,
                       certificate: CertificateConfig | None) -> Gateway:
     config = GatewayConfig(
@@ -148,6 +178,8 @@ async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSK
         unbound_policy=UnboundPolicy(args.unbound),
         handshake_timeout=args.handshake_timeout,
         max_connections=args.max_connections,
+        max_body_memory=args.max_body_memory,
+        write_timeout=args.write_timeout,
         max_handshakes_per_source=args.max_handshakes_per_source,
         certificate=certificate,
         cse_id=args.cse_id,

@@ -29,6 +29,13 @@ from m2msec.errors import (
     TargetNotReachable,
 )
 from m2msec.gateway import http
+from m2msec.gateway.limits import (
+    DEFAULT_BODY_BUDGET,
+    DEFAULT_WRITE_TIMEOUT,
+    RETRY_AFTER,
+    BodyBudget,
+    GatewayBusy,
+)
 from m2msec.gateway.rules import (
     HEADER_CREDENTIAL_ID,
     HEADER_PSK_IDENTITY,
@@ -97,6 +104,10 @@ class GatewayConfig:
     idle_timeout: float = 60.0
     backend_timeout: float = 30.0
     max_body: int = http.DEFAULT_MAX_BODY
+    #: request-body bytes all connections together may hold; over it, 503 / rsc 5000 (D33)
+    max_body_memory: int = DEFAULT_BODY_BUDGET
+    #: seconds a response may wait for a client that does not read it; then the connection is dropped
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT
     reload_interval: float = 1.0
     #: the gateway's certificate credential (rsa-psk, ecdhe-ecdsa) and the client CAs for certificate clients
     certificate: CertificateConfig | None = None
@@ -134,6 +145,7 @@ class Gateway:
         )
         self.limiter = ConnectionLimiter(config.max_connections,
                                          per_source_handshakes=config.max_handshakes_per_source)
+        self.body_budget = BodyBudget(config.max_body_memory)
         self._server: asyncio.Server | None = None
         self._reloader: asyncio.Task[None] | None = None
         self._clients: set[asyncio.Task[None]] = set()
@@ -197,24 +209,24 @@ class Gateway:
             while True:
                 try:
                     async with asyncio.timeout(self.config.idle_timeout):  # no extra task, unlike wait_for
-                        req = await http.read_message(conn, reader, max_body=self.config.max_body)
+                        req = await http.read_message(conn, reader, max_body=self.config.max_body,
+                                                      budget=self.body_budget)
                 except TimeoutError:
                     break
                 except http.HTTPError as exc:
-                    detail = "request body too large" if exc.too_large else "malformed HTTP request"
                     log.info("bad request from %s (%s): %s", peer, sa.credential, exc)
                     if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                        resp = _onem2m_error_response(BadRequest(detail), None)
-                        if exc.too_large:
-                            resp.status, resp.reason = 413, HTTPStatus(413).phrase
-                        resp.headers.append(("connection", "close"))
+                        resp = self._refusal(exc)
                         with contextlib.suppress(http.HTTPError, ConnectionError):
-                            await http.send_message(conn, writer, resp)
+                            await http.send_message(conn, writer, resp, timeout=self.config.write_timeout)
                     break
                 if req is None:
                     break
-                resp = await self._process(req, sa, peer)
-                await http.send_message(conn, writer, resp)
+                try:
+                    resp = await self._process(req, sa, peer)
+                finally:
+                    self.body_budget.release(len(req.body))
+                await http.send_message(conn, writer, resp, timeout=self.config.write_timeout)
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     break
                 try:
@@ -228,6 +240,19 @@ class Gateway:
         finally:
             self._clients.discard(task)
             writer.close()
+
+    @staticmethod
+    def _refusal(exc: http.HTTPError) -> http.Message:
+        if exc.busy:  # the request is fine, the gateway is momentarily full (D33)
+            resp = _onem2m_error_response(GatewayBusy("the gateway is busy, retry later"), None)
+            resp.headers.append(("retry-after", str(RETRY_AFTER)))
+        else:
+            resp = _onem2m_error_response(BadRequest("request body too large" if exc.too_large
+                                                     else "malformed HTTP request"), None)
+            if exc.too_large:
+                resp.status, resp.reason = 413, HTTPStatus(413).phrase
+        resp.headers.append(("connection", "close"))
+        return resp
 
     async def _process(self, req: http.Message, sa: SecurityAssociation, peer: object) -> http.Message:
         origin = req.header("x-m2m-origin")
