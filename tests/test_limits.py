@@ -391,3 +391,45 @@ def test_cli_lowers_the_default_max_connections_to_the_fd_limit(tmp_path: Path) 
         gw.terminate()
         _, err = gw.communicate(timeout=10)
     assert f"--max-connections lowered to {(256 - FD_HEADROOM) // 2}" in err
+
+
+# ------------------------------------------------------------------ --reveal-unknown-psk-identity, end to end
+
+
+async def test_gateway_process_hides_unknown_identities_unless_told_to_reveal(tmp_path: Path) -> None:
+    stranger = TLSContext.client(ClientConfig("nobody@in.provider.com", SecretKey.from_hex(LIGHT1_KEY)))
+    alerts = []
+    for extra in ([], ["--reveal-unknown-psk-identity"]):
+        gw = subprocess.Popen([*gateway_args(tmp_path), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+        try:
+            assert gw.stdout is not None
+            line = await asyncio.to_thread(gw.stdout.readline)
+            assert line.startswith("m2msec gateway on 127.0.0.1:"), line
+            port = int(line.split()[3].rsplit(":", 1)[1])
+            with pytest.raises(HandshakeFailed) as info:
+                await open_connection(SERVER, port, stranger, handshake_timeout=5)
+            alerts.append(info.value.alert)
+        finally:
+            gw.terminate()
+            _, err = await asyncio.to_thread(gw.communicate, timeout=10)
+        assert "'nobody@in.provider.com'" in err and "unknown psk identity" in err  # the gateway logs the truth
+    assert alerts == ["bad_record_mac", "unknown_psk_identity"]
+
+
+async def test_coaps_gateway_reveal_option_reaches_the_dtls_server() -> None:
+    from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
+    from m2msec.transport.dtls import create_dtls_endpoint
+
+    stranger = TLSContext.dtls_client(ClientConfig("nobody@x.com", SecretKey.from_hex(LIGHT1_KEY),
+                                                   profiles=(ONEM2M_DTLS_PSK,)))
+    gw = CoapsGateway(CoapsConfig(backend_host=SERVER, port=0, reveal_unknown_psk_identity=True,
+                                  max_handshaking_per_source=7), make_table())
+    await gw.start()
+    try:
+        assert gw.protocol is not None and gw.protocol.sources.limit == 7
+        with pytest.raises(HandshakeFailed) as info:
+            await create_dtls_endpoint(Silent, SERVER, gw.port, stranger, handshake_timeout=5)
+        assert info.value.alert == "unknown_psk_identity"
+    finally:
+        await gw.close()
