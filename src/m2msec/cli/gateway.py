@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +121,8 @@ async def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("--max-handshakes-per-source must be at least 1")
     if args.backend is None and args.coap_backend is None:
         raise ConfigurationError("give --backend (HTTP), --coap-backend (CoAP) or both")
+    if args.backend is not None:
+        parse_backend(args.backend)  # a bad URL is reported before anything is adjusted or started
     certificate = _certificate(args)  # read once, shared by the HTTP and coaps sides
     services: list[Gateway | CoapsGateway] = []
     if args.coap_backend is not None:
@@ -160,10 +161,8 @@ def _fit_file_descriptors(args: argparse.Namespace, coaps_peers: int) -> None:
     """Refuse caps above RLIMIT_NOFILE (raising the soft limit if that is enough); fix args.max_connections."""
     wanted = args.max_connections if args.backend is not None else 0
     cap = fit_connection_cap(wanted, DEFAULT_MAX_CONNECTIONS, coaps_peers)
+    args.lowered_max_connections = args.max_connections is None and cap < DEFAULT_MAX_CONNECTIONS
     if args.max_connections is None and args.backend is not None:
-        if cap < DEFAULT_MAX_CONNECTIONS:
-            print(f"m2msec gateway: --max-connections lowered to {cap} to fit the file-descriptor limit",
-                  file=sys.stderr, flush=True)
         args.max_connections = cap
 
 
@@ -187,5 +186,8 @@ async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSK
     )
     gateway = Gateway(config, table)
     await gateway.start()
+    if args.lowered_max_connections:  # said once serving, so that a refused start stays a one-line error
+        logging.getLogger("m2msec.gateway").info("--max-connections lowered to %d to fit the file-descriptor limit",
+                                                 config.max_connections)
     print(f"m2msec gateway on {host}:{gateway.port} -> {config.backend}", flush=True)
     return gateway
