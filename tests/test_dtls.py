@@ -395,3 +395,41 @@ async def test_any_single_lost_handshake_datagram_is_recovered(direction: str, n
     finally:
         relay_t.close()
         udp.close()
+
+
+async def test_replayed_old_cookie_cannot_restart_an_established_peer() -> None:
+    """RFC 6347 §4.2.8 lets an established peer start over with a new epoch-0 ClientHello carrying a valid cookie;
+    a ClientHello captured on the path (or sent by the peer itself) must not do so once its cookie has expired."""
+    clock = Clock()
+    context = TLSContext.dtls_server(ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,)), clock=clock)
+    udp, proto = await start_dtls_server(Echo, "127.0.0.1", 0, context)
+    port = udp.get_extra_info("sockname")[1]
+    loop = asyncio.get_running_loop()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setblocking(False)
+        s.connect(("127.0.0.1", port))
+        conn = client_ctx().dtls_connection(("127.0.0.1", port))
+        captured: list[bytes] = []
+        for _ in range(10):  # a real handshake over UDP, keeping the ClientHello that carries the cookie
+            out = conn.datagrams_to_send()
+            if len(captured) < 2:
+                captured += out[:1]
+            for d in out:
+                s.send(d)
+            if conn.session is not None:
+                break
+            conn.receive_datagram(await asyncio.wait_for(loop.sock_recv(s, 2048), 2))
+        assert conn.session is not None and len(captured) == 2
+        addr = ("127.0.0.1", s.getsockname()[1])
+        await asyncio.sleep(0.05)
+        established = proto.peers[addr]
+        assert established.conn.session is not None
+        clock.now += COOKIE_LIFETIME + 1
+        s.send(captured[1])  # the old ClientHello with its now expired cookie, from the peer's address
+        reply = await asyncio.wait_for(loop.sock_recv(s, 2048), 2)
+        assert is_hello_verify_request(reply)  # treated as a ClientHello without a cookie
+        assert proto.peers[addr] is established and established.conn.session is not None
+    finally:
+        s.close()
+        udp.close()
