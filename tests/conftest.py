@@ -15,7 +15,7 @@ from m2msec.tls.engine import ClientConfig, ServerConfig, TLSConnection, TLSCont
 from m2msec.tls.profiles import CipherProfile
 
 #: test files whose async tests run on both asyncio's loop and uvloop (the CLI runs services on uvloop)
-BOTH_LOOPS = {"test_transport.py", "test_gateway.py", "test_gateway_certificates.py", "test_dtls.py"}
+BOTH_LOOPS = {"test_transport.py", "test_gateway.py", "test_gateway_certificates.py", "test_dtls.py", "test_limits.py"}
 
 
 def pytest_asyncio_loop_factories(

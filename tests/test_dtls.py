@@ -4,6 +4,7 @@ UDP on loopback, with stateless cookies, retransmission through a lossy relay, c
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import socket
 
@@ -12,7 +13,8 @@ import pytest
 from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, make_table
 from m2msec.errors import ConfigurationError, HandshakeFailed, HandshakeTimeout, TLSProtocolError
 from m2msec.keys.secret import SecretKey
-from m2msec.tls.engine import ClientConfig, DTLSConnection, ServerConfig, TLSContext
+from m2msec.tls.cookies import COOKIE_LIFETIME, CookieJar
+from m2msec.tls.engine import ClientConfig, ConnectionState, DTLSConnection, ServerConfig, TLSContext
 from m2msec.tls.profiles import ONEM2M_DTLS_PSK, TLS13_PSK, CipherProfile
 from m2msec.transport.dtls import DTLSServerProtocol, create_dtls_endpoint, start_dtls_server
 
@@ -90,6 +92,67 @@ def test_cookie_is_bound_to_the_address() -> None:
     assert replay.awaiting_cookie and replay.session is None
 
 
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cookie_exchange(server: TLSContext, client: DTLSConnection, peer: object) -> list[bytes]:
+    """First ClientHello -> HelloVerifyRequest; returns the client's second ClientHello (with the cookie)."""
+    s = server.dtls_connection(peer)
+    for d in client.datagrams_to_send():
+        s.receive_datagram(d)
+    assert s.awaiting_cookie
+    for d in s.datagrams_to_send():
+        client.receive_datagram(d)
+    return client.datagrams_to_send()
+
+
+def is_hello_verify_request(datagram: bytes) -> bool:
+    return datagram[0] == 22 and datagram[13] == 3  # handshake record, HelloVerifyRequest (RFC 6347 §4.2.1)
+
+
+@pytest.mark.parametrize(("age", "accepted"), [(0, True), (COOKIE_LIFETIME, True), (COOKIE_LIFETIME + 1, False),
+                                              (3600, False)])
+def test_cookie_older_than_the_lifetime_is_refused(age: float, accepted: bool) -> None:
+    clock = Clock()
+    server = TLSContext.dtls_server(ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,)), clock=clock)
+    peer = ("192.0.2.1", 5000)
+    hello = cookie_exchange(server, client_ctx().dtls_connection(("127.0.0.1", 5684)), peer)
+    clock.now += age  # the same ClientHello, replayed later from the same address
+    s = server.dtls_connection(peer)
+    for d in hello:
+        s.receive_datagram(d)
+    assert s.awaiting_cookie is not accepted
+    if not accepted:  # refused like a ClientHello without a cookie: a fresh HelloVerifyRequest, no state
+        reply = s.datagrams_to_send()
+        assert len(reply) == 1 and is_hello_verify_request(reply[0])
+
+
+def test_shared_cookie_secret_works_across_contexts_and_rotates() -> None:
+    clock = Clock()
+    cfg = ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,))
+    a = TLSContext.dtls_server(cfg, cookie_secret=b"k" * 32, clock=clock)
+    b = TLSContext.dtls_server(cfg, cookie_secret=b"k" * 32, clock=clock)
+    other = TLSContext.dtls_server(cfg, cookie_secret=b"x" * 32, clock=clock)
+    hello = cookie_exchange(a, client_ctx().dtls_connection(("127.0.0.1", 5684)), ("192.0.2.1", 5000))
+    for ctx, accepted in ((b, True), (other, False)):
+        s = ctx.dtls_connection(("192.0.2.1", 5000))
+        for d in hello:
+            s.receive_datagram(d)
+        assert s.awaiting_cookie is not accepted
+    jar = CookieJar(b"k" * 32, clock=clock)
+    first = jar.make(b"peer")
+    clock.now += COOKIE_LIFETIME
+    assert jar.check(first, b"peer") and jar.make(b"peer")[4:] != first[4:]  # next window, new secret
+    assert not jar.check(first, b"other peer") and not jar.check(first[:-1], b"peer")
+    forged = (int(clock.now) - 5).to_bytes(4, "big") + first[4:]  # a fresher timestamp on an old MAC
+    assert not jar.check(forged, b"peer")
+
+
 def test_dtls_configuration_errors() -> None:
     with pytest.raises(ConfigurationError, match="DTLS"):
         TLSContext.dtls_server(ServerConfig(make_table().lookup, profiles=(TLS13_PSK,)))
@@ -141,12 +204,54 @@ async def test_udp_echo_and_peer_cleanup() -> None:
         udp.close()
 
 
-async def test_unknown_identity_then_server_still_serves() -> None:
-    udp, proto, port = await echo_server()
+def test_engine_unknown_identity_is_silent_like_a_wrong_key() -> None:
+    """RFC 4279 §2 hiding over DTLS: a wrong key's Finished is dropped (bad MAC, RFC 6347 §4.1.2.7), and so is an
+    unknown identity's: no alert tells a scanner which identities exist. The server still knows."""
+    answers = {}
+    for name, kw in (("unknown", {"identity": "nobody@x.com"}), ("wrong key", {"key": "00" * 8})):
+        c = client_ctx(**kw).dtls_connection(("127.0.0.1", 5684))
+        server, peer = server_ctx(), ("192.0.2.1", 5000)
+        s = server.dtls_connection(peer)
+        hello = cookie_exchange(server, c, peer)
+        for d in hello:
+            s.receive_datagram(d)
+        flight = s.datagrams_to_send()  # ServerHello ... ServerHelloDone
+        for d in flight:
+            c.receive_datagram(d)
+        for d in c.datagrams_to_send():  # ClientKeyExchange, ChangeCipherSpec, Finished
+            assert s.receive_datagram(d) == []
+        answers[name] = ([len(d) for d in flight], s.datagrams_to_send(), s.state, c.state)
+        assert s.psk_failure == ("unknown psk identity" if name == "unknown" else None)
+    assert answers["unknown"] == answers["wrong key"] == ([answers["unknown"][0][0]], [], ConnectionState.HANDSHAKING,
+                                                          ConnectionState.HANDSHAKING)
+
+
+async def test_unknown_identity_times_out_like_a_wrong_key_and_the_server_logs_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="m2msec.transport.dtls")
+    udp, proto, port = await echo_server(handshake_timeout=0.5)
     try:
-        with pytest.raises(HandshakeFailed):
-            await create_dtls_endpoint(Inbox, "127.0.0.1", port, client_ctx(identity="nobody@x.com"))
+        for kw in ({"identity": "nobody@x.com"}, {"key": "00" * 8}):
+            with pytest.raises(HandshakeTimeout):
+                await create_dtls_endpoint(Inbox, "127.0.0.1", port, client_ctx(**kw), handshake_timeout=1)
         assert await roundtrip(port) == f"{LIGHT1_AE}:hello".encode()
+        assert proto.handshaking == 0
+    finally:
+        udp.close()
+    assert any("timed out" in r.getMessage() and "'nobody@x.com'" in r.getMessage()
+               and "unknown psk identity" in r.getMessage() for r in caplog.records)
+
+
+async def test_reveal_option_sends_unknown_psk_identity() -> None:
+    context = TLSContext.dtls_server(ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,),
+                                                  reveal_unknown_psk_identity=True))
+    udp, proto = await start_dtls_server(Echo, "127.0.0.1", 0, context)
+    try:
+        with pytest.raises(HandshakeFailed) as info:
+            await create_dtls_endpoint(Inbox, "127.0.0.1", udp.get_extra_info("sockname")[1],
+                                       client_ctx(identity="nobody@x.com"), handshake_timeout=5)
+        assert info.value.alert == "unknown_psk_identity"
         assert proto.handshaking == 0
     finally:
         udp.close()
@@ -290,4 +395,42 @@ async def test_any_single_lost_handshake_datagram_is_recovered(direction: str, n
         assert proto.handshaking == 0
     finally:
         relay_t.close()
+        udp.close()
+
+
+async def test_replayed_old_cookie_cannot_restart_an_established_peer() -> None:
+    """RFC 6347 §4.2.8 lets an established peer start over with a new epoch-0 ClientHello carrying a valid cookie;
+    a ClientHello captured on the path (or sent by the peer itself) must not do so once its cookie has expired."""
+    clock = Clock()
+    context = TLSContext.dtls_server(ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,)), clock=clock)
+    udp, proto = await start_dtls_server(Echo, "127.0.0.1", 0, context)
+    port = udp.get_extra_info("sockname")[1]
+    loop = asyncio.get_running_loop()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setblocking(False)
+        s.connect(("127.0.0.1", port))
+        conn = client_ctx().dtls_connection(("127.0.0.1", port))
+        captured: list[bytes] = []
+        for _ in range(10):  # a real handshake over UDP, keeping the ClientHello that carries the cookie
+            out = conn.datagrams_to_send()
+            if len(captured) < 2:
+                captured += out[:1]
+            for d in out:
+                s.send(d)
+            if conn.session is not None:
+                break
+            conn.receive_datagram(await asyncio.wait_for(loop.sock_recv(s, 2048), 2))
+        assert conn.session is not None and len(captured) == 2
+        addr = ("127.0.0.1", s.getsockname()[1])
+        await asyncio.sleep(0.05)
+        established = proto.peers[addr]
+        assert established.conn.session is not None
+        clock.now += COOKIE_LIFETIME + 1
+        s.send(captured[1])  # the old ClientHello with its now expired cookie, from the peer's address
+        reply = await asyncio.wait_for(loop.sock_recv(s, 2048), 2)
+        assert is_hello_verify_request(reply)  # treated as a ClientHello without a cookie
+        assert proto.peers[addr] is established and established.conn.session is not None
+    finally:
+        s.close()
         udp.close()

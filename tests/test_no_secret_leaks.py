@@ -42,8 +42,8 @@ from m2msec.keys.secret import SecretKey
 from m2msec.keys.sqlite_store import MASTER_KEY_ENV, SQLitePSKStore
 from m2msec.keys.table import PSKEntry, TomlPSKTable, parse_toml_table
 from m2msec.saef import CertificateCredentials, PSKCredentials, establish_sa
-from m2msec.tls.engine import CertificateConfig, ClientConfig
-from m2msec.tls.profiles import ECDHE_PSK, ONEM2M_PSK, TLS13_PSK
+from m2msec.tls.engine import CertificateConfig, ClientConfig, ServerConfig, TLSContext
+from m2msec.tls.profiles import ECDHE_PSK, ONEM2M_DTLS_PSK, ONEM2M_PSK, TLS13_PSK
 from test_dtls import client_ctx as dtls_client_ctx
 from test_dtls import pump as dtls_pump
 from test_dtls import server_ctx as dtls_server_ctx
@@ -135,12 +135,17 @@ def test_dtls_handshake_and_refusal_at_debug(caplog: pytest.LogCaptureFixture) -
     exported = s.export_keying_material("EXPORTER-oneM2M-Connection", 32)
     wrong = secrets.token_bytes(16)
     unknown = dtls_client_ctx(identity="nobody@x.com", key=wrong.hex()).dtls_connection(("127.0.0.1", 5684))
-    with pytest.raises(HandshakeFailed) as refused:
-        dtls_pump(dtls_server_ctx(), unknown)
+    revealing = TLSContext.dtls_server(ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,),
+                                                    reveal_unknown_psk_identity=True))
+    with pytest.raises(HandshakeFailed) as refused:  # told (debugging option): the refusal names the identity
+        dtls_pump(revealing, unknown)
+    hidden = dtls_client_ctx(identity="nobody@x.com", key=wrong.hex()).dtls_connection(("127.0.0.1", 5684))
+    with pytest.raises(AssertionError, match="no handshake"):  # hidden (default, D34): silent as for a wrong key
+        dtls_pump(dtls_server_ctx(), hidden)
     bad = dtls_client_ctx(key=wrong.hex()).dtls_connection(("127.0.0.1", 5684))
     with pytest.raises(AssertionError, match="no handshake"):  # DTLS drops the undecryptable Finished silently
         dtls_pump(dtls_server_ctx(), bad)
-    text = "\n".join([caplog.text, _described(s, client, s.session, exported, refused.value, unknown, bad)])
+    text = "\n".join([caplog.text, _described(s, client, s.session, exported, refused.value, unknown, hidden, bad)])
     assert_no_secret(text, [*TEST_KEYS, wrong, exported.reveal(), s.master_secret().reveal()], where="DTLS output")
 
 

@@ -30,6 +30,9 @@ from m2msec.tls.engine import ClientConfig, TLSContext
 from m2msec.tls.profiles import ONEM2M_DTLS_PSK
 from m2msec.transport.dtls import create_dtls_endpoint
 
+#: these tests read why a removed identity is refused: the gateway tells them (D34's debugging option)
+REVEAL = True
+
 
 def write_table(path: Path, *rows: tuple[str, str, str]) -> None:
     """Write the TOML table and move its mtime forward (the reloader compares mtime, size and inode)."""
@@ -156,7 +159,8 @@ async def test_coaps_only_gateway_reloads_the_table_and_ends_the_removed_sa(
     path = tmp_path / "psk.toml"
     write_table(path, (LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE), (LIGHT2_ID, LIGHT2_KEY, LIGHT2_AE))
     table = TomlPSKTable(path)
-    gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=cse_port, port=0), table)
+    gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=cse_port, port=0,
+                                  reveal_unknown_psk_identity=REVEAL), table)
     await gw.start()
     try:
         light1, light2 = await coaps_connect(gw.port), await coaps_connect(gw.port, LIGHT2_ID, LIGHT2_KEY)
@@ -180,7 +184,7 @@ async def test_http_side_ends_the_live_sa_of_a_removed_entry(backend: RecordingB
     path = tmp_path / "psk.toml"
     write_table(path, (LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE), (LIGHT2_ID, LIGHT2_KEY, LIGHT2_AE))
     table = TomlPSKTable(path)
-    gw = await start_gateway(backend.port, table, reload_interval=0.05)
+    gw = await start_gateway(backend.port, table, reveal_unknown_psk_identity=REVEAL, reload_interval=0.05)
     try:
         light1, light2 = await connect(gw), await connect(gw, LIGHT2_ID, LIGHT2_KEY)
         assert (await light1.request(onem2m(LIGHT1_AE))).status == 200
@@ -207,8 +211,9 @@ async def test_both_sides_share_one_reload(
     path = tmp_path / "psk.toml"
     write_table(path, (LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE), (LIGHT2_ID, LIGHT2_KEY, LIGHT2_AE))
     table = TomlPSKTable(path)
-    http_gw = await start_gateway(backend.port, table, reload_interval=0.05)
+    http_gw = await start_gateway(backend.port, table, reveal_unknown_psk_identity=REVEAL, reload_interval=0.05)
     coaps_gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=coap_cse[1], port=0,
+                                        reveal_unknown_psk_identity=REVEAL,
                                         reload_interval=0.05), table)
     await coaps_gw.start()
     try:
@@ -239,7 +244,7 @@ async def test_deleted_table_serves_nothing_after_the_grace(
     path = tmp_path / "psk.toml"
     write_table(path, (LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE))
     table = TomlPSKTable(path, failure_grace=0.5)
-    gw = await start_gateway(backend.port, table, reload_interval=0.05)
+    gw = await start_gateway(backend.port, table, reveal_unknown_psk_identity=REVEAL, reload_interval=0.05)
     try:
         live = await connect(gw)
         path.unlink()
@@ -273,7 +278,7 @@ async def test_changed_key_or_binding_ends_the_live_sa(
     backend: RecordingBackend, change: PSKEntry, reason: bytes  # noqa: F811
 ) -> None:
     table = MemoryPSKTable([PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE)])
-    gw = await start_gateway(backend.port, table)
+    gw = await start_gateway(backend.port, table, reveal_unknown_psk_identity=REVEAL)
     try:
         sa = await connect(gw)
         assert (await sa.request(onem2m(LIGHT1_AE))).status == 200
@@ -288,8 +293,9 @@ async def test_changed_key_or_binding_ends_the_live_sa(
 
 async def test_max_sa_lifetime_http_and_coaps(backend: RecordingBackend, coap_cse: tuple[CoapCSE, int]) -> None:  # noqa: F811
     table = MemoryPSKTable([PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE)])
-    http_gw = await start_gateway(backend.port, table, max_sa_lifetime=0.5)
+    http_gw = await start_gateway(backend.port, table, reveal_unknown_psk_identity=REVEAL, max_sa_lifetime=0.5)
     coaps_gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=coap_cse[1], port=0,
+                                        reveal_unknown_psk_identity=REVEAL,
                                         max_sa_lifetime=0.5), table)
     await coaps_gw.start()
     try:
@@ -316,7 +322,7 @@ async def test_sqlite_store_removal_ends_the_live_sa(backend: RecordingBackend, 
 
     store = SQLitePSKStore(tmp_path / "keys.db")
     store.add(PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE))
-    gw = await start_gateway(backend.port, store)
+    gw = await start_gateway(backend.port, store, reveal_unknown_psk_identity=REVEAL)
     try:
         sa = await connect(gw)
         assert (await sa.request(onem2m(LIGHT1_AE))).status == 200
@@ -332,7 +338,8 @@ async def test_coaps_nothing_from_the_cse_reaches_an_ended_peer(coap_cse: tuple[
     """A notification from the CSE for a peer whose PSK was removed is not relayed; the peer is closed."""
     cse, cse_port = coap_cse
     table = MemoryPSKTable([PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE)])
-    gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=cse_port, port=0), table)
+    gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=cse_port, port=0,
+                                  reveal_unknown_psk_identity=REVEAL), table)
     await gw.start()
     try:
         peer = await coaps_connect(gw.port)

@@ -239,8 +239,8 @@ def test_gateway_cli_refuses_bad_crl_and_lifetime(
     ca_crt, _ = write_issued(Issued(ca.certificate, None), tmp_path / "ca")
     table = tmp_path / "psk.toml"
     write_table(table, (LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE))
-    # the backend URL is invalid too: it is checked after the certificate files, so nothing starts serving
-    args = ["gateway", "--psk-table", str(table), "--backend", "ftp://x", "--listen", "127.0.0.1:0",
+    # every case is refused before anything starts serving (the backend port is never contacted)
+    args = ["gateway", "--psk-table", str(table), "--backend", "http://127.0.0.1:9", "--listen", "127.0.0.1:0",
             "--cert", str(srv), "--key", str(tmp_path / "gw.key"), "--client-ca", str(ca_crt),
             *[a.replace("{ca}", str(ca_crt)).replace("{tmp}", str(tmp_path)) for a in extra]]
     assert main(args) != 0

@@ -256,10 +256,12 @@ def gnutls_cli(port: int, family: Family, *args: str) -> contextlib.AbstractAsyn
 # our peers
 
 
-def server_context(table: MemoryPSKTable, family: Family, rsa_cert: tuple[bytes, bytes]) -> TLSContext:
+def server_context(table: MemoryPSKTable, family: Family, rsa_cert: tuple[bytes, bytes], *,
+                   reveal: bool = False) -> TLSContext:
     certificate = CertificateConfig(*rsa_cert) if family.profile.needs_certificate else None
     return TLSContext.server(ServerConfig(psk_lookup=table.lookup, profiles=(family.profile,),
-                                          identity_hint=HOME_GATEWAY_CSE_ID, certificate=certificate))
+                                          identity_hint=HOME_GATEWAY_CSE_ID, certificate=certificate,
+                                          reveal_unknown_psk_identity=reveal))
 
 
 def client_context(family: Family) -> TLSContext:

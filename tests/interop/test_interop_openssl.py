@@ -91,28 +91,34 @@ async def test_engine_client_to_s_server(family: Family, peer_files: PeerFiles) 
 
 
 @pytest.mark.parametrize(
-    ("family", "identity", "key", "client_sees", "server_logs"),
+    ("family", "identity", "key", "client_sees", "server_logs", "reveal"),
     [
-        pytest.param(ONEM2M, "nobody@in.provider.com", LIGHT1_KEY, rb"alert unknown psk identity",
-                     "unknown psk identity", id="unknown-identity"),
-        pytest.param(ONEM2M, LIGHT1_ID, LIGHT2_KEY, rb"alert bad record mac", "bad record mac", id="wrong-key"),
-        pytest.param(ONEM2M, b"\xff\xfe@x", LIGHT1_KEY, rb"alert unknown psk identity",
-                     "psk identity is not valid UTF-8", id="non-utf8-identity"),
-        # TLS 1.3 (RFC 8446 §4.2.11): no acceptable PSK -> handshake_failure; a wrong key fails the binder
-        pytest.param(TLS13, "nobody@in.provider.com", LIGHT1_KEY, rb"alert handshake failure",
-                     "unknown psk identity", id="tls13-unknown-identity"),
+        # RFC 4279 §2 hiding (the default): an unknown identity fails as a wrong key does, the server knows why
+        pytest.param(ONEM2M, "nobody@in.provider.com", LIGHT1_KEY, rb"alert bad record mac",
+                     "unknown psk identity", False, id="unknown-identity"),
+        pytest.param(ONEM2M, LIGHT1_ID, LIGHT2_KEY, rb"alert bad record mac", "bad record mac", False, id="wrong-key"),
+        pytest.param(ONEM2M, b"\xff\xfe@x", LIGHT1_KEY, rb"alert bad record mac",
+                     "psk identity is not valid UTF-8", False, id="non-utf8-identity"),
+        # TLS 1.3 (RFC 8446 §4.2.11): a wrong key fails the binder (decrypt_error), and so does an unknown identity
+        pytest.param(TLS13, "nobody@in.provider.com", LIGHT1_KEY, rb"alert decrypt error",
+                     "unknown psk identity", False, id="tls13-unknown-identity"),
         pytest.param(TLS13, LIGHT1_ID, LIGHT2_KEY, rb"alert decrypt error", "binder does not verify",
-                     id="tls13-wrong-key"),
-        pytest.param(TLS13, b"\xff\xfe@x", LIGHT1_KEY, rb"alert handshake failure",
-                     "psk identity is not valid UTF-8", id="tls13-non-utf8-identity"),
+                     False, id="tls13-wrong-key"),
+        pytest.param(TLS13, b"\xff\xfe@x", LIGHT1_KEY, rb"alert decrypt error",
+                     "psk identity is not valid UTF-8", False, id="tls13-non-utf8-identity"),
+        # --reveal-unknown-psk-identity: the alerts OpenSSL sends when the callback refuses the identity
+        pytest.param(ONEM2M, "nobody@in.provider.com", LIGHT1_KEY, rb"alert unknown psk identity",
+                     "unknown psk identity", True, id="reveal-unknown-identity"),
+        pytest.param(TLS13, "nobody@in.provider.com", LIGHT1_KEY, rb"alert handshake failure",
+                     "unknown psk identity", True, id="reveal-tls13-unknown-identity"),
     ],
 )
 async def test_s_client_rejected_then_server_keeps_serving(
-    family: Family, identity: str | bytes, key: str, client_sees: bytes, server_logs: str,
+    family: Family, identity: str | bytes, key: str, client_sees: bytes, server_logs: str, reveal: bool,
     table: MemoryPSKTable, rsa_cert: tuple[bytes, bytes], caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="m2msec.transport")
-    async with echo_server(server_context(table, family, rsa_cert)) as server:
+    async with echo_server(server_context(table, family, rsa_cert, reveal=reveal)) as server:
         async with s_client(server.port, *family.openssl_args, identity=identity, key=key) as peer:
             assert await peer.wait() == 1
             assert re.search(client_sees, peer.output), peer.output.decode(errors="replace")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
@@ -89,15 +90,83 @@ def test_session_ids_differ_between_connections(table: MemoryPSKTable) -> None:
     assert a.session is not None and b.session is not None and a.session.session_id != b.session.session_id
 
 
-def test_unknown_identity_is_refused_with_the_alert(table: MemoryPSKTable) -> None:
+def failed_handshake(server: TLSContext, client: TLSContext) -> tuple[HandshakeFailed, HandshakeFailed, bytes]:
+    """Run a handshake that fails; returns the server's error, the client's error and the server's last flight
+    before its alert (its length and record types are what a scanner sees)."""
+    s, c = server.connection(), client.connection()
+    srv: HandshakeFailed | None = None
+    flight = b""
+    to_server = c.data_to_send()
+    for _ in range(10):
+        try:
+            s.receive_data(to_server)
+        except HandshakeFailed as exc:
+            srv = exc
+        out = s.data_to_send()
+        if srv is None:
+            flight = out
+        with pytest.raises(HandshakeFailed) if srv is not None else contextlib.nullcontext() as cli:
+            c.receive_data(out)
+        if srv is not None or c.state is ConnectionState.FAILED:
+            assert cli is not None and srv is not None
+            return srv, cli.value, flight
+        to_server = c.data_to_send()
+    raise AssertionError("the handshake did not fail")
+
+
+def _records(flight: bytes) -> list[tuple[int, int]]:
+    """(content type, length) of each TLS record: a ServerHello flight's shape, without its random values."""
+    out, pos = [], 0
+    while pos + 5 <= len(flight):
+        length = int.from_bytes(flight[pos + 3 : pos + 5], "big")
+        out.append((flight[pos], length))
+        pos += 5 + length
+    return out
+
+
+@pytest.mark.parametrize(("profile", "alert"), [(ONEM2M_PSK, "bad_record_mac"), (ECDHE_PSK, "bad_record_mac"),
+                                                (TLS13_PSK, "decrypt_error")], ids=lambda p: getattr(p, "name", p))
+def test_unknown_identity_fails_like_a_wrong_key(table: MemoryPSKTable, profile: object, alert: str) -> None:
+    """RFC 4279 §2 hiding (the default): a client cannot tell an unknown identity from a wrong key."""
+    unknown = failed_handshake(*contexts(table, (profile,), identity="nobody@in.provider.com"))  # type: ignore[arg-type]
+    wrong = failed_handshake(*contexts(table, (profile,), key="0000000000000000"))  # type: ignore[arg-type]
+    assert unknown[1].alert == wrong[1].alert == alert  # what the client is told
+    assert unknown[1].reason == wrong[1].reason
+    if profile is not TLS13_PSK:  # TLS 1.3 encrypts the rest of the flight: only the alert is in clear
+        assert _records(unknown[2]) == _records(wrong[2])
+    assert unknown[0].reason == "unknown psk identity" and unknown[0].alert == alert  # the server knows
+    assert wrong[0].reason != "unknown psk identity"
+
+
+def test_unknown_identity_decoy_is_stable_and_never_completes(table: MemoryPSKTable) -> None:
     server, client = contexts(table, (ONEM2M_PSK,), identity="nobody@in.provider.com")
+    first = failed_handshake(server, client)
+    again = failed_handshake(server, client)
+    assert first[0].reason == again[0].reason == "unknown psk identity"
+    assert first[1].alert == again[1].alert == "bad_record_mac"
+
+
+@pytest.mark.parametrize(("profile", "alert"), [(ONEM2M_PSK, "unknown_psk_identity"),
+                                                (TLS13_PSK, "handshake_failure")], ids=lambda p: getattr(p, "name", p))
+def test_reveal_option_restores_the_unknown_identity_alert(table: MemoryPSKTable, profile: object,
+                                                           alert: str) -> None:
+    server, client = contexts(table, (profile,), identity="nobody@in.provider.com",  # type: ignore[arg-type]
+                              reveal_unknown_psk_identity=True)
+    srv, cli, _ = failed_handshake(server, client)
+    assert srv.reason == "unknown psk identity" and srv.alert == cli.alert == alert
+
+
+def test_unknown_identity_is_refused_with_the_alert(table: MemoryPSKTable) -> None:
+    server, client = contexts(table, (ONEM2M_PSK,), identity="nobody@in.provider.com",
+                              reveal_unknown_psk_identity=True)
     with pytest.raises(HandshakeFailed) as info:
         handshake_pair(server, client)
     assert info.value.alert == "unknown_psk_identity"
 
 
 def test_unknown_identity_alert_reaches_the_client(table: MemoryPSKTable) -> None:
-    server, client = contexts(table, (ONEM2M_PSK,), identity="nobody@in.provider.com")
+    server, client = contexts(table, (ONEM2M_PSK,), identity="nobody@in.provider.com",
+                              reveal_unknown_psk_identity=True)
     s, c = server.connection(), client.connection()
     s.receive_data(c.data_to_send())
     with pytest.raises(HandshakeFailed) as srv_err:
@@ -235,7 +304,7 @@ def test_no_key_material_in_reprs(table: MemoryPSKTable) -> None:
 
 
 def test_tls13_unknown_identity_reports_the_alert_actually_sent(table: MemoryPSKTable) -> None:
-    server, client = contexts(table, (TLS13_PSK,), identity="nobody@in.provider.com")
+    server, client = contexts(table, (TLS13_PSK,), identity="nobody@in.provider.com", reveal_unknown_psk_identity=True)
     s, c = server.connection(), client.connection()
     with pytest.raises(HandshakeFailed) as srv:
         s.receive_data(c.data_to_send())

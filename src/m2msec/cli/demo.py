@@ -89,8 +89,8 @@ async def run(args: argparse.Namespace) -> int:
         cases: list[tuple[str, tuple[str, str, str | None], str, str | None, str]] = [
             ("ADN-AE1 with its own KpsaID, From Clight-AE1", LIGHT1, "Clight-AE1", None, "forwarded, rsc 2000"),
             ("ADN-AE2 pretending to be Clight-AE1", LIGHT2, "Clight-AE1", None, "refused, HTTP 403 rsc 4106"),
-            ("unknown KpsaID", ("nobody@in.provider.com", "00112233", None), "Cx", None,
-             "handshake refused (unknown_psk_identity)"),
+            ("unknown KpsaID (answered as a wrong key, RFC 4279 §2)", ("nobody@in.provider.com", "00112233", None),
+             "Cx", None, "handshake refused (bad_record_mac)"),
             ("ADN-AE1 with a wrong Kpsa", LIGHT1, "Clight-AE1", "0badc0de0badc0de", "handshake refused"),
             ("TD_M2M_SE_01 KpsaID with no bound AE-ID", TD_M2M_SE_01, "CAE01", None, "refused, HTTP 403 rsc 4106"),
         ]

@@ -13,12 +13,17 @@ from typing import Any
 from m2msec.crl import CRLFile
 from m2msec.errors import ConfigurationError
 from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
+from m2msec.gateway.limits import DEFAULT_BODY_BUDGET, DEFAULT_WRITE_TIMEOUT, fit_connection_cap
 from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME
 from m2msec.gateway.rules import UnboundPolicy
 from m2msec.gateway.server import Gateway, GatewayConfig, parse_backend
 from m2msec.keys.table import PSKTable, TomlPSKTable, check_file_permissions
 from m2msec.tls.engine import CertificateConfig
 from m2msec.tls.profiles import parse_profiles
+from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE
+
+#: --max-connections when not given (lowered to what the file-descriptor limit allows)
+DEFAULT_MAX_CONNECTIONS = 10000
 
 
 def add_parser(sub: Any) -> None:
@@ -55,8 +60,21 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--sp-id", help="the gateway's SP-ID (//domain or domain); required with ecdhe-ecdsa or "
                    "ecdhe-ecdsa-dtls: certificates of other SPs keep their absolute AE-ID/CSE-ID only")
     p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
-    p.add_argument("--max-connections", type=int, default=10000, metavar="N",
-                   help="open TLS connections beyond which new ones are reset (default 10000)")
+    p.add_argument("--max-connections", type=int, default=None, metavar="N",
+                   help=f"open TLS connections beyond which new ones are reset (default {DEFAULT_MAX_CONNECTIONS}, "
+                   "lowered to what the file-descriptor limit allows); refused at start above that limit")
+    p.add_argument("--max-body-memory", type=int, default=DEFAULT_BODY_BUDGET, metavar="BYTES",
+                   help="request-body bytes all connections together may hold; over it, 503 / rsc 5000 "
+                   f"(default {DEFAULT_BODY_BUDGET})")
+    p.add_argument("--write-timeout", type=float, default=DEFAULT_WRITE_TIMEOUT, metavar="SECONDS",
+                   help=f"a client that does not read its response within this is dropped (default "
+                   f"{DEFAULT_WRITE_TIMEOUT:g})")
+    p.add_argument("--max-handshakes-per-source", type=int, default=DEFAULT_MAX_HANDSHAKES_PER_SOURCE, metavar="N",
+                   help="TLS connections and DTLS peers one source (IPv4 address, IPv6 /64) may have in their "
+                   f"handshake at once (default {DEFAULT_MAX_HANDSHAKES_PER_SOURCE})")
+    p.add_argument("--reveal-unknown-psk-identity", action="store_true",
+                   help="answer an unknown PSK identity with unknown_psk_identity (debugging) instead of failing "
+                   "as for a wrong key (RFC 4279 §2, the default)")
     p.add_argument("--max-sa-lifetime", type=float, default=DEFAULT_MAX_SA_LIFETIME, metavar="SECONDS",
                    help=f"an SA older than this is closed at its next request (default {DEFAULT_MAX_SA_LIFETIME:g})")
     p.add_argument("--quiet", action="store_const", dest="log_level", const=logging.WARNING,
@@ -123,10 +141,18 @@ async def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("--handshake-timeout must be positive")
     if not args.max_sa_lifetime > 0:
         raise ConfigurationError("--max-sa-lifetime must be positive")
-    if args.max_connections < 1:
+    if args.max_connections is not None and args.max_connections < 1:
         raise ConfigurationError("--max-connections must be at least 1")
+    if args.max_body_memory < 1:
+        raise ConfigurationError("--max-body-memory must be at least 1")
+    if args.write_timeout <= 0:
+        raise ConfigurationError("--write-timeout must be positive")
+    if args.max_handshakes_per_source < 1:
+        raise ConfigurationError("--max-handshakes-per-source must be at least 1")
     if args.backend is None and args.coap_backend is None:
         raise ConfigurationError("give --backend (HTTP), --coap-backend (CoAP) or both")
+    if args.backend is not None:
+        parse_backend(args.backend)  # a bad URL is reported before anything is adjusted or started
     args.sp_id = _sp_id(args)
     certificate, crls = _certificate(args)  # read once, shared by the HTTP and coaps sides
     services: list[Gateway | CoapsGateway] = []
@@ -136,16 +162,20 @@ async def run(args: argparse.Namespace) -> int:
             raise ConfigurationError("coaps:// needs a PSK table (--psk-table or --db) or the ecdhe-ecdsa-dtls profile")
         chost, cport = parse_hostport(args.coaps_listen)
         bhost, bport = parse_hostport(args.coap_backend)
-        coaps = CoapsGateway(CoapsConfig(backend_host=bhost, backend_port=bport, host=chost, port=cport,
-                                         profiles=coaps_profiles, identity_hint=args.identity_hint,
-                                         unbound_policy=UnboundPolicy(args.unbound), cse_id=args.cse_id,
-                                         sp_id=args.sp_id,
-                                         handshake_timeout=args.handshake_timeout, certificate=certificate,
-                                         max_sa_lifetime=args.max_sa_lifetime),
-                             table, crls=crls)
+        coaps_config = CoapsConfig(backend_host=bhost, backend_port=bport, host=chost, port=cport,
+                                   profiles=coaps_profiles, identity_hint=args.identity_hint,
+                                   unbound_policy=UnboundPolicy(args.unbound), cse_id=args.cse_id, sp_id=args.sp_id,
+                                   handshake_timeout=args.handshake_timeout, certificate=certificate,
+                                   reveal_unknown_psk_identity=args.reveal_unknown_psk_identity,
+                                   max_handshaking_per_source=args.max_handshakes_per_source,
+                                   max_sa_lifetime=args.max_sa_lifetime)
+        _fit_file_descriptors(args, coaps_config.max_peers)
+        coaps = CoapsGateway(coaps_config, table, crls=crls)
         await coaps.start()
         print(f"m2msec coaps gateway on {chost}:{coaps.port} -> coap://{bhost}:{bport}", flush=True)
         services.append(coaps)
+    else:
+        _fit_file_descriptors(args, 0)
     if args.backend is not None:
         services.append(await _start_http(args, host, port, table, certificate, crls))
     loop = asyncio.get_running_loop()
@@ -159,6 +189,15 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_file_descriptors(args: argparse.Namespace, coaps_peers: int) -> None:
+    """Refuse caps above RLIMIT_NOFILE (raising the soft limit if that is enough); fix args.max_connections."""
+    wanted = args.max_connections if args.backend is not None else 0
+    cap = fit_connection_cap(wanted, DEFAULT_MAX_CONNECTIONS, coaps_peers)
+    args.lowered_max_connections = args.max_connections is None and cap < DEFAULT_MAX_CONNECTIONS
+    if args.max_connections is None and args.backend is not None:
+        args.max_connections = cap
+
+
 async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSKTable | None,
                       certificate: CertificateConfig | None, crls: CRLFile | None) -> Gateway:
     config = GatewayConfig(
@@ -170,12 +209,19 @@ async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSK
         unbound_policy=UnboundPolicy(args.unbound),
         handshake_timeout=args.handshake_timeout,
         max_connections=args.max_connections,
+        max_body_memory=args.max_body_memory,
+        write_timeout=args.write_timeout,
+        max_handshakes_per_source=args.max_handshakes_per_source,
         certificate=certificate,
         cse_id=args.cse_id,
         sp_id=args.sp_id,
         max_sa_lifetime=args.max_sa_lifetime,
+        reveal_unknown_psk_identity=args.reveal_unknown_psk_identity,
     )
     gateway = Gateway(config, table, crls=crls)
     await gateway.start()
+    if args.lowered_max_connections:  # said once serving, so that a refused start stays a one-line error
+        logging.getLogger("m2msec.gateway").info("--max-connections lowered to %d to fit the file-descriptor limit",
+                                                 config.max_connections)
     print(f"m2msec gateway on {host}:{gateway.port} -> {config.backend}", flush=True)
     return gateway

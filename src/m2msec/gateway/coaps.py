@@ -29,6 +29,7 @@ from m2msec.keys.table import PSKTable
 from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
 from m2msec.tls.profiles import ONEM2M_DTLS_PSK, CipherProfile
 from m2msec.transport.dtls import DTLSServerProtocol, start_dtls_server
+from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE
 
 __all__ = ["CoapsConfig", "CoapsGateway"]
 
@@ -56,6 +57,9 @@ class CoapsConfig:
     reload_interval: float = 1.0
     #: seconds after which an SA is closed at its next request (docs/decisions.md D28)
     max_sa_lifetime: float = DEFAULT_MAX_SA_LIFETIME
+    max_handshaking_per_source: int = DEFAULT_MAX_HANDSHAKES_PER_SOURCE
+    #: tell clients their PSK identity is unknown instead of staying silent as for a wrong key (RFC 4279 §2)
+    reveal_unknown_psk_identity: bool = False
 
 
 class _Backend(asyncio.DatagramProtocol):
@@ -162,7 +166,8 @@ class CoapsGateway:
         self.resolver = resolver
         self.context = TLSContext.dtls_server(
             ServerConfig(table.lookup if table is not None else None, profiles=config.profiles,
-                         identity_hint=config.identity_hint, certificate=config.certificate),
+                         identity_hint=config.identity_hint, certificate=config.certificate,
+                         reveal_unknown_psk_identity=config.reveal_unknown_psk_identity),
             cookie_secret=cookie_secret,
         )
         self.revocation = Revocation(table, crls, max_lifetime=config.max_sa_lifetime)
@@ -182,6 +187,7 @@ class CoapsGateway:
                 lambda: _PeerRelay(self), cfg.host, cfg.port, self.context,
                 handshake_timeout=cfg.handshake_timeout, idle_timeout=cfg.idle_timeout,
                 max_peers=cfg.max_peers, max_handshaking=cfg.max_handshaking,
+                max_handshaking_per_source=cfg.max_handshaking_per_source,
             )
         except OSError as exc:
             from m2msec.errors import ConfigurationError

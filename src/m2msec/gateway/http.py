@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 
 import h11
 
+from m2msec.gateway.limits import BodyBudget
+
 __all__ = [
     "DEFAULT_MAX_BODY",
+    "BodyBudget",
     "HTTPError",
     "Message",
     "read_message",
@@ -26,11 +29,14 @@ _READ = 65536
 
 
 class HTTPError(Exception):
-    """The peer sent something that is not acceptable HTTP/1.1, or closed mid-message."""
+    """The peer sent something that is not acceptable HTTP/1.1, closed mid-message, or did not read in time.
 
-    def __init__(self, message: str, *, too_large: bool = False) -> None:
+    ``too_large``: the body exceeds ``max_body``; ``busy``: the process-wide :class:`BodyBudget` is spent."""
+
+    def __init__(self, message: str, *, too_large: bool = False, busy: bool = False) -> None:
         super().__init__(message)
         self.too_large = too_large
+        self.busy = busy
 
 
 @dataclass
@@ -66,9 +72,13 @@ async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> obj
 
 
 async def read_message(
-    conn: h11.Connection, reader: asyncio.StreamReader, *, max_body: int = DEFAULT_MAX_BODY
+    conn: h11.Connection, reader: asyncio.StreamReader, *, max_body: int = DEFAULT_MAX_BODY,
+    budget: BodyBudget | None = None,
 ) -> Message | None:
-    """Read one whole message. Returns None when the peer closed cleanly between messages."""
+    """Read one whole message. Returns None when the peer closed cleanly between messages.
+
+    With ``budget``, the body's bytes are reserved in it as they arrive; the caller releases
+    ``len(msg.body)`` when done with the message. On any failure the reservation is released here."""
     event = await _next_event(conn, reader)
     if isinstance(event, h11.ConnectionClosed):
         return None
@@ -91,19 +101,26 @@ async def read_message(
         raise HTTPError(f"body of {declared} bytes exceeds the {max_body}-byte limit", too_large=True)
     chunks: list[bytes] = []
     size = 0
-    while True:
-        event = await _next_event(conn, reader)
-        if isinstance(event, h11.Data):
-            size += len(event.data)
-            if size > max_body:
-                raise HTTPError(f"body exceeds the {max_body}-byte limit", too_large=True)
-            chunks.append(bytes(event.data))
-        elif isinstance(event, h11.EndOfMessage):
-            break
-        elif isinstance(event, h11.ConnectionClosed):
-            raise HTTPError("connection closed in the middle of a message")
-        else:
-            raise HTTPError(f"unexpected HTTP event {type(event).__name__}")
+    try:
+        while True:
+            event = await _next_event(conn, reader)
+            if isinstance(event, h11.Data):
+                if size + len(event.data) > max_body:
+                    raise HTTPError(f"body exceeds the {max_body}-byte limit", too_large=True)
+                if budget is not None and not budget.reserve(len(event.data)):
+                    raise HTTPError("the request-body memory of the gateway is in use", busy=True)
+                size += len(event.data)
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise HTTPError("connection closed in the middle of a message")
+            else:
+                raise HTTPError(f"unexpected HTTP event {type(event).__name__}")
+    except BaseException:  # a timeout or cancellation too: what this message reserved goes back
+        if budget is not None:
+            budget.release(size)
+        raise
     msg.body = b"".join(chunks)
     return msg
 
@@ -114,8 +131,13 @@ def _encode_headers(headers: list[tuple[str, str]], body: bytes) -> list[tuple[b
     return out
 
 
-async def send_message(conn: h11.Connection, writer: asyncio.StreamWriter, msg: Message) -> None:
-    """Send one whole message (content-length set from the body)."""
+async def send_message(conn: h11.Connection, writer: asyncio.StreamWriter, msg: Message, *,
+                       timeout: float | None = None) -> None:
+    """Send one whole message (content-length set from the body).
+
+    Raises:
+        HTTPError: also when the peer has not read it within ``timeout`` seconds; the connection is then
+            aborted (closing it would keep the unread bytes buffered until the peer reads them)."""
     headers = _encode_headers(msg.headers, msg.body)
     if msg.method:
         head: h11.Request | h11.Response = h11.Request(method=msg.method, target=msg.target, headers=headers)
@@ -129,7 +151,12 @@ async def send_message(conn: h11.Connection, writer: asyncio.StreamWriter, msg: 
     except h11.LocalProtocolError as exc:
         raise HTTPError(f"cannot send this message: {exc}") from None
     writer.write(data)
-    await writer.drain()
+    try:
+        async with asyncio.timeout(timeout):
+            await writer.drain()
+    except TimeoutError:
+        writer.transport.abort()
+        raise HTTPError(f"the peer did not read {len(data)} bytes within {timeout} s") from None
 
 
 async def request(

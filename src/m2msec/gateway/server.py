@@ -31,6 +31,13 @@ from m2msec.errors import (
 )
 from m2msec.gateway import http
 from m2msec.gateway.headers import check_request_headers, normalize_header_name, strip_gateway_headers
+from m2msec.gateway.limits import (
+    DEFAULT_BODY_BUDGET,
+    DEFAULT_WRITE_TIMEOUT,
+    RETRY_AFTER,
+    BodyBudget,
+    GatewayBusy,
+)
 from m2msec.gateway.reload import side_reloader
 from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME, Revocation
 from m2msec.gateway.rules import (
@@ -46,6 +53,7 @@ from m2msec.gateway.rules import (
 from m2msec.keys.table import PSKTable
 from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, CertificateConfig, ServerConfig, SessionInfo, TLSContext
 from m2msec.tls.profiles import CipherProfile
+from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE
 from m2msec.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimiter, start_stream_server
 
 __all__ = ["Backend", "Gateway", "GatewayConfig", "parse_backend"]
@@ -94,9 +102,15 @@ class GatewayConfig:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     #: open connections (handshaking or established) beyond which new ones are reset at once
     max_connections: int = 10000
+    #: connections one source (IPv4 address, IPv6 /64) may have in their handshake at once (D31)
+    max_handshakes_per_source: int = DEFAULT_MAX_HANDSHAKES_PER_SOURCE
     idle_timeout: float = 60.0
     backend_timeout: float = 30.0
     max_body: int = http.DEFAULT_MAX_BODY
+    #: request-body bytes all connections together may hold; over it, 503 / rsc 5000 (D33)
+    max_body_memory: int = DEFAULT_BODY_BUDGET
+    #: seconds a response may wait for a client that does not read it; then the connection is dropped
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT
     reload_interval: float = 1.0
     #: the gateway's certificate credential (rsa-psk, ecdhe-ecdsa) and the client CAs for certificate clients
     certificate: CertificateConfig | None = None
@@ -106,6 +120,8 @@ class GatewayConfig:
     sp_id: str | None = None
     #: seconds after which an SA is closed at its next request (docs/decisions.md D28)
     max_sa_lifetime: float = DEFAULT_MAX_SA_LIFETIME
+    #: tell clients their PSK identity is unknown instead of failing as for a wrong key (RFC 4279 §2, D34)
+    reveal_unknown_psk_identity: bool = False
 
 
 def _onem2m_error_response(exc: OneM2MError, request_id: str | None) -> http.Message:
@@ -132,9 +148,12 @@ class Gateway:
                 profiles=config.profiles,
                 identity_hint=config.identity_hint,
                 certificate=config.certificate,
+                reveal_unknown_psk_identity=config.reveal_unknown_psk_identity,
             )
         )
-        self.limiter = ConnectionLimiter(config.max_connections)
+        self.limiter = ConnectionLimiter(config.max_connections,
+                                         per_source_handshakes=config.max_handshakes_per_source)
+        self.body_budget = BodyBudget(config.max_body_memory)
         self.revocation = Revocation(table, crls, max_lifetime=config.max_sa_lifetime)
         self._reloader = side_reloader(table, crls, self.context, config.reload_interval)
         self._server: asyncio.Server | None = None
@@ -186,24 +205,24 @@ class Gateway:
             while True:
                 try:
                     async with asyncio.timeout(self.config.idle_timeout):  # no extra task, unlike wait_for
-                        req = await http.read_message(conn, reader, max_body=self.config.max_body)
+                        req = await http.read_message(conn, reader, max_body=self.config.max_body,
+                                                      budget=self.body_budget)
                 except TimeoutError:
                     break
                 except http.HTTPError as exc:
-                    detail = "request body too large" if exc.too_large else "malformed HTTP request"
                     log.info("bad request from %s (%s): %s", peer, sa.credential, exc)
                     if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                        resp = _onem2m_error_response(BadRequest(detail), None)
-                        if exc.too_large:
-                            resp.status, resp.reason = 413, HTTPStatus(413).phrase
-                        resp.headers.append(("connection", "close"))
+                        resp = self._refusal(exc)
                         with contextlib.suppress(http.HTTPError, ConnectionError):
-                            await http.send_message(conn, writer, resp)
+                            await http.send_message(conn, writer, resp, timeout=self.config.write_timeout)
                     break
                 if req is None:
                     break
-                resp = guard.refuse_http(req, peer) or await self._process(req, sa, peer)
-                await http.send_message(conn, writer, resp)
+                try:
+                    resp = guard.refuse_http(req, peer) or await self._process(req, sa, peer)
+                finally:
+                    self.body_budget.release(len(req.body))
+                await http.send_message(conn, writer, resp, timeout=self.config.write_timeout)
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     break
                 try:
@@ -217,6 +236,19 @@ class Gateway:
         finally:
             self._clients.discard(task)
             writer.close()
+
+    @staticmethod
+    def _refusal(exc: http.HTTPError) -> http.Message:
+        if exc.busy:  # the request is fine, the gateway is momentarily full (D33)
+            resp = _onem2m_error_response(GatewayBusy("the gateway is busy, retry later"), None)
+            resp.headers.append(("retry-after", str(RETRY_AFTER)))
+        else:
+            resp = _onem2m_error_response(BadRequest("request body too large" if exc.too_large
+                                                     else "malformed HTTP request"), None)
+            if exc.too_large:
+                resp.status, resp.reason = 413, HTTPStatus(413).phrase
+        resp.headers.append(("connection", "close"))
+        return resp
 
     async def _process(self, req: http.Message, sa: SecurityAssociation, peer: object) -> http.Message:
         try:

@@ -21,9 +21,11 @@ does not expose (pyca/pyopenssl#704 declined a public API; pyca/cryptography#408
 contract test runs it. Versions are pinned in ``pyproject.toml``.
 
 Server side, the PSK callback runs synchronously inside the handshake (OpenSSL has no asynchronous
-PSK callback): the lookup must be an in-memory or local-store read. An unknown identity makes the
-callback return 0, which OpenSSL turns into an ``unknown_psk_identity`` alert; an exception raised by
-the lookup is logged (type only) and treated the same way, so it never escapes as a traceback.
+PSK callback): the lookup must be an in-memory or local-store read. An unknown identity gets a decoy
+key (:mod:`m2msec.tls.psk_hiding`, RFC 4279 §2), so the client sees the failure a wrong key causes and
+cannot enumerate identities; ``ServerConfig.reveal_unknown_psk_identity`` makes the callback return 0
+instead, which OpenSSL turns into an ``unknown_psk_identity`` alert. An exception raised by the lookup is
+logged (type only) and treated the same way, so it never escapes as a traceback.
 
 Key material never appears in ``repr``, logs or exception messages: keys are :class:`SecretKey`.
 """
@@ -31,10 +33,10 @@ Key material never appears in ``repr``, logs or exception messages: keys are :cl
 from __future__ import annotations
 
 import enum
-import hmac
 import ipaddress
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +48,9 @@ from OpenSSL import crypto as _crypto
 from m2msec.errors import ConfigurationError, HandshakeFailed, HandshakeTimeout, TLSProtocolError
 from m2msec.keys.secret import MAX_PSK_LENGTH, SecretKey
 from m2msec.keys.table import PSKEntry
+from m2msec.tls.cookies import CookieJar
 from m2msec.tls.profiles import ECDHE_PSK, ONEM2M_PSK, CipherProfile
+from m2msec.tls.psk_hiding import decoy_psk
 
 __all__ = [
     "DEFAULT_CLIENT_PROFILES",
@@ -209,12 +213,15 @@ class ServerConfig:
         identity_hint: RFC 4279 §5.1 PSK identity hint sent in ServerKeyExchange (TLS 1.2).
         certificate: the server's certificate credential; needed by the ``rsa-psk`` profile (an RSA key)
             and by ``ecdhe-ecdsa`` (a P-256 key, plus trust anchors for the clients' certificates).
+        reveal_unknown_psk_identity: tell a client that its identity is unknown (``unknown_psk_identity``)
+            instead of failing as for a wrong key (RFC 4279 §2 hiding, the default); for debugging.
     """
 
     psk_lookup: PSKLookup | None
     profiles: tuple[CipherProfile, ...] = DEFAULT_SERVER_PROFILES
     identity_hint: str | None = None
     certificate: CertificateConfig | None = None
+    reveal_unknown_psk_identity: bool = False
 
 
 @dataclass(frozen=True)
@@ -313,7 +320,7 @@ class TLSContext:
     """A configured OpenSSL context for TLS (or DTLS 1.2); build once, then make connections from it."""
 
     def __init__(self, config: ServerConfig | ClientConfig, *, dtls: bool = False,
-                 cookie_secret: bytes | None = None) -> None:
+                 cookie_secret: bytes | None = None, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.is_server = isinstance(config, ServerConfig)
         self.dtls = dtls
@@ -352,7 +359,7 @@ class TLSContext:
         if dtls:
             ctx.set_options(SSL.OP_NO_QUERY_MTU)  # the adapter sets the MTU per connection
             if self.is_server:
-                self._cookie_secret = cookie_secret or os.urandom(32)
+                self._cookies = CookieJar(cookie_secret or os.urandom(32), clock=clock)
                 ctx.set_cookie_generate_callback(self._make_cookie)
                 ctx.set_cookie_verify_callback(self._check_cookie)
         self._ctx = ctx
@@ -368,26 +375,27 @@ class TLSContext:
         return cls(config)
 
     @classmethod
-    def dtls_server(cls, config: ServerConfig, *, cookie_secret: bytes | None = None) -> TLSContext:
+    def dtls_server(cls, config: ServerConfig, *, cookie_secret: bytes | None = None,
+                    clock: Callable[[], float] = time.time) -> TLSContext:
         """A DTLS 1.2 server context. ``cookie_secret`` keys the stateless HelloVerifyRequest cookies (RFC 6347
-        §4.2.1); share it between instances behind one address, else a random one is made."""
-        return cls(config, dtls=True, cookie_secret=cookie_secret)
+        §4.2.1); share it between instances behind one address, else a random one is made. Cookies expire
+        after :data:`~m2msec.tls.cookies.COOKIE_LIFETIME` seconds of ``clock`` (wall time by default)."""
+        return cls(config, dtls=True, cookie_secret=cookie_secret, clock=clock)
 
     @classmethod
     def dtls_client(cls, config: ClientConfig) -> TLSContext:
         return cls(config, dtls=True)
 
-    # -- DTLS cookies (RFC 6347 §4.2.1): HMAC over the client's transport address, nothing stored
-    def _cookie_for(self, conn: SSL.Connection) -> bytes:
-        owner = conn.get_app_data()
-        peer = repr(getattr(owner, "peer", None)).encode()
-        return hmac.new(self._cookie_secret, peer, "sha256").digest()[:16]
+    # -- DTLS cookies (RFC 6347 §4.2.1): HMAC over the client's transport address and the time, nothing stored
+    @staticmethod
+    def _cookie_peer(conn: SSL.Connection) -> bytes:
+        return repr(getattr(conn.get_app_data(), "peer", None)).encode()
 
     def _make_cookie(self, conn: SSL.Connection) -> bytes:
-        return self._cookie_for(conn)
+        return self._cookies.make(self._cookie_peer(conn))
 
     def _check_cookie(self, conn: SSL.Connection, cookie: bytes) -> bool:
-        return hmac.compare_digest(cookie, self._cookie_for(conn))
+        return self._cookies.check(cookie, self._cookie_peer(conn))
 
     # -- server
     def _configure_server(self, ctx: SSL.Context, config: ServerConfig) -> None:
@@ -419,6 +427,8 @@ class TLSContext:
                 raise ConfigurationError("identity hint must be at most 256 bytes without NUL")
             _lib.SSL_CTX_use_psk_identity_hint(ctx._context, hint)
         lookup: PSKLookup = config.psk_lookup
+        hide = not config.reveal_unknown_psk_identity
+        decoy_secret = os.urandom(32)
 
         @_ffi.callback("unsigned int(SSL *, char *, unsigned char *, unsigned int)", error=0)  # type: ignore[untyped-decorator]
         def _server_cb(ssl: Any, identity: Any, out: Any, max_len: int) -> int:
@@ -427,22 +437,28 @@ class TLSContext:
             if owner is None or identity == _ffi.NULL:
                 return 0
             raw = _ffi.string(identity)
+            key = decoy_psk(decoy_secret, raw)  # for every identity: known and unknown cost the same
+            entry: PSKEntry | None = None
             try:
                 ident = raw.decode("utf-8")
             except UnicodeDecodeError:
                 owner._psk_failure = "psk identity is not valid UTF-8"
-                return 0
-            owner._offered_identity = ident
-            try:
-                entry = lookup(ident)
-            except Exception as exc:  # any lookup failure rejects the handshake, never a traceback
-                log.error("PSK lookup raised %s for identity %r; handshake rejected", type(exc).__name__, ident)
-                owner._psk_failure = "psk lookup failed"
-                return 0
+            else:
+                owner._offered_identity = ident
+                try:
+                    entry = lookup(ident)
+                except Exception as exc:  # any lookup failure rejects the handshake, never a traceback
+                    log.error("PSK lookup raised %s for identity %r; handshake rejected", type(exc).__name__, ident)
+                    owner._psk_failure = "psk lookup failed"
+                else:
+                    if entry is None:
+                        owner._psk_failure = "unknown psk identity"
             if entry is None:
-                owner._psk_failure = "unknown psk identity"
-                return 0
-            key = entry.key.reveal()
+                if not hide:
+                    return 0
+                owner._psk_decoy = True  # RFC 4279 §2: go on as if the identity existed with another key
+            else:
+                key = entry.key.reveal()
             if len(key) > max_len:
                 owner._psk_failure = "psk too long for OpenSSL"
                 return 0
@@ -686,6 +702,7 @@ class TLSConnection:
         self.session: SessionInfo | None = None
         self._psk_entry: PSKEntry | None = None
         self._psk_failure: str | None = None
+        self._psk_decoy = False
         self._offered_identity: str | None = None
         self._identity_hint: str | None = None
         self._verify_failure: str | None = None
@@ -711,6 +728,12 @@ class TLSConnection:
     def offered_identity(self) -> str | None:
         """The psk_identity a client offered (server side), even when the handshake was then refused."""
         return self._offered_identity
+
+    @property
+    def psk_failure(self) -> str | None:
+        """Server side: why the offered PSK identity was refused (``"unknown psk identity"``, ...), also when
+        the client was not told (RFC 4279 §2 hiding: it sees a wrong-key failure, or, over DTLS, silence)."""
+        return self._psk_failure
 
     @property
     def psk_entry(self) -> PSKEntry | None:
@@ -908,7 +931,7 @@ class TLSConnection:
         reason = _reason(exc)
         if self._verify_failure is not None:
             return HandshakeFailed(self._verify_failure, alert=self._verify_alert)
-        if self._psk_failure is not None:
+        if self._psk_failure is not None and not self._psk_decoy:
             # TLS 1.2 (RFC 4279 §2) answers with unknown_psk_identity; OpenSSL's TLS 1.3 server falls back to
             # certificate authentication instead, has none, and sends handshake_failure.
             tls13 = self._ssl.get_protocol_version_name() == "TLSv1.3"
@@ -920,6 +943,10 @@ class TLSConnection:
             # TLS 1.2 reports a wrong key for a known identity only as a bad MAC on Finished (gotcha 10)
             alert = "bad_record_mac"
             reason = "bad record mac (wrong key?)"
+        elif "binder does not verify" in reason:
+            alert = "decrypt_error"  # TLS 1.3 wrong key (RFC 8446 §4.2.11)
+        if self._psk_failure is not None:  # a decoy key failed as a wrong key does; the server still says why
+            return HandshakeFailed(self._psk_failure, alert=alert)
         return HandshakeFailed(reason, alert=alert)
 
 

@@ -3,7 +3,8 @@
 The server side (:class:`DTLSServerProtocol`) keeps one :class:`~m2msec.tls.engine.DTLSConnection` per
 peer address, but only after the peer has returned a valid cookie (RFC 6347 §4.2.1): a ClientHello from a
 spoofed source costs one HelloVerifyRequest and no memory. Peers still in their handshake are capped
-(``max_handshaking``) and dropped after ``handshake_timeout``; established peers are capped
+(``max_handshaking``, and ``max_handshaking_per_source`` per source address, IPv6 per /64:
+:mod:`m2msec.transport.limits`) and dropped after ``handshake_timeout``; established peers are capped
 (``max_peers``) and evicted after ``idle_timeout``. Retransmission timers follow the engine's
 ``timeout()`` (RFC 6347 §4.2.4).
 
@@ -32,6 +33,7 @@ from m2msec.tls.engine import (
     SessionInfo,
     TLSContext,
 )
+from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE, SourceLimiter, source_of
 
 __all__ = ["DTLSPeerTransport", "DTLSServerProtocol", "create_dtls_endpoint", "start_dtls_server"]
 
@@ -198,12 +200,14 @@ class DTLSServerProtocol(_Endpoint):
         idle_timeout: float = 300.0,
         max_peers: int = 10000,
         max_handshaking: int = 1000,
+        max_handshaking_per_source: int = DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
     ) -> None:
         super().__init__(context, app_factory, mtu=mtu)
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
         self.max_peers = max_peers
         self.max_handshaking = max_handshaking
+        self.sources = SourceLimiter(max_handshaking_per_source)  # handshakes in progress per source
         self.peers: dict[Address, _Peer] = {}
         self.handshaking = 0
         self.dropped = 0  # datagrams refused because a cap was reached
@@ -237,10 +241,16 @@ class DTLSServerProtocol(_Endpoint):
         if conn.awaiting_cookie:
             self._send(conn.datagrams_to_send(), addr)
             return  # HelloVerifyRequest sent (or junk ignored), nothing kept
-        # the peer proved it receives at its address: now the caps on kept state apply
+        # the peer proved it receives at its address: now the caps on kept state apply, its source's first
+        source = source_of(addr)
+        if self.sources.held.get(source, 0) >= self.sources.limit:
+            self.sources.refused += 1
+            self.dropped += 1
+            return
         if self.handshaking >= self.max_handshaking or (peer is None and len(self.peers) >= self.max_peers):
             self.dropped += 1
             return
+        self.sources.acquire(source)
         self._send(conn.datagrams_to_send(), addr)
         if peer is not None:
             self._drop(peer)
@@ -253,6 +263,7 @@ class DTLSServerProtocol(_Endpoint):
 
     def _established(self, peer: _Peer, session: SessionInfo) -> None:
         self.handshaking -= 1
+        self.sources.release(source_of(peer.addr))
         log.info("DTLS SA with %s: psk_identity=%r %s", peer.addr, session.psk_identity, session.cipher)
 
     def _drop(self, peer: _Peer) -> None:
@@ -260,13 +271,16 @@ class DTLSServerProtocol(_Endpoint):
             del self.peers[peer.addr]
             if peer.conn.session is None:
                 self.handshaking -= 1
+                self.sources.release(source_of(peer.addr))
         super()._drop(peer)
 
     def _sweep(self) -> None:
         now = self.loop.time()
         for peer in list(self.peers.values()):
             if peer.conn.session is None and now - peer.started > self.handshake_timeout:
-                log.info("DTLS handshake from %s timed out", peer.addr)
+                # an unknown identity is answered as a wrong key is (RFC 4279 §2): silence, so it ends here
+                log.info("DTLS handshake from %s timed out (identity %r): %s", peer.addr, peer.conn.offered_identity,
+                         peer.conn.psk_failure or "no answer")
                 self._drop(peer)
             elif peer.conn.session is not None and now - peer.last_seen > self.idle_timeout:
                 if peer.transport is not None:

@@ -27,6 +27,7 @@ from m2msec.tls.engine import (
     TLSConnection,
     TLSContext,
 )
+from m2msec.transport.limits import SourceLimiter, source_of
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -138,6 +139,7 @@ class TLSAdapter(asyncio.Protocol):
         self.context = context
         self._limiter = limiter
         self._counted = False
+        self._source: str | None = None  # counted against limiter.sources while the handshake runs
         self._app_factory = app_factory
         self._timeout = handshake_timeout
         self.tls: TLSConnection = context.connection()
@@ -154,8 +156,18 @@ class TLSAdapter(asyncio.Protocol):
         self.raw_transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport is not a subclass
         self.peer = transport.get_extra_info("peername")
         if self._limiter is not None:
+            sources = self._limiter.sources
+            if sources is not None:  # first: a connection refused here must not take a global slot either
+                source = source_of(self.peer)
+                if not sources.acquire(source):
+                    log.warning("connection from %s refused: %d handshakes from %s in progress",
+                                self.peer, sources.limit, source)
+                    transport.abort()  # type: ignore[attr-defined]
+                    return
+                self._source = source
             if not self._limiter.acquire():
                 log.warning("connection from %s refused: %d connections open", self.peer, self._limiter.limit)
+                self._release_source()
                 transport.abort()  # type: ignore[attr-defined]
                 return
             self._counted = True
@@ -170,6 +182,7 @@ class TLSAdapter(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._release_source()
         if self._counted and self._limiter is not None:
             self._limiter.release()
             self._counted = False
@@ -190,6 +203,11 @@ class TLSAdapter(asyncio.Protocol):
             self.app.resume_writing()
 
     # -- internals
+    def _release_source(self) -> None:
+        if self._source is not None and self._limiter is not None and self._limiter.sources is not None:
+            self._limiter.sources.release(self._source)
+        self._source = None
+
     def flush(self) -> None:
         out = self.tls.data_to_send()
         if out and self.raw_transport is not None and not self.raw_transport.is_closing():
@@ -231,6 +249,7 @@ class TLSAdapter(asyncio.Protocol):
         for event in events:
             if isinstance(event, HandshakeCompleted):
                 self._cancel_timer()
+                self._release_source()
                 self.session = event.session
                 self._app_transport = TLSTransport(self)
                 self.app = self._app_factory()
@@ -249,14 +268,19 @@ class TLSAdapter(asyncio.Protocol):
 
 
 class ConnectionLimiter:
-    """Caps the connections a server keeps open (handshaking or not); over the cap they are reset at once."""
+    """Caps the connections a server keeps open (handshaking or not); over the cap they are reset at once.
 
-    def __init__(self, limit: int) -> None:
+    With ``per_source_handshakes``, each source (IPv4 address, IPv6 /64: :func:`~m2msec.transport.limits.source_of`)
+    may also have at most that many connections *in their handshake* (:attr:`sources`); one over it is reset
+    at once too, so one host cannot take every slot with stalled handshakes."""
+
+    def __init__(self, limit: int, *, per_source_handshakes: int | None = None) -> None:
         if limit < 1:
             raise ValueError("the connection limit must be at least 1")
         self.limit = limit
         self.open = 0
         self.refused = 0
+        self.sources = SourceLimiter(per_source_handshakes) if per_source_handshakes is not None else None
 
     def acquire(self) -> bool:
         if self.open >= self.limit:

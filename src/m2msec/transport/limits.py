@@ -1,0 +1,66 @@
+"""Per-source caps: one client host must not take all the handshake slots of a server.
+
+The TLS connection cap (:class:`m2msec.transport.tls.ConnectionLimiter`) and the DTLS handshake cap
+(``max_handshaking`` of :class:`m2msec.transport.dtls.DTLSServerProtocol`) are global: a single host opening
+stalled handshakes from many source ports would otherwise fill them and lock every other client out. A
+:class:`SourceLimiter` counts the handshakes in progress per *source* and refuses one over its cap, before
+the global cap is consulted.
+
+A source is an IPv4 address, or an IPv6 /64 (:data:`IPV6_SOURCE_PREFIX`, docs/decisions.md D31): an IPv6
+host usually owns a whole /64 and can pick a new address in it for every connection, so counting per
+/128 would cap nothing. IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``, a dual-stack socket) count as the
+IPv4 address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+__all__ = ["DEFAULT_MAX_HANDSHAKES_PER_SOURCE", "IPV6_SOURCE_PREFIX", "SourceLimiter", "source_of"]
+
+#: handshakes one source may have in progress at once, TLS and DTLS (docs/decisions.md D31). Handshakes
+#: finish in milliseconds, so even many clients behind one NAT address rarely hold more at a time.
+DEFAULT_MAX_HANDSHAKES_PER_SOURCE = 32
+#: IPv6 sources are aggregated per this prefix length (docs/decisions.md D31)
+IPV6_SOURCE_PREFIX = 64
+
+
+def source_of(peer: Any) -> str:
+    """The source a transport address (``peername``: ``(host, port, ...)``) counts against."""
+    host = peer[0] if isinstance(peer, tuple) and peer else peer
+    try:
+        ip = ipaddress.ip_address(str(host).split("%", 1)[0])  # drop an IPv6 zone id
+    except ValueError:
+        return str(host)  # not an IP address (a Unix socket, a test double): itself
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_SOURCE_PREFIX), strict=False))
+    return str(ip)
+
+
+class SourceLimiter:
+    """Counts what each source holds (handshakes in progress) and refuses one over ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the per-source limit must be at least 1")
+        self.limit = limit
+        self.held: dict[str, int] = {}
+        self.refused = 0
+
+    def acquire(self, source: str) -> bool:
+        count = self.held.get(source, 0)
+        if count >= self.limit:
+            self.refused += 1
+            return False
+        self.held[source] = count + 1
+        return True
+
+    def release(self, source: str) -> None:
+        count = self.held.get(source, 0) - 1
+        if count > 0:
+            self.held[source] = count
+        else:
+            self.held.pop(source, None)
