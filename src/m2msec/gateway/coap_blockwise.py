@@ -317,7 +317,11 @@ class PeerBlockwise:
         if len(self.exchanges) >= self.limits.max_entries:
             oldest = min(self.exchanges, key=lambda t: self.exchanges[t].started)
             self._give(len(self.exchanges.pop(oldest).body))
-        forwarded = msg.without_options((BLOCK2, SIZE2))
+        if block2 is not None and block2.num > 0 and msg.code not in _FOLLOW_UP_METHODS:
+            forwarded = msg  # the next block of a CSE's block-wise answer to a POST/PUT/DELETE (see from_cse)
+            block2 = None
+        else:
+            forwarded = msg.without_options((BLOCK2, SIZE2))
         self.exchanges[msg.token] = _Exchange(forwarded, key, block2, echo, now)
         return [ToCSE(forwarded)]
 
@@ -343,9 +347,13 @@ class PeerBlockwise:
             del self.exchanges[msg.token]
             self._give(len(ex.body))
             return actions + self._answer(ex, msg, msg.payload, now)
-        # the CSE answers block-wise itself: collect its blocks first
+        if ex.request.code not in _FOLLOW_UP_METHODS:  # repeating it could repeat its effect: relay the CSE's
+            del self.exchanges[msg.token]  # blocks as they are; the client's next Block2 requests go to the CSE
+            self._give(len(ex.body))
+            return [*actions, ToClient(msg)]
+        # the CSE answers a GET/FETCH block-wise itself: collect its blocks first
         if block2.offset != len(ex.body) or len(ex.body) + len(msg.payload) > self.limits.max_body \
-                or (block2.more and ex.request.code not in _FOLLOW_UP_METHODS) or not self._take(len(msg.payload)):
+                or not self._take(len(msg.payload)):
             del self.exchanges[msg.token]
             self._give(len(ex.body))
             return actions + self._error(ex.request, _BAD_GATEWAY, "the CSE's block-wise answer cannot be relayed")
