@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -336,3 +339,16 @@ async def test_unreachable_cse_answers_5_03_and_retries(backend: tuple[Backend, 
     finally:
         transport.close()
         await gw.close()
+
+
+async def test_cli_refuses_a_bad_max_body(tmp_path: Path) -> None:
+    table = tmp_path / "psk.toml"
+    table.write_text(f'[[psk]]\nidentity = "{LIGHT1_ID}"\nkey = "{LIGHT1_KEY}"\nentity = "{LIGHT1_AE}"\n')
+    table.chmod(0o600)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "m2msec.cli.main", "gateway", "--psk-table", str(table), "--coap-backend",
+        "127.0.0.1:5683", "--coaps-listen", "127.0.0.1:0", "--coaps-max-body", "0",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "--coaps-max-body must be a positive" in lines[0], lines

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from m2msec.errors import ConfigurationError
+from m2msec.gateway.coap_blockwise import BlockwiseLimits
 from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
 from m2msec.gateway.rules import UnboundPolicy
 from m2msec.gateway.server import Gateway, GatewayConfig, parse_backend
@@ -36,6 +37,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--coaps-profiles", default="onem2m-dtls",
                    help="DTLS profiles: onem2m-dtls (PSK, CCM_8), ecdhe-ecdsa-dtls (certificates, needs --cert/--key/"
                    "--client-ca); default onem2m-dtls")
+    p.add_argument("--coaps-max-body", type=int, default=BlockwiseLimits.max_body, metavar="BYTES",
+                   help="largest CoAP body reassembled or kept for block-wise transfer (RFC 7959; larger requests "
+                   "get 4.13); default 1048576")
     p.add_argument("--profiles", default="onem2m,ecdhe-psk",
                    help="cipher profiles in preference order: onem2m, psk, dhe-psk, ecdhe-psk, rsa-psk, tls13 "
                    "(default onem2m,ecdhe-psk: TLS 1.2 only, TS-0003 §10.2.1)")
@@ -103,12 +107,15 @@ async def run(args: argparse.Namespace) -> int:
         coaps_profiles = parse_profiles(args.coaps_profiles)
         if table is None and not any(p.mutual_certificates for p in coaps_profiles):
             raise ConfigurationError("coaps:// needs a PSK table (--psk-table or --db) or the ecdhe-ecdsa-dtls profile")
+        if args.coaps_max_body < 1:
+            raise ConfigurationError("--coaps-max-body must be a positive number of bytes")
         chost, cport = parse_hostport(args.coaps_listen)
         bhost, bport = parse_hostport(args.coap_backend)
         coaps = CoapsGateway(CoapsConfig(backend_host=bhost, backend_port=bport, host=chost, port=cport,
                                          profiles=coaps_profiles, identity_hint=args.identity_hint,
                                          unbound_policy=UnboundPolicy(args.unbound), cse_id=args.cse_id,
-                                         handshake_timeout=args.handshake_timeout, certificate=certificate),
+                                         handshake_timeout=args.handshake_timeout, certificate=certificate,
+                                         blockwise=BlockwiseLimits.for_max_body(args.coaps_max_body)),
                              table)
         await coaps.start()
         print(f"m2msec coaps gateway on {chost}:{coaps.port} -> coap://{bhost}:{bport}", flush=True)

@@ -77,6 +77,12 @@ class BlockwiseLimits:
     #: seconds a transfer or a stored response lives after it started
     lifetime: float = 60.0
 
+    @classmethod
+    def for_max_body(cls, max_body: int) -> BlockwiseLimits:
+        """The defaults with ``max_body`` (a peer may hold two such bodies at once)."""
+        return cls(max_body=max_body, max_peer_bytes=max(cls.max_peer_bytes, 2 * max_body),
+                   max_total_bytes=max(cls.max_total_bytes, 2 * max_body))
+
 
 class ByteBudget:
     """The bytes held by all peers' block-wise state together (one per gateway)."""
