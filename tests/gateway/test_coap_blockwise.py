@@ -189,3 +189,13 @@ def test_upload_non_gets_non_continue() -> None:
 def test_malformed_block_option_is_4_02() -> None:
     reply = only(peer().from_client(get(1, b"\x01", (coap.BLOCK2, b"\x07")), 0.0))
     assert coap.format_code(reply.code) == "4.02" and b"SZX 7" in reply.payload
+
+
+def test_size2_asked_is_echoed_in_every_block() -> None:
+    p = peer()
+    req = get(1, b"\x01", (coap.SIZE2, b""))  # RFC 7959 §4: Size2 0 in a request asks for the size
+    p.from_client(req, 0.0)
+    first = only(p.from_cse(answer(req, b"s" * 2500), 0.0))
+    nxt = only(p.from_client(get(2, b"\x01", (coap.SIZE2, b""), (coap.BLOCK2, Block(1, False, 6).encode())), 0.0))
+    assert coap.decode_uint(first.option(coap.SIZE2) or b"") == coap.decode_uint(nxt.option(coap.SIZE2) or b"") == 2500
+    assert first.option(4) == nxt.option(4) is not None  # the gateway's ETag, the same for both blocks

@@ -17,7 +17,7 @@ import pytest
 from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, make_table
 from m2msec.gateway import coap
 from m2msec.gateway.coap import Message, MessageType
-from m2msec.gateway.coap_blockwise import MAX_MESSAGE, Block, BlockwiseLimits
+from m2msec.gateway.coap_blockwise import ETAG, MAX_MESSAGE, Block, BlockwiseLimits
 from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
 from m2msec.keys.secret import SecretKey
 from m2msec.tls.engine import ClientConfig, TLSContext
@@ -157,6 +157,17 @@ async def test_wrong_originator_refused_4106_not_forwarded(relay: tuple[Client, 
     assert reply.type is MessageType.ACK and backend.received == []
 
 
+async def test_refusal_echoing_a_huge_rqi_still_fits(relay: tuple[Client, Backend, CoapsGateway]) -> None:
+    client, backend, _ = relay
+    huge = client.request(coap.GET, frm=b"CAdmin").without_options((coap.ONEM2M_RQI,)).with_options(
+        (coap.ONEM2M_RQI, b"q" * 1080))  # the request fits a record; echoed with a diagnostic, its refusal would not
+    reply = await client.send(huge)
+    assert coap.format_code(reply.code) == "4.03" and rsc(reply) == 4106 and reply.option(coap.ONEM2M_RQI) is None
+    backend.body = b"still here"  # the SA survived
+    ok = await client.send(client.request(coap.GET))
+    assert ok.payload == b"still here"
+
+
 @pytest.mark.parametrize("number", [coap.ONEM2M_FR, coap.ONEM2M_RQI, coap.ONEM2M_RVI, coap.ONEM2M_AUS,
                                     coap.BLOCK2])
 async def test_repeated_identity_option_refused(relay: tuple[Client, Backend, CoapsGateway], number: int) -> None:
@@ -201,6 +212,8 @@ async def test_block2_response(relay: tuple[Client, Backend, CoapsGateway], size
     else:
         assert len(replies) == -(-size // 1024)
         assert coap.decode_uint(replies[0].option(coap.SIZE2) or b"") == size
+        etags = {r.option(ETAG) for r in replies}  # one representation, one ETag (RFC 7959 §2.4)
+        assert len(etags) == 1 and None not in etags
     assert gw.budget.used == (size if size > 1024 else 0)  # the stored copy is all that is held
 
 

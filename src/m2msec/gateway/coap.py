@@ -319,6 +319,7 @@ def prepare_response(datagram: bytes) -> bytes:
 
 
 _MAX_DIAGNOSTIC = 128  # bytes
+_MAX_REFUSAL = 1024  # bytes: within the coaps side's datagram limit (m2msec.gateway.coap_blockwise.MAX_MESSAGE)
 
 
 def refusal(msg: Message, exc: OneM2MError, message_id: int | None = None, *, code: int | None = None,
@@ -328,7 +329,8 @@ def refusal(msg: Message, exc: OneM2MError, message_id: int | None = None, *, co
     CON request: piggybacked ACK with its Message ID and token (RFC 7252 §5.2.1); NON request: a NON response
     with ``message_id`` (new, from the caller) and its token (§5.2.3, TS-0008 §6.3.1). Code from Table 6.2.4-1,
     oneM2M-RSC as uint (Table 6.2.2.4.0-1, §6.2.4), oneM2M-RQI echoed, and a UTF-8 diagnostic payload without
-    Content-Format (RFC 7252 §5.5.2). ``code`` overrides the table's CoAP code; ``max_age`` adds Max-Age.
+    Content-Format (RFC 7252 §5.5.2); both dropped when an echoed RQI would make the answer larger than one
+    DTLS record. ``code`` overrides the table's CoAP code; ``max_age`` adds Max-Age.
     """
     if not is_request(msg.code) or msg.type not in (MessageType.CON, MessageType.NON):
         return None
@@ -346,7 +348,10 @@ def refusal(msg: Message, exc: OneM2MError, message_id: int | None = None, *, co
         options.append((ONEM2M_RQI, rqi))
     diagnostic = exc.detail.encode("utf-8")[:_MAX_DIAGNOSTIC].decode("utf-8", "ignore").encode("utf-8")
     code = coap_code_for(exc.rsc) if code is None else code
-    return Message(kind, code, mid, msg.token, sorted(options, key=_number), diagnostic).encode()
+    reply = Message(kind, code, mid, msg.token, sorted(options, key=_number), diagnostic)
+    if len(reply.encode()) > _MAX_REFUSAL:  # a huge RQI: the answer must still fit one DTLS record
+        reply = replace(reply, payload=b"").without_options((ONEM2M_RQI,))
+    return reply.encode()
 
 
 def reset(datagram: bytes) -> bytes | None:

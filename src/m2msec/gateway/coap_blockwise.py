@@ -23,6 +23,7 @@ entries, bytes per peer, bytes in total (:class:`ByteBudget`, shared by all peer
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -44,8 +45,8 @@ from m2msec.gateway.coap import (
 from m2msec.tls.engine import DEFAULT_DTLS_MTU
 
 __all__ = [
-    "FETCH", "MAX_MESSAGE", "MAX_SZX", "Block", "BlockwiseLimits", "ByteBudget", "PeerBlockwise", "ToCSE", "ToClient",
-    "request_key",
+    "ETAG", "FETCH", "MAX_MESSAGE", "MAX_SZX", "Action", "Block", "BlockwiseLimits", "ByteBudget", "PeerBlockwise",
+    "ToCSE", "ToClient", "request_key",
 ]
 
 #: Largest CoAP message sent to a DTLS client: the D19 datagram minus the worst DTLS 1.2 record overhead of the
@@ -57,6 +58,7 @@ MAX_SZX = 6
 FETCH = make_code(0, 5)  # RFC 8132
 _FOLLOW_UP_METHODS = frozenset({make_code(0, 1), FETCH})  # safe to repeat for the CSE's next Block2
 _BLOCK_OPTIONS = frozenset({BLOCK1, BLOCK2, SIZE1, SIZE2})
+ETAG = 4  # RFC 7252 §5.10.6
 _CONTINUE, _BAD_OPTION = make_code(2, 31), make_code(4, 2)
 _INCOMPLETE, _TOO_LARGE = make_code(4, 8), make_code(4, 13)
 _BAD_GATEWAY, _UNAVAILABLE = make_code(5, 2), make_code(5, 3)
@@ -327,7 +329,7 @@ class PeerBlockwise:
             forwarded = msg  # the next block of a CSE's block-wise answer to a POST/PUT/DELETE (see from_cse)
             block2 = None
         else:
-            forwarded = msg.without_options((BLOCK2, SIZE2))
+            forwarded = msg.without_options((BLOCK2,))
         self.exchanges[msg.token] = _Exchange(forwarded, key, block2, echo, now)
         return [ToCSE(forwarded)]
 
@@ -390,6 +392,8 @@ class PeerBlockwise:
         if ex.block2 is None and len(whole.encode()) <= MAX_MESSAGE:
             return [ToClient(whole)]
         template = replace(whole, payload=b"")
+        if template.option(ETAG) is None:  # RFC 7959 §2.4: lets the client tell that blocks belong together
+            template = template.with_options((ETAG, hashlib.sha256(body).digest()[:8]))
         if len(body) > self.limits.max_body:
             return self._error(ex.request, _BAD_GATEWAY, f"the CSE's answer is over {self.limits.max_body} bytes")
         asked = ex.block2 or Block(0, False, MAX_SZX)
@@ -415,7 +419,7 @@ class PeerBlockwise:
             base = self._reply(request, template.code, template.options)
         else:
             base = replace(template, type=kind, message_id=mid, token=request.token)
-        if asked.offset >= len(body) and asked.num > 0:
+        if asked.offset >= len(body) and asked.num > 0:  # no such block: the option value cannot be honoured
             return replace(base, code=_BAD_OPTION, options=[], payload=b"Block2 beyond the end of the body")
         for szx in range(min(asked.szx, MAX_SZX), -1, -1):
             size = 1 << (szx + 4)

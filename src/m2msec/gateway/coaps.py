@@ -29,7 +29,14 @@ from typing import Any
 
 from m2msec.errors import TargetNotReachable
 from m2msec.gateway import coap
-from m2msec.gateway.coap_blockwise import MAX_MESSAGE, BlockwiseLimits, ByteBudget, PeerBlockwise, ToClient
+from m2msec.gateway.coap_blockwise import (
+    MAX_MESSAGE,
+    Action,
+    BlockwiseLimits,
+    ByteBudget,
+    PeerBlockwise,
+    ToClient,
+)
 from m2msec.gateway.rules import CredentialResolver, SecurityAssociation, UnboundPolicy, associate
 from m2msec.keys.table import PSKTable
 from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
@@ -128,7 +135,7 @@ class _PeerRelay(asyncio.DatagramProtocol):
         reply = coap.refusal(msg, TargetNotReachable("the CSE cannot be reached"), code=coap.UNREACHABLE_CODE,
                              max_age=retry)
         if reply is not None:
-            self.transport.sendto(reply)
+            self._send(reply)
 
     async def _open_backend(self) -> None:
         cfg = self.gateway.config
@@ -167,15 +174,15 @@ class _PeerRelay(asyncio.DatagramProtocol):
         if isinstance(decision, coap.Refuse):
             log.warning("refused CoAP %s from %s: rsc=%d %s", coap.format_code(msg.code), self.peer,
                         decision.error.rsc, decision.error.detail)
-            if decision.datagram is not None and self.transport is not None:
-                self.transport.sendto(decision.datagram)
+            if decision.datagram is not None:
+                self._send(decision.datagram)
             return
         if isinstance(decision, coap.Pass) or decision.message is None:
             self._to_cse(decision.datagram)
             return
         self._act(self.blocks.from_client(decision.message, asyncio.get_running_loop().time()))
 
-    def _act(self, actions: list[ToClient | Any]) -> None:
+    def _act(self, actions: list[Action]) -> None:
         """Carry out what the block-wise layer decided; requests to the CSE get the SA's identity options."""
         assert self.sa is not None
         for action in actions:
@@ -189,10 +196,16 @@ class _PeerRelay(asyncio.DatagramProtocol):
     def _to_client(self, msg: coap.Message) -> None:
         if self.transport is None:
             return
-        datagram = msg.without_options(coap.IDENTITY_OPTIONS).encode()  # CSE copies never reach the client
-        if len(datagram) > MAX_MESSAGE:  # only a CSE-initiated message can be this large (no block-wise for it)
-            log.warning("CoAP %s of %d bytes for %s does not fit a DTLS record: dropped",
-                        coap.format_code(msg.code), len(datagram), self.peer)
+        self._send(msg.without_options(coap.IDENTITY_OPTIONS).encode())  # CSE copies never reach the client
+
+    def _send(self, datagram: bytes) -> None:
+        """To the client, if it fits one DTLS record (else the DTLS transport would drop the peer): only a
+        CSE-initiated message, or a refusal echoing a huge RQI, can be larger."""
+        if self.transport is None:
+            return
+        if len(datagram) > MAX_MESSAGE:
+            log.warning("CoAP message of %d bytes for %s does not fit a DTLS record: dropped", len(datagram),
+                        self.peer)
             return
         self.transport.sendto(datagram)
 
