@@ -120,7 +120,8 @@ class _PeerRelay(asyncio.DatagramProtocol):
         if self._task is None and loop.time() < self._retry_at:
             self._unreachable(msg)
             return
-        if len(self.pending) >= MAX_PENDING or self.pending_bytes + len(datagram) > MAX_PENDING_BYTES:
+        if len(self.pending) >= MAX_PENDING or (  # one message always fits (a reassembled Block1 request can be
+                self.pending and self.pending_bytes + len(datagram) > MAX_PENDING_BYTES):  # a peer's first)
             self._unreachable(msg)
             return
         self.pending.append((datagram, msg))
