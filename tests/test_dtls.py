@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, make_table
+from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, make_table
 from m2msec.errors import ConfigurationError, HandshakeFailed, HandshakeTimeout, TLSProtocolError
 from m2msec.keys.secret import SecretKey
 from m2msec.tls.engine import ClientConfig, DTLSConnection, ServerConfig, TLSContext
@@ -26,7 +26,8 @@ def server_ctx(suite: str | None = None) -> TLSContext:
 
 def client_ctx(suite: str | None = None, identity: str = LIGHT1_ID, key: str = LIGHT1_KEY) -> TLSContext:
     profile = CipherProfile("t", suite) if suite else ONEM2M_DTLS_PSK
-    return TLSContext.dtls_client(ClientConfig(identity, SecretKey.from_hex(key), profiles=(profile,)))
+    return TLSContext.dtls_client(ClientConfig(identity, SecretKey.from_hex(key), profiles=(profile,),
+                                               peer_entity=HOME_GATEWAY_CSE_ID))
 
 
 def pump(server: TLSContext, client: DTLSConnection, peer: object = ("192.0.2.1", 5000)) -> DTLSConnection:

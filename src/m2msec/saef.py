@@ -6,6 +6,9 @@ the Association Security Handshake is a TLS-PSK handshake with ``psk_identity`` 
 IdB. :func:`establish_sa` does exactly that and returns an :class:`EstablishedSA` that carries
 oneM2M HTTP requests (TS-0009) and exposes the RFC 5705 exporter (TS-0003 §10.3.1).
 
+IdB is required (:mod:`m2msec.idb`, docs/decisions.md D23): without one, :func:`establish_sa` refuses
+before connecting, unless ``peer_entity=ANY_ENTITY`` says explicitly that any Entity B will do.
+
 Entity B's side is :mod:`m2msec.gateway`.
 """
 
@@ -18,6 +21,7 @@ import h11
 
 from m2msec.errors import HandshakeFailed, TransportError
 from m2msec.gateway import http
+from m2msec.idb import ANY_ENTITY, AnyEntity, check_peer_entity, require_idb
 from m2msec.keys.secret import SecretKey
 from m2msec.tls.engine import (
     DEFAULT_CLIENT_PROFILES,
@@ -31,6 +35,7 @@ from m2msec.tls.profiles import ECDHE_ECDSA, CipherProfile
 from m2msec.transport.tls import open_connection
 
 __all__ = [
+    "ANY_ENTITY",
     "EXPORTER_CONNECTION_LABEL",
     "CertificateCredentials",
     "EstablishedSA",
@@ -49,8 +54,8 @@ class PSKCredentials:
 
     kpsa_id: str
     kpsa: SecretKey = field(repr=False)
-    #: IdB, Entity B's CSE-ID (e.g. "mn-cse-123456" in TR-0038 §7.1.2)
-    peer_entity: str | None = None
+    #: IdB, Entity B's CSE-ID (e.g. "mn-cse-123456" in TR-0038 §7.1.2): required, or ANY_ENTITY (D23)
+    peer_entity: str | AnyEntity | None = None
     profiles: tuple[CipherProfile, ...] = DEFAULT_CLIENT_PROFILES
 
     def client_config(self, server_name: str | None = None) -> ClientConfig:
@@ -58,7 +63,7 @@ class PSKCredentials:
             psk_identity=self.kpsa_id,
             psk=self.kpsa,
             profiles=self.profiles,
-            peer_entity=self.peer_entity,
+            peer_entity=self.peer_entity if isinstance(self.peer_entity, str) else None,
             server_name=server_name,
         )
 
@@ -70,30 +75,16 @@ class CertificateCredentials:
     chain_pem: bytes
     private_key_pem: bytes = field(repr=False)
     trust_anchors_pem: bytes = b""
-    #: IdB. When set, B's certificate must carry it (a CSE-ID certificate for that CSE-ID)
-    peer_entity: str | None = None
+    #: IdB, required (or ANY_ENTITY, D23): B's certificate must be a CSE-ID certificate for it
+    peer_entity: str | AnyEntity | None = None
     crl_pem: bytes | None = None
     profiles: tuple[CipherProfile, ...] = (ECDHE_ECDSA,)
 
     def client_config(self, server_name: str | None = None) -> ClientConfig:
         cert = CertificateConfig(self.chain_pem, self.private_key_pem, self.trust_anchors_pem or None, self.crl_pem)
-        return ClientConfig(None, None, profiles=self.profiles, peer_entity=self.peer_entity,
+        peer = self.peer_entity if isinstance(self.peer_entity, str) else None
+        return ClientConfig(None, None, profiles=self.profiles, peer_entity=peer,
                             server_name=server_name, certificate=cert)
-
-
-def check_peer_entity(session: SessionInfo, peer_entity: str | None) -> None:
-    """TS-0003 §8.2.2.2: Entity A authenticates B *as IdB*: B's certificate must name that CSE-ID."""
-    if peer_entity is None or session.peer_certificate is None:
-        return
-    from m2msec.errors import IdentifierError
-    from m2msec.pki import identity_from_certificate
-
-    try:
-        ident = identity_from_certificate(session.peer_certificate)
-    except IdentifierError as exc:
-        raise HandshakeFailed(f"the server certificate names no CSE-ID ({exc})") from None
-    if ident.value != peer_entity.lstrip("/"):
-        raise HandshakeFailed(f"the server certificate is for {ident.value!r}, not IdB {peer_entity!r}")
 
 
 class EstablishedSA:
@@ -146,19 +137,20 @@ async def establish_sa(
     """Run the Association Security Handshake with Entity B at ``host:port``.
 
     Raises:
-        HandshakeFailed: Entity B refused the identity or the key (or we refused B).
+        ConfigurationError: no IdB in ``credentials.peer_entity`` (and not ANY_ENTITY); nothing is sent.
+        HandshakeFailed: Entity B refused the identity or the key (or we refused B: not IdB).
         HandshakeTimeout: no handshake within ``timeout`` seconds.
         TransportError: no TCP connection.
     """
+    require_idb(credentials.peer_entity)
     context = TLSContext.client(credentials.client_config(server_name))
     try:
         reader, writer, session = await open_connection(host, port, context, handshake_timeout=timeout)
     except OSError as exc:
         raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
-    if isinstance(credentials, CertificateCredentials):
-        try:
-            check_peer_entity(session, credentials.peer_entity)
-        except HandshakeFailed:
-            writer.close()
-            raise
+    try:
+        check_peer_entity(session, credentials.peer_entity)
+    except HandshakeFailed:
+        writer.close()
+        raise
     return EstablishedSA(reader, writer, session)

@@ -65,8 +65,15 @@ def test_keys_add_list_remove_import(tmp_path: Path, capsys: pytest.CaptureFixtu
         (["gateway", "--db", "{tmp}/absent.db", "--backend", "http://127.0.0.1:1"], "no such key store"),
         (["gateway", "--db", "{db}", "--backend", "http://127.0.0.1:1", "--profiles", "rsa-psk"], "certificate"),
         (["gateway", "--db", "{db}", "--backend", "http://127.0.0.1:1", "--listen", "x:y"], "HOST:PORT"),
+        (["gateway", "--db", "{db}", "--backend", "http://127.0.0.1:1", "--profiles", "onem2m,ecdhe-ecdsa"],
+         "need --sp-id"),
+        (["gateway", "--db", "{db}", "--coap-backend", "127.0.0.1:1", "--coaps-profiles", "ecdhe-ecdsa-dtls"],
+         "need --sp-id"),
+        (["gateway", "--db", "{db}", "--backend", "http://127.0.0.1:1", "--sp-id", "//not a domain"], "--sp-id: "),
+        (["request", "--connect", "127.0.0.1:1", "--identity", "a@b.c", "--key-env", "M2MSEC_T", "--entity-id",
+          "mn-cse-1", "/"], "cannot connect"),
         (["request", "--connect", "127.0.0.1:1", "--identity", "a@b.c", "--key-env", "M2MSEC_T", "/"],
-         "cannot connect"),
+         "give --entity-id"),
     ],
 )
 def test_errors_are_one_line(tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -146,10 +153,12 @@ def test_request_through_gateway_process(gateway_process: tuple[int, Path]) -> N
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("HTTP 200") and "hello from the backend" in ok.stdout
     assert "PSK-AES128-CBC-SHA256" in ok.stderr
+    anyone = run([*base[:-2], "--insecure-any-entity", "--origin", LIGHT1_AE, "/mn-cse-123456"])
+    assert anyone.stdout.startswith("HTTP 200") and "IdB check disabled" in anyone.stderr  # the opt-out is loud
     refused = run([*base, "--origin", "Clight-AE2", "/mn-cse-123456"])
     assert refused.stdout.startswith("HTTP 403") and "x-m2m-rsc: 4106" in refused.stdout
     wrong = private(tmp / "wrong.key", "00" * 8)
-    bad = run([*base[:-4], "--key-file", wrong, "/mn-cse-123456"])
+    bad = run([*base[:-4], "--key-file", wrong, "--entity-id", "mn-cse-123456", "/mn-cse-123456"])
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "handshake failed" in bad.stderr
 
 
@@ -168,7 +177,7 @@ def test_certificate_saef_with_pki_gateway_and_request_processes(tmp_path: Path)
     ok(["pki", "issue", "--ca", str(ca), "--flavour", "cse-id", "--id", "mn-cse-123456",
         "--sp-domain", "m2m.provider.com", "--out", str(cli)])
     extra = ["--profiles", "onem2m,ecdhe-ecdsa", "--cert", f"{srv}.crt", "--key", f"{srv}.key",
-             "--client-ca", f"{ca}.crt", "--cse-id", "in-cse"]
+             "--client-ca", f"{ca}.crt", "--cse-id", "in-cse", "--sp-id", "//m2m.provider.com"]
     with gateway_with_backend(tmp_path, "in-cse", *extra) as port:
         base = ["request", "--connect", f"127.0.0.1:{port}", "--cert", f"{cli}.crt", "--cert-key", f"{cli}.key",
                 "--ca", f"{ca}.crt", "--entity-id", "in-cse"]
@@ -182,6 +191,6 @@ def test_certificate_saef_with_pki_gateway_and_request_processes(tmp_path: Path)
         assert wrong_idb.returncode == 1 and "not IdB" in wrong_idb.stderr and wrong_idb.stderr.count("\n") == 1
         keyfile = private(tmp_path / "light1.key", LIGHT1_KEY)
         psk = run(["request", "--connect", f"127.0.0.1:{port}", "--identity", LIGHT1_ID, "--key-file", keyfile,
-                   "--origin", LIGHT1_AE, "/in-cse"])
+                   "--entity-id", "in-cse", "--origin", LIGHT1_AE, "/in-cse"])
         assert psk.stdout.startswith("HTTP 200"), psk.stderr
 

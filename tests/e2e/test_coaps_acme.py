@@ -110,7 +110,8 @@ async def request(transport: asyncio.DatagramTransport, app: Inbox, msg: coap.Me
 
 
 async def test_entity_a_registers_its_ae_over_coaps(gateway: CoapsGateway) -> None:
-    ctx = TLSContext.dtls_client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(ONEM2M_DTLS_PSK,)))
+    ctx = TLSContext.dtls_client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(ONEM2M_DTLS_PSK,),
+                                              peer_entity=CSE_ID))
     transport, app, session = await create_dtls_endpoint(Inbox, "127.0.0.1", gateway.port, ctx)
     assert session.cipher == "PSK-AES128-CCM8"  # TS-0003 §10.2.2 mandatory DTLS suite
     ae = json.dumps({"m2m:ae": {"rn": "coaplight", "api": "Ncoaplight", "rr": False, "srv": ["3"]}}).encode()
@@ -198,11 +199,12 @@ async def test_certificate_clients_over_coaps(acme_coap: int, tmp_path: Path) ->
         backend_host="127.0.0.1", backend_port=acme_coap, port=0, profiles=(ONEM2M_DTLS_PSK, ECDHE_ECDSA_DTLS),
         certificate=CertificateConfig(server.certificate_pem(), server.private_key_pem(),
                                       trust_anchors_pem=ca.certificate_pem()),
-        cse_id=CSE_ID), table)
+        cse_id=CSE_ID, sp_id=sp), table)
     await gw.start()
     try:
         own = CertificateConfig(admin.certificate_pem(), admin.private_key_pem(), ca.certificate_pem())
-        ctx = TLSContext.dtls_client(ClientConfig(None, None, profiles=(ECDHE_ECDSA_DTLS,), certificate=own))
+        ctx = TLSContext.dtls_client(ClientConfig(None, None, profiles=(ECDHE_ECDSA_DTLS,), certificate=own,
+                                                  peer_entity=CSE_ID))
         transport, app, session = await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, ctx)
         assert session.cipher == "ECDHE-ECDSA-AES128-CCM8" and session.authentication == "certificate"
         try:
@@ -239,7 +241,8 @@ async def test_certificate_clients_over_coaps(acme_coap: int, tmp_path: Path) ->
             proc.kill()
             await proc.wait()
         # PSK clients still work on the same port
-        light1 = ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(ONEM2M_DTLS_PSK,))
+        light1 = ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(ONEM2M_DTLS_PSK,),
+                              peer_entity=CSE_ID)
         psk = TLSContext.dtls_client(light1)
         t2, _, s2 = await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, psk)
         assert s2.cipher == "PSK-AES128-CCM8"
@@ -255,7 +258,7 @@ LONG_RQI = "r" * 200  # ACME's own 1024-byte Block2 plus this no longer fits one
 
 def admin_context() -> TLSContext:
     key = SecretKey(ADMIN_KEY_TEXT.encode())
-    return TLSContext.dtls_client(ClientConfig(ADMIN_ID, key, profiles=(ONEM2M_DTLS_PSK,)))
+    return TLSContext.dtls_client(ClientConfig(ADMIN_ID, key, profiles=(ONEM2M_DTLS_PSK,), peer_entity=CSE_ID))
 
 
 def onem2m(kind: coap.MessageType, code: int, mid: int, token: bytes, path: list[str], rqi: str = "rq-blk",

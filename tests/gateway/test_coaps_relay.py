@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, make_table
+from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, make_table
 from m2msec.gateway import coap
 from m2msec.gateway.coap import Message, MessageType
 from m2msec.gateway.coap_blockwise import ETAG, MAX_MESSAGE, Block, BlockwiseLimits
@@ -103,6 +103,11 @@ class Client:
         return Message(kind, code, next(self.mids) & 0xFFFF, tok, [], payload).with_options(*opts)
 
 
+def client_context() -> TLSContext:
+    return TLSContext.dtls_client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(ONEM2M_DTLS_PSK,),
+                                               peer_entity=HOME_GATEWAY_CSE_ID))
+
+
 @pytest.fixture
 async def backend() -> AsyncIterator[tuple[Backend, int]]:
     transport, proto = await asyncio.get_running_loop().create_datagram_endpoint(
@@ -122,7 +127,7 @@ async def start(backend_port: int, **config: object) -> CoapsGateway:
 @pytest.fixture
 async def relay(backend: tuple[Backend, int]) -> AsyncIterator[tuple[Client, Backend, CoapsGateway]]:
     gw = await start(backend[1])
-    ctx = TLSContext.dtls_client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(ONEM2M_DTLS_PSK,)))
+    ctx = client_context()
     transport, inbox, _ = await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, ctx)
     yield Client(transport, inbox), backend[0], gw  # type: ignore[arg-type]
     transport.close()
@@ -335,7 +340,7 @@ async def test_block1_later_block_without_originator_refused(relay: tuple[Client
 async def test_unreachable_cse_answers_5_03_and_retries(backend: tuple[Backend, int]) -> None:
     gw = await start(backend[1], backend_retry=0.3)
     gw.config = dataclasses.replace(gw.config, backend_host="cse.invalid")  # RFC 6761: never resolves
-    ctx = TLSContext.dtls_client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(ONEM2M_DTLS_PSK,)))
+    ctx = client_context()
     transport, inbox, _ = await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, ctx)
     client = Client(transport, inbox)  # type: ignore[arg-type]
     try:

@@ -36,12 +36,14 @@ def server_cert(ca: Issued) -> Issued:
 
 
 async def start(backend_port: int, ca: Issued, server_cert: Issued, *, crl: bytes | None = None,
-                unbound: UnboundPolicy = UnboundPolicy.REJECT) -> Gateway:
+                unbound: UnboundPolicy = UnboundPolicy.REJECT, extra_ca: Issued | None = None,
+                sp_id: str | None = f"//{SP}") -> Gateway:
+    anchors = ca.certificate_pem() + (extra_ca.certificate_pem() if extra_ca is not None else b"")
     cert = CertificateConfig(server_cert.certificate_pem(), server_cert.private_key_pem(),
-                             trust_anchors_pem=ca.certificate_pem(), crl_pem=crl)
+                             trust_anchors_pem=anchors, crl_pem=crl)
     gw = Gateway(GatewayConfig(backend=Backend("127.0.0.1", backend_port), port=0,
                                profiles=(ONEM2M_PSK, ECDHE_ECDSA), certificate=cert, cse_id=GATEWAY_CSE,
-                               unbound_policy=unbound), make_table())
+                               unbound_policy=unbound, sp_id=sp_id), make_table())
     await gw.start()
     return gw
 
@@ -113,7 +115,8 @@ async def test_device_and_node_certificates_get_a_credential_id(
 
 
 async def test_psk_clients_share_the_port(gateway: Gateway, backend: RecordingBackend) -> None:  # noqa: F811
-    sa = await establish_sa("127.0.0.1", gateway.port, PSKCredentials(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY)))
+    sa = await establish_sa("127.0.0.1", gateway.port,
+                            PSKCredentials(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), peer_entity=GATEWAY_CSE))
     assert sa.session.authentication == "psk"
     assert await exchange(sa, LIGHT1_AE) == (200, "2000")
     await sa.close()
@@ -153,3 +156,58 @@ async def test_entity_a_checks_idb_in_the_server_certificate(gateway: Gateway, c
     assert sa.session.entity == f"/{GATEWAY_CSE}"
     await sa.close()
     await asyncio.sleep(0)
+
+
+FOREIGN_SP = "foreign-sp.example"
+
+
+@pytest.mark.parametrize(("flavour", "identity", "associated", "local_forms"), [
+    # another SP's AE under a CSE-ID that happens to equal ours: only //foreign-sp/... is that AE
+    (F.AE_ID, f"//{FOREIGN_SP}/{GATEWAY_CSE}/Cx", f"//{FOREIGN_SP}/{GATEWAY_CSE}/Cx", [f"/{GATEWAY_CSE}/Cx", "Cx"]),
+    (F.AE_ID, f"//{FOREIGN_SP}/Sx", f"//{FOREIGN_SP}/Sx", ["Sx", "/Sx"]),
+    (F.CSE_ID, "mn-cse-123456", f"//{FOREIGN_SP}/mn-cse-123456", ["/mn-cse-123456", "mn-cse-123456"]),
+])
+async def test_foreign_sp_certificates_keep_their_absolute_form_only(
+    backend: RecordingBackend, ca: Issued, server_cert: Issued,  # noqa: F811
+    flavour: CertificateFlavour, identity: str, associated: str, local_forms: list[str],
+) -> None:
+    foreign_ca = create_ca("foreign root", permitted_dns=[FOREIGN_SP])
+    client = issue(foreign_ca, flavour, identity, sp_domain=FOREIGN_SP if flavour is F.CSE_ID else None)
+    gw = await start(backend.port, ca, server_cert, extra_ca=foreign_ca)
+    try:
+        sa = await connect(gw, client, ca)
+        for origin in local_forms:
+            assert await exchange(sa, origin) == (403, "4106"), origin
+        assert await exchange(sa, associated) == (200, "2000")
+        await sa.close()
+    finally:
+        await gw.close()
+    [seen] = backend.requests
+    assert seen.header("x-m2m-origin") == associated and seen.header("x-m2msec-sa-identity") == associated
+
+
+async def test_without_sp_id_every_certificate_identity_is_foreign(
+    backend: RecordingBackend, ca: Issued, server_cert: Issued,  # noqa: F811
+) -> None:
+    gw = await start(backend.port, ca, server_cert, sp_id=None)
+    try:
+        sa = await connect(gw, issue(ca, F.AE_ID, f"//{SP}/{GATEWAY_CSE}/Clight"), ca)
+        assert await exchange(sa, "Clight") == (403, "4106")
+        assert await exchange(sa, f"//{SP}/{GATEWAY_CSE}/Clight") == (200, "2000")
+        await sa.close()
+        sa = await connect(gw, issue(ca, F.CSE_ID, "mn-cse-123456", sp_domain=SP), ca)
+        assert await exchange(sa, "/mn-cse-123456") == (403, "4106")
+        assert await exchange(sa, f"//{SP}/mn-cse-123456") == (200, "2000")
+        await sa.close()
+    finally:
+        await gw.close()
+
+
+def test_sp_id_forms_are_compared_as_domains() -> None:
+    from m2msec.gateway.rules import ae_id_forms, normalize_sp_id
+
+    assert normalize_sp_id("//M2M.Provider.com") == "m2m.provider.com" == normalize_sp_id("m2m.provider.com")
+    own = f"//{SP}/{GATEWAY_CSE}/Cx"
+    assert ae_id_forms(own, GATEWAY_CSE, "//M2M.provider.COM") == {own, f"/{GATEWAY_CSE}/Cx", "Cx"}
+    assert ae_id_forms(own, GATEWAY_CSE) == {own}
+    assert ae_id_forms(f"//{FOREIGN_SP}/{GATEWAY_CSE}/Cx", GATEWAY_CSE, SP) == {f"//{FOREIGN_SP}/{GATEWAY_CSE}/Cx"}

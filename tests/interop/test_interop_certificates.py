@@ -305,7 +305,7 @@ async def test_psk_and_certificate_clients_through_one_gateway_port(
         gateway = Gateway(GatewayConfig(
             backend=Backend("127.0.0.1", backend_port), host="127.0.0.1", port=0, profiles=(ONEM2M_PSK, ECDHE_ECDSA),
             handshake_timeout=5, backend_timeout=5, certificate=_credential(pki, "server", crl=True),
-            cse_id=SERVER_CSE), table)
+            cse_id=SERVER_CSE, sp_id=SP_DOMAIN), table)
         await gateway.start()
         try:
             psk_client = s_client(gateway.port, "-quiet", "-cipher", "PSK-AES128-CBC-SHA256", "-no_tls1_3")

@@ -93,6 +93,68 @@ def test_hot_reload_swaps_table_and_keeps_old_on_error(tmp_path: Path) -> None:
     assert table.reload_if_changed() is False  # the same broken version is not retried in a loop
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _touch(path: Path, step: int) -> None:
+    stamp = time.time_ns() + step * 10**9
+    os.utime(path, ns=(stamp, stamp))
+
+
+def test_poll_failure_grace_then_no_psk_and_recovery(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Missing / empty / invalid file: the last good table for TABLE_FAILURE_GRACE, then none (D27)."""
+    clock = FakeClock()
+    path = write_private(tmp_path / "psk.toml", MINIMAL)
+    table = TomlPSKTable(path, failure_grace=10, clock=clock)
+    path.write_text("")  # an editor truncating before it writes: not "zero entries"
+    _touch(path, 1)
+    table.poll()
+    assert TD_ID in table and "file is empty" in caplog.text and str(path) in caplog.text
+    write_private(path, "[[psk]\nbroken")
+    _touch(path, 2)
+    clock.now += 9.9
+    table.poll()
+    assert TD_ID in table and "invalid TOML" in caplog.text
+    clock.now += 0.1
+    table.poll()
+    assert len(table) == 0 and "no PSK is served" in caplog.text
+    path.unlink()
+    table.poll()
+    assert len(table) == 0
+    write_private(path, MINIMAL)
+    _touch(path, 3)
+    table.poll()
+    assert TD_ID in table and table.generation == 2
+    assert "313233343536" not in caplog.text
+
+
+def test_poll_deleted_file_revokes_everyone_after_the_grace(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = write_private(tmp_path / "psk.toml", MINIMAL)
+    table = TomlPSKTable(path, failure_grace=10, clock=clock)
+    path.unlink()
+    table.poll()
+    assert TD_ID in table
+    clock.now += 10
+    table.poll()
+    assert TD_ID not in table
+
+
+def test_poll_revoking_one_entry_is_immediate(tmp_path: Path) -> None:
+    light = f'\n[[psk]]\nidentity = "{LIGHT1_ID}"\nkey = "{LIGHT1_KEY}"\n'
+    path = write_private(tmp_path / "psk.toml", MINIMAL + light)
+    table = TomlPSKTable(path)
+    write_private(path, MINIMAL)
+    _touch(path, 1)
+    table.poll()
+    assert LIGHT1_ID not in table and TD_ID in table
+
+
 def test_replace_is_atomic_for_a_live_connection(tmp_path: Path) -> None:
     table = MemoryPSKTable([PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE)])
     server = TLSContext.server(ServerConfig(table.lookup))

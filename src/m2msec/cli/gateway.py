@@ -10,9 +10,11 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from m2msec.crl import CRLFile
 from m2msec.errors import ConfigurationError
 from m2msec.gateway.coap_blockwise import BlockwiseLimits
 from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
+from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME
 from m2msec.gateway.rules import UnboundPolicy
 from m2msec.gateway.server import Gateway, GatewayConfig, parse_backend
 from m2msec.keys.table import PSKTable, TomlPSKTable, check_file_permissions
@@ -50,11 +52,16 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--cert", type=Path, help="server certificate chain (PEM, leaf first): rsa-psk, ecdhe-ecdsa")
     p.add_argument("--key", type=Path, help="server private key (PEM; not readable by others)")
     p.add_argument("--client-ca", type=Path, help="CA certificates that verify certificate clients (ecdhe-ecdsa)")
-    p.add_argument("--crl", type=Path, help="CRLs of the client CAs; revoked client certificates are refused")
+    p.add_argument("--crl", type=Path, help="CRLs of the client CAs (PEM or DER, reloaded on change); revoked client "
+                   "certificates are refused, live SAs with them end at their next request")
     p.add_argument("--cse-id", help="CSE-ID of the CSE behind the gateway (AE-ID certificates may use their stem)")
+    p.add_argument("--sp-id", help="the gateway's SP-ID (//domain or domain); required with ecdhe-ecdsa or "
+                   "ecdhe-ecdsa-dtls: certificates of other SPs keep their absolute AE-ID/CSE-ID only")
     p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--max-connections", type=int, default=10000, metavar="N",
                    help="open TLS connections beyond which new ones are reset (default 10000)")
+    p.add_argument("--max-sa-lifetime", type=float, default=DEFAULT_MAX_SA_LIFETIME, metavar="SECONDS",
+                   help=f"an SA older than this is closed at its next request (default {DEFAULT_MAX_SA_LIFETIME:g})")
     p.add_argument("--quiet", action="store_const", dest="log_level", const=logging.WARNING,
                    default=logging.INFO, help="log warnings only")
     p.set_defaults(func=run)
@@ -69,17 +76,37 @@ def _read(path: Path | None, what: str) -> bytes | None:
         raise ConfigurationError(f"{path}: cannot read {what}: {exc.strerror}") from None
 
 
-def _certificate(args: argparse.Namespace) -> CertificateConfig | None:
+def _certificate(args: argparse.Namespace) -> tuple[CertificateConfig | None, CRLFile | None]:
     if args.cert is None and args.key is None:
         if args.client_ca is not None or args.crl is not None:
             raise ConfigurationError("--client-ca and --crl need the gateway's own --cert and --key")
-        return None
+        return None, None
     if args.cert is None or args.key is None:
         raise ConfigurationError("give both --cert and --key")
     check_file_permissions(args.key)
     chain, key = _read(args.cert, "certificate"), _read(args.key, "private key")
     assert chain is not None and key is not None
-    return CertificateConfig(chain, key, _read(args.client_ca, "client CA certificates"), _read(args.crl, "CRL"))
+    crls = CRLFile(args.crl) if args.crl is not None else None  # refuses a file without a CRL
+    return CertificateConfig(chain, key, _read(args.client_ca, "client CA certificates"), _read(args.crl, "CRL")), crls
+
+
+def _sp_id(args: argparse.Namespace) -> str | None:
+    """--sp-id, normalized; required when certificate clients can connect (they are associated by SP, D22)."""
+    from m2msec.errors import IdentifierError
+    from m2msec.gateway.rules import normalize_sp_id
+
+    served = ([args.profiles] if args.backend is not None else []) + (
+        [args.coaps_profiles] if args.coap_backend is not None else [])
+    certificates = any(p.mutual_certificates for names in served for p in parse_profiles(names))
+    if args.sp_id is None:
+        if certificates:
+            raise ConfigurationError("certificate profiles (ecdhe-ecdsa, ecdhe-ecdsa-dtls) need --sp-id, the "
+                                     "gateway's SP-ID (e.g. //m2m.provider.com)")
+        return None
+    try:
+        return normalize_sp_id(args.sp_id)
+    except IdentifierError as exc:
+        raise ConfigurationError(f"--sp-id: {exc}") from None
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -97,11 +124,14 @@ async def run(args: argparse.Namespace) -> int:
         table = SQLitePSKStore(args.db, master_key_file=args.master_key_file)
     if args.handshake_timeout <= 0:
         raise ConfigurationError("--handshake-timeout must be positive")
+    if not args.max_sa_lifetime > 0:
+        raise ConfigurationError("--max-sa-lifetime must be positive")
     if args.max_connections < 1:
         raise ConfigurationError("--max-connections must be at least 1")
     if args.backend is None and args.coap_backend is None:
         raise ConfigurationError("give --backend (HTTP), --coap-backend (CoAP) or both")
-    certificate = _certificate(args)  # read once, shared by the HTTP and coaps sides
+    args.sp_id = _sp_id(args)
+    certificate, crls = _certificate(args)  # read once, shared by the HTTP and coaps sides
     services: list[Gateway | CoapsGateway] = []
     if args.coap_backend is not None:
         coaps_profiles = parse_profiles(args.coaps_profiles)
@@ -114,14 +144,16 @@ async def run(args: argparse.Namespace) -> int:
         coaps = CoapsGateway(CoapsConfig(backend_host=bhost, backend_port=bport, host=chost, port=cport,
                                          profiles=coaps_profiles, identity_hint=args.identity_hint,
                                          unbound_policy=UnboundPolicy(args.unbound), cse_id=args.cse_id,
+                                         sp_id=args.sp_id,
                                          handshake_timeout=args.handshake_timeout, certificate=certificate,
+                                         max_sa_lifetime=args.max_sa_lifetime,
                                          blockwise=BlockwiseLimits.for_max_body(args.coaps_max_body)),
-                             table)
+                             table, crls=crls)
         await coaps.start()
         print(f"m2msec coaps gateway on {chost}:{coaps.port} -> coap://{bhost}:{bport}", flush=True)
         services.append(coaps)
     if args.backend is not None:
-        services.append(await _start_http(args, host, port, table, certificate))
+        services.append(await _start_http(args, host, port, table, certificate, crls))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -134,7 +166,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSKTable | None,
-                      certificate: CertificateConfig | None) -> Gateway:
+                      certificate: CertificateConfig | None, crls: CRLFile | None) -> Gateway:
     config = GatewayConfig(
         backend=parse_backend(args.backend),
         host=host,
@@ -146,8 +178,10 @@ async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSK
         max_connections=args.max_connections,
         certificate=certificate,
         cse_id=args.cse_id,
+        sp_id=args.sp_id,
+        max_sa_lifetime=args.max_sa_lifetime,
     )
-    gateway = Gateway(config, table)
+    gateway = Gateway(config, table, crls=crls)
     await gateway.start()
     print(f"m2msec gateway on {host}:{gateway.port} -> {config.backend}", flush=True)
     return gateway

@@ -1,8 +1,8 @@
 """``m2msec request``: Entity A of the Provisioned Symmetric Key SAEF (TS-0003 §8.2.2.1) or of the
 Certificate-Based SAEF (§8.2.2.2).
 
-Establishes the SA with (KpsaID, Kpsa) or with a certificate, associates it with IdB (``--entity-id``),
-sends one oneM2M HTTP request inside it and prints the response.
+Establishes the SA with (KpsaID, Kpsa) or with a certificate, associates it with IdB (``--entity-id``,
+required unless ``--insecure-any-entity``), sends one oneM2M HTTP request inside it and prints the response.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from m2msec.errors import ConfigurationError, TLSError
 from m2msec.gateway import http
+from m2msec.idb import ANY_ENTITY, AnyEntity
 from m2msec.keys.table import check_file_permissions
 from m2msec.saef import CertificateCredentials, PSKCredentials, establish_sa
 from m2msec.tls.profiles import parse_profiles
@@ -30,8 +31,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--cert", type=Path, help="own certificate chain (PEM), for the Certificate-Based SAEF")
     p.add_argument("--cert-key", type=Path, help="private key of --cert (PEM; not readable by others)")
     p.add_argument("--ca", type=Path, help="trust anchors for the server's certificate (PEM)")
-    p.add_argument("--entity-id", help="IdB: the CSE-ID of Entity B the SA is associated with (with --cert, "
-                   "B's certificate must carry it)")
+    idb = p.add_mutually_exclusive_group()
+    idb.add_argument("--entity-id", help="IdB (required): the CSE-ID of Entity B the SA is associated with (with "
+                     "--cert, B's certificate must be a CSE-ID certificate for it; //SP/CSE-ID pins the SP too)")
+    idb.add_argument("--insecure-any-entity", action="store_true",
+                     help="no IdB: accept any server the key or the --ca certifies (another AE's included)")
     p.add_argument("--server-name", help="SNI host name (TS-0003 §10.2.1)")
     p.add_argument("--profiles", help="cipher profiles to offer (default onem2m, or ecdhe-ecdsa with --cert)")
     p.add_argument("--origin", help="X-M2M-Origin (From)")
@@ -54,13 +58,17 @@ async def run(args: argparse.Namespace) -> int:
     from m2msec.cli.main import parse_hostport, read_key
 
     host, port = parse_hostport(args.connect)
+    if args.entity_id is None and not args.insecure_any_entity:
+        raise ConfigurationError("give --entity-id (IdB, the CSE-ID of the server), or --insecure-any-entity "
+                                 "to accept any server")
+    peer: str | AnyEntity = ANY_ENTITY if args.insecure_any_entity else args.entity_id
     creds: PSKCredentials | CertificateCredentials
     if args.cert is not None:
         if args.identity is not None or args.cert_key is None or args.ca is None:
             raise ConfigurationError("--cert goes with --cert-key and --ca, and not with --identity")
         check_file_permissions(args.cert_key)
         chain, key, anchors = (_read(p) for p in (args.cert, args.cert_key, args.ca))
-        creds = CertificateCredentials(chain, key, anchors, peer_entity=args.entity_id,
+        creds = CertificateCredentials(chain, key, anchors, peer_entity=peer,
                                        profiles=parse_profiles(args.profiles or "ecdhe-ecdsa"))
     else:
         if args.identity is None:
@@ -68,7 +76,7 @@ async def run(args: argparse.Namespace) -> int:
         creds = PSKCredentials(
             kpsa_id=args.identity,
             kpsa=read_key(args.key_file, args.key_env),
-            peer_entity=args.entity_id,
+            peer_entity=peer,
             profiles=parse_profiles(args.profiles or "onem2m"),
         )
     headers: list[tuple[str, str]] = [("host", args.server_name or host)]

@@ -27,16 +27,12 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from m2msec.crl import CRLFile
 from m2msec.errors import TargetNotReachable
 from m2msec.gateway import coap
-from m2msec.gateway.coap_blockwise import (
-    MAX_MESSAGE,
-    Action,
-    BlockwiseLimits,
-    ByteBudget,
-    PeerBlockwise,
-    ToClient,
-)
+from m2msec.gateway.coap_blockwise import MAX_MESSAGE, Action, BlockwiseLimits, ByteBudget, PeerBlockwise, ToClient
+from m2msec.gateway.reload import side_reloader
+from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME, Revocation, SAGuard
 from m2msec.gateway.rules import CredentialResolver, SecurityAssociation, UnboundPolicy, associate
 from m2msec.keys.table import PSKTable
 from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
@@ -63,10 +59,15 @@ class CoapsConfig:
     certificate: CertificateConfig | None = None
     unbound_policy: UnboundPolicy = UnboundPolicy.REJECT
     cse_id: str | None = None
+    sp_id: str | None = None  # as GatewayConfig.sp_id
     handshake_timeout: float = 10.0
     idle_timeout: float = 300.0
     max_peers: int = 10000
     max_handshaking: int = 1000
+    #: seconds between checks of the PSK table and CRL files for changes
+    reload_interval: float = 1.0
+    #: seconds after which an SA is closed at its next request (docs/decisions.md D28)
+    max_sa_lifetime: float = DEFAULT_MAX_SA_LIFETIME
     #: seconds before a failed CSE-side socket is tried again
     backend_retry: float = 2.0
     #: bounds of the block-wise (RFC 7959) state, decision D24
@@ -95,6 +96,7 @@ class _PeerRelay(asyncio.DatagramProtocol):
         self.pending_bytes = 0
         self.peer: Any = None
         self.sa: SecurityAssociation | None = None
+        self.guard: SAGuard | None = None
         self._mids = itertools.count(random.randrange(0x10000))
         self._task: asyncio.Task[None] | None = None
         self._retry_at = 0.0  # loop time before which the CSE counts as unreachable
@@ -107,7 +109,8 @@ class _PeerRelay(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
         session = transport.get_extra_info("m2msec_session")
-        self.sa = associate(session, self.gateway.resolver, self.gateway.config.cse_id)
+        self.sa = associate(session, self.gateway.resolver, self.gateway.config.cse_id, self.gateway.config.sp_id)
+        self.guard = self.gateway.revocation.open(session, transport.get_extra_info("tls_connection"))
         log.info("coaps SA with %s: %s associated=%r %s", self.peer, self.sa.credential, self.sa.identity,
                  session.cipher)
 
@@ -171,6 +174,8 @@ class _PeerRelay(asyncio.DatagramProtocol):
             if rst is not None and self.transport is not None:
                 self.transport.sendto(rst)
             return
+        if self.guard is not None and self.guard.refuse_coap(msg, self.transport, self._mids):
+            return
         decision = coap.decide(msg, self.sa, self.gateway.config.unbound_policy, next(self._mids) & 0xFFFF)
         if isinstance(decision, coap.Refuse):
             log.warning("refused CoAP %s from %s: rsc=%d %s", coap.format_code(msg.code), self.peer,
@@ -211,7 +216,7 @@ class _PeerRelay(asyncio.DatagramProtocol):
         self.transport.sendto(datagram)
 
     def from_cse(self, data: bytes) -> None:
-        if self.transport is None:
+        if self.transport is None or (self.guard is not None and self.guard.close_if_ended(self.transport)):
             return
         try:
             msg = coap.Message.decode(data)
@@ -234,7 +239,7 @@ class CoapsGateway:
     """Serve ``coaps://`` (DTLS 1.2 PSK) on ``config.host:config.port`` in front of a CSE's CoAP port."""
 
     def __init__(self, config: CoapsConfig, table: PSKTable | None, *, resolver: CredentialResolver | None = None,
-                 cookie_secret: bytes | None = None) -> None:
+                 cookie_secret: bytes | None = None, crls: CRLFile | None = None) -> None:
         self.config = config
         self.resolver = resolver
         self.budget = ByteBudget(config.blockwise.max_total_bytes)  # block-wise bytes of all peers together
@@ -243,6 +248,8 @@ class CoapsGateway:
                          identity_hint=config.identity_hint, certificate=config.certificate),
             cookie_secret=cookie_secret,
         )
+        self.revocation = Revocation(table, crls, max_lifetime=config.max_sa_lifetime)
+        self._reloader = side_reloader(table, crls, self.context, config.reload_interval)
         self._udp: asyncio.DatagramTransport | None = None
         self.protocol: DTLSServerProtocol | None = None
 
@@ -264,9 +271,11 @@ class CoapsGateway:
 
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise ConfigurationError(f"cannot listen on udp {cfg.host}:{cfg.port}: {reason}") from None
+        self._reloader.start()
         log.info("coaps gateway on %s:%d -> coap://%s:%d", cfg.host, self.port, cfg.backend_host, cfg.backend_port)
 
     async def close(self) -> None:
+        await self._reloader.close()
         if self._udp is not None:
             self._udp.close()
             with contextlib.suppress(Exception):

@@ -10,6 +10,10 @@ TS-0003 §8.2.2.1 (seed 002): after authenticating Entity A, Entity B associates
 
 TS-0003 §7.2.1: a request inside the SA whose ``From`` (``X-M2M-Origin``) is not the associated
 identity is refused with ORIGINATOR_NOT_AUTHENTICATED (4106) and is not forwarded.
+
+Certificate identities carry their service provider (the SP-ID of an Absolute AE-ID, the SP domain of a
+CSE-ID certificate's ``<CSE-ID>.<SP domain>``); only those of the gateway's own SP (``sp_id``) may use the
+SP-relative and CSE-relative forms; others are associated with their absolute form (:data:`FOREIGN_CSE_FORM`).
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from m2msec.errors import IdentifierError, OriginatorNotAuthenticated
-from m2msec.identifiers import CredentialID
+from m2msec.identifiers import CredentialID, validate_fqdn
 from m2msec.tls.engine import SessionInfo
 
 __all__ = [
+    "FOREIGN_CSE_FORM",
     "HEADER_CREDENTIAL_ID",
     "HEADER_PSK_IDENTITY",
     "HEADER_SA_IDENTITY",
@@ -34,6 +39,7 @@ __all__ = [
     "ae_id_forms",
     "associate",
     "check_originator",
+    "normalize_sp_id",
 ]
 
 #: Headers the gateway adds to each forwarded request (any copy sent by the client is removed first).
@@ -41,6 +47,13 @@ HEADER_SA_IDENTITY = "x-m2msec-sa-identity"  # the AE-ID / CSE-ID the SA is asso
 HEADER_CREDENTIAL_ID = "x-m2msec-credential-id"  # TS-0003 §10.4 Credential-ID of the SA credential
 HEADER_PSK_IDENTITY = "x-m2msec-psk-identity"  # the KpsaID the client authenticated with
 IDENTITY_HEADERS = (HEADER_SA_IDENTITY, HEADER_CREDENTIAL_ID, HEADER_PSK_IDENTITY)
+
+#: docs/decisions.md D22: an AE-ID or CSE-ID certificate of another service provider (any trusted CA may
+#: issue one) is associated with its absolute form only: the Absolute AE-ID ``//sp/cse/Cx`` and, for a CSE,
+#: this absolute CSE-ID (TS-0001 §7.2). The SP-relative and CSE-relative forms name an entity of *our* SP:
+#: accepted only when the certificate's SP is the gateway's ``sp_id``; without an ``sp_id`` every
+#: certificate identity is foreign.
+FOREIGN_CSE_FORM: Final = "//{sp}/{cse_id}"
 
 
 class UnboundPolicy(enum.Enum):
@@ -95,11 +108,26 @@ def _credential_id(psk_identity: str) -> str | None:
         return None  # not a §10.5 KpsaID: no Credential-ID can be formed from it
 
 
-def ae_id_forms(absolute_ae_id: str, registrar_cse_id: str | None = None) -> frozenset[str]:
-    """The ``From`` forms of one Absolute AE-ID (TS-0001 §7.2): absolute, SP-relative and, when the AE is
-    registered here, the CSE-relative AE-ID-Stem. ``//sp/cse/Cx`` -> ``/cse/Cx``, ``Cx``; ``//sp/Sx`` -> ``Sx``."""
+def normalize_sp_id(sp_id: str) -> str:
+    """An SP-ID as its domain, lower case: ``//m2m.Provider.com`` and ``m2m.provider.com`` -> ``m2m.provider.com``.
+
+    Raises: IdentifierError: not a domain name.
+    """
+    return validate_fqdn(sp_id.removeprefix("//"), role="SP-ID")
+
+
+def _own_sp(sp: str, sp_id: str | None) -> bool:
+    return sp_id is not None and sp.lower() == sp_id.removeprefix("//").lower()
+
+
+def ae_id_forms(absolute_ae_id: str, registrar_cse_id: str | None = None, sp_id: str | None = None) -> frozenset[str]:
+    """The ``From`` forms of one Absolute AE-ID (TS-0001 §7.2): absolute and, when the AE belongs to our SP
+    ``sp_id``, SP-relative and (when the AE is registered here) the CSE-relative AE-ID-Stem.
+    ``//sp/cse/Cx`` -> ``/cse/Cx``, ``Cx``; ``//sp/Sx`` -> ``Sx``. Another SP's AE keeps only ``//sp/...`` (D22)."""
     parts = absolute_ae_id[2:].split("/")
     forms = {absolute_ae_id}
+    if not _own_sp(parts[0], sp_id):
+        return frozenset(forms)
     if len(parts) == 3:  # C-type: //SP-ID/CSE-ID/AE-ID-Stem
         forms.add("/" + "/".join(parts[1:]))
         if registrar_cse_id is not None and parts[1] == registrar_cse_id.lstrip("/"):
@@ -110,8 +138,9 @@ def ae_id_forms(absolute_ae_id: str, registrar_cse_id: str | None = None) -> fro
 
 
 def _associate_certificate(
-    session: SessionInfo, resolver: CredentialResolver | None, registrar_cse_id: str | None
+    session: SessionInfo, resolver: CredentialResolver | None, registrar_cse_id: str | None, sp_id: str | None
 ) -> SecurityAssociation:
+    from m2msec.idb import certificate_sp_domain
     from m2msec.pki import CertificateFlavour, identity_from_certificate
 
     assert session.peer_certificate is not None
@@ -121,12 +150,14 @@ def _associate_certificate(
         return SecurityAssociation(f"certificate without a oneM2M identity ({exc})", None, None, None, frozenset())
     credential = f"{ident.flavour.value} certificate {ident.value!r}"
     if ident.flavour is CertificateFlavour.CSE_ID:
-        # TS-0003 §8.2.2.2: associate with the CSE-ID in the certificate; a registree CSE's From is its
-        # SP-relative CSE-ID
-        cse = "/" + ident.value
-        return SecurityAssociation(credential, None, None, cse, frozenset({cse}))
+        # TS-0003 §8.2.2.2: associate with the CSE-ID in the certificate; a registree CSE of our SP uses its
+        # SP-relative CSE-ID as From, one of another SP its absolute CSE-ID //<SP>/<CSE-ID> (D22)
+        sp = certificate_sp_domain(session.peer_certificate)  # the one dNSName identity_from_certificate read
+        cse = "/" + ident.value if _own_sp(sp, sp_id) else FOREIGN_CSE_FORM.format(sp=sp, cse_id=ident.value)
+        return SecurityAssociation(f"{credential} of SP {sp!r}", None, None, cse, frozenset({cse}))
     if ident.flavour is CertificateFlavour.AE_ID:
-        return SecurityAssociation(credential, None, None, ident.value, ae_id_forms(ident.value, registrar_cse_id))
+        forms = ae_id_forms(ident.value, registrar_cse_id, sp_id)
+        return SecurityAssociation(credential, None, None, ident.value, forms)
     # device / Node-ID certificates: Credential-ID, then §8.2.1 resolution (FQDN certificates have none)
     allowed: frozenset[str] = frozenset()
     if ident.credential_id is not None and resolver is not None:
@@ -135,11 +166,15 @@ def _associate_certificate(
 
 
 def associate(
-    session: SessionInfo, resolver: CredentialResolver | None = None, registrar_cse_id: str | None = None
+    session: SessionInfo, resolver: CredentialResolver | None = None, registrar_cse_id: str | None = None,
+    sp_id: str | None = None,
 ) -> SecurityAssociation:
-    """Associate a server-side session with an identity (TS-0003 §8.2.2.1 PSK, §8.2.2.2 certificates)."""
+    """Associate a server-side session with an identity (TS-0003 §8.2.2.1 PSK, §8.2.2.2 certificates).
+
+    ``registrar_cse_id`` is the CSE behind the gateway, ``sp_id`` its service provider (``//domain`` or
+    ``domain``): certificate identities of other SPs get their absolute form only (D22)."""
     if session.psk_identity is None:
-        return _associate_certificate(session, resolver, registrar_cse_id)
+        return _associate_certificate(session, resolver, registrar_cse_id, sp_id)
     credential_id = _credential_id(session.psk_identity)
     if session.entity:
         allowed = frozenset({session.entity})

@@ -5,8 +5,9 @@ It terminates TLS-PSK (HTTP binding, TS-0009) with the engine, associates each S
 TS-0003 §7.2.1) and forwards the others to the CSE at ``backend`` over loopback HTTP, adding the
 identity headers (:data:`~m2msec.gateway.rules.IDENTITY_HEADERS`).
 
-A TOML PSK table is polled for changes and reloaded without dropping live connections; an SQLite
-store is read per handshake, so changes there are visible at once.
+A TOML PSK table and a CRL file are polled for changes and reloaded (:mod:`m2msec.gateway.reload`); an
+SQLite store is read per handshake. A live SA whose credential was removed, changed or revoked, or that
+reached its maximum lifetime, is refused and closed at its next request (:mod:`m2msec.gateway.revocation`).
 """
 
 from __future__ import annotations
@@ -21,26 +22,28 @@ from http import HTTPStatus
 
 import h11
 
+from m2msec.crl import CRLFile
 from m2msec.errors import (
     BadRequest,
     ConfigurationError,
-    CredentialsLoadError,
     OneM2MError,
     TargetNotReachable,
 )
 from m2msec.gateway import http
+from m2msec.gateway.headers import check_request_headers, normalize_header_name, strip_gateway_headers
+from m2msec.gateway.reload import side_reloader
+from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME, Revocation
 from m2msec.gateway.rules import (
     HEADER_CREDENTIAL_ID,
     HEADER_PSK_IDENTITY,
     HEADER_SA_IDENTITY,
-    IDENTITY_HEADERS,
     CredentialResolver,
     SecurityAssociation,
     UnboundPolicy,
     associate,
     check_originator,
 )
-from m2msec.keys.table import PSKTable, TomlPSKTable
+from m2msec.keys.table import PSKTable
 from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, CertificateConfig, ServerConfig, SessionInfo, TLSContext
 from m2msec.tls.profiles import CipherProfile
 from m2msec.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimiter, start_stream_server
@@ -99,6 +102,10 @@ class GatewayConfig:
     certificate: CertificateConfig | None = None
     #: the CSE-ID of the CSE behind the gateway: lets AE-ID certificate holders use their AE-ID-Stem as From
     cse_id: str | None = None
+    #: the gateway's service provider (SP-ID): certificate identities of other SPs get their absolute form only
+    sp_id: str | None = None
+    #: seconds after which an SA is closed at its next request (docs/decisions.md D28)
+    max_sa_lifetime: float = DEFAULT_MAX_SA_LIFETIME
 
 
 def _onem2m_error_response(exc: OneM2MError, request_id: str | None) -> http.Message:
@@ -113,7 +120,8 @@ class Gateway:
     """Serve TLS-PSK on ``config.host:config.port`` in front of ``config.backend``."""
 
     def __init__(
-        self, config: GatewayConfig, table: PSKTable | None, *, resolver: CredentialResolver | None = None
+        self, config: GatewayConfig, table: PSKTable | None, *, resolver: CredentialResolver | None = None,
+        crls: CRLFile | None = None,
     ) -> None:
         self.config = config
         self.table = table
@@ -127,8 +135,9 @@ class Gateway:
             )
         )
         self.limiter = ConnectionLimiter(config.max_connections)
+        self.revocation = Revocation(table, crls, max_lifetime=config.max_sa_lifetime)
+        self._reloader = side_reloader(table, crls, self.context, config.reload_interval)
         self._server: asyncio.Server | None = None
-        self._reloader: asyncio.Task[None] | None = None
         self._clients: set[asyncio.Task[None]] = set()
 
     @property
@@ -146,8 +155,7 @@ class Gateway:
             raise ConfigurationError(
                 f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc or type(exc).__name__}"
             ) from None
-        if isinstance(self.table, TomlPSKTable):
-            self._reloader = asyncio.create_task(self._watch_table(self.table))
+        self._reloader.start()
         log.info("gateway listening on %s:%d, backend %s", self.config.host, self.port, self.config.backend)
 
     async def serve_forever(self) -> None:
@@ -155,25 +163,12 @@ class Gateway:
         await self._server.serve_forever()
 
     async def close(self) -> None:
-        if self._reloader is not None:
-            self._reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reloader
+        await self._reloader.close()
         if self._server is not None:
             self._server.close()
             for task in list(self._clients):
                 task.cancel()
             await self._server.wait_closed()
-
-    async def _watch_table(self, table: TomlPSKTable) -> None:
-        while True:
-            await asyncio.sleep(self.config.reload_interval)
-            if not table.changed():
-                continue
-            try:
-                await asyncio.to_thread(table.reload_if_changed)
-            except CredentialsLoadError as exc:
-                log.error("PSK table not reloaded, previous table stays in use: %s", exc)
 
     # -- per connection
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -182,7 +177,8 @@ class Gateway:
         self._clients.add(task)
         session: SessionInfo = writer.get_extra_info("m2msec_session")
         peer = writer.get_extra_info("peername")
-        sa = associate(session, self.resolver, self.config.cse_id)
+        sa = associate(session, self.resolver, self.config.cse_id, self.config.sp_id)
+        guard = self.revocation.open(session, writer.get_extra_info("tls_connection"))
         log.info("SA established with %s: %s associated=%r cipher=%s %s",
                  peer, sa.credential, sa.identity, session.cipher, session.version)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
@@ -206,7 +202,7 @@ class Gateway:
                     break
                 if req is None:
                     break
-                resp = await self._process(req, sa, peer)
+                resp = guard.refuse_http(req, peer) or await self._process(req, sa, peer)
                 await http.send_message(conn, writer, resp)
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     break
@@ -223,6 +219,11 @@ class Gateway:
             writer.close()
 
     async def _process(self, req: http.Message, sa: SecurityAssociation, peer: object) -> http.Message:
+        try:
+            check_request_headers(req.headers)  # one From, one RI, ... before anything reads them
+        except BadRequest as exc:
+            log.warning("refused %s %s from %s: rsc=%d %s", req.method, req.target[:200], peer, exc.rsc, exc.detail)
+            return _onem2m_error_response(exc, None)
         origin = req.header("x-m2m-origin")
         request_id = req.header("x-m2m-ri")
         try:
@@ -241,7 +242,8 @@ class Gateway:
 
     async def _forward(self, req: http.Message, sa: SecurityAssociation) -> http.Message:
         backend = self.config.backend
-        headers = [(k, v) for k, v in req.headers if k not in _HOP_BY_HOP and k not in IDENTITY_HEADERS]
+        # hop-by-hop in any spelling: a CSE behind WSGI/CGI may read Content_Length as Content-Length
+        headers = [(k, v) for k, v in strip_gateway_headers(req.headers) if normalize_header_name(k) not in _HOP_BY_HOP]
         headers.insert(0, ("host", f"{backend.host}:{backend.port}"))
         if sa.associated is not None:
             headers.append((HEADER_SA_IDENTITY, sa.associated))
@@ -263,5 +265,5 @@ class Gateway:
             raise TargetNotReachable(f"the CSE at {backend} is not reachable") from exc
         except http.HTTPError as exc:
             raise TargetNotReachable(f"the CSE at {backend} sent an invalid response: {exc}") from exc
-        resp.headers = [(k, v) for k, v in resp.headers if k not in _HOP_BY_HOP]
+        resp.headers = [(k, v) for k, v in strip_gateway_headers(resp.headers) if k not in _HOP_BY_HOP]
         return resp

@@ -13,7 +13,7 @@ The TOML source format (one ``[[psk]]`` table per entry)::
     description = "..."              # optional, free text
 
 This module is pure apart from reading the file; watching it for changes is the adapters' job
-(:meth:`TomlPSKTable.reload_if_changed` is what they call).
+(:meth:`TomlPSKTable.poll` is what :mod:`m2msec.gateway.reload` calls).
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import logging
 import os
 import stat
 import threading
+import time
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +34,7 @@ from m2msec.keys.secret import MAX_PSK_LENGTH, SecretKey
 
 __all__ = [
     "MAX_IDENTITY_LENGTH",
+    "TABLE_FAILURE_GRACE",
     "MemoryPSKTable",
     "PSKEntry",
     "PSKTable",
@@ -46,6 +48,9 @@ log = logging.getLogger("m2msec.keys")
 
 #: OpenSSL PSK_MAX_IDENTITY_LEN (RFC 4279 §5.1 allows 2^16-1; OpenSSL caps at 256 bytes)
 MAX_IDENTITY_LENGTH = 256
+#: seconds a PSK table file may stay missing, empty or invalid while the last good table stays in use; after
+#: that no PSK is served until the file is valid again (docs/decisions.md D27)
+TABLE_FAILURE_GRACE = 10.0
 _ENTRY_FIELDS = frozenset({"identity", "key", "entity", "description"})
 
 
@@ -177,16 +182,26 @@ def parse_toml_table(text: str, source: str = "<toml>") -> dict[str, PSKEntry]:
 
 
 class TomlPSKTable(MemoryPSKTable):
-    """A table loaded from a TOML file, reloaded when the file changes.
+    """A table loaded from a TOML file, reloaded when the file changes (:meth:`poll`, called by the gateway's
+    reloader for every side that serves the table).
 
-    A reload that fails (bad TOML, bad entry, unsafe permissions) keeps the previous table and is
-    reported; the file is tried again at the next change.
+    A file that is missing, empty, unreadable or invalid is an ERROR naming the file and the reason. The last
+    good table stays in use for ``failure_grace`` seconds (an editor's non-atomic save, a file being
+    replaced), then no PSK is served until the file is valid again: deleting the file revokes everyone, and
+    a broken table does not keep serving entries the operator meant to remove (docs/decisions.md D27).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, failure_grace: float = TABLE_FAILURE_GRACE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
+        self.failure_grace = failure_grace
+        self.clock = clock
+        self.generation = 0
         self._signature: tuple[int, int, int] | None = None
         self._reload_lock = threading.Lock()
+        self._failing_since: float | None = None
+        self._failed_signature: tuple[int, int, int] | None = None
+        self._emptied = False
         super().__init__(self._load())
 
     def _stat_signature(self) -> tuple[int, int, int]:
@@ -230,5 +245,54 @@ class TomlPSKTable(MemoryPSKTable):
                     pass
                 raise
             self.replace(entries)
+            self.generation += 1
         log.info("reloaded PSK table %s: %d entries", self.path, len(entries))
         return True
+
+    def poll(self) -> None:
+        """Reload the file when it changed and apply the failure policy above. Never raises; logs."""
+        with self._reload_lock:
+            try:
+                signature = self._stat_signature()
+            except OSError as exc:
+                self._failing(_MISSING, f"{self.path}: cannot read: {exc.strerror or exc}")
+                return
+            if signature == self._signature and self._failing_since is None:
+                return
+            if signature == self._failed_signature:
+                self._failing(signature, "")
+                return
+            if signature[1] == 0:  # an editor truncating before it writes: never read as "no entries"
+                self._failing(signature, f"{self.path}: file is empty")
+                return
+            try:
+                entries = self._load()
+            except CredentialsLoadError as exc:
+                self._failing(signature, str(exc))
+                return
+            recovered = self._failing_since is not None
+            self._failing_since, self._failed_signature, self._emptied = None, None, False
+            self.replace(entries)
+            self.generation += 1
+        log.info("reloaded PSK table %s: %d entries%s", self.path, len(entries), " (valid again)" if recovered else "")
+
+    def _failing(self, signature: tuple[int, int, int], reason: str) -> None:
+        now = self.clock()
+        since = self._failing_since if self._failing_since is not None else now
+        self._failing_since = since
+        if signature != self._failed_signature:
+            self._failed_signature = signature
+            if not self._emptied:
+                log.error("PSK table not reloaded: %s; the last good table stays in use for at most %g s",
+                          reason, max(0.0, self.failure_grace - (now - since)))
+            else:
+                log.error("PSK table still unusable: %s; no PSK is served", reason)
+        if not self._emptied and now - since >= self.failure_grace:
+            self._emptied = True
+            self.replace({})
+            self.generation += 1
+            log.error("PSK table %s unusable for %g s: no PSK is served (every PSK handshake and live PSK SA is "
+                      "refused) until the file is valid again", self.path, self.failure_grace)
+
+
+_MISSING = (-1, -1, -1)

@@ -35,7 +35,7 @@ import hmac
 import ipaddress
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +81,9 @@ PRIVATE_BINDINGS: tuple[str, ...] = (
     "OpenSSL._util.lib.PEM_read_bio_DHparams",
     "OpenSSL._util.lib.BIO_new_mem_buf",
     "OpenSSL._util.lib.i2d_SSL_SESSION",
+    "OpenSSL._util.lib.X509_STORE_new",  # CRL reload: a fresh trust store per CRL update
+    "OpenSSL._util.lib.X509_STORE_free",
+    "OpenSSL._util.lib.SSL_CTX_set_cert_store",
     "OpenSSL._util.lib.SSL_get_session",
     "OpenSSL._util.ffi.callback",
     "OpenSSL.SSL.Context._context",
@@ -522,19 +525,45 @@ class TLSContext:
 
     def _trust(self, ctx: SSL.Context, cred: CertificateConfig, mode: int) -> None:
         """Trust anchors (and CRLs) for the peer's chain; verification failures are recorded per connection."""
-        store = ctx.get_cert_store()
-        assert store is not None and cred.trust_anchors_pem is not None
+        from m2msec.crl import load_crls
+
+        assert cred.trust_anchors_pem is not None
         try:
-            for cert in x509.load_pem_x509_certificates(cred.trust_anchors_pem):
+            self._anchors = tuple(x509.load_pem_x509_certificates(cred.trust_anchors_pem))
+        except ValueError as exc:
+            raise ConfigurationError("trust anchors are not valid PEM") from exc
+        # PEM or DER, one or several; data without a CRL is refused rather than silently checking nothing
+        crls = load_crls(cred.crl_pem, "CRLs") if cred.crl_pem is not None else None
+        self._install_trust_store(ctx, crls)
+        ctx.set_verify(mode, _verify_peer)
+
+    def _install_trust_store(self, ctx: SSL.Context, crls: Sequence[x509.CertificateRevocationList] | None) -> None:
+        raw = _lib.X509_STORE_new()
+        if raw == _ffi.NULL:
+            raise MemoryError("X509_STORE_new")
+        store = _crypto.X509Store.__new__(_crypto.X509Store)
+        store._store = raw  # owned by the SSL_CTX once set below
+        try:
+            for cert in self._anchors:
                 store.add_cert(_crypto.X509.from_cryptography(cert))
-            if cred.crl_pem is not None:
-                for block in cred.crl_pem.split(b"-----END X509 CRL-----")[:-1]:
-                    store.add_crl(x509.load_pem_x509_crl(block + b"-----END X509 CRL-----\n"))
+            if crls is not None:
+                for crl in crls:
+                    store.add_crl(crl)
                 # TS-0003 §8.1.2.2: a revoked certificate is refused (the end-entity's issuer must supply a CRL)
                 store.set_flags(_crypto.X509StoreFlags.CRL_CHECK)
-        except ValueError as exc:
-            raise ConfigurationError("trust anchors or CRLs are not valid PEM") from exc
-        ctx.set_verify(mode, _verify_peer)
+        except Exception:
+            _lib.X509_STORE_free(raw)
+            raise
+        _lib.SSL_CTX_set_cert_store(ctx._context, raw)  # frees the previous store
+
+    def update_crls(self, crls: Sequence[x509.CertificateRevocationList]) -> bool:
+        """Replace the CRLs that verify peer certificates; handshakes started from now on use them (live
+        connections are not touched: :mod:`m2msec.gateway.revocation` ends those whose certificate is revoked).
+        Returns False (and does nothing) when this context verifies no peer certificates."""
+        if not hasattr(self, "_anchors"):
+            return False
+        self._install_trust_store(self._ctx, crls)
+        return True
 
     def connection(self) -> TLSConnection:
         """A new sans-I/O connection. A client connection has its ClientHello ready in data_to_send()."""

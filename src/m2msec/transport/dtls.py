@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from m2msec.errors import HandshakeFailed, HandshakeTimeout, TLSError
+from m2msec.idb import AnyEntity, check_peer_entity, require_idb
 from m2msec.tls.engine import (
     DEFAULT_DTLS_MTU,
     ConnectionClosed,
@@ -327,13 +328,27 @@ async def start_dtls_server(
 
 async def create_dtls_endpoint(
     app_factory: AppFactory, host: str, port: int, context: TLSContext, *,
-    handshake_timeout: float = 10.0, mtu: int = DEFAULT_DTLS_MTU,
+    handshake_timeout: float = 10.0, mtu: int = DEFAULT_DTLS_MTU, peer_entity: str | AnyEntity | None = None,
 ) -> tuple[DTLSPeerTransport, asyncio.DatagramProtocol, SessionInfo]:
     """Connect to a DTLS server; returns the peer transport, the app protocol and the session.
 
+    ``peer_entity`` is IdB (default: the context's ``ClientConfig.peer_entity``); one is required, or
+    ``m2msec.idb.ANY_ENTITY`` to accept any server (docs/decisions.md D23). A certificate server must present
+    IdB's CSE-ID certificate (:func:`m2msec.idb.check_peer_entity`).
+
     Raises:
-        HandshakeFailed, HandshakeTimeout: authentication failed, or no answer in ``handshake_timeout``.
+        ConfigurationError: no IdB; nothing is sent.
+        HandshakeFailed, HandshakeTimeout: authentication failed (or the server is not IdB), or no answer in
+            ``handshake_timeout``.
     """
+    config = context.config
+    if peer_entity is None:
+        peer_entity = getattr(config, "peer_entity", None)
+    elif isinstance(peer_entity, str) and getattr(config, "peer_entity", None) not in (None, peer_entity):
+        from m2msec.errors import ConfigurationError
+
+        raise ConfigurationError("peer_entity differs from the IdB in the context's ClientConfig")
+    require_idb(peer_entity)
     loop = asyncio.get_running_loop()
     udp, proto = await loop.create_datagram_endpoint(
         lambda: _ClientProtocol(context, app_factory, mtu=mtu, remote=(host, port)), remote_addr=(host, port)
@@ -345,6 +360,13 @@ async def create_dtls_endpoint(
         udp.close()
         raise HandshakeTimeout(f"DTLS handshake did not complete within {handshake_timeout} s") from None
     except BaseException:
+        udp.close()
+        raise
+    try:
+        check_peer_entity(session, peer_entity)
+    except HandshakeFailed:
+        if proto.peer.transport is not None:
+            proto.peer.transport.close()  # close_notify: not IdB
         udp.close()
         raise
     assert proto.peer.transport is not None and proto.peer.app is not None
