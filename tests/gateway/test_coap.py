@@ -316,3 +316,33 @@ def test_reset_for_malformed_con() -> None:
     assert coap.reset(bytes.fromhex("40011234ff")) == bytes.fromhex("70001234")  # RST, same Message ID
     assert coap.reset(bytes.fromhex("50011234ff")) is None  # NON: ignored
     assert coap.reset(b"\x40\x01") is None
+
+
+# --- repeated options and the gateway's own answers (issue 14) ---
+
+
+@pytest.mark.parametrize("number", sorted(coap.NON_REPEATABLE_OPTIONS))
+def test_repeated_non_repeatable_option_refused(number: int) -> None:
+    value = AE_ID.encode() if number == coap.ONEM2M_FR else b"\x01"
+    extra = ((number, value),) if number in (coap.ONEM2M_FR, coap.ONEM2M_RQI) else ((number, value), (number, value))
+    reply, decision = refused(coap.decide(request(extra=extra), BOUND, UnboundPolicy.REJECT))
+    assert isinstance(decision.error, BadRequest) and decision.error.detail == f"option {number} repeated"
+    assert coap.format_code(reply.code) == "4.00" and coap.decode_uint(reply.option(coap.ONEM2M_RSC) or b"") == 4000
+
+
+def test_non_repeatable_set_covers_identity_options_of_ts_0008() -> None:
+    onem2m = {v for k, v in vars(coap).items() if k.startswith("ONEM2M_")}
+    assert onem2m <= coap.NON_REPEATABLE_OPTIONS  # none of Table 6.2.2.4.0-1 is Repeatable
+    assert coap.URI_PATH not in coap.NON_REPEATABLE_OPTIONS
+    repeated_path = request(extra=((coap.URI_PATH, b"x"), (coap.URI_PATH, b"y")))
+    assert isinstance(coap.decide(repeated_path, BOUND, UnboundPolicy.REJECT), coap.Forward)
+
+
+def test_unreachable_answer_code_and_max_age() -> None:
+    from m2msec.errors import TargetNotReachable
+
+    wire = coap.refusal(request(), TargetNotReachable("down"), code=coap.UNREACHABLE_CODE, max_age=3)
+    assert wire is not None
+    reply = Message.decode(wire)
+    assert coap.format_code(reply.code) == "5.03" and reply.option(coap.MAX_AGE) == b"\x03"
+    assert coap.decode_uint(reply.option(coap.ONEM2M_RSC) or b"") == 5103

@@ -12,6 +12,7 @@ from typing import Any
 
 from m2msec.crl import CRLFile
 from m2msec.errors import ConfigurationError
+from m2msec.gateway.coap_blockwise import BlockwiseLimits
 from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
 from m2msec.gateway.limits import DEFAULT_BODY_BUDGET, DEFAULT_WRITE_TIMEOUT, fit_connection_cap
 from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME
@@ -43,6 +44,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--coaps-profiles", default="onem2m-dtls",
                    help="DTLS profiles: onem2m-dtls (PSK, CCM_8), ecdhe-ecdsa-dtls (certificates, needs --cert/--key/"
                    "--client-ca); default onem2m-dtls")
+    p.add_argument("--coaps-max-body", type=int, default=BlockwiseLimits.max_body, metavar="BYTES",
+                   help="largest CoAP body reassembled or kept for block-wise transfer (RFC 7959; larger requests "
+                   "get 4.13); default 1048576")
     p.add_argument("--profiles", default="onem2m,ecdhe-psk",
                    help="cipher profiles in preference order: onem2m, psk, dhe-psk, ecdhe-psk, rsa-psk, tls13, "
                    "ecdhe-ecdsa (certificates, needs --cert/--key/--client-ca) (default onem2m,ecdhe-psk: TLS 1.2 "
@@ -160,6 +164,8 @@ async def run(args: argparse.Namespace) -> int:
         coaps_profiles = parse_profiles(args.coaps_profiles)
         if table is None and not any(p.mutual_certificates for p in coaps_profiles):
             raise ConfigurationError("coaps:// needs a PSK table (--psk-table or --db) or the ecdhe-ecdsa-dtls profile")
+        if args.coaps_max_body < 1:
+            raise ConfigurationError("--coaps-max-body must be a positive number of bytes")
         chost, cport = parse_hostport(args.coaps_listen)
         bhost, bport = parse_hostport(args.coap_backend)
         coaps_config = CoapsConfig(backend_host=bhost, backend_port=bport, host=chost, port=cport,
@@ -168,7 +174,8 @@ async def run(args: argparse.Namespace) -> int:
                                    handshake_timeout=args.handshake_timeout, certificate=certificate,
                                    reveal_unknown_psk_identity=args.reveal_unknown_psk_identity,
                                    max_handshaking_per_source=args.max_handshakes_per_source,
-                                   max_sa_lifetime=args.max_sa_lifetime)
+                                   max_sa_lifetime=args.max_sa_lifetime,
+                                   blockwise=BlockwiseLimits.for_max_body(args.coaps_max_body))
         _fit_file_descriptors(args, coaps_config.max_peers)
         coaps = CoapsGateway(coaps_config, table, crls=crls)
         await coaps.start()

@@ -27,11 +27,12 @@ from m2msec.errors import BadRequest, M2MSecError, OneM2MError
 from m2msec.gateway.rules import SecurityAssociation, UnboundPolicy, check_originator
 
 __all__ = [
-    "DELETE", "EMPTY", "GET", "IDENTITY_OPTIONS", "ONEM2M_FR", "ONEM2M_RQI", "ONEM2M_RSC", "ONEM2M_RVI", "ONEM2M_TY",
-    "OPTION_CREDENTIAL_ID", "OPTION_PSK_IDENTITY", "OPTION_SA_IDENTITY", "POST", "PUT", "RSC_TO_COAP", "URI_PATH",
-    "CoAPFormatError", "Decision", "Forward", "Message", "MessageType", "Pass", "Refuse", "coap_code_for", "decide",
-    "decode_uint", "encode_uint", "format_code", "is_empty", "is_request", "make_code", "originator",
-    "prepare_forward", "prepare_response", "refusal", "reset", "split_code",
+    "BLOCK1", "BLOCK2", "DELETE", "EMPTY", "GET", "IDENTITY_OPTIONS", "MAX_AGE", "NON_REPEATABLE_OPTIONS", "ONEM2M_FR",
+    "ONEM2M_RQI", "ONEM2M_RSC", "ONEM2M_RVI", "ONEM2M_TY", "OPTION_CREDENTIAL_ID", "OPTION_PSK_IDENTITY",
+    "OPTION_SA_IDENTITY", "POST", "PUT", "RSC_TO_COAP", "SIZE1", "SIZE2", "UNREACHABLE_CODE", "URI_PATH",
+    "CoAPFormatError", "Decision", "Forward", "Message", "MessageType", "Pass", "Refuse", "check_repeats",
+    "coap_code_for", "decide", "decode_uint", "encode_uint", "format_code", "is_empty", "is_request", "make_code",
+    "originator", "prepare_forward", "prepare_response", "refusal", "reset", "split_code",
 ]
 
 
@@ -75,7 +76,9 @@ def is_empty(code: int) -> bool:
 EMPTY, GET, POST, PUT, DELETE = 0, make_code(0, 1), make_code(0, 2), make_code(0, 3), make_code(0, 4)
 
 # RFC 7252 §5.10, Table 4 (those this module's users are likely to touch)
-URI_HOST, URI_PORT, LOCATION_PATH, URI_PATH, CONTENT_FORMAT, URI_QUERY, ACCEPT = 3, 7, 8, 11, 12, 15, 17
+URI_HOST, URI_PORT, LOCATION_PATH, URI_PATH, CONTENT_FORMAT, MAX_AGE, URI_QUERY, ACCEPT = 3, 7, 8, 11, 12, 14, 15, 17
+# RFC 7959 §2.1 and §4 (block-wise transfer: m2msec.gateway.coap_blockwise)
+BLOCK2, BLOCK1, SIZE2, SIZE1 = 23, 27, 28, 60
 
 # TS-0008 V3.9.0 Table 6.2.2.4.0-1 "Definition of New Options" (all Critical and Unsafe, none Repeatable)
 ONEM2M_OT = 259  # Originating Timestamp, string (15)
@@ -108,6 +111,25 @@ OPTION_SA_IDENTITY = 65002  # the AE-ID / CSE-ID the SA is associated with (rule
 OPTION_CREDENTIAL_ID = 65006  # TS-0003 §10.4 Credential-ID (rules.HEADER_CREDENTIAL_ID)
 OPTION_PSK_IDENTITY = 65010  # the KpsaID the client authenticated with (rules.HEADER_PSK_IDENTITY)
 IDENTITY_OPTIONS = (OPTION_SA_IDENTITY, OPTION_CREDENTIAL_ID, OPTION_PSK_IDENTITY)
+
+# Options a client may send at most once (decision D25). Every option of TS-0008 Table 6.2.2.4.0-1 is
+# non-Repeatable, and several carry identity or correlate a response with its originator: From (FR), the
+# Request Identifier (RQI), the Release Version (RVI, it selects how FR is read), the authorization signatures
+# and their request information (AUS, ASRI), the assigned token identifiers (ATI), the group request identifier
+# (GID) and the notification URI (RTURI). A repeat lets the gateway and the CSE read different values (the
+# gateway checks one FR, the CSE might use another), so the whole table is refused with 4.00 / rsc 4000 rather
+# than only FR; RFC 7959's Block1/Block2/Size1/Size2 are non-repeatable as well, and the gateway interprets them.
+NON_REPEATABLE_OPTIONS: frozenset[int] = frozenset({
+    ONEM2M_OT, ONEM2M_RTURI, ONEM2M_TY, ONEM2M_RVI, ONEM2M_ASRI, ONEM2M_FR, ONEM2M_RQI, ONEM2M_RQET, ONEM2M_RSET,
+    ONEM2M_OET, ONEM2M_EC, ONEM2M_RSC, ONEM2M_GID, ONEM2M_CTO, ONEM2M_CTS, ONEM2M_ATI, ONEM2M_VSI, ONEM2M_GTM,
+    ONEM2M_AUS, BLOCK2, BLOCK1, SIZE2, SIZE1,
+})
+
+# What the gateway answers when it cannot reach the CSE (decision D26): 5.03 Service Unavailable with Max-Age
+# (RFC 7252 §5.9.3.4: retry after that many seconds) and oneM2M-RSC 5103 TARGET_NOT_REACHABLE. TS-0008 Table
+# 6.2.4-1 maps 5103 to 4.04, which tells a CoAP client the resource does not exist; the CSE behind the gateway
+# is what is missing, and the condition is temporary.
+UNREACHABLE_CODE = make_code(5, 3)
 
 # TS-0008 V3.9.0 Table 6.2.4-1, grouped by CoAP Response Code. Not listed: 1000 (not used), 1002 (2.01 or 2.04)
 # and 2000 (2.05 for RETRIEVE, 2.04 for NOTIFY), which depend on the request.
@@ -270,6 +292,16 @@ def originator(msg: Message) -> str | None:
         raise CoAPFormatError("oneM2M-FR option is not UTF-8") from None
 
 
+def check_repeats(msg: Message) -> None:
+    """Raise :class:`CoAPFormatError` when ``msg`` repeats an option of :data:`NON_REPEATABLE_OPTIONS`."""
+    seen: set[int] = set()
+    for number, _ in msg.options:
+        if number in NON_REPEATABLE_OPTIONS:
+            if number in seen:
+                raise CoAPFormatError(f"option {number} repeated")
+            seen.add(number)
+
+
 def prepare_forward(msg: Message, sa: SecurityAssociation) -> bytes:
     """The datagram for the CSE: client-supplied identity options removed, the SA's own added."""
     added = [(number, value.encode("utf-8")) for number, value in (
@@ -287,15 +319,18 @@ def prepare_response(datagram: bytes) -> bytes:
 
 
 _MAX_DIAGNOSTIC = 128  # bytes
+_MAX_REFUSAL = 1024  # bytes: within the coaps side's datagram limit (m2msec.gateway.coap_blockwise.MAX_MESSAGE)
 
 
-def refusal(msg: Message, exc: OneM2MError, message_id: int | None = None) -> bytes | None:
+def refusal(msg: Message, exc: OneM2MError, message_id: int | None = None, *, code: int | None = None,
+            max_age: int | None = None) -> bytes | None:
     """The response the gateway itself sends for a refused request, or None when ``msg`` must not be answered.
 
     CON request: piggybacked ACK with its Message ID and token (RFC 7252 §5.2.1); NON request: a NON response
     with ``message_id`` (new, from the caller) and its token (§5.2.3, TS-0008 §6.3.1). Code from Table 6.2.4-1,
     oneM2M-RSC as uint (Table 6.2.2.4.0-1, §6.2.4), oneM2M-RQI echoed, and a UTF-8 diagnostic payload without
-    Content-Format (RFC 7252 §5.5.2).
+    Content-Format (RFC 7252 §5.5.2); both dropped when an echoed RQI would make the answer larger than one
+    DTLS record. ``code`` overrides the table's CoAP code; ``max_age`` adds Max-Age.
     """
     if not is_request(msg.code) or msg.type not in (MessageType.CON, MessageType.NON):
         return None
@@ -306,11 +341,17 @@ def refusal(msg: Message, exc: OneM2MError, message_id: int | None = None) -> by
     else:
         kind, mid = MessageType.NON, message_id
     options = [(ONEM2M_RSC, encode_uint(exc.rsc))]
+    if max_age is not None:
+        options.append((MAX_AGE, encode_uint(max_age)))
     rqi = msg.option(ONEM2M_RQI)
     if rqi is not None:
         options.append((ONEM2M_RQI, rqi))
     diagnostic = exc.detail.encode("utf-8")[:_MAX_DIAGNOSTIC].decode("utf-8", "ignore").encode("utf-8")
-    return Message(kind, coap_code_for(exc.rsc), mid, msg.token, options, diagnostic).encode()
+    code = coap_code_for(exc.rsc) if code is None else code
+    reply = Message(kind, code, mid, msg.token, sorted(options, key=_number), diagnostic)
+    if len(reply.encode()) > _MAX_REFUSAL:  # a huge RQI: the answer must still fit one DTLS record
+        reply = replace(reply, payload=b"").without_options((ONEM2M_RQI,))
+    return reply.encode()
 
 
 def reset(datagram: bytes) -> bytes | None:
@@ -323,9 +364,10 @@ def reset(datagram: bytes) -> bytes | None:
 
 @dataclass(frozen=True)
 class Forward:
-    """Send ``datagram`` to the CSE."""
+    """Send ``datagram`` to the CSE (``message``: the accepted request as the client sent it)."""
 
     datagram: bytes
+    message: Message | None = None
 
 
 @dataclass(frozen=True)
@@ -354,11 +396,12 @@ def decide(msg: Message, sa: SecurityAssociation, policy: UnboundPolicy, message
     try:
         if msg.type not in (MessageType.CON, MessageType.NON):
             raise BadRequest("a request in an ACK or RST message")  # RFC 7252 §4.2, §4.3
+        check_repeats(msg)
         check_originator(sa, originator(msg), policy)
     except CoAPFormatError as exc:
         error = BadRequest(str(exc))
     except OneM2MError as exc:
         error = exc
     else:
-        return Forward(prepare_forward(msg, sa))
+        return Forward(prepare_forward(msg, sa), msg)
     return Refuse(error, refusal(msg, error, message_id))

@@ -6,8 +6,14 @@ same association and originator rules as the HTTP side (:func:`m2msec.gateway.co
 ``oneM2M-FR`` that does not match the SA, never forwarded), and relays the rest to the CSE's plain CoAP
 port over a UDP socket of its own (so the CSE's answers, including separate responses and
 notifications on that path, come back to the right peer). Identity options the CSE sends back are
-stripped. The relay does not interpret CoAP beyond that: retransmission and deduplication stay
-end to end between the client and the CSE.
+stripped. Bodies that do not fit one DTLS datagram go block-wise (RFC 7959) between the gateway and
+the client (:mod:`m2msec.gateway.coap_blockwise`, whole on the loopback hop to the CSE). Otherwise
+retransmission and deduplication stay end to end between the client and the CSE.
+
+Until the CSE-side socket is open, requests wait in a bounded queue (:data:`MAX_PENDING`,
+:data:`MAX_PENDING_BYTES`); when it cannot be opened, queued and new Confirmable requests are answered
+5.03 / oneM2M 5103 (decision D26) and opening is retried on a later message after
+``CoapsConfig.backend_retry`` seconds.
 """
 
 from __future__ import annotations
@@ -16,12 +22,15 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from m2msec.crl import CRLFile
+from m2msec.errors import TargetNotReachable
 from m2msec.gateway import coap
+from m2msec.gateway.coap_blockwise import MAX_MESSAGE, Action, BlockwiseLimits, ByteBudget, PeerBlockwise, ToClient
 from m2msec.gateway.reload import side_reloader
 from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME, Revocation, SAGuard
 from m2msec.gateway.rules import CredentialResolver, SecurityAssociation, UnboundPolicy, associate
@@ -34,6 +43,9 @@ from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE
 __all__ = ["CoapsConfig", "CoapsGateway"]
 
 log = logging.getLogger("m2msec.gateway.coaps")
+
+#: requests (and their bytes) one peer may queue while its CSE-side socket is being opened
+MAX_PENDING, MAX_PENDING_BYTES = 32, 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,10 @@ class CoapsConfig:
     max_handshaking_per_source: int = DEFAULT_MAX_HANDSHAKES_PER_SOURCE
     #: tell clients their PSK identity is unknown instead of staying silent as for a wrong key (RFC 4279 §2)
     reveal_unknown_psk_identity: bool = False
+    #: seconds before a failed CSE-side socket is tried again
+    backend_retry: float = 2.0
+    #: bounds of the block-wise (RFC 7959) state, decision D24
+    blockwise: BlockwiseLimits = field(default_factory=BlockwiseLimits)
 
 
 class _Backend(asyncio.DatagramProtocol):
@@ -80,12 +96,18 @@ class _PeerRelay(asyncio.DatagramProtocol):
         self.gateway = gateway
         self.transport: asyncio.DatagramTransport | None = None
         self.backend: asyncio.DatagramTransport | None = None
-        self.pending: list[bytes] = []
+        self.pending: list[tuple[bytes, coap.Message | None]] = []
+        self.pending_bytes = 0
         self.peer: Any = None
         self.sa: SecurityAssociation | None = None
         self.guard: SAGuard | None = None
         self._mids = itertools.count(random.randrange(0x10000))
         self._task: asyncio.Task[None] | None = None
+        self._retry_at = 0.0  # loop time before which the CSE counts as unreachable
+        self.blocks = PeerBlockwise(gateway.config.blockwise, gateway.budget, self._next_mid)
+
+    def _next_mid(self) -> int:
+        return next(self._mids) & 0xFFFF
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -96,13 +118,32 @@ class _PeerRelay(asyncio.DatagramProtocol):
         log.info("coaps SA with %s: %s associated=%r %s", self.peer, self.sa.credential, self.sa.identity,
                  session.cipher)
 
-    def _to_cse(self, datagram: bytes) -> None:
+    def _to_cse(self, datagram: bytes, msg: coap.Message | None = None) -> None:
+        """Send to the CSE; ``msg``: the request as the client sent it, answered 5.03 if the CSE is unreachable."""
         if self.backend is not None:
             self.backend.sendto(datagram)
             return
-        self.pending.append(datagram)
+        loop = asyncio.get_running_loop()
+        if self._task is None and loop.time() < self._retry_at:
+            self._unreachable(msg)
+            return
+        if len(self.pending) >= MAX_PENDING or (  # one message always fits (a reassembled Block1 request can be
+                self.pending and self.pending_bytes + len(datagram) > MAX_PENDING_BYTES):  # a peer's first)
+            self._unreachable(msg)
+            return
+        self.pending.append((datagram, msg))
+        self.pending_bytes += len(datagram)
         if self._task is None:  # the CSE-side socket is opened on the first message, not per handshake
-            self._task = asyncio.get_running_loop().create_task(self._open_backend())
+            self._task = loop.create_task(self._open_backend())
+
+    def _unreachable(self, msg: coap.Message | None) -> None:
+        if msg is None or msg.type is not coap.MessageType.CON or self.transport is None:
+            return  # NON requests and other messages are dropped (RFC 7252 §4.3: no reliability promised)
+        retry = max(1, math.ceil(self.gateway.config.backend_retry))
+        reply = coap.refusal(msg, TargetNotReachable("the CSE cannot be reached"), code=coap.UNREACHABLE_CODE,
+                             max_age=retry)
+        if reply is not None:
+            self._send(reply)
 
     async def _open_backend(self) -> None:
         cfg = self.gateway.config
@@ -112,14 +153,20 @@ class _PeerRelay(asyncio.DatagramProtocol):
             )
         except OSError as exc:
             log.error("cannot reach the CSE at %s:%d: %s", cfg.backend_host, cfg.backend_port, exc)
+            self._retry_at = asyncio.get_running_loop().time() + cfg.backend_retry
+            self._task = None  # tried again on a message after backend_retry seconds
+            queued, self.pending, self.pending_bytes = self.pending, [], 0
+            for _, msg in queued:
+                self._unreachable(msg)
             return
         if self.transport is None:  # the peer went away meanwhile
             backend.close()
             return
         self.backend = backend
-        for datagram in self.pending:
+        for datagram, _ in self.pending:
             backend.sendto(datagram)
         self.pending.clear()
+        self.pending_bytes = 0
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         assert self.sa is not None
@@ -137,21 +184,56 @@ class _PeerRelay(asyncio.DatagramProtocol):
         if isinstance(decision, coap.Refuse):
             log.warning("refused CoAP %s from %s: rsc=%d %s", coap.format_code(msg.code), self.peer,
                         decision.error.rsc, decision.error.detail)
-            if decision.datagram is not None and self.transport is not None:
-                self.transport.sendto(decision.datagram)
+            if decision.datagram is not None:
+                self._send(decision.datagram)
             return
-        self._to_cse(decision.datagram)
+        if isinstance(decision, coap.Pass) or decision.message is None:
+            self._to_cse(decision.datagram)
+            return
+        self._act(self.blocks.from_client(decision.message, asyncio.get_running_loop().time()))
+
+    def _act(self, actions: list[Action]) -> None:
+        """Carry out what the block-wise layer decided; requests to the CSE get the SA's identity options."""
+        assert self.sa is not None
+        for action in actions:
+            if isinstance(action, ToClient):
+                self._to_client(action.message)
+            elif coap.is_request(action.message.code):
+                self._to_cse(coap.prepare_forward(action.message, self.sa), action.message)
+            else:
+                self._to_cse(action.message.encode())
+
+    def _to_client(self, msg: coap.Message) -> None:
+        if self.transport is None:
+            return
+        self._send(msg.without_options(coap.IDENTITY_OPTIONS).encode())  # CSE copies never reach the client
+
+    def _send(self, datagram: bytes) -> None:
+        """To the client, if it fits one DTLS record (else the DTLS transport would drop the peer): only a
+        CSE-initiated message, or a refusal echoing a huge RQI, can be larger."""
+        if self.transport is None:
+            return
+        if len(datagram) > MAX_MESSAGE:
+            log.warning("CoAP message of %d bytes for %s does not fit a DTLS record: dropped", len(datagram),
+                        self.peer)
+            return
+        self.transport.sendto(datagram)
 
     def from_cse(self, data: bytes) -> None:
         if self.transport is None or (self.guard is not None and self.guard.close_if_ended(self.transport)):
             return
         try:
-            self.transport.sendto(coap.prepare_response(data))
+            msg = coap.Message.decode(data)
         except coap.CoAPFormatError as exc:
             log.info("malformed CoAP from the CSE for %s dropped: %s", self.peer, exc)
+            return
+        self._act(self.blocks.from_cse(msg, asyncio.get_running_loop().time()))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.blocks.close()
+        self.pending.clear()
+        self.pending_bytes = 0
         if self.backend is not None:
             self.backend.close()
             self.backend = None
@@ -164,6 +246,7 @@ class CoapsGateway:
                  cookie_secret: bytes | None = None, crls: CRLFile | None = None) -> None:
         self.config = config
         self.resolver = resolver
+        self.budget = ByteBudget(config.blockwise.max_total_bytes)  # block-wise bytes of all peers together
         self.context = TLSContext.dtls_server(
             ServerConfig(table.lookup if table is not None else None, profiles=config.profiles,
                          identity_hint=config.identity_hint, certificate=config.certificate,
