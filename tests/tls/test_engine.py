@@ -20,6 +20,7 @@ from m2msec.errors import ConfigurationError, HandshakeFailed, TLSProtocolError
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable, PSKEntry
 from m2msec.tls.engine import (
+    PSK_NOT_ACCEPTED,
     CertificateConfig,
     ClientConfig,
     ConnectionClosed,
@@ -312,3 +313,43 @@ def test_tls13_unknown_identity_reports_the_alert_actually_sent(table: MemoryPSK
         c.receive_data(s.data_to_send())
     assert srv.value.reason == "unknown psk identity"
     assert srv.value.alert == cli.value.alert == "handshake_failure"
+
+
+# --- D38: a PSK client without trust anchors accepts only a PSK-authenticated server ---------------------------
+
+
+def _run_to_client_failure(server: TLSContext, client: TLSContext) -> HandshakeFailed:
+    s, c = server.connection(), client.connection()
+    to_server = c.data_to_send()
+    for _ in range(10):
+        s.receive_data(to_server)
+        try:
+            c.receive_data(s.data_to_send())
+        except HandshakeFailed as exc:
+            assert c.state is ConnectionState.FAILED and c.session is None
+            return exc
+        to_server = c.data_to_send()
+    raise AssertionError("the client accepted the server")
+
+
+def test_tls13_psk_client_refuses_a_server_that_ignores_the_psk(rsa_cert: tuple[bytes, bytes]) -> None:
+    """A TLS 1.3 server that does not take the offered PSK (here: it does not know the identity) falls back to
+    certificate authentication; a PSK client has nothing to verify the certificate with and must refuse, before
+    sending its Finished, with the reason said (not accept an unauthenticated server)."""
+    server = TLSContext.server(ServerConfig(lambda _identity: None, profiles=(TLS13_PSK,),
+                                            certificate=CertificateConfig(*rsa_cert), reveal_unknown_psk_identity=True))
+    client = TLSContext.client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(TLS13_PSK,),
+                                            peer_entity=HOME_GATEWAY_CSE_ID))
+    exc = _run_to_client_failure(server, client)
+    assert exc.reason == PSK_NOT_ACCEPTED and exc.alert == "unknown_ca"
+
+
+def test_rsa_psk_client_without_anchors_reports_no_unverified_certificate(
+    table: MemoryPSKTable, rsa_cert: tuple[bytes, bytes]
+) -> None:
+    """RSA_PSK: the server sends a certificate the PSK client cannot verify; the PSK authenticates the session,
+    and the unverified certificate is not reported (nothing may read an identity from it)."""
+    server, client = contexts(table, (RSA_PSK,), certificate=CertificateConfig(*rsa_cert))
+    _, c = handshake_pair(server, client)
+    assert c.session is not None and c.session.psk_identity == LIGHT1_ID and c.session.authentication == "psk"
+    assert c.session.peer_certificate is None

@@ -89,6 +89,7 @@ PRIVATE_BINDINGS: tuple[str, ...] = (
     "OpenSSL._util.lib.X509_STORE_free",
     "OpenSSL._util.lib.SSL_CTX_set_cert_store",
     "OpenSSL._util.lib.SSL_get_session",
+    "OpenSSL._util.lib.SSL_session_reused",  # TLS 1.3: did the server accept our external PSK? (D38)
     "OpenSSL._util.ffi.callback",
     "OpenSSL.SSL.Context._context",
     "OpenSSL.SSL.Connection._ssl",
@@ -120,6 +121,11 @@ YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
 ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 -----END DH PARAMETERS-----
 """
+
+#: docs/decisions.md D38: why a client without trust anchors refuses a server that did not authenticate with the
+#: PSK (TLS 1.3 lets a server ignore the offered PSK and authenticate with a certificate instead)
+PSK_NOT_ACCEPTED = ("the server did not authenticate with the PSK (it sent a certificate instead); a PSK client "
+                    "without trust anchors accepts only PSK-authenticated servers")
 
 #: RFC 5705 §4: labels that collide with TLS's own PRF uses and must not be used for export.
 _RESERVED_EXPORT_LABELS = frozenset({"client finished", "server finished", "master secret", "key expansion"})
@@ -489,6 +495,12 @@ class TLSContext:
         cred = config.certificate
         if cred is not None and cred.trust_anchors_pem is not None:
             self._trust(ctx, cred, SSL.VERIFY_PEER)
+        else:
+            # D38: nothing to verify a certificate with, so only the PSK may authenticate the server. VERIFY_PEER
+            # over the context's empty store makes OpenSSL call _verify_peer for any server Certificate: it lets
+            # an RSA_PSK one through (the PSK authenticates, RFC 4279 §4) and refuses every other one, e.g. a
+            # TLS 1.3 server that ignored the offered PSK.
+            ctx.set_verify(SSL.VERIFY_PEER, _verify_peer)
         if any(p.mutual_certificates for p in config.profiles):
             if cred is None or cred.trust_anchors_pem is None:
                 raise ConfigurationError("a certificate client needs its certificate, key and trust anchors")
@@ -581,6 +593,11 @@ class TLSContext:
         self._install_trust_store(self._ctx, crls)
         return True
 
+    @property
+    def verifies_certificates(self) -> bool:
+        """Whether this context has trust anchors to verify a peer's certificate chain with."""
+        return hasattr(self, "_anchors")
+
     def connection(self) -> TLSConnection:
         """A new sans-I/O connection. A client connection has its ClientHello ready in data_to_send()."""
         if self.dtls:
@@ -607,6 +624,8 @@ _VERIFY_ALERTS = {
 def _verify_peer(conn: SSL.Connection, cert: _crypto.X509, errno: int, depth: int, ok: int) -> bool:
     """OpenSSL's chain verdict, plus the TS-0003 §10.1.1.1 key profile on the end-entity certificate."""
     owner: TLSConnection | None = conn.get_app_data()
+    if owner is not None and not owner._context.is_server and not owner._context.verifies_certificates:
+        return owner._psk_only_server_certificate(conn)
     if not ok:
         if owner is not None and owner._verify_failure is None:
             reason = _ffi.string(_lib.X509_verify_cert_error_string(errno)).decode("ascii", "replace")
@@ -789,9 +808,33 @@ class TLSConnection:
                 raise self._handshake_error(exc) from None
             self.state = ConnectionState.FAILED
             raise HandshakeFailed("handshake failed without an OpenSSL error")
+        if not self._context.is_server and not self._context.verifies_certificates and not self._psk_authenticated():
+            # D38, second line of defence behind _verify_peer: never report a session the PSK did not authenticate
+            self.state = ConnectionState.FAILED
+            raise HandshakeFailed(PSK_NOT_ACCEPTED, alert=None)
         self.state = ConnectionState.ESTABLISHED
         self.session = self._build_session()
         return True
+
+    def _psk_authenticated(self) -> bool:
+        """Client side, after the handshake: did the server authenticate with our PSK? TLS 1.2: a PSK suite was
+        negotiated (every one mixes the PSK into the master secret). TLS 1.3: the server accepted the external
+        PSK (OpenSSL reports it as a reused session; tickets are off, so nothing else is ever resumed)."""
+        if self._ssl.get_protocol_version_name() in ("TLSv1.3", "DTLSv1.3"):
+            return bool(_lib.SSL_session_reused(self._ssl._ssl) == 1)
+        return "PSK" in (self._ssl.get_cipher_name() or "")
+
+    def _psk_only_server_certificate(self, conn: SSL.Connection) -> bool:
+        """A client without trust anchors got a server Certificate: accept it (unverified, never reported) only
+        within a (D)TLS 1.2 handshake, where such a client offers PSK suites only (certificate suites need anchors)
+        and so the certificate is RSA_PSK's, the PSK authenticates the server (RFC 4279 §4; _psk_authenticated
+        checks the suite once it is known). In TLS 1.3 a Certificate means the server refused the PSK."""
+        if conn.get_protocol_version_name() not in ("TLSv1.3", "DTLSv1.3"):
+            return True
+        if self._verify_failure is None:
+            self._verify_failure = PSK_NOT_ACCEPTED
+            self._verify_alert = "unknown_ca"  # OpenSSL's alert for the unverifiable chain (empty trust store)
+        return False
 
     def _read_application_data(self) -> list[Event]:
         events: list[Event] = []
@@ -851,7 +894,9 @@ class TLSConnection:
         cipher = self._ssl.get_cipher_name() or ""
         server_name_raw = self._ssl.get_servername()
         server_name = server_name_raw.decode("idna") if server_name_raw else None
-        peer = self._ssl.get_peer_certificate(as_cryptography=True)
+        # only a certificate OpenSSL verified against trust anchors is reported (an RSA_PSK server certificate
+        # seen by a client without anchors is not: nothing may read an identity from it)
+        peer = self._ssl.get_peer_certificate(as_cryptography=True) if self._context.verifies_certificates else None
         identity: str | None
         if self._context.is_server:
             entry = self._psk_entry
@@ -861,8 +906,8 @@ class TLSConnection:
             hint = self._context.config.identity_hint if isinstance(self._context.config, ServerConfig) else None
         else:
             assert isinstance(self._context.config, ClientConfig)
-            psk_suite = "PSK" in cipher or (version == "TLSv1.3" and peer is None)
-            identity = self._context.config.psk_identity if psk_suite else None
+            psk_auth = self._context.config.psk_identity is not None and self._psk_authenticated()
+            identity = self._context.config.psk_identity if psk_auth else None
             entity = self._context.config.peer_entity
             hint = self._identity_hint
             if server_name is None:
