@@ -187,7 +187,7 @@ async def test_dtls_one_source_cannot_take_every_handshake_slot() -> None:
 
 
 def psk_client() -> TLSContext:
-    return TLSContext.client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY)))
+    return TLSContext.client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), peer_entity=HOME_GATEWAY_CSE_ID))
 
 
 class CSE:
@@ -398,7 +398,8 @@ def test_cli_lowers_the_default_max_connections_to_the_fd_limit(tmp_path: Path) 
 
 
 async def test_gateway_process_hides_unknown_identities_unless_told_to_reveal(tmp_path: Path) -> None:
-    stranger = TLSContext.client(ClientConfig("nobody@in.provider.com", SecretKey.from_hex(LIGHT1_KEY)))
+    stranger = TLSContext.client(ClientConfig("nobody@in.provider.com", SecretKey.from_hex(LIGHT1_KEY),
+                                              peer_entity=HOME_GATEWAY_CSE_ID))
     alerts = []
     for extra in ([], ["--reveal-unknown-psk-identity"]):
         gw = subprocess.Popen([*gateway_args(tmp_path), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

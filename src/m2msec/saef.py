@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import h11
 
-from m2msec.errors import HandshakeFailed, TransportError
+from m2msec.errors import TransportError
 from m2msec.gateway import http
 from m2msec.idb import ANY_ENTITY, AnyEntity, check_peer_entity, require_idb
 from m2msec.keys.secret import SecretKey
@@ -145,12 +145,9 @@ async def establish_sa(
     require_idb(credentials.peer_entity)
     context = TLSContext.client(credentials.client_config(server_name))
     try:
-        reader, writer, session = await open_connection(host, port, context, handshake_timeout=timeout)
+        # the transport checks IdB (pinned to our own SP when SP-relative, D39) before returning the session
+        reader, writer, session = await open_connection(host, port, context, handshake_timeout=timeout,
+                                                        peer_entity=credentials.peer_entity)
     except OSError as exc:
         raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
-    try:
-        check_peer_entity(session, credentials.peer_entity)
-    except HandshakeFailed:
-        writer.close()
-        raise
     return EstablishedSA(reader, writer, session)

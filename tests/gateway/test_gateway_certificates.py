@@ -105,7 +105,7 @@ async def test_device_and_node_certificates_get_a_credential_id(
     for policy, expected in ((UnboundPolicy.REJECT, (403, "4106")), (UnboundPolicy.FORWARD, (200, "2000"))):
         gw = await start(backend.port, ca, server_cert, unbound=policy)
         try:
-            sa = await connect(gw, client, ca)
+            sa = await connect(gw, client, ca, peer_entity=f"//{SP}/{GATEWAY_CSE}")  # no SP in A's certificate (D39)
             assert await exchange(sa, "Cdevice") == expected
             await sa.close()
         finally:
@@ -178,7 +178,7 @@ async def test_foreign_sp_certificates_keep_their_absolute_form_only(
     client = issue(foreign_ca, flavour, identity, sp_domain=FOREIGN_SP if flavour is F.CSE_ID else None)
     gw = await start(backend.port, ca, server_cert, extra_ca=foreign_ca)
     try:
-        sa = await connect(gw, client, ca)
+        sa = await connect(gw, client, ca, peer_entity=f"//{SP}/{GATEWAY_CSE}")  # B is of another SP than A (D39)
         for origin in local_forms:
             assert await exchange(sa, origin) == (403, "4106"), origin
         assert await exchange(sa, associated) == (200, "2000")

@@ -262,9 +262,11 @@ async def test_server_with_another_aes_certificate_is_refused(
     async with tls_server(pki, cse, "other-ae") as gw:
         with pytest.raises(ConfigurationError, match="no IdB"):  # it was accepted without an IdB before
             await establish_sa("127.0.0.1", gw.port, cert_creds(pki, "client", None))
-        for idb in (GATEWAY_CSE, "Cother", f"//{SP}/{GATEWAY_CSE}/Cother"):  # IdB names a CSE; B is an AE
+        for idb in (GATEWAY_CSE, "Cother"):  # IdB names a CSE; B is an AE
             with pytest.raises(HandshakeFailed, match="is a ae-id certificate"):
                 await establish_sa("127.0.0.1", gw.port, cert_creds(pki, "client", idb))
+        with pytest.raises(ConfigurationError, match="malformed IdB"):  # an AE-ID is no IdB: refused before (D39)
+            await establish_sa("127.0.0.1", gw.port, cert_creds(pki, "client", f"//{SP}/{GATEWAY_CSE}/Cother"))
         with caplog.at_level(logging.WARNING, "m2msec.idb"):  # the explicit opt-out still connects, loudly
             sa = await establish_sa("127.0.0.1", gw.port, cert_creds(pki, "client", ANY_ENTITY))
         await sa.close()
@@ -369,7 +371,7 @@ async def test_coaps_foreign_sp_certificate_keeps_its_absolute_form(pki: dict[st
         ae = pki["foreign-ae"]
         own = CertificateConfig(ae.certificate_pem(), ae.private_key_pem(), anchors(pki))
         ctx = TLSContext.dtls_client(ClientConfig(None, None, profiles=(ECDHE_ECDSA_DTLS,), certificate=own,
-                                                  peer_entity=GATEWAY_CSE))
+                                                  peer_entity=f"//{SP}/{GATEWAY_CSE}"))  # B: not A's SP (D39)
         transport, app, _ = await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, ctx)
         try:
             answers = []

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from m2msec.errors import HandshakeFailed, HandshakeTimeout, TLSError
-from m2msec.idb import AnyEntity, check_peer_entity, require_idb
+from m2msec.idb import AnyEntity, check_peer_entity, client_idb
 from m2msec.tls.engine import (
     DEFAULT_DTLS_MTU,
+    ClientConfig,
     ConnectionClosed,
     DataReceived,
     DTLSConnection,
@@ -346,23 +347,20 @@ async def create_dtls_endpoint(
 ) -> tuple[DTLSPeerTransport, asyncio.DatagramProtocol, SessionInfo]:
     """Connect to a DTLS server; returns the peer transport, the app protocol and the session.
 
-    ``peer_entity`` is IdB (default: the context's ``ClientConfig.peer_entity``); one is required, or
-    ``m2msec.idb.ANY_ENTITY`` to accept any server (docs/decisions.md D23). A certificate server must present
-    IdB's CSE-ID certificate (:func:`m2msec.idb.check_peer_entity`).
+    ``peer_entity`` is IdB (default: the context's ``ClientConfig.peer_entity``; a different one, ANY_ENTITY
+    included, is refused); one is required, or ``m2msec.idb.ANY_ENTITY`` to accept any server (docs/decisions.md
+    D23). A certificate server must present IdB's CSE-ID certificate (:func:`m2msec.idb.check_peer_entity`, D39).
 
     Raises:
-        ConfigurationError: no IdB; nothing is sent.
+        ConfigurationError: no IdB, a malformed one, or a contradiction; nothing is sent.
         HandshakeFailed, HandshakeTimeout: authentication failed (or the server is not IdB), or no answer in
             ``handshake_timeout``.
     """
-    config = context.config
-    if peer_entity is None:
-        peer_entity = getattr(config, "peer_entity", None)
-    elif isinstance(peer_entity, str) and getattr(config, "peer_entity", None) not in (None, peer_entity):
+    if not isinstance(context.config, ClientConfig):
         from m2msec.errors import ConfigurationError
 
-        raise ConfigurationError("peer_entity differs from the IdB in the context's ClientConfig")
-    require_idb(peer_entity)
+        raise ConfigurationError("create_dtls_endpoint needs a client context")
+    idb, own_chain = client_idb(context.config, peer_entity)
     loop = asyncio.get_running_loop()
     udp, proto = await loop.create_datagram_endpoint(
         lambda: _ClientProtocol(context, app_factory, mtu=mtu, remote=(host, port)), remote_addr=(host, port)
@@ -377,7 +375,7 @@ async def create_dtls_endpoint(
         udp.close()
         raise
     try:
-        check_peer_entity(session, peer_entity)
+        check_peer_entity(session, idb, own_chain_pem=own_chain)
     except HandshakeFailed:
         if proto.peer.transport is not None:
             proto.peer.transport.close()  # close_notify: not IdB

@@ -7,6 +7,10 @@ gives the application protocol a :class:`TLSTransport`: an ordinary ``asyncio.Tr
 (also ``"peer_identity"`` and ``"sa_entity"``). So any asyncio protocol (asyncio streams, an h11
 server, ...) runs inside TLS-PSK unchanged.
 
+A client (:func:`create_connection`, :func:`open_connection`) needs IdB, the identity of the server, and checks
+it after the handshake as :func:`m2msec.transport.dtls.create_dtls_endpoint` does (:mod:`m2msec.idb`, D23,
+D39): the session it returns reports only an IdB that was checked.
+
 Handshake failures are logged at INFO with the peer address and reason, the alert is flushed, and
 the socket is closed: the server keeps serving. Nothing here logs key material.
 """
@@ -19,7 +23,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from m2msec.errors import HandshakeFailed, HandshakeTimeout, TLSError
+from m2msec.idb import AnyEntity, check_peer_entity, client_idb
 from m2msec.tls.engine import (
+    ClientConfig,
     ConnectionClosed,
     DataReceived,
     HandshakeCompleted,
@@ -340,13 +346,24 @@ async def create_connection(
     context: TLSContext,
     *,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    peer_entity: str | AnyEntity | None = None,
 ) -> tuple[TLSAdapter, SessionInfo]:
     """Connect, complete the handshake and return the adapter (``adapter.app`` is the protocol).
 
+    ``peer_entity`` is IdB (default: the context's ``ClientConfig.peer_entity``; a different one is refused);
+    one is required, or ``m2msec.idb.ANY_ENTITY`` to accept any server (docs/decisions.md D23). A certificate
+    server must present IdB's CSE-ID certificate (:func:`m2msec.idb.check_peer_entity`).
+
     Raises:
-        HandshakeFailed, HandshakeTimeout: authentication failed or took too long.
+        ConfigurationError: no IdB, a malformed one, or a contradiction; nothing is sent.
+        HandshakeFailed, HandshakeTimeout: authentication failed (or the server is not IdB) or took too long.
         OSError: the TCP connection could not be made.
     """
+    if not isinstance(context.config, ClientConfig):
+        from m2msec.errors import ConfigurationError
+
+        raise ConfigurationError("create_connection needs a client context")
+    idb, own_chain = client_idb(context.config, peer_entity)
     loop = asyncio.get_running_loop()
     _, adapter = await loop.create_connection(
         lambda: TLSAdapter(context, app_factory, handshake_timeout=handshake_timeout), host, port
@@ -356,6 +373,12 @@ async def create_connection(
     except BaseException:
         if adapter.raw_transport is not None:
             adapter.raw_transport.close()
+        raise
+    try:
+        check_peer_entity(session, idb, own_chain_pem=own_chain)
+    except HandshakeFailed:
+        if adapter._app_transport is not None:
+            adapter._app_transport.close()  # close_notify: not IdB
         raise
     return adapter, session
 
@@ -367,13 +390,16 @@ async def open_connection(
     *,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     limit: int = 2**16,
+    peer_entity: str | AnyEntity | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, SessionInfo]:
-    """Like ``asyncio.open_connection`` over TLS-PSK; also returns the established :class:`SessionInfo`."""
+    """Like ``asyncio.open_connection`` over TLS; also returns the established :class:`SessionInfo`.
+
+    IdB (``peer_entity``) is required and checked as by :func:`create_connection`."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     adapter, session = await create_connection(
-        lambda: protocol, host, port, context, handshake_timeout=handshake_timeout
+        lambda: protocol, host, port, context, handshake_timeout=handshake_timeout, peer_entity=peer_entity
     )
     assert adapter._app_transport is not None
     writer = asyncio.StreamWriter(adapter._app_transport, protocol, reader, loop)
