@@ -27,7 +27,8 @@ from m2msec.errors import BadRequest, M2MSecError, OneM2MError
 from m2msec.gateway.rules import SecurityAssociation, UnboundPolicy, check_originator
 
 __all__ = [
-    "BLOCK1", "BLOCK2", "DELETE", "EMPTY", "GET", "IDENTITY_OPTIONS", "MAX_AGE", "NON_REPEATABLE_OPTIONS", "ONEM2M_FR",
+    "BLOCK1", "BLOCK2", "DELETE", "DROPPED_CODE_CLASSES", "EMPTY", "GET", "IDENTITY_OPTIONS", "MAX_AGE",
+    "NON_REPEATABLE_OPTIONS", "ONEM2M_FR",
     "ONEM2M_RQI", "ONEM2M_RSC", "ONEM2M_RVI", "ONEM2M_TY", "OPTION_CREDENTIAL_ID", "OPTION_PSK_IDENTITY",
     "OPTION_SA_IDENTITY", "POST", "PUT", "RSC_TO_COAP", "SIZE1", "SIZE2", "UNREACHABLE_CODE", "URI_PATH",
     "CoAPFormatError", "Decision", "Forward", "Message", "MessageType", "Pass", "Refuse", "check_repeats",
@@ -380,7 +381,7 @@ class Refuse:
 
 @dataclass(frozen=True)
 class Pass:
-    """Not a request: relay ``datagram`` (the message unchanged) to the CSE."""
+    """Not a request: relay ``datagram`` (the message without client identity options) to the CSE."""
 
     datagram: bytes
 
@@ -388,9 +389,23 @@ class Pass:
 Decision = Forward | Refuse | Pass
 
 
+#: RFC 7252 §12.1 code classes with nothing defined for CoAP over UDP (1.xx, 6.xx, 7.xx; RFC 8323 signalling is
+#: 7.xx over reliable transports only): a message from the client with one never reaches the CSE. A CON one is
+#: rejected with RST (RFC 7252 §4.2), any other is silently dropped (§4.3; an ACK or RST is never answered).
+DROPPED_CODE_CLASSES = frozenset({1, 6, 7})
+
+
 def decide(msg: Message, sa: SecurityAssociation, policy: UnboundPolicy, message_id: int | None = None) -> Decision:
-    """What the gateway does with a message from the client (``message_id``: for refusing a NON request)."""
+    """What the gateway does with a message from the client (``message_id``: for refusing a NON request).
+
+    Every message that reaches the CSE loses the client's copies of :data:`IDENTITY_OPTIONS` (D18): a request
+    gets the SA's own (:func:`prepare_forward`), anything else (Empty, ACK, RST, responses) none."""
+    if msg.code >> 5 in DROPPED_CODE_CLASSES:
+        rst = Message(MessageType.RST, EMPTY, msg.message_id).encode() if msg.type is MessageType.CON else None
+        return Refuse(BadRequest(f"CoAP code class {msg.code >> 5} is reserved"), rst)
     if not is_request(msg.code):
+        if any(number in IDENTITY_OPTIONS for number, _ in msg.options):
+            return Pass(msg.without_options(IDENTITY_OPTIONS).encode())
         return Pass(msg.encode())  # Empty, ACK, RST and responses (decode/encode is byte-exact)
     error: OneM2MError
     try:
