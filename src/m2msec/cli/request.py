@@ -33,7 +33,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--ca", type=Path, help="trust anchors for the server's certificate (PEM)")
     idb = p.add_mutually_exclusive_group()
     idb.add_argument("--entity-id", help="IdB (required): the CSE-ID of Entity B the SA is associated with (with "
-                     "--cert, B's certificate must be a CSE-ID certificate for it; //SP/CSE-ID pins the SP too)")
+                     "--cert, B's certificate must be a CSE-ID certificate for it, of the SP of --cert unless "
+                     "given as //SP/CSE-ID)")
     idb.add_argument("--insecure-any-entity", action="store_true",
                      help="no IdB: accept any server the key or the --ca certifies (another AE's included)")
     p.add_argument("--server-name", help="SNI host name (TS-0003 §10.2.1)")

@@ -242,7 +242,8 @@ class ClientConfig:
         server_name: host name sent as SNI (TS-0003 §10.2.1); IP literals are never sent.
         certificate: the client's certificate credential and the trust anchors for the server's chain.
             With PSK suites only ``trust_anchors_pem`` matters (RSA_PSK server certificate); without it the
-            server is authenticated by the PSK alone, as with every other PSK family.
+            server is authenticated by the PSK alone, as with every other PSK family, and a server that did
+            not use the PSK (TLS 1.3: sent a certificate instead) is refused (docs/decisions.md D38).
     """
 
     psk_identity: str | None
@@ -263,7 +264,8 @@ class SessionInfo:
 
     ``psk_identity`` is the identity the client used. ``entity`` is the identity the security context
     is associated with: on a server, the AE-ID/CSE-ID bound to the identity in the PSK table (or
-    ``None``); on a client, the configured IdB. ``session_id`` is empty for TLS 1.3.
+    ``None``); on a client, the configured IdB (the client transports check it before returning the session).
+    ``session_id`` is empty for TLS 1.3.
     """
 
     is_server: bool
