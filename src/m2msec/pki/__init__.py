@@ -4,7 +4,12 @@ Pure: :mod:`cryptography` only (no pyOpenSSL, no sockets); the time is a paramet
 ``datetime.now(UTC)``). Bad options raise :class:`~m2msec.errors.ConfigurationError`, malformed identifiers
 :class:`~m2msec.errors.IdentifierError`; messages never contain key material. Leaf certificates have an empty
 subject and carry their identity in one critical subjectAltName entry (RFC 5280 §4.2.1.6), so no verifier applies
-DNS name constraints to a subject CN that merely looks like a host name.
+DNS name constraints to a subject CN that merely looks like a host name. CSE-ID certificates also carry the
+CSE-ID marker (D41), and a CA issues AE-IDs and CSE-IDs only of SPs inside its permitted DNS subtrees (D40).
+
+This package: :mod:`~m2msec.pki.profile` (flavours, decisions), :mod:`~m2msec.pki.hwname` (RFC 4108 DER),
+:mod:`~m2msec.pki.identity` (reading identities, name constraints, SP binding), :mod:`~m2msec.pki.files`;
+issuing lives here. Import everything from ``m2msec.pki``.
 """
 
 from __future__ import annotations
