@@ -13,12 +13,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from test_gateway import RecordingBackend, backend, onem2m  # noqa: F401  (fixture re-used)
+from test_revocation import _PEERS, CoapCSE, CoapsPeer, Inbox, _close_clients, coap_cse, rsc  # noqa: F401
 
 from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, make_table
 from m2msec.errors import HandshakeFailed
+from m2msec.gateway import coap
+from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
 from m2msec.gateway.rules import UnboundPolicy
 from m2msec.gateway.server import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
+from m2msec.keys.table import MemoryPSKTable
 from m2msec.pki import (
     CSE_ID_CERTIFICATE_POLICY,
     END_ENTITY_BASIC_CONSTRAINTS,
@@ -30,8 +34,9 @@ from m2msec.pki import (
     issue,
 )
 from m2msec.saef import CertificateCredentials, EstablishedSA, PSKCredentials, establish_sa
-from m2msec.tls.engine import CertificateConfig
-from m2msec.tls.profiles import ECDHE_ECDSA, ONEM2M_PSK
+from m2msec.tls.engine import CertificateConfig, ClientConfig, TLSContext
+from m2msec.tls.profiles import ECDHE_ECDSA, ECDHE_ECDSA_DTLS, ONEM2M_DTLS_PSK, ONEM2M_PSK
+from m2msec.transport.dtls import create_dtls_endpoint
 
 SP = "m2m.provider.com"
 GATEWAY_CSE = "in-cse"
@@ -334,3 +339,31 @@ async def test_a_dns_name_without_the_cse_id_marker_is_no_cse(
     fqdn = issue(ca, F.FQDN, f"mef.{SP}")
     assert f"fqdn certificate 'mef.{SP}'" in await refused_as(gateway, fqdn, ca, "/mef")
     assert backend.requests == []
+
+
+async def test_coaps_refuses_another_sps_ca_certifying_an_ae_of_ours(
+    coap_cse: tuple[CoapCSE, int], ca: Issued, server_cert: Issued,  # noqa: F811
+) -> None:
+    """D40 on the coaps side (DTLS sessions carry the verified chain too): 4.03 / 4106, nothing reaches the CSE."""
+    foreign_ca = create_ca("foreign root", permitted_dns=[FOREIGN_SP])
+    forged = _leaf(foreign_ca, x509.UniformResourceIdentifier(f"//{SP}/{GATEWAY_CSE}/CAdmin"))
+    cert = CertificateConfig(server_cert.certificate_pem(), server_cert.private_key_pem(),
+                             trust_anchors_pem=ca.certificate_pem() + foreign_ca.certificate_pem())
+    gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=coap_cse[1], port=0,
+                                  profiles=(ONEM2M_DTLS_PSK, ECDHE_ECDSA_DTLS), certificate=cert,
+                                  cse_id=GATEWAY_CSE, sp_id=SP), MemoryPSKTable())
+    await gw.start()
+    try:
+        ctx = TLSContext.dtls_client(ClientConfig(None, profiles=(ECDHE_ECDSA_DTLS,), certificate=CertificateConfig(
+            forged.certificate_pem(), forged.private_key_pem(), trust_anchors_pem=ca.certificate_pem()),
+            peer_entity=GATEWAY_CSE))
+        transport, inbox, _ = await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, ctx, handshake_timeout=5)
+        assert isinstance(inbox, Inbox)
+        peer = CoapsPeer(transport, inbox)
+        _PEERS.append(peer)
+        answer = await peer.get("CAdmin")
+        assert (answer.code, rsc(answer)) == (coap.make_code(4, 3), 4106)
+        assert f"SP '{SP}' is outside the nameConstraints of CA".encode() in answer.payload  # (truncated diagnostic)
+    finally:
+        await gw.close()
+    assert coap_cse[0].received == []
