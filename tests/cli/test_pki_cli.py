@@ -15,7 +15,7 @@ SP = "m2m.myoperator.org"
 HW = "1.3.6.1.4.1.99999.1"
 FLAVOURS = [
     ("cse-id", ["--id", "MN-CSE1", "--sp-domain", SP], "MN-CSE1", "-"),
-    ("ae-id", ["--id", "//m2m.prov.com/CSE3219/C9886"], "//m2m.prov.com/CSE3219/C9886", "-"),
+    ("ae-id", ["--id", f"//{SP}/CSE3219/C9886"], f"//{SP}/CSE3219/C9886", "-"),
     ("node-id", ["--id", "1.3.6.1.4.1.99999.7.1"], "1.3.6.1.4.1.99999.7.1", "34-1.3.6.1.4.1.99999.7.1"),
     ("device", ["--id", f"{HW}/SN-1"], f"{HW}.SN-1", f"31-{HW}.SN-1"),
     ("fqdn", ["--id", "mef.m2m.myoperator.org"], "mef.m2m.myoperator.org", "-"),
@@ -50,7 +50,7 @@ def test_ca_issue_show_crl(tmp_path: Path, capsys: pytest.CaptureFixture[str], c
         assert Path(f"{out}.key").stat().st_mode & 0o777 == 0o600
         assert Path(f"{out}.crt").stat().st_mode & 0o777 == 0o644
         capsys.readouterr()
-        assert main(["pki", "show", f"{out}.crt", *(["--fqdn"] if flavour == "fqdn" else [])]) == 0
+        assert main(["pki", "show", f"{out}.crt"]) == 0  # D41: the CSE-ID marker tells cse-id from fqdn
         text = capsys.readouterr().out
         shown = fields(text)
         assert (shown["flavour"], shown["identity"], shown["credential-id"]) == (flavour, identity, credential)
@@ -105,6 +105,9 @@ def test_csr_and_sign_csr(tmp_path: Path, capsys: pytest.CaptureFixture[str], ca
         (["issue", "--ca", "{inter}", "--flavour", "node-id", "--id", "1.2.3", "--out", "{tmp}/a", "--days", "0"],
          "days"),
         (["ca", "--out", "{tmp}/ca2", "--name", "unconstrained"], "nameConstraints"),
+        # D40: the intermediate is bound to SP m2m.myoperator.org; the root's prov.com does not help it
+        (["issue", "--ca", "{inter}", "--flavour", "ae-id", "--id", "//m2m.prov.com/in-cse/CAdmin", "--out",
+          "{tmp}/a"], "SP 'm2m.prov.com' of this ae-id identity is outside the nameConstraints"),
         (["show", "{inter}.key"], "not a PEM or DER certificate"),
     ],
 )

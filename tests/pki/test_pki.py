@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.identifiers import CredentialID, CredIDType
 from m2msec.pki import (
+    CSE_ID_CERTIFICATE_POLICY,
     HARDWARE_MODULE_NAME_OID,
     CertificateFlavour,
     CertificateIdentity,
@@ -40,8 +41,8 @@ HW_TYPE = "1.3.6.1.4.1.99999.1"
 # (flavour, identity given to issue, sp_domain, expected identity read back)
 CASES = [
     (F.CSE_ID, "MN-CSEID", SP, CertificateIdentity(F.CSE_ID, "MN-CSEID", None)),
-    (F.AE_ID, "//m2m.prov.com/CSE3219/C9886", None, CertificateIdentity(F.AE_ID, "//m2m.prov.com/CSE3219/C9886", None)),
-    (F.AE_ID, "//m2m.prov.com/S-light.1", None, CertificateIdentity(F.AE_ID, "//m2m.prov.com/S-light.1", None)),
+    (F.AE_ID, f"//{SP}/CSE3219/C9886", None, CertificateIdentity(F.AE_ID, f"//{SP}/CSE3219/C9886", None)),
+    (F.AE_ID, f"//{SP}/S-light.1", None, CertificateIdentity(F.AE_ID, f"//{SP}/S-light.1", None)),
     (F.NODE_ID, "1.3.6.1.4.1.99999.7.42", None,
      CertificateIdentity(F.NODE_ID, "1.3.6.1.4.1.99999.7.42", "34-1.3.6.1.4.1.99999.7.42")),
     (F.DEVICE, f"{HW_TYPE}/SN-0001_a.b", None,
@@ -225,7 +226,7 @@ def test_uri_name_constraints_and_openssl(tmp_path: Path) -> None:
     assert rc != 0 and "unsupported or invalid name syntax" in out
     # unconstrained name types pass: a DNS-only CA lets OpenSSL verify AE-ID and device certificates
     dns_ca = create_ca("dns ca", permitted_dns=[SP])
-    for flavour, identity in ((F.AE_ID, "//m2m.prov.com/CSE1/C1"), (F.DEVICE, f"{HW_TYPE}/X1")):
+    for flavour, identity in ((F.AE_ID, f"//{SP}/CSE1/C1"), (F.DEVICE, f"{HW_TYPE}/X1")):
         rc, out = openssl_verify(tmp_path, dns_ca, issue(dns_ca, flavour, identity).certificate)
         assert rc == 0, out
 
@@ -269,7 +270,7 @@ def test_bad_identities_are_refused(inter: Issued, flavour: CertificateFlavour, 
         make_csr(flavour, identity, sp_domain=sp_domain)
 
 
-def _cert_with(san: list[x509.GeneralName] | None, ca: Issued) -> x509.Certificate:
+def _cert_with(san: list[x509.GeneralName] | None, ca: Issued, *, marked: bool = False) -> x509.Certificate:
     assert ca.private_key is not None
     key = ec.generate_private_key(ec.SECP256R1())
     builder = (
@@ -279,6 +280,9 @@ def _cert_with(san: list[x509.GeneralName] | None, ca: Issued) -> x509.Certifica
     )
     if san is not None:
         builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=True)
+    if marked:  # D41: the CSE-ID certificate marker
+        policy = x509.PolicyInformation(CSE_ID_CERTIFICATE_POLICY, None)
+        builder = builder.add_extension(x509.CertificatePolicies([policy]), critical=False)
     return builder.sign(ca.private_key, hashes.SHA256())
 
 
@@ -298,11 +302,12 @@ def _cert_with(san: list[x509.GeneralName] | None, ca: Issued) -> x509.Certifica
 )
 def test_identity_from_certificate_refuses(root: Issued, san: list[x509.GeneralName] | None, match: str) -> None:
     with pytest.raises(IdentifierError, match=match):
-        identity_from_certificate(_cert_with(san, root))
+        identity_from_certificate(_cert_with(san, root, marked=any(isinstance(n, x509.DNSName) for n in san or ())))
 
 
 def test_identity_from_certificate_ignores_other_san_types(root: Issued) -> None:
-    cert = _cert_with([x509.RFC822Name("ops@myoperator.org"), x509.DNSName("MN-CSE9.m2m.myoperator.org")], root)
+    san: list[x509.GeneralName] = [x509.RFC822Name("ops@myoperator.org"), x509.DNSName("MN-CSE9.m2m.myoperator.org")]
+    cert = _cert_with(san, root, marked=True)
     assert identity_from_certificate(cert) == CertificateIdentity(F.CSE_ID, "MN-CSE9", None)
     assert identity_from_certificate(cert, dns_flavour=F.FQDN).value == "mn-cse9.m2m.myoperator.org"
     with pytest.raises(ConfigurationError):

@@ -25,6 +25,9 @@ from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE
 
 #: --max-connections when not given (lowered to what the file-descriptor limit allows)
 DEFAULT_MAX_CONNECTIONS = 10000
+#: logged at start with --unbound forward: unbound SAs are then checked by nobody but the CSE
+UNBOUND_FORWARD_WARNING = ("--unbound forward: requests on SAs bound to no AE-ID/CSE-ID are forwarded whatever their "
+                           "From; the CSE must enforce the registration rules (TS-0001 §10.2.2.2) itself")
 
 
 def add_parser(sub: Any) -> None:
@@ -185,6 +188,8 @@ async def run(args: argparse.Namespace) -> int:
         _fit_file_descriptors(args, 0)
     if args.backend is not None:
         services.append(await _start_http(args, host, port, table, certificate, crls))
+    if args.unbound == UnboundPolicy.FORWARD.value:  # D4; said once serving, as a refused start is one line
+        logging.getLogger("m2msec.gateway").warning(UNBOUND_FORWARD_WARNING)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

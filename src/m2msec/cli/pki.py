@@ -76,7 +76,7 @@ def add_parser(sub: Any) -> None:
 
     show = ps.add_parser("show", help="show a certificate's oneM2M identity (never key material)")
     show.add_argument("file", type=Path, metavar="FILE.crt")
-    show.add_argument("--fqdn", action="store_true", help="read a dNSName as an FQDN (not a CSE-ID) certificate")
+    show.add_argument("--fqdn", action="store_true", help="read even a dNSName marked as CSE-ID (D41) as an FQDN")
     show.set_defaults(func=_show)
 
 

@@ -14,6 +14,8 @@ identity is refused with ORIGINATOR_NOT_AUTHENTICATED (4106) and is not forwarde
 Certificate identities carry their service provider (the SP-ID of an Absolute AE-ID, the SP domain of a
 CSE-ID certificate's ``<CSE-ID>.<SP domain>``); only those of the gateway's own SP (``sp_id``) may use the
 SP-relative and CSE-relative forms; others are associated with their absolute form (:data:`FOREIGN_CSE_FORM`).
+That SP counts only when every CA of the verified chain permits it (D40, :data:`m2msec.pki.CA_MUST_BIND_SP`);
+a dNSName certificate without the CSE-ID marker is an FQDN certificate with no identity (D41).
 """
 
 from __future__ import annotations
@@ -140,19 +142,25 @@ def ae_id_forms(absolute_ae_id: str, registrar_cse_id: str | None = None, sp_id:
 def _associate_certificate(
     session: SessionInfo, resolver: CredentialResolver | None, registrar_cse_id: str | None, sp_id: str | None
 ) -> SecurityAssociation:
-    from m2msec.idb import certificate_sp_domain
-    from m2msec.pki import CertificateFlavour, identity_from_certificate
+    from m2msec.pki import (
+        CertificateFlavour,
+        check_service_provider,
+        identity_from_certificate,
+        identity_service_provider,
+    )
 
     assert session.peer_certificate is not None
     try:
-        ident = identity_from_certificate(session.peer_certificate)
+        ident = identity_from_certificate(session.peer_certificate)  # an unmarked dNSName is an FQDN (D41)
+        sp = identity_service_provider(session.peer_certificate, ident)
+        if sp is not None:  # D40: the CAs that verified it must all vouch for the SP it names
+            check_service_provider(session.peer_chain, sp)
     except IdentifierError as exc:
         return SecurityAssociation(f"certificate without a oneM2M identity ({exc})", None, None, None, frozenset())
     credential = f"{ident.flavour.value} certificate {ident.value!r}"
-    if ident.flavour is CertificateFlavour.CSE_ID:
+    if ident.flavour is CertificateFlavour.CSE_ID and sp is not None:
         # TS-0003 §8.2.2.2: associate with the CSE-ID in the certificate; a registree CSE of our SP uses its
         # SP-relative CSE-ID as From, one of another SP its absolute CSE-ID //<SP>/<CSE-ID> (D22)
-        sp = certificate_sp_domain(session.peer_certificate)  # the one dNSName identity_from_certificate read
         cse = "/" + ident.value if _own_sp(sp, sp_id) else FOREIGN_CSE_FORM.format(sp=sp, cse_id=ident.value)
         return SecurityAssociation(f"{credential} of SP {sp!r}", None, None, cse, frozenset({cse}))
     if ident.flavour is CertificateFlavour.AE_ID:

@@ -278,6 +278,8 @@ class SessionInfo:
     session_id: bytes
     #: the peer's verified end-entity certificate (certificate suites, and RSA_PSK seen from a client)
     peer_certificate: x509.Certificate | None = field(default=None, repr=False, compare=False)
+    #: the chain OpenSSL verified, leaf first, trust anchor last (empty without a verified peer certificate)
+    peer_chain: tuple[x509.Certificate, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def authentication(self) -> str:
@@ -924,6 +926,7 @@ class TLSConnection:
             identity_hint=hint,
             session_id=self._session_id() if version != "TLSv1.3" else b"",
             peer_certificate=peer,
+            peer_chain=tuple(self._ssl.get_verified_chain(as_cryptography=True) or ()) if peer else (),
         )
 
     def _session_id(self) -> bytes:
