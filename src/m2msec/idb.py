@@ -200,3 +200,9 @@ def check_peer_entity(session: SessionInfo, peer_entity: str | AnyEntity | None,
                               f"{ident.value[:80]!r}, not IdB {idb[:80]!r}")
     if ident.value != want_cse or want_sp != sp:
         raise HandshakeFailed(f"the server certificate is for {ident.value!r} of SP {sp!r}, not IdB {idb[:80]!r}")
+    from m2msec.pki import check_service_provider
+
+    try:  # D40 on Entity A's side too: every CA of the verified chain must vouch for the server's SP
+        check_service_provider(session.peer_chain, sp)
+    except IdentifierError as exc:
+        raise HandshakeFailed(f"the server certificate for {ident.value!r} is not vouched for: {exc}") from None

@@ -13,23 +13,21 @@ import ssl
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import h11
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import LIGHT1_ID, LIGHT1_KEY, make_table
+from forged import forged_leaf
 from m2msec.errors import HandshakeFailed
 from m2msec.gateway import coap, http
 from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
 from m2msec.gateway.server import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
-from m2msec.pki import END_ENTITY_BASIC_CONSTRAINTS, END_ENTITY_KEY_USAGE, Issued, create_ca, issue
 from m2msec.pki import CertificateFlavour as F
+from m2msec.pki import Issued, create_ca, issue
 from m2msec.saef import CertificateCredentials, PSKCredentials, establish_sa
 from m2msec.tls.engine import CertificateConfig, ClientConfig, TLSContext
 from m2msec.tls.profiles import ECDHE_ECDSA, ONEM2M_DTLS_PSK, ONEM2M_PSK, TLS13_PSK
@@ -85,26 +83,12 @@ def pki() -> dict[str, Issued]:
         "client": issue(ca, F.CSE_ID, "mn-cse-123456", sp_domain=SP),
         # the other SP's CA certifies an AE of *our* SP: its DNS nameConstraints do not cover URI SANs (m2msec.pki.issue
         # now refuses, D40: the other SP's CA is not bound to use it, so the certificate is made by hand)
-        "forged-admin": forge_ae_id(foreign, f"//{SP}/{GATEWAY_CSE}/CAdmin"),
+        "forged-admin": forged_leaf(foreign, x509.UniformResourceIdentifier(f"//{SP}/{GATEWAY_CSE}/CAdmin")),
         # the other SP's own CSE, which it chose to call in-cse (its right: CSE-IDs are per SP)
         "foreign-in-cse": issue(foreign, F.CSE_ID, GATEWAY_CSE, sp_domain=FOREIGN_SP),
         # an FQDN certificate of our CA for a MEF server (TS-0003 §10.1.3), not a CSE
         "mef-fqdn": issue(ca, F.FQDN, f"mef.{SP}"),
     }
-
-
-def forge_ae_id(ca: Issued, ae_id: str) -> Issued:
-    """An AE-ID certificate in m2msec.pki's profile, signed by *ca* without m2msec.pki's checks."""
-    assert ca.private_key is not None
-    key, now = ec.generate_private_key(ec.SECP256R1()), datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca.certificate.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1))
-            .add_extension(END_ENTITY_BASIC_CONSTRAINTS, critical=True)
-            .add_extension(END_ENTITY_KEY_USAGE, critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(ae_id)]), critical=True)
-            .sign(ca.private_key, hashes.SHA256()))
-    return Issued(cert, key)
 
 
 def anchors(pki: dict[str, Issued]) -> bytes:

@@ -9,13 +9,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from test_gateway import RecordingBackend, backend, onem2m  # noqa: F401  (fixture re-used)
 from test_revocation import _PEERS, CoapCSE, CoapsPeer, Inbox, _close_clients, coap_cse, rsc  # noqa: F401
 
 from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, make_table
+from forged import forged_leaf, unconstrained_ca
 from m2msec.errors import HandshakeFailed
 from m2msec.gateway import coap
 from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
@@ -24,9 +22,6 @@ from m2msec.gateway.server import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable
 from m2msec.pki import (
-    CSE_ID_CERTIFICATE_POLICY,
-    END_ENTITY_BASIC_CONSTRAINTS,
-    END_ENTITY_KEY_USAGE,
     CertificateFlavour,
     Issued,
     create_ca,
@@ -237,34 +232,6 @@ def test_sp_id_forms_are_compared_as_domains() -> None:
 # --- D40: a CA vouches only for the SPs of its permitted DNS subtrees; D41: CSE-ID certificates are marked -----
 
 
-def _leaf(ca: Issued, name: x509.GeneralName, *, cse_id_marker: bool = False) -> Issued:
-    """A leaf in m2msec.pki's profile signed by *ca*, made by hand: what a CA that ignores D40/D41 would issue."""
-    assert ca.private_key is not None
-    key, now = ec.generate_private_key(ec.SECP256R1()), datetime.datetime.now(datetime.UTC)
-    builder = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca.certificate.subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(END_ENTITY_BASIC_CONSTRAINTS, critical=True)
-               .add_extension(END_ENTITY_KEY_USAGE, critical=True)
-               .add_extension(x509.SubjectAlternativeName([name]), critical=True))
-    if cse_id_marker:
-        policy = x509.PolicyInformation(CSE_ID_CERTIFICATE_POLICY, None)
-        builder = builder.add_extension(x509.CertificatePolicies([policy]), critical=False)
-    return Issued(builder.sign(ca.private_key, hashes.SHA256()), key)
-
-
-def _unconstrained_ca(name: str) -> Issued:
-    key, now = ec.generate_private_key(ec.SECP256R1()), datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-            .sign(key, hashes.SHA256()))
-    return Issued(cert, key)
-
-
 async def refused_as(gw: Gateway, client: Issued, trust: Issued, origin: str) -> str:
     """Returns the diagnostic of the 403 / 4106 refusal of one request as *origin*."""
     sa = await connect(gw, client, trust, f"//{SP}/{GATEWAY_CSE}")  # absolute IdB: some clients name no SP
@@ -292,7 +259,7 @@ async def test_every_ca_of_the_verified_chain_must_permit_the_sp(
             peer_entity=GATEWAY_CSE))
         assert await exchange(sa, "CAdmin") == (200, "2000")
         await sa.close()
-        forged = _leaf(theirs, x509.UniformResourceIdentifier(admin))
+        forged = forged_leaf(theirs, x509.UniformResourceIdentifier(admin))
         sa = await establish_sa("127.0.0.1", gw.port, CertificateCredentials(
             forged.certificate_pem() + theirs.certificate_pem(), forged.private_key_pem(), ca.certificate_pem(),
             peer_entity=GATEWAY_CSE))
@@ -313,12 +280,12 @@ async def test_an_unconstrained_ca_certifies_no_sp(
 ) -> None:
     """CA_MUST_BIND_SP: a trusted CA without nameConstraints (TS-0003 §8.1.2.2 says it shall have them) gives its
     AE-ID and CSE-ID certificates no identity; device certificates keep their Credential-ID."""
-    free = _unconstrained_ca("unconstrained root")
+    free = unconstrained_ca("unconstrained root")
     gw = await start(backend.port, ca, server_cert, extra_ca=free, unbound=UnboundPolicy.FORWARD)
     try:
-        ae = _leaf(free, x509.UniformResourceIdentifier(f"//{SP}/{GATEWAY_CSE}/Clight"))
+        ae = forged_leaf(free, x509.UniformResourceIdentifier(f"//{SP}/{GATEWAY_CSE}/Clight"))
         assert f"no CA of the chain binds SP '{SP}'" in await refused_as(gw, ae, ca, "Clight")
-        cse = _leaf(free, x509.DNSName(f"mn-cse-1.{SP}"), cse_id_marker=True)
+        cse = forged_leaf(free, x509.DNSName(f"mn-cse-1.{SP}"), cse_id_marker=True)
         assert "no CA of the chain binds" in await refused_as(gw, cse, ca, "/mn-cse-1")
         sa = await connect(gw, issue(free, F.DEVICE, "1.3.6.1.4.1.99999.1/SN-9"), ca, f"//{SP}/{GATEWAY_CSE}")
         assert await exchange(sa, "Cdevice") == (200, "2000")
@@ -334,7 +301,7 @@ async def test_a_dns_name_without_the_cse_id_marker_is_no_cse(
 ) -> None:
     """D41: a dNSName certificate of our own CA without the marker (an FQDN certificate, or a CSE-ID certificate
     of an older CA) is not associated with the first label as CSE-ID."""
-    unmarked = _leaf(ca, x509.DNSName(f"mn-cse-123456.{SP}"))
+    unmarked = forged_leaf(ca, x509.DNSName(f"mn-cse-123456.{SP}"))
     assert "fqdn certificate" in await refused_as(gateway, unmarked, ca, "/mn-cse-123456")
     fqdn = issue(ca, F.FQDN, f"mef.{SP}")
     assert f"fqdn certificate 'mef.{SP}'" in await refused_as(gateway, fqdn, ca, "/mef")
@@ -346,7 +313,7 @@ async def test_coaps_refuses_another_sps_ca_certifying_an_ae_of_ours(
 ) -> None:
     """D40 on the coaps side (DTLS sessions carry the verified chain too): 4.03 / 4106, nothing reaches the CSE."""
     foreign_ca = create_ca("foreign root", permitted_dns=[FOREIGN_SP])
-    forged = _leaf(foreign_ca, x509.UniformResourceIdentifier(f"//{SP}/{GATEWAY_CSE}/CAdmin"))
+    forged = forged_leaf(foreign_ca, x509.UniformResourceIdentifier(f"//{SP}/{GATEWAY_CSE}/CAdmin"))
     cert = CertificateConfig(server_cert.certificate_pem(), server_cert.private_key_pem(),
                              trust_anchors_pem=ca.certificate_pem() + foreign_ca.certificate_pem())
     gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=coap_cse[1], port=0,

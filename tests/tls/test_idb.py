@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_ID, LIGHT1_KEY
+from forged import forged_leaf, unconstrained_ca
 from m2msec.errors import ConfigurationError, HandshakeFailed
 from m2msec.idb import ANY_ENTITY
 from m2msec.keys.secret import SecretKey
@@ -150,3 +151,27 @@ async def test_dtls_any_entity_does_not_override_the_contexts_idb() -> None:
     finally:
         udp.close()
     assert got == []
+
+
+async def test_entity_a_refuses_a_cse_certificate_its_chain_does_not_vouch_for() -> None:
+    """D40 on Entity A's side: a trusted CA without nameConstraints issues a (marked) CSE-ID certificate for our
+    SP's in-cse; the gateway would not accept such an identity from it, and neither does Entity A."""
+    from cryptography import x509
+
+    ours, free = create_ca("provider root", permitted_dns=[SP]), unconstrained_ca("unconstrained root")
+    impostor = forged_leaf(free, x509.DNSName(f"{CSE}.{SP}"), cse_id_marker=True)
+    client = issue(ours, F.AE_ID, f"//{SP}/{CSE}/Clight")
+    trusted = ours.certificate_pem() + free.certificate_pem()
+    ctx = TLSContext.server(ServerConfig(None, profiles=(ECDHE_ECDSA,), certificate=CertificateConfig(
+        impostor.certificate_pem(), impostor.private_key_pem(), trusted)))
+    server = await start_stream_server(lambda r, w: w.close(), "127.0.0.1", 0, ctx)
+    port = int(server.sockets[0].getsockname()[1])
+    try:
+        for idb in (CSE, f"//{SP}/{CSE}"):
+            creds = CertificateCredentials(client.certificate_pem(), client.private_key_pem(), trusted,
+                                           peer_entity=idb)
+            with pytest.raises(HandshakeFailed, match="not vouched for: no CA of the chain binds SP"):
+                await establish_sa("127.0.0.1", port, creds)
+    finally:
+        server.close()
+        await server.wait_closed()
