@@ -12,12 +12,12 @@ import contextlib
 import ssl
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import h11
 import pytest
 from cryptography import x509
+from test_gateway import RecordingBackend as RecordingCSE
+from test_gateway import backend  # noqa: F401  (fixture re-used)
 
 from conftest import LIGHT1_ID, LIGHT1_KEY, make_table
 from forged import forged_leaf
@@ -39,38 +39,9 @@ FOREIGN_SP = "foreign-sp.example"
 GATEWAY_CSE = "in-cse"
 
 
-@dataclass
-class RecordingCSE:
-    """A real HTTP/1.1 server on loopback: records every request that reached it, answers 2000."""
-
-    requests: list[http.Message] = field(default_factory=list)
-    server: asyncio.Server | None = None
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            req = await http.read_message(conn, reader)
-            if req is not None:
-                self.requests.append(req)
-                await http.send_message(conn, writer, http.Message(
-                    headers=[("content-type", "application/json"), ("x-m2m-rsc", "2000")],
-                    body=b'{"m2m:cb": {}}', status=200))
-        finally:
-            writer.close()
-
-
 @pytest.fixture
-async def cse() -> AsyncIterator[RecordingCSE]:
-    rec = RecordingCSE()
-    rec.server = await asyncio.start_server(rec.handle, "127.0.0.1", 0)
-    yield rec
-    rec.server.close()
-    await rec.server.wait_closed()
+async def cse(backend: RecordingCSE) -> RecordingCSE:  # noqa: F811
+    return backend
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +238,7 @@ async def test_coaps_client_identity_options_never_reach_the_cse(code: int) -> N
     CoAP has no request in (1.xx, 6.xx, 7.xx) goes to the CSE unchanged (coap.decide -> Pass), carrying
     65002 = CAdmin. A CSE answering a NOTIFY it sent, or one that reads 65002 on whatever it receives, is lied to."""
     loop = asyncio.get_running_loop()
-    udp, backend = await loop.create_datagram_endpoint(_CoapCSE, local_addr=("127.0.0.1", 0))
+    udp, coap_backend = await loop.create_datagram_endpoint(_CoapCSE, local_addr=("127.0.0.1", 0))
     gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=int(udp.get_extra_info("sockname")[1]),
                                   port=0, profiles=(ONEM2M_DTLS_PSK,)), make_table())
     await gw.start()
@@ -279,13 +250,13 @@ async def test_coaps_client_identity_options_never_reach_the_cse(code: int) -> N
             spoof = [(coap.OPTION_SA_IDENTITY, b"CAdmin"), (coap.OPTION_PSK_IDENTITY, b"admin@in.provider.com")]
             transport.sendto(coap.Message(coap.MessageType.NON, code, 0x4242, b"\x01", spoof, b"x").encode())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(backend.got.wait(), 2)
+                await asyncio.wait_for(coap_backend.got.wait(), 2)
         finally:
             transport.close()
     finally:
         await gw.close()
         udp.close()
-    leaked = [(n, v) for m in backend.seen for n, v in m.options if n in coap.IDENTITY_OPTIONS]
+    leaked = [(n, v) for m in coap_backend.seen for n, v in m.options if n in coap.IDENTITY_OPTIONS]
     assert leaked == []
 
 

@@ -35,8 +35,10 @@ from m2msec.saef import EstablishedSA, PSKCredentials, establish_sa
 
 @dataclass
 class RecordingBackend:
-    """A real HTTP/1.1 server on loopback that records what reached it (stands in for the CSE)."""
+    """A real HTTP/1.1 server on loopback that records what reached it (stands in for the CSE); answers 2000 with
+    ``extra`` response headers."""
 
+    extra: list[tuple[str, str]] = field(default_factory=list)
     requests: list[http.Message] = field(default_factory=list)
     server: asyncio.Server | None = None
 
@@ -49,7 +51,7 @@ class RecordingBackend:
                 body = json.dumps({"m2m:cb": {"rn": HOME_GATEWAY_CSE_ID}}).encode()
                 await http.send_message(conn, writer, http.Message(
                     headers=[("content-type", "application/json"), ("x-m2m-rsc", "2000"),
-                             ("x-m2m-ri", req.header("x-m2m-ri") or "")], body=body, status=200))
+                             ("x-m2m-ri", req.header("x-m2m-ri") or ""), *self.extra], body=body, status=200))
         finally:
             writer.close()
 

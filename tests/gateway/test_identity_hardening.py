@@ -9,10 +9,10 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
-import h11
 import pytest
+from test_gateway import RecordingBackend as RecordingCSE
+from test_gateway import backend  # noqa: F401  (fixture re-used)
 
 from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, TD_ID, TD_KEY, make_table
 from m2msec.errors import BadRequest, ConfigurationError, HandshakeFailed
@@ -31,34 +31,9 @@ from m2msec.tls.profiles import ECDHE_ECDSA, ECDHE_ECDSA_DTLS, ONEM2M_DTLS_PSK, 
 from m2msec.transport.dtls import create_dtls_endpoint, start_dtls_server
 
 
-@dataclass
-class RecordingCSE:
-    """A real HTTP/1.1 server on loopback: records requests, answers 2000 with ``extra`` response headers."""
-
-    extra: list[tuple[str, str]] = field(default_factory=list)
-    requests: list[http.Message] = field(default_factory=list)
-    server: asyncio.Server | None = None
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            req = await http.read_message(conn, reader)
-            if req is not None:
-                self.requests.append(req)
-                await http.send_message(conn, writer, http.Message(
-                    headers=[("content-type", "application/json"), ("x-m2m-rsc", "2000"), *self.extra],
-                    body=json.dumps({"m2m:cb": {"rn": HOME_GATEWAY_CSE_ID}}).encode(), status=200))
-        finally:
-            writer.close()
-
-
 @pytest.fixture
-async def cse() -> AsyncIterator[RecordingCSE]:
-    rec = RecordingCSE()
-    rec.server = await asyncio.start_server(rec.handle, "127.0.0.1", 0)
-    yield rec
-    rec.server.close()
-    await rec.server.wait_closed()
+async def cse(backend: RecordingCSE) -> RecordingCSE:  # noqa: F811
+    return backend
 
 
 async def start(cse: RecordingCSE, unbound: UnboundPolicy = UnboundPolicy.REJECT) -> Gateway:
@@ -360,7 +335,7 @@ class CoapCSE(asyncio.DatagramProtocol):
 
 async def test_coaps_foreign_sp_certificate_keeps_its_absolute_form(pki: dict[str, Issued]) -> None:
     loop = asyncio.get_running_loop()
-    udp, backend = await loop.create_datagram_endpoint(CoapCSE, local_addr=("127.0.0.1", 0))
+    udp, coap_backend = await loop.create_datagram_endpoint(CoapCSE, local_addr=("127.0.0.1", 0))
     server = pki["gateway"]
     gw = CoapsGateway(CoapsConfig(
         backend_host="127.0.0.1", backend_port=int(udp.get_extra_info("sockname")[1]), port=0,
@@ -388,5 +363,5 @@ async def test_coaps_foreign_sp_certificate_keeps_its_absolute_form(pki: dict[st
         await gw.close()
         udp.close()
     assert answers == [("4.03", 4106), ("4.03", 4106), ("2.05", 0)]
-    [seen] = backend.seen
+    [seen] = coap_backend.seen
     assert seen.option(coap.OPTION_SA_IDENTITY) == f"//{FOREIGN_SP}/{GATEWAY_CSE}/Cx".encode()
