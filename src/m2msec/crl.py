@@ -39,7 +39,7 @@ log = logging.getLogger("m2msec.crl")
 #: seconds before a CRL's nextUpdate from which a WARNING is logged (docs/decisions.md D30)
 DEFAULT_CRL_WARNING_MARGIN = 86400.0
 
-_MISSING = (-1, -1, -1)
+_MISSING = (-1, -1, -1, -1)
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----\r?\n.*?-----END X509 CRL-----", re.DOTALL)
 
 
@@ -158,14 +158,15 @@ class CRLFile:
         self.crls = CRLSet(crls)
         _ = self.crls.index  # built here (start, or the reloader's worker thread), not on the event loop
         self._alerted: set[tuple[bytes, int]] = set()
-        self._failed: tuple[int, int, int] | None = None
+        self._failed: tuple[int, int, int, int] | None = None
         self._alert()
 
-    def _stat(self) -> tuple[int, int, int]:
+    def _stat(self) -> tuple[int, int, int, int]:
         st = self.path.stat()
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        # ctime too: a write or chmod always moves it, while mtime can be kept (cp -p, rsync -t) or coarse
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
-    def _load(self) -> tuple[tuple[int, int, int], tuple[x509.CertificateRevocationList, ...]]:
+    def _load(self) -> tuple[tuple[int, int, int, int], tuple[x509.CertificateRevocationList, ...]]:
         try:
             signature = self._stat()
             data = self.path.read_bytes()

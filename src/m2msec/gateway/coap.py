@@ -391,7 +391,9 @@ Decision = Forward | Refuse | Pass
 def decide(msg: Message, sa: SecurityAssociation, policy: UnboundPolicy, message_id: int | None = None) -> Decision:
     """What the gateway does with a message from the client (``message_id``: for refusing a NON request)."""
     if not is_request(msg.code):
-        return Pass(msg.encode())  # Empty, ACK, RST and responses (decode/encode is byte-exact)
+        # Empty, ACK, RST and responses (decode/encode is byte-exact); the gateway's identity options are its own
+        # to set, on a client's responses as on its requests
+        return Pass(msg.without_options(IDENTITY_OPTIONS).encode())
     error: OneM2MError
     try:
         if msg.type not in (MessageType.CON, MessageType.NON):

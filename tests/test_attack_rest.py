@@ -1,0 +1,332 @@
+"""Hostile review of the revocation / limits / coaps / keys work (branch attack-rest): each test reproduces a
+finding over loopback with a real gateway and real TLS/DTLS clients, and fails until it is fixed."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import h11
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGHT2_AE, LIGHT2_ID, LIGHT2_KEY
+from m2msec.crl import CRLFile
+from m2msec.errors import HandshakeFailed
+from m2msec.gateway import coap, http
+from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
+from m2msec.gateway.server import Backend, Gateway, GatewayConfig
+from m2msec.keys.secret import SecretKey
+from m2msec.keys.sqlite_store import SQLitePSKStore
+from m2msec.keys.table import MemoryPSKTable, PSKEntry, PSKTable, TomlPSKTable
+from m2msec.pki import CertificateFlavour, Issued, create_ca, create_crl, issue
+from m2msec.saef import CertificateCredentials, EstablishedSA, PSKCredentials, establish_sa
+from m2msec.tls.engine import CertificateConfig, ClientConfig, TLSContext
+from m2msec.tls.profiles import ECDHE_ECDSA, ONEM2M_DTLS_PSK, ONEM2M_PSK
+from m2msec.transport.dtls import create_dtls_endpoint
+from m2msec.transport.tls import open_connection
+
+SERVER = "127.0.0.1"
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+class RecordingBackend:
+    """A CSE's HTTP binding on loopback: records each request, answers 200 / rsc 2000."""
+
+    def __init__(self) -> None:
+        self.requests: list[http.Message] = []
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            req = await http.read_message(conn, reader, max_body=64 * 1024 * 1024)
+            if req is not None:
+                self.requests.append(req)
+                await http.send_message(conn, writer, http.Message(
+                    headers=[("x-m2m-rsc", "2000"), ("content-type", "application/json")], body=b"{}",
+                    status=200, reason="OK"))
+        finally:
+            writer.close()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[RecordingBackend]:
+    rec = RecordingBackend()
+    rec.server = await asyncio.start_server(rec.handle, SERVER, 0)
+    yield rec
+    rec.server.close()
+    await rec.server.wait_closed()
+
+
+_OPEN: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_everything() -> AsyncIterator[None]:
+    yield
+    while _OPEN:
+        item = _OPEN.pop()
+        if isinstance(item, EstablishedSA):
+            await item.close()
+        else:
+            item.close()
+    await asyncio.sleep(0.01)
+
+
+async def start_gateway(backend_port: int, table: PSKTable | None, *, crls: CRLFile | None = None,
+                        **kw: Any) -> Gateway:
+    gw = Gateway(GatewayConfig(backend=Backend(SERVER, backend_port), port=0, reload_interval=0.05, **kw), table,
+                 **({"crls": crls} if crls is not None else {}))
+    await gw.start()
+    return gw
+
+
+async def psk_connect(gw: Gateway, identity: str = LIGHT1_ID, key: str = LIGHT1_KEY) -> EstablishedSA:
+    sa = await establish_sa(SERVER, gw.port, PSKCredentials(identity, SecretKey.from_hex(key), HOME_GATEWAY_CSE_ID))
+    _OPEN.append(sa)
+    return sa
+
+
+def onem2m(origin: str, body: bytes = b"", method: str = "GET") -> http.Message:
+    headers = [("host", HOME_GATEWAY_CSE_ID), ("x-m2m-ri", "req-1"), ("x-m2m-rvi", "3"), ("x-m2m-origin", origin)]
+    return http.Message(headers=headers, body=body, method=method, target=f"/{HOME_GATEWAY_CSE_ID}")
+
+
+def toml_rows(*rows: tuple[str, str, str]) -> str:
+    return "".join(f'[[psk]]\nidentity = "{i}"\nkey = "{k}"\nentity = "{e}"\n' for i, k, e in rows)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 1. A PSK rotated in place is never reloaded when the file keeps its inode, size and mtime (priority 1)
+#
+# TomlPSKTable (and CRLFile) decide "changed" from (st_mtime_ns, st_size, st_ino) only. A key rotated to a key of
+# the same length keeps the size; an in-place write keeps the inode; and the mtime is the same whenever the writer
+# preserves it (cp -p, rsync -t --inplace, tar x, install -p, config management copying a file with its times) or
+# the filesystem's timestamps are coarse (1-2 s on ext3/HFS+/FAT/some NFS, a jiffy on kernels before multigrain
+# timestamps: two saves within one tick). The old key then keeps working -- for new handshakes and live SAs --
+# until some unrelated change to the file, with no log line at all.
+
+
+async def test_key_rotated_in_place_with_same_mtime_is_reloaded(backend: RecordingBackend, tmp_path: Path) -> None:
+    path = tmp_path / "psk.toml"
+    path.write_text(toml_rows((LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE)))
+    path.chmod(0o600)
+    before = path.stat()
+    table = TomlPSKTable(path)
+    gw = await start_gateway(backend.port, table)
+    try:
+        live = await psk_connect(gw)
+        assert (await live.request(onem2m(LIGHT1_AE))).status == 200
+        new_key = "f" * len(LIGHT1_KEY)  # the operator rotates Light 1's key (the old one leaked)
+        with path.open("r+") as f:  # in place, same length: same inode and size
+            f.write(toml_rows((LIGHT1_ID, new_key, LIGHT1_AE)))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # cp -p / rsync -t / one timestamp tick
+        await asyncio.sleep(0.5)  # ten reload intervals
+        resp = await live.request(onem2m(LIGHT1_AE))
+        assert (resp.status, resp.header("x-m2m-rsc")) == (403, "4106"), "the live SA on the old key still works"
+        with pytest.raises(HandshakeFailed):
+            await psk_connect(gw)  # a new handshake with the old key
+    finally:
+        await gw.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 2. An older CRL put back into the --crl file un-revokes a certificate (priority 1, operator mistake)
+#
+# CRLFile.poll replaces the CRLs in force by whatever the file holds now, without comparing CRL numbers or
+# thisUpdate (RFC 5280 §5.2.3: the CRL number lets a relying party tell that a CRL supersedes another). Restoring
+# a backup, a deploy job shipping a stale artefact, or a mirror serving yesterday's CRL silently re-admits every
+# certificate revoked since, for new handshakes and live SAs alike, while the older CRL is still before its
+# nextUpdate.
+
+SP = "m2m.provider.com"
+GATEWAY_CSE = "in-cse"
+
+
+@pytest.fixture(scope="module")
+def ca() -> Issued:
+    return create_ca("attack root", permitted_dns=[SP])
+
+
+def crl_pem(ca: Issued, revoked: list[int], now: datetime.datetime) -> bytes:
+    return create_crl(ca, revoked, now=now, next_update_days=7).public_bytes(serialization.Encoding.PEM)
+
+
+async def test_an_older_crl_does_not_unrevoke_a_certificate(backend: RecordingBackend, ca: Issued,
+                                                            tmp_path: Path) -> None:
+    server = issue(ca, CertificateFlavour.CSE_ID, GATEWAY_CSE, sp_domain=SP)
+    client = issue(ca, CertificateFlavour.CSE_ID, "mn-cse-777", sp_domain=SP)
+    now = datetime.datetime.now(datetime.UTC)
+    old = crl_pem(ca, [], now - datetime.timedelta(hours=2))  # CRL number N, nothing revoked
+    new = crl_pem(ca, [client.certificate.serial_number], now - datetime.timedelta(hours=1))  # N + 3600: revoked
+    path = tmp_path / "ca.crl"
+    path.write_bytes(new)
+    crls = CRLFile(path)
+    cert = CertificateConfig(server.certificate_pem(), server.private_key_pem(), trust_anchors_pem=ca.certificate_pem())
+    gw = await start_gateway(backend.port, MemoryPSKTable(), crls=crls, profiles=(ONEM2M_PSK, ECDHE_ECDSA),
+                             certificate=cert, cse_id=GATEWAY_CSE, sp_id=SP)
+    creds = CertificateCredentials(client.certificate_pem(), client.private_key_pem(), ca.certificate_pem(),
+                                   peer_entity=GATEWAY_CSE)
+    try:
+        with pytest.raises(HandshakeFailed, match="revoked"):
+            await establish_sa(SERVER, gw.port, creds)
+        generation = crls.generation
+        path.write_bytes(old)  # the operator restores yesterday's CRL file
+        os.utime(path, ns=(time.time_ns() + 10**9,) * 2)
+        await asyncio.sleep(0.5)
+        try:
+            sa = await establish_sa(SERVER, gw.port, creds)
+        except HandshakeFailed as exc:
+            assert "revoked" in str(exc)
+        else:
+            _OPEN.append(sa)
+            raise AssertionError("the revoked certificate handshakes again after an older CRL was installed")
+        assert crls.generation == generation, "an older CRL (lower CRL number) replaced the one in force"
+    finally:
+        await gw.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 3. SQLite store: the entity bound to an identity is not sealed (priority 1, needs write access to the store)
+#
+# Keys are sealed with AES-GCM and the identity as AAD "so a row's ciphertext cannot be moved to another
+# identity" -- but the entity column, which decides which AE-ID/CSE-ID the SA speaks for, is neither encrypted nor
+# authenticated. Whoever can write the store file but does not hold the master key (a backup restored by another
+# user, a shared volume, a compromised low-privilege process running `sqlite3`) rebinds their own identity to
+# any AE-ID or CSE-ID, and the gateway forwards their requests to the CSE as that entity.
+
+
+async def test_tampered_entity_binding_in_sqlite_store_is_refused(backend: RecordingBackend, tmp_path: Path) -> None:
+    db = tmp_path / "keys.db"
+    master = SecretKey.generate(32)
+    with SQLitePSKStore(db, master) as store:
+        store.add(PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE))
+    raw = sqlite3.connect(db)  # no master key needed
+    raw.execute("UPDATE psk SET entity = ? WHERE identity = ?", ("CAdmin", LIGHT1_ID))
+    raw.commit()
+    raw.close()
+    store = SQLitePSKStore(db, master)
+    gw = await start_gateway(backend.port, store)
+    try:
+        try:
+            sa = await psk_connect(gw)
+        except HandshakeFailed:
+            return  # refused: the tampered row fails its integrity check
+        resp = await sa.request(onem2m("CAdmin"))
+        forwarded = [r.header("x-m2msec-sa-identity") for r in backend.requests]
+        assert resp.status != 200 and "CAdmin" not in forwarded, \
+            "a row edited without the master key made Light 1's key speak for CAdmin"
+    finally:
+        await gw.close()
+        store.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 4. One authenticated client holds the whole process-wide body budget (priority 2)
+#
+# BodyBudget is first come, first served across all connections, with no share per connection, SA or source. A
+# single client (one PSK, one source address) opens max_body_memory / max_body connections, sends each a body one
+# byte short of max_body and stops: every other client's requests with a body are answered 503 / 5000 until the
+# idle timeout (60 s by default), then the attacker simply reconnects. With the defaults that is 16 connections.
+
+
+def request_head(length: int, origin: str = LIGHT1_AE) -> bytes:
+    return (f"POST /{HOME_GATEWAY_CSE_ID} HTTP/1.1\r\nhost: x\r\nx-m2m-origin: {origin}\r\nx-m2m-ri: r\r\n"
+            f"x-m2m-rvi: 3\r\ncontent-type: application/json;ty=4\r\ncontent-length: {length}\r\n\r\n").encode()
+
+
+def psk_client(identity: str, key: str) -> TLSContext:
+    return TLSContext.client(ClientConfig(identity, SecretKey.from_hex(key), profiles=(ONEM2M_PSK,),
+                                          peer_entity=HOME_GATEWAY_CSE_ID))
+
+
+async def test_one_client_cannot_take_every_other_clients_body_budget(backend: RecordingBackend) -> None:
+    gw = await start_gateway(backend.port, MemoryPSKTable([
+        PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE),
+        PSKEntry(LIGHT2_ID, SecretKey.from_hex(LIGHT2_KEY), LIGHT2_AE)]),
+        max_body=8000, max_body_memory=32000, idle_timeout=30)
+    try:
+        for _ in range(4):  # Light 1, one source: 4 x 7999 bytes held, the budget is spent
+            _, w, _ = await open_connection(SERVER, gw.port, psk_client(LIGHT1_ID, LIGHT1_KEY))
+            _OPEN.append(w)
+            w.write(request_head(8000) + b"a" * 7999)
+        await until(lambda: gw.body_budget.used >= 4 * 7999 - 1000)
+        victim = await psk_connect(gw, LIGHT2_ID, LIGHT2_KEY)  # another client, a 100-byte CREATE
+        resp = await victim.request(onem2m(LIGHT2_AE, body=b"x" * 100, method="POST"))
+        assert resp.status == 200, f"Light 2 refused with {resp.status} rsc {resp.header('x-m2m-rsc')}"
+    finally:
+        await gw.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 5. coaps: identity options in a client's *responses* (and ACK/RST) reach the CSE unstripped (priority 1, low)
+#
+# decide() returns Pass for every non-request message and the relay forwards it byte for byte, so the gateway's
+# own identity options (65002 SA identity, 65006 Credential-ID, 65010 PSK identity) chosen by the client reach the
+# CSE on answers to its notifications. Requests get them stripped and replaced (prepare_forward); responses keep
+# the client's. A CSE (or a notification target behind it) that reads the gateway's options on any message it
+# receives from the gateway's socket takes the client's word for who answered.
+
+
+class CoapCSE(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.received: list[coap.Message] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.DatagramTransport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.received.append(coap.Message.decode(data))
+
+
+class Inbox(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.q: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.q.put_nowait(data)
+
+
+async def test_coaps_client_response_cannot_carry_gateway_identity_options() -> None:
+    loop = asyncio.get_running_loop()
+    cse_transport, cse = await loop.create_datagram_endpoint(CoapCSE, (SERVER, 0))
+    table = MemoryPSKTable([PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE)])
+    gw = CoapsGateway(CoapsConfig(backend_host=SERVER, backend_port=cse_transport.get_extra_info("sockname")[1],
+                                  port=0), table)
+    await gw.start()
+    try:
+        ctx = TLSContext.dtls_client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY),
+                                                  profiles=(ONEM2M_DTLS_PSK,), peer_entity=HOME_GATEWAY_CSE_ID))
+        transport, _, _ = await create_dtls_endpoint(Inbox, SERVER, gw.port, ctx, handshake_timeout=5)
+        _OPEN.append(transport)
+        # a separate response (2.04, CON) to a notification, claiming to be CAdmin in the gateway's own options
+        forged = coap.Message(coap.MessageType.CON, coap.make_code(2, 4), 7, b"nt", [
+            (coap.OPTION_SA_IDENTITY, b"CAdmin"), (coap.OPTION_PSK_IDENTITY, b"admin@in.provider.com"),
+            (coap.ONEM2M_RSC, coap.encode_uint(2004))])
+        transport.sendto(forged.encode())
+        await until(lambda: len(cse.received) == 1)
+        got = cse.received[0]
+        assert got.option(coap.OPTION_SA_IDENTITY) in (None, LIGHT1_AE.encode()), \
+            "the client's own SA-identity option reached the CSE"
+        assert got.option(coap.OPTION_PSK_IDENTITY) in (None, LIGHT1_ID.encode())
+    finally:
+        await gw.close()
+        cse_transport.close()
