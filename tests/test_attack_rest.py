@@ -330,3 +330,115 @@ async def test_coaps_client_response_cannot_carry_gateway_identity_options() -> 
     finally:
         await gw.close()
         cse_transport.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 6. The live-SA cache and the maximum SA lifetime run on the wall clock (priority 1, needs a clock step)
+#
+# Revocation uses time.time() both for certificate dates (right) and for durations: the SQLite lookup cache
+# ("reused for LOOKUP_CACHE_SECONDS") stores an absolute wall-clock deadline and the SA lifetime is
+# ``now - established``. When the wall clock steps back (NTP correcting a fast clock, a VM snapshot restored, an
+# operator fixing the date), every cached entry stays "fresh" and every SA stays "young" for as long as the step:
+# a key removed with `m2msec keys remove` keeps its live SAs for an hour after a one-hour step. Durations need
+# time.monotonic(); only the certificate and CRL checks need the wall clock.
+
+
+async def test_a_wall_clock_step_back_does_not_keep_a_removed_key_alive(backend: RecordingBackend,
+                                                                       tmp_path: Path) -> None:
+    from m2msec.gateway.revocation import Revocation
+
+    db = tmp_path / "keys.db"
+    master = SecretKey.generate(32)
+    store = SQLitePSKStore(db, master)
+    store.add(PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE))
+    wall = [time.time()]
+    gw = Gateway(GatewayConfig(backend=Backend(SERVER, backend.port), port=0), store)
+    gw.revocation = Revocation(store, clock=lambda: wall[0])  # the gateway's policy, its wall clock injected
+    await gw.start()
+    try:
+        live = await psk_connect(gw)
+        assert (await live.request(onem2m(LIGHT1_AE))).status == 200  # the entry is now cached
+        wall[0] -= 3600  # NTP steps the clock back an hour
+        with SQLitePSKStore(db, master) as admin:
+            admin.remove(LIGHT1_ID)  # m2msec keys remove
+        await asyncio.sleep(1.5)  # more than LOOKUP_CACHE_SECONDS of real time
+        resp = await live.request(onem2m(LIGHT1_AE))
+        assert (resp.status, resp.header("x-m2m-rsc")) == (403, "4106"), \
+            "the removed key's live SA still works an hour's worth of cache later"
+    finally:
+        await gw.close()
+        store.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 7. Response bodies are outside every memory bound (priority 2)
+#
+# --max-body-memory caps request bodies only. Each CSE response (up to max_body, 8 MiB by default) is read whole
+# and then waits in the connection's write buffer for up to --write-timeout (30 s) while the client does not read.
+# Established connections have no per-source or per-SA cap (only handshakes do), so one authenticated client that
+# GETs a large resource (e.g. a contentInstance it created) on N connections and never reads makes the gateway
+# hold N x 8 MiB -- 10,000 connections by default -- far beyond the 128 MiB the operator configured.
+
+
+class BigCSE:
+    def __init__(self, body_size: int) -> None:
+        self.body_size = body_size
+        self.served = 0
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            if await http.read_message(conn, reader) is not None:
+                await http.send_message(conn, writer, http.Message(headers=[("x-m2m-rsc", "2000")],
+                                                                   body=b"r" * self.body_size, status=200))
+                self.served += 1
+        except (http.HTTPError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+class NeverReads(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write((f"GET /{HOME_GATEWAY_CSE_ID}/big HTTP/1.1\r\nhost: x\r\nx-m2m-origin: {LIGHT1_AE}\r\n"  # type: ignore[attr-defined]
+                         "x-m2m-ri: r\r\nx-m2m-rvi: 3\r\n\r\n").encode())
+        transport.pause_reading()  # type: ignore[attr-defined]
+
+
+async def test_response_bodies_held_for_stalled_clients_stay_within_the_body_memory() -> None:
+    import gc
+    import tracemalloc
+
+    from m2msec.transport.tls import TLSAdapter
+
+    body, clients, budget = 4 * 1024 * 1024, 8, 4 * 1024 * 1024
+    cse = BigCSE(body)
+    cse.server = await asyncio.start_server(cse.handle, SERVER, 0)
+    gw = await start_gateway(int(cse.server.sockets[0].getsockname()[1]), MemoryPSKTable([
+        PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE)]),
+        max_body=2 * body, max_body_memory=budget, write_timeout=30)
+    adapters: list[TLSAdapter] = []
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        loop = asyncio.get_running_loop()
+        for _ in range(clients):  # one client, one source address, one PSK
+            _, adapter = await loop.create_connection(
+                lambda: TLSAdapter(psk_client(LIGHT1_ID, LIGHT1_KEY), NeverReads), SERVER, gw.port)
+            adapters.append(adapter)
+            await asyncio.wait_for(adapter.handshake, 5)
+        await until(lambda: cse.served == clients, timeout=20)
+        await asyncio.sleep(0.5)
+        held = tracemalloc.get_traced_memory()[0] - base
+        assert held <= 2 * budget, \
+            f"the gateway holds {held / 2**20:.1f} MiB of responses for one client (--max-body-memory 4 MiB)"
+    finally:
+        tracemalloc.stop()
+        for adapter in adapters:
+            if adapter.raw_transport is not None:
+                adapter.raw_transport.abort()
+        await gw.close()
+        cse.server.close()
+        await cse.server.wait_closed()
