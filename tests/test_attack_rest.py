@@ -530,3 +530,57 @@ async def test_coaps_block1_upload_within_the_cap_is_answered() -> None:
     finally:
         await gw.close()
         cse_transport.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 10. coaps: one client's unfinished Block1 uploads take every other client's block-wise memory (priority 2)
+#
+# The block-wise ByteBudget (64 MiB) is shared first come, first served; a peer may hold 2 MiB, but one client may
+# run as many DTLS sessions as it likes from one address (only handshakes in progress are capped per source).
+# 32 sessions that each start uploads and never finish them (state lives 60 s, then the client starts again) leave
+# nothing for anyone: every other client's Block1 request is answered 5.03 "block-wise buffers full". Shown here
+# with smaller bounds: 2 sessions x 2 unfinished uploads fill a 32 KiB total.
+
+
+async def test_one_coaps_client_cannot_take_all_block_wise_memory() -> None:
+    from m2msec.gateway.coap_blockwise import Block, BlockwiseLimits
+
+    loop = asyncio.get_running_loop()
+    cse_transport, _ = await loop.create_datagram_endpoint(AnsweringCSE, (SERVER, 0))
+    table = MemoryPSKTable([PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE),
+                            PSKEntry(LIGHT2_ID, SecretKey.from_hex(LIGHT2_KEY), LIGHT2_AE)])
+    limits = BlockwiseLimits(max_body=8192, max_peer_bytes=16384, max_total_bytes=32768)
+    gw = CoapsGateway(CoapsConfig(backend_host=SERVER, backend_port=cse_transport.get_extra_info("sockname")[1],
+                                  port=0, blockwise=limits), table)
+    await gw.start()
+
+    async def session(identity: str, key: str) -> tuple[Any, Inbox]:
+        ctx = TLSContext.dtls_client(ClientConfig(identity, SecretKey.from_hex(key), profiles=(ONEM2M_DTLS_PSK,),
+                                                  peer_entity=HOME_GATEWAY_CSE_ID))
+        transport, inbox, _ = await create_dtls_endpoint(Inbox, SERVER, gw.port, ctx, handshake_timeout=5)
+        _OPEN.append(transport)
+        assert isinstance(inbox, Inbox)
+        return transport, inbox
+
+    async def block(transport: Any, inbox: Inbox, origin: str, path: bytes, num: int, more: bool) -> coap.Message:
+        msg = coap.Message(coap.MessageType.CON, coap.POST, 0x200 + num, path[:8], [
+            (coap.URI_PATH, path), (coap.ONEM2M_FR, origin.encode()), (coap.BLOCK1, Block(num, more, 6).encode())],
+            bytes(1024))
+        transport.sendto(msg.encode())
+        return coap.Message.decode(await asyncio.wait_for(inbox.q.get(), 3))
+
+    try:
+        for s in range(2):  # Light 1, one address, two DTLS sessions, two uploads each, 8 KiB sent, never the last block
+            transport, inbox = await session(LIGHT1_ID, LIGHT1_KEY)
+            for upload in (b"u1", b"u2"):
+                for num in range(8):
+                    reply = await block(transport, inbox, LIGHT1_AE, upload + bytes([s]), num, True)
+                    assert coap.format_code(reply.code) == "2.31"
+        assert gw.budget.used == 4 * 8 * 1024
+        transport, inbox = await session(LIGHT2_ID, LIGHT2_KEY)  # another client, a 2-block upload
+        reply = await block(transport, inbox, LIGHT2_AE, b"v", 0, True)
+        assert coap.format_code(reply.code) == "2.31", f"Light 2 refused {coap.format_code(reply.code)} " \
+            f"{reply.payload!r}"
+    finally:
+        await gw.close()
+        cse_transport.close()
