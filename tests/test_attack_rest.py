@@ -570,7 +570,7 @@ async def test_one_coaps_client_cannot_take_all_block_wise_memory() -> None:
         return coap.Message.decode(await asyncio.wait_for(inbox.q.get(), 3))
 
     try:
-        for s in range(2):  # Light 1, one address, two DTLS sessions, two uploads each, 8 KiB sent, never the last block
+        for s in range(2):  # Light 1, one address, 2 sessions x 2 uploads of 8 KiB, never finished
             transport, inbox = await session(LIGHT1_ID, LIGHT1_KEY)
             for upload in (b"u1", b"u2"):
                 for num in range(8):
