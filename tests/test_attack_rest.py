@@ -584,3 +584,34 @@ async def test_one_coaps_client_cannot_take_all_block_wise_memory() -> None:
     finally:
         await gw.close()
         cse_transport.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 11. A half-written PEM CRL file is loaded as if complete (operator mistake, availability)
+#
+# load_crls keeps the complete "-----BEGIN X509 CRL-----" blocks it finds and silently drops a truncated one
+# (DER input is checked for truncation, PEM is not). A CRL file holding several CAs' CRLs, caught by the reloader
+# mid-write (cp, scp, a non-atomic editor save), loses the last CA's CRL: every live SA of that CA is ended at its
+# next request ("no CRL from its issuer") and its clients are refused until the next poll, with no ERROR saying
+# the file was truncated. A truncated block should make the reload fail (previous CRLs kept), as DER does.
+
+
+def test_a_truncated_pem_crl_file_keeps_the_crls_in_force(tmp_path: Path) -> None:
+    from m2msec.errors import ConfigurationError
+
+    first, second = create_ca("first root", permitted_dns=[SP]), create_ca("second root", permitted_dns=[SP])
+    now = datetime.datetime.now(datetime.UTC)
+    a, b = crl_pem(first, [], now), crl_pem(second, [], now)
+    path = tmp_path / "all.crl"
+    path.write_bytes(a + b)
+    crls = CRLFile(path)
+    assert len(crls.crls.crls) == 2
+    half = a + b[: len(b) // 2]  # the reloader reads while the file is being written
+    from m2msec.crl import load_crls
+
+    with pytest.raises(ConfigurationError):
+        load_crls(half, str(path))
+    path.write_bytes(half)
+    os.utime(path, ns=(time.time_ns() + 10**9,) * 2)
+    crls.poll()
+    assert len(crls.crls.crls) == 2, "the second CA's CRL was dropped by a half-written file"

@@ -71,9 +71,12 @@ def load_crls(data: bytes, source: str = "CRL data") -> tuple[x509.CertificateRe
         ConfigurationError: ``data`` holds no CRL, or a CRL in it does not parse (one line, names ``source``).
     """
     crls: list[x509.CertificateRevocationList] = []
+    blocks = _PEM_CRL.findall(data) if b"-----BEGIN" in data else []
+    if data.count(b"-----BEGIN X509 CRL-----") != len(blocks):  # a file caught mid-write: not a shorter list
+        raise ConfigurationError(f"{source}: a PEM CRL block is truncated")
     try:
         if b"-----BEGIN" in data:
-            crls = [x509.load_pem_x509_crl(block + b"\n") for block in _PEM_CRL.findall(data)]
+            crls = [x509.load_pem_x509_crl(block + b"\n") for block in blocks]
         elif data.strip():
             crls = [x509.load_der_x509_crl(item) for item in _der_items(data)]
     except ValueError as exc:
