@@ -615,3 +615,28 @@ def test_a_truncated_pem_crl_file_keeps_the_crls_in_force(tmp_path: Path) -> Non
     os.utime(path, ns=(time.time_ns() + 10**9,) * 2)
     crls.poll()
     assert len(crls.crls.crls) == 2, "the second CA's CRL was dropped by a half-written file"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 12. One authenticated client holds every connection slot (priority 2)
+#
+# --max-connections (10,000 by default, lowered to the descriptor limit) counts established connections of all
+# clients together; the per-source cap only covers handshakes in progress. One device with a valid PSK opens
+# max_connections connections from one address (a TLS-PSK handshake costs ~1.5 ms: 15 s for 10,000) and keeps
+# each alive with a request per idle timeout; every other client is reset before its handshake. Shown with a cap of 8.
+
+
+async def test_one_client_cannot_hold_every_connection_slot(backend: RecordingBackend) -> None:
+    gw = await start_gateway(backend.port, MemoryPSKTable([
+        PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE),
+        PSKEntry(LIGHT2_ID, SecretKey.from_hex(LIGHT2_KEY), LIGHT2_AE)]), max_connections=8)
+    try:
+        for _ in range(8):  # Light 1, one address
+            await psk_connect(gw)
+        try:
+            victim = await psk_connect(gw, LIGHT2_ID, LIGHT2_KEY)
+        except (HandshakeFailed, OSError) as exc:
+            raise AssertionError(f"Light 2 locked out by Light 1's connections: {exc!r}") from None
+        assert (await victim.request(onem2m(LIGHT2_AE))).status == 200
+    finally:
+        await gw.close()
