@@ -640,3 +640,41 @@ async def test_one_client_cannot_hold_every_connection_slot(backend: RecordingBa
         assert (await victim.request(onem2m(LIGHT2_AE))).status == 200
     finally:
         await gw.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 13. A key file replaced by another user is trusted as long as it is mode 0600 (operator mistake, priority 1)
+#
+# check_file_permissions (D35, "as ssh refuses an unprotected private key") looks at the mode bits only, never at
+# who owns the file or whether others may replace it. ssh's StrictModes also refuses files owned by another user
+# and writable parent directories. A PSK table in a directory other users can write to (a group-writable
+# /etc/m2msec, /srv, a shared volume) is swapped by any of them for their own 0600 file -- e.g. the same table plus
+# their own key bound to the CSE's administrator AE -- and the running gateway reloads it within a second.
+
+
+async def test_a_table_replaced_by_another_users_file_is_refused(backend: RecordingBackend, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a file owned by another user")
+    shared = tmp_path / "etc-m2msec"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # the careless part: other users may create and rename files here
+    path = shared / "psk.toml"
+    path.write_text(toml_rows((LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE)))
+    path.chmod(0o600)
+    table = TomlPSKTable(path)
+    gw = await start_gateway(backend.port, table)
+    try:
+        mallory = shared / ".psk.toml.new"  # written by user 'nobody', then renamed over the table
+        mallory.write_text(toml_rows((LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE), ("mallory@x", "00112233445566778899", "CAdmin")))
+        mallory.chmod(0o600)
+        os.chown(mallory, 65534, 65534)
+        mallory.rename(path)
+        await asyncio.sleep(0.5)
+        try:
+            sa = await psk_connect(gw, "mallory@x", "00112233445566778899")
+        except HandshakeFailed:
+            return
+        resp = await sa.request(onem2m("CAdmin"))
+        raise AssertionError(f"another user's table was loaded: mallory speaks as CAdmin ({resp.status})")
+    finally:
+        await gw.close()
