@@ -665,7 +665,8 @@ async def test_a_table_replaced_by_another_users_file_is_refused(backend: Record
     gw = await start_gateway(backend.port, table)
     try:
         mallory = shared / ".psk.toml.new"  # written by user 'nobody', then renamed over the table
-        mallory.write_text(toml_rows((LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE), ("mallory@x", "00112233445566778899", "CAdmin")))
+        mallory.write_text(toml_rows((LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE),
+                                     ("mallory@x", "00112233445566778899", "CAdmin")))
         mallory.chmod(0o600)
         os.chown(mallory, 65534, 65534)
         mallory.rename(path)
