@@ -39,7 +39,7 @@ log = logging.getLogger("m2msec.crl")
 #: seconds before a CRL's nextUpdate from which a WARNING is logged (docs/decisions.md D30)
 DEFAULT_CRL_WARNING_MARGIN = 86400.0
 
-_MISSING = (-1, -1, -1)
+_MISSING = (-1, -1, -1, -1)
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----\r?\n.*?-----END X509 CRL-----", re.DOTALL)
 
 
@@ -71,9 +71,12 @@ def load_crls(data: bytes, source: str = "CRL data") -> tuple[x509.CertificateRe
         ConfigurationError: ``data`` holds no CRL, or a CRL in it does not parse (one line, names ``source``).
     """
     crls: list[x509.CertificateRevocationList] = []
+    blocks = _PEM_CRL.findall(data) if b"-----BEGIN" in data else []
+    if data.count(b"-----BEGIN X509 CRL-----") != len(blocks):  # a file caught mid-write: not a shorter list
+        raise ConfigurationError(f"{source}: a PEM CRL block is truncated")
     try:
         if b"-----BEGIN" in data:
-            crls = [x509.load_pem_x509_crl(block + b"\n") for block in _PEM_CRL.findall(data)]
+            crls = [x509.load_pem_x509_crl(block + b"\n") for block in blocks]
         elif data.strip():
             crls = [x509.load_der_x509_crl(item) for item in _der_items(data)]
     except ValueError as exc:
@@ -158,14 +161,15 @@ class CRLFile:
         self.crls = CRLSet(crls)
         _ = self.crls.index  # built here (start, or the reloader's worker thread), not on the event loop
         self._alerted: set[tuple[bytes, int]] = set()
-        self._failed: tuple[int, int, int] | None = None
+        self._failed: tuple[int, int, int, int] | None = None
         self._alert()
 
-    def _stat(self) -> tuple[int, int, int]:
+    def _stat(self) -> tuple[int, int, int, int]:
         st = self.path.stat()
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        # ctime too: a write or chmod always moves it, while mtime can be kept (cp -p, rsync -t) or coarse
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
-    def _load(self) -> tuple[tuple[int, int, int], tuple[x509.CertificateRevocationList, ...]]:
+    def _load(self) -> tuple[tuple[int, int, int, int], tuple[x509.CertificateRevocationList, ...]]:
         try:
             signature = self._stat()
             data = self.path.read_bytes()

@@ -205,16 +205,17 @@ class TomlPSKTable(MemoryPSKTable):
         self.failure_grace = failure_grace
         self.clock = clock
         self.generation = 0
-        self._signature: tuple[int, int, int] | None = None
+        self._signature: tuple[int, int, int, int] | None = None
         self._reload_lock = threading.Lock()
         self._failing_since: float | None = None
-        self._failed_signature: tuple[int, int, int] | None = None
+        self._failed_signature: tuple[int, int, int, int] | None = None
         self._emptied = False
         super().__init__(self._load())
 
-    def _stat_signature(self) -> tuple[int, int, int]:
+    def _stat_signature(self) -> tuple[int, int, int, int]:
         st = self.path.stat()
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        # ctime too: a write or chmod always moves it, while mtime can be kept (cp -p, rsync -t) or coarse
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
     def _load(self) -> dict[str, PSKEntry]:
         check_file_permissions(self.path)
@@ -284,7 +285,7 @@ class TomlPSKTable(MemoryPSKTable):
             self.generation += 1
         log.info("reloaded PSK table %s: %d entries%s", self.path, len(entries), " (valid again)" if recovered else "")
 
-    def _failing(self, signature: tuple[int, int, int], reason: str) -> None:
+    def _failing(self, signature: tuple[int, int, int, int], reason: str) -> None:
         now = self.clock()
         since = self._failing_since if self._failing_since is not None else now
         self._failing_since = since
@@ -303,4 +304,4 @@ class TomlPSKTable(MemoryPSKTable):
                       "refused) until the file is valid again", self.path, self.failure_grace)
 
 
-_MISSING = (-1, -1, -1)
+_MISSING = (-1, -1, -1, -1)
