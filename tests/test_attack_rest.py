@@ -652,7 +652,10 @@ async def test_one_client_cannot_hold_every_connection_slot(backend: RecordingBa
 # their own key bound to the CSE's administrator AE -- and the running gateway reloads it within a second.
 
 
-async def test_a_table_replaced_by_another_users_file_is_refused(backend: RecordingBackend, tmp_path: Path) -> None:
+async def test_a_table_replaced_by_another_users_file_is_refused(backend: RecordingBackend, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    from m2msec.errors import CredentialsLoadError
+
     if os.geteuid() != 0:
         pytest.skip("needs root to make a file owned by another user")
     shared = tmp_path / "etc-m2msec"
@@ -661,6 +664,9 @@ async def test_a_table_replaced_by_another_users_file_is_refused(backend: Record
     path = shared / "psk.toml"
     path.write_text(toml_rows((LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE)))
     path.chmod(0o600)
+    with pytest.raises(CredentialsLoadError, match=f"its directory {shared} is writable by group or other users"):
+        TomlPSKTable(path)  # refused at start: anyone may rename their own file over it
+    shared.chmod(0o755)  # the operator fixes the directory; the gateway starts
     table = TomlPSKTable(path)
     gw = await start_gateway(backend.port, table)
     try:
@@ -671,6 +677,8 @@ async def test_a_table_replaced_by_another_users_file_is_refused(backend: Record
         os.chown(mallory, 65534, 65534)
         mallory.rename(path)
         await asyncio.sleep(0.5)
+        assert any(f"{path}: holds keys but is owned by uid 65534" in r.getMessage() for r in caplog.records), \
+            "the reload of another user's table was not refused with a reason"
         try:
             sa = await psk_connect(gw, "mallory@x", "00112233445566778899")
         except HandshakeFailed:
