@@ -457,20 +457,41 @@ async def test_response_bodies_held_for_stalled_clients_stay_within_the_body_mem
 
 
 def test_sqlite_lookup_costs_the_same_for_known_and_unknown_identities(tmp_path: Path) -> None:
-    import statistics
+    """Deterministic form (timed assertions flake on shared machines; bench/lookup_timing.py measures the times):
+    a miss performs the same cipher work as a hit -- one AES-GCM open of a sealed row of the same shape that
+    succeeds -- observed through the real AES-GCM, instrumented."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    store = SQLitePSKStore(tmp_path / "keys.db", SecretKey.generate(32))
+    opened: list[tuple[int, bool]] = []  # (ciphertext length, authenticated) of each AES-GCM open
+
+    class CountingAESGCM:
+        def __init__(self, key: bytes) -> None:
+            self._inner = AESGCM(key)
+
+        def encrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes:
+            return self._inner.encrypt(nonce, data, associated_data)
+
+        def decrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes:
+            try:
+                plain = self._inner.decrypt(nonce, data, associated_data)
+            except Exception:
+                opened.append((len(data), False))
+                raise
+            opened.append((len(data), True))
+            return plain
+
+    store = SQLitePSKStore(tmp_path / "keys.db", SecretKey.generate(32), cipher=CountingAESGCM)
     store.add_many(PSKEntry(f"ae{i}@in.provider.com", SecretKey.generate(16), f"Cae{i}") for i in range(2000))
     known, unknown = "ae1234@in.provider.com", "ae9999@in.provider.com"
-    samples: dict[str, list[int]] = {known: [], unknown: []}
-    for _ in range(2000):
-        for identity in (known, unknown):
-            start = time.perf_counter_ns()
-            store.lookup(identity)
-            samples[identity].append(time.perf_counter_ns() - start)
+    work: dict[str, list[tuple[int, bool]]] = {}
+    for identity in (known, unknown):
+        opened.clear()
+        store.lookup(identity)
+        work[identity] = list(opened)
     store.close()
-    ratio = statistics.median(samples[unknown]) / statistics.median(samples[known])
-    assert ratio > 0.8, f"an unknown identity's lookup takes {ratio:.2f} of a known one's"
+    assert work[known] == [(32, True)]
+    assert work[unknown] == work[known], f"an unknown identity's lookup opens {work[unknown]}, a known one's " \
+        f"{work[known]}"
 
 
 # ------------------------------------------------------------------------------------------------------------
