@@ -86,6 +86,6 @@ def test_a_v1_sealed_row_put_into_a_migrated_store_is_refused(tmp_path: Path) ->
 def test_a_miss_opens_a_decoy_of_a_rows_shape(tmp_path: Path) -> None:
     with SQLitePSKStore(tmp_path / "keys.db", SecretKey.generate(32)) as store:
         store.add(PSKEntry(LIGHT1_ID, SecretKey.from_hex("00" * 16), LIGHT1_AE))
-        nonce, sealed, aad = store.decoy
+        nonce, sealed, _aad = store.decoy
         assert len(nonce) == 12 and len(sealed) == 16 + 16
         assert store.lookup("nobody@in.provider.com") is None
