@@ -8,6 +8,9 @@
   than a margin remains, an ERROR once it has passed. A stale CRL is not ignored: OpenSSL refuses new
   certificate handshakes against it and :mod:`m2msec.gateway.revocation` ends live SAs whose issuer's CRL
   is stale (docs/decisions.md D30); installing a fresh CRL fixes both without a restart.
+* :func:`superseded_issuers` refuses a rollback: a reload whose CRL for some issuer is older than the one in
+  force (lower cRLNumber, or without cRLNumbers an older thisUpdate) keeps the CRLs in force
+  (docs/decisions.md D42): restoring yesterday's file must not un-revoke certificates.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = [
     "CRLSet",
     "load_crls",
     "next_update_alerts",
+    "superseded_issuers",
 ]
 
 log = logging.getLogger("m2msec.crl")
@@ -39,7 +43,7 @@ log = logging.getLogger("m2msec.crl")
 #: seconds before a CRL's nextUpdate from which a WARNING is logged (docs/decisions.md D30)
 DEFAULT_CRL_WARNING_MARGIN = 86400.0
 
-_MISSING = (-1, -1, -1)
+_MISSING = (-1, -1, -1, -1)
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----\r?\n.*?-----END X509 CRL-----", re.DOTALL)
 
 
@@ -71,9 +75,12 @@ def load_crls(data: bytes, source: str = "CRL data") -> tuple[x509.CertificateRe
         ConfigurationError: ``data`` holds no CRL, or a CRL in it does not parse (one line, names ``source``).
     """
     crls: list[x509.CertificateRevocationList] = []
+    blocks = _PEM_CRL.findall(data) if b"-----BEGIN" in data else []
+    if data.count(b"-----BEGIN X509 CRL-----") != len(blocks):  # a file caught mid-write: not a shorter list
+        raise ConfigurationError(f"{source}: a PEM CRL block is truncated")
     try:
         if b"-----BEGIN" in data:
-            crls = [x509.load_pem_x509_crl(block + b"\n") for block in _PEM_CRL.findall(data)]
+            crls = [x509.load_pem_x509_crl(block + b"\n") for block in blocks]
         elif data.strip():
             crls = [x509.load_der_x509_crl(item) for item in _der_items(data)]
     except ValueError as exc:
@@ -118,6 +125,46 @@ class CRLSet:
         return None
 
 
+def _crl_order(crl: x509.CertificateRevocationList) -> tuple[int | None, datetime]:
+    """(cRLNumber or None, thisUpdate) of ``crl``: what tells that a CRL supersedes another (RFC 5280 §5.2.3)."""
+    try:
+        number: int | None = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        number = None
+    return number, crl.last_update_utc
+
+
+def _newest(crls: Iterable[x509.CertificateRevocationList]) -> dict[x509.Name, tuple[int | None, datetime]]:
+    out: dict[x509.Name, tuple[int | None, datetime]] = {}
+    for crl in crls:
+        number, this_update = _crl_order(crl)
+        old = out.get(crl.issuer)
+        if old is None:
+            out[crl.issuer] = (number, this_update)
+        else:
+            numbers = [n for n in (old[0], number) if n is not None]
+            out[crl.issuer] = (max(numbers) if numbers else None, max(old[1], this_update))
+    return out
+
+
+def superseded_issuers(in_force: Iterable[x509.CertificateRevocationList],
+                       candidate: Iterable[x509.CertificateRevocationList]) -> list[str]:
+    """The issuers (RFC 4514 strings) for which ``candidate`` holds an older CRL than ``in_force``: a lower
+    cRLNumber when both CRLs carry one, else an older thisUpdate (docs/decisions.md D42). Equal is not older
+    (the same CRL written again)."""
+    current = _newest(in_force)
+    out: list[str] = []
+    for issuer, (number, this_update) in _newest(candidate).items():
+        old = current.get(issuer)
+        if old is None:
+            continue
+        old_number, old_update = old
+        older = number < old_number if number is not None and old_number is not None else this_update < old_update
+        if older:
+            out.append(issuer.rfc4514_string())
+    return out
+
+
 def _describe(crl: x509.CertificateRevocationList) -> str:
     return f"CRL of {crl.issuer.rfc4514_string()!r}"
 
@@ -144,7 +191,8 @@ class CRLFile:
     """A CRL file (``--crl``): PEM or DER, one or several CRLs; reloaded by :meth:`poll` when it changes.
 
     A reload that fails (missing, unreadable, no CRL in it) keeps the CRLs in force and logs an ERROR:
-    dropping them would stop every certificate client, and older CRLs only lack recent revocations.
+    dropping them would stop every certificate client, and older CRLs only lack recent revocations. So does a
+    file holding, for some issuer, an older CRL than the one in force (:func:`superseded_issuers`, D42).
     """
 
     def __init__(self, path: str | Path, *, warning_margin: float = DEFAULT_CRL_WARNING_MARGIN,
@@ -158,14 +206,15 @@ class CRLFile:
         self.crls = CRLSet(crls)
         _ = self.crls.index  # built here (start, or the reloader's worker thread), not on the event loop
         self._alerted: set[tuple[bytes, int]] = set()
-        self._failed: tuple[int, int, int] | None = None
+        self._failed: tuple[int, int, int, int] | None = None
         self._alert()
 
-    def _stat(self) -> tuple[int, int, int]:
+    def _stat(self) -> tuple[int, int, int, int]:
         st = self.path.stat()
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        # ctime too: a write or chmod always moves it, while mtime can be kept (cp -p, rsync -t) or coarse
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
-    def _load(self) -> tuple[tuple[int, int, int], tuple[x509.CertificateRevocationList, ...]]:
+    def _load(self) -> tuple[tuple[int, int, int, int], tuple[x509.CertificateRevocationList, ...]]:
         try:
             signature = self._stat()
             data = self.path.read_bytes()
@@ -189,7 +238,14 @@ class CRLFile:
                 signature = _MISSING
             if signature != self._signature and signature != self._failed:
                 try:
-                    self._signature, crls = self._load()
+                    loaded, crls = self._load()
+                    older = superseded_issuers(self.crls.crls, crls)
+                    if older:
+                        raise ConfigurationError(
+                            f"{self.path}: holds an older CRL (lower cRLNumber or older thisUpdate) than the one "
+                            f"in force for issuer(s) {'; '.join(repr(i) for i in older)}; install a CRL at "
+                            "least as recent")
+                    self._signature = loaded
                 except ConfigurationError as exc:
                     self._failed = signature
                     log.error("CRLs not reloaded, the previous ones stay in use: %s", exc)

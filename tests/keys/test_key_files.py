@@ -135,3 +135,98 @@ def test_write_secret_file_is_0600_and_refuses_an_existing_file(tmp_path: Path, 
         check_new_file(link)
     with pytest.raises(ConfigurationError, match="does not exist"):
         check_new_file(tmp_path / "no" / "dir.key")
+
+
+# -- ownership and directories (StrictModes, D43) ----------------------------------------------------------------
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make files owned by another user")
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757, 0o772], ids=oct)
+def test_a_directory_others_may_write_is_refused(tmp_path: Path, mode: int) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    path = shared / "psk.toml"
+    path.write_text(TOML)
+    path.chmod(0o600)
+    shared.chmod(mode)
+    with pytest.raises(CredentialsLoadError) as info:
+        check_file_permissions(path)
+    assert str(info.value) == (f"{path}: holds keys but its directory {shared} is writable by group or other users "
+                               f"(mode {mode:04o}), who could replace the file; run: chmod go-w {shared}")
+    shared.chmod(0o755)
+    check_file_permissions(path)
+
+
+def test_a_writable_grandparent_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    path = tmp_path / "a" / "b" / "psk.toml"
+    path.write_text(TOML)
+    path.chmod(0o600)
+    (tmp_path / "a").chmod(0o777)  # b can be renamed away and replaced by another user's directory
+    with pytest.raises(CredentialsLoadError, match=f"its directory {tmp_path / 'a'} is writable"):
+        check_file_permissions(path)
+
+
+def test_a_sticky_world_writable_directory_is_accepted_for_our_own_file(tmp_path: Path) -> None:
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: others cannot rename or remove our entries
+    path = shared / "psk.toml"
+    path.write_text(TOML)
+    path.chmod(0o600)
+    check_file_permissions(path)
+    TomlPSKTable(path)
+
+
+def test_a_symlink_in_a_writable_directory_is_refused(tmp_path: Path) -> None:
+    safe, shared = tmp_path / "safe", tmp_path / "shared"
+    safe.mkdir()
+    shared.mkdir()
+    target = safe / "psk.toml"
+    target.write_text(TOML)
+    target.chmod(0o600)
+    link = shared / "psk.toml"
+    link.symlink_to(target)
+    shared.chmod(0o777)  # others may point the link elsewhere
+    with pytest.raises(CredentialsLoadError, match=f"its directory {shared} is writable"):
+        check_file_permissions(link)
+
+
+@root_only
+def test_a_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "psk.toml"
+    path.write_text(TOML)
+    path.chmod(0o600)
+    os.chown(path, 65534, 65534)
+    with pytest.raises(CredentialsLoadError) as info:
+        check_file_permissions(path)
+    assert str(info.value) == (f"{path}: holds keys but is owned by uid 65534, not by this user (uid 0) or root: "
+                               f"another user may have replaced it; check its content, then run: chown 0 {path}")
+
+
+@root_only
+def test_a_directory_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    path = theirs / "psk.toml"
+    path.write_text(TOML)
+    path.chmod(0o600)
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(CredentialsLoadError, match=f"its directory {theirs} is owned by uid 65534"):
+        check_file_permissions(path)
+
+
+@root_only
+def test_a_reload_of_another_users_table_is_refused_and_the_old_one_kept(tmp_path: Path) -> None:
+    path = tmp_path / "psk.toml"
+    path.write_text(TOML)
+    path.chmod(0o600)
+    table = TomlPSKTable(path)
+    new = tmp_path / "new.toml"
+    new.write_text(TOML + f'[[psk]]\nidentity = "{TD_ID}"\nkey = "{TD_KEY}"\n')
+    new.chmod(0o600)
+    os.chown(new, 65534, 65534)
+    new.rename(path)
+    table.poll()
+    assert TD_ID not in table and LIGHT1_ID in table and table.generation == 0

@@ -13,6 +13,10 @@ When it does not, the request is refused without being forwarded (:class:`Securi
 HTTP 403 / CoAP 4.03 with rsc 4106, docs/decisions.md D29) and the SA is closed. :func:`sa_status` is the
 pure decision (time injected); lookups in stores that are not in memory (SQLite) are cached for
 :data:`LOOKUP_CACHE_SECONDS`.
+
+Two clocks, both injected (docs/decisions.md D45): durations (the SA's age, the cache's freshness) run on a
+monotonic clock (:data:`DURATION_CLOCK`), which a wall-clock step (NTP, a restored VM snapshot, ``date -s``)
+does not move; only certificate and CRL dates are compared with the wall clock.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from m2msec.tls.engine import SessionInfo
 
 __all__ = [
     "DEFAULT_MAX_SA_LIFETIME",
+    "DURATION_CLOCK",
     "LOOKUP_CACHE_SECONDS",
     "Grant",
     "Revocation",
@@ -52,6 +57,9 @@ DEFAULT_MAX_SA_LIFETIME = 3600.0
 #: seconds a live-SA lookup in a store that is read from disk (SQLite) is reused; in-memory tables are not cached
 LOOKUP_CACHE_SECONDS = 1.0
 _CACHE_LIMIT = 65536
+#: the clock of every duration here (SA lifetime, lookup cache): monotonic, never the wall clock, so that a clock
+#: stepped back cannot keep a removed key's SA or cached entry alive (docs/decisions.md D45)
+DURATION_CLOCK: Callable[[], float] = time.monotonic
 
 
 class SecurityAssociationEnded(OriginatorNotAuthenticated):
@@ -61,7 +69,8 @@ class SecurityAssociationEnded(OriginatorNotAuthenticated):
 
 @dataclass(frozen=True)
 class Grant:
-    """What an SA was established with. ``psk_entry`` holds the key: never logged (its repr redacts it)."""
+    """What an SA was established with. ``psk_entry`` holds the key: never logged (its repr redacts it).
+    ``established`` is a reading of the duration clock (:data:`DURATION_CLOCK`)."""
 
     established: float
     psk_identity: str | None
@@ -70,9 +79,14 @@ class Grant:
 
 
 def sa_status(grant: Grant, now: float, *, max_lifetime: float, lookup: Callable[[str], PSKEntry | None] | None,
-              crls: CRLSet | None) -> str | None:
-    """Why the SA must end at ``now`` (Unix seconds), or None while it stands."""
-    if now - grant.established >= max_lifetime:
+              crls: CRLSet | None, monotonic_now: float | None = None) -> str | None:
+    """Why the SA must end at ``now`` (wall clock, Unix seconds: certificate and CRL dates), or None while it stands.
+
+    The SA's age is ``monotonic_now - grant.established`` (both from the duration clock); without
+    ``monotonic_now`` a single clock is assumed and ``now`` is used.
+    """
+    age = (monotonic_now if monotonic_now is not None else now) - grant.established
+    if age >= max_lifetime:
         return f"maximum SA lifetime ({max_lifetime:g} s) reached"
     if grant.psk_identity is not None:
         ident = grant.psk_identity
@@ -117,23 +131,27 @@ class _CachedLookup:
 
 
 class Revocation:
-    """One side's revocation policy: the table and CRLs in force, the lifetime, the clock."""
+    """One side's revocation policy: the table and CRLs in force, the lifetime, the clocks (``clock``: wall
+    clock, for certificate and CRL dates; ``monotonic``: durations, :data:`DURATION_CLOCK`)."""
 
     def __init__(self, table: PSKTable | None, crls: CRLFile | None = None, *,
-                 max_lifetime: float = DEFAULT_MAX_SA_LIFETIME, clock: Callable[[], float] = time.time) -> None:
+                 max_lifetime: float = DEFAULT_MAX_SA_LIFETIME, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] | None = None) -> None:
         if not max_lifetime > 0:
             raise ValueError("the maximum SA lifetime must be positive")
         self.crls = crls
         self.max_lifetime = max_lifetime
         self.clock = clock
+        self.monotonic = monotonic if monotonic is not None else DURATION_CLOCK
         self.lookup: Callable[[str], PSKEntry | None] | None = None
         if table is not None:
-            self.lookup = table.lookup if isinstance(table, MemoryPSKTable) else _CachedLookup(table.lookup, clock)
+            self.lookup = (table.lookup if isinstance(table, MemoryPSKTable)
+                           else _CachedLookup(table.lookup, self.monotonic))
 
     def open(self, session: SessionInfo, connection: object) -> SAGuard:
         """The guard of a just-established SA (``connection``: the engine's connection, for its PSK entry)."""
         entry: PSKEntry | None = getattr(connection, "psk_entry", None)
-        return SAGuard(self, Grant(self.clock(), session.psk_identity, entry, session.peer_certificate))
+        return SAGuard(self, Grant(self.monotonic(), session.psk_identity, entry, session.peer_certificate))
 
 
 class SAGuard:
@@ -148,7 +166,7 @@ class SAGuard:
         if self.ended is None:
             p = self.policy
             reason = sa_status(self.grant, p.clock(), max_lifetime=p.max_lifetime, lookup=p.lookup,
-                               crls=p.crls.crls if p.crls is not None else None)
+                               crls=p.crls.crls if p.crls is not None else None, monotonic_now=p.monotonic())
             if reason is not None:
                 self.ended = SecurityAssociationEnded(f"the security association ended: {reason}")
         return self.ended

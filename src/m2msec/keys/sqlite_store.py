@@ -1,7 +1,16 @@
 """SQLite PSK store: keys encrypted at rest, looked up per handshake.
 
-Each key is sealed with AES-256-GCM under a 32-byte *master key*; the identity is the associated
-data, so a row's ciphertext cannot be moved to another identity. The master key comes from (first
+Each key is sealed with AES-256-GCM under a 32-byte *master key*; the associated data
+(:func:`row_aad`, format :data:`ROW_FORMAT`) covers every security-relevant column -- the identity, the
+entity bound to it and the description -- so whoever can write the database but lacks the master key can
+neither move a key to another identity nor rebind an identity to another AE-ID/CSE-ID. A row that fails its
+check is refused (looked up as unknown, ERROR logged without key material), never used (docs/decisions.md
+D44). Stores written by the first format (AAD = identity only) are re-sealed in the new format when they are
+opened (the master key is always at hand then); the check value in ``meta`` records the format.
+
+A lookup of an unknown identity opens a decoy sealed row of the same shape with the same cipher and builds
+an entry, as a hit does, so that which identities exist does not show in the time a lookup takes
+(:attr:`SQLitePSKStore.decoy`; ``bench/lookup_timing.py`` measures it). The master key comes from (first
 match, :data:`MASTER_KEY_PRECEDENCE`): an explicit key file (``--master-key-file``), the
 ``M2MSEC_MASTER_KEY`` environment variable (64 hex digits), or the file ``<database>.key`` beside the
 database. A key file is created (mode 0600 from the start) only for a new store: an existing store whose
@@ -21,13 +30,15 @@ This is the only module of ``m2msec.keys`` that does I/O; ``sqlite3.Error`` neve
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -38,8 +49,18 @@ from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import PSKEntry, check_file_permissions
 
 __all__ = [
-    "DB_FILE_MODE", "MASTER_KEY_ENV", "MASTER_KEY_PRECEDENCE", "SQLitePSKStore", "StoredIdentity", "load_master_key",
+    "AEAD",
+    "DB_FILE_MODE",
+    "MASTER_KEY_ENV",
+    "MASTER_KEY_PRECEDENCE",
+    "ROW_FORMAT",
+    "SQLitePSKStore",
+    "StoredIdentity",
+    "load_master_key",
+    "row_aad",
 ]
+
+log = logging.getLogger("m2msec.keys")
 
 MASTER_KEY_ENV = "M2MSEC_MASTER_KEY"
 #: Where the master key comes from, first match wins (docs/decisions.md D36): an explicit file given by the
@@ -47,8 +68,13 @@ MASTER_KEY_ENV = "M2MSEC_MASTER_KEY"
 MASTER_KEY_PRECEDENCE = ("--master-key-file", f"${MASTER_KEY_ENV}", "DB.key")
 #: Mode of a new key store (and of its -wal/-shm files, which SQLite creates with the database's mode).
 DB_FILE_MODE = 0o600
-_AAD_PREFIX = b"m2msec-psk-v1\0"
-_CHECK_PLAINTEXT = b"m2msec master key check v1"
+#: Format of the sealed rows: 2 = AAD over identity, entity and description (:func:`row_aad`); 1 = identity only,
+#: re-sealed as 2 when a store is opened (docs/decisions.md D44)
+ROW_FORMAT = 2
+_AAD_PREFIX_V1 = b"m2msec-psk-v1\0"
+_CHECK_PLAINTEXT = {1: b"m2msec master key check v1", 2: b"m2msec master key check v2"}
+_DECOY_IDENTITY = "decoy@m2msec.invalid"
+_DECOY_KEY_LENGTH = 16
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS psk (
@@ -71,6 +97,27 @@ class StoredIdentity:
     description: str | None
     key_length: int
     created: float
+
+
+class AEAD(Protocol):
+    """What the store needs of its cipher (AES-256-GCM; injectable to observe what a lookup does)."""
+
+    def encrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes: ...
+
+    def decrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes: ...
+
+
+def _field(value: str | None) -> bytes:
+    if value is None:
+        return b"\0"
+    raw = value.encode("utf-8", "surrogatepass")
+    return b"\1" + len(raw).to_bytes(4, "big") + raw
+
+
+def row_aad(identity: str, entity: str | None, description: str | None) -> bytes:
+    """The associated data of a row in format :data:`ROW_FORMAT`: a version prefix, then each column as
+    absent (``00``) or present (``01``, 4-byte length, UTF-8): unambiguous, and every column counts."""
+    return b"m2msec-psk-v2\0" + _field(identity) + _field(entity) + _field(description)
 
 
 def _store_is_new(db_path: Path) -> bool:
@@ -132,7 +179,8 @@ class SQLitePSKStore:
     """PSK entries in SQLite. Implements :class:`m2msec.keys.table.PSKTable`."""
 
     def __init__(self, path: str | os.PathLike[str], master_key: SecretKey | None = None,
-                 *, master_key_file: str | os.PathLike[str] | None = None) -> None:
+                 *, master_key_file: str | os.PathLike[str] | None = None,
+                 cipher: Callable[[bytes], AEAD] = AESGCM) -> None:
         self.path = Path(path)
         if self.path.exists():
             check_file_permissions(self.path)
@@ -141,7 +189,11 @@ class SQLitePSKStore:
             master_key = load_master_key(self.path, kf)
         if len(master_key) != 32:
             raise ConfigurationError("the master key must be 32 bytes")
-        self._aead = AESGCM(master_key.reveal())
+        self._aead = cipher(master_key.reveal())
+        self._reported: set[tuple[str, bytes]] = set()
+        nonce, decoy_aad = secrets.token_bytes(12), row_aad(_DECOY_IDENTITY, None, None)
+        #: (nonce, sealed, aad) opened by a lookup that finds no row, so that a miss costs what a hit does
+        self.decoy = (nonce, self._aead.encrypt(nonce, secrets.token_bytes(_DECOY_KEY_LENGTH), decoy_aad), decoy_aad)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # created 0600 before SQLite opens it: never a moment with the umask's mode
@@ -153,22 +205,57 @@ class SQLitePSKStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
-            self._check_master_key()
+            if self._check_master_key() != ROW_FORMAT:
+                self._migrate()
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: cannot open key store: {exc}") from None
 
-    def _check_master_key(self) -> None:
+    def _check_master_key(self) -> int:
+        """Check the master key against the check value; return the store's row format (a new store: current)."""
         row = self._db.execute("SELECT value FROM meta WHERE name = 'check'").fetchone()
         if row is None:
-            nonce = secrets.token_bytes(12)
-            sealed = self._aead.encrypt(nonce, _CHECK_PLAINTEXT, b"check")
-            self._db.execute("INSERT INTO meta VALUES ('check', ?)", (nonce + sealed,))
-            return
+            self._write_check("INSERT")
+            return ROW_FORMAT
         blob = bytes(row[0])
         try:
-            self._aead.decrypt(blob[:12], blob[12:], b"check")
+            plain = self._aead.decrypt(blob[:12], blob[12:], b"check")
         except InvalidTag:
             raise StorageError(f"{self.path}: the master key does not match this key store") from None
+        for version, text in _CHECK_PLAINTEXT.items():
+            if plain == text:
+                return version
+        raise StorageError(f"{self.path}: key store written by a newer m2msec (unknown format)")
+
+    def _write_check(self, verb: str) -> None:
+        nonce = secrets.token_bytes(12)
+        sealed = self._aead.encrypt(nonce, _CHECK_PLAINTEXT[ROW_FORMAT], b"check")
+        self._db.execute(f"{verb} INTO meta VALUES ('check', ?)", (nonce + sealed,))
+
+    def _migrate(self) -> None:
+        """Re-seal every format-1 row (AAD: identity only) in the current format, in one transaction. A row that
+        opens in neither format is left as it is (lookups refuse it) and logged."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if self._check_master_key() == ROW_FORMAT:  # another process migrated it meanwhile
+                self._db.execute("ROLLBACK")
+                return
+            rows = self._db.execute("SELECT identity, entity, description, nonce, sealed FROM psk").fetchall()
+            for identity, entity, description, nonce, sealed in rows:
+                try:
+                    key = self._aead.decrypt(nonce, sealed, _AAD_PREFIX_V1 + identity.encode("utf-8"))
+                except InvalidTag:
+                    log.error("%s: entry %r fails its integrity check; left as it is and refused by lookups",
+                              self.path, identity)
+                    continue
+                new_nonce = secrets.token_bytes(12)
+                self._db.execute("UPDATE psk SET nonce = ?, sealed = ? WHERE identity = ?", (
+                    new_nonce, self._aead.encrypt(new_nonce, key, row_aad(identity, entity, description)), identity))
+            self._write_check("INSERT OR REPLACE")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        log.info("%s: %d entries re-sealed in key store format %d", self.path, len(rows), ROW_FORMAT)
 
     def close(self) -> None:
         self._db.close()
@@ -182,31 +269,47 @@ class SQLitePSKStore:
     def __repr__(self) -> str:
         return f"<SQLitePSKStore {self.path}>"
 
-    @staticmethod
-    def _aad(identity: str) -> bytes:
-        return _AAD_PREFIX + identity.encode("utf-8")
-
     def _seal(self, entry: PSKEntry) -> tuple[str, str | None, str | None, bytes, bytes, float]:
         nonce = secrets.token_bytes(12)
-        sealed = self._aead.encrypt(nonce, entry.key.reveal(), self._aad(entry.identity))
+        sealed = self._aead.encrypt(nonce, entry.key.reveal(), row_aad(entry.identity, entry.entity,
+                                                                       entry.description))
         return (entry.identity, entry.entity, entry.description, nonce, sealed, time.time())
 
     # -- PSKTable
     def lookup(self, identity: str) -> PSKEntry | None:
         try:
-            row = self._db.execute(
-                "SELECT entity, description, nonce, sealed FROM psk WHERE identity = ?", (identity,)
+            # one row whether the identity exists or not (the sealed check value rides along), so SQLite does
+            # much the same work for a miss as for a hit
+            found = self._db.execute(
+                "SELECT p.entity, p.description, p.nonce, p.sealed, m.value FROM meta AS m "
+                "LEFT JOIN psk AS p ON p.identity = ? WHERE m.name = 'check'", (identity,)
             ).fetchone()
+            row = None if found is None or found[3] is None else found[:4]
         except sqlite3.Error as exc:
             raise StorageError(f"{self.path}: lookup failed: {exc}") from None
-        if row is None:
+        if row is None:  # the same work as a hit: build an AAD, open a sealed row, build an entry; then discard
+            nonce, sealed, aad = self.decoy
+            row_aad(identity, None, None)
+            PSKEntry(_DECOY_IDENTITY, SecretKey(self._aead.decrypt(nonce, sealed, aad)))
             return None
         entity, description, nonce, sealed = row
         try:
-            key = self._aead.decrypt(nonce, sealed, self._aad(identity))
+            key = self._aead.decrypt(nonce, sealed, row_aad(identity, entity, description))
         except InvalidTag:
-            raise StorageError(f"{self.path}: entry {identity!r} fails its integrity check") from None
+            self._refused(identity, bytes(sealed))
+            return None
         return PSKEntry(identity, SecretKey(key), entity, description)
+
+    def _refused(self, identity: str, sealed: bytes) -> None:
+        """ERROR once per tampered row version (a client retrying must not flood the log)."""
+        mark = (identity, sealed[-16:])  # the tag: public, and tells row versions apart
+        if mark not in self._reported:
+            if len(self._reported) >= 1024:
+                self._reported.clear()
+            self._reported.add(mark)
+            log.error("%s: entry %r fails its integrity check (its key, entity or description was changed without "
+                      "the master key); refused as an unknown identity: re-add it with m2msec keys add --replace",
+                      self.path, identity)
 
     # -- management
     def add(self, entry: PSKEntry, *, replace: bool = False) -> None:

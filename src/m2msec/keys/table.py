@@ -36,6 +36,7 @@ __all__ = [
     "MAX_IDENTITY_LENGTH",
     "SECRET_FILE_FORBIDDEN_BITS",
     "TABLE_FAILURE_GRACE",
+    "UNSAFE_DIRECTORY_BITS",
     "MemoryPSKTable",
     "PSKEntry",
     "PSKTable",
@@ -128,18 +129,70 @@ class MemoryPSKTable:
 SECRET_FILE_FORBIDDEN_BITS = stat.S_IRWXG | stat.S_IRWXO
 
 
+#: Permission bits that let the group or others replace a file in a directory (rename, unlink, create): refused on
+#: the directory of a file holding secrets and on each of its parents up to ``/``, unless the sticky bit is set
+#: (others may then only replace their own entries, and the file must be ours or root's). docs/decisions.md D43.
+UNSAFE_DIRECTORY_BITS = stat.S_IWGRP | stat.S_IWOTH
+
+
+def _trusted_owner(uid: int) -> bool:
+    return uid in (0, os.geteuid())
+
+
+def _directories(path: Path) -> list[Path]:
+    """The directories whose entries decide what ``path`` names: those of the link (if it is one) and of
+    its target, each up to ``/``."""
+    out: list[Path] = []
+    for start in (Path(os.path.realpath(path.absolute().parent)), Path(os.path.realpath(path)).parent):
+        for directory in (start, *start.parents):
+            if directory not in out:
+                out.append(directory)
+    return out
+
+
 def check_file_permissions(path: Path) -> None:
-    """Refuse a file holding secrets (PSK table, key file, master key, private key, key store) that the
-    group or other users may access in any way (:data:`SECRET_FILE_FORBIDDEN_BITS`)."""
+    """Refuse a file holding secrets (PSK table, key file, master key, private key, key store) that others could
+    read or replace, as ssh's StrictModes does (docs/decisions.md D35, D43):
+
+    * the group or other users have any access to it (:data:`SECRET_FILE_FORBIDDEN_BITS`);
+    * it is owned by a user other than the process's effective user or root;
+    * its directory or a parent up to ``/`` is owned by another user, or writable by the group or others
+      without the sticky bit (:data:`UNSAFE_DIRECTORY_BITS`): they could rename their own file over it.
+
+    Raises:
+        CredentialsLoadError: one line naming the path, the problem and the command that fixes it.
+    """
     try:
-        mode = path.stat().st_mode
+        st = path.stat()
     except OSError as exc:
         raise CredentialsLoadError(f"{path}: cannot read: {exc.strerror}") from None
+    mode = st.st_mode
     if mode & SECRET_FILE_FORBIDDEN_BITS:
         raise CredentialsLoadError(
             f"{path}: holds keys but group or other users have access to it (mode {stat.S_IMODE(mode):04o}); "
             f"run: chmod 600 {path}"
         )
+    me = os.geteuid()
+    if not _trusted_owner(st.st_uid):
+        raise CredentialsLoadError(
+            f"{path}: holds keys but is owned by uid {st.st_uid}, not by this user (uid {me}) or root: another "
+            f"user may have replaced it; check its content, then run: chown {me} {path}"
+        )
+    for directory in _directories(path):
+        try:
+            dst = directory.stat()
+        except OSError as exc:
+            raise CredentialsLoadError(f"{path}: cannot check directory {directory}: {exc.strerror}") from None
+        if not _trusted_owner(dst.st_uid):
+            raise CredentialsLoadError(
+                f"{path}: holds keys but its directory {directory} is owned by uid {dst.st_uid}, not by this user "
+                f"(uid {me}) or root, who could replace the file; run: chown {me} {directory}"
+            )
+        if dst.st_mode & UNSAFE_DIRECTORY_BITS and not dst.st_mode & stat.S_ISVTX:
+            raise CredentialsLoadError(
+                f"{path}: holds keys but its directory {directory} is writable by group or other users (mode "
+                f"{stat.S_IMODE(dst.st_mode):04o}), who could replace the file; run: chmod go-w {directory}"
+            )
 
 
 def parse_toml_table(text: str, source: str = "<toml>") -> dict[str, PSKEntry]:
@@ -205,16 +258,17 @@ class TomlPSKTable(MemoryPSKTable):
         self.failure_grace = failure_grace
         self.clock = clock
         self.generation = 0
-        self._signature: tuple[int, int, int] | None = None
+        self._signature: tuple[int, int, int, int] | None = None
         self._reload_lock = threading.Lock()
         self._failing_since: float | None = None
-        self._failed_signature: tuple[int, int, int] | None = None
+        self._failed_signature: tuple[int, int, int, int] | None = None
         self._emptied = False
         super().__init__(self._load())
 
-    def _stat_signature(self) -> tuple[int, int, int]:
+    def _stat_signature(self) -> tuple[int, int, int, int]:
         st = self.path.stat()
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        # ctime too: a write or chmod always moves it, while mtime can be kept (cp -p, rsync -t) or coarse
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
     def _load(self) -> dict[str, PSKEntry]:
         check_file_permissions(self.path)
@@ -284,7 +338,7 @@ class TomlPSKTable(MemoryPSKTable):
             self.generation += 1
         log.info("reloaded PSK table %s: %d entries%s", self.path, len(entries), " (valid again)" if recovered else "")
 
-    def _failing(self, signature: tuple[int, int, int], reason: str) -> None:
+    def _failing(self, signature: tuple[int, int, int, int], reason: str) -> None:
         now = self.clock()
         since = self._failing_since if self._failing_since is not None else now
         self._failing_since = since
@@ -303,4 +357,4 @@ class TomlPSKTable(MemoryPSKTable):
                       "refused) until the file is valid again", self.path, self.failure_grace)
 
 
-_MISSING = (-1, -1, -1)
+_MISSING = (-1, -1, -1, -1)
