@@ -183,6 +183,75 @@ async def test_dtls_one_source_cannot_take_every_handshake_slot() -> None:
     assert proto.sources.held == {}
 
 
+async def test_tls_open_connections_are_capped_per_source_and_per_credential() -> None:
+    limiter = ConnectionLimiter(10, per_source_connections=3, per_sa=2)  # D47
+    context = TLSContext.server(ServerConfig(make_table().lookup, profiles=(ONEM2M_PSK,)))
+    server = await start_server(Echo, SERVER, 0, context, limiter=limiter, handshake_timeout=30)
+    port = server.sockets[0].getsockname()[1]
+    held: list[socket.socket] = []
+    adapters: list[TLSAdapter] = []
+    try:
+        for _ in range(2):
+            adapters.append((await tls_handshake_from(ATTACKER, port))[0])
+        assert limiter.per_sa is not None and limiter.per_sa.held == {f"psk:{LIGHT1_ID}": 2}
+        third, _ = await tls_handshake_from(ATTACKER, port)  # the handshake completes, then the server closes
+        adapters.append(third)
+        await until(lambda: limiter.open == 2 and third.raw_transport is None)
+        assert limiter.per_sa.refused == 1 and limiter.per_sa.held == {f"psk:{LIGHT1_ID}": 2}
+        held += stalled_tcp(ATTACKER, port, 3)  # 2 open + 1: the source's cap; the other 2 are reset
+        assert limiter.open_per_source is not None
+        await until(lambda: limiter.open_per_source is not None and limiter.open_per_source.refused == 2)
+        assert limiter.open_per_source.held == {ATTACKER: 3} and limiter.open == 3
+        held += stalled_tcp(VICTIM, port, 1)  # another source still gets a slot
+        await until(lambda: limiter.open == 4)
+    finally:
+        for s in held:
+            s.close()
+        for adapter in adapters:
+            if adapter.raw_transport is not None:
+                adapter.raw_transport.close()
+        server.close()
+        await server.wait_closed()
+    await until(lambda: limiter.open == 0)
+    assert limiter.per_sa.held == {} and limiter.open_per_source.held == {}
+
+
+async def test_dtls_peers_are_capped_per_source_and_per_credential() -> None:
+    context = TLSContext.dtls_server(ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,)))
+    udp, proto = await start_dtls_server(Silent, SERVER, 0, context, max_peers=10, max_peers_per_source=3,
+                                         max_peers_per_sa=2, handshake_timeout=30)
+    assert isinstance(proto, DTLSServerProtocol)
+    port = udp.get_extra_info("sockname")[1]
+    clients: list[asyncio.DatagramTransport] = []
+    held: list[socket.socket] = []
+    try:
+        for _ in range(3):  # the third completes its handshake and is dropped at once: its credential has 2
+            clients.append((await dtls_handshake_from(ATTACKER, port))[0])
+        await until(lambda: proto.peer_sas.refused == 1)
+        assert len(proto.peers) == 2 and proto.peer_sas.held == {f"psk:{LIGHT1_ID}": 2}
+        assert proto.peer_sources.held == {ATTACKER: 2}
+        held += await stalled_dtls(ATTACKER, port, 1)  # the source's third peer
+        dropped = proto.dropped
+        conn = dtls_client().dtls_connection((SERVER, port))  # a fourth: dropped once its cookie is back
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        held.append(s)
+        s.setblocking(False)
+        s.bind((ATTACKER, 0))
+        s.connect((SERVER, port))
+        s.send(conn.datagrams_to_send()[0])
+        conn.receive_datagram(await asyncio.wait_for(asyncio.get_running_loop().sock_recv(s, 2048), 2))
+        s.send(conn.datagrams_to_send()[0])
+        await until(lambda: proto.dropped == dropped + 1)
+        assert proto.peer_sources.refused == 1 and proto.peer_sources.held == {ATTACKER: 3}
+    finally:
+        for c in clients:
+            c.close()
+        for s in held:
+            s.close()
+        udp.close()
+    await until(lambda: proto.peer_sources.held == {} and proto.peer_sas.held == {})
+
+
 # ------------------------------------------------------------------------------- the HTTP gateway's bounds
 
 

@@ -47,7 +47,11 @@ from m2msec.keys.table import PSKTable
 from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
 from m2msec.tls.profiles import ONEM2M_DTLS_PSK, CipherProfile
 from m2msec.transport.dtls import DTLSServerProtocol, start_dtls_server
-from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE
+from m2msec.transport.limits import (
+    DEFAULT_MAX_CONNECTIONS_PER_SA,
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+    DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+)
 
 __all__ = ["CoapsConfig", "CoapsGateway"]
 
@@ -74,6 +78,10 @@ class CoapsConfig:
     idle_timeout: float = 300.0
     max_peers: int = 10000
     max_handshaking: int = 1000
+    #: DTLS peers one source may hold (D47)
+    max_peers_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE
+    #: DTLS peers one credential may hold, at most half of max_peers (D47)
+    max_peers_per_sa: int = DEFAULT_MAX_CONNECTIONS_PER_SA
     #: seconds between checks of the PSK table and CRL files for changes
     reload_interval: float = 1.0
     #: seconds after which an SA is closed at its next request (docs/decisions.md D28)
@@ -303,6 +311,7 @@ class CoapsGateway:
                 handshake_timeout=cfg.handshake_timeout, idle_timeout=cfg.idle_timeout,
                 max_peers=cfg.max_peers, max_handshaking=cfg.max_handshaking,
                 max_handshaking_per_source=cfg.max_handshaking_per_source,
+                max_peers_per_source=cfg.max_peers_per_source, max_peers_per_sa=cfg.max_peers_per_sa,
             )
         except OSError as exc:
             from m2msec.errors import ConfigurationError

@@ -53,7 +53,11 @@ from m2msec.gateway.rules import (
 from m2msec.keys.table import PSKTable
 from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, CertificateConfig, ServerConfig, SessionInfo, TLSContext
 from m2msec.tls.profiles import CipherProfile
-from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE
+from m2msec.transport.limits import (
+    DEFAULT_MAX_CONNECTIONS_PER_SA,
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+    DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+)
 from m2msec.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimiter, start_stream_server
 
 __all__ = ["Backend", "Gateway", "GatewayConfig", "parse_backend"]
@@ -104,6 +108,10 @@ class GatewayConfig:
     max_connections: int = 10000
     #: connections one source (IPv4 address, IPv6 /64) may have in their handshake at once (D31)
     max_handshakes_per_source: int = DEFAULT_MAX_HANDSHAKES_PER_SOURCE
+    #: connections one source may have open at once (D47)
+    max_connections_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE
+    #: established connections one credential may hold, at most half of max_connections (D47)
+    max_connections_per_sa: int = DEFAULT_MAX_CONNECTIONS_PER_SA
     idle_timeout: float = 60.0
     backend_timeout: float = 30.0
     max_body: int = http.DEFAULT_MAX_BODY
@@ -152,7 +160,9 @@ class Gateway:
             )
         )
         self.limiter = ConnectionLimiter(config.max_connections,
-                                         per_source_handshakes=config.max_handshakes_per_source)
+                                         per_source_handshakes=config.max_handshakes_per_source,
+                                         per_source_connections=config.max_connections_per_source,
+                                         per_sa=config.max_connections_per_sa)
         self.body_budget = BodyBudget(config.max_body_memory)
         self.revocation = Revocation(table, crls, max_lifetime=config.max_sa_lifetime)
         self._reloader = side_reloader(table, crls, self.context, config.reload_interval)
