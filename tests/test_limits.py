@@ -15,10 +15,10 @@ from pathlib import Path
 import h11
 import pytest
 
-from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, make_table
+from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGHT2_AE, LIGHT2_ID, LIGHT2_KEY, make_table
 from m2msec.errors import ConfigurationError, HandshakeFailed
 from m2msec.gateway import http
-from m2msec.gateway.limits import FD_HEADROOM, fds_needed, fit_connection_cap
+from m2msec.gateway.limits import FD_HEADROOM, BodyBudget, fds_needed, fit_connection_cap
 from m2msec.gateway.server import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.tls.engine import DEFAULT_DTLS_MTU, ClientConfig, ServerConfig, SessionInfo, TLSContext
@@ -252,6 +252,26 @@ async def test_dtls_peers_are_capped_per_source_and_per_credential() -> None:
     await until(lambda: proto.peer_sources.held == {} and proto.peer_sas.held == {})
 
 
+def test_body_budget_takes_memory_back_from_the_client_holding_most() -> None:
+    budget = BodyBudget(1000)  # D46
+    evicted: list[str] = []
+    hog1 = budget.lease("psk:light1", lambda: evicted.append("hog1"))
+    hog2 = budget.lease("psk:light1", lambda: evicted.append("hog2"))
+    assert budget.reserve(600, hog1) and budget.reserve(400, hog2)
+    assert not budget.reserve(1, hog2) and evicted == []  # light 1 holds the most: its own requests are refused
+    victim = budget.lease("psk:light2", lambda: evicted.append("victim"))
+    assert budget.reserve(100, victim)  # light 2 holds nothing: light 1's largest connection gives way
+    assert evicted == ["hog1"] and hog1.evicted and hog1.size == 0 and budget.used == 500
+    assert not budget.reserve(10, hog1)  # an evicted connection takes nothing more
+    budget.release(600, hog1)  # its reader gives back what it thought it held: nothing is counted twice
+    assert budget.used == 500 and budget.held_by("psk:light1") == 400
+    assert budget.reserve(500, victim) and budget.used == 1000  # free memory first, no eviction
+    assert not budget.reserve(1, victim) and evicted == ["hog1"]  # light 2 now holds more (600 > 400)
+    for lease in (hog1, hog2, victim):
+        budget.close(lease)
+    assert budget.used == 0 and budget.leases == set()
+
+
 # ------------------------------------------------------------------------------- the HTTP gateway's bounds
 
 
@@ -339,6 +359,37 @@ async def test_client_that_does_not_read_its_response_is_dropped_after_the_write
             assert adapter.raw_transport is not None
             adapter.raw_transport.abort()
         finally:
+            await gw.close()
+
+
+async def test_stalled_responses_count_in_the_body_memory_and_yield_to_another_client() -> None:
+    size = 16 * 1024 * 1024  # far more than the socket buffers hold: the response waits in the gateway
+    async with CSE(body_size=size) as cse_port:
+        gw = await gateway_for(cse_port, write_timeout=30, max_body=2 * size, max_body_memory=size + size // 2)
+        adapters: list[TLSAdapter] = []
+        try:
+            loop = asyncio.get_running_loop()
+            for _ in range(2):  # Light 1 GETs twice and never reads
+                _, adapter = await loop.create_connection(lambda: TLSAdapter(psk_client(), Stalled), SERVER,
+                                                          gw.port)
+                adapters.append(adapter)
+                await asyncio.wait_for(adapter.handshake, 5)
+                await until(lambda: gw.body_budget.used == size or gw.body_budget.refused == 1, timeout=10)
+            # one response is held (counted until read, D46), the other did not fit: 503 for Light 1
+            await until(lambda: gw.body_budget.refused == 1 and gw.body_budget.used == size, timeout=10)
+            r, w, _ = await open_connection(SERVER, gw.port, TLSContext.client(ClientConfig(
+                LIGHT2_ID, SecretKey.from_hex(LIGHT2_KEY), peer_entity=HOME_GATEWAY_CSE_ID)))
+            w.write((f"GET /{HOME_GATEWAY_CSE_ID} HTTP/1.1\r\nhost: x\r\nx-m2m-origin: {LIGHT2_AE}\r\n"
+                     "x-m2m-ri: r2\r\n\r\n").encode())
+            resp = await asyncio.wait_for(http.read_message(h11.Connection(h11.CLIENT), r, max_body=2 * size), 20)
+            assert resp is not None and resp.status == 200 and len(resp.body) == size  # Light 2 is served
+            assert gw.body_budget.evicted == 1  # Light 1's stalled response gave way: its connection was dropped
+            await until(lambda: gw.body_budget.used == 0 and gw.limiter.open == 2, timeout=10)  # Light 1 has one left
+            w.close()
+        finally:
+            for adapter in adapters:
+                if adapter.raw_transport is not None:
+                    adapter.raw_transport.abort()
             await gw.close()
 
 
