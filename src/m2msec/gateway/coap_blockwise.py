@@ -13,12 +13,14 @@ is one peer's state machine between the two:
   bytes), the gateway fetches the remaining blocks of a GET/FETCH from the CSE first, with the same token.
 * **Block1 (requests).** Blocks are reassembled in order and answered 2.31 Continue; a gap, an unknown transfer
   or changed request options give 4.08 Request Entity Incomplete; a body over ``max_body`` 4.13 Request Entity
-  Too Large with Size1. The complete request goes to the CSE in one datagram; its answer echoes the last Block1.
+  Too Large with Size1. The complete request goes to the CSE in one datagram, so the body is also capped at
+  :data:`MAX_BLOCK1_BODY` (decision D49); its answer echoes the last Block1.
 
 The caller runs the oneM2M checks (:func:`m2msec.gateway.coap.decide`) on every block before handing a request
 here, so the originator check applies to the first block and a later block with other identity options is
 refused (4106) or, with different but valid options, matches no transfer (4.08). All state is bounded in
-entries, bytes per peer, bytes in total (:class:`ByteBudget`, shared by all peers) and age (decision D24).
+entries, bytes per peer, bytes in total (:class:`ByteBudget`, shared fairly per client credential, D48) and age
+(decision D24).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from m2msec.gateway.blockwise_budget import ByteBudget
 from m2msec.gateway.coap import (
     BLOCK1,
     BLOCK2,
@@ -92,48 +95,6 @@ class BlockwiseLimits:
         """The defaults with ``max_body`` (a peer may hold two such bodies at once)."""
         return cls(max_body=max_body, max_peer_bytes=max(cls.max_peer_bytes, 2 * max_body),
                    max_total_bytes=max(cls.max_total_bytes, 2 * max_body))
-
-
-class ByteBudget:
-    """The bytes held by all peers' block-wise state together (one per gateway), shared fairly by owners.
-
-    Each :class:`PeerBlockwise` counts against its ``owner`` (the SA's credential: one client with many DTLS
-    sessions is one owner). Anyone may use free memory; when it is full, a request of an owner holding less than
-    another is served by dropping that other owner's oldest transfers (:meth:`PeerBlockwise.shed`), so one client
-    can never keep everyone else out (decision D48). An owner that already holds the most is refused."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.peers: set[PeerBlockwise] = set()
-
-    def held_by(self, owner: str) -> int:
-        return sum(p.held for p in self.peers if p.owner == owner)
-
-    def take(self, size: int, requester: PeerBlockwise | None = None) -> bool:
-        while self.used + size > self.limit:
-            if requester is None or not self._shed_for(requester, size):
-                return False
-        self.used += size
-        return True
-
-    def _shed_for(self, requester: PeerBlockwise, size: int) -> bool:
-        """Drop one transfer of the owner holding most, if that owner holds more than the requester would."""
-        totals: dict[str, int] = {}
-        for peer in self.peers:
-            totals[peer.owner] = totals.get(peer.owner, 0) + peer.held
-        mine = totals.get(requester.owner, 0) + size
-        others = [(held, owner) for owner, held in totals.items() if owner != requester.owner and held > 0]
-        if not others:
-            return False
-        held, owner = max(others)
-        if held <= mine - size:  # the requester already holds at least as much: its share is spent
-            return False
-        victim = max((p for p in self.peers if p.owner == owner), key=lambda p: p.held)
-        return victim.shed()
-
-    def give(self, size: int) -> None:
-        self.used = max(0, self.used - size)
 
 
 @dataclass(frozen=True)
