@@ -46,7 +46,7 @@ class ByteBudget:
         if not others:
             return False
         held, owner = max(others)
-        if held <= mine - size:  # the requester already holds at least as much: its share is spent
+        if held <= mine:  # the requester would hold at least as much: its share is spent
             return False
         victim = max((p for p in self.peers if p.owner == owner), key=lambda p: p.held)
         return victim.shed()

@@ -99,7 +99,7 @@ class BodyBudget:
             self.refused += 1
             return False
         while self.used + size > self.limit:
-            if lease is None or not self._take_back(lease):
+            if lease is None or not self._take_back(lease, size):
                 self.refused += 1
                 return False
         self.used += size
@@ -107,12 +107,13 @@ class BodyBudget:
             lease.size += size
         return True
 
-    def _take_back(self, requester: Lease) -> bool:
-        """Evict the largest evictable lease of the owner holding most, if it holds more than ``requester``'s."""
+    def _take_back(self, requester: Lease, size: int) -> bool:
+        """Evict the largest evictable lease of the owner holding most, if that owner holds more than the
+        requester's owner would with ``size`` more (so two large clients do not evict each other in turn)."""
         totals: dict[str, int] = {}
         for lease in self.leases:
             totals[lease.owner] = totals.get(lease.owner, 0) + lease.size
-        mine = totals.get(requester.owner, 0)
+        mine = totals.get(requester.owner, 0) + size
         candidates = [ls for ls in self.leases
                       if ls.owner != requester.owner and ls.size > 0 and ls.evict is not None and not ls.evicted
                       and totals[ls.owner] > mine]
