@@ -499,6 +499,21 @@ def test_cli_refuses_max_connections_above_the_fd_limit(tmp_path: Path) -> None:
     assert "--max-connections need up to 464 file descriptors but the limit is 256" in proc.stderr
 
 
+@pytest.mark.parametrize("flag", ["--max-connections-per-source", "--max-connections-per-sa"])
+def test_cli_refuses_a_per_client_connection_cap_below_one(tmp_path: Path, flag: str) -> None:
+    proc = subprocess.run([*gateway_args(tmp_path), flag, "0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert f"{flag} must be at least 1" in proc.stderr
+
+
+def test_gateway_options_reach_the_connection_limiter() -> None:
+    gw = Gateway(GatewayConfig(backend=Backend(SERVER, 1), port=0, max_connections=100,
+                               max_connections_per_source=7, max_connections_per_sa=80), make_table())
+    assert gw.limiter.open_per_source is not None and gw.limiter.open_per_source.limit == 7
+    assert gw.limiter.per_sa is not None and gw.limiter.per_sa.limit == 50  # at most half of the slots (D47)
+
+
 def test_cli_lowers_the_default_max_connections_to_the_fd_limit(tmp_path: Path) -> None:
     gw = subprocess.Popen(
         gateway_args(tmp_path),
@@ -546,10 +561,12 @@ async def test_coaps_gateway_reveal_option_reaches_the_dtls_server() -> None:
     stranger = TLSContext.dtls_client(ClientConfig("nobody@x.com", SecretKey.from_hex(LIGHT1_KEY),
                                                    profiles=(ONEM2M_DTLS_PSK,), peer_entity=HOME_GATEWAY_CSE_ID))
     gw = CoapsGateway(CoapsConfig(backend_host=SERVER, port=0, reveal_unknown_psk_identity=True,
-                                  max_handshaking_per_source=7), make_table())
+                                  max_handshaking_per_source=7, max_peers=40, max_peers_per_source=9,
+                                  max_peers_per_sa=30), make_table())
     await gw.start()
     try:
         assert gw.protocol is not None and gw.protocol.sources.limit == 7
+        assert gw.protocol.peer_sources.limit == 9 and gw.protocol.peer_sas.limit == 20  # half of max_peers (D47)
         with pytest.raises(HandshakeFailed) as info:
             await create_dtls_endpoint(Silent, SERVER, gw.port, stranger, handshake_timeout=5)
         assert info.value.alert == "unknown_psk_identity"

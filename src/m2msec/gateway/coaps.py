@@ -168,7 +168,10 @@ class _PeerRelay(asyncio.DatagramProtocol):
     def _sendto(self, backend: asyncio.DatagramTransport, datagram: bytes, msg: coap.Message | None) -> None:
         self.sending = msg
         try:
-            backend.sendto(datagram)
+            backend.sendto(datagram)  # asyncio reports a failure to error_received at once; other loops may raise
+        except OSError as exc:
+            log.warning("sending to the CSE for %s failed: %s", self.peer, exc)
+            self.unreachable(msg)
         finally:
             self.sending = None
 
