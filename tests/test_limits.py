@@ -15,10 +15,10 @@ from pathlib import Path
 import h11
 import pytest
 
-from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, make_table
+from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGHT2_AE, LIGHT2_ID, LIGHT2_KEY, make_table
 from m2msec.errors import ConfigurationError, HandshakeFailed
 from m2msec.gateway import http
-from m2msec.gateway.limits import FD_HEADROOM, fds_needed, fit_connection_cap
+from m2msec.gateway.limits import FD_HEADROOM, BodyBudget, fds_needed, fit_connection_cap
 from m2msec.gateway.server import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.tls.engine import DEFAULT_DTLS_MTU, ClientConfig, ServerConfig, SessionInfo, TLSContext
@@ -183,6 +183,95 @@ async def test_dtls_one_source_cannot_take_every_handshake_slot() -> None:
     assert proto.sources.held == {}
 
 
+async def test_tls_open_connections_are_capped_per_source_and_per_credential() -> None:
+    limiter = ConnectionLimiter(10, per_source_connections=3, per_sa=2)  # D47
+    context = TLSContext.server(ServerConfig(make_table().lookup, profiles=(ONEM2M_PSK,)))
+    server = await start_server(Echo, SERVER, 0, context, limiter=limiter, handshake_timeout=30)
+    port = server.sockets[0].getsockname()[1]
+    held: list[socket.socket] = []
+    adapters: list[TLSAdapter] = []
+    try:
+        for _ in range(2):
+            adapters.append((await tls_handshake_from(ATTACKER, port))[0])
+        assert limiter.per_sa is not None and limiter.per_sa.held == {f"psk:{LIGHT1_ID}": 2}
+        third, _ = await tls_handshake_from(ATTACKER, port)  # the handshake completes, then the server closes
+        adapters.append(third)
+        await until(lambda: limiter.open == 2 and third.raw_transport is None)
+        assert limiter.per_sa.refused == 1 and limiter.per_sa.held == {f"psk:{LIGHT1_ID}": 2}
+        held += stalled_tcp(ATTACKER, port, 3)  # 2 open + 1: the source's cap; the other 2 are reset
+        assert limiter.open_per_source is not None
+        await until(lambda: limiter.open_per_source is not None and limiter.open_per_source.refused == 2)
+        assert limiter.open_per_source.held == {ATTACKER: 3} and limiter.open == 3
+        held += stalled_tcp(VICTIM, port, 1)  # another source still gets a slot
+        await until(lambda: limiter.open == 4)
+    finally:
+        for s in held:
+            s.close()
+        for adapter in adapters:
+            if adapter.raw_transport is not None:
+                adapter.raw_transport.close()
+        server.close()
+        await server.wait_closed()
+    await until(lambda: limiter.open == 0)
+    assert limiter.per_sa.held == {} and limiter.open_per_source.held == {}
+
+
+async def test_dtls_peers_are_capped_per_source_and_per_credential() -> None:
+    context = TLSContext.dtls_server(ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,)))
+    udp, proto = await start_dtls_server(Silent, SERVER, 0, context, max_peers=10, max_peers_per_source=3,
+                                         max_peers_per_sa=2, handshake_timeout=30)
+    assert isinstance(proto, DTLSServerProtocol)
+    port = udp.get_extra_info("sockname")[1]
+    clients: list[asyncio.DatagramTransport] = []
+    held: list[socket.socket] = []
+    try:
+        for _ in range(3):  # the third completes its handshake and is dropped at once: its credential has 2
+            clients.append((await dtls_handshake_from(ATTACKER, port))[0])
+        await until(lambda: proto.peer_sas.refused == 1)
+        assert len(proto.peers) == 2 and proto.peer_sas.held == {f"psk:{LIGHT1_ID}": 2}
+        assert proto.peer_sources.held == {ATTACKER: 2}
+        held += await stalled_dtls(ATTACKER, port, 1)  # the source's third peer
+        dropped = proto.dropped
+        conn = dtls_client().dtls_connection((SERVER, port))  # a fourth: dropped once its cookie is back
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        held.append(s)
+        s.setblocking(False)
+        s.bind((ATTACKER, 0))
+        s.connect((SERVER, port))
+        s.send(conn.datagrams_to_send()[0])
+        conn.receive_datagram(await asyncio.wait_for(asyncio.get_running_loop().sock_recv(s, 2048), 2))
+        s.send(conn.datagrams_to_send()[0])
+        await until(lambda: proto.dropped == dropped + 1)
+        assert proto.peer_sources.refused == 1 and proto.peer_sources.held == {ATTACKER: 3}
+    finally:
+        for c in clients:
+            c.close()
+        for s in held:
+            s.close()
+        udp.close()
+    await until(lambda: proto.peer_sources.held == {} and proto.peer_sas.held == {})
+
+
+def test_body_budget_takes_memory_back_from_the_client_holding_most() -> None:
+    budget = BodyBudget(1000)  # D46
+    evicted: list[str] = []
+    hog1 = budget.lease("psk:light1", lambda: evicted.append("hog1"))
+    hog2 = budget.lease("psk:light1", lambda: evicted.append("hog2"))
+    assert budget.reserve(600, hog1) and budget.reserve(400, hog2)
+    assert not budget.reserve(1, hog2) and evicted == []  # light 1 holds the most: its own requests are refused
+    victim = budget.lease("psk:light2", lambda: evicted.append("victim"))
+    assert budget.reserve(100, victim)  # light 2 holds nothing: light 1's largest connection gives way
+    assert evicted == ["hog1"] and hog1.evicted and hog1.size == 0 and budget.used == 500
+    assert not budget.reserve(10, hog1)  # an evicted connection takes nothing more
+    budget.release(600, hog1)  # its reader gives back what it thought it held: nothing is counted twice
+    assert budget.used == 500 and budget.held_by("psk:light1") == 400
+    assert budget.reserve(500, victim) and budget.used == 1000  # free memory first, no eviction
+    assert not budget.reserve(1, victim) and evicted == ["hog1"]  # light 2 now holds more (600 > 400)
+    for lease in (hog1, hog2, victim):
+        budget.close(lease)
+    assert budget.used == 0 and budget.leases == set()
+
+
 # ------------------------------------------------------------------------------- the HTTP gateway's bounds
 
 
@@ -270,6 +359,37 @@ async def test_client_that_does_not_read_its_response_is_dropped_after_the_write
             assert adapter.raw_transport is not None
             adapter.raw_transport.abort()
         finally:
+            await gw.close()
+
+
+async def test_stalled_responses_count_in_the_body_memory_and_yield_to_another_client() -> None:
+    size = 16 * 1024 * 1024  # far more than the socket buffers hold: the response waits in the gateway
+    async with CSE(body_size=size) as cse_port:
+        gw = await gateway_for(cse_port, write_timeout=30, max_body=2 * size, max_body_memory=size + size // 2)
+        adapters: list[TLSAdapter] = []
+        try:
+            loop = asyncio.get_running_loop()
+            for _ in range(2):  # Light 1 GETs twice and never reads
+                _, adapter = await loop.create_connection(lambda: TLSAdapter(psk_client(), Stalled), SERVER,
+                                                          gw.port)
+                adapters.append(adapter)
+                await asyncio.wait_for(adapter.handshake, 5)
+                await until(lambda: gw.body_budget.used == size or gw.body_budget.refused == 1, timeout=10)
+            # one response is held (counted until read, D46), the other did not fit: 503 for Light 1
+            await until(lambda: gw.body_budget.refused == 1 and gw.body_budget.used == size, timeout=10)
+            r, w, _ = await open_connection(SERVER, gw.port, TLSContext.client(ClientConfig(
+                LIGHT2_ID, SecretKey.from_hex(LIGHT2_KEY), peer_entity=HOME_GATEWAY_CSE_ID)))
+            w.write((f"GET /{HOME_GATEWAY_CSE_ID} HTTP/1.1\r\nhost: x\r\nx-m2m-origin: {LIGHT2_AE}\r\n"
+                     "x-m2m-ri: r2\r\n\r\n").encode())
+            resp = await asyncio.wait_for(http.read_message(h11.Connection(h11.CLIENT), r, max_body=2 * size), 20)
+            assert resp is not None and resp.status == 200 and len(resp.body) == size  # Light 2 is served
+            assert gw.body_budget.evicted == 1  # Light 1's stalled response gave way: its connection was dropped
+            await until(lambda: gw.body_budget.used == 0 and gw.limiter.open == 2, timeout=10)  # Light 1 has one left
+            w.close()
+        finally:
+            for adapter in adapters:
+                if adapter.raw_transport is not None:
+                    adapter.raw_transport.abort()
             await gw.close()
 
 
@@ -379,6 +499,21 @@ def test_cli_refuses_max_connections_above_the_fd_limit(tmp_path: Path) -> None:
     assert "--max-connections need up to 464 file descriptors but the limit is 256" in proc.stderr
 
 
+@pytest.mark.parametrize("flag", ["--max-connections-per-source", "--max-connections-per-sa"])
+def test_cli_refuses_a_per_client_connection_cap_below_one(tmp_path: Path, flag: str) -> None:
+    proc = subprocess.run([*gateway_args(tmp_path), flag, "0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert f"{flag} must be at least 1" in proc.stderr
+
+
+def test_gateway_options_reach_the_connection_limiter() -> None:
+    gw = Gateway(GatewayConfig(backend=Backend(SERVER, 1), port=0, max_connections=100,
+                               max_connections_per_source=7, max_connections_per_sa=80), make_table())
+    assert gw.limiter.open_per_source is not None and gw.limiter.open_per_source.limit == 7
+    assert gw.limiter.per_sa is not None and gw.limiter.per_sa.limit == 50  # at most half of the slots (D47)
+
+
 def test_cli_lowers_the_default_max_connections_to_the_fd_limit(tmp_path: Path) -> None:
     gw = subprocess.Popen(
         gateway_args(tmp_path),
@@ -426,10 +561,12 @@ async def test_coaps_gateway_reveal_option_reaches_the_dtls_server() -> None:
     stranger = TLSContext.dtls_client(ClientConfig("nobody@x.com", SecretKey.from_hex(LIGHT1_KEY),
                                                    profiles=(ONEM2M_DTLS_PSK,), peer_entity=HOME_GATEWAY_CSE_ID))
     gw = CoapsGateway(CoapsConfig(backend_host=SERVER, port=0, reveal_unknown_psk_identity=True,
-                                  max_handshaking_per_source=7), make_table())
+                                  max_handshaking_per_source=7, max_peers=40, max_peers_per_source=9,
+                                  max_peers_per_sa=30), make_table())
     await gw.start()
     try:
         assert gw.protocol is not None and gw.protocol.sources.limit == 7
+        assert gw.protocol.peer_sources.limit == 9 and gw.protocol.peer_sas.limit == 20  # half of max_peers (D47)
         with pytest.raises(HandshakeFailed) as info:
             await create_dtls_endpoint(Silent, SERVER, gw.port, stranger, handshake_timeout=5)
         assert info.value.alert == "unknown_psk_identity"

@@ -10,7 +10,9 @@ import pytest
 from m2msec.gateway import coap
 from m2msec.gateway.coap import CoAPFormatError, Message, MessageType
 from m2msec.gateway.coap_blockwise import (
+    MAX_BLOCK1_BODY,
     MAX_MESSAGE,
+    MAX_UDP_PAYLOAD,
     Block,
     BlockwiseLimits,
     ByteBudget,
@@ -150,6 +152,56 @@ def test_total_budget_is_shared_between_peers() -> None:
     reply = only(b.from_client(second, 0.0))
     assert coap.format_code(reply.code) == "5.03" and reply.option(coap.MAX_AGE) == b"\x05"
     assert budget.used == 2500 and b.held == 0
+
+
+def upload_block(p: PeerBlockwise, token: bytes, num: int, more: bool = True, size: int = 1024) -> Message:
+    msg = get(0x100 + num, token, (coap.BLOCK1, Block(num, more, 6).encode()), code=coap.POST, payload=b"u" * size)
+    return only(p.from_client(msg, float(num)))
+
+
+def test_full_budget_sheds_the_largest_other_owner_first() -> None:
+    budget = ByteBudget(4096)
+    hog, hog2, other = peer(budget=budget), peer(budget=budget), peer(budget=budget)
+    hog.owner = hog2.owner = "light1@in.provider.com"  # one client, two DTLS sessions
+    other.owner = "light2@in.provider.com"
+    for num in range(2):
+        assert coap.format_code(upload_block(hog, b"a", num).code) == "2.31"
+        assert coap.format_code(upload_block(hog2, b"b", num).code) == "2.31"
+    assert budget.used == 4096 and budget.held_by(hog.owner) == 4096
+    reply = upload_block(other, b"c", 0)  # D48: the other client gets in, the hog's oldest upload goes
+    assert coap.format_code(reply.code) == "2.31" and other.held == 1024
+    assert budget.used == 4096 - 2048 + 1024 and (hog.uploads == {} or hog2.uploads == {})
+    shed = hog if hog.uploads == {} else hog2
+    assert coap.format_code(upload_block(shed, b"a" if shed is hog else b"b", 2).code) == "4.08"
+
+
+def test_full_budget_refuses_the_owner_holding_most() -> None:
+    budget = ByteBudget(2048)
+    first, second = peer(budget=budget), peer(budget=budget)
+    first.owner, second.owner = "light1@in.provider.com", "light2@in.provider.com"
+    for num in range(2):
+        upload_block(first, b"a", num)
+    assert coap.format_code(upload_block(second, b"b", 0).code) == "2.31"  # takes from light 1
+    assert coap.format_code(upload_block(second, b"b", 1).code) == "2.31"  # 1024 each: even
+    reply = upload_block(second, b"b", 2)  # light 2 would hold more than light 1: refused, nothing shed
+    assert coap.format_code(reply.code) == "5.03" and budget.used <= 2048
+
+
+def test_block1_body_is_capped_at_one_datagram_to_the_cse() -> None:
+    assert MAX_BLOCK1_BODY < MAX_UDP_PAYLOAD
+    p = peer()  # max_body 1 MiB: Block1 bodies are still capped at one datagram (D49)
+    assert p.max_upload == MAX_BLOCK1_BODY
+    last = MAX_BLOCK1_BODY // 1024
+    for num in range(last):
+        assert coap.format_code(upload_block(p, b"a", num).code) == "2.31"
+    reply = upload_block(p, b"a", last)
+    assert coap.format_code(reply.code) == "4.13"
+    assert coap.decode_uint(reply.option(coap.SIZE1) or b"") == MAX_BLOCK1_BODY and p.held == 0
+    again = upload_block(p, b"a", last + 1, more=False)  # the client carries on: 4.13 again, not 4.08
+    assert coap.format_code(again.code) == "4.13"
+    size1 = get(9, b"b", (coap.BLOCK1, Block(0, True, 6).encode()), (coap.SIZE1, coap.encode_uint(70 * 1024)),
+                code=coap.POST, payload=b"u" * 1024)
+    assert coap.format_code(only(p.from_client(size1, 0.0)).code) == "4.13"  # announced too large at once
 
 
 def test_upload_per_peer_bytes() -> None:

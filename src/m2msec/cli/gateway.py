@@ -21,7 +21,11 @@ from m2msec.gateway.server import Gateway, GatewayConfig, parse_backend
 from m2msec.keys.table import PSKTable, TomlPSKTable, check_file_permissions
 from m2msec.tls.engine import CertificateConfig
 from m2msec.tls.profiles import parse_profiles
-from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE
+from m2msec.transport.limits import (
+    DEFAULT_MAX_CONNECTIONS_PER_SA,
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+    DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+)
 
 #: --max-connections when not given (lowered to what the file-descriptor limit allows)
 DEFAULT_MAX_CONNECTIONS = 10000
@@ -79,6 +83,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-handshakes-per-source", type=int, default=DEFAULT_MAX_HANDSHAKES_PER_SOURCE, metavar="N",
                    help="TLS connections and DTLS peers one source (IPv4 address, IPv6 /64) may have in their "
                    f"handshake at once (default {DEFAULT_MAX_HANDSHAKES_PER_SOURCE})")
+    p.add_argument("--max-connections-per-source", type=int, default=DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+                   metavar="N", help="TLS connections and DTLS peers one source may have open at once (default "
+                   f"{DEFAULT_MAX_CONNECTIONS_PER_SOURCE})")
+    p.add_argument("--max-connections-per-sa", type=int, default=DEFAULT_MAX_CONNECTIONS_PER_SA, metavar="N",
+                   help="established TLS connections and DTLS peers one client credential may hold, at most half "
+                   f"of --max-connections / the peer cap (default {DEFAULT_MAX_CONNECTIONS_PER_SA})")
     p.add_argument("--reveal-unknown-psk-identity", action="store_true",
                    help="answer an unknown PSK identity with unknown_psk_identity (debugging) instead of failing "
                    "as for a wrong key (RFC 4279 §2, the default)")
@@ -156,6 +166,10 @@ async def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("--write-timeout must be positive")
     if args.max_handshakes_per_source < 1:
         raise ConfigurationError("--max-handshakes-per-source must be at least 1")
+    if args.max_connections_per_source < 1:
+        raise ConfigurationError("--max-connections-per-source must be at least 1")
+    if args.max_connections_per_sa < 1:
+        raise ConfigurationError("--max-connections-per-sa must be at least 1")
     if args.backend is None and args.coap_backend is None:
         raise ConfigurationError("give --backend (HTTP), --coap-backend (CoAP) or both")
     if args.backend is not None:
@@ -177,6 +191,8 @@ async def run(args: argparse.Namespace) -> int:
                                    handshake_timeout=args.handshake_timeout, certificate=certificate,
                                    reveal_unknown_psk_identity=args.reveal_unknown_psk_identity,
                                    max_handshaking_per_source=args.max_handshakes_per_source,
+                                   max_peers_per_source=args.max_connections_per_source,
+                                   max_peers_per_sa=args.max_connections_per_sa,
                                    max_sa_lifetime=args.max_sa_lifetime,
                                    blockwise=BlockwiseLimits.for_max_body(args.coaps_max_body))
         _fit_file_descriptors(args, coaps_config.max_peers)
@@ -224,6 +240,8 @@ async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSK
         max_body_memory=args.max_body_memory,
         write_timeout=args.write_timeout,
         max_handshakes_per_source=args.max_handshakes_per_source,
+        max_connections_per_source=args.max_connections_per_source,
+        max_connections_per_sa=args.max_connections_per_sa,
         certificate=certificate,
         cse_id=args.cse_id,
         sp_id=args.sp_id,

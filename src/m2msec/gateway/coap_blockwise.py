@@ -13,12 +13,14 @@ is one peer's state machine between the two:
   bytes), the gateway fetches the remaining blocks of a GET/FETCH from the CSE first, with the same token.
 * **Block1 (requests).** Blocks are reassembled in order and answered 2.31 Continue; a gap, an unknown transfer
   or changed request options give 4.08 Request Entity Incomplete; a body over ``max_body`` 4.13 Request Entity
-  Too Large with Size1. The complete request goes to the CSE in one datagram; its answer echoes the last Block1.
+  Too Large with Size1. The complete request goes to the CSE in one datagram, so the body is also capped at
+  :data:`MAX_BLOCK1_BODY` (decision D49); its answer echoes the last Block1.
 
 The caller runs the oneM2M checks (:func:`m2msec.gateway.coap.decide`) on every block before handing a request
 here, so the originator check applies to the first block and a later block with other identity options is
 refused (4106) or, with different but valid options, matches no transfer (4.08). All state is bounded in
-entries, bytes per peer, bytes in total (:class:`ByteBudget`, shared by all peers) and age (decision D24).
+entries, bytes per peer, bytes in total (:class:`ByteBudget`, shared fairly per client credential, D48) and age
+(decision D24).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from m2msec.gateway.blockwise_budget import ByteBudget
 from m2msec.gateway.coap import (
     BLOCK1,
     BLOCK2,
@@ -45,8 +48,8 @@ from m2msec.gateway.coap import (
 from m2msec.tls.engine import DEFAULT_DTLS_MTU
 
 __all__ = [
-    "ETAG", "FETCH", "MAX_MESSAGE", "MAX_SZX", "Action", "Block", "BlockwiseLimits", "ByteBudget", "PeerBlockwise",
-    "ToCSE", "ToClient", "request_key",
+    "CSE_HEADER_ROOM", "ETAG", "FETCH", "MAX_BLOCK1_BODY", "MAX_MESSAGE", "MAX_SZX", "MAX_UDP_PAYLOAD", "Action",
+    "Block", "BlockwiseLimits", "ByteBudget", "PeerBlockwise", "ToCSE", "ToClient", "request_key",
 ]
 
 #: Largest CoAP message sent to a DTLS client: the D19 datagram minus the worst DTLS 1.2 record overhead of the
@@ -55,6 +58,14 @@ __all__ = [
 MAX_MESSAGE = DEFAULT_DTLS_MTU - 96
 #: RFC 7959 §2.2: SZX 6 is 1024 bytes, the largest block (7 is BERT, reserved outside TCP)
 MAX_SZX = 6
+#: the largest UDP payload over IPv4 (65,535 - 8 UDP - 20 IP header bytes): one datagram to the CSE
+MAX_UDP_PAYLOAD = 65507
+#: room kept in that datagram for the CoAP header, token and options of a reassembled request (its URI, the
+#: oneM2M options and the identity options the gateway adds); the body gets the rest
+CSE_HEADER_ROOM = 4096
+#: largest request body reassembled from Block1, whatever ``max_body`` says: the whole request goes to the CSE
+#: in one datagram (decision D49). Above it the client gets 4.13 with this Size1.
+MAX_BLOCK1_BODY = MAX_UDP_PAYLOAD - CSE_HEADER_ROOM
 FETCH = make_code(0, 5)  # RFC 8132
 _FOLLOW_UP_METHODS = frozenset({make_code(0, 1), FETCH})  # safe to repeat for the CSE's next Block2
 _BLOCK_OPTIONS = frozenset({BLOCK1, BLOCK2, SIZE1, SIZE2})
@@ -84,23 +95,6 @@ class BlockwiseLimits:
         """The defaults with ``max_body`` (a peer may hold two such bodies at once)."""
         return cls(max_body=max_body, max_peer_bytes=max(cls.max_peer_bytes, 2 * max_body),
                    max_total_bytes=max(cls.max_total_bytes, 2 * max_body))
-
-
-class ByteBudget:
-    """The bytes held by all peers' block-wise state together (one per gateway)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-    def take(self, size: int) -> bool:
-        if self.used + size > self.limit:
-            return False
-        self.used += size
-        return True
-
-    def give(self, size: int) -> None:
-        self.used = max(0, self.used - size)
 
 
 @dataclass(frozen=True)
@@ -193,9 +187,13 @@ class _Stored:
 class PeerBlockwise:
     """One DTLS peer's block-wise state; ``now`` is the caller's monotonic clock, ``new_mid`` its Message IDs."""
 
-    def __init__(self, limits: BlockwiseLimits, budget: ByteBudget, new_mid: Callable[[], int]) -> None:
+    def __init__(self, limits: BlockwiseLimits, budget: ByteBudget, new_mid: Callable[[], int],
+                 owner: str = "") -> None:
         self.limits = limits
         self.budget = budget
+        self.owner = owner  # whose share this peer's bytes count against (the SA's credential, D48)
+        budget.peers.add(self)
+        self.too_large: dict[Key, float] = {}  # Block1 transfers refused 4.13: later blocks get 4.13 again
         self.new_mid = new_mid
         self.exchanges: dict[bytes, _Exchange] = {}
         self.uploads: dict[Key, _Upload] = {}
@@ -209,10 +207,30 @@ class PeerBlockwise:
             self._evict_oldest()
             if self.held + size > self.limits.max_peer_bytes:
                 return False
-        if not self.budget.take(size):
+        if not self.budget.take(size, self):
             return False
         self.held += size
         return True
+
+    @property
+    def max_upload(self) -> int:
+        """The largest Block1 body accepted: ``max_body``, at most what one datagram to the CSE holds (D49)."""
+        return min(self.limits.max_body, MAX_BLOCK1_BODY)
+
+    def shed(self) -> bool:
+        """Drop this peer's oldest upload or stored response (another owner needs the memory, D48); False if none."""
+        uploads = [k for k, up in self.uploads.items() if up.body]
+        stored = [k for k, st in self.stored.items() if st.body]
+        oldest_up = min(uploads, key=lambda k: self.uploads[k].started, default=None)
+        oldest_st = min(stored, key=lambda k: self.stored[k].started, default=None)
+        if oldest_st is not None and (oldest_up is None
+                                      or self.stored[oldest_st].started <= self.uploads[oldest_up].started):
+            self._give(len(self.stored.pop(oldest_st).body))  # a stored response can be fetched again
+            return True
+        if oldest_up is not None:
+            self._give(len(self.uploads.pop(oldest_up).body))  # its next block gets 4.08
+            return True
+        return False
 
     def _give(self, size: int) -> None:
         self.budget.give(size)
@@ -232,10 +250,14 @@ class PeerBlockwise:
             self._give(len(self.uploads.pop(key).body))
         for key in [k for k, st in self.stored.items() if st.started < cutoff]:
             self._give(len(self.stored.pop(key).body))
+        for key in [k for k, started in self.too_large.items() if started < cutoff]:
+            del self.too_large[key]
 
     def close(self) -> None:
         """Release everything (the peer went away)."""
         self._give(self.held)
+        self.budget.peers.discard(self)
+        self.too_large.clear()
         self.exchanges.clear()
         self.uploads.clear()
         self.stored.clear()
@@ -270,7 +292,7 @@ class PeerBlockwise:
         key = request_key(msg)
         echo: Block | None = None
         if block1 is not None:
-            if size1 is not None and decode_uint(size1) > self.limits.max_body:
+            if size1 is not None and decode_uint(size1) > self.max_upload:
                 return self._too_large(msg)
             if block1.more or block1.num > 0:
                 done = self._upload(msg, key, block1, now)
@@ -285,8 +307,20 @@ class PeerBlockwise:
         return self._forward(msg, key, block2, echo, now)
 
     def _too_large(self, msg: Message) -> list[Action]:
-        return self._error(msg, _TOO_LARGE, f"request body over {self.limits.max_body} bytes",
-                           [(SIZE1, encode_uint(self.limits.max_body))])
+        return self._error(msg, _TOO_LARGE, f"request body over {self.max_upload} bytes",
+                           [(SIZE1, encode_uint(self.max_upload))])
+
+    def too_large_answer(self, msg: Message) -> list[Action]:
+        """4.13 with Size1 for a request that does not fit one datagram to the CSE (CON: piggy-backed)."""
+        return self._too_large(msg)
+
+    def _refuse_too_large(self, msg: Message, key: Key, now: float) -> list[Action]:
+        """4.13, and remember the transfer so that its next blocks get 4.13 too (not 4.08)."""
+        self.too_large.pop(key, None)
+        if len(self.too_large) >= self.limits.max_entries:
+            del self.too_large[min(self.too_large, key=lambda k: self.too_large[k])]
+        self.too_large[key] = now
+        return self._too_large(msg)
 
     def _upload(self, msg: Message, key: Key, block: Block, now: float) -> list[Action] | bytes:
         """Add one Block1 block; the whole body once the last block is in, else the answer to send."""
@@ -298,6 +332,8 @@ class PeerBlockwise:
                 oldest = min(self.uploads, key=lambda k: self.uploads[k].started)
                 self._give(len(self.uploads.pop(oldest).body))
             upload = self.uploads[key] = _Upload(bytearray(), now)
+        elif upload is None and key in self.too_large:
+            return self._too_large(msg)
         elif upload is None or block.offset != len(upload.body):
             if upload is not None and block.offset + len(msg.payload) == len(upload.body):
                 return [ToClient(self._reply(msg, _CONTINUE, [(BLOCK1, block.encode())]))]  # a retransmission
@@ -305,9 +341,9 @@ class PeerBlockwise:
         if block.more and len(msg.payload) != block.size:
             self._give(len(self.uploads.pop(key).body))
             return self._error(msg, make_code(4, 0), "Block1 block with M set is not of the block size")
-        if len(upload.body) + len(msg.payload) > self.limits.max_body:
+        if len(upload.body) + len(msg.payload) > self.max_upload:
             self._give(len(self.uploads.pop(key).body))
-            return self._too_large(msg)
+            return self._refuse_too_large(msg, key, now)
         if not self._take(len(msg.payload)):
             self._give(len(self.uploads.pop(key).body))
             return self._error(msg, _UNAVAILABLE, "block-wise buffers full", [(MAX_AGE, encode_uint(5))])

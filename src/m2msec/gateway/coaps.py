@@ -30,7 +30,16 @@ from typing import Any
 from m2msec.crl import CRLFile
 from m2msec.errors import TargetNotReachable
 from m2msec.gateway import coap
-from m2msec.gateway.coap_blockwise import MAX_MESSAGE, Action, BlockwiseLimits, ByteBudget, PeerBlockwise, ToClient
+from m2msec.gateway.coap_blockwise import (
+    MAX_BLOCK1_BODY,
+    MAX_MESSAGE,
+    MAX_UDP_PAYLOAD,
+    Action,
+    BlockwiseLimits,
+    ByteBudget,
+    PeerBlockwise,
+    ToClient,
+)
 from m2msec.gateway.reload import side_reloader
 from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME, Revocation, SAGuard
 from m2msec.gateway.rules import CredentialResolver, SecurityAssociation, UnboundPolicy, associate
@@ -38,7 +47,11 @@ from m2msec.keys.table import PSKTable
 from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
 from m2msec.tls.profiles import ONEM2M_DTLS_PSK, CipherProfile
 from m2msec.transport.dtls import DTLSServerProtocol, start_dtls_server
-from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE
+from m2msec.transport.limits import (
+    DEFAULT_MAX_CONNECTIONS_PER_SA,
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+    DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+)
 
 __all__ = ["CoapsConfig", "CoapsGateway"]
 
@@ -65,6 +78,10 @@ class CoapsConfig:
     idle_timeout: float = 300.0
     max_peers: int = 10000
     max_handshaking: int = 1000
+    #: DTLS peers one source may hold (D47)
+    max_peers_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE
+    #: DTLS peers one credential may hold, at most half of max_peers (D47)
+    max_peers_per_sa: int = DEFAULT_MAX_CONNECTIONS_PER_SA
     #: seconds between checks of the PSK table and CRL files for changes
     reload_interval: float = 1.0
     #: seconds after which an SA is closed at its next request (docs/decisions.md D28)
@@ -87,6 +104,10 @@ class _Backend(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("CSE side of %s: %s", self.relay.peer, exc)
+        sending, self.relay.sending = self.relay.sending, None
+        if sending is not None:  # sendto itself failed (asyncio reports it here, at once): answer, not silence
+            log.warning("sending to the CSE for %s failed: %s", self.relay.peer, exc)
+            self.relay.unreachable(sending)
 
 
 class _PeerRelay(asyncio.DatagramProtocol):
@@ -98,6 +119,7 @@ class _PeerRelay(asyncio.DatagramProtocol):
         self.backend: asyncio.DatagramTransport | None = None
         self.pending: list[tuple[bytes, coap.Message | None]] = []
         self.pending_bytes = 0
+        self.sending: coap.Message | None = None  # the request being handed to the CSE socket (D49)
         self.peer: Any = None
         self.sa: SecurityAssociation | None = None
         self.guard: SAGuard | None = None
@@ -115,13 +137,20 @@ class _PeerRelay(asyncio.DatagramProtocol):
         session = transport.get_extra_info("m2msec_session")
         self.sa = associate(session, self.gateway.resolver, self.gateway.config.cse_id, self.gateway.config.sp_id)
         self.guard = self.gateway.revocation.open(session, transport.get_extra_info("tls_connection"))
+        self.blocks.owner = self.sa.credential  # block-wise memory is shared per client, not per session (D48)
         log.info("coaps SA with %s: %s associated=%r %s", self.peer, self.sa.credential, self.sa.identity,
                  session.cipher)
 
     def _to_cse(self, datagram: bytes, msg: coap.Message | None = None) -> None:
         """Send to the CSE; ``msg``: the request as the client sent it, answered 5.03 if the CSE is unreachable."""
+        if len(datagram) > MAX_UDP_PAYLOAD:  # sendto would fail (EMSGSIZE) and the client never hear back (D49)
+            log.warning("CoAP message of %d bytes from %s does not fit one datagram to the CSE", len(datagram),
+                        self.peer)
+            if msg is not None and coap.is_request(msg.code):
+                self._act(self.blocks.too_large_answer(msg))
+            return
         if self.backend is not None:
-            self.backend.sendto(datagram)
+            self._sendto(self.backend, datagram, msg)
             return
         loop = asyncio.get_running_loop()
         if self._task is None and loop.time() < self._retry_at:
@@ -135,6 +164,20 @@ class _PeerRelay(asyncio.DatagramProtocol):
         self.pending_bytes += len(datagram)
         if self._task is None:  # the CSE-side socket is opened on the first message, not per handshake
             self._task = loop.create_task(self._open_backend())
+
+    def _sendto(self, backend: asyncio.DatagramTransport, datagram: bytes, msg: coap.Message | None) -> None:
+        self.sending = msg
+        try:
+            backend.sendto(datagram)  # asyncio reports a failure to error_received at once; other loops may raise
+        except OSError as exc:
+            log.warning("sending to the CSE for %s failed: %s", self.peer, exc)
+            self.unreachable(msg)
+        finally:
+            self.sending = None
+
+    def unreachable(self, msg: coap.Message | None) -> None:
+        """Answer a CON request the CSE cannot be sent (5.03 with Max-Age): the client stops retransmitting."""
+        self._unreachable(msg)
 
     def _unreachable(self, msg: coap.Message | None) -> None:
         if msg is None or msg.type is not coap.MessageType.CON or self.transport is None:
@@ -163,8 +206,8 @@ class _PeerRelay(asyncio.DatagramProtocol):
             backend.close()
             return
         self.backend = backend
-        for datagram, _ in self.pending:
-            backend.sendto(datagram)
+        for datagram, msg in self.pending:
+            self._sendto(backend, datagram, msg)
         self.pending.clear()
         self.pending_bytes = 0
 
@@ -271,6 +314,7 @@ class CoapsGateway:
                 handshake_timeout=cfg.handshake_timeout, idle_timeout=cfg.idle_timeout,
                 max_peers=cfg.max_peers, max_handshaking=cfg.max_handshaking,
                 max_handshaking_per_source=cfg.max_handshaking_per_source,
+                max_peers_per_source=cfg.max_peers_per_source, max_peers_per_sa=cfg.max_peers_per_sa,
             )
         except OSError as exc:
             from m2msec.errors import ConfigurationError
@@ -278,6 +322,9 @@ class CoapsGateway:
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise ConfigurationError(f"cannot listen on udp {cfg.host}:{cfg.port}: {reason}") from None
         self._reloader.start()
+        if cfg.blockwise.max_body > MAX_BLOCK1_BODY:
+            log.info("coaps: Block1 request bodies are capped at %d bytes (one datagram to the CSE); "
+                     "--coaps-max-body %d applies to responses", MAX_BLOCK1_BODY, cfg.blockwise.max_body)
         log.info("coaps gateway on %s:%d -> coap://%s:%d", cfg.host, self.port, cfg.backend_host, cfg.backend_port)
 
     async def close(self) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import h11
 
-from m2msec.gateway.limits import BodyBudget
+from m2msec.gateway.limits import BodyBudget, Lease
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -73,12 +73,13 @@ async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> obj
 
 async def read_message(
     conn: h11.Connection, reader: asyncio.StreamReader, *, max_body: int = DEFAULT_MAX_BODY,
-    budget: BodyBudget | None = None,
+    budget: BodyBudget | None = None, lease: Lease | None = None,
 ) -> Message | None:
     """Read one whole message. Returns None when the peer closed cleanly between messages.
 
-    With ``budget``, the body's bytes are reserved in it as they arrive; the caller releases
-    ``len(msg.body)`` when done with the message. On any failure the reservation is released here."""
+    With ``budget``, the body's bytes are reserved in it as they arrive (against ``lease``, if given); the
+    caller releases ``len(msg.body)`` when done with the message. On any failure the reservation is released
+    here."""
     event = await _next_event(conn, reader)
     if isinstance(event, h11.ConnectionClosed):
         return None
@@ -107,7 +108,7 @@ async def read_message(
             if isinstance(event, h11.Data):
                 if size + len(event.data) > max_body:
                     raise HTTPError(f"body exceeds the {max_body}-byte limit", too_large=True)
-                if budget is not None and not budget.reserve(len(event.data)):
+                if budget is not None and not budget.reserve(len(event.data), lease):
                     raise HTTPError("the request-body memory of the gateway is in use", busy=True)
                 size += len(event.data)
                 chunks.append(bytes(event.data))
@@ -119,7 +120,7 @@ async def read_message(
                 raise HTTPError(f"unexpected HTTP event {type(event).__name__}")
     except BaseException:  # a timeout or cancellation too: what this message reserved goes back
         if budget is not None:
-            budget.release(size)
+            budget.release(size, lease)
         raise
     msg.body = b"".join(chunks)
     return msg
@@ -132,8 +133,11 @@ def _encode_headers(headers: list[tuple[str, str]], body: bytes) -> list[tuple[b
 
 
 async def send_message(conn: h11.Connection, writer: asyncio.StreamWriter, msg: Message, *,
-                       timeout: float | None = None) -> None:
+                       timeout: float | None = None, drop_body: bool = False) -> None:
     """Send one whole message (content-length set from the body).
+
+    With ``drop_body``, ``msg.body`` is emptied once handed to the transport, so that the plaintext does not
+    stay in memory beside the bytes waiting for the peer.
 
     Raises:
         HTTPError: also when the peer has not read it within ``timeout`` seconds; the connection is then
@@ -144,19 +148,24 @@ async def send_message(conn: h11.Connection, writer: asyncio.StreamWriter, msg: 
     else:
         head = h11.Response(status_code=msg.status, headers=headers, reason=msg.reason.encode("latin-1"))
     try:
-        data = conn.send(head) or b""
+        parts = [conn.send(head) or b""]
         if msg.body:
-            data += conn.send(h11.Data(data=msg.body)) or b""
-        data += conn.send(h11.EndOfMessage()) or b""
+            parts.append(conn.send(h11.Data(data=msg.body)) or b"")
+        parts.append(conn.send(h11.EndOfMessage()) or b"")
     except h11.LocalProtocolError as exc:
         raise HTTPError(f"cannot send this message: {exc}") from None
-    writer.write(data)
+    size = sum(len(part) for part in parts)
+    for part in parts:  # one by one: no joined copy of the body
+        writer.write(part)
+    del parts
+    if drop_body:
+        msg.body = b""
     try:
         async with asyncio.timeout(timeout):
             await writer.drain()
     except TimeoutError:
         writer.transport.abort()
-        raise HTTPError(f"the peer did not read {len(data)} bytes within {timeout} s") from None
+        raise HTTPError(f"the peer did not read {size} bytes within {timeout} s") from None
 
 
 async def request(
@@ -165,11 +174,13 @@ async def request(
     msg: Message,
     *,
     max_body: int = DEFAULT_MAX_BODY,
+    budget: BodyBudget | None = None,
+    lease: Lease | None = None,
 ) -> Message:
-    """One request/response exchange on a fresh connection."""
+    """One request/response exchange on a fresh connection; the response body is reserved in ``budget``."""
     conn = h11.Connection(h11.CLIENT)
     await send_message(conn, writer, msg)
-    response = await read_message(conn, reader, max_body=max_body)
+    response = await read_message(conn, reader, max_body=max_body, budget=budget, lease=lease)
     if response is None:
         raise HTTPError("connection closed before a response")
     return response

@@ -1,9 +1,13 @@
 """Process-wide bounds of the gateway: request-body memory, write timeouts, file descriptors.
 
-* :class:`BodyBudget`: the bytes of request bodies all connections together may hold (bodies are read whole
-  before forwarding, and each is already capped at ``max_body``). A request that would take the total
-  over the budget is answered 503 with rsc 5000 and ``Retry-After`` (:class:`GatewayBusy`,
-  docs/decisions.md D33): the request is fine, the gateway is momentarily full.
+* :class:`BodyBudget`: the bytes of request *and response* bodies all connections together may hold (bodies
+  are read whole before forwarding, and each is already capped at ``max_body``; a response stays counted until
+  the client has read it, D46). A request that would take the total over the budget is answered
+  503 with rsc 5000 and ``Retry-After`` (:class:`GatewayBusy`, docs/decisions.md D33): the request is fine, the
+  gateway is momentarily full. The budget is shared fairly between clients (:class:`Lease`, one per
+  connection, owned by its SA's credential, D46): anyone may use free memory, but when it is full a client
+  holding less than another takes memory back from that other client's connections, which are answered 503
+  (or dropped while their response is being written).
 * :data:`DEFAULT_WRITE_TIMEOUT`: how long a response may wait for a client that does not read it.
 * :func:`check_fd_limit`: refuses at start a configuration whose connection caps exceed the process's
   file-descriptor limit (``RLIMIT_NOFILE``), after raising the soft limit towards the hard one if needed.
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from m2msec.errors import ConfigurationError, OneM2MError
 
@@ -23,6 +28,7 @@ __all__ = [
     "FD_HEADROOM",
     "BodyBudget",
     "GatewayBusy",
+    "Lease",
     "check_fd_limit",
     "fds_needed",
     "fit_connection_cap",
@@ -49,8 +55,22 @@ class GatewayBusy(OneM2MError):
     http_status = 503
 
 
+@dataclass(eq=False)
+class Lease:
+    """What one connection holds in a :class:`BodyBudget`, counted against ``owner`` (its SA's credential).
+
+    ``evict`` is called (once) when another client needs the memory: it must end what the connection is doing
+    (the bytes are already counted as released). ``evicted`` tells the connection why it was stopped."""
+
+    owner: str
+    evict: Callable[[], object] | None = field(default=None, repr=False)
+    size: int = 0
+    evicted: bool = False
+
+
 class BodyBudget:
-    """Bytes of request bodies held at once, across connections; :meth:`reserve` refuses beyond ``limit``."""
+    """Bytes of request and response bodies held at once, across connections; :meth:`reserve` refuses beyond
+    ``limit``, after taking memory back from the client holding the most if that is another client (D46)."""
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -58,15 +78,59 @@ class BodyBudget:
         self.limit = limit
         self.used = 0
         self.refused = 0
+        self.evicted = 0
+        self.leases: set[Lease] = set()
 
-    def reserve(self, size: int) -> bool:
-        if self.used + size > self.limit:
+    def lease(self, owner: str, evict: Callable[[], object] | None = None) -> Lease:
+        lease = Lease(owner, evict)
+        self.leases.add(lease)
+        return lease
+
+    def close(self, lease: Lease) -> None:
+        """The connection ended: what it held goes back."""
+        self.release(lease.size, lease)
+        self.leases.discard(lease)
+
+    def held_by(self, owner: str) -> int:
+        return sum(lease.size for lease in self.leases if lease.owner == owner)
+
+    def reserve(self, size: int, lease: Lease | None = None) -> bool:
+        if lease is not None and lease.evicted:
             self.refused += 1
             return False
+        while self.used + size > self.limit:
+            if lease is None or not self._take_back(lease, size):
+                self.refused += 1
+                return False
         self.used += size
+        if lease is not None:
+            lease.size += size
         return True
 
-    def release(self, size: int) -> None:
+    def _take_back(self, requester: Lease, size: int) -> bool:
+        """Evict the largest evictable lease of the owner holding most, if that owner holds more than the
+        requester's owner would with ``size`` more (so two large clients do not evict each other in turn)."""
+        totals: dict[str, int] = {}
+        for lease in self.leases:
+            totals[lease.owner] = totals.get(lease.owner, 0) + lease.size
+        mine = totals.get(requester.owner, 0) + size
+        candidates = [ls for ls in self.leases
+                      if ls.owner != requester.owner and ls.size > 0 and ls.evict is not None and not ls.evicted
+                      and totals[ls.owner] > mine]
+        if not candidates:
+            return False
+        victim = max(candidates, key=lambda ls: (totals[ls.owner], ls.size))
+        self.used = max(0, self.used - victim.size)
+        victim.size, victim.evicted = 0, True
+        self.evicted += 1
+        assert victim.evict is not None
+        victim.evict()
+        return True
+
+    def release(self, size: int, lease: Lease | None = None) -> None:
+        if lease is not None:
+            size = min(size, lease.size)  # an evicted lease was released already
+            lease.size -= size
         self.used = max(0, self.used - size)
 
 

@@ -37,9 +37,10 @@ from m2msec.gateway.limits import (
     RETRY_AFTER,
     BodyBudget,
     GatewayBusy,
+    Lease,
 )
 from m2msec.gateway.reload import side_reloader
-from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME, Revocation
+from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME, Revocation, SAGuard
 from m2msec.gateway.rules import (
     HEADER_CREDENTIAL_ID,
     HEADER_PSK_IDENTITY,
@@ -53,7 +54,12 @@ from m2msec.gateway.rules import (
 from m2msec.keys.table import PSKTable
 from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, CertificateConfig, ServerConfig, SessionInfo, TLSContext
 from m2msec.tls.profiles import CipherProfile
-from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE
+from m2msec.transport.limits import (
+    DEFAULT_MAX_CONNECTIONS_PER_SA,
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+    DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+    sa_key,
+)
 from m2msec.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimiter, start_stream_server
 
 __all__ = ["Backend", "Gateway", "GatewayConfig", "parse_backend"]
@@ -104,10 +110,14 @@ class GatewayConfig:
     max_connections: int = 10000
     #: connections one source (IPv4 address, IPv6 /64) may have in their handshake at once (D31)
     max_handshakes_per_source: int = DEFAULT_MAX_HANDSHAKES_PER_SOURCE
+    #: connections one source may have open at once (D47)
+    max_connections_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE
+    #: established connections one credential may hold, at most half of max_connections (D47)
+    max_connections_per_sa: int = DEFAULT_MAX_CONNECTIONS_PER_SA
     idle_timeout: float = 60.0
     backend_timeout: float = 30.0
     max_body: int = http.DEFAULT_MAX_BODY
-    #: request-body bytes all connections together may hold; over it, 503 / rsc 5000 (D33)
+    #: request- and response-body bytes all connections together may hold, shared per client; 503 / 5000 (D33, D46)
     max_body_memory: int = DEFAULT_BODY_BUDGET
     #: seconds a response may wait for a client that does not read it; then the connection is dropped
     write_timeout: float = DEFAULT_WRITE_TIMEOUT
@@ -152,7 +162,9 @@ class Gateway:
             )
         )
         self.limiter = ConnectionLimiter(config.max_connections,
-                                         per_source_handshakes=config.max_handshakes_per_source)
+                                         per_source_handshakes=config.max_handshakes_per_source,
+                                         per_source_connections=config.max_connections_per_source,
+                                         per_sa=config.max_connections_per_sa)
         self.body_budget = BodyBudget(config.max_body_memory)
         self.revocation = Revocation(table, crls, max_lifetime=config.max_sa_lifetime)
         self._reloader = side_reloader(table, crls, self.context, config.reload_interval)
@@ -201,41 +213,63 @@ class Gateway:
         log.info("SA established with %s: %s associated=%r cipher=%s %s",
                  peer, sa.credential, sa.identity, session.cipher, session.version)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
+        lease = self.body_budget.lease(sa_key(session), task.cancel)  # D46: evicted = this task cancelled
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(self.config.idle_timeout):  # no extra task, unlike wait_for
-                        req = await http.read_message(conn, reader, max_body=self.config.max_body,
-                                                      budget=self.body_budget)
-                except TimeoutError:
-                    break
-                except http.HTTPError as exc:
-                    log.info("bad request from %s (%s): %s", peer, sa.credential, exc)
-                    if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                        resp = self._refusal(exc)
-                        with contextlib.suppress(http.HTTPError, ConnectionError):
-                            await http.send_message(conn, writer, resp, timeout=self.config.write_timeout)
-                    break
-                if req is None:
-                    break
-                try:
-                    resp = guard.refuse_http(req, peer) or await self._process(req, sa, peer)
-                finally:
-                    self.body_budget.release(len(req.body))
-                await http.send_message(conn, writer, resp, timeout=self.config.write_timeout)
-                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                    break
-                try:
-                    conn.start_next_cycle()
-                except h11.LocalProtocolError:
-                    break
+            await self._serve(conn, reader, writer, sa, guard, peer, lease)
         except (ConnectionError, http.HTTPError) as exc:
             log.debug("connection with %s ended: %s", peer, exc)
         except asyncio.CancelledError:
-            pass  # close() cancels live connections; this task is the top of its own stack
+            if lease.evicted and task.uncancel() == 0:  # another client needed this connection's body memory
+                log.warning("connection of %s (%s) ended: its body memory went to another client", peer,
+                            sa.credential)
+                await self._send_busy(conn, writer)
+            # else close() cancels live connections; this task is the top of its own stack
         finally:
+            self.body_budget.close(lease)
             self._clients.discard(task)
             writer.close()
+
+    async def _serve(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     sa: SecurityAssociation, guard: SAGuard, peer: object, lease: Lease) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.config.idle_timeout):  # no extra task, unlike wait_for
+                    req = await http.read_message(conn, reader, max_body=self.config.max_body,
+                                                  budget=self.body_budget, lease=lease)
+            except TimeoutError:
+                break
+            except http.HTTPError as exc:
+                log.info("bad request from %s (%s): %s", peer, sa.credential, exc)
+                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    resp = self._refusal(exc)
+                    with contextlib.suppress(http.HTTPError, ConnectionError):
+                        await http.send_message(conn, writer, resp, timeout=self.config.write_timeout)
+                break
+            if req is None:
+                break
+            try:
+                resp = guard.refuse_http(req, peer) or await self._process(req, sa, peer, lease)
+            finally:
+                self.body_budget.release(len(req.body), lease)
+            try:  # the response body stays counted until the client has read it (D46)
+                await http.send_message(conn, writer, resp, timeout=self.config.write_timeout, drop_body=True)
+            finally:
+                self.body_budget.release(lease.size, lease)
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                break
+            try:
+                conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                break
+
+    async def _send_busy(self, conn: h11.Connection, writer: asyncio.StreamWriter) -> None:
+        """503 / 5000 to a connection whose memory was taken back, if no response was started; else drop it."""
+        if conn.our_state is not h11.SEND_RESPONSE and conn.our_state is not h11.IDLE:
+            writer.transport.abort()  # a response was being written: its buffered bytes go at once
+            return
+        resp = self._refusal(http.HTTPError("evicted", busy=True))
+        with contextlib.suppress(http.HTTPError, ConnectionError, h11.LocalProtocolError):
+            await http.send_message(conn, writer, resp, timeout=self.config.write_timeout)
 
     @staticmethod
     def _refusal(exc: http.HTTPError) -> http.Message:
@@ -250,7 +284,8 @@ class Gateway:
         resp.headers.append(("connection", "close"))
         return resp
 
-    async def _process(self, req: http.Message, sa: SecurityAssociation, peer: object) -> http.Message:
+    async def _process(self, req: http.Message, sa: SecurityAssociation, peer: object,
+                       lease: Lease | None = None) -> http.Message:
         try:
             check_request_headers(req.headers)  # one From, one RI, ... before anything reads them
         except BadRequest as exc:
@@ -264,7 +299,12 @@ class Gateway:
             log.warning("refused %s %s from %s: rsc=%d %s", req.method, req.target[:200], peer, exc.rsc, exc.detail)
             return _onem2m_error_response(exc, request_id)
         try:
-            resp = await self._forward(req, sa)
+            resp = await self._forward(req, sa, lease)
+        except GatewayBusy as exc:
+            log.warning("response to %s %s from %s refused: %s", req.method, req.target[:200], peer, exc.detail)
+            busy = _onem2m_error_response(exc, request_id)
+            busy.headers.append(("retry-after", str(RETRY_AFTER)))
+            return busy
         except OneM2MError as exc:
             log.error("forwarding %s %s failed: %s", req.method, req.target[:200], exc.detail)
             return _onem2m_error_response(exc, request_id)
@@ -272,7 +312,7 @@ class Gateway:
                  resp.header("x-m2m-rsc"))
         return resp
 
-    async def _forward(self, req: http.Message, sa: SecurityAssociation) -> http.Message:
+    async def _forward(self, req: http.Message, sa: SecurityAssociation, lease: Lease | None = None) -> http.Message:
         backend = self.config.backend
         # hop-by-hop in any spelling: a CSE behind WSGI/CGI may read Content_Length as Content-Length
         headers = [(k, v) for k, v in strip_gateway_headers(req.headers) if normalize_header_name(k) not in _HOP_BY_HOP]
@@ -290,12 +330,15 @@ class Gateway:
             async with asyncio.timeout(self.config.backend_timeout):
                 reader, writer = await asyncio.open_connection(backend.host, backend.port)
                 try:
-                    resp = await http.request(reader, writer, out, max_body=self.config.max_body)
+                    resp = await http.request(reader, writer, out, max_body=self.config.max_body,
+                                              budget=self.body_budget if lease is not None else None, lease=lease)
                 finally:
                     writer.close()
         except (OSError, TimeoutError) as exc:
             raise TargetNotReachable(f"the CSE at {backend} is not reachable") from exc
         except http.HTTPError as exc:
+            if exc.busy:  # the answer does not fit the body memory now (D46): the client may retry
+                raise GatewayBusy("the gateway is busy, retry later") from None
             raise TargetNotReachable(f"the CSE at {backend} sent an invalid response: {exc}") from exc
         resp.headers = [(k, v) for k, v in strip_gateway_headers(resp.headers) if k not in _HOP_BY_HOP]
         return resp

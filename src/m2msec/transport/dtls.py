@@ -5,7 +5,8 @@ peer address, but only after the peer has returned a valid cookie (RFC 6347 §4.
 spoofed source costs one HelloVerifyRequest and no memory. Peers still in their handshake are capped
 (``max_handshaking``, and ``max_handshaking_per_source`` per source address, IPv6 per /64:
 :mod:`m2msec.transport.limits`) and dropped after ``handshake_timeout``; established peers are capped
-(``max_peers``) and evicted after ``idle_timeout``. Retransmission timers follow the engine's
+(``max_peers``; ``max_peers_per_source`` per source, ``max_peers_per_sa`` per credential, at most half of
+``max_peers``: docs/decisions.md D47) and evicted after ``idle_timeout``. Retransmission timers follow the engine's
 ``timeout()`` (RFC 6347 §4.2.4).
 
 Each authenticated peer gets its own application protocol (an ``asyncio.DatagramProtocol``) and a
@@ -34,7 +35,15 @@ from m2msec.tls.engine import (
     SessionInfo,
     TLSContext,
 )
-from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE, SourceLimiter, source_of
+from m2msec.transport.limits import (
+    DEFAULT_MAX_CONNECTIONS_PER_SA,
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+    DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+    SourceLimiter,
+    sa_key,
+    sa_share,
+    source_of,
+)
 
 __all__ = ["DTLSPeerTransport", "DTLSServerProtocol", "create_dtls_endpoint", "start_dtls_server"]
 
@@ -53,6 +62,7 @@ class _Peer:
     app: asyncio.DatagramProtocol | None = None
     transport: DTLSPeerTransport | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    sa: str | None = None  # counted against the server's per-SA cap
 
 
 class DTLSPeerTransport(asyncio.DatagramTransport):
@@ -164,6 +174,8 @@ class _Endpoint(asyncio.DatagramProtocol):
     def _dispatch(self, peer: _Peer, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, HandshakeCompleted):
+                if not self._admit(peer, event.session):
+                    return
                 peer.transport = DTLSPeerTransport(self, peer)
                 peer.app = self.app_factory()
                 peer.app.connection_made(peer.transport)
@@ -172,6 +184,10 @@ class _Endpoint(asyncio.DatagramProtocol):
                 peer.app.datagram_received(event.data, peer.addr)
             elif isinstance(event, ConnectionClosed):
                 self._drop(peer)
+
+    def _admit(self, peer: _Peer, session: SessionInfo) -> bool:
+        """Hook: may ``peer``, whose handshake just completed, be served? (False: it has been dropped)"""
+        return True
 
     def _established(self, peer: _Peer, session: SessionInfo) -> None:
         """Hook: the handshake with ``peer`` completed."""
@@ -202,6 +218,8 @@ class DTLSServerProtocol(_Endpoint):
         max_peers: int = 10000,
         max_handshaking: int = 1000,
         max_handshaking_per_source: int = DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+        max_peers_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+        max_peers_per_sa: int = DEFAULT_MAX_CONNECTIONS_PER_SA,
     ) -> None:
         super().__init__(context, app_factory, mtu=mtu)
         self.handshake_timeout = handshake_timeout
@@ -209,6 +227,8 @@ class DTLSServerProtocol(_Endpoint):
         self.max_peers = max_peers
         self.max_handshaking = max_handshaking
         self.sources = SourceLimiter(max_handshaking_per_source)  # handshakes in progress per source
+        self.peer_sources = SourceLimiter(max_peers_per_source)  # peers (handshaking or not) per source
+        self.peer_sas = SourceLimiter(sa_share(max_peers_per_sa, max_peers))  # established peers per credential
         self.peers: dict[Address, _Peer] = {}
         self.handshaking = 0
         self.dropped = 0  # datagrams refused because a cap was reached
@@ -251,16 +271,34 @@ class DTLSServerProtocol(_Endpoint):
         if self.handshaking >= self.max_handshaking or (peer is None and len(self.peers) >= self.max_peers):
             self.dropped += 1
             return
+        if peer is None and self.peer_sources.held.get(source, 0) >= self.peer_sources.limit:
+            self.peer_sources.refused += 1
+            self.dropped += 1
+            return
         self.sources.acquire(source)
         self._send(conn.datagrams_to_send(), addr)
         if peer is not None:
-            self._drop(peer)
+            self._drop(peer)  # releases its place in peer_sources: taken again just below
+        self.peer_sources.acquire(source)
         now = self.loop.time()
         peer = _Peer(conn, addr, now, now)
         self.peers[addr] = peer
         self.handshaking += 1
         self._schedule(peer)
         self._dispatch(peer, events)
+
+    def _admit(self, peer: _Peer, session: SessionInfo) -> bool:
+        key = sa_key(session)
+        if self.peer_sas.acquire(key):
+            peer.sa = key
+            return True
+        log.warning("DTLS peer %s dropped: its credential (%s) has %d peers already", peer.addr,
+                    session.authentication, self.peer_sas.limit)
+        self.dropped += 1
+        self.handshaking -= 1
+        self.sources.release(source_of(peer.addr))
+        self._drop(peer)
+        return False
 
     def _established(self, peer: _Peer, session: SessionInfo) -> None:
         self.handshaking -= 1
@@ -270,9 +308,13 @@ class DTLSServerProtocol(_Endpoint):
     def _drop(self, peer: _Peer) -> None:
         if self.peers.get(peer.addr) is peer:
             del self.peers[peer.addr]
+            self.peer_sources.release(source_of(peer.addr))
             if peer.conn.session is None:
                 self.handshaking -= 1
                 self.sources.release(source_of(peer.addr))
+        if peer.sa is not None:
+            self.peer_sas.release(peer.sa)
+            peer.sa = None
         super()._drop(peer)
 
     def _sweep(self) -> None:

@@ -10,20 +10,62 @@ A source is an IPv4 address, or an IPv6 /64 (:data:`IPV6_SOURCE_PREFIX`, docs/de
 host usually owns a whole /64 and can pick a new address in it for every connection, so counting per
 /128 would cap nothing. IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``, a dual-stack socket) count as the
 IPv4 address.
+
+Established connections are capped too (docs/decisions.md D47): per source
+(:data:`DEFAULT_MAX_CONNECTIONS_PER_SOURCE`, generous: many clients may share one NAT address), and per
+authenticated client, the SA's credential (:func:`sa_key`): at most :data:`DEFAULT_MAX_CONNECTIONS_PER_SA`, and
+never more than :func:`sa_share` of the connection cap, so one credential cannot hold every slot even where its
+clients share their address with everyone else. A connection over its SA's cap is closed right after the
+handshake (the slot is free again before the next connection is accepted).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["DEFAULT_MAX_HANDSHAKES_PER_SOURCE", "IPV6_SOURCE_PREFIX", "SourceLimiter", "source_of"]
+if TYPE_CHECKING:
+    from m2msec.tls.engine import SessionInfo
+
+__all__ = [
+    "DEFAULT_MAX_CONNECTIONS_PER_SA",
+    "DEFAULT_MAX_CONNECTIONS_PER_SOURCE",
+    "DEFAULT_MAX_HANDSHAKES_PER_SOURCE",
+    "IPV6_SOURCE_PREFIX",
+    "SA_SHARE_DIVISOR",
+    "SourceLimiter",
+    "sa_key",
+    "sa_share",
+    "source_of",
+]
 
 #: handshakes one source may have in progress at once, TLS and DTLS (docs/decisions.md D31). Handshakes
 #: finish in milliseconds, so even many clients behind one NAT address rarely hold more at a time.
 DEFAULT_MAX_HANDSHAKES_PER_SOURCE = 32
 #: IPv6 sources are aggregated per this prefix length (docs/decisions.md D31)
 IPV6_SOURCE_PREFIX = 64
+#: open TLS connections (established or not), and DTLS peers, one source may hold at once (D47). Generous: a
+#: NAT address can stand for many devices; the per-SA cap is what stops one client.
+DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 1000
+#: established TLS connections, and DTLS peers, one SA credential may hold at once (D47)
+DEFAULT_MAX_CONNECTIONS_PER_SA = 64
+#: ... and never more than 1/SA_SHARE_DIVISOR of the server's connection (or peer) cap (D47)
+SA_SHARE_DIVISOR = 2
+
+
+def sa_share(wanted: int, total: int) -> int:
+    """The per-SA cap in force: ``wanted``, at most ``total // SA_SHARE_DIVISOR`` (at least 1)."""
+    return max(1, min(wanted, total // SA_SHARE_DIVISOR))
+
+
+def sa_key(session: SessionInfo) -> str:
+    """What one authenticated client is counted as: its PSK identity, else its certificate (issuer, serial)."""
+    if session.psk_identity is not None:
+        return "psk:" + session.psk_identity
+    cert = session.peer_certificate
+    if cert is not None:
+        return f"cert:{cert.issuer.rfc4514_string()}#{cert.serial_number:x}"
+    return "anonymous"
 
 
 def source_of(peer: Any) -> str:
@@ -41,7 +83,7 @@ def source_of(peer: Any) -> str:
 
 
 class SourceLimiter:
-    """Counts what each source holds (handshakes in progress) and refuses one over ``limit``."""
+    """Counts what each source (or SA) holds (handshakes in progress, connections) and refuses one over ``limit``."""
 
     def __init__(self, limit: int) -> None:
         if limit < 1:

@@ -33,7 +33,7 @@ from m2msec.tls.engine import (
     TLSConnection,
     TLSContext,
 )
-from m2msec.transport.limits import SourceLimiter, source_of
+from m2msec.transport.limits import SourceLimiter, sa_key, sa_share, source_of
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -146,6 +146,8 @@ class TLSAdapter(asyncio.Protocol):
         self._limiter = limiter
         self._counted = False
         self._source: str | None = None  # counted against limiter.sources while the handshake runs
+        self._open_source: str | None = None  # counted against limiter.open_per_source while open
+        self._sa: str | None = None  # counted against limiter.per_sa once established
         self._app_factory = app_factory
         self._timeout = handshake_timeout
         self.tls: TLSConnection = context.connection()
@@ -171,6 +173,16 @@ class TLSAdapter(asyncio.Protocol):
                     transport.abort()  # type: ignore[attr-defined]
                     return
                 self._source = source
+            per_source = self._limiter.open_per_source
+            if per_source is not None:
+                source = source_of(self.peer)
+                if not per_source.acquire(source):
+                    log.warning("connection from %s refused: %d connections from %s open",
+                                self.peer, per_source.limit, source)
+                    self._release_source()
+                    transport.abort()  # type: ignore[attr-defined]
+                    return
+                self._open_source = source
             if not self._limiter.acquire():
                 log.warning("connection from %s refused: %d connections open", self.peer, self._limiter.limit)
                 self._release_source()
@@ -189,6 +201,7 @@ class TLSAdapter(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._release_source()
+        self._release_open()
         if self._counted and self._limiter is not None:
             self._limiter.release()
             self._counted = False
@@ -213,6 +226,27 @@ class TLSAdapter(asyncio.Protocol):
         if self._source is not None and self._limiter is not None and self._limiter.sources is not None:
             self._limiter.sources.release(self._source)
         self._source = None
+
+    def _release_open(self) -> None:
+        if self._limiter is not None:
+            if self._open_source is not None and self._limiter.open_per_source is not None:
+                self._limiter.open_per_source.release(self._open_source)
+            if self._sa is not None and self._limiter.per_sa is not None:
+                self._limiter.per_sa.release(self._sa)
+        self._open_source = self._sa = None
+
+    def _over_sa_cap(self, session: SessionInfo) -> bool:
+        """Count the SA's connection; True (and logged) if its credential holds its share already (D47)."""
+        per_sa = self._limiter.per_sa if self._limiter is not None else None
+        if per_sa is None:
+            return False
+        key = sa_key(session)
+        if not per_sa.acquire(key):
+            log.warning("connection from %s closed: its credential (%s) holds %d connections already",
+                        self.peer, session.authentication, per_sa.limit)
+            return True
+        self._sa = key
+        return False
 
     def flush(self) -> None:
         out = self.tls.data_to_send()
@@ -256,6 +290,9 @@ class TLSAdapter(asyncio.Protocol):
             if isinstance(event, HandshakeCompleted):
                 self._cancel_timer()
                 self._release_source()
+                if self._over_sa_cap(event.session):
+                    self._fail(HandshakeFailed("too many connections for this credential"))
+                    return
                 self.session = event.session
                 self._app_transport = TLSTransport(self)
                 self.app = self._app_factory()
@@ -278,15 +315,24 @@ class ConnectionLimiter:
 
     With ``per_source_handshakes``, each source (IPv4 address, IPv6 /64: :func:`~m2msec.transport.limits.source_of`)
     may also have at most that many connections *in their handshake* (:attr:`sources`); one over it is reset
-    at once too, so one host cannot take every slot with stalled handshakes."""
+    at once too, so one host cannot take every slot with stalled handshakes.
 
-    def __init__(self, limit: int, *, per_source_handshakes: int | None = None) -> None:
+    With ``per_source_connections``, each source may have at most that many connections open (:attr:`open_per_source`,
+    checked before the handshake); with ``per_sa``, each authenticated client (its credential,
+    :func:`~m2msec.transport.limits.sa_key`) at most ``sa_share(per_sa, limit)`` established ones (:attr:`per_sa`):
+    one more is closed right after its handshake (docs/decisions.md D47)."""
+
+    def __init__(self, limit: int, *, per_source_handshakes: int | None = None,
+                 per_source_connections: int | None = None, per_sa: int | None = None) -> None:
         if limit < 1:
             raise ValueError("the connection limit must be at least 1")
         self.limit = limit
         self.open = 0
         self.refused = 0
         self.sources = SourceLimiter(per_source_handshakes) if per_source_handshakes is not None else None
+        self.open_per_source = (SourceLimiter(per_source_connections) if per_source_connections is not None
+                                else None)
+        self.per_sa = SourceLimiter(sa_share(per_sa, limit)) if per_sa is not None else None
 
     def acquire(self) -> bool:
         if self.open >= self.limit:
