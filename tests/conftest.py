@@ -8,11 +8,16 @@ from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 import uvloop
+from hypothesis import settings
 
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable, PSKEntry
 from m2msec.tls.engine import ClientConfig, ServerConfig, TLSConnection, TLSContext
 from m2msec.tls.profiles import CipherProfile
+
+# no per-example deadline: a shared, loaded machine makes hypothesis' 200 ms deadline a flaky timing assertion
+settings.register_profile("m2msec", deadline=None)
+settings.load_profile("m2msec")
 
 #: test files whose async tests run on both asyncio's loop and uvloop (the CLI runs services on uvloop)
 BOTH_LOOPS = {"test_transport.py", "test_gateway.py", "test_gateway_certificates.py", "test_dtls.py", "test_limits.py"}
