@@ -1,0 +1,166 @@
+"""attack-final: hostile review of D40-D49 (fair shares, connection caps, sealed SQLite rows, CRL rollback).
+
+Each test states what should hold and fails while it does not."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.x509.oid import NameOID
+
+from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY
+from m2msec.crl import CRLFile
+from m2msec.keys.secret import SecretKey
+from m2msec.keys.sqlite_store import SQLitePSKStore
+from m2msec.keys.table import PSKEntry
+from m2msec.pki import Issued, create_ca, create_crl
+from m2msec.tls.engine import SessionInfo
+from m2msec.transport.limits import SourceLimiter, sa_key
+
+SP = "m2m.provider.com"
+NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+MASTER_V1 = SecretKey.from_hex("00112233445566778899aabbccddeeff" * 2)
+V1_STORE = Path(__file__).parent / "keys" / "data" / "v1-store.db"
+
+
+def _raw(db: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(sql, args).fetchall()
+        conn.commit()
+        return rows
+    finally:
+        conn.close()
+
+
+# --- (c) SQLite sealing (D44) ----------------------------------------------------------------------------------
+
+def test_sqlite_an_old_row_of_the_same_identity_replayed_after_key_rotation_is_refused(tmp_path: Path) -> None:
+    """Rotate a (leaked) key with ``keys add --replace``; whoever can write the database (the very threat D44
+    seals against) puts the old row back: the AAD binds identity, entity and description but no version, so the
+    retired key authenticates again."""
+    db = tmp_path / "keys.db"
+    master = SecretKey.generate(32)
+    old_key, new_key = SecretKey.from_hex("11" * 16), SecretKey.from_hex("22" * 16)
+    with SQLitePSKStore(db, master) as store:
+        store.add(PSKEntry(LIGHT1_ID, old_key, LIGHT1_AE))
+    snapshot = _raw(db, "SELECT identity, entity, description, nonce, sealed, created FROM psk")
+    with SQLitePSKStore(db, master) as store:
+        store.add(PSKEntry(LIGHT1_ID, new_key, LIGHT1_AE), replace=True)  # the rotation
+    _raw(db, "DELETE FROM psk WHERE identity = ?", LIGHT1_ID)
+    _raw(db, "INSERT INTO psk VALUES (?, ?, ?, ?, ?, ?)", *snapshot[0])  # the replay
+    with SQLitePSKStore(db, master) as store:
+        entry = store.lookup(LIGHT1_ID)
+    assert entry is None or entry.key != old_key, "the retired key was accepted again after a row replay"
+
+
+def test_sqlite_a_removed_identity_put_back_from_a_backup_is_refused(tmp_path: Path) -> None:
+    """``keys remove`` revokes an identity; its old sealed row re-inserted (from any backup) works again."""
+    db = tmp_path / "keys.db"
+    master = SecretKey.generate(32)
+    with SQLitePSKStore(db, master) as store:
+        store.add(PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE))
+    snapshot = _raw(db, "SELECT identity, entity, description, nonce, sealed, created FROM psk")
+    with SQLitePSKStore(db, master) as store:
+        store.remove(LIGHT1_ID)
+    _raw(db, "INSERT INTO psk VALUES (?, ?, ?, ?, ?, ?)", *snapshot[0])
+    with SQLitePSKStore(db, master) as store:
+        assert store.lookup(LIGHT1_ID) is None, "a removed identity came back from a replayed row"
+
+
+def test_sqlite_a_v1_check_value_put_back_does_not_reseal_a_forged_binding(tmp_path: Path) -> None:
+    """D44 says a format-1 row put back later is refused. But the format lives in the ``meta`` check value,
+    which is itself replayable: put back the format-1 check value (from any pre-migration backup) together with
+    a format-1 row whose entity was edited, and the next open "migrates" it, sealing the forged binding."""
+    db = tmp_path / "keys.db"
+    shutil.copyfile(V1_STORE, db)
+    db.chmod(0o600)
+    old_check = _raw(db, "SELECT value FROM meta WHERE name = 'check'")[0][0]
+    old_row = _raw(db, "SELECT nonce, sealed FROM psk WHERE identity = ?", LIGHT1_ID)[0]
+    SQLitePSKStore(db, MASTER_V1).close()  # migrated to format 2
+    _raw(db, "UPDATE meta SET value = ? WHERE name = 'check'", old_check)  # format 1 again
+    _raw(db, "UPDATE psk SET nonce = ?, sealed = ?, entity = 'CAdmin' WHERE identity = ?", *old_row, LIGHT1_ID)
+    with SQLitePSKStore(db, MASTER_V1) as store:
+        entry = store.lookup(LIGHT1_ID)
+    assert entry is None or entry.entity != "CAdmin", "a forged entity binding was sealed by a replayed migration"
+
+
+# --- (d) CRL rollback (D42) ------------------------------------------------------------------------------------
+
+def _install(path: Path, data: bytes, step: int) -> None:
+    path.write_bytes(data)
+    os.utime(path, ns=(time.time_ns() + step * 10**9,) * 2)
+
+
+def test_crl_rollback_in_two_steps_through_a_file_without_that_issuer_is_refused(tmp_path: Path) -> None:
+    """D42 compares only with the CRLs in force, and "a new issuer is accepted": write a file without the
+    issuer's CRL (accepted), then the old CRL (accepted as a new issuer). The revoked serial is trusted again."""
+    ca = create_ca("rollback root", permitted_dns=[SP])
+    other = create_ca("other root", permitted_dns=[SP])
+    old = create_crl(ca, [], now=NOW - datetime.timedelta(days=1)).public_bytes(serialization.Encoding.PEM)
+    new = create_crl(ca, [7], now=NOW).public_bytes(serialization.Encoding.PEM)
+    unrelated = create_crl(other, [], now=NOW).public_bytes(serialization.Encoding.PEM)
+    path = tmp_path / "crls.pem"
+    path.write_bytes(new + unrelated)
+    crls = CRLFile(path)
+    assert 7 in crls.crls.index[ca.certificate.subject][0]
+    _install(path, unrelated, 1)  # step 1: the issuer's CRL is gone
+    crls.poll()
+    _install(path, old + unrelated, 2)  # step 2: its older CRL is "a new issuer"
+    crls.poll()
+    mine = crls.crls.index.get(ca.certificate.subject)
+    assert mine is None or 7 in mine[0], "an older CRL was put back in force: serial 7 is no longer revoked"
+
+
+# --- (a) per-credential keys (D46/D47) -------------------------------------------------------------------------
+
+def _ca_key_and_cert(dn: x509.Name) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(dn).issuer_name(dn).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(NOW - datetime.timedelta(days=1))
+            .not_valid_after(NOW + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def _leaf(ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, cn: str, serial: int) -> x509.Certificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(serial)
+            .not_valid_before(NOW - datetime.timedelta(days=1)).not_valid_after(NOW + datetime.timedelta(days=30))
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+
+
+def _session(cert: x509.Certificate, chain: tuple[x509.Certificate, ...]) -> SessionInfo:
+    return SessionInfo(is_server=True, version="TLSv1.2", cipher="ECDHE-ECDSA-AES128-GCM-SHA256", psk_identity=None,
+                       entity=None, server_name=None, identity_hint=None, session_id=b"",
+                       peer_certificate=cert, peer_chain=chain)
+
+
+def test_two_clients_of_different_cas_with_the_same_name_and_serial_are_different_credentials() -> None:
+    """``sa_key`` names a certificate client by issuer DN and serial. Two trusted CAs may share a DN (a CA key
+    rollover keeps the name and may restart serials; a co-tenant SP's CA, or a sub-CA it signs, can pick any
+    DN): a client of one then counts against the other's per-credential connection cap (D47) and body-memory
+    share (D46). Here an attacker holding the cap's worth of connections locks the victim out."""
+    dn = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Provider Device CA")])
+    victim_ca_key, victim_ca = _ca_key_and_cert(dn)
+    rogue_ca_key, rogue_ca = _ca_key_and_cert(dn)
+    victim = _leaf(victim_ca_key, victim_ca, "victim", 0x1001)
+    attacker = _leaf(rogue_ca_key, rogue_ca, "attacker", 0x1001)
+    assert victim.fingerprint(hashes.SHA256()) != attacker.fingerprint(hashes.SHA256())
+    per_sa = SourceLimiter(2)
+    for _ in range(2):
+        assert per_sa.acquire(sa_key(_session(attacker, (attacker, rogue_ca))))
+    assert per_sa.acquire(sa_key(_session(victim, (victim, victim_ca)))), \
+        "the victim's first connection was refused: the attacker's connections counted against its credential"
