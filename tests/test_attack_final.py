@@ -14,7 +14,6 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
 from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY
@@ -22,7 +21,7 @@ from m2msec.crl import CRLFile
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.sqlite_store import SQLitePSKStore
 from m2msec.keys.table import PSKEntry
-from m2msec.pki import Issued, create_ca, create_crl
+from m2msec.pki import create_ca, create_crl
 from m2msec.tls.engine import SessionInfo
 from m2msec.transport.limits import SourceLimiter, sa_key
 
