@@ -4,6 +4,7 @@ Each test states what should hold and fails while it does not."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 import shutil
@@ -11,19 +12,32 @@ import sqlite3
 import time
 from pathlib import Path
 
+import h11
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY
+from conftest import (
+    HOME_GATEWAY_CSE_ID,
+    LIGHT1_AE,
+    LIGHT1_ID,
+    LIGHT1_KEY,
+    LIGHT2_AE,
+    LIGHT2_ID,
+    LIGHT2_KEY,
+    make_table,
+)
 from m2msec.crl import CRLFile
+from m2msec.gateway import http
+from m2msec.gateway.server import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.sqlite_store import SQLitePSKStore
 from m2msec.keys.table import PSKEntry
 from m2msec.pki import create_ca, create_crl
-from m2msec.tls.engine import SessionInfo
+from m2msec.tls.engine import ClientConfig, SessionInfo, TLSContext
 from m2msec.transport.limits import SourceLimiter, sa_key
+from m2msec.transport.tls import open_connection
 
 SP = "m2m.provider.com"
 NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
@@ -163,3 +177,82 @@ def test_two_clients_of_different_cas_with_the_same_name_and_serial_are_differen
         assert per_sa.acquire(sa_key(_session(attacker, (attacker, rogue_ca))))
     assert per_sa.acquire(sa_key(_session(victim, (victim, victim_ca)))), \
         "the victim's first connection was refused: the attacker's connections counted against its credential"
+
+
+# --- (a) eviction of a request the CSE already has (D46) -------------------------------------------------------
+
+class _SlowCSE:
+    """Loopback CSE that records each request's RI, then answers after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.seen: list[str] = []
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[object]] = set()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            conn = h11.Connection(h11.SERVER)
+            req = await http.read_message(conn, reader, max_body=1 << 20)
+            if req is not None:
+                self.seen.append(req.header("x-m2m-ri") or "")
+                await asyncio.sleep(self.delay)
+                await http.send_message(conn, writer, http.Message(
+                    headers=[("x-m2m-rsc", "2001"), ("x-m2m-ri", req.header("x-m2m-ri") or "")], status=201))
+        except (http.HTTPError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.server.wait_closed()
+
+
+def _post(origin: str, ri: str, size: int) -> bytes:
+    return (f"POST /{HOME_GATEWAY_CSE_ID} HTTP/1.1\r\nhost: x\r\nx-m2m-origin: {origin}\r\nx-m2m-ri: {ri}\r\n"
+            f"content-type: application/json;ty=4\r\ncontent-length: {size}\r\n\r\n").encode() + b"x" * size
+
+
+async def test_eviction_does_not_tell_a_client_to_retry_a_request_the_cse_already_executed() -> None:
+    """Light 2 POSTs (a CREATE) 6000 bytes; the gateway has forwarded it and waits for the CSE. Light 1 sends
+    5000 bytes into the full budget: Light 2 holds more than Light 1 would, so its connection is evicted (task
+    cancelled mid-forward) and answered 503 / rsc 5000 / Retry-After, "the request is fine, retry" (D33). The CSE
+    has executed it already: a retry creates it twice, and Light 1 can do this to every large request of Light 2."""
+    cse = _SlowCSE(delay=1.0)
+    async with cse as cse_port:
+        gw = Gateway(GatewayConfig(backend=Backend("127.0.0.1", cse_port), port=0, max_body=8000,
+                                   max_body_memory=10000), make_table())
+        await gw.start()
+        writers: list[asyncio.StreamWriter] = []
+        try:
+            r2, w2, _ = await open_connection("127.0.0.1", gw.port, TLSContext.client(ClientConfig(
+                LIGHT2_ID, SecretKey.from_hex(LIGHT2_KEY), peer_entity=HOME_GATEWAY_CSE_ID)))
+            writers.append(w2)
+            w2.write(_post(LIGHT2_AE, "victim", 6000))
+            await asyncio.sleep(0.3)  # the victim's CREATE is at the CSE, its 6000 bytes still counted
+            _r1, w1, _ = await open_connection("127.0.0.1", gw.port, TLSContext.client(ClientConfig(
+                LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), peer_entity=HOME_GATEWAY_CSE_ID)))
+            writers.append(w1)
+            w1.write(_post(LIGHT1_AE, "attacker", 5000))
+            resp = await asyncio.wait_for(http.read_message(h11.Connection(h11.CLIENT), r2), 10)
+            assert resp is not None and "victim" in cse.seen
+            told_to_retry = resp.status == 503 and resp.header("retry-after") is not None
+            assert not told_to_retry, (
+                f"the victim's request reached the CSE (evicted={gw.body_budget.evicted}) yet it was answered "
+                f"{resp.status} rsc {resp.header('x-m2m-rsc')} Retry-After {resp.header('retry-after')}")
+        finally:
+            for w in writers:
+                w.close()
+            await gw.close()
