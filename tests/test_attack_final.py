@@ -256,3 +256,37 @@ async def test_eviction_does_not_tell_a_client_to_retry_a_request_the_cse_alread
             for w in writers:
                 w.close()
             await gw.close()
+
+
+# --- (a) block-wise share (D48): a shed stored answer turns a POST's next block into a second POST --------------
+
+def test_shedding_a_stored_post_answer_does_not_send_the_post_to_the_cse_again() -> None:
+    """Light 2 POSTs; the CSE's 2.01 answer is too large for one DTLS record, so the gateway keeps it and serves
+    it block by block (the CSE never answered block-wise). Light 1 fills the block-wise budget with an upload:
+    D48 sheds Light 2's stored answer. Light 2's next Block2 request (the POST repeated with Block2 NUM 1, RFC
+    7959 §2.4) is then forwarded to the CSE as a POST: the CSE creates the resource a second time, by Light 1's
+    doing. A shed answer of a non-repeatable request must be answered by the gateway (e.g. 4.08), never resent."""
+    from m2msec.gateway import coap
+    from m2msec.gateway.coap import Message, MessageType
+    from m2msec.gateway.coap_blockwise import Block, BlockwiseLimits, ByteBudget, PeerBlockwise, ToCSE
+
+    budget = ByteBudget(4096)
+    mids = iter(range(0x7000, 0x8000))
+    victim = PeerBlockwise(BlockwiseLimits(), budget, lambda: next(mids), owner="psk:light2")
+    attacker = PeerBlockwise(BlockwiseLimits(), budget, lambda: next(mids), owner="psk:light1")
+    post = Message(MessageType.CON, coap.POST, 0x10, b"\x0b", [(coap.URI_PATH, b"cse-in")], b"{}")
+    (to_cse,) = victim.from_client(post, 0.0)
+    assert isinstance(to_cse, ToCSE)
+    created = Message(MessageType.ACK, coap.make_code(2, 1), 0x10, b"\x0b", [], b"c" * 3000)
+    (first,) = victim.from_cse(created, 0.0)
+    assert first.message.option(coap.BLOCK2) is not None and victim.held == 3000  # stored, block 0 sent
+    for num in range(2):  # Light 1's upload: the second block sheds Light 2's stored answer
+        up = Message(MessageType.CON, coap.POST, 0x200 + num, b"\xaa", [(coap.URI_PATH, b"cse-in")],
+                     b"u" * 1024).with_options((coap.BLOCK1, Block(num, True, 6).encode()))
+        attacker.from_client(up, 0.0)
+    assert victim.held == 0, "precondition: the stored answer was shed"
+    again = Message(MessageType.CON, coap.POST, 0x11, b"\x0b", [(coap.URI_PATH, b"cse-in")], b"{}").with_options(
+        (coap.BLOCK2, Block(1, False, 6).encode()))
+    actions = victim.from_client(again, 1.0)
+    resent = [a for a in actions if isinstance(a, ToCSE) and a.message.code == coap.POST]
+    assert not resent, "the victim's POST goes to the CSE a second time after its stored answer was shed"
