@@ -290,3 +290,28 @@ def test_shedding_a_stored_post_answer_does_not_send_the_post_to_the_cse_again()
     actions = victim.from_client(again, 1.0)
     resent = [a for a in actions if isinstance(a, ToCSE) and a.message.code == coap.POST]
     assert not resent, "the victim's POST goes to the CSE a second time after its stored answer was shed"
+
+
+# --- (d) key-file directories (D43): a symlink chain through a writable directory ------------------------------
+
+def test_a_key_file_reached_through_a_second_symlink_in_a_writable_directory_is_refused(tmp_path: Path) -> None:
+    """D43 checks the directories of the link and of its final target, but not those of the links in between:
+    ``safe/psk.toml -> shared/current -> safe/psk-v3.toml`` with ``shared`` writable by everyone passes, and any
+    user may repoint ``shared/current`` (between the check and the read, at the next reload) to a file of theirs."""
+    import pytest
+
+    from m2msec.errors import CredentialsLoadError
+    from m2msec.keys.table import check_file_permissions
+
+    safe, shared = tmp_path / "safe", tmp_path / "shared"
+    safe.mkdir(mode=0o700)
+    shared.mkdir()
+    target = safe / "psk-v3.toml"
+    target.write_text('[[psk]]\nidentity = "a@b.c"\nkey = "00112233445566778899aabbccddeeff"\n')
+    target.chmod(0o600)
+    (shared / "current").symlink_to(target)
+    shared.chmod(0o777)  # others may repoint "current"
+    link = safe / "psk.toml"
+    link.symlink_to(shared / "current")
+    with pytest.raises(CredentialsLoadError, match="writable"):
+        check_file_permissions(link)
