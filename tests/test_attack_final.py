@@ -315,3 +315,24 @@ def test_a_key_file_reached_through_a_second_symlink_in_a_writable_directory_is_
     link.symlink_to(shared / "current")
     with pytest.raises(CredentialsLoadError, match="writable"):
         check_file_permissions(link)
+
+
+def test_crl_an_unsigned_crl_with_a_huge_number_does_not_lock_out_every_later_genuine_crl(tmp_path: Path) -> None:
+    """CRL files are often fetched from plain-HTTP distribution points (CRLs authenticate themselves by their
+    signature). Nothing checks that signature when the file is loaded: a CRL in the CA's name signed by anyone,
+    with cRLNumber 2**100, is taken, and from then on D42 refuses every genuine CRL of that CA as "older"."""
+    ca = create_ca("rollback root", permitted_dns=[SP])
+    path = tmp_path / "ca.crl"
+    path.write_bytes(create_crl(ca, [], now=NOW).public_bytes(serialization.Encoding.PEM))
+    crls = CRLFile(path)
+    forger = ec.generate_private_key(ec.SECP256R1())
+    forged = (x509.CertificateRevocationListBuilder().issuer_name(ca.certificate.subject).last_update(NOW)
+              .next_update(NOW + datetime.timedelta(days=3650)).add_extension(x509.CRLNumber(2**100), critical=False)
+              .sign(forger, hashes.SHA256()))
+    _install(path, forged.public_bytes(serialization.Encoding.PEM), 1)
+    crls.poll()
+    _install(path, create_crl(ca, [7], now=NOW + datetime.timedelta(seconds=5)).public_bytes(
+        serialization.Encoding.PEM), 2)  # the CA's next genuine CRL revokes serial 7
+    crls.poll()
+    assert 7 in crls.crls.index[ca.certificate.subject][0], \
+        "the genuine CRL was refused as older than a CRL nobody trusted signed"
