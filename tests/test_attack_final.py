@@ -184,8 +184,8 @@ def test_two_clients_of_different_cas_with_the_same_name_and_serial_are_differen
 class _SlowCSE:
     """Loopback CSE that records each request's RI, then answers after ``delay`` seconds."""
 
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
+    def __init__(self, delay: float, body_size: int = 0) -> None:
+        self.delay, self.body_size = delay, body_size
         self.seen: list[str] = []
         self.server: asyncio.Server | None = None
         self.tasks: set[asyncio.Task[object]] = set()
@@ -201,7 +201,8 @@ class _SlowCSE:
                 self.seen.append(req.header("x-m2m-ri") or "")
                 await asyncio.sleep(self.delay)
                 await http.send_message(conn, writer, http.Message(
-                    headers=[("x-m2m-rsc", "2001"), ("x-m2m-ri", req.header("x-m2m-ri") or "")], status=201))
+                    headers=[("x-m2m-rsc", "2001"), ("x-m2m-ri", req.header("x-m2m-ri") or "")],
+                    body=b"r" * self.body_size, status=201))
         except (http.HTTPError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -218,6 +219,12 @@ class _SlowCSE:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.server.wait_closed()
+
+
+async def _open(identity: str, key: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    r, w, _ = await open_connection("127.0.0.1", port, TLSContext.client(ClientConfig(
+        identity, SecretKey.from_hex(key), peer_entity=HOME_GATEWAY_CSE_ID)))
+    return r, w
 
 
 def _post(origin: str, ri: str, size: int) -> bytes:
@@ -336,3 +343,35 @@ def test_crl_an_unsigned_crl_with_a_huge_number_does_not_lock_out_every_later_ge
     crls.poll()
     assert 7 in crls.crls.index[ca.certificate.subject][0], \
         "the genuine CRL was refused as older than a CRL nobody trusted signed"
+
+
+async def test_a_response_that_does_not_fit_is_not_answered_retry_after_the_cse_executed_the_request() -> None:
+    """Same root cause without eviction: Light 1 holds 5000 bytes of unfinished upload (less than Light 2 will
+    hold, so it cannot be evicted); Light 2's CREATE is forwarded and executed, its 6000-byte answer does not fit,
+    and Light 2 is told 503 / rsc 5000 / Retry-After: "retry". The retry creates the resource twice."""
+    cse = _SlowCSE(delay=0.0, body_size=6000)
+    async with cse as cse_port:
+        gw = Gateway(GatewayConfig(backend=Backend("127.0.0.1", cse_port), port=0, max_body=8000,
+                                   max_body_memory=10000), make_table())
+        await gw.start()
+        writers: list[asyncio.StreamWriter] = []
+        try:
+            _r1, w1 = await _open(LIGHT1_ID, LIGHT1_KEY, gw.port)
+            writers.append(w1)
+            w1.write(_post(LIGHT1_AE, "attacker", 8000)[:-3000])  # 5000 of 8000 body bytes, then stalls
+            for _ in range(300):
+                if gw.body_budget.used == 5000:
+                    break
+                await asyncio.sleep(0.01)
+            r2, w2 = await _open(LIGHT2_ID, LIGHT2_KEY, gw.port)
+            writers.append(w2)
+            w2.write(_post(LIGHT2_AE, "victim", 100))
+            resp = await asyncio.wait_for(http.read_message(h11.Connection(h11.CLIENT), r2), 10)
+            assert resp is not None and "victim" in cse.seen
+            assert not (resp.status == 503 and resp.header("retry-after") is not None), (
+                f"the CSE executed the victim's CREATE, yet it was answered {resp.status} rsc "
+                f"{resp.header('x-m2m-rsc')} Retry-After {resp.header('retry-after')}")
+        finally:
+            for w in writers:
+                w.close()
+            await gw.close()
