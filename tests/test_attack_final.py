@@ -124,7 +124,7 @@ def test_crl_rollback_in_two_steps_through_a_file_without_that_issuer_is_refused
     unrelated = create_crl(other, [], now=NOW).public_bytes(serialization.Encoding.PEM)
     path = tmp_path / "crls.pem"
     path.write_bytes(new + unrelated)
-    crls = CRLFile(path)
+    crls = CRLFile(path, trusted=[ca.certificate, other.certificate])
     assert 7 in crls.crls.index[ca.certificate.subject][0]
     _install(path, unrelated, 1)  # step 1: the issuer's CRL is gone
     crls.poll()
@@ -331,7 +331,7 @@ def test_crl_an_unsigned_crl_with_a_huge_number_does_not_lock_out_every_later_ge
     ca = create_ca("rollback root", permitted_dns=[SP])
     path = tmp_path / "ca.crl"
     path.write_bytes(create_crl(ca, [], now=NOW).public_bytes(serialization.Encoding.PEM))
-    crls = CRLFile(path)
+    crls = CRLFile(path, trusted=[ca.certificate])
     forger = ec.generate_private_key(ec.SECP256R1())
     forged = (x509.CertificateRevocationListBuilder().issuer_name(ca.certificate.subject).last_update(NOW)
               .next_update(NOW + datetime.timedelta(days=3650)).add_extension(x509.CRLNumber(2**100), critical=False)

@@ -54,7 +54,7 @@ def test_a_lower_crl_number_is_refused_with_an_error_naming_file_and_issuer(
         ca: Issued, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "ca.crl"
     path.write_bytes(pem(create_crl(ca, [7], now=NOW)))
-    crls = CRLFile(path)
+    crls = CRLFile(path, trusted=[ca.certificate])
     install(path, pem(create_crl(ca, [], now=NOW - datetime.timedelta(hours=1))))
     with caplog.at_level(logging.ERROR, logger="m2msec.crl"):
         crls.poll()
@@ -72,7 +72,7 @@ def test_the_same_crl_written_again_is_accepted(ca: Issued, tmp_path: Path) -> N
     data = pem(create_crl(ca, [7], now=NOW))
     path = tmp_path / "ca.crl"
     path.write_bytes(data)
-    crls = CRLFile(path)
+    crls = CRLFile(path, trusted=[ca.certificate])
     install(path, data)
     crls.poll()
     assert crls.generation == 1
@@ -81,7 +81,7 @@ def test_the_same_crl_written_again_is_accepted(ca: Issued, tmp_path: Path) -> N
 def test_without_crl_numbers_an_older_this_update_is_refused(ca: Issued, tmp_path: Path) -> None:
     path = tmp_path / "ca.crl"
     path.write_bytes(pem(unnumbered(ca, [7], NOW)))
-    crls = CRLFile(path)
+    crls = CRLFile(path, trusted=[ca.certificate])
     install(path, pem(unnumbered(ca, [], NOW - datetime.timedelta(minutes=5))))
     crls.poll()
     assert crls.generation == 0 and 7 in crls.crls.index[ca.certificate.subject][0]
