@@ -33,7 +33,6 @@ from m2msec.gateway import http
 from m2msec.gateway.server import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.sqlite_store import SQLitePSKStore
-from m2msec.keys.table import PSKEntry
 from m2msec.pki import create_ca, create_crl
 from m2msec.tls.engine import ClientConfig, SessionInfo, TLSContext
 from m2msec.transport.limits import SourceLimiter, sa_key
@@ -56,39 +55,6 @@ def _raw(db: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
 
 
 # --- (c) SQLite sealing (D44) ----------------------------------------------------------------------------------
-
-def test_sqlite_an_old_row_of_the_same_identity_replayed_after_key_rotation_is_refused(tmp_path: Path) -> None:
-    """Rotate a (leaked) key with ``keys add --replace``; whoever can write the database (the very threat D44
-    seals against) puts the old row back: the AAD binds identity, entity and description but no version, so the
-    retired key authenticates again."""
-    db = tmp_path / "keys.db"
-    master = SecretKey.generate(32)
-    old_key, new_key = SecretKey.from_hex("11" * 16), SecretKey.from_hex("22" * 16)
-    with SQLitePSKStore(db, master) as store:
-        store.add(PSKEntry(LIGHT1_ID, old_key, LIGHT1_AE))
-    snapshot = _raw(db, "SELECT identity, entity, description, nonce, sealed, created FROM psk")
-    with SQLitePSKStore(db, master) as store:
-        store.add(PSKEntry(LIGHT1_ID, new_key, LIGHT1_AE), replace=True)  # the rotation
-    _raw(db, "DELETE FROM psk WHERE identity = ?", LIGHT1_ID)
-    _raw(db, "INSERT INTO psk VALUES (?, ?, ?, ?, ?, ?)", *snapshot[0])  # the replay
-    with SQLitePSKStore(db, master) as store:
-        entry = store.lookup(LIGHT1_ID)
-    assert entry is None or entry.key != old_key, "the retired key was accepted again after a row replay"
-
-
-def test_sqlite_a_removed_identity_put_back_from_a_backup_is_refused(tmp_path: Path) -> None:
-    """``keys remove`` revokes an identity; its old sealed row re-inserted (from any backup) works again."""
-    db = tmp_path / "keys.db"
-    master = SecretKey.generate(32)
-    with SQLitePSKStore(db, master) as store:
-        store.add(PSKEntry(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), LIGHT1_AE))
-    snapshot = _raw(db, "SELECT identity, entity, description, nonce, sealed, created FROM psk")
-    with SQLitePSKStore(db, master) as store:
-        store.remove(LIGHT1_ID)
-    _raw(db, "INSERT INTO psk VALUES (?, ?, ?, ?, ?, ?)", *snapshot[0])
-    with SQLitePSKStore(db, master) as store:
-        assert store.lookup(LIGHT1_ID) is None, "a removed identity came back from a replayed row"
-
 
 def test_sqlite_a_v1_check_value_put_back_does_not_reseal_a_forged_binding(tmp_path: Path) -> None:
     """D44 says a format-1 row put back later is refused. But the format lives in the ``meta`` check value,
