@@ -179,7 +179,7 @@ async def test_an_older_crl_does_not_unrevoke_a_certificate(backend: RecordingBa
     new = crl_pem(ca, [client.certificate.serial_number], now - datetime.timedelta(hours=1))  # N + 3600: revoked
     path = tmp_path / "ca.crl"
     path.write_bytes(new)
-    crls = CRLFile(path)
+    crls = CRLFile(path, trusted=[ca.certificate])
     cert = CertificateConfig(server.certificate_pem(), server.private_key_pem(), trust_anchors_pem=ca.certificate_pem())
     gw = await start_gateway(backend.port, MemoryPSKTable(), crls=crls, profiles=(ONEM2M_PSK, ECDHE_ECDSA),
                              certificate=cert, cse_id=GATEWAY_CSE, sp_id=SP)
@@ -626,7 +626,7 @@ def test_a_truncated_pem_crl_file_keeps_the_crls_in_force(tmp_path: Path) -> Non
     a, b = crl_pem(first, [], now), crl_pem(second, [], now)
     path = tmp_path / "all.crl"
     path.write_bytes(a + b)
-    crls = CRLFile(path)
+    crls = CRLFile(path, trusted=[first.certificate, second.certificate])
     assert len(crls.crls.crls) == 2
     half = a + b[: len(b) // 2]  # the reloader reads while the file is being written
     from m2msec.crl import load_crls

@@ -10,7 +10,13 @@
   is stale (docs/decisions.md D30); installing a fresh CRL fixes both without a restart.
 * :func:`superseded_issuers` refuses a rollback: a reload whose CRL for some issuer is older than the one in
   force (lower cRLNumber, or without cRLNumbers an older thisUpdate) keeps the CRLs in force
-  (docs/decisions.md D42): restoring yesterday's file must not un-revoke certificates.
+  (docs/decisions.md D42): restoring yesterday's file must not un-revoke certificates. A reload whose file no
+  longer holds some issuer's CRL keeps that issuer's last CRL in force (:data:`DROPPED_ISSUER_POLICY`), so an
+  issuer cannot be rolled back in two steps (drop it, then put its old CRL back); this memory is in the
+  process only: a restart forgets it.
+* :func:`unsigned_crls` refuses a CRL that no trusted CA certificate (the ``--client-ca`` certificates)
+  signed (docs/decisions.md D50): a CRL fetched over plain HTTP is only as good as its signature, and a forged
+  one with a huge cRLNumber would otherwise make D42 refuse every genuine CRL of that CA.
 """
 
 from __future__ import annotations
@@ -26,22 +32,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from m2msec.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_CRL_WARNING_MARGIN",
+    "DROPPED_ISSUER_POLICY",
     "CRLFile",
     "CRLSet",
     "load_crls",
     "next_update_alerts",
     "superseded_issuers",
+    "unsigned_crls",
 ]
 
 log = logging.getLogger("m2msec.crl")
 
 #: seconds before a CRL's nextUpdate from which a WARNING is logged (docs/decisions.md D30)
 DEFAULT_CRL_WARNING_MARGIN = 86400.0
+
+#: what a reload whose file no longer holds an issuer's CRL does with that issuer's CRL in force
+#: (docs/decisions.md D51): "keep" it (fail-safe; a restart drops it)
+DROPPED_ISSUER_POLICY = "keep"
 
 _MISSING = (-1, -1, -1, -1)
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----\r?\n.*?-----END X509 CRL-----", re.DOTALL)
@@ -165,6 +178,23 @@ def superseded_issuers(in_force: Iterable[x509.CertificateRevocationList],
     return out
 
 
+def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    if ca.subject != crl.issuer:
+        return False
+    try:
+        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError, UnsupportedAlgorithm):  # a key type that cannot sign CRLs
+        return False
+
+
+def unsigned_crls(crls: Iterable[x509.CertificateRevocationList],
+                  trusted: Iterable[x509.Certificate]) -> list[str]:
+    """The issuers (RFC 4514 strings) of the CRLs in ``crls`` that no certificate of ``trusted`` with the CRL's
+    issuer name signed (docs/decisions.md D50)."""
+    cas = tuple(trusted)
+    return [crl.issuer.rfc4514_string() for crl in crls if not any(_signed_by(crl, ca) for ca in cas)]
+
+
 def _describe(crl: x509.CertificateRevocationList) -> str:
     return f"CRL of {crl.issuer.rfc4514_string()!r}"
 
@@ -187,17 +217,31 @@ def next_update_alerts(crls: Iterable[x509.CertificateRevocationList], now: floa
     return out
 
 
+def _issuer(crl: x509.CertificateRevocationList) -> str:
+    return crl.issuer.rfc4514_string()
+
+
+def _dropped(in_force: Iterable[x509.CertificateRevocationList],
+             candidate: Iterable[x509.CertificateRevocationList]) -> tuple[x509.CertificateRevocationList, ...]:
+    """The CRLs in force whose issuer ``candidate`` holds no CRL for: kept in force (D51)."""
+    issuers = {crl.issuer for crl in candidate}
+    return tuple(crl for crl in in_force if crl.issuer not in issuers)
+
+
 class CRLFile:
     """A CRL file (``--crl``): PEM or DER, one or several CRLs; reloaded by :meth:`poll` when it changes.
 
     A reload that fails (missing, unreadable, no CRL in it) keeps the CRLs in force and logs an ERROR:
     dropping them would stop every certificate client, and older CRLs only lack recent revocations. So does a
-    file holding, for some issuer, an older CRL than the one in force (:func:`superseded_issuers`, D42).
+    file holding, for some issuer, an older CRL than the one in force (:func:`superseded_issuers`, D42), and a
+    file holding a CRL that no certificate of ``trusted`` (the client CAs) signed (:func:`unsigned_crls`, D50).
+    An issuer whose CRL a reloaded file no longer holds keeps its last CRL in force (D51, until a restart).
     """
 
-    def __init__(self, path: str | Path, *, warning_margin: float = DEFAULT_CRL_WARNING_MARGIN,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: str | Path, *, trusted: Iterable[x509.Certificate],
+                 warning_margin: float = DEFAULT_CRL_WARNING_MARGIN, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
+        self.trusted = tuple(trusted)
         self.warning_margin = warning_margin
         self.clock = clock
         self.generation = 0
@@ -220,7 +264,13 @@ class CRLFile:
             data = self.path.read_bytes()
         except OSError as exc:
             raise ConfigurationError(f"{self.path}: cannot read CRL file: {exc.strerror or exc}") from None
-        return signature, load_crls(data, str(self.path))
+        crls = load_crls(data, str(self.path))
+        unsigned = unsigned_crls(crls, self.trusted)
+        if unsigned:
+            raise ConfigurationError(
+                f"{self.path}: holds a CRL not signed by any client CA certificate, for issuer(s) "
+                f"{'; '.join(repr(i) for i in unsigned)}")
+        return signature, crls
 
     def _alert(self) -> None:
         for level, message in next_update_alerts(self.crls.crls, self.clock(), self.warning_margin):
@@ -245,6 +295,11 @@ class CRLFile:
                             f"{self.path}: holds an older CRL (lower cRLNumber or older thisUpdate) than the one "
                             f"in force for issuer(s) {'; '.join(repr(i) for i in older)}; install a CRL at "
                             "least as recent")
+                    kept = _dropped(self.crls.crls, crls)
+                    if kept:
+                        log.warning("%s: no longer holds a CRL for issuer(s) %s; their last CRL stays in force "
+                                    "until a restart", self.path, "; ".join(repr(_issuer(c)) for c in kept))
+                        crls = crls + kept
                     self._signature = loaded
                 except ConfigurationError as exc:
                     self._failed = signature

@@ -104,11 +104,11 @@ def test_crl_files_pem_der_several_and_none(ca: Issued, tmp_path: Path) -> None:
     two_der = crl_bytes(ca, [5], der=True) + crl_bytes(other, [6], der=True)
     assert len(load_crls(two_pem)) == 2 and len(load_crls(two_der)) == 2
     (tmp_path / "a.crl").write_bytes(two_der)
-    assert len(CRLFile(tmp_path / "a.crl").crls.crls) == 2
+    assert len(CRLFile(tmp_path / "a.crl", trusted=[ca.certificate, other.certificate]).crls.crls) == 2
     for name, data in [("cert.pem", ca.certificate_pem()), ("empty.crl", b""), ("junk.crl", b"\x30\x03ab")]:
         (tmp_path / name).write_bytes(data)
         with pytest.raises(ConfigurationError, match=f"{name}: (holds no CRL|not a valid CRL)"):
-            CRLFile(tmp_path / name)
+            CRLFile(tmp_path / name, trusted=[ca.certificate])
 
 
 def test_engine_refuses_crl_data_without_a_crl(ca: Issued, server_cert: Issued) -> None:
@@ -129,7 +129,7 @@ async def test_crl_reload_refuses_new_and_ends_live_sas(
     client = issue(ca, CertificateFlavour.CSE_ID, CLIENT_CSE, sp_domain=SP)
     path = tmp_path / "ca.crl"
     path.write_bytes(crl_bytes(ca, []))
-    crls = CRLFile(path)
+    crls = CRLFile(path, trusted=[ca.certificate])
     gw = await cert_gateway(backend.port, ca, server_cert, path.read_bytes(), crls)
     try:
         live = await cert_connect(gw, client, ca)
@@ -158,7 +158,7 @@ async def test_stale_crl_is_an_error_and_a_fresh_one_needs_no_restart(
     path = tmp_path / "ca.crl"
     past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=3)
     path.write_bytes(crl_bytes(ca, [], now=past, days=1))  # nextUpdate two days ago
-    crls = CRLFile(path)
+    crls = CRLFile(path, trusted=[ca.certificate])
     assert any(r.levelno == logging.ERROR and "passed its nextUpdate" in r.getMessage() for r in caplog.records)
     gw = await cert_gateway(backend.port, ca, server_cert, path.read_bytes(), crls)
     try:
@@ -180,12 +180,12 @@ def test_crl_warning_before_next_update(ca: Issued, tmp_path: Path, caplog: pyte
 
     path = tmp_path / "ca.crl"
     path.write_bytes(crl_bytes(ca, [], days=1))
-    CRLFile(path, warning_margin=2 * 86400)
+    CRLFile(path, trusted=[ca.certificate], warning_margin=2 * 86400)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "reaches its nextUpdate" in warnings[0].getMessage()
     caplog.clear()
     path.write_bytes(crl_bytes(ca, [], days=3))
-    CRLFile(path)  # default margin (one day): three days left is quiet
+    CRLFile(path, trusted=[ca.certificate])  # default margin (one day): three days left is quiet
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
@@ -226,6 +226,7 @@ def test_sa_status_pure(ca: Issued) -> None:
     [
         (["--crl", "{ca}"], "holds no CRL"),  # a certificate given as --crl: refused, not "CRL checking on" with none
         (["--crl", "{tmp}/absent.crl"], "cannot read CRL file"),
+        (["--crl", "{tmp}/forged.crl"], "holds a CRL not signed by any client CA certificate"),  # D50
         (["--max-sa-lifetime", "0"], "--max-sa-lifetime must be positive"),
     ],
 )
@@ -239,6 +240,8 @@ def test_gateway_cli_refuses_bad_crl_and_lifetime(
     ca_crt, _ = write_issued(Issued(ca.certificate, None), tmp_path / "ca")
     table = tmp_path / "psk.toml"
     write_table(table, (LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE))
+    forger = create_ca("provider root", permitted_dns=[SP])  # the same name as the client CA, another key
+    (tmp_path / "forged.crl").write_bytes(crl_bytes(forger, []))
     # every case is refused before anything starts serving (the backend port is never contacted)
     args = ["gateway", "--psk-table", str(table), "--backend", "http://127.0.0.1:9", "--listen", "127.0.0.1:0",
             "--cert", str(srv), "--key", str(tmp_path / "gw.key"), "--client-ca", str(ca_crt),
@@ -258,7 +261,7 @@ async def test_coaps_crl_reload_ends_a_live_certificate_peer(
     client = issue(ca, CertificateFlavour.CSE_ID, CLIENT_CSE, sp_domain=SP)
     path = tmp_path / "ca.crl"
     path.write_bytes(crl_bytes(ca, []))
-    crls = CRLFile(path)
+    crls = CRLFile(path, trusted=[ca.certificate])
     cert = CertificateConfig(server_cert.certificate_pem(), server_cert.private_key_pem(),
                              trust_anchors_pem=ca.certificate_pem(), crl_pem=path.read_bytes())
     gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=coap_cse[1], port=0, reload_interval=0.05,

@@ -193,6 +193,24 @@ def test_a_symlink_in_a_writable_directory_is_refused(tmp_path: Path) -> None:
         check_file_permissions(link)
 
 
+def test_a_relative_link_chain_through_a_writable_directory_is_refused(tmp_path: Path) -> None:
+    """D43 over the whole chain: safe/psk.toml -> ../public/hop -> ../safe/real.toml (relative links), with
+    ``public`` world-writable: the middle link's directory is named; a chain of safe directories passes."""
+    safe, public = tmp_path / "safe", tmp_path / "public"
+    safe.mkdir(mode=0o700)
+    public.mkdir(mode=0o700)
+    target = safe / "real.toml"
+    target.write_text(TOML)
+    target.chmod(0o600)
+    (public / "hop").symlink_to(Path("..") / "safe" / "real.toml")
+    link = safe / "psk.toml"
+    link.symlink_to(Path("..") / "public" / "hop")
+    check_file_permissions(link)  # every directory along the chain is safe
+    public.chmod(0o777)
+    with pytest.raises(CredentialsLoadError, match=f"its directory {public} is writable"):
+        check_file_permissions(link)
+
+
 @root_only
 def test_a_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "psk.toml"

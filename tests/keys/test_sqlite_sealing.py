@@ -83,6 +83,32 @@ def test_a_v1_sealed_row_put_into_a_migrated_store_is_refused(tmp_path: Path) ->
         assert store.lookup(LIGHT1_ID) is None
 
 
+def test_a_v1_check_value_put_back_with_format_2_rows_is_not_migrated_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """D44: once any row is format 2 the store never migrates again; the ERROR says why, the format-2 rows
+    still serve, the check value is written back as format 2 (the next open is quiet)."""
+    db = tmp_path / "keys.db"
+    shutil.copyfile(V1_STORE, db)
+    db.chmod(0o600)
+    raw = sqlite3.connect(db)
+    old_check = raw.execute("SELECT value FROM meta WHERE name = 'check'").fetchone()[0]
+    old_row = raw.execute("SELECT nonce, sealed FROM psk WHERE identity = ?", (LIGHT1_ID,)).fetchone()
+    raw.close()
+    SQLitePSKStore(db, MASTER_V1).close()  # migrated
+    _tamper(db, "UPDATE meta SET value = ? WHERE name = 'check'", old_check)
+    _tamper(db, "UPDATE psk SET nonce = ?, sealed = ?, entity = 'CAdmin' WHERE identity = ?", *old_row, LIGHT1_ID)
+    with caplog.at_level(logging.ERROR, logger="m2msec.keys"), SQLitePSKStore(db, MASTER_V1) as store:
+        assert store.lookup(LIGHT1_ID) is None
+        td = store.lookup(TD_ID)
+        assert td is not None and td.key == SecretKey.from_hex(TD_KEY)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("check value was put back from an old copy; not migrating again" in e for e in errors), errors
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="m2msec.keys"), SQLitePSKStore(db, MASTER_V1) as store:
+        assert store.lookup(LIGHT1_ID) is None
+    assert not [r for r in caplog.records if "not migrating again" in r.getMessage()]
+
+
 def test_a_miss_opens_a_decoy_of_a_rows_shape(tmp_path: Path) -> None:
     with SQLitePSKStore(tmp_path / "keys.db", SecretKey.generate(32)) as store:
         store.add(PSKEntry(LIGHT1_ID, SecretKey.from_hex("00" * 16), LIGHT1_AE))

@@ -10,6 +10,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from m2msec.crl import CRLFile
 from m2msec.errors import ConfigurationError
 from m2msec.gateway.coap_blockwise import BlockwiseLimits
@@ -118,8 +120,23 @@ def _certificate(args: argparse.Namespace) -> tuple[CertificateConfig | None, CR
     check_file_permissions(args.key)
     chain, key = _read(args.cert, "certificate"), _read(args.key, "private key")
     assert chain is not None and key is not None
-    crls = CRLFile(args.crl) if args.crl is not None else None  # refuses a file without a CRL
-    return CertificateConfig(chain, key, _read(args.client_ca, "client CA certificates"), _read(args.crl, "CRL")), crls
+    client_ca = _read(args.client_ca, "client CA certificates")
+    crls = None
+    if args.crl is not None:  # refuses a file without a CRL, or with a CRL no client CA signed (D50)
+        crls = CRLFile(args.crl, trusted=_client_cas(args.client_ca, client_ca))
+    return CertificateConfig(chain, key, client_ca, _read(args.crl, "CRL")), crls
+
+
+def _client_cas(path: Path | None, data: bytes | None) -> list[x509.Certificate]:
+    """The --client-ca certificates, which must sign the --crl CRLs."""
+    if path is None or data is None:
+        raise ConfigurationError("--crl needs --client-ca: the CA certificates that sign the CRLs")
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificates(data)
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise ConfigurationError(f"{path}: not a PEM or DER certificate file") from None
 
 
 def _sp_id(args: argparse.Namespace) -> str | None:

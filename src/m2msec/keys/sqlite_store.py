@@ -6,7 +6,10 @@ entity bound to it and the description -- so whoever can write the database but 
 neither move a key to another identity nor rebind an identity to another AE-ID/CSE-ID. A row that fails its
 check is refused (looked up as unknown, ERROR logged without key material), never used (docs/decisions.md
 D44). Stores written by the first format (AAD = identity only) are re-sealed in the new format when they are
-opened (the master key is always at hand then); the check value in ``meta`` records the format.
+opened (the master key is always at hand then); the check value in ``meta`` records the format. A store with any
+row in the new format is never migrated again, whatever its check value says (a format-1 check value put back
+from an old copy would otherwise seal a forged format-1 row). Rolling back the whole database, or single rows,
+from a backup is outside what sealing protects: the file's permissions do (D37, D43).
 
 A lookup of an unknown identity opens a decoy sealed row of the same shape with the same cipher and builds
 an entry, as a hit does, so that which identities exist does not show in the time a lookup takes
@@ -240,6 +243,15 @@ class SQLitePSKStore:
                 self._db.execute("ROLLBACK")
                 return
             rows = self._db.execute("SELECT identity, entity, description, nonce, sealed FROM psk").fetchall()
+            if any(self._opens_in_current_format(*row) for row in rows):
+                # a format-2 row under a format-1 check value: the check value was put back from a backup taken
+                # before the migration. Migrating again would seal whatever a format-1 row now claims (D44).
+                self._write_check("INSERT OR REPLACE")
+                self._db.execute("COMMIT")
+                log.error("%s: the check value says key store format 1 but entries are sealed in format %d: the "
+                          "check value was put back from an old copy; not migrating again, format-1 entries are "
+                          "refused by lookups (re-add them with m2msec keys add --replace)", self.path, ROW_FORMAT)
+                return
             for identity, entity, description, nonce, sealed in rows:
                 try:
                     key = self._aead.decrypt(nonce, sealed, _AAD_PREFIX_V1 + identity.encode("utf-8"))
@@ -256,6 +268,14 @@ class SQLitePSKStore:
             raise
         self._db.execute("COMMIT")
         log.info("%s: %d entries re-sealed in key store format %d", self.path, len(rows), ROW_FORMAT)
+
+    def _opens_in_current_format(self, identity: str, entity: str | None, description: str | None,
+                                 nonce: bytes, sealed: bytes) -> bool:
+        try:
+            self._aead.decrypt(nonce, sealed, row_aad(identity, entity, description))
+        except InvalidTag:
+            return False
+        return True
 
     def close(self) -> None:
         self._db.close()

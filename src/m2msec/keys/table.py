@@ -34,6 +34,7 @@ from m2msec.keys.secret import MAX_PSK_LENGTH, SecretKey
 
 __all__ = [
     "MAX_IDENTITY_LENGTH",
+    "MAX_SYMLINK_HOPS",
     "SECRET_FILE_FORBIDDEN_BITS",
     "TABLE_FAILURE_GRACE",
     "UNSAFE_DIRECTORY_BITS",
@@ -133,6 +134,9 @@ SECRET_FILE_FORBIDDEN_BITS = stat.S_IRWXG | stat.S_IRWXO
 #: the directory of a file holding secrets and on each of its parents up to ``/``, unless the sticky bit is set
 #: (others may then only replace their own entries, and the file must be ours or root's). docs/decisions.md D43.
 UNSAFE_DIRECTORY_BITS = stat.S_IWGRP | stat.S_IWOTH
+#: Symbolic links followed while finding the directories of a file holding secrets (Linux's MAXSYMLINKS):
+#: every directory along the whole link chain is checked (docs/decisions.md D43)
+MAX_SYMLINK_HOPS = 40
 
 
 def _trusted_owner(uid: int) -> bool:
@@ -140,13 +144,39 @@ def _trusted_owner(uid: int) -> bool:
 
 
 def _directories(path: Path) -> list[Path]:
-    """The directories whose entries decide what ``path`` names: those of the link (if it is one) and of
-    its target, each up to ``/``."""
+    """The directories whose entries decide what ``path`` names: every directory in which a name of ``path``
+    or of a symlink met while resolving it (the whole chain, not only the first link) is looked up, each up to
+    ``/``. A loop or a chain longer than :data:`MAX_SYMLINK_HOPS` is refused."""
     out: list[Path] = []
-    for start in (Path(os.path.realpath(path.absolute().parent)), Path(os.path.realpath(path)).parent):
-        for directory in (start, *start.parents):
-            if directory not in out:
-                out.append(directory)
+
+    def add(directory: Path) -> None:
+        for d in (directory, *directory.parents):
+            if d not in out:
+                out.append(d)
+
+    pending = list(path.absolute().parts[1:])
+    current = Path(path.absolute().anchor)
+    hops = 0
+    while pending:
+        name = pending.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = current.parent
+            continue
+        add(current)
+        candidate = current / name
+        if candidate.is_symlink():
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                raise CredentialsLoadError(f"{path}: too many levels of symbolic links")
+            target = Path(os.readlink(candidate))
+            if target.is_absolute():
+                current = Path(target.anchor)
+            pending[:0] = [p for p in target.parts if p != target.anchor]
+        else:
+            current = candidate
+    add(current.parent)
     return out
 
 
