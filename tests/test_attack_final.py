@@ -259,6 +259,7 @@ async def test_eviction_does_not_tell_a_client_to_retry_a_request_the_cse_alread
             assert not told_to_retry, (
                 f"the victim's request reached the CSE (evicted={gw.body_budget.evicted}) yet it was answered "
                 f"{resp.status} rsc {resp.header('x-m2m-rsc')} Retry-After {resp.header('retry-after')}")
+            assert resp.status == 201 and gw.body_budget.evicted == 0  # not evictable while at the CSE
         finally:
             for w in writers:
                 w.close()
@@ -371,6 +372,8 @@ async def test_a_response_that_does_not_fit_is_not_answered_retry_after_the_cse_
             assert not (resp.status == 503 and resp.header("retry-after") is not None), (
                 f"the CSE executed the victim's CREATE, yet it was answered {resp.status} rsc "
                 f"{resp.header('x-m2m-rsc')} Retry-After {resp.header('retry-after')}")
+            assert (resp.status, resp.header("x-m2m-rsc")) == (500, "5000")
+            assert b"the request was executed" in resp.body
         finally:
             for w in writers:
                 w.close()
