@@ -276,7 +276,7 @@ def test_shedding_a_stored_post_answer_does_not_send_the_post_to_the_cse_again()
     doing. A shed answer of a non-repeatable request must be answered by the gateway (e.g. 4.08), never resent."""
     from m2msec.gateway import coap
     from m2msec.gateway.coap import Message, MessageType
-    from m2msec.gateway.coap_blockwise import Block, BlockwiseLimits, ByteBudget, PeerBlockwise, ToCSE
+    from m2msec.gateway.coap_blockwise import Block, BlockwiseLimits, ByteBudget, PeerBlockwise, ToClient, ToCSE
 
     budget = ByteBudget(4096)
     mids = iter(range(0x7000, 0x8000))
@@ -298,6 +298,8 @@ def test_shedding_a_stored_post_answer_does_not_send_the_post_to_the_cse_again()
     actions = victim.from_client(again, 1.0)
     resent = [a for a in actions if isinstance(a, ToCSE) and a.message.code == coap.POST]
     assert not resent, "the victim's POST goes to the CSE a second time after its stored answer was shed"
+    (reply,) = actions
+    assert isinstance(reply, ToClient) and coap.format_code(reply.message.code) == "4.08"
 
 
 # --- (d) key-file directories (D43): a symlink chain through a writable directory ------------------------------
