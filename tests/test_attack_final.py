@@ -225,6 +225,7 @@ async def test_eviction_does_not_tell_a_client_to_retry_a_request_the_cse_alread
             assert not told_to_retry, (
                 f"the victim's request reached the CSE (evicted={gw.body_budget.evicted}) yet it was answered "
                 f"{resp.status} rsc {resp.header('x-m2m-rsc')} Retry-After {resp.header('retry-after')}")
+            assert resp.status == 201 and gw.body_budget.evicted == 0  # not evictable while at the CSE
         finally:
             for w in writers:
                 w.close()
@@ -241,7 +242,7 @@ def test_shedding_a_stored_post_answer_does_not_send_the_post_to_the_cse_again()
     doing. A shed answer of a non-repeatable request must be answered by the gateway (e.g. 4.08), never resent."""
     from m2msec.gateway import coap
     from m2msec.gateway.coap import Message, MessageType
-    from m2msec.gateway.coap_blockwise import Block, BlockwiseLimits, ByteBudget, PeerBlockwise, ToCSE
+    from m2msec.gateway.coap_blockwise import Block, BlockwiseLimits, ByteBudget, PeerBlockwise, ToClient, ToCSE
 
     budget = ByteBudget(4096)
     mids = iter(range(0x7000, 0x8000))
@@ -263,6 +264,8 @@ def test_shedding_a_stored_post_answer_does_not_send_the_post_to_the_cse_again()
     actions = victim.from_client(again, 1.0)
     resent = [a for a in actions if isinstance(a, ToCSE) and a.message.code == coap.POST]
     assert not resent, "the victim's POST goes to the CSE a second time after its stored answer was shed"
+    (reply,) = actions
+    assert isinstance(reply, ToClient) and coap.format_code(reply.message.code) == "4.08"
 
 
 # --- (d) key-file directories (D43): a symlink chain through a writable directory ------------------------------
@@ -337,6 +340,8 @@ async def test_a_response_that_does_not_fit_is_not_answered_retry_after_the_cse_
             assert not (resp.status == 503 and resp.header("retry-after") is not None), (
                 f"the CSE executed the victim's CREATE, yet it was answered {resp.status} rsc "
                 f"{resp.header('x-m2m-rsc')} Retry-After {resp.header('retry-after')}")
+            assert (resp.status, resp.header("x-m2m-rsc")) == (500, "5000")
+            assert b"the request was executed" in resp.body
         finally:
             for w in writers:
                 w.close()

@@ -572,3 +572,19 @@ async def test_coaps_gateway_reveal_option_reaches_the_dtls_server() -> None:
         assert info.value.alert == "unknown_psk_identity"
     finally:
         await gw.close()
+
+
+def test_a_lease_whose_request_is_at_the_cse_is_never_evicted() -> None:
+    """D46: once a connection's request was forwarded, evicting it would answer 503 Retry-After ("retry") for a
+    request the CSE executed; the requester is refused instead."""
+    budget = BodyBudget(10000)
+    evicted: list[str] = []
+    big = budget.lease("psk:light2", lambda: evicted.append("light2"))
+    assert budget.reserve(6000, big)
+    big.forwarded = True
+    small = budget.lease("psk:light1", lambda: evicted.append("light1"))
+    assert not budget.reserve(5000, small)
+    assert evicted == [] and not big.evicted and budget.used == 6000
+    big.forwarded = False  # its response read: evictable again while it is written
+    assert budget.reserve(5000, small)
+    assert evicted == ["light2"] and big.evicted

@@ -251,3 +251,28 @@ def test_size2_asked_is_echoed_in_every_block() -> None:
     nxt = only(p.from_client(get(2, b"\x01", (coap.SIZE2, b""), (coap.BLOCK2, Block(1, False, 6).encode())), 0.0))
     assert coap.decode_uint(first.option(coap.SIZE2) or b"") == coap.decode_uint(nxt.option(coap.SIZE2) or b"") == 2500
     assert first.option(4) == nxt.option(4) is not None  # the gateway's ETag, the same for both blocks
+
+
+# --- D52: a later Block2 request of a POST is never repeated to the CSE as a new POST ---
+
+
+def test_expired_stored_post_answer_gets_4_08_not_a_second_post() -> None:
+    p = peer(BlockwiseLimits(lifetime=10.0))
+    post = get(1, b"\x01", code=coap.POST, payload=b"{}")
+    assert isinstance(p.from_client(post, 0.0)[0], ToCSE)
+    first = only(p.from_cse(answer(post, b"c" * 3000), 0.0))  # the CSE answered whole: the gateway blocks it
+    assert Block.decode(first.option(coap.BLOCK2) or b"").more and p.stored
+    again = get(2, b"\x02", (coap.BLOCK2, Block(1, False, 6).encode()), code=coap.POST, payload=b"{}")
+    reply = only(p.from_client(again, 11.0))  # the stored answer expired
+    assert coap.format_code(reply.code) == "4.08" and b"not repeated" in reply.payload
+
+
+def test_post_answered_block_wise_by_the_cse_still_fetches_its_blocks_from_the_cse() -> None:
+    p = peer()
+    post = get(1, b"\x01", code=coap.POST, payload=b"{}")
+    p.from_client(post, 0.0)
+    block0 = only(p.from_cse(answer(post, b"c" * 1024, (coap.BLOCK2, Block(0, True, 6).encode())), 0.0))
+    assert block0.option(coap.BLOCK2) == Block(0, True, 6).encode()  # relayed as the CSE sent it
+    again = get(2, b"\x02", (coap.BLOCK2, Block(1, False, 6).encode()), code=coap.POST, payload=b"{}")
+    (to_cse,) = p.from_client(again, 1.0)
+    assert isinstance(to_cse, ToCSE) and to_cse.message.option(coap.BLOCK2) == Block(1, False, 6).encode()

@@ -394,3 +394,15 @@ async def test_pending_queue_is_bounded(relay: tuple[Client, Backend, CoapsGatew
     await app._open_backend()  # type: ignore[attr-defined]  # the socket opens: the queue goes to the CSE
     await asyncio.sleep(0.2)
     assert len(backend.requests) == MAX_PENDING and app.pending == []  # type: ignore[attr-defined]
+
+
+async def test_blockwise_memory_is_owned_by_the_same_key_as_the_per_credential_cap(
+    relay: tuple[Client, Backend, CoapsGateway],
+) -> None:
+    """D48's owner is D47's ``sa_key`` (one rule: PSK identity, else the certificate's fingerprint), not the SA's
+    display credential, which for certificates names the issuer and serial and collides across CAs."""
+    client, backend, gw = relay
+    backend.body = b"ok"
+    reply = await client.send(client.request(coap.GET))
+    assert coap.format_code(reply.code) == "2.05"
+    assert {p.owner for p in gw.budget.peers} == {"psk:" + LIGHT1_ID}

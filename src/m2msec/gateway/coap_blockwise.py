@@ -11,6 +11,8 @@ is one peer's state machine between the two:
   is the largest SZX, at most the client's, whose message fits :data:`MAX_MESSAGE`; a block number asked at a
   larger SZX is converted (§2.4). When the CSE itself answers with Block2 (ACME does for bodies over 1024
   bytes), the gateway fetches the remaining blocks of a GET/FETCH from the CSE first, with the same token.
+  A later block of a stored answer that is gone (shed, expired) is fetched again for a GET/FETCH; for any other
+  method it is answered 4.08 (:data:`UNSTORED_FOLLOW_UP`, D52), unless the CSE answers that request block-wise.
 * **Block1 (requests).** Blocks are reassembled in order and answered 2.31 Continue; a gap, an unknown transfer
   or changed request options give 4.08 Request Entity Incomplete; a body over ``max_body`` 4.13 Request Entity
   Too Large with Size1. The complete request goes to the CSE in one datagram, so the body is also capped at
@@ -48,8 +50,9 @@ from m2msec.gateway.coap import (
 from m2msec.tls.engine import DEFAULT_DTLS_MTU
 
 __all__ = [
-    "CSE_HEADER_ROOM", "ETAG", "FETCH", "MAX_BLOCK1_BODY", "MAX_MESSAGE", "MAX_SZX", "MAX_UDP_PAYLOAD", "Action",
-    "Block", "BlockwiseLimits", "ByteBudget", "PeerBlockwise", "ToCSE", "ToClient", "request_key",
+    "CSE_HEADER_ROOM", "ETAG", "FETCH", "MAX_BLOCK1_BODY", "MAX_MESSAGE", "MAX_SZX", "MAX_UDP_PAYLOAD",
+    "UNSTORED_FOLLOW_UP", "Action", "Block", "BlockwiseLimits", "ByteBudget", "PeerBlockwise", "ToCSE", "ToClient",
+    "request_key",
 ]
 
 #: Largest CoAP message sent to a DTLS client: the D19 datagram minus the worst DTLS 1.2 record overhead of the
@@ -73,6 +76,10 @@ ETAG = 4  # RFC 7252 §5.10.6
 _CONTINUE, _BAD_OPTION = make_code(2, 31), make_code(4, 2)
 _INCOMPLETE, _TOO_LARGE = make_code(4, 8), make_code(4, 13)
 _BAD_GATEWAY, _UNAVAILABLE = make_code(5, 2), make_code(5, 3)
+#: the gateway's answer to a later Block2 request (NUM > 0) of a POST/PUT/DELETE... whose answer it no longer holds
+#: (shed, expired) and that the CSE did not answer block-wise itself: 4.08 Request Entity Incomplete. Sent to the
+#: CSE, the block request would be executed as a new request (a second CREATE). Decision D52.
+UNSTORED_FOLLOW_UP = _INCOMPLETE
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,7 @@ class PeerBlockwise:
         self.owner = owner  # whose share this peer's bytes count against (the SA's credential, D48)
         budget.peers.add(self)
         self.too_large: dict[Key, float] = {}  # Block1 transfers refused 4.13: later blocks get 4.13 again
+        self.relayed: dict[Key, float] = {}  # POST/PUT/DELETE... the CSE answers block-wise itself (D52)
         self.new_mid = new_mid
         self.exchanges: dict[bytes, _Exchange] = {}
         self.uploads: dict[Key, _Upload] = {}
@@ -225,7 +233,7 @@ class PeerBlockwise:
         oldest_st = min(stored, key=lambda k: self.stored[k].started, default=None)
         if oldest_st is not None and (oldest_up is None
                                       or self.stored[oldest_st].started <= self.uploads[oldest_up].started):
-            self._give(len(self.stored.pop(oldest_st).body))  # a stored response can be fetched again
+            self._give(len(self.stored.pop(oldest_st).body))  # GET/FETCH: fetched again; else 4.08 (D52)
             return True
         if oldest_up is not None:
             self._give(len(self.uploads.pop(oldest_up).body))  # its next block gets 4.08
@@ -250,14 +258,16 @@ class PeerBlockwise:
             self._give(len(self.uploads.pop(key).body))
         for key in [k for k, st in self.stored.items() if st.started < cutoff]:
             self._give(len(self.stored.pop(key).body))
-        for key in [k for k, started in self.too_large.items() if started < cutoff]:
-            del self.too_large[key]
+        for seen in (self.too_large, self.relayed):
+            for key in [k for k, started in seen.items() if started < cutoff]:
+                del seen[key]
 
     def close(self) -> None:
         """Release everything (the peer went away)."""
         self._give(self.held)
         self.budget.peers.discard(self)
         self.too_large.clear()
+        self.relayed.clear()
         self.exchanges.clear()
         self.uploads.clear()
         self.stored.clear()
@@ -304,6 +314,8 @@ class PeerBlockwise:
             stored = self.stored.get(key)
             if stored is not None:
                 return [ToClient(self._serve(msg, stored.response, stored.body, block2))]
+            if msg.code not in _FOLLOW_UP_METHODS and key not in self.relayed:  # never repeat it to the CSE (D52)
+                return self._error(msg, UNSTORED_FOLLOW_UP, "block-wise answer no longer held: request not repeated")
         return self._forward(msg, key, block2, echo, now)
 
     def _too_large(self, msg: Message) -> list[Action]:
@@ -316,11 +328,14 @@ class PeerBlockwise:
 
     def _refuse_too_large(self, msg: Message, key: Key, now: float) -> list[Action]:
         """4.13, and remember the transfer so that its next blocks get 4.13 too (not 4.08)."""
-        self.too_large.pop(key, None)
-        if len(self.too_large) >= self.limits.max_entries:
-            del self.too_large[min(self.too_large, key=lambda k: self.too_large[k])]
-        self.too_large[key] = now
+        self._remember(self.too_large, key, now)
         return self._too_large(msg)
+
+    def _remember(self, seen: dict[Key, float], key: Key, now: float) -> None:
+        seen.pop(key, None)
+        if len(seen) >= self.limits.max_entries:
+            del seen[min(seen, key=lambda k: seen[k])]
+        seen[key] = now
 
     def _upload(self, msg: Message, key: Key, block: Block, now: float) -> list[Action] | bytes:
         """Add one Block1 block; the whole body once the last block is in, else the answer to send."""
@@ -362,7 +377,7 @@ class PeerBlockwise:
             oldest = min(self.exchanges, key=lambda t: self.exchanges[t].started)
             self._give(len(self.exchanges.pop(oldest).body))
         if block2 is not None and block2.num > 0 and msg.code not in _FOLLOW_UP_METHODS:
-            forwarded = msg  # the next block of a CSE's block-wise answer to a POST/PUT/DELETE (see from_cse)
+            forwarded = msg  # the next block of a CSE's block-wise answer to a POST/PUT/DELETE (see from_cse, D52)
             block2 = None
         else:
             forwarded = msg.without_options((BLOCK2,))
@@ -394,6 +409,7 @@ class PeerBlockwise:
         if ex.request.code not in _FOLLOW_UP_METHODS:  # repeating it could repeat its effect: relay the CSE's
             del self.exchanges[msg.token]  # blocks as they are; the client's next Block2 requests go to the CSE
             self._give(len(ex.body))
+            self._remember(self.relayed, ex.key, now)
             return [*actions, ToClient(msg)]
         # the CSE answers a GET/FETCH block-wise itself: collect its blocks first
         if block2.offset != len(ex.body) or len(ex.body) + len(msg.payload) > self.limits.max_body \
@@ -446,7 +462,7 @@ class PeerBlockwise:
         while len(self.stored) >= self.limits.max_entries:
             self._evict_oldest()
         if self._take(len(entry.body)):
-            self.stored[key] = entry  # else later blocks are fetched from the CSE again (RFC 7959 §2.4 stateless)
+            self.stored[key] = entry  # else GET/FETCH blocks are fetched again (RFC 7959 §2.4), others get 4.08 (D52)
 
     def _serve(self, request: Message, template: Message, body: bytes, asked: Block, *,
                kind: MessageType | None = None, mid: int | None = None) -> Message:

@@ -51,6 +51,7 @@ from m2msec.transport.limits import (
     DEFAULT_MAX_CONNECTIONS_PER_SA,
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
     DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+    sa_key,
 )
 
 __all__ = ["CoapsConfig", "CoapsGateway"]
@@ -137,7 +138,7 @@ class _PeerRelay(asyncio.DatagramProtocol):
         session = transport.get_extra_info("m2msec_session")
         self.sa = associate(session, self.gateway.resolver, self.gateway.config.cse_id, self.gateway.config.sp_id)
         self.guard = self.gateway.revocation.open(session, transport.get_extra_info("tls_connection"))
-        self.blocks.owner = self.sa.credential  # block-wise memory is shared per client, not per session (D48)
+        self.blocks.owner = sa_key(session)  # block-wise memory is shared per client, not per session (D48, D47's key)
         log.info("coaps SA with %s: %s associated=%r %s", self.peer, self.sa.credential, self.sa.identity,
                  session.cipher)
 

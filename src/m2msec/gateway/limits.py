@@ -7,7 +7,9 @@
   gateway is momentarily full. The budget is shared fairly between clients (:class:`Lease`, one per
   connection, owned by its SA's credential, D46): anyone may use free memory, but when it is full a client
   holding less than another takes memory back from that other client's connections, which are answered 503
-  (or dropped while their response is being written).
+  while their request is being read (or dropped while their response is being written); a connection whose
+  request is at the CSE is never evicted, and a response that does not fit is answered 500 without
+  ``Retry-After`` (:class:`ResponseDropped`): the CSE executed the request, a retry could execute it twice.
 * :data:`DEFAULT_WRITE_TIMEOUT`: how long a response may wait for a client that does not read it.
 * :func:`check_fd_limit`: refuses at start a configuration whose connection caps exceed the process's
   file-descriptor limit (``RLIMIT_NOFILE``), after raising the soft limit towards the hard one if needed.
@@ -29,6 +31,7 @@ __all__ = [
     "BodyBudget",
     "GatewayBusy",
     "Lease",
+    "ResponseDropped",
     "check_fd_limit",
     "fds_needed",
     "fit_connection_cap",
@@ -55,17 +58,30 @@ class GatewayBusy(OneM2MError):
     http_status = 503
 
 
+class ResponseDropped(OneM2MError):
+    """The CSE executed the request, but its response did not fit the body memory: never "retry" (D46).
+
+    Not :class:`GatewayBusy` (503 + ``Retry-After``, D33): a retry of a non-idempotent request (CREATE) would
+    execute it twice. 500 / rsc 5000 without ``Retry-After``; the client can learn the outcome by a RETRIEVE."""
+
+    rsc = 5000  # INTERNAL_SERVER_ERROR
+    http_status = 500
+
+
 @dataclass(eq=False)
 class Lease:
     """What one connection holds in a :class:`BodyBudget`, counted against ``owner`` (its SA's credential).
 
     ``evict`` is called (once) when another client needs the memory: it must end what the connection is doing
-    (the bytes are already counted as released). ``evicted`` tells the connection why it was stopped."""
+    (the bytes are already counted as released). ``evicted`` tells the connection why it was stopped.
+    ``forwarded``: the connection's request is at the CSE (from the moment it is sent until its response has
+    been read); such a lease is never evicted, as the client could no longer be told to retry (D46)."""
 
     owner: str
     evict: Callable[[], object] | None = field(default=None, repr=False)
     size: int = 0
     evicted: bool = False
+    forwarded: bool = False
 
 
 class BodyBudget:
@@ -116,7 +132,7 @@ class BodyBudget:
         mine = totals.get(requester.owner, 0) + size
         candidates = [ls for ls in self.leases
                       if ls.owner != requester.owner and ls.size > 0 and ls.evict is not None and not ls.evicted
-                      and totals[ls.owner] > mine]
+                      and not ls.forwarded and totals[ls.owner] > mine]
         if not candidates:
             return False
         victim = max(candidates, key=lambda ls: (totals[ls.owner], ls.size))

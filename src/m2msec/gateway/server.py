@@ -38,6 +38,7 @@ from m2msec.gateway.limits import (
     BodyBudget,
     GatewayBusy,
     Lease,
+    ResponseDropped,
 )
 from m2msec.gateway.reload import side_reloader
 from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME, Revocation, SAGuard
@@ -300,11 +301,9 @@ class Gateway:
             return _onem2m_error_response(exc, request_id)
         try:
             resp = await self._forward(req, sa, lease)
-        except GatewayBusy as exc:
-            log.warning("response to %s %s from %s refused: %s", req.method, req.target[:200], peer, exc.detail)
-            busy = _onem2m_error_response(exc, request_id)
-            busy.headers.append(("retry-after", str(RETRY_AFTER)))
-            return busy
+        except ResponseDropped as exc:  # executed by the CSE: no Retry-After (D46)
+            log.warning("response to %s %s from %s dropped: %s", req.method, req.target[:200], peer, exc.detail)
+            return _onem2m_error_response(exc, request_id)
         except OneM2MError as exc:
             log.error("forwarding %s %s failed: %s", req.method, req.target[:200], exc.detail)
             return _onem2m_error_response(exc, request_id)
@@ -326,6 +325,8 @@ class Gateway:
         headers.append(("connection", "close"))
         target = req.target if req.target.startswith("/") else "/" + req.target
         out = http.Message(headers=headers, body=req.body, method=req.method, target=backend.path_prefix + target)
+        if lease is not None:
+            lease.forwarded = True  # from here the CSE may execute it: never evicted, never "retry" (D46)
         try:
             async with asyncio.timeout(self.config.backend_timeout):
                 reader, writer = await asyncio.open_connection(backend.host, backend.port)
@@ -337,8 +338,12 @@ class Gateway:
         except (OSError, TimeoutError) as exc:
             raise TargetNotReachable(f"the CSE at {backend} is not reachable") from exc
         except http.HTTPError as exc:
-            if exc.busy:  # the answer does not fit the body memory now (D46): the client may retry
-                raise GatewayBusy("the gateway is busy, retry later") from None
+            if exc.busy:  # the answer does not fit the body memory now (D46), but the CSE executed the request
+                raise ResponseDropped("the CSE's response did not fit the gateway's memory; "
+                                      "the request was executed") from None
             raise TargetNotReachable(f"the CSE at {backend} sent an invalid response: {exc}") from exc
+        finally:
+            if lease is not None:
+                lease.forwarded = False  # the response is read (or failed): evictable again while it is written
         resp.headers = [(k, v) for k, v in strip_gateway_headers(resp.headers) if k not in _HOP_BY_HOP]
         return resp

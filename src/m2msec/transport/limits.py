@@ -13,7 +13,8 @@ IPv4 address.
 
 Established connections are capped too (docs/decisions.md D47): per source
 (:data:`DEFAULT_MAX_CONNECTIONS_PER_SOURCE`, generous: many clients may share one NAT address), and per
-authenticated client, the SA's credential (:func:`sa_key`): at most :data:`DEFAULT_MAX_CONNECTIONS_PER_SA`, and
+authenticated client, the SA's credential (:func:`sa_key`: PSK identity or certificate fingerprint): at most
+:data:`DEFAULT_MAX_CONNECTIONS_PER_SA`, and
 never more than :func:`sa_share` of the connection cap, so one credential cannot hold every slot even where its
 clients share their address with everyone else. A connection over its SA's cap is closed right after the
 handshake (the slot is free again before the next connection is accepted).
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import ipaddress
 from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives import hashes
 
 if TYPE_CHECKING:
     from m2msec.tls.engine import SessionInfo
@@ -59,12 +62,16 @@ def sa_share(wanted: int, total: int) -> int:
 
 
 def sa_key(session: SessionInfo) -> str:
-    """What one authenticated client is counted as: its PSK identity, else its certificate (issuer, serial)."""
+    """What one authenticated client is counted as: its PSK identity, else its certificate's SHA-256 fingerprint.
+
+    Not (issuer DN, serial): two trusted CAs may share a DN (a CA key rollover, a co-tenant's CA or a sub-CA
+    picking any name) and serials, and their clients would count against one another's caps (D47, D46, D48).
+    """
     if session.psk_identity is not None:
         return "psk:" + session.psk_identity
     cert = session.peer_certificate
     if cert is not None:
-        return f"cert:{cert.issuer.rfc4514_string()}#{cert.serial_number:x}"
+        return "cert:" + cert.fingerprint(hashes.SHA256()).hex()
     return "anonymous"
 
 
