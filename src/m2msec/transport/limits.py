@@ -22,6 +22,7 @@ handshake (the slot is free again before the next connection is accepted).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import TYPE_CHECKING, Any
 
@@ -78,10 +79,17 @@ def sa_key(session: SessionInfo) -> str:
 def source_of(peer: Any) -> str:
     """The source a transport address (``peername``: ``(host, port, ...)``) counts against."""
     host = peer[0] if isinstance(peer, tuple) and peer else peer
+    return _source_of_host(str(host))
+
+
+@functools.lru_cache(maxsize=65536)
+def _source_of_host(host: str) -> str:
+    # one ipaddress parse per host, not per connection (it was ~40 us of every handshake); LRU-bounded, so a
+    # client churning IPv6 addresses costs itself a parse each, nothing more
     try:
-        ip = ipaddress.ip_address(str(host).split("%", 1)[0])  # drop an IPv6 zone id
+        ip = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone id
     except ValueError:
-        return str(host)  # not an IP address (a Unix socket, a test double): itself
+        return host  # not an IP address (a Unix socket, a test double): itself
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)
