@@ -40,7 +40,7 @@ import dtls_bench as db  # the DTLS benchmark: binary, table, constants
 import handshake_bench as hb
 import profile_gateway as pg  # GCTimer, area()
 
-from m2msec.cli.main import run_async  # uvloop when installed, as the CLI does
+from m2msec.cli.common import run_async  # uvloop when installed, as the CLI does
 
 WARMUP = 300
 

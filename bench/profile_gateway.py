@@ -41,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import handshake_bench as hb  # the sibling benchmark: tables, binaries, constants
 
-from m2msec.cli.main import run_async  # uvloop when installed, as the CLI does
+from m2msec.cli.common import run_async  # uvloop when installed, as the CLI does
 
 WARMUP = 300
 

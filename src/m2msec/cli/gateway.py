@@ -159,7 +159,7 @@ def _sp_id(args: argparse.Namespace) -> str | None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from m2msec.cli.main import parse_hostport
+    from m2msec.cli.common import parse_hostport
 
     host, port = parse_hostport(args.listen)
     table: PSKTable | None = None

@@ -15,7 +15,7 @@ from m2msec.keys.table import PSKEntry, TomlPSKTable
 
 
 def add_parser(sub: Any) -> None:
-    from m2msec.cli.main import default_db
+    from m2msec.cli.common import default_db
 
     p: argparse.ArgumentParser = sub.add_parser("keys", help="manage the SQLite PSK store")
     p.add_argument("--db", type=Path, default=default_db(),
@@ -57,7 +57,7 @@ def _open(args: argparse.Namespace) -> SQLitePSKStore:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from m2msec.cli.main import read_key
+    from m2msec.cli.common import read_key
 
     if args.generate is not None:
         if args.out is None:

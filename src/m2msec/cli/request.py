@@ -56,7 +56,7 @@ def _read(path: Path) -> bytes:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from m2msec.cli.main import parse_hostport, read_key
+    from m2msec.cli.common import parse_hostport, read_key
 
     host, port = parse_hostport(args.connect)
     if args.entity_id is None and not args.insecure_any_entity:
