@@ -1,6 +1,6 @@
 """Contract test: the private pyOpenSSL/cryptography names the PSK shim uses must still exist.
 
-If this fails after an upgrade, the shim in m2msec/tls/engine.py must be ported before anything else
+If this fails after an upgrade, the shim in m2msec/tls/_shim.py must be ported before anything else
 (docs/tls-stack.md gotcha 5; pyOpenSSL and cryptography are pinned in pyproject.toml for this reason).
 """
 
@@ -12,7 +12,7 @@ import pytest
 from OpenSSL import SSL
 
 from m2msec.errors import ConfigurationError
-from m2msec.tls import engine
+from m2msec.tls import _shim, engine
 
 
 @pytest.mark.parametrize("path", engine.PRIVATE_BINDINGS)
@@ -36,7 +36,7 @@ def test_psk_bindings_compiled_in() -> None:
 
 
 def test_check_bindings_reports_missing_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "PRIVATE_BINDINGS", (*engine.PRIVATE_BINDINGS, "OpenSSL._util.lib.NoSuchThing"))
+    monkeypatch.setattr(_shim, "PRIVATE_BINDINGS", (*engine.PRIVATE_BINDINGS, "OpenSSL._util.lib.NoSuchThing"))
     with pytest.raises(ConfigurationError, match="NoSuchThing"):
         engine.check_bindings()
 
