@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from m2msec.errors import ConfigurationError
+from m2msec.keys.files import file_signature
 
 __all__ = [
     "DEFAULT_CRL_WARNING_MARGIN",
@@ -254,9 +255,7 @@ class CRLFile:
         self._alert()
 
     def _stat(self) -> tuple[int, int, int, int]:
-        st = self.path.stat()
-        # ctime too: a write or chmod always moves it, while mtime can be kept (cp -p, rsync -t) or coarse
-        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+        return file_signature(self.path)
 
     def _load(self) -> tuple[tuple[int, int, int, int], tuple[x509.CertificateRevocationList, ...]]:
         try:

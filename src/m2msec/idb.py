@@ -32,7 +32,6 @@ __all__ = [
     "ANY_ENTITY",
     "IDB_FORMS",
     "AnyEntity",
-    "certificate_sp_domain",
     "check_peer_entity",
     "client_idb",
     "own_sp_domain",
@@ -102,21 +101,16 @@ def parse_idb(idb: str) -> tuple[str | None, str]:
 def own_sp_domain(chain_pem: bytes) -> str | None:
     """The SP domain of Entity A's own certificate (the first of ``chain_pem``): the SP-ID of an AE-ID
     certificate's Absolute AE-ID, or the ``<SP domain>`` of a CSE-ID certificate; None for any other."""
-    from m2msec.pki import CertificateFlavour, identity_from_certificate
+    from m2msec.pki import identity_from_certificate, identity_service_provider
 
     try:
         leaf = x509.load_pem_x509_certificates(chain_pem)[0]
     except (ValueError, IndexError):
         raise ConfigurationError("own certificate chain is not valid PEM") from None
     try:
-        ident = identity_from_certificate(leaf)
-        if ident.flavour is CertificateFlavour.CSE_ID:
-            return certificate_sp_domain(leaf) or None
+        return identity_service_provider(leaf, identity_from_certificate(leaf))
     except IdentifierError:
         return None
-    if ident.flavour is CertificateFlavour.AE_ID and ident.value.startswith("//"):
-        return ident.value[2:].partition("/")[0].lower() or None
-    return None
 
 
 def pin_idb(idb: str, own_chain_pem: bytes | None) -> str:
@@ -153,18 +147,6 @@ def client_idb(config: ClientConfig, peer_entity: str | AnyEntity | None) -> tup
     return peer_entity, own
 
 
-def certificate_sp_domain(cert: x509.Certificate) -> str:
-    """The ``<SP domain>`` of a CSE-ID certificate's dNSName ``<CSE-ID>.<SP domain>`` (m2msec.pki D11), lower case."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
-        raise IdentifierError("certificate has no readable subjectAltName") from None
-    names = san.get_values_for_type(x509.DNSName)
-    if len(names) != 1:
-        raise IdentifierError(f"need exactly one dNSName, found {len(names)}")
-    return names[0].partition(".")[2].lower()
-
-
 def check_peer_entity(session: SessionInfo, peer_entity: str | AnyEntity | None, *,
                       own_chain_pem: bytes | None = None) -> None:
     """TS-0003 §8.2.2.2: after the handshake, Entity A authenticates B *as IdB*.
@@ -188,11 +170,11 @@ def check_peer_entity(session: SessionInfo, peer_entity: str | AnyEntity | None,
     if want_sp is None:
         raise HandshakeFailed(f"IdB {idb[:80]!r} is SP-relative and Entity A's own SP is unknown: give "
                               f"//<SP domain>/{want_cse[:80]}")
-    from m2msec.pki import CertificateFlavour, identity_from_certificate
+    from m2msec.pki import CertificateFlavour, identity_from_certificate, identity_service_provider
 
     try:
         ident = identity_from_certificate(session.peer_certificate)
-        sp = certificate_sp_domain(session.peer_certificate) if ident.flavour is CertificateFlavour.CSE_ID else ""
+        sp = identity_service_provider(session.peer_certificate, ident) or ""
     except IdentifierError as exc:
         raise HandshakeFailed(f"the server certificate names no CSE-ID ({exc})") from None
     if ident.flavour is not CertificateFlavour.CSE_ID:

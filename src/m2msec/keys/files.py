@@ -14,7 +14,7 @@ from pathlib import Path
 
 from m2msec.errors import ConfigurationError
 
-__all__ = ["SECRET_FILE_MODE", "check_new_file", "write_secret_file"]
+__all__ = ["SECRET_FILE_MODE", "check_new_file", "file_signature", "write_secret_file"]
 
 #: Mode of every file m2msec writes a secret into.
 SECRET_FILE_MODE = 0o600
@@ -47,3 +47,10 @@ def write_secret_file(path: Path, text: str) -> None:
         raise ConfigurationError(f"{path}: cannot write key file: {exc.strerror}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def file_signature(path: Path) -> tuple[int, int, int, int]:
+    """What tells a reloaded file from the loaded one: mtime, size, inode and ctime (a write or chmod always moves
+    ctime, while mtime can be kept, by ``cp -p`` or ``rsync -t``, or be coarse). Raises OSError."""
+    st = path.stat()
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)

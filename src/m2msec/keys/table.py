@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Protocol
 
 from m2msec.errors import CredentialsLoadError
+from m2msec.keys.files import file_signature
 from m2msec.keys.secret import MAX_PSK_LENGTH, SecretKey
 
 __all__ = [
@@ -296,9 +297,7 @@ class TomlPSKTable(MemoryPSKTable):
         super().__init__(self._load())
 
     def _stat_signature(self) -> tuple[int, int, int, int]:
-        st = self.path.stat()
-        # ctime too: a write or chmod always moves it, while mtime can be kept (cp -p, rsync -t) or coarse
-        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+        return file_signature(self.path)
 
     def _load(self) -> dict[str, PSKEntry]:
         check_file_permissions(self.path)
@@ -312,7 +311,7 @@ class TomlPSKTable(MemoryPSKTable):
         return entries
 
     def changed(self) -> bool:
-        """True when the file's mtime, size or inode differ from the loaded version."""
+        """True when the file's signature (:func:`file_signature`) differs from the loaded one."""
         try:
             return self._stat_signature() != self._signature
         except OSError:
