@@ -9,7 +9,7 @@ PSK-AES128-CCM8, each from a new UDP socket with the cookie exchange, then close
    - ``engine, blocking``: m2msec.tls.engine's DTLSConnection driven by a blocking recvfrom/sendto loop with the
      same stateless cookie exchange (OpenSSL through pyOpenSSL + the PSK shim, no asyncio);
    - ``DTLS adapter, no app``: m2msec.transport.dtls.start_dtls_server with a DatagramProtocol that does nothing;
-   - ``full coaps gateway``: m2msec.gateway.coaps.CoapsGateway, as ``m2msec gateway --coap-backend ...``.
+   - ``full coaps gateway``: m2msec.gateway.coaps_gateway.CoapsGateway, as ``m2msec gateway --coap-backend ...``.
    The m2msec lines run on uvloop, as the CLI does. For each, the CPU of this process's other threads is
    shown too (the event loop's thread pool, if anything uses it).
 2. A cProfile run of the full gateway (main thread CPU clock): GC time, own time by area, top functions.
@@ -183,7 +183,7 @@ async def ladder_adapter(ctx: Any, n: int) -> tuple[float, float]:
 
 
 async def start_gateway(tbl: Any) -> Any:
-    from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
+    from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
 
     host, port = db.DUMMY_COAP_BACKEND.split(":")
     gateway = CoapsGateway(CoapsConfig(backend_host=host, backend_port=int(port), host="127.0.0.1", port=0), tbl)

@@ -10,7 +10,7 @@ close) against it, exactly as in bench/handshake_bench.py.
      (OpenSSL through pyOpenSSL + the PSK shim, no asyncio);
    - ``engine + minimal asyncio Protocol``: the engine fed by a 20-line asyncio.Protocol (the asyncio floor);
    - ``engine + asyncio adapter``: m2msec.transport.tls.start_server with a protocol that does nothing;
-   - ``full gateway``: m2msec.gateway.server.Gateway, as ``m2msec gateway --profiles onem2m --quiet``.
+   - ``full gateway``: m2msec.gateway.http_gateway.Gateway, as ``m2msec gateway --profiles onem2m --quiet``.
 2. A cProfile run of the full gateway: time in the cyclic GC (gc.callbacks), own time grouped by area,
    and the top functions by own and cumulative time.
 
@@ -262,7 +262,7 @@ async def ladder_adapter(ctx: Any, n: int, cipher: str) -> float:
 
 
 async def start_gateway(table: Any) -> Any:
-    from m2msec.gateway.server import Gateway, GatewayConfig, parse_backend
+    from m2msec.gateway.http_gateway import Gateway, GatewayConfig, parse_backend
     from m2msec.tls.profiles import parse_profiles
 
     config = GatewayConfig(backend=parse_backend(hb.DUMMY_BACKEND), host="127.0.0.1", port=0,

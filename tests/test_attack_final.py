@@ -28,9 +28,9 @@ from conftest import (
     LIGHT2_KEY,
     make_table,
 )
+from m2msec import http1
 from m2msec.crl import CRLFile
-from m2msec.gateway import http
-from m2msec.gateway.server import Backend, Gateway, GatewayConfig
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.sqlite_store import SQLitePSKStore
 from m2msec.pki import create_ca, create_crl
@@ -162,14 +162,14 @@ class _SlowCSE:
         self.tasks.add(task)
         try:
             conn = h11.Connection(h11.SERVER)
-            req = await http.read_message(conn, reader, max_body=1 << 20)
+            req = await http1.read_message(conn, reader, max_body=1 << 20)
             if req is not None:
                 self.seen.append(req.header("x-m2m-ri") or "")
                 await asyncio.sleep(self.delay)
-                await http.send_message(conn, writer, http.Message(
+                await http1.send_message(conn, writer, http1.Message(
                     headers=[("x-m2m-rsc", "2001"), ("x-m2m-ri", req.header("x-m2m-ri") or "")],
                     body=b"r" * self.body_size, status=201))
-        except (http.HTTPError, ConnectionError, asyncio.CancelledError):
+        except (http1.HTTPError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
@@ -219,7 +219,7 @@ async def test_eviction_does_not_tell_a_client_to_retry_a_request_the_cse_alread
                 LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), peer_entity=HOME_GATEWAY_CSE_ID)))
             writers.append(w1)
             w1.write(_post(LIGHT1_AE, "attacker", 5000))
-            resp = await asyncio.wait_for(http.read_message(h11.Connection(h11.CLIENT), r2), 10)
+            resp = await asyncio.wait_for(http1.read_message(h11.Connection(h11.CLIENT), r2), 10)
             assert resp is not None and "victim" in cse.seen
             told_to_retry = resp.status == 503 and resp.header("retry-after") is not None
             assert not told_to_retry, (
@@ -335,7 +335,7 @@ async def test_a_response_that_does_not_fit_is_not_answered_retry_after_the_cse_
             r2, w2 = await _open(LIGHT2_ID, LIGHT2_KEY, gw.port)
             writers.append(w2)
             w2.write(_post(LIGHT2_AE, "victim", 100))
-            resp = await asyncio.wait_for(http.read_message(h11.Connection(h11.CLIENT), r2), 10)
+            resp = await asyncio.wait_for(http1.read_message(h11.Connection(h11.CLIENT), r2), 10)
             assert resp is not None and "victim" in cse.seen
             assert not (resp.status == 503 and resp.header("retry-after") is not None), (
                 f"the CSE executed the victim's CREATE, yet it was answered {resp.status} rsc "

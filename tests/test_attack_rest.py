@@ -17,11 +17,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGHT2_AE, LIGHT2_ID, LIGHT2_KEY
+from m2msec import http1
 from m2msec.crl import CRLFile
 from m2msec.errors import HandshakeFailed
-from m2msec.gateway import coap, http
-from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
-from m2msec.gateway.server import Backend, Gateway, GatewayConfig
+from m2msec.gateway import coap
+from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.sqlite_store import SQLitePSKStore
 from m2msec.keys.table import MemoryPSKTable, PSKEntry, PSKTable, TomlPSKTable
@@ -46,16 +47,16 @@ class RecordingBackend:
     """A CSE's HTTP binding on loopback: records each request, answers 200 / rsc 2000."""
 
     def __init__(self) -> None:
-        self.requests: list[http.Message] = []
+        self.requests: list[http1.Message] = []
         self.server: asyncio.Server | None = None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)
         try:
-            req = await http.read_message(conn, reader, max_body=64 * 1024 * 1024)
+            req = await http1.read_message(conn, reader, max_body=64 * 1024 * 1024)
             if req is not None:
                 self.requests.append(req)
-                await http.send_message(conn, writer, http.Message(
+                await http1.send_message(conn, writer, http1.Message(
                     headers=[("x-m2m-rsc", "2000"), ("content-type", "application/json")], body=b"{}",
                     status=200, reason="OK"))
         finally:
@@ -105,9 +106,9 @@ async def psk_connect(gw: Gateway, identity: str = LIGHT1_ID, key: str = LIGHT1_
     return sa
 
 
-def onem2m(origin: str, body: bytes = b"", method: str = "GET") -> http.Message:
+def onem2m(origin: str, body: bytes = b"", method: str = "GET") -> http1.Message:
     headers = [("host", HOME_GATEWAY_CSE_ID), ("x-m2m-ri", "req-1"), ("x-m2m-rvi", "3"), ("x-m2m-origin", origin)]
-    return http.Message(headers=headers, body=body, method=method, target=f"/{HOME_GATEWAY_CSE_ID}")
+    return http1.Message(headers=headers, body=body, method=method, target=f"/{HOME_GATEWAY_CSE_ID}")
 
 
 def toml_rows(*rows: tuple[str, str, str]) -> str:
@@ -389,11 +390,11 @@ class BigCSE:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)
         try:
-            if await http.read_message(conn, reader) is not None:
-                await http.send_message(conn, writer, http.Message(headers=[("x-m2m-rsc", "2000")],
+            if await http1.read_message(conn, reader) is not None:
+                await http1.send_message(conn, writer, http1.Message(headers=[("x-m2m-rsc", "2000")],
                                                                    body=b"r" * self.body_size, status=200))
                 self.served += 1
-        except (http.HTTPError, ConnectionError):
+        except (http1.HTTPError, ConnectionError):
             pass
         finally:
             writer.close()

@@ -16,10 +16,10 @@ import h11
 import pytest
 
 from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGHT2_AE, LIGHT2_ID, LIGHT2_KEY, make_table
+from m2msec import http1
 from m2msec.errors import ConfigurationError, HandshakeFailed
-from m2msec.gateway import http
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.gateway.limits import FD_HEADROOM, BodyBudget, fds_needed, fit_connection_cap
-from m2msec.gateway.server import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.tls.engine import DEFAULT_DTLS_MTU, ClientConfig, ServerConfig, SessionInfo, TLSContext
 from m2msec.tls.profiles import ONEM2M_DTLS_PSK, ONEM2M_PSK
@@ -296,13 +296,13 @@ class CSE:
             if not self.reads:
                 await asyncio.sleep(3600)
             conn = h11.Connection(h11.SERVER)
-            req = await http.read_message(conn, reader, max_body=64 * 1024 * 1024)
+            req = await http1.read_message(conn, reader, max_body=64 * 1024 * 1024)
             if req is not None:
                 self.seen.append(len(req.body))
-                await http.send_message(conn, writer, http.Message(
+                await http1.send_message(conn, writer, http1.Message(
                     headers=[("x-m2m-rsc", "2000"), ("x-m2m-ri", req.header("x-m2m-ri") or "")],
                     body=b"r" * self.body_size, status=200))
-        except (http.HTTPError, ConnectionError, asyncio.CancelledError):
+        except (http1.HTTPError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
@@ -331,8 +331,8 @@ def request_head(body_size: int) -> bytes:
             f"content-length: {body_size}\r\n\r\n").encode()
 
 
-async def read_response(reader: asyncio.StreamReader) -> http.Message:
-    resp = await asyncio.wait_for(http.read_message(h11.Connection(h11.CLIENT), reader), 10)
+async def read_response(reader: asyncio.StreamReader) -> http1.Message:
+    resp = await asyncio.wait_for(http1.read_message(h11.Connection(h11.CLIENT), reader), 10)
     assert resp is not None
     return resp
 
@@ -381,7 +381,7 @@ async def test_stalled_responses_count_in_the_body_memory_and_yield_to_another_c
                 LIGHT2_ID, SecretKey.from_hex(LIGHT2_KEY), peer_entity=HOME_GATEWAY_CSE_ID)))
             w.write((f"GET /{HOME_GATEWAY_CSE_ID} HTTP/1.1\r\nhost: x\r\nx-m2m-origin: {LIGHT2_AE}\r\n"
                      "x-m2m-ri: r2\r\n\r\n").encode())
-            resp = await asyncio.wait_for(http.read_message(h11.Connection(h11.CLIENT), r, max_body=2 * size), 20)
+            resp = await asyncio.wait_for(http1.read_message(h11.Connection(h11.CLIENT), r, max_body=2 * size), 20)
             assert resp is not None and resp.status == 200 and len(resp.body) == size  # Light 2 is served
             assert gw.body_budget.evicted == 1  # Light 1's stalled response gave way: its connection was dropped
             await until(lambda: gw.body_budget.used == 0 and gw.limiter.open == 2, timeout=10)  # Light 1 has one left
@@ -555,7 +555,7 @@ async def test_gateway_process_hides_unknown_identities_unless_told_to_reveal(tm
 
 
 async def test_coaps_gateway_reveal_option_reaches_the_dtls_server() -> None:
-    from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
+    from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
     from m2msec.transport.dtls import create_dtls_endpoint
 
     stranger = TLSContext.dtls_client(ClientConfig("nobody@x.com", SecretKey.from_hex(LIGHT1_KEY),

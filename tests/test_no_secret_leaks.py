@@ -35,9 +35,9 @@ from conftest import (
     make_table,
 )
 from leaks import assert_no_secret, secret_forms
+from m2msec import http1
 from m2msec.errors import ConfigurationError, CredentialsLoadError, HandshakeFailed, M2MSecError, StorageError
-from m2msec.gateway import http
-from m2msec.gateway.server import Backend, Gateway, GatewayConfig
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.sqlite_store import MASTER_KEY_ENV, SQLitePSKStore
 from m2msec.keys.table import PSKEntry, TomlPSKTable, parse_toml_table
@@ -222,8 +222,8 @@ async def _cse(reader: object, writer: object) -> None:
     writer.close()
 
 
-def _request(origin: str) -> http.Message:
-    return http.Message(headers=[("host", HOME_GATEWAY_CSE_ID), ("x-m2m-ri", "r1"), ("x-m2m-origin", origin)],
+def _request(origin: str) -> http1.Message:
+    return http1.Message(headers=[("host", HOME_GATEWAY_CSE_ID), ("x-m2m-ri", "r1"), ("x-m2m-origin", origin)],
                         method="GET", target=f"/{HOME_GATEWAY_CSE_ID}")
 
 

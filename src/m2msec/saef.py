@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import h11
 
+from m2msec import http1
 from m2msec.errors import TransportError
-from m2msec.gateway import http
 from m2msec.idb import ANY_ENTITY, AnyEntity, check_peer_entity, require_idb
 from m2msec.keys.secret import SecretKey
 from m2msec.tls.engine import (
@@ -107,15 +107,15 @@ class EstablishedSA:
     def export_keying_material(self, label: str, length: int, context: bytes | None = None) -> SecretKey:
         return self.tls.export_keying_material(label, length, context)
 
-    async def request(self, msg: http.Message, *, timeout: float = 30.0) -> http.Message:
+    async def request(self, msg: http1.Message, *, timeout: float = 30.0) -> http1.Message:
         """Send one HTTP request inside the SA and return the response (keep-alive is honoured)."""
         async with asyncio.timeout(timeout):
             if self._http.our_state is h11.DONE and self._http.their_state is h11.DONE:
                 self._http.start_next_cycle()
-            await http.send_message(self._http, self.writer, msg)
-            resp = await http.read_message(self._http, self.reader)
+            await http1.send_message(self._http, self.writer, msg)
+            resp = await http1.read_message(self._http, self.reader)
         if resp is None:
-            raise http.HTTPError("connection closed before a response")
+            raise http1.HTTPError("connection closed before a response")
         return resp
 
     async def close(self) -> None:

@@ -15,8 +15,8 @@ import pytest
 from acme_cse import CSE_RN, needs_acme, running_acme
 
 from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGHT2_ID, LIGHT2_KEY, make_table
-from m2msec.gateway import http
-from m2msec.gateway.server import Backend, Gateway, GatewayConfig
+from m2msec import http1
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.saef import PSKCredentials, establish_sa
 
@@ -30,12 +30,12 @@ def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 
 def primitive(origin: str, method: str, target: str, body: dict[str, object] | None = None,
-              ty: int | None = None) -> http.Message:
+              ty: int | None = None) -> http1.Message:
     headers = [("host", "127.0.0.1"), ("x-m2m-origin", origin), ("x-m2m-ri", f"ri-{time.monotonic_ns()}"),
                ("x-m2m-rvi", "3"), ("accept", "application/json")]
     if body is not None:
         headers.append(("content-type", f"application/json;ty={ty}" if ty else "application/json"))
-    return http.Message(headers=headers, body=json.dumps(body).encode() if body else b"", method=method,
+    return http1.Message(headers=headers, body=json.dumps(body).encode() if body else b"", method=method,
                         target=target)
 
 

@@ -16,7 +16,7 @@ from acme_cse import CSE_ID, CSE_RN, needs_acme, running_acme
 
 from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY
 from m2msec.gateway import coap
-from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
+from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable, PSKEntry
 from m2msec.tls.engine import ClientConfig, TLSContext

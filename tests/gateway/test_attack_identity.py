@@ -21,10 +21,11 @@ from test_gateway import backend  # noqa: F401  (fixture re-used)
 
 from conftest import LIGHT1_ID, LIGHT1_KEY, make_table
 from forged import forged_leaf
+from m2msec import http1
 from m2msec.errors import HandshakeFailed
-from m2msec.gateway import coap, http
-from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
-from m2msec.gateway.server import Backend, Gateway, GatewayConfig
+from m2msec.gateway import coap
+from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.pki import CertificateFlavour as F
 from m2msec.pki import Issued, create_ca, issue
@@ -84,12 +85,12 @@ def creds(pki: dict[str, Issued], who: str, idb: str) -> CertificateCredentials:
                                   peer_entity=idb)
 
 
-def get(origin: str) -> http.Message:
-    return http.Message(headers=[("host", GATEWAY_CSE), ("x-m2m-origin", origin), ("x-m2m-ri", "r1"),
+def get(origin: str) -> http1.Message:
+    return http1.Message(headers=[("host", GATEWAY_CSE), ("x-m2m-origin", origin), ("x-m2m-ri", "r1"),
                                  ("x-m2m-rvi", "3")], method="GET", target="/cse-in")
 
 
-async def attempt(gw: Gateway, client: CertificateCredentials, origin: str) -> http.Message | None:
+async def attempt(gw: Gateway, client: CertificateCredentials, origin: str) -> http1.Message | None:
     """The response to one request as ``origin``, or None when the handshake was refused."""
     try:
         sa = await establish_sa("127.0.0.1", gw.port, client)

@@ -18,7 +18,7 @@ from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, make
 from m2msec.gateway import coap
 from m2msec.gateway.coap import Message, MessageType
 from m2msec.gateway.coap_blockwise import ETAG, MAX_MESSAGE, Block, BlockwiseLimits
-from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
+from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
 from m2msec.keys.secret import SecretKey
 from m2msec.tls.engine import ClientConfig, TLSContext
 from m2msec.tls.profiles import ONEM2M_DTLS_PSK
@@ -373,7 +373,7 @@ async def test_cli_refuses_a_bad_max_body(tmp_path: Path) -> None:
 
 
 async def test_pending_queue_is_bounded(relay: tuple[Client, Backend, CoapsGateway]) -> None:
-    from m2msec.gateway.coaps import MAX_PENDING
+    from m2msec.gateway.coaps_gateway import MAX_PENDING
 
     client, backend, gw = relay
     assert gw.protocol is not None

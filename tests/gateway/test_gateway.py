@@ -24,10 +24,10 @@ from conftest import (
     TD_KEY,
     make_table,
 )
+from m2msec import http1
 from m2msec.errors import HandshakeFailed
-from m2msec.gateway import http
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.gateway.rules import UnboundPolicy
-from m2msec.gateway.server import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import PSKTable, TomlPSKTable
 from m2msec.saef import EstablishedSA, PSKCredentials, establish_sa
@@ -39,17 +39,17 @@ class RecordingBackend:
     ``extra`` response headers."""
 
     extra: list[tuple[str, str]] = field(default_factory=list)
-    requests: list[http.Message] = field(default_factory=list)
+    requests: list[http1.Message] = field(default_factory=list)
     server: asyncio.Server | None = None
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)
         try:
-            req = await http.read_message(conn, reader)
+            req = await http1.read_message(conn, reader)
             if req is not None:
                 self.requests.append(req)
                 body = json.dumps({"m2m:cb": {"rn": HOME_GATEWAY_CSE_ID}}).encode()
-                await http.send_message(conn, writer, http.Message(
+                await http1.send_message(conn, writer, http1.Message(
                     headers=[("content-type", "application/json"), ("x-m2m-rsc", "2000"),
                              ("x-m2m-ri", req.header("x-m2m-ri") or ""), *self.extra], body=body, status=200))
         finally:
@@ -89,11 +89,11 @@ async def connect(gw: Gateway, identity: str = LIGHT1_ID, key: str = LIGHT1_KEY)
 
 
 def onem2m(origin: str | None, *, method: str = "GET", body: bytes = b"", extra: list[tuple[str, str]] | None = None,
-           ri: str = "req-1") -> http.Message:
+           ri: str = "req-1") -> http1.Message:
     headers = [("host", HOME_GATEWAY_CSE_ID), ("x-m2m-ri", ri), ("x-m2m-rvi", "3")]
     if origin is not None:
         headers.append(("x-m2m-origin", origin))
-    return http.Message(headers=headers + (extra or []), body=body, method=method, target=f"/{HOME_GATEWAY_CSE_ID}")
+    return http1.Message(headers=headers + (extra or []), body=body, method=method, target=f"/{HOME_GATEWAY_CSE_ID}")
 
 
 async def test_matching_origin_is_forwarded_with_identity_headers(gateway: Gateway, backend: RecordingBackend) -> None:

@@ -16,9 +16,9 @@ from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, make_table
 from forged import forged_leaf, unconstrained_ca
 from m2msec.errors import HandshakeFailed
 from m2msec.gateway import coap
-from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
+from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.gateway.rules import UnboundPolicy
-from m2msec.gateway.server import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable
 from m2msec.pki import (

@@ -15,12 +15,13 @@ from test_gateway import RecordingBackend as RecordingCSE
 from test_gateway import backend  # noqa: F401  (fixture re-used)
 
 from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, TD_ID, TD_KEY, make_table
+from m2msec import http1
 from m2msec.errors import BadRequest, ConfigurationError, HandshakeFailed
-from m2msec.gateway import coap, http
-from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
+from m2msec.gateway import coap
+from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
 from m2msec.gateway.headers import check_request_headers, is_single_valued, strip_gateway_headers
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.gateway.rules import UnboundPolicy
-from m2msec.gateway.server import Backend, Gateway, GatewayConfig
 from m2msec.idb import ANY_ENTITY, AnyEntity
 from m2msec.keys.secret import SecretKey
 from m2msec.pki import CertificateFlavour as F
@@ -56,12 +57,12 @@ async def connect(gw: Gateway, identity: str = LIGHT1_ID, key: str = LIGHT1_KEY)
                               PSKCredentials(identity, SecretKey.from_hex(key), HOME_GATEWAY_CSE_ID))
 
 
-def request(headers: list[tuple[str, str]]) -> http.Message:
+def request(headers: list[tuple[str, str]]) -> http1.Message:
     base = [("host", HOME_GATEWAY_CSE_ID), ("x-m2m-rvi", "3")]
-    return http.Message(headers=base + headers, method="GET", target=f"/{HOME_GATEWAY_CSE_ID}")
+    return http1.Message(headers=base + headers, method="GET", target=f"/{HOME_GATEWAY_CSE_ID}")
 
 
-async def send(gw: Gateway, headers: list[tuple[str, str]]) -> http.Message:
+async def send(gw: Gateway, headers: list[tuple[str, str]]) -> http1.Message:
     sa = await connect(gw)
     try:
         return await sa.request(request(headers))
@@ -69,7 +70,7 @@ async def send(gw: Gateway, headers: list[tuple[str, str]]) -> http.Message:
         await sa.close()
 
 
-def assert_bad_request(resp: http.Message, reason: str) -> None:
+def assert_bad_request(resp: http1.Message, reason: str) -> None:
     assert (resp.status, resp.header("x-m2m-rsc")) == (400, "4000")
     assert reason in json.loads(resp.body)["m2m:dbg"]
 

@@ -19,10 +19,11 @@ from test_gateway import RecordingBackend, backend, onem2m, start_gateway  # noq
 from test_gateway import connect as psk_connect
 
 from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGHT2_AE, LIGHT2_ID, LIGHT2_KEY
+from m2msec import http1
 from m2msec.errors import HandshakeFailed, TLSError
-from m2msec.gateway import coap, http
-from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
-from m2msec.gateway.server import Gateway
+from m2msec.gateway import coap
+from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
+from m2msec.gateway.http_gateway import Gateway
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable, PSKEntry, TomlPSKTable
 from m2msec.saef import EstablishedSA
@@ -196,7 +197,7 @@ async def test_http_side_ends_the_live_sa_of_a_removed_entry(backend: RecordingB
         assert (resp.status, resp.header("x-m2m-rsc"), resp.header("connection")) == (403, "4106", "close")
         assert b"was removed" in resp.body
         assert len(backend.requests) == forwarded
-        with pytest.raises((ConnectionError, TLSError, http.HTTPError, OSError)):
+        with pytest.raises((ConnectionError, TLSError, http1.HTTPError, OSError)):
             await light1.request(onem2m(LIGHT1_AE), timeout=5)
         assert (await light2.request(onem2m(LIGHT2_AE))).status == 200
         await light2.close()

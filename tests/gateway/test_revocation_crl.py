@@ -30,8 +30,8 @@ from test_revocation import (  # noqa: F401  (fixtures re-used)
 from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY
 from m2msec.errors import ConfigurationError, HandshakeFailed
 from m2msec.gateway import coap
-from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
-from m2msec.gateway.server import Backend, Gateway, GatewayConfig
+from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable, PSKEntry
 from m2msec.pki import CertificateFlavour, Issued, create_ca, create_crl, issue

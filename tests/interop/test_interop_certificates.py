@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import LIGHT1_AE, LIGHT1_ID
-from m2msec.gateway.server import Backend, Gateway, GatewayConfig
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.keys.table import MemoryPSKTable
 from m2msec.pki import (
     END_ENTITY_BASIC_CONSTRAINTS,

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGHT2_ID, LIGHT2_KEY
-from m2msec.gateway.server import Backend, Gateway, GatewayConfig
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.keys.table import MemoryPSKTable
 
 from .conftest import ONEM2M, http_backend, needs_openssl, s_client

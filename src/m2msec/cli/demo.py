@@ -18,9 +18,9 @@ from typing import Any
 
 import h11
 
+from m2msec import http1
 from m2msec.errors import HandshakeFailed
-from m2msec.gateway import http
-from m2msec.gateway.server import Backend, Gateway, GatewayConfig
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.sqlite_store import SQLitePSKStore
 from m2msec.keys.table import PSKEntry
@@ -42,14 +42,14 @@ async def _stand_in_cse(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     """Answers 2000 OK with the request line and headers it saw (a stand-in, not a CSE)."""
     conn = h11.Connection(h11.SERVER)
     try:
-        req = await http.read_message(conn, reader)
+        req = await http1.read_message(conn, reader)
         if req is not None:
             seen = {"request": f"{req.method} {req.target}", "headers": dict(req.headers)}
-            await http.send_message(conn, writer, http.Message(
+            await http1.send_message(conn, writer, http1.Message(
                 headers=[("content-type", "application/json"), ("x-m2m-rsc", "2000"),
                          ("x-m2m-ri", req.header("x-m2m-ri") or "")],
                 body=json.dumps(seen).encode(), status=200))
-    except (http.HTTPError, ConnectionError):
+    except (http1.HTTPError, ConnectionError):
         pass
     finally:
         writer.close()
@@ -62,7 +62,7 @@ async def _case(port: int, who: tuple[str, str, str | None], origin: str, key_he
     except HandshakeFailed as exc:
         return f"handshake refused ({exc.alert or exc.reason})"
     try:
-        resp = await sa.request(http.Message(
+        resp = await sa.request(http1.Message(
             headers=[("host", CSE_ID), ("x-m2m-origin", origin), ("x-m2m-ri", "demo-1"), ("x-m2m-rvi", "3")],
             method="GET", target=f"/{CSE_ID}"))
     finally:

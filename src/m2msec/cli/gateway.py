@@ -15,11 +15,11 @@ from cryptography import x509
 from m2msec.crl import CRLFile
 from m2msec.errors import ConfigurationError
 from m2msec.gateway.coap_blockwise import BlockwiseLimits
-from m2msec.gateway.coaps import CoapsConfig, CoapsGateway
+from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
+from m2msec.gateway.http_gateway import Gateway, GatewayConfig, parse_backend
 from m2msec.gateway.limits import DEFAULT_BODY_BUDGET, DEFAULT_WRITE_TIMEOUT, fit_connection_cap
 from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME
 from m2msec.gateway.rules import UnboundPolicy
-from m2msec.gateway.server import Gateway, GatewayConfig, parse_backend
 from m2msec.keys.table import PSKTable, TomlPSKTable, check_file_permissions
 from m2msec.tls.engine import CertificateConfig
 from m2msec.tls.profiles import parse_profiles

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from m2msec import http1
 from m2msec.errors import ConfigurationError, TLSError
-from m2msec.gateway import http
 from m2msec.idb import ANY_ENTITY, AnyEntity
 from m2msec.keys.table import check_file_permissions
 from m2msec.saef import CertificateCredentials, PSKCredentials, establish_sa
@@ -106,9 +106,9 @@ async def run(args: argparse.Namespace) -> int:
         print(f"* SA with {sa.session.entity or host}: {sa.session.version} {sa.session.cipher}",
               file=sys.stderr)
         try:
-            resp = await sa.request(http.Message(headers=headers, body=body, method=args.method.upper(),
+            resp = await sa.request(http1.Message(headers=headers, body=body, method=args.method.upper(),
                                                  target=args.target), timeout=args.timeout)
-        except (http.HTTPError, TimeoutError, ConnectionError) as exc:
+        except (http1.HTTPError, TimeoutError, ConnectionError) as exc:
             raise TLSError(f"no valid HTTP response: {exc or type(exc).__name__}") from None
     finally:
         await sa.close()

@@ -32,9 +32,10 @@ from typing import Any
 
 from cryptography import x509
 
+from m2msec import http1
 from m2msec.crl import CRLFile, CRLSet
 from m2msec.errors import OriginatorNotAuthenticated
-from m2msec.gateway import coap, http
+from m2msec.gateway import coap
 from m2msec.keys.table import MemoryPSKTable, PSKEntry, PSKTable
 from m2msec.tls.engine import SessionInfo
 
@@ -175,7 +176,7 @@ class SAGuard:
         who = repr(self.grant.psk_identity) if self.grant.psk_identity is not None else "certificate"
         log.warning("SA with %s (%s) closed, %s: rsc=%d %s", peer, who, what, exc.rsc, exc.detail)
 
-    def refuse_http(self, req: http.Message, peer: object) -> http.Message | None:
+    def refuse_http(self, req: http1.Message, peer: object) -> http1.Message | None:
         """None while the SA stands; else the response that refuses ``req`` and closes the connection."""
         exc = self.check()
         if exc is None:
@@ -185,7 +186,7 @@ class SAGuard:
         request_id = req.header("x-m2m-ri")
         if request_id:
             headers.append(("x-m2m-ri", request_id))
-        return http.Message(headers=headers, body=json.dumps({"m2m:dbg": exc.detail}).encode(),
+        return http1.Message(headers=headers, body=json.dumps({"m2m:dbg": exc.detail}).encode(),
                             status=exc.http_status, reason=HTTPStatus(exc.http_status).phrase)
 
     def refuse_coap(self, msg: coap.Message, transport: Any, message_ids: Iterator[int]) -> bool:

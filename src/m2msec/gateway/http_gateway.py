@@ -22,6 +22,7 @@ from http import HTTPStatus
 
 import h11
 
+from m2msec import http1
 from m2msec.crl import CRLFile
 from m2msec.errors import (
     BadRequest,
@@ -29,7 +30,6 @@ from m2msec.errors import (
     OneM2MError,
     TargetNotReachable,
 )
-from m2msec.gateway import http
 from m2msec.gateway.headers import check_request_headers, normalize_header_name, strip_gateway_headers
 from m2msec.gateway.limits import (
     DEFAULT_BODY_BUDGET,
@@ -117,7 +117,7 @@ class GatewayConfig:
     max_connections_per_sa: int = DEFAULT_MAX_CONNECTIONS_PER_SA
     idle_timeout: float = 60.0
     backend_timeout: float = 30.0
-    max_body: int = http.DEFAULT_MAX_BODY
+    max_body: int = http1.DEFAULT_MAX_BODY
     #: request- and response-body bytes all connections together may hold, shared per client; 503 / 5000 (D33, D46)
     max_body_memory: int = DEFAULT_BODY_BUDGET
     #: seconds a response may wait for a client that does not read it; then the connection is dropped
@@ -135,12 +135,12 @@ class GatewayConfig:
     reveal_unknown_psk_identity: bool = False
 
 
-def _onem2m_error_response(exc: OneM2MError, request_id: str | None) -> http.Message:
+def _onem2m_error_response(exc: OneM2MError, request_id: str | None) -> http1.Message:
     headers = [("content-type", "application/json"), ("x-m2m-rsc", str(exc.rsc))]
     if request_id:
         headers.append(("x-m2m-ri", request_id))
     body = json.dumps({"m2m:dbg": exc.detail}).encode()
-    return http.Message(headers=headers, body=body, status=exc.http_status, reason=HTTPStatus(exc.http_status).phrase)
+    return http1.Message(headers=headers, body=body, status=exc.http_status, reason=HTTPStatus(exc.http_status).phrase)
 
 
 class Gateway:
@@ -217,7 +217,7 @@ class Gateway:
         lease = self.body_budget.lease(sa_key(session), task.cancel)  # D46: evicted = this task cancelled
         try:
             await self._serve(conn, reader, writer, sa, guard, peer, lease)
-        except (ConnectionError, http.HTTPError) as exc:
+        except (ConnectionError, http1.HTTPError) as exc:
             log.debug("connection with %s ended: %s", peer, exc)
         except asyncio.CancelledError:
             if lease.evicted and task.uncancel() == 0:  # another client needed this connection's body memory
@@ -235,16 +235,16 @@ class Gateway:
         while True:
             try:
                 async with asyncio.timeout(self.config.idle_timeout):  # no extra task, unlike wait_for
-                    req = await http.read_message(conn, reader, max_body=self.config.max_body,
+                    req = await http1.read_message(conn, reader, max_body=self.config.max_body,
                                                   budget=self.body_budget, lease=lease)
             except TimeoutError:
                 break
-            except http.HTTPError as exc:
+            except http1.HTTPError as exc:
                 log.info("bad request from %s (%s): %s", peer, sa.credential, exc)
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     resp = self._refusal(exc)
-                    with contextlib.suppress(http.HTTPError, ConnectionError):
-                        await http.send_message(conn, writer, resp, timeout=self.config.write_timeout)
+                    with contextlib.suppress(http1.HTTPError, ConnectionError):
+                        await http1.send_message(conn, writer, resp, timeout=self.config.write_timeout)
                 break
             if req is None:
                 break
@@ -253,7 +253,7 @@ class Gateway:
             finally:
                 self.body_budget.release(len(req.body), lease)
             try:  # the response body stays counted until the client has read it (D46)
-                await http.send_message(conn, writer, resp, timeout=self.config.write_timeout, drop_body=True)
+                await http1.send_message(conn, writer, resp, timeout=self.config.write_timeout, drop_body=True)
             finally:
                 self.body_budget.release(lease.size, lease)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
@@ -268,12 +268,12 @@ class Gateway:
         if conn.our_state is not h11.SEND_RESPONSE and conn.our_state is not h11.IDLE:
             writer.transport.abort()  # a response was being written: its buffered bytes go at once
             return
-        resp = self._refusal(http.HTTPError("evicted", busy=True))
-        with contextlib.suppress(http.HTTPError, ConnectionError, h11.LocalProtocolError):
-            await http.send_message(conn, writer, resp, timeout=self.config.write_timeout)
+        resp = self._refusal(http1.HTTPError("evicted", busy=True))
+        with contextlib.suppress(http1.HTTPError, ConnectionError, h11.LocalProtocolError):
+            await http1.send_message(conn, writer, resp, timeout=self.config.write_timeout)
 
     @staticmethod
-    def _refusal(exc: http.HTTPError) -> http.Message:
+    def _refusal(exc: http1.HTTPError) -> http1.Message:
         if exc.busy:  # the request is fine, the gateway is momentarily full (D33)
             resp = _onem2m_error_response(GatewayBusy("the gateway is busy, retry later"), None)
             resp.headers.append(("retry-after", str(RETRY_AFTER)))
@@ -285,8 +285,8 @@ class Gateway:
         resp.headers.append(("connection", "close"))
         return resp
 
-    async def _process(self, req: http.Message, sa: SecurityAssociation, peer: object,
-                       lease: Lease | None = None) -> http.Message:
+    async def _process(self, req: http1.Message, sa: SecurityAssociation, peer: object,
+                       lease: Lease | None = None) -> http1.Message:
         try:
             check_request_headers(req.headers)  # one From, one RI, ... before anything reads them
         except BadRequest as exc:
@@ -311,7 +311,7 @@ class Gateway:
                  resp.header("x-m2m-rsc"))
         return resp
 
-    async def _forward(self, req: http.Message, sa: SecurityAssociation, lease: Lease | None = None) -> http.Message:
+    async def _forward(self, req: http1.Message, sa: SecurityAssociation, lease: Lease | None = None) -> http1.Message:
         backend = self.config.backend
         # hop-by-hop in any spelling: a CSE behind WSGI/CGI may read Content_Length as Content-Length
         headers = [(k, v) for k, v in strip_gateway_headers(req.headers) if normalize_header_name(k) not in _HOP_BY_HOP]
@@ -324,20 +324,20 @@ class Gateway:
             headers.append((HEADER_PSK_IDENTITY, sa.psk_identity))
         headers.append(("connection", "close"))
         target = req.target if req.target.startswith("/") else "/" + req.target
-        out = http.Message(headers=headers, body=req.body, method=req.method, target=backend.path_prefix + target)
+        out = http1.Message(headers=headers, body=req.body, method=req.method, target=backend.path_prefix + target)
         if lease is not None:
             lease.forwarded = True  # from here the CSE may execute it: never evicted, never "retry" (D46)
         try:
             async with asyncio.timeout(self.config.backend_timeout):
                 reader, writer = await asyncio.open_connection(backend.host, backend.port)
                 try:
-                    resp = await http.request(reader, writer, out, max_body=self.config.max_body,
+                    resp = await http1.request(reader, writer, out, max_body=self.config.max_body,
                                               budget=self.body_budget if lease is not None else None, lease=lease)
                 finally:
                     writer.close()
         except (OSError, TimeoutError) as exc:
             raise TargetNotReachable(f"the CSE at {backend} is not reachable") from exc
-        except http.HTTPError as exc:
+        except http1.HTTPError as exc:
             if exc.busy:  # the answer does not fit the body memory now (D46), but the CSE executed the request
                 raise ResponseDropped("the CSE's response did not fit the gateway's memory; "
                                       "the request was executed") from None
