@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -406,3 +407,22 @@ async def test_blockwise_memory_is_owned_by_the_same_key_as_the_per_credential_c
     reply = await client.send(client.request(coap.GET))
     assert coap.format_code(reply.code) == "2.05"
     assert {p.owner for p in gw.budget.peers} == {"psk:" + LIGHT1_ID}
+
+
+
+async def test_coaps_gateway_serves_on_a_given_udp_socket(backend: tuple[Backend, int]) -> None:
+    """The workers' seam: a bound UDP socket made elsewhere (e.g. by a supervisor) is served as the configured one."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=backend[1], port=1), make_table())
+    try:
+        await gw.start(sock=sock)
+        assert gw.port == sock.getsockname()[1]
+        transport, inbox, _ = await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, client_context())
+        client = Client(transport, inbox)  # type: ignore[arg-type]
+        backend[0].body = b"via the given socket"
+        reply = await client.send(client.request(coap.GET))
+        transport.close()
+        assert coap.format_code(reply.code) == "2.05" and reply.payload == b"via the given socket"
+    finally:
+        await gw.close()

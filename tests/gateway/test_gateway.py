@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -247,5 +248,21 @@ async def test_connection_cap(backend: RecordingBackend) -> None:
         await sa.close()
         await asyncio.sleep(0.1)  # the server side sees the close
         assert gw.limiter.refused >= 1 and gw.limiter.open == 0
+    finally:
+        await gw.close()
+
+
+async def test_gateway_serves_on_a_given_listening_socket(backend: RecordingBackend) -> None:
+    """The workers' seam: a listening socket made elsewhere (e.g. by a supervisor) is served as the configured one."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    gw = Gateway(GatewayConfig(backend=Backend("127.0.0.1", backend.port), port=1), make_table())
+    try:
+        await gw.start(sock=sock)
+        assert gw.port == sock.getsockname()[1]
+        sa = await connect(gw)
+        resp = await sa.request(onem2m(LIGHT1_AE))
+        await sa.close()
+        assert resp.status == 200 and resp.header("x-m2m-rsc") == "2000"
+        assert [seen.header("x-m2msec-sa-identity") for seen in backend.requests] == [LIGHT1_AE]
     finally:
         await gw.close()

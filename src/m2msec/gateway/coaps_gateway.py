@@ -24,6 +24,7 @@ import itertools
 import logging
 import math
 import random
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -307,11 +308,12 @@ class CoapsGateway:
         assert self._udp is not None, "coaps gateway not started"
         return int(self._udp.get_extra_info("sockname")[1])
 
-    async def start(self) -> None:
+    async def start(self, *, sock: socket.socket | None = None) -> None:
+        """Listen on ``config.host:config.port``, or on ``sock`` (a bound UDP socket, e.g. a worker's share)."""
         cfg = self.config
         try:
             self._udp, self.protocol = await start_dtls_server(
-                lambda: _PeerRelay(self), cfg.host, cfg.port, self.context,
+                lambda: _PeerRelay(self), cfg.host, cfg.port, self.context, sock=sock,
                 handshake_timeout=cfg.handshake_timeout, idle_timeout=cfg.idle_timeout,
                 max_peers=cfg.max_peers, max_handshaking=cfg.max_handshaking,
                 max_handshaking_per_source=cfg.max_handshaking_per_source,

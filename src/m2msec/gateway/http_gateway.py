@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import urllib.parse
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -177,11 +178,13 @@ class Gateway:
         assert self._server is not None, "gateway not started"
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def start(self) -> None:
+    async def start(self, *, sock: socket.socket | None = None) -> None:
+        """Listen on ``config.host:config.port``, or on ``sock`` (a listening TCP socket, e.g. a worker's share)."""
+        host, port = (None, None) if sock is not None else (self.config.host, self.config.port)
         try:
             self._server = await start_stream_server(
-                self._handle, self.config.host, self.config.port, self.context,
-                handshake_timeout=self.config.handshake_timeout, limiter=self.limiter,
+                self._handle, host, port, self.context,
+                handshake_timeout=self.config.handshake_timeout, limiter=self.limiter, sock=sock,
             )
         except OSError as exc:
             raise ConfigurationError(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -373,12 +374,15 @@ class _ClientProtocol(_Endpoint):
 
 
 async def start_dtls_server(
-    app_factory: AppFactory, host: str, port: int, context: TLSContext, **limits: Any
+    app_factory: AppFactory, host: str, port: int, context: TLSContext, *, sock: socket.socket | None = None,
+    **limits: Any,
 ) -> tuple[asyncio.DatagramTransport, DTLSServerProtocol]:
-    """Serve DTLS on ``host:port`` (UDP). ``limits`` are :class:`DTLSServerProtocol`'s keyword arguments."""
+    """Serve DTLS on ``host:port`` (UDP), or on ``sock``, a bound UDP socket (then ``host``/``port`` are ignored).
+    ``limits`` are :class:`DTLSServerProtocol`'s keyword arguments."""
     loop = asyncio.get_running_loop()
+    where: dict[str, Any] = {"sock": sock} if sock is not None else {"local_addr": (host, port)}
     transport, protocol = await loop.create_datagram_endpoint(
-        lambda: DTLSServerProtocol(context, app_factory, **limits), local_addr=(host, port)
+        lambda: DTLSServerProtocol(context, app_factory, **limits), **where
     )
     return transport, protocol
 

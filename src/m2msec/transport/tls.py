@@ -348,14 +348,15 @@ class ConnectionLimiter:
 async def start_server(
     app_factory: Callable[[], asyncio.BaseProtocol],
     host: str | None,
-    port: int,
+    port: int | None,
     context: TLSContext,
     *,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     limiter: ConnectionLimiter | None = None,
     **kwargs: Any,
 ) -> asyncio.Server:
-    """Serve TLS on ``host:port``; each authenticated connection gets an ``app_factory()`` protocol.
+    """Serve TLS on ``host:port`` (or on a listening ``sock=``, with ``host=None``); each authenticated
+    connection gets an ``app_factory()`` protocol.
 
     ``limiter`` (a :class:`ConnectionLimiter`) caps the open connections and counts the refused ones."""
     loop = asyncio.get_running_loop()
@@ -368,7 +369,7 @@ async def start_server(
 async def start_stream_server(
     client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
     host: str | None,
-    port: int,
+    port: int | None,
     context: TLSContext,
     *,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
