@@ -8,7 +8,7 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
@@ -28,6 +28,9 @@ from m2msec.transport.limits import (
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
     DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
 )
+
+if TYPE_CHECKING:
+    from m2msec.gateway.workers import WorkerSockets
 
 #: --max-connections when not given (lowered to what the file-descriptor limit allows)
 DEFAULT_MAX_CONNECTIONS = 10000
@@ -98,7 +101,18 @@ def add_parser(sub: Any) -> None:
                    help=f"an SA older than this is closed at its next request (default {DEFAULT_MAX_SA_LIFETIME:g})")
     p.add_argument("--quiet", action="store_const", dest="log_level", const=logging.WARNING,
                    default=logging.INFO, help="log warnings only")
-    p.set_defaults(func=run)
+    p.add_argument("--workers", default="1", metavar="N",
+                   help="processes serving the same ports (SO_REUSEPORT), under one supervisor that restarts them; "
+                   "auto: one per CPU this process may use (default 1: a single process)")
+    p.set_defaults(func=_dispatch)
+
+
+def _dispatch(args: argparse.Namespace) -> Any:
+    """--workers 1: :func:`run` in this process; more: the supervisor of :mod:`m2msec.gateway.workers`."""
+    from m2msec.gateway.workers import supervise, worker_count
+
+    workers = worker_count(args.workers)
+    return run(args) if workers == 1 else supervise(args, workers)
 
 
 def _read(path: Path | None, what: str) -> bytes | None:
@@ -158,7 +172,8 @@ def _sp_id(args: argparse.Namespace) -> str | None:
         raise ConfigurationError(f"--sp-id: {exc}") from None
 
 
-async def run(args: argparse.Namespace) -> int:
+def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | None]:
+    """Check the options and build the HTTP and coaps services (nothing listens yet); an error is one line."""
     from m2msec.cli.common import parse_hostport
 
     host, port = parse_hostport(args.listen)
@@ -193,7 +208,7 @@ async def run(args: argparse.Namespace) -> int:
         parse_backend(args.backend)  # a bad URL is reported before anything is adjusted or started
     args.sp_id = _sp_id(args)
     certificate, crls = _certificate(args)  # read once, shared by the HTTP and coaps sides
-    services: list[Gateway | CoapsGateway] = []
+    coaps: CoapsGateway | None = None
     if args.coap_backend is not None:
         coaps_profiles = parse_profiles(args.coaps_profiles)
         if table is None and not any(p.mutual_certificates for p in coaps_profiles):
@@ -214,13 +229,32 @@ async def run(args: argparse.Namespace) -> int:
                                    blockwise=BlockwiseLimits.for_max_body(args.coaps_max_body))
         _fit_file_descriptors(args, coaps_config.max_peers)
         coaps = CoapsGateway(coaps_config, table, crls=crls)
-        await coaps.start()
-        print(f"m2msec coaps gateway on {chost}:{coaps.port} -> coap://{bhost}:{bport}", flush=True)
-        services.append(coaps)
     else:
         _fit_file_descriptors(args, 0)
-    if args.backend is not None:
-        services.append(await _start_http(args, host, port, table, certificate, crls))
+    http = _http_gateway(args, host, port, table, certificate, crls) if args.backend is not None else None
+    return http, coaps
+
+
+async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None) -> int:
+    """Serve until SIGTERM / SIGINT; as worker ``sockets.index`` of ``--workers``, on its share of the sockets
+    (its start lines are the supervisor's to print) and draining before it closes."""
+    http, coaps = prepare(args)
+    services: list[Gateway | CoapsGateway] = []
+    if coaps is not None:
+        await coaps.start(sock=sockets.udp if sockets is not None else None)
+        if sockets is None:
+            cfg = coaps.config
+            print(f"m2msec coaps gateway on {cfg.host}:{coaps.port} -> coap://{cfg.backend_host}:{cfg.backend_port}",
+                  flush=True)
+        services.append(coaps)
+    if http is not None:
+        await http.start(sock=sockets.tcp if sockets is not None else None)
+        if args.lowered_max_connections:  # said once serving, so that a refused start stays a one-line error
+            logging.getLogger("m2msec.gateway").info("--max-connections lowered to %d to fit the file-descriptor "
+                                                     "limit", http.config.max_connections)
+        if sockets is None:
+            print(f"m2msec gateway on {http.config.host}:{http.port} -> {http.config.backend}", flush=True)
+        services.append(http)
     if args.unbound == UnboundPolicy.FORWARD.value:  # D4; said once serving, as a refused start is one line
         logging.getLogger("m2msec.gateway").warning(UNBOUND_FORWARD_WARNING)
     loop = asyncio.get_running_loop()
@@ -228,7 +262,13 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    if sockets is not None:
+        sockets.serving()
     await stop.wait()
+    if sockets is not None:
+        from m2msec.gateway.worker import drain
+
+        await drain(services, sockets)
     for service in services:
         await service.close()
     return 0
@@ -243,8 +283,8 @@ def _fit_file_descriptors(args: argparse.Namespace, coaps_peers: int) -> None:
         args.max_connections = cap
 
 
-async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSKTable | None,
-                      certificate: CertificateConfig | None, crls: CRLFile | None) -> Gateway:
+def _http_gateway(args: argparse.Namespace, host: str, port: int, table: PSKTable | None,
+                  certificate: CertificateConfig | None, crls: CRLFile | None) -> Gateway:
     config = GatewayConfig(
         backend=parse_backend(args.backend),
         host=host,
@@ -265,10 +305,4 @@ async def _start_http(args: argparse.Namespace, host: str, port: int, table: PSK
         max_sa_lifetime=args.max_sa_lifetime,
         reveal_unknown_psk_identity=args.reveal_unknown_psk_identity,
     )
-    gateway = Gateway(config, table, crls=crls)
-    await gateway.start()
-    if args.lowered_max_connections:  # said once serving, so that a refused start stays a one-line error
-        logging.getLogger("m2msec.gateway").info("--max-connections lowered to %d to fit the file-descriptor limit",
-                                                 config.max_connections)
-    print(f"m2msec gateway on {host}:{gateway.port} -> {config.backend}", flush=True)
-    return gateway
+    return Gateway(config, table, crls=crls)

@@ -1,0 +1,324 @@
+"""``m2msec gateway --workers N``: one supervisor, N worker processes sharing the listening sockets.
+
+The supervisor checks the options exactly as a single process does (one error line, nothing started), then
+makes the sockets itself: N TCP listening sockets on ``--listen`` and, with ``--coap-backend``, N UDP sockets on
+``--coaps-listen``, all with ``SO_REUSEPORT`` on the same address (port 0: the first socket's port for the rest).
+Worker *i* is ``python -m m2msec.gateway.worker`` started with TCP socket *i* and UDP socket *i* passed as
+inherited file descriptors (``pass_fds``) and the parsed options on its stdin; it runs the ordinary single-process
+code path (:func:`m2msec.cli.gateway.run`) with ``start(sock=...)`` and reports ready on a pipe.
+
+The supervisor keeps socket *i* open for as long as it runs, so a worker that dies is restarted on the **same**
+socket: the reuseport group never changes, the kernel's hash of a datagram's source address and port keeps picking
+the socket (hence the process) that holds the peer's DTLS association, and TCP connections queued on socket *i*
+wait in its backlog for the new worker instead of being reset.
+
+Restarts back off (:class:`RestartPolicy`, D61); a worker that keeps dying before it is ready (a key store removed,
+a table edited into an invalid one) makes the supervisor stop all workers and exit with one error line instead of
+looping (D62). SIGTERM / SIGINT are forwarded to every worker, which drains (:mod:`m2msec.gateway.worker`, D64);
+the supervisor exits 0 once all have exited. The connection caps are per worker (:data:`PER_WORKER_LIMITS`, D63).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import pickle
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+
+from m2msec.errors import ConfigurationError
+
+__all__ = ["DRAIN_TIMEOUT", "PER_WORKER_LIMITS", "RestartPolicy", "WorkerSockets", "bind_group", "supervise",
+           "worker_count"]
+
+log = logging.getLogger("m2msec.gateway.workers")
+
+#: first restart delay of a worker that died; doubled for each death in a row that came sooner than
+#: RESTART_RESET after its start, up to MAX_RESTART_BACKOFF (D61)
+RESTART_BACKOFF = 0.1
+MAX_RESTART_BACKOFF = 10.0
+RESTART_RESET = 30.0
+#: a worker that exits this many times in a row before it is ready (serving) stops the gateway (D62)
+STARTUP_FAILURES = 3
+#: seconds a worker has, after SIGTERM, to let in-flight requests finish before closing what is left (D64)
+DRAIN_TIMEOUT = 10.0
+#: seconds the supervisor waits beyond DRAIN_TIMEOUT before it kills a worker that has not exited
+KILL_MARGIN = 5.0
+#: the caps each worker enforces in full, on its own share of the traffic: not divided among workers, so
+#: the gateway as a whole holds up to N times each (D63)
+PER_WORKER_LIMITS = ("--max-connections", "--max-body-memory", "--max-handshakes-per-source",
+                     "--max-connections-per-source", "--max-connections-per-sa", "coaps peers")
+#: listen(2) backlog of each worker's TCP socket (connections wait here while their worker restarts)
+LISTEN_BACKLOG = socket.SOMAXCONN
+
+
+@dataclass(frozen=True)
+class WorkerSockets:
+    """What a worker serves: its index and its share of the listening sockets (None: that side is not served)."""
+
+    index: int
+    tcp: socket.socket | None
+    udp: socket.socket | None
+    ready_fd: int | None = None
+
+    def serving(self) -> None:
+        """Tell the supervisor (its pipe) that this worker serves."""
+        if self.ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(self.ready_fd, f"{os.getpid()}\n".encode())
+            with contextlib.suppress(OSError):
+                os.close(self.ready_fd)
+
+
+def worker_count(text: str, cpus: Callable[[], int] = lambda: len(os.sched_getaffinity(0))) -> int:
+    """``--workers``: a positive number, or ``auto`` (the CPUs this process may run on)."""
+    if text == "auto":
+        return max(1, cpus())
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigurationError(f"--workers must be a positive number or auto, not {text!r}")
+    return int(text)
+
+
+@dataclass
+class RestartPolicy:
+    """When a worker that died is started again, and when the supervisor gives up (pure: times are given)."""
+
+    backoff: float = RESTART_BACKOFF
+    max_backoff: float = MAX_RESTART_BACKOFF
+    reset_after: float = RESTART_RESET
+    startup_failures: int = STARTUP_FAILURES
+    quick_deaths: int = 0
+    failed_starts: int = 0
+
+    def died(self, lived: float, was_ready: bool) -> float | None:
+        """The delay before the restart of a worker that lived ``lived`` seconds, or None: give up."""
+        self.failed_starts = 0 if was_ready else self.failed_starts + 1
+        if self.failed_starts >= self.startup_failures:
+            return None
+        self.quick_deaths = self.quick_deaths + 1 if lived < self.reset_after else 1
+        return float(min(self.max_backoff, self.backoff * 2 ** (self.quick_deaths - 1)))
+
+
+def _listening_socket(kind: socket.SocketKind, host: str, port: int) -> socket.socket:
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(LISTEN_BACKLOG)
+        sock.set_inheritable(False)  # passed to its own worker only (pass_fds)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_group(kind: socket.SocketKind, host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` sockets in one SO_REUSEPORT group on host:port (port 0: the first one's port for all)."""
+    what = "" if kind == socket.SOCK_STREAM else "udp "
+    group: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            group.append(_listening_socket(kind, host, port))
+            port = group[0].getsockname()[1]
+    except OSError as exc:
+        for sock in group:
+            sock.close()
+        raise ConfigurationError(f"cannot listen on {what}{host}:{port}: {exc.strerror or exc}") from None
+    return group
+
+
+@dataclass
+class _Worker:
+    index: int
+    tcp: socket.socket | None
+    udp: socket.socket | None
+    ready_fd: int | None = None
+
+    def serving(self) -> None:
+        """Tell the supervisor (its pipe) that this worker serves."""
+        if self.ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(self.ready_fd, f"{os.getpid()}\n".encode())
+            with contextlib.suppress(OSError):
+                os.close(self.ready_fd)
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    ready: bool = False
+    restart_at: float | None = None
+
+
+def _status(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+class Supervisor:
+    """Starts, watches and restarts the workers; forwards SIGTERM / SIGINT (one thread, a select loop)."""
+
+    def __init__(self, args: argparse.Namespace, workers: list[_Worker], clock: Callable[[], float] = time.monotonic):
+        self.args = args
+        self.workers = workers
+        self.clock = clock
+        self.stopping: int | None = None  # the signal that asked us to stop
+        self.failure: str | None = None
+        self._ready_r, self._ready_w = os.pipe()
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._ready_r, self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+
+    def _start(self, w: _Worker) -> None:
+        fds = [fd for fd in (w.tcp.fileno() if w.tcp else None, w.udp.fileno() if w.udp else None) if fd is not None]
+        spec = {"index": w.index, "tcp": w.tcp.fileno() if w.tcp else None, "udp": w.udp.fileno() if w.udp else None,
+                "ready": self._ready_w, "supervisor": os.getpid(), "args": self.args}
+        proc = subprocess.Popen([sys.executable, "-m", "m2msec.gateway.worker"], stdin=subprocess.PIPE,
+                                pass_fds=[*fds, self._ready_w])
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(pickle.dumps(spec))
+            proc.stdin.close()
+        w.process, w.started, w.ready, w.restart_at = proc, self.clock(), False, None
+        log.info("worker %d started (pid %d)", w.index, proc.pid)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT) and self.stopping is None:
+            self.stopping = signum
+
+    def _read_ready(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            for line in os.read(self._ready_r, 4096).decode().split():
+                for w in self.workers:
+                    if w.process is not None and str(w.process.pid) == line:
+                        w.ready = True
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._wake_r, 4096)
+
+    def _wait(self, timeout: float | None) -> None:
+        with contextlib.suppress(InterruptedError):
+            select.select([self._ready_r, self._wake_r], [], [], timeout)
+        self._read_ready()
+
+    def _reap(self) -> None:
+        now = self.clock()
+        for w in self.workers:
+            code = w.process.poll() if w.process is not None else None
+            if w.process is None or code is None:
+                continue
+            pid, w.process = w.process.pid, None
+            if self.stopping is not None:
+                continue
+            delay = w.policy.died(now - w.started, w.ready)
+            if delay is None:
+                self.failure = (f"worker {w.index} exited {w.policy.startup_failures} times in a row before "
+                                f"serving (last: {_status(code)}); giving up")
+                return
+            log.warning("worker %d (pid %d) ended: %s; restarting in %.1f s", w.index, pid, _status(code), delay)
+            w.restart_at = now + delay
+
+    def run(self) -> int:
+        """Serve until SIGTERM / SIGINT (exit 0 once every worker has) or until workers cannot start (raise)."""
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        handlers[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda s, f: None)
+        old_wakeup = signal.set_wakeup_fd(self._wake_w)
+        announced = False
+        try:
+            for w in self.workers:
+                self._start(w)
+            while self.stopping is None and self.failure is None:
+                if not announced and all(w.ready for w in self.workers):
+                    announced = True
+                    _announce(self.args, self.workers)
+                self._reap()
+                now = self.clock()
+                for w in self.workers:
+                    if w.process is None and w.restart_at is not None and w.restart_at <= now:
+                        self._start(w)
+                due = [w.restart_at - now for w in self.workers if w.process is None and w.restart_at is not None]
+                if self.stopping is None and self.failure is None:
+                    self._wait(max(0.0, min(due)) if due else None)
+            self._shut_down()
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            for fd in (self._ready_r, self._ready_w, self._wake_r, self._wake_w):
+                os.close(fd)
+        if self.failure is not None:
+            raise ConfigurationError(self.failure)
+        return 0
+
+    def _shut_down(self) -> None:
+        sig = self.stopping or signal.SIGTERM
+        for w in self.workers:
+            if w.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.process.send_signal(sig)
+        deadline = self.clock() + DRAIN_TIMEOUT + KILL_MARGIN
+        while any(w.process is not None for w in self.workers):
+            self._reap()
+            left = deadline - self.clock()
+            if left <= 0:
+                for w in self.workers:
+                    if w.process is not None:
+                        log.warning("worker %d (pid %d) did not drain in time: killed", w.index, w.process.pid)
+                        w.process.kill()
+                        w.process.wait()
+                        w.process = None
+                break
+            self._wait(min(left, 0.5))
+
+
+def _announce(args: argparse.Namespace, workers: list[_Worker]) -> None:
+    """The single-process start lines, with the ports the workers share, once every worker serves."""
+    from m2msec.cli.common import parse_hostport
+    from m2msec.gateway.http_gateway import parse_backend
+
+    if workers[0].udp is not None:
+        chost, bhost, bport = parse_hostport(args.coaps_listen)[0], *parse_hostport(args.coap_backend)
+        print(f"m2msec coaps gateway on {chost}:{workers[0].udp.getsockname()[1]} -> coap://{bhost}:{bport}",
+              flush=True)
+    if workers[0].tcp is not None:
+        host = parse_hostport(args.listen)[0]
+        print(f"m2msec gateway on {host}:{workers[0].tcp.getsockname()[1]} -> {parse_backend(args.backend)}",
+              flush=True)
+    log.info("%d workers serving; each enforces %s in full (D63)", len(workers), ", ".join(PER_WORKER_LIMITS))
+
+
+def supervise(args: argparse.Namespace, count: int) -> int:
+    """Check the options as a single process would, bind the shared sockets, run ``count`` workers."""
+    from m2msec.cli.common import parse_hostport
+    from m2msec.cli.gateway import prepare
+
+    original = argparse.Namespace(**vars(args))
+    prepare(args)  # every option error is reported here, before a socket is bound or a worker started
+    tcp: list[socket.socket | None] = [None] * count
+    udp: list[socket.socket | None] = [None] * count
+    try:
+        if args.coap_backend is not None:
+            udp = list(bind_group(socket.SOCK_DGRAM, *parse_hostport(args.coaps_listen), count))
+        if args.backend is not None:
+            tcp = list(bind_group(socket.SOCK_STREAM, *parse_hostport(args.listen), count))
+        workers = [_Worker(i, tcp[i], udp[i]) for i in range(count)]
+        return Supervisor(original, workers).run()
+    finally:
+        for sock in (*tcp, *udp):
+            if sock is not None:
+                sock.close()
+

@@ -1,0 +1,310 @@
+"""``m2msec gateway --workers N``: real supervisor and worker processes, real sockets, real TLS/DTLS over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h11
+import pytest
+from test_coaps_relay import Backend as CoapBackend
+from test_coaps_relay import Client, Inbox, client_context
+
+from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGHT2_AE, LIGHT2_ID, LIGHT2_KEY
+from m2msec import http1
+from m2msec.errors import ConfigurationError, HandshakeFailed
+from m2msec.gateway import coap
+from m2msec.gateway.workers import RestartPolicy, bind_group, worker_count
+from m2msec.keys.secret import SecretKey
+from m2msec.saef import PSKCredentials, establish_sa
+from m2msec.transport.dtls import create_dtls_endpoint
+
+M2MSEC = [sys.executable, "-m", "m2msec.cli.main"]
+TABLE_ENTRY = '[[psk]]\nidentity = "{}"\nkey = "{}"\nentity = "{}"\n'
+BOTH = TABLE_ENTRY.format(LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE) + TABLE_ENTRY.format(LIGHT2_ID, LIGHT2_KEY, LIGHT2_AE)
+CONNECTIONS = 16  # enough that both workers take some (the kernel hashes each source port): all on one is 2**-15
+
+
+@dataclass
+class StubCSE:
+    """A real HTTP/1.1 server on loopback standing in for the CSE: answers 2000, after ``delay`` seconds."""
+
+    delay: float = 0.0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    seen: int = 0
+    server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while (req := await http1.read_message(conn, reader)) is not None:
+                self.seen += 1
+                self.arrived.set()
+                await asyncio.sleep(self.delay)
+                body = json.dumps({"m2m:cb": {"rn": HOME_GATEWAY_CSE_ID}}).encode()
+                await http1.send_message(conn, writer, http1.Message(
+                    headers=[("content-type", "application/json"), ("x-m2m-rsc", "2000"),
+                             ("x-m2m-ri", req.header("x-m2m-ri") or "")], body=body, status=200))
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    break
+                conn.start_next_cycle()
+        except (ConnectionError, h11.ProtocolError):
+            pass
+        finally:
+            writer.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+
+@pytest.fixture
+async def cse() -> AsyncIterator[StubCSE]:
+    stub = StubCSE()
+    stub.server = await asyncio.start_server(stub.handle, "127.0.0.1", 0)
+    yield stub
+    stub.server.close()
+
+
+def private(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class GatewayProcess:
+    proc: asyncio.subprocess.Process
+    log_path: Path
+    port: int = 0
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def workers_serving(self, what: str) -> set[str]:
+        """The worker indexes whose log has a line containing ``what``."""
+        return set(re.findall(r"\[worker (\d+)\]: [^\n]*" + re.escape(what), self.log))
+
+    def worker_pid(self, index: int) -> int:
+        return int(re.findall(rf"worker {index} started \(pid (\d+)\)", self.log)[-1])
+
+    async def stop(self) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.proc.wait(), 30)
+
+
+@contextlib.asynccontextmanager
+async def gateway(tmp_path: Path, *options: str, workers: str = "2") -> AsyncIterator[GatewayProcess]:
+    log_path = tmp_path / f"gateway-{len(list(tmp_path.glob('gateway-*')))}.log"
+    with log_path.open("w") as log:
+        proc = await asyncio.create_subprocess_exec(*M2MSEC, "gateway", "--workers", workers, *options,
+                                                    stdout=subprocess.PIPE, stderr=log)
+    gw = GatewayProcess(proc, log_path)
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert " on 127.0.0.1:" in line, line + gw.log
+        gw.port = int(line.split()[-3].rsplit(":", 1)[1])
+        yield gw
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def http_options(tmp_path: Path, cse: StubCSE, table: str = BOTH) -> list[str]:
+    return ["--listen", "127.0.0.1:0", "--psk-table", str(private(tmp_path / "psk.toml", table)), "--backend", cse.url]
+
+
+def request() -> http1.Message:
+    return http1.Message(headers=[("host", HOME_GATEWAY_CSE_ID), ("x-m2m-ri", "rq"), ("x-m2m-rvi", "3"),
+                                  ("x-m2m-origin", LIGHT1_AE)], method="GET", target=f"/{HOME_GATEWAY_CSE_ID}")
+
+
+async def one_request(port: int, identity: str = LIGHT1_ID, key: str = LIGHT1_KEY) -> int:
+    sa = await establish_sa("127.0.0.1", port, PSKCredentials(identity, SecretKey.from_hex(key), HOME_GATEWAY_CSE_ID))
+    try:
+        msg = request()
+        if identity == LIGHT2_ID:
+            msg.headers[-1] = ("x-m2m-origin", LIGHT2_AE)
+        return (await sa.request(msg)).status
+    finally:
+        await sa.close()
+
+
+# -- without processes
+
+
+def test_worker_count() -> None:
+    assert worker_count("1") == 1 and worker_count("3") == 3
+    assert worker_count("auto", cpus=lambda: 6) == 6
+    assert worker_count("auto") == len(os.sched_getaffinity(0))
+    for bad in ("0", "x", "-1", "", "2.5"):
+        with pytest.raises(ConfigurationError, match="--workers"):
+            worker_count(bad)
+
+
+def test_restart_policy_backs_off_then_gives_up_on_workers_that_never_serve() -> None:
+    policy = RestartPolicy(backoff=0.1, max_backoff=1.0, reset_after=30.0, startup_failures=3)
+    assert [policy.died(lived=1.0, was_ready=True) for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert policy.died(lived=60.0, was_ready=True) == 0.1  # a long life resets the backoff
+    assert policy.died(lived=0.5, was_ready=False) == 0.2
+    assert policy.died(lived=0.5, was_ready=False) == 0.4
+    assert policy.died(lived=0.5, was_ready=False) is None  # third start in a row that never served
+    fresh = RestartPolicy(startup_failures=3)
+    fresh.died(0.5, False), fresh.died(0.5, False), fresh.died(100.0, True)
+    assert fresh.died(0.5, False) is not None  # a worker that served in between starts the count again
+
+
+@pytest.mark.parametrize("kind", [socket.SOCK_STREAM, socket.SOCK_DGRAM])
+def test_bind_group_shares_one_port(kind: socket.SocketKind) -> None:
+    group = bind_group(kind, "127.0.0.1", 0, 3)
+    try:
+        assert len({s.getsockname() for s in group}) == 1 and group[0].getsockname()[1] != 0
+        assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in group)
+        with socket.socket(socket.AF_INET, kind) as squatter, pytest.raises(ConfigurationError, match="cannot listen"):
+            squatter.bind(("127.0.0.1", 0))
+            bind_group(kind, "127.0.0.1", squatter.getsockname()[1], 2)  # a port taken without SO_REUSEPORT
+    finally:
+        for s in group:
+            s.close()
+
+
+# -- the CLI
+
+
+@pytest.mark.parametrize("value", ["0", "x"])
+def test_bad_workers_value_is_one_line(value: str, tmp_path: Path) -> None:
+    result = subprocess.run([*M2MSEC, "gateway", "--workers", value, "--backend", "http://127.0.0.1:1",
+                             "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("m2msec: error: --workers must be a positive number or auto")
+
+
+def test_config_error_found_by_the_supervisor_before_any_worker(tmp_path: Path) -> None:
+    result = subprocess.run([*M2MSEC, "gateway", "--workers", "2", "--db", str(tmp_path / "none.db"),
+                             "--backend", "http://127.0.0.1:1", "--listen", "127.0.0.1:0"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "no such key store" in result.stderr and "worker" not in result.stderr
+
+
+async def test_two_workers_serve_tls_psk_through_to_the_cse(tmp_path: Path, cse: StubCSE) -> None:
+    async with gateway(tmp_path, *http_options(tmp_path, cse)) as gw:
+        statuses = [await one_request(gw.port) for _ in range(CONNECTIONS)]
+        assert statuses == [200] * CONNECTIONS and cse.seen == CONNECTIONS
+        assert gw.workers_serving("SA established") == {"0", "1"}, gw.log  # both processes served
+        pids = {gw.worker_pid(0), gw.worker_pid(1)}
+        assert len(pids) == 2
+        assert await gw.stop() == 0
+    for pid in pids:  # the workers ended with their supervisor
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert LIGHT1_KEY not in gw.log
+
+
+async def test_a_killed_worker_is_restarted_on_its_socket(tmp_path: Path, cse: StubCSE) -> None:
+    async with gateway(tmp_path, *http_options(tmp_path, cse)) as gw:
+        killed = gw.worker_pid(0)
+        os.kill(killed, signal.SIGKILL)
+        # connections the kernel hashes to socket 0 wait in its backlog for the new worker: none fails
+        statuses = await asyncio.gather(*(one_request(gw.port) for _ in range(CONNECTIONS)))
+        assert list(statuses) == [200] * CONNECTIONS
+        assert f"worker 0 (pid {killed}) ended: killed by SIGKILL; restarting in" in gw.log
+        assert gw.worker_pid(0) != killed
+        for _ in range(CONNECTIONS):  # and the new worker 0 serves
+            assert await one_request(gw.port) == 200
+        assert gw.log.count("[worker 0]: SA established") >= 1
+        assert await gw.stop() == 0
+
+
+async def test_sigterm_drains_an_in_flight_request_and_exits_0(tmp_path: Path, cse: StubCSE) -> None:
+    cse.delay = 1.5
+    async with gateway(tmp_path, *http_options(tmp_path, cse)) as gw:
+        in_flight = asyncio.create_task(one_request(gw.port))
+        await asyncio.wait_for(cse.arrived.wait(), 30)
+        gw.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(in_flight, 30) == 200  # answered after SIGTERM
+        assert await gw.stop() == 0
+        with pytest.raises(OSError):  # nothing listens any more
+            await asyncio.open_connection("127.0.0.1", gw.port)
+
+
+async def test_removed_key_is_refused_by_every_worker(tmp_path: Path, cse: StubCSE) -> None:
+    async with gateway(tmp_path, *http_options(tmp_path, cse)) as gw:
+        assert [await one_request(gw.port, LIGHT2_ID, LIGHT2_KEY) for _ in range(4)] == [200] * 4
+        table = tmp_path / "psk.toml"
+        private(table, TABLE_ENTRY.format(LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE) + "# Light 2 removed\n")
+        os.utime(table, (os.stat(table).st_atime, os.stat(table).st_mtime + 5))
+        for _ in range(100):  # each worker runs its own reloader
+            if gw.workers_serving("reloaded PSK table") == {"0", "1"}:
+                break
+            await asyncio.sleep(0.1)
+        assert gw.workers_serving("reloaded PSK table") == {"0", "1"}, gw.log
+        for _ in range(CONNECTIONS):
+            with pytest.raises(HandshakeFailed):
+                await one_request(gw.port, LIGHT2_ID, LIGHT2_KEY)
+        assert gw.workers_serving(f"failed (identity {LIGHT2_ID!r})") == {"0", "1"}, gw.log
+        assert [await one_request(gw.port) for _ in range(4)] == [200] * 4  # Light 1 still served
+        assert await gw.stop() == 0
+
+
+async def test_workers_that_cannot_start_stop_the_gateway_with_one_line(tmp_path: Path, cse: StubCSE) -> None:
+    async with gateway(tmp_path, *http_options(tmp_path, cse)) as gw:
+        private(tmp_path / "psk.toml", "[[psk]]\nidentity = \n")  # a bad edit: running workers keep the old table
+        other = gw.worker_pid(1)
+        os.kill(gw.worker_pid(0), signal.SIGKILL)  # ... but a restarted worker cannot load it
+        code = await asyncio.wait_for(gw.proc.wait(), 60)
+        assert code == 2
+        last = gw.log.strip().splitlines()[-1]
+        assert last.startswith("m2msec: error: worker 0 exited 3 times in a row before serving (last: exit status 2)")
+        with pytest.raises(ProcessLookupError):
+            os.kill(other, 0)  # the other worker was stopped too
+
+
+# -- coaps
+
+
+@pytest.fixture
+async def coap_cse() -> AsyncIterator[tuple[CoapBackend, int]]:
+    loop = asyncio.get_running_loop()
+    transport, backend = await loop.create_datagram_endpoint(CoapBackend, local_addr=("127.0.0.1", 0))
+    yield backend, transport.get_extra_info("sockname")[1]
+    transport.close()
+
+
+async def test_coaps_over_two_workers_keeps_each_dtls_association(
+        tmp_path: Path, coap_cse: tuple[CoapBackend, int]) -> None:
+    backend, bport = coap_cse
+    backend.body = b"from the CSE"
+    table = private(tmp_path / "psk.toml", BOTH)
+    async with gateway(tmp_path, "--psk-table", str(table), "--coap-backend", f"127.0.0.1:{bport}",
+                       "--coaps-listen", "127.0.0.1:0") as gw:
+        clients = []
+        for _ in range(8):  # eight source ports: both workers get some
+            transport, inbox, _ = await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, client_context())
+            clients.append((transport, Client(transport, inbox)))  # type: ignore[arg-type]
+        for _ in range(10):  # many messages per association, each answered by the worker that holds it
+            for _, client in clients:
+                reply = await client.send(client.request(coap.GET))
+                assert coap.format_code(reply.code) == "2.05" and reply.payload == b"from the CSE"
+        for transport, _ in clients:
+            transport.close()
+        assert len(backend.requests) == 80
+        assert gw.log.count("coaps SA with") == 8  # one handshake per client: no association moved
+        assert gw.workers_serving("coaps SA with") == {"0", "1"}, gw.log
+        assert await gw.stop() == 0
+
