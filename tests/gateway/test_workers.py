@@ -275,19 +275,46 @@ async def test_workers_that_cannot_start_stop_the_gateway_with_one_line(tmp_path
             os.kill(other, 0)  # the other worker was stopped too
 
 
+async def test_sqlite_store_read_by_every_worker_and_a_removal_reaches_them(tmp_path: Path, cse: StubCSE) -> None:
+    db, table = tmp_path / "keys.db", private(tmp_path / "psk.toml", BOTH)
+    keys = [*M2MSEC, "keys", "--db", str(db)]
+    subprocess.run([*keys, "import", str(table)], check=True, capture_output=True, timeout=60)
+    async with gateway(tmp_path, "--listen", "127.0.0.1:0", "--db", str(db), "--backend", cse.url) as gw:
+        assert [await one_request(gw.port, LIGHT2_ID, LIGHT2_KEY) for _ in range(CONNECTIONS)] == [200] * CONNECTIONS
+        assert gw.workers_serving(f"{LIGHT2_ID!r} associated") == {"0", "1"}, gw.log  # each opened the store
+        subprocess.run([*keys, "remove", "--identity", LIGHT2_ID], check=True, capture_output=True, timeout=60)
+        for _ in range(CONNECTIONS):  # the next handshake, on whichever worker
+            with pytest.raises(HandshakeFailed):
+                await one_request(gw.port, LIGHT2_ID, LIGHT2_KEY)
+        assert gw.workers_serving(f"failed (identity {LIGHT2_ID!r})") == {"0", "1"}, gw.log
+        assert await gw.stop() == 0
+
+
 # -- coaps
 
 
+class SlowCoapBackend(CoapBackend):
+    """The CoAP CSE, answering ``delay`` seconds late (0: at once)."""
+
+    delay = 0.0
+    arrived: asyncio.Event | None = None
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.arrived is not None:
+            self.arrived.set()
+        asyncio.get_running_loop().call_later(self.delay, super().datagram_received, data, addr)
+
+
 @pytest.fixture
-async def coap_cse() -> AsyncIterator[tuple[CoapBackend, int]]:
+async def coap_cse() -> AsyncIterator[tuple[SlowCoapBackend, int]]:
     loop = asyncio.get_running_loop()
-    transport, backend = await loop.create_datagram_endpoint(CoapBackend, local_addr=("127.0.0.1", 0))
+    transport, backend = await loop.create_datagram_endpoint(SlowCoapBackend, local_addr=("127.0.0.1", 0))
     yield backend, transport.get_extra_info("sockname")[1]
     transport.close()
 
 
 async def test_coaps_over_two_workers_keeps_each_dtls_association(
-        tmp_path: Path, coap_cse: tuple[CoapBackend, int]) -> None:
+        tmp_path: Path, coap_cse: tuple[SlowCoapBackend, int]) -> None:
     backend, bport = coap_cse
     backend.body = b"from the CSE"
     table = private(tmp_path / "psk.toml", BOTH)
@@ -308,3 +335,21 @@ async def test_coaps_over_two_workers_keeps_each_dtls_association(
         assert gw.workers_serving("coaps SA with") == {"0", "1"}, gw.log
         assert await gw.stop() == 0
 
+
+
+async def test_sigterm_lets_a_coaps_answer_in_flight_through(tmp_path: Path,
+                                                             coap_cse: tuple[SlowCoapBackend, int]) -> None:
+    backend, bport = coap_cse
+    backend.body, backend.delay, backend.arrived = b"late", 0.5, asyncio.Event()
+    table = private(tmp_path / "psk.toml", BOTH)
+    async with gateway(tmp_path, "--psk-table", str(table), "--coap-backend", f"127.0.0.1:{bport}",
+                       "--coaps-listen", "127.0.0.1:0") as gw:
+        transport, inbox, _ = await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, client_context())
+        client = Client(transport, inbox)  # type: ignore[arg-type]
+        answer = asyncio.create_task(client.send(client.request(coap.GET), timeout=10))
+        await asyncio.wait_for(backend.arrived.wait(), 10)
+        gw.proc.send_signal(signal.SIGTERM)
+        reply = await answer
+        transport.close()
+        assert coap.format_code(reply.code) == "2.05" and reply.payload == b"late"
+        assert await gw.stop() == 0

@@ -8,7 +8,9 @@ key store (its own SQLite reader) or loads the TOML table itself and runs its ow
 
 On SIGTERM / SIGINT it drains (:func:`drain`, D64): it stops taking new connections and datagrams from its
 sockets (the supervisor still holds them), waits for its open TLS connections to end, at most
-:data:`~m2msec.gateway.workers.DRAIN_TIMEOUT` seconds, then closes what is left and exits 0.
+:data:`~m2msec.gateway.workers.DRAIN_TIMEOUT` seconds (serving coaps, at least
+:data:`~m2msec.gateway.workers.COAPS_DRAIN_GRACE` for the CSE's answers still due), then closes what is left and
+exits 0.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from m2msec.errors import M2MSecError
-from m2msec.gateway.workers import DRAIN_TIMEOUT, WorkerSockets
+from m2msec.gateway.workers import COAPS_DRAIN_GRACE, DRAIN_TIMEOUT, WorkerSockets
 
 __all__ = ["drain", "main"]
 
@@ -62,8 +64,10 @@ async def drain(services: Sequence[Any], sockets: WorkerSockets, *, timeout: flo
                 clock: Callable[[], float] = time.monotonic) -> None:
     """Stop taking work, let the open connections finish (at most ``timeout`` s); the caller then closes."""
     _stop_taking(asyncio.get_running_loop(), sockets, services)
-    deadline = clock() + timeout
-    while _open_connections(services) and clock() < deadline:
+    start = clock()
+    deadline = start + timeout
+    grace = start + min(timeout, COAPS_DRAIN_GRACE) if sockets.udp is not None else start
+    while (_open_connections(services) or clock() < grace) and clock() < deadline:
         await asyncio.sleep(_DRAIN_POLL)
     left = _open_connections(services)
     if left:

@@ -51,6 +51,9 @@ RESTART_RESET = 30.0
 STARTUP_FAILURES = 3
 #: seconds a worker has, after SIGTERM, to let in-flight requests finish before closing what is left (D64)
 DRAIN_TIMEOUT = 10.0
+#: seconds a draining worker that serves coaps waits at least, for answers its CSE still owes (a CoAP exchange
+#: in flight leaves no trace the worker can count; CoAP clients retransmit what is lost) (D64)
+COAPS_DRAIN_GRACE = 1.0
 #: seconds the supervisor waits beyond DRAIN_TIMEOUT before it kills a worker that has not exited
 KILL_MARGIN = 5.0
 #: the caps each worker enforces in full, on its own share of the traffic: not divided among workers, so
