@@ -178,6 +178,8 @@ def test_bind_group_shares_one_port(kind: socket.SocketKind) -> None:
         with socket.socket(socket.AF_INET, kind) as squatter, pytest.raises(ConfigurationError, match="cannot listen"):
             squatter.bind(("127.0.0.1", 0))
             bind_group(kind, "127.0.0.1", squatter.getsockname()[1], 2)  # a port taken without SO_REUSEPORT
+        with pytest.raises(ConfigurationError, match="in use"):  # a running group is not joined either
+            bind_group(kind, "127.0.0.1", group[0].getsockname()[1], 2)
     finally:
         for s in group:
             s.close()

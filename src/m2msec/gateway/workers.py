@@ -111,12 +111,14 @@ class RestartPolicy:
         return float(min(self.max_backoff, self.backoff * 2 ** (self.quick_deaths - 1)))
 
 
-def _listening_socket(kind: socket.SocketKind, host: str, port: int) -> socket.socket:
+def _listening_socket(kind: socket.SocketKind, host: str, port: int, *, reuse_port: bool = True) -> socket.socket:
     family, _, _, _, address = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(family, kind)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if kind == socket.SOCK_STREAM:  # past TIME_WAIT; on UDP it would let anyone's socket share the port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
@@ -130,10 +132,15 @@ def _listening_socket(kind: socket.SocketKind, host: str, port: int) -> socket.s
 
 
 def bind_group(kind: socket.SocketKind, host: str, port: int, count: int) -> list[socket.socket]:
-    """``count`` sockets in one SO_REUSEPORT group on host:port (port 0: the first one's port for all)."""
+    """``count`` sockets in one SO_REUSEPORT group on host:port (port 0: the first one's port for all).
+
+    The port must be free: SO_REUSEPORT would otherwise let a second gateway (of the same user) join the group of
+    a running one and silently share its traffic, where a single process gets "address already in use"."""
     what = "" if kind == socket.SOCK_STREAM else "udp "
     group: list[socket.socket] = []
     try:
+        if port != 0:  # free, not merely shared: another gateway's reuseport group would take half the traffic
+            _listening_socket(kind, host, port, reuse_port=False).close()
         for _ in range(count):
             group.append(_listening_socket(kind, host, port))
             port = group[0].getsockname()[1]
