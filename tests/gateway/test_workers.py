@@ -24,7 +24,7 @@ from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGH
 from m2msec import http1
 from m2msec.errors import ConfigurationError, HandshakeFailed
 from m2msec.gateway import coap
-from m2msec.gateway.workers import RestartPolicy, bind_group, worker_count
+from m2msec.gateway.workers import MAX_WORKERS_PER_CPU, RestartPolicy, bind_group, worker_count
 from m2msec.keys.secret import SecretKey
 from m2msec.saef import PSKCredentials, establish_sa
 from m2msec.transport.dtls import create_dtls_endpoint
@@ -188,12 +188,28 @@ def test_bind_group_shares_one_port(kind: socket.SocketKind) -> None:
 # -- the CLI
 
 
-@pytest.mark.parametrize("value", ["0", "x"])
+def test_workers_refused_beyond_a_few_per_cpu() -> None:
+    assert worker_count(str(MAX_WORKERS_PER_CPU * 2), cpus=lambda: 2) == MAX_WORKERS_PER_CPU * 2
+    with pytest.raises(ConfigurationError, match=f"at most {MAX_WORKERS_PER_CPU * 2}$"):
+        worker_count(str(MAX_WORKERS_PER_CPU * 2 + 1), cpus=lambda: 2)
+    for digit in ("\u00b2", "\u0663", "\uff13"):  # str.isdigit() says yes; "\u00b2" made int() raise: exit 70
+        with pytest.raises(ConfigurationError, match="--workers must be a positive number"):
+            worker_count(digit)
+
+
+@pytest.mark.parametrize("value", ["0", "x", "\u00b2"])
 def test_bad_workers_value_is_one_line(value: str, tmp_path: Path) -> None:
     result = subprocess.run([*M2MSEC, "gateway", "--workers", value, "--backend", "http://127.0.0.1:1",
                              "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("m2msec: error: --workers must be a positive number or auto")
+
+
+def test_huge_workers_value_is_one_line_and_starts_nothing(tmp_path: Path) -> None:
+    result = subprocess.run([*M2MSEC, "gateway", "--workers", "100000", "--backend", "http://127.0.0.1:1",
+                             "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("m2msec: error: --workers 100000 is more than") and "started" not in result.stderr
 
 
 def test_config_error_found_by_the_supervisor_before_any_worker(tmp_path: Path) -> None:

@@ -37,8 +37,8 @@ from types import FrameType
 
 from m2msec.errors import ConfigurationError
 
-__all__ = ["DRAIN_TIMEOUT", "PER_WORKER_LIMITS", "RestartPolicy", "WorkerSockets", "bind_group", "supervise",
-           "worker_count"]
+__all__ = ["DRAIN_TIMEOUT", "MAX_WORKERS_PER_CPU", "PER_WORKER_LIMITS", "RestartPolicy", "WorkerSockets",
+           "bind_group", "supervise", "worker_count"]
 
 log = logging.getLogger("m2msec.gateway.workers")
 
@@ -60,6 +60,9 @@ KILL_MARGIN = 5.0
 #: the gateway as a whole holds up to N times each (D63)
 PER_WORKER_LIMITS = ("--max-connections", "--max-body-memory", "--max-handshakes-per-source",
                      "--max-connections-per-source", "--max-connections-per-sa", "coaps peers")
+#: --workers is refused above this many workers per CPU the process may use: an event-loop worker beyond one per
+#: CPU adds nothing but memory, and a typo such as 1000 would start a thousand interpreters (D66)
+MAX_WORKERS_PER_CPU = 4
 #: listen(2) backlog of each worker's TCP socket (connections wait here while their worker restarts)
 LISTEN_BACKLOG = socket.SOMAXCONN
 
@@ -83,12 +86,17 @@ class WorkerSockets:
 
 
 def worker_count(text: str, cpus: Callable[[], int] = lambda: len(os.sched_getaffinity(0))) -> int:
-    """``--workers``: a positive number, or ``auto`` (the CPUs this process may run on)."""
+    """``--workers``: a positive number (at most MAX_WORKERS_PER_CPU per CPU, D66), or ``auto`` (the CPUs this
+    process may run on)."""
     if text == "auto":
         return max(1, cpus())
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # isdigit alone: "²" is a digit int() refuses
         raise ConfigurationError(f"--workers must be a positive number or auto, not {text!r}")
-    return int(text)
+    count, usable = int(text), max(1, cpus())
+    if count > MAX_WORKERS_PER_CPU * usable:
+        raise ConfigurationError(f"--workers {count} is more than {MAX_WORKERS_PER_CPU} per CPU this process may use "
+                                 f"({usable}): at most {MAX_WORKERS_PER_CPU * usable}")
+    return count
 
 
 @dataclass
