@@ -261,6 +261,41 @@ async def test_sigterm_drains_an_in_flight_request_and_exits_0(tmp_path: Path, c
             await asyncio.open_connection("127.0.0.1", gw.port)
 
 
+def catches_sigint(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        caught = next(line for line in status if line.startswith("SigCgt:"))
+        return bool(int(caught.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    return False
+
+
+async def test_ctrl_c_while_workers_start_is_no_traceback(tmp_path: Path, cse: StubCSE) -> None:
+    """Ctrl-C in a terminal signals the whole foreground process group: workers still importing printed a
+    KeyboardInterrupt traceback (the supervisor forwarded SIGINT too); they now get SIGTERM from it only."""
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("w") as log:
+        proc = await asyncio.create_subprocess_exec(*M2MSEC, "gateway", "--workers", "2", *http_options(tmp_path, cse),
+                                                    stdout=subprocess.DEVNULL, stderr=log, process_group=0)
+    try:
+        for _ in range(600):
+            if "worker 1 started" in log_path.read_text():
+                break
+            await asyncio.sleep(0.01)
+        pids = [int(pid) for pid in re.findall(r"started \(pid (\d+)\)", log_path.read_text())]
+        for _ in range(600):  # the Python runtime's SIGINT handler is in place: the workers are importing
+            if all(catches_sigint(pid) for pid in pids):
+                break
+            await asyncio.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGINT)  # as the terminal does: the supervisor's process group
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert "Traceback" not in log_path.read_text() and "KeyboardInterrupt" not in log_path.read_text(), \
+        log_path.read_text()
+
+
 async def test_removed_key_is_refused_by_every_worker(tmp_path: Path, cse: StubCSE) -> None:
     async with gateway(tmp_path, *http_options(tmp_path, cse)) as gw:
         assert [await one_request(gw.port, LIGHT2_ID, LIGHT2_KEY) for _ in range(4)] == [200] * 4

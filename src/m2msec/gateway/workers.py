@@ -14,7 +14,8 @@ wait in its backlog for the new worker instead of being reset.
 
 Restarts back off (:class:`RestartPolicy`, D61); a worker that keeps dying before it is ready (a key store removed,
 a table edited into an invalid one) makes the supervisor stop all workers and exit with one error line instead of
-looping (D62). SIGTERM / SIGINT are forwarded to every worker, which drains (:mod:`m2msec.gateway.worker`, D64);
+looping (D62). SIGTERM / SIGINT to the supervisor sends SIGTERM to every worker (each in its own process group, so
+that a terminal's Ctrl-C reaches the supervisor alone), which drains (:mod:`m2msec.gateway.worker`, D64);
 the supervisor exits 0 once all have exited. The connection caps are per worker (:data:`PER_WORKER_LIMITS`, D63).
 """
 
@@ -206,8 +207,10 @@ class Supervisor:
         fds = [fd for fd in (w.tcp.fileno() if w.tcp else None, w.udp.fileno() if w.udp else None) if fd is not None]
         spec = {"index": w.index, "tcp": w.tcp.fileno() if w.tcp else None, "udp": w.udp.fileno() if w.udp else None,
                 "ready": self._ready_w, "supervisor": os.getpid(), "args": self.args}
+        # its own process group: a terminal's Ctrl-C (SIGINT to the foreground group) reaches the supervisor only,
+        # which stops the workers with SIGTERM; a worker still importing would print a KeyboardInterrupt traceback
         proc = subprocess.Popen([sys.executable, "-m", "m2msec.gateway.worker"], stdin=subprocess.PIPE,
-                                pass_fds=[*fds, self._ready_w])
+                                pass_fds=[*fds, self._ready_w], process_group=0)
         assert proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.write(pickle.dumps(spec))
@@ -283,11 +286,10 @@ class Supervisor:
         return 0
 
     def _shut_down(self) -> None:
-        sig = self.stopping or signal.SIGTERM
-        for w in self.workers:
+        for w in self.workers:  # SIGTERM for SIGINT too: a worker that is not serving yet ends without a traceback
             if w.process is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    w.process.send_signal(sig)
+                    w.process.send_signal(signal.SIGTERM)
         deadline = self.clock() + DRAIN_TIMEOUT + KILL_MARGIN
         while any(w.process is not None for w in self.workers):
             self._reap()
