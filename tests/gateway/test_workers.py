@@ -271,7 +271,7 @@ def catches_sigint(pid: int) -> bool:
 
 async def test_ctrl_c_while_workers_start_is_no_traceback(tmp_path: Path, cse: StubCSE) -> None:
     """Ctrl-C in a terminal signals the whole foreground process group: workers still importing printed a
-    KeyboardInterrupt traceback (the supervisor forwarded SIGINT too); they now get SIGTERM from it only."""
+    KeyboardInterrupt traceback (the supervisor forwarded SIGINT too); they now block SIGINT and get SIGTERM."""
     log_path = tmp_path / "gateway.log"
     with log_path.open("w") as log:
         proc = await asyncio.create_subprocess_exec(*M2MSEC, "gateway", "--workers", "2", *http_options(tmp_path, cse),

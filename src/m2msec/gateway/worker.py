@@ -6,8 +6,9 @@ options), then runs :func:`m2msec.cli.gateway.run` on those sockets: the single-
 key store (its own SQLite reader) or loads the TOML table itself and runs its own reloader. Its log lines carry
 ``[worker I]`` after the logger name; the single-process format is unchanged.
 
-On SIGTERM / SIGINT it drains (:func:`drain`, D64): it stops taking new connections and datagrams from its
-sockets (the supervisor still holds them), waits for its open TLS connections to end, at most
+On SIGTERM (SIGINT is blocked: it is the supervisor's, which sends SIGTERM) it drains (:func:`drain`, D64): it
+stops taking new connections and datagrams from its sockets (the supervisor still holds them), waits for its
+open TLS connections to end, at most
 :data:`~m2msec.gateway.workers.DRAIN_TIMEOUT` seconds (serving coaps, at least
 :data:`~m2msec.gateway.workers.COAPS_DRAIN_GRACE` for the CSE's answers still due), then closes what is left and
 exits 0.

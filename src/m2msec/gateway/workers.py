@@ -14,9 +14,10 @@ wait in its backlog for the new worker instead of being reset.
 
 Restarts back off (:class:`RestartPolicy`, D61); a worker that keeps dying before it is ready (a key store removed,
 a table edited into an invalid one) makes the supervisor stop all workers and exit with one error line instead of
-looping (D62). SIGTERM / SIGINT to the supervisor sends SIGTERM to every worker (each in its own process group, so
-that a terminal's Ctrl-C reaches the supervisor alone), which drains (:mod:`m2msec.gateway.worker`, D64);
-the supervisor exits 0 once all have exited. The connection caps are per worker (:data:`PER_WORKER_LIMITS`, D63).
+looping (D62). SIGTERM / SIGINT to the supervisor sends SIGTERM to every worker (workers run with SIGINT blocked,
+so that a terminal's Ctrl-C, sent to the whole process group, is the supervisor's alone), which drains
+(:mod:`m2msec.gateway.worker`, D64); the supervisor exits 0 once all have exited. The connection caps are per
+worker (:data:`PER_WORKER_LIMITS`, D63).
 """
 
 from __future__ import annotations
@@ -207,10 +208,15 @@ class Supervisor:
         fds = [fd for fd in (w.tcp.fileno() if w.tcp else None, w.udp.fileno() if w.udp else None) if fd is not None]
         spec = {"index": w.index, "tcp": w.tcp.fileno() if w.tcp else None, "udp": w.udp.fileno() if w.udp else None,
                 "ready": self._ready_w, "supervisor": os.getpid(), "args": self.args}
-        # its own process group: a terminal's Ctrl-C (SIGINT to the foreground group) reaches the supervisor only,
-        # which stops the workers with SIGTERM; a worker still importing would print a KeyboardInterrupt traceback
-        proc = subprocess.Popen([sys.executable, "-m", "m2msec.gateway.worker"], stdin=subprocess.PIPE,
-                                pass_fds=[*fds, self._ready_w], process_group=0)
+        # SIGINT blocked in the worker (the mask survives exec): a terminal's Ctrl-C reaches the whole foreground
+        # process group, and a worker still importing would print a KeyboardInterrupt traceback; the supervisor
+        # stops its workers with SIGTERM. Unblocked here at once: a Ctrl-C meanwhile is the supervisor's, pending
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "m2msec.gateway.worker"], stdin=subprocess.PIPE,
+                                    pass_fds=[*fds, self._ready_w])
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         assert proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.write(pickle.dumps(spec))
