@@ -315,6 +315,33 @@ async def test_removed_key_is_refused_by_every_worker(tmp_path: Path, cse: StubC
         assert await gw.stop() == 0
 
 
+async def test_live_sas_on_every_worker_end_when_their_key_is_removed(tmp_path: Path, cse: StubCSE) -> None:
+    async with gateway(tmp_path, *http_options(tmp_path, cse)) as gw:
+        creds = PSKCredentials(LIGHT2_ID, SecretKey.from_hex(LIGHT2_KEY), HOME_GATEWAY_CSE_ID)
+        sas = [await establish_sa("127.0.0.1", gw.port, creds) for _ in range(CONNECTIONS)]
+        msg = request()
+        msg.headers[-1] = ("x-m2m-origin", LIGHT2_AE)
+        try:
+            assert [(await sa.request(msg)).status for sa in sas] == [200] * CONNECTIONS
+            assert gw.workers_serving(f"{LIGHT2_ID!r} associated") == {"0", "1"}, gw.log
+            table = tmp_path / "psk.toml"
+            private(table, TABLE_ENTRY.format(LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE))
+            os.utime(table, (os.stat(table).st_atime, os.stat(table).st_mtime + 5))
+            for _ in range(100):
+                if gw.workers_serving("reloaded PSK table") == {"0", "1"}:
+                    break
+                await asyncio.sleep(0.1)
+            for sa in sas:  # the SA's next request, on whichever worker holds it: refused, not forwarded
+                resp = await sa.request(msg)
+                assert (resp.status, resp.header("x-m2m-rsc")) == (403, "4106")
+            assert cse.seen == CONNECTIONS
+        finally:
+            for sa in sas:
+                with contextlib.suppress(Exception):
+                    await sa.close()
+        assert await gw.stop() == 0
+
+
 async def test_workers_that_cannot_start_stop_the_gateway_with_one_line(tmp_path: Path, cse: StubCSE) -> None:
     async with gateway(tmp_path, *http_options(tmp_path, cse)) as gw:
         private(tmp_path / "psk.toml", "[[psk]]\nidentity = \n")  # a bad edit: running workers keep the old table
