@@ -8,8 +8,9 @@ inherited file descriptors (``pass_fds``) and the parsed options on its stdin; i
 code path (:func:`m2msec.cli.gateway.run`) with ``start(sock=...)`` and reports ready on a pipe.
 
 The supervisor keeps socket *i* open for as long as it runs, so a worker that dies is restarted on the **same**
-socket: the reuseport group never changes, the kernel's hash of a datagram's source address and port keeps picking
-the socket (hence the process) that holds the peer's DTLS association, and TCP connections queued on socket *i*
+socket: the reuseport group never changes, the hash of a datagram's source address and port keeps picking the
+socket (hence the process) that holds the peer's DTLS association (:mod:`m2msec.gateway.reuseport`: sockets that
+join the group later are never picked), and TCP connections queued on socket *i*
 wait in its backlog for the new worker instead of being reset.
 
 Restarts back off (:class:`RestartPolicy`, D61); a worker that keeps dying before it is ready (a key store removed,
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from m2msec.errors import ConfigurationError
+from m2msec.gateway.reuseport import pin_group
 
 __all__ = ["DRAIN_TIMEOUT", "MAX_WORKERS_PER_CPU", "PER_WORKER_LIMITS", "RestartPolicy", "WorkerSockets",
            "bind_group", "supervise", "worker_count"]
@@ -145,7 +147,8 @@ def bind_group(kind: socket.SocketKind, host: str, port: int, count: int) -> lis
     """``count`` sockets in one SO_REUSEPORT group on host:port (port 0: the first one's port for all).
 
     The port must be free: SO_REUSEPORT would otherwise let a second gateway (of the same user) join the group of
-    a running one and silently share its traffic, where a single process gets "address already in use"."""
+    a running one and silently share its traffic, where a single process gets "address already in use". A socket
+    that joins the group later is never chosen (:func:`m2msec.gateway.reuseport.pin_group`)."""
     what = "" if kind == socket.SOCK_STREAM else "udp "
     group: list[socket.socket] = []
     try:
@@ -158,6 +161,11 @@ def bind_group(kind: socket.SocketKind, host: str, port: int, count: int) -> lis
         for sock in group:
             sock.close()
         raise ConfigurationError(f"cannot listen on {what}{host}:{port}: {exc.strerror or exc}") from None
+    try:  # a socket bound later on this port with SO_REUSEPORT (same user) would join the group: never chosen
+        pin_group(group)
+    except OSError as exc:
+        log.warning("%s%s:%d: cannot keep sockets bound later out of the reuseport group (%s): they would share "
+                    "its traffic", what, host, port, exc.strerror or exc)
     return group
 
 
