@@ -174,15 +174,6 @@ class _Worker:
     index: int
     tcp: socket.socket | None
     udp: socket.socket | None
-    ready_fd: int | None = None
-
-    def serving(self) -> None:
-        """Tell the supervisor (its pipe) that this worker serves."""
-        if self.ready_fd is not None:
-            with contextlib.suppress(OSError):
-                os.write(self.ready_fd, f"{os.getpid()}\n".encode())
-            with contextlib.suppress(OSError):
-                os.close(self.ready_fd)
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     process: subprocess.Popen[bytes] | None = None
     started: float = 0.0
