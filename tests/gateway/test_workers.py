@@ -401,6 +401,7 @@ async def test_workers_that_cannot_start_stop_the_gateway_with_one_line(tmp_path
         assert last.startswith("m2msec: error: worker 0 exited 3 times in a row before serving (last: exit status 2)")
         with pytest.raises(ProcessLookupError):
             os.kill(other, 0)  # the other worker was stopped too
+        assert f"(pid {other}) ended" not in gw.log, gw.log  # stopped, not "ended ...; restarting in 0.1 s"
 
 
 async def test_sqlite_store_read_by_every_worker_and_a_removal_reaches_them(tmp_path: Path, cse: StubCSE) -> None:

@@ -291,6 +291,8 @@ class Supervisor:
         return 0
 
     def _shut_down(self) -> None:
+        if self.stopping is None:  # giving up (D62): the workers stopped now are not restarted, nor said to be
+            self.stopping = signal.SIGTERM
         for w in self.workers:  # SIGTERM for SIGINT too: a worker that is not serving yet ends without a traceback
             if w.process is not None:
                 with contextlib.suppress(ProcessLookupError):
