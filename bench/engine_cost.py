@@ -1,0 +1,499 @@
+"""The TLS engine's own cost per handshake, server side, and the memory an idle connection holds (on demand).
+
+Drives full PSK handshakes through ``TLSContext.server(...).connection()`` (the sans-I/O engine, no asyncio):
+
+- TLS 1.2 ``PSK-AES128-CBC-SHA256`` (profile ``onem2m``) and TLS 1.3 PSK with (EC)DHE (profile ``tls13``,
+  psk_dhe_ke, what the gateway offers for 1.3);
+- ``pair``: an in-memory pair (engine client <-> engine server, no sockets). The server side is timed alone
+  (CPU time of this thread around the server's calls only) and, with ``--callgrind``, counted alone in
+  instructions (the script re-runs itself under ``valgrind --tool=callgrind --collect-atstart=no`` and toggles
+  collection around the server's calls through a 2-line C helper built with <valgrind/callgrind.h>);
+- the C baseline in the same run: ``bench/psk_baseline.c pair N CIPHER`` (client and server in one loop, system
+  OpenSSL): CPU per handshake, and instructions per handshake under callgrind (two loop lengths, subtracted);
+  it counts *both* sides, so the ratio printed is the engine server against half the C pair;
+- ``--loopback`` (TLS 1.2): the engine in a blocking accept/recv/send loop against the C client
+  ``bench/psk_hs_client.c`` over loopback, as ``bench/profile_gateway.py``'s "engine, blocking" rung, beside the
+  C server ``psk_baseline server`` against the same client (server CPU per handshake, this process on CPU 0);
+- ``--profile``: cProfile of the server side's calls only (own time, top functions);
+- ``--idle N``: N established in-memory server connections kept idle; RSS (VmRSS) growth and Python heap
+  (tracemalloc) growth per connection.
+
+    .venv/bin/python bench/engine_cost.py [--handshakes 2000] [--rounds 3] [--versions 1.2,1.3]
+                                          [--callgrind] [--cg-handshakes 40] [--loopback] [--profile] [--idle N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import ctypes
+import gc
+import io
+import os
+import pstats
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from m2msec.keys.secret import SecretKey
+from m2msec.keys.table import MemoryPSKTable, PSKEntry
+from m2msec.tls.engine import ClientConfig, ConnectionClosed, ServerConfig, TLSConnection, TLSContext
+from m2msec.tls.profiles import parse_profiles
+
+BENCH = Path(__file__).resolve().parent
+BUILD = BENCH / "build"
+BASELINE_SRC, BASELINE_BIN = BENCH / "psk_baseline.c", BUILD / "psk_baseline"
+CLIENT_SRC, CLIENT_BIN = BENCH / "psk_hs_client.c", BUILD / "psk_hs_client"
+TOGGLE_BIN = BUILD / "cg_toggle.so"
+TOGGLE_SRC = "#include <valgrind/callgrind.h>\nvoid cg_toggle(void) { CALLGRIND_TOGGLE_COLLECT; }\n"
+IDENTITY, KEY_HEX = "client1", "00112233445566778899aabbccddeeff"  # what psk_baseline.c compiles in
+#: TLS version -> (engine profile, C baseline cipher argument)
+VERSIONS = {"1.2": ("onem2m", "PSK-AES128-CBC-SHA256"), "1.3": ("tls13", "TLS13")}
+TLS12_CIPHER = "PSK-AES128-CBC-SHA256"
+SERVER_CPU, CLIENT_CPU = 0, 1
+OPENSSL_CONF = """openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_module
+[ssl_module]
+system_default = tls_defaults
+[tls_defaults]
+Groups = {groups}
+"""
+
+
+def contexts(version: str) -> tuple[TLSContext, TLSContext]:
+    profile = parse_profiles(VERSIONS[version][0])
+    key = SecretKey.from_hex(KEY_HEX)
+    table = MemoryPSKTable([PSKEntry(IDENTITY, key, entity="Cbench")])
+    server = TLSContext.server(ServerConfig(psk_lookup=table.lookup, profiles=profile))
+    client = TLSContext.client(ClientConfig(IDENTITY, key, profiles=profile))
+    return server, client
+
+
+Step = Callable[[Callable[[], Any]], Any]
+
+
+def plain(fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def handshake(server: TLSContext, client: TLSContext, on_server: Step) -> TLSConnection:
+    """One full in-memory handshake, then close_notify both ways; every server-side call goes through on_server."""
+    c = client.connection()
+    s: TLSConnection = on_server(server.connection)
+    flight = c.data_to_send()
+    while flight:
+        on_server(lambda f=flight: s.receive_data(f))
+        back = on_server(s.data_to_send)
+        if back:
+            c.receive_data(back)
+        flight = c.data_to_send()
+    assert s.session is not None and c.session is not None
+    c.close()
+    closing = c.data_to_send()
+    events = on_server(lambda: s.receive_data(closing))
+    assert any(isinstance(e, ConnectionClosed) for e in events), events
+    on_server(s.close)
+    on_server(s.data_to_send)
+    return s
+
+
+def build(source: Path, binary: Path, flags: list[str]) -> None:
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return
+    BUILD.mkdir(exist_ok=True)
+    subprocess.run(["gcc", "-O2", *flags[:-2], "-o", str(binary), str(source), *flags[-2:]], check=True)
+
+
+def build_all() -> None:
+    build(BASELINE_SRC, BASELINE_BIN, ["-lssl", "-lcrypto"])
+    build(CLIENT_SRC, CLIENT_BIN, ["-lssl", "-lcrypto"])
+
+
+# --------------------------------------------------------------------------------------------------
+# in-memory pair: CPU time
+
+
+def pair_cpu(version: str, n: int) -> tuple[float, float]:
+    """(server-side CPU s per handshake, whole pair CPU s per handshake) of n in-memory handshakes."""
+    server, client = contexts(version)
+    spent = 0
+    clock = time.thread_time_ns
+
+    def timed(fn: Callable[[], Any]) -> Any:
+        nonlocal spent
+        t0 = clock()
+        result = fn()
+        spent += clock() - t0
+        return result
+
+    for _ in range(50):
+        handshake(server, client, plain)
+    # the timer's own cost, measured the same way, is taken off
+    t0 = clock()
+    for _ in range(1000):
+        timed(lambda: None)
+    overhead = (clock() - t0) / 1000
+    spent, calls = 0, 0
+
+    def counted(fn: Callable[[], Any]) -> Any:
+        nonlocal calls
+        calls += 1
+        return timed(fn)
+
+    cpu0 = time.process_time()
+    for _ in range(n):
+        handshake(server, client, counted)
+    whole = time.process_time() - cpu0
+    return max(0.0, (spent - overhead * calls) / 1e9 / n), whole / n
+
+
+def c_pair_cpu(version: str, n: int) -> float:
+    """Seconds per handshake of psk_baseline's pair loop (client and server, system OpenSSL): the loop's own
+    time as it prints it (monotonic clock around the loop only, so process start-up is left out)."""
+    out = subprocess.run([str(BASELINE_BIN), "pair", str(n), VERSIONS[version][1]], check=True,
+                         capture_output=True, text=True).stdout
+    # "pair CIPHER: N handshakes in T s = R hs/s"
+    return float(out.split(" handshakes in ")[1].split("s")[0]) / n
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def run_pair(args: argparse.Namespace) -> None:
+    print(f"in-memory pair, {args.handshakes} handshakes per run, median of {args.rounds} interleaved rounds "
+          "(engine server: thread CPU inside the server's calls; pairs: whole-loop CPU, both sides)")
+    for version in args.versions:
+        srv, whole, c = [], [], []
+        for _ in range(args.rounds):
+            s, w = pair_cpu(version, args.handshakes)
+            srv.append(s)
+            whole.append(w)
+            c.append(c_pair_cpu(version, args.handshakes))
+        s, w, cp = median(srv), median(whole), median(c)
+        print(f"  TLS {version}: engine server {1e6 * s:6.1f} us/hs  engine pair {1e6 * w:6.1f} us/hs  "
+              f"C pair {1e6 * cp:6.1f} us/hs  engine server / (C pair / 2) {s / (cp / 2):.2f}  "
+              f"engine pair / C pair {w / cp:.2f}")
+
+
+# --------------------------------------------------------------------------------------------------
+# in-memory pair: instructions (callgrind)
+
+
+def callgrind_total(out: Path) -> int:
+    for line in out.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {out}")
+
+
+def cg_child(version: str, n: int) -> None:
+    """Runs under callgrind: n handshakes, collection on only inside the server's calls; version ``empty``:
+    n empty calls toggled the same way (what the toggling itself costs)."""
+    toggle = ctypes.CDLL(str(TOGGLE_BIN)).cg_toggle
+
+    def counted(fn: Callable[[], Any]) -> Any:
+        toggle()
+        try:
+            return fn()
+        finally:
+            toggle()
+
+    if version == "empty":
+        for _ in range(n):
+            counted(plain_none)
+        return
+    server, client = contexts(version)
+    for _ in range(3):
+        handshake(server, client, plain)
+    for _ in range(n):
+        handshake(server, client, counted)
+
+
+def plain_none() -> None:
+    return None
+
+
+def valgrind(cmd: list[str], out: Path) -> int:
+    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return callgrind_total(out)
+
+
+def run_callgrind(args: argparse.Namespace) -> None:
+    if shutil.which("valgrind") is None:
+        print("callgrind: valgrind not installed, skipped")
+        return
+    BUILD.mkdir(exist_ok=True)
+    if not TOGGLE_BIN.exists():
+        src = BUILD / "cg_toggle.c"
+        src.write_text(TOGGLE_SRC)
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(TOGGLE_BIN), str(src)], check=True)
+    n = args.cg_handshakes
+    print(f"callgrind instructions (Ir) per handshake: engine server side ({n} handshakes), C pair loop "
+          f"(both sides: runs of {n} and {2 * n}, subtracted)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for version in args.versions:
+            child = ["--collect-atstart=no", sys.executable, __file__, "--cg-child"]
+            total = valgrind([*child, version, "--cg-handshakes", str(n)], Path(tmp) / "engine.out")
+            calls = calls_per_handshake(version)
+            toggles = valgrind([*child, "empty", "--cg-handshakes", str(n * calls)], Path(tmp) / "empty.out")
+            engine = (total - toggles) / n
+            small = valgrind([str(BASELINE_BIN), "pair", str(n), VERSIONS[version][1]], Path(tmp) / "c1.out")
+            large = valgrind([str(BASELINE_BIN), "pair", str(2 * n), VERSIONS[version][1]], Path(tmp) / "c2.out")
+            c_pair = (large - small) / n
+            print(f"  TLS {version}: engine server {engine / 1e6:6.2f} M Ir/hs ({calls} server calls/hs)  "
+                  f"C pair {c_pair / 1e6:6.2f} M Ir/hs  engine server / (C pair / 2) {engine / (c_pair / 2):.2f}")
+
+
+def calls_per_handshake(version: str) -> int:
+    server, client = contexts(version)
+    calls = 0
+
+    def counting(fn: Callable[[], Any]) -> Any:
+        nonlocal calls
+        calls += 1
+        return fn()
+
+    handshake(server, client, counting)
+    return calls
+
+
+# --------------------------------------------------------------------------------------------------
+# loopback against the C client (TLS 1.2), as profile_gateway's "engine, blocking" rung
+
+
+def pinned(cpu: int, cmd: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *cmd] if shutil.which("taskset") and (os.cpu_count() or 1) >= 2 else cmd
+
+
+def serve_blocking(ctx: TLSContext, lsock: socket.socket, count: int) -> None:
+    from m2msec.errors import TLSError
+
+    for _ in range(count):
+        sock, _addr = lsock.accept()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = ctx.connection()
+        try:
+            while True:
+                data = sock.recv(65536)
+                try:
+                    events = conn.receive_data(data)
+                except TLSError:
+                    break
+                out = conn.data_to_send()
+                if out:
+                    sock.sendall(out)
+                if not data or any(isinstance(e, ConnectionClosed) for e in events):
+                    break
+            conn.close()
+            out = conn.data_to_send()
+            if out:
+                with contextlib.suppress(OSError):
+                    sock.sendall(out)
+        finally:
+            sock.close()
+
+
+def client_cmd(port: int, n: int) -> list[str]:
+    return pinned(CLIENT_CPU, [str(CLIENT_BIN), str(port), str(n), TLS12_CIPHER, IDENTITY, KEY_HEX])
+
+
+def loopback_engine(n: int) -> float:
+    ctx, _client = contexts("1.2")
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(512)
+        port = lsock.getsockname()[1]
+        cpu = 0.0
+        for count, measured in ((200, False), (n, True)):
+            proc = subprocess.Popen(client_cmd(port, count), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            cpu0 = time.process_time()
+            serve_blocking(ctx, lsock, count)
+            if measured:
+                cpu = time.process_time() - cpu0
+            _out, err = proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"client failed: {err.decode().strip()}")
+    return cpu / n
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def loopback_c(n: int) -> float:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(pinned(SERVER_CPU, [str(BASELINE_BIN), "server", str(port), TLS12_CIPHER]),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert server.stderr is not None
+        server.stderr.readline()  # "listening"
+        subprocess.run(client_cmd(port, 200), check=True, capture_output=True)
+        cpu0 = proc_cpu(server.pid)
+        subprocess.run(client_cmd(port, n), check=True, capture_output=True)
+        time.sleep(0.15)
+        return (proc_cpu(server.pid) - cpu0) / n
+    finally:
+        server.kill()
+        server.wait()
+
+
+def run_loopback(args: argparse.Namespace) -> None:
+    n = args.loopback_handshakes
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {SERVER_CPU})
+    c, e = [], []
+    for _ in range(args.rounds):
+        c.append(loopback_c(n))
+        e.append(loopback_engine(n))
+    cm, em = median(c), median(e)
+    print(f"loopback, TLS 1.2 {TLS12_CIPHER}, C client, {n} handshakes, median of {args.rounds} rounds "
+          f"(server CPU per handshake)")
+    print(f"  C server (psk_baseline)       {1e6 * cm:6.1f} us/hs")
+    print(f"  engine, blocking loop         {1e6 * em:6.1f} us/hs   C/engine {cm / em:.2f}  "
+          f"(+{1e6 * (em - cm):.0f} us)")
+
+
+# --------------------------------------------------------------------------------------------------
+# cProfile of the server side
+
+
+def run_profile(args: argparse.Namespace) -> None:
+    for version in args.versions:
+        server, client = contexts(version)
+        for _ in range(50):
+            handshake(server, client, plain)
+        profiler = cProfile.Profile(time.thread_time)
+
+        def profiled(fn: Callable[[], Any], profiler: cProfile.Profile = profiler) -> Any:
+            profiler.enable()
+            try:
+                return fn()
+            finally:
+                profiler.disable()
+
+        n = args.handshakes
+        for _ in range(n):
+            handshake(server, client, profiled)
+        buf = io.StringIO()
+        pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(args.top)
+        text = buf.getvalue()
+        print(f"\ncProfile (thread CPU clock) of the server side, TLS {version}, {n} handshakes "
+              f"(seconds for all of them; divide by {n})")
+        print(text[text.find("   ncalls"):].rstrip())
+
+
+# --------------------------------------------------------------------------------------------------
+# idle connections
+
+
+def vm_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def idle_connections(version: str, n: int) -> Iterator[TLSConnection]:
+    server, client = contexts(version)
+    for _ in range(n):
+        c = client.connection()
+        s = server.connection()
+        s.receive_data(c.data_to_send())
+        c.receive_data(s.data_to_send())
+        s.receive_data(c.data_to_send())
+        c.receive_data(s.data_to_send())
+        s.send(b"x")  # one record each way: the connection has been used, as an idle SA has
+        c.receive_data(s.data_to_send())
+        c.send(b"y")
+        s.receive_data(c.data_to_send())
+        assert s.session is not None and c.session is not None
+        yield s
+
+
+def run_idle(args: argparse.Namespace) -> None:
+    n = args.idle
+    print(f"idle established server connections, {n} each (in-memory; client ends discarded)")
+    for version in args.versions:
+        list(idle_connections(version, 20))  # warm up the allocator and the caches
+        gc.collect()
+        rss0 = vm_rss()
+        kept = list(idle_connections(version, n))
+        gc.collect()
+        rss = (vm_rss() - rss0) / n
+        del kept
+        gc.collect()
+        tracemalloc.start()
+        snap0 = tracemalloc.take_snapshot()
+        kept = list(idle_connections(version, n))
+        gc.collect()
+        py = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(snap0, "filename")) / n
+        tracemalloc.stop()
+        del kept
+        gc.collect()
+        print(f"  TLS {version}: RSS {rss / 1024:6.1f} KiB per connection, Python heap {py / 1024:5.2f} KiB "
+              f"per connection (tracemalloc)")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="the TLS engine's own cost per handshake, server side")
+    p.add_argument("--handshakes", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--versions", default="1.2,1.3")
+    p.add_argument("--callgrind", action="store_true", help="also count instructions under valgrind")
+    p.add_argument("--cg-handshakes", type=int, default=40)
+    p.add_argument("--cg-child", help=argparse.SUPPRESS)
+    p.add_argument("--loopback", action="store_true", help="also TLS 1.2 over loopback against the C client")
+    p.add_argument("--loopback-handshakes", type=int, default=2000)
+    p.add_argument("--profile", action="store_true", help="cProfile of the server side")
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--idle", type=int, default=0, help="N idle connections: bytes per connection")
+    p.add_argument("--skip-pair", action="store_true")
+    p.add_argument("--groups", default="X25519",
+                   help="TLS 1.3 key exchange groups of every context in the run, through an OpenSSL config file "
+                        "(default X25519: what an OpenSSL 3.0 client such as the C baseline offers; '' leaves "
+                        "OpenSSL's default, where an OpenSSL >= 3.5 engine client offers X25519MLKEM768)")
+    args = p.parse_args()
+    if args.groups and os.environ.get("M2MSEC_BENCH_GROUPS") != args.groups:
+        BUILD.mkdir(exist_ok=True)
+        conf = BUILD / f"openssl-groups-{args.groups.replace(':', '_')}.cnf"
+        conf.write_text(OPENSSL_CONF.format(groups=args.groups))
+        env = dict(os.environ, OPENSSL_CONF=str(conf), M2MSEC_BENCH_GROUPS=args.groups)
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
+    if args.cg_child:
+        cg_child(args.cg_child, args.cg_handshakes)
+        return 0
+    args.versions = [v for v in args.versions.split(",") if v]
+    build_all()
+    from m2msec.tls.engine import openssl_version
+
+    print(f"engine: {openssl_version()}; C baseline: system libssl ({BASELINE_BIN.name}); TLS 1.3 groups: "
+          f"{args.groups or 'OpenSSL default'}")
+    if not args.skip_pair:
+        run_pair(args)
+    if args.callgrind:
+        run_callgrind(args)
+    if args.loopback:
+        run_loopback(args)
+    if args.profile:
+        run_profile(args)
+    if args.idle:
+        run_idle(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
