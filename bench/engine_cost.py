@@ -32,6 +32,7 @@ import gc
 import io
 import os
 import pstats
+import re
 import shutil
 import socket
 import subprocess
@@ -251,8 +252,35 @@ def run_callgrind(args: argparse.Namespace) -> None:
             small = valgrind([str(BASELINE_BIN), "pair", str(n), VERSIONS[version][1]], Path(tmp) / "c1.out")
             large = valgrind([str(BASELINE_BIN), "pair", str(2 * n), VERSIONS[version][1]], Path(tmp) / "c2.out")
             c_pair = (large - small) / n
-            print(f"  TLS {version}: engine server {engine / 1e6:6.2f} M Ir/hs ({calls} server calls/hs)  "
-                  f"C pair {c_pair / 1e6:6.2f} M Ir/hs  engine server / (C pair / 2) {engine / (c_pair / 2):.2f}")
+            print(f"  TLS {version}: engine server {engine / 1e3:7.1f} k Ir/hs ({calls} server calls/hs)  "
+                  f"C pair {c_pair / 1e3:7.1f} k Ir/hs  engine server / (C pair / 2) {engine / (c_pair / 2):.2f}")
+            print_split(Path(tmp) / "engine.out", n, engine)
+
+
+def print_split(out: Path, n: int, engine: float) -> None:
+    """Where the server's instructions go: OpenSSL calls (cffi's _cffi_f_* wrappers, inclusive), the Python
+    callbacks OpenSSL calls back into (PSK, inside SSL_do_handshake), and the rest (Python, cffi glue)."""
+    text = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(out)],
+                          capture_output=True, text=True, check=True).stdout
+    calls: dict[str, float] = {}
+    callbacks = 0.0
+    for line in text.splitlines():
+        match = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+\S*?:(\S+)", line)
+        if match is None:
+            continue
+        cost, name = int(match[1].replace(",", "")) / n, match[2]
+        if name.startswith("_cffi_f_"):
+            calls[name[len("_cffi_f_"):]] = cost
+        elif name == "general_invoke_callback":
+            callbacks = cost
+    in_openssl = sum(calls.values())
+    rest = engine - in_openssl
+    print(f"    OpenSSL calls {(in_openssl - callbacks) / 1e3:6.1f} k, Python callbacks inside them "
+          f"{callbacks / 1e3:5.1f} k,"
+          f" Python/cffi outside OpenSSL {rest / 1e3:6.1f} k ({100 * (rest + callbacks) / engine:.0f} % Python); "
+          "OpenSSL calls by k Ir/hs:")
+    top = sorted(calls.items(), key=lambda kv: -kv[1])[:8]
+    print("      " + ", ".join(f"{name} {cost / 1e3:.1f}" for name, cost in top))
 
 
 def calls_per_handshake(version: str) -> int:
@@ -424,28 +452,40 @@ def idle_connections(version: str, n: int) -> Iterator[TLSConnection]:
         yield s
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def malloc_in_use() -> int:
+    """Bytes glibc's malloc has handed out and not got back (OpenSSL allocates through it): mallinfo2."""
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _Mallinfo2
+    info = libc.mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+def idle_child(version: str, n: int) -> None:
+    """In a fresh process: n idle server connections; prints RSS, malloc and Python-heap growth per connection."""
+    list(idle_connections(version, 50))  # warm up the allocator and the caches
+    gc.collect()
+    rss0, heap0 = vm_rss(), malloc_in_use()
+    tracemalloc.start()
+    snap0 = tracemalloc.take_snapshot()
+    kept = list(idle_connections(version, n))
+    gc.collect()
+    py = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(snap0, "filename"))
+    tracemalloc.stop()
+    rss, heap = vm_rss() - rss0, malloc_in_use() - heap0
+    print(f"  TLS {version}: RSS {rss / n / 1024:6.1f} KiB, malloc in use {heap / n / 1024:6.1f} KiB, "
+          f"Python heap (tracemalloc) {py / n / 1024:5.2f} KiB per idle connection ({len(kept)} kept)")
+
+
 def run_idle(args: argparse.Namespace) -> None:
-    n = args.idle
-    print(f"idle established server connections, {n} each (in-memory; client ends discarded)")
+    print(f"idle established server connections, {args.idle} per fresh process (in-memory pairs, one record each "
+          "way; client ends discarded; RSS includes tracemalloc's own bookkeeping)")
     for version in args.versions:
-        list(idle_connections(version, 20))  # warm up the allocator and the caches
-        gc.collect()
-        rss0 = vm_rss()
-        kept = list(idle_connections(version, n))
-        gc.collect()
-        rss = (vm_rss() - rss0) / n
-        del kept
-        gc.collect()
-        tracemalloc.start()
-        snap0 = tracemalloc.take_snapshot()
-        kept = list(idle_connections(version, n))
-        gc.collect()
-        py = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(snap0, "filename")) / n
-        tracemalloc.stop()
-        del kept
-        gc.collect()
-        print(f"  TLS {version}: RSS {rss / 1024:6.1f} KiB per connection, Python heap {py / 1024:5.2f} KiB "
-              f"per connection (tracemalloc)")
+        subprocess.run([sys.executable, __file__, "--idle-child", version, "--idle", str(args.idle)], check=True)
 
 
 def main() -> int:
@@ -461,6 +501,7 @@ def main() -> int:
     p.add_argument("--profile", action="store_true", help="cProfile of the server side")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--idle", type=int, default=0, help="N idle connections: bytes per connection")
+    p.add_argument("--idle-child", help=argparse.SUPPRESS)
     p.add_argument("--skip-pair", action="store_true")
     p.add_argument("--groups", default="X25519",
                    help="TLS 1.3 key exchange groups of every context in the run, through an OpenSSL config file "
@@ -473,6 +514,9 @@ def main() -> int:
         conf.write_text(OPENSSL_CONF.format(groups=args.groups))
         env = dict(os.environ, OPENSSL_CONF=str(conf), M2MSEC_BENCH_GROUPS=args.groups)
         os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
+    if args.idle_child:
+        idle_child(args.idle_child, args.idle)
+        return 0
     if args.cg_child:
         cg_child(args.cg_child, args.cg_handshakes)
         return 0
