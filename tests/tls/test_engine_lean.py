@@ -165,3 +165,26 @@ def test_dtls_profile_names_stay_right(table: MemoryPSKTable) -> None:
             c.receive_datagram(d)
     assert s.session is not None and (s.session.version, s.session.cipher) == ("DTLSv1.2", "PSK-AES128-CCM")
     assert c.session is not None and (c.session.version, c.session.cipher) == ("DTLSv1.2", "PSK-AES128-CCM")
+
+
+def test_data_in_the_same_flight_as_the_last_handshake_message_is_delivered(table: MemoryPSKTable) -> None:
+    # after HandshakeCompleted the engine reads application data only when input is left over: a Finished
+    # followed by data (and a close_notify) in one feed must still yield both
+    server, client = contexts(table, (TLS13_PSK,))
+    s, c = server.connection(), client.connection()
+    s.receive_data(c.data_to_send())
+    assert c.receive_data(s.data_to_send())  # client done: its Finished is queued
+    c.send(b"right after Finished")
+    c.close()
+    events = s.receive_data(c.data_to_send())  # Finished + data + close_notify
+    assert [type(e).__name__ for e in events] == ["HandshakeCompleted", "DataReceived", "ConnectionClosed"]
+    # TLS 1.2, the other way round: the server's Finished and its first data reach the client together
+    server, client = contexts(table, (ONEM2M_PSK,))
+    s, c = server.connection(), client.connection()
+    s.receive_data(c.data_to_send())
+    c.receive_data(s.data_to_send())
+    assert s.receive_data(c.data_to_send())  # server done: CCS + Finished queued
+    s.send(b"hello")
+    events = c.receive_data(s.data_to_send())
+    assert [type(e).__name__ for e in events] == ["HandshakeCompleted", "DataReceived"]
+    assert isinstance(events[1], DataReceived) and events[1].data == b"hello"

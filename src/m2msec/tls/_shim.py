@@ -57,6 +57,8 @@ PRIVATE_BINDINGS: tuple[str, ...] = (
     "OpenSSL._util.lib.SSL_CTX_set_mode",
     "OpenSSL._util.lib.SSL_MODE_RELEASE_BUFFERS",
     "OpenSSL._util.ffi.unpack",
+    "OpenSSL._util.lib.BIO_get_mem_data",  # input_pending(): skip an SSL_read that cannot return anything
+    "OpenSSL._util.lib.SSL_pending",
     "OpenSSL.SSL.Connection._into_ssl",
     "OpenSSL.SSL.Connection._handle_bio_errors",
 )
@@ -255,6 +257,13 @@ def feed(conn: SSL.Connection, data: bytes | bytearray | memoryview) -> None:
     n = _lib.BIO_write(bio, data if isinstance(data, bytes) else _ffi.from_buffer(data), len(data))
     if n <= 0:
         conn._handle_bio_errors(bio, n)
+
+
+def input_pending(conn: SSL.Connection) -> bool:
+    """Whether an SSL_read could return anything: bytes wait in the incoming memory BIO, or decrypted data in
+    the SSL object. Without either (no read-ahead: OpenSSL takes one record at a time from the BIO) SSL_read
+    can only ask for more input."""
+    return bool(_lib.BIO_get_mem_data(conn._into_ssl, _ffi.NULL) > 0 or _lib.SSL_pending(conn._ssl) > 0)
 
 
 #: SSL_version -> SSL_get_version's name, and SSL_CIPHER* -> its name: OpenSSL's static strings, read once

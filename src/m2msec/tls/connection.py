@@ -185,6 +185,8 @@ class TLSConnection:
                 return events
             assert self.session is not None
             events.append(HandshakeCompleted(self.session))
+            if not _shim.input_pending(self._ssl):  # the usual case: the peer's last flight ended the input
+                return events
         events.extend(self._read_application_data())
         return events
 
