@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import weakref
 
 import pytest
 
@@ -188,3 +189,37 @@ def test_data_in_the_same_flight_as_the_last_handshake_message_is_delivered(tabl
     events = c.receive_data(s.data_to_send())
     assert [type(e).__name__ for e in events] == ["HandshakeCompleted", "DataReceived"]
     assert isinstance(events[1], DataReceived) and events[1].data == b"hello"
+
+
+@pytest.mark.parametrize("profile", [ONEM2M_PSK, TLS13_PSK], ids=lambda p: p.name)
+def test_a_dropped_connection_is_freed_at_once_without_the_cyclic_gc(
+    table: MemoryPSKTable, profile: CipherProfile
+) -> None:
+    # no reference cycle through OpenSSL's app data: the last reference gone, the connection and its SSL object
+    # (OpenSSL's memory) go at once, not at the next cyclic collection
+    server, client = contexts(table, (profile,))
+    gc.collect()
+    gc.disable()
+    try:
+        s, c = handshake_pair(server, client)
+        _exchange(s, c, 100)
+        c.close()
+        s.receive_data(c.data_to_send())
+        refs = [weakref.ref(x) for x in (s, s._ssl, c, c._ssl)]
+        del s, c
+        assert [r() for r in refs] == [None] * 4
+    finally:
+        gc.enable()
+
+
+def test_a_dropped_dtls_connection_is_freed_at_once_without_the_cyclic_gc(table: MemoryPSKTable) -> None:
+    server, _client = _dtls_contexts(table)
+    gc.collect()
+    gc.disable()
+    try:
+        conn = server.dtls_connection(("192.0.2.9", 5684))
+        refs = [weakref.ref(conn), weakref.ref(conn._ssl)]
+        del conn
+        assert [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()

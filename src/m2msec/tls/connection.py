@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,7 @@ __all__ = [
     "HandshakeCompleted",
     "SessionInfo",
     "TLSConnection",
+    "owner_of",
 ]
 
 #: docs/decisions.md D38: why a client without trust anchors refuses a server that did not authenticate with the
@@ -114,7 +116,9 @@ class TLSConnection:
     def __init__(self, context: TLSContext) -> None:
         self._context = context
         self._ssl = SSL.Connection(context._ctx, None)
-        self._ssl.set_app_data(self)
+        # a weak reference back: a strong one would make a reference cycle (this -> SSL.Connection -> this), and
+        # every dropped connection, OpenSSL's SSL object with it, would wait for the cyclic garbage collector
+        self._ssl.set_app_data(weakref.ref(self))
         self._configure_ssl()
         self.state = ConnectionState.HANDSHAKING
         self.session: SessionInfo | None = None
@@ -375,6 +379,12 @@ class TLSConnection:
         if self._psk_failure is not None:  # a decoy key failed as a wrong key does; the server still says why
             return HandshakeFailed(self._psk_failure, alert=alert)
         return HandshakeFailed(reason, alert=alert)
+
+
+def owner_of(conn: SSL.Connection) -> TLSConnection | None:
+    """The :class:`TLSConnection` an OpenSSL callback's connection belongs to (None once it is gone)."""
+    ref: weakref.ref[TLSConnection] | None = conn.get_app_data()
+    return ref() if ref is not None else None
 
 
 def _reason(exc: SSL.Error) -> str:

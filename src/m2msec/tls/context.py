@@ -17,7 +17,7 @@ from m2msec.keys.secret import MAX_PSK_LENGTH
 from m2msec.keys.table import PSKEntry
 from m2msec.tls import _shim
 from m2msec.tls.config import CertificateConfig, ClientConfig, PSKLookup, ServerConfig
-from m2msec.tls.connection import TLSConnection
+from m2msec.tls.connection import TLSConnection, owner_of
 from m2msec.tls.cookies import CookieJar
 from m2msec.tls.dtls import DEFAULT_DTLS_MTU, DTLS1_2_VERSION, DTLSConnection
 from m2msec.tls.profiles import CipherProfile
@@ -130,7 +130,7 @@ class TLSContext:
     # -- DTLS cookies (RFC 6347 §4.2.1): HMAC over the client's transport address and the time, nothing stored
     @staticmethod
     def _cookie_peer(conn: SSL.Connection) -> bytes:
-        return repr(getattr(conn.get_app_data(), "peer", None)).encode()
+        return repr(getattr(owner_of(conn), "peer", None)).encode()
 
     def _make_cookie(self, conn: SSL.Connection) -> bytes:
         return self._cookies.make(self._cookie_peer(conn))
@@ -172,7 +172,7 @@ class TLSContext:
         decoy_psk = DecoyKeys(os.urandom(32))
 
         def _server_psk(conn: SSL.Connection, raw: bytes, max_len: int) -> bytes | None:
-            owner: TLSConnection | None = conn.get_app_data()
+            owner = owner_of(conn)
             if owner is None:
                 return None
             key = decoy_psk(raw)  # for every identity: known and unknown cost the same
@@ -239,7 +239,7 @@ class TLSContext:
 
         def _client_psk(conn: SSL.Connection | None, hint: bytes | None, max_id: int,
                         max_psk: int) -> tuple[bytes, bytes] | None:
-            owner: TLSConnection | None = conn.get_app_data() if conn is not None else None
+            owner = owner_of(conn) if conn is not None else None
             raw = key.reveal()
             if len(ident) + 1 > max_id or len(raw) > max_psk:
                 return None
