@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import cProfile
 import ctypes
-import gc
 import io
 import os
 import pstats
@@ -39,10 +38,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import engine_idle  # the sibling module: idle connections' memory
 
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable, PSKEntry
@@ -424,68 +425,15 @@ def run_profile(args: argparse.Namespace) -> None:
         print(text[text.find("   ncalls"):].rstrip())
 
 
-# --------------------------------------------------------------------------------------------------
-# idle connections
-
-
-def vm_rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def idle_connections(version: str, n: int) -> Iterator[TLSConnection]:
-    server, client = contexts(version)
-    for _ in range(n):
-        c = client.connection()
-        s = server.connection()
-        s.receive_data(c.data_to_send())
-        c.receive_data(s.data_to_send())
-        s.receive_data(c.data_to_send())
-        c.receive_data(s.data_to_send())
-        s.send(b"x")  # one record each way: the connection has been used, as an idle SA has
-        c.receive_data(s.data_to_send())
-        c.send(b"y")
-        s.receive_data(c.data_to_send())
-        assert s.session is not None and c.session is not None
-        yield s
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-def malloc_in_use() -> int:
-    """Bytes glibc's malloc has handed out and not got back (OpenSSL allocates through it): mallinfo2."""
-    libc = ctypes.CDLL(None)
-    libc.mallinfo2.restype = _Mallinfo2
-    info = libc.mallinfo2()
-    return int(info.uordblks + info.hblkhd)
-
-
-def idle_child(version: str, n: int) -> None:
-    """In a fresh process: n idle server connections; prints RSS, malloc and Python-heap growth per connection."""
-    list(idle_connections(version, 50))  # warm up the allocator and the caches
-    gc.collect()
-    rss0, heap0 = vm_rss(), malloc_in_use()
-    tracemalloc.start()
-    snap0 = tracemalloc.take_snapshot()
-    kept = list(idle_connections(version, n))
-    gc.collect()
-    py = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(snap0, "filename"))
-    tracemalloc.stop()
-    rss, heap = vm_rss() - rss0, malloc_in_use() - heap0
-    print(f"  TLS {version}: RSS {rss / n / 1024:6.1f} KiB, malloc in use {heap / n / 1024:6.1f} KiB, "
-          f"Python heap (tracemalloc) {py / n / 1024:5.2f} KiB per idle connection ({len(kept)} kept)")
-
-
 def run_idle(args: argparse.Namespace) -> None:
     print(f"idle established server connections, {args.idle} per fresh process (in-memory pairs, one record each "
           "way; client ends discarded; RSS includes tracemalloc's own bookkeeping)")
     for version in args.versions:
         subprocess.run([sys.executable, __file__, "--idle-child", version, "--idle", str(args.idle)], check=True)
+
+
+def idle_child(version: str, n: int) -> None:
+    engine_idle.idle_child(contexts(version), version, n)
 
 
 def main() -> int:
