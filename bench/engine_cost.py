@@ -25,7 +25,6 @@ Drives full PSK handshakes through ``TLSContext.server(...).connection()`` (the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import ctypes
 import io
@@ -33,7 +32,6 @@ import os
 import pstats
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import engine_idle  # the sibling module: idle connections' memory
+import engine_idle  # the sibling modules: idle connections' memory, the loopback rung
+import engine_loopback
+from engine_loopback import BASELINE_BIN, BUILD, CLIENT_BIN, IDENTITY, KEY_HEX, TOGGLE_BIN
 
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable, PSKEntry
@@ -51,16 +51,10 @@ from m2msec.tls.engine import ClientConfig, ConnectionClosed, ServerConfig, TLSC
 from m2msec.tls.profiles import parse_profiles
 
 BENCH = Path(__file__).resolve().parent
-BUILD = BENCH / "build"
-BASELINE_SRC, BASELINE_BIN = BENCH / "psk_baseline.c", BUILD / "psk_baseline"
-CLIENT_SRC, CLIENT_BIN = BENCH / "psk_hs_client.c", BUILD / "psk_hs_client"
-TOGGLE_BIN = BUILD / "cg_toggle.so"
+BASELINE_SRC, CLIENT_SRC = BENCH / "psk_baseline.c", BENCH / "psk_hs_client.c"
 TOGGLE_SRC = "#include <valgrind/callgrind.h>\nvoid cg_toggle(void) { CALLGRIND_TOGGLE_COLLECT; }\n"
-IDENTITY, KEY_HEX = "client1", "00112233445566778899aabbccddeeff"  # what psk_baseline.c compiles in
 #: TLS version -> (engine profile, C baseline cipher argument)
 VERSIONS = {"1.2": ("onem2m", "PSK-AES128-CBC-SHA256"), "1.3": ("tls13", "TLS13")}
-TLS12_CIPHER = "PSK-AES128-CBC-SHA256"
-SERVER_CPU, CLIENT_CPU = 0, 1
 OPENSSL_CONF = """openssl_conf = openssl_init
 [openssl_init]
 ssl_conf = ssl_module
@@ -167,8 +161,7 @@ def c_pair_cpu(version: str, n: int) -> float:
     return float(out.split(" handshakes in ")[1].split("s")[0]) / n
 
 
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
+median = engine_loopback.median
 
 
 def run_pair(args: argparse.Namespace) -> None:
@@ -191,11 +184,7 @@ def run_pair(args: argparse.Namespace) -> None:
 # in-memory pair: instructions (callgrind)
 
 
-def callgrind_total(out: Path) -> int:
-    for line in out.read_text().splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise RuntimeError(f"no totals in {out}")
+callgrind_total = engine_loopback.callgrind_total
 
 
 def cg_child(version: str, n: int) -> None:
@@ -225,10 +214,7 @@ def plain_none() -> None:
     return None
 
 
-def valgrind(cmd: list[str], out: Path) -> int:
-    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return callgrind_total(out)
+valgrind = engine_loopback.valgrind
 
 
 def run_callgrind(args: argparse.Namespace) -> None:
@@ -298,105 +284,6 @@ def calls_per_handshake(version: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# loopback against the C client (TLS 1.2), as profile_gateway's "engine, blocking" rung
-
-
-def pinned(cpu: int, cmd: list[str]) -> list[str]:
-    return ["taskset", "-c", str(cpu), *cmd] if shutil.which("taskset") and (os.cpu_count() or 1) >= 2 else cmd
-
-
-def serve_blocking(ctx: TLSContext, lsock: socket.socket, count: int) -> None:
-    from m2msec.errors import TLSError
-
-    for _ in range(count):
-        sock, _addr = lsock.accept()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = ctx.connection()
-        try:
-            while True:
-                data = sock.recv(65536)
-                try:
-                    events = conn.receive_data(data)
-                except TLSError:
-                    break
-                out = conn.data_to_send()
-                if out:
-                    sock.sendall(out)
-                if not data or any(isinstance(e, ConnectionClosed) for e in events):
-                    break
-            conn.close()
-            out = conn.data_to_send()
-            if out:
-                with contextlib.suppress(OSError):
-                    sock.sendall(out)
-        finally:
-            sock.close()
-
-
-def client_cmd(port: int, n: int) -> list[str]:
-    return pinned(CLIENT_CPU, [str(CLIENT_BIN), str(port), str(n), TLS12_CIPHER, IDENTITY, KEY_HEX])
-
-
-def loopback_engine(n: int) -> float:
-    ctx, _client = contexts("1.2")
-    with socket.socket() as lsock:
-        lsock.bind(("127.0.0.1", 0))
-        lsock.listen(512)
-        port = lsock.getsockname()[1]
-        cpu = 0.0
-        for count, measured in ((200, False), (n, True)):
-            proc = subprocess.Popen(client_cmd(port, count), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            cpu0 = time.process_time()
-            serve_blocking(ctx, lsock, count)
-            if measured:
-                cpu = time.process_time() - cpu0
-            _out, err = proc.communicate()
-            if proc.returncode != 0:
-                raise RuntimeError(f"client failed: {err.decode().strip()}")
-    return cpu / n
-
-
-def proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def loopback_c(n: int) -> float:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(pinned(SERVER_CPU, [str(BASELINE_BIN), "server", str(port), TLS12_CIPHER]),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        assert server.stderr is not None
-        server.stderr.readline()  # "listening"
-        subprocess.run(client_cmd(port, 200), check=True, capture_output=True)
-        cpu0 = proc_cpu(server.pid)
-        subprocess.run(client_cmd(port, n), check=True, capture_output=True)
-        time.sleep(0.15)
-        return (proc_cpu(server.pid) - cpu0) / n
-    finally:
-        server.kill()
-        server.wait()
-
-
-def run_loopback(args: argparse.Namespace) -> None:
-    n = args.loopback_handshakes
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
-        os.sched_setaffinity(0, {SERVER_CPU})
-    c, e = [], []
-    for _ in range(args.rounds):
-        c.append(loopback_c(n))
-        e.append(loopback_engine(n))
-    cm, em = median(c), median(e)
-    print(f"loopback, TLS 1.2 {TLS12_CIPHER}, C client, {n} handshakes, median of {args.rounds} rounds "
-          f"(server CPU per handshake)")
-    print(f"  C server (psk_baseline)       {1e6 * cm:6.1f} us/hs")
-    print(f"  engine, blocking loop         {1e6 * em:6.1f} us/hs   C/engine {cm / em:.2f}  "
-          f"(+{1e6 * (em - cm):.0f} us)")
-
-
-# --------------------------------------------------------------------------------------------------
 # cProfile of the server side
 
 
@@ -450,6 +337,7 @@ def main() -> int:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--idle", type=int, default=0, help="N idle connections: bytes per connection")
     p.add_argument("--idle-child", help=argparse.SUPPRESS)
+    p.add_argument("--lb-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--skip-pair", action="store_true")
     p.add_argument("--groups", default="X25519",
                    help="TLS 1.3 key exchange groups of every context in the run, through an OpenSSL config file "
@@ -462,6 +350,9 @@ def main() -> int:
         conf.write_text(OPENSSL_CONF.format(groups=args.groups))
         env = dict(os.environ, OPENSSL_CONF=str(conf), M2MSEC_BENCH_GROUPS=args.groups)
         os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
+    if args.lb_child:
+        engine_loopback.lb_child(contexts("1.2")[0], args.lb_child)
+        return 0
     if args.idle_child:
         idle_child(args.idle_child, args.idle)
         return 0
@@ -479,7 +370,9 @@ def main() -> int:
     if args.callgrind:
         run_callgrind(args)
     if args.loopback:
-        run_loopback(args)
+        engine_loopback.run_loopback(contexts("1.2")[0], args.loopback_handshakes, args.rounds)
+        if args.callgrind and shutil.which("valgrind") and TOGGLE_BIN.exists():
+            engine_loopback.run_callgrind(__file__, args.cg_handshakes)
     if args.profile:
         run_profile(args)
     if args.idle:
