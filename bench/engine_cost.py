@@ -11,15 +11,17 @@ Drives full PSK handshakes through ``TLSContext.server(...).connection()`` (the 
 - the C baseline in the same run: ``bench/psk_baseline.c pair N CIPHER`` (client and server in one loop, system
   OpenSSL): CPU per handshake, and instructions per handshake under callgrind (two loop lengths, subtracted);
   it counts *both* sides, so the ratio printed is the engine server against half the C pair;
-- ``--loopback`` (TLS 1.2): the engine in a blocking accept/recv/send loop against the C client
-  ``bench/psk_hs_client.c`` over loopback, as ``bench/profile_gateway.py``'s "engine, blocking" rung, beside the
-  C server ``psk_baseline server`` against the same client (server CPU per handshake, this process on CPU 0);
+- ``--loopback`` (TLS 1.2, bench/engine_loopback.py): the engine in a blocking accept/recv/send loop against the C
+  client ``bench/psk_hs_client.c`` over loopback, as ``bench/profile_gateway.py``'s "engine, blocking" rung, beside
+  the C server ``psk_baseline server`` against the same client (server CPU per handshake, this process on CPU 0);
+  with ``--callgrind`` also both whole server processes' instructions per handshake;
 - ``--profile``: cProfile of the server side's calls only (own time, top functions);
-- ``--idle N``: N established in-memory server connections kept idle; RSS (VmRSS) growth and Python heap
-  (tracemalloc) growth per connection.
+- ``--idle N`` (bench/engine_idle.py): N established in-memory server connections kept idle, each TLS version in
+  a fresh process; growth of RSS (VmRSS), of malloc in use (mallinfo2) and of the Python heap (tracemalloc) per
+  connection.
 
     .venv/bin/python bench/engine_cost.py [--handshakes 2000] [--rounds 3] [--versions 1.2,1.3]
-                                          [--callgrind] [--cg-handshakes 40] [--loopback] [--profile] [--idle N]
+                                          [--callgrind] [--cg-handshakes 40] [--groups X25519] [--loopback] [--profile] [--idle N]
 """
 
 from __future__ import annotations
