@@ -21,7 +21,8 @@ Drives full PSK handshakes through ``TLSContext.server(...).connection()`` (the 
   connection.
 
     .venv/bin/python bench/engine_cost.py [--handshakes 2000] [--rounds 3] [--versions 1.2,1.3]
-                                          [--callgrind] [--cg-handshakes 40] [--groups X25519] [--loopback] [--profile] [--idle N]
+                                          [--callgrind] [--cg-handshakes 40] [--groups X25519] [--loopback]
+                                          [--profile] [--idle N]
 """
 
 from __future__ import annotations
