@@ -24,7 +24,7 @@ def test_private_binding_present(path: str) -> None:
     obj: object = importlib.import_module(module_name)
     for part in owner.split(".")[2:]:
         obj = getattr(obj, part)
-    if attr in {"_context", "_ssl", "_from_ssl"}:
+    if attr in {"_context", "_ssl", "_from_ssl", "_into_ssl"}:
         ctx = SSL.Context(SSL.TLS_METHOD)
         obj = ctx if attr == "_context" else SSL.Connection(ctx, None)
     assert hasattr(obj, attr), f"{path} disappeared: port the PSK shim"

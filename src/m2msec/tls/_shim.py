@@ -47,6 +47,20 @@ PRIVATE_BINDINGS: tuple[str, ...] = (
     "OpenSSL._util.lib.SSL_ERROR_WANT_READ",
     "OpenSSL._util.lib.SSL_ERROR_ZERO_RETURN",
     "OpenSSL._util.lib.X509_verify_cert_error_string",
+    "OpenSSL._util.lib.BIO_write",  # feed(): bytes in without pyOpenSSL's bio_write wrapper
+    "OpenSSL._util.lib.SSL_version",  # session_facts(): version, cipher and server name in one go
+    "OpenSSL._util.lib.SSL_get_version",
+    "OpenSSL._util.lib.SSL_get_current_cipher",
+    "OpenSSL._util.lib.SSL_CIPHER_get_name",
+    "OpenSSL._util.lib.SSL_get_servername",
+    "OpenSSL._util.lib.TLSEXT_NAMETYPE_host_name",
+    "OpenSSL._util.lib.SSL_CTX_set_mode",
+    "OpenSSL._util.lib.SSL_MODE_RELEASE_BUFFERS",
+    "OpenSSL._util.ffi.unpack",
+    "OpenSSL._util.lib.BIO_get_mem_data",  # input_pending(): skip an SSL_read that cannot return anything
+    "OpenSSL._util.lib.SSL_pending",
+    "OpenSSL.SSL.Connection._into_ssl",
+    "OpenSSL.SSL.Connection._handle_bio_errors",
 )
 
 _READ_CHUNK = 65536
@@ -72,7 +86,7 @@ def check_bindings() -> None:
         except (ImportError, AttributeError):
             missing.append(path)
             continue
-        if attr in {"_context", "_ssl", "_from_ssl"}:
+        if attr in {"_context", "_ssl", "_from_ssl", "_into_ssl"}:
             # instance attributes: check on a throw-away object
             ctx = SSL.Context(SSL.TLS_METHOD)
             probe: Any = ctx if attr == "_context" else SSL.Connection(ctx, None)
@@ -104,6 +118,17 @@ def openssl_version() -> str:
 def set_ciphersuites(ctx: SSL.Context, suites: str) -> bool:
     """SSL_CTX_set_ciphersuites (TLS 1.3 suites); False when OpenSSL rejects the list."""
     return bool(_lib.SSL_CTX_set_ciphersuites(ctx._context, suites.encode()) == 1)
+
+
+def release_buffers(ctx: SSL.Context) -> None:
+    """SSL_MODE_RELEASE_BUFFERS: a connection frees its record read/write buffers whenever they are empty (an
+    idle connection holds none of them; OpenSSL allocates them again for the next record)."""
+    _lib.SSL_CTX_set_mode(ctx._context, _lib.SSL_MODE_RELEASE_BUFFERS)
+
+
+def releases_buffers(ctx: SSL.Context) -> bool:
+    """Whether SSL_MODE_RELEASE_BUFFERS is set on *ctx* (SSL_CTX_set_mode with no new bits returns the mode)."""
+    return bool(_lib.SSL_CTX_set_mode(ctx._context, 0) & _lib.SSL_MODE_RELEASE_BUFFERS)
 
 
 def use_psk_identity_hint(ctx: SSL.Context, hint: bytes) -> None:
@@ -213,10 +238,53 @@ def drain_bio(conn: SSL.Connection, buf: Any) -> bytes:
     BIO_read straight into *buf*: pyOpenSSL's bio_read raises WantReadError on an empty BIO, and an
     exception per call is a measurable share of a PSK handshake's cost."""
     bio = conn._from_ssl
-    chunks: list[bytes] = []
+    n = _lib.BIO_read(bio, buf, _READ_CHUNK)
+    if n <= 0:
+        return b""
+    first: bytes = _ffi.unpack(buf, n)
+    if n < _READ_CHUNK:
+        return first
+    chunks = [first]
     while (n := _lib.BIO_read(bio, buf, _READ_CHUNK)) > 0:
-        chunks.append(_ffi.buffer(buf, n)[:])
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.append(_ffi.unpack(buf, n))
+    return b"".join(chunks)
+
+
+def feed(conn: SSL.Connection, data: bytes | bytearray | memoryview) -> None:
+    """Bytes from the peer into the connection's incoming BIO (pyOpenSSL's bio_write without its checks and
+    warnings: *data* is always binary here). Raises :class:`SSL.Error` when OpenSSL refuses them."""
+    bio = conn._into_ssl
+    n = _lib.BIO_write(bio, data if isinstance(data, bytes) else _ffi.from_buffer(data), len(data))
+    if n <= 0:
+        conn._handle_bio_errors(bio, n)
+
+
+def input_pending(conn: SSL.Connection) -> bool:
+    """Whether an SSL_read could return anything: bytes wait in the incoming memory BIO, or decrypted data in
+    the SSL object. Without either (no read-ahead: OpenSSL takes one record at a time from the BIO) SSL_read
+    can only ask for more input."""
+    return bool(_lib.BIO_get_mem_data(conn._into_ssl, _ffi.NULL) > 0 or _lib.SSL_pending(conn._ssl) > 0)
+
+
+#: SSL_version -> SSL_get_version's name, and SSL_CIPHER* -> its name: OpenSSL's static strings, read once
+_VERSION_NAMES: dict[int, str] = {}
+_CIPHER_NAMES: dict[Any, str] = {}
+
+
+def session_facts(conn: SSL.Connection) -> tuple[str, str, bytes | None]:
+    """(protocol version name, cipher name, SNI host name or None) of a connection, in three C calls."""
+    ssl = conn._ssl
+    version = _lib.SSL_version(ssl)
+    version_name = _VERSION_NAMES.get(version)
+    if version_name is None:
+        version_name = _VERSION_NAMES[version] = _ffi.string(_lib.SSL_get_version(ssl)).decode("ascii")
+    cipher = _lib.SSL_get_current_cipher(ssl)
+    cipher_name = ""
+    if cipher != _ffi.NULL:
+        cipher_name = _CIPHER_NAMES.get(cipher) or _CIPHER_NAMES.setdefault(
+            cipher, _ffi.string(_lib.SSL_CIPHER_get_name(cipher)).decode("ascii"))
+    name = _lib.SSL_get_servername(ssl, _lib.TLSEXT_NAMETYPE_host_name)
+    return version_name, cipher_name, (_ffi.string(name) if name != _ffi.NULL else None)
 
 
 def do_handshake(conn: SSL.Connection) -> bool | None:
@@ -244,7 +312,8 @@ def read_once(conn: SSL.Connection, buf: Any) -> bytes | int:
     ssl = conn._ssl
     n = _lib.SSL_read(ssl, buf, _READ_CHUNK)
     if n > 0:
-        return bytes(_ffi.buffer(buf, n)[:])
+        data: bytes = _ffi.unpack(buf, n)
+        return data
     error = _lib.SSL_get_error(ssl, n)
     if error == _lib.SSL_ERROR_WANT_READ:
         return READ_WANT_INPUT
@@ -270,4 +339,4 @@ def session_der(conn: SSL.Connection) -> bytes | None:
     buf = _ffi.new("unsigned char[]", size)
     ptr = _ffi.new("unsigned char **", buf)
     _lib.i2d_SSL_SESSION(sess, ptr)
-    return bytes(_ffi.buffer(buf, size)[:])
+    return _ffi.buffer(buf, size)[:]  # type: ignore[no-any-return]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,7 @@ __all__ = [
     "HandshakeCompleted",
     "SessionInfo",
     "TLSConnection",
+    "owner_of",
 ]
 
 #: docs/decisions.md D38: why a client without trust anchors refuses a server that did not authenticate with the
@@ -114,7 +116,9 @@ class TLSConnection:
     def __init__(self, context: TLSContext) -> None:
         self._context = context
         self._ssl = SSL.Connection(context._ctx, None)
-        self._ssl.set_app_data(self)
+        # a weak reference back: a strong one would make a reference cycle (this -> SSL.Connection -> this), and
+        # every dropped connection, OpenSSL's SSL object with it, would wait for the cyclic garbage collector
+        self._ssl.set_app_data(weakref.ref(self))
         self._configure_ssl()
         self.state = ConnectionState.HANDSHAKING
         self.session: SessionInfo | None = None
@@ -168,7 +172,7 @@ class TLSConnection:
         if self.state in (ConnectionState.CLOSED, ConnectionState.FAILED):
             return []
         if data:
-            self._ssl.bio_write(data)
+            _shim.feed(self._ssl, data)
         elif self.state is ConnectionState.HANDSHAKING:
             self.state = ConnectionState.FAILED
             raise HandshakeFailed("connection closed by peer during the handshake")
@@ -185,6 +189,8 @@ class TLSConnection:
                 return events
             assert self.session is not None
             events.append(HandshakeCompleted(self.session))
+            if not _shim.input_pending(self._ssl):  # the usual case: the peer's last flight ended the input
+                return events
         events.extend(self._read_application_data())
         return events
 
@@ -276,30 +282,30 @@ class TLSConnection:
 
     # -- session facts
     def _build_session(self) -> SessionInfo:
-        version = self._ssl.get_protocol_version_name()
-        cipher = self._ssl.get_cipher_name() or ""
-        server_name_raw = self._ssl.get_servername()
+        # each fact read once, straight from OpenSSL (version, cipher, SNI in one shim call)
+        version, cipher, server_name_raw = _shim.session_facts(self._ssl)
         server_name = server_name_raw.decode("idna") if server_name_raw else None
+        context = self._context
         # only a certificate OpenSSL verified against trust anchors is reported (an RSA_PSK server certificate
         # seen by a client without anchors is not: nothing may read an identity from it)
-        peer = self._ssl.get_peer_certificate(as_cryptography=True) if self._context.verifies_certificates else None
+        peer = self._ssl.get_peer_certificate(as_cryptography=True) if context.verifies_certificates else None
         identity: str | None
-        if self._context.is_server:
+        if context.is_server:
             entry = self._psk_entry
             if entry is None and peer is None:  # cannot happen: one of the two authenticated the client
                 raise TLSProtocolError("handshake completed without a PSK or a client certificate")
             identity, entity = (entry.identity, entry.entity) if entry is not None else (None, None)
-            hint = self._context.config.identity_hint if isinstance(self._context.config, ServerConfig) else None
+            hint = context.config.identity_hint if isinstance(context.config, ServerConfig) else None
         else:
-            assert isinstance(self._context.config, ClientConfig)
-            psk_auth = self._context.config.psk_identity is not None and self._psk_authenticated()
-            identity = self._context.config.psk_identity if psk_auth else None
-            entity = self._context.config.peer_entity
+            assert isinstance(context.config, ClientConfig)
+            psk_auth = context.config.psk_identity is not None and self._psk_authenticated()
+            identity = context.config.psk_identity if psk_auth else None
+            entity = context.config.peer_entity
             hint = self._identity_hint
             if server_name is None:
-                server_name = self._context.config.server_name
+                server_name = context.config.server_name
         return SessionInfo(
-            is_server=self._context.is_server,
+            is_server=context.is_server,
             version=version,
             cipher=cipher,
             psk_identity=identity,
@@ -375,6 +381,12 @@ class TLSConnection:
         return HandshakeFailed(reason, alert=alert)
 
 
+def owner_of(conn: SSL.Connection) -> TLSConnection | None:
+    """The :class:`TLSConnection` an OpenSSL callback's connection belongs to (None once it is gone)."""
+    ref: weakref.ref[TLSConnection] | None = conn.get_app_data()
+    return ref() if ref is not None else None
+
+
 def _reason(exc: SSL.Error) -> str:
     """The OpenSSL reason strings of an error (library names and reasons only, never data)."""
     try:
@@ -402,28 +414,24 @@ def _server_name_for_sni(name: str | None) -> bytes | None:
         raise ConfigurationError(f"server name {name!r} is not a valid host name") from exc
 
 
+#: DER tags of SSL_SESSION_ASN1's start: SEQUENCE { version, ssl_version, cipher, session_id, ...
+_SESSION_DER_TAGS = (0x30, 0x02, 0x02, 0x04, 0x04)
+
+
 def _parse_session_der(der: bytes) -> bytes:
     """Session ID from a DER SSL_SESSION (OpenSSL's SSL_SESSION_ASN1: version, ssl_version, cipher, id)."""
-
-    def read_tlv(buf: bytes, pos: int) -> tuple[int, int, int]:
-        tag = buf[pos]
-        length = buf[pos + 1]
+    pos = 0
+    for index, tag in enumerate(_SESSION_DER_TAGS):
+        if der[pos] != tag:
+            raise ValueError("unexpected SSL_SESSION layout")
+        length = der[pos + 1]
         pos += 2
         if length & 0x80:
             n = length & 0x7F
-            length = int.from_bytes(buf[pos : pos + n], "big")
+            length = int.from_bytes(der[pos : pos + n], "big")
             pos += n
-        return tag, pos, length
-
-    tag, pos, _ = read_tlv(der, 0)
-    if tag != 0x30:
-        raise ValueError("not a SEQUENCE")
-    for expected in (0x02, 0x02, 0x04):  # version, ssl_version, cipher
-        tag, pos, length = read_tlv(der, pos)
-        if tag != expected:
-            raise ValueError("unexpected SSL_SESSION layout")
-        pos += length
-    tag, pos, length = read_tlv(der, pos)
-    if tag != 0x04:
-        raise ValueError("unexpected SSL_SESSION layout")
-    return der[pos : pos + length]
+        if index == 4:
+            return der[pos : pos + length]
+        if index:  # step over version, ssl_version and cipher; step into the SEQUENCE
+            pos += length
+    raise ValueError("unexpected SSL_SESSION layout")

@@ -17,11 +17,11 @@ from m2msec.keys.secret import MAX_PSK_LENGTH
 from m2msec.keys.table import PSKEntry
 from m2msec.tls import _shim
 from m2msec.tls.config import CertificateConfig, ClientConfig, PSKLookup, ServerConfig
-from m2msec.tls.connection import TLSConnection
+from m2msec.tls.connection import TLSConnection, owner_of
 from m2msec.tls.cookies import CookieJar
 from m2msec.tls.dtls import DEFAULT_DTLS_MTU, DTLS1_2_VERSION, DTLSConnection
 from m2msec.tls.profiles import CipherProfile
-from m2msec.tls.psk_hiding import decoy_psk
+from m2msec.tls.psk_hiding import DecoyKeys
 from m2msec.tls.verify import _verify_peer, install_trust_store, load_trust, use_credential
 
 __all__ = ["TLSContext"]
@@ -38,6 +38,10 @@ YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
 ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 -----END DH PARAMETERS-----
 """
+
+#: docs/decisions.md D53: every context sets SSL_MODE_RELEASE_BUFFERS, so an idle connection holds no record
+#: buffers (about 34 KiB each with OpenSSL's defaults); the next record costs a fresh allocation
+RELEASE_IDLE_BUFFERS = True
 
 #: OpenSSL PSK_MAX_IDENTITY_LEN
 _MAX_IDENTITY = 256
@@ -86,6 +90,8 @@ class TLSContext:
         ctx.set_options(
             SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE
         )
+        if RELEASE_IDLE_BUFFERS:  # D53: an idle connection holds no record buffers
+            _shim.release_buffers(ctx)
         self._keepalive: list[object] = []
         if isinstance(config, ServerConfig):
             self._configure_server(ctx, config)
@@ -124,7 +130,7 @@ class TLSContext:
     # -- DTLS cookies (RFC 6347 §4.2.1): HMAC over the client's transport address and the time, nothing stored
     @staticmethod
     def _cookie_peer(conn: SSL.Connection) -> bytes:
-        return repr(getattr(conn.get_app_data(), "peer", None)).encode()
+        return repr(getattr(owner_of(conn), "peer", None)).encode()
 
     def _make_cookie(self, conn: SSL.Connection) -> bytes:
         return self._cookies.make(self._cookie_peer(conn))
@@ -163,13 +169,13 @@ class TLSContext:
             _shim.use_psk_identity_hint(ctx, hint)
         lookup: PSKLookup = config.psk_lookup
         hide = not config.reveal_unknown_psk_identity
-        decoy_secret = os.urandom(32)
+        decoy_psk = DecoyKeys(os.urandom(32))
 
         def _server_psk(conn: SSL.Connection, raw: bytes, max_len: int) -> bytes | None:
-            owner: TLSConnection | None = conn.get_app_data()
+            owner = owner_of(conn)
             if owner is None:
                 return None
-            key = decoy_psk(decoy_secret, raw)  # for every identity: known and unknown cost the same
+            key = decoy_psk(raw)  # for every identity: known and unknown cost the same
             entry: PSKEntry | None = None
             try:
                 ident = raw.decode("utf-8")
@@ -233,7 +239,7 @@ class TLSContext:
 
         def _client_psk(conn: SSL.Connection | None, hint: bytes | None, max_id: int,
                         max_psk: int) -> tuple[bytes, bytes] | None:
-            owner: TLSConnection | None = conn.get_app_data() if conn is not None else None
+            owner = owner_of(conn) if conn is not None else None
             raw = key.reveal()
             if len(ident) + 1 > max_id or len(raw) > max_psk:
                 return None

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from OpenSSL import SSL
 
 from m2msec.errors import HandshakeFailed, HandshakeTimeout, TLSProtocolError
+from m2msec.tls import _shim
 from m2msec.tls.connection import ConnectionState, Event, TLSConnection, _reason
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class DTLSConnection(TLSConnection):
         if self.state in (ConnectionState.CLOSED, ConnectionState.FAILED) or not datagram:
             return []
         if self.awaiting_cookie:
-            self._ssl.bio_write(datagram)
+            _shim.feed(self._ssl, datagram)
             try:
                 self._ssl.DTLSv1_listen()
             except SSL.WantReadError:

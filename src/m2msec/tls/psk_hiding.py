@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-__all__ = ["DECOY_PSK_LENGTH", "decoy_psk"]
+__all__ = ["DECOY_PSK_LENGTH", "DecoyKeys", "decoy_psk"]
 
 #: bytes of the decoy key handed to OpenSSL for an unknown identity (docs/decisions.md D34); the length is
 #: never visible to the client (every PSK key exchange hashes it into the master secret)
@@ -36,4 +36,22 @@ DECOY_PSK_LENGTH = 32
 
 def decoy_psk(secret: bytes, identity: bytes) -> bytes:
     """The decoy key for ``identity`` under the context secret ``secret``."""
-    return hmac.new(secret, identity, hashlib.sha256).digest()[:DECOY_PSK_LENGTH]
+    return hmac.digest(secret, identity, hashlib.sha256)[:DECOY_PSK_LENGTH]
+
+
+class DecoyKeys:
+    """:func:`decoy_psk` under one context secret, keyed once: each key costs a copy of the keyed HMAC state
+    and one update instead of a fresh HMAC (key schedule included), so about half the time per handshake."""
+
+    __slots__ = ("_keyed",)
+
+    def __init__(self, secret: bytes) -> None:
+        self._keyed = hmac.new(secret, digestmod=hashlib.sha256)
+
+    def __repr__(self) -> str:
+        return "<DecoyKeys>"
+
+    def __call__(self, identity: bytes) -> bytes:
+        h = self._keyed.copy()
+        h.update(identity)
+        return h.digest()[:DECOY_PSK_LENGTH]

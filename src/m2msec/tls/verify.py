@@ -4,7 +4,7 @@ verify callback that records why a chain was refused and which alert OpenSSL sen
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -13,9 +13,7 @@ from OpenSSL import crypto as _crypto
 from m2msec.errors import ConfigurationError
 from m2msec.tls import _shim
 from m2msec.tls.config import CertificateConfig
-
-if TYPE_CHECKING:
-    from m2msec.tls.connection import TLSConnection
+from m2msec.tls.connection import owner_of
 
 
 def use_credential(ctx: SSL.Context, cred: CertificateConfig, role: str) -> None:
@@ -67,7 +65,7 @@ _VERIFY_ALERTS = {
 
 def _verify_peer(conn: SSL.Connection, cert: _crypto.X509, errno: int, depth: int, ok: int) -> bool:
     """OpenSSL's chain verdict, plus the TS-0003 §10.1.1.1 key profile on the end-entity certificate."""
-    owner: TLSConnection | None = conn.get_app_data()
+    owner = owner_of(conn)
     if owner is not None and not owner._context.is_server and not owner._context.verifies_certificates:
         return owner._psk_only_server_certificate(conn)
     if not ok:
