@@ -42,19 +42,18 @@ from m2msec.gateway.limits import (
     ResponseDropped,
 )
 from m2msec.gateway.reload import side_reloader
-from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME, Revocation, SAGuard
+from m2msec.gateway.revocation import Revocation, SAGuard
 from m2msec.gateway.rules import (
-    HEADER_CREDENTIAL_ID,
-    HEADER_PSK_IDENTITY,
-    HEADER_SA_IDENTITY,
+    IDENTITY_HEADERS,
     CredentialResolver,
     SecurityAssociation,
-    UnboundPolicy,
     associate,
     check_originator,
+    identity_fields,
 )
+from m2msec.gateway.side import SidePolicy
 from m2msec.keys.table import PSKTable
-from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, CertificateConfig, ServerConfig, SessionInfo, TLSContext
+from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, SessionInfo, TLSContext
 from m2msec.tls.profiles import CipherProfile
 from m2msec.transport.limits import (
     DEFAULT_MAX_CONNECTIONS_PER_SA,
@@ -62,7 +61,7 @@ from m2msec.transport.limits import (
     DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
     sa_key,
 )
-from m2msec.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimiter, start_stream_server
+from m2msec.transport.tls import ConnectionLimiter, start_stream_server
 
 __all__ = ["Backend", "Gateway", "GatewayConfig", "parse_backend"]
 
@@ -100,14 +99,13 @@ def parse_backend(url: str) -> Backend:
 
 
 @dataclass(frozen=True)
-class GatewayConfig:
+class GatewayConfig(SidePolicy):
+    """The HTTP side; the settings it shares with the coaps side are :class:`~m2msec.gateway.side.SidePolicy`'s."""
+
     backend: Backend
     host: str = "127.0.0.1"
     port: int = 8443
     profiles: tuple[CipherProfile, ...] = DEFAULT_SERVER_PROFILES
-    identity_hint: str | None = None
-    unbound_policy: UnboundPolicy = UnboundPolicy.REJECT
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     #: open connections (handshaking or established) beyond which new ones are reset at once
     max_connections: int = 10000
     #: connections one source (IPv4 address, IPv6 /64) may have in their handshake at once (D31)
@@ -123,17 +121,6 @@ class GatewayConfig:
     max_body_memory: int = DEFAULT_BODY_BUDGET
     #: seconds a response may wait for a client that does not read it; then the connection is dropped
     write_timeout: float = DEFAULT_WRITE_TIMEOUT
-    reload_interval: float = 1.0
-    #: the gateway's certificate credential (rsa-psk, ecdhe-ecdsa) and the client CAs for certificate clients
-    certificate: CertificateConfig | None = None
-    #: the CSE-ID of the CSE behind the gateway: lets AE-ID certificate holders use their AE-ID-Stem as From
-    cse_id: str | None = None
-    #: the gateway's service provider (SP-ID): certificate identities of other SPs get their absolute form only
-    sp_id: str | None = None
-    #: seconds after which an SA is closed at its next request (docs/decisions.md D28)
-    max_sa_lifetime: float = DEFAULT_MAX_SA_LIFETIME
-    #: tell clients their PSK identity is unknown instead of failing as for a wrong key (RFC 4279 §2, D34)
-    reveal_unknown_psk_identity: bool = False
 
 
 def _onem2m_error_response(exc: OneM2MError, request_id: str | None) -> http1.Message:
@@ -154,15 +141,7 @@ class Gateway:
         self.config = config
         self.table = table
         self.resolver = resolver
-        self.context = TLSContext.server(
-            ServerConfig(
-                psk_lookup=table.lookup if table is not None else None,
-                profiles=config.profiles,
-                identity_hint=config.identity_hint,
-                certificate=config.certificate,
-                reveal_unknown_psk_identity=config.reveal_unknown_psk_identity,
-            )
-        )
+        self.context = TLSContext.server(config.server_config(table, config.profiles))
         self.limiter = ConnectionLimiter(config.max_connections,
                                          per_source_handshakes=config.max_handshakes_per_source,
                                          per_source_connections=config.max_connections_per_source,
@@ -319,12 +298,7 @@ class Gateway:
         # hop-by-hop in any spelling: a CSE behind WSGI/CGI may read Content_Length as Content-Length
         headers = [(k, v) for k, v in strip_gateway_headers(req.headers) if normalize_header_name(k) not in _HOP_BY_HOP]
         headers.insert(0, ("host", f"{backend.host}:{backend.port}"))
-        if sa.associated is not None:
-            headers.append((HEADER_SA_IDENTITY, sa.associated))
-        if sa.credential_id is not None:
-            headers.append((HEADER_CREDENTIAL_ID, sa.credential_id))
-        if sa.psk_identity is not None:
-            headers.append((HEADER_PSK_IDENTITY, sa.psk_identity))
+        headers += identity_fields(sa, IDENTITY_HEADERS)
         headers.append(("connection", "close"))
         target = req.target if req.target.startswith("/") else "/" + req.target
         out = http1.Message(headers=headers, body=req.body, method=req.method, target=backend.path_prefix + target)
