@@ -18,6 +18,8 @@ __all__ = [
     "BodyBudget",
     "HTTPError",
     "Message",
+    "encode_message",
+    "message_head",
     "read_message",
     "request",
     "send_message",
@@ -71,18 +73,11 @@ async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> obj
         return event
 
 
-async def read_message(
-    conn: h11.Connection, reader: asyncio.StreamReader, *, max_body: int = DEFAULT_MAX_BODY,
-    budget: BodyBudget | None = None, lease: Lease | None = None,
-) -> Message | None:
-    """Read one whole message. Returns None when the peer closed cleanly between messages.
+def message_head(event: object, max_body: int) -> Message:
+    """The message an h11 ``Request`` or ``Response`` starts (its body still empty).
 
-    With ``budget``, the body's bytes are reserved in it as they arrive (against ``lease``, if given); the
-    caller releases ``len(msg.body)`` when done with the message. On any failure the reservation is released
-    here."""
-    event = await _next_event(conn, reader)
-    if isinstance(event, h11.ConnectionClosed):
-        return None
+    Raises:
+        HTTPError: another event, or a declared body larger than ``max_body`` (``too_large``)."""
     if isinstance(event, h11.Request):
         msg = Message(
             headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers],
@@ -100,6 +95,22 @@ async def read_message(
     declared = msg.header("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body:
         raise HTTPError(f"body of {declared} bytes exceeds the {max_body}-byte limit", too_large=True)
+    return msg
+
+
+async def read_message(
+    conn: h11.Connection, reader: asyncio.StreamReader, *, max_body: int = DEFAULT_MAX_BODY,
+    budget: BodyBudget | None = None, lease: Lease | None = None,
+) -> Message | None:
+    """Read one whole message. Returns None when the peer closed cleanly between messages.
+
+    With ``budget``, the body's bytes are reserved in it as they arrive (against ``lease``, if given); the
+    caller releases ``len(msg.body)`` when done with the message. On any failure the reservation is released
+    here."""
+    event = await _next_event(conn, reader)
+    if isinstance(event, h11.ConnectionClosed):
+        return None
+    msg = message_head(event, max_body)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -132,16 +143,11 @@ def _encode_headers(headers: list[tuple[str, str]], body: bytes) -> list[tuple[b
     return out
 
 
-async def send_message(conn: h11.Connection, writer: asyncio.StreamWriter, msg: Message, *,
-                       timeout: float | None = None, drop_body: bool = False) -> None:
-    """Send one whole message (content-length set from the body).
-
-    With ``drop_body``, ``msg.body`` is emptied once handed to the transport, so that the plaintext does not
-    stay in memory beside the bytes waiting for the peer.
+def encode_message(conn: h11.Connection, msg: Message) -> list[bytes]:
+    """The bytes of one whole message (content-length set from the body), in parts: the body is not copied.
 
     Raises:
-        HTTPError: also when the peer has not read it within ``timeout`` seconds; the connection is then
-            aborted (closing it would keep the unread bytes buffered until the peer reads them)."""
+        HTTPError: ``conn`` cannot send it now."""
     headers = _encode_headers(msg.headers, msg.body)
     if msg.method:
         head: h11.Request | h11.Response = h11.Request(method=msg.method, target=msg.target, headers=headers)
@@ -154,6 +160,20 @@ async def send_message(conn: h11.Connection, writer: asyncio.StreamWriter, msg: 
         parts.append(conn.send(h11.EndOfMessage()) or b"")
     except h11.LocalProtocolError as exc:
         raise HTTPError(f"cannot send this message: {exc}") from None
+    return parts
+
+
+async def send_message(conn: h11.Connection, writer: asyncio.StreamWriter, msg: Message, *,
+                       timeout: float | None = None, drop_body: bool = False) -> None:
+    """Send one whole message (content-length set from the body).
+
+    With ``drop_body``, ``msg.body`` is emptied once handed to the transport, so that the plaintext does not
+    stay in memory beside the bytes waiting for the peer.
+
+    Raises:
+        HTTPError: also when the peer has not read it within ``timeout`` seconds; the connection is then
+            aborted (closing it would keep the unread bytes buffered until the peer reads them)."""
+    parts = encode_message(conn, msg)
     size = sum(len(part) for part in parts)
     for part in parts:  # one by one: no joined copy of the body
         writer.write(part)

@@ -13,15 +13,12 @@ reached its maximum lifetime, is refused and closed at its next request (:mod:`m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import socket
 import urllib.parse
 from dataclasses import dataclass
 from http import HTTPStatus
-
-import h11
 
 from m2msec import http1
 from m2msec.crl import CRLFile
@@ -32,6 +29,7 @@ from m2msec.errors import (
     TargetNotReachable,
 )
 from m2msec.gateway.headers import check_request_headers, normalize_header_name, strip_gateway_headers
+from m2msec.gateway.http_conn import ClientConnection
 from m2msec.gateway.limits import (
     DEFAULT_BODY_BUDGET,
     DEFAULT_WRITE_TIMEOUT,
@@ -42,26 +40,24 @@ from m2msec.gateway.limits import (
     ResponseDropped,
 )
 from m2msec.gateway.reload import side_reloader
-from m2msec.gateway.revocation import Revocation, SAGuard
+from m2msec.gateway.revocation import Revocation
 from m2msec.gateway.rules import (
     IDENTITY_HEADERS,
     CredentialResolver,
     SecurityAssociation,
-    associate,
     check_originator,
     identity_fields,
 )
 from m2msec.gateway.side import SidePolicy
 from m2msec.keys.table import PSKTable
-from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, SessionInfo, TLSContext
+from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, TLSContext
 from m2msec.tls.profiles import CipherProfile
 from m2msec.transport.limits import (
     DEFAULT_MAX_CONNECTIONS_PER_SA,
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
     DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
-    sa_key,
 )
-from m2msec.transport.tls import ConnectionLimiter, start_stream_server
+from m2msec.transport.tls import ConnectionLimiter, start_server
 
 __all__ = ["Backend", "Gateway", "GatewayConfig", "parse_backend"]
 
@@ -150,7 +146,7 @@ class Gateway:
         self.revocation = Revocation(table, crls, max_lifetime=config.max_sa_lifetime)
         self._reloader = side_reloader(table, crls, self.context, config.reload_interval)
         self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        self._clients: set[ClientConnection] = set()  # live connections (gateway/http_conn.py)
 
     @property
     def port(self) -> int:
@@ -161,8 +157,8 @@ class Gateway:
         """Listen on ``config.host:config.port``, or on ``sock`` (a listening TCP socket, e.g. a worker's share)."""
         host, port = (None, None) if sock is not None else (self.config.host, self.config.port)
         try:
-            self._server = await start_stream_server(
-                self._handle, host, port, self.context,
+            self._server = await start_server(
+                lambda: ClientConnection(self), host, port, self.context,
                 handshake_timeout=self.config.handshake_timeout, limiter=self.limiter, sock=sock,
             )
         except OSError as exc:
@@ -180,79 +176,9 @@ class Gateway:
         await self._reloader.close()
         if self._server is not None:
             self._server.close()
-            for task in list(self._clients):
-                task.cancel()
+            for client in list(self._clients):
+                client.cancel()
             await self._server.wait_closed()
-
-    # -- per connection
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients.add(task)
-        session: SessionInfo = writer.get_extra_info("m2msec_session")
-        peer = writer.get_extra_info("peername")
-        sa = associate(session, self.resolver, self.config.cse_id, self.config.sp_id)
-        guard = self.revocation.open(session, writer.get_extra_info("tls_connection"))
-        log.info("SA established with %s: %s associated=%r cipher=%s %s",
-                 peer, sa.credential, sa.identity, session.cipher, session.version)
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
-        lease = self.body_budget.lease(sa_key(session), task.cancel)  # D46: evicted = this task cancelled
-        try:
-            await self._serve(conn, reader, writer, sa, guard, peer, lease)
-        except (ConnectionError, http1.HTTPError) as exc:
-            log.debug("connection with %s ended: %s", peer, exc)
-        except asyncio.CancelledError:
-            if lease.evicted and task.uncancel() == 0:  # another client needed this connection's body memory
-                log.warning("connection of %s (%s) ended: its body memory went to another client", peer,
-                            sa.credential)
-                await self._send_busy(conn, writer)
-            # else close() cancels live connections; this task is the top of its own stack
-        finally:
-            self.body_budget.close(lease)
-            self._clients.discard(task)
-            writer.close()
-
-    async def _serve(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     sa: SecurityAssociation, guard: SAGuard, peer: object, lease: Lease) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(self.config.idle_timeout):  # no extra task, unlike wait_for
-                    req = await http1.read_message(conn, reader, max_body=self.config.max_body,
-                                                  budget=self.body_budget, lease=lease)
-            except TimeoutError:
-                break
-            except http1.HTTPError as exc:
-                log.info("bad request from %s (%s): %s", peer, sa.credential, exc)
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    resp = self._refusal(exc)
-                    with contextlib.suppress(http1.HTTPError, ConnectionError):
-                        await http1.send_message(conn, writer, resp, timeout=self.config.write_timeout)
-                break
-            if req is None:
-                break
-            try:
-                resp = guard.refuse_http(req, peer) or await self._process(req, sa, peer, lease)
-            finally:
-                self.body_budget.release(len(req.body), lease)
-            try:  # the response body stays counted until the client has read it (D46)
-                await http1.send_message(conn, writer, resp, timeout=self.config.write_timeout, drop_body=True)
-            finally:
-                self.body_budget.release(lease.size, lease)
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                break
-            try:
-                conn.start_next_cycle()
-            except h11.LocalProtocolError:
-                break
-
-    async def _send_busy(self, conn: h11.Connection, writer: asyncio.StreamWriter) -> None:
-        """503 / 5000 to a connection whose memory was taken back, if no response was started; else drop it."""
-        if conn.our_state is not h11.SEND_RESPONSE and conn.our_state is not h11.IDLE:
-            writer.transport.abort()  # a response was being written: its buffered bytes go at once
-            return
-        resp = self._refusal(http1.HTTPError("evicted", busy=True))
-        with contextlib.suppress(http1.HTTPError, ConnectionError, h11.LocalProtocolError):
-            await http1.send_message(conn, writer, resp, timeout=self.config.write_timeout)
 
     @staticmethod
     def _refusal(exc: http1.HTTPError) -> http1.Message:

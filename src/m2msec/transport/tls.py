@@ -70,18 +70,21 @@ class TLSTransport(asyncio.Transport):
         return value
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writelines((data,))
+
+    def writelines(self, list_of_data: Any) -> None:
+        """Each buffer goes to the engine as it is (no joined copy); the records leave in one write."""
         if self._closing:
             return
         try:
-            self._adapter.tls.send(bytes(data))
+            for data in list_of_data:
+                if data:
+                    self._adapter.tls.send(data)
         except TLSError as exc:
             log.info("send failed on %s: %s", self._adapter.peer, exc)
             self.abort()
             return
         self._adapter.flush()
-
-    def writelines(self, list_of_data: Any) -> None:
-        self.write(b"".join(bytes(d) for d in list_of_data))
 
     def can_write_eof(self) -> bool:
         return False
