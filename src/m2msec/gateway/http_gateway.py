@@ -28,6 +28,7 @@ from m2msec.errors import (
     OneM2MError,
     TargetNotReachable,
 )
+from m2msec.gateway.backend_pool import BackendPool
 from m2msec.gateway.headers import check_request_headers, normalize_header_name, strip_gateway_headers
 from m2msec.gateway.http_conn import ClientConnection
 from m2msec.gateway.limits import (
@@ -146,6 +147,8 @@ class Gateway:
         self.revocation = Revocation(table, crls, max_lifetime=config.max_sa_lifetime)
         self._reloader = side_reloader(table, crls, self.context, config.reload_interval)
         self._server: asyncio.Server | None = None
+        #: keep-alive connections to the CSE, shared by all clients (gateway/backend_pool.py, D56-D58)
+        self.backend_pool = BackendPool(config.backend.host, config.backend.port)
         self._clients: set[ClientConnection] = set()  # live connections (gateway/http_conn.py)
 
     @property
@@ -179,6 +182,7 @@ class Gateway:
             for client in list(self._clients):
                 client.cancel()
             await self._server.wait_closed()
+        self.backend_pool.close()
 
     @staticmethod
     def _refusal(exc: http1.HTTPError) -> http1.Message:
@@ -225,19 +229,15 @@ class Gateway:
         headers = [(k, v) for k, v in strip_gateway_headers(req.headers) if normalize_header_name(k) not in _HOP_BY_HOP]
         headers.insert(0, ("host", f"{backend.host}:{backend.port}"))
         headers += identity_fields(sa, IDENTITY_HEADERS)
-        headers.append(("connection", "close"))
         target = req.target if req.target.startswith("/") else "/" + req.target
         out = http1.Message(headers=headers, body=req.body, method=req.method, target=backend.path_prefix + target)
         if lease is not None:
             lease.forwarded = True  # from here the CSE may execute it: never evicted, never "retry" (D46)
         try:
             async with asyncio.timeout(self.config.backend_timeout):
-                reader, writer = await asyncio.open_connection(backend.host, backend.port)
-                try:
-                    resp = await http1.request(reader, writer, out, max_body=self.config.max_body,
-                                              budget=self.body_budget if lease is not None else None, lease=lease)
-                finally:
-                    writer.close()
+                resp = await self.backend_pool.request(out, max_body=self.config.max_body,
+                                                       budget=self.body_budget if lease is not None else None,
+                                                       lease=lease)
         except (OSError, TimeoutError) as exc:
             raise TargetNotReachable(f"the CSE at {backend} is not reachable") from exc
         except http1.HTTPError as exc:
