@@ -155,8 +155,8 @@ def encode_message(conn: h11.Connection, msg: Message) -> list[bytes]:
         head = h11.Response(status_code=msg.status, headers=headers, reason=msg.reason.encode("latin-1"))
     try:
         parts = [conn.send(head) or b""]
-        if msg.body:
-            parts.append(conn.send(h11.Data(data=msg.body)) or b"")
+        if msg.body:  # the body itself, not a copy (content-length framing adds nothing around it)
+            parts += conn.send_with_data_passthrough(h11.Data(data=msg.body)) or []
         parts.append(conn.send(h11.EndOfMessage()) or b"")
     except h11.LocalProtocolError as exc:
         raise HTTPError(f"cannot send this message: {exc}") from None
