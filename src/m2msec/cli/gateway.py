@@ -12,6 +12,7 @@ from typing import Any
 
 from cryptography import x509
 
+from m2msec.cli.common import LOOPS, run_async
 from m2msec.crl import CRLFile
 from m2msec.errors import ConfigurationError
 from m2msec.gateway.coap_blockwise import BlockwiseLimits
@@ -98,7 +99,9 @@ def add_parser(sub: Any) -> None:
                    help=f"an SA older than this is closed at its next request (default {DEFAULT_MAX_SA_LIFETIME:g})")
     p.add_argument("--quiet", action="store_const", dest="log_level", const=logging.WARNING,
                    default=logging.INFO, help="log warnings only")
-    p.set_defaults(func=run)
+    p.add_argument("--loop", choices=LOOPS, default="asyncio",
+                   help="event loop: asyncio (default) or uvloop (needs the uvloop extra)")
+    p.set_defaults(func=lambda args: run_async(run(args), loop=args.loop))
 
 
 def _read(path: Path | None, what: str) -> bytes | None:
