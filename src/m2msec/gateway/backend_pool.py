@@ -24,7 +24,7 @@ import h11
 from m2msec import http1
 from m2msec.gateway.limits import BodyBudget, Lease
 
-__all__ = ["DEFAULT_IDLE_EXPIRY", "DEFAULT_MAX_IDLE", "BackendPool"]
+__all__ = ["DEFAULT_IDLE_EXPIRY", "DEFAULT_MAX_IDLE", "SENDS_PER_REQUEST", "BackendPool"]
 
 log = logging.getLogger("m2msec.gateway.backend")
 
@@ -32,6 +32,9 @@ log = logging.getLogger("m2msec.gateway.backend")
 DEFAULT_MAX_IDLE: Final = 32
 #: seconds an idle connection to the CSE is kept (docs/decisions.md D57)
 DEFAULT_IDLE_EXPIRY: Final = 4.0
+#: times one request is written to the CSE: once; a failure after its first byte goes to the client, never a
+#: second send (docs/decisions.md D58). Only idle connections found closed before any byte is written are skipped.
+SENDS_PER_REQUEST: Final = 1
 
 
 class _Connection(asyncio.Protocol):
@@ -175,15 +178,15 @@ class BackendPool:
         Raises:
             OSError: no connection could be made.
             http1.HTTPError: the CSE's answer is invalid, too large, does not fit ``budget``, or never came."""
-        conn = self._take()
+        conn = self._take()  # passes over (closes) the idle ones the CSE closed: nothing was written on them
         if conn is None:
             conn = await self._open()
         else:
             self.reused += 1
-        try:
+        try:  # the one send of this request (SENDS_PER_REQUEST, D58)
             resp = await conn.exchange(msg, max_body=max_body, budget=budget, lease=lease)
         except BaseException:
-            conn.close()  # whatever state it is in, it is not used again (and the request is not sent again)
+            conn.close()  # a byte may have reached the CSE: not sent again, and the connection is not reused
             raise
         if conn.reusable() and len(self._idle) < self.max_idle:
             conn.park(self.idle_expiry)
