@@ -3,7 +3,9 @@
 It terminates TLS-PSK (HTTP binding, TS-0009) with the engine, associates each SA with an identity
 (:mod:`m2msec.gateway.rules`), refuses requests whose ``X-M2M-Origin`` does not match it (4106,
 TS-0003 §7.2.1) and forwards the others to the CSE at ``backend`` over loopback HTTP, adding the
-identity headers (:data:`~m2msec.gateway.rules.IDENTITY_HEADERS`).
+identity headers (:data:`~m2msec.gateway.rules.IDENTITY_HEADERS`). Each client connection is a
+callback protocol fed by the TLS adapter (:mod:`m2msec.gateway.http_conn`); requests reach the CSE over
+keep-alive connections all clients share (:mod:`m2msec.gateway.backend_pool`).
 
 A TOML PSK table and a CRL file are polled for changes and reloaded (:mod:`m2msec.gateway.reload`); an
 SQLite store is read per handshake. A live SA whose credential was removed, changed or revoked, or that
