@@ -187,6 +187,11 @@ class ClientConnection(asyncio.Protocol):
             if self._lost:
                 self._end()
             raise
+        except Exception:  # a bug: this connection ends, the gateway goes on
+            log.exception("answering %s (%s) failed", self.peer, self.sa.credential)
+            self.task = None
+            self._abort()
+            return
         self.task = None
         if self._lost:
             self._end()

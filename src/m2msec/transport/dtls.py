@@ -36,7 +36,7 @@ from m2msec.tls.engine import (
     SessionInfo,
     TLSContext,
 )
-from m2msec.transport.common import NOT_SESSION_INFO, session_extra_info, start_application
+from m2msec.transport.common import NOT_SESSION_INFO, Deadline, Deadlines, session_extra_info, start_application
 from m2msec.transport.limits import (
     DEFAULT_MAX_CONNECTIONS_PER_SA,
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
@@ -65,6 +65,7 @@ class _Peer:
     transport: DTLSPeerTransport | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     slot: Slot | None = None  # what it holds in the server's limiter
+    deadline: Deadline | None = field(default=None, repr=False)  # of its handshake (server side)
 
 
 class DTLSPeerTransport(asyncio.DatagramTransport):
@@ -226,6 +227,7 @@ class DTLSServerProtocol(_Endpoint):
                                          per_source_connections=max_peers_per_source, per_sa=max_peers_per_sa,
                                          max_handshaking=max_handshaking)
         self.peers: dict[Address, _Peer] = {}
+        self.deadlines = Deadlines(handshake_timeout)  # the handshake timeout, one timer for all peers
         self.dropped = 0  # datagrams refused because a cap was reached
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -260,6 +262,7 @@ class DTLSServerProtocol(_Endpoint):
             self._sweeper.cancel()
         for peer in list(self.peers.values()):
             self._drop(peer)
+        self.deadlines.close()
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         peer = self.peers.get(addr)
@@ -297,6 +300,7 @@ class DTLSServerProtocol(_Endpoint):
         self._send(conn.datagrams_to_send(), addr)
         now = self.loop.time()
         peer = _Peer(conn, addr, now, now, slot=slot)
+        peer.deadline = self.deadlines.add(lambda: self._handshake_timed_out(peer))
         self.peers[addr] = peer
         self._schedule(peer)
         self._dispatch(peer, events)
@@ -308,7 +312,18 @@ class DTLSServerProtocol(_Endpoint):
         self._drop(peer)
         return False
 
+    def _handshake_timed_out(self, peer: _Peer) -> None:
+        peer.deadline = None
+        if peer.conn.session is None and self.peers.get(peer.addr) is peer:
+            # an unknown identity is answered as a wrong key is (RFC 4279 §2): silence, so it ends here
+            log.info("DTLS handshake from %s timed out (identity %r): %s", peer.addr, peer.conn.offered_identity,
+                     peer.conn.psk_failure or "no answer")
+            self._drop(peer)
+
     def _established(self, peer: _Peer, session: SessionInfo) -> None:
+        if peer.deadline is not None:
+            peer.deadline.cancel()
+            peer.deadline = None
         log.info("DTLS SA with %s: psk_identity=%r %s", peer.addr, session.psk_identity, session.cipher)
 
     def _drop(self, peer: _Peer) -> None:
@@ -317,22 +332,20 @@ class DTLSServerProtocol(_Endpoint):
         if peer.slot is not None:
             peer.slot.release()
             peer.slot = None
+        if peer.deadline is not None:
+            peer.deadline.cancel()
+            peer.deadline = None
         super()._drop(peer)
 
     def _sweep(self) -> None:
         now = self.loop.time()
         for peer in list(self.peers.values()):
-            if peer.conn.session is None and now - peer.started > self.handshake_timeout:
-                # an unknown identity is answered as a wrong key is (RFC 4279 §2): silence, so it ends here
-                log.info("DTLS handshake from %s timed out (identity %r): %s", peer.addr, peer.conn.offered_identity,
-                         peer.conn.psk_failure or "no answer")
-                self._drop(peer)
-            elif peer.conn.session is not None and now - peer.last_seen > self.idle_timeout:
+            if peer.conn.session is not None and now - peer.last_seen > self.idle_timeout:
                 if peer.transport is not None:
                     peer.transport.close()
                 else:
                     self._drop(peer)
-        interval = max(min(self.handshake_timeout, self.idle_timeout) / 4, 0.05)
+        interval = max(self.idle_timeout / 4, 0.05)  # handshakes have their own deadlines
         self._sweeper = self.loop.call_later(interval, self._sweep)
 
 

@@ -33,7 +33,7 @@ from m2msec.tls.engine import (
     TLSConnection,
     TLSContext,
 )
-from m2msec.transport.common import NOT_SESSION_INFO, session_extra_info, start_application
+from m2msec.transport.common import NOT_SESSION_INFO, Deadline, Deadlines, session_extra_info, start_application
 from m2msec.transport.limits import ConnectionLimiter, Slot
 
 __all__ = [
@@ -138,18 +138,21 @@ class TLSAdapter(asyncio.Protocol):
         *,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         limiter: ConnectionLimiter | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.context = context
         self._limiter = limiter
         self._slot: Slot | None = None  # what this connection holds in the limiter
         self._app_factory = app_factory
         self._timeout = handshake_timeout
+        # the server's, shared by its connections (one timer for all); a client connection has its own
+        self._deadlines = deadlines if deadlines is not None else Deadlines(handshake_timeout)
         self.tls: TLSConnection = context.connection()
         self.raw_transport: asyncio.Transport | None = None
         self.app: asyncio.BaseProtocol | None = None
         self.session: SessionInfo | None = None
         self.peer: Any = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: Deadline | None = None
         self._app_transport: TLSTransport | None = None
         self.handshake: asyncio.Future[SessionInfo] = asyncio.get_running_loop().create_future()
 
@@ -162,7 +165,7 @@ class TLSAdapter(asyncio.Protocol):
             if self._slot is None:
                 transport.abort()  # type: ignore[attr-defined]
                 return
-        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._handshake_timed_out)
+        self._deadline = self._deadlines.add(self._handshake_timed_out)
         self.flush()  # a client's ClientHello
 
     def data_received(self, data: bytes) -> None:
@@ -199,12 +202,12 @@ class TLSAdapter(asyncio.Protocol):
             self.raw_transport.write(out)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def _handshake_timed_out(self) -> None:
-        self._timer = None
+        self._deadline = None
         if self.session is None:
             log.info("handshake from %s timed out after %.1f s", self.peer, self._timeout)
             self._fail(HandshakeTimeout(f"handshake did not complete within {self._timeout} s"))
@@ -268,8 +271,10 @@ async def start_server(
 
     ``limiter`` (a :class:`ConnectionLimiter`) caps the open connections and counts the refused ones."""
     loop = asyncio.get_running_loop()
+    deadlines = Deadlines(handshake_timeout)  # one handshake timer for all the server's connections
     return await loop.create_server(
-        lambda: TLSAdapter(context, app_factory, handshake_timeout=handshake_timeout, limiter=limiter),
+        lambda: TLSAdapter(context, app_factory, handshake_timeout=handshake_timeout, limiter=limiter,
+                           deadlines=deadlines),
         host, port, **kwargs,
     )
 
