@@ -56,7 +56,7 @@ def run_on(loop: str, coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-WARMUP = 300
+WARMUP = 300  # handshakes before each measured run (--warmup)
 
 
 class GCTimer:
@@ -152,7 +152,8 @@ def ladder_c(n: int, cipher: str) -> float:
     """CPU seconds per handshake of the C baseline server (separate process, CPU 0)."""
     server = hb.start_c_server()
     try:
-        hb.run_client(server, WARMUP, cipher)
+        if WARMUP:
+            hb.run_client(server, WARMUP, cipher)
         return hb.measure(server, n, cipher).cpu_s / n
     finally:
         server.stop()
@@ -195,7 +196,7 @@ def ladder_blocking(ctx: Any, n: int, cipher: str) -> float:
         lsock.listen(512)
         port = lsock.getsockname()[1]
         cpu = 0.0
-        for count, measured in ((WARMUP, False), (n, True)):
+        for count, measured in ((WARMUP, False), (n, True)) if WARMUP else ((n, True),):
             proc = subprocess.Popen(client_cmd(port, count, cipher), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             cpu0 = time.process_time()
             _serve_blocking(ctx, lsock, count)
@@ -257,7 +258,8 @@ class _Sink(asyncio.Protocol):
 
 
 async def _measure_async(port: int, n: int, cipher: str) -> float:
-    await run_client(port, WARMUP, cipher)
+    if WARMUP:
+        await run_client(port, WARMUP, cipher)
     cpu0 = time.process_time()
     await run_client(port, n, cipher)
     return (time.process_time() - cpu0) / n
@@ -361,6 +363,22 @@ async def profile_gateway(args: argparse.Namespace, table: Any, cipher: str, loo
     print_profile(profiler, n, args.top, area)
 
 
+def run_rung(args: argparse.Namespace, table: Any, ciphers: list[str]) -> None:
+    """One rung, once: what valgrind counts is then this rung (plus start-up: subtract a run with fewer handshakes)."""
+    n, ctx = args.handshakes, server_context(table)
+    for cipher in ciphers:
+        for loop in (["-"] if args.rung == "blocking" else args.loops):
+            if args.rung == "blocking":
+                cpu = ladder_blocking(ctx, n, cipher)
+            elif args.rung == "minimal":
+                cpu = run_on(loop, ladder_minimal(ctx, n, cipher))
+            elif args.rung == "adapter":
+                cpu = run_on(loop, ladder_adapter(ctx, n, cipher))
+            else:
+                cpu = run_on(loop, ladder_gateway(table, n, cipher))
+            print(f"{args.rung} {cipher} {loop}: {n} handshakes, {1e6 * cpu:.0f} us/hs", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description="where the gateway spends its CPU per TLS-PSK handshake")
     p.add_argument("--source", choices=("toml", "sqlite"), default="toml")
@@ -373,9 +391,15 @@ def main() -> int:
     p.add_argument("--timer", choices=("cpu", "wall"), default="cpu",
                    help="profiler clock: process CPU time (default; idle waits cost nothing) or wall time")
     p.add_argument("--skip-ladder", action="store_true")
+    p.add_argument("--warmup", type=int, default=WARMUP, help=f"handshakes before each measured run ({WARMUP})")
+    p.add_argument("--rung", choices=("blocking", "minimal", "adapter", "gateway"),
+                   help="run this one rung once per cipher and loop, and exit: for instruction counts, e.g. "
+                   "valgrind --tool=callgrind (see bench/README.md)")
     p.add_argument("--skip-profile", action="store_true")
     args = p.parse_args()
     args.loops = args.loops.split(",")
+    global WARMUP
+    WARMUP = args.warmup
     ciphers = [hb.CIPHERS[name] for name in args.ciphers.split(",")]
     logging.basicConfig(level=logging.WARNING)  # as `m2msec gateway --quiet`
     try:
@@ -384,6 +408,9 @@ def main() -> int:
         if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
             os.sched_setaffinity(0, {int(hb.SERVER_CPU)})
         table = make_table(args)
+        if args.rung:
+            run_rung(args, table, ciphers)
+            return 0
         for cipher in ciphers:
             if not args.skip_ladder:
                 run_ladder(args, table, cipher)
