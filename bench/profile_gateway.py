@@ -380,6 +380,7 @@ def run_rung(args: argparse.Namespace, table: Any, ciphers: list[str]) -> None:
 
 
 def main() -> int:
+    global WARMUP
     p = argparse.ArgumentParser(description="where the gateway spends its CPU per TLS-PSK handshake")
     p.add_argument("--source", choices=("toml", "sqlite"), default="toml")
     p.add_argument("--entries", type=int, default=1)
@@ -398,7 +399,6 @@ def main() -> int:
     p.add_argument("--skip-profile", action="store_true")
     args = p.parse_args()
     args.loops = args.loops.split(",")
-    global WARMUP
     WARMUP = args.warmup
     ciphers = [hb.CIPHERS[name] for name in args.ciphers.split(",")]
     logging.basicConfig(level=logging.WARNING)  # as `m2msec gateway --quiet`
