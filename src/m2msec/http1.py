@@ -16,6 +16,7 @@ from m2msec.gateway.limits import BodyBudget, Lease
 __all__ = [
     "DEFAULT_MAX_BODY",
     "BodyBudget",
+    "BodyCollector",
     "HTTPError",
     "Message",
     "encode_message",
@@ -98,6 +99,53 @@ def message_head(event: object, max_body: int) -> Message:
     return msg
 
 
+class BodyCollector:
+    """The body of one message as h11 hands it over, checked against ``max_body`` and reserved in ``budget``
+    (against ``lease``) as it arrives: one implementation for the gateway's two sides and the stream reader."""
+
+    __slots__ = ("budget", "chunks", "lease", "max_body", "size")
+
+    def __init__(self, max_body: int, budget: BodyBudget | None = None, lease: Lease | None = None) -> None:
+        self.max_body = max_body
+        self.budget = budget
+        self.lease = lease
+        self.chunks: list[bytes] = []
+        self.size = 0  # bytes collected, and reserved in the budget
+
+    def feed(self, event: object) -> bool:
+        """Take one h11 event of the body; True once the message is complete.
+
+        Raises:
+            HTTPError: the body is too large (``too_large``), the budget is spent (``busy``), the peer closed
+                mid-message, or the event is not part of a body."""
+        if isinstance(event, h11.Data):
+            data = event.data
+            if self.size + len(data) > self.max_body:
+                raise HTTPError(f"body exceeds the {self.max_body}-byte limit", too_large=True)
+            if self.budget is not None and not self.budget.reserve(len(data), self.lease):
+                raise HTTPError("the request-body memory of the gateway is in use", busy=True)
+            self.size += len(data)
+            self.chunks.append(data)
+            return False
+        if isinstance(event, h11.EndOfMessage):
+            return True
+        if isinstance(event, h11.ConnectionClosed):
+            raise HTTPError("connection closed in the middle of a message")
+        raise HTTPError(f"unexpected HTTP event {type(event).__name__}")
+
+    def take(self) -> bytes:
+        """The whole body; the caller now owns its reservation (releases ``len(body)`` when done)."""
+        body = b"".join(self.chunks)
+        self.chunks, self.size = [], 0
+        return body
+
+    def release(self) -> None:
+        """Give back what was reserved (the message is abandoned)."""
+        if self.budget is not None and self.size:
+            self.budget.release(self.size, self.lease)
+        self.chunks, self.size = [], 0
+
+
 async def read_message(
     conn: h11.Connection, reader: asyncio.StreamReader, *, max_body: int = DEFAULT_MAX_BODY,
     budget: BodyBudget | None = None, lease: Lease | None = None,
@@ -111,29 +159,14 @@ async def read_message(
     if isinstance(event, h11.ConnectionClosed):
         return None
     msg = message_head(event, max_body)
-    chunks: list[bytes] = []
-    size = 0
+    body = BodyCollector(max_body, budget, lease)
     try:
-        while True:
-            event = await _next_event(conn, reader)
-            if isinstance(event, h11.Data):
-                if size + len(event.data) > max_body:
-                    raise HTTPError(f"body exceeds the {max_body}-byte limit", too_large=True)
-                if budget is not None and not budget.reserve(len(event.data), lease):
-                    raise HTTPError("the request-body memory of the gateway is in use", busy=True)
-                size += len(event.data)
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            elif isinstance(event, h11.ConnectionClosed):
-                raise HTTPError("connection closed in the middle of a message")
-            else:
-                raise HTTPError(f"unexpected HTTP event {type(event).__name__}")
+        while not body.feed(await _next_event(conn, reader)):
+            pass
     except BaseException:  # a timeout or cancellation too: what this message reserved goes back
-        if budget is not None:
-            budget.release(size, lease)
+        body.release()
         raise
-    msg.body = b"".join(chunks)
+    msg.body = body.take()
     return msg
 
 

@@ -104,29 +104,14 @@ class _Connection(asyncio.Protocol):
         if isinstance(event, h11.ConnectionClosed):
             raise http1.HTTPError("connection closed before a response")
         resp = http1.message_head(event, max_body)
-        chunks: list[bytes] = []
-        size = 0
+        body = http1.BodyCollector(max_body, budget, lease)
         try:
-            while True:
-                event = await self._next_event()
-                if isinstance(event, h11.Data):
-                    if size + len(event.data) > max_body:
-                        raise http1.HTTPError(f"body exceeds the {max_body}-byte limit", too_large=True)
-                    if budget is not None and not budget.reserve(len(event.data), lease):
-                        raise http1.HTTPError("the response-body memory of the gateway is in use", busy=True)
-                    size += len(event.data)
-                    chunks.append(event.data)
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                elif isinstance(event, h11.ConnectionClosed):
-                    raise http1.HTTPError("connection closed in the middle of a message")
-                else:
-                    raise http1.HTTPError(f"unexpected HTTP event {type(event).__name__}")
+            while not body.feed(await self._next_event()):
+                pass
         except BaseException:
-            if budget is not None:
-                budget.release(size, lease)
+            body.release()
             raise
-        resp.body = b"".join(chunks)
+        resp.body = body.take()
         return resp
 
     def reusable(self) -> bool:

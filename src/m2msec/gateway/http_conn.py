@@ -53,8 +53,7 @@ class ClientConnection(asyncio.Protocol):
         self.guard: SAGuard | None = None
         self.lease: Lease | None = None
         self.request: http1.Message | None = None  # being read
-        self._chunks: list[bytes] = []
-        self._size = 0  # request-body bytes read (and reserved) so far
+        self._body = http1.BodyCollector(gateway.config.max_body, gateway.body_budget)  # its body, reserved
         self.task: asyncio.Task[None] | None = None  # forwarding
         self._timer: asyncio.TimerHandle | None = None  # idle (reading) or write timeout
         self._write_paused = False
@@ -73,6 +72,7 @@ class ClientConnection(asyncio.Protocol):
         log.info("SA established with %s: %s associated=%r cipher=%s %s",
                  self.peer, self.sa.credential, self.sa.identity, session.cipher, session.version)
         self.lease = gw.body_budget.lease(sa_key(session), self._evicted)
+        self._body.lease = self.lease
         gw._clients.add(self)
         self._arm(gw.config.idle_timeout, self._idle)
 
@@ -109,8 +109,6 @@ class ClientConnection(asyncio.Protocol):
 
     def _pump(self) -> None:
         """Parse what h11 holds until it needs more data, or a whole request is read."""
-        gw = self.gateway
-        lease = self.lease
         while True:
             try:
                 event = self.conn.next_event()
@@ -120,22 +118,9 @@ class ClientConnection(asyncio.Protocol):
                     if isinstance(event, h11.ConnectionClosed):
                         self._close()
                         return
-                    self.request = http1.message_head(event, gw.config.max_body)
-                    continue
-                if isinstance(event, h11.Data):
-                    data = event.data
-                    if self._size + len(data) > gw.config.max_body:
-                        raise http1.HTTPError(f"body exceeds the {gw.config.max_body}-byte limit", too_large=True)
-                    if not gw.body_budget.reserve(len(data), lease):
-                        raise http1.HTTPError("the request-body memory of the gateway is in use", busy=True)
-                    self._size += len(data)
-                    self._chunks.append(data)
-                elif isinstance(event, h11.EndOfMessage):
+                    self.request = http1.message_head(event, self.gateway.config.max_body)
+                elif self._body.feed(event):
                     break
-                elif isinstance(event, h11.ConnectionClosed):
-                    raise http1.HTTPError("connection closed in the middle of a message")
-                else:
-                    raise http1.HTTPError(f"unexpected HTTP event {type(event).__name__}")
             except h11.RemoteProtocolError as exc:
                 self._bad_request(http1.HTTPError(f"malformed HTTP: {exc}"))
                 return
@@ -143,9 +128,7 @@ class ClientConnection(asyncio.Protocol):
                 self._bad_request(exc)
                 return
         req, self.request = self.request, None
-        chunks, self._chunks = self._chunks, []
-        req.body = b"".join(chunks)
-        self._size = 0
+        req.body = self._body.take()
         self._cancel_timer()
         assert self.transport is not None
         self.transport.pause_reading()  # nothing is parsed ahead while this request is answered
@@ -153,10 +136,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _release_request(self) -> None:
         """What a request being read has reserved goes back."""
-        if self._size:
-            self.gateway.body_budget.release(self._size, self.lease)
-        self._size = 0
-        self._chunks = []
+        self._body.release()
         self.request = None
 
     def _bad_request(self, exc: http1.HTTPError) -> None:
