@@ -248,21 +248,19 @@ class ClientConnection(asyncio.Protocol):
             self.task = None
         self._close()
 
-    def _close(self) -> None:
+    def _close(self, *, abort: bool = False) -> None:
+        """End the connection: close (what is written still goes out) or abort (buffered bytes dropped)."""
         self._cancel_timer()
         self._close_after = True
-        if self.transport is not None:
-            self.transport.close()
-        else:
+        if self.transport is None:
             self._end()
-
-    def _abort(self) -> None:
-        self._cancel_timer()
-        self._close_after = True
-        if self.transport is not None:
+        elif abort:
             self.transport.abort()
         else:
-            self._end()
+            self.transport.close()
+
+    def _abort(self) -> None:
+        self._close(abort=True)
 
     def _end(self) -> None:
         if self.lease is not None:
