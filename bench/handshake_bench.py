@@ -3,7 +3,7 @@
 On-demand benchmark, not a test. Run from anywhere:
 
     .venv/bin/python bench/handshake_bench.py [--handshakes N] [--rounds R] [--entries 1,1000000]
-                                              [--source toml,sqlite] [--cipher cbc|gcm]
+                                              [--source toml,sqlite] [--cipher cbc|gcm|tls13]
 
 What it does (see bench/README.md for the why):
 
@@ -50,10 +50,12 @@ CLIENT_BIN = BUILD / "psk_hs_client"
 #: the identity and key compiled into psk_baseline.c; every generated table contains this entry
 IDENTITY = "client1"
 KEY_HEX = "00112233445566778899aabbccddeeff"
-#: TLS 1.2 suites the client can ask for: TS-0003 §10.2.2 mandatory suite, and its GCM variant
-CIPHERS = {"cbc": "PSK-AES128-CBC-SHA256", "gcm": "PSK-AES128-GCM-SHA256"}
-#: what both servers accept: the gateway's "onem2m" profile (m2msec.tls.profiles.ONEM2M_PSK)
-SERVER_CIPHERS = "PSK-AES128-CBC-SHA256:PSK-AES128-GCM-SHA256"
+#: suites the client can ask for: TS-0003 §10.2.2 mandatory TLS 1.2 suite, its GCM variant, and TLS 1.3 external
+#: PSK (psk_dhe_ke, the gateway's "tls13" profile)
+CIPHERS = {"cbc": "PSK-AES128-CBC-SHA256", "gcm": "PSK-AES128-GCM-SHA256", "tls13": "TLS_AES_128_GCM_SHA256"}
+#: what both servers accept: the gateway's "onem2m" and "tls13" profiles (m2msec.tls.profiles.ONEM2M_PSK, TLS13_PSK)
+SERVER_CIPHERS = "PSK-AES128-CBC-SHA256:PSK-AES128-GCM-SHA256,TLS13"
+SERVER_PROFILES = "onem2m,tls13"
 #: no HTTP request is ever sent, so the gateway never connects to its backend
 DUMMY_BACKEND = "http://127.0.0.1:9"
 SERVER_CPU = "0"
@@ -255,7 +257,7 @@ def start_gateway(source: str, table: Path, entries: int) -> Server:
     port = free_port()
     option = "--psk-table" if source == "toml" else "--db"
     cmd = [str(m2msec), "gateway", "--listen", f"127.0.0.1:{port}", option, str(table),
-           "--backend", DUMMY_BACKEND, "--profiles", "onem2m", "--quiet"]
+           "--backend", DUMMY_BACKEND, "--profiles", SERVER_PROFILES, "--quiet"]
     return start_server(f"gateway {source} {entries}", cmd, port)
 
 

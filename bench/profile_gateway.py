@@ -1,8 +1,9 @@
 """Where the m2msec gateway spends its CPU per TLS-PSK handshake (on-demand diagnostics, not a test).
 
 Every server below runs in this process pinned to CPU 0; the C benchmark client (bench/psk_hs_client.c),
-pinned to CPU 1, makes N sequential full TLS 1.2 PSK handshakes (new TCP connection, close_notify,
-close) against it, exactly as in bench/handshake_bench.py.
+pinned to CPU 1, makes N sequential full PSK handshakes (new TCP connection, close_notify, close) against it,
+exactly as in bench/handshake_bench.py: TLS 1.2 PSK-AES128-CBC-SHA256 and TLS 1.3 external PSK (psk_dhe_ke,
+TLS_AES_128_GCM_SHA256), each on asyncio's loop and on uvloop (``--ciphers``, ``--loops``), all from one run.
 
 1. A *layer ladder*, measured without a profiler (CPU time of this process per handshake):
    - ``C baseline``: bench/psk_baseline.c (system OpenSSL), a separate process, for scale;
@@ -15,7 +16,11 @@ close) against it, exactly as in bench/handshake_bench.py.
    and the top functions by own and cumulative time.
 
     .venv/bin/python bench/profile_gateway.py [--source toml|sqlite] [--entries N] [--handshakes N]
+                                              [--ciphers cbc,tls13] [--loops asyncio,uvloop]
                                               [--skip-ladder] [--skip-profile] [--timer cpu|wall]
+
+It imports ``m2msec`` from wherever Python finds it: ``PYTHONPATH=OTHER/src`` measures another tree (e.g. an
+export of main) with this script, for a before/after from one run each.
 """
 
 from __future__ import annotations
@@ -41,9 +46,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import handshake_bench as hb  # the sibling benchmark: tables, binaries, constants
 
-from m2msec.cli.common import run_async  # uvloop when installed, as the CLI does
 
-WARMUP = 300
+def run_on(loop: str, coro: Any) -> Any:
+    """Run ``coro`` on asyncio's loop or on uvloop (what ``m2msec gateway --loop`` does)."""
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+WARMUP = 300  # handshakes before each measured run (--warmup)
 
 
 class GCTimer:
@@ -128,7 +141,7 @@ def server_context(table: Any) -> Any:
     from m2msec.tls.engine import ServerConfig, TLSContext
     from m2msec.tls.profiles import parse_profiles
 
-    return TLSContext.server(ServerConfig(psk_lookup=table.lookup, profiles=parse_profiles("onem2m")))
+    return TLSContext.server(ServerConfig(psk_lookup=table.lookup, profiles=parse_profiles(hb.SERVER_PROFILES)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,7 +152,8 @@ def ladder_c(n: int, cipher: str) -> float:
     """CPU seconds per handshake of the C baseline server (separate process, CPU 0)."""
     server = hb.start_c_server()
     try:
-        hb.run_client(server, WARMUP, cipher)
+        if WARMUP:
+            hb.run_client(server, WARMUP, cipher)
         return hb.measure(server, n, cipher).cpu_s / n
     finally:
         server.stop()
@@ -182,7 +196,7 @@ def ladder_blocking(ctx: Any, n: int, cipher: str) -> float:
         lsock.listen(512)
         port = lsock.getsockname()[1]
         cpu = 0.0
-        for count, measured in ((WARMUP, False), (n, True)):
+        for count, measured in ((WARMUP, False), (n, True)) if WARMUP else ((n, True),):
             proc = subprocess.Popen(client_cmd(port, count, cipher), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             cpu0 = time.process_time()
             _serve_blocking(ctx, lsock, count)
@@ -244,7 +258,8 @@ class _Sink(asyncio.Protocol):
 
 
 async def _measure_async(port: int, n: int, cipher: str) -> float:
-    await run_client(port, WARMUP, cipher)
+    if WARMUP:
+        await run_client(port, WARMUP, cipher)
     cpu0 = time.process_time()
     await run_client(port, n, cipher)
     return (time.process_time() - cpu0) / n
@@ -266,7 +281,7 @@ async def start_gateway(table: Any) -> Any:
     from m2msec.tls.profiles import parse_profiles
 
     config = GatewayConfig(backend=parse_backend(hb.DUMMY_BACKEND), host="127.0.0.1", port=0,
-                           profiles=parse_profiles("onem2m"))
+                           profiles=parse_profiles(hb.SERVER_PROFILES))
     gateway = Gateway(config, table)
     await gateway.start()
     return gateway
@@ -286,25 +301,28 @@ def run_ladder(args: argparse.Namespace, table: Any, cipher: str) -> None:
     steps: list[tuple[str, Callable[[], float]]] = [
         ("C baseline server (system OpenSSL)", lambda: ladder_c(n, cipher)),
         ("engine, blocking loop (no asyncio)", lambda: ladder_blocking(ctx, n, cipher)),
-        ("engine + minimal asyncio Protocol", lambda: run_async(ladder_minimal(ctx, n, cipher))),
-        ("engine + asyncio TLSAdapter, no app", lambda: run_async(ladder_adapter(ctx, n, cipher))),
-        ("full gateway (Gateway + h11 app)", lambda: run_async(ladder_gateway(table, n, cipher))),
     ]
+    for loop in args.loops:
+        steps += [
+            (f"{loop}: engine + minimal Protocol", lambda loop=loop: run_on(loop, ladder_minimal(ctx, n, cipher))),
+            (f"{loop}: engine + TLSAdapter, no app", lambda loop=loop: run_on(loop, ladder_adapter(ctx, n, cipher))),
+            (f"{loop}: full gateway", lambda loop=loop: run_on(loop, ladder_gateway(table, n, cipher))),
+        ]
     print(f"layer ladder: {args.source} table, {args.entries:,} entries, {cipher}, {n} handshakes, "
-          f"median of {args.rounds} rounds (CPU of the server process per handshake)")
-    results: list[tuple[str, float]] = []
+          f"median of {args.rounds} rounds (CPU of the server process per handshake)", flush=True)
     samples: dict[str, list[float]] = defaultdict(list)
     for _ in range(args.rounds):  # interleaved, like the benchmark
         for name, step in steps:
             samples[name].append(step())
-    for name, _step in steps:
-        results.append((name, sorted(samples[name])[len(samples[name]) // 2]))
+    results = [(name, sorted(samples[name])[len(samples[name]) // 2]) for name, _step in steps]
     c = results[0][1]
     previous = None
     for name, per_hs in results:
-        delta = "" if previous is None else f"  (+{1e6 * (per_hs - previous):.0f} us over the line above)"
+        if name.endswith("minimal Protocol"):
+            previous = results[1][1]  # each loop's rungs stack on the blocking engine
+        delta = "" if previous is None else f"  ({1e6 * (per_hs - previous):+.0f} us over the rung below)"
         print(f"  {name:38s} {1e6 * per_hs:6.0f} us/hs  {1 / per_hs:6.0f} hs/cpu-s  "
-              f"C/this {c / per_hs:.2f}{delta}")
+              f"C/this {c / per_hs:.2f}{delta}", flush=True)
         previous = per_hs
 
 
@@ -312,7 +330,7 @@ def run_ladder(args: argparse.Namespace, table: Any, cipher: str) -> None:
 # the profile
 
 
-async def profile_gateway(args: argparse.Namespace, table: Any, cipher: str) -> None:
+async def profile_gateway(args: argparse.Namespace, table: Any, cipher: str, loop: str) -> None:
     n = args.handshakes
     gateway = await start_gateway(table)
     try:
@@ -334,8 +352,8 @@ async def profile_gateway(args: argparse.Namespace, table: Any, cipher: str) -> 
     finally:
         await gateway.close()
 
-    print(f"\ncProfile ({args.timer} clock) of the full gateway: {args.source} table, {args.entries:,} entries, "
-          f"{cipher}, {n} handshakes")
+    print(f"\ncProfile ({args.timer} clock) of the full gateway on {loop}: {args.source} table, "
+          f"{args.entries:,} entries, {cipher}, {n} handshakes")
     print(f"  without profiler: {1e6 * plain_cpu / n:.0f} us/handshake ({n / plain_cpu:.0f} hs/cpu-s)")
     print(f"  with cProfile:    {1e6 * prof_cpu / n:.0f} us/handshake (profiler overhead included)")
     print(f"  cyclic GC (profiled run): gen0 {timer.count[0]}x {1e3 * timer.total[0]:.1f} ms, "
@@ -345,20 +363,44 @@ async def profile_gateway(args: argparse.Namespace, table: Any, cipher: str) -> 
     print_profile(profiler, n, args.top, area)
 
 
+def run_rung(args: argparse.Namespace, table: Any, ciphers: list[str]) -> None:
+    """One rung, once: what valgrind counts is then this rung (plus start-up: subtract a run with fewer handshakes)."""
+    n, ctx = args.handshakes, server_context(table)
+    for cipher in ciphers:
+        for loop in (["-"] if args.rung == "blocking" else args.loops):
+            if args.rung == "blocking":
+                cpu = ladder_blocking(ctx, n, cipher)
+            elif args.rung == "minimal":
+                cpu = run_on(loop, ladder_minimal(ctx, n, cipher))
+            elif args.rung == "adapter":
+                cpu = run_on(loop, ladder_adapter(ctx, n, cipher))
+            else:
+                cpu = run_on(loop, ladder_gateway(table, n, cipher))
+            print(f"{args.rung} {cipher} {loop}: {n} handshakes, {1e6 * cpu:.0f} us/hs", flush=True)
+
+
 def main() -> int:
+    global WARMUP
     p = argparse.ArgumentParser(description="where the gateway spends its CPU per TLS-PSK handshake")
     p.add_argument("--source", choices=("toml", "sqlite"), default="toml")
     p.add_argument("--entries", type=int, default=1)
     p.add_argument("--handshakes", type=int, default=3000)
     p.add_argument("--rounds", type=int, default=3, help="ladder rounds (median)")
-    p.add_argument("--cipher", choices=sorted(hb.CIPHERS), default="cbc")
+    p.add_argument("--ciphers", default="cbc,tls13", help=f"comma-separated, of {', '.join(sorted(hb.CIPHERS))}")
+    p.add_argument("--loops", default="asyncio,uvloop", help="comma-separated: asyncio, uvloop")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--timer", choices=("cpu", "wall"), default="cpu",
                    help="profiler clock: process CPU time (default; idle waits cost nothing) or wall time")
     p.add_argument("--skip-ladder", action="store_true")
+    p.add_argument("--warmup", type=int, default=WARMUP, help=f"handshakes before each measured run ({WARMUP})")
+    p.add_argument("--rung", choices=("blocking", "minimal", "adapter", "gateway"),
+                   help="run this one rung once per cipher and loop, and exit: for instruction counts, e.g. "
+                   "valgrind --tool=callgrind (see bench/README.md)")
     p.add_argument("--skip-profile", action="store_true")
     args = p.parse_args()
-    cipher = hb.CIPHERS[args.cipher]
+    args.loops = args.loops.split(",")
+    WARMUP = args.warmup
+    ciphers = [hb.CIPHERS[name] for name in args.ciphers.split(",")]
     logging.basicConfig(level=logging.WARNING)  # as `m2msec gateway --quiet`
     try:
         hb.build(hb.BASELINE_SRC, hb.BASELINE_BIN, "C baseline source (bench/psk_baseline.c)")
@@ -366,10 +408,15 @@ def main() -> int:
         if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
             os.sched_setaffinity(0, {int(hb.SERVER_CPU)})
         table = make_table(args)
-        if not args.skip_ladder:
-            run_ladder(args, table, cipher)
-        if not args.skip_profile:
-            run_async(profile_gateway(args, table, cipher))
+        if args.rung:
+            run_rung(args, table, ciphers)
+            return 0
+        for cipher in ciphers:
+            if not args.skip_ladder:
+                run_ladder(args, table, cipher)
+            if not args.skip_profile:
+                for loop in args.loops:
+                    run_on(loop, profile_gateway(args, table, cipher, loop))
     except hb.BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,11 +1,13 @@
 /*
- * psk_hs_client: N sequential full TLS 1.2 PSK handshakes against a loopback server.
+ * psk_hs_client: N sequential full TLS 1.2 or TLS 1.3 PSK handshakes against a loopback server.
  *
  * Part of the m2msec handshake benchmark (bench/handshake_bench.py). The same binary is pointed at
  * the C OpenSSL baseline server and at the m2msec gateway, so the server is the only difference.
  *
  * Usage: psk_hs_client [-e] [-H host] PORT N CIPHER IDENTITY KEYHEX
- *   CIPHER    one OpenSSL TLS 1.2 cipher name, e.g. PSK-AES128-CBC-SHA256 or PSK-AES128-GCM-SHA256
+ *   CIPHER    one OpenSSL TLS 1.2 cipher name, e.g. PSK-AES128-CBC-SHA256 or PSK-AES128-GCM-SHA256, or a
+ *             TLS 1.3 ciphersuite name (TLS_AES_128_GCM_SHA256): then a TLS 1.3 external-PSK handshake,
+ *             psk_dhe_ke (OpenSSL's default key exchange mode: an (EC)DHE key share with the PSK)
  *   IDENTITY  psk_identity sent to the server
  *   KEYHEX    the PSK in hex
  *   -e        after the handshake, send 1 byte and wait for 1 byte back (the echo of
@@ -13,7 +15,8 @@
  *   -H host   IPv4 address of the server (default 127.0.0.1)
  *
  * Each handshake: new TCP connection (TCP_NODELAY), new SSL object, no session or ticket (a full
- * handshake every time), SSL_connect, checks (TLS 1.2, the requested cipher, not resumed), then
+ * handshake every time), SSL_connect, checks (the TLS version, the requested cipher, not resumed in TLS 1.2:
+ * OpenSSL reports an external TLS 1.3 PSK as a resumed session, so that check is TLS 1.2 only), then
  * close_notify (one SSL_shutdown call, not waiting for the server's) and close().
  *
  * Output (one line on stdout):
@@ -122,9 +125,11 @@ int main(int argc, char **argv) {
         return 2;
     }
 
+    int tls13 = strncmp(cipher, "TLS_", 4) == 0;
+    int version = tls13 ? TLS1_3_VERSION : TLS1_2_VERSION;
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    if (!ctx || !SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) ||
-        !SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION) || !SSL_CTX_set_cipher_list(ctx, cipher)) {
+    if (!ctx || !SSL_CTX_set_min_proto_version(ctx, version) || !SSL_CTX_set_max_proto_version(ctx, version) ||
+        !(tls13 ? SSL_CTX_set_ciphersuites(ctx, cipher) : SSL_CTX_set_cipher_list(ctx, cipher))) {
         fprintf(stderr, "cannot configure the client for cipher %s\n", cipher);
         ERR_print_errors_fp(stderr);
         return 2;
@@ -154,9 +159,9 @@ int main(int argc, char **argv) {
         SSL_set_fd(ssl, fd);
         if (SSL_connect(ssl) != 1) {
             report_failure(&failures, i, "SSL_connect failed");
-        } else if (SSL_version(ssl) != TLS1_2_VERSION) {
-            report_failure(&failures, i, "not TLS 1.2");
-        } else if (SSL_session_reused(ssl)) {
+        } else if (SSL_version(ssl) != version) {
+            report_failure(&failures, i, tls13 ? "not TLS 1.3" : "not TLS 1.2");
+        } else if (!tls13 && SSL_session_reused(ssl)) {
             report_failure(&failures, i, "session was resumed (not a full handshake)");
         } else if (strcmp(SSL_get_cipher_name(ssl), cipher) != 0) {
             report_failure(&failures, i, "unexpected cipher");

@@ -145,3 +145,30 @@ async def test_plain_protocol_server() -> None:
     writer.close()
     server.close()
     await server.wait_closed()
+
+
+async def test_writelines_hands_each_buffer_to_the_engine_without_joining_them(echo_port: int) -> None:
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Sink(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            got.put_nowait(data)
+
+    adapter, _ = await create_connection(Sink, "127.0.0.1", echo_port, client_ctx())
+    sent: list[object] = []
+    real_send = adapter.tls.send
+
+    def observed(data: bytes) -> None:
+        sent.append(data)
+        real_send(data)
+
+    adapter.tls.send = observed  # type: ignore[method-assign]  # the real engine still encrypts them
+    parts = [b"head:", memoryview(b"y" * 50_000), b":tail"]
+    assert adapter._app_transport is not None
+    adapter._app_transport.writelines(parts)
+    assert len(sent) == 3 and all(a is b for a, b in zip(sent, parts, strict=True))  # no joined copy
+    received = b""
+    while not received.endswith(b":tail"):  # echoed (prefixed per read by the server): it was sent whole
+        received += await asyncio.wait_for(got.get(), 5)
+    assert received.count(b"y") == 50_000 and b"head:" in received
+    adapter._app_transport.close()

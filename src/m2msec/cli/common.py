@@ -1,4 +1,5 @@
-"""Helpers the ``m2msec`` subcommands share (host:port parsing, key reading, default paths, the event loop).
+"""Helpers the ``m2msec`` subcommands share (host:port parsing, key reading, default paths, the event loop:
+asyncio's by default, uvloop on request).
 
 :mod:`m2msec.cli.main` builds the parser from the subcommand modules and those modules import these helpers
 from here, so no subcommand imports ``main`` (no import cycle).
@@ -16,7 +17,7 @@ from m2msec.errors import ConfigurationError
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import check_file_permissions
 
-__all__ = ["default_db", "parse_hostport", "read_key", "run_async"]
+__all__ = ["LOOPS", "default_db", "parse_hostport", "read_key", "run_async"]
 
 T = TypeVar("T")
 
@@ -58,10 +59,23 @@ def read_key(key_file: str | None, key_env: str | None) -> SecretKey:
     return SecretKey.from_hex(value)
 
 
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop where it is installed (it halves asyncio's per-connection cost), else on asyncio's loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+#: the event loops a service can run on: asyncio's own (the default) or uvloop (the ``uvloop`` extra)
+LOOPS = ("asyncio", "uvloop")
+
+
+def run_async(coro: Coroutine[Any, Any, T], *, loop: str = "asyncio") -> T:
+    """Run ``coro`` on asyncio's event loop, or on uvloop with ``loop="uvloop"`` (bench/README.md: what it gains).
+
+    Raises:
+        ConfigurationError: uvloop was asked for and is not installed (``pip install 'm2msec[uvloop]'``)."""
+    if loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            coro.close()
+            raise ConfigurationError("--loop uvloop needs the uvloop package: pip install 'm2msec[uvloop]'") from None
+        return uvloop.run(coro)
+    if loop != "asyncio":
+        coro.close()
+        raise ConfigurationError(f"unknown event loop {loop!r}: choose one of {', '.join(LOOPS)}")
+    return asyncio.run(coro)

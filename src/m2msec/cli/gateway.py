@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
+from m2msec.cli.common import LOOPS, run_async
 from m2msec.crl import CRLFile
 from m2msec.errors import ConfigurationError
 from m2msec.gateway.coap_blockwise import BlockwiseLimits
@@ -101,6 +102,8 @@ def add_parser(sub: Any) -> None:
                    help=f"an SA older than this is closed at its next request (default {DEFAULT_MAX_SA_LIFETIME:g})")
     p.add_argument("--quiet", action="store_const", dest="log_level", const=logging.WARNING,
                    default=logging.INFO, help="log warnings only")
+    p.add_argument("--loop", choices=LOOPS, default="asyncio",
+                   help="event loop: asyncio (default) or uvloop (needs the uvloop extra)")
     p.add_argument("--workers", default="1", metavar="N",
                    help="processes serving the same ports (SO_REUSEPORT), under one supervisor that restarts them; "
                    "auto: one per CPU this process may use (default 1: a single process)")
@@ -108,11 +111,12 @@ def add_parser(sub: Any) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> Any:
-    """--workers 1: :func:`run` in this process; more: the supervisor of :mod:`m2msec.gateway.workers`."""
+    """--workers 1: :func:`run` in this process on ``--loop``; more: the supervisor of :mod:`m2msec.gateway.workers`
+    (each worker runs :func:`run` on ``--loop``)."""
     from m2msec.gateway.workers import supervise, worker_count
 
     workers = worker_count(args.workers)
-    return run(args) if workers == 1 else supervise(args, workers)
+    return run_async(run(args), loop=args.loop) if workers == 1 else supervise(args, workers)
 
 
 def _read(path: Path | None, what: str) -> bytes | None:

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from m2msec.errors import BadRequest, M2MSecError, OneM2MError
-from m2msec.gateway.rules import SecurityAssociation, UnboundPolicy, check_originator
+from m2msec.gateway.rules import SecurityAssociation, UnboundPolicy, check_originator, identity_fields
 
 __all__ = [
     "BLOCK1", "BLOCK2", "DELETE", "DROPPED_CODE_CLASSES", "EMPTY", "GET", "IDENTITY_OPTIONS", "MAX_AGE",
@@ -305,9 +305,7 @@ def check_repeats(msg: Message) -> None:
 
 def prepare_forward(msg: Message, sa: SecurityAssociation) -> bytes:
     """The datagram for the CSE: client-supplied identity options removed, the SA's own added."""
-    added = [(number, value.encode("utf-8")) for number, value in (
-        (OPTION_SA_IDENTITY, sa.associated), (OPTION_CREDENTIAL_ID, sa.credential_id),
-        (OPTION_PSK_IDENTITY, sa.psk_identity)) if value is not None]
+    added = [(number, value.encode("utf-8")) for number, value in identity_fields(sa, IDENTITY_OPTIONS)]
     return msg.without_options(IDENTITY_OPTIONS).with_options(*added).encode()
 
 

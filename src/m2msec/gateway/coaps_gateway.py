@@ -42,10 +42,11 @@ from m2msec.gateway.coap_blockwise import (
     ToClient,
 )
 from m2msec.gateway.reload import side_reloader
-from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME, Revocation, SAGuard
-from m2msec.gateway.rules import CredentialResolver, SecurityAssociation, UnboundPolicy, associate
+from m2msec.gateway.revocation import Revocation, SAGuard
+from m2msec.gateway.rules import CredentialResolver, SecurityAssociation, associate
+from m2msec.gateway.side import SidePolicy
 from m2msec.keys.table import PSKTable
-from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
+from m2msec.tls.engine import TLSContext
 from m2msec.tls.profiles import ONEM2M_DTLS_PSK, CipherProfile
 from m2msec.transport.dtls import DTLSServerProtocol, start_dtls_server
 from m2msec.transport.limits import (
@@ -64,19 +65,15 @@ MAX_PENDING, MAX_PENDING_BYTES = 32, 64 * 1024
 
 
 @dataclass(frozen=True)
-class CoapsConfig:
+class CoapsConfig(SidePolicy):
+    """The coaps side; the settings it shares with the HTTP side are :class:`~m2msec.gateway.side.SidePolicy`'s
+    (``certificate``: for the ecdhe-ecdsa-dtls profile, TS-0003 §10.2.3)."""
+
     backend_host: str
     backend_port: int = 5683
     host: str = "127.0.0.1"
     port: int = 5684
     profiles: tuple[CipherProfile, ...] = (ONEM2M_DTLS_PSK,)
-    identity_hint: str | None = None
-    #: the gateway's certificate and client CAs, for the ecdhe-ecdsa-dtls profile (TS-0003 §10.2.3)
-    certificate: CertificateConfig | None = None
-    unbound_policy: UnboundPolicy = UnboundPolicy.REJECT
-    cse_id: str | None = None
-    sp_id: str | None = None  # as GatewayConfig.sp_id
-    handshake_timeout: float = 10.0
     idle_timeout: float = 300.0
     max_peers: int = 10000
     max_handshaking: int = 1000
@@ -84,13 +81,7 @@ class CoapsConfig:
     max_peers_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE
     #: DTLS peers one credential may hold, at most half of max_peers (D47)
     max_peers_per_sa: int = DEFAULT_MAX_CONNECTIONS_PER_SA
-    #: seconds between checks of the PSK table and CRL files for changes
-    reload_interval: float = 1.0
-    #: seconds after which an SA is closed at its next request (docs/decisions.md D28)
-    max_sa_lifetime: float = DEFAULT_MAX_SA_LIFETIME
     max_handshaking_per_source: int = DEFAULT_MAX_HANDSHAKES_PER_SOURCE
-    #: tell clients their PSK identity is unknown instead of staying silent as for a wrong key (RFC 4279 §2)
-    reveal_unknown_psk_identity: bool = False
     #: seconds before a failed CSE-side socket is tried again
     backend_retry: float = 2.0
     #: bounds of the block-wise (RFC 7959) state, decision D24
@@ -292,12 +283,8 @@ class CoapsGateway:
         self.config = config
         self.resolver = resolver
         self.budget = ByteBudget(config.blockwise.max_total_bytes)  # block-wise bytes of all peers together
-        self.context = TLSContext.dtls_server(
-            ServerConfig(table.lookup if table is not None else None, profiles=config.profiles,
-                         identity_hint=config.identity_hint, certificate=config.certificate,
-                         reveal_unknown_psk_identity=config.reveal_unknown_psk_identity),
-            cookie_secret=cookie_secret,
-        )
+        self.context = TLSContext.dtls_server(config.server_config(table, config.profiles),
+                                              cookie_secret=cookie_secret)
         self.revocation = Revocation(table, crls, max_lifetime=config.max_sa_lifetime)
         self._reloader = side_reloader(table, crls, self.context, config.reload_interval)
         self._udp: asyncio.DatagramTransport | None = None

@@ -3,7 +3,9 @@
 It terminates TLS-PSK (HTTP binding, TS-0009) with the engine, associates each SA with an identity
 (:mod:`m2msec.gateway.rules`), refuses requests whose ``X-M2M-Origin`` does not match it (4106,
 TS-0003 §7.2.1) and forwards the others to the CSE at ``backend`` over loopback HTTP, adding the
-identity headers (:data:`~m2msec.gateway.rules.IDENTITY_HEADERS`).
+identity headers (:data:`~m2msec.gateway.rules.IDENTITY_HEADERS`). Each client connection is a
+callback protocol fed by the TLS adapter (:mod:`m2msec.gateway.http_conn`); requests reach the CSE over
+keep-alive connections all clients share (:mod:`m2msec.gateway.backend_pool`).
 
 A TOML PSK table and a CRL file are polled for changes and reloaded (:mod:`m2msec.gateway.reload`); an
 SQLite store is read per handshake. A live SA whose credential was removed, changed or revoked, or that
@@ -13,15 +15,12 @@ reached its maximum lifetime, is refused and closed at its next request (:mod:`m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import socket
 import urllib.parse
 from dataclasses import dataclass
 from http import HTTPStatus
-
-import h11
 
 from m2msec import http1
 from m2msec.crl import CRLFile
@@ -31,7 +30,9 @@ from m2msec.errors import (
     OneM2MError,
     TargetNotReachable,
 )
+from m2msec.gateway.backend_pool import BackendPool
 from m2msec.gateway.headers import check_request_headers, normalize_header_name, strip_gateway_headers
+from m2msec.gateway.http_conn import ClientConnection
 from m2msec.gateway.limits import (
     DEFAULT_BODY_BUDGET,
     DEFAULT_WRITE_TIMEOUT,
@@ -42,27 +43,24 @@ from m2msec.gateway.limits import (
     ResponseDropped,
 )
 from m2msec.gateway.reload import side_reloader
-from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME, Revocation, SAGuard
+from m2msec.gateway.revocation import Revocation
 from m2msec.gateway.rules import (
-    HEADER_CREDENTIAL_ID,
-    HEADER_PSK_IDENTITY,
-    HEADER_SA_IDENTITY,
+    IDENTITY_HEADERS,
     CredentialResolver,
     SecurityAssociation,
-    UnboundPolicy,
-    associate,
     check_originator,
+    identity_fields,
 )
+from m2msec.gateway.side import SidePolicy
 from m2msec.keys.table import PSKTable
-from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, CertificateConfig, ServerConfig, SessionInfo, TLSContext
+from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, TLSContext
 from m2msec.tls.profiles import CipherProfile
 from m2msec.transport.limits import (
     DEFAULT_MAX_CONNECTIONS_PER_SA,
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
     DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
-    sa_key,
 )
-from m2msec.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, ConnectionLimiter, start_stream_server
+from m2msec.transport.tls import ConnectionLimiter, start_server
 
 __all__ = ["Backend", "Gateway", "GatewayConfig", "parse_backend"]
 
@@ -100,14 +98,13 @@ def parse_backend(url: str) -> Backend:
 
 
 @dataclass(frozen=True)
-class GatewayConfig:
+class GatewayConfig(SidePolicy):
+    """The HTTP side; the settings it shares with the coaps side are :class:`~m2msec.gateway.side.SidePolicy`'s."""
+
     backend: Backend
     host: str = "127.0.0.1"
     port: int = 8443
     profiles: tuple[CipherProfile, ...] = DEFAULT_SERVER_PROFILES
-    identity_hint: str | None = None
-    unbound_policy: UnboundPolicy = UnboundPolicy.REJECT
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     #: open connections (handshaking or established) beyond which new ones are reset at once
     max_connections: int = 10000
     #: connections one source (IPv4 address, IPv6 /64) may have in their handshake at once (D31)
@@ -123,17 +120,6 @@ class GatewayConfig:
     max_body_memory: int = DEFAULT_BODY_BUDGET
     #: seconds a response may wait for a client that does not read it; then the connection is dropped
     write_timeout: float = DEFAULT_WRITE_TIMEOUT
-    reload_interval: float = 1.0
-    #: the gateway's certificate credential (rsa-psk, ecdhe-ecdsa) and the client CAs for certificate clients
-    certificate: CertificateConfig | None = None
-    #: the CSE-ID of the CSE behind the gateway: lets AE-ID certificate holders use their AE-ID-Stem as From
-    cse_id: str | None = None
-    #: the gateway's service provider (SP-ID): certificate identities of other SPs get their absolute form only
-    sp_id: str | None = None
-    #: seconds after which an SA is closed at its next request (docs/decisions.md D28)
-    max_sa_lifetime: float = DEFAULT_MAX_SA_LIFETIME
-    #: tell clients their PSK identity is unknown instead of failing as for a wrong key (RFC 4279 §2, D34)
-    reveal_unknown_psk_identity: bool = False
 
 
 def _onem2m_error_response(exc: OneM2MError, request_id: str | None) -> http1.Message:
@@ -154,15 +140,7 @@ class Gateway:
         self.config = config
         self.table = table
         self.resolver = resolver
-        self.context = TLSContext.server(
-            ServerConfig(
-                psk_lookup=table.lookup if table is not None else None,
-                profiles=config.profiles,
-                identity_hint=config.identity_hint,
-                certificate=config.certificate,
-                reveal_unknown_psk_identity=config.reveal_unknown_psk_identity,
-            )
-        )
+        self.context = TLSContext.server(config.server_config(table, config.profiles))
         self.limiter = ConnectionLimiter(config.max_connections,
                                          per_source_handshakes=config.max_handshakes_per_source,
                                          per_source_connections=config.max_connections_per_source,
@@ -171,7 +149,9 @@ class Gateway:
         self.revocation = Revocation(table, crls, max_lifetime=config.max_sa_lifetime)
         self._reloader = side_reloader(table, crls, self.context, config.reload_interval)
         self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        #: keep-alive connections to the CSE, shared by all clients (gateway/backend_pool.py, D56-D58)
+        self.backend_pool = BackendPool(config.backend.host, config.backend.port)
+        self._clients: set[ClientConnection] = set()  # live connections (gateway/http_conn.py)
 
     @property
     def port(self) -> int:
@@ -182,8 +162,8 @@ class Gateway:
         """Listen on ``config.host:config.port``, or on ``sock`` (a listening TCP socket, e.g. a worker's share)."""
         host, port = (None, None) if sock is not None else (self.config.host, self.config.port)
         try:
-            self._server = await start_stream_server(
-                self._handle, host, port, self.context,
+            self._server = await start_server(
+                lambda: ClientConnection(self), host, port, self.context,
                 handshake_timeout=self.config.handshake_timeout, limiter=self.limiter, sock=sock,
             )
         except OSError as exc:
@@ -201,79 +181,10 @@ class Gateway:
         await self._reloader.close()
         if self._server is not None:
             self._server.close()
-            for task in list(self._clients):
-                task.cancel()
+            for client in list(self._clients):
+                client.cancel()
             await self._server.wait_closed()
-
-    # -- per connection
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients.add(task)
-        session: SessionInfo = writer.get_extra_info("m2msec_session")
-        peer = writer.get_extra_info("peername")
-        sa = associate(session, self.resolver, self.config.cse_id, self.config.sp_id)
-        guard = self.revocation.open(session, writer.get_extra_info("tls_connection"))
-        log.info("SA established with %s: %s associated=%r cipher=%s %s",
-                 peer, sa.credential, sa.identity, session.cipher, session.version)
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
-        lease = self.body_budget.lease(sa_key(session), task.cancel)  # D46: evicted = this task cancelled
-        try:
-            await self._serve(conn, reader, writer, sa, guard, peer, lease)
-        except (ConnectionError, http1.HTTPError) as exc:
-            log.debug("connection with %s ended: %s", peer, exc)
-        except asyncio.CancelledError:
-            if lease.evicted and task.uncancel() == 0:  # another client needed this connection's body memory
-                log.warning("connection of %s (%s) ended: its body memory went to another client", peer,
-                            sa.credential)
-                await self._send_busy(conn, writer)
-            # else close() cancels live connections; this task is the top of its own stack
-        finally:
-            self.body_budget.close(lease)
-            self._clients.discard(task)
-            writer.close()
-
-    async def _serve(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     sa: SecurityAssociation, guard: SAGuard, peer: object, lease: Lease) -> None:
-        while True:
-            try:
-                async with asyncio.timeout(self.config.idle_timeout):  # no extra task, unlike wait_for
-                    req = await http1.read_message(conn, reader, max_body=self.config.max_body,
-                                                  budget=self.body_budget, lease=lease)
-            except TimeoutError:
-                break
-            except http1.HTTPError as exc:
-                log.info("bad request from %s (%s): %s", peer, sa.credential, exc)
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    resp = self._refusal(exc)
-                    with contextlib.suppress(http1.HTTPError, ConnectionError):
-                        await http1.send_message(conn, writer, resp, timeout=self.config.write_timeout)
-                break
-            if req is None:
-                break
-            try:
-                resp = guard.refuse_http(req, peer) or await self._process(req, sa, peer, lease)
-            finally:
-                self.body_budget.release(len(req.body), lease)
-            try:  # the response body stays counted until the client has read it (D46)
-                await http1.send_message(conn, writer, resp, timeout=self.config.write_timeout, drop_body=True)
-            finally:
-                self.body_budget.release(lease.size, lease)
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                break
-            try:
-                conn.start_next_cycle()
-            except h11.LocalProtocolError:
-                break
-
-    async def _send_busy(self, conn: h11.Connection, writer: asyncio.StreamWriter) -> None:
-        """503 / 5000 to a connection whose memory was taken back, if no response was started; else drop it."""
-        if conn.our_state is not h11.SEND_RESPONSE and conn.our_state is not h11.IDLE:
-            writer.transport.abort()  # a response was being written: its buffered bytes go at once
-            return
-        resp = self._refusal(http1.HTTPError("evicted", busy=True))
-        with contextlib.suppress(http1.HTTPError, ConnectionError, h11.LocalProtocolError):
-            await http1.send_message(conn, writer, resp, timeout=self.config.write_timeout)
+        self.backend_pool.close()
 
     @staticmethod
     def _refusal(exc: http1.HTTPError) -> http1.Message:
@@ -319,25 +230,16 @@ class Gateway:
         # hop-by-hop in any spelling: a CSE behind WSGI/CGI may read Content_Length as Content-Length
         headers = [(k, v) for k, v in strip_gateway_headers(req.headers) if normalize_header_name(k) not in _HOP_BY_HOP]
         headers.insert(0, ("host", f"{backend.host}:{backend.port}"))
-        if sa.associated is not None:
-            headers.append((HEADER_SA_IDENTITY, sa.associated))
-        if sa.credential_id is not None:
-            headers.append((HEADER_CREDENTIAL_ID, sa.credential_id))
-        if sa.psk_identity is not None:
-            headers.append((HEADER_PSK_IDENTITY, sa.psk_identity))
-        headers.append(("connection", "close"))
+        headers += identity_fields(sa, IDENTITY_HEADERS)
         target = req.target if req.target.startswith("/") else "/" + req.target
         out = http1.Message(headers=headers, body=req.body, method=req.method, target=backend.path_prefix + target)
         if lease is not None:
             lease.forwarded = True  # from here the CSE may execute it: never evicted, never "retry" (D46)
         try:
             async with asyncio.timeout(self.config.backend_timeout):
-                reader, writer = await asyncio.open_connection(backend.host, backend.port)
-                try:
-                    resp = await http1.request(reader, writer, out, max_body=self.config.max_body,
-                                              budget=self.body_budget if lease is not None else None, lease=lease)
-                finally:
-                    writer.close()
+                resp = await self.backend_pool.request(out, max_body=self.config.max_body,
+                                                       budget=self.body_budget if lease is not None else None,
+                                                       lease=lease)
         except (OSError, TimeoutError) as exc:
             raise TargetNotReachable(f"the CSE at {backend} is not reachable") from exc
         except http1.HTTPError as exc:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 from m2msec.errors import IdentifierError, OriginatorNotAuthenticated
 from m2msec.identifiers import CredentialID, validate_fqdn
@@ -41,6 +41,7 @@ __all__ = [
     "ae_id_forms",
     "associate",
     "check_originator",
+    "identity_fields",
     "normalize_sp_id",
 ]
 
@@ -208,3 +209,14 @@ def check_originator(sa: SecurityAssociation, origin: str | None, policy: Unboun
         raise OriginatorNotAuthenticated(
             f"originator {origin[:80]!r} does not match the identity associated with the security association"
         )
+
+
+K = TypeVar("K")
+
+
+def identity_fields(sa: SecurityAssociation, names: tuple[K, K, K]) -> list[tuple[K, str]]:
+    """The SA's identity for the CSE as ``(name, value)`` pairs, the names in :data:`IDENTITY_HEADERS` order
+    (the HTTP headers, or the CoAP options): its associated AE-ID/CSE-ID, Credential-ID and PSK identity, each
+    only when it has one."""
+    values = (sa.associated, sa.credential_id, sa.psk_identity)
+    return [(name, value) for name, value in zip(names, values, strict=True) if value is not None]

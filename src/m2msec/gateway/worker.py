@@ -96,7 +96,8 @@ def main() -> int:
     from m2msec.cli.common import run_async
 
     try:
-        return run_async(gateway.run(args, sockets=WorkerSockets(index, tcp, udp, spec["ready"])))
+        return run_async(gateway.run(args, sockets=WorkerSockets(index, tcp, udp, spec["ready"])),
+                         loop=args.loop)
     except M2MSecError as exc:
         print(f"m2msec: error: [worker {index}] {exc}", file=sys.stderr)
         return exc.exit_code

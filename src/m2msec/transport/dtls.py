@@ -36,13 +36,14 @@ from m2msec.tls.engine import (
     SessionInfo,
     TLSContext,
 )
+from m2msec.transport.common import NOT_SESSION_INFO, Deadline, Deadlines, session_extra_info, start_application
 from m2msec.transport.limits import (
     DEFAULT_MAX_CONNECTIONS_PER_SA,
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
     DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+    ConnectionLimiter,
+    Slot,
     SourceLimiter,
-    sa_key,
-    sa_share,
     source_of,
 )
 
@@ -63,7 +64,8 @@ class _Peer:
     app: asyncio.DatagramProtocol | None = None
     transport: DTLSPeerTransport | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
-    sa: str | None = None  # counted against the server's per-SA cap
+    slot: Slot | None = None  # what it holds in the server's limiter
+    deadline: Deadline | None = field(default=None, repr=False)  # of its handshake (server side)
 
 
 class DTLSPeerTransport(asyncio.DatagramTransport):
@@ -76,16 +78,10 @@ class DTLSPeerTransport(asyncio.DatagramTransport):
         self._closing = False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        session = self._peer.conn.session
-        values = {
-            "m2msec_session": session,
-            "peer_identity": session.psk_identity if session else None,
-            "sa_entity": session.entity if session else None,
-            "tls_connection": self._peer.conn,
-            "peername": self._peer.addr,
-        }
-        value = values.get(name)
-        return default if value is None else value
+        if name == "peername":
+            return self._peer.addr
+        value = session_extra_info(name, self._peer.conn.session, self._peer.conn, default)
+        return default if value is NOT_SESSION_INFO else value
 
     def sendto(self, data: bytes | bytearray | memoryview, addr: Address = None) -> None:
         if self._closing:
@@ -178,8 +174,7 @@ class _Endpoint(asyncio.DatagramProtocol):
                 if not self._admit(peer, event.session):
                     return
                 peer.transport = DTLSPeerTransport(self, peer)
-                peer.app = self.app_factory()
-                peer.app.connection_made(peer.transport)
+                peer.app = start_application(self.app_factory, peer.transport)
                 self._established(peer, event.session)
             elif isinstance(event, DataReceived) and peer.app is not None:
                 peer.app.datagram_received(event.data, peer.addr)
@@ -227,13 +222,36 @@ class DTLSServerProtocol(_Endpoint):
         self.idle_timeout = idle_timeout
         self.max_peers = max_peers
         self.max_handshaking = max_handshaking
-        self.sources = SourceLimiter(max_handshaking_per_source)  # handshakes in progress per source
-        self.peer_sources = SourceLimiter(max_peers_per_source)  # peers (handshaking or not) per source
-        self.peer_sas = SourceLimiter(sa_share(max_peers_per_sa, max_peers))  # established peers per credential
+        #: the caps, as on the TLS side (:class:`~m2msec.transport.limits.ConnectionLimiter`)
+        self.limiter = ConnectionLimiter(max_peers, per_source_handshakes=max_handshaking_per_source,
+                                         per_source_connections=max_peers_per_source, per_sa=max_peers_per_sa,
+                                         max_handshaking=max_handshaking)
         self.peers: dict[Address, _Peer] = {}
-        self.handshaking = 0
+        self.deadlines = Deadlines(handshake_timeout)  # the handshake timeout, one timer for all peers
         self.dropped = 0  # datagrams refused because a cap was reached
         self._sweeper: asyncio.TimerHandle | None = None
+
+    @property
+    def sources(self) -> SourceLimiter:
+        """Handshakes in progress per source."""
+        assert self.limiter.sources is not None
+        return self.limiter.sources
+
+    @property
+    def peer_sources(self) -> SourceLimiter:
+        """Peers (handshaking or not) per source."""
+        assert self.limiter.open_per_source is not None
+        return self.limiter.open_per_source
+
+    @property
+    def peer_sas(self) -> SourceLimiter:
+        """Established peers per credential."""
+        assert self.limiter.per_sa is not None
+        return self.limiter.per_sa
+
+    @property
+    def handshaking(self) -> int:
+        return self.limiter.handshaking
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -244,6 +262,7 @@ class DTLSServerProtocol(_Endpoint):
             self._sweeper.cancel()
         for peer in list(self.peers.values()):
             self._drop(peer)
+        self.deadlines.close()
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         peer = self.peers.get(addr)
@@ -264,74 +283,69 @@ class DTLSServerProtocol(_Endpoint):
             self._send(conn.datagrams_to_send(), addr)
             return  # HelloVerifyRequest sent (or junk ignored), nothing kept
         # the peer proved it receives at its address: now the caps on kept state apply, its source's first
-        source = source_of(addr)
-        if self.sources.held.get(source, 0) >= self.sources.limit:
-            self.sources.refused += 1
+        if peer is not None:  # starting over: refused while its source's or all handshake slots are taken
+            source = source_of(addr)
+            if self.sources.held.get(source, 0) >= self.sources.limit:
+                self.sources.refused += 1
+                self.dropped += 1
+                return
+            if self.handshaking >= self.max_handshaking:
+                self.dropped += 1
+                return
+            self._drop(peer)  # its slot goes, and is taken again just below
+        slot = self.limiter.admit(addr)
+        if slot is None:
             self.dropped += 1
             return
-        if self.handshaking >= self.max_handshaking or (peer is None and len(self.peers) >= self.max_peers):
-            self.dropped += 1
-            return
-        if peer is None and self.peer_sources.held.get(source, 0) >= self.peer_sources.limit:
-            self.peer_sources.refused += 1
-            self.dropped += 1
-            return
-        self.sources.acquire(source)
         self._send(conn.datagrams_to_send(), addr)
-        if peer is not None:
-            self._drop(peer)  # releases its place in peer_sources: taken again just below
-        self.peer_sources.acquire(source)
         now = self.loop.time()
-        peer = _Peer(conn, addr, now, now)
+        peer = _Peer(conn, addr, now, now, slot=slot)
+        peer.deadline = self.deadlines.add(lambda: self._handshake_timed_out(peer))
         self.peers[addr] = peer
-        self.handshaking += 1
         self._schedule(peer)
         self._dispatch(peer, events)
 
     def _admit(self, peer: _Peer, session: SessionInfo) -> bool:
-        key = sa_key(session)
-        if self.peer_sas.acquire(key):
-            peer.sa = key
+        if peer.slot is None or peer.slot.established(session, peer.addr):
             return True
-        log.warning("DTLS peer %s dropped: its credential (%s) has %d peers already", peer.addr,
-                    session.authentication, self.peer_sas.limit)
         self.dropped += 1
-        self.handshaking -= 1
-        self.sources.release(source_of(peer.addr))
         self._drop(peer)
         return False
 
+    def _handshake_timed_out(self, peer: _Peer) -> None:
+        peer.deadline = None
+        if peer.conn.session is None and self.peers.get(peer.addr) is peer:
+            # an unknown identity is answered as a wrong key is (RFC 4279 §2): silence, so it ends here
+            log.info("DTLS handshake from %s timed out (identity %r): %s", peer.addr, peer.conn.offered_identity,
+                     peer.conn.psk_failure or "no answer")
+            self._drop(peer)
+
     def _established(self, peer: _Peer, session: SessionInfo) -> None:
-        self.handshaking -= 1
-        self.sources.release(source_of(peer.addr))
+        if peer.deadline is not None:
+            peer.deadline.cancel()
+            peer.deadline = None
         log.info("DTLS SA with %s: psk_identity=%r %s", peer.addr, session.psk_identity, session.cipher)
 
     def _drop(self, peer: _Peer) -> None:
         if self.peers.get(peer.addr) is peer:
             del self.peers[peer.addr]
-            self.peer_sources.release(source_of(peer.addr))
-            if peer.conn.session is None:
-                self.handshaking -= 1
-                self.sources.release(source_of(peer.addr))
-        if peer.sa is not None:
-            self.peer_sas.release(peer.sa)
-            peer.sa = None
+        if peer.slot is not None:
+            peer.slot.release()
+            peer.slot = None
+        if peer.deadline is not None:
+            peer.deadline.cancel()
+            peer.deadline = None
         super()._drop(peer)
 
     def _sweep(self) -> None:
         now = self.loop.time()
         for peer in list(self.peers.values()):
-            if peer.conn.session is None and now - peer.started > self.handshake_timeout:
-                # an unknown identity is answered as a wrong key is (RFC 4279 §2): silence, so it ends here
-                log.info("DTLS handshake from %s timed out (identity %r): %s", peer.addr, peer.conn.offered_identity,
-                         peer.conn.psk_failure or "no answer")
-                self._drop(peer)
-            elif peer.conn.session is not None and now - peer.last_seen > self.idle_timeout:
+            if peer.conn.session is not None and now - peer.last_seen > self.idle_timeout:
                 if peer.transport is not None:
                     peer.transport.close()
                 else:
                     self._drop(peer)
-        interval = max(min(self.handshake_timeout, self.idle_timeout) / 4, 0.05)
+        interval = max(self.idle_timeout / 4, 0.05)  # handshakes have their own deadlines
         self._sweeper = self.loop.call_later(interval, self._sweep)
 
 

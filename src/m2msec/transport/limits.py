@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import hashes
@@ -37,11 +38,15 @@ __all__ = [
     "DEFAULT_MAX_HANDSHAKES_PER_SOURCE",
     "IPV6_SOURCE_PREFIX",
     "SA_SHARE_DIVISOR",
+    "ConnectionLimiter",
+    "Slot",
     "SourceLimiter",
     "sa_key",
     "sa_share",
     "source_of",
 ]
+
+log = logging.getLogger("m2msec.transport")
 
 #: handshakes one source may have in progress at once, TLS and DTLS (docs/decisions.md D31). Handshakes
 #: finish in milliseconds, so even many clients behind one NAT address rarely hold more at a time.
@@ -121,3 +126,121 @@ class SourceLimiter:
             self.held[source] = count
         else:
             self.held.pop(source, None)
+
+
+class ConnectionLimiter:
+    """Caps the connections (TLS) or peers (DTLS) a server keeps open, handshaking or not; one over a cap is refused
+    at once. The one cap mechanism of both transports: :meth:`admit` when a connection (a DTLS peer whose cookie came
+    back) is to be kept, :meth:`Slot.established` after its handshake, :meth:`Slot.release` when it goes.
+
+    With ``per_source_handshakes``, each source (IPv4 address, IPv6 /64: :func:`source_of`) may also have at most
+    that many connections *in their handshake* (:attr:`sources`), so one host cannot take every slot with stalled
+    handshakes; with ``max_handshaking``, all sources together at most that many (:attr:`handshaking`).
+
+    With ``per_source_connections``, each source may have at most that many connections open (:attr:`open_per_source`,
+    checked before the handshake); with ``per_sa``, each authenticated client (its credential, :func:`sa_key`) at most
+    ``sa_share(per_sa, limit)`` established ones (:attr:`per_sa`): one more is closed right after its handshake
+    (docs/decisions.md D47)."""
+
+    def __init__(self, limit: int, *, per_source_handshakes: int | None = None,
+                 per_source_connections: int | None = None, per_sa: int | None = None,
+                 max_handshaking: int | None = None) -> None:
+        if limit < 1:
+            raise ValueError("the connection limit must be at least 1")
+        self.limit = limit
+        self.open = 0
+        self.refused = 0
+        self.handshaking = 0
+        self.max_handshaking = max_handshaking
+        self.sources = SourceLimiter(per_source_handshakes) if per_source_handshakes is not None else None
+        self.open_per_source = (SourceLimiter(per_source_connections) if per_source_connections is not None
+                                else None)
+        self.per_sa = SourceLimiter(sa_share(per_sa, limit)) if per_sa is not None else None
+
+    def acquire(self) -> bool:
+        if self.open >= self.limit:
+            self.refused += 1
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        self.open -= 1
+
+    def admit(self, peer: Any) -> Slot | None:
+        """A slot for a new connection from ``peer`` (a transport address), or None (logged) if a cap is reached:
+        its source's handshakes first (a connection refused there must not take a global slot either), then all
+        handshakes, then its source's connections, then all connections."""
+        source = source_of(peer)
+        sources = self.sources
+        if sources is not None and not sources.acquire(source):
+            log.warning("connection from %s refused: %d handshakes from %s in progress", peer, sources.limit, source)
+            return None
+        if self.max_handshaking is not None and self.handshaking >= self.max_handshaking:
+            log.warning("connection from %s refused: %d handshakes in progress", peer, self.handshaking)
+            self._unhold(sources, source)
+            return None
+        per_source = self.open_per_source
+        if per_source is not None and not per_source.acquire(source):
+            log.warning("connection from %s refused: %d connections from %s open", peer, per_source.limit, source)
+            self._unhold(sources, source)
+            return None
+        if not self.acquire():
+            log.warning("connection from %s refused: %d connections open", peer, self.limit)
+            self._unhold(sources, source)
+            self._unhold(per_source, source)
+            return None
+        self.handshaking += 1
+        return Slot(self, source)
+
+    @staticmethod
+    def _unhold(limiter: SourceLimiter | None, source: str) -> None:
+        if limiter is not None:
+            limiter.release(source)
+
+
+class Slot:
+    """What one connection holds in its :class:`ConnectionLimiter`."""
+
+    __slots__ = ("handshaking", "limiter", "sa", "source")
+
+    def __init__(self, limiter: ConnectionLimiter, source: str) -> None:
+        self.limiter: ConnectionLimiter | None = limiter
+        self.source = source
+        self.handshaking = True
+        self.sa: str | None = None
+
+    def _end_handshake(self, limiter: ConnectionLimiter) -> None:
+        if self.handshaking:
+            self.handshaking = False
+            limiter.handshaking -= 1
+            ConnectionLimiter._unhold(limiter.sources, self.source)
+
+    def established(self, session: SessionInfo, peer: Any) -> bool:
+        """The handshake completed: its handshake slot is free again, and the SA's connection is counted.
+        False (logged) if its credential holds its share already (D47): the caller closes it."""
+        limiter = self.limiter
+        if limiter is None:
+            return True
+        self._end_handshake(limiter)
+        if limiter.per_sa is None:
+            return True
+        key = sa_key(session)
+        if not limiter.per_sa.acquire(key):
+            log.warning("connection from %s closed: its credential (%s) holds %d connections already",
+                        peer, session.authentication, limiter.per_sa.limit)
+            return False
+        self.sa = key
+        return True
+
+    def release(self) -> None:
+        """The connection is gone (idempotent)."""
+        limiter, self.limiter = self.limiter, None
+        if limiter is None:
+            return
+        self._end_handshake(limiter)
+        ConnectionLimiter._unhold(limiter.open_per_source, self.source)
+        if self.sa is not None and limiter.per_sa is not None:
+            limiter.per_sa.release(self.sa)
+        self.sa = None
+        limiter.release()

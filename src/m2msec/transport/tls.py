@@ -33,7 +33,8 @@ from m2msec.tls.engine import (
     TLSConnection,
     TLSContext,
 )
-from m2msec.transport.limits import SourceLimiter, sa_key, sa_share, source_of
+from m2msec.transport.common import NOT_SESSION_INFO, Deadline, Deadlines, session_extra_info, start_application
+from m2msec.transport.limits import ConnectionLimiter, Slot
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -61,33 +62,29 @@ class TLSTransport(asyncio.Transport):
         self._closing = False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        session = self._adapter.session
-        if name == "m2msec_session":
-            return session
-        if name == "peer_identity":
-            return session.psk_identity if session else default
-        if name == "sa_entity":
-            return session.entity if session else default
-        if name == "tls_connection":
-            return self._adapter.tls
-        if name == "cipher" and session is not None:
-            return (session.cipher, session.version, None)
-        raw = self._adapter.raw_transport
-        return raw.get_extra_info(name, default) if raw is not None else default
+        adapter = self._adapter
+        value = session_extra_info(name, adapter.session, adapter.tls, default)
+        if value is NOT_SESSION_INFO:
+            raw = adapter.raw_transport
+            return raw.get_extra_info(name, default) if raw is not None else default
+        return value
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writelines((data,))
+
+    def writelines(self, list_of_data: Any) -> None:
+        """Each buffer goes to the engine as it is (no joined copy); the records leave in one write."""
         if self._closing:
             return
         try:
-            self._adapter.tls.send(bytes(data))
+            for data in list_of_data:
+                if data:
+                    self._adapter.tls.send(data)
         except TLSError as exc:
             log.info("send failed on %s: %s", self._adapter.peer, exc)
             self.abort()
             return
         self._adapter.flush()
-
-    def writelines(self, list_of_data: Any) -> None:
-        self.write(b"".join(bytes(d) for d in list_of_data))
 
     def can_write_eof(self) -> bool:
         return False
@@ -141,21 +138,21 @@ class TLSAdapter(asyncio.Protocol):
         *,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         limiter: ConnectionLimiter | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.context = context
         self._limiter = limiter
-        self._counted = False
-        self._source: str | None = None  # counted against limiter.sources while the handshake runs
-        self._open_source: str | None = None  # counted against limiter.open_per_source while open
-        self._sa: str | None = None  # counted against limiter.per_sa once established
+        self._slot: Slot | None = None  # what this connection holds in the limiter
         self._app_factory = app_factory
         self._timeout = handshake_timeout
+        # the server's, shared by its connections (one timer for all); a client connection has its own
+        self._deadlines = deadlines if deadlines is not None else Deadlines(handshake_timeout)
         self.tls: TLSConnection = context.connection()
         self.raw_transport: asyncio.Transport | None = None
         self.app: asyncio.BaseProtocol | None = None
         self.session: SessionInfo | None = None
         self.peer: Any = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: Deadline | None = None
         self._app_transport: TLSTransport | None = None
         self.handshake: asyncio.Future[SessionInfo] = asyncio.get_running_loop().create_future()
 
@@ -164,32 +161,11 @@ class TLSAdapter(asyncio.Protocol):
         self.raw_transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport is not a subclass
         self.peer = transport.get_extra_info("peername")
         if self._limiter is not None:
-            sources = self._limiter.sources
-            if sources is not None:  # first: a connection refused here must not take a global slot either
-                source = source_of(self.peer)
-                if not sources.acquire(source):
-                    log.warning("connection from %s refused: %d handshakes from %s in progress",
-                                self.peer, sources.limit, source)
-                    transport.abort()  # type: ignore[attr-defined]
-                    return
-                self._source = source
-            per_source = self._limiter.open_per_source
-            if per_source is not None:
-                source = source_of(self.peer)
-                if not per_source.acquire(source):
-                    log.warning("connection from %s refused: %d connections from %s open",
-                                self.peer, per_source.limit, source)
-                    self._release_source()
-                    transport.abort()  # type: ignore[attr-defined]
-                    return
-                self._open_source = source
-            if not self._limiter.acquire():
-                log.warning("connection from %s refused: %d connections open", self.peer, self._limiter.limit)
-                self._release_source()
+            self._slot = self._limiter.admit(self.peer)
+            if self._slot is None:
                 transport.abort()  # type: ignore[attr-defined]
                 return
-            self._counted = True
-        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._handshake_timed_out)
+        self._deadline = self._deadlines.add(self._handshake_timed_out)
         self.flush()  # a client's ClientHello
 
     def data_received(self, data: bytes) -> None:
@@ -200,11 +176,9 @@ class TLSAdapter(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._release_source()
-        self._release_open()
-        if self._counted and self._limiter is not None:
-            self._limiter.release()
-            self._counted = False
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
         self._cancel_timer()
         if not self.handshake.done():
             self.handshake.set_exception(HandshakeFailed("connection lost during the handshake"))
@@ -222,44 +196,18 @@ class TLSAdapter(asyncio.Protocol):
             self.app.resume_writing()
 
     # -- internals
-    def _release_source(self) -> None:
-        if self._source is not None and self._limiter is not None and self._limiter.sources is not None:
-            self._limiter.sources.release(self._source)
-        self._source = None
-
-    def _release_open(self) -> None:
-        if self._limiter is not None:
-            if self._open_source is not None and self._limiter.open_per_source is not None:
-                self._limiter.open_per_source.release(self._open_source)
-            if self._sa is not None and self._limiter.per_sa is not None:
-                self._limiter.per_sa.release(self._sa)
-        self._open_source = self._sa = None
-
-    def _over_sa_cap(self, session: SessionInfo) -> bool:
-        """Count the SA's connection; True (and logged) if its credential holds its share already (D47)."""
-        per_sa = self._limiter.per_sa if self._limiter is not None else None
-        if per_sa is None:
-            return False
-        key = sa_key(session)
-        if not per_sa.acquire(key):
-            log.warning("connection from %s closed: its credential (%s) holds %d connections already",
-                        self.peer, session.authentication, per_sa.limit)
-            return True
-        self._sa = key
-        return False
-
     def flush(self) -> None:
         out = self.tls.data_to_send()
         if out and self.raw_transport is not None and not self.raw_transport.is_closing():
             self.raw_transport.write(out)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def _handshake_timed_out(self) -> None:
-        self._timer = None
+        self._deadline = None
         if self.session is None:
             log.info("handshake from %s timed out after %.1f s", self.peer, self._timeout)
             self._fail(HandshakeTimeout(f"handshake did not complete within {self._timeout} s"))
@@ -289,14 +237,12 @@ class TLSAdapter(asyncio.Protocol):
         for event in events:
             if isinstance(event, HandshakeCompleted):
                 self._cancel_timer()
-                self._release_source()
-                if self._over_sa_cap(event.session):
+                if self._slot is not None and not self._slot.established(event.session, self.peer):
                     self._fail(HandshakeFailed("too many connections for this credential"))
                     return
                 self.session = event.session
                 self._app_transport = TLSTransport(self)
-                self.app = self._app_factory()
-                self.app.connection_made(self._app_transport)
+                self.app = start_application(self._app_factory, self._app_transport)
                 if not self.handshake.done():
                     self.handshake.set_result(event.session)
             elif isinstance(event, DataReceived):
@@ -308,41 +254,6 @@ class TLSAdapter(asyncio.Protocol):
                     self._app_transport.close()
                 elif self.raw_transport is not None and not event.clean:
                     self.raw_transport.close()
-
-
-class ConnectionLimiter:
-    """Caps the connections a server keeps open (handshaking or not); over the cap they are reset at once.
-
-    With ``per_source_handshakes``, each source (IPv4 address, IPv6 /64: :func:`~m2msec.transport.limits.source_of`)
-    may also have at most that many connections *in their handshake* (:attr:`sources`); one over it is reset
-    at once too, so one host cannot take every slot with stalled handshakes.
-
-    With ``per_source_connections``, each source may have at most that many connections open (:attr:`open_per_source`,
-    checked before the handshake); with ``per_sa``, each authenticated client (its credential,
-    :func:`~m2msec.transport.limits.sa_key`) at most ``sa_share(per_sa, limit)`` established ones (:attr:`per_sa`):
-    one more is closed right after its handshake (docs/decisions.md D47)."""
-
-    def __init__(self, limit: int, *, per_source_handshakes: int | None = None,
-                 per_source_connections: int | None = None, per_sa: int | None = None) -> None:
-        if limit < 1:
-            raise ValueError("the connection limit must be at least 1")
-        self.limit = limit
-        self.open = 0
-        self.refused = 0
-        self.sources = SourceLimiter(per_source_handshakes) if per_source_handshakes is not None else None
-        self.open_per_source = (SourceLimiter(per_source_connections) if per_source_connections is not None
-                                else None)
-        self.per_sa = SourceLimiter(sa_share(per_sa, limit)) if per_sa is not None else None
-
-    def acquire(self) -> bool:
-        if self.open >= self.limit:
-            self.refused += 1
-            return False
-        self.open += 1
-        return True
-
-    def release(self) -> None:
-        self.open -= 1
 
 
 async def start_server(
@@ -360,8 +271,10 @@ async def start_server(
 
     ``limiter`` (a :class:`ConnectionLimiter`) caps the open connections and counts the refused ones."""
     loop = asyncio.get_running_loop()
+    deadlines = Deadlines(handshake_timeout)  # one handshake timer for all the server's connections
     return await loop.create_server(
-        lambda: TLSAdapter(context, app_factory, handshake_timeout=handshake_timeout, limiter=limiter),
+        lambda: TLSAdapter(context, app_factory, handshake_timeout=handshake_timeout, limiter=limiter,
+                           deadlines=deadlines),
         host, port, **kwargs,
     )
 
