@@ -1,0 +1,203 @@
+"""Hostile review of the HTTP gateway's callback protocol and its pooled connections to the CSE (branch
+attack-front): each test reproduces a finding over loopback, with real TLS-PSK clients, a real gateway and a
+scripted CSE on a real socket, and fails until it is fixed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGHT2_AE, LIGHT2_ID, LIGHT2_KEY, make_table
+from m2msec import http1
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
+from m2msec.keys.secret import SecretKey
+from m2msec.saef import EstablishedSA, PSKCredentials, establish_sa
+
+SERVER = "127.0.0.1"
+
+
+@dataclass
+class Seen:
+    """One request as the scripted CSE read it."""
+
+    method: str
+    headers: dict[str, str]
+    body: bytes
+    connection: int
+
+
+Script = Callable[["ScriptedCSE", Seen, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass
+class ScriptedCSE:
+    """A CSE on a raw socket: it parses each request itself and answers as ``script`` says (so it can be broken
+    in ways an HTTP library would not let it be)."""
+
+    script: Script
+    seen: list[Seen] = field(default_factory=list)
+    connections: int = 0
+    late: tuple[asyncio.StreamWriter, bytes] | None = None  # bytes a script sends at the next request
+    server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        number = self.connections
+        try:
+            while True:
+                head = await read_head(reader)
+                if head is None:
+                    return
+                self.seen.append(head_to_seen(head, await read_body(reader, head), number))
+                await self.script(self, self.seen[-1], reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+
+async def read_head(reader: asyncio.StreamReader) -> list[str] | None:
+    try:
+        raw = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    return raw.decode("latin-1").split("\r\n")[:-2]
+
+
+def head_to_seen(head: list[str], body: bytes, number: int) -> Seen:
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:])}
+    return Seen(head[0].split(" ")[0], headers, body, number)
+
+
+async def read_body(reader: asyncio.StreamReader, head: list[str]) -> bytes:
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            return await reader.readexactly(int(value))
+    return b""
+
+
+def response(body: bytes, *, status: str = "200 OK", ri: str = "", extra: str = "") -> bytes:
+    return (f"HTTP/1.1 {status}\r\nx-m2m-rsc: 2000\r\nx-m2m-ri: {ri}\r\ncontent-type: application/json\r\n"
+            f"{extra}content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+@pytest.fixture
+async def start_cse() -> AsyncIterator[Callable[[Script], Awaitable[ScriptedCSE]]]:
+    started: list[ScriptedCSE] = []
+
+    async def start(script: Script) -> ScriptedCSE:
+        cse = ScriptedCSE(script)
+        cse.server = await asyncio.start_server(cse.handle, SERVER, 0)
+        started.append(cse)
+        return cse
+
+    yield start
+    for cse in started:
+        assert cse.server is not None
+        cse.server.close()
+
+
+async def start_gateway(port: int, **kwargs: object) -> Gateway:
+    gw = Gateway(GatewayConfig(backend=Backend(SERVER, port), port=0, **kwargs), make_table())  # type: ignore[arg-type]
+    await gw.start()
+    return gw
+
+
+async def connect(gw: Gateway, identity: str = LIGHT1_ID, key: str = LIGHT1_KEY) -> EstablishedSA:
+    return await establish_sa(SERVER, gw.port, PSKCredentials(identity, SecretKey.from_hex(key), HOME_GATEWAY_CSE_ID))
+
+
+def onem2m(origin: str, ri: str, method: str = "GET", body: bytes = b"", extra: list[tuple[str, str]] | None = None
+           ) -> http1.Message:
+    headers = [("host", "gw"), ("x-m2m-origin", origin), ("x-m2m-ri", ri), ("x-m2m-rvi", "3")] + (extra or [])
+    if body:
+        headers.append(("content-type", "application/json;ty=4"))
+    return http1.Message(headers=headers, body=body, method=method, target=f"/{HOME_GATEWAY_CSE_ID}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 1. A HEAD response's body that a broken CSE sends late becomes the next client's response (cross-client)
+#
+# h11 knows a response to HEAD has no body, so the exchange ends with the head and the connection goes back to
+# the pool. A CSE that (wrongly) writes the resource after the head in a second write sends those bytes on a
+# connection that another client's request may already be using: they are read as *that* client's response.
+# The resource is whatever its creator (client A) stored, e.g. a whole fake HTTP response.
+
+FAKE = b"HTTP/1.1 200 OK\r\nx-m2m-rsc: 2000\r\ncontent-length: 14\r\n\r\n{\"forged\": 1}\n"
+
+
+async def head_body_late(cse: ScriptedCSE, seen: Seen, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+    if seen.method == "HEAD":
+        writer.write(response(b"", ri=seen.headers["x-m2m-ri"]).replace(b"content-length: 0",
+                                                                         f"content-length: {len(FAKE)}".encode()))
+        await writer.drain()
+        cse.late = (writer, FAKE)
+        return
+    if cse.late is not None and cse.late[0] is writer:  # the late body of the HEAD, then the answer to this request
+        writer.write(cse.late[1])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+    writer.write(response(b"{\"real\": 1}", ri=seen.headers["x-m2m-ri"]))
+    await writer.drain()
+
+
+async def test_a_late_head_body_never_becomes_another_clients_response(
+        start_cse: Callable[[Script], Awaitable[ScriptedCSE]]) -> None:
+    cse = await start_cse(head_body_late)
+    gw = await start_gateway(cse.port)
+    try:
+        a = await connect(gw)
+        resp = await a.request(onem2m(LIGHT1_AE, "a-head", "HEAD"))
+        assert resp.status == 200
+        b = await connect(gw, LIGHT2_ID, LIGHT2_KEY)
+        resp = await b.request(onem2m(LIGHT2_AE, "b-get"))
+        assert resp.body == b"{\"real\": 1}" and resp.header("x-m2m-ri") == "b-get", resp.body
+        await a.close()
+        await b.close()
+    finally:
+        await gw.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 2. A 1xx interim response from the CSE turns an executed request into a 5xx (priority 2)
+#
+# RFC 9110 §15.2: a client MUST parse 1xx responses before the final one, even unasked. The pool took the
+# first response event as the answer and failed on ``InformationalResponse``: the client was told 504/5103
+# "not reachable" for a CREATE the CSE had executed (it may then create it again), and the connection was
+# dropped. A client's ``Expect: 100-continue`` (forwarded as is) makes an HTTP/1.1 CSE send one (Python's
+# http.server, Werkzeug, ...).
+
+
+async def continue_first(cse: ScriptedCSE, seen: Seen, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+    if "expect" in seen.headers:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    writer.write(b"HTTP/1.1 102 Processing\r\n\r\n" + response(b"{}", ri=seen.headers["x-m2m-ri"],
+                                                                 status="201 Created"))
+    await writer.drain()
+
+
+async def test_an_interim_1xx_response_is_skipped_and_the_final_one_forwarded(
+        start_cse: Callable[[Script], Awaitable[ScriptedCSE]]) -> None:
+    cse = await start_cse(continue_first)
+    gw = await start_gateway(cse.port)
+    try:
+        sa = await connect(gw)
+        for n in range(2):
+            resp = await sa.request(onem2m(LIGHT1_AE, f"c{n}", "POST", b"{}", [("expect", "100-continue")]))
+            assert resp.status == 201 and resp.header("x-m2m-rsc") == "2000", (resp.status, resp.body)
+        assert [s.headers["x-m2m-ri"] for s in cse.seen] == ["c0", "c1"]  # each sent once
+        assert cse.connections == 1  # and the connection stayed in the pool
+        await sa.close()
+    finally:
+        await gw.close()
