@@ -5,6 +5,7 @@ scripted CSE on a real socket, and fails until it is fixed."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -15,6 +16,9 @@ from m2msec import http1
 from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.saef import EstablishedSA, PSKCredentials, establish_sa
+from m2msec.tls.engine import ClientConfig, TLSContext
+from m2msec.tls.profiles import ONEM2M_PSK
+from m2msec.transport.tls import TLSAdapter
 
 SERVER = "127.0.0.1"
 
@@ -201,3 +205,62 @@ async def test_an_interim_1xx_response_is_skipped_and_the_final_one_forwarded(
         await sa.close()
     finally:
         await gw.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 3. A client that stops reading keeps its connection (and its slot) forever once the idle timeout closes it
+#
+# The write timeout runs only while the transport is paused (over its high-water mark). A client that stops
+# reading when less than that is still buffered sees its response "drained", then the idle timeout closes the
+# connection: ``transport.close()`` waits for the buffer to be written, which never happens, so the connection
+# is never lost: its per-source / per-credential / max_connections slot is held for good. Repeated, a handful of
+# clients that never read fill max_connections (and the per-SA cap locks the credential's owner out).
+
+
+async def big_answer(cse: ScriptedCSE, seen: Seen, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+    writer.write(response(b"x" * 16000, ri=seen.headers["x-m2m-ri"]))
+    await writer.drain()
+
+
+async def test_a_client_that_never_reads_does_not_keep_its_connection_after_the_idle_timeout(
+        start_cse: Callable[[Script], Awaitable[ScriptedCSE]]) -> None:
+    cse = await start_cse(big_answer)
+    gw = await start_gateway(cse.port, idle_timeout=0.5, write_timeout=0.5)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads slowly, then not at all
+    sock.setblocking(False)
+    adapter: TLSAdapter | None = None
+    try:
+        await loop.sock_connect(sock, (SERVER, gw.port))
+        ctx = TLSContext.client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(ONEM2M_PSK,),
+                                             peer_entity=HOME_GATEWAY_CSE_ID))
+        _, adapter = await loop.create_connection(lambda: TLSAdapter(ctx, asyncio.Protocol), sock=sock)
+        await adapter.handshake
+        assert adapter.raw_transport is not None and adapter._app_transport is not None
+        adapter.raw_transport.pause_reading()
+        (client,) = gw._clients
+        for n in range(2000):  # until the gateway holds some of a response the client has not read
+            adapter._app_transport.write(f"GET /{HOME_GATEWAY_CSE_ID} HTTP/1.1\r\nhost: gw\r\nx-m2m-origin: "
+                                         f"{LIGHT1_AE}\r\nx-m2m-ri: r{n}\r\n\r\n".encode())
+            await until(lambda n=n: len(cse.seen) > n)  # type: ignore[misc]
+            await asyncio.sleep(0.01)
+            if client.transport is not None and client.transport.get_write_buffer_size() > 0:
+                break
+        assert client.transport is not None and client.transport.get_write_buffer_size() > 0
+        await asyncio.sleep(0.7)  # idle timeout: the connection is closed...
+        await until(lambda: client not in gw._clients, timeout=3.0)  # ...and ends, read or not
+        await until(lambda: gw.limiter.open == 0, timeout=3.0)  # its slot is free again
+    finally:
+        if adapter is not None and adapter.raw_transport is not None:
+            adapter.raw_transport.abort()
+        else:
+            sock.close()
+        await gw.close()
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
