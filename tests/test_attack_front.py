@@ -264,3 +264,52 @@ async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not check():
             await asyncio.sleep(0.01)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 4. A request the gateway gave up on still reaches the CSE later, whole (D58)
+#
+# When the backend timeout ends an exchange whose request is still buffered (a CSE slow to read a large body),
+# the pool *closed* the connection: asyncio then keeps writing the buffer until the CSE has read it all (or
+# forever, holding up to max_body bytes), and the CSE executes a request the client was told failed (504 /
+# 5103): a client that retries gets it executed twice. An exchange cut short is aborted: what was not written
+# is dropped.
+
+BIG = 6 * 1024 * 1024
+
+
+@dataclass
+class SlowReader:
+    """A CSE that reads nothing for ``delay`` seconds, then everything until the gateway ends the connection."""
+
+    delay: float = 1.5
+    received: int = 0
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(self.delay)
+        try:
+            while data := await reader.read(1 << 20):
+                self.received += len(data)
+        except ConnectionError:
+            pass
+        finally:
+            self.ended.set()
+            writer.close()
+
+
+async def test_a_request_given_up_on_is_not_delivered_to_the_cse_later() -> None:
+    cse = SlowReader()
+    server = await asyncio.start_server(cse.handle, SERVER, 0)
+    gw = await start_gateway(int(server.sockets[0].getsockname()[1]), backend_timeout=0.5)
+    try:
+        sa = await connect(gw)
+        resp = await sa.request(onem2m(LIGHT1_AE, "create-1", "POST", b"x" * BIG))
+        assert resp.header("x-m2m-rsc") == "5103", resp.status  # target not reachable
+        async with asyncio.timeout(5):
+            await cse.ended.wait()
+        assert cse.received < BIG, "the CSE got the whole request the client was told had failed"
+        await sa.close()
+    finally:
+        await gw.close()
+        server.close()

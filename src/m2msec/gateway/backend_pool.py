@@ -10,7 +10,8 @@ oneM2M CREATE/UPDATE/DELETE are not idempotent, so a request is never sent twice
 skipped (closed, and the next one tried) only when it is known to be unusable *before* any byte of the request is
 written on it (the CSE closed it, or sent something unasked, while it was idle). A connection that fails once the
 request is written, or whose exchange was cut short (timeout, cancellation, an oversized or invalid response), is
-closed and never reused; the caller gets the error. So is one that answered a HEAD or with 204 / 304 (D68): a body
+aborted (what was not yet written is dropped: a request given up on never reaches the CSE later, whole) and
+never reused; the caller gets the error. So is one that answered a HEAD or with 204 / 304 (D68): a body
 a broken CSE sends late would be read as the next request's response. Interim 1xx responses are skipped.
 """
 
@@ -151,13 +152,20 @@ class _Connection(asyncio.Protocol):
             self._expiry.cancel()
             self._expiry = None
 
-    def close(self) -> None:
+    def abort(self) -> None:
+        """The exchange was cut short: what is still buffered is dropped, not written to the CSE later."""
+        self.close(abort=True)
+
+    def close(self, *, abort: bool = False) -> None:
         self.broken = True
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
         if self.transport is not None:
-            self.transport.close()
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
         self.pool._forget(self)
 
 
@@ -193,7 +201,7 @@ class BackendPool:
         try:  # the one send of this request (SENDS_PER_REQUEST, D58)
             resp = await conn.exchange(msg, max_body=max_body, budget=budget, lease=lease)
         except BaseException:
-            conn.close()  # a byte may have reached the CSE: not sent again, and the connection is not reused
+            conn.abort()  # a byte may have reached the CSE: not sent again, not reused, and the rest dropped
             raise
         bodiless = msg.method in NOT_REUSED_AFTER or resp.status in NOT_REUSED_AFTER  # D68
         if conn.reusable() and not bodiless and len(self._idle) < self.max_idle:
