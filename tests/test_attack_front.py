@@ -9,6 +9,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+import h11
 import pytest
 
 from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGHT2_AE, LIGHT2_ID, LIGHT2_KEY, make_table
@@ -18,7 +19,7 @@ from m2msec.keys.secret import SecretKey
 from m2msec.saef import EstablishedSA, PSKCredentials, establish_sa
 from m2msec.tls.engine import ClientConfig, TLSContext
 from m2msec.tls.profiles import ONEM2M_PSK
-from m2msec.transport.tls import TLSAdapter
+from m2msec.transport.tls import TLSAdapter, open_connection
 
 SERVER = "127.0.0.1"
 
@@ -313,3 +314,65 @@ async def test_a_request_given_up_on_is_not_delivered_to_the_cse_later() -> None
     finally:
         await gw.close()
         server.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# What held (kept as regression tests): pipelined requests are checked one by one; a client gone while its
+# request is at the CSE leaves the pooled connection in sync for the next client.
+
+
+async def echo_ri_slowly(cse: ScriptedCSE, seen: Seen, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+    await asyncio.sleep(0.2)
+    ri = seen.headers["x-m2m-ri"]
+    writer.write(response(f"{{\"ri\": \"{ri}\", \"as\": \"{seen.headers.get('x-m2msec-sa-identity')}\"}}".encode(),
+                          ri=ri))
+    await writer.drain()
+
+
+async def test_pipelined_requests_are_each_checked_and_answered_in_order(
+        start_cse: Callable[[Script], Awaitable[ScriptedCSE]]) -> None:
+    cse = await start_cse(echo_ri_slowly)
+    gw = await start_gateway(cse.port)
+    try:
+        ctx = TLSContext.client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(ONEM2M_PSK,),
+                                             peer_entity=HOME_GATEWAY_CSE_ID))
+        reader, writer, _ = await open_connection(SERVER, gw.port, ctx)
+        heads = [f"GET /{HOME_GATEWAY_CSE_ID} HTTP/1.1\r\nhost: gw\r\nx-m2m-origin: {origin}\r\nx-m2m-ri: {ri}\r\n"
+                 f"x-m2msec-sa-identity: {LIGHT2_AE}\r\n\r\n" for origin, ri in
+                 ((LIGHT1_AE, "p1"), (LIGHT2_AE, "p2"), (LIGHT1_AE, "p3"))]
+        writer.write("".join(heads).encode())  # three requests in one write, the second one forged
+        conn = h11.Connection(h11.CLIENT)
+        got = []
+        for _ in heads:
+            conn.send(h11.Request(method="GET", target="/", headers=[("host", "gw")]))
+            conn.send(h11.EndOfMessage())
+            msg = await http1.read_message(conn, reader)
+            assert msg is not None
+            got.append((msg.status, msg.header("x-m2m-rsc"), msg.body))
+            conn.start_next_cycle()
+        assert [g[:2] for g in got] == [(200, "2000"), (403, "4106"), (200, "2000")], got
+        assert [s.headers["x-m2m-ri"] for s in cse.seen] == ["p1", "p3"]
+        assert all(s.headers["x-m2msec-sa-identity"] == LIGHT1_AE for s in cse.seen)
+        writer.close()
+    finally:
+        await gw.close()
+
+
+async def test_a_client_gone_while_its_request_is_at_the_cse_leaves_the_pool_in_sync(
+        start_cse: Callable[[Script], Awaitable[ScriptedCSE]]) -> None:
+    cse = await start_cse(echo_ri_slowly)
+    gw = await start_gateway(cse.port)
+    try:
+        a = await connect(gw)
+        with pytest.raises(TimeoutError):
+            await a.request(onem2m(LIGHT1_AE, "a-1", "POST", b"{}"), timeout=0.05)
+        a.writer.transport.abort()  # gone before the CSE answers
+        await until(lambda: not gw._clients)  # the answer came and was dropped
+        b = await connect(gw, LIGHT2_ID, LIGHT2_KEY)
+        resp = await b.request(onem2m(LIGHT2_AE, "b-1"))
+        assert resp.header("x-m2m-ri") == "b-1" and b'"as": "' + LIGHT2_AE.encode() in resp.body, resp.body
+        assert cse.connections == 1 and [s.headers["x-m2m-ri"] for s in cse.seen] == ["a-1", "b-1"]
+        await b.close()
+    finally:
+        await gw.close()
