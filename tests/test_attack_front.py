@@ -376,3 +376,27 @@ async def test_a_client_gone_while_its_request_is_at_the_cse_leaves_the_pool_in_
         await b.close()
     finally:
         await gw.close()
+
+
+async def test_a_request_head_dribbled_byte_by_byte_is_cut_at_the_idle_timeout(
+        start_cse: Callable[[Script], Awaitable[ScriptedCSE]]) -> None:
+    cse = await start_cse(echo_ri_slowly)
+    gw = await start_gateway(cse.port, idle_timeout=0.5)
+    try:
+        ctx = TLSContext.client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(ONEM2M_PSK,),
+                                             peer_entity=HOME_GATEWAY_CSE_ID))
+        reader, writer, _ = await open_connection(SERVER, gw.port, ctx)
+        head = f"GET /{HOME_GATEWAY_CSE_ID} HTTP/1.1\r\nhost: gw\r\nx-m2m-origin: {LIGHT1_AE}\r\nx-m2m-ri: s\r\n\r\n"
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for char in head:  # always busy, never done: the whole request must come within the idle timeout
+            if writer.transport.is_closing() or reader.at_eof():
+                break
+            writer.write(char.encode())
+            await asyncio.sleep(0.05)
+        async with asyncio.timeout(2):
+            await reader.read()  # EOF: the gateway closed it
+        assert loop.time() - start < 2 and not cse.seen
+        writer.close()
+    finally:
+        await gw.close()
