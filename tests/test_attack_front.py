@@ -400,3 +400,61 @@ async def test_a_request_head_dribbled_byte_by_byte_is_cut_at_the_idle_timeout(
         writer.close()
     finally:
         await gw.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 5. A CSE that answers before it has read a request's body: the rest of the body went out ahead of the next
+#    client's request on the reused connection (priority 2, defence in depth)
+#
+# A CSE that answers early (a 4xx after the head, say) must read and discard the body or close (RFC 9112 §9.3);
+# one that keeps the connection and parses on reads the rest of client A's body as its next request: a request
+# A wrote, with whatever X-M2MSEC-* headers A put in it, whose answer the pool gave to client B as B's response.
+# The gateway cannot stop bytes already sent, but a connection whose request was not all written when the answer
+# came is aborted (the unsent rest dropped), never reused.
+
+SMUGGLED = (f"GET /{HOME_GATEWAY_CSE_ID}/smuggled HTTP/1.1\r\nhost: gw\r\nx-m2m-ri: smuggled\r\n"
+            f"x-m2msec-sa-identity: {LIGHT2_AE}\r\ncontent-length: {{rest}}\r\n\r\n")
+
+
+async def early_answer(cse: ScriptedCSE, seen: Seen, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+    writer.write(response(b"{}", ri=seen.headers["x-m2m-ri"]))
+    await writer.drain()
+
+
+class EarlyCSE(ScriptedCSE):
+    """Answers a POST as soon as it has its head, and never reads its body; a GET after its body, 0.3 s later."""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while (head := await read_head(reader)) is not None:
+                seen = head_to_seen(head, b"", self.connections)
+                self.seen.append(seen)
+                if seen.method == "GET":  # a GET is answered after its body, and slowly
+                    await read_body(reader, head)
+                    await asyncio.sleep(0.3)
+                await self.script(self, seen, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_an_early_answer_does_not_put_the_rest_of_a_request_before_the_next_clients() -> None:
+    cse = EarlyCSE(early_answer)
+    cse.server = await asyncio.start_server(cse.handle, SERVER, 0)
+    gw = await start_gateway(cse.port, max_body=4 * BIG)
+    try:
+        a = await connect(gw)
+        size = 2 * BIG  # more than loopback's kernel buffers hold while the CSE reads nothing
+        resp = await a.request(onem2m(LIGHT1_AE, "a-big", "POST", SMUGGLED.format(rest=size).encode() + b"x" * size))
+        assert resp.header("x-m2m-ri") == "a-big"
+        b = await connect(gw, LIGHT2_ID, LIGHT2_KEY)
+        resp = await b.request(onem2m(LIGHT2_AE, "b-1"))
+        assert resp.header("x-m2m-ri") == "b-1", f"client B got the answer to {resp.header('x-m2m-ri')!r}"
+        await a.close()
+        await b.close()
+    finally:
+        await gw.close()
+        cse.server.close()

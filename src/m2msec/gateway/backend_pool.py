@@ -12,7 +12,9 @@ written on it (the CSE closed it, or sent something unasked, while it was idle).
 request is written, or whose exchange was cut short (timeout, cancellation, an oversized or invalid response), is
 aborted (what was not yet written is dropped: a request given up on never reaches the CSE later, whole) and
 never reused; the caller gets the error. So is one that answered a HEAD or with 204 / 304 (D68): a body
-a broken CSE sends late would be read as the next request's response. Interim 1xx responses are skipped.
+a broken CSE sends late would be read as the next request's response. Interim 1xx responses are skipped. A
+connection whose response came before all of its request was written (a CSE answering early) is aborted, the rest
+of the request dropped: it would otherwise reach the CSE ahead of the next client's request.
 """
 
 from __future__ import annotations
@@ -141,6 +143,10 @@ class _Connection(asyncio.Protocol):
         h = self.h11
         return not self.broken and h.our_state is h11.DONE and h.their_state is h11.DONE and not h.trailing_data[0]
 
+    def unsent(self) -> bool:
+        """Some of the request is still buffered here, not yet written to the CSE."""
+        return self.transport is not None and self.transport.get_write_buffer_size() > 0
+
     def park(self, expiry: float) -> None:
         self.h11.start_next_cycle()
         self.in_use = False
@@ -204,7 +210,9 @@ class BackendPool:
             conn.abort()  # a byte may have reached the CSE: not sent again, not reused, and the rest dropped
             raise
         bodiless = msg.method in NOT_REUSED_AFTER or resp.status in NOT_REUSED_AFTER  # D68
-        if conn.reusable() and not bodiless and len(self._idle) < self.max_idle:
+        if conn.unsent():  # answered before all of the request was written: the rest would precede the next one
+            conn.abort()
+        elif conn.reusable() and not bodiless and len(self._idle) < self.max_idle:
             conn.park(self.idle_expiry)
             self._idle.append(conn)
         else:
