@@ -10,7 +10,11 @@ oneM2M CREATE/UPDATE/DELETE are not idempotent, so a request is never sent twice
 skipped (closed, and the next one tried) only when it is known to be unusable *before* any byte of the request is
 written on it (the CSE closed it, or sent something unasked, while it was idle). A connection that fails once the
 request is written, or whose exchange was cut short (timeout, cancellation, an oversized or invalid response), is
-closed and never reused; the caller gets the error.
+aborted (what was not yet written is dropped: a request given up on never reaches the CSE later, whole) and
+never reused; the caller gets the error. So is one that answered a HEAD or with 204 / 304 (D68): a body
+a broken CSE sends late would be read as the next request's response. Interim 1xx responses are skipped. A
+connection whose response came before all of its request was written (a CSE answering early) is aborted, the rest
+of the request dropped: it would otherwise reach the CSE ahead of the next client's request.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import h11
 from m2msec import http1
 from m2msec.gateway.limits import BodyBudget, Lease
 
-__all__ = ["DEFAULT_IDLE_EXPIRY", "DEFAULT_MAX_IDLE", "SENDS_PER_REQUEST", "BackendPool"]
+__all__ = ["DEFAULT_IDLE_EXPIRY", "DEFAULT_MAX_IDLE", "NOT_REUSED_AFTER", "SENDS_PER_REQUEST", "BackendPool"]
 
 log = logging.getLogger("m2msec.gateway.backend")
 
@@ -35,6 +39,10 @@ DEFAULT_IDLE_EXPIRY: Final = 4.0
 #: times one request is written to the CSE: once; a failure after its first byte goes to the client, never a
 #: second send (docs/decisions.md D58). Only idle connections found closed before any byte is written are skipped.
 SENDS_PER_REQUEST: Final = 1
+#: a request method or response status whose response ends, by rule, with its head (RFC 9110 §6.3: HEAD, 204,
+#: 304): a CSE that sends a body anyway, in a later write, would have it read as the next client's response on
+#: the same connection, so that connection is closed, never reused (docs/decisions.md D68)
+NOT_REUSED_AFTER: Final[frozenset[str | int]] = frozenset({"HEAD", 204, 304})
 
 
 class _Connection(asyncio.Protocol):
@@ -101,6 +109,8 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.writelines(http1.encode_message(self.h11, msg))
         event = await self._next_event()
+        while isinstance(event, h11.InformationalResponse):  # 1xx: interim, the final response follows (RFC 9110
+            event = await self._next_event()                 # §15.2), even unasked: the request was received
         if isinstance(event, h11.ConnectionClosed):
             raise http1.HTTPError("connection closed before a response")
         resp = http1.message_head(event, max_body)
@@ -118,6 +128,10 @@ class _Connection(asyncio.Protocol):
         h = self.h11
         return not self.broken and h.our_state is h11.DONE and h.their_state is h11.DONE and not h.trailing_data[0]
 
+    def unsent(self) -> bool:
+        """Some of the request is still buffered here, not yet written to the CSE."""
+        return self.transport is not None and self.transport.get_write_buffer_size() > 0
+
     def park(self, expiry: float) -> None:
         self.h11.start_next_cycle()
         self.in_use = False
@@ -129,13 +143,20 @@ class _Connection(asyncio.Protocol):
             self._expiry.cancel()
             self._expiry = None
 
-    def close(self) -> None:
+    def abort(self) -> None:
+        """The exchange was cut short: what is still buffered is dropped, not written to the CSE later."""
+        self.close(abort=True)
+
+    def close(self, *, abort: bool = False) -> None:
         self.broken = True
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
         if self.transport is not None:
-            self.transport.close()
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
         self.pool._forget(self)
 
 
@@ -171,9 +192,12 @@ class BackendPool:
         try:  # the one send of this request (SENDS_PER_REQUEST, D58)
             resp = await conn.exchange(msg, max_body=max_body, budget=budget, lease=lease)
         except BaseException:
-            conn.close()  # a byte may have reached the CSE: not sent again, and the connection is not reused
+            conn.abort()  # a byte may have reached the CSE: not sent again, not reused, and the rest dropped
             raise
-        if conn.reusable() and len(self._idle) < self.max_idle:
+        bodiless = msg.method in NOT_REUSED_AFTER or resp.status in NOT_REUSED_AFTER  # D68
+        if conn.unsent():  # answered before all of the request was written: the rest would precede the next one
+            conn.abort()
+        elif conn.reusable() and not bodiless and len(self._idle) < self.max_idle:
             conn.park(self.idle_expiry)
             self._idle.append(conn)
         else:

@@ -12,6 +12,10 @@ does, in one request cycle:
 * writing the response: its body stays counted until the client has read it (the transport drained below its
   high-water mark), within ``write_timeout``, else the connection is aborted; then the next cycle.
 
+A connection being closed (idle timeout, refusal, end of the exchange) whose peer does not read what is still
+buffered is aborted ``write_timeout`` later: closing waits for the buffer, and would otherwise hold the
+connection (and its slots in the connection limiter) for good.
+
 When another client needs this connection's body memory (D46, :meth:`_evicted`), a request being read is answered
 503 / 5000 and the connection closed; a response being written is dropped with the connection.
 """
@@ -258,6 +262,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
         else:
             self.transport.close()
+            if not self._lost:  # close() waits for the buffered bytes: a peer that never reads them is aborted
+                self._arm(self.gateway.config.write_timeout, self._abort)
 
     def _abort(self) -> None:
         self._close(abort=True)
