@@ -458,3 +458,44 @@ async def test_an_early_answer_does_not_put_the_rest_of_a_request_before_the_nex
     finally:
         await gw.close()
         cse.server.close()
+
+
+class EarlyButClosingCSE(EarlyCSE):
+    """Answers a POST as soon as it has its head and parses on, as EarlyCSE, unless the request said
+    ``Connection: close`` (RFC 9112 §9.6: then nothing after it is read)."""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while (head := await read_head(reader)) is not None:
+                seen = head_to_seen(head, b"", self.connections)
+                self.seen.append(seen)
+                await self.script(self, seen, reader, writer)
+                if seen.headers.get("connection", "").lower() == "close":
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_body_is_never_parsed_as_a_request_on_a_kept_connection() -> None:
+    """D69: a small body (all of it reaches the CSE at once) holding a request with forged identity headers, to a CSE
+    that answers early and parses on: the request it carries is never run, because the request said close."""
+    cse = EarlyButClosingCSE(early_answer)
+    cse.server = await asyncio.start_server(cse.handle, SERVER, 0)
+    gw = await start_gateway(cse.port)
+    try:
+        a = await connect(gw)
+        body = SMUGGLED.format(rest=0).encode()
+        resp = await a.request(onem2m(LIGHT1_AE, "a-small", "POST", body))
+        assert resp.header("x-m2m-ri") == "a-small"
+        resp = await a.request(onem2m(LIGHT1_AE, "a-next"))  # the pool is used again afterwards
+        assert resp.header("x-m2m-ri") == "a-next"
+        await a.close()
+        await asyncio.sleep(0.2)
+        assert [s.headers.get("x-m2m-ri") for s in cse.seen] == ["a-small", "a-next"]
+        assert cse.seen[0].headers.get("connection") == "close"
+    finally:
+        await gw.close()
+        cse.server.close()

@@ -297,9 +297,10 @@ async def test_a_killed_worker_is_restarted_on_its_socket(tmp_path: Path, cse: S
         assert await gw.stop() == 0
 
 
-async def test_sigterm_drains_an_in_flight_request_and_exits_0(tmp_path: Path, cse: StubCSE) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_sigterm_drains_an_in_flight_request_and_exits_0(tmp_path: Path, cse: StubCSE, loop: str) -> None:
     cse.delay = 1.5
-    async with gateway(tmp_path, *http_options(tmp_path, cse)) as gw:
+    async with gateway(tmp_path, *http_options(tmp_path, cse), "--loop", loop) as gw:
         in_flight = asyncio.create_task(one_request(gw.port))
         await asyncio.wait_for(cse.arrived.wait(), 30)
         gw.proc.send_signal(signal.SIGTERM)
@@ -466,13 +467,14 @@ async def test_coaps_over_two_workers_keeps_each_dtls_association(
 
 
 
-async def test_sigterm_lets_a_coaps_answer_in_flight_through(tmp_path: Path,
-                                                             coap_cse: tuple[SlowCoapBackend, int]) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])  # the UDP socket is its transport's: paused on both
+async def test_sigterm_lets_a_coaps_answer_in_flight_through(tmp_path: Path, coap_cse: tuple[SlowCoapBackend, int],
+                                                             loop: str) -> None:
     backend, bport = coap_cse
     backend.body, backend.delay, backend.arrived = b"late", 0.5, asyncio.Event()
     table = private(tmp_path / "psk.toml", BOTH)
     async with gateway(tmp_path, "--psk-table", str(table), "--coap-backend", f"127.0.0.1:{bport}",
-                       "--coaps-listen", "127.0.0.1:0") as gw:
+                       "--coaps-listen", "127.0.0.1:0", "--loop", loop) as gw:
         transport, inbox, _ = await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, client_context())
         client = Client(transport, inbox)  # type: ignore[arg-type]
         answer = asyncio.create_task(client.send(client.request(coap.GET), timeout=10))

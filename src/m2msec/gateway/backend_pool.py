@@ -14,7 +14,9 @@ aborted (what was not yet written is dropped: a request given up on never reache
 never reused; the caller gets the error. So is one that answered a HEAD or with 204 / 304 (D68): a body
 a broken CSE sends late would be read as the next request's response. Interim 1xx responses are skipped. A
 connection whose response came before all of its request was written (a CSE answering early) is aborted, the rest
-of the request dropped: it would otherwise reach the CSE ahead of the next client's request.
+of the request dropped: it would otherwise reach the CSE ahead of the next client's request. A request with a
+body is sent with ``Connection: close`` and its connection is not reused (D69): what a client put in a body can
+never be parsed by a CSE as a request of its own on a connection the gateway keeps.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import h11
 from m2msec import http1
 from m2msec.gateway.limits import BodyBudget, Lease
 
-__all__ = ["DEFAULT_IDLE_EXPIRY", "DEFAULT_MAX_IDLE", "NOT_REUSED_AFTER", "SENDS_PER_REQUEST", "BackendPool"]
+__all__ = ["CLOSE_AFTER_BODY", "DEFAULT_IDLE_EXPIRY", "DEFAULT_MAX_IDLE", "NOT_REUSED_AFTER", "SENDS_PER_REQUEST",
+           "BackendPool"]
 
 log = logging.getLogger("m2msec.gateway.backend")
 
@@ -43,6 +46,11 @@ SENDS_PER_REQUEST: Final = 1
 #: 304): a CSE that sends a body anyway, in a later write, would have it read as the next client's response on
 #: the same connection, so that connection is closed, never reused (docs/decisions.md D68)
 NOT_REUSED_AFTER: Final[frozenset[str | int]] = frozenset({"HEAD", 204, 304})
+#: a request with a body goes with ``Connection: close`` and its connection is never reused (docs/decisions.md
+#: D69): a client chooses the body's bytes, and a CSE that answers before reading the body and keeps parsing
+#: would otherwise run the rest as a next request, X-M2MSEC-* identity headers and all, that the gateway never
+#: checked. With ``close`` a CSE stops after its answer (RFC 9112 §9.6), as it did before the pool.
+CLOSE_AFTER_BODY: Final = True
 
 
 class _Connection(asyncio.Protocol):
@@ -184,6 +192,9 @@ class BackendPool:
         Raises:
             OSError: no connection could be made.
             http1.HTTPError: the CSE's answer is invalid, too large, does not fit ``budget``, or never came."""
+        if CLOSE_AFTER_BODY and msg.body:  # D69: nothing may follow a client-chosen body on this connection
+            msg = http1.Message(headers=[*msg.headers, ("connection", "close")], body=msg.body, method=msg.method,
+                                target=msg.target)
         conn = self._take()  # passes over (closes) the idle ones the CSE closed: nothing was written on them
         if conn is None:
             conn = await self._open()

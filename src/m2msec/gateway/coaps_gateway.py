@@ -317,6 +317,12 @@ class CoapsGateway:
                      "--coaps-max-body %d applies to responses", MAX_BLOCK1_BODY, cfg.blockwise.max_body)
         log.info("coaps gateway on %s:%d -> coap://%s:%d", cfg.host, self.port, cfg.backend_host, cfg.backend_port)
 
+    def stop_receiving(self) -> None:
+        """Read no more datagrams (a draining worker: they wait in the shared socket's queue); answers still go out."""
+        if self._udp is not None:
+            with contextlib.suppress(NotImplementedError, AttributeError, RuntimeError):
+                self._udp.pause_reading()  # type: ignore[attr-defined]
+
     async def close(self) -> None:
         await self._reloader.close()
         if self._udp is not None:

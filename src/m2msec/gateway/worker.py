@@ -50,10 +50,13 @@ def _open_connections(services: Sequence[Any]) -> int:
 
 def _stop_taking(loop: asyncio.AbstractEventLoop, sockets: WorkerSockets, services: Sequence[Any]) -> None:
     """No new connection or datagram for this worker: they wait in the shared sockets' queues instead."""
+    for service in services:  # the UDP socket belongs to its datagram transport: paused there, on any loop
+        stop = getattr(service, "stop_receiving", None)
+        if stop is not None:
+            stop()
     if isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
-        for sock in (sockets.tcp, sockets.udp):
-            if sock is not None and sock.fileno() >= 0:
-                loop.remove_reader(sock.fileno())
+        if sockets.tcp is not None and sockets.tcp.fileno() >= 0:
+            loop.remove_reader(sockets.tcp.fileno())
         return
     for service in services:  # other loops (uvloop) accept on their own: new connections are reset at once
         limiter = getattr(service, "limiter", None)
