@@ -3,12 +3,39 @@ in-memory and loopback handshakes, no mocks. Each test names what it breaks."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import pytest
 
 from conftest import contexts, make_table
-from m2msec.tls.engine import ConnectionClosed, DataReceived, Event, HandshakeCompleted, TLSConnection
-from m2msec.tls.profiles import ECDHE_PSK, ONEM2M_PSK, TLS13_PSK, CipherProfile
+from m2msec.tls.engine import (
+    ConnectionClosed,
+    DataReceived,
+    Event,
+    HandshakeCompleted,
+    ServerConfig,
+    TLSConnection,
+    TLSContext,
+)
+from m2msec.tls.profiles import ECDHE_PSK, ONEM2M_DTLS_PSK, ONEM2M_PSK, TLS13_PSK, CipherProfile
+from m2msec.transport.dtls import start_dtls_server
+from m2msec.transport.tls import ConnectionLimiter, TLSAdapter, start_server
 from test_dtls import client_ctx, server_ctx
+from test_limits import (
+    ATTACKER,
+    FOURTH,
+    OTHER,
+    SERVER,
+    VICTIM,
+    Echo,
+    Silent,
+    dtls_handshake_from,
+    stalled_dtls,
+    stalled_tcp,
+    tls_handshake_from,
+    until,
+)
 
 
 def _data(events: list[Event]) -> list[bytes]:
@@ -99,3 +126,76 @@ def test_tls_data_and_close_notify_after_the_finished_delivered_once_in_order(pr
     assert isinstance(tail[-1], ConnectionClosed) and tail[-1].clean
     assert isinstance(second[0], HandshakeCompleted)
 
+
+
+# ------------------------------------------------------------------------------ shared deadlines and slots
+
+
+async def test_tls_stalls_between_finished_handshakes_all_time_out_and_free_their_slots() -> None:
+    # one timer for the whole server (a FIFO): established connections cancel their entries, stalled ones
+    # around them must still be cut, each slot released once, and the cap admits new clients afterwards
+    limiter = ConnectionLimiter(8, per_source_handshakes=2, per_source_connections=2, per_sa=4)
+    context = TLSContext.server(ServerConfig(make_table().lookup, profiles=(ONEM2M_PSK,)))
+    server = await start_server(Echo, SERVER, 0, context, limiter=limiter, handshake_timeout=0.4)
+    port = server.sockets[0].getsockname()[1]
+    held: list[socket.socket] = []
+    adapters: list[TLSAdapter] = []
+    try:
+        adapters.append((await tls_handshake_from(VICTIM, port))[0])
+        held += stalled_tcp(ATTACKER, port, 1)
+        await asyncio.sleep(0.1)
+        adapters.append((await tls_handshake_from(VICTIM, port))[0])
+        held += stalled_tcp(ATTACKER, port, 1)
+        await until(lambda: limiter.open == 4)
+        loop = asyncio.get_running_loop()
+        for s in held:  # the server resets or closes each stalled one within its timeout
+            s.setblocking(False)
+            try:
+                assert await asyncio.wait_for(loop.sock_recv(s, 1), 3) == b""
+            except ConnectionResetError:
+                pass
+        await until(lambda: limiter.open == 2)
+        assert limiter.handshaking == 0 and limiter.sources is not None and limiter.sources.held == {}
+        assert limiter.open_per_source is not None and limiter.open_per_source.held == {VICTIM: 2}
+        adapters.append((await tls_handshake_from(ATTACKER, port))[0])  # the freed slots admit again
+        adapters.append((await tls_handshake_from(ATTACKER, port))[0])
+        assert limiter.open == 4
+    finally:
+        for s in held:
+            s.close()
+        for adapter in adapters:
+            if adapter.raw_transport is not None:
+                adapter.raw_transport.close()
+        server.close()
+        await server.wait_closed()
+    await until(lambda: limiter.open == 0)
+    assert limiter.per_sa is not None and limiter.per_sa.held == {}
+
+
+async def test_dtls_stalled_peers_time_out_around_established_ones_and_free_their_slots() -> None:
+    context = TLSContext.dtls_server(ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,)))
+    udp, proto = await start_dtls_server(Silent, SERVER, 0, context, max_peers=8, max_handshaking=4,
+                                         handshake_timeout=0.4)
+    port = udp.get_extra_info("sockname")[1]
+    held: list[socket.socket] = []
+    clients: list[asyncio.DatagramTransport] = []
+    try:
+        clients.append((await dtls_handshake_from(VICTIM, port))[0])
+        held += await stalled_dtls(ATTACKER, port, 1)
+        await asyncio.sleep(0.1)
+        clients.append((await dtls_handshake_from(OTHER, port))[0])
+        held += await stalled_dtls(ATTACKER, port, 1)
+        await until(lambda: proto.limiter.open == 4)
+        await until(lambda: proto.limiter.open == 2, timeout=3)  # both stalled peers cut by their deadline
+        assert proto.handshaking == 0 and proto.sources.held == {}
+        assert sorted(addr[0] for addr in proto.peers) == [VICTIM, OTHER]
+        clients.append((await dtls_handshake_from(ATTACKER, port))[0])
+        clients.append((await dtls_handshake_from(FOURTH, port))[0])
+        assert proto.limiter.open == 4
+    finally:
+        for s in held:
+            s.close()
+        for client in clients:
+            client.close()
+        udp.close()
+    await until(lambda: proto.limiter.open == 0)
