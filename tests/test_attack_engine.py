@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from conftest import contexts, make_table
+from conftest import contexts, handshake_pair, make_table
 from m2msec.tls.engine import (
     ConnectionClosed,
     DataReceived,
@@ -21,7 +21,7 @@ from m2msec.tls.engine import (
 from m2msec.tls.profiles import ECDHE_PSK, ONEM2M_DTLS_PSK, ONEM2M_PSK, TLS13_PSK, CipherProfile
 from m2msec.transport.dtls import start_dtls_server
 from m2msec.transport.tls import ConnectionLimiter, TLSAdapter, start_server
-from test_dtls import client_ctx, server_ctx
+from test_dtls import client_ctx, pump, server_ctx
 from test_limits import (
     ATTACKER,
     FOURTH,
@@ -199,3 +199,28 @@ async def test_dtls_stalled_peers_time_out_around_established_ones_and_free_thei
             client.close()
         udp.close()
     await until(lambda: proto.limiter.open == 0)
+
+
+def test_session_facts_cached_per_process_never_cross_connections() -> None:
+    # OpenSSL's version and cipher names are cached per process (decoded once): interleaved TLS 1.2, TLS 1.3 and
+    # DTLS 1.2 connections of different suites must each report their own, as OpenSSL reports them
+    table = make_table()
+    built: list[tuple[TLSConnection, TLSConnection]] = []
+    for _ in range(2):
+        for profile in (ONEM2M_PSK, TLS13_PSK, ECDHE_PSK):
+            built.append(handshake_pair(*contexts(table, (profile,))))
+        for suite in ("PSK-AES128-CCM8", "PSK-AES128-GCM-SHA256"):
+            c = client_ctx(suite).dtls_connection(("127.0.0.1", 5684))
+            built.append((pump(server_ctx(suite), c), c))
+    seen_ids: set[bytes] = set()
+    for s, c in built:
+        assert s.session is not None and c.session is not None
+        for conn, session in ((s, s.session), (c, c.session)):
+            assert session.version == conn._ssl.get_protocol_version_name()
+            assert session.cipher == conn._ssl.get_cipher_name()
+        assert s.session.version == c.session.version and s.session.cipher == c.session.cipher
+        if s.session.session_id:  # TLS 1.3 has none
+            assert s.session.session_id == c.session.session_id and s.session.session_id not in seen_ids
+            seen_ids.add(s.session.session_id)
+    assert {s.session.version for s, _ in built if s.session} == {"TLSv1.2", "TLSv1.3", "DTLSv1.2"}
+    assert len({s.session.cipher for s, _ in built if s.session}) == 5
