@@ -19,7 +19,7 @@ from m2msec.tls.engine import (
     TLSContext,
 )
 from m2msec.tls.profiles import ECDHE_PSK, ONEM2M_DTLS_PSK, ONEM2M_PSK, TLS13_PSK, CipherProfile
-from m2msec.transport.dtls import start_dtls_server
+from m2msec.transport.dtls import create_dtls_endpoint, start_dtls_server
 from m2msec.transport.tls import ConnectionLimiter, TLSAdapter, start_server
 from test_dtls import client_ctx, pump, server_ctx
 from test_limits import (
@@ -224,3 +224,49 @@ def test_session_facts_cached_per_process_never_cross_connections() -> None:
             seen_ids.add(s.session.session_id)
     assert {s.session.version for s, _ in built if s.session} == {"TLSv1.2", "TLSv1.3", "DTLSv1.2"}
     assert len({s.session.cipher for s, _ in built if s.session}) == 5
+
+
+class _Recorder(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.got.put_nowait(data)
+
+
+async def test_dtls_client_over_udp_gets_the_answer_packed_with_the_servers_finished() -> None:
+    # a server that answers at once (ours flushes its Finished first; others need not) over real UDP: the
+    # client's application gets that answer now, not when another datagram happens to arrive
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((SERVER, 0))
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    sctx = server_ctx()
+
+    async def eager_server() -> None:
+        data, addr = await loop.sock_recvfrom(sock, 4096)
+        hello = sctx.dtls_connection(addr)
+        hello.receive_datagram(data)
+        for d in hello.datagrams_to_send():  # HelloVerifyRequest
+            await loop.sock_sendto(sock, d, addr)
+        conn = sctx.dtls_connection(addr)
+        while conn.session is None:
+            data, addr = await loop.sock_recvfrom(sock, 4096)
+            conn.receive_datagram(data)
+            if conn.session is not None:
+                conn.send(b"answer packed with the Finished")
+            for d in conn.datagrams_to_send():
+                await loop.sock_sendto(sock, d, addr)
+
+    task = asyncio.create_task(eager_server())
+    try:
+        transport, app, session = await create_dtls_endpoint(_Recorder, SERVER, port, client_ctx(),
+                                                             handshake_timeout=5)
+        assert isinstance(app, _Recorder) and session.version == "DTLSv1.2"
+        await asyncio.wait_for(task, 5)
+        assert await asyncio.wait_for(app.got.get(), 2) == b"answer packed with the Finished"
+        transport.close()
+    finally:
+        task.cancel()
+        sock.close()
