@@ -113,6 +113,10 @@ class TLSConnection:
         TLSProtocolError: on a TLS failure after the handshake, or misuse.
     """
 
+    #: OpenSSL takes a whole datagram from the BIO at once (DTLS): records after the peer's Finished wait in its
+    #: record buffer, seen neither in the BIO nor by SSL_pending, so SSL_read always runs after the handshake
+    _WHOLE_DATAGRAMS = False
+
     def __init__(self, context: TLSContext) -> None:
         self._context = context
         self._ssl = SSL.Connection(context._ctx, None)
@@ -189,7 +193,7 @@ class TLSConnection:
                 return events
             assert self.session is not None
             events.append(HandshakeCompleted(self.session))
-            if not _shim.input_pending(self._ssl):  # the usual case: the peer's last flight ended the input
+            if not self._WHOLE_DATAGRAMS and not _shim.input_pending(self._ssl):  # the peer's flight ended the input
                 return events
         events.extend(self._read_application_data())
         return events

@@ -34,6 +34,8 @@ class DTLSConnection(TLSConnection):
     :meth:`timeout` and calls :meth:`handle_timeout` when that much time has passed (RFC 6347 §4.2.4).
     """
 
+    _WHOLE_DATAGRAMS = True  # records coalesced after the Finished are read at once, not at the next datagram
+
     def __init__(self, context: TLSContext, peer: object, *, mtu: int = DEFAULT_DTLS_MTU) -> None:
         self.peer = peer
         self.mtu = mtu

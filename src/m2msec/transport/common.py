@@ -82,13 +82,15 @@ class Deadlines:
         loop = asyncio.get_running_loop()
         now = loop.time() + self.SLACK
         queue = self._queue
-        while queue and (queue[0].callback is None or queue[0].when <= now):
-            deadline = queue.popleft()
-            callback, deadline.callback = deadline.callback, None
-            if callback is not None:
-                callback()
-        if queue:
-            self._timer = loop.call_at(queue[0].when, self._expire)
+        try:
+            while queue and (queue[0].callback is None or queue[0].when <= now):
+                deadline = queue.popleft()
+                callback, deadline.callback = deadline.callback, None
+                if callback is not None:
+                    callback()
+        finally:  # a callback that raises (asyncio logs it) must not leave every later entry without a timer
+            if queue and self._timer is None:
+                self._timer = loop.call_at(queue[0].when, self._expire)
 
     def close(self) -> None:
         """Forget every entry (the server is closing)."""
