@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything m2msec and its tests need: the Debian packages of the real (D)TLS peers (openssl,
-# gnutls-bin, libcoap3-bin) and of the C benchmark baseline (libssl-dev, gcc), a virtualenv in .venv with
+# gnutls-bin, libcoap3-bin), of the C benchmark baseline (libssl-dev, gcc) and the PostgreSQL server the store
+# tests start in a temporary directory (postgresql: initdb, pg_ctl under /usr/lib/postgresql/*/bin), a virtualenv in .venv with
 # the package and its dev extras, and ACME (a real oneM2M CSE) in .venv-acme. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
 need=""
-for pkg in openssl gnutls-bin libcoap3-bin libssl-dev gcc; do
+for pkg in openssl gnutls-bin libcoap3-bin libssl-dev gcc postgresql; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need="$need $pkg"
 done
 if [ -n "$need" ]; then

@@ -41,13 +41,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from m2msec.errors import ConfigurationError, Conflict, NotFound, StorageError
 from m2msec.keys.files import write_secret_file
+from m2msec.keys.sealing import AEAD, aad_field, seal, seal_check
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import PSKEntry, check_file_permissions
 
@@ -60,6 +60,7 @@ __all__ = [
     "SQLitePSKStore",
     "StoredIdentity",
     "load_master_key",
+    "read_master_key_file",
     "row_aad",
 ]
 
@@ -102,25 +103,10 @@ class StoredIdentity:
     created: float
 
 
-class AEAD(Protocol):
-    """What the store needs of its cipher (AES-256-GCM; injectable to observe what a lookup does)."""
-
-    def encrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes: ...
-
-    def decrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None) -> bytes: ...
-
-
-def _field(value: str | None) -> bytes:
-    if value is None:
-        return b"\0"
-    raw = value.encode("utf-8", "surrogatepass")
-    return b"\1" + len(raw).to_bytes(4, "big") + raw
-
-
 def row_aad(identity: str, entity: str | None, description: str | None) -> bytes:
     """The associated data of a row in format :data:`ROW_FORMAT`: a version prefix, then each column as
     absent (``00``) or present (``01``, 4-byte length, UTF-8): unambiguous, and every column counts."""
-    return b"m2msec-psk-v2\0" + _field(identity) + _field(entity) + _field(description)
+    return b"m2msec-psk-v2\0" + aad_field(identity) + aad_field(entity) + aad_field(description)
 
 
 def _store_is_new(db_path: Path) -> bool:
@@ -133,7 +119,8 @@ def _store_is_new(db_path: Path) -> bool:
         raise StorageError(f"{db_path}: cannot open key store: {exc.strerror}") from None
 
 
-def _read_master_key(path: Path) -> SecretKey:
+def read_master_key_file(path: Path) -> SecretKey:
+    """A master key file (64 hex digits, owner-only permissions)."""
     check_file_permissions(path)
     try:
         text = path.read_text(encoding="ascii")
@@ -161,7 +148,7 @@ def load_master_key(db_path: Path, key_file: Path | None = None, *, create: bool
             return key
     path = key_file or db_path.with_name(db_path.name + ".key")
     if path.exists():
-        return _read_master_key(path)
+        return read_master_key_file(path)
     if not _store_is_new(db_path):
         raise ConfigurationError(
             f"{path}: master key file not found, and {db_path} is an existing key store that only its own master "
@@ -230,9 +217,8 @@ class SQLitePSKStore:
         raise StorageError(f"{self.path}: key store written by a newer m2msec (unknown format)")
 
     def _write_check(self, verb: str) -> None:
-        nonce = secrets.token_bytes(12)
-        sealed = self._aead.encrypt(nonce, _CHECK_PLAINTEXT[ROW_FORMAT], b"check")
-        self._db.execute(f"{verb} INTO meta VALUES ('check', ?)", (nonce + sealed,))
+        check = seal_check(self._aead, _CHECK_PLAINTEXT[ROW_FORMAT])
+        self._db.execute(f"{verb} INTO meta VALUES ('check', ?)", (check,))
 
     def _migrate(self) -> None:
         """Re-seal every format-1 row (AAD: identity only) in the current format, in one transaction. A row that
@@ -290,9 +276,7 @@ class SQLitePSKStore:
         return f"<SQLitePSKStore {self.path}>"
 
     def _seal(self, entry: PSKEntry) -> tuple[str, str | None, str | None, bytes, bytes, float]:
-        nonce = secrets.token_bytes(12)
-        sealed = self._aead.encrypt(nonce, entry.key.reveal(), row_aad(entry.identity, entry.entity,
-                                                                       entry.description))
+        nonce, sealed = seal(self._aead, entry.key.reveal(), row_aad(entry.identity, entry.entity, entry.description))
         return (entry.identity, entry.entity, entry.description, nonce, sealed, time.time())
 
     # -- PSKTable

@@ -1,0 +1,60 @@
+""":class:`AsyncKeyStore`: a :class:`~m2msec.store.base.KeyStore` used from asyncio without stalling the loop.
+
+Each call runs the synchronous store method in a worker thread (:func:`asyncio.to_thread`); the store's lock
+keeps one statement per connection at a time, so a service that wants more parallelism opens more stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from m2msec.keys.secret import SecretKey
+from m2msec.store.base import KeyStore
+from m2msec.store.records import MAFClient, RegisteredKey
+
+__all__ = ["AsyncKeyStore"]
+
+
+class AsyncKeyStore:
+    def __init__(self, store: KeyStore) -> None:
+        self.store = store
+
+    def __repr__(self) -> str:
+        return f"<AsyncKeyStore {self.store!r}>"
+
+    async def register_client(self, client: MAFClient) -> None:
+        await asyncio.to_thread(self.store.register_client, client)
+
+    async def get_client(self, kmid: str) -> MAFClient | None:
+        return await asyncio.to_thread(self.store.get_client, kmid)
+
+    async def update_client(self, client: MAFClient) -> None:
+        await asyncio.to_thread(self.store.update_client, client)
+
+    async def delete_client(self, kmid: str) -> None:
+        await asyncio.to_thread(self.store.delete_client, kmid)
+
+    async def register_key(self, kc: SecretKey, *, source_id: str, suid: int, target_ids: Sequence[str],
+                           expires: float, labels: Sequence[str] = (), admin_fqdn: str | None = None,
+                           relative_key_id: str | None = None) -> RegisteredKey:
+        def run() -> RegisteredKey:
+            return self.store.register_key(kc, source_id=source_id, suid=suid, target_ids=target_ids,
+                                           expires=expires, labels=labels, admin_fqdn=admin_fqdn,
+                                           relative_key_id=relative_key_id)
+        return await asyncio.to_thread(run)
+
+    async def get_key(self, relative_key_id: str) -> RegisteredKey | None:
+        return await asyncio.to_thread(self.store.get_key, relative_key_id)
+
+    async def update_key(self, key: RegisteredKey) -> None:
+        await asyncio.to_thread(self.store.update_key, key)
+
+    async def delete_key(self, relative_key_id: str) -> None:
+        await asyncio.to_thread(self.store.delete_key, relative_key_id)
+
+    async def purge_expired(self) -> int:
+        return await asyncio.to_thread(self.store.purge_expired)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.store.close)
