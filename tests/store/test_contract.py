@@ -203,10 +203,18 @@ def test_concurrent_processes_never_collide(store_url: str, master_key: SecretKe
         pass  # created once, so the writers only open it
     writers = [_writer(store_url, 40, "counter", master_key) for _ in range(3)]
     acknowledged: list[str] = []
-    for proc in writers:
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-        acknowledged += out.split()
+    results = []
+    try:
+        for proc in writers:
+            out, err = proc.communicate(timeout=120)
+            results.append((proc.returncode, err))
+            acknowledged += out.split()
+    finally:
+        for proc in writers:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+    assert [code for code, _ in results] == [0, 0, 0], results
     assert len(acknowledged) == 120 and len(set(acknowledged)) == 120  # every writer drew 0, 1, 2...: none shared
     with open_store(store_url, master_key) as s:
         assert set(s.ids(KIND_MAF_KEY)) == set(acknowledged)
