@@ -42,6 +42,8 @@ __all__ = [
     "TLSPeeker",
     "client_hello_psk_identities",
     "client_key_exchange_identity",
+    "is_psk_suite",
+    "server_hello_cipher_suite",
 ]
 
 #: largest TLS/DTLS record body accepted (2^14 + 2048, RFC 5246 §6.2.3); a bigger one: give up
@@ -75,6 +77,32 @@ class PeekedIdentities:
 
 def _valid(identity: bytes) -> bool:
     return 0 < len(identity) <= MAX_IDENTITY and b"\x00" not in identity
+
+
+#: IANA code points of the TLS 1.2 cipher suites whose ClientKeyExchange starts with a psk_identity (RFC 4279,
+#: 4785, 5487, 5489, 6209, 6367, 6655, 7905, 8442): ranges, inclusive
+_PSK_SUITE_RANGES = (
+    (0x002C, 0x002E), (0x008A, 0x0095), (0x00A8, 0x00B9), (0xC033, 0xC03B), (0xC064, 0xC071),
+    (0xC08E, 0xC09B), (0xC0A4, 0xC0AB), (0xCCAB, 0xCCAE), (0xD001, 0xD005),
+)
+
+
+def is_psk_suite(code: int) -> bool:
+    """Whether a TLS 1.2 cipher suite is a PSK suite (its ClientKeyExchange carries a psk_identity)."""
+    return any(low <= code <= high for low, high in _PSK_SUITE_RANGES)
+
+
+def server_hello_cipher_suite(data: bytes, *, dtls: bool = False) -> int | None:
+    """The cipher suite of the ServerHello at the start of a server's first flight (our own output), or None."""
+    header, hs_header = (13, 12) if dtls else (5, 4)
+    p = header + hs_header
+    if len(data) < p + 35 or data[0] != _HANDSHAKE or data[header] != 2:
+        return None
+    p += 2 + 32
+    p += 1 + data[p]
+    if len(data) < p + 2:
+        return None
+    return int.from_bytes(data[p : p + 2], "big")
 
 
 def client_key_exchange_identity(body: bytes) -> bytes | None:
@@ -295,9 +323,7 @@ class DTLSPeeker:
         if self.gave_up or self._resumed:
             return False
         hit = self._scan(datagram)
-        if self.gave_up:
-            return bool(self._held)  # already holding: keep order; resume() releases everything
-        if hit or self._held:
+        if hit or self._held:  # having given up, the caller releases what is held with resume()
             self._held.append(datagram)
             self._held_bytes += len(datagram)
             if len(self._held) > self._max_datagrams or self._held_bytes > self._max_held:
