@@ -12,7 +12,9 @@ No OpenSSL here: the connection classes feed and release bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from m2msec.errors import ConfigurationError, HandshakeFailed, TLSProtocolError
 from m2msec.keys.table import PSKEntry
 from m2msec.tls.psk_peek import (
     DEFAULT_MAX_CLIENT_HELLO,
@@ -22,7 +24,10 @@ from m2msec.tls.psk_peek import (
     server_hello_cipher_suite,
 )
 
-__all__ = ["MAX_SUPPLIED_IDENTITIES", "AsyncPSK", "PSKIdentityReceived"]
+if TYPE_CHECKING:
+    from m2msec.tls.connection import Event
+
+__all__ = ["MAX_SUPPLIED_IDENTITIES", "AsyncPSK", "AsyncPSKConnection", "PSKIdentityReceived"]
 
 #: identities one connection may ask the application about (a TLS 1.3 ClientHello may list many; with
 #: hiding only the first is ever used, revealed each refused one lets OpenSSL try the next)
@@ -105,3 +110,70 @@ class AsyncPSK:
         if self.tls is not None:
             return self.tls.found is not None
         return self.datagrams is not None and self.datagrams.found is not None
+
+
+class AsyncPSKConnection:
+    """The connection side of ``async_psk`` (mixed into :class:`~m2msec.tls.connection.TLSConnection`)."""
+
+    _async: AsyncPSK | None
+
+    def _feed(self, data: bytes) -> list[Event]:
+        """Give ``data`` to OpenSSL and advance (the connection's)."""
+        raise NotImplementedError
+
+    def _handshaking(self) -> bool:
+        raise NotImplementedError
+
+    def _fail(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def pending_psk_identity(self) -> str | None:
+        """Server side, ``async_psk``: the identity reported by :class:`PSKIdentityReceived` and not yet answered."""
+        return self._async.pending if self._async is not None else None
+
+    def supply_psk(self, entry: PSKEntry | None) -> list[Event]:
+        """Answer :attr:`pending_psk_identity`: its entry, or None for an unknown identity (then exactly what an
+        unknown identity gets from a synchronous lookup: a decoy key, or the alert when revealed)."""
+        pending = self.pending_psk_identity
+        if self._async is None or pending is None:
+            raise TLSProtocolError("no PSK identity is waiting for its key")
+        if entry is not None and entry.identity != pending:
+            raise ConfigurationError("the PSK entry supplied is for another identity")
+        if not self._async.supply(entry):
+            event = self._async.found()
+            return [event] if event is not None else []
+        if not self._handshaking():
+            return []
+        return self._async_release()
+
+    def _async_input(self, data: bytes) -> list[Event]:
+        """Client bytes during the handshake, ``async_psk``: through the peeker."""
+        assert self._async is not None and self._async.tls is not None
+        try:
+            passed = self._async.tls.feed(data)
+        except TLSProtocolError as exc:
+            self._fail()
+            raise HandshakeFailed(str(exc)) from None
+        events = self._feed(passed) if passed else []
+        return events + self._async_release()
+
+    def _async_release(self) -> list[Event]:
+        """Ask the application about the next identity found, or give OpenSSL the input nobody waits for."""
+        assert self._async is not None
+        events: list[Event] = []
+        while True:
+            event = self._async.found()
+            if event is not None:
+                return [*events, event]
+            if self._async.pending is not None or (not self._async.holding and not self._async_gave_up()):
+                return events
+            events += self._async_resume()
+
+    def _async_gave_up(self) -> bool:
+        return False
+
+    def _async_resume(self) -> list[Event]:
+        assert self._async is not None and self._async.tls is not None
+        held = self._async.tls.resume()
+        return self._feed(held) if held else []

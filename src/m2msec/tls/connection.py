@@ -17,7 +17,7 @@ from m2msec.errors import ConfigurationError, HandshakeFailed, TLSProtocolError
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import PSKEntry
 from m2msec.tls import _shim
-from m2msec.tls.async_psk import AsyncPSK, PSKIdentityReceived
+from m2msec.tls.async_psk import AsyncPSK, AsyncPSKConnection, PSKIdentityReceived
 from m2msec.tls.config import ClientConfig, ServerConfig
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class ConnectionState(enum.Enum):
 # connection
 
 
-class TLSConnection:
+class TLSConnection(AsyncPSKConnection):
     """One TLS connection over memory BIOs (sans-I/O).
 
     Use: ``events = conn.receive_data(bytes_from_peer)``; send ``conn.data_to_send()`` to the peer after
@@ -175,62 +175,17 @@ class TLSConnection:
         """Server side: the PSK table entry the client authenticated with."""
         return self._psk_entry
 
-    @property
-    def pending_psk_identity(self) -> str | None:
-        """Server side, ``async_psk``: the identity reported by :class:`PSKIdentityReceived` and not yet answered."""
-        return self._async.pending if self._async is not None else None
-
-    def supply_psk(self, entry: PSKEntry | None) -> list[Event]:
-        """Answer :attr:`pending_psk_identity`: its entry, or None for an unknown identity (then exactly what an
-        unknown identity gets from a synchronous lookup: a decoy key, or the alert when revealed)."""
-        pending = self.pending_psk_identity
-        if self._async is None or pending is None:
-            raise TLSProtocolError("no PSK identity is waiting for its key")
-        if entry is not None and entry.identity != pending:
-            raise ConfigurationError("the PSK entry supplied is for another identity")
-        if not self._async.supply(entry):
-            event = self._async.found()
-            return [event] if event is not None else []
-        if self.state is not ConnectionState.HANDSHAKING:
-            return []
-        return self._async_release()
-
-    def _async_input(self, data: bytes) -> list[Event]:
-        """Client bytes during the handshake, ``async_psk``: through the peeker."""
-        assert self._async is not None and self._async.tls is not None
-        try:
-            passed = self._async.tls.feed(data)
-        except TLSProtocolError as exc:
-            self.state = ConnectionState.FAILED
-            raise HandshakeFailed(str(exc)) from None
-        events = self._feed(passed) if passed else []
-        return events + self._async_release()
-
     def _feed(self, data: bytes) -> list[Event]:
         if self.state in (ConnectionState.CLOSED, ConnectionState.FAILED):
             return []
         _shim.feed(self._ssl, data)
         return self._progress()
 
-    def _async_release(self) -> list[Event]:
-        """Ask the application about the next identity found, or give OpenSSL the input nobody waits for."""
-        assert self._async is not None
-        events: list[Event] = []
-        while True:
-            event = self._async.found()
-            if event is not None:
-                return [*events, event]
-            if self._async.pending is not None or (not self._async.holding and not self._async_gave_up()):
-                return events
-            events += self._async_resume()
+    def _handshaking(self) -> bool:
+        return self.state is ConnectionState.HANDSHAKING
 
-    def _async_gave_up(self) -> bool:
-        return False
-
-    def _async_resume(self) -> list[Event]:
-        assert self._async is not None and self._async.tls is not None
-        held = self._async.tls.resume()
-        return self._feed(held) if held else []
+    def _fail(self) -> None:
+        self.state = ConnectionState.FAILED
 
     # -- I/O
     def data_to_send(self) -> bytes:
