@@ -110,3 +110,24 @@ async def test_s_client_dtls_through_the_async_path() -> None:
         assert sessions and sessions[0].entity == LIGHT1_AE
     finally:
         transport.close()
+
+
+@needs_gnutls
+async def test_gnutls_cli_dtls_through_the_async_path() -> None:
+    resolver = Resolver()
+    context = TLSContext.dtls_server(ServerConfig(None, profiles=(ONEM2M_DTLS_PSK,), async_psk=True))
+    transport, protocol = await start_dtls_server(asyncio.DatagramProtocol, "127.0.0.1", 0, context,
+                                                  psk_resolver=resolver)
+    port = transport.get_extra_info("sockname")[1]
+    try:
+        assert GNUTLS_CLI is not None
+        async with run_peer(GNUTLS_CLI, "-u", "--insecure", "-p", str(port), "--pskusername", LIGHT1_ID,
+                            "--pskkey", LIGHT1_KEY, "--priority",
+                            "NORMAL:-VERS-ALL:+VERS-DTLS1.2:-KX-ALL:+PSK:-CIPHER-ALL:+AES-128-CCM-8",
+                            "127.0.0.1") as peer:
+            await peer.expect(rb"Handshake was completed")
+            sessions = [p.conn.session for p in protocol.peers.values() if p.conn.session is not None]
+        assert resolver.asked == [LIGHT1_ID]
+        assert sessions and sessions[0].entity == LIGHT1_AE and sessions[0].cipher == "PSK-AES128-CCM8"
+    finally:
+        transport.close()
