@@ -7,12 +7,23 @@ import time
 
 import pytest
 
-from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGHT2_ID, LIGHT2_KEY, make_table
-from m2msec.errors import ConfigurationError, HandshakeFailed
+from conftest import (
+    HOME_GATEWAY_CSE_ID,
+    LIGHT1_AE,
+    LIGHT1_ID,
+    LIGHT1_KEY,
+    LIGHT2_ID,
+    LIGHT2_KEY,
+    TD_ID,
+    TD_KEY,
+    make_table,
+)
+from m2msec.errors import ConfigurationError, HandshakeFailed, HandshakeTimeout
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import PSKEntry
 from m2msec.tls.engine import ClientConfig, ServerConfig, SessionInfo, TLSContext
-from m2msec.tls.profiles import ECDHE_PSK, ONEM2M_PSK, TLS13_PSK
+from m2msec.tls.profiles import ECDHE_PSK, ONEM2M_DTLS_PSK, ONEM2M_PSK, TLS13_PSK
+from m2msec.transport.dtls import create_dtls_endpoint, start_dtls_server
 from m2msec.transport.psk_resolver import PendingLookups
 from m2msec.transport.tls import open_connection, start_stream_server
 
@@ -153,3 +164,43 @@ async def test_resolver_needs_an_async_context() -> None:
                                   psk_resolver=resolver)
     with pytest.raises(ConfigurationError):
         await start_stream_server(echo, "127.0.0.1", 0, ASYNC_SERVER)
+
+
+def dtls_client(identity: str, key: str) -> TLSContext:
+    return TLSContext.dtls_client(ClientConfig(identity, SecretKey.from_hex(key), profiles=(ONEM2M_DTLS_PSK,),
+                                               peer_entity=HOME_GATEWAY_CSE_ID))
+
+
+async def test_dtls_resolver_held_raising_and_served() -> None:
+    release = asyncio.Event()
+
+    async def resolver(identity: str) -> PSKEntry | None:
+        if identity == LIGHT2_ID:
+            await release.wait()
+            return TABLE.lookup(identity)
+        if identity == TD_ID:
+            raise RuntimeError("key store down")
+        return TABLE.lookup(identity)
+
+    context = TLSContext.dtls_server(ServerConfig(None, profiles=(ONEM2M_DTLS_PSK,), async_psk=True))
+    transport, protocol = await start_dtls_server(asyncio.DatagramProtocol, "127.0.0.1", 0, context,
+                                                  psk_resolver=resolver, handshake_timeout=5)
+    port = transport.get_extra_info("sockname")[1]
+    try:
+        slow = asyncio.create_task(create_dtls_endpoint(asyncio.DatagramProtocol, "127.0.0.1", port,
+                                                        dtls_client(LIGHT2_ID, LIGHT2_KEY)))
+        while protocol.pending_lookups.total == 0:
+            await asyncio.sleep(0.01)
+        with pytest.raises(HandshakeTimeout):  # refused as an unknown identity: DTLS silence (D34)
+            await create_dtls_endpoint(asyncio.DatagramProtocol, "127.0.0.1", port, dtls_client(TD_ID, TD_KEY),
+                                       handshake_timeout=1.5)
+        served, _, session = await create_dtls_endpoint(asyncio.DatagramProtocol, "127.0.0.1", port,
+                                                        dtls_client(LIGHT1_ID, LIGHT1_KEY))
+        assert session.entity == HOME_GATEWAY_CSE_ID and not slow.done()
+        served.close()
+        release.set()
+        held, _, _ = await asyncio.wait_for(slow, 10)
+        held.close()
+        assert protocol.pending_lookups.total == 0
+    finally:
+        transport.close()

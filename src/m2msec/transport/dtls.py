@@ -328,13 +328,12 @@ class DTLSServerProtocol(_Endpoint):
             self._step(peer, lambda: peer.conn.supply_psk(None))
             return
         assert self.psk_resolver is not None
-        peer.lookup = self.loop.create_task(self._resolve(peer, self.psk_resolver, identity, source))
+        peer.lookup = self.loop.create_task(self._resolve(peer, self.psk_resolver, identity))
+        # released when the task ends, however: a task cancelled before it ran never enters its finally
+        peer.lookup.add_done_callback(lambda _: self.pending_lookups.release(source))
 
-    async def _resolve(self, peer: _Peer, resolver: PSKResolver, identity: str, source: str) -> None:
-        try:
-            entry = await resolve(resolver, identity, peer.addr)
-        finally:
-            self.pending_lookups.release(source)
+    async def _resolve(self, peer: _Peer, resolver: PSKResolver, identity: str) -> None:
+        entry = await resolve(resolver, identity, peer.addr)
         peer.lookup = None
         if self.peers.get(peer.addr) is peer:
             self._step(peer, lambda: peer.conn.supply_psk(entry))

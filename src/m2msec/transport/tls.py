@@ -241,13 +241,12 @@ class TLSAdapter(asyncio.Protocol):
             self._handle(lambda: self.tls.supply_psk(None))
             return
         assert self._resolver is not None
-        self._lookup = asyncio.get_running_loop().create_task(self._resolve(self._resolver, identity, source))
+        self._lookup = asyncio.get_running_loop().create_task(self._resolve(self._resolver, identity))
+        # released when the task ends, however: a task cancelled before it ran never enters its finally
+        self._lookup.add_done_callback(lambda _: self._pending.release(source))
 
-    async def _resolve(self, resolver: PSKResolver, identity: str, source: str) -> None:
-        try:
-            entry = await resolve(resolver, identity, self.peer)
-        finally:
-            self._pending.release(source)
+    async def _resolve(self, resolver: PSKResolver, identity: str) -> None:
+        entry = await resolve(resolver, identity, self.peer)
         self._lookup = None
         if self.raw_transport is not None:
             self._handle(lambda: self.tls.supply_psk(entry))
