@@ -131,3 +131,22 @@ async def test_gnutls_cli_dtls_through_the_async_path() -> None:
         assert sessions and sessions[0].entity == LIGHT1_AE and sessions[0].cipher == "PSK-AES128-CCM8"
     finally:
         transport.close()
+
+
+@needs_openssl
+async def test_s_client_tls13_hello_retry_through_the_async_path() -> None:
+    """The client's first key share is for a group our server does not take: a HelloRetryRequest, a second
+    ClientHello with the same identity, served from the connection's cache (the resolver is asked once)."""
+    resolver = Resolver()
+    server, echo = await _serve(TLS13, resolver)
+    try:
+        async with s_client(echo.port, *TLS13.openssl_args, "-groups", "X448:X25519", "-msg") as peer:
+            accepted = await echo.next_accepted()
+            await peer.send(b"ping from openssl\n")
+            await peer.expect(rb"\nping from openssl\n")
+        assert peer.output.count(b"ClientHello") == 2  # the HelloRetryRequest happened
+        assert accepted.session.version == "TLSv1.3" and accepted.session.entity == LIGHT1_AE
+        assert resolver.asked == [LIGHT1_ID]
+    finally:
+        server.close()
+        await server.wait_closed()
