@@ -191,3 +191,33 @@ def test_certificate_configuration_errors(pki: dict[str, Cert]) -> None:
         TLSContext.client(ClientConfig(None, None, profiles=(ONEM2M_PSK,)))
     with pytest.raises(ConfigurationError, match="certificate, key and trust anchors"):
         TLSContext.client(ClientConfig(None, None, profiles=(ECDHE_ECDSA,)))
+
+
+@pytest.mark.parametrize("psk_profiles", [(ONEM2M_PSK,), (TLS13_PSK,)], ids=["tls12", "tls13"])
+def test_async_psk_and_certificate_clients_on_one_server(
+    pki: dict[str, Cert], psk_profiles: tuple[object, ...]
+) -> None:
+    """async_psk in a mixed context: our ServerHello's suite decides whether the key exchange carries an identity."""
+    from m2msec.tls.engine import PSKIdentityReceived
+
+    s_cert = pki["server"]
+    cfg = CertificateConfig(s_cert.pem, s_cert.key_pem, trust_anchors_pem=pki["root"].pem)
+    server = TLSContext.server(ServerConfig(None, profiles=(*psk_profiles, ECDHE_ECDSA), certificate=cfg,  # type: ignore[arg-type]
+                                            async_psk=True))
+    psk_client = TLSContext.client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY),
+                                                profiles=psk_profiles)).connection()  # type: ignore[arg-type]
+    s = server.connection()
+    asked = []
+    for _ in range(6):
+        out = psk_client.data_to_send()
+        events = s.receive_data(out) if out else []
+        for e in events:
+            if isinstance(e, PSKIdentityReceived):
+                asked.append(e.identity)
+                s.supply_psk(make_table().lookup(e.identity))
+        back = s.data_to_send()
+        if back:
+            psk_client.receive_data(back)
+    assert asked == [LIGHT1_ID] and s.session is not None and s.session.authentication == "psk"
+    s, _ = handshake_pair(server, client_ctx(pki))  # no event: a certificate client never waits
+    assert s.session is not None and s.session.authentication == "certificate"

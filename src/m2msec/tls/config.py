@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import PSKEntry
 from m2msec.tls.profiles import ECDHE_PSK, ONEM2M_PSK, CipherProfile
+from m2msec.tls.psk_peek import DEFAULT_MAX_CLIENT_HELLO
 
 __all__ = [
     "DEFAULT_CLIENT_PROFILES",
@@ -59,6 +60,10 @@ class ServerConfig:
             and by ``ecdhe-ecdsa`` (a P-256 key, plus trust anchors for the clients' certificates).
         reveal_unknown_psk_identity: tell a client that its identity is unknown (``unknown_psk_identity``)
             instead of failing as for a wrong key (RFC 4279 §2 hiding, the default); for debugging.
+        async_psk: resolve PSK identities asynchronously: a server connection reports
+            ``PSKIdentityReceived`` and waits for ``conn.supply_psk(entry)``; ``psk_lookup`` is then not
+            used (it may be None). See :mod:`m2msec.tls.async_psk`.
+        max_client_hello: with ``async_psk``, the largest TLS 1.3 ClientHello parsed for its identities.
     """
 
     psk_lookup: PSKLookup | None
@@ -66,6 +71,8 @@ class ServerConfig:
     identity_hint: str | None = None
     certificate: CertificateConfig | None = None
     reveal_unknown_psk_identity: bool = False
+    async_psk: bool = False
+    max_client_hello: int = DEFAULT_MAX_CLIENT_HELLO
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from m2msec.errors import ConfigurationError, HandshakeFailed, TLSProtocolError
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import PSKEntry
 from m2msec.tls import _shim
+from m2msec.tls.async_psk import AsyncPSK, AsyncPSKConnection, PSKIdentityReceived
 from m2msec.tls.config import ClientConfig, ServerConfig
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ __all__ = [
     "DataReceived",
     "Event",
     "HandshakeCompleted",
+    "PSKIdentityReceived",
     "SessionInfo",
     "TLSConnection",
     "owner_of",
@@ -87,7 +89,7 @@ class ConnectionClosed:
     clean: bool = True
 
 
-Event = HandshakeCompleted | DataReceived | ConnectionClosed
+Event = HandshakeCompleted | DataReceived | ConnectionClosed | PSKIdentityReceived
 
 
 class ConnectionState(enum.Enum):
@@ -101,7 +103,7 @@ class ConnectionState(enum.Enum):
 # connection
 
 
-class TLSConnection:
+class TLSConnection(AsyncPSKConnection):
     """One TLS connection over memory BIOs (sans-I/O).
 
     Use: ``events = conn.receive_data(bytes_from_peer)``; send ``conn.data_to_send()`` to the peer after
@@ -133,6 +135,13 @@ class TLSConnection:
         self._identity_hint: str | None = None
         self._verify_failure: str | None = None
         self._verify_alert: str | None = None
+        self._async: AsyncPSK | None = None
+        config = context.config
+        if isinstance(config, ServerConfig) and config.async_psk:
+            self._async = AsyncPSK(
+                dtls=context.dtls, tls13=any(p.tls13_suites for p in config.profiles),
+                certificates=any(p.mutual_certificates for p in config.profiles),
+                reveal=config.reveal_unknown_psk_identity, max_client_hello=config.max_client_hello)
         if context.is_server:
             self._ssl.set_accept_state()
         else:
@@ -166,16 +175,33 @@ class TLSConnection:
         """Server side: the PSK table entry the client authenticated with."""
         return self._psk_entry
 
+    def _feed(self, data: bytes) -> list[Event]:
+        if self.state in (ConnectionState.CLOSED, ConnectionState.FAILED):
+            return []
+        _shim.feed(self._ssl, data)
+        return self._progress()
+
+    def _handshaking(self) -> bool:
+        return self.state is ConnectionState.HANDSHAKING
+
+    def _fail(self) -> None:
+        self.state = ConnectionState.FAILED
+
     # -- I/O
     def data_to_send(self) -> bytes:
         """Bytes that must be written to the peer, in order. Empty when there is nothing to send."""
-        return _shim.drain_bio(self._ssl, self._context._buffer)
+        out = _shim.drain_bio(self._ssl, self._context._buffer)
+        if self._async is not None:
+            self._async.saw_output(out)
+        return out
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes received from the peer (``b""`` = transport EOF); return what happened."""
         if self.state in (ConnectionState.CLOSED, ConnectionState.FAILED):
             return []
         if data:
+            if self._async is not None and self.state is ConnectionState.HANDSHAKING:
+                return self._async_input(data)
             _shim.feed(self._ssl, data)
         elif self.state is ConnectionState.HANDSHAKING:
             self.state = ConnectionState.FAILED

@@ -158,7 +158,7 @@ class TLSContext:
                 raise ConfigurationError("certificate clients need trust anchors (client CA certificates)")
             # Only certificate suites send a CertificateRequest: PSK clients on the same port are unaffected.
             self._trust(ctx, config.certificate, SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
-        if config.psk_lookup is None:
+        if config.psk_lookup is None and not config.async_psk:
             if not any(p.mutual_certificates for p in config.profiles):
                 raise ConfigurationError("a server without a PSK table needs a certificate profile")
             return
@@ -167,7 +167,7 @@ class TLSContext:
             if len(hint) > _MAX_IDENTITY or b"\0" in hint:
                 raise ConfigurationError("identity hint must be at most 256 bytes without NUL")
             _shim.use_psk_identity_hint(ctx, hint)
-        lookup: PSKLookup = config.psk_lookup
+        lookup: PSKLookup | None = config.psk_lookup
         hide = not config.reveal_unknown_psk_identity
         decoy_psk = DecoyKeys(os.urandom(32))
 
@@ -184,7 +184,11 @@ class TLSContext:
             else:
                 owner._offered_identity = ident
                 try:
-                    entry = lookup(ident)
+                    if owner._async is not None:  # only what the application supplied, never a lookup here
+                        entry = owner._async.entry_for(ident)[1]
+                    else:
+                        assert lookup is not None
+                        entry = lookup(ident)
                 except Exception as exc:  # any lookup failure rejects the handshake, never a traceback
                     log.error("PSK lookup raised %s for identity %r; handshake rejected", type(exc).__name__, ident)
                     owner._psk_failure = "psk lookup failed"

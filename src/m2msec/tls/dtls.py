@@ -77,6 +77,28 @@ class DTLSConnection(TLSConnection):
             return self._progress()  # the ClientHello stays buffered: OpenSSL continues from it
         return self.receive_data(datagram)
 
+    def _async_input(self, data: bytes) -> list[Event]:
+        """One client datagram during the handshake, ``async_psk``: held from the ClientKeyExchange on."""
+        assert self._async is not None and self._async.datagrams is not None
+        try:
+            held = self._async.datagrams.feed(data)
+        except TLSProtocolError as exc:
+            self.state = ConnectionState.FAILED
+            raise HandshakeFailed(str(exc)) from None
+        events = [] if held else self._feed(data)
+        return events + self._async_release()
+
+    def _async_gave_up(self) -> bool:
+        peeker = self._async.datagrams if self._async is not None else None
+        return peeker is not None and peeker.gave_up and peeker.held > 0
+
+    def _async_resume(self) -> list[Event]:
+        assert self._async is not None and self._async.datagrams is not None
+        events: list[Event] = []
+        for datagram in self._async.datagrams.resume():
+            events += self._feed(datagram)
+        return events
+
     def datagrams_to_send(self) -> list[bytes]:
         """The pending records, packed whole into datagrams of at most ``mtu`` bytes."""
         data = self.data_to_send()

@@ -53,6 +53,7 @@ from m2msec.tls.connection import (
     DataReceived,
     Event,
     HandshakeCompleted,
+    PSKIdentityReceived,
     SessionInfo,
     TLSConnection,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "DataReceived",
     "Event",
     "HandshakeCompleted",
+    "PSKIdentityReceived",
     "PSKLookup",
     "ServerConfig",
     "SessionInfo",

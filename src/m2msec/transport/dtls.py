@@ -33,6 +33,7 @@ from m2msec.tls.engine import (
     DTLSConnection,
     Event,
     HandshakeCompleted,
+    PSKIdentityReceived,
     SessionInfo,
     TLSContext,
 )
@@ -46,6 +47,7 @@ from m2msec.transport.limits import (
     SourceLimiter,
     source_of,
 )
+from m2msec.transport.psk_resolver import PendingLookups, PSKResolver, check_resolver, resolve
 
 __all__ = ["DTLSPeerTransport", "DTLSServerProtocol", "create_dtls_endpoint", "start_dtls_server"]
 
@@ -66,6 +68,7 @@ class _Peer:
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     slot: Slot | None = None  # what it holds in the server's limiter
     deadline: Deadline | None = field(default=None, repr=False)  # of its handshake (server side)
+    lookup: asyncio.Task[None] | None = field(default=None, repr=False)  # its PSK resolution (server side)
 
 
 class DTLSPeerTransport(asyncio.DatagramTransport):
@@ -157,8 +160,11 @@ class _Endpoint(asyncio.DatagramProtocol):
 
     def _process(self, peer: _Peer, datagram: bytes) -> None:
         peer.last_seen = self.loop.time()
+        self._step(peer, lambda: peer.conn.receive_datagram(datagram))
+
+    def _step(self, peer: _Peer, step: Callable[[], list[Event]]) -> None:
         try:
-            events = peer.conn.receive_datagram(datagram)
+            events = step()
         except TLSError as exc:
             log.info("DTLS with %s failed (identity %r): %s", peer.addr, peer.conn.offered_identity, exc)
             self._flush(peer)  # the alert
@@ -180,6 +186,11 @@ class _Endpoint(asyncio.DatagramProtocol):
                 peer.app.datagram_received(event.data, peer.addr)
             elif isinstance(event, ConnectionClosed):
                 self._drop(peer)
+            elif isinstance(event, PSKIdentityReceived):
+                self._ask(peer, event.identity)
+
+    def _ask(self, peer: _Peer, identity: str) -> None:
+        """Hook (server, ``async_psk``): resolve ``identity``, then ``peer.conn.supply_psk``."""
 
     def _admit(self, peer: _Peer, session: SessionInfo) -> bool:
         """Hook: may ``peer``, whose handshake just completed, be served? (False: it has been dropped)"""
@@ -216,8 +227,13 @@ class DTLSServerProtocol(_Endpoint):
         max_handshaking_per_source: int = DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
         max_peers_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
         max_peers_per_sa: int = DEFAULT_MAX_CONNECTIONS_PER_SA,
+        psk_resolver: PSKResolver | None = None,
+        pending_lookups: PendingLookups | None = None,
     ) -> None:
+        check_resolver(context, psk_resolver)
         super().__init__(context, app_factory, mtu=mtu)
+        self.psk_resolver = psk_resolver
+        self.pending_lookups = pending_lookups if pending_lookups is not None else PendingLookups()
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
         self.max_peers = max_peers
@@ -305,6 +321,23 @@ class DTLSServerProtocol(_Endpoint):
         self._schedule(peer)
         self._dispatch(peer, events)
 
+    def _ask(self, peer: _Peer, identity: str) -> None:
+        source = self.pending_lookups.acquire(peer.addr) if self.psk_resolver is not None else None
+        if source is None:
+            log.info("PSK resolution for %s refused: too many pending lookups", peer.addr)
+            self._step(peer, lambda: peer.conn.supply_psk(None))
+            return
+        assert self.psk_resolver is not None
+        peer.lookup = self.loop.create_task(self._resolve(peer, self.psk_resolver, identity))
+        # released when the task ends, however: a task cancelled before it ran never enters its finally
+        peer.lookup.add_done_callback(lambda _: self.pending_lookups.release(source))
+
+    async def _resolve(self, peer: _Peer, resolver: PSKResolver, identity: str) -> None:
+        entry = await resolve(resolver, identity, peer.addr)
+        peer.lookup = None
+        if self.peers.get(peer.addr) is peer:
+            self._step(peer, lambda: peer.conn.supply_psk(entry))
+
     def _admit(self, peer: _Peer, session: SessionInfo) -> bool:
         if peer.slot is None or peer.slot.established(session, peer.addr):
             return True
@@ -335,6 +368,9 @@ class DTLSServerProtocol(_Endpoint):
         if peer.deadline is not None:
             peer.deadline.cancel()
             peer.deadline = None
+        if peer.lookup is not None:
+            peer.lookup.cancel()  # a resolution outlasting its peer is dropped
+            peer.lookup = None
         super()._drop(peer)
 
     def _sweep(self) -> None:

@@ -28,13 +28,16 @@ from m2msec.tls.engine import (
     ClientConfig,
     ConnectionClosed,
     DataReceived,
+    Event,
     HandshakeCompleted,
+    PSKIdentityReceived,
     SessionInfo,
     TLSConnection,
     TLSContext,
 )
 from m2msec.transport.common import NOT_SESSION_INFO, Deadline, Deadlines, session_extra_info, start_application
 from m2msec.transport.limits import ConnectionLimiter, Slot
+from m2msec.transport.psk_resolver import PendingLookups, PSKResolver, check_resolver, resolve
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -139,8 +142,13 @@ class TLSAdapter(asyncio.Protocol):
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         limiter: ConnectionLimiter | None = None,
         deadlines: Deadlines | None = None,
+        psk_resolver: PSKResolver | None = None,
+        pending_lookups: PendingLookups | None = None,
     ) -> None:
         self.context = context
+        self._resolver = psk_resolver
+        self._pending = pending_lookups if pending_lookups is not None else PendingLookups()
+        self._lookup: asyncio.Task[None] | None = None
         self._limiter = limiter
         self._slot: Slot | None = None  # what this connection holds in the limiter
         self._app_factory = app_factory
@@ -180,6 +188,9 @@ class TLSAdapter(asyncio.Protocol):
             self._slot.release()
             self._slot = None
         self._cancel_timer()
+        if self._lookup is not None:
+            self._lookup.cancel()  # a resolution outlasting the connection (handshake timeout) is dropped
+            self._lookup = None
         if not self.handshake.done():
             self.handshake.set_exception(HandshakeFailed("connection lost during the handshake"))
             self.handshake.exception()  # mark retrieved: a server has nobody awaiting it
@@ -220,8 +231,29 @@ class TLSAdapter(asyncio.Protocol):
             self.raw_transport.close()
 
     def _feed(self, data: bytes) -> None:
+        self._handle(lambda: self.tls.receive_data(data))
+
+    def _ask(self, identity: str) -> None:
+        """Start the application's resolver for ``identity`` (capped per source and in total)."""
+        source = self._pending.acquire(self.peer) if self._resolver is not None else None
+        if source is None:
+            log.info("PSK resolution for %s refused: too many pending lookups", self.peer)
+            self._handle(lambda: self.tls.supply_psk(None))
+            return
+        assert self._resolver is not None
+        self._lookup = asyncio.get_running_loop().create_task(self._resolve(self._resolver, identity))
+        # released when the task ends, however: a task cancelled before it ran never enters its finally
+        self._lookup.add_done_callback(lambda _: self._pending.release(source))
+
+    async def _resolve(self, resolver: PSKResolver, identity: str) -> None:
+        entry = await resolve(resolver, identity, self.peer)
+        self._lookup = None
+        if self.raw_transport is not None:
+            self._handle(lambda: self.tls.supply_psk(entry))
+
+    def _handle(self, step: Callable[[], list[Event]]) -> None:
         try:
-            events = self.tls.receive_data(data)
+            events = step()
         except HandshakeFailed as exc:
             identity = self.tls.offered_identity
             log.info("handshake from %s failed (identity %r): %s", self.peer, identity, exc.reason)
@@ -245,6 +277,8 @@ class TLSAdapter(asyncio.Protocol):
                 self.app = start_application(self._app_factory, self._app_transport)
                 if not self.handshake.done():
                     self.handshake.set_result(event.session)
+            elif isinstance(event, PSKIdentityReceived):
+                self._ask(event.identity)
             elif isinstance(event, DataReceived):
                 if isinstance(self.app, asyncio.Protocol):
                     self.app.data_received(event.data)
@@ -264,17 +298,23 @@ async def start_server(
     *,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     limiter: ConnectionLimiter | None = None,
+    psk_resolver: PSKResolver | None = None,
+    pending_lookups: PendingLookups | None = None,
     **kwargs: Any,
 ) -> asyncio.Server:
     """Serve TLS on ``host:port`` (or on a listening ``sock=``, with ``host=None``); each authenticated
     connection gets an ``app_factory()`` protocol.
 
-    ``limiter`` (a :class:`ConnectionLimiter`) caps the open connections and counts the refused ones."""
+    ``limiter`` (a :class:`ConnectionLimiter`) caps the open connections and counts the refused ones.
+    ``psk_resolver`` (with a ``ServerConfig(async_psk=True)`` context) resolves PSK identities asynchronously,
+    at most ``pending_lookups`` at a time (:mod:`m2msec.transport.psk_resolver`)."""
+    check_resolver(context, psk_resolver)
     loop = asyncio.get_running_loop()
     deadlines = Deadlines(handshake_timeout)  # one handshake timer for all the server's connections
+    pending = pending_lookups if pending_lookups is not None else PendingLookups()
     return await loop.create_server(
         lambda: TLSAdapter(context, app_factory, handshake_timeout=handshake_timeout, limiter=limiter,
-                           deadlines=deadlines),
+                           deadlines=deadlines, psk_resolver=psk_resolver, pending_lookups=pending),
         host, port, **kwargs,
     )
 
