@@ -17,6 +17,7 @@ reasons only. Code that builds a message from a value that might be secret must 
     │   ├── NotFound
     │   └── Conflict
     ├── TransportError                  no TCP connection to the peer
+    ├── MAFError                        a MAF refused a procedure (RFC 9457 problem: status and type)
     ├── TLSError
     │   ├── HandshakeFailed             the peer could not be authenticated (or failed to authenticate us)
     │   ├── HandshakeTimeout
@@ -38,6 +39,7 @@ __all__ = [
     "HandshakeTimeout",
     "IdentifierError",
     "M2MSecError",
+    "MAFError",
     "NotFound",
     "OneM2MError",
     "OriginatorNotAuthenticated",
@@ -86,6 +88,17 @@ class Conflict(StorageError):
 
 class TransportError(M2MSecError):
     """The TCP connection to the peer could not be made or broke."""
+
+
+class MAFError(M2MSecError):
+    """A MAF refused a procedure (docs/maf.md): its HTTP ``status`` and the problem ``type`` name (the part after
+    ``urn:m2msec:maf:``, e.g. ``not-registered``); or the MAF's answer was not what the contract says
+    (``status`` 0 for a broken answer). The MAF's ``detail`` and the request body are never echoed."""
+
+    def __init__(self, status: int, problem: str, message: str | None = None) -> None:
+        super().__init__(message or f"the MAF refused the request: {status} {problem}")
+        self.status = status
+        self.problem = problem
 
 
 class TLSError(M2MSecError):

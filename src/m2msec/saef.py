@@ -9,18 +9,23 @@ oneM2M HTTP requests (TS-0009) and exposes the RFC 5705 exporter (TS-0003 §10.3
 IdB is required (:mod:`m2msec.idb`, docs/decisions.md D23): without one, :func:`establish_sa` refuses
 before connecting, unless ``peer_entity=ANY_ENTITY`` says explicitly that any Entity B will do.
 
-Entity B's side is :mod:`m2msec.gateway`.
+MAF-based SAEF (§8.2.2.3): :func:`establish_maf_sa` registers Kc at the MAF over Entity A's MAF Handshake
+(:class:`m2msec.maf.client.MAFClient`: SUID 32, targetIDs = [IdB]), then runs TLS-PSK with Entity B with
+``psk_identity = <RelativeKeyID>@<MAF-FQDN>`` and ``psk = Kc``.
+
+Entity B's side is :mod:`m2msec.gateway` (``--maf``: :mod:`m2msec.gateway.maf_resolver`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
 
 import h11
 
 from m2msec import http1
-from m2msec.errors import TransportError
+from m2msec.errors import ConfigurationError, TransportError
 from m2msec.idb import ANY_ENTITY, AnyEntity, check_peer_entity, require_idb
 from m2msec.keys.secret import SecretKey
 from m2msec.tls.engine import (
@@ -34,18 +39,25 @@ from m2msec.tls.engine import (
 from m2msec.tls.profiles import ECDHE_ECDSA, CipherProfile
 from m2msec.transport.tls import open_connection
 
+if TYPE_CHECKING:
+    from m2msec.maf.client import MAFClient, RegisteredKey
+
 __all__ = [
     "ANY_ENTITY",
+    "DEFAULT_KC_LIFETIME",
     "EXPORTER_CONNECTION_LABEL",
     "CertificateCredentials",
     "EstablishedSA",
     "PSKCredentials",
     "check_peer_entity",
+    "establish_maf_sa",
     "establish_sa",
 ]
 
 #: TS-0003 §10.3.1: M2M Secure Connection Key export label (48 bytes: KcID = first 16, Kc = last 32)
 EXPORTER_CONNECTION_LABEL = "EXPORTER-oneM2M-Connection"
+#: seconds of validity Entity A asks for a Kc it registers at the MAF (MAF-based SAEF); docs/decisions.md D91
+DEFAULT_KC_LIFETIME: Final = 3600.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,8 @@ class EstablishedSA:
         self.writer = writer
         self.session = session
         self._http = h11.Connection(h11.CLIENT)
+        #: MAF-based SAEF: the Key Registration the SA uses (RelativeKeyID, expiry, targetIDs; Kc redacted)
+        self.maf_key: RegisteredKey | None = None
 
     def __repr__(self) -> str:
         return f"<EstablishedSA {self.session.psk_identity!r} -> {self.session.entity!r} {self.session.cipher}>"
@@ -151,3 +165,38 @@ async def establish_sa(
     except OSError as exc:
         raise TransportError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
     return EstablishedSA(reader, writer, session)
+
+
+async def establish_maf_sa(
+    host: str,
+    port: int,
+    *,
+    maf: MAFClient,
+    peer_entity: str,
+    lifetime: float = DEFAULT_KC_LIFETIME,
+    profiles: tuple[CipherProfile, ...] = DEFAULT_CLIENT_PROFILES,
+    server_name: str | None = None,
+    timeout: float = 10.0,
+) -> EstablishedSA:
+    """MAF-based SAEF, Entity A (TS-0003 §8.2.2.3): Key Registration at ``maf`` (registering the client first if
+    needed; SUID 32, targetIDs = [IdB], ``lifetime`` seconds), then TLS-PSK with Entity B at ``host:port``
+    with ``psk_identity = <RelativeKeyID>@<MAF-FQDN>`` and ``psk = Kc``.
+
+    Raises:
+        ConfigurationError: no IdB (``peer_entity``); nothing is sent.
+        MAFError: the MAF refused the registration (e.g. B is not a valid target), or answered off contract.
+        TransportError: the MAF or Entity B cannot be reached, or the MAF did not answer in time.
+        HandshakeFailed, HandshakeTimeout: the MAF Handshake or the handshake with Entity B failed.
+    """
+    from m2msec.maf.client_wire import SUID_SAEF
+
+    idb = require_idb(peer_entity)
+    if idb is None:
+        raise ConfigurationError("the MAF-based SAEF needs IdB: the Kc is registered for it")
+    registered = await maf.register_key(suid=SUID_SAEF, target_ids=[idb], lifetime=lifetime)
+    assert registered.kc is not None
+    credentials = PSKCredentials(f"{registered.relative_key_id}@{maf.maf_fqdn}", registered.kc, peer_entity=idb,
+                                 profiles=profiles)
+    sa = await establish_sa(host, port, credentials, server_name=server_name, timeout=timeout)
+    sa.maf_key = registered
+    return sa

@@ -22,6 +22,7 @@ from m2msec.gateway.limits import DEFAULT_BODY_BUDGET, DEFAULT_WRITE_TIMEOUT, fi
 from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME
 from m2msec.gateway.rules import UnboundPolicy
 from m2msec.keys.table import PSKTable, TomlPSKTable, check_file_permissions
+from m2msec.maf.client_options import add_maf_options, maf_client_from_args
 from m2msec.tls.engine import CertificateConfig
 from m2msec.tls.profiles import parse_profiles
 from m2msec.transport.limits import (
@@ -31,6 +32,7 @@ from m2msec.transport.limits import (
 )
 
 if TYPE_CHECKING:
+    from m2msec.gateway.maf_resolver import MAFKeyResolver
     from m2msec.gateway.workers import WorkerSockets
 
 #: --max-connections when not given (lowered to what the file-descriptor limit allows)
@@ -100,6 +102,8 @@ def add_parser(sub: Any) -> None:
                    "as for a wrong key (RFC 4279 §2, the default)")
     p.add_argument("--max-sa-lifetime", type=float, default=DEFAULT_MAX_SA_LIFETIME, metavar="SECONDS",
                    help=f"an SA older than this is closed at its next request (default {DEFAULT_MAX_SA_LIFETIME:g})")
+    add_maf_options(p, role="its MAF Key Identifiers (<RelativeKeyID>@<MAF-FQDN>) are resolved there by Key "
+                    "Retrieval (Kc cached until it expires); other PSK identities still go to --psk-table / --db")
     p.add_argument("--quiet", action="store_const", dest="log_level", const=logging.WARNING,
                    default=logging.INFO, help="log warnings only")
     p.add_argument("--loop", choices=LOOPS, default="asyncio",
@@ -212,10 +216,11 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
         parse_backend(args.backend)  # a bad URL is reported before anything is adjusted or started
     args.sp_id = _sp_id(args)
     certificate, crls = _certificate(args)  # read once, shared by the HTTP and coaps sides
+    maf = _maf(args, table)
     coaps: CoapsGateway | None = None
     if args.coap_backend is not None:
         coaps_profiles = parse_profiles(args.coaps_profiles)
-        if table is None and not any(p.mutual_certificates for p in coaps_profiles):
+        if table is None and maf is None and not any(p.mutual_certificates for p in coaps_profiles):
             raise ConfigurationError("coaps:// needs a PSK table (--psk-table or --db) or the ecdhe-ecdsa-dtls profile")
         if args.coaps_max_body < 1:
             raise ConfigurationError("--coaps-max-body must be a positive number of bytes")
@@ -232,11 +237,19 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
                                    max_sa_lifetime=args.max_sa_lifetime,
                                    blockwise=BlockwiseLimits.for_max_body(args.coaps_max_body))
         _fit_file_descriptors(args, coaps_config.max_peers)
-        coaps = CoapsGateway(coaps_config, table, crls=crls)
+        coaps = CoapsGateway(coaps_config, table, crls=crls, maf=maf)
     else:
         _fit_file_descriptors(args, 0)
-    http = _http_gateway(args, host, port, table, certificate, crls) if args.backend is not None else None
+    http = _http_gateway(args, host, port, table, certificate, crls, maf) if args.backend is not None else None
     return http, coaps
+
+
+def _maf(args: argparse.Namespace, table: PSKTable | None) -> MAFKeyResolver | None:
+    """``--maf``: the resolver both sides share (one MAF client, one Kc cache), None without it."""
+    from m2msec.gateway.maf_resolver import MAFKeyResolver
+
+    client = maf_client_from_args(args)
+    return MAFKeyResolver(client, table) if client is not None else None
 
 
 async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None) -> int:
@@ -275,6 +288,9 @@ async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None)
         await drain(services, sockets)
     for service in services:
         await service.close()
+    maf = http.maf if http is not None else coaps.maf if coaps is not None else None
+    if maf is not None:
+        await maf.close()
     return 0
 
 
@@ -288,7 +304,8 @@ def _fit_file_descriptors(args: argparse.Namespace, coaps_peers: int) -> None:
 
 
 def _http_gateway(args: argparse.Namespace, host: str, port: int, table: PSKTable | None,
-                  certificate: CertificateConfig | None, crls: CRLFile | None) -> Gateway:
+                  certificate: CertificateConfig | None, crls: CRLFile | None,
+                  maf: MAFKeyResolver | None = None) -> Gateway:
     config = GatewayConfig(
         backend=parse_backend(args.backend),
         host=host,
@@ -309,4 +326,4 @@ def _http_gateway(args: argparse.Namespace, host: str, port: int, table: PSKTabl
         max_sa_lifetime=args.max_sa_lifetime,
         reveal_unknown_psk_identity=args.reveal_unknown_psk_identity,
     )
-    return Gateway(config, table, crls=crls)
+    return Gateway(config, table, crls=crls, maf=maf)

@@ -11,14 +11,25 @@ import argparse
 import secrets
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from m2msec import http1
 from m2msec.errors import ConfigurationError, TLSError
 from m2msec.idb import ANY_ENTITY, AnyEntity
 from m2msec.keys.table import check_file_permissions
-from m2msec.saef import CertificateCredentials, PSKCredentials, establish_sa
+from m2msec.maf.client_options import add_maf_options, maf_client_from_args
+from m2msec.saef import (
+    DEFAULT_KC_LIFETIME,
+    CertificateCredentials,
+    EstablishedSA,
+    PSKCredentials,
+    establish_maf_sa,
+    establish_sa,
+)
 from m2msec.tls.profiles import parse_profiles
+
+if TYPE_CHECKING:
+    from m2msec.maf.client import MAFClient
 
 
 def add_parser(sub: Any) -> None:
@@ -44,6 +55,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'")
     p.add_argument("--data", help="request body; @FILE reads a file")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    add_maf_options(p, role="register a Kc for IdB there (SUID 32), then TLS-PSK with it "
+                    "(<RelativeKeyID>@<MAF-FQDN>) instead of --identity / --cert")
+    p.add_argument("--maf-lifetime", type=float, default=DEFAULT_KC_LIFETIME, metavar="SECONDS",
+                   help=f"validity asked for the registered Kc (default {DEFAULT_KC_LIFETIME:g})")
     p.add_argument("target", help="request target, e.g. /mn-cse-123456")
     p.set_defaults(func=run)
 
@@ -63,8 +78,16 @@ async def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("give --entity-id (IdB, the CSE-ID of the server), or --insecure-any-entity "
                                  "to accept any server")
     peer: str | AnyEntity = ANY_ENTITY if args.insecure_any_entity else args.entity_id
-    creds: PSKCredentials | CertificateCredentials
-    if args.cert is not None:
+    maf = maf_client_from_args(args)
+    creds: PSKCredentials | CertificateCredentials | None = None
+    if maf is not None:
+        if args.identity is not None or args.cert is not None or args.key_file or args.key_env:
+            raise ConfigurationError("--maf replaces --identity, --key-file, --key-env and --cert")
+        if not isinstance(peer, str):
+            raise ConfigurationError("--maf needs --entity-id: the Kc is registered for IdB")
+        if not args.maf_lifetime > 0:
+            raise ConfigurationError("--maf-lifetime must be positive")
+    elif args.cert is not None:
         if args.identity is not None or args.cert_key is None or args.ca is None:
             raise ConfigurationError("--cert goes with --cert-key and --ca, and not with --identity")
         check_file_permissions(args.cert_key)
@@ -101,7 +124,7 @@ async def run(args: argparse.Namespace) -> int:
                 raise ConfigurationError(f"{args.data[1:]}: {exc.strerror}") from None
         else:
             body = args.data.encode()
-    sa = await establish_sa(host, port, creds, server_name=args.server_name, timeout=args.timeout)
+    sa = await _establish(args, host, port, creds, maf, peer)
     try:
         print(f"* SA with {sa.session.entity or host}: {sa.session.version} {sa.session.cipher}",
               file=sys.stderr)
@@ -120,3 +143,21 @@ async def run(args: argparse.Namespace) -> int:
     if resp.body and not resp.body.endswith(b"\n"):
         print()
     return 0
+
+
+async def _establish(args: argparse.Namespace, host: str, port: int,
+                     creds: PSKCredentials | CertificateCredentials | None, maf: MAFClient | None,
+                     peer: str | AnyEntity) -> EstablishedSA:
+    if maf is None:
+        assert creds is not None
+        return await establish_sa(host, port, creds, server_name=args.server_name, timeout=args.timeout)
+    assert isinstance(peer, str)
+    try:
+        sa = await establish_maf_sa(host, port, maf=maf, peer_entity=peer, lifetime=args.maf_lifetime,
+                                    profiles=parse_profiles(args.profiles or "onem2m"),
+                                    server_name=args.server_name, timeout=args.timeout)
+    finally:
+        await maf.close()
+    assert sa.maf_key is not None
+    print(f"* Kc {sa.maf_key.relative_key_id}@{maf.maf_fqdn} registered at the MAF for {peer}", file=sys.stderr)
+    return sa

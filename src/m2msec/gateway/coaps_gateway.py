@@ -41,6 +41,7 @@ from m2msec.gateway.coap_blockwise import (
     PeerBlockwise,
     ToClient,
 )
+from m2msec.gateway.maf_resolver import MAFKeyResolver, MAFTable
 from m2msec.gateway.reload import side_reloader
 from m2msec.gateway.revocation import Revocation, SAGuard
 from m2msec.gateway.rules import CredentialResolver, SecurityAssociation, associate
@@ -128,8 +129,11 @@ class _PeerRelay(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
         session = transport.get_extra_info("m2msec_session")
-        self.sa = associate(session, self.gateway.resolver, self.gateway.config.cse_id, self.gateway.config.sp_id)
-        self.guard = self.gateway.revocation.open(session, transport.get_extra_info("tls_connection"))
+        tls = transport.get_extra_info("tls_connection")
+        entry = getattr(tls, "psk_entry", None)  # a MAF-distributed Kc carries its source's Credential-ID
+        self.sa = associate(session, self.gateway.resolver, self.gateway.config.cse_id, self.gateway.config.sp_id,
+                            entry.credential_id if entry is not None else None)
+        self.guard = self.gateway.revocation.open(session, tls)
         self.blocks.owner = sa_key(session)  # block-wise memory is shared per client, not per session (D48, D47's key)
         log.info("coaps SA with %s: %s associated=%r %s", self.peer, self.sa.credential, self.sa.identity,
                  session.cipher)
@@ -279,13 +283,16 @@ class CoapsGateway:
     """Serve ``coaps://`` (DTLS 1.2 PSK) on ``config.host:config.port`` in front of a CSE's CoAP port."""
 
     def __init__(self, config: CoapsConfig, table: PSKTable | None, *, resolver: CredentialResolver | None = None,
-                 cookie_secret: bytes | None = None, crls: CRLFile | None = None) -> None:
+                 cookie_secret: bytes | None = None, crls: CRLFile | None = None,
+                 maf: MAFKeyResolver | None = None) -> None:
         self.config = config
         self.resolver = resolver
+        self.maf = maf  # MAF-based SAEF (--maf): as on the HTTP side
         self.budget = ByteBudget(config.blockwise.max_total_bytes)  # block-wise bytes of all peers together
-        self.context = TLSContext.dtls_server(config.server_config(table, config.profiles),
+        self.context = TLSContext.dtls_server(config.server_config(table, config.profiles, async_psk=maf is not None),
                                               cookie_secret=cookie_secret)
-        self.revocation = Revocation(table, crls, max_lifetime=config.max_sa_lifetime)
+        self.revocation = Revocation(MAFTable(maf) if maf is not None else table, crls,
+                                     max_lifetime=config.max_sa_lifetime)
         self._reloader = side_reloader(table, crls, self.context, config.reload_interval)
         self._udp: asyncio.DatagramTransport | None = None
         self.protocol: DTLSServerProtocol | None = None
@@ -305,6 +312,7 @@ class CoapsGateway:
                 max_peers=cfg.max_peers, max_handshaking=cfg.max_handshaking,
                 max_handshaking_per_source=cfg.max_handshaking_per_source,
                 max_peers_per_source=cfg.max_peers_per_source, max_peers_per_sa=cfg.max_peers_per_sa,
+                psk_resolver=self.maf,
             )
         except OSError as exc:
             from m2msec.errors import ConfigurationError

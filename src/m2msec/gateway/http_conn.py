@@ -71,8 +71,11 @@ class ClientConnection(asyncio.Protocol):
         gw = self.gateway
         session = transport.get_extra_info("m2msec_session")
         self.peer = transport.get_extra_info("peername")
-        self.sa = associate(session, gw.resolver, gw.config.cse_id, gw.config.sp_id)
-        self.guard = gw.revocation.open(session, transport.get_extra_info("tls_connection"))
+        tls = transport.get_extra_info("tls_connection")
+        entry = getattr(tls, "psk_entry", None)  # a MAF-distributed Kc carries its source's Credential-ID
+        self.sa = associate(session, gw.resolver, gw.config.cse_id, gw.config.sp_id,
+                            entry.credential_id if entry is not None else None)
+        self.guard = gw.revocation.open(session, tls)
         log.info("SA established with %s: %s associated=%r cipher=%s %s",
                  self.peer, self.sa.credential, self.sa.identity, session.cipher, session.version)
         self.lease = gw.body_budget.lease(sa_key(session), self._evicted)

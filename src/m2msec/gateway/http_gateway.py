@@ -42,6 +42,7 @@ from m2msec.gateway.limits import (
     Lease,
     ResponseDropped,
 )
+from m2msec.gateway.maf_resolver import MAFKeyResolver, MAFTable
 from m2msec.gateway.reload import side_reloader
 from m2msec.gateway.revocation import Revocation
 from m2msec.gateway.rules import (
@@ -135,18 +136,21 @@ class Gateway:
 
     def __init__(
         self, config: GatewayConfig, table: PSKTable | None, *, resolver: CredentialResolver | None = None,
-        crls: CRLFile | None = None,
+        crls: CRLFile | None = None, maf: MAFKeyResolver | None = None,
     ) -> None:
         self.config = config
         self.table = table
         self.resolver = resolver
-        self.context = TLSContext.server(config.server_config(table, config.profiles))
+        #: MAF-based SAEF (``--maf``): resolves MAF Key Identifiers at the MAF, the other identities in ``table``
+        self.maf = maf
+        self.context = TLSContext.server(config.server_config(table, config.profiles, async_psk=maf is not None))
         self.limiter = ConnectionLimiter(config.max_connections,
                                          per_source_handshakes=config.max_handshakes_per_source,
                                          per_source_connections=config.max_connections_per_source,
                                          per_sa=config.max_connections_per_sa)
         self.body_budget = BodyBudget(config.max_body_memory)
-        self.revocation = Revocation(table, crls, max_lifetime=config.max_sa_lifetime)
+        self.revocation = Revocation(MAFTable(maf) if maf is not None else table, crls,
+                                     max_lifetime=config.max_sa_lifetime)
         self._reloader = side_reloader(table, crls, self.context, config.reload_interval)
         self._server: asyncio.Server | None = None
         #: keep-alive connections to the CSE, shared by all clients (gateway/backend_pool.py, D56-D58)
@@ -165,6 +169,7 @@ class Gateway:
             self._server = await start_server(
                 lambda: ClientConnection(self), host, port, self.context,
                 handshake_timeout=self.config.handshake_timeout, limiter=self.limiter, sock=sock,
+                psk_resolver=self.maf,
             )
         except OSError as exc:
             raise ConfigurationError(

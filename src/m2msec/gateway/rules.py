@@ -176,15 +176,18 @@ def _associate_certificate(
 
 def associate(
     session: SessionInfo, resolver: CredentialResolver | None = None, registrar_cse_id: str | None = None,
-    sp_id: str | None = None,
+    sp_id: str | None = None, credential_id: str | None = None,
 ) -> SecurityAssociation:
     """Associate a server-side session with an identity (TS-0003 §8.2.2.1 PSK, §8.2.2.2 certificates).
 
     ``registrar_cse_id`` is the CSE behind the gateway, ``sp_id`` its service provider (``//domain`` or
-    ``domain``): certificate identities of other SPs get their absolute form only (D22)."""
+    ``domain``): certificate identities of other SPs get their absolute form only (D22). ``credential_id``: the
+    Credential-ID of a PSK not formed from its identity (``PSKEntry.credential_id``: a MAF-distributed Kc,
+    associated through its source's Credential-ID, §8.2.2.3)."""
     if session.psk_identity is None:
         return _associate_certificate(session, resolver, registrar_cse_id, sp_id)
-    credential_id = _credential_id(session.psk_identity)
+    if credential_id is None:
+        credential_id = _credential_id(session.psk_identity)
     if session.entity:
         allowed = frozenset({session.entity})
     elif credential_id is not None and resolver is not None:

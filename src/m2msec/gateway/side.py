@@ -36,10 +36,13 @@ class SidePolicy:
     #: tell clients their PSK identity is unknown instead of failing as for a wrong key (RFC 4279 §2, D34)
     reveal_unknown_psk_identity: bool = False
 
-    def server_config(self, table: PSKTable | None, profiles: tuple[CipherProfile, ...]) -> ServerConfig:
-        """The engine's server configuration of a side serving ``profiles`` with ``table``."""
+    def server_config(self, table: PSKTable | None, profiles: tuple[CipherProfile, ...], *,
+                      async_psk: bool = False) -> ServerConfig:
+        """The engine's server configuration of a side serving ``profiles`` with ``table``; with ``async_psk``
+        (``--maf``) PSK identities go to the side's asynchronous resolver instead, which reads ``table`` itself."""
         return ServerConfig(
-            psk_lookup=table.lookup if table is not None else None,
+            psk_lookup=table.lookup if table is not None and not async_psk else None,
+            async_psk=async_psk,
             profiles=profiles,
             identity_hint=self.identity_hint,
             certificate=self.certificate,

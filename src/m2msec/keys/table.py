@@ -76,6 +76,9 @@ class PSKEntry:
     key: SecretKey
     entity: str | None = None
     description: str | None = None
+    #: the TS-0003 §10.4 Credential-ID of the key when it is not formed from ``identity`` (a MAF-distributed Kc:
+    #: the Credential-ID of its source, e.g. ``11-<KmID>``); the SA is then associated through it
+    credential_id: str | None = None
 
     def __post_init__(self) -> None:
         validate_identity(self.identity)

@@ -1,0 +1,161 @@
+"""Entity B of the MAF-based SAEF (TS-0003 §8.2.2.3): the gateway's asynchronous PSK resolver (``--maf``).
+
+Entity A connects with ``psk_identity = <RelativeKeyID>@<MAF-FQDN>`` (:class:`m2msec.identifiers.MAFKeyIdentifier`).
+For our MAF-FQDN, :class:`MAFKeyResolver` runs Key Retrieval over the gateway's own MAF Handshake
+(:class:`m2msec.maf.client.MAFClient`, one connection kept for the next lookups) while the event loop serves the
+other handshakes (the engine's async PSK path, :mod:`m2msec.transport.psk_resolver`):
+
+* single-flight: handshakes offering one identity while its retrieval runs wait for that one retrieval;
+* the answer must have SUID 32 (MAF-based SAEF) and an expirationTime in the future, else the client is refused;
+* Kc is cached until its expirationTime (at most :data:`MAF_KEY_CACHE_SIZE` keys, the oldest dropped first); a
+  handshake after that is refused (the cache is dropped and the MAF answers ``key-expired``), and a live SA
+  ends at its next request (:meth:`MAFKeyResolver.lookup` is what the revocation guard reads);
+* the SA is associated with the ``sourceMAFClientID`` the MAF returns when it is an AE-ID / CSE-ID (absolute form,
+  docs/decisions.md D94), else with it as a Credential-ID (``11-<KmID>``), resolved by the gateway's
+  CredentialResolver as for a PSK (:func:`m2msec.gateway.rules.associate`);
+* a MAF that is down, slow or refusing fails that client only: one log line, the handshake refused as for an
+  unknown identity, no key.
+
+Every other identity is looked up in the PSK table as without ``--maf`` (a synchronous read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Final
+
+from m2msec.errors import IdentifierError, M2MSecError, MAFError
+from m2msec.identifiers import CredentialID, MAFKeyIdentifier
+from m2msec.keys.table import PSKEntry, PSKTable
+from m2msec.maf.client import MAFClient
+from m2msec.maf.client_wire import SUID_SAEF, RetrievedKey
+
+__all__ = ["MAF_KEY_CACHE_SIZE", "MAFKeyResolver", "MAFTable", "entry_for"]
+
+log = logging.getLogger("m2msec.gateway.maf")
+
+#: Kc entries the gateway keeps between their retrieval and their expirationTime; beyond it the oldest is dropped
+#: (a live SA with a dropped key ends at its next request, a new handshake retrieves it again). D92.
+MAF_KEY_CACHE_SIZE: Final = 4096
+
+
+def entry_for(identity: str, key: RetrievedKey, now: float) -> PSKEntry | None:
+    """The PSK entry of a retrieved Kc for Entity B of the SAEF, or None with the reason logged: the SUID must be
+    32, the key unexpired at ``now``, the source an AE-ID / CSE-ID (``//...``, bound as such, D94) or a
+    Credential-ID (the SA is associated through it)."""
+    if key.suid != SUID_SAEF:
+        log.warning("MAF key %r refused: SUID %d is not the MAF-based SAEF's (%d)", identity, key.suid, SUID_SAEF)
+        return None
+    if key.expiration <= now:
+        log.warning("MAF key %r refused: expired", identity)
+        return None
+    source = key.source_maf_client_id
+    try:
+        if source.startswith("/"):
+            return PSKEntry(identity, key.key, entity=source, description="MAF-distributed Kc")
+        credential = str(CredentialID.parse(source))
+        return PSKEntry(identity, key.key, credential_id=credential, description="MAF-distributed Kc")
+    except (IdentifierError, ValueError):
+        log.warning("MAF key %r refused: its source %r is neither an AE-ID/CSE-ID nor a Credential-ID", identity,
+                    source[:80])
+        return None
+
+
+class MAFKeyResolver:
+    """The ``psk_resolver`` of a gateway side with ``--maf`` (see the module docstring). ``clock``: Unix seconds,
+    the time the MAF's expirationTime is compared with."""
+
+    def __init__(self, client: MAFClient, table: PSKTable | None = None, *, clock: Callable[[], float] = time.time,
+                 max_cache: int = MAF_KEY_CACHE_SIZE) -> None:
+        if max_cache < 1:
+            raise ValueError("the MAF key cache holds at least one key")
+        self.client = client
+        self.table = table
+        self.clock = clock
+        self.max_cache = max_cache
+        self.maf_fqdn = client.maf_fqdn
+        self._cache: OrderedDict[str, tuple[float, PSKEntry]] = OrderedDict()
+        self._inflight: dict[str, asyncio.Task[PSKEntry | None]] = {}
+        #: Key Retrievals started (each is one request to the MAF)
+        self.retrievals = 0
+
+    def __repr__(self) -> str:
+        return f"<MAFKeyResolver {self.maf_fqdn} {len(self._cache)} cached>"
+
+    def ours(self, identity: str) -> bool:
+        """Is ``identity`` a MAF Key Identifier of our MAF?"""
+        if "@" not in identity:
+            return False
+        try:
+            return MAFKeyIdentifier.parse(identity).maf_fqdn == self.maf_fqdn
+        except IdentifierError:
+            return False
+
+    def cached(self, identity: str) -> PSKEntry | None:
+        hit = self._cache.get(identity)
+        if hit is None:
+            return None
+        if self.clock() < hit[0]:
+            return hit[1]
+        del self._cache[identity]  # expired: never served again
+        return None
+
+    def lookup(self, identity: str) -> PSKEntry | None:
+        """Synchronous: the cached Kc of a MAF identity (no network), else the PSK table's entry."""
+        if self.ours(identity):
+            return self.cached(identity)
+        return self.table.lookup(identity) if self.table is not None else None
+
+    async def __call__(self, identity: str) -> PSKEntry | None:
+        if not self.ours(identity):
+            return self.table.lookup(identity) if self.table is not None else None
+        entry = self.cached(identity)
+        if entry is not None:
+            return entry
+        task = self._inflight.get(identity)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._retrieve(identity))
+            self._inflight[identity] = task
+            task.add_done_callback(lambda _: self._inflight.pop(identity, None))
+        # a waiter cancelled (its handshake timed out) does not cancel the retrieval the others wait for
+        return await asyncio.shield(task)
+
+    async def _retrieve(self, identity: str) -> PSKEntry | None:
+        self.retrievals += 1
+        relative = MAFKeyIdentifier.parse(identity).kc_id.hex()
+        try:
+            key = await self.client.retrieve_key(relative)
+        except MAFError as exc:
+            log.warning("MAF Key Retrieval of %r refused by %s: %d %s", identity, self.maf_fqdn, exc.status,
+                        exc.problem)
+            return None
+        except M2MSecError as exc:
+            log.warning("MAF Key Retrieval of %r failed: %s", identity, exc)
+            return None
+        now = self.clock()
+        entry = entry_for(identity, key, now)
+        if entry is not None:
+            self._cache[identity] = (key.expiration, entry)
+            self._cache.move_to_end(identity)
+            while len(self._cache) > self.max_cache:
+                self._cache.popitem(last=False)
+        return entry
+
+    async def close(self) -> None:
+        for task in list(self._inflight.values()):
+            task.cancel()
+        await self.client.close()
+
+
+class MAFTable:
+    """The view of the PSK table and the MAF keys the revocation guard reads (:meth:`MAFKeyResolver.lookup`)."""
+
+    def __init__(self, resolver: MAFKeyResolver) -> None:
+        self.resolver = resolver
+
+    def lookup(self, identity: str) -> PSKEntry | None:
+        return self.resolver.lookup(identity)
