@@ -126,8 +126,9 @@ class StubMAF:
                 return (*self._problem(403, "not-a-target"), exported)
             if record["expiration"] <= now:
                 return (*self._problem(410, "key-expired"), exported)
-            return 200, {"expirationTime": format_timestamp(record["expiration"]), "sourceMAFClientID": record["source"],
-                         "adminFQDN": self.fqdn, "SUID": self.report_suid or record["suid"],
+            return 200, {"expirationTime": format_timestamp(record["expiration"]),
+                         "sourceMAFClientID": record["source"], "adminFQDN": self.fqdn,
+                         "SUID": self.report_suid or record["suid"],
                          "keyValue": base64.b64encode(record["key"].reveal()).decode()}, exported
         if record["source"] != who:
             return (*self._problem(403, "not-the-source"), exported)

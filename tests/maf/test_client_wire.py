@@ -120,7 +120,8 @@ def test_maf_options(tmp_path: pytest.TempPathFactory) -> None:
     km.chmod(0o600)
     client = maf_client_from_args(_args("--maf", "https://127.0.0.1:1", "--maf-fqdn", "maf.example.com",
                                         "--maf-kmid", "a@maf.example.com", "--maf-key-file", str(km)))
-    assert client is not None and client.maf_fqdn == "maf.example.com" and (client.host, client.port) == ("127.0.0.1", 1)
+    assert client is not None and client.maf_fqdn == "maf.example.com"
+    assert (client.host, client.port) == ("127.0.0.1", 1)
     km.chmod(0o644)
     with pytest.raises(ConfigurationError):
         maf_client_from_args(_args("--maf", "https://maf.example.com:1", "--maf-kmid", "a@maf.example.com",
