@@ -68,7 +68,7 @@ async def test_command_errors_are_one_line(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
     a_key = key_file(tmp_path, "a.hex", A_KM.reveal().hex())
-    code, out, err = await run("request", "--connect", "127.0.0.1:1", "--entity-id", IDB, "--maf",
+    code, _, err = await run("request", "--connect", "127.0.0.1:1", "--entity-id", IDB, "--maf",
                                f"https://127.0.0.1:{dead}", "--maf-fqdn", FQDN, "--maf-kmid", A_KMID,
                                "--maf-key-file", a_key, "/cse-b")
     assert code != 0 and len(err.strip().splitlines()) == 1 and "MAF" in err and "Traceback" not in err, err
