@@ -34,13 +34,18 @@ from m2msec.keys.table import PSKEntry, PSKTable
 from m2msec.maf.client import MAFClient
 from m2msec.maf.client_wire import SUID_SAEF, RetrievedKey
 
-__all__ = ["MAF_KEY_CACHE_SIZE", "MAFKeyResolver", "MAFTable", "entry_for"]
+__all__ = ["BOUND_SOURCE_PREFIX", "MAF_KEY_CACHE_SIZE", "MAFKeyResolver", "MAFTable", "entry_for"]
 
 log = logging.getLogger("m2msec.gateway.maf")
 
 #: Kc entries the gateway keeps between their retrieval and their expirationTime; beyond it the oldest is dropped
 #: (a live SA with a dropped key ends at its next request, a new handshake retrieves it again). D92.
 MAF_KEY_CACHE_SIZE: Final = 4096
+
+#: a ``sourceMAFClientID`` starting so is an AE-ID / CSE-ID in the absolute form the MAF returns: the SA is bound to
+#: exactly that value, the only ``From`` then accepted (no SP- or CSE-relative forms derived from it); anything else
+#: must be a Credential-ID, resolved as for a PSK. D94.
+BOUND_SOURCE_PREFIX: Final = "//"
 
 
 def entry_for(identity: str, key: RetrievedKey, now: float) -> PSKEntry | None:
@@ -55,7 +60,7 @@ def entry_for(identity: str, key: RetrievedKey, now: float) -> PSKEntry | None:
         return None
     source = key.source_maf_client_id
     try:
-        if source.startswith("/"):
+        if source.startswith(BOUND_SOURCE_PREFIX):
             return PSKEntry(identity, key.key, entity=source, description="MAF-distributed Kc")
         credential = str(CredentialID.parse(source))
         return PSKEntry(identity, key.key, credential_id=credential, description="MAF-distributed Kc")
