@@ -19,8 +19,10 @@ from m2msec import http1
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import PSKEntry
 from m2msec.maf.client_wire import format_timestamp, parse_timestamp, split_exported
+from m2msec.pki import identity_from_certificate
 from m2msec.saef import EXPORTER_CONNECTION_LABEL
-from m2msec.tls.engine import ServerConfig, TLSContext
+from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
+from m2msec.tls.profiles import ECDHE_ECDSA
 from m2msec.transport.tls import start_stream_server
 
 
@@ -32,11 +34,11 @@ class StubMAF:
     clock: Callable[[], float] = time.time
     #: answer Key Registration with a relativeKeyID that is not hex(KcID)
     wrong_relative_id: bool = False
-    #: SUID reported by Key Retrieval instead of the stored one
-    report_suid: int | None = None
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)
     registrations: dict[str, tuple[str, float]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    #: serve certificate clients (ECDHE-ECDSA) with this credential instead of TLS-PSK
+    certificate: CertificateConfig | None = None
     handshakes: int = 0
     server: asyncio.Server | None = None
 
@@ -45,7 +47,10 @@ class StubMAF:
             known = self.clients.get(identity)
             return PSKEntry(identity, known[0], known[1]) if known else None
 
-        context = TLSContext.server(ServerConfig(psk_lookup=lookup))
+        if self.certificate is not None:
+            context = TLSContext.server(ServerConfig(None, profiles=(ECDHE_ECDSA,), certificate=self.certificate))
+        else:
+            context = TLSContext.server(ServerConfig(psk_lookup=lookup))
         self.server = await start_stream_server(self._serve, "127.0.0.1", 0, context)
         return int(self.server.sockets[0].getsockname()[1])
 
@@ -57,7 +62,10 @@ class StubMAF:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.handshakes += 1
         session = writer.get_extra_info("m2msec_session")
-        who = session.entity or f"11-{session.psk_identity}"
+        if session.peer_certificate is not None:
+            who = identity_from_certificate(session.peer_certificate).value
+        else:
+            who = session.entity or f"11-{session.psk_identity}"
         conn = h11.Connection(h11.SERVER)
         exported = False
         try:
@@ -128,7 +136,7 @@ class StubMAF:
                 return (*self._problem(410, "key-expired"), exported)
             return 200, {"expirationTime": format_timestamp(record["expiration"]),
                          "sourceMAFClientID": record["source"], "adminFQDN": self.fqdn,
-                         "SUID": self.report_suid or record["suid"],
+                         "SUID": record["suid"],
                          "keyValue": base64.b64encode(record["key"].reveal()).decode()}, exported
         if record["source"] != who:
             return (*self._problem(403, "not-the-source"), exported)

@@ -13,6 +13,8 @@ from saef_maf_stub import StubMAF
 from m2msec.errors import HandshakeFailed, MAFError, TransportError
 from m2msec.keys.secret import SecretKey
 from m2msec.maf.client import MAFClient, MAFCredentials
+from m2msec.pki import CertificateFlavour, Issued, create_ca, issue
+from m2msec.tls.engine import CertificateConfig
 
 FQDN = "maf.example.com"
 A_KMID, B_KMID = "entity-a@maf.example.com", "entity-b@maf.example.com"
@@ -111,3 +113,29 @@ async def test_wrong_km_and_unreachable_or_silent_maf(maf: tuple[StubMAF, int]) 
         w.close()
     silent.close()
     await silent.wait_closed()
+
+
+def _pki() -> tuple[Issued, Issued, Issued, Issued]:
+    ca = create_ca("m2msec MAF test CA", permitted_dns=["example.com"])
+    return (ca, issue(ca, CertificateFlavour.FQDN, FQDN), issue(ca, CertificateFlavour.FQDN, "other.example.com"),
+            issue(ca, CertificateFlavour.CSE_ID, "cse-a", sp_domain="sp.example.com"))
+
+
+async def test_certificate_maf_handshake_checks_the_maf_fqdn() -> None:
+    ca, maf_cert, other_cert, client_cert = _pki()
+    creds = MAFCredentials(FQDN, chain_pem=client_cert.certificate_pem(),
+                           private_key_pem=client_cert.private_key_pem(), trust_anchors_pem=ca.certificate_pem())
+    for served, ok in ((maf_cert, True), (other_cert, False), (client_cert, False)):
+        stub = StubMAF(FQDN, {}, certificate=CertificateConfig(served.certificate_pem(), served.private_key_pem(),
+                                                                ca.certificate_pem()))
+        port = await stub.start()
+        try:
+            async with MAFClient("127.0.0.1", port, creds) as a:
+                if ok:
+                    reg = await a.register(lifetime=60)
+                    assert reg.maf_client_id == "cse-a"  # the MAF saw our certificate
+                else:
+                    with pytest.raises(HandshakeFailed, match="not for the MAF-FQDN"):
+                        await a.register(lifetime=60)
+        finally:
+            await stub.close()
