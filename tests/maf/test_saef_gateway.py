@@ -210,3 +210,17 @@ async def test_maf_down_fails_that_client_only(caplog: pytest.LogCaptureFixture)
         await plain.close()
     finally:
         await w.close()
+
+
+async def test_the_kc_cache_is_bounded(world: World) -> None:
+    world.resolver.max_cache = 1
+    creds = []
+    async with world.entity_a() as maf:
+        for _ in range(2):
+            key = await maf.register_key(suid=32, target_ids=[IDB], lifetime=600)
+            assert key.kc is not None
+            creds.append(PSKCredentials(f"{key.relative_key_id}@{FQDN}", key.kc, peer_entity=IDB))
+    for c in [*creds, creds[1], creds[0]]:  # the second key pushes the first out; it is retrieved again
+        await (await establish_sa("127.0.0.1", world.gateway.port, c)).close()
+    assert world.resolver.retrievals == 3
+    assert world.resolver.cached(creds[0].kpsa_id) is not None and world.resolver.cached(creds[1].kpsa_id) is None
