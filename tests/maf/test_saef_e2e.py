@@ -58,7 +58,10 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[RunningMAF, Clock]]:
     store.register_client(ProvisionedClient(KMID_A, KM_A, "/mn-cse-a/CAE1"))
     store.register_client(ProvisionedClient(KMID_B, KM_B, IDB))
     store.register_client(ProvisionedClient(KMID_C, KM_C, ""))  # known by its Credential-ID 11-<KmID>
-    config = MAFConfig(listen="127.0.0.1:0", maf_fqdn=FQDN, sp_id=SP, store=f"sqlite://{tmp_path}/maf.db")
+    with socket.socket() as sock:  # a real port: the MAF announces it in its client configuration (httpPort)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = MAFConfig(listen=f"127.0.0.1:{port}", maf_fqdn=FQDN, sp_id=SP, store=f"sqlite://{tmp_path}/maf.db")
     try:
         async with running_maf(config, store=store, clock=clock) as maf:
             yield maf, clock
