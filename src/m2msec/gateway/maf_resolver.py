@@ -22,6 +22,7 @@ Every other identity is looked up in the PSK table as without ``--maf`` (a synch
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -70,6 +71,17 @@ def entry_for(identity: str, key: RetrievedKey, now: float) -> PSKEntry | None:
         return None
 
 
+@functools.lru_cache(maxsize=65536)
+def _maf_key_id(identity: str) -> MAFKeyIdentifier | None:
+    # one parse per identity, not per handshake (as gateway.rules does for Credential-IDs)
+    if "@" not in identity:
+        return None
+    try:
+        return MAFKeyIdentifier.parse(identity)
+    except IdentifierError:
+        return None
+
+
 class MAFKeyResolver:
     """The ``psk_resolver`` of a gateway side with ``--maf`` (see the module docstring). ``clock``: Unix seconds,
     the time the MAF's expirationTime is compared with."""
@@ -93,12 +105,8 @@ class MAFKeyResolver:
 
     def ours(self, identity: str) -> bool:
         """Is ``identity`` a MAF Key Identifier of our MAF?"""
-        if "@" not in identity:
-            return False
-        try:
-            return MAFKeyIdentifier.parse(identity).maf_fqdn == self.maf_fqdn
-        except IdentifierError:
-            return False
+        parsed = _maf_key_id(identity)
+        return parsed is not None and parsed.maf_fqdn == self.maf_fqdn
 
     def cached(self, identity: str) -> PSKEntry | None:
         hit = self._cache.get(identity)
@@ -111,12 +119,12 @@ class MAFKeyResolver:
 
     def lookup(self, identity: str) -> PSKEntry | None:
         """Synchronous: the cached Kc of a MAF identity (no network), else the PSK table's entry."""
-        if self.ours(identity):
+        if identity in self._cache or self.ours(identity):
             return self.cached(identity)
         return self.table.lookup(identity) if self.table is not None else None
 
     async def __call__(self, identity: str) -> PSKEntry | None:
-        if not self.ours(identity):
+        if identity not in self._cache and not self.ours(identity):
             return self.table.lookup(identity) if self.table is not None else None
         entry = self.cached(identity)
         if entry is not None:
@@ -131,7 +139,9 @@ class MAFKeyResolver:
 
     async def _retrieve(self, identity: str) -> PSKEntry | None:
         self.retrievals += 1
-        relative = MAFKeyIdentifier.parse(identity).kc_id.hex()
+        parsed = _maf_key_id(identity)
+        assert parsed is not None
+        relative = parsed.kc_id.hex()
         try:
             key = await self.client.retrieve_key(relative)
         except MAFError as exc:
