@@ -41,7 +41,7 @@ from m2msec.gateway.coap_blockwise import (
     PeerBlockwise,
     ToClient,
 )
-from m2msec.gateway.maf_resolver import MAFKeyResolver, MAFTable
+from m2msec.gateway.maf_resolver import MAFKeyResolver, revocation_table
 from m2msec.gateway.reload import side_reloader
 from m2msec.gateway.revocation import Revocation, SAGuard
 from m2msec.gateway.rules import CredentialResolver, SecurityAssociation, associate
@@ -291,7 +291,7 @@ class CoapsGateway:
         self.budget = ByteBudget(config.blockwise.max_total_bytes)  # block-wise bytes of all peers together
         self.context = TLSContext.dtls_server(config.server_config(table, config.profiles, async_psk=maf is not None),
                                               cookie_secret=cookie_secret)
-        self.revocation = Revocation(MAFTable(maf) if maf is not None else table, crls,
+        self.revocation = Revocation(revocation_table(maf) if maf is not None else table, crls,
                                      max_lifetime=config.max_sa_lifetime)
         self._reloader = side_reloader(table, crls, self.context, config.reload_interval)
         self._udp: asyncio.DatagramTransport | None = None

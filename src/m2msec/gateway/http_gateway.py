@@ -42,7 +42,7 @@ from m2msec.gateway.limits import (
     Lease,
     ResponseDropped,
 )
-from m2msec.gateway.maf_resolver import MAFKeyResolver, MAFTable
+from m2msec.gateway.maf_resolver import MAFKeyResolver, revocation_table
 from m2msec.gateway.reload import side_reloader
 from m2msec.gateway.revocation import Revocation
 from m2msec.gateway.rules import (
@@ -149,7 +149,7 @@ class Gateway:
                                          per_source_connections=config.max_connections_per_source,
                                          per_sa=config.max_connections_per_sa)
         self.body_budget = BodyBudget(config.max_body_memory)
-        self.revocation = Revocation(MAFTable(maf) if maf is not None else table, crls,
+        self.revocation = Revocation(revocation_table(maf) if maf is not None else table, crls,
                                      max_lifetime=config.max_sa_lifetime)
         self._reloader = side_reloader(table, crls, self.context, config.reload_interval)
         self._server: asyncio.Server | None = None

@@ -31,11 +31,11 @@ from typing import Final
 
 from m2msec.errors import IdentifierError, M2MSecError, MAFError
 from m2msec.identifiers import CredentialID, MAFKeyIdentifier
-from m2msec.keys.table import PSKEntry, PSKTable
+from m2msec.keys.table import MemoryPSKTable, PSKEntry, PSKTable
 from m2msec.maf.client import MAFClient
 from m2msec.maf.client_wire import SUID_SAEF, RetrievedKey
 
-__all__ = ["BOUND_SOURCE_PREFIX", "MAF_KEY_CACHE_SIZE", "MAFKeyResolver", "MAFTable", "entry_for"]
+__all__ = ["BOUND_SOURCE_PREFIX", "MAF_KEY_CACHE_SIZE", "MAFKeyResolver", "MAFTable", "entry_for", "revocation_table"]
 
 log = logging.getLogger("m2msec.gateway.maf")
 
@@ -174,3 +174,22 @@ class MAFTable:
 
     def lookup(self, identity: str) -> PSKEntry | None:
         return self.resolver.lookup(identity)
+
+
+class _InMemoryMAFTable(MemoryPSKTable):
+    """:class:`MAFTable` over an in-memory PSK table: read at every request like that table itself (the revocation
+    guard reuses lookups only of stores read from disk), so that ``--maf`` does not delay a removed PSK's end."""
+
+    def __init__(self, resolver: MAFKeyResolver) -> None:
+        super().__init__()
+        self.resolver = resolver
+
+    def lookup(self, identity: str) -> PSKEntry | None:
+        return self.resolver.lookup(identity)
+
+
+def revocation_table(resolver: MAFKeyResolver) -> PSKTable:
+    """What a side's revocation guard reads with ``--maf``: the MAF keys and the PSK table, through ``resolver``."""
+    if resolver.table is None or isinstance(resolver.table, MemoryPSKTable):
+        return _InMemoryMAFTable(resolver)
+    return MAFTable(resolver)
