@@ -233,3 +233,22 @@ async def test_a_removed_psk_still_ends_its_sa_at_the_next_request(world: World)
     resp = await plain.request(request("CPlain", "r2"))
     assert resp.status == 403 and resp.header("x-m2m-rsc") == "4106"
     await plain.close()
+
+
+async def test_no_key_material_in_logs_or_errors(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    import base64
+
+    with caplog.at_level(logging.DEBUG):
+        async with world.entity_a() as maf:
+            sa = await establish_maf_sa("127.0.0.1", world.gateway.port, maf=maf, peer_entity=IDB, lifetime=600)
+            bad = await maf.register_key(suid=33, target_ids=[IDB], lifetime=600)
+        assert sa.maf_key is not None and sa.maf_key.kc is not None and bad.kc is not None
+        await sa.request(request(A_ID))
+        with pytest.raises(HandshakeFailed) as err:
+            await establish_sa("127.0.0.1", world.gateway.port,
+                               PSKCredentials(f"{bad.relative_key_id}@{FQDN}", bad.kc, peer_entity=IDB))
+        await sa.close()
+    text = caplog.text + str(err.value) + repr(sa.maf_key) + repr(world.resolver) + repr(world.resolver.client)
+    for secret in (sa.maf_key.kc.reveal(), bad.kc.reveal(), A_KM.reveal(), B_KM.reveal()):
+        assert secret.hex() not in text and base64.b64encode(secret).decode() not in text
+        assert secret.decode("latin-1") not in text
