@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from m2msec.keys.secret import SecretKey
 from m2msec.store.base import KeyStore
-from m2msec.store.records import MAFClient, RegisteredKey
+from m2msec.store.records import ClientRegistration, MAFClient, RegisteredKey
 
 __all__ = ["AsyncKeyStore"]
 
@@ -52,6 +52,18 @@ class AsyncKeyStore:
 
     async def delete_key(self, relative_key_id: str) -> None:
         await asyncio.to_thread(self.store.delete_key, relative_key_id)
+
+    async def delete_keys_of(self, source_id: str) -> int:
+        return await asyncio.to_thread(self.store.delete_keys_of, source_id)
+
+    async def put_registration(self, registration: ClientRegistration) -> None:
+        await asyncio.to_thread(self.store.put_registration, registration)
+
+    async def get_registration(self, owner: str) -> ClientRegistration | None:
+        return await asyncio.to_thread(self.store.get_registration, owner)
+
+    async def delete_registration(self, owner: str) -> None:
+        await asyncio.to_thread(self.store.delete_registration, owner)
 
     async def purge_expired(self) -> int:
         return await asyncio.to_thread(self.store.purge_expired)
