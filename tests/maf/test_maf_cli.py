@@ -83,3 +83,36 @@ def test_duplicate_kmid_and_bad_config(tmp_path: Path) -> None:
     one_line_error(run(tmp_path, "--config", str(cfg), "clients", "list"), str(cfg), "listen must be a str")
     cfg.write_text('maf_fqnd = "maf.example.com"\n')
     one_line_error(run(tmp_path, "--config", str(cfg), "clients", "list"), "unknown key 'maf_fqnd'")
+
+
+async def test_serve_with_no_configuration(tmp_path: Path) -> None:
+    """`m2msec maf serve` on embedded defaults (XDG data dir in tmp), a KmID handshake, then SIGTERM: exit 0."""
+    import asyncio
+    import signal
+
+    from m2msec.saef import ANY_ENTITY, PSKCredentials, establish_sa
+
+    env = {k: v for k, v in os.environ.items() if k not in (MASTER_KEY_ENV, "M2MSEC_MAF_STORE", "M2MSEC_DB")}
+    env.update(XDG_DATA_HOME=str(tmp_path / "data"), KM=KM_HEX)
+    add = subprocess.run([*M2MSEC, "maf", "clients", "add", "c1", "--key-env", "KM"], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert add.returncode == 0, add.stderr
+    assert (tmp_path / "data" / "m2msec" / "maf.db").exists()
+    proc = await asyncio.create_subprocess_exec(*M2MSEC, "maf", "serve", "--listen", "127.0.0.1:0", env=env,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+        assert "MAF maf.m2msec.localhost listening on 127.0.0.1:" in line, line
+        port = int(line.split("listening on 127.0.0.1:")[1].split()[0])
+        sa = await establish_sa("127.0.0.1", port, PSKCredentials("c1@maf.m2msec.localhost",
+                                                                  SecretKey.from_hex(KM_HEX), peer_entity=ANY_ENTITY))
+        await sa.close()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        rest = (await proc.stderr.read()).decode()
+        assert "Traceback" not in rest and KM_HEX not in rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
