@@ -8,6 +8,7 @@ Each test gets a fresh database. Tests are skipped, with the reason, only when t
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -70,7 +71,18 @@ def postgres_server() -> Iterator[PostgresServer]:
     bindir = _pg_bindir()
     if bindir is None or not (bindir / "initdb").exists():
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: install the Debian package postgresql")
-    prefix, user = _as_user()
+    with start_postgres(bindir, _as_user()) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def start_postgres(bindir: Path | None = None, as_user: tuple[list[str], str | None] | None = None
+                   ) -> Iterator[PostgresServer]:
+    """Start a throw-away PostgreSQL server (also used by bench/maf_bench.py); stop and delete it on exit."""
+    bindir = bindir or _pg_bindir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found: install the Debian package postgresql")
+    prefix, user = as_user or _as_user()
     top = Path(tempfile.mkdtemp(prefix="m2msec-pg-"))
     datadir, log = top / "data", top / "server.log"
     if user is not None:

@@ -210,3 +210,18 @@ async def test_client_without_identity_is_known_by_its_credential_id(maf: MAF) -
     maf.clock = lambda: NOW + 11
     assert (await problem(maf.requester_of_kmid(kmid))).status == 403
 
+
+
+async def test_a_revocation_through_another_instance_takes_effect_within_the_cache_ttl(maf: MAF, clock: Clock) -> None:
+    """D74: per-request client and registration reads are reused for CACHE_TTL seconds, never longer."""
+    from m2msec.maf.cache import CACHE_TTL
+
+    kmid = "client-a@" + FQDN
+    await maf.store.register_client(MAFClient(kmid, SecretKey(bytes(32)), "/cse-a/CAE1"))
+    other = MAF(maf.store, maf.policy, clock=clock)  # a second instance on the same database
+    await maf.requester_of_kmid(kmid)
+    await other.revoke_client(kmid)
+    assert (await problem(other.requester_of_kmid(kmid))).name == "client-revoked"  # at once where revoked
+    await maf.requester_of_kmid(kmid)  # still cached here
+    clock.now += CACHE_TTL
+    assert (await problem(maf.requester_of_kmid(kmid))).name == "client-revoked"

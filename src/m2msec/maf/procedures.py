@@ -16,6 +16,7 @@ from m2msec.errors import Conflict, NotFound
 from m2msec.identifiers import SUID, CredentialID, CredIDType, KmID
 from m2msec.keys.secret import SecretKey
 from m2msec.maf import wire
+from m2msec.maf.cache import TTLCache
 from m2msec.maf.wire import MAFProblem, absolute_id, format_timestamp, parse_timestamp
 from m2msec.store import AsyncKeyStore, ClientRegistration, MAFClient, RegisteredKey
 
@@ -100,6 +101,28 @@ class MAF:
         self.policy = policy
         self.clock = clock
         self._new_reg_id = new_reg_id
+        self._clients: TTLCache[str, MAFClient | None] = TTLCache(lambda: self.clock())
+        self._registrations: TTLCache[str, ClientRegistration | None] = TTLCache(lambda: self.clock())
+
+    async def client(self, kmid: str) -> MAFClient | None:
+        """The client record of ``kmid`` (read at most once per :data:`~m2msec.maf.cache.CACHE_TTL`, D74)."""
+        hit, client = self._clients.get(kmid)
+        if not hit:
+            client = await self.store.get_client(kmid)
+            self._clients.put(kmid, client)
+        return client
+
+    async def _registration_of(self, identity: str) -> ClientRegistration | None:
+        hit, reg = self._registrations.get(identity)
+        if not hit:
+            reg = await self.store.get_registration(identity)
+            self._registrations.put(identity, reg)
+        return reg
+
+    async def _put_registration(self, reg: ClientRegistration) -> None:
+        self._registrations.drop(reg.owner)
+        await self.store.put_registration(reg)
+        self._registrations.put(reg.owner, reg)
 
     # -- helpers
     def _check_maf(self, maf_fqdn: str) -> None:
@@ -123,21 +146,21 @@ class MAF:
 
     async def requester_of_kmid(self, kmid: str) -> Requester:
         """The requester behind a PSK MAF Handshake with ``kmid``; 403 once the client is revoked or expired."""
-        client = await self.store.get_client(kmid)
+        client = await self.client(kmid)
         if client is None or client.status != "active" or client.expired(self.clock()):
             raise MAFProblem(403, "client-revoked", "this MAF client's credential is no longer valid")
         identity = absolute_id(client.identity, self.policy.sp_id) if client.identity else client_credential_id(kmid)
         return Requester(identity, kmid)
 
     async def _registration(self, who: Requester) -> ClientRegistration:
-        reg = await self.store.get_registration(who.identity)
+        reg = await self._registration_of(who.identity)
         if reg is None or reg.expired(self.clock()):
             raise MAFProblem(403, "not-registered", "the key procedures need an active MAF Client Registration "
                              "(docs/decisions.md D88)")
         return reg
 
     async def _own_registration(self, who: Requester, reg_id: str) -> ClientRegistration:
-        reg = await self.store.get_registration(who.identity)
+        reg = await self._registration_of(who.identity)
         if reg is None or not secrets.compare_digest(reg.reg_id, reg_id):
             raise MAFProblem(404, "unknown-registration", "no such MAF Client Registration of this client")
         if reg.expired(self.clock()):
@@ -150,7 +173,7 @@ class MAF:
         self._check_maf(req.mafFQDN)
         expires = self._expiry(req.expirationTime, self.policy.max_registration_lifetime)
         reg = ClientRegistration(who.identity, self._new_reg_id(), expires, tuple(req.labels or ()), req.adminFQDN)
-        await self.store.put_registration(reg)  # a new registration of the same client replaces the last one
+        await self._put_registration(reg)  # a new registration of the same client replaces the last one
         return wire.ClientRegistrationResponse(mafClientRegID=reg.reg_id, expirationTime=format_timestamp(expires),
                                                mafClientID=who.identity, adminFQDN=req.adminFQDN, labels=req.labels)
 
@@ -178,14 +201,15 @@ class MAF:
         if req.labels is not None:
             reg = replace(reg, labels=tuple(req.labels))
             out.labels = req.labels
-        await self.store.put_registration(reg)
+        await self._put_registration(reg)
         return out
 
     async def deregister_client(self, who: Requester, reg_id: str, maf_fqdn: str) -> None:
         self._check_maf(maf_fqdn)
-        reg = await self.store.get_registration(who.identity)
+        reg = await self._registration_of(who.identity)
         if reg is None or not secrets.compare_digest(reg.reg_id, reg_id):
             raise MAFProblem(404, "unknown-registration", "no such MAF Client Registration of this client")
+        self._registrations.drop(who.identity)
         try:
             await self.store.delete_registration(who.identity)
         except NotFound:
@@ -285,7 +309,9 @@ class MAF:
         client = await self.store.get_client(kmid)
         if client is None:
             raise NotFound(f"no MAF client {kmid!r}")
+        self._clients.drop(kmid)
         await self.store.update_client(replace(client, status="revoked"))
+        self._clients.drop(kmid)
         return await self.store.delete_keys_of(self.client_identity(client))
 
     def client_identity(self, client: MAFClient) -> str:

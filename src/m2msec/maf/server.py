@@ -48,7 +48,7 @@ def kmid_resolver(maf: MAF) -> PSKResolver:
         if kmid.rpartition("@")[2] != maf.policy.maf_fqdn:
             return None
         try:
-            client = await maf.store.get_client(kmid)
+            client = await maf.client(kmid)
         except StorageError:
             log.error("key store error looking up a MAF client; handshake refused")
             return None
