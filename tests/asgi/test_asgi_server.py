@@ -1,0 +1,287 @@
+"""The ASGI server over real TLS-PSK connections on loopback, with a raw ASGI application: the scope and the
+``m2msec.tls`` extension, keep-alive, chunked uploads, 100-continue, the limits, failures and disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import h11
+import pytest
+
+from conftest import LIGHT1_AE, LIGHT1_ID
+from m2msec.asgi import Server, serve
+from m2msec.saef import EXPORTER_CONNECTION_LABEL
+
+from .conftest import (
+    TIMEOUT,
+    Recorder,
+    connect,
+    exchange_raw,
+    psk_client_context,
+    psk_server_context,
+    raw_app,
+    read_response,
+    request,
+)
+
+
+def report(body: bytes) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(body)
+    return result
+
+
+@pytest.mark.parametrize("tls13", [False, True], ids=["tls12", "tls13"])
+async def test_scope_and_tls_extension(rec: Recorder, tls13: bool) -> None:
+    srv = await serve(raw_app(rec), psk_server_context(tls13=tls13), "127.0.0.1", 0)
+    try:
+        sa = await connect(srv.port, psk_client_context(tls13=tls13))
+        resp = await sa.request(request("POST", "/a%20b/%C3%A9?x=1&y=%20", b"hello", [("X-Custom", "V")]))
+        assert resp.status == 200
+        seen = report(resp.body)
+        assert seen["method"] == "POST" and seen["scheme"] == "https" and seen["http_version"] == "1.1"
+        assert seen["path"] == "/a b/é" and seen["raw_path"] == "/a%20b/%C3%A9"
+        assert seen["query"] == "x=1&y=%20" and seen["root_path"] == ""
+        assert seen["asgi"] == {"version": "3.0", "spec_version": "2.3"}
+        assert ["x-custom", "V"] in seen["headers"]  # names lowercased, values untouched
+        assert seen["server"] == ["127.0.0.1", srv.port]
+        local = sa.writer.get_extra_info("sockname")
+        assert seen["client"] == [local[0], local[1]]
+        # who authenticated, from the handshake; the exporter of *this* connection, as the client computes it
+        assert seen["identity"] == LIGHT1_ID and seen["entity"] == LIGHT1_AE
+        mine = sa.export_keying_material(EXPORTER_CONNECTION_LABEL, 48).reveal().hex()
+        assert seen["exported"] == mine
+        assert seen["body_len"] == 5 and seen["state"] == {"greeting": "hello"}
+        # a second connection has another exporter value
+        other = await connect(srv.port, psk_client_context(tls13=tls13))
+        again = report((await other.request(request("GET", "/"))).body)
+        assert again["exported"] != mine
+        assert again["exported"] == other.export_keying_material(EXPORTER_CONNECTION_LABEL, 48).reveal().hex()
+        await sa.close()
+        await other.close()
+    finally:
+        await srv.aclose()
+    assert rec.events == ["lifespan.startup", "lifespan.shutdown"]
+
+
+async def test_extension_refuses_after_the_connection_closed(rec: Recorder, server: Server) -> None:
+    sa = await connect(server.port)
+    await sa.request(request("GET", "/"))
+    ext = rec.scopes[0]["extensions"]["m2msec.tls"]
+    assert not hasattr(ext, "tls") and not hasattr(ext, "connection") and set(dir(ext)) >= {"session"}
+    assert LIGHT1_ID in repr(ext)
+    await sa.close()
+    from m2msec.errors import TLSProtocolError
+
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            try:
+                ext.export_keying_material(EXPORTER_CONNECTION_LABEL, 48)
+            except TLSProtocolError:
+                break
+            await asyncio.sleep(0.01)
+
+
+async def test_keep_alive_serves_several_requests_on_one_connection(rec: Recorder, server: Server) -> None:
+    sa = await connect(server.port)
+    exported = set()
+    for i in range(5):
+        resp = await sa.request(request("POST", f"/n{i}", b"x" * i))
+        assert resp.status == 200
+        seen = report(resp.body)
+        assert seen["path"] == f"/n{i}" and seen["body_len"] == i
+        exported.add(seen["exported"])
+    assert len(exported) == 1 and len({s["client"] for s in rec.scopes}) == 1  # one connection
+    await sa.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
+    sa = await connect(server.port)
+    raw = b"".join(f"GET /p{i} HTTP/1.1\r\nhost: maf\r\n\r\n".encode() for i in range(3))
+    sa.writer.write(raw + b"GET /last HTTP/1.1\r\nhost: maf\r\nconnection: close\r\n\r\n")
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("host", "maf")]))  # mirror the client's state
+    paths = []
+    for i in range(4):
+        response, body = await read_response(sa, conn)
+        assert response.status_code == 200
+        paths.append(report(body)["path"])
+        if i < 3:
+            conn.send(h11.EndOfMessage())
+            conn.start_next_cycle()
+            conn.send(h11.Request(method="GET", target="/", headers=[("host", "maf")]))
+    assert paths == ["/p0", "/p1", "/p2", "/last"]
+    assert await sa.reader.read() == b""  # connection: close honoured
+    await sa.close()
+
+
+async def test_chunked_upload_is_delivered_whole(server: Server) -> None:
+    sa = await connect(server.port)
+    conn = h11.Connection(h11.CLIENT)
+    sa.writer.write(conn.send(h11.Request(method="PUT", target="/up",
+                                          headers=[("host", "maf"), ("transfer-encoding", "chunked")])))
+    for i in range(20):
+        sa.writer.write(conn.send(h11.Data(data=bytes([65 + i]) * 1000)))
+        await sa.writer.drain()
+    sa.writer.write(conn.send(h11.EndOfMessage()))
+    response, body = await read_response(sa, conn)
+    assert response.status_code == 200
+    seen = report(body)
+    assert seen["body_len"] == 20000 and seen["body_tail"] == "T" * 16
+    await sa.close()
+
+
+async def test_large_body_flows_through_the_high_water_mark(rec: Recorder) -> None:
+    srv = await serve(raw_app(rec), psk_server_context(), "127.0.0.1", 0, max_body=4 * 1024 * 1024)
+    try:
+        sa = await connect(srv.port)
+        resp = await sa.request(request("POST", "/big", b"z" * (3 * 1024 * 1024)))
+        assert report(resp.body)["body_len"] == 3 * 1024 * 1024
+        await sa.close()
+    finally:
+        await srv.aclose()
+
+
+async def test_100_continue_is_sent_when_the_application_reads(server: Server) -> None:
+    sa = await connect(server.port)
+    head = b"POST /c HTTP/1.1\r\nhost: maf\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n"
+    first = await exchange_raw(sa, head, until_eof=False)
+    assert first.startswith(b"HTTP/1.1 100 ")
+    sa.writer.write(b"abcd")
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="POST", target="/c", headers=[("host", "maf"), ("content-length", "4")]))
+    conn.receive_data(first)
+    response, body = await read_response(sa, conn)
+    assert response.status_code == 200 and report(body)["body_len"] == 4
+    await sa.close()
+
+
+async def test_413_before_the_body_is_sent(rec: Recorder, server: Server) -> None:
+    sa = await connect(server.port)
+    head = b"POST /big HTTP/1.1\r\nhost: maf\r\ncontent-length: 65537\r\nexpect: 100-continue\r\n\r\n"
+    answer = await exchange_raw(sa, head)  # read to EOF: the server answers and closes, no body was sent
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"connection: close" in answer
+    assert rec.scopes == []  # the application never ran
+    await sa.close()
+    # without Expect too: the answer comes from the head alone
+    sa = await connect(server.port)
+    answer = await exchange_raw(sa, b"POST /big HTTP/1.1\r\nhost: maf\r\ncontent-length: 9999999\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    await sa.close()
+
+
+async def test_chunked_body_is_cut_at_the_cap(rec: Recorder, server: Server) -> None:
+    sa = await connect(server.port)
+    conn = h11.Connection(h11.CLIENT)
+    sa.writer.write(conn.send(h11.Request(method="POST", target="/up",
+                                          headers=[("host", "maf"), ("transfer-encoding", "chunked")])))
+    answer = b""
+    async with asyncio.timeout(TIMEOUT):
+        for _ in range(200):  # 200 x 1000 bytes, far over the 64 KiB cap: the server stops reading at the cap
+            try:
+                sa.writer.write(conn.send(h11.Data(data=b"y" * 1000)))
+                await sa.writer.drain()
+            except (ConnectionError, OSError):
+                break
+            if sa.reader.at_eof() or sa.reader._buffer:  # type: ignore[attr-defined]
+                break
+        answer = await sa.reader.read()
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    await sa.close()
+
+
+@pytest.mark.parametrize("raw", [
+    b"GARBAGE\r\n\r\n",
+    b"GET / HTTP/1.1\r\nhost: maf\r\nbad header\r\n\r\n",
+    b"GET / HTTP/1.1\r\nhost: maf\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+    b"POST / HTTP/1.1\r\nhost: maf\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+])
+async def test_malformed_http_is_refused_with_400(rec: Recorder, server: Server, raw: bytes,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    sa = await connect(server.port)
+    with caplog.at_level(logging.DEBUG, logger="m2msec"):
+        answer = await exchange_raw(sa, raw)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not any(r.exc_info for r in caplog.records)
+    assert not any(b"GARBAGE" in r.getMessage().encode() or "zz" in r.getMessage() for r in caplog.records)
+    await sa.close()
+    ok = await connect(server.port)  # the server still serves
+    assert (await ok.request(request("GET", "/"))).status == 200
+    await ok.close()
+
+
+async def test_oversize_head_is_refused_with_431(server: Server) -> None:
+    sa = await connect(server.port)
+    answer = await exchange_raw(sa, b"GET / HTTP/1.1\r\nhost: maf\r\nx-big: " + b"a" * 20000 + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    await sa.close()
+
+
+async def test_application_exception_gives_500_and_the_server_still_serves(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    sa = await connect(server.port)
+    with caplog.at_level(logging.INFO, logger="m2msec"):
+        resp = await sa.request(request("POST", "/boom", b"secret-body-value"))
+    assert resp.status == 500 and b"secret" not in resp.body and b"failed" not in resp.body
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert "/boom" in failures[0].getMessage()
+    assert "secret-body-value" not in caplog.text
+    await sa.close()
+    sa = await connect(server.port)
+    assert (await sa.request(request("GET", "/"))).status == 200
+    await sa.close()
+
+
+async def test_streaming_response(server: Server) -> None:
+    sa = await connect(server.port)
+    resp = await sa.request(request("GET", "/stream"))
+    assert resp.status == 200 and resp.header("transfer-encoding") == "chunked"
+    assert resp.body == b"".join(f"part {i}\n".encode() for i in range(5))
+    assert (await sa.request(request("HEAD", "/stream"))).body == b""
+    assert (await sa.request(request("GET", "/"))).status == 200  # still alive after both
+    await sa.close()
+
+
+async def test_client_going_away_cancels_an_application_that_never_answers(rec: Recorder, server: Server) -> None:
+    sa = await connect(server.port)
+    sa.writer.write(b"GET /hang HTTP/1.1\r\nhost: maf\r\n\r\n")
+    async with asyncio.timeout(TIMEOUT):
+        await rec.started.wait()
+        await sa.close()
+        await rec.ended.wait()
+    assert "cancelled" in rec.events
+
+
+async def test_client_going_away_mid_request_gives_http_disconnect(rec: Recorder, server: Server) -> None:
+    sa = await connect(server.port)
+    sa.writer.write(b"POST /wait-disconnect HTTP/1.1\r\nhost: maf\r\ncontent-length: 100\r\n\r\npartial")
+    async with asyncio.timeout(TIMEOUT):
+        await rec.started.wait()
+        await asyncio.sleep(0.05)
+        sa.writer.transport.abort()
+        await rec.ended.wait()
+    assert rec.events[-1] == "disconnect"
+    await asyncio.sleep(0)
+    assert server._state.tasks == set() and server._state.connections == set()
+
+
+async def test_idle_and_request_timeouts(rec: Recorder) -> None:
+    srv = await serve(raw_app(rec), psk_server_context(), "127.0.0.1", 0,
+                      keep_alive_timeout=0.3, request_timeout=0.3)
+    try:
+        sa = await connect(srv.port)
+        assert (await sa.request(request("GET", "/"))).status == 200
+        async with asyncio.timeout(TIMEOUT):
+            assert await sa.reader.read() == b""  # idle: closed after 0.3 s
+        await sa.close()
+        slow = await connect(srv.port)
+        answer = await exchange_raw(slow, b"POST / HTTP/1.1\r\nhost: maf\r\ncontent-length: 10\r\n\r\nabc")
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        await slow.close()
+    finally:
+        await srv.aclose()
