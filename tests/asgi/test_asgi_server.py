@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import MutableMapping
 from typing import Any
 
 import h11
@@ -283,5 +284,44 @@ async def test_idle_and_request_timeouts(rec: Recorder) -> None:
         answer = await exchange_raw(slow, b"POST / HTTP/1.1\r\nhost: maf\r\ncontent-length: 10\r\n\r\nabc")
         assert answer.startswith(b"HTTP/1.1 408 ")
         await slow.close()
+    finally:
+        await srv.aclose()
+
+
+async def test_a_client_that_does_not_read_is_dropped_after_the_write_timeout() -> None:
+    sent: list[int] = []
+
+    async def flood(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200})
+        for _ in range(4000):  # 256 MiB, far more than the socket buffers hold
+            await send({"type": "http.response.body", "body": b"f" * 65536, "more_body": True})
+            sent.append(1)
+        await send({"type": "http.response.body"})
+
+    srv = await serve(flood, psk_server_context(), "127.0.0.1", 0, write_timeout=0.3)
+    try:
+        sa = await connect(srv.port)
+        sa.writer.write(b"GET / HTTP/1.1\r\nhost: maf\r\n\r\n")  # and never read
+        async with asyncio.timeout(TIMEOUT):
+            while srv._state.connections or srv._state.tasks:
+                await asyncio.sleep(0.05)
+        assert 0 < len(sent) < 4000  # the application was stopped, long before sending it all
+        sa.writer.transport.abort()
+    finally:
+        await srv.aclose()
+
+
+async def test_an_invalid_response_header_gives_500() -> None:
+    async def bad(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"bad header", b"x")]})
+
+    srv = await serve(bad, psk_server_context(), "127.0.0.1", 0)
+    try:
+        sa = await connect(srv.port)
+        assert (await sa.request(request("GET", "/"))).status == 500
+        await sa.close()
     finally:
         await srv.aclose()

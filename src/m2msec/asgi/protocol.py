@@ -128,10 +128,11 @@ class Cycle:
                 # stopping: this is the connection's last response; a client still waiting for 100 Continue may
                 # or may not send its body now, so the connection cannot carry another request
                 headers.append((b"connection", b"close"))
-            self.response_started = True
             status = int(message["status"])
-            reason = _phrase(status).encode("ascii")
-            protocol.write_event(h11.Response(status_code=status, headers=headers, reason=reason))
+            # built first: a bad status or header raises here, before anything is sent (the server answers 500)
+            response = h11.Response(status_code=status, headers=headers, reason=_phrase(status).encode("ascii"))
+            self.response_started = True
+            protocol.write_event(response)
         elif not self.response_complete:
             if kind != "http.response.body":
                 raise RuntimeError(f"expected 'http.response.body', got {kind!r}")
