@@ -325,3 +325,19 @@ async def test_an_invalid_response_header_gives_500() -> None:
         await sa.close()
     finally:
         await srv.aclose()
+
+
+async def test_a_body_the_application_did_not_read_is_dropped_and_the_connection_reused(server: Server) -> None:
+    sa = await connect(server.port)
+    conn = h11.Connection(h11.CLIENT)
+    sa.writer.write(conn.send(h11.Request(method="POST", target="/stream",
+                                          headers=[("host", "maf"), ("content-length", "10")])))
+    response, body = await read_response(sa, conn)  # /stream answers without reading the body
+    assert response.status_code == 200 and body.startswith(b"part 0")
+    sa.writer.write(conn.send(h11.Data(data=b"0123456789")) + conn.send(h11.EndOfMessage()))
+    conn.start_next_cycle()
+    sa.writer.write(conn.send(h11.Request(method="GET", target="/after", headers=[("host", "maf")])))
+    conn.send(h11.EndOfMessage())
+    response, body = await read_response(sa, conn)
+    assert response.status_code == 200 and report(body)["path"] == "/after"
+    await sa.close()
