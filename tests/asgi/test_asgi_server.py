@@ -341,3 +341,69 @@ async def test_a_body_the_application_did_not_read_is_dropped_and_the_connection
     response, body = await read_response(sa, conn)
     assert response.status_code == 200 and report(body)["path"] == "/after"
     await sa.close()
+
+
+async def test_reading_pauses_while_the_application_does_not_take_the_body() -> None:
+    from m2msec.asgi.protocol import HIGH_WATER, HTTPProtocol
+
+    go = asyncio.Event()
+    seen: list[int] = []
+
+    async def hold(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await go.wait()
+        total = 0
+        while True:
+            message = await receive()
+            total += len(message["body"])
+            if not message["more_body"]:
+                break
+        seen.append(total)
+        await send({"type": "http.response.start", "status": 204})
+        await send({"type": "http.response.body"})
+
+    srv = await serve(hold, psk_server_context(), "127.0.0.1", 0, max_body=8 * 1024 * 1024)
+    try:
+        sa = await connect(srv.port)
+        pending = asyncio.ensure_future(sa.request(request("POST", "/", b"b" * (4 * 1024 * 1024))))
+        await asyncio.sleep(0.5)  # the client writes as fast as the server lets it
+        (protocol,) = srv._state.connections
+        assert isinstance(protocol, HTTPProtocol) and protocol.cycle is not None
+        # paused: at most the high-water mark plus what one socket read decrypted, not the 4 MiB
+        buffered = protocol.cycle.buffered
+        assert buffered <= HIGH_WATER + 512 * 1024, f"{buffered} bytes buffered"
+        go.set()
+        async with asyncio.timeout(TIMEOUT):
+            assert (await pending).status == 204
+        assert seen == [4 * 1024 * 1024]
+        await sa.close()
+    finally:
+        await srv.aclose()
+
+
+async def test_100_continue_unanswered_by_the_application_closes_after_the_response(server: Server) -> None:
+    sa = await connect(server.port)
+    answer = await exchange_raw(sa, b"POST /stream HTTP/1.1\r\nhost: maf\r\ncontent-length: 4\r\n"
+                                    b"expect: 100-continue\r\n\r\n")  # to EOF: the server closes
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"connection: close" in answer.lower()
+    assert b" 100 " not in answer  # the application never read: no 100 Continue
+    await sa.close()
+
+
+async def test_http_1_0_request_is_answered_and_closed(server: Server) -> None:
+    sa = await connect(server.port)
+    answer = await exchange_raw(sa, b"GET /old HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"http_version": "1.0"' in answer
+    await sa.close()
+
+
+async def test_an_incomplete_head_times_out_with_408(rec: Recorder) -> None:
+    srv = await serve(raw_app(rec), psk_server_context(), "127.0.0.1", 0, request_timeout=0.3)
+    try:
+        sa = await connect(srv.port)
+        answer = await exchange_raw(sa, b"GET / HTTP/1.1\r\nhost: m")
+        assert answer.startswith(b"HTTP/1.1 408 ") and rec.scopes == []
+        await sa.close()
+    finally:
+        await srv.aclose()

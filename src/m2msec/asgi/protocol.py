@@ -183,7 +183,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._idle = self._loop.call_later(self.limits.keep_alive_timeout, self._idle_expired)
 
     def data_received(self, data: bytes) -> None:
-        if self.transport is None or self.conn.their_state is h11.ERROR:
+        if self.transport is None or self.transport.is_closing() or self.conn.their_state is h11.ERROR:
             return
         self._cancel_idle()
         if self.cycle is None and self._request_timer is None:
@@ -219,7 +219,7 @@ class HTTPProtocol(asyncio.Protocol):
     # -- reading
     def process(self) -> None:
         """Handle what h11 has parsed, up to the end of a request (or a pause)."""
-        while self.transport is not None:
+        while self.transport is not None and not self.transport.is_closing():
             try:
                 event = self.conn.next_event()
             except h11.RemoteProtocolError as exc:

@@ -74,7 +74,7 @@ def declared_length(request: h11.Request) -> int | None:
 
 def head_size(request: h11.Request) -> int:
     """Bytes of the request line and header fields, as sent without optional whitespace."""
-    size = len(request.method) + len(request.target) + 13  # "M T HTTP/1.1\r\n"
+    size = len(request.method) + len(request.target) + 12  # "M T HTTP/1.1\r\n"
     return size + sum(len(name) + len(value) + 4 for name, value in request.headers) + 2
 
 
