@@ -14,10 +14,13 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from conftest import LIGHT1_AE, LIGHT1_ID
+from conftest import LIGHT1_AE, LIGHT1_ID, make_table
 from m2msec.asgi import EXTENSION, LifespanFailed, TLSExtension, serve
+from m2msec.keys.table import PSKEntry
 from m2msec.pki import CertificateFlavour, identity_from_certificate
 from m2msec.saef import EXPORTER_CONNECTION_LABEL
+from m2msec.tls.engine import ServerConfig, TLSContext
+from m2msec.tls.profiles import ONEM2M_PSK
 
 from .conftest import MAF_FQDN, PKI, SP, TIMEOUT, connect, psk_server_context, request
 
@@ -121,3 +124,20 @@ async def test_fastapi_startup_failure_refuses_to_start() -> None:
         async with asyncio.timeout(TIMEOUT):
             await serve(make_app(log, fail=True), psk_server_context(), "127.0.0.1", 0)
     assert log == ["startup"]
+
+
+async def test_fastapi_with_an_asynchronous_psk_resolver() -> None:
+    table = make_table()
+    asked: list[str] = []
+
+    async def resolver(identity: str) -> PSKEntry | None:
+        asked.append(identity)
+        await asyncio.sleep(0.01)  # as a key fetched from a MAF or a database would
+        return table.lookup(identity)
+
+    context = TLSContext.server(ServerConfig(None, profiles=(ONEM2M_PSK,), async_psk=True))
+    async with await serve(make_app([]), context, "127.0.0.1", 0, psk_resolver=resolver) as srv:
+        sa = await connect(srv.port)
+        who = json.loads((await sa.request(request("GET", "/whoami"))).body)
+        await sa.close()
+    assert asked == [LIGHT1_ID] and who["psk_identity"] == LIGHT1_ID and who["entity"] == LIGHT1_AE

@@ -272,15 +272,18 @@ async def test_client_going_away_mid_request_gives_http_disconnect(rec: Recorder
 
 
 async def test_idle_and_request_timeouts(rec: Recorder) -> None:
-    srv = await serve(raw_app(rec), psk_server_context(), "127.0.0.1", 0,
-                      keep_alive_timeout=0.3, request_timeout=0.3)
+    srv = await serve(raw_app(rec), psk_server_context(), "127.0.0.1", 0, keep_alive_timeout=0.3)
     try:
-        sa = await connect(srv.port)
-        assert (await sa.request(request("GET", "/"))).status == 200
+        sa = await connect(srv.port)  # and says nothing
         async with asyncio.timeout(TIMEOUT):
             assert await sa.reader.read() == b""  # idle: closed after 0.3 s
         await sa.close()
+    finally:
+        await srv.aclose()
+    srv = await serve(raw_app(rec), psk_server_context(), "127.0.0.1", 0, request_timeout=0.3)
+    try:
         slow = await connect(srv.port)
+        assert (await slow.request(request("GET", "/"))).status == 200  # a whole request in time is served
         answer = await exchange_raw(slow, b"POST / HTTP/1.1\r\nhost: maf\r\ncontent-length: 10\r\n\r\nabc")
         assert answer.startswith(b"HTTP/1.1 408 ")
         await slow.close()

@@ -124,7 +124,7 @@ class Cycle:
             if kind != "http.response.start":
                 raise RuntimeError(f"expected 'http.response.start', got {kind!r}")
             headers = list(message.get("headers", ()))
-            if protocol.state.stopping or self.expects_continue:
+            if protocol.state.stopping or protocol.conn.they_are_waiting_for_100_continue:
                 # stopping: this is the connection's last response; a client still waiting for 100 Continue may
                 # or may not send its body now, so the connection cannot carry another request
                 headers.append((b"connection", b"close"))
