@@ -8,13 +8,14 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
-from saef_maf_stub import StubMAF
 
 from m2msec.errors import HandshakeFailed, MAFError, TransportError
 from m2msec.keys.secret import SecretKey
 from m2msec.maf.client import MAFClient, MAFCredentials
 from m2msec.pki import CertificateFlavour, Issued, create_ca, issue
 from m2msec.tls.engine import CertificateConfig
+
+from .saef_maf_stub import StubMAF
 
 FQDN = "maf.example.com"
 A_KMID, B_KMID = "entity-a@maf.example.com", "entity-b@maf.example.com"

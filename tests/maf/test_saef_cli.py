@@ -9,8 +9,8 @@ import socket
 import sys
 from pathlib import Path
 
-from saef_maf_stub import StubMAF
-from test_saef_gateway import A_ID, A_KM, A_KMID, B_KM, B_KMID, CSE, FQDN, IDB
+from .saef_maf_stub import StubMAF
+from .test_saef_gateway import A_ID, A_KM, A_KMID, B_KM, B_KMID, CSE, FQDN, IDB
 
 M2MSEC = [sys.executable, "-m", "m2msec.cli.main"]
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-from saef_maf_stub import StubMAF
-from test_saef_gateway import A_ID, A_KM, A_KMID, B_KM, B_KMID, FQDN, IDB
-
 from m2msec.gateway import coap
 from m2msec.gateway.coap import Message, MessageType
 from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
@@ -16,6 +13,9 @@ from m2msec.maf.client import MAFClient, MAFCredentials
 from m2msec.tls.engine import ClientConfig, TLSContext
 from m2msec.tls.profiles import ONEM2M_DTLS_PSK
 from m2msec.transport.dtls import create_dtls_endpoint
+
+from .saef_maf_stub import StubMAF
+from .test_saef_gateway import A_ID, A_KM, A_KMID, B_KM, B_KMID, FQDN, IDB
 
 
 class CoAPServer(asyncio.DatagramProtocol):

@@ -13,21 +13,19 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("m2msec.maf.server", reason="the MAF service is not on this branch yet")
-
-from m2msec.maf.config import MAFConfig
-from m2msec.maf.server import RunningMAF, running_maf
-from test_saef_gateway import CSE, Clock, request
-
 from m2msec.errors import HandshakeFailed, MAFError
 from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.gateway.maf_resolver import MAFKeyResolver
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable, PSKEntry
 from m2msec.maf.client import MAFClient, MAFCredentials
+from m2msec.maf.config import MAFConfig
+from m2msec.maf.server import RunningMAF, running_maf
 from m2msec.saef import PSKCredentials, establish_maf_sa, establish_sa
 from m2msec.store import MAFClient as ProvisionedClient
 from m2msec.store import open_store
+
+from .test_saef_gateway import CSE, Clock, request
 
 SP = "sp.example.com"
 FQDN = "maf.sp.example.com"

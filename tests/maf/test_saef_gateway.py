@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import h11
 import pytest
-from saef_maf_stub import StubMAF
 
 from m2msec import http1
 from m2msec.errors import HandshakeFailed
@@ -24,6 +23,8 @@ from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable, PSKEntry
 from m2msec.maf.client import MAFClient, MAFCredentials
 from m2msec.saef import PSKCredentials, establish_maf_sa, establish_sa
+
+from .saef_maf_stub import StubMAF
 
 FQDN = "maf.example.com"
 A_KMID, B_KMID, C_KMID = "entity-a@maf.example.com", "gateway-b@maf.example.com", "entity-c@maf.example.com"

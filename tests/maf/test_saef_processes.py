@@ -8,11 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-
-pytest.importorskip("m2msec.maf.server", reason="the MAF service is not on this branch yet")
-
-from test_saef_gateway import CSE
+from .test_saef_gateway import CSE
 
 M2MSEC = [sys.executable, "-m", "m2msec.cli.main"]
 FQDN, SP = "maf.m2msec.localhost", "m2msec.localhost"  # the MAF's embedded defaults

@@ -31,7 +31,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from m2msec.errors import ConfigurationError, Conflict, NotFound, StorageError
 from m2msec.keys.sealing import AEAD, open_check, open_sealed, seal, seal_check
 from m2msec.keys.secret import SecretKey
-from m2msec.store.records import KIND_MAF_CLIENT, KIND_MAF_KEY, MAFClient, RegisteredKey, record_aad
+from m2msec.store.records import (
+    KIND_MAF_CLIENT,
+    KIND_MAF_KEY,
+    KIND_MAF_REGISTRATION,
+    ClientRegistration,
+    MAFClient,
+    RegisteredKey,
+    record_aad,
+)
 
 __all__ = ["ALLOCATION_ATTEMPTS", "RELATIVE_KEY_ID_BYTES", "KeyStore", "Row", "random_relative_key_id"]
 
@@ -46,7 +54,7 @@ ALLOCATION_ATTEMPTS = 8
 _CHECK_PLAINTEXT = b"m2msec record store check v1"
 
 Row = tuple[Any, ...]
-_R = TypeVar("_R", MAFClient, RegisteredKey)
+_R = TypeVar("_R", MAFClient, RegisteredKey, ClientRegistration)
 
 
 def random_relative_key_id() -> str:
@@ -110,15 +118,16 @@ class KeyStore(ABC):
 
     # -- generic sealed records
     def _sealed_row(self, kind: str, record_id: str, expires: float | None, meta: str,
-                    key: SecretKey) -> tuple[bytes, bytes]:
-        return seal(self._aead, key.reveal(), record_aad(kind, record_id, expires, meta))
+                    key: SecretKey | None) -> tuple[bytes, bytes]:
+        plain = key.reveal() if key is not None else b""
+        return seal(self._aead, plain, record_aad(kind, record_id, expires, meta))
 
-    def _insert(self, kind: str, record_id: str, expires: float | None, meta: str, key: SecretKey) -> None:
+    def _insert(self, kind: str, record_id: str, expires: float | None, meta: str, key: SecretKey | None) -> None:
         nonce, sealed = self._sealed_row(kind, record_id, expires, meta, key)
         self._exec("INSERT INTO sealed_record (kind, id, expires, meta, nonce, sealed) VALUES (?, ?, ?, ?, ?, ?)",
                    (kind, record_id, expires, meta, nonce, sealed))
 
-    def _replace(self, kind: str, record_id: str, expires: float | None, meta: str, key: SecretKey) -> None:
+    def _replace(self, kind: str, record_id: str, expires: float | None, meta: str, key: SecretKey | None) -> None:
         nonce, sealed = self._sealed_row(kind, record_id, expires, meta, key)
         _, count = self._exec("UPDATE sealed_record SET expires = ?, meta = ?, nonce = ?, sealed = ? "
                               "WHERE kind = ? AND id = ?", (expires, meta, nonce, sealed, kind, record_id))
@@ -137,7 +146,7 @@ class KeyStore(ABC):
             log.error("%s: %s record %r fails its integrity check (changed without the master key); refused",
                       self.location, cls.kind, record_id)
             raise StorageError(f"{cls.kind} record {record_id!r} fails its integrity check")
-        return cls.from_row(record_id, SecretKey(plain), expires, meta)
+        return cls.from_row(record_id, SecretKey(plain) if plain else None, expires, meta)
 
     def _delete(self, kind: str, record_id: str) -> None:
         _, count = self._exec("DELETE FROM sealed_record WHERE kind = ? AND id = ?", (kind, record_id))
@@ -201,3 +210,34 @@ class KeyStore(ABC):
 
     def delete_key(self, relative_key_id: str) -> None:
         self._delete(KIND_MAF_KEY, relative_key_id)
+
+    def delete_keys_of(self, source_id: str) -> int:
+        """Delete every registered key whose source is ``source_id`` (a revoked client's keys); how many."""
+        count = 0
+        for rkid in self.ids(KIND_MAF_KEY):
+            try:
+                key = self.get_key(rkid)
+            except StorageError:
+                continue  # a damaged record is nobody's key
+            if key is not None and key.source_id == source_id:
+                try:
+                    self.delete_key(rkid)
+                    count += 1
+                except NotFound:
+                    pass
+        return count
+
+    # -- MAF Client Registrations (one per client identity, TS-0003 §8.8.2.3)
+    def put_registration(self, registration: ClientRegistration) -> None:
+        """Add or replace the registration of ``registration.owner`` (a new Client Registration replaces the
+        previous one of the same client)."""
+        try:
+            self._insert(KIND_MAF_REGISTRATION, registration.owner, registration.expires, registration.meta(), None)
+        except Conflict:
+            self._replace(KIND_MAF_REGISTRATION, registration.owner, registration.expires, registration.meta(), None)
+
+    def get_registration(self, owner: str) -> ClientRegistration | None:
+        return self._get(ClientRegistration, owner)
+
+    def delete_registration(self, owner: str) -> None:
+        self._delete(KIND_MAF_REGISTRATION, owner)

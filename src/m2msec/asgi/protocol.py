@@ -1,0 +1,417 @@
+"""One HTTP/1.1 connection inside TLS: h11 parses it, each request runs the ASGI application as a task.
+
+h11 handles one request at a time: while a request is in flight, reading is paused as soon as the client sends
+more (pipelining), and resumes when the response is complete. The request body is buffered up to
+:data:`HIGH_WATER` bytes, then reading pauses until the application calls ``receive()`` (flow control).
+
+Refusals the server makes itself (400/431 malformed, 408 too slow, 413 too large, 500 the application failed)
+carry ``connection: close`` and close the connection: what follows on the wire is not trusted any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from http import HTTPStatus
+from typing import Any
+
+import h11
+
+from m2msec.asgi.limits import Limits
+from m2msec.asgi.scope import TLSExtension, address, build_scope, declared_length, head_size
+from m2msec.tls.engine import SessionInfo, TLSConnection
+
+__all__ = ["HIGH_WATER", "ASGIApp", "Cycle", "HTTPProtocol", "ServerState"]
+
+log = logging.getLogger("m2msec.asgi")
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
+
+#: bytes of request body buffered before reading pauses until the application takes them
+HIGH_WATER = 64 * 1024
+
+_DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
+
+
+class ServerState:
+    """What a server's connections share: its limits, the live connections and tasks, whether it is stopping."""
+
+    def __init__(self, app: ASGIApp, limits: Limits) -> None:
+        self.app = app
+        self.limits = limits
+        self.lifespan_state: dict[str, Any] | None = None
+        self.connections: set[HTTPProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _error_response(status: int) -> bytes:
+    """A complete response the server sends on its own, before closing the connection."""
+    phrase = HTTPStatus(status).phrase
+    body = f"{status} {phrase}\n".encode("ascii")
+    return (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode("ascii") + body
+
+
+class Cycle:
+    """One request and its response: what ``receive`` and ``send`` of that request see."""
+
+    def __init__(self, protocol: HTTPProtocol, scope: dict[str, Any], expects_continue: bool) -> None:
+        self.protocol = protocol
+        self.scope = scope
+        self.head_only = scope["method"] == "HEAD"
+        self.expects_continue = expects_continue
+        self.body: list[bytes] = []
+        self.buffered = 0
+        self.received = 0
+        self.more_body = True
+        self.end_delivered = False
+        self.disconnected = False  # the client is gone, or the server answered and closes
+        self.response_started = False
+        self.response_complete = False
+        self.receiving = False
+        self.task: asyncio.Task[None] | None = None
+        self._event = asyncio.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def _ready(self) -> bool:
+        return (self.disconnected or self.response_complete or bool(self.body)
+                or (not self.more_body and not self.end_delivered))
+
+    async def receive(self) -> Message:
+        protocol = self.protocol
+        if self.expects_continue and not self.response_started and not self.disconnected:
+            self.expects_continue = False
+            protocol.send_continue()
+        self.receiving = True
+        try:
+            while not self._ready():
+                protocol.resume_body()
+                self._event.clear()
+                await self._event.wait()
+        finally:
+            self.receiving = False
+        if self.disconnected or self.response_complete:
+            return dict(_DISCONNECT)
+        body = b"".join(self.body)
+        self.body.clear()
+        self.buffered = 0
+        if not self.more_body:
+            self.end_delivered = True
+        else:
+            protocol.resume_body()
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if self.disconnected:
+            return  # the client is gone (or the server answered for the application): nothing to send
+        protocol = self.protocol
+        if not self.response_started:
+            if kind != "http.response.start":
+                raise RuntimeError(f"expected 'http.response.start', got {kind!r}")
+            headers = list(message.get("headers", ()))
+            if protocol.state.stopping or protocol.conn.they_are_waiting_for_100_continue:
+                # stopping: this is the connection's last response; a client still waiting for 100 Continue may
+                # or may not send its body now, so the connection cannot carry another request
+                headers.append((b"connection", b"close"))
+            status = int(message["status"])
+            # built first: a bad status or header raises here, before anything is sent (the server answers 500)
+            response = h11.Response(status_code=status, headers=headers, reason=_phrase(status).encode("ascii"))
+            self.response_started = True
+            protocol.write_event(response)
+        elif not self.response_complete:
+            if kind != "http.response.body":
+                raise RuntimeError(f"expected 'http.response.body', got {kind!r}")
+            body = bytes(message.get("body", b""))
+            if body and not self.head_only:
+                protocol.write_event(h11.Data(data=body))
+            if not message.get("more_body", False):
+                self.response_complete = True
+                protocol.write_event(h11.EndOfMessage())
+                self.wake()
+                protocol.response_done(self)
+        else:
+            raise RuntimeError(f"{kind!r} after the response is complete")
+        await protocol.drain()
+
+
+class HTTPProtocol(asyncio.Protocol):
+    """The application protocol of one TLS connection (:func:`m2msec.transport.tls.start_server` runs it)."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.limits = state.limits
+        self.transport: asyncio.Transport | None = None
+        self.cycle: Cycle | None = None
+        self.extension: TLSExtension | None = None
+        self.peer: tuple[str, int] | None = None
+        self.local: tuple[str, int] | None = None
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head)
+        self._loop = asyncio.get_running_loop()
+        self._idle: asyncio.TimerHandle | None = None
+        self._request_timer: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        session: SessionInfo = transport.get_extra_info("m2msec_session")
+        connection: TLSConnection = transport.get_extra_info("tls_connection")
+        self.extension = TLSExtension(session, connection)
+        self.peer = address(transport.get_extra_info("peername"))
+        self.local = address(transport.get_extra_info("sockname"))
+        if self.state.stopping:
+            transport.close()
+            return
+        self.state.connections.add(self)
+        self._idle = self._loop.call_later(self.limits.keep_alive_timeout, self._idle_expired)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing() or self.conn.their_state is h11.ERROR:
+            return
+        self._cancel_idle()
+        if self.cycle is None and self._request_timer is None:
+            self._start_request_timer()
+        self.conn.receive_data(data)
+        self.process()
+
+    def eof_received(self) -> bool | None:
+        return None  # the client closed: so do we (connection_lost follows)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_idle()
+        self._cancel_request_timer()
+        self.state.connections.discard(self)
+        self.transport = None
+        self._writable.set()  # a send() waiting to drain returns
+        if self.extension is not None:
+            self.extension._forget()
+        cycle = self.cycle
+        if cycle is not None and not cycle.disconnected:
+            cycle.disconnected = True
+            cycle.wake()
+            task = cycle.task
+            if task is not None and not task.done() and not cycle.response_complete and not cycle.receiving:
+                task.cancel()  # nobody will read its answer; one waiting in receive() gets http.disconnect
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # -- reading
+    def process(self) -> None:
+        """Handle what h11 has parsed, up to the end of a request (or a pause)."""
+        while self.transport is not None and not self.transport.is_closing():
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                log.info("malformed HTTP from %s: refused with %d", self.peer, exc.error_status_hint)
+                self.refuse(exc.error_status_hint)
+                return
+            if event is h11.NEED_DATA:
+                return
+            if event is h11.PAUSED:
+                self._pause()
+                return
+            if isinstance(event, h11.Request):
+                self._on_request(event)
+            elif isinstance(event, h11.Data):
+                self._on_data(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self._on_end()
+            elif isinstance(event, h11.ConnectionClosed):
+                self.close()
+                return
+
+    def _on_request(self, request: h11.Request) -> None:
+        assert self.extension is not None
+        scope = build_scope(request, client=self.peer, server=self.local, extension=self.extension,
+                            state=self.state.lifespan_state)
+        cycle = self.cycle = Cycle(self, scope, self.conn.they_are_waiting_for_100_continue)
+        if head_size(request) > self.limits.max_head:  # h11 caps only a head still incomplete
+            log.info("request head from %s refused (limit %d bytes)", self.peer, self.limits.max_head)
+            self.refuse(431)
+            return
+        length = declared_length(request)
+        if length is not None and length > self.limits.max_body:
+            log.info("request body of %d bytes from %s refused (limit %d)", length, self.peer, self.limits.max_body)
+            self.refuse(413)
+            return
+        task = cycle.task = self._loop.create_task(self._run(cycle))
+        self.state.tasks.add(task)
+        task.add_done_callback(self.state.tasks.discard)
+
+    def _on_data(self, data: bytes) -> None:
+        cycle = self.cycle
+        assert cycle is not None
+        cycle.received += len(data)
+        if cycle.received > self.limits.max_body:
+            log.info("request body from %s cut at the %d-byte limit", self.peer, self.limits.max_body)
+            self.refuse(413)
+            return
+        if cycle.response_complete or cycle.disconnected:
+            return  # the rest of a body the application did not read: dropped
+        cycle.body.append(data)
+        cycle.buffered += len(data)
+        if cycle.buffered > HIGH_WATER:
+            self._pause()
+        cycle.wake()
+
+    def _on_end(self) -> None:
+        cycle = self.cycle
+        assert cycle is not None
+        self._cancel_request_timer()
+        cycle.more_body = False
+        cycle.wake()
+        if cycle.response_complete:
+            self._next_cycle()
+
+    def resume_body(self) -> None:
+        """The application wants more of the body: read on (unless a pipelined request is waiting)."""
+        if self._paused and self.conn.their_state is h11.SEND_BODY:
+            self._resume()
+
+    def _pause(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+    # -- writing
+    def write_event(self, event: h11.Event) -> None:
+        data = self.conn.send(event)  # LocalProtocolError (bad header, too much body) goes to the application
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def send_continue(self) -> None:
+        if self.conn.they_are_waiting_for_100_continue and self.transport is not None:
+            self.write_event(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
+
+    async def drain(self) -> None:
+        if self._writable.is_set():
+            return
+        try:
+            async with asyncio.timeout(self.limits.write_timeout):
+                await self._writable.wait()
+        except TimeoutError:
+            log.info("client %s did not read the response within %.1f s", self.peer, self.limits.write_timeout)
+            self.abort()
+
+    def response_done(self, cycle: Cycle) -> None:
+        if self.conn.our_state is h11.MUST_CLOSE or self.state.stopping:
+            self.close()
+        elif self.conn.their_state is h11.DONE:
+            self._next_cycle()
+        # else: the rest of the request body is read and dropped, then _on_end starts the next cycle
+
+    def _next_cycle(self) -> None:
+        self.conn.start_next_cycle()
+        self.cycle = None
+        if self.state.stopping:
+            self.close()
+            return
+        self._resume()
+        if self.conn.trailing_data[0]:
+            self._start_request_timer()  # a pipelined request, at least its beginning
+            self._loop.call_soon(self.process)
+        else:
+            self._idle = self._loop.call_later(self.limits.keep_alive_timeout, self._idle_expired)
+
+    def refuse(self, status: int) -> None:
+        """Answer ``status`` on the application's behalf (if its response has not started) and close."""
+        cycle = self.cycle
+        if cycle is not None:
+            started = cycle.response_started
+            cycle.disconnected = True
+            cycle.wake()
+            if started:
+                self.close()
+                return
+        if self.transport is not None:
+            self.transport.write(_error_response(status))
+        self.close()
+
+    def close(self) -> None:
+        self._cancel_idle()
+        self._cancel_request_timer()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def stop(self) -> None:
+        """The server is stopping: an idle connection closes now, a busy one after its response."""
+        if self.cycle is None:
+            self.close()
+
+    # -- timers
+    def _idle_expired(self) -> None:
+        self._idle = None
+        if self.cycle is None and self._request_timer is None:
+            self.close()
+
+    def _cancel_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def _start_request_timer(self) -> None:
+        self._cancel_request_timer()
+        self._request_timer = self._loop.call_later(self.limits.request_timeout, self._request_expired)
+
+    def _cancel_request_timer(self) -> None:
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
+
+    def _request_expired(self) -> None:
+        self._request_timer = None
+        log.info("request from %s did not arrive within %.1f s", self.peer, self.limits.request_timeout)
+        self.refuse(408)
+
+    # -- the application
+    async def _run(self, cycle: Cycle) -> None:
+        scope = cycle.scope
+        try:
+            await self.state.app(scope, cycle.receive, cycle.send)
+        except Exception:
+            # once, with the method and path only: neither the query, the headers nor the body
+            log.exception("ASGI application failed on %s %s from %s", scope["method"], scope["path"], self.peer)
+            self._failed(cycle)
+            return
+        if not cycle.disconnected and not cycle.response_complete:
+            log.error("ASGI application returned without a complete response on %s %s", scope["method"],
+                      scope["path"])
+            self._failed(cycle)
+
+    def _failed(self, cycle: Cycle) -> None:
+        if cycle.disconnected or cycle.response_complete or cycle is not self.cycle:
+            return
+        if cycle.response_started:
+            self.close()  # a response cut short: closing tells the client it is incomplete
+        else:
+            self.refuse(500)

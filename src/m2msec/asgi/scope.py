@@ -1,0 +1,123 @@
+"""The ASGI ``http`` scope of one request, and the ``m2msec.tls`` extension that carries the TLS session into it.
+
+Pure: built from an h11 ``Request`` and what the connection knows, no I/O (docs/asgi.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+import h11
+
+from m2msec.errors import TLSProtocolError
+from m2msec.keys.secret import SecretKey
+from m2msec.tls.engine import SessionInfo, TLSConnection
+
+__all__ = ["ASGI_VERSION", "EXTENSION", "TLSExtension", "address", "build_scope", "declared_length", "head_size"]
+
+#: the ASGI version and HTTP spec version this server implements
+ASGI_VERSION: dict[str, str] = {"version": "3.0", "spec_version": "2.3"}
+#: the key of :class:`TLSExtension` in ``scope["extensions"]``
+EXTENSION = "m2msec.tls"
+
+
+class TLSExtension:
+    """What an application learns of the TLS connection that carries its request.
+
+    ``session`` is the :class:`~m2msec.tls.engine.SessionInfo` (who authenticated: PSK identity or peer
+    certificate, the associated entity, the cipher; no key material). :meth:`export_keying_material` is the
+    RFC 5705 exporter of *this* connection. Nothing else of the connection is reachable from here, and once the
+    connection is gone the exporter refuses (the connection is no longer referenced).
+    """
+
+    __slots__ = ("__connection", "session")
+
+    def __init__(self, session: SessionInfo, connection: TLSConnection) -> None:
+        self.session = session
+        self.__connection: TLSConnection | None = connection
+
+    def __repr__(self) -> str:
+        who = self.session.psk_identity if self.session.psk_identity is not None else self.session.entity
+        return f"<TLSExtension {self.session.authentication} {who!r} {self.session.cipher}>"
+
+    def export_keying_material(self, label: str, length: int, context: bytes | None = None) -> SecretKey:
+        """RFC 5705 keying material of this connection (``context=None``: no context, TS-0003 §10.3.1).
+
+        Raises:
+            TLSProtocolError: the connection is closed.
+            ConfigurationError: a reserved or non-ASCII label, or a length outside 1..16384."""
+        connection = self.__connection
+        if connection is None:
+            raise TLSProtocolError("the TLS connection of this request is closed")
+        return connection.export_keying_material(label, length, context)
+
+    def _forget(self) -> None:
+        """The connection is closed: drop it (called by the server)."""
+        self.__connection = None
+
+
+def address(value: Any) -> tuple[str, int] | None:
+    """``(host, port)`` of a socket address (an IPv6 4-tuple too); None for anything else."""
+    if isinstance(value, tuple) and len(value) >= 2 and isinstance(value[0], str) and isinstance(value[1], int):
+        return (value[0], value[1])
+    return None
+
+
+def declared_length(request: h11.Request) -> int | None:
+    """The request's Content-Length (h11 has checked it is one well-formed number), None when there is none."""
+    for name, value in request.headers:
+        if name == b"content-length":
+            return int(value)
+    return None
+
+
+def head_size(request: h11.Request) -> int:
+    """Bytes of the request line and header fields, as sent without optional whitespace."""
+    size = len(request.method) + len(request.target) + 12  # "M T HTTP/1.1\r\n"
+    return size + sum(len(name) + len(value) + 4 for name, value in request.headers) + 2
+
+
+def _split_target(target: bytes) -> tuple[bytes, bytes]:
+    """``(raw_path, query_string)`` of an origin-form, absolute-form or asterisk-form request target."""
+    if not target.startswith(b"/") and target != b"*":
+        scheme_end = target.find(b"://")
+        if scheme_end > 0:  # absolute-form (RFC 9112 §3.2.2): the path starts after the authority
+            slash = target.find(b"/", scheme_end + 3)
+            mark = target.find(b"?", scheme_end + 3)
+            if slash < 0 or 0 <= mark < slash:
+                target = b"/" + (target[mark:] if mark >= 0 else b"")
+            else:
+                target = target[slash:]
+    path, _, query = target.partition(b"?")
+    return path, query
+
+
+def build_scope(
+    request: h11.Request,
+    *,
+    client: tuple[str, int] | None,
+    server: tuple[str, int] | None,
+    extension: TLSExtension,
+    state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ASGI 3 ``http`` scope of ``request`` (HTTP spec 2.3)."""
+    raw_path, query = _split_target(request.target)
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": dict(ASGI_VERSION),
+        "http_version": request.http_version.decode("ascii"),
+        "method": request.method.decode("ascii"),
+        "scheme": "https",
+        "path": unquote(raw_path.decode("ascii")),
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": "",
+        "headers": [(name, value) for name, value in request.headers],  # h11 lowercases the names
+        "client": client,
+        "server": server,
+        "extensions": {EXTENSION: extension},
+    }
+    if state is not None:
+        scope["state"] = dict(state)  # each request gets a shallow copy of the lifespan state
+    return scope
