@@ -242,6 +242,10 @@ class TLSPeeker:
                 return bytes(out) + self._give_up()
             if len(self._raw) < 5 + length:
                 break
+            # RFC 5246 §6.2.1, RFC 8446 §5.1: no zero-length handshake fragment; and a message cut into tiny
+            # records must not make the records held for it outgrow what D75 lets a connection hold
+            if ctype == _HANDSHAKE and (length == 0 or len(self._pending) + 5 + length > self._max_held):
+                return bytes(out) + self._give_up()
             record = bytes(self._raw[: 5 + length])
             del self._raw[: 5 + length]
             if ctype != _HANDSHAKE:
