@@ -19,6 +19,7 @@ them off the event loop.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import threading
 import time
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from m2msec.errors import ConfigurationError, Conflict, NotFound, StorageError
+from m2msec.errors import ConfigurationError, Conflict, IdentifierError, NotFound, StorageError
 from m2msec.keys.sealing import AEAD, open_check, open_sealed, seal, seal_check
 from m2msec.keys.secret import SecretKey
 from m2msec.store.records import KIND_MAF_CLIENT, KIND_MAF_KEY, MAFClient, RegisteredKey, record_aad
@@ -51,6 +52,18 @@ _R = TypeVar("_R", MAFClient, RegisteredKey)
 
 def random_relative_key_id() -> str:
     return secrets.token_hex(RELATIVE_KEY_ID_BYTES)
+
+
+def _storable(record_id: str) -> bool:
+    """Whether every backend can hold ``record_id`` as TEXT: UTF-8 (no lone surrogate, which JSON's ``\\ud800``
+    decodes to) and no NUL (PostgreSQL refuses it, SQLite would keep an id no other backend could)."""
+    if "\0" in record_id:
+        return False
+    try:
+        record_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class KeyStore(ABC):
@@ -111,14 +124,20 @@ class KeyStore(ABC):
     # -- generic sealed records
     def _sealed_row(self, kind: str, record_id: str, expires: float | None, meta: str,
                     key: SecretKey) -> tuple[bytes, bytes]:
+        if expires is not None and math.isnan(expires):  # SQLite would store NULL, PostgreSQL a never-expiring NaN
+            raise StorageError(f"{kind} record {record_id!r}: its expiry time is not a number")
         return seal(self._aead, key.reveal(), record_aad(kind, record_id, expires, meta))
 
     def _insert(self, kind: str, record_id: str, expires: float | None, meta: str, key: SecretKey) -> None:
+        if not _storable(record_id):
+            raise IdentifierError(f"{kind} id {record_id!r} is not valid UTF-8 text without NUL")
         nonce, sealed = self._sealed_row(kind, record_id, expires, meta, key)
         self._exec("INSERT INTO sealed_record (kind, id, expires, meta, nonce, sealed) VALUES (?, ?, ?, ?, ?, ?)",
                    (kind, record_id, expires, meta, nonce, sealed))
 
     def _replace(self, kind: str, record_id: str, expires: float | None, meta: str, key: SecretKey) -> None:
+        if not _storable(record_id):
+            raise NotFound(f"no {kind} record {record_id!r}")
         nonce, sealed = self._sealed_row(kind, record_id, expires, meta, key)
         _, count = self._exec("UPDATE sealed_record SET expires = ?, meta = ?, nonce = ?, sealed = ? "
                               "WHERE kind = ? AND id = ?", (expires, meta, nonce, sealed, kind, record_id))
@@ -126,6 +145,8 @@ class KeyStore(ABC):
             raise NotFound(f"no {kind} record {record_id!r}")
 
     def _get(self, cls: type[_R], record_id: str) -> _R | None:
+        if not _storable(record_id):
+            return None  # no record can have it
         rows, _ = self._exec("SELECT expires, meta, nonce, sealed FROM sealed_record WHERE kind = ? AND id = ?",
                              (cls.kind, record_id))
         if not rows:
@@ -140,6 +161,8 @@ class KeyStore(ABC):
         return cls.from_row(record_id, SecretKey(plain), expires, meta)
 
     def _delete(self, kind: str, record_id: str) -> None:
+        if not _storable(record_id):
+            raise NotFound(f"no {kind} record {record_id!r}")
         _, count = self._exec("DELETE FROM sealed_record WHERE kind = ? AND id = ?", (kind, record_id))
         if count == 0:
             raise NotFound(f"no {kind} record {record_id!r}")
