@@ -135,3 +135,18 @@ def test_new_sqlite_store_files_are_private(tmp_path: Path, monkeypatch: pytest.
         store.close()
     finally:
         os.umask(old)
+
+
+def test_records_without_their_check_value_are_refused(store_url: str, master_key: SecretKey) -> None:
+    """Only the record table copied to a new database (or the check value deleted): a store opened with the wrong
+    master key made a new check value under it, then blamed every record on tampering and sealed new ones under
+    the wrong key beside them."""
+    with open_store(store_url, master_key) as s:
+        s.register_client(_client("KmID-1"))
+        s._exec("DELETE FROM store_meta")
+    with pytest.raises(StorageError, match="master key does not match"):
+        open_store(store_url, SecretKey.generate(32))
+    with open_store(store_url, master_key) as s:  # the right key opens a record: the check value is made again
+        assert s.get_client("KmID-1") is not None
+    with pytest.raises(StorageError, match="master key does not match"):
+        open_store(store_url, SecretKey.generate(32))

@@ -111,10 +111,21 @@ class KeyStore(ABC):
             return self._run(sql, params)
 
     def _open_check(self) -> None:
-        """Store the check value of a new store, or check the master key against it (StorageError)."""
-        self._exec("INSERT INTO store_meta (name, value) VALUES ('check', ?) ON CONFLICT (name) DO NOTHING",
-                   (seal_check(self._aead, _CHECK_PLAINTEXT),))
+        """Store the check value of a new store, or check the master key against it (StorageError). Records
+        without a check value (only the record table copied to a new database, or the value deleted) get one only
+        if the master key opens one of them: a check value made blindly would bless a wrong master key."""
         rows, _ = self._exec("SELECT value FROM store_meta WHERE name = 'check'")
+        if not rows:
+            sample, _ = self._exec("SELECT kind, id, expires, meta, nonce, sealed FROM sealed_record LIMIT 1")
+            if sample:
+                kind, record_id, expires, meta, nonce, sealed = sample[0]
+                aad = record_aad(kind, record_id, None if expires is None else float(expires), meta)
+                if open_sealed(self._aead, bytes(nonce), bytes(sealed), aad) is None:
+                    raise StorageError(f"{self.location}: the master key does not match this key store (it has "
+                                       f"no check value, and the key opens none of its records)")
+            self._exec("INSERT INTO store_meta (name, value) VALUES ('check', ?) ON CONFLICT (name) DO NOTHING",
+                       (seal_check(self._aead, _CHECK_PLAINTEXT),))
+            rows, _ = self._exec("SELECT value FROM store_meta WHERE name = 'check'")
         plain = open_check(self._aead, bytes(rows[0][0])) if rows else None
         if plain is None:
             raise StorageError(f"{self.location}: the master key does not match this key store")
