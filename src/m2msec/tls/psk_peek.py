@@ -384,10 +384,8 @@ class DTLSPeeker:
             return False
         if self.found is not None:
             return True  # a retransmission of a message already whole
-        for i in range(off, off + flen):
-            if not self._have[i]:
-                self._have[i] = 1
-                self._missing -= 1
+        self._missing -= self._have.count(0, off, off + flen)  # bytes of this fragment not seen before
+        self._have[off : off + flen] = b"\x01" * flen
         self._message[off : off + flen] = fragment
         if self._missing == 0:
             identity = client_key_exchange_identity(bytes(self._message))
