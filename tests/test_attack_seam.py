@@ -17,7 +17,14 @@ from m2msec.errors import HandshakeFailed
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import PSKEntry
 from m2msec.tls.async_psk import MAX_SUPPLIED_IDENTITIES
-from m2msec.tls.engine import ClientConfig, ServerConfig, SessionInfo, TLSContext
+from m2msec.tls.engine import (
+    ClientConfig,
+    HandshakeCompleted,
+    PSKIdentityReceived,
+    ServerConfig,
+    SessionInfo,
+    TLSContext,
+)
 from m2msec.tls.profiles import ONEM2M_DTLS_PSK, ONEM2M_PSK, TLS13_PSK
 from m2msec.tls.psk_peek import DEFAULT_MAX_HELD, DTLSPeeker, TLSPeeker
 from m2msec.transport.dtls import create_dtls_endpoint, start_dtls_server
@@ -302,3 +309,49 @@ def test_dtls_overlapping_fragments_complete_only_when_covered() -> None:
         assert peeker.feed(_dtls_cke_fragment(message, off, end, n))
         assert (peeker.found is not None) == (n == len(pieces) - 1)
     assert peeker.found is not None and peeker.found.identities == (LIGHT1_ID.encode(),)
+
+
+def test_dtls_malformed_fragment_while_resolving_keeps_everything_held() -> None:
+    """A malformed ClientKeyExchange fragment (a spoofed datagram, or the client's own) arriving while the
+    identity is resolved made the peeker give up with the key exchange still held: the datagrams after it went
+    to OpenSSL at once, ahead of the held key exchange, so OpenSSL read the identity before its key was supplied
+    (the unknown path, a decoy key) and the genuine client's handshake failed."""
+    server = TLSContext.dtls_server(ServerConfig(None, profiles=(ONEM2M_DTLS_PSK,), async_psk=True))
+    client = TLSContext.dtls_client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY),
+                                                 profiles=(ONEM2M_DTLS_PSK,), peer_entity=HOME_GATEWAY_CSE_ID))
+    c = client.dtls_connection("srv")
+    s = server.dtls_connection("cli")
+    for d in c.datagrams_to_send():
+        s.receive_datagram(d)
+    hello_verify = s.datagrams_to_send()
+    s = server.dtls_connection("cli")  # stateless cookie exchange: a fresh object
+    for d in hello_verify:
+        c.receive_datagram(d)
+    for d in c.datagrams_to_send():
+        s.receive_datagram(d)
+    for d in s.datagrams_to_send():
+        c.receive_datagram(d)
+    flight = c.datagrams_to_send()
+    events = [e for d in flight for e in s.receive_datagram(d)]
+    assert events == [PSKIdentityReceived(LIGHT1_ID)]
+    bogus = _dtls_cke_fragment(b"\x00\x05hello", 0, 7, 99)
+    bogus = bogus[:25] + bytes([0, 0, 200]) + bogus[28:]  # fragment length 200: past the message's end
+    assert s.receive_datagram(bogus) == []
+    for d in flight:  # the client's retransmission, while the resolver still runs
+        assert s.receive_datagram(d) == []
+    assert s.data_to_send() == b""
+    done = s.supply_psk(TABLE.lookup(LIGHT1_ID))
+    assert any(isinstance(e, HandshakeCompleted) for e in done)
+    for d in s.datagrams_to_send():
+        c.receive_datagram(d)
+    assert s.session is not None and s.session.psk_identity == LIGHT1_ID and c.session is not None
+
+
+def test_dtls_malformed_fragment_after_the_whole_message_in_one_datagram() -> None:
+    message = _u16(len(LIGHT1_ID)) + LIGHT1_ID.encode()
+    bogus = _dtls_cke_fragment(b"\x00\x05hello", 0, 7, 1)
+    bogus = bogus[:25] + bytes([0, 0, 200]) + bogus[28:]
+    peeker = DTLSPeeker()
+    assert peeker.feed(_dtls_cke_fragment(message, 0, len(message), 0) + bogus)
+    assert peeker.found is not None and not peeker.gave_up
+    assert peeker.feed(b"\x14\xfe\xfd" + bytes(10))  # still held: nothing reaches OpenSSL ahead of the message

@@ -326,7 +326,9 @@ class DTLSPeeker:
         """True if ``datagram`` is held (do not give it to OpenSSL now)."""
         if self.gave_up or self._resumed:
             return False
-        hit = self._scan(datagram)
+        # once the message is whole everything is held unread: nothing that follows may make the peeker give up
+        # and let later datagrams reach OpenSSL ahead of the held key exchange
+        hit = self.found is not None or self._scan(datagram)
         if hit or self._held:  # having given up, the caller releases what is held with resume()
             self._held.append(datagram)
             self._held_bytes += len(datagram)
@@ -376,14 +378,14 @@ class DTLSPeeker:
         return hit
 
     def _fragment(self, mlen: int, seq: int, off: int, fragment: bytes, flen: int) -> bool:
+        if self.found is not None:
+            return True  # the message is whole: what follows it in the datagram is held, whatever it is
         if mlen > MAX_HANDSHAKE_MESSAGE or off + flen > mlen or len(fragment) != flen:
             return False
         if self._seq is None:
             self._seq, self._message, self._have, self._missing = seq, bytearray(mlen), bytearray(mlen), mlen
         elif seq != self._seq or mlen != len(self._message):
             return False
-        if self.found is not None:
-            return True  # a retransmission of a message already whole
         self._missing -= self._have.count(0, off, off + flen)  # bytes of this fragment not seen before
         self._have[off : off + flen] = b"\x01" * flen
         self._message[off : off + flen] = fragment
