@@ -7,13 +7,15 @@ from __future__ import annotations
 import math
 import os
 import stat
+import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from m2msec.errors import IdentifierError, NotFound, StorageError
 from m2msec.keys.secret import SecretKey
-from m2msec.store import KeyStore, MAFClient, open_store
+from m2msec.store import KeyStore, MAFClient, open_store, postgres
 from m2msec.store.records import KIND_MAF_CLIENT, KIND_MAF_KEY
 
 # what a JSON body decodes "\ud800" to, a NUL, and SQL that a concatenated statement would run
@@ -150,3 +152,35 @@ def test_records_without_their_check_value_are_refused(store_url: str, master_ke
         assert s.get_client("KmID-1") is not None
     with pytest.raises(StorageError, match="master key does not match"):
         open_store(store_url, SecretKey.generate(32))
+
+
+def test_postgres_statement_waits_for_a_lock_only_so_long(postgres_url: str, master_key: SecretKey,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator's transaction holding a table lock made every statement wait forever (SQLite gives up after
+    its busy_timeout): a lookup blocked, and with it one of AsyncKeyStore's few worker threads."""
+    monkeypatch.setattr(postgres, "LOCK_TIMEOUT_MS", 300, raising=False)
+    store = open_store(postgres_url, master_key)
+    admin = psycopg.connect(postgres_url)
+    outcome: list[object] = []
+
+    def lookup() -> None:
+        try:
+            outcome.append(store.get_client("KmID-1"))
+        except StorageError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=lookup, daemon=True)
+    try:
+        admin.execute("LOCK TABLE sealed_record IN ACCESS EXCLUSIVE MODE")  # and the transaction stays open
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive() and isinstance(outcome[0], StorageError)
+        assert "lock timeout" in str(outcome[0])
+        admin.rollback()
+        assert store.get_client("KmID-1") is None  # the store still works once the lock is gone
+    finally:
+        admin.rollback()
+        admin.close()
+        if worker.is_alive():
+            worker.join(10)
+        store.close()

@@ -29,13 +29,17 @@ from m2msec.keys.secret import SecretKey
 from m2msec.keys.sqlite_store import MASTER_KEY_ENV, read_master_key_file
 from m2msec.store.base import KeyStore, Row
 
-__all__ = ["CONNECT_TIMEOUT", "POSTGRES_MASTER_KEY_SOURCES", "PostgresKeyStore", "redact_url"]
+__all__ = ["CONNECT_TIMEOUT", "LOCK_TIMEOUT_MS", "POSTGRES_MASTER_KEY_SOURCES", "PostgresKeyStore", "redact_url"]
 
 #: Where a PostgreSQL store's master key comes from, first match wins (D72); there is no default file: the
 #: instances sharing the database must share the key, so creating one would split them.
 POSTGRES_MASTER_KEY_SOURCES = ("--master-key-file", f"${MASTER_KEY_ENV}")
 #: Seconds to wait for the server when connecting.
 CONNECT_TIMEOUT = 10
+#: How long a statement waits for a lock another session holds before it fails with StorageError (D54): as
+#: long as SQLite's ``busy_timeout``; PostgreSQL's default is to wait forever (an operator's open transaction
+#: holding a table lock would hang every lookup, and AsyncKeyStore's worker threads with them).
+LOCK_TIMEOUT_MS = 10_000
 _SCHEMA_LOCK = 0x6D326D73  # "m2ms": pg_advisory_xact_lock key while the schema is created
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS store_meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL)",
@@ -98,6 +102,7 @@ class PostgresKeyStore(KeyStore):
         except psycopg.Error as exc:
             raise StorageError(f"{self.location}: cannot connect: {self._reason(exc)}") from None
         try:
+            self._conn.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_MS)}")
             with self._conn.transaction():
                 self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 for statement in _SCHEMA:
