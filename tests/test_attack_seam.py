@@ -38,11 +38,12 @@ def _u16(n: int) -> bytes:
     return n.to_bytes(2, "big")
 
 
-def _psk_extensions(identities: list[bytes]) -> bytes:
-    """psk_key_exchange_modes (psk_dhe_ke) and pre_shared_key with ``identities`` (binders of zeros), last."""
+def _psk_extensions(identities: list[bytes], binders: int | None = None) -> bytes:
+    """psk_key_exchange_modes (psk_dhe_ke) and pre_shared_key with ``identities`` (``binders`` binders of zeros,
+    one per identity by default), last."""
     ids = b"".join(_u16(len(i)) + i + bytes(4) for i in identities)
-    binders = b"".join(b"\x20" + bytes(32) for _ in identities)
-    psk = _u16(len(ids)) + ids + _u16(len(binders)) + binders
+    binder_list = b"".join(b"\x20" + bytes(32) for _ in range(len(identities) if binders is None else binders))
+    psk = _u16(len(ids)) + ids + _u16(len(binder_list)) + binder_list
     return _u16(45) + _u16(2) + b"\x01\x01" + _u16(41) + _u16(len(psk)) + psk
 
 
@@ -58,8 +59,9 @@ def tls12_client_hello(identities: list[bytes]) -> bytes:
     return _handshake_record(1, body, b"\x03\x01")
 
 
-def tls13_client_hello(identities: list[bytes]) -> bytes:
-    """A real TLS 1.3 ClientHello from the engine's client, its pre_shared_key rewritten to ``identities``."""
+def tls13_client_hello(identities: list[bytes], binders: int | None = None) -> bytes:
+    """A real TLS 1.3 ClientHello from the engine's client, its pre_shared_key rewritten to ``identities``,
+    in records of at most 16 KiB."""
     client = TLSContext.client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(TLS13_PSK,),
                                             peer_entity=HOME_GATEWAY_CSE_ID))
     body = client.connection().data_to_send()[9:]
@@ -73,8 +75,11 @@ def tls13_client_hello(identities: list[bytes]) -> bytes:
         if etype not in (41, 45):
             kept += exts[q : q + 4 + n]
         q += 4 + n
-    kept += _psk_extensions(identities)
-    return _handshake_record(1, head + _u16(len(kept)) + kept, b"\x03\x01")
+    kept += _psk_extensions(identities, binders)
+    body = head + _u16(len(kept)) + kept
+    message = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"".join(b"\x16\x03\x01" + _u16(len(message[i : i + 16384])) + message[i : i + 16384]
+                    for i in range(0, len(message), 16384))
 
 
 def client_key_exchange(identity: bytes) -> bytes:
@@ -301,7 +306,7 @@ def _dtls_cke_fragment(message: bytes, off: int, end: int, record_seq: int) -> b
 
 def test_dtls_overlapping_fragments_complete_only_when_covered() -> None:
     """The reassembly counts each byte once however the fragments overlap or repeat (it now counts with
-    bytearray operations instead of a Python loop per byte: bench/dtls_peek_cost.py)."""
+    bytearray operations instead of a Python loop per byte: bench/peek_cost.py)."""
     message = _u16(len(LIGHT1_ID)) + LIGHT1_ID.encode()
     peeker = DTLSPeeker()
     pieces = [(0, 4), (2, 9), (0, 3), (2, 9), (20, len(message)), (9, 20)]
@@ -355,3 +360,18 @@ def test_dtls_malformed_fragment_after_the_whole_message_in_one_datagram() -> No
     assert peeker.feed(_dtls_cke_fragment(message, 0, len(message), 0) + bogus)
     assert peeker.found is not None and not peeker.gave_up
     assert peeker.feed(b"\x14\xfe\xfd" + bytes(10))  # still held: nothing reaches OpenSSL ahead of the message
+
+
+def test_a_crowded_client_hello_is_read_only_as_far_as_anyone_asks() -> None:
+    """A ~56 KiB ClientHello listing 5000 identities: the peeker read (and the connection decoded) every one of
+    them, ~50 times the server CPU a synchronous server spends refusing it (bench/peek_cost.py); only the first
+    MAX_SUPPLIED_IDENTITIES can ever be asked about."""
+    identities = [b"%05d" % i for i in range(5000)]
+    records = tls13_client_hello(identities, binders=1)  # one binder: OpenSSL reads the identities first
+    server = TLSContext.server(ServerConfig(None, profiles=(TLS13_PSK,), async_psk=True))
+    conn = server.connection()
+    assert conn.receive_data(records) == [PSKIdentityReceived("00000")]
+    assert conn._async is not None and conn._async.tls is not None and conn._async.tls.found is not None
+    assert conn._async.tls.found.identities == tuple(identities[:MAX_SUPPLIED_IDENTITIES])
+    with pytest.raises(HandshakeFailed):
+        conn.supply_psk(None)

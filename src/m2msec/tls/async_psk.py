@@ -52,7 +52,8 @@ class AsyncPSK:
         # without certificate suites every TLS 1.2 suite is a PSK one; otherwise our ServerHello decides
         self._decided = not certificates
         self.tls = None if dtls else TLSPeeker(client_hello=tls13, client_key_exchange=not certificates,
-                                               max_client_hello=max_client_hello)
+                                               max_client_hello=max_client_hello,
+                                               max_identities=MAX_SUPPLIED_IDENTITIES)
         self.datagrams = DTLSPeeker() if dtls else None
         self.supplied: dict[str, PSKEntry | None] = {}
         self.pending: str | None = None

@@ -116,11 +116,12 @@ def client_key_exchange_identity(body: bytes) -> bytes | None:
     return identity if _valid(identity) else None
 
 
-def client_hello_psk_identities(body: bytes) -> tuple[bytes, ...] | None:
+def client_hello_psk_identities(body: bytes, limit: int | None = None) -> tuple[bytes, ...] | None:
     """The acceptable ``pre_shared_key`` identities of a ClientHello body (TLS framing, not DTLS).
 
     None when the message is malformed or has no ``pre_shared_key`` extension; identities over
-    :data:`MAX_IDENTITY` bytes or with a NUL are left out.
+    :data:`MAX_IDENTITY` bytes or with a NUL are left out. With ``limit``, only the first ``limit`` identities
+    are read (a 64 KiB ClientHello holds thousands; nobody asks about more than a few).
     """
     try:
         p = 2 + 32
@@ -140,21 +141,22 @@ def client_hello_psk_identities(body: bytes) -> tuple[bytes, ...] | None:
             if p + elen > end:
                 return None
             if etype == _PRE_SHARED_KEY:
-                return _psk_extension_identities(body[p : p + elen])
+                return _psk_extension_identities(body[p : p + elen], limit)
             p += elen
     except IndexError:
         return None
     return None
 
 
-def _psk_extension_identities(ext: bytes) -> tuple[bytes, ...] | None:
+def _psk_extension_identities(ext: bytes, limit: int | None) -> tuple[bytes, ...] | None:
     if len(ext) < 2:
         return None
     end = 2 + int.from_bytes(ext[:2], "big")
     if end > len(ext):
         return None
-    q, found = 2, []
-    while q < end:
+    q, found, read = 2, [], 0
+    while q < end and (limit is None or read < limit):
+        read += 1
         if q + 2 > end:
             return None
         n = int.from_bytes(ext[q : q + 2], "big")
@@ -182,8 +184,10 @@ class TLSPeeker:
         client_key_exchange: bool,
         max_client_hello: int = DEFAULT_MAX_CLIENT_HELLO,
         max_held: int = DEFAULT_MAX_HELD,
+        max_identities: int | None = None,
     ) -> None:
         self.client_hello = client_hello
+        self._max_identities = max_identities  # of a ClientHello's, read and reported (None: all)
         self.client_key_exchange = client_key_exchange
         self._max_client_hello = max_client_hello
         self._max_held = max_held
@@ -288,7 +292,7 @@ class TLSPeeker:
             body = bytes(self._hs[4 : 4 + mlen])
             del self._hs[: 4 + mlen]
             if mtype == _CLIENT_HELLO and self.client_hello:
-                ids = client_hello_psk_identities(body)
+                ids = client_hello_psk_identities(body, self._max_identities)
                 if ids:
                     self.found = PeekedIdentities("client_hello", ids)
             elif mtype == _CLIENT_KEY_EXCHANGE and self.client_key_exchange:
