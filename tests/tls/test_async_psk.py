@@ -170,3 +170,10 @@ def test_dtls_refusal_is_silent(table: MemoryPSKTable) -> None:
     s, c, asked = dtls_pair(table, None)
     assert asked == [LIGHT1_ID] and s.session is None and c.session is None
     assert s.psk_failure == "unknown psk identity"
+
+
+@pytest.mark.parametrize("bad", [0, -1, 100, True, 1 << 25])
+def test_max_client_hello_out_of_range_is_refused_at_configuration(bad: int) -> None:
+    """A cap below a TLS 1.2 handshake message would refuse every asynchronous TLS 1.3 client without a word."""
+    with pytest.raises(ConfigurationError, match="max_client_hello"):
+        ServerConfig(None, async_psk=True, max_client_hello=bad)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from m2msec.errors import ConfigurationError
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import PSKEntry
 from m2msec.tls.profiles import ECDHE_PSK, ONEM2M_PSK, CipherProfile
-from m2msec.tls.psk_peek import DEFAULT_MAX_CLIENT_HELLO
+from m2msec.tls.psk_peek import DEFAULT_MAX_CLIENT_HELLO, MAX_HANDSHAKE_MESSAGE
 
 __all__ = [
     "DEFAULT_CLIENT_PROFILES",
@@ -73,6 +74,11 @@ class ServerConfig:
     reveal_unknown_psk_identity: bool = False
     async_psk: bool = False
     max_client_hello: int = DEFAULT_MAX_CLIENT_HELLO
+
+    def __post_init__(self) -> None:
+        # below a minimal ClientHello every asynchronous TLS 1.3 client would be refused, silently
+        if isinstance(self.max_client_hello, bool) or not MAX_HANDSHAKE_MESSAGE <= self.max_client_hello <= (1 << 24):
+            raise ConfigurationError(f"max_client_hello must be {MAX_HANDSHAKE_MESSAGE}..{1 << 24} bytes")
 
 
 @dataclass(frozen=True)
