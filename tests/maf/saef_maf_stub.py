@@ -37,6 +37,8 @@ class StubMAF:
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)
     registrations: dict[str, tuple[str, float]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    #: close each connection after one answer, without saying so (as a MAF whose idle timeout ran out)
+    close_silently: bool = False
     #: serve certificate clients (ECDHE-ECDSA) with this credential instead of TLS-PSK
     certificate: CertificateConfig | None = None
     handshakes: int = 0
@@ -79,6 +81,8 @@ class StubMAF:
                 await http1.send_message(conn, writer, http1.Message(headers=headers, status=status,
                                                                      body=json.dumps(body).encode() if body else b""))
                 conn.start_next_cycle()
+                if self.close_silently:
+                    break
         except (http1.HTTPError, ConnectionError, h11.LocalProtocolError):
             pass
         finally:

@@ -140,3 +140,14 @@ async def test_certificate_maf_handshake_checks_the_maf_fqdn() -> None:
                         await a.register(lifetime=60)
         finally:
             await stub.close()
+
+
+async def test_a_connection_the_maf_closed_is_replaced_once(maf: tuple[StubMAF, int]) -> None:
+    stub, port = maf
+    stub.close_silently = True
+    async with client(port) as a:
+        await a.register(lifetime=600)
+        await asyncio.sleep(0.05)  # the MAF has closed it by now, the client does not know
+        await a.register_key(suid=32, target_ids=[IDB], lifetime=60, key=SecretKey(b"k" * 16))
+        await a.configuration()
+    assert stub.handshakes == 3 and len(stub.requests) == 3, (stub.handshakes, stub.requests)
