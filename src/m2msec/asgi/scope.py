@@ -5,16 +5,26 @@ Pure: built from an h11 ``Request`` and what the connection knows, no I/O (docs/
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
 import h11
 
-from m2msec.errors import TLSProtocolError
+from m2msec.errors import ConfigurationError, TLSProtocolError
 from m2msec.keys.secret import SecretKey
 from m2msec.tls.engine import SessionInfo, TLSConnection
 
-__all__ = ["ASGI_VERSION", "EXTENSION", "TLSExtension", "address", "build_scope", "declared_length", "head_size"]
+__all__ = [
+    "ASGI_VERSION",
+    "EXTENSION",
+    "TLSExtension",
+    "address",
+    "build_scope",
+    "declared_length",
+    "head_size",
+    "tls_extension",
+]
 
 #: the ASGI version and HTTP spec version this server implements
 ASGI_VERSION: dict[str, str] = {"version": "3.0", "spec_version": "2.3"}
@@ -55,6 +65,19 @@ class TLSExtension:
     def _forget(self) -> None:
         """The connection is closed: drop it (called by the server)."""
         self.__connection = None
+
+
+def tls_extension(scope: Mapping[str, Any]) -> TLSExtension:
+    """The :class:`TLSExtension` of a request scope (``request.scope`` in FastAPI/Starlette).
+
+    Raises:
+        ConfigurationError: the request did not arrive through :func:`m2msec.asgi.serve` (another ASGI server,
+            a test client): there is no authenticated TLS session to trust."""
+    extension = (scope.get("extensions") or {}).get(EXTENSION)
+    if not isinstance(extension, TLSExtension):
+        raise ConfigurationError("this request did not arrive over m2msec TLS (no m2msec.tls extension in its "
+                                 "scope): serve the application with m2msec.asgi.serve")
+    return extension
 
 
 def address(value: Any) -> tuple[str, int] | None:
