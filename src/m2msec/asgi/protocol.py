@@ -19,7 +19,7 @@ from typing import Any
 import h11
 
 from m2msec.asgi.limits import Limits
-from m2msec.asgi.scope import TLSExtension, address, build_scope, declared_length, head_size
+from m2msec.asgi.scope import TLSExtension, address, ambiguous_framing, build_scope, declared_length, head_size
 from m2msec.tls.engine import SessionInfo, TLSConnection
 
 __all__ = ["COALESCE", "HIGH_WATER", "ASGIApp", "Cycle", "HTTPProtocol", "ServerState"]
@@ -258,6 +258,10 @@ class HTTPProtocol(asyncio.Protocol):
         if head_size(request) > self.limits.max_head:  # h11 caps only a head still incomplete
             log.info("request head from %s refused (limit %d bytes)", self.peer, self.limits.max_head)
             self.refuse(431)
+            return
+        if ambiguous_framing(request):  # RFC 9112 §6.1, §6.3: a request-smuggling pattern, refused
+            log.info("request from %s refused: ambiguous body framing", self.peer)
+            self.refuse(400)
             return
         length = declared_length(request)
         if length is not None and length > self.limits.max_body:

@@ -20,6 +20,7 @@ __all__ = [
     "EXTENSION",
     "TLSExtension",
     "address",
+    "ambiguous_framing",
     "build_scope",
     "declared_length",
     "head_size",
@@ -99,6 +100,15 @@ def head_size(request: h11.Request) -> int:
     """Bytes of the request line and header fields, as sent without optional whitespace."""
     size = len(request.method) + len(request.target) + 12  # "M T HTTP/1.1\r\n"
     return size + sum(len(name) + len(value) + 4 for name, value in request.headers) + 2
+
+
+def ambiguous_framing(request: h11.Request) -> bool:
+    """Both Transfer-Encoding and Content-Length, or Transfer-Encoding in HTTP/1.0 (RFC 9112 §6.1, §6.3): h11 would
+    read such a body as chunked, while another parser on the path might not (request smuggling)."""
+    names = {name for name, _ in request.headers}
+    if b"transfer-encoding" not in names:
+        return False
+    return b"content-length" in names or request.http_version == b"1.0"
 
 
 def _split_target(target: bytes) -> tuple[bytes, bytes]:
