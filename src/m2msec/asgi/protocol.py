@@ -19,7 +19,7 @@ from typing import Any
 import h11
 
 from m2msec.asgi.limits import Limits
-from m2msec.asgi.scope import TLSExtension, address, ambiguous_framing, build_scope, declared_length, head_size
+from m2msec.asgi.scope import TLSExtension, address, ambiguous, build_scope, declared_length, head_size
 from m2msec.tls.engine import SessionInfo, TLSConnection
 
 __all__ = ["COALESCE", "HIGH_WATER", "ASGIApp", "Cycle", "HTTPProtocol", "ServerState"]
@@ -259,8 +259,8 @@ class HTTPProtocol(asyncio.Protocol):
             log.info("request head from %s refused (limit %d bytes)", self.peer, self.limits.max_head)
             self.refuse(431)
             return
-        if ambiguous_framing(request):  # RFC 9112 §6.1, §6.3: a request-smuggling pattern, refused
-            log.info("request from %s refused: ambiguous body framing", self.peer)
+        if ambiguous(request):  # RFC 9112 §3.2, §6.1, §6.3: request-smuggling patterns, refused
+            log.info("request from %s refused: ambiguous framing or Host", self.peer)
             self.refuse(400)
             return
         length = declared_length(request)

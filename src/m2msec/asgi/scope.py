@@ -20,7 +20,7 @@ __all__ = [
     "EXTENSION",
     "TLSExtension",
     "address",
-    "ambiguous_framing",
+    "ambiguous",
     "build_scope",
     "declared_length",
     "head_size",
@@ -102,10 +102,13 @@ def head_size(request: h11.Request) -> int:
     return size + sum(len(name) + len(value) + 4 for name, value in request.headers) + 2
 
 
-def ambiguous_framing(request: h11.Request) -> bool:
+def ambiguous(request: h11.Request) -> bool:
     """Both Transfer-Encoding and Content-Length, or Transfer-Encoding in HTTP/1.0 (RFC 9112 §6.1, §6.3): h11 would
-    read such a body as chunked, while another parser on the path might not (request smuggling)."""
-    names = {name for name, _ in request.headers}
+    read such a body as chunked, while another parser on the path might not (request smuggling); or more than one
+    Host (RFC 9112 §3.2: answered with 400)."""
+    names = [name for name, _ in request.headers]
+    if names.count(b"host") > 1:
+        return True
     if b"transfer-encoding" not in names:
         return False
     return b"content-length" in names or request.http_version == b"1.0"
