@@ -14,6 +14,7 @@ from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable, PSKEntry
 from m2msec.tls.engine import ClientConfig, ServerConfig, TLSConnection, TLSContext
 from m2msec.tls.profiles import CipherProfile
+from postgres import PostgresServer, postgres_server, postgres_url  # noqa: F401 - fixtures for every test directory
 
 # no per-example deadline: a shared, loaded machine makes hypothesis' 200 ms deadline a flaky timing assertion
 settings.register_profile("m2msec", deadline=None)

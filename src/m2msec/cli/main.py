@@ -23,7 +23,7 @@ __all__ = ["main", "run_async"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from m2msec.cli import demo, gateway, keys, pki, request
+    from m2msec.cli import demo, gateway, keys, maf, pki, request
 
     parser = argparse.ArgumentParser(
         prog="m2msec", description="oneM2M TS-0003 security associations: TLS-PSK gateway, client and key store"
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     request.add_parser(sub)
     demo.add_parser(sub)
     pki.add_parser(sub)
+    maf.add_parser(sub)
     return parser
 
 

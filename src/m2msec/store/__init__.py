@@ -14,9 +14,17 @@ from m2msec.errors import ConfigurationError
 from m2msec.keys.secret import SecretKey
 from m2msec.store.aio import AsyncKeyStore
 from m2msec.store.base import KeyStore
-from m2msec.store.records import MAFClient, RegisteredKey
+from m2msec.store.records import ClientRegistration, MAFClient, RegisteredKey
 
-__all__ = ["STORE_SCHEMES", "AsyncKeyStore", "KeyStore", "MAFClient", "RegisteredKey", "open_store"]
+__all__ = [
+    "STORE_SCHEMES",
+    "AsyncKeyStore",
+    "ClientRegistration",
+    "KeyStore",
+    "MAFClient",
+    "RegisteredKey",
+    "open_store",
+]
 
 #: URL schemes :func:`open_store` knows
 STORE_SCHEMES = ("sqlite", "postgresql", "postgres")

@@ -19,6 +19,7 @@ them off the event loop.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import threading
 import time
@@ -28,10 +29,18 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from m2msec.errors import ConfigurationError, Conflict, NotFound, StorageError
+from m2msec.errors import ConfigurationError, Conflict, IdentifierError, NotFound, StorageError
 from m2msec.keys.sealing import AEAD, open_check, open_sealed, seal, seal_check
 from m2msec.keys.secret import SecretKey
-from m2msec.store.records import KIND_MAF_CLIENT, KIND_MAF_KEY, MAFClient, RegisteredKey, record_aad
+from m2msec.store.records import (
+    KIND_MAF_CLIENT,
+    KIND_MAF_KEY,
+    KIND_MAF_REGISTRATION,
+    ClientRegistration,
+    MAFClient,
+    RegisteredKey,
+    record_aad,
+)
 
 __all__ = ["ALLOCATION_ATTEMPTS", "RELATIVE_KEY_ID_BYTES", "KeyStore", "Row", "random_relative_key_id"]
 
@@ -46,11 +55,23 @@ ALLOCATION_ATTEMPTS = 8
 _CHECK_PLAINTEXT = b"m2msec record store check v1"
 
 Row = tuple[Any, ...]
-_R = TypeVar("_R", MAFClient, RegisteredKey)
+_R = TypeVar("_R", MAFClient, RegisteredKey, ClientRegistration)
 
 
 def random_relative_key_id() -> str:
     return secrets.token_hex(RELATIVE_KEY_ID_BYTES)
+
+
+def _storable(record_id: str) -> bool:
+    """Whether every backend can hold ``record_id`` as TEXT: UTF-8 (no lone surrogate, which JSON's ``\\ud800``
+    decodes to) and no NUL (PostgreSQL refuses it, SQLite would keep an id no other backend could)."""
+    if "\0" in record_id:
+        return False
+    try:
+        record_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class KeyStore(ABC):
@@ -98,10 +119,21 @@ class KeyStore(ABC):
             return self._run(sql, params)
 
     def _open_check(self) -> None:
-        """Store the check value of a new store, or check the master key against it (StorageError)."""
-        self._exec("INSERT INTO store_meta (name, value) VALUES ('check', ?) ON CONFLICT (name) DO NOTHING",
-                   (seal_check(self._aead, _CHECK_PLAINTEXT),))
+        """Store the check value of a new store, or check the master key against it (StorageError). Records
+        without a check value (only the record table copied to a new database, or the value deleted) get one only
+        if the master key opens one of them: a check value made blindly would bless a wrong master key."""
         rows, _ = self._exec("SELECT value FROM store_meta WHERE name = 'check'")
+        if not rows:
+            sample, _ = self._exec("SELECT kind, id, expires, meta, nonce, sealed FROM sealed_record LIMIT 1")
+            if sample:
+                kind, record_id, expires, meta, nonce, sealed = sample[0]
+                aad = record_aad(kind, record_id, None if expires is None else float(expires), meta)
+                if open_sealed(self._aead, bytes(nonce), bytes(sealed), aad) is None:
+                    raise StorageError(f"{self.location}: the master key does not match this key store (it has "
+                                       f"no check value, and the key opens none of its records)")
+            self._exec("INSERT INTO store_meta (name, value) VALUES ('check', ?) ON CONFLICT (name) DO NOTHING",
+                       (seal_check(self._aead, _CHECK_PLAINTEXT),))
+            rows, _ = self._exec("SELECT value FROM store_meta WHERE name = 'check'")
         plain = open_check(self._aead, bytes(rows[0][0])) if rows else None
         if plain is None:
             raise StorageError(f"{self.location}: the master key does not match this key store")
@@ -110,15 +142,22 @@ class KeyStore(ABC):
 
     # -- generic sealed records
     def _sealed_row(self, kind: str, record_id: str, expires: float | None, meta: str,
-                    key: SecretKey) -> tuple[bytes, bytes]:
-        return seal(self._aead, key.reveal(), record_aad(kind, record_id, expires, meta))
+                    key: SecretKey | None) -> tuple[bytes, bytes]:
+        if expires is not None and math.isnan(expires):  # SQLite would store NULL, PostgreSQL a never-expiring NaN
+            raise StorageError(f"{kind} record {record_id!r}: its expiry time is not a number")
+        plain = key.reveal() if key is not None else b""
+        return seal(self._aead, plain, record_aad(kind, record_id, expires, meta))
 
-    def _insert(self, kind: str, record_id: str, expires: float | None, meta: str, key: SecretKey) -> None:
+    def _insert(self, kind: str, record_id: str, expires: float | None, meta: str, key: SecretKey | None) -> None:
+        if not _storable(record_id):
+            raise IdentifierError(f"{kind} id {record_id!r} is not valid UTF-8 text without NUL")
         nonce, sealed = self._sealed_row(kind, record_id, expires, meta, key)
         self._exec("INSERT INTO sealed_record (kind, id, expires, meta, nonce, sealed) VALUES (?, ?, ?, ?, ?, ?)",
                    (kind, record_id, expires, meta, nonce, sealed))
 
-    def _replace(self, kind: str, record_id: str, expires: float | None, meta: str, key: SecretKey) -> None:
+    def _replace(self, kind: str, record_id: str, expires: float | None, meta: str, key: SecretKey | None) -> None:
+        if not _storable(record_id):
+            raise NotFound(f"no {kind} record {record_id!r}")
         nonce, sealed = self._sealed_row(kind, record_id, expires, meta, key)
         _, count = self._exec("UPDATE sealed_record SET expires = ?, meta = ?, nonce = ?, sealed = ? "
                               "WHERE kind = ? AND id = ?", (expires, meta, nonce, sealed, kind, record_id))
@@ -126,6 +165,8 @@ class KeyStore(ABC):
             raise NotFound(f"no {kind} record {record_id!r}")
 
     def _get(self, cls: type[_R], record_id: str) -> _R | None:
+        if not _storable(record_id):
+            return None  # no record can have it
         rows, _ = self._exec("SELECT expires, meta, nonce, sealed FROM sealed_record WHERE kind = ? AND id = ?",
                              (cls.kind, record_id))
         if not rows:
@@ -137,9 +178,11 @@ class KeyStore(ABC):
             log.error("%s: %s record %r fails its integrity check (changed without the master key); refused",
                       self.location, cls.kind, record_id)
             raise StorageError(f"{cls.kind} record {record_id!r} fails its integrity check")
-        return cls.from_row(record_id, SecretKey(plain), expires, meta)
+        return cls.from_row(record_id, SecretKey(plain) if plain else None, expires, meta)
 
     def _delete(self, kind: str, record_id: str) -> None:
+        if not _storable(record_id):
+            raise NotFound(f"no {kind} record {record_id!r}")
         _, count = self._exec("DELETE FROM sealed_record WHERE kind = ? AND id = ?", (kind, record_id))
         if count == 0:
             raise NotFound(f"no {kind} record {record_id!r}")
@@ -201,3 +244,34 @@ class KeyStore(ABC):
 
     def delete_key(self, relative_key_id: str) -> None:
         self._delete(KIND_MAF_KEY, relative_key_id)
+
+    def delete_keys_of(self, source_id: str) -> int:
+        """Delete every registered key whose source is ``source_id`` (a revoked client's keys); how many."""
+        count = 0
+        for rkid in self.ids(KIND_MAF_KEY):
+            try:
+                key = self.get_key(rkid)
+            except StorageError:
+                continue  # a damaged record is nobody's key
+            if key is not None and key.source_id == source_id:
+                try:
+                    self.delete_key(rkid)
+                    count += 1
+                except NotFound:
+                    pass
+        return count
+
+    # -- MAF Client Registrations (one per client identity, TS-0003 §8.8.2.3)
+    def put_registration(self, registration: ClientRegistration) -> None:
+        """Add or replace the registration of ``registration.owner`` (a new Client Registration replaces the
+        previous one of the same client)."""
+        try:
+            self._insert(KIND_MAF_REGISTRATION, registration.owner, registration.expires, registration.meta(), None)
+        except Conflict:
+            self._replace(KIND_MAF_REGISTRATION, registration.owner, registration.expires, registration.meta(), None)
+
+    def get_registration(self, owner: str) -> ClientRegistration | None:
+        return self._get(ClientRegistration, owner)
+
+    def delete_registration(self, owner: str) -> None:
+        self._delete(KIND_MAF_REGISTRATION, owner)

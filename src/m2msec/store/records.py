@@ -17,10 +17,20 @@ from m2msec.errors import StorageError
 from m2msec.keys.sealing import aad_field
 from m2msec.keys.secret import SecretKey
 
-__all__ = ["KIND_MAF_CLIENT", "KIND_MAF_KEY", "RECORD_FORMAT", "MAFClient", "RegisteredKey", "record_aad"]
+__all__ = [
+    "KIND_MAF_CLIENT",
+    "KIND_MAF_KEY",
+    "KIND_MAF_REGISTRATION",
+    "RECORD_FORMAT",
+    "ClientRegistration",
+    "MAFClient",
+    "RegisteredKey",
+    "record_aad",
+]
 
 KIND_MAF_CLIENT = "maf-client"
 KIND_MAF_KEY = "maf-key"
+KIND_MAF_REGISTRATION = "maf-registration"
 #: Format of the sealed record rows (the prefix of :func:`record_aad`)
 RECORD_FORMAT = 1
 
@@ -70,8 +80,10 @@ class MAFClient:
                       "status": self.status, "regID": self.reg_id})
 
     @classmethod
-    def from_row(cls, record_id: str, key: SecretKey, expires: float | None, meta: str) -> MAFClient:
+    def from_row(cls, record_id: str, key: SecretKey | None, expires: float | None, meta: str) -> MAFClient:
         f = _load(meta, KIND_MAF_CLIENT, record_id)
+        if key is None:
+            raise StorageError(f"{KIND_MAF_CLIENT} record {record_id!r} is damaged")
         return cls(record_id, key, str(f["identity"]), expires, tuple(f["labels"]), f["adminFQDN"], str(f["status"]),
                    f["regID"])
 
@@ -103,12 +115,42 @@ class RegisteredKey:
                       "labels": list(self.labels), "adminFQDN": self.admin_fqdn})
 
     @classmethod
-    def from_row(cls, record_id: str, key: SecretKey, expires: float | None, meta: str) -> RegisteredKey:
+    def from_row(cls, record_id: str, key: SecretKey | None, expires: float | None, meta: str) -> RegisteredKey:
         f = _load(meta, KIND_MAF_KEY, record_id)
-        if expires is None:
+        if expires is None or key is None:
             raise StorageError(f"{KIND_MAF_KEY} record {record_id!r} is damaged")
         return cls(record_id, key, str(f["source"]), int(f["SUID"]), tuple(f["targetIDs"]), expires,
                    tuple(f["labels"]), f["adminFQDN"])
+
+    def expired(self, now: float) -> bool:
+        return self.expires <= now
+
+
+@dataclass(frozen=True)
+class ClientRegistration:
+    """A MAF Client Registration (TS-0003 §8.8.2.3): one per client identity, holding no key."""
+
+    owner: str
+    reg_id: str
+    expires: float
+    labels: tuple[str, ...] = ()
+    admin_fqdn: str | None = None
+
+    kind = KIND_MAF_REGISTRATION
+
+    @property
+    def record_id(self) -> str:
+        return self.owner
+
+    def meta(self) -> str:
+        return _dump({"regID": self.reg_id, "labels": list(self.labels), "adminFQDN": self.admin_fqdn})
+
+    @classmethod
+    def from_row(cls, record_id: str, key: SecretKey | None, expires: float | None, meta: str) -> ClientRegistration:
+        f = _load(meta, KIND_MAF_REGISTRATION, record_id)
+        if expires is None or key is not None:
+            raise StorageError(f"{KIND_MAF_REGISTRATION} record {record_id!r} is damaged")
+        return cls(record_id, str(f["regID"]), expires, tuple(f["labels"]), f["adminFQDN"])
 
     def expired(self, now: float) -> bool:
         return self.expires <= now

@@ -19,6 +19,7 @@ from m2msec.keys.table import PSKEntry
 from m2msec.tls.psk_peek import (
     DEFAULT_MAX_CLIENT_HELLO,
     DTLSPeeker,
+    PeekedIdentities,
     TLSPeeker,
     is_psk_suite,
     server_hello_cipher_suite,
@@ -51,11 +52,13 @@ class AsyncPSK:
         # without certificate suites every TLS 1.2 suite is a PSK one; otherwise our ServerHello decides
         self._decided = not certificates
         self.tls = None if dtls else TLSPeeker(client_hello=tls13, client_key_exchange=not certificates,
-                                               max_client_hello=max_client_hello)
+                                               max_client_hello=max_client_hello,
+                                               max_identities=MAX_SUPPLIED_IDENTITIES)
         self.datagrams = DTLSPeeker() if dtls else None
         self.supplied: dict[str, PSKEntry | None] = {}
         self.pending: str | None = None
         self._queue: list[str] = []
+        self._asked: PeekedIdentities | None = None  # the message whose identities were queued
 
     def entry_for(self, identity: str) -> tuple[bool, PSKEntry | None]:
         """What OpenSSL's callback uses: (was it supplied, the entry)."""
@@ -80,16 +83,20 @@ class AsyncPSK:
         peeked = self.tls.found if self.tls is not None else self.datagrams.found if self.datagrams else None
         if peeked is None or self.pending is not None:
             return None
-        if not self._queue:
+        if peeked is not self._asked:  # each message is asked about once (not again after a key was found)
+            self._asked = peeked
             names = []
             for raw in peeked.identities:
                 try:
                     names.append(raw.decode("utf-8"))
                 except UnicodeDecodeError:
                     continue
-            self._queue = [n for n in names[:MAX_SUPPLIED_IDENTITIES] if n not in self.supplied]
+            queue = [n for n in names[:MAX_SUPPLIED_IDENTITIES] if n not in self.supplied]
             if not self.reveal:
-                self._queue = self._queue[:1] if names and names[0] not in self.supplied else []
+                queue = queue[:1] if names and names[0] not in self.supplied else []
+            # D78: per connection, whatever the number of messages (ClientHellos after HRR, pipelined ones, a
+            # TLS 1.2 ClientHello with pre_shared_key and then its ClientKeyExchange)
+            self._queue = queue[: max(0, MAX_SUPPLIED_IDENTITIES - len(self.supplied))]
         if not self._queue:
             return None
         self.pending = self._queue.pop(0)

@@ -116,11 +116,12 @@ def client_key_exchange_identity(body: bytes) -> bytes | None:
     return identity if _valid(identity) else None
 
 
-def client_hello_psk_identities(body: bytes) -> tuple[bytes, ...] | None:
+def client_hello_psk_identities(body: bytes, limit: int | None = None) -> tuple[bytes, ...] | None:
     """The acceptable ``pre_shared_key`` identities of a ClientHello body (TLS framing, not DTLS).
 
     None when the message is malformed or has no ``pre_shared_key`` extension; identities over
-    :data:`MAX_IDENTITY` bytes or with a NUL are left out.
+    :data:`MAX_IDENTITY` bytes or with a NUL are left out. With ``limit``, only the first ``limit`` identities
+    are read (a 64 KiB ClientHello holds thousands; nobody asks about more than a few).
     """
     try:
         p = 2 + 32
@@ -140,21 +141,22 @@ def client_hello_psk_identities(body: bytes) -> tuple[bytes, ...] | None:
             if p + elen > end:
                 return None
             if etype == _PRE_SHARED_KEY:
-                return _psk_extension_identities(body[p : p + elen])
+                return _psk_extension_identities(body[p : p + elen], limit)
             p += elen
     except IndexError:
         return None
     return None
 
 
-def _psk_extension_identities(ext: bytes) -> tuple[bytes, ...] | None:
+def _psk_extension_identities(ext: bytes, limit: int | None) -> tuple[bytes, ...] | None:
     if len(ext) < 2:
         return None
     end = 2 + int.from_bytes(ext[:2], "big")
     if end > len(ext):
         return None
-    q, found = 2, []
-    while q < end:
+    q, found, read = 2, [], 0
+    while q < end and (limit is None or read < limit):
+        read += 1
         if q + 2 > end:
             return None
         n = int.from_bytes(ext[q : q + 2], "big")
@@ -182,8 +184,10 @@ class TLSPeeker:
         client_key_exchange: bool,
         max_client_hello: int = DEFAULT_MAX_CLIENT_HELLO,
         max_held: int = DEFAULT_MAX_HELD,
+        max_identities: int | None = None,
     ) -> None:
         self.client_hello = client_hello
+        self._max_identities = max_identities  # of a ClientHello's, read and reported (None: all)
         self.client_key_exchange = client_key_exchange
         self._max_client_hello = max_client_hello
         self._max_held = max_held
@@ -242,6 +246,10 @@ class TLSPeeker:
                 return bytes(out) + self._give_up()
             if len(self._raw) < 5 + length:
                 break
+            # RFC 5246 §6.2.1, RFC 8446 §5.1: no zero-length handshake fragment; and a message cut into tiny
+            # records must not make the records held for it outgrow what D75 lets a connection hold
+            if ctype == _HANDSHAKE and (length == 0 or len(self._pending) + 5 + length > self._max_held):
+                return bytes(out) + self._give_up()
             record = bytes(self._raw[: 5 + length])
             del self._raw[: 5 + length]
             if ctype != _HANDSHAKE:
@@ -284,7 +292,7 @@ class TLSPeeker:
             body = bytes(self._hs[4 : 4 + mlen])
             del self._hs[: 4 + mlen]
             if mtype == _CLIENT_HELLO and self.client_hello:
-                ids = client_hello_psk_identities(body)
+                ids = client_hello_psk_identities(body, self._max_identities)
                 if ids:
                     self.found = PeekedIdentities("client_hello", ids)
             elif mtype == _CLIENT_KEY_EXCHANGE and self.client_key_exchange:
@@ -322,7 +330,9 @@ class DTLSPeeker:
         """True if ``datagram`` is held (do not give it to OpenSSL now)."""
         if self.gave_up or self._resumed:
             return False
-        hit = self._scan(datagram)
+        # once the message is whole everything is held unread: nothing that follows may make the peeker give up
+        # and let later datagrams reach OpenSSL ahead of the held key exchange
+        hit = self.found is not None or self._scan(datagram)
         if hit or self._held:  # having given up, the caller releases what is held with resume()
             self._held.append(datagram)
             self._held_bytes += len(datagram)
@@ -372,18 +382,16 @@ class DTLSPeeker:
         return hit
 
     def _fragment(self, mlen: int, seq: int, off: int, fragment: bytes, flen: int) -> bool:
+        if self.found is not None:
+            return True  # the message is whole: what follows it in the datagram is held, whatever it is
         if mlen > MAX_HANDSHAKE_MESSAGE or off + flen > mlen or len(fragment) != flen:
             return False
         if self._seq is None:
             self._seq, self._message, self._have, self._missing = seq, bytearray(mlen), bytearray(mlen), mlen
         elif seq != self._seq or mlen != len(self._message):
             return False
-        if self.found is not None:
-            return True  # a retransmission of a message already whole
-        for i in range(off, off + flen):
-            if not self._have[i]:
-                self._have[i] = 1
-                self._missing -= 1
+        self._missing -= self._have.count(0, off, off + flen)  # bytes of this fragment not seen before
+        self._have[off : off + flen] = b"\x01" * flen
         self._message[off : off + flen] = fragment
         if self._missing == 0:
             identity = client_key_exchange_identity(bytes(self._message))

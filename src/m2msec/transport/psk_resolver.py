@@ -3,8 +3,9 @@
 A ``psk_resolver`` is ``async (identity) -> PSKEntry | None``: it may fetch a key over the network (a MAF, a
 database) while the loop serves other handshakes. It runs on a context made with
 ``ServerConfig(async_psk=True)`` (:mod:`m2msec.tls.async_psk`): the connection reports the identity, the
-adapter starts the resolver in a task, and supplies its answer. A resolver that raises refuses that client
-only, as an unknown identity (the error is logged, never the key); one that outlasts the handshake timeout is
+adapter starts the resolver in a task, and supplies its answer. A resolver that raises, or answers with
+anything but the entry of the identity asked about, refuses that client only, as an unknown identity (the
+error is logged, never the key); one that outlasts the handshake timeout is
 cancelled with the connection. Each pending resolution holds held input and a task: they are capped per
 source and in total (:class:`PendingLookups`); a client over a cap is refused as an unknown identity.
 """
@@ -82,12 +83,19 @@ def check_resolver(context: TLSContext, resolver: PSKResolver | None) -> None:
 
 
 async def resolve(resolver: PSKResolver, identity: str, peer: Any) -> PSKEntry | None:
-    """Run ``resolver``; an exception refuses the client as an unknown identity (logged without key material)."""
+    """Run ``resolver``; an exception refuses the client as an unknown identity (logged without key material),
+    and so does an answer that is not a :class:`PSKEntry` for ``identity`` itself (a resolver that matches
+    identities loosely, e.g. without case, must not hand the connection another identity's entry)."""
     try:
-        return await resolver(identity)
+        entry = await resolver(identity)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         log.error("PSK resolver raised %s for identity %r from %s; handshake refused", type(exc).__name__,
                   identity, peer)
         return None
+    if entry is not None and (not isinstance(entry, PSKEntry) or entry.identity != identity):
+        log.error("PSK resolver answered identity %r from %s with %s; handshake refused", identity, peer,
+                  f"the entry of {entry.identity!r}" if isinstance(entry, PSKEntry) else type(entry).__name__)
+        return None
+    return entry

@@ -1,0 +1,109 @@
+"""``m2msec maf serve --config FILE``: the MAF's settings, every one with a default (docs/maf.md "Running").
+
+With no file the MAF runs on embedded defaults: loopback, an SQLite store beside ``m2msec keys``'s, PSK
+clients only. A file (TOML) sets any of :class:`MAFConfig`'s fields by the same name; unknown keys, wrong types
+and unreadable files are :class:`~m2msec.errors.ConfigurationError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from m2msec.errors import ConfigurationError, IdentifierError
+from m2msec.identifiers import validate_fqdn
+from m2msec.maf.procedures import DEFAULT_MAX_KEY_LIFETIME, DEFAULT_MAX_REGISTRATION_LIFETIME
+
+__all__ = ["DEFAULT_LISTEN", "DEFAULT_MAF_FQDN", "DEFAULT_SP_ID", "MAFConfig", "default_store_url", "load_config"]
+
+#: where ``m2msec maf serve`` listens without a configuration: loopback only
+DEFAULT_LISTEN = "127.0.0.1:8444"
+#: the MAF-FQDN (the ``@`` part of every KmID and MAF Key Identifier it issues) without a configuration
+DEFAULT_MAF_FQDN = "maf.m2msec.localhost"
+#: the SP-ID SP-relative AE-IDs / CSE-IDs are completed with, without a configuration
+DEFAULT_SP_ID = "m2msec.localhost"
+
+
+def default_store_url() -> str:
+    """``$M2MSEC_MAF_STORE``, else an SQLite file beside ``m2msec keys``'s default store."""
+    env = os.environ.get("M2MSEC_MAF_STORE")
+    if env:
+        return env
+    from m2msec.cli.common import default_db
+
+    return "sqlite://" + str(default_db().with_name("maf.db"))
+
+
+@dataclass(frozen=True)
+class MAFConfig:
+    listen: str = DEFAULT_LISTEN
+    maf_fqdn: str = DEFAULT_MAF_FQDN
+    sp_id: str = DEFAULT_SP_ID
+    #: ``sqlite:///path`` or ``postgresql://user@host/db`` (docs/store.md); "" = :func:`default_store_url`
+    store: str = ""
+    #: the store's master key file; else ``M2MSEC_MASTER_KEY``, else (SQLite only) ``<db>.key``
+    master_key_file: str = ""
+    #: the MAF's FQDN certificate chain and key (PEM), and the CAs of client certificates: all three or none
+    certificate: str = ""
+    private_key: str = ""
+    client_trust_anchors: str = ""
+    #: cipher profiles of PSK MAF Handshakes (``m2msec gateway --profiles`` names)
+    profiles: str = "onem2m,ecdhe-psk,tls13"
+    admin_fqdn: str = ""
+    max_key_lifetime: float = DEFAULT_MAX_KEY_LIFETIME
+    max_registration_lifetime: float = DEFAULT_MAX_REGISTRATION_LIFETIME
+    handshake_timeout: float = 10.0
+    #: seconds between purges of expired keys and registrations
+    purge_interval: float = 60.0
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "maf_fqdn", validate_fqdn(self.maf_fqdn.rstrip("."), role="MAF-FQDN"))
+            object.__setattr__(self, "sp_id", validate_fqdn(self.sp_id.removeprefix("//"), role="SP-ID"))
+        except IdentifierError as exc:
+            raise ConfigurationError(str(exc)) from None
+        for name in ("max_key_lifetime", "max_registration_lifetime", "handshake_timeout", "purge_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds")
+        cert = (self.certificate, self.private_key, self.client_trust_anchors)
+        if any(cert) and not all(cert):
+            raise ConfigurationError("certificate, private_key and client_trust_anchors go together: the MAF "
+                                     "Handshake with certificates is mutual")
+
+    @property
+    def store_url(self) -> str:
+        return self.store or default_store_url()
+
+    def with_overrides(self, **values: Any) -> MAFConfig:
+        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+def load_config(path: Path | None) -> MAFConfig:
+    """The settings in ``path`` (TOML), or the defaults when ``path`` is None."""
+    if path is None:
+        return MAFConfig()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"{path}: not valid TOML: {exc}") from None
+    known = {f.name: f for f in fields(MAFConfig)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigurationError(f"{path}: unknown key {key!r} (known: {', '.join(known)})")
+        default = known[key].default
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(default):
+            raise ConfigurationError(f"{path}: {key} must be a {type(default).__name__}")
+        values[key] = value
+    try:
+        return MAFConfig(**values)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{path}: {exc}") from None

@@ -1,0 +1,131 @@
+"""Running the MAF: the store, the MAF Handshake's TLS context, the ASGI app over :mod:`m2msec.asgi`.
+
+PSK MAF Handshakes resolve the KmID through the engine's asynchronous PSK path (the store may be a PostgreSQL
+server on the network): a revoked, expired or unknown KmID, or a KmID of another MAF-FQDN, fails the handshake
+as an unknown identity. Certificate handshakes need the MAF's FQDN certificate and the client CAs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from m2msec.cli.common import parse_hostport
+from m2msec.errors import ConfigurationError, IdentifierError, StorageError
+from m2msec.keys.table import PSKEntry
+from m2msec.maf.app import create_app
+from m2msec.maf.config import MAFConfig
+from m2msec.maf.procedures import MAF, MAFPolicy, canonical_kmid
+from m2msec.store import AsyncKeyStore, KeyStore, open_store
+from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
+from m2msec.tls.profiles import ECDHE_ECDSA, parse_profiles
+from m2msec.transport.psk_resolver import PSKResolver
+
+__all__ = ["RunningMAF", "kmid_resolver", "open_maf_store", "running_maf", "server_context"]
+
+log = logging.getLogger("m2msec.maf")
+
+
+def open_maf_store(config: MAFConfig, **options: object) -> KeyStore:
+    key_file = config.master_key_file or None
+    return open_store(config.store_url, master_key_file=key_file, **options)  # type: ignore[arg-type]
+
+
+def kmid_resolver(maf: MAF) -> PSKResolver:
+    """The MAF Handshake's ``psk_resolver``: KmID → Km of an active client of this MAF-FQDN."""
+    clock = maf.clock  # the MAF's injected clock decides expiry for handshakes and requests alike
+
+    async def resolve(identity: str) -> PSKEntry | None:
+        try:
+            kmid = canonical_kmid(identity)
+        except IdentifierError:
+            return None
+        if kmid.rpartition("@")[2] != maf.policy.maf_fqdn:
+            return None
+        try:
+            client = await maf.client(kmid)
+        except StorageError:
+            log.error("key store error looking up a MAF client; handshake refused")
+            return None
+        if client is None or client.status != "active" or client.expired(clock()):
+            return None
+        return PSKEntry(identity, client.km, entity=None)
+
+    return resolve
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read the {what}: {exc.strerror}") from None
+
+
+def server_context(config: MAFConfig) -> TLSContext:
+    """PSK MAF Handshakes (async KmID lookup) and, with a certificate configured, mutual certificate ones."""
+    profiles = parse_profiles(config.profiles)
+    if any(p.mutual_certificates for p in profiles):
+        raise ConfigurationError("profiles lists PSK profiles only; certificates are enabled by certificate, "
+                                 "private_key and client_trust_anchors (TS-0003 §10.2.3 suites, D84)")
+    certificate = None
+    if config.certificate:
+        certificate = CertificateConfig(_read(config.certificate, "certificate"),
+                                        _read(config.private_key, "private key"),
+                                        _read(config.client_trust_anchors, "client trust anchors"))
+        profiles = (*profiles, ECDHE_ECDSA)
+    return TLSContext.server(ServerConfig(psk_lookup=None, profiles=profiles, certificate=certificate,
+                                          async_psk=True))
+
+
+@dataclass
+class RunningMAF:
+    maf: MAF
+    host: str
+    port: int
+    server: object
+
+
+async def _purge(maf: MAF, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            count = await maf.store.purge_expired()
+        except StorageError:
+            log.error("key store error while purging expired records")
+            continue
+        if count:
+            log.info("purged %d expired MAF records", count)
+
+
+@contextlib.asynccontextmanager
+async def running_maf(config: MAFConfig, *, store: KeyStore | None = None,
+                      clock: Callable[[], float] = time.time) -> AsyncIterator[RunningMAF]:
+    """Start the MAF for ``config`` (the store opened from it unless given); stop it on exit."""
+    from m2msec.asgi import serve
+
+    host, port = parse_hostport(config.listen)
+    own_store = store is None
+    store = store if store is not None else open_maf_store(config, clock=clock)
+    try:
+        policy = MAFPolicy(config.maf_fqdn, config.sp_id, admin_fqdn=config.admin_fqdn or None, http_port=port,
+                           max_key_lifetime=config.max_key_lifetime,
+                           max_registration_lifetime=config.max_registration_lifetime)
+        maf = MAF(AsyncKeyStore(store), policy, clock=clock)
+        context = server_context(config)
+        server = await serve(create_app(maf), context, host, port, psk_resolver=kmid_resolver(maf),
+                             handshake_timeout=config.handshake_timeout)
+        purge = asyncio.create_task(_purge(maf, config.purge_interval))
+        try:
+            yield RunningMAF(maf, host, server.port, server)
+        finally:
+            purge.cancel()
+            server.close()
+            await server.wait_closed()
+    finally:
+        if own_store:
+            store.close()
