@@ -34,3 +34,11 @@ def test_decision_rows_point_at_real_constants() -> None:
         assert hasattr(importlib.import_module(module), name), where[0]
         for constant in re.findall(r"`(DEFAULT_[A-Z_]+)`", row):
             assert hasattr(limits, constant), constant
+
+
+def test_the_example_compiles_against_the_api() -> None:
+    text = (ROOT / "docs" / "asgi.md").read_text()
+    block = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(block, "docs/asgi.md", "exec"), namespace)
+    assert callable(namespace["main"]) and namespace["app"] is not None

@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from conftest import LIGHT1_AE, LIGHT1_ID, make_table
-from m2msec.asgi import EXTENSION, LifespanFailed, TLSExtension, serve
+from m2msec.asgi import EXTENSION, LifespanFailed, TLSExtension, serve, tls_extension
 from m2msec.keys.table import PSKEntry
 from m2msec.pki import CertificateFlavour, identity_from_certificate
 from m2msec.saef import EXPORTER_CONNECTION_LABEL
@@ -52,7 +52,7 @@ def make_app(log: list[str], *, fail: bool = False) -> FastAPI:
 
     @app.post("/keys")
     async def register(body: Registration, req: Request) -> dict[str, Any]:
-        tls: TLSExtension = req.scope["extensions"][EXTENSION]
+        tls = tls_extension(req.scope)
         material = tls.export_keying_material(EXPORTER_CONNECTION_LABEL, 48).reveal()
         return {"kcid": material[:16].hex(), "kc": material[16:].hex(), "targets": body.targets}
 

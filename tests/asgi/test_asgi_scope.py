@@ -5,8 +5,8 @@ from __future__ import annotations
 import h11
 import pytest
 
-from m2msec.asgi.scope import EXTENSION, TLSExtension, build_scope, head_size
-from m2msec.errors import TLSProtocolError
+from m2msec.asgi.scope import EXTENSION, TLSExtension, build_scope, head_size, tls_extension
+from m2msec.errors import ConfigurationError, TLSProtocolError
 from m2msec.tls.engine import SessionInfo
 
 
@@ -55,3 +55,11 @@ def test_extension_forgets_its_connection() -> None:
     with pytest.raises(TLSProtocolError, match="closed"):
         ext.export_keying_material("EXPORTER-test", 16)
     assert "id@x" in repr(ext) and "psk" in repr(ext)
+
+
+def test_tls_extension_of_a_scope() -> None:
+    scope = scope_of("/")
+    assert tls_extension(scope) is scope["extensions"][EXTENSION]  # type: ignore[index]
+    for foreign in ({"type": "http"}, {"extensions": None}, {"extensions": {EXTENSION: {"session": "forged"}}}):
+        with pytest.raises(ConfigurationError, match="did not arrive over m2msec TLS"):
+            tls_extension(foreign)

@@ -198,6 +198,10 @@ async def test_chunked_body_is_cut_at_the_cap(rec: Recorder, server: Server) -> 
     b"GET / HTTP/1.1\r\nhost: maf\r\nbad header\r\n\r\n",
     b"GET / HTTP/1.1\r\nhost: maf\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
     b"POST / HTTP/1.1\r\nhost: maf\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+    # RFC 9112 §6.1, §6.3: ambiguous framing (request smuggling) is refused, not read as chunked
+    b"POST / HTTP/1.1\r\nhost: maf\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nhost: maf\r\nhost: other\r\n\r\n",  # RFC 9112 §3.2
 ])
 async def test_malformed_http_is_refused_with_400(rec: Recorder, server: Server, raw: bytes,
                                                   caplog: pytest.LogCaptureFixture) -> None:

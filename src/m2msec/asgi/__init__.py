@@ -9,8 +9,9 @@ over m2msec's engine (they take Python's ``ssl``), so this one does, on h11 and
     ...
     await server.aclose()
 
-Each request's ``scope["extensions"]["m2msec.tls"]`` is a :class:`TLSExtension`: ``session`` (the
-:class:`~m2msec.tls.engine.SessionInfo`) and ``export_keying_material(label, length, context=None)``.
+Each request's ``scope["extensions"]["m2msec.tls"]`` (also :func:`tls_extension(scope) <tls_extension>`) is a
+:class:`TLSExtension`: ``session`` (the :class:`~m2msec.tls.engine.SessionInfo`) and
+``export_keying_material(label, length, context=None)``.
 """
 
 from m2msec.asgi.lifespan import LifespanFailed, LifespanMode
@@ -24,7 +25,7 @@ from m2msec.asgi.limits import (
     Limits,
 )
 from m2msec.asgi.protocol import ASGIApp
-from m2msec.asgi.scope import EXTENSION, TLSExtension
+from m2msec.asgi.scope import EXTENSION, TLSExtension, tls_extension
 from m2msec.asgi.server import Server, serve
 
 __all__ = [
@@ -42,4 +43,5 @@ __all__ = [
     "Server",
     "TLSExtension",
     "serve",
+    "tls_extension",
 ]

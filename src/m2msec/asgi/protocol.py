@@ -19,10 +19,10 @@ from typing import Any
 import h11
 
 from m2msec.asgi.limits import Limits
-from m2msec.asgi.scope import TLSExtension, address, build_scope, declared_length, head_size
+from m2msec.asgi.scope import TLSExtension, address, ambiguous, build_scope, declared_length, head_size
 from m2msec.tls.engine import SessionInfo, TLSConnection
 
-__all__ = ["HIGH_WATER", "ASGIApp", "Cycle", "HTTPProtocol", "ServerState"]
+__all__ = ["COALESCE", "HIGH_WATER", "ASGIApp", "Cycle", "HTTPProtocol", "ServerState"]
 
 log = logging.getLogger("m2msec.asgi")
 
@@ -33,6 +33,8 @@ ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
 #: bytes of request body buffered before reading pauses until the application takes them
 HIGH_WATER = 64 * 1024
+#: response bytes joined into one write (one TLS record) rather than handed over part by part
+COALESCE = 16 * 1024
 
 _DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
 
@@ -82,6 +84,7 @@ class Cycle:
         self.response_complete = False
         self.receiving = False
         self.task: asyncio.Task[None] | None = None
+        self.head = b""  # the encoded response head, until the first body message
         self._event = asyncio.Event()
 
     def wake(self) -> None:
@@ -132,16 +135,22 @@ class Cycle:
             # built first: a bad status or header raises here, before anything is sent (the server answers 500)
             response = h11.Response(status_code=status, headers=headers, reason=_phrase(status).encode("ascii"))
             self.response_started = True
-            protocol.write_event(response)
+            self.head = protocol.encode(response)  # sent with the first body message: one TLS record, one write
+            return
         elif not self.response_complete:
             if kind != "http.response.body":
                 raise RuntimeError(f"expected 'http.response.body', got {kind!r}")
-            body = bytes(message.get("body", b""))
+            parts = [self.head] if self.head else []
+            self.head = b""
+            body = message.get("body", b"")
             if body and not self.head_only:
-                protocol.write_event(h11.Data(data=body))
-            if not message.get("more_body", False):
+                parts.append(protocol.encode(h11.Data(data=body)))
+            done = not message.get("more_body", False)
+            if done:
                 self.response_complete = True
-                protocol.write_event(h11.EndOfMessage())
+                parts.append(protocol.encode(h11.EndOfMessage()))
+            protocol.write(parts)
+            if done:
                 self.wake()
                 protocol.response_done(self)
         else:
@@ -250,6 +259,10 @@ class HTTPProtocol(asyncio.Protocol):
             log.info("request head from %s refused (limit %d bytes)", self.peer, self.limits.max_head)
             self.refuse(431)
             return
+        if ambiguous(request):  # RFC 9112 §3.2, §6.1, §6.3: request-smuggling patterns, refused
+            log.info("request from %s refused: ambiguous framing or Host", self.peer)
+            self.refuse(400)
+            return
         length = declared_length(request)
         if length is not None and length > self.limits.max_body:
             log.info("request body of %d bytes from %s refused (limit %d)", length, self.peer, self.limits.max_body)
@@ -300,14 +313,22 @@ class HTTPProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     # -- writing
-    def write_event(self, event: h11.Event) -> None:
-        data = self.conn.send(event)  # LocalProtocolError (bad header, too much body) goes to the application
-        if data and self.transport is not None:
-            self.transport.write(data)
+    def encode(self, event: h11.Event) -> bytes:
+        """The bytes of ``event``; a LocalProtocolError (bad header, too much body) goes to the application."""
+        return self.conn.send(event) or b""
+
+    def write(self, parts: list[bytes]) -> None:
+        """Small parts joined (one TLS record), large ones handed over as they are (no copy)."""
+        if self.transport is None:
+            return
+        if sum(len(part) for part in parts) <= COALESCE:
+            self.transport.write(b"".join(parts))
+        else:
+            self.transport.writelines(parts)
 
     def send_continue(self) -> None:
         if self.conn.they_are_waiting_for_100_continue and self.transport is not None:
-            self.write_event(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))
+            self.write([self.encode(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue"))])
 
     async def drain(self) -> None:
         if self._writable.is_set():

@@ -5,16 +5,27 @@ Pure: built from an h11 ``Request`` and what the connection knows, no I/O (docs/
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
 import h11
 
-from m2msec.errors import TLSProtocolError
+from m2msec.errors import ConfigurationError, TLSProtocolError
 from m2msec.keys.secret import SecretKey
 from m2msec.tls.engine import SessionInfo, TLSConnection
 
-__all__ = ["ASGI_VERSION", "EXTENSION", "TLSExtension", "address", "build_scope", "declared_length", "head_size"]
+__all__ = [
+    "ASGI_VERSION",
+    "EXTENSION",
+    "TLSExtension",
+    "address",
+    "ambiguous",
+    "build_scope",
+    "declared_length",
+    "head_size",
+    "tls_extension",
+]
 
 #: the ASGI version and HTTP spec version this server implements
 ASGI_VERSION: dict[str, str] = {"version": "3.0", "spec_version": "2.3"}
@@ -57,6 +68,19 @@ class TLSExtension:
         self.__connection = None
 
 
+def tls_extension(scope: Mapping[str, Any]) -> TLSExtension:
+    """The :class:`TLSExtension` of a request scope (``request.scope`` in FastAPI/Starlette).
+
+    Raises:
+        ConfigurationError: the request did not arrive through :func:`m2msec.asgi.serve` (another ASGI server,
+            a test client): there is no authenticated TLS session to trust."""
+    extension = (scope.get("extensions") or {}).get(EXTENSION)
+    if not isinstance(extension, TLSExtension):
+        raise ConfigurationError("this request did not arrive over m2msec TLS (no m2msec.tls extension in its "
+                                 "scope): serve the application with m2msec.asgi.serve")
+    return extension
+
+
 def address(value: Any) -> tuple[str, int] | None:
     """``(host, port)`` of a socket address (an IPv6 4-tuple too); None for anything else."""
     if isinstance(value, tuple) and len(value) >= 2 and isinstance(value[0], str) and isinstance(value[1], int):
@@ -76,6 +100,18 @@ def head_size(request: h11.Request) -> int:
     """Bytes of the request line and header fields, as sent without optional whitespace."""
     size = len(request.method) + len(request.target) + 12  # "M T HTTP/1.1\r\n"
     return size + sum(len(name) + len(value) + 4 for name, value in request.headers) + 2
+
+
+def ambiguous(request: h11.Request) -> bool:
+    """Both Transfer-Encoding and Content-Length, or Transfer-Encoding in HTTP/1.0 (RFC 9112 §6.1, §6.3): h11 would
+    read such a body as chunked, while another parser on the path might not (request smuggling); or more than one
+    Host (RFC 9112 §3.2: answered with 400)."""
+    names = [name for name, _ in request.headers]
+    if names.count(b"host") > 1:
+        return True
+    if b"transfer-encoding" not in names:
+        return False
+    return b"content-length" in names or request.http_version == b"1.0"
 
 
 def _split_target(target: bytes) -> tuple[bytes, bytes]:
