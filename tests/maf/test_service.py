@@ -143,6 +143,19 @@ async def test_unknown_revoked_and_foreign_kmids_fail_the_handshake(world: World
         await psk(world)
 
 
+async def test_configuration_retrieval_announces_the_port_the_system_chose(world: World) -> None:
+    """A MAF on listen port 0 announced httpPort 0 and failed its own response model (500)."""
+    sa = await psk(world)
+    try:
+        reg_id = await register(sa)
+        status, _, body = await call(sa, "GET", f"/maf/v1/registrations/{reg_id}?mafFQDN={FQDN}")
+        assert status == 200 and isinstance(body, dict), body
+        assert body["mafClientCfg"]["mafClientRegCfg"]["httpPort"] == world.maf.port
+        assert body["mafClientCfg"]["mafKeyRegCfg"]["SUID"] == 32
+    finally:
+        await sa.close()
+
+
 async def test_certificate_maf_handshake(world: World) -> None:
     from m2msec.pki.profile import Issued
 

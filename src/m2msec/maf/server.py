@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -112,13 +113,16 @@ async def running_maf(config: MAFConfig, *, store: KeyStore | None = None,
     own_store = store is None
     store = store if store is not None else open_maf_store(config, clock=clock)
     try:
-        policy = MAFPolicy(config.maf_fqdn, config.sp_id, admin_fqdn=config.admin_fqdn or None, http_port=port,
+        policy = MAFPolicy(config.maf_fqdn, config.sp_id, admin_fqdn=config.admin_fqdn or None,
+                           http_port=port or None,
                            max_key_lifetime=config.max_key_lifetime,
                            max_registration_lifetime=config.max_registration_lifetime)
         maf = MAF(AsyncKeyStore(store), policy, clock=clock)
         context = server_context(config)
         server = await serve(create_app(maf), context, host, port, psk_resolver=kmid_resolver(maf),
                              handshake_timeout=config.handshake_timeout)
+        if policy.http_port is None:  # listening on port 0: announce the port the system chose
+            maf.policy = dataclasses.replace(policy, http_port=server.port)
         purge = asyncio.create_task(_purge(maf, config.purge_interval))
         try:
             yield RunningMAF(maf, host, server.port, server)
