@@ -18,7 +18,7 @@ from pathlib import Path
 
 from m2msec.cli.common import parse_hostport
 from m2msec.errors import ConfigurationError, IdentifierError, StorageError
-from m2msec.keys.table import PSKEntry
+from m2msec.keys.table import PSKEntry, check_file_permissions
 from m2msec.maf.app import create_app
 from m2msec.maf.config import MAFConfig
 from m2msec.maf.procedures import MAF, MAFPolicy, canonical_kmid
@@ -75,6 +75,8 @@ def server_context(config: MAFConfig) -> TLSContext:
                                  "private_key and client_trust_anchors (TS-0003 §10.2.3 suites, D84)")
     certificate = None
     if config.certificate:
+        # the MAF's private key gets the checks of every other secret file (`m2msec gateway --key`, D13 rules)
+        check_file_permissions(Path(config.private_key))
         certificate = CertificateConfig(_read(config.certificate, "certificate"),
                                         _read(config.private_key, "private key"),
                                         _read(config.client_trust_anchors, "client trust anchors"))
