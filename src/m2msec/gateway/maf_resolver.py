@@ -5,7 +5,8 @@ For our MAF-FQDN, :class:`MAFKeyResolver` runs Key Retrieval over the gateway's 
 (:class:`m2msec.maf.client.MAFClient`, one connection kept for the next lookups) while the event loop serves the
 other handshakes (the engine's async PSK path, :mod:`m2msec.transport.psk_resolver`):
 
-* single-flight: handshakes offering one identity while its retrieval runs wait for that one retrieval;
+* single-flight: handshakes offering one identity while its retrieval runs wait for that one retrieval; at most
+  :data:`MAF_RETRIEVALS_IN_FLIGHT` retrievals run at once, a handshake needing another one is refused at once;
 * the answer must have SUID 32 (MAF-based SAEF) and an expirationTime in the future, else the client is refused;
 * Kc is cached until its expirationTime (at most :data:`MAF_KEY_CACHE_SIZE` keys, the oldest dropped first); a
   handshake after that is refused (the cache is dropped and the MAF answers ``key-expired``), and a live SA
@@ -35,13 +36,20 @@ from m2msec.keys.table import MemoryPSKTable, PSKEntry, PSKTable
 from m2msec.maf.client import MAFClient
 from m2msec.maf.client_wire import SUID_SAEF, RetrievedKey
 
-__all__ = ["BOUND_SOURCE_PREFIX", "MAF_KEY_CACHE_SIZE", "MAFKeyResolver", "MAFTable", "entry_for", "revocation_table"]
+__all__ = ["BOUND_SOURCE_PREFIX", "MAF_KEY_CACHE_SIZE", "MAF_RETRIEVALS_IN_FLIGHT", "MAFKeyResolver", "MAFTable",
+           "entry_for", "revocation_table"]
 
 log = logging.getLogger("m2msec.gateway.maf")
 
 #: Kc entries the gateway keeps between their retrieval and their expirationTime; beyond it the oldest is dropped
 #: (a live SA with a dropped key ends at its next request, a new handshake retrieves it again). D92.
 MAF_KEY_CACHE_SIZE: Final = 4096
+
+#: Key Retrievals started and not yet answered (they run one after the other on the gateway's MAF connection); a
+#: handshake offering a MAF identity not cached while that many run is refused at once, without a retrieval. Any
+#: client can offer made-up identities, each one a retrieval: unbounded, they queued for minutes behind each other
+#: (outliving the handshakes that started them) and new clients' keys waited behind them. D59.
+MAF_RETRIEVALS_IN_FLIGHT: Final = 64
 
 #: a ``sourceMAFClientID`` starting so is an AE-ID / CSE-ID in the absolute form the MAF returns: the SA is bound to
 #: exactly that value, the only ``From`` then accepted (no SP- or CSE-relative forms derived from it); anything else
@@ -87,18 +95,23 @@ class MAFKeyResolver:
     the time the MAF's expirationTime is compared with."""
 
     def __init__(self, client: MAFClient, table: PSKTable | None = None, *, clock: Callable[[], float] = time.time,
-                 max_cache: int = MAF_KEY_CACHE_SIZE) -> None:
+                 max_cache: int = MAF_KEY_CACHE_SIZE, max_inflight: int = MAF_RETRIEVALS_IN_FLIGHT) -> None:
         if max_cache < 1:
             raise ValueError("the MAF key cache holds at least one key")
+        if max_inflight < 1:
+            raise ValueError("at least one Key Retrieval must be allowed to run")
         self.client = client
         self.table = table
         self.clock = clock
         self.max_cache = max_cache
+        self.max_inflight = max_inflight
         self.maf_fqdn = client.maf_fqdn
         self._cache: OrderedDict[str, tuple[float, PSKEntry]] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[PSKEntry | None]] = {}
         #: Key Retrievals started (each is one request to the MAF)
         self.retrievals = 0
+        #: handshakes refused because :attr:`max_inflight` retrievals were running
+        self.refused_busy = 0
 
     def __repr__(self) -> str:
         return f"<MAFKeyResolver {self.maf_fqdn} {len(self._cache)} cached>"
@@ -131,6 +144,11 @@ class MAFKeyResolver:
             return entry
         task = self._inflight.get(identity)
         if task is None:
+            if len(self._inflight) >= self.max_inflight:
+                self.refused_busy += 1
+                log.warning("MAF Key Retrieval of %r refused: %d retrievals are running already (D59)", identity[:80],
+                            len(self._inflight))
+                return None
             task = asyncio.get_running_loop().create_task(self._retrieve(identity))
             self._inflight[identity] = task
             task.add_done_callback(lambda _: self._inflight.pop(identity, None))
