@@ -8,7 +8,8 @@ other handshakes (the engine's async PSK path, :mod:`m2msec.transport.psk_resolv
 * single-flight: handshakes offering one identity while its retrieval runs wait for that one retrieval; at most
   :data:`MAF_RETRIEVALS_IN_FLIGHT` retrievals run at once, a handshake needing another one is refused at once;
 * the answer must have SUID 32 (MAF-based SAEF) and an expirationTime in the future, else the client is refused;
-* Kc is cached until its expirationTime (at most :data:`MAF_KEY_CACHE_SIZE` keys, the oldest dropped first); a
+* Kc is cached until its expirationTime (at most :data:`MAF_KEY_CACHE_SIZE` keys, the oldest dropped first), under
+  the identifier's canonical spelling (other letter cases share the entry and the retrieval); a
   handshake after that is refused (the cache is dropped and the MAF answers ``key-expired``), and a live SA
   ends at its next request (:meth:`MAFKeyResolver.lookup` is what the revocation guard reads);
 * the SA is associated with the ``sourceMAFClientID`` the MAF returns when it is an AE-ID / CSE-ID (absolute form,
@@ -23,6 +24,7 @@ Every other identity is looked up in the PSK table as without ``--maf`` (a synch
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -118,42 +120,59 @@ class MAFKeyResolver:
 
     def ours(self, identity: str) -> bool:
         """Is ``identity`` a MAF Key Identifier of our MAF?"""
+        return self._key(identity) is not None
+
+    def _key(self, identity: str) -> str | None:
+        """The cache and single-flight key of a MAF Key Identifier of our MAF: its canonical spelling (lowercase hex
+        and MAF-FQDN), so that spellings in other letter cases share one entry and one retrieval; None for any other
+        identity."""
+        if identity in self._cache:  # canonical spellings are the keys: no parse for the usual case
+            return identity
         parsed = _maf_key_id(identity)
-        return parsed is not None and parsed.maf_fqdn == self.maf_fqdn
+        return str(parsed) if parsed is not None and parsed.maf_fqdn == self.maf_fqdn else None
+
+    @staticmethod
+    def _for(entry: PSKEntry | None, identity: str) -> PSKEntry | None:
+        # the engine wants the entry of the identity offered, spelled as offered
+        if entry is None or entry.identity == identity:
+            return entry
+        return dataclasses.replace(entry, identity=identity)
 
     def cached(self, identity: str) -> PSKEntry | None:
-        hit = self._cache.get(identity)
-        if hit is None:
+        key = self._key(identity)
+        hit = self._cache.get(key) if key is not None else None
+        if key is None or hit is None:
             return None
         if self.clock() < hit[0]:
-            return hit[1]
-        del self._cache[identity]  # expired: never served again
+            return self._for(hit[1], identity)
+        del self._cache[key]  # expired: never served again
         return None
 
     def lookup(self, identity: str) -> PSKEntry | None:
         """Synchronous: the cached Kc of a MAF identity (no network), else the PSK table's entry."""
-        if identity in self._cache or self.ours(identity):
+        if self.ours(identity):
             return self.cached(identity)
         return self.table.lookup(identity) if self.table is not None else None
 
     async def __call__(self, identity: str) -> PSKEntry | None:
-        if identity not in self._cache and not self.ours(identity):
+        key = self._key(identity)
+        if key is None:
             return self.table.lookup(identity) if self.table is not None else None
         entry = self.cached(identity)
         if entry is not None:
             return entry
-        task = self._inflight.get(identity)
+        task = self._inflight.get(key)
         if task is None:
             if len(self._inflight) >= self.max_inflight:
                 self.refused_busy += 1
                 log.warning("MAF Key Retrieval of %r refused: %d retrievals are running already (D59)", identity[:80],
                             len(self._inflight))
                 return None
-            task = asyncio.get_running_loop().create_task(self._retrieve(identity))
-            self._inflight[identity] = task
-            task.add_done_callback(lambda _: self._inflight.pop(identity, None))
+            task = asyncio.get_running_loop().create_task(self._retrieve(key))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
         # a waiter cancelled (its handshake timed out) does not cancel the retrieval the others wait for
-        return await asyncio.shield(task)
+        return self._for(await asyncio.shield(task), identity)
 
     async def _retrieve(self, identity: str) -> PSKEntry | None:
         self.retrievals += 1
