@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from m2msec import http1
 from m2msec.errors import ConfigurationError
+from m2msec.keys.secret import SecretKey
 from m2msec.maf.config import MAFConfig
-from m2msec.maf.server import running_maf
+from m2msec.maf.procedures import MAF
+from m2msec.maf.server import RunningMAF, running_maf
+from m2msec.maf.wire import format_timestamp
 from m2msec.pki import CertificateFlavour as F
 from m2msec.pki import create_ca, issue
+from m2msec.saef import ANY_ENTITY, EstablishedSA, PSKCredentials, establish_sa
+from m2msec.store import MAFClient, open_store
 
 SP = "sp.example.com"
 FQDN = "maf.sp.example.com"
@@ -54,3 +65,67 @@ def test_maf_serve_with_a_world_readable_key_says_so_in_one_line(tmp_path: Path)
     assert done.returncode != 0
     assert "maf.key" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+KM_A, KM_B = SecretKey(bytes(range(32))), SecretKey(bytes(range(1, 33)))
+KMID_A, KMID_B = f"cae1@{FQDN}", f"mn-gw@{FQDN}"
+
+
+@pytest.fixture
+async def maf(tmp_path: Path) -> AsyncIterator[RunningMAF]:
+    config = MAFConfig(listen="127.0.0.1:0", maf_fqdn=FQDN, sp_id=SP, store=f"sqlite://{tmp_path}/maf.db")
+    store = open_store(config.store)
+    store.register_client(MAFClient(KMID_A, KM_A, "/mn-cse-123456/CAE1"))
+    store.register_client(MAFClient(KMID_B, KM_B, "/mn-cse-123456"))
+    try:
+        async with running_maf(config, store=store) as running:
+            yield running
+    finally:
+        store.close()
+
+
+async def _psk(maf: RunningMAF, kmid: str, km: SecretKey) -> EstablishedSA:
+    return await establish_sa("127.0.0.1", maf.port, PSKCredentials(kmid, km, peer_entity=ANY_ENTITY))
+
+
+async def _call(sa: EstablishedSA, method: str, target: str, body: object = None) -> tuple[int, Any]:
+    data = b"" if body is None else json.dumps(body).encode()
+    headers = [("Host", FQDN)]
+    if method in ("POST", "PATCH"):
+        headers += [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    resp = await sa.request(http1.Message(headers, data, method=method, target=target))
+    return resp.status, json.loads(resp.body) if resp.body else None
+
+
+def _later() -> str:
+    return format_timestamp(time.time() + 600)
+
+
+async def _register(sa: EstablishedSA) -> None:
+    status, body = await _call(sa, "POST", "/maf/v1/registrations",
+                               {"mafFQDN": FQDN, "expirationTime": _later(), "adminFQDN": FQDN})
+    assert status == 201, body
+
+
+async def test_a_key_registered_by_a_client_being_revoked_does_not_outlive_the_revocation(maf: RunningMAF) -> None:
+    # `maf clients revoke` runs in its own process: it marks the client revoked and deletes its keys. The serving
+    # MAF reused its read of the client for up to CACHE_TTL (D74), so a compromised client connected at that moment
+    # registered a key after the deletion: a key of a revoked client, retrievable by its target (a gateway binds an
+    # SA to the revoked identity with it) for up to max_key_lifetime (24 h).
+    a, b = await _psk(maf, KMID_A, KM_A), await _psk(maf, KMID_B, KM_B)
+    try:
+        await _register(a)
+        await _register(b)
+        operator = MAF(maf.maf.store, maf.maf.policy)  # `m2msec maf clients revoke`, another instance
+        assert await operator.revoke_client(KMID_A) == 0
+        status, body = await _call(a, "POST", "/maf/v1/keys", {
+            "mafFQDN": FQDN, "expirationTime": _later(), "adminFQDN": FQDN, "SUID": 32,
+            "targetIDs": ["/mn-cse-123456"], "keyValue": base64.b64encode(b"k" * 32).decode()})
+        assert status == 403 and body["type"] == "urn:m2msec:maf:client-revoked", body
+        status, body = await _call(a, "POST", "/maf/v1/keys", {  # the handshake's exported key likewise
+            "mafFQDN": FQDN, "expirationTime": _later(), "adminFQDN": FQDN, "SUID": 32,
+            "targetIDs": ["/mn-cse-123456"]})
+        assert status == 403 and body["type"] == "urn:m2msec:maf:client-revoked", body
+    finally:
+        await a.close()
+        await b.close()

@@ -7,6 +7,7 @@ raises :class:`~m2msec.maf.wire.MAFProblem`. Time and identifiers are injected.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -241,9 +242,24 @@ class MAF:
         except Conflict:
             raise MAFProblem(409, "key-exists", "this MAF Handshake's exported key is registered already: one "
                              "exported key per handshake, reconnect for another") from None
+        await self._not_revoked_since(who, key.relative_key_id)
         return wire.KeyRegistrationResponse(relativeKeyID=key.relative_key_id, expirationTime=format_timestamp(expires),
                                             sourceMAFClientID=who.identity, adminFQDN=req.adminFQDN, SUID=req.SUID,
                                             targetIDs=list(targets), labels=req.labels)
+
+    async def _not_revoked_since(self, who: Requester, relative_key_id: str) -> None:
+        """After storing a key of a PSK requester: its client record read again from the store, not the D74 cache.
+        ``maf clients revoke`` (another process) marks the client revoked, then deletes its keys; a key stored after
+        that deletion by a request that saw the client active is found here and deleted (403 ``client-revoked``)."""
+        if who.kmid is None:
+            return
+        self._clients.drop(who.kmid)
+        try:
+            await self.requester_of_kmid(who.kmid)
+        except MAFProblem:
+            with contextlib.suppress(NotFound):
+                await self.store.delete_key(relative_key_id)
+            raise
 
     async def _key(self, relative_key_id: str) -> RegisteredKey:
         rkid = relative_key_id.lower()
@@ -294,6 +310,7 @@ class MAF:
             await self.store.update_key(key)
         except NotFound:
             raise MAFProblem(404, "unknown-key", "no key with this RelativeKeyID") from None
+        await self._not_revoked_since(who, key.relative_key_id)
         return out
 
     async def deregister_key(self, who: Requester, relative_key_id: str, maf_fqdn: str) -> None:
