@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -24,6 +25,7 @@ from m2msec.pki import CertificateFlavour as F
 from m2msec.pki import create_ca, issue
 from m2msec.saef import ANY_ENTITY, EstablishedSA, PSKCredentials, establish_sa
 from m2msec.store import MAFClient, open_store
+from m2msec.transport.limits import DEFAULT_MAX_HANDSHAKES_PER_SOURCE
 
 SP = "sp.example.com"
 FQDN = "maf.sp.example.com"
@@ -129,3 +131,27 @@ async def test_a_key_registered_by_a_client_being_revoked_does_not_outlive_the_r
     finally:
         await a.close()
         await b.close()
+
+
+async def _closed_at_once(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), 1.0) == b""
+    except (TimeoutError, ConnectionError):
+        return False
+
+
+async def test_one_source_cannot_hold_every_connection_of_the_maf(maf: RunningMAF) -> None:
+    # `maf serve` ran without any connection limit: one host opening TCP connections and never finishing a
+    # handshake held a file descriptor each for the handshake timeout, as many as it liked, until the MAF could
+    # accept nobody. Now the gateway's per-source caps apply (D31, D47) under a total cap (D60).
+    assert DEFAULT_MAX_HANDSHAKES_PER_SOURCE < 48
+    opened = [await asyncio.open_connection("127.0.0.1", maf.port, local_addr=("127.0.0.2", 0)) for _ in range(48)]
+    try:
+        closed = await asyncio.gather(*(_closed_at_once(r) for r, _ in opened))
+        assert sum(closed) == 48 - DEFAULT_MAX_HANDSHAKES_PER_SOURCE
+        a = await _psk(maf, KMID_A, KM_A)  # another source is served meanwhile
+        await _register(a)
+        await a.close()
+    finally:
+        for _, w in opened:
+            w.close()
