@@ -155,3 +155,20 @@ async def test_one_source_cannot_hold_every_connection_of_the_maf(maf: RunningMA
     finally:
         for _, w in opened:
             w.close()
+
+
+@pytest.mark.parametrize(("method", "body"), [("GET", None), ("DELETE", None),
+                                              ("PATCH", {"mafFQDN": FQDN, "labels": ["x"]})])
+async def test_a_non_ascii_registration_id_is_an_unknown_registration(maf: RunningMAF, method: str, body: object,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    # secrets.compare_digest raises TypeError for str holding non-ASCII characters: a registered client asking
+    # for /registrations/%C3%A9 got a 500 and the MAF logged a traceback
+    a = await _psk(maf, KMID_A, KM_A)
+    try:
+        await _register(a)
+        query = f"?mafFQDN={FQDN}" if body is None else ""
+        status, problem = await _call(a, method, f"/maf/v1/registrations/%C3%A9{query}", body)
+        assert status == 404 and problem["type"] == "urn:m2msec:maf:unknown-registration", problem
+        assert "Traceback" not in caplog.text and "TypeError" not in caplog.text
+    finally:
+        await a.close()

@@ -162,7 +162,7 @@ class MAF:
 
     async def _own_registration(self, who: Requester, reg_id: str) -> ClientRegistration:
         reg = await self._registration_of(who.identity)
-        if reg is None or not secrets.compare_digest(reg.reg_id, reg_id):
+        if reg is None or not _same_reg_id(reg.reg_id, reg_id):
             raise MAFProblem(404, "unknown-registration", "no such MAF Client Registration of this client")
         if reg.expired(self.clock()):
             raise MAFProblem(410, "registration-expired", "this MAF Client Registration has expired")
@@ -208,7 +208,7 @@ class MAF:
     async def deregister_client(self, who: Requester, reg_id: str, maf_fqdn: str) -> None:
         self._check_maf(maf_fqdn)
         reg = await self._registration_of(who.identity)
-        if reg is None or not secrets.compare_digest(reg.reg_id, reg_id):
+        if reg is None or not _same_reg_id(reg.reg_id, reg_id):
             raise MAFProblem(404, "unknown-registration", "no such MAF Client Registration of this client")
         self._registrations.drop(who.identity)
         try:
@@ -334,6 +334,11 @@ class MAF:
     def client_identity(self, client: MAFClient) -> str:
         return absolute_id(client.identity, self.policy.sp_id) if client.identity else client_credential_id(
             client.kmid)
+
+
+def _same_reg_id(ours: str, theirs: str) -> bool:
+    # compare_digest refuses str with non-ASCII characters (TypeError, a 500): compare the UTF-8 bytes
+    return secrets.compare_digest(ours.encode(), theirs.encode(errors="surrogatepass"))
 
 
 def _valid_relative_key_id(text: str) -> bool:
