@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from m2msec import http1
-from m2msec.errors import ConfigurationError
+from m2msec.errors import ConfigurationError, HandshakeFailed
 from m2msec.keys.secret import SecretKey
 from m2msec.maf.config import MAFConfig
 from m2msec.maf.procedures import MAF
@@ -172,3 +173,38 @@ async def test_a_non_ascii_registration_id_is_an_unknown_registration(maf: Runni
         assert "Traceback" not in caplog.text and "TypeError" not in caplog.text
     finally:
         await a.close()
+
+
+async def test_a_revoked_client_certificate_fails_the_maf_handshake(tmp_path: Path) -> None:
+    # `maf clients revoke` reaches PSK clients only: a certificate client whose key was stolen kept its MAF access
+    # (Key Registration under its AE-ID/CSE-ID, Key Retrieval of the keys meant for it) until its certificate
+    # expired; the MAF had no way to take CRLs. Now `client_crl` does, as `m2msec gateway --crl` (read at start).
+    from cryptography.hazmat.primitives import serialization
+
+    from m2msec.pki import create_crl
+    from m2msec.pki.profile import Issued
+    from m2msec.saef import CertificateCredentials
+    from m2msec.tls.profiles import ECDHE_ECDSA
+
+    config = _certificate_config(tmp_path, 0o600)
+    ca = create_ca("provider root", permitted_dns=[SP])
+    cert = issue(ca, F.FQDN, FQDN)
+    (tmp_path / "maf.pem").write_bytes(cert.certificate_pem())
+    (tmp_path / "maf.key").write_bytes(cert.private_key_pem())
+    (tmp_path / "ca.pem").write_bytes(ca.certificate_pem())
+    stolen, good = issue(ca, F.CSE_ID, "mn-cse-7", sp_domain=SP), issue(ca, F.CSE_ID, "mn-cse-8", sp_domain=SP)
+    crl = create_crl(ca, [stolen.certificate.serial_number])
+    (tmp_path / "ca.crl").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+
+    def creds(client: Issued) -> CertificateCredentials:
+        return CertificateCredentials(client.certificate_pem(), client.private_key_pem(), ca.certificate_pem(),
+                                      peer_entity=ANY_ENTITY, profiles=(ECDHE_ECDSA,))
+
+    async with running_maf(dataclasses.replace(config, client_crl=str(tmp_path / "ca.crl"))) as running:
+        with pytest.raises(HandshakeFailed):
+            await establish_sa("127.0.0.1", running.port, creds(stolen))
+        sa = await establish_sa("127.0.0.1", running.port, creds(good))
+        await _register(sa)
+        await sa.close()
+    with pytest.raises(ConfigurationError, match="client_crl needs"):
+        MAFConfig(client_crl=str(tmp_path / "ca.crl"))

@@ -98,7 +98,8 @@ def server_context(config: MAFConfig) -> TLSContext:
         check_file_permissions(Path(config.private_key))
         certificate = CertificateConfig(_read(config.certificate, "certificate"),
                                         _read(config.private_key, "private key"),
-                                        _read(config.client_trust_anchors, "client trust anchors"))
+                                        _read(config.client_trust_anchors, "client trust anchors"),
+                                        _read(config.client_crl, "client CRLs") if config.client_crl else None)
         profiles = (*profiles, ECDHE_ECDSA)
     return TLSContext.server(ServerConfig(psk_lookup=None, profiles=profiles, certificate=certificate,
                                           async_psk=True))
