@@ -48,6 +48,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     maf_cert = issue(ca, F.FQDN, FQDN)
     (tmp_path / "maf.pem").write_bytes(maf_cert.certificate_pem())
     (tmp_path / "maf.key").write_bytes(maf_cert.private_key_pem())
+    (tmp_path / "maf.key").chmod(0o600)  # a world-readable private key is refused (tests/maf/test_attack_maf.py)
     (tmp_path / "ca.pem").write_bytes(ca.certificate_pem())
     config = MAFConfig(listen="127.0.0.1:0", maf_fqdn=FQDN, sp_id=SP, store=f"sqlite://{tmp_path}/maf.db",
                        certificate=str(tmp_path / "maf.pem"), private_key=str(tmp_path / "maf.key"),

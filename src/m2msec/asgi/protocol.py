@@ -421,11 +421,12 @@ class HTTPProtocol(asyncio.Protocol):
             await self.state.app(scope, cycle.receive, cycle.send)
         except Exception:
             # once, with the method and path only: neither the query, the headers nor the body
-            log.exception("ASGI application failed on %s %s from %s", scope["method"], scope["path"], self.peer)
+            # the path as a repr: its decoded %0A, %0D or escapes would otherwise forge log lines
+            log.exception("ASGI application failed on %s %r from %s", scope["method"], scope["path"], self.peer)
             self._failed(cycle)
             return
         if not cycle.disconnected and not cycle.response_complete:
-            log.error("ASGI application returned without a complete response on %s %s", scope["method"],
+            log.error("ASGI application returned without a complete response on %s %r", scope["method"],
                       scope["path"])
             self._failed(cycle)
 

@@ -5,9 +5,11 @@ For our MAF-FQDN, :class:`MAFKeyResolver` runs Key Retrieval over the gateway's 
 (:class:`m2msec.maf.client.MAFClient`, one connection kept for the next lookups) while the event loop serves the
 other handshakes (the engine's async PSK path, :mod:`m2msec.transport.psk_resolver`):
 
-* single-flight: handshakes offering one identity while its retrieval runs wait for that one retrieval;
+* single-flight: handshakes offering one identity while its retrieval runs wait for that one retrieval; at most
+  :data:`MAF_RETRIEVALS_IN_FLIGHT` retrievals run at once, a handshake needing another one is refused at once;
 * the answer must have SUID 32 (MAF-based SAEF) and an expirationTime in the future, else the client is refused;
-* Kc is cached until its expirationTime (at most :data:`MAF_KEY_CACHE_SIZE` keys, the oldest dropped first); a
+* Kc is cached until its expirationTime (at most :data:`MAF_KEY_CACHE_SIZE` keys, the oldest dropped first), under
+  the identifier's canonical spelling (other letter cases share the entry and the retrieval); a
   handshake after that is refused (the cache is dropped and the MAF answers ``key-expired``), and a live SA
   ends at its next request (:meth:`MAFKeyResolver.lookup` is what the revocation guard reads);
 * the SA is associated with the ``sourceMAFClientID`` the MAF returns when it is an AE-ID / CSE-ID (absolute form,
@@ -22,6 +24,7 @@ Every other identity is looked up in the PSK table as without ``--maf`` (a synch
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -35,13 +38,20 @@ from m2msec.keys.table import MemoryPSKTable, PSKEntry, PSKTable
 from m2msec.maf.client import MAFClient
 from m2msec.maf.client_wire import SUID_SAEF, RetrievedKey
 
-__all__ = ["BOUND_SOURCE_PREFIX", "MAF_KEY_CACHE_SIZE", "MAFKeyResolver", "MAFTable", "entry_for", "revocation_table"]
+__all__ = ["BOUND_SOURCE_PREFIX", "MAF_KEY_CACHE_SIZE", "MAF_RETRIEVALS_IN_FLIGHT", "MAFKeyResolver", "MAFTable",
+           "entry_for", "revocation_table"]
 
 log = logging.getLogger("m2msec.gateway.maf")
 
 #: Kc entries the gateway keeps between their retrieval and their expirationTime; beyond it the oldest is dropped
 #: (a live SA with a dropped key ends at its next request, a new handshake retrieves it again). D92.
 MAF_KEY_CACHE_SIZE: Final = 4096
+
+#: Key Retrievals started and not yet answered (they run one after the other on the gateway's MAF connection); a
+#: handshake offering a MAF identity not cached while that many run is refused at once, without a retrieval. Any
+#: client can offer made-up identities, each one a retrieval: unbounded, they queued for minutes behind each other
+#: (outliving the handshakes that started them) and new clients' keys waited behind them. D59.
+MAF_RETRIEVALS_IN_FLIGHT: Final = 64
 
 #: a ``sourceMAFClientID`` starting so is an AE-ID / CSE-ID in the absolute form the MAF returns: the SA is bound to
 #: exactly that value, the only ``From`` then accepted (no SP- or CSE-relative forms derived from it); anything else
@@ -87,55 +97,82 @@ class MAFKeyResolver:
     the time the MAF's expirationTime is compared with."""
 
     def __init__(self, client: MAFClient, table: PSKTable | None = None, *, clock: Callable[[], float] = time.time,
-                 max_cache: int = MAF_KEY_CACHE_SIZE) -> None:
+                 max_cache: int = MAF_KEY_CACHE_SIZE, max_inflight: int = MAF_RETRIEVALS_IN_FLIGHT) -> None:
         if max_cache < 1:
             raise ValueError("the MAF key cache holds at least one key")
+        if max_inflight < 1:
+            raise ValueError("at least one Key Retrieval must be allowed to run")
         self.client = client
         self.table = table
         self.clock = clock
         self.max_cache = max_cache
+        self.max_inflight = max_inflight
         self.maf_fqdn = client.maf_fqdn
         self._cache: OrderedDict[str, tuple[float, PSKEntry]] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[PSKEntry | None]] = {}
         #: Key Retrievals started (each is one request to the MAF)
         self.retrievals = 0
+        #: handshakes refused because :attr:`max_inflight` retrievals were running
+        self.refused_busy = 0
 
     def __repr__(self) -> str:
         return f"<MAFKeyResolver {self.maf_fqdn} {len(self._cache)} cached>"
 
     def ours(self, identity: str) -> bool:
         """Is ``identity`` a MAF Key Identifier of our MAF?"""
+        return self._key(identity) is not None
+
+    def _key(self, identity: str) -> str | None:
+        """The cache and single-flight key of a MAF Key Identifier of our MAF: its canonical spelling (lowercase hex
+        and MAF-FQDN), so that spellings in other letter cases share one entry and one retrieval; None for any other
+        identity."""
+        if identity in self._cache:  # canonical spellings are the keys: no parse for the usual case
+            return identity
         parsed = _maf_key_id(identity)
-        return parsed is not None and parsed.maf_fqdn == self.maf_fqdn
+        return str(parsed) if parsed is not None and parsed.maf_fqdn == self.maf_fqdn else None
+
+    @staticmethod
+    def _for(entry: PSKEntry | None, identity: str) -> PSKEntry | None:
+        # the engine wants the entry of the identity offered, spelled as offered
+        if entry is None or entry.identity == identity:
+            return entry
+        return dataclasses.replace(entry, identity=identity)
 
     def cached(self, identity: str) -> PSKEntry | None:
-        hit = self._cache.get(identity)
-        if hit is None:
+        key = self._key(identity)
+        hit = self._cache.get(key) if key is not None else None
+        if key is None or hit is None:
             return None
         if self.clock() < hit[0]:
-            return hit[1]
-        del self._cache[identity]  # expired: never served again
+            return self._for(hit[1], identity)
+        del self._cache[key]  # expired: never served again
         return None
 
     def lookup(self, identity: str) -> PSKEntry | None:
         """Synchronous: the cached Kc of a MAF identity (no network), else the PSK table's entry."""
-        if identity in self._cache or self.ours(identity):
+        if self.ours(identity):
             return self.cached(identity)
         return self.table.lookup(identity) if self.table is not None else None
 
     async def __call__(self, identity: str) -> PSKEntry | None:
-        if identity not in self._cache and not self.ours(identity):
+        key = self._key(identity)
+        if key is None:
             return self.table.lookup(identity) if self.table is not None else None
         entry = self.cached(identity)
         if entry is not None:
             return entry
-        task = self._inflight.get(identity)
+        task = self._inflight.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._retrieve(identity))
-            self._inflight[identity] = task
-            task.add_done_callback(lambda _: self._inflight.pop(identity, None))
+            if len(self._inflight) >= self.max_inflight:
+                self.refused_busy += 1
+                log.warning("MAF Key Retrieval of %r refused: %d retrievals are running already (D59)", identity[:80],
+                            len(self._inflight))
+                return None
+            task = asyncio.get_running_loop().create_task(self._retrieve(key))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
         # a waiter cancelled (its handshake timed out) does not cancel the retrieval the others wait for
-        return await asyncio.shield(task)
+        return self._for(await asyncio.shield(task), identity)
 
     async def _retrieve(self, identity: str) -> PSKEntry | None:
         self.retrievals += 1

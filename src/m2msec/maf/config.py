@@ -51,6 +51,8 @@ class MAFConfig:
     certificate: str = ""
     private_key: str = ""
     client_trust_anchors: str = ""
+    #: CRLs of the client CAs (PEM or DER): a revoked client certificate fails the MAF Handshake (read at start)
+    client_crl: str = ""
     #: cipher profiles of PSK MAF Handshakes (``m2msec gateway --profiles`` names)
     profiles: str = "onem2m,ecdhe-psk,tls13"
     admin_fqdn: str = ""
@@ -70,6 +72,8 @@ class MAFConfig:
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{name} must be a positive number of seconds")
         cert = (self.certificate, self.private_key, self.client_trust_anchors)
+        if self.client_crl and not all(cert):
+            raise ConfigurationError("client_crl needs certificate, private_key and client_trust_anchors")
         if any(cert) and not all(cert):
             raise ConfigurationError("certificate, private_key and client_trust_anchors go together: the MAF "
                                      "Handshake with certificates is mutual")

@@ -7,6 +7,7 @@ raises :class:`~m2msec.maf.wire.MAFProblem`. Time and identifiers are injected.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -161,7 +162,7 @@ class MAF:
 
     async def _own_registration(self, who: Requester, reg_id: str) -> ClientRegistration:
         reg = await self._registration_of(who.identity)
-        if reg is None or not secrets.compare_digest(reg.reg_id, reg_id):
+        if reg is None or not _same_reg_id(reg.reg_id, reg_id):
             raise MAFProblem(404, "unknown-registration", "no such MAF Client Registration of this client")
         if reg.expired(self.clock()):
             raise MAFProblem(410, "registration-expired", "this MAF Client Registration has expired")
@@ -207,7 +208,7 @@ class MAF:
     async def deregister_client(self, who: Requester, reg_id: str, maf_fqdn: str) -> None:
         self._check_maf(maf_fqdn)
         reg = await self._registration_of(who.identity)
-        if reg is None or not secrets.compare_digest(reg.reg_id, reg_id):
+        if reg is None or not _same_reg_id(reg.reg_id, reg_id):
             raise MAFProblem(404, "unknown-registration", "no such MAF Client Registration of this client")
         self._registrations.drop(who.identity)
         try:
@@ -241,9 +242,24 @@ class MAF:
         except Conflict:
             raise MAFProblem(409, "key-exists", "this MAF Handshake's exported key is registered already: one "
                              "exported key per handshake, reconnect for another") from None
+        await self._not_revoked_since(who, key.relative_key_id)
         return wire.KeyRegistrationResponse(relativeKeyID=key.relative_key_id, expirationTime=format_timestamp(expires),
                                             sourceMAFClientID=who.identity, adminFQDN=req.adminFQDN, SUID=req.SUID,
                                             targetIDs=list(targets), labels=req.labels)
+
+    async def _not_revoked_since(self, who: Requester, relative_key_id: str) -> None:
+        """After storing a key of a PSK requester: its client record read again from the store, not the D74 cache.
+        ``maf clients revoke`` (another process) marks the client revoked, then deletes its keys; a key stored after
+        that deletion by a request that saw the client active is found here and deleted (403 ``client-revoked``)."""
+        if who.kmid is None:
+            return
+        self._clients.drop(who.kmid)
+        try:
+            await self.requester_of_kmid(who.kmid)
+        except MAFProblem:
+            with contextlib.suppress(NotFound):
+                await self.store.delete_key(relative_key_id)
+            raise
 
     async def _key(self, relative_key_id: str) -> RegisteredKey:
         rkid = relative_key_id.lower()
@@ -294,6 +310,7 @@ class MAF:
             await self.store.update_key(key)
         except NotFound:
             raise MAFProblem(404, "unknown-key", "no key with this RelativeKeyID") from None
+        await self._not_revoked_since(who, key.relative_key_id)
         return out
 
     async def deregister_key(self, who: Requester, relative_key_id: str, maf_fqdn: str) -> None:
@@ -317,6 +334,11 @@ class MAF:
     def client_identity(self, client: MAFClient) -> str:
         return absolute_id(client.identity, self.policy.sp_id) if client.identity else client_credential_id(
             client.kmid)
+
+
+def _same_reg_id(ours: str, theirs: str) -> bool:
+    # compare_digest refuses str with non-ASCII characters (TypeError, a 500): compare the UTF-8 bytes
+    return secrets.compare_digest(ours.encode(), theirs.encode(errors="surrogatepass"))
 
 
 def _valid_relative_key_id(text: str) -> bool:

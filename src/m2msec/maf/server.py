@@ -18,18 +18,37 @@ from pathlib import Path
 
 from m2msec.cli.common import parse_hostport
 from m2msec.errors import ConfigurationError, IdentifierError, StorageError
-from m2msec.keys.table import PSKEntry
+from m2msec.keys.table import PSKEntry, check_file_permissions
 from m2msec.maf.app import create_app
 from m2msec.maf.config import MAFConfig
 from m2msec.maf.procedures import MAF, MAFPolicy, canonical_kmid
 from m2msec.store import AsyncKeyStore, KeyStore, open_store
 from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
 from m2msec.tls.profiles import ECDHE_ECDSA, parse_profiles
+from m2msec.transport.limits import (
+    DEFAULT_MAX_CONNECTIONS_PER_SA,
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+    DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+    ConnectionLimiter,
+)
 from m2msec.transport.psk_resolver import PSKResolver
 
-__all__ = ["RunningMAF", "kmid_resolver", "open_maf_store", "running_maf", "server_context"]
+__all__ = ["MAX_CONNECTIONS", "RunningMAF", "connection_limiter", "kmid_resolver", "open_maf_store", "running_maf",
+           "server_context"]
 
 log = logging.getLogger("m2msec.maf")
+
+#: Connections (in their MAF Handshake or established) the MAF keeps open at once; one more is refused at once.
+#: Under it, the gateway's per-source caps (D31, D47): handshakes in progress and connections per source address,
+#: established connections per client credential. D60.
+MAX_CONNECTIONS = 4096
+
+
+def connection_limiter() -> ConnectionLimiter:
+    """The MAF's caps on its connections (:data:`MAX_CONNECTIONS` and the gateway's per-source defaults)."""
+    return ConnectionLimiter(MAX_CONNECTIONS, per_source_handshakes=DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+                             per_source_connections=DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+                             per_sa=DEFAULT_MAX_CONNECTIONS_PER_SA)
 
 
 def open_maf_store(config: MAFConfig, **options: object) -> KeyStore:
@@ -75,9 +94,12 @@ def server_context(config: MAFConfig) -> TLSContext:
                                  "private_key and client_trust_anchors (TS-0003 §10.2.3 suites, D84)")
     certificate = None
     if config.certificate:
+        # the MAF's private key gets the checks of every other secret file (`m2msec gateway --key`, D13 rules)
+        check_file_permissions(Path(config.private_key))
         certificate = CertificateConfig(_read(config.certificate, "certificate"),
                                         _read(config.private_key, "private key"),
-                                        _read(config.client_trust_anchors, "client trust anchors"))
+                                        _read(config.client_trust_anchors, "client trust anchors"),
+                                        _read(config.client_crl, "client CRLs") if config.client_crl else None)
         profiles = (*profiles, ECDHE_ECDSA)
     return TLSContext.server(ServerConfig(psk_lookup=None, profiles=profiles, certificate=certificate,
                                           async_psk=True))
@@ -120,7 +142,7 @@ async def running_maf(config: MAFConfig, *, store: KeyStore | None = None,
         maf = MAF(AsyncKeyStore(store), policy, clock=clock)
         context = server_context(config)
         server = await serve(create_app(maf), context, host, port, psk_resolver=kmid_resolver(maf),
-                             handshake_timeout=config.handshake_timeout)
+                             handshake_timeout=config.handshake_timeout, limiter=connection_limiter())
         if policy.http_port is None:  # listening on port 0: announce the port the system chose
             maf.policy = dataclasses.replace(policy, http_port=server.port)
         purge = asyncio.create_task(_purge(maf, config.purge_interval))
