@@ -10,7 +10,8 @@ server's capacity for the operation over its capacity for a bare handshake (CPU 
 
 Phases: ``bare`` (TLS-PSK handshake with an in-memory table, then close: the denominator), ``maf-handshake``
 (the MAF's KmID handshake through the async PSK path and the store, then close), ``register`` (handshake + Key
-Registration from the exporter + close), ``retrieve`` (handshake + Key Retrieval + close). SQLite always;
+Registration from the exporter + close), ``retrieve`` (handshake + Key Retrieval + close), ``retrieve (kept
+conn.)`` (Key Retrieval alone, over connections kept open: the request's own share, for the floor). SQLite always;
 PostgreSQL with ``--postgres`` (a throw-away server started like the tests do).
 """
 
@@ -147,9 +148,25 @@ async def maf_phases(port: int, pid: int, a: argparse.Namespace) -> dict[str, tu
         assert len(base64.b64decode(str(out["keyValue"]))) == 32
         await sa.close()
 
-    return {"maf-handshake": await phase(pid, a.seconds, a.concurrency, handshake),
-            "register": await phase(pid, a.seconds, a.concurrency, register),
-            "retrieve": await phase(pid, a.seconds, a.concurrency, retrieve)}
+    kept: list[EstablishedSA] = []
+
+    async def retrieve_kept() -> None:
+        nonlocal turn
+        if not kept:
+            kept.append(await connect(KMID_B, KM_B))  # one connection per worker, opened in its first op
+        sa = kept.pop()
+        turn += 1
+        out = await call(sa, "GET", f"/maf/v1/keys/{registered[turn % len(registered)]}")
+        assert len(base64.b64decode(str(out["keyValue"]))) == 32
+        kept.append(sa)
+
+    results = {"maf-handshake": await phase(pid, a.seconds, a.concurrency, handshake),
+               "register": await phase(pid, a.seconds, a.concurrency, register),
+               "retrieve": await phase(pid, a.seconds, a.concurrency, retrieve),
+               "retrieve (kept conn.)": await phase(pid, a.seconds, a.concurrency, retrieve_kept)}
+    for sa in kept:
+        await sa.close()
+    return results
 
 
 async def bare_phase(port: int, pid: int, a: argparse.Namespace) -> tuple[float, float]:

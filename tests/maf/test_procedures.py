@@ -225,3 +225,28 @@ async def test_a_revocation_through_another_instance_takes_effect_within_the_cac
     await maf.requester_of_kmid(kmid)  # still cached here
     clock.now += CACHE_TTL
     assert (await problem(maf.requester_of_kmid(kmid))).name == "client-revoked"
+
+
+async def test_kmid_resolver_answers_a_cached_client_at_once(maf: MAF, clock: Clock) -> None:
+    """The MAF Handshake's resolver: lookup_now answers from the client cache only (MISS: the store is read)."""
+    from m2msec.maf.cache import CACHE_TTL
+    from m2msec.maf.server import kmid_resolver
+    from m2msec.transport.psk_resolver import MISS
+
+    kmid = "client-a@" + FQDN
+    await maf.store.register_client(MAFClient(kmid, SecretKey(bytes(range(32))), "/cse-a/CAE1"))
+    resolver = kmid_resolver(maf)
+    lookup_now = resolver.lookup_now  # type: ignore[attr-defined]
+    assert lookup_now(kmid) is MISS  # not read yet
+    entry = await resolver(kmid)
+    assert entry is not None and entry.key.reveal() == bytes(range(32))
+    assert lookup_now(kmid) == entry  # the record read for the handshake is reused, as by the requests (D74)
+    assert lookup_now("client-a@other.example.com") is None and lookup_now("not a kmid") is None
+    assert lookup_now("nobody@" + FQDN) is MISS
+    assert await resolver("nobody@" + FQDN) is None
+    assert lookup_now("nobody@" + FQDN) is None  # an unknown KmID is cached as unknown, like the requests' reads
+    await maf.revoke_client(kmid)
+    assert lookup_now(kmid) is MISS  # revoked here: dropped from the cache, the store says revoked
+    assert await resolver(kmid) is None and lookup_now(kmid) is None
+    clock.now += CACHE_TTL
+    assert lookup_now(kmid) is MISS

@@ -23,6 +23,7 @@ from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable, PSKEntry
 from m2msec.maf.client import MAFClient, MAFCredentials
 from m2msec.saef import PSKCredentials, establish_maf_sa, establish_sa
+from m2msec.transport.psk_resolver import MISS
 
 from .saef_maf_stub import StubMAF
 
@@ -253,3 +254,22 @@ async def test_no_key_material_in_logs_or_errors(world: World, caplog: pytest.Lo
     for secret in (sa.maf_key.kc.reveal(), bad.kc.reveal(), A_KM.reveal(), B_KM.reveal()):
         assert secret.hex() not in text and base64.b64encode(secret).decode() not in text
         assert secret.decode("latin-1") not in text
+
+
+async def test_lookup_now_answers_cached_kc_and_table_identities_at_once(world: World) -> None:
+    async with world.entity_a() as maf:
+        key = await maf.register_key(suid=32, target_ids=[IDB], lifetime=60)
+    assert key.kc is not None
+    identity = f"{key.relative_key_id}@{FQDN}"
+    assert world.resolver.lookup_now(identity) is MISS  # not retrieved yet: the transport awaits the resolver
+    sa = await establish_sa("127.0.0.1", world.gateway.port, PSKCredentials(identity, key.kc, peer_entity=IDB))
+    await sa.close()
+    entry = world.resolver.lookup_now(identity)
+    assert isinstance(entry, PSKEntry) and entry.identity == identity and entry.entity == A_ID
+    plain = world.resolver.lookup_now(PSK_ID)
+    assert isinstance(plain, PSKEntry) and plain.entity == "CPlain"
+    assert world.resolver.lookup_now("nobody@in.provider.com") is None
+    assert world.resolver.lookup_now(f"{'ab' * 8}@other-maf.example.com") is None  # not our MAF: the table's
+    world.clock.now += 61
+    assert world.resolver.lookup_now(identity) is MISS  # expired: asked again (the MAF says key-expired)
+    assert world.resolver.retrievals == 1

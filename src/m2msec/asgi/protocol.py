@@ -37,6 +37,10 @@ HIGH_WATER = 64 * 1024
 COALESCE = 16 * 1024
 
 _DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
+_IDLE, _REQUEST = "idle", "request"
+#: a timer firing this close to its (moved) deadline counts as expired (the loop fires timers up to its clock
+#: resolution early)
+_TIMER_SLACK = 0.001
 
 
 class ServerState:
@@ -171,8 +175,10 @@ class HTTPProtocol(asyncio.Protocol):
         self.local: tuple[str, int] | None = None
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head)
         self._loop = asyncio.get_running_loop()
-        self._idle: asyncio.TimerHandle | None = None
-        self._request_timer: asyncio.TimerHandle | None = None
+        # one timer per connection, re-armed lazily: the idle (keep-alive) or the request deadline
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_kind: str | None = None  # _IDLE, _REQUEST or None (no deadline)
+        self._timer_at = 0.0
         self._paused = False
         self._writable = asyncio.Event()
         self._writable.set()
@@ -189,14 +195,15 @@ class HTTPProtocol(asyncio.Protocol):
             transport.close()
             return
         self.state.connections.add(self)
-        self._idle = self._loop.call_later(self.limits.keep_alive_timeout, self._idle_expired)
+        self._arm(_IDLE, self.limits.keep_alive_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing() or self.conn.their_state is h11.ERROR:
             return
-        self._cancel_idle()
-        if self.cycle is None and self._request_timer is None:
-            self._start_request_timer()
+        if self.cycle is None and self._timer_kind is not _REQUEST:
+            self._start_request_timer()  # replaces the idle deadline
+        elif self._timer_kind is _IDLE:
+            self._timer_kind = None
         self.conn.receive_data(data)
         self.process()
 
@@ -204,8 +211,7 @@ class HTTPProtocol(asyncio.Protocol):
         return None  # the client closed: so do we (connection_lost follows)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_idle()
-        self._cancel_request_timer()
+        self._stop_timer()
         self.state.connections.discard(self)
         self.transport = None
         self._writable.set()  # a send() waiting to drain returns
@@ -358,7 +364,7 @@ class HTTPProtocol(asyncio.Protocol):
             self._start_request_timer()  # a pipelined request, at least its beginning
             self._loop.call_soon(self.process)
         else:
-            self._idle = self._loop.call_later(self.limits.keep_alive_timeout, self._idle_expired)
+            self._arm(_IDLE, self.limits.keep_alive_timeout)
 
     def refuse(self, status: int) -> None:
         """Answer ``status`` on the application's behalf (if its response has not started) and close."""
@@ -375,8 +381,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
-        self._cancel_idle()
-        self._cancel_request_timer()
+        self._stop_timer()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
@@ -389,28 +394,51 @@ class HTTPProtocol(asyncio.Protocol):
         if self.cycle is None:
             self.close()
 
-    # -- timers
+    # -- timers: one TimerHandle per connection. Setting a later deadline than the armed one only moves
+    # ``_timer_at`` (the handle re-arms itself when it fires early); clearing one only forgets its kind. A
+    # keep-alive connection thus schedules about one timer per keep-alive period, not two per request.
+    def _arm(self, kind: str, delay: float) -> None:
+        at = self._loop.time() + delay
+        self._timer_kind = kind
+        self._timer_at = at
+        timer = self._timer
+        if timer is None or timer.when() > at:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(at, self._timer_fired)
+
+    def _stop_timer(self) -> None:
+        self._timer_kind = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        kind = self._timer_kind
+        if kind is None:
+            return
+        if self._timer_at > self._loop.time() + _TIMER_SLACK:  # the deadline moved on since: wait for it
+            self._timer = self._loop.call_at(self._timer_at, self._timer_fired)
+            return
+        self._timer_kind = None
+        if kind is _IDLE:
+            self._idle_expired()
+        else:
+            self._request_expired()
+
     def _idle_expired(self) -> None:
-        self._idle = None
-        if self.cycle is None and self._request_timer is None:
+        if self.cycle is None:
             self.close()
 
-    def _cancel_idle(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-
     def _start_request_timer(self) -> None:
-        self._cancel_request_timer()
-        self._request_timer = self._loop.call_later(self.limits.request_timeout, self._request_expired)
+        self._arm(_REQUEST, self.limits.request_timeout)
 
     def _cancel_request_timer(self) -> None:
-        if self._request_timer is not None:
-            self._request_timer.cancel()
-            self._request_timer = None
+        if self._timer_kind is _REQUEST:
+            self._timer_kind = None
 
     def _request_expired(self) -> None:
-        self._request_timer = None
         log.info("request from %s did not arrive within %.1f s", self.peer, self.limits.request_timeout)
         self.refuse(408)
 

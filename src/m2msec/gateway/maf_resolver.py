@@ -18,7 +18,9 @@ other handshakes (the engine's async PSK path, :mod:`m2msec.transport.psk_resolv
 * a MAF that is down, slow or refusing fails that client only: one log line, the handshake refused as for an
   unknown identity, no key.
 
-Every other identity is looked up in the PSK table as without ``--maf`` (a synchronous read).
+Every other identity is looked up in the PSK table as without ``--maf`` (a synchronous read). A cached Kc and a
+table identity are answered at once (:meth:`MAFKeyResolver.lookup_now`, the transports' synchronous probe): no
+task, only a Kc not yet (or no longer) cached goes to the MAF.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from m2msec.identifiers import CredentialID, MAFKeyIdentifier
 from m2msec.keys.table import MemoryPSKTable, PSKEntry, PSKTable
 from m2msec.maf.client import MAFClient
 from m2msec.maf.client_wire import SUID_SAEF, RetrievedKey
+from m2msec.transport.psk_resolver import MISS, ProbeAnswer
 
 __all__ = ["BOUND_SOURCE_PREFIX", "MAF_KEY_CACHE_SIZE", "MAF_RETRIEVALS_IN_FLIGHT", "MAFKeyResolver", "MAFTable",
            "entry_for", "revocation_table"]
@@ -152,6 +155,18 @@ class MAFKeyResolver:
         """Synchronous: the cached Kc of a MAF identity (no network), else the PSK table's entry."""
         if self.ours(identity):
             return self.cached(identity)
+        return self.table.lookup(identity) if self.table is not None else None
+
+    def lookup_now(self, identity: str) -> ProbeAnswer:
+        """The transports' synchronous probe: a cached Kc, a table identity's entry (or None), or :data:`MISS`
+        for a MAF identity whose Kc must be retrieved (then the transport awaits :meth:`__call__`)."""
+        if identity in self._cache:
+            entry = self.cached(identity)
+            if entry is not None:
+                return entry
+            return MISS  # expired: the MAF says so (key-expired) and is asked again
+        if self.ours(identity):
+            return MISS
         return self.table.lookup(identity) if self.table is not None else None
 
     async def __call__(self, identity: str) -> PSKEntry | None:

@@ -113,6 +113,10 @@ class MAF:
             self._clients.put(kmid, client)
         return client
 
+    def cached_client(self, kmid: str) -> tuple[bool, MAFClient | None]:
+        """(True, the client record of ``kmid``) when :meth:`client` would answer without reading the store."""
+        return self._clients.get(kmid)
+
     async def _registration_of(self, identity: str) -> ClientRegistration | None:
         hit, reg = self._registrations.get(identity)
         if not hit:

@@ -22,7 +22,7 @@ from m2msec.keys.table import PSKEntry, check_file_permissions
 from m2msec.maf.app import create_app
 from m2msec.maf.config import MAFConfig
 from m2msec.maf.procedures import MAF, MAFPolicy, canonical_kmid
-from m2msec.store import AsyncKeyStore, KeyStore, open_store
+from m2msec.store import AsyncKeyStore, KeyStore, MAFClient, open_store
 from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
 from m2msec.tls.profiles import ECDHE_ECDSA, parse_profiles
 from m2msec.transport.limits import (
@@ -31,7 +31,7 @@ from m2msec.transport.limits import (
     DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
     ConnectionLimiter,
 )
-from m2msec.transport.psk_resolver import PSKResolver
+from m2msec.transport.psk_resolver import MISS, ProbeAnswer, PSKResolver
 
 __all__ = ["MAX_CONNECTIONS", "RunningMAF", "connection_limiter", "kmid_resolver", "open_maf_store", "running_maf",
            "server_context"]
@@ -56,27 +56,48 @@ def open_maf_store(config: MAFConfig, **options: object) -> KeyStore:
     return open_store(config.store_url, master_key_file=key_file, **options)  # type: ignore[arg-type]
 
 
-def kmid_resolver(maf: MAF) -> PSKResolver:
-    """The MAF Handshake's ``psk_resolver``: KmID → Km of an active client of this MAF-FQDN."""
-    clock = maf.clock  # the MAF's injected clock decides expiry for handshakes and requests alike
+class _KmIDResolver:
+    """The MAF Handshake's ``psk_resolver``: KmID → Km of an active client of this MAF-FQDN. A client record the
+    MAF holds in its cache answers at once (``lookup_now``, no task); otherwise the store is read."""
 
-    async def resolve(identity: str) -> PSKEntry | None:
+    def __init__(self, maf: MAF) -> None:
+        self.maf = maf
+        self.clock = maf.clock  # the MAF's injected clock decides expiry for handshakes and requests alike
+
+    def _kmid(self, identity: str) -> str | None:
         try:
             kmid = canonical_kmid(identity)
         except IdentifierError:
             return None
-        if kmid.rpartition("@")[2] != maf.policy.maf_fqdn:
-            return None
-        try:
-            client = await maf.client(kmid)
-        except StorageError:
-            log.error("key store error looking up a MAF client; handshake refused")
-            return None
-        if client is None or client.status != "active" or client.expired(clock()):
+        return kmid if kmid.rpartition("@")[2] == self.maf.policy.maf_fqdn else None
+
+    def _entry(self, identity: str, client: MAFClient | None) -> PSKEntry | None:
+        if client is None or client.status != "active" or client.expired(self.clock()):
             return None
         return PSKEntry(identity, client.km, entity=None)
 
-    return resolve
+    def lookup_now(self, identity: str) -> ProbeAnswer:
+        kmid = self._kmid(identity)
+        if kmid is None:
+            return None
+        hit, client = self.maf.cached_client(kmid)
+        return self._entry(identity, client) if hit else MISS
+
+    async def __call__(self, identity: str) -> PSKEntry | None:
+        kmid = self._kmid(identity)
+        if kmid is None:
+            return None
+        try:
+            client = await self.maf.client(kmid)
+        except StorageError:
+            log.error("key store error looking up a MAF client; handshake refused")
+            return None
+        return self._entry(identity, client)
+
+
+def kmid_resolver(maf: MAF) -> PSKResolver:
+    """The MAF Handshake's ``psk_resolver`` (:class:`_KmIDResolver`)."""
+    return _KmIDResolver(maf)
 
 
 def _read(path: str, what: str) -> bytes:

@@ -47,7 +47,7 @@ from m2msec.transport.limits import (
     SourceLimiter,
     source_of,
 )
-from m2msec.transport.psk_resolver import PendingLookups, PSKResolver, check_resolver, resolve
+from m2msec.transport.psk_resolver import MISS, PendingLookups, PSKResolver, check_resolver, probe, resolve
 
 __all__ = ["DTLSPeerTransport", "DTLSServerProtocol", "create_dtls_endpoint", "start_dtls_server"]
 
@@ -322,6 +322,11 @@ class DTLSServerProtocol(_Endpoint):
         self._dispatch(peer, events)
 
     def _ask(self, peer: _Peer, identity: str) -> None:
+        if self.psk_resolver is not None:
+            entry = probe(self.psk_resolver, identity, peer.addr)
+            if entry is not MISS:  # answered at once: no task, nothing held
+                self._step(peer, lambda: peer.conn.supply_psk(entry))
+                return
         source = self.pending_lookups.acquire(peer.addr) if self.psk_resolver is not None else None
         if source is None:
             log.info("PSK resolution for %s refused: too many pending lookups", peer.addr)

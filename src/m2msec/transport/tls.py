@@ -37,7 +37,7 @@ from m2msec.tls.engine import (
 )
 from m2msec.transport.common import NOT_SESSION_INFO, Deadline, Deadlines, session_extra_info, start_application
 from m2msec.transport.limits import ConnectionLimiter, Slot
-from m2msec.transport.psk_resolver import PendingLookups, PSKResolver, check_resolver, resolve
+from m2msec.transport.psk_resolver import MISS, PendingLookups, PSKResolver, check_resolver, probe, resolve
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -234,7 +234,13 @@ class TLSAdapter(asyncio.Protocol):
         self._handle(lambda: self.tls.receive_data(data))
 
     def _ask(self, identity: str) -> None:
-        """Start the application's resolver for ``identity`` (capped per source and in total)."""
+        """Supply the resolver's immediate answer (``lookup_now``), else start the application's resolver for
+        ``identity`` in a task (capped per source and in total)."""
+        if self._resolver is not None:
+            entry = probe(self._resolver, identity, self.peer)
+            if entry is not MISS:
+                self._handle(lambda: self.tls.supply_psk(entry))
+                return
         source = self._pending.acquire(self.peer) if self._resolver is not None else None
         if source is None:
             log.info("PSK resolution for %s refused: too many pending lookups", self.peer)
