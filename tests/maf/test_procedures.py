@@ -244,9 +244,21 @@ async def test_kmid_resolver_answers_a_cached_client_at_once(maf: MAF, clock: Cl
     assert lookup_now("client-a@other.example.com") is None and lookup_now("not a kmid") is None
     assert lookup_now("nobody@" + FQDN) is MISS
     assert await resolver("nobody@" + FQDN) is None
-    assert lookup_now("nobody@" + FQDN) is None  # an unknown KmID is cached as unknown, like the requests' reads
+    # an unknown KmID is never cached (made-up KmIDs would flush the real clients out): each one is a store read
+    assert lookup_now("nobody@" + FQDN) is MISS
     await maf.revoke_client(kmid)
     assert lookup_now(kmid) is MISS  # revoked here: dropped from the cache, the store says revoked
     assert await resolver(kmid) is None and lookup_now(kmid) is None
     clock.now += CACHE_TTL
     assert lookup_now(kmid) is MISS
+
+
+async def test_unknown_kmids_do_not_flush_the_client_cache(maf: MAF) -> None:
+    """Made-up KmIDs (one per ClientHello, for free) were cached as absent and emptied the cache when it filled."""
+    kmid = "client-a@" + FQDN
+    await maf.store.register_client(MAFClient(kmid, SecretKey(bytes(32)), "/cse-a/CAE1"))
+    await maf.requester_of_kmid(kmid)
+    for i in range(2000):
+        assert await maf.client(f"ghost-{i}@{FQDN}") is None
+    assert maf.cached_client(kmid)[0]  # still answered without a store read
+    assert not maf.cached_client(f"ghost-1@{FQDN}")[0]

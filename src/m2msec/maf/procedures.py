@@ -110,7 +110,8 @@ class MAF:
         hit, client = self._clients.get(kmid)
         if not hit:
             client = await self.store.get_client(kmid)
-            self._clients.put(kmid, client)
+            if client is not None:  # KmIDs nobody holds never fill the cache and flush the real clients out
+                self._clients.put(kmid, client)
         return client
 
     def cached_client(self, kmid: str) -> tuple[bool, MAFClient | None]:
