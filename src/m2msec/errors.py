@@ -25,12 +25,15 @@ reasons only. Code that builds a message from a value that might be secret must 
     └── OneM2MError                     a request refused with a oneM2M response status code
         ├── BadRequest                  4000
         ├── OriginatorNotAuthenticated  4106
+        ├── AppRuleValidationFailed     4126
+        ├── ServiceSubscriptionNotEstablished  4128
         └── TargetNotReachable          5103
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AppRuleValidationFailed",
     "BadRequest",
     "ConfigurationError",
     "Conflict",
@@ -43,6 +46,7 @@ __all__ = [
     "NotFound",
     "OneM2MError",
     "OriginatorNotAuthenticated",
+    "ServiceSubscriptionNotEstablished",
     "StorageError",
     "TLSError",
     "TLSProtocolError",
@@ -147,6 +151,20 @@ class OriginatorNotAuthenticated(OneM2MError):
     """TS-0003 §7.2.1: ``From`` does not match the identity associated with the SA."""
 
     rsc = 4106
+    http_status = 403
+
+
+class AppRuleValidationFailed(OneM2MError):
+    """TS-0001 §10.2.2.2: service subscription rules apply to the credential, none admits the App-ID and AE-ID."""
+
+    rsc = 4126
+    http_status = 403
+
+
+class ServiceSubscriptionNotEstablished(OneM2MError):
+    """TS-0001 §10.2.2.2: no service subscription rule applies to the credential."""
+
+    rsc = 4128
     http_status = 403
 
 
