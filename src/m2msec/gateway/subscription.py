@@ -23,7 +23,6 @@ gateway yet.
 from __future__ import annotations
 
 import functools
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from types import MappingProxyType
 from typing import Final
 
 from m2msec.errors import AppRuleValidationFailed, ConfigurationError, ServiceSubscriptionNotEstablished
+from m2msec.tomlfile import load_toml
 
 __all__ = [
     "MAX_PATTERNS_PER_FIELD",
@@ -194,12 +194,7 @@ def load_rules(path: Path) -> tuple[AppRule, ...]:
     """The rules of a TOML file: ``[[app_rule]]`` tables with ``apci`` (or ``aci``), ``aai``, ``aae``, ``ari``.
 
     Raises :class:`ConfigurationError` naming the file, the rule index and the field."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot read: {exc.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"{path}: not valid TOML: {exc}") from None
+    data = load_toml(path)
     unknown = sorted(k for k in data if k != "app_rule")
     if unknown:
         raise ConfigurationError(f"{path}: unknown key {unknown[0]!r} (rules are [[app_rule]] tables)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.identifiers import validate_fqdn
 from m2msec.maf.procedures import DEFAULT_MAX_KEY_LIFETIME, DEFAULT_MAX_REGISTRATION_LIFETIME
+from m2msec.tomlfile import load_toml
 
 __all__ = ["DEFAULT_LISTEN", "DEFAULT_MAF_FQDN", "DEFAULT_SP_ID", "MAFConfig", "default_store_url", "load_config"]
 
@@ -90,12 +90,7 @@ def load_config(path: Path | None) -> MAFConfig:
     """The settings in ``path`` (TOML), or the defaults when ``path`` is None."""
     if path is None:
         return MAFConfig()
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot read: {exc.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"{path}: not valid TOML: {exc}") from None
+    data = load_toml(path)
     known = {f.name: f for f in fields(MAFConfig)}
     values: dict[str, Any] = {}
     for key, value in data.items():
