@@ -165,11 +165,12 @@ class MAF:
                              "(docs/decisions.md D88)")
         return reg
 
-    async def _own_registration(self, who: Requester, reg_id: str) -> ClientRegistration:
+    async def _own_registration(self, who: Requester, reg_id: str, *, live: bool = True) -> ClientRegistration:
+        """The requester's registration ``reg_id`` (404 otherwise); with ``live``, 410 once it has expired."""
         reg = await self._registration_of(who.identity)
         if reg is None or not _same_reg_id(reg.reg_id, reg_id):
             raise MAFProblem(404, "unknown-registration", "no such MAF Client Registration of this client")
-        if reg.expired(self.clock()):
+        if live and reg.expired(self.clock()):
             raise MAFProblem(410, "registration-expired", "this MAF Client Registration has expired")
         return reg
 
@@ -212,9 +213,7 @@ class MAF:
 
     async def deregister_client(self, who: Requester, reg_id: str, maf_fqdn: str) -> None:
         self._check_maf(maf_fqdn)
-        reg = await self._registration_of(who.identity)
-        if reg is None or not _same_reg_id(reg.reg_id, reg_id):
-            raise MAFProblem(404, "unknown-registration", "no such MAF Client Registration of this client")
+        await self._own_registration(who, reg_id, live=False)  # an expired registration may still be removed
         self._registrations.drop(who.identity)
         try:
             await self.store.delete_registration(who.identity)
