@@ -14,21 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from m2msec import http1
 from m2msec.errors import HandshakeFailed
 from m2msec.keys.secret import SecretKey
 from m2msec.maf.config import MAFConfig
 from m2msec.maf.procedures import EXPORTER_CONNECTION_LABEL
 from m2msec.maf.server import RunningMAF, running_maf
-from m2msec.maf.wire import format_timestamp
 from m2msec.pki import CertificateFlavour as F
 from m2msec.pki import create_ca, issue
 from m2msec.saef import ANY_ENTITY, CertificateCredentials, EstablishedSA, PSKCredentials, establish_sa
 from m2msec.store import MAFClient, open_store
 from m2msec.tls.profiles import ECDHE_ECDSA
 
+from .raw_wire import FQDN, call, later
+
 SP = "sp.example.com"
-FQDN = "maf.sp.example.com"
 KM_A = SecretKey(bytes(range(32)))
 KM_B = SecretKey(bytes(range(1, 33)))
 KMID_A = f"cae1@{FQDN}"
@@ -67,26 +66,9 @@ async def psk(world: World, kmid: str = KMID_A, km: SecretKey = KM_A) -> Establi
     return await establish_sa("127.0.0.1", world.maf.port, PSKCredentials(kmid, km, peer_entity=ANY_ENTITY))
 
 
-async def call(sa: EstablishedSA, method: str, target: str, body: object = None, *,
-               content_type: str = "application/json", raw: bytes | None = None) -> tuple[int, dict[str, str], object]:
-    data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
-    headers = [("Host", FQDN)]
-    if data or method in ("POST", "PATCH"):
-        headers += [("Content-Type", content_type), ("Content-Length", str(len(data)))]
-    resp = await sa.request(http1.Message(headers, data, method=method, target=target))
-    parsed = json.loads(resp.body) if resp.body else None
-    return resp.status, dict(resp.headers), parsed
-
-
-def in_ten_minutes() -> str:
-    import time
-
-    return format_timestamp(time.time() + 600)
-
-
 async def register(sa: EstablishedSA) -> str:
     status, headers, body = await call(sa, "POST", "/maf/v1/registrations",
-                                       {"mafFQDN": FQDN, "expirationTime": in_ten_minutes(), "adminFQDN": FQDN})
+                                       {"mafFQDN": FQDN, "expirationTime": later(600), "adminFQDN": FQDN})
     assert status == 201, body
     assert isinstance(body, dict) and headers["location"] == f"/maf/v1/registrations/{body['mafClientRegID']}"
     return str(body["mafClientRegID"])
@@ -99,7 +81,7 @@ async def test_key_registration_from_the_handshake_and_retrieval_by_the_target(w
         await register(a)
         await register(b)
         status, headers, body = await call(a, "POST", "/maf/v1/keys", {
-            "mafFQDN": FQDN, "expirationTime": in_ten_minutes(), "adminFQDN": FQDN, "SUID": 32,
+            "mafFQDN": FQDN, "expirationTime": later(600), "adminFQDN": FQDN, "SUID": 32,
             "targetIDs": ["/mn-cse-123456"]})
         assert status == 201, body
         # Entity A's own export of the same MAF Handshake (TS-0003 §10.3.1): KcID first 16 bytes, Kc last 32
@@ -117,7 +99,7 @@ async def test_key_registration_from_the_handshake_and_retrieval_by_the_target(w
         status, _, problem = await call(a, "GET", f"/maf/v1/keys/{body['relativeKeyID']}")
         assert status == 403 and isinstance(problem, dict) and problem["type"] == "urn:m2msec:maf:not-a-target"
         status, _, problem = await call(a, "POST", "/maf/v1/keys", {
-            "mafFQDN": FQDN, "expirationTime": in_ten_minutes(), "adminFQDN": FQDN, "SUID": 32,
+            "mafFQDN": FQDN, "expirationTime": later(600), "adminFQDN": FQDN, "SUID": 32,
             "targetIDs": ["/mn-cse-123456"]})
         assert status == 409
     finally:
@@ -168,7 +150,7 @@ async def test_certificate_maf_handshake(world: World) -> None:
     sa = await establish_sa("127.0.0.1", world.maf.port, creds)
     try:
         status, _, body = await call(sa, "POST", "/maf/v1/registrations",
-                                     {"mafFQDN": FQDN, "expirationTime": in_ten_minutes(), "adminFQDN": FQDN})
+                                     {"mafFQDN": FQDN, "expirationTime": later(600), "adminFQDN": FQDN})
         assert status == 201 and isinstance(body, dict) and body["mafClientID"] == f"//{SP}/mn-cse-7"
     finally:
         await sa.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import secrets
 import signal
@@ -14,38 +13,23 @@ from pathlib import Path
 
 import pytest
 
-from m2msec import http1
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.sqlite_store import MASTER_KEY_ENV
 from m2msec.maf.config import MAFConfig
 from m2msec.maf.server import running_maf
-from m2msec.maf.wire import format_timestamp
 from m2msec.saef import ANY_ENTITY, EstablishedSA, PSKCredentials, establish_sa
 from m2msec.store import MAFClient, open_store
 
-FQDN = "maf.sp.example.com"
+from .raw_wire import FQDN, call, later
+
 SP = "sp.example.com"
 KM_A, KM_B = SecretKey(bytes(range(32))), SecretKey(bytes(range(1, 33)))
 KMID_A, KMID_B = f"cae1@{FQDN}", f"mn-gw@{FQDN}"
 
 
-async def call(sa: EstablishedSA, method: str, target: str, body: object = None) -> tuple[int, object]:
-    data = b"" if body is None else json.dumps(body).encode()
-    headers = [("Host", FQDN)] + ([("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
-                                  if data else [])
-    resp = await sa.request(http1.Message(headers, data, method=method, target=target))
-    return resp.status, (json.loads(resp.body) if resp.body else None)
-
-
-def later(seconds: float = 3600) -> str:
-    import time
-
-    return format_timestamp(time.time() + seconds)
-
-
 async def connect(port: int, kmid: str, km: SecretKey) -> EstablishedSA:
     sa = await establish_sa("127.0.0.1", port, PSKCredentials(kmid, km, peer_entity=ANY_ENTITY))
-    status, body = await call(sa, "POST", "/maf/v1/registrations",
+    status, _, body = await call(sa, "POST", "/maf/v1/registrations",
                               {"mafFQDN": FQDN, "expirationTime": later(), "adminFQDN": FQDN})
     assert status == 201, body
     return sa
@@ -72,13 +56,13 @@ async def test_two_maf_instances_share_one_postgresql(postgres_url: str, tmp_pat
             ids = []
             for _ in range(20):  # supplied keys: ids drawn by either instance never collide (D71)
                 kc = secrets.token_bytes(32)
-                status, body = await call(a, "POST", "/maf/v1/keys", {
+                status, _, body = await call(a, "POST", "/maf/v1/keys", {
                     "mafFQDN": FQDN, "expirationTime": later(600), "adminFQDN": FQDN, "SUID": 32,
                     "targetIDs": ["/mn-cse-123456"], "keyValue": base64.b64encode(kc).decode()})
                 assert status == 201 and isinstance(body, dict), body
                 ids.append((body["relativeKeyID"], kc))
             for rkid, kc in ids:
-                status, got = await call(b, "GET", f"/maf/v1/keys/{rkid}")
+                status, _, got = await call(b, "GET", f"/maf/v1/keys/{rkid}")
                 assert status == 200 and isinstance(got, dict) and base64.b64decode(got["keyValue"]) == kc
             assert len({rkid for rkid, _ in ids}) == len(ids)
         finally:
@@ -110,7 +94,7 @@ async def test_kill_9_during_a_burst_of_registrations_loses_no_acknowledged_key(
         async def burst() -> None:
             for _ in range(BURST):
                 kc = secrets.token_bytes(32)
-                status, body = await call(sa, "POST", "/maf/v1/keys", {
+                status, _, body = await call(sa, "POST", "/maf/v1/keys", {
                     "mafFQDN": FQDN, "expirationTime": later(600), "adminFQDN": FQDN, "SUID": 32,
                     "targetIDs": ["/mn-cse-123456"], "keyValue": base64.b64encode(kc).decode()})
                 assert status == 201 and isinstance(body, dict)
