@@ -134,7 +134,8 @@ class Registrar:
         """Raise the oneM2M error to answer, else return the SA to use from now on (re-read when needed)."""
         if create is not None and sa.associated is None and sa.credential_id is not None:
             authorize(sa, origin, policy, create=create, rules=self.rules, cse_id=self.cse_id, sp_id=self.sp_id)
-            if self.bindings.count(sa.credential_id) >= MAX_AE_IDS_PER_CREDENTIAL:
+            if self.bindings.count(sa.credential_id) >= MAX_AE_IDS_PER_CREDENTIAL and (
+                    create.registrar_assigns or origin not in self.bindings.ae_ids(sa.credential_id)):
                 raise AppRuleValidationFailed(
                     f"the credential has {MAX_AE_IDS_PER_CREDENTIAL} registered AE-IDs, no more can be bound")
             return sa
