@@ -225,3 +225,21 @@ def test_aei_from_the_response() -> None:
 ])
 def test_registered_forms(aei: str, cse_id: str | None, sp_id: str | None, forms: set[str]) -> None:
     assert registered_forms(aei, cse_id, sp_id) == forms
+
+
+# --- D94: an absolute identity a PSK is bound to (a MAF's sourceMAFClientID) --------------------------------
+
+@pytest.mark.parametrize(("entity", "forms"), [
+    (f"//{SP}/{CSE}/CAE1", {f"//{SP}/{CSE}/CAE1", f"/{CSE}/CAE1", "CAE1"}),  # our SP, registered here
+    (f"//{SP}/id-in/CAE1", {f"//{SP}/id-in/CAE1", "/id-in/CAE1"}),  # our SP, another CSE: no stem form
+    (f"//{SP}/Sphone", {f"//{SP}/Sphone", "Sphone"}),
+    (f"//{SP}/id-in", {f"//{SP}/id-in", "/id-in"}),  # an absolute CSE-ID
+    (f"//other.sp/{CSE}/CAE1", {f"//other.sp/{CSE}/CAE1"}),  # another SP: the absolute form only (D22)
+    ("//other.sp/id-in", {"//other.sp/id-in"}),
+    ("Clight-AE1", {"Clight-AE1"}), ("/mn-cse-1", {"/mn-cse-1"}),  # not absolute: as written
+])
+def test_entity_forms(entity: str, forms: set[str]) -> None:
+    from m2msec.gateway.rules import entity_forms
+
+    assert entity_forms(entity, CSE, SP) == forms
+    assert entity_forms(entity, CSE, None) == {entity}  # without an SP-ID every absolute identity is foreign
