@@ -54,6 +54,7 @@ def cse_sa(cse: str = "/id-in") -> SecurityAssociation:
                                           "application/json;ty= 2 "])
 def test_a_plain_create_ae_is_recognised(content_type: str) -> None:
     assert http_ae_create("POST", content_type, AE_BODY, "Clight") == AECreate("Nlight", "Clight")
+    assert http_ae_create("post", content_type, AE_BODY, "Clight") == AECreate("Nlight", "Clight")  # Werkzeug: POST
 
 
 @pytest.mark.parametrize(("method", "content_type"), [
@@ -202,6 +203,14 @@ def test_non_registration_requests_ignore_rules() -> None:
 
 
 # --- after the CSE answered ---------------------------------------------------------------------------------
+
+def test_an_explicit_from_is_the_ae_id_only_of_an_answer_without_resource() -> None:
+    from m2msec.gateway.registration import answers_without_resource
+
+    assert answers_without_resource(b"") and answers_without_resource(b" {} ")
+    assert not answers_without_resource(b'{"m2m:cnt": {"rn": "x"}}')  # another CREATE's answer (D104)
+    assert not answers_without_resource(b'{"m2m:ae": {}}')
+
 
 def test_aei_from_the_response() -> None:
     assert aei_from_body(b'{"m2m:ae": {"aei": "C9f2", "api": "Nlight"}}') == "C9f2"

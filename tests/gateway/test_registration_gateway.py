@@ -48,6 +48,7 @@ class StandInCSE:
     server: asyncio.Server | None = None
     counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     answer_aei: bool = True
+    sp_relative_aei: bool = False  # answer the aei as /<cse-id>/<stem> (TS-0001 §7.2 allows either)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)
@@ -57,7 +58,8 @@ class StandInCSE:
                 origin = req.header("x-m2m-origin") or ""
                 if req.method == "POST" and (req.header("content-type") or "").endswith("ty=2"):
                     aei = origin if origin not in ("", "C") else f"Cassigned{next(self.counter)}"
-                    body = json.dumps({"m2m:ae": {"aei": aei} if self.answer_aei else {}}).encode()
+                    aei = f"/{HOME_GATEWAY_CSE_ID}/{aei}" if self.sp_relative_aei else aei
+                    body = json.dumps({"m2m:ae": {"aei": aei}}).encode() if self.answer_aei else b""
                     status, rsc = 201, "2001"
                 else:
                     body, status, rsc = b'{"m2m:cb": {}}', 200, "2000"
@@ -180,6 +182,39 @@ async def test_the_binding_serves_later_sas_other_connections_and_a_restart(cse:
         await sa.close()
     finally:
         await gw.close()
+
+
+async def test_an_ae_id_registered_anew_leaves_its_former_credential(cse: StandInCSE, tmp_path: Path) -> None:
+    """The CSE gives an AE-ID to one registration at a time: when another credential registers it (the former AE
+    deregistered), the former credential's SAs, live ones included, can no longer use it."""
+    gw = await start(cse, make_registrar(tmp_path))
+    try:
+        first = await connect(gw)
+        assert await register(first, "Cshared") == "Cshared"
+        assert await outcome(first, retrieve("Cshared")) == (200, "2000")
+        second = await connect(gw, (LIGHT2_ID, LIGHT2_KEY))
+        cse.sp_relative_aei = True  # the same AE-ID, spelt otherwise
+        assert await register(second, "Cshared") == f"/{HOME_GATEWAY_CSE_ID}/Cshared"
+        for origin in ("Cshared", f"/{HOME_GATEWAY_CSE_ID}/Cshared"):  # any spelling of it
+            assert await outcome(first, retrieve(origin)) == (403, "4106"), origin
+            assert await outcome(second, retrieve(origin)) == (200, "2000"), origin
+        await first.close()
+        await second.close()
+    finally:
+        await gw.close()
+
+
+async def test_a_lower_case_post_is_a_registration_too(cse: StandInCSE, tmp_path: Path) -> None:
+    gw = await start(cse, make_registrar(tmp_path))
+    try:
+        td = await connect(gw, (TD_ID, TD_KEY))
+        msg = create_ae("Ctd")
+        msg.method = "post"  # Werkzeug (ACME) upper-cases the method: a CREATE <AE> all the same
+        assert await outcome(td, msg) == (403, "4128")
+        await td.close()
+    finally:
+        await gw.close()
+    assert cse.requests == []
 
 
 async def test_refused_registrations_never_reach_the_cse(cse: StandInCSE, tmp_path: Path) -> None:

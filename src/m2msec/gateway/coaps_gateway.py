@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from m2msec.crl import CRLFile
-from m2msec.errors import TargetNotReachable
+from m2msec.errors import BadRequest, TargetNotReachable
 from m2msec.gateway import coap
 from m2msec.gateway.coap_blockwise import (
     MAX_BLOCK1_BODY,
@@ -126,7 +126,7 @@ class _PeerRelay(asyncio.DatagramProtocol):
         self._retry_at = 0.0  # loop time before which the CSE counts as unreachable
         self.blocks = PeerBlockwise(gateway.config.blockwise, gateway.budget, self._next_mid)
         #: CREATE <AE> requests forwarded, by token, until the CSE answers (its 2.01 binds the AE-ID)
-        self.registering: dict[bytes, AECreate] = {}
+        self.registering: dict[bytes, tuple[AECreate, int]] = {}  # token -> (request, its Message ID)
 
     def _next_mid(self) -> int:
         return next(self._mids) & 0xFFFF
@@ -240,10 +240,19 @@ class _PeerRelay(asyncio.DatagramProtocol):
             return
         if decision.sa is not None:  # the registrations were re-read: this SA may now use another AE-ID
             self.sa = decision.sa
-        if decision.create is not None:
+        pending = self.registering.get(msg.token)
+        if pending is not None and pending[1] != msg.message_id:  # not a retransmission of the CREATE <AE>: its
+            error = BadRequest("the token of a CREATE <AE> awaiting its answer is reused")  # answer could be
+            reply = coap.refusal(msg, error, next(self._mids) & 0xFFFF)  # taken for the registration's (D104)
+            log.warning("refused CoAP %s from %s: rsc=%d %s", coap.format_code(msg.code), self.peer, error.rsc,
+                        error.detail)
+            if reply is not None:
+                self._send(reply)
+            return
+        if decision.create is not None and pending is None:
             if len(self.registering) >= MAX_REGISTERING:
                 self.registering.pop(next(iter(self.registering)))
-            self.registering[msg.token] = decision.create
+            self.registering[msg.token] = (decision.create, msg.message_id)
         self._act(self.blocks.from_client(decision.message, asyncio.get_running_loop().time()))
 
     def _act(self, actions: list[Action]) -> None:
@@ -260,7 +269,7 @@ class _PeerRelay(asyncio.DatagramProtocol):
     def _to_client(self, msg: coap.Message) -> None:
         if self.registering and msg.token in self.registering and not coap.is_request(msg.code) \
                 and not coap.is_empty(msg.code):
-            create = self.registering.pop(msg.token)
+            create, _ = self.registering.pop(msg.token)
             registrar = self.gateway.registrar
             if registrar is not None and self.sa is not None:
                 self.sa = registrar.registered(self.sa, create, coap.created_aei(msg), msg.payload)

@@ -5,9 +5,9 @@
 * the :class:`~m2msec.gateway.rules.CredentialResolver` of both sides (TS-0003 §8.2.1): a Credential-ID may act as
   the AE-IDs bound to it at earlier registrations (all their ``From`` forms) and the wildcard-free ``aae`` entries
   of the rules that apply to it (D99);
-* the per-request decision (:meth:`Registrar.authorize`, the pure :func:`m2msec.gateway.registration.authorize`
-  plus one re-read of the bindings when a credential-only SA meets an AE-ID it does not know yet: another connection
-  or another worker may have registered it);
+* the per-request decision (:meth:`Registrar.authorize`, the pure :func:`m2msec.gateway.registration.authorize`;
+  a credential-only SA's AE-IDs are re-read at each of its requests — one indexed SQLite read: another connection or
+  worker may have registered one, or the CSE may have given one to another registration since);
 * after a successful CREATE <AE>, :meth:`Registrar.registered` binds the AE-ID the CSE assigned to the SA's
   Credential-ID in :class:`BindingStore` (an SQLite file shared by the workers; nothing secret in it) and returns the
   SA with its new ``From`` forms.
@@ -25,8 +25,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final
 
-from m2msec.errors import AppRuleValidationFailed, ConfigurationError, OriginatorNotAuthenticated
-from m2msec.gateway.registration import AECreate, aei_from_body, authorize, cse_id_of, registered_forms
+from m2msec.errors import AppRuleValidationFailed, ConfigurationError
+from m2msec.gateway.registration import (
+    AECreate,
+    aei_from_body,
+    answers_without_resource,
+    authorize,
+    cse_id_of,
+    registered_forms,
+)
 from m2msec.gateway.rules import SecurityAssociation, UnboundPolicy
 from m2msec.gateway.subscription import RuleTable
 
@@ -73,8 +80,10 @@ class BindingStore:
         row = self._db.execute("SELECT COUNT(*) FROM ae_binding WHERE credential_id = ?", (credential_id,)).fetchone()
         return int(row[0])
 
-    def bind(self, credential_id: str, ae_id: str) -> bool:
-        """Bind ``ae_id``; False when the credential already has :data:`MAX_AE_IDS_PER_CREDENTIAL` other AE-IDs."""
+    def bind(self, credential_id: str, ae_id: str, forms: frozenset[str] = frozenset()) -> bool:
+        """Bind ``ae_id`` to ``credential_id`` and no other: the bindings of other credentials to ``ae_id`` or any of
+        its ``forms`` go (an AE-ID belongs to one registration at a time, D104). False when the credential already has
+        :data:`MAX_AE_IDS_PER_CREDENTIAL` other AE-IDs."""
         with self._transaction():
             known = self._db.execute("SELECT 1 FROM ae_binding WHERE credential_id = ? AND ae_id = ?",
                                      (credential_id, ae_id)).fetchone()
@@ -82,6 +91,9 @@ class BindingStore:
                 return True
             if self.count(credential_id) >= MAX_AE_IDS_PER_CREDENTIAL:
                 return False
+            # the CSE registered this AE anew: whoever held it before (an AE since deregistered) holds it no more
+            self._db.executemany("DELETE FROM ae_binding WHERE ae_id = ? AND credential_id != ?",
+                                 [(form, credential_id) for form in sorted(forms | {ae_id})])
             self._db.execute("INSERT INTO ae_binding (credential_id, ae_id, bound_at) VALUES (?, ?, ?)",
                              (credential_id, ae_id, self._clock()))
             return True
@@ -139,16 +151,12 @@ class Registrar:
                 raise AppRuleValidationFailed(
                     f"the credential has {MAX_AE_IDS_PER_CREDENTIAL} registered AE-IDs, no more can be bound")
             return sa
-        try:
-            authorize(sa, origin, policy, create=create, rules=self.rules, cse_id=self.cse_id, sp_id=self.sp_id)
-            return sa
-        except OriginatorNotAuthenticated:
-            if sa.associated is not None or sa.credential_id is None or not origin:
-                raise
+        if sa.associated is None and sa.credential_id is not None:
+            # what a credential-only SA may act as is read at each request: another connection or worker may have
+            # registered an AE-ID for it, or the CSE may have given one of its AE-IDs to another registration
             fresh = self.resolve(sa.credential_id) or frozenset()
-            if origin not in fresh:
-                raise
-        sa = dataclasses.replace(sa, allowed_originators=sa.allowed_originators | fresh)
+            if fresh != sa.allowed_originators:
+                sa = dataclasses.replace(sa, allowed_originators=fresh)
         authorize(sa, origin, policy, create=create, rules=self.rules, cse_id=self.cse_id, sp_id=self.sp_id)
         return sa
 
@@ -160,7 +168,7 @@ class Registrar:
         if not created or sa.associated is not None or sa.credential_id is None:
             return sa
         aei = aei_from_body(body)
-        if aei is None and create.from_ and not create.registrar_assigns:
+        if aei is None and create.from_ and not create.registrar_assigns and answers_without_resource(body):
             aei = create.from_
         if aei is not None and cse_id_of(aei) is not None:  # a CSE-ID is never an AE's identity
             log.warning("registration through %s: the CSE answered the CSE-ID %r as AE-ID, nothing is bound",
@@ -170,8 +178,9 @@ class Registrar:
             log.warning("registration through %s: the CSE's answer holds no AE-ID (aei), nothing is bound; "
                         "register with the resource in the response (rcn=1, the default)", sa.credential)
             return sa
+        forms = registered_forms(aei, self.cse_id, self.sp_id)
         try:
-            bound = self.bindings.bind(sa.credential_id, aei)
+            bound = self.bindings.bind(sa.credential_id, aei, forms)
         except sqlite3.Error as exc:
             log.error("binding AE-ID %r to %s failed (%s): its requests will be refused until it registers again",
                       aei[:80], sa.credential, exc)
@@ -182,7 +191,6 @@ class Registrar:
             return sa
         log.info("AE-ID %r registered through %s, bound to Credential-ID %r", aei[:80], sa.credential,
                  sa.credential_id)
-        forms = registered_forms(aei, self.cse_id, self.sp_id)
         return dataclasses.replace(sa, allowed_originators=sa.allowed_originators | forms)
 
     def close(self) -> None:

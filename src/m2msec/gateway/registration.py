@@ -35,6 +35,7 @@ __all__ = [
     "MAX_AE_ID_LENGTH",
     "AECreate",
     "aei_from_body",
+    "answers_without_resource",
     "authorize",
     "check_relayed",
     "coap_ae_create",
@@ -92,7 +93,7 @@ def http_ae_create(method: str, content_type: str | None, body: bytes, origin: s
     be spelt plainly (one parameter ``ty=2`` after a JSON media type) and have a JSON body (D101).
 
     Raises: BadRequest (4000): an ambiguous Content-Type, another serialization, or a malformed body."""
-    if method != "POST" or content_type is None:
+    if method.upper() != "POST" or content_type is None:  # Werkzeug (ACME) upper-cases the method
         return None
     media, _, params = content_type.partition(";")
     if AE_RESOURCE_TYPE not in _http_type_readings(params):
@@ -160,6 +161,17 @@ def aei_from_body(body: bytes) -> str | None:
         doc = _strict_json(body, "the CSE's response")
     except BadRequest:
         return None
+    return _aei(doc)
+
+
+def answers_without_resource(body: bytes) -> bool:
+    """True when a CREATE answer holds no resource (``rcn=0``: an empty body or an empty JSON object): only then
+    is an explicit ``From`` taken as the AE-ID (D104); a body holding another resource does not answer a
+    CREATE <AE>."""
+    return not body.strip() or body.strip() == b"{}"
+
+
+def _aei(doc: object) -> str | None:
     ae = doc.get(_AE_ROOT) if isinstance(doc, Mapping) else None
     aei = ae.get("aei") if isinstance(ae, Mapping) else None
     if not isinstance(aei, str) or not _plausible_ae_id(aei):
