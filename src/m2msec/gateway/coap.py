@@ -138,7 +138,8 @@ NON_REPEATABLE_OPTIONS: frozenset[int] = frozenset({
 UNREACHABLE_CODE = make_code(5, 3)
 
 # TS-0008 V3.9.0 Table 6.2.4-1, grouped by CoAP Response Code. Not listed: 1000 (not used), 1002 (2.01 or 2.04)
-# and 2000 (2.05 for RETRIEVE, 2.04 for NOTIFY), which depend on the request.
+# and 2000 (2.05 for RETRIEVE, 2.04 for NOTIFY), which depend on the request. Added: 4128
+# SERVICE_SUBSCRIPTION_NOT_ESTABLISHED (later than V3.9.0) as 4.03, as its sibling 4126, TS-0009 (403) and ACME do.
 _RSC_TABLE: dict[int, tuple[int, ...]] = {
     make_code(2, 1): (1001, 2001),
     make_code(2, 2): (2002,),
@@ -147,7 +148,7 @@ _RSC_TABLE: dict[int, tuple[int, ...]] = {
                       6029),
     make_code(4, 2): (4120, 4122),
     make_code(4, 3): (4101, 4103, 4105, 4106, 4107, 4108, 4109, 4111, 4112, 4113, 4114, 4115, 4116, 4117, 4126,
-                      4127, 5105, 5203, 5205, 5208, 5214, 5215, 5218, 5222),
+                      4127, 4128, 5105, 5203, 5205, 5208, 5214, 5215, 5218, 5222),
     make_code(4, 4): (4004, 4118, 4119, 4121, 5103, 5107, 6003, 6005),
     make_code(4, 5): (4005,),
     make_code(4, 6): (5207,),
