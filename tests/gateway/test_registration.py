@@ -130,28 +130,49 @@ def test_cse_id_of(origin: str | None, cse: str | None) -> None:
 
 @pytest.mark.parametrize("origin", [
     "/id-in",  # its own CSE-ID
-    "/id-in/Csmartphone", "//in.provider.com/id-in/Csmartphone",  # AEs of the relaying CSE
-    "Ssmartphone", "//in.provider.com/Ssmartphone",  # S-type AEs (SP-wide)
-    "/other-mn/Cx",  # an AE of a third CSE
+    "/id-in/Csmartphone", f"//{SP}/id-in/Csmartphone",  # AEs registered with the relaying CSE (D102)
 ])
-def test_a_cse_sa_relays_other_originators(origin: str) -> None:
+def test_a_cse_sa_relays_its_own_aes(origin: str) -> None:
     check_relayed(cse_sa(), origin, CSE, SP)
 
 
 @pytest.mark.parametrize("origin", [
     "/other-cse", "//in.provider.com/other-cse",  # another CSE-ID
+    "/other-mn/Cx", f"//{SP}/other-mn/Cx",  # AEs of another (possibly registree) CSE (attack17 finding 7)
+    "Ssmartphone", f"//{SP}/Ssmartphone",  # S-type AE-IDs are SP-wide: one may be registered here (finding 1)
     f"/{CSE}",  # the gateway's own CSE
     "Clight-AE1", "C", "x",  # CSE-relative stems name AEs of the receiving CSE
-    f"/{CSE}/Clight-AE1", f"//{SP}/{CSE}/Clight-AE1",  # AEs registered with the gateway's CSE
+    f"/{CSE}/Clight-AE1", f"//{SP}/{CSE}/Clight-AE1", f"//other.sp.com/{CSE}/Cx",  # AEs of the gateway's CSE
+    "/id-in/C", "/id-in/Cx/y", "/id-in/Sx", "//OTHER.sp/id-in/Cx", "/id-in//Cx",  # not one C-type AE of id-in
     "", None,
 ])
-def test_a_cse_sa_cannot_speak_for_local_entities_or_other_cses(origin: str | None) -> None:
+def test_a_cse_sa_cannot_speak_for_anyone_else(origin: str | None) -> None:
     with pytest.raises(OriginatorNotAuthenticated):
         check_relayed(cse_sa(), origin, CSE, SP)
 
 
-def test_an_ae_id_of_our_cse_in_another_sp_is_relayed() -> None:
-    check_relayed(cse_sa(), f"//other.sp.com/{CSE}/Cx", CSE, SP)
+def test_the_relay_rule_needs_no_cse_id_or_sp_id() -> None:
+    """Attack17 finding 2: without --cse-id / --sp-id the gateway cannot recognise its own AEs; the rule names what
+    the relaying CSE may claim instead, so nothing depends on them."""
+    for origin in (f"/{CSE}/Clight-AE1", f"//{SP}/{CSE}/Clight-AE1", "Clight-AE1", f"//{SP}/id-in/Cx"):
+        with pytest.raises(OriginatorNotAuthenticated):
+            check_relayed(cse_sa(), origin, None, None)
+    check_relayed(cse_sa(), "/id-in/Cx", None, None)
+    foreign = SecurityAssociation("CSE-ID certificate", None, None, "//other.sp/id-x", frozenset({"//other.sp/id-x"}))
+    check_relayed(foreign, "//other.sp/id-x/Cx", CSE, SP)
+    for origin in ("/id-x/Cx", f"//{SP}/id-x/Cx"):
+        with pytest.raises(OriginatorNotAuthenticated):
+            check_relayed(foreign, origin, CSE, SP)
+    own = SecurityAssociation("CSE-ID certificate", None, None, f"/{CSE}", frozenset({f"/{CSE}"}))
+    with pytest.raises(OriginatorNotAuthenticated):  # a certificate of the gateway's own CSE-ID relays nothing
+        check_relayed(own, f"/{CSE}/Cx", CSE, SP)
+
+
+def test_a_cse_sa_registers_no_ae_when_rules_apply() -> None:
+    """Attack17 finding 5: a CREATE <AE> on a CSE's SA would skip the rules (any App-ID, a squatted stem)."""
+    with pytest.raises(ServiceSubscriptionNotEstablished):
+        authorize(cse_sa(), "/id-in/Cx", UnboundPolicy.REJECT, create=AECreate("Nevil", "/id-in/Cx"), rules=RULES)
+    authorize(cse_sa(), "/id-in/Cx", UnboundPolicy.REJECT, create=AECreate("Nevil", "/id-in/Cx"))  # no rules
 
 
 # --- the order of the checks --------------------------------------------------------------------------------
@@ -204,12 +225,33 @@ def test_non_registration_requests_ignore_rules() -> None:
 
 # --- after the CSE answered ---------------------------------------------------------------------------------
 
-def test_an_explicit_from_is_the_ae_id_only_of_an_answer_without_resource() -> None:
-    from m2msec.gateway.registration import answers_without_resource
+@pytest.mark.parametrize("body", [
+    b'{"m2m:ae": {"api": "Nlight", "lbl": ["a\\\\"]}}', b'{"m2m:ae": {"api": "N\\\\"}}',
+    b'{"m2m:ae": {"api": "Nlight", "x\\\\": 1}}',
+])
+def test_a_string_ending_in_a_backslash_is_refused(body: bytes) -> None:
+    """Attack17 finding 3: ACME strips comments from JSON text with a regex that reads ``\\"`` as an escaped quote."""
+    with pytest.raises(BadRequest, match="backslash"):
+        parse_ae_body(body)
+    assert parse_ae_body(b'{"m2m:ae": {"api": "N\\\\x", "lbl": ["\\"a"]}}') == "N\\x"
 
-    assert answers_without_resource(b"") and answers_without_resource(b" {} ")
-    assert not answers_without_resource(b'{"m2m:cnt": {"rn": "x"}}')  # another CREATE's answer (D104)
-    assert not answers_without_resource(b'{"m2m:ae": {}}')
+
+@pytest.mark.parametrize(("query", "ok"), [
+    ("", True), ("?rcn=1", True), ("?rn=x&rcn=1", True), ("?rcn=0", False), ("?rcn=3", False), ("?rcn=", False),
+    ("?rcn=1&rcn=2", False), ("?r%63n=0", False), ("?RCN=0", False), ("?rcn=%30", False),
+])
+def test_a_create_ae_must_ask_for_the_resource(query: str, ok: bool) -> None:
+    """D106 (attack17 findings 8, 9): an answer without the aei binds and counts nothing."""
+    if ok:
+        assert http_ae_create("POST", "application/json;ty=2", AE_BODY, "C", f"/{CSE}{query}") is not None
+        assert coap_ae_create(True, 2, 50, AE_BODY, "C", queries=query.lstrip("?").split("&") if query else ()) \
+            is not None
+    else:
+        with pytest.raises(BadRequest, match="rcn"):
+            http_ae_create("POST", "application/json;ty=2", AE_BODY, "C", f"/{CSE}{query}")
+        if "%" not in query:
+            with pytest.raises(BadRequest, match="rcn"):
+                coap_ae_create(True, 2, 50, AE_BODY, "C", queries=query.lstrip("?").split("&"))
 
 
 def test_aei_from_the_response() -> None:

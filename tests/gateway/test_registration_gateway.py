@@ -19,6 +19,7 @@ import pytest
 
 from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_ID, LIGHT1_KEY, LIGHT2_ID, LIGHT2_KEY, TD_ID, TD_KEY
 from m2msec import http1
+from m2msec.errors import ConfigurationError
 from m2msec.gateway import registrar as registrar_module
 from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.gateway.registrar import BindingStore, Registrar
@@ -235,15 +236,24 @@ async def test_refused_registrations_never_reach_the_cse(cse: StandInCSE, tmp_pa
     assert cse.requests == []
 
 
-async def test_an_answer_without_aei_binds_an_explicit_from_only(cse: StandInCSE, tmp_path: Path) -> None:
-    cse.answer_aei = False  # e.g. Result Content "nothing" (rcn=0)
+async def test_a_registration_must_ask_for_its_resource(cse: StandInCSE, tmp_path: Path) -> None:
+    """D106: rcn other than 1 would answer without the aei (nothing bound, nothing counted: attack17 findings 8,
+    9); refused before the CSE. An answer without aei all the same binds nothing, not even an explicit From."""
     gw = await start(cse, make_registrar(tmp_path))
     try:
         sa = await connect(gw)
-        assert await outcome(sa, create_ae("Clight-x")) == (201, "2001")
-        assert await outcome(sa, retrieve("Clight-x")) == (200, "2000")  # D104: the explicit From is the AE-ID
-        assert await outcome(sa, create_ae("C")) == (201, "2001")
-        assert await outcome(sa, retrieve("Cassigned1")) == (403, "4106")  # assigned, but not told which: unbound
+        for query in ("?rcn=0", "?rcn=2", "?rcn=3", "?rcn=1&rcn=0", "?r%63n=0", "?RCN=0", "?rcn=%30"):
+            msg = create_ae("Clight-x")
+            msg.target += query
+            assert await outcome(sa, msg) == (400, "4000"), query
+        assert cse.requests == []
+        msg = create_ae("Clight-x")
+        msg.target += "?rcn=1"
+        assert await outcome(sa, msg) == (201, "2001")
+        cse.answer_aei = False
+        assert await outcome(sa, create_ae("Clight-y")) == (201, "2001")
+        assert await outcome(sa, retrieve("Clight-y")) == (403, "4106")  # the CSE did not say which AE-ID
+        assert await outcome(sa, retrieve("Clight-x")) == (200, "2000")
         await sa.close()
     finally:
         await gw.close()
@@ -269,6 +279,12 @@ def test_bindings_file_is_private(tmp_path: Path) -> None:
     store = BindingStore(tmp_path / "b.sqlite")
     store.close()
     assert (tmp_path / "b.sqlite").stat().st_mode & 0o077 == 0
+    for mode in (0o620, 0o602, 0o666):  # rows others can write are identities they choose (attack17 finding 4)
+        (tmp_path / "b.sqlite").chmod(mode)
+        with pytest.raises(ConfigurationError, match="writable by nobody else"):
+            BindingStore(tmp_path / "b.sqlite")
+    (tmp_path / "b.sqlite").chmod(0o644)
+    BindingStore(tmp_path / "b.sqlite").close()
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -407,7 +407,8 @@ def _ae_create(msg: Message, origin: str | None) -> AECreate | None:
     ty, cf = msg.option(ONEM2M_TY), msg.option(CONTENT_FORMAT)
     return coap_ae_create(msg.code == POST, None if ty is None else decode_uint(ty),
                           None if cf is None else decode_uint(cf), msg.payload, origin,
-                          block1=msg.option(BLOCK1) is not None)
+                          block1=msg.option(BLOCK1) is not None,
+                          queries=[q.decode("utf-8", "replace") for q in msg.options_of(URI_QUERY)])
 
 
 def created_aei(msg: Message) -> bool:

@@ -243,7 +243,7 @@ class _PeerRelay(asyncio.DatagramProtocol):
         pending = self.registering.get(msg.token)
         if pending is not None and pending[1] != msg.message_id:  # not a retransmission of the CREATE <AE>: its
             error = BadRequest("the token of a CREATE <AE> awaiting its answer is reused")  # answer could be
-            reply = coap.refusal(msg, error, next(self._mids) & 0xFFFF)  # taken for the registration's (D104)
+            reply = coap.refusal(msg, error, next(self._mids) & 0xFFFF)  # taken for the registration's
             log.warning("refused CoAP %s from %s: rsc=%d %s", coap.format_code(msg.code), self.peer, error.rsc,
                         error.detail)
             if reply is not None:

@@ -219,7 +219,7 @@ class Gateway:
         cfg = self.config
         try:
             if self.registrar is not None:
-                create = http_ae_create(req.method, req.header("content-type"), req.body, origin)
+                create = http_ae_create(req.method, req.header("content-type"), req.body, origin, req.target)
                 checked = self.registrar.authorize(sa, origin, cfg.unbound_policy, create)
                 if checked is not sa:
                     sa = checked

@@ -29,7 +29,6 @@ from m2msec.errors import AppRuleValidationFailed, ConfigurationError
 from m2msec.gateway.registration import (
     AECreate,
     aei_from_body,
-    answers_without_resource,
     authorize,
     cse_id_of,
     registered_forms,
@@ -55,6 +54,14 @@ CREATE TABLE IF NOT EXISTS ae_binding (
 """
 
 
+def _check_owner(path: Path) -> None:
+    """The bindings are identities: the file must be this user's and writable by nobody else."""
+    st = path.stat()
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ConfigurationError(f"{path}: the registrations file must belong to this user and be writable by "
+                                 f"nobody else (mode {st.st_mode & 0o777:o}): its rows are identities; chmod 600 it")
+
+
 class BindingStore:
     """Credential-ID -> AE-IDs assigned at registration, in an SQLite file (created 0600 when missing)."""
 
@@ -64,6 +71,7 @@ class BindingStore:
         try:
             if not path.exists():
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            _check_owner(path)
             self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(_SCHEMA)
@@ -75,6 +83,15 @@ class BindingStore:
         rows = self._db.execute("SELECT ae_id FROM ae_binding WHERE credential_id = ? ORDER BY bound_at, ae_id",
                                 (credential_id,)).fetchall()
         return tuple(str(row[0]) for row in rows)
+
+    def held_by_others(self, credential_id: str, ae_ids: set[str]) -> frozenset[str]:
+        """Which of ``ae_ids`` are bound to another credential than ``credential_id``."""
+        if not ae_ids:
+            return frozenset()
+        marks = ",".join("?" * len(ae_ids))
+        rows = self._db.execute(f"SELECT ae_id FROM ae_binding WHERE credential_id != ? AND ae_id IN ({marks})",
+                                (credential_id, *sorted(ae_ids))).fetchall()
+        return frozenset(str(row[0]) for row in rows)
 
     def count(self, credential_id: str) -> int:
         row = self._db.execute("SELECT COUNT(*) FROM ae_binding WHERE credential_id = ?", (credential_id,)).fetchone()
@@ -137,6 +154,15 @@ class Registrar:
             log.error("reading %s failed: %s", self.bindings.path, exc)
             bound = frozenset()
         ruled = self.rules.resolve(credential_id)
+        if ruled:  # a rule's explicit stem is no identity of this credential once another one holds it (D99)
+            try:
+                taken = self.bindings.held_by_others(credential_id, {
+                    form for stem in ruled for form in registered_forms(stem, self.cse_id, self.sp_id)})
+            except sqlite3.Error as exc:
+                log.error("reading %s failed: %s", self.bindings.path, exc)
+                taken = None
+            ruled = frozenset(stem for stem in ruled if taken is not None and not (
+                registered_forms(stem, self.cse_id, self.sp_id) & taken))
         if ruled is None and not bound:
             return None
         return (ruled or frozenset()) | bound
@@ -162,21 +188,19 @@ class Registrar:
 
     def registered(self, sa: SecurityAssociation, create: AECreate, created: bool,
                    body: bytes) -> SecurityAssociation:
-        """After the CSE answered a CREATE <AE> (``created``: 2001): bind the AE-ID it assigned to the SA's
-        Credential-ID and return the SA with its forms (D104: the ``aei`` of the response, else an explicit
-        ``From``); the SA unchanged when nothing is to be bound."""
+        """After the CSE answered a CREATE <AE> (``created``: 2001): bind the AE-ID it assigned (the ``aei`` of the
+        answer, D104; D106 makes the request ask for it) to the SA's Credential-ID and return the SA with its forms;
+        the SA unchanged when nothing is to be bound."""
         if not created or sa.associated is not None or sa.credential_id is None:
             return sa
         aei = aei_from_body(body)
-        if aei is None and create.from_ and not create.registrar_assigns and answers_without_resource(body):
-            aei = create.from_
         if aei is not None and cse_id_of(aei) is not None:  # a CSE-ID is never an AE's identity
             log.warning("registration through %s: the CSE answered the CSE-ID %r as AE-ID, nothing is bound",
                         sa.credential, aei[:80])
             return sa
         if aei is None:
-            log.warning("registration through %s: the CSE's answer holds no AE-ID (aei), nothing is bound; "
-                        "register with the resource in the response (rcn=1, the default)", sa.credential)
+            log.warning("registration through %s: the CSE's answer holds no AE-ID (aei), nothing is bound",
+                        sa.credential)
             return sa
         forms = registered_forms(aei, self.cse_id, self.sp_id)
         try:

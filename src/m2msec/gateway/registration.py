@@ -6,9 +6,8 @@ What the gateway decides for each request before it reaches the CSE, on both bin
 * **CREATE <AE>** (TS-0001 §10.2.2.2): recognised however the CSE would read the resource type (D100), its body read
   strictly (D101: JSON only, no duplicate member, nothing but ``m2m:ae``) for the App-ID ``api``; with service
   subscription rules configured it is allowed only as they say (:mod:`m2msec.gateway.subscription`, 4128 / 4126).
-* **Requests relayed by a CSE** (TS-0004 §7.3.2.1): an SA associated with a CSE-ID carries requests of other
-  originators (a registrar or registree CSE forwards them); refused only for the identities that CSE cannot speak
-  for (D102, :func:`check_relayed`).
+* **Requests relayed by a CSE** (TS-0004 §7.3.2.1): an SA associated with a CSE-ID carries the requests of the AEs
+  registered with that CSE (its C-type AE-IDs), and nobody else's (D102, :func:`check_relayed`).
 * **A CSE-ID in From** on an SA known only by its Credential-ID (associated with no AE-ID or CSE-ID: the request is
   outside any SA of that CSE, TS-0004 §7.3.2.1): SECURITY_ASSOCIATION_REQUIRED (4107), whatever the ``--unbound``
   policy (D105). On an SA associated with an AE it stays 4106 (the registree is known as an AE), and so on a
@@ -20,11 +19,17 @@ What the gateway decides for each request before it reaches the CSE, on both bin
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from m2msec.errors import BadRequest, OriginatorNotAuthenticated, SecurityAssociationRequired
+from m2msec.errors import (
+    BadRequest,
+    OriginatorNotAuthenticated,
+    SecurityAssociationRequired,
+    ServiceSubscriptionNotEstablished,
+)
 from m2msec.gateway.rules import SecurityAssociation, UnboundPolicy, ae_id_forms, check_originator
 from m2msec.gateway.subscription import REGISTRAR_ASSIGNED_KIND, RuleTable
 
@@ -35,15 +40,16 @@ __all__ = [
     "MAX_AE_ID_LENGTH",
     "AECreate",
     "aei_from_body",
-    "answers_without_resource",
     "authorize",
     "check_relayed",
+    "check_result_content",
     "coap_ae_create",
     "cse_id_of",
     "http_ae_create",
     "is_cse_association",
     "parse_ae_body",
     "registered_forms",
+    "relayable_forms",
 ]
 
 #: TS-0004 Table 6.3.4.2.1-1: resourceType of ``<AE>``.
@@ -86,7 +92,19 @@ def _http_type_readings(params: str) -> set[int]:
     return {n for n in (_int_or_none(c) for c in candidates) if n is not None}
 
 
-def http_ae_create(method: str, content_type: str | None, body: bytes, origin: str | None) -> AECreate | None:
+def check_result_content(query: Iterable[tuple[str, str]]) -> None:
+    """D106: a CREATE <AE> must ask for the created resource in its answer (Result Content ``rcn`` absent or 1,
+    TS-0004 §8.1.2), whose ``aei`` the gateway binds: an answer without it would leave a registration unbound and
+    uncounted (D103). ``query``: the decoded ``name=value`` pairs of the request's query.
+
+    Raises: BadRequest (4000)."""
+    for name, value in query:
+        if name.strip().lower() == "rcn" and value.strip() != "1":
+            raise BadRequest("a CREATE <AE> through this gateway must ask for the created resource (rcn absent or 1)")
+
+
+def http_ae_create(method: str, content_type: str | None, body: bytes, origin: str | None,
+                   target: str = "/") -> AECreate | None:
     """The CREATE ``<AE>`` an HTTP request is (TS-0009 §6.4.2: POST with ``ty=2`` in Content-Type), else None.
 
     D100: any reading of the Content-Type parameters that gives 2 makes the request a CREATE <AE>, which must then
@@ -104,11 +122,12 @@ def http_ae_create(method: str, content_type: str | None, body: bytes, origin: s
     if media.strip().lower() not in JSON_MEDIA_TYPES:
         raise BadRequest("a CREATE <AE> through this gateway must be JSON (application/json or "
                          "application/vnd.onem2m-res+json)")
+    check_result_content(urllib.parse.parse_qsl(urllib.parse.urlsplit(target).query, keep_blank_values=True))
     return AECreate(parse_ae_body(body), origin)
 
 
 def coap_ae_create(code_is_post: bool, resource_type: int | None, content_format: int | None, payload: bytes,
-                   origin: str | None, *, block1: bool = False) -> AECreate | None:
+                   origin: str | None, *, block1: bool = False, queries: Iterable[str] = ()) -> AECreate | None:
     """The CREATE ``<AE>`` a CoAP request is (TS-0008: POST with oneM2M-TY 2), else None.
 
     Raises: BadRequest (4000): not JSON, malformed, or sent block-wise (D101: the rules need the whole body)."""
@@ -118,6 +137,7 @@ def coap_ae_create(code_is_post: bool, resource_type: int | None, content_format
         raise BadRequest("a CREATE <AE> through this gateway must be JSON (Content-Format 50 or 10001)")
     if block1:
         raise BadRequest("a CREATE <AE> through this gateway must fit one CoAP message (no Block1)")
+    check_result_content(q.partition("=")[::2] for q in queries)
     return AECreate(parse_ae_body(payload), origin)
 
 
@@ -142,11 +162,30 @@ def _strict_json(body: bytes, what: str) -> Any:
         raise BadRequest(f"{what} is not a well-formed UTF-8 JSON document") from None
 
 
+def _check_strings(doc: object) -> None:
+    """D101: no JSON string (member name or value) may end in a backslash. ACME strips "comments" (``//``, ``/*``,
+    ``#``, ``;;``) from JSON text before parsing it, finding strings with a regular expression that takes the escaped
+    backslash before a closing quote for an escaped quote: it would read another document than the one checked."""
+    stack = [doc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if item.endswith("\\"):
+                raise BadRequest("a JSON string ending in a backslash is refused in a CREATE <AE>")
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def parse_ae_body(body: bytes) -> str | None:
     """The App-ID (``api``) of a CREATE <AE> body ``{"m2m:ae": {...}}`` (None when it has no ``api``).
 
-    Raises: BadRequest (4000): not strict JSON (D101), another root, or an ``api`` that is not a string."""
+    Raises: BadRequest (4000): not strict JSON (D101), another root, a string ending in a backslash, or an ``api``
+    that is not a string."""
     doc = _strict_json(body, "the CREATE <AE> body")
+    _check_strings(doc)
     if not isinstance(doc, dict) or list(doc) != [_AE_ROOT] or not isinstance(doc[_AE_ROOT], dict):
         raise BadRequest('a CREATE <AE> body must be one JSON object {"m2m:ae": {...}}')
     api = doc[_AE_ROOT].get("api")
@@ -162,13 +201,6 @@ def aei_from_body(body: bytes) -> str | None:
     except BadRequest:
         return None
     return _aei(doc)
-
-
-def answers_without_resource(body: bytes) -> bool:
-    """True when a CREATE answer holds no resource (``rcn=0``: an empty body or an empty JSON object): only then
-    is an explicit ``From`` taken as the AE-ID (D104); a body holding another resource does not answer a
-    CREATE <AE>."""
-    return not body.strip() or body.strip() == b"{}"
 
 
 def _aei(doc: object) -> str | None:
@@ -208,31 +240,36 @@ def is_cse_association(sa: SecurityAssociation) -> bool:
     return cse_id_of(sa.associated) is not None
 
 
-def _hosted_here(origin: str, cse_id: str | None, sp_id: str | None) -> bool:
-    """True when ``origin`` names the gateway's own CSE or an AE registered with it."""
-    if not origin.startswith("/"):  # only an S-type AE-ID-Stem (SP-relative) names an AE of another CSE
-        return not (origin.startswith("S") and len(origin) > 1)
-    if cse_id is None:
-        return False
-    own = cse_id.lstrip("/")
-    parts = origin[2:].split("/") if origin.startswith("//") else [None, *origin[1:].split("/")]
-    own_sp = parts[0] is None or (sp_id is not None and str(parts[0]).lower() == sp_id.lower())
-    return own_sp and len(parts) >= 2 and parts[1] == own
+def relayable_forms(relaying: str, sp_id: str | None) -> tuple[str, ...]:
+    """The ``From`` prefixes a CSE relays for (D102): the C-type AE-IDs registered with *that* CSE, SP-relative
+    ``/<its CSE-ID>/C`` (a CSE of our SP) and absolute ``//<sp>/<its CSE-ID>/C``."""
+    if relaying.startswith("//"):
+        return (relaying + "/C",)
+    prefixes = [relaying + "/C"]
+    if sp_id is not None:
+        prefixes.append(f"//{sp_id}{relaying}/C")
+    return tuple(prefixes)
 
 
 def check_relayed(sa: SecurityAssociation, origin: str | None, cse_id: str | None, sp_id: str | None) -> None:
-    """``From`` on an SA associated with a CSE-ID (TS-0004 §7.3.2.1, D102): the CSE's own ID, or an originator it
-    may relay — not another CSE-ID (another registree CSE; the gateway does not know which CSEs are registered, so
-    none), not the gateway's CSE, not a CSE-relative AE-ID-Stem and not an AE-ID of the gateway's CSE.
+    """``From`` on an SA associated with a CSE-ID (TS-0004 §7.3.2.1, D102): the CSE's own ID, or an AE registered
+    with that CSE (a C-type AE-ID whose CSE-ID part is the relaying CSE's: ``/<its CSE-ID>/Cx``,
+    ``//<sp>/<its CSE-ID>/Cx``). Anything else is refused: another CSE-ID or its AEs (it could be another registree),
+    S-type AE-IDs (SP-wide: one may be registered here), CSE-relative stems, the gateway's own CSE and its AEs.
 
     Raises: OriginatorNotAuthenticated (4106)."""
     if not origin:
         raise OriginatorNotAuthenticated("request has no X-M2M-Origin inside a security association")
     if origin in sa.allowed_originators:
         return
-    if cse_id_of(origin) is not None or _hosted_here(origin, cse_id, sp_id):
+    relaying = sa.associated
+    if relaying is not None and cse_id is not None and relaying.rstrip("/").rsplit("/", 1)[-1] == cse_id.lstrip("/"):
+        relaying = None  # a certificate of the gateway's own CSE-ID relays nothing
+    prefixes = relayable_forms(relaying, sp_id) if relaying is not None else ()
+    stem = next((origin[len(p) - 1:] for p in prefixes if origin.startswith(p)), "")
+    if len(stem) < 2 or "/" in stem:
         raise OriginatorNotAuthenticated(
-            f"originator {origin[:80]!r} cannot be relayed by the CSE the security association is with")
+            f"originator {origin[:80]!r} is not the CSE of this security association nor an AE registered with it")
 
 
 def authorize(sa: SecurityAssociation, origin: str | None, policy: UnboundPolicy, *, create: AECreate | None = None,
@@ -243,7 +280,10 @@ def authorize(sa: SecurityAssociation, origin: str | None, policy: UnboundPolicy
     on a credential-only SA (associated with no AE-ID or CSE-ID) the rules alone decide its ``From``. Then a CSE's
     SA relays (:func:`check_relayed`); a CSE-ID in ``From`` on an SA associated with nothing is 4107; the rest is
     :func:`check_originator` (4106)."""
-    if create is not None and rules is not None and sa.credential_id is not None and not is_cse_association(sa):
+    if create is not None and rules is not None and is_cse_association(sa):
+        raise ServiceSubscriptionNotEstablished(
+            "a CSE's security association has no Credential-ID: no service subscription rule lets it register an AE")
+    if create is not None and rules is not None and sa.credential_id is not None:
         if cse_id_of(origin) is not None:
             raise SecurityAssociationRequired(f"a CREATE <AE> cannot use the CSE-ID {str(origin)[:80]!r} as From")
         rules.check_ae_registration(sa.credential_id, create.app_id, origin)
