@@ -1,0 +1,151 @@
+"""attack17: hostile review of registration upon SAE at the gateway (issue 17), against real ACME.
+
+Each test shows one finding: it fails on ``reg17`` today (marked ``xfail(strict=True)``) and passes once fixed.
+The gateway runs in-process over real TLS-PSK on loopback in front of a real ACME (tests/e2e/acme_cse.py).
+
+Finding 1: an SA associated with a CSE-ID (a registree CSE's PSK or certificate) may relay ``From: S...``
+(D102: "an S-type stem names an AE of another CSE"), but an S-type AE-ID is SP-wide and is registered with
+the CSE behind the gateway like any other (ACME assigns ``aei`` = the ``From`` ``Sx``): a CSE credential acts as
+(here: deregisters) an AE that registered through the gateway and is bound to another credential.
+
+Finding 2: the relay rule decides "hosted here" from ``--cse-id`` / ``--sp-id``; without ``--sp-id`` every
+absolute ``//sp/<cse>/Cx`` is relayed, without ``--cse-id`` every ``/<cse>/Cx`` (and absolute) form. ACME reduces
+both to the stem ``Cx`` (``_originatorAdaptToScope``), so a CSE credential acts as any AE of the CSE — also on a
+gateway without ``--app-rules`` (before reg17 a CSE SA could only use its own CSE-ID there).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+
+from acme_cse import CSE_ID, CSE_RN, needs_acme, running_acme
+from registration_front import SP_ID, acme_rsc, ae_body, psk_table, unique
+
+from conftest import LIGHT1_ID, LIGHT1_KEY
+from m2msec import http1
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
+from m2msec.gateway.registrar import BindingStore, Registrar
+from m2msec.gateway.subscription import RuleTable
+from m2msec.keys.secret import SecretKey
+from m2msec.keys.table import MemoryPSKTable, PSKEntry
+from m2msec.saef import EstablishedSA, PSKCredentials, establish_sa
+
+pytestmark = needs_acme
+
+#: a registree MN-CSE's PSK (its table entry binds it to a CSE-ID: its SA relays, D102)
+EVIL_CSE_ID, EVIL_KEY = "mn-cse-evil", "00112233445566778899aabbccddeeff"
+EVIL_IDENTITY = "CSE000000000666-Evil@in.provider.com"
+LIGHT1_CRED = f"12-{LIGHT1_ID}"
+
+
+@pytest.fixture(scope="module")
+def acme_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    with running_acme(tmp_path_factory.mktemp("acme-attack17")) as (http_port, _):
+        yield http_port
+
+
+def _table(evil_entity: str) -> MemoryPSKTable:
+    return MemoryPSKTable([*psk_table().entries(), PSKEntry(EVIL_IDENTITY, SecretKey.from_hex(EVIL_KEY),
+                                                              entity=evil_entity)])
+
+
+async def _gateway(acme_http: int, tmp_path: Path, evil_entity: str, *, cse_id: str | None, sp_id: str | None,
+                   rules: str | None) -> AsyncIterator[Gateway]:
+    registrar = None
+    if rules is not None:
+        (tmp_path / "rules.toml").write_text(rules)
+        registrar = Registrar(RuleTable.from_file(tmp_path / "rules.toml"),
+                              BindingStore(tmp_path / "registrations.sqlite3"), cse_id=cse_id, sp_id=sp_id)
+    gw = Gateway(GatewayConfig(backend=Backend("127.0.0.1", acme_http), port=0, cse_id=cse_id, sp_id=sp_id),
+                 _table(evil_entity), registrar=registrar)
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.close()
+        if registrar is not None:
+            registrar.close()
+
+
+async def _sa(gw: Gateway, identity: str, key: str) -> EstablishedSA:
+    return await establish_sa("127.0.0.1", gw.port, PSKCredentials(identity, SecretKey.from_hex(key), CSE_ID))
+
+
+async def _call(sa: EstablishedSA, method: str, path: str, origin: str, body: bytes = b"",
+                content_type: str | None = None) -> tuple[int, int, bytes]:
+    headers = [("host", "gw"), ("x-m2m-ri", unique("rq")), ("x-m2m-rvi", "3"), ("accept", "application/json"),
+               ("x-m2m-origin", origin)]
+    if content_type is not None:
+        headers.append(("content-type", content_type))
+    resp = await sa.request(http1.Message(headers=headers, body=body, method=method, target=path))
+    return resp.status, int(resp.header("x-m2m-rsc") or 0), resp.body
+
+
+def _register_directly(acme_http: int, rn: str, ae_id: str) -> None:
+    """An AE registered at ACME by another path (another gateway, a local AE): it exists, with AE-ID ``ae_id``."""
+    req = urllib.request.Request(f"http://127.0.0.1:{acme_http}/{CSE_RN}", data=ae_body(rn, "Nlight"), headers={
+        "X-M2M-Origin": ae_id, "X-M2M-RI": unique("direct"), "X-M2M-RVI": "3", "Accept": "application/json",
+        "Content-Type": "application/json;ty=2"}, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.headers["X-M2M-RSC"] == "2001"
+
+
+# --- finding 1: a CSE's SA acts as an S-type AE registered through the gateway by another credential
+S_RULES = f"""
+[[app_rule]]
+apci = ["{LIGHT1_CRED}"]
+aai = ["Nlight"]
+aae = ["S*"]
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="attack17 finding 1")
+async def test_cse_sa_cannot_act_as_an_s_type_ae_registered_here(acme_http: int, tmp_path: Path) -> None:
+    rn, ae_id = unique("svict"), unique("Slight-victim-")
+    async for gw in _gateway(acme_http, tmp_path, f"//{SP_ID}/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID,
+                             rules=S_RULES):
+        light = await _sa(gw, LIGHT1_ID, LIGHT1_KEY)
+        try:  # the victim registers its S-type AE-ID through the gateway: it is bound to its Credential-ID
+            status, rsc, body = await _call(light, "POST", f"/{CSE_RN}", ae_id, ae_body(rn, "Nlight"),
+                                            "application/json;ty=2")
+            assert (status, rsc) == (201, 2001), body[:300]
+            assert json.loads(body)["m2m:ae"]["aei"] == ae_id
+            assert gw.registrar is not None and ae_id in gw.registrar.bindings.ae_ids(LIGHT1_CRED)
+        finally:
+            await light.close()
+        evil = await _sa(gw, EVIL_IDENTITY, EVIL_KEY)
+        try:  # the registree CSE claims the victim's AE-ID: the gateway relays it, ACME deregisters the victim
+            status, rsc, body = await _call(evil, "DELETE", f"/{CSE_RN}/{rn}", ae_id)
+        finally:
+            await evil.close()
+        assert acme_rsc(acme_http, f"/{CSE_RN}/{rn}") == 2000, "the victim's AE was deleted through a CSE's SA"
+        assert (status, rsc) == (403, 4106), body[:300]
+
+
+# --- finding 2: without --sp-id / --cse-id the relay rule lets a CSE's SA act as any AE of the CSE
+@pytest.mark.xfail(strict=True, reason="attack17 finding 2")
+@pytest.mark.parametrize("missing", ["sp-id", "cse-id"])
+async def test_cse_sa_cannot_act_as_an_ae_of_the_cse_without_sp_or_cse_id(acme_http: int, tmp_path: Path,
+                                                                         missing: str) -> None:
+    rn, ae_id = unique("cvict"), unique("Cvictim-")
+    _register_directly(acme_http, rn, ae_id)
+    cse_id, sp_id = (CSE_ID, None) if missing == "sp-id" else (None, SP_ID)
+    # the spelling the gateway cannot recognise as "hosted here"; ACME reduces both to the stem ae_id
+    origin = f"//{SP_ID}/{CSE_ID}/{ae_id}" if missing == "sp-id" else f"/{CSE_ID}/{ae_id}"
+    async for gw in _gateway(acme_http, tmp_path, f"/{EVIL_CSE_ID}", cse_id=cse_id, sp_id=sp_id, rules=None):
+        evil = await _sa(gw, EVIL_IDENTITY, EVIL_KEY)
+        try:
+            status, rsc, body = await _call(evil, "DELETE", f"/{CSE_RN}/{rn}", origin)
+        finally:
+            await evil.close()
+    assert acme_rsc(acme_http, f"/{CSE_RN}/{rn}") == 2000, "the AE was deleted through a CSE's SA"
+    assert (status, rsc) == (403, 4106), body[:300]
