@@ -149,3 +149,55 @@ async def test_cse_sa_cannot_act_as_an_ae_of_the_cse_without_sp_or_cse_id(acme_h
             await evil.close()
     assert acme_rsc(acme_http, f"/{CSE_RN}/{rn}") == 2000, "the AE was deleted through a CSE's SA"
     assert (status, rsc) == (403, 4106), body[:300]
+
+
+# --- finding 3: ACME strips "comments" from JSON with a regex that misreads a string ending in a backslash
+def _acme_resource(acme_http: int, path: str) -> dict[str, object] | None:
+    """RETRIEVE ``path`` directly at ACME as its admin: the resource, None when there is none."""
+    req = urllib.request.Request(f"http://127.0.0.1:{acme_http}{path}", headers={
+        "X-M2M-Origin": "CAdmin", "X-M2M-RI": unique("direct"), "X-M2M-RVI": "3", "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            doc = json.loads(resp.read())
+    except urllib.error.HTTPError:
+        return None
+    assert isinstance(doc, dict)
+    return dict(doc["m2m:ae"])
+
+
+C_RULES = f"""
+[[app_rule]]
+apci = ["{LIGHT1_CRED}"]
+aai = ["Nlight"]
+aae = ["Clight-e2e-*"]
+"""
+
+
+def _smuggling_body(rn: str, checked_api: str, real_api: str) -> bytes:
+    """Strict JSON (one ``api``, ``checked_api``, at the top of ``m2m:ae``; no repeated member) that ACME reads with
+    ``api`` ``real_api``: ACME's ``removeCommentsFromJSON`` takes ``"x\\\\"`` for a string still open, so the
+    ``/*`` and ``*/`` inside the strings that follow are comments to it; what they cut out lifts the nested
+    ``api`` into ``m2m:ae``, after the checked one (Python's ``json`` keeps the last)."""
+    template = ('{"m2m:ae": {"api": "CHECKED", "rn": "RN", "rr": false, "srv": ["3"], "lbl": ["x\\\\"], '
+                '"apn": "/*", "nest": {"k": "*/", "api": "REAL", "apn": "/*"}, "k3": "*/"}}')
+    return template.replace("CHECKED", checked_api).replace("RN", rn).replace("REAL", real_api).encode()
+
+
+@pytest.mark.xfail(strict=True, reason="attack17 finding 3")
+async def test_ae_registers_with_an_app_id_the_rules_refuse_through_acme_comment_stripping(
+        acme_http: int, tmp_path: Path) -> None:
+    rn, ae_id = unique("appid"), unique("Clight-e2e-")
+    async for gw in _gateway(acme_http, tmp_path, f"/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID, rules=C_RULES):
+        light = await _sa(gw, LIGHT1_ID, LIGHT1_KEY)
+        try:  # the rules refuse the App-ID Nevil when it is spelt plainly ...
+            status, rsc, _ = await _call(light, "POST", f"/{CSE_RN}", ae_id, ae_body(rn, "Nevil"),
+                                         "application/json;ty=2")
+            assert (status, rsc) == (403, 4126)
+            # ... but the gateway checks Nlight in this body, and ACME registers Nevil
+            status, rsc, _ = await _call(light, "POST", f"/{CSE_RN}", ae_id,
+                                         _smuggling_body(rn, "Nlight", "Nevil"), "application/json;ty=2")
+        finally:
+            await light.close()
+    registered = _acme_resource(acme_http, f"/{CSE_RN}/{rn}")
+    assert registered is None or registered.get("api") == "Nlight", (
+        f"ACME registered App-ID {registered.get('api')!r}, refused by the rules (gateway answered {status}/{rsc})")
