@@ -17,6 +17,7 @@ gateway without ``--app-rules`` (before reg17 a CSE SA could only use its own CS
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import urllib.error
 import urllib.request
@@ -30,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from acme_cse import CSE_ID, CSE_RN, needs_acme, running_acme
 from registration_front import SP_ID, acme_rsc, ae_body, psk_table, unique
 
-from conftest import LIGHT1_ID, LIGHT1_KEY
+from conftest import LIGHT1_ID, LIGHT1_KEY, LIGHT2_ID, LIGHT2_KEY
 from m2msec import http1
+from m2msec.errors import ConfigurationError
 from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.gateway.registrar import BindingStore, Registrar
 from m2msec.gateway.subscription import RuleTable
@@ -58,12 +60,16 @@ def _table(evil_entity: str) -> MemoryPSKTable:
                                                               entity=evil_entity)])
 
 
+def _rules(tmp_path: Path, rules: str) -> Path:
+    (tmp_path / "rules.toml").write_text(rules)
+    return tmp_path / "rules.toml"
+
+
 async def _gateway(acme_http: int, tmp_path: Path, evil_entity: str, *, cse_id: str | None, sp_id: str | None,
                    rules: str | None) -> AsyncIterator[Gateway]:
     registrar = None
     if rules is not None:
-        (tmp_path / "rules.toml").write_text(rules)
-        registrar = Registrar(RuleTable.from_file(tmp_path / "rules.toml"),
+        registrar = Registrar(RuleTable.from_file(_rules(tmp_path, rules)),
                               BindingStore(tmp_path / "registrations.sqlite3"), cse_id=cse_id, sp_id=sp_id)
     gw = Gateway(GatewayConfig(backend=Backend("127.0.0.1", acme_http), port=0, cse_id=cse_id, sp_id=sp_id),
                  _table(evil_entity), registrar=registrar)
@@ -201,3 +207,36 @@ async def test_ae_registers_with_an_app_id_the_rules_refuse_through_acme_comment
     registered = _acme_resource(acme_http, f"/{CSE_RN}/{rn}")
     assert registered is None or registered.get("api") == "Nlight", (
         f"ACME registered App-ID {registered.get('api')!r}, refused by the rules (gateway answered {status}/{rsc})")
+
+
+# --- finding 4: the bindings file is trusted whatever its mode: whoever can write it binds any AE-ID to a credential
+@pytest.mark.xfail(strict=True, reason="attack17 finding 4")
+async def test_a_bindings_file_others_can_write_is_refused(acme_http: int, tmp_path: Path) -> None:
+    rn, victim = unique("wvict"), unique("Cvictim-")
+    _register_directly(acme_http, rn, victim)
+    path = tmp_path / "registrations.sqlite3"
+    path.touch(mode=0o666)
+    path.chmod(0o666)  # a careless operator (or umask 000): any local user may write it
+    try:
+        store = BindingStore(path)
+    except ConfigurationError:
+        return  # refused, as a PSK table with these permissions is (check_file_permissions)
+    try:  # another local user binds the victim's AE-ID to a credential it holds (LIGHT2, no rule at all)
+        with sqlite3.connect(path) as other:
+            other.execute("INSERT INTO ae_binding VALUES (?, ?, 0)", (f"12-{LIGHT2_ID}", victim))
+        registrar = Registrar(RuleTable.from_file(_rules(tmp_path, C_RULES)), store, cse_id=CSE_ID, sp_id=SP_ID)
+        gw = Gateway(GatewayConfig(backend=Backend("127.0.0.1", acme_http), port=0, cse_id=CSE_ID, sp_id=SP_ID),
+                     psk_table(), registrar=registrar)
+        await gw.start()
+        try:
+            light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+            try:
+                status, rsc, _ = await _call(light2, "DELETE", f"/{CSE_RN}/{rn}", victim)
+            finally:
+                await light2.close()
+        finally:
+            await gw.close()
+    finally:
+        store.close()
+    pytest.fail(f"a bindings file mode 0666 was accepted; a row written by another user let LIGHT2 act as {victim}: "
+                f"DELETE answered {status}/{rsc}, the AE now answers {acme_rsc(acme_http, f'/{CSE_RN}/{rn}')}")
