@@ -240,3 +240,25 @@ async def test_a_bindings_file_others_can_write_is_refused(acme_http: int, tmp_p
         store.close()
     pytest.fail(f"a bindings file mode 0666 was accepted; a row written by another user let LIGHT2 act as {victim}: "
                 f"DELETE answered {status}/{rsc}, the AE now answers {acme_rsc(acme_http, f'/{CSE_RN}/{rn}')}")
+
+
+# --- finding 5: a CREATE <AE> on a CSE's SA skips the service subscription rules (relayed as any request)
+@pytest.mark.xfail(strict=True, reason="attack17 finding 5")
+async def test_cse_sa_cannot_register_an_ae_past_the_rules_and_squat_an_ae_id(acme_http: int, tmp_path: Path) -> None:
+    rn, stem = unique("squat"), unique("Clight-e2e-")
+    async for gw in _gateway(acme_http, tmp_path, f"//{SP_ID}/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID,
+                             rules=C_RULES):
+        evil = await _sa(gw, EVIL_IDENTITY, EVIL_KEY)
+        try:  # no rule applies to the CSE's credential, the App-ID is one no rule admits: ACME registers it anyway
+            squat = await _call(evil, "POST", f"/{CSE_RN}", f"/{EVIL_CSE_ID}/{stem}", ae_body(rn, "Nevil"),
+                                "application/json;ty=2")
+        finally:
+            await evil.close()
+        light = await _sa(gw, LIGHT1_ID, LIGHT1_KEY)
+        try:  # the light the rules admit with that AE-ID-Stem cannot register any more (ACME's ri is the stem)
+            own = await _call(light, "POST", f"/{CSE_RN}", stem, ae_body(unique("own"), "Nlight"),
+                              "application/json;ty=2")
+        finally:
+            await light.close()
+    assert own[:2] == (201, 2001), f"the light's registration failed ({own[0]}/{own[1]}) after the CSE's {squat[:2]}"
+    assert squat[1] in (4106, 4126, 4128), squat[2][:300]
