@@ -262,3 +262,33 @@ async def test_cse_sa_cannot_register_an_ae_past_the_rules_and_squat_an_ae_id(ac
             await light.close()
     assert own[:2] == (201, 2001), f"the light's registration failed ({own[0]}/{own[1]}) after the CSE's {squat[:2]}"
     assert squat[1] in (4106, 4126, 4128), squat[2][:300]
+
+
+# --- finding 6: the rules' explicit aae entries are identities of every credential the rule applies to (D99), even
+# once the AE-ID is registered through, and bound to, another credential (D104: one registration at a time)
+@pytest.mark.xfail(strict=True, reason="attack17 finding 6")
+async def test_a_shared_rule_does_not_let_one_light_act_as_the_ae_another_registered(acme_http: int,
+                                                                                    tmp_path: Path) -> None:
+    rn, first, second = unique("shared"), unique("Clight-e2e-a"), unique("Clight-e2e-b")
+    shared = f"""
+[[app_rule]]                    # two lights, two AE-IDs: each registers with one of them
+apci = ["{LIGHT1_CRED}", "12-{LIGHT2_ID}"]
+aai = ["Nlight"]
+aae = ["{first}", "{second}"]
+"""
+    async for gw in _gateway(acme_http, tmp_path, f"/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID, rules=shared):
+        light1 = await _sa(gw, LIGHT1_ID, LIGHT1_KEY)
+        try:
+            status, rsc, body = await _call(light1, "POST", f"/{CSE_RN}", first, ae_body(rn, "Nlight"),
+                                            "application/json;ty=2")
+            assert (status, rsc) == (201, 2001), body[:300]
+            assert gw.registrar is not None and gw.registrar.bindings.ae_ids(LIGHT1_CRED) == (first,)
+        finally:
+            await light1.close()
+        light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+        try:  # LIGHT2 never registered `first`: the AE is LIGHT1's registration
+            status, rsc, body = await _call(light2, "DELETE", f"/{CSE_RN}/{rn}", first)
+        finally:
+            await light2.close()
+    assert acme_rsc(acme_http, f"/{CSE_RN}/{rn}") == 2000, "LIGHT2 deleted the AE registered through LIGHT1"
+    assert (status, rsc) == (403, 4106), body[:300]
