@@ -292,3 +292,35 @@ aae = ["{first}", "{second}"]
             await light2.close()
     assert acme_rsc(acme_http, f"/{CSE_RN}/{rn}") == 2000, "LIGHT2 deleted the AE registered through LIGHT1"
     assert (status, rsc) == (403, 4106), body[:300]
+
+
+# --- finding 7: a CSE's SA relays the C-type AE-IDs of another CSE ("/<other-cse>/C..."): it acts as the AEs of
+# every other registree CSE (D102 allows any From but CSE-IDs and the gateway's own AEs)
+GOOD_CSE_ID, GOOD_KEY = "mn-cse-good", "ffeeddccbbaa99887766554433221100"
+GOOD_IDENTITY = "CSE000000000777-Good@in.provider.com"
+
+
+@pytest.mark.xfail(strict=True, reason="attack17 finding 7")
+async def test_cse_sa_cannot_act_as_an_ae_of_another_cse(acme_http: int, tmp_path: Path) -> None:
+    rn, good_ae = unique("other"), f"/{GOOD_CSE_ID}/{unique('Cgood-')}"
+    table = MemoryPSKTable([*_table(f"/{EVIL_CSE_ID}").entries(),
+                            PSKEntry(GOOD_IDENTITY, SecretKey.from_hex(GOOD_KEY), entity=f"/{GOOD_CSE_ID}")])
+    gw = Gateway(GatewayConfig(backend=Backend("127.0.0.1", acme_http), port=0, cse_id=CSE_ID, sp_id=SP_ID), table)
+    await gw.start()
+    try:
+        good = await _sa(gw, GOOD_IDENTITY, GOOD_KEY)
+        try:  # an AE of mn-cse-good, carried by mn-cse-good's own SA
+            status, rsc, body = await _call(good, "POST", f"/{CSE_RN}", good_ae, ae_body(rn, "Nlight"),
+                                            "application/json;ty=2")
+            assert (status, rsc) == (201, 2001), body[:300]
+        finally:
+            await good.close()
+        evil = await _sa(gw, EVIL_IDENTITY, EVIL_KEY)
+        try:  # mn-cse-evil claims that AE of mn-cse-good
+            status, rsc, body = await _call(evil, "DELETE", f"/{CSE_RN}/{rn}", good_ae)
+        finally:
+            await evil.close()
+    finally:
+        await gw.close()
+    assert acme_rsc(acme_http, f"/{CSE_RN}/{rn}") == 2000, "mn-cse-evil deleted an AE of mn-cse-good"
+    assert (status, rsc) == (403, 4106), body[:300]
