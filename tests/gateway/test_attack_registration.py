@@ -16,6 +16,9 @@ gateway without ``--app-rules`` (before reg17 a CSE SA could only use its own CS
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import json
 import sqlite3
 import sys
@@ -29,17 +32,21 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 from acme_cse import CSE_ID, CSE_RN, needs_acme, running_acme
-from registration_front import SP_ID, acme_rsc, ae_body, psk_table, unique
+from registration_front import SP_ID, Inbox, acme_rsc, ae_body, create_dtls, psk_table, unique
 
 from conftest import LIGHT1_ID, LIGHT1_KEY, LIGHT2_ID, LIGHT2_KEY
 from m2msec import http1
 from m2msec.errors import ConfigurationError
+from m2msec.gateway import coap
+from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
 from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.gateway.registrar import BindingStore, Registrar
 from m2msec.gateway.subscription import RuleTable
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable, PSKEntry
 from m2msec.saef import EstablishedSA, PSKCredentials, establish_sa
+from m2msec.tls.engine import ClientConfig, TLSContext
+from m2msec.tls.profiles import ONEM2M_DTLS_PSK
 
 pytestmark = needs_acme
 
@@ -50,9 +57,15 @@ LIGHT1_CRED = f"12-{LIGHT1_ID}"
 
 
 @pytest.fixture(scope="module")
-def acme_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    with running_acme(tmp_path_factory.mktemp("acme-attack17")) as (http_port, _):
-        yield http_port
+def acme_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    with running_acme(tmp_path_factory.mktemp("acme-attack17"), coap=True) as (http_port, coap_port):
+        assert coap_port is not None
+        yield http_port, coap_port
+
+
+@pytest.fixture
+def acme_http(acme_ports: tuple[int, int]) -> int:
+    return acme_ports[0]
 
 
 def _table(evil_entity: str) -> MemoryPSKTable:
@@ -324,3 +337,85 @@ async def test_cse_sa_cannot_act_as_an_ae_of_another_cse(acme_http: int, tmp_pat
         await gw.close()
     assert acme_rsc(acme_http, f"/{CSE_RN}/{rn}") == 2000, "mn-cse-evil deleted an AE of mn-cse-good"
     assert (status, rsc) == (403, 4106), body[:300]
+
+
+# --- findings 1 and 3 over coaps (the same pure checks decide there)
+class _Coaps:
+    """Entity A over coaps: one DTLS-PSK association, CON requests, CoAP answers as (code, rsc, payload)."""
+
+    def __init__(self, transport: asyncio.DatagramTransport, inbox: Inbox) -> None:
+        self.transport, self.inbox, self.ids = transport, inbox, itertools.count(0x5000)
+
+    async def call(self, code: int, path: str, origin: str, body: bytes = b"",
+                   ty: int | None = None) -> tuple[str, int, bytes]:
+        n = next(self.ids)
+        options = [(coap.URI_PATH, seg.encode()) for seg in path.strip("/").split("/")]
+        options += [(coap.ONEM2M_RVI, b"3"), (coap.ONEM2M_RQI, unique("rq").encode()),
+                    (coap.ONEM2M_FR, origin.encode())]
+        if ty is not None:
+            options += [(coap.CONTENT_FORMAT, coap.encode_uint(50)), (coap.ONEM2M_TY, coap.encode_uint(ty))]
+        msg = coap.Message(coap.MessageType.CON, code, n & 0xFFFF, n.to_bytes(2, "big"), [], body)
+        msg = msg.with_options(*options)
+        for _ in range(4):
+            self.transport.sendto(msg.encode())
+            try:
+                while True:
+                    reply = coap.Message.decode(await asyncio.wait_for(self.inbox.q.get(), 2))
+                    if reply.token == msg.token:
+                        rsc = reply.option(coap.ONEM2M_RSC)
+                        return coap.format_code(reply.code), coap.decode_uint(rsc or b""), reply.payload
+            except TimeoutError:
+                continue
+        raise AssertionError("no CoAP response")
+
+
+@contextlib.asynccontextmanager
+async def _coaps_gateway(acme: tuple[int, int], tmp_path: Path, rules: str) -> AsyncIterator[CoapsGateway]:
+    registrar = Registrar(RuleTable.from_file(_rules(tmp_path, rules)),
+                          BindingStore(tmp_path / "registrations.sqlite3"), cse_id=CSE_ID, sp_id=SP_ID)
+    gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=acme[1], port=0, cse_id=CSE_ID,
+                                  sp_id=SP_ID), _table(f"//{SP_ID}/{EVIL_CSE_ID}"), registrar=registrar)
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.close()
+        registrar.close()
+
+
+@contextlib.asynccontextmanager
+async def _coaps(gw: CoapsGateway, identity: str, key: str) -> AsyncIterator[_Coaps]:
+    ctx = TLSContext.dtls_client(ClientConfig(identity, SecretKey.from_hex(key), profiles=(ONEM2M_DTLS_PSK,),
+                                              peer_entity=CSE_ID))
+    transport, inbox = await create_dtls(gw.port, ctx)
+    try:
+        yield _Coaps(transport, inbox)
+    finally:
+        transport.close()
+
+
+@pytest.mark.xfail(strict=True, reason="attack17 finding 1 (coaps)")
+async def test_coaps_cse_sa_cannot_act_as_an_s_type_ae_registered_here(acme_ports: tuple[int, int],
+                                                                        tmp_path: Path) -> None:
+    rn, ae_id = unique("csvict"), unique("Slight-victim-")
+    async with _coaps_gateway(acme_ports, tmp_path, S_RULES) as gw:
+        async with _coaps(gw, LIGHT1_ID, LIGHT1_KEY) as light:
+            code, rsc, body = await light.call(coap.POST, f"/{CSE_RN}", ae_id, ae_body(rn, "Nlight"), ty=2)
+            assert (code, rsc) == ("2.01", 2001), body[:300]
+        async with _coaps(gw, EVIL_IDENTITY, EVIL_KEY) as evil:
+            code, rsc, body = await evil.call(coap.DELETE, f"/{CSE_RN}/{rn}", ae_id)
+    assert acme_rsc(acme_ports[0], f"/{CSE_RN}/{rn}") == 2000, "the victim's AE was deleted through a CSE's SA"
+    assert (code, rsc) == ("4.03", 4106), body[:300]
+
+
+@pytest.mark.xfail(strict=True, reason="attack17 finding 3 (coaps)")
+async def test_coaps_ae_registers_with_an_app_id_the_rules_refuse(acme_ports: tuple[int, int],
+                                                                   tmp_path: Path) -> None:
+    rn, ae_id = unique("cappid"), unique("Clight-e2e-")
+    async with _coaps_gateway(acme_ports, tmp_path, C_RULES) as gw, _coaps(gw, LIGHT1_ID, LIGHT1_KEY) as light:
+        code, rsc, _ = await light.call(coap.POST, f"/{CSE_RN}", ae_id, ae_body(rn, "Nevil"), ty=2)
+        assert (code, rsc) == ("4.03", 4126)
+        code, rsc, _ = await light.call(coap.POST, f"/{CSE_RN}", ae_id, _smuggling_body(rn, "Nlight", "Nevil"), ty=2)
+    registered = _acme_resource(acme_ports[0], f"/{CSE_RN}/{rn}")
+    assert registered is None or registered.get("api") == "Nlight", (
+        f"ACME registered App-ID {registered.get('api')!r}, refused by the rules (gateway answered {code}/{rsc})")
