@@ -419,3 +419,30 @@ async def test_coaps_ae_registers_with_an_app_id_the_rules_refuse(acme_ports: tu
     registered = _acme_resource(acme_ports[0], f"/{CSE_RN}/{rn}")
     assert registered is None or registered.get("api") == "Nlight", (
         f"ACME registered App-ID {registered.get('api')!r}, refused by the rules (gateway answered {code}/{rsc})")
+
+
+# --- finding 8: D103's cap counts bound AE-IDs only: a registration whose answer binds nothing (rcn=0 with a
+# registrar-assigned stem) is never counted, so a credential allowed C* registers AEs at the CSE without end
+@pytest.mark.xfail(strict=True, reason="attack17 finding 8")
+async def test_the_per_credential_cap_also_holds_for_registrations_answered_without_resource(
+        acme_http: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from m2msec.gateway import registrar as registrar_module
+
+    monkeypatch.setattr(registrar_module, "MAX_AE_IDS_PER_CREDENTIAL", 2)  # D103's 64, made small for the test
+    auto = f"""
+[[app_rule]]
+apci = ["12-{LIGHT2_ID}"]
+aai = ["Nauto"]
+aae = ["C*"]
+"""
+    answers = []
+    async for gw in _gateway(acme_http, tmp_path, f"/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID, rules=auto):
+        light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+        try:
+            for _ in range(4):
+                answers.append(await _call(light2, "POST", f"/{CSE_RN}?rcn=0", "C",
+                                           ae_body(unique("many"), "Nauto"), "application/json;ty=2"))
+        finally:
+            await light2.close()
+    created = [a[:2] for a in answers if a[:2] == (201, 2001)]
+    assert len(created) <= 2, f"{len(created)} AEs registered at the CSE through one credential capped at 2"
