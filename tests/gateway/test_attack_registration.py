@@ -446,3 +446,44 @@ aae = ["C*"]
             await light2.close()
     created = [a[:2] for a in answers if a[:2] == (201, 2001)]
     assert len(created) <= 2, f"{len(created)} AEs registered at the CSE through one credential capped at 2"
+
+
+# --- finding 9: a binding outlives the AE: deregistered, its AE-ID registered anew by another credential with an
+# answer the gateway binds nothing from (rcn=3: the resource inside m2m:rce), the former credential still acts as it
+@pytest.mark.xfail(strict=True, reason="attack17 finding 9")
+async def test_a_deregistered_ae_id_registered_again_is_not_left_to_its_former_credential(acme_http: int,
+                                                                                          tmp_path: Path) -> None:
+    first_rn, second_rn, ae_id = unique("old"), unique("new"), unique("Ckitchen-")
+    overlapping = f"""
+[[app_rule]]                    # LIGHT2: any C-type stem
+apci = ["12-{LIGHT2_ID}"]
+aai = ["Nauto"]
+aae = ["C*"]
+
+[[app_rule]]                    # LIGHT1: the kitchen lights
+apci = ["{LIGHT1_CRED}"]
+aai = ["Nlight"]
+aae = ["Ckitchen-*"]
+"""
+    async for gw in _gateway(acme_http, tmp_path, f"/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID, rules=overlapping):
+        light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+        try:  # LIGHT2 registers the AE-ID, then deregisters: the AE is gone, the binding stays
+            assert (await _call(light2, "POST", f"/{CSE_RN}", ae_id, ae_body(first_rn, "Nauto"),
+                                "application/json;ty=2"))[:2] == (201, 2001)
+            assert (await _call(light2, "DELETE", f"/{CSE_RN}/{first_rn}", ae_id))[:2] == (200, 2002)
+        finally:
+            await light2.close()
+        light1 = await _sa(gw, LIGHT1_ID, LIGHT1_KEY)
+        try:  # the kitchen light registers with that AE-ID (its rules admit it), asking for rcn=3
+            status, rsc, body = await _call(light1, "POST", f"/{CSE_RN}?rcn=3", ae_id, ae_body(second_rn, "Nlight"),
+                                            "application/json;ty=2")
+            assert (status, rsc) == (201, 2001), body[:300]
+        finally:
+            await light1.close()
+        light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+        try:
+            status, rsc, body = await _call(light2, "DELETE", f"/{CSE_RN}/{second_rn}", ae_id)
+        finally:
+            await light2.close()
+    assert acme_rsc(acme_http, f"/{CSE_RN}/{second_rn}") == 2000, "LIGHT2 deleted the AE LIGHT1 registered"
+    assert (status, rsc) == (403, 4106), body[:300]
