@@ -1,17 +1,25 @@
 """attack17: hostile review of registration upon SAE at the gateway (issue 17), against real ACME.
 
 Each test shows one finding: it fails on ``reg17`` today (marked ``xfail(strict=True)``) and passes once fixed.
-The gateway runs in-process over real TLS-PSK on loopback in front of a real ACME (tests/e2e/acme_cse.py).
+The gateways (HTTP over TLS-PSK, coaps over DTLS-PSK) run in-process on loopback in front of a real ACME
+(tests/e2e/acme_cse.py); the harm is read back from ACME directly (the victim's AE deleted, the App-ID registered).
 
-Finding 1: an SA associated with a CSE-ID (a registree CSE's PSK or certificate) may relay ``From: S...``
-(D102: "an S-type stem names an AE of another CSE"), but an S-type AE-ID is SP-wide and is registered with
-the CSE behind the gateway like any other (ACME assigns ``aei`` = the ``From`` ``Sx``): a CSE credential acts as
-(here: deregisters) an AE that registered through the gateway and is bound to another credential.
-
-Finding 2: the relay rule decides "hosted here" from ``--cse-id`` / ``--sp-id``; without ``--sp-id`` every
-absolute ``//sp/<cse>/Cx`` is relayed, without ``--cse-id`` every ``/<cse>/Cx`` (and absolute) form. ACME reduces
-both to the stem ``Cx`` (``_originatorAdaptToScope``), so a CSE credential acts as any AE of the CSE — also on a
-gateway without ``--app-rules`` (before reg17 a CSE SA could only use its own CSE-ID there).
+1. A CSE's SA relays ``From: Sx`` (D102), but an S-type AE-ID is registered with the CSE behind the gateway like
+   any other: a registree CSE's credential deregisters an AE bound to another credential (HTTP and coaps).
+2. Without ``--sp-id`` (``//sp/<cse>/Cx``) or ``--cse-id`` (``/<cse>/Cx``) the relay rule cannot tell the CSE's own
+   AEs and relays them; ACME reduces both to ``Cx`` — also on a gateway without ``--app-rules``.
+3. ACME strips "comments" from JSON with a regex that misreads a string ending in ``\\``: a strict JSON body in
+   which the gateway checks ``api`` Nlight registers ``api`` Nevil, which the rules refuse (HTTP and coaps).
+4. A bindings file others can write is used as is: a row another local user writes is an identity.
+5. A CREATE <AE> on a CSE's SA skips the rules: any App-ID, and its stem (ACME's ``ri``) squats an AE-ID the rules
+   give a light, whose own registration then fails.
+6. A rule shared by two credentials makes its explicit ``aae`` an identity of both (D99), also once one of them
+   registered and was bound that AE-ID (D104).
+7. A CSE's SA relays ``/<other-cse>/C...``: it acts as the AEs of another registree CSE.
+8. D103's cap counts bound AE-IDs only: registrations answered without resource (``rcn=0``, assigned stem) are
+   never counted.
+9. A binding outlives its AE: once deregistered and registered anew by another credential with an answer the
+   gateway binds nothing from (``rcn=3``), the former credential still acts as the AE-ID.
 """
 
 from __future__ import annotations
