@@ -1,6 +1,6 @@
 """attack17: hostile review of registration upon SAE at the gateway (issue 17), against real ACME.
 
-Each test shows one finding: it fails on ``reg17`` today (marked ``xfail(strict=True)``) and passes once fixed.
+Each test shows one finding: it failed on ``reg17`` (commit 9e8611f) and passes since the fixes of commit 3276ead.
 The gateways (HTTP over TLS-PSK, coaps over DTLS-PSK) run in-process on loopback in front of a real ACME
 (tests/e2e/acme_cse.py); the harm is read back from ACME directly (the victim's AE deleted, the App-ID registered).
 
@@ -135,7 +135,6 @@ aae = ["S*"]
 """
 
 
-@pytest.mark.xfail(strict=True, reason="attack17 finding 1")
 async def test_cse_sa_cannot_act_as_an_s_type_ae_registered_here(acme_http: int, tmp_path: Path) -> None:
     rn, ae_id = unique("svict"), unique("Slight-victim-")
     async for gw in _gateway(acme_http, tmp_path, f"//{SP_ID}/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID,
@@ -159,7 +158,6 @@ async def test_cse_sa_cannot_act_as_an_s_type_ae_registered_here(acme_http: int,
 
 
 # --- finding 2: without --sp-id / --cse-id the relay rule lets a CSE's SA act as any AE of the CSE
-@pytest.mark.xfail(strict=True, reason="attack17 finding 2")
 @pytest.mark.parametrize("missing", ["sp-id", "cse-id"])
 async def test_cse_sa_cannot_act_as_an_ae_of_the_cse_without_sp_or_cse_id(acme_http: int, tmp_path: Path,
                                                                          missing: str) -> None:
@@ -210,7 +208,6 @@ def _smuggling_body(rn: str, checked_api: str, real_api: str) -> bytes:
     return template.replace("CHECKED", checked_api).replace("RN", rn).replace("REAL", real_api).encode()
 
 
-@pytest.mark.xfail(strict=True, reason="attack17 finding 3")
 async def test_ae_registers_with_an_app_id_the_rules_refuse_through_acme_comment_stripping(
         acme_http: int, tmp_path: Path) -> None:
     rn, ae_id = unique("appid"), unique("Clight-e2e-")
@@ -231,7 +228,6 @@ async def test_ae_registers_with_an_app_id_the_rules_refuse_through_acme_comment
 
 
 # --- finding 4: the bindings file is trusted whatever its mode: whoever can write it binds any AE-ID to a credential
-@pytest.mark.xfail(strict=True, reason="attack17 finding 4")
 async def test_a_bindings_file_others_can_write_is_refused(acme_http: int, tmp_path: Path) -> None:
     rn, victim = unique("wvict"), unique("Cvictim-")
     _register_directly(acme_http, rn, victim)
@@ -264,7 +260,6 @@ async def test_a_bindings_file_others_can_write_is_refused(acme_http: int, tmp_p
 
 
 # --- finding 5: a CREATE <AE> on a CSE's SA skips the service subscription rules (relayed as any request)
-@pytest.mark.xfail(strict=True, reason="attack17 finding 5")
 async def test_cse_sa_cannot_register_an_ae_past_the_rules_and_squat_an_ae_id(acme_http: int, tmp_path: Path) -> None:
     rn, stem = unique("squat"), unique("Clight-e2e-")
     async for gw in _gateway(acme_http, tmp_path, f"//{SP_ID}/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID,
@@ -287,7 +282,6 @@ async def test_cse_sa_cannot_register_an_ae_past_the_rules_and_squat_an_ae_id(ac
 
 # --- finding 6: the rules' explicit aae entries are identities of every credential the rule applies to (D99), even
 # once the AE-ID is registered through, and bound to, another credential (D104: one registration at a time)
-@pytest.mark.xfail(strict=True, reason="attack17 finding 6")
 async def test_a_shared_rule_does_not_let_one_light_act_as_the_ae_another_registered(acme_http: int,
                                                                                     tmp_path: Path) -> None:
     rn, first, second = unique("shared"), unique("Clight-e2e-a"), unique("Clight-e2e-b")
@@ -321,7 +315,6 @@ GOOD_CSE_ID, GOOD_KEY = "mn-cse-good", "ffeeddccbbaa99887766554433221100"
 GOOD_IDENTITY = "CSE000000000777-Good@in.provider.com"
 
 
-@pytest.mark.xfail(strict=True, reason="attack17 finding 7")
 async def test_cse_sa_cannot_act_as_an_ae_of_another_cse(acme_http: int, tmp_path: Path) -> None:
     rn, good_ae = unique("other"), f"/{GOOD_CSE_ID}/{unique('Cgood-')}"
     table = MemoryPSKTable([*_table(f"/{EVIL_CSE_ID}").entries(),
@@ -402,7 +395,6 @@ async def _coaps(gw: CoapsGateway, identity: str, key: str) -> AsyncIterator[_Co
         transport.close()
 
 
-@pytest.mark.xfail(strict=True, reason="attack17 finding 1 (coaps)")
 async def test_coaps_cse_sa_cannot_act_as_an_s_type_ae_registered_here(acme_ports: tuple[int, int],
                                                                         tmp_path: Path) -> None:
     rn, ae_id = unique("csvict"), unique("Slight-victim-")
@@ -416,7 +408,6 @@ async def test_coaps_cse_sa_cannot_act_as_an_s_type_ae_registered_here(acme_port
     assert (code, rsc) == ("4.03", 4106), body[:300]
 
 
-@pytest.mark.xfail(strict=True, reason="attack17 finding 3 (coaps)")
 async def test_coaps_ae_registers_with_an_app_id_the_rules_refuse(acme_ports: tuple[int, int],
                                                                    tmp_path: Path) -> None:
     rn, ae_id = unique("cappid"), unique("Clight-e2e-")
@@ -431,7 +422,6 @@ async def test_coaps_ae_registers_with_an_app_id_the_rules_refuse(acme_ports: tu
 
 # --- finding 8: D103's cap counts bound AE-IDs only: a registration whose answer binds nothing (rcn=0 with a
 # registrar-assigned stem) is never counted, so a credential allowed C* registers AEs at the CSE without end
-@pytest.mark.xfail(strict=True, reason="attack17 finding 8")
 async def test_the_per_credential_cap_also_holds_for_registrations_answered_without_resource(
         acme_http: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from m2msec.gateway import registrar as registrar_module
@@ -458,7 +448,6 @@ aae = ["C*"]
 
 # --- finding 9: a binding outlives the AE: deregistered, its AE-ID registered anew by another credential with an
 # answer the gateway binds nothing from (rcn=3: the resource inside m2m:rce), the former credential still acts as it
-@pytest.mark.xfail(strict=True, reason="attack17 finding 9")
 async def test_a_deregistered_ae_id_registered_again_is_not_left_to_its_former_credential(acme_http: int,
                                                                                           tmp_path: Path) -> None:
     first_rn, second_rn, ae_id = unique("old"), unique("new"), unique("Ckitchen-")
@@ -482,8 +471,12 @@ aae = ["Ckitchen-*"]
         finally:
             await light2.close()
         light1 = await _sa(gw, LIGHT1_ID, LIGHT1_KEY)
-        try:  # the kitchen light registers with that AE-ID (its rules admit it), asking for rcn=3
+        try:  # the kitchen light registers with that AE-ID (its rules admit it); rcn=3 is refused (D106), so the
+            # answer holds the aei and the binding moves to LIGHT1
             status, rsc, body = await _call(light1, "POST", f"/{CSE_RN}?rcn=3", ae_id, ae_body(second_rn, "Nlight"),
+                                            "application/json;ty=2")
+            assert (status, rsc) == (400, 4000), body[:300]
+            status, rsc, body = await _call(light1, "POST", f"/{CSE_RN}", ae_id, ae_body(second_rn, "Nlight"),
                                             "application/json;ty=2")
             assert (status, rsc) == (201, 2001), body[:300]
         finally:

@@ -239,6 +239,7 @@ def test_a_string_ending_in_a_backslash_is_refused(body: bytes) -> None:
 @pytest.mark.parametrize(("query", "ok"), [
     ("", True), ("?rcn=1", True), ("?rn=x&rcn=1", True), ("?rcn=0", False), ("?rcn=3", False), ("?rcn=", False),
     ("?rcn=1&rcn=2", False), ("?r%63n=0", False), ("?RCN=0", False), ("?rcn=%30", False),
+    ("?rt=3", True), ("?rt=1", False), ("?rt=2", False), ("?rt=4", False), ("?rcn=1&rt=3", True),
 ])
 def test_a_create_ae_must_ask_for_the_resource(query: str, ok: bool) -> None:
     """D106 (attack17 findings 8, 9): an answer without the aei binds and counts nothing."""
@@ -247,10 +248,10 @@ def test_a_create_ae_must_ask_for_the_resource(query: str, ok: bool) -> None:
         assert coap_ae_create(True, 2, 50, AE_BODY, "C", queries=query.lstrip("?").split("&") if query else ()) \
             is not None
     else:
-        with pytest.raises(BadRequest, match="rcn"):
+        with pytest.raises(BadRequest, match=r"rcn|rt"):
             http_ae_create("POST", "application/json;ty=2", AE_BODY, "C", f"/{CSE}{query}")
         if "%" not in query:
-            with pytest.raises(BadRequest, match="rcn"):
+            with pytest.raises(BadRequest, match=r"rcn|rt"):
                 coap_ae_create(True, 2, 50, AE_BODY, "C", queries=query.lstrip("?").split("&"))
 
 
@@ -273,6 +274,7 @@ def test_aei_from_the_response() -> None:
     ("Sx", CSE, SP, {"Sx", f"//{SP}/Sx"}),
     ("Sx", CSE, None, {"Sx"}),
     (f"//other.sp/{CSE}/Cx", CSE, SP, {f"//other.sp/{CSE}/Cx"}),  # another SP's: absolute only (D22)
+    ("/Cx", CSE, SP, {"/Cx"}), (f"/{CSE}/Sx", CSE, SP, {f"/{CSE}/Sx"}), ("/a/b/Cx", CSE, SP, {"/a/b/Cx"}),  # odd
 ])
 def test_registered_forms(aei: str, cse_id: str | None, sp_id: str | None, forms: set[str]) -> None:
     assert registered_forms(aei, cse_id, sp_id) == forms

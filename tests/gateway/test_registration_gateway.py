@@ -97,9 +97,9 @@ def table() -> MemoryPSKTable:
                            PSKEntry(TD_ID, SecretKey.from_hex(TD_KEY))])
 
 
-def make_registrar(tmp_path: Path) -> Registrar:
+def make_registrar(tmp_path: Path, text: str = RULES) -> Registrar:
     rules = tmp_path / "rules.toml"
-    rules.write_text(RULES)
+    rules.write_text(text)
     return Registrar(RuleTable.from_file(rules), BindingStore(tmp_path / "registrations.sqlite"),
                      cse_id=HOME_GATEWAY_CSE_ID, sp_id=SP)
 
@@ -216,6 +216,24 @@ async def test_a_lower_case_post_is_a_registration_too(cse: StandInCSE, tmp_path
     finally:
         await gw.close()
     assert cse.requests == []
+
+
+async def test_bindings_count_only_while_a_rule_applies(cse: StandInCSE, tmp_path: Path) -> None:
+    """Removing a credential's rules revokes what it registered (attack17 observation)."""
+    gw = await start(cse, make_registrar(tmp_path))
+    try:
+        sa = await connect(gw)
+        await register(sa, "Clight-AE1")
+        await sa.close()
+    finally:
+        await gw.close()
+    gw = await start(cse, make_registrar(tmp_path, RULES.replace("12-*-Light@", "12-other@")))
+    try:
+        sa = await connect(gw)
+        assert await outcome(sa, retrieve("Clight-AE1")) == (403, "4106")
+        await sa.close()
+    finally:
+        await gw.close()
 
 
 async def test_refused_registrations_never_reach_the_cse(cse: StandInCSE, tmp_path: Path) -> None:

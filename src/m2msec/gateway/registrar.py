@@ -147,7 +147,10 @@ class Registrar:
 
     def resolve(self, credential_id: str) -> frozenset[str] | None:
         """:class:`~m2msec.gateway.rules.CredentialResolver`: bound AE-IDs (every form) and the rules' stems (D99);
-        None when no rule applies and nothing is bound."""
+        None when no rule applies to the credential (its bindings count only while one does: removing its rules
+        revokes them)."""
+        if not self.rules.applicable(credential_id):
+            return None
         try:
             bound = self._bound_forms(credential_id)
         except sqlite3.Error as exc:
@@ -163,8 +166,6 @@ class Registrar:
                 taken = None
             ruled = frozenset(stem for stem in ruled if taken is not None and not (
                 registered_forms(stem, self.cse_id, self.sp_id) & taken))
-        if ruled is None and not bound:
-            return None
         return (ruled or frozenset()) | bound
 
     def authorize(self, sa: SecurityAssociation, origin: str | None, policy: UnboundPolicy,

@@ -94,13 +94,17 @@ def _http_type_readings(params: str) -> set[int]:
 
 def check_result_content(query: Iterable[tuple[str, str]]) -> None:
     """D106: a CREATE <AE> must ask for the created resource in its answer (Result Content ``rcn`` absent or 1,
-    TS-0004 §8.1.2), whose ``aei`` the gateway binds: an answer without it would leave a registration unbound and
-    uncounted (D103). ``query``: the decoded ``name=value`` pairs of the request's query.
+    Response Type ``rt`` absent or 3 = blocking; TS-0004 §8.1.2), whose ``aei`` the gateway binds: an answer without
+    it would leave a registration unbound and uncounted (D103). ``query``: the decoded ``name=value`` pairs of the
+    request's query.
 
     Raises: BadRequest (4000)."""
     for name, value in query:
-        if name.strip().lower() == "rcn" and value.strip() != "1":
+        key = name.strip().lower()
+        if key == "rcn" and value.strip() != "1":
             raise BadRequest("a CREATE <AE> through this gateway must ask for the created resource (rcn absent or 1)")
+        if key == "rt" and value.strip() != "3":  # non-blocking: the answer (1001) holds no resource either
+            raise BadRequest("a CREATE <AE> through this gateway must be blocking (rt absent or 3)")
 
 
 def http_ae_create(method: str, content_type: str | None, body: bytes, origin: str | None,
@@ -310,6 +314,8 @@ def registered_forms(aei: str, cse_id: str | None, sp_id: str | None) -> frozens
     if aei.startswith("//"):
         absolute = aei
     elif aei.startswith("/"):  # SP-relative /cse/Cx
+        if aei.count("/") != 2 or not aei.split("/")[2].startswith("C"):
+            return frozenset({aei})  # not an SP-relative C-type AE-ID: no other form
         absolute = f"//{sp_id}{aei}" if sp_id else None
         if cse and aei.startswith(f"/{cse}/") and aei.count("/") == 2:
             local.add(aei.rsplit("/", 1)[1])
