@@ -39,6 +39,7 @@ from m2msec.errors import ConfigurationError, M2MSecError
 from m2msec.idb import require_idb
 from m2msec.saef import CertificateCredentials, PSKCredentials
 from m2msec.tls.engine import TLSContext
+from m2msec.transport.limits import DEFAULT_MAX_CONNECTIONS_PER_SA
 from m2msec.transport.tls import open_connection
 
 __all__ = [
@@ -56,8 +57,9 @@ log = logging.getLogger("m2msec.tunnel")
 #: where the unauthenticated plain side listens by default; any non-loopback address is refused unless
 #: ``allow_remote`` (``--allow-remote``): docs/decisions.md D107
 DEFAULT_LISTEN_HOST: Final = "127.0.0.1"
-#: connections open at once; one more is reset at once (docs/decisions.md D108)
-DEFAULT_MAX_CONNECTIONS: Final = 256
+#: connections open at once; one more is reset at once (docs/decisions.md D108): the gateway's default cap on the
+#: connections of one credential (D47), which all the tunnel's connections share
+DEFAULT_MAX_CONNECTIONS: Final = DEFAULT_MAX_CONNECTIONS_PER_SA
 #: seconds for the TCP connection and the handshake with the target together
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 #: seconds without a byte in either direction before a tunnelled connection is closed (the gateway's idle timeout)

@@ -118,3 +118,16 @@ def test_cli_bad_input_is_one_line(args: list[str], message: str) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert done.stdout == ""
+
+
+def test_docs_list_every_tunnel_option() -> None:
+    import argparse
+
+    from m2msec.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["tunnel"]
+    flags = {s for a in sub._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
+    doc = (Path(__file__).parents[2] / "docs" / "tunnel.md").read_text()
+    table = "\n".join(line for line in doc.splitlines() if line.startswith("| `--"))
+    assert {f for f in flags if f"`{f}" not in table} == set()
