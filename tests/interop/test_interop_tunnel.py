@@ -41,7 +41,7 @@ async def test_certificate_tunnel_to_openssl_s_server(tmp_path: Path) -> None:
     argv = lambda port: (OPENSSL, "s_server", "-accept", f"127.0.0.1:{port}", "-cert", tmp_path / "server.crt",  # noqa: E731
                          "-key", tmp_path / "server.key", "-CAfile", tmp_path / "ca.crt", "-Verify", "2",
                          "-no_tls1_3", "-www")
-    async with listening_peer(argv, rb"ACCEPT") as (peer, port):
+    async with listening_peer(argv, rb"ACCEPT") as (_peer, port):
         creds = CertificateCredentials(client.certificate_pem(), client.private_key_pem(), ca.certificate_pem(),
                                        peer_entity="in-cse")
         async with Tunnel(TunnelConfig("127.0.0.1", port, creds)) as tunnel:
@@ -54,7 +54,7 @@ async def test_psk_tunnel_to_openssl_s_server() -> None:
     assert OPENSSL is not None
     argv = lambda port: (OPENSSL, "s_server", "-accept", f"127.0.0.1:{port}", "-nocert", "-psk", LIGHT1_KEY,  # noqa: E731
                          "-psk_identity", LIGHT1_ID, "-no_tls1_3", "-cipher", "PSK-AES128-CBC-SHA256", "-www")
-    async with listening_peer(argv, rb"ACCEPT") as (peer, port):
+    async with listening_peer(argv, rb"ACCEPT") as (_peer, port):
         creds = PSKCredentials(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), peer_entity="in-cse")
         async with Tunnel(TunnelConfig("127.0.0.1", port, creds)) as tunnel:
             data = await through(tunnel)
@@ -66,7 +66,7 @@ async def test_wrong_psk_against_openssl_resets_the_plain_side() -> None:
     assert OPENSSL is not None
     argv = lambda port: (OPENSSL, "s_server", "-accept", f"127.0.0.1:{port}", "-nocert", "-psk", "00" * 16,  # noqa: E731
                          "-no_tls1_3", "-cipher", "PSK-AES128-CBC-SHA256", "-www")
-    async with listening_peer(argv, rb"ACCEPT") as (peer, port):
+    async with listening_peer(argv, rb"ACCEPT") as (_peer, port):
         creds = PSKCredentials(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), peer_entity="in-cse")
         async with Tunnel(TunnelConfig("127.0.0.1", port, creds)) as tunnel:
             try:
