@@ -28,6 +28,9 @@ from m2msec.gateway.http_gateway import Gateway
 from m2msec.keys.secret import SecretKey
 from m2msec.pki import create_ca
 from m2msec.saef import CertificateCredentials, PSKCredentials
+from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
+from m2msec.tls.profiles import ECDHE_ECDSA
+from m2msec.transport.tls import start_stream_server
 from m2msec.tunnel import Tunnel, TunnelConfig
 
 
@@ -282,3 +285,45 @@ def test_idb_is_required(certs: Certificates) -> None:
                                    certs.ca.certificate_pem())
     with pytest.raises(ConfigurationError):
         Tunnel(TunnelConfig("127.0.0.1", 1, creds))
+
+
+async def test_a_client_that_does_not_read_stops_the_sender(certs: Certificates) -> None:
+    """Backpressure: while the plain client reads nothing, the tunnel stops reading from the TLS side, so the
+    sender's writes stall once the buffers on the way are full (the tunnel does not take 64 MiB into memory);
+    once the client reads, every byte arrives in order."""
+    total, chunk = 64 * 1024 * 1024, 256 * 1024
+    sent = 0
+    done = asyncio.Event()
+
+    async def flood(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        block = bytes(range(256)) * (chunk // 256)
+        while sent < total:
+            writer.write(block)
+            await writer.drain()
+            sent += chunk
+        done.set()
+        writer.close()
+
+    server_cert = CertificateConfig(certs.gateway.certificate_pem(), certs.gateway.private_key_pem(),
+                                    trust_anchors_pem=certs.ca.certificate_pem())
+    context = TLSContext.server(ServerConfig(None, profiles=(ECDHE_ECDSA,), certificate=server_cert))
+    server = await start_stream_server(flood, "127.0.0.1", 0, context)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        async with tunnel_to(port, client_credentials(certs)) as tunnel:
+            reader, writer = await asyncio.open_connection("127.0.0.1", tunnel.port)
+            await asyncio.sleep(1.5)  # not reading
+            stalled = sent
+            assert stalled < total // 2, stalled
+            received, expected_byte = 0, 0
+            async with asyncio.timeout(60):
+                while data := await reader.read(1 << 20):
+                    assert data[0] == expected_byte % 256
+                    received += len(data)
+                    expected_byte += len(data)
+            writer.close()
+            assert received == total and done.is_set()
+    finally:
+        server.close()
+        await server.wait_closed()
