@@ -185,7 +185,7 @@ class Tunnel:
         self.accepted += 1
         if self.active >= cfg.max_connections:
             self.refused += 1
-            log.warning("tunnel: connection from %s refused: %d connections open (the maximum)", peer, self.active)
+            log.warning("connection from %s refused: %d connections open (the maximum)", peer, self.active)
             plain_w.transport.abort()
             return
         task = asyncio.current_task()
@@ -212,7 +212,7 @@ class Tunnel:
             raise
         except (OSError, TimeoutError, M2MSecError) as exc:
             self.failed += 1
-            log.warning("tunnel: connection from %s to %s:%d failed: %s", peer, cfg.target_host, cfg.target_port,
+            log.warning("connection from %s to %s:%d failed: %s", peer, cfg.target_host, cfg.target_port,
                         _reason(exc, cfg.connect_timeout))
             plain_w.transport.abort()  # the CSE sees a reset at once, never a hang
             return

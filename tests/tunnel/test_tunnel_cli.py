@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -131,3 +132,27 @@ def test_docs_list_every_tunnel_option() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "tunnel.md").read_text()
     table = "\n".join(line for line in doc.splitlines() if line.startswith("| `--"))
     assert {f for f in flags if f"`{f}" not in table} == set()
+
+
+async def test_cli_logs_one_line_per_failed_connection(certs: Certificates) -> None:
+    """Target down: the plain connection ends at once and the process logs one line for it, without the key."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down = s.getsockname()[1]
+    env = {**os.environ, "TUNNEL_TEST_KEY": LIGHT1_KEY}
+    proc, port = await start_process("--to", f"127.0.0.1:{down}", "--identity", LIGHT1_ID, "--key-env",
+                                     "TUNNEL_TEST_KEY", "--entity-id", IN_CSE, env=env)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        try:
+            async with asyncio.timeout(5):
+                assert await reader.read() == b""
+        except ConnectionResetError:
+            pass
+        writer.close()
+    finally:
+        err = (await stop_process(proc)).decode()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"to 127.0.0.1:{down} failed: cannot connect" in lines[0], err
+    assert LIGHT1_KEY not in err
