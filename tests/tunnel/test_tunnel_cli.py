@@ -156,3 +156,29 @@ async def test_cli_logs_one_line_per_failed_connection(certs: Certificates) -> N
     lines = err.strip().splitlines()
     assert len(lines) == 1 and f"to 127.0.0.1:{down} failed: cannot connect" in lines[0], err
     assert LIGHT1_KEY not in err
+
+
+async def test_cli_allow_remote_listens_on_any_address() -> None:
+    env = {**os.environ, "TUNNEL_TEST_KEY": LIGHT1_KEY}
+    proc = await asyncio.create_subprocess_exec(
+        *m2msec("tunnel", "--listen", "0.0.0.0:0", "--allow-remote", "--to", "127.0.0.1:9", "--identity", LIGHT1_ID,
+                "--key-env", "TUNNEL_TEST_KEY", "--entity-id", IN_CSE),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+    assert line.startswith("listening on 0.0.0.0:") and int(line.rpartition(":")[2]) > 0, line
+    await stop_process(proc)
+
+
+def test_cli_busy_port_is_one_line() -> None:
+    env = {**os.environ, "TUNNEL_TEST_KEY": LIGHT1_KEY}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(m2msec("tunnel", "--listen", f"127.0.0.1:{port}", "--to", "127.0.0.1:9", "--identity",
+                                     LIGHT1_ID, "--key-env", "TUNNEL_TEST_KEY", "--entity-id", IN_CSE),
+                              capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode != 0 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], done.stderr
