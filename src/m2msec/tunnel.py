@@ -50,6 +50,7 @@ __all__ = [
     "Tunnel",
     "TunnelConfig",
     "is_loopback",
+    "should_close",
 ]
 
 log = logging.getLogger("m2msec.tunnel")
@@ -126,6 +127,21 @@ class _Activity:
     def touch(self, upstream: bool) -> None:
         self.last = self.clock()
         self.upstream = upstream
+
+
+def should_close(*, tls_ended: bool, plain_ended: bool, failed: bool, last_upstream: bool | None) -> bool:
+    """Whether a tunnelled connection ends now (both sides closed), after one direction stopped.
+
+    ``tls_ended``: the TLS side reached EOF (what it sent is delivered); ``plain_ended``: the plain side sent EOF;
+    ``failed``: a read or write failed; ``last_upstream``: the direction of the last bytes (True plain -> TLS,
+    False TLS -> plain, None none yet). The TLS side has no half-close, so its end ends the connection. The plain
+    side's EOF ends it unless the last bytes went upstream: a client that half-closes right after its request still
+    gets the answer; one that closes after the last answer, or before sending anything, is gone."""
+    if tls_ended or failed:
+        return True
+    if plain_ended:
+        return last_upstream is not True
+    return False
 
 
 class Tunnel:
@@ -239,11 +255,10 @@ class Tunnel:
                     if idle is not None and loop.time() - activity.last >= idle:
                         return  # idle
                     continue
-                if down in done or any(t.exception() is not None for t in done):
-                    return  # the TLS side ended (its data delivered), or a write failed
-                if not activity.upstream:
-                    return  # the plain side closed after the last answer (or before sending anything)
-                # the plain side sent EOF after sending: keep delivering what the TLS side sends (half-close)
+                failed = any(t.exception() is not None for t in done)
+                if should_close(tls_ended=down in done, plain_ended=up.done(), failed=failed,
+                                last_upstream=activity.upstream):
+                    return
         finally:
             for task in (up, down):
                 task.cancel()

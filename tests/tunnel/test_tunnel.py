@@ -31,7 +31,7 @@ from m2msec.saef import CertificateCredentials, PSKCredentials
 from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
 from m2msec.tls.profiles import ECDHE_ECDSA
 from m2msec.transport.tls import start_stream_server
-from m2msec.tunnel import Tunnel, TunnelConfig
+from m2msec.tunnel import Tunnel, TunnelConfig, should_close
 
 
 @pytest.fixture(scope="module")
@@ -327,3 +327,18 @@ async def test_a_client_that_does_not_read_stops_the_sender(certs: Certificates)
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize(("tls_ended", "plain_ended", "failed", "last_upstream", "close"), [
+    (True, False, False, False, True),  # the gateway closed: its answer is delivered, then both close
+    (True, True, False, True, True),
+    (False, False, True, None, True),  # a write failed
+    (False, True, False, True, False),  # half-close right after a request: wait for the answer
+    (False, True, False, False, True),  # the client closed after the last answer
+    (False, True, False, None, True),  # the client closed without sending anything
+    (False, False, False, True, False),  # nothing ended
+])
+def test_when_a_connection_ends(tls_ended: bool, plain_ended: bool, failed: bool, last_upstream: bool | None,
+                                close: bool) -> None:
+    assert should_close(tls_ended=tls_ended, plain_ended=plain_ended, failed=failed,
+                        last_upstream=last_upstream) is close
