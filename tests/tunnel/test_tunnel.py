@@ -23,6 +23,7 @@ from tunnel_env import (
 )
 
 from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY
+from leaks import assert_no_secret
 from m2msec.errors import ConfigurationError
 from m2msec.gateway.http_gateway import Gateway
 from m2msec.keys.secret import SecretKey
@@ -134,7 +135,8 @@ async def test_wrong_psk_is_logged_once_without_the_key(
             await closed_without_response(tunnel.port, within=5)
     tunnel_lines = [r.getMessage() for r in caplog.records if r.name == "m2msec.tunnel"]
     assert len(tunnel_lines) == 1, tunnel_lines
-    assert not any(wrong in r.getMessage() or LIGHT1_KEY in r.getMessage() for r in caplog.records)
+    assert_no_secret("\n".join(r.getMessage() for r in caplog.records), [bytes.fromhex(wrong),
+                                                                          bytes.fromhex(LIGHT1_KEY)], where="logs")
     assert backend.requests == []
 
 
@@ -342,3 +344,17 @@ def test_when_a_connection_ends(tls_ended: bool, plain_ended: bool, failed: bool
                                 close: bool) -> None:
     assert should_close(tls_ended=tls_ended, plain_ended=plain_ended, failed=failed,
                         last_upstream=last_upstream) is close
+
+
+def test_no_key_material_in_reprs(certs: Certificates) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key(certs.mn_cse.private_key_pem(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    scalar = key.private_numbers().private_value.to_bytes(32, "big")
+    psk = TunnelConfig("127.0.0.1", 1, PSKCredentials(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), peer_entity=IN_CSE))
+    cert = TunnelConfig("127.0.0.1", 1, client_credentials(certs))
+    text = repr(psk) + repr(cert) + repr(Tunnel(psk).config)
+    assert_no_secret(text, [bytes.fromhex(LIGHT1_KEY), scalar])
+    assert b"PRIVATE KEY" not in text.encode()
