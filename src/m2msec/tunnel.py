@@ -220,7 +220,7 @@ class Tunnel:
         cfg = self.config
         try:
             async with asyncio.timeout(cfg.connect_timeout):
-                tls_r, tls_w, _ = await open_connection(
+                tls_r, tls_w, session = await open_connection(
                     cfg.target_host, cfg.target_port, self._context, handshake_timeout=cfg.connect_timeout,
                     limit=CHUNK, peer_entity=cfg.credentials.peer_entity)
         except asyncio.CancelledError:
@@ -232,6 +232,9 @@ class Tunnel:
                         _reason(exc, cfg.connect_timeout))
             plain_w.transport.abort()  # the CSE sees a reset at once, never a hang
             return
+        log.info("connection from %s: SA with %s (%s authentication, %s %s)", peer,
+                 session.entity or f"{cfg.target_host}:{cfg.target_port}", session.authentication, session.version,
+                 session.cipher)
         try:
             await self._pipe(plain_r, plain_w, tls_r, tls_w)
         finally:

@@ -59,11 +59,14 @@ def tunnel_to(port: int, credentials: PSKCredentials | CertificateCredentials, *
 
 
 async def test_certificate_tunnel_carries_the_identity_of_its_certificate(
-    gateway: Gateway, backend: EchoBackend, certs: Certificates
+    gateway: Gateway, backend: EchoBackend, certs: Certificates, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with tunnel_to(gateway.port, client_credentials(certs)) as tunnel:
-        client = await PlainClient.connect(tunnel.port)
-        ok = await client.request(onem2m(f"/{MN_CSE}", body=b'{"m2m:csr": {}}'))
+        with caplog.at_level(logging.INFO, logger="m2msec.tunnel"):
+            client = await PlainClient.connect(tunnel.port)
+            ok = await client.request(onem2m(f"/{MN_CSE}", body=b'{"m2m:csr": {}}'))
+        [established] = [r.getMessage() for r in caplog.records if r.name == "m2msec.tunnel"]
+        assert f"SA with {IN_CSE} (certificate authentication, TLSv1.2 ECDHE-ECDSA-" in established, established
         assert (ok.status, ok.header("x-m2m-rsc"), ok.body) == (200, "2000", b'{"m2m:csr": {}}')
         # the gateway's originator check sees the tunnel's certificate identity, not what the plain client claims
         other = await client.request(onem2m("/other-cse", ri="req-2"))
