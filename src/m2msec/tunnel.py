@@ -23,7 +23,8 @@ drained). TLS has no half-close in this engine (a close_notify ends the session)
   closing its connection): both are closed at once;
 - any error, or ``idle_timeout`` seconds without a byte in either direction: both are closed.
 
-At most ``max_connections`` are open at once; one more is reset at once (D108).
+At most ``max_connections`` are open at once; one more is reset at once; at most ``MAX_HANDSHAKES`` handshakes
+run at once, the others wait for one to end (D108).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from m2msec.errors import ConfigurationError, M2MSecError
 from m2msec.idb import require_idb
 from m2msec.saef import CertificateCredentials, PSKCredentials
 from m2msec.tls.engine import TLSContext
-from m2msec.transport.limits import DEFAULT_MAX_CONNECTIONS_PER_SA
+from m2msec.transport.limits import DEFAULT_MAX_CONNECTIONS_PER_SA, DEFAULT_MAX_HANDSHAKES_PER_SOURCE
 from m2msec.transport.tls import open_connection
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_LISTEN_HOST",
     "DEFAULT_MAX_CONNECTIONS",
+    "MAX_HANDSHAKES",
     "Tunnel",
     "TunnelConfig",
     "is_loopback",
@@ -61,6 +63,9 @@ DEFAULT_LISTEN_HOST: Final = "127.0.0.1"
 #: connections open at once; one more is reset at once (docs/decisions.md D108): the gateway's default cap on the
 #: connections of one credential (D47), which all the tunnel's connections share
 DEFAULT_MAX_CONNECTIONS: Final = DEFAULT_MAX_CONNECTIONS_PER_SA
+#: handshakes with the target at once; more wait (within the connect timeout): the gateway's default cap on the
+#: handshakes in progress from one source (D31), which a burst of connections from the tunnel would exceed (D108)
+MAX_HANDSHAKES: Final = DEFAULT_MAX_HANDSHAKES_PER_SOURCE
 #: seconds for the TCP connection and the handshake with the target together
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 #: seconds without a byte in either direction before a tunnelled connection is closed (the gateway's idle timeout)
@@ -152,6 +157,7 @@ class Tunnel:
         self.config = config
         # one client context for every connection (the credentials are loaded once)
         self._context = TLSContext.client(config.credentials.client_config(config.server_name))
+        self._handshakes = asyncio.Semaphore(MAX_HANDSHAKES)
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         #: counters: connections accepted, refused (over the cap), failed (no TLS connection), open now
@@ -219,7 +225,7 @@ class Tunnel:
     async def _serve(self, peer: object, plain_r: asyncio.StreamReader, plain_w: asyncio.StreamWriter) -> None:
         cfg = self.config
         try:
-            async with asyncio.timeout(cfg.connect_timeout):
+            async with asyncio.timeout(cfg.connect_timeout), self._handshakes:
                 tls_r, tls_w, session = await open_connection(
                     cfg.target_host, cfg.target_port, self._context, handshake_timeout=cfg.connect_timeout,
                     limit=CHUNK, peer_entity=cfg.credentials.peer_entity)

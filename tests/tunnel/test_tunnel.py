@@ -32,7 +32,7 @@ from m2msec.saef import CertificateCredentials, PSKCredentials
 from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
 from m2msec.tls.profiles import ECDHE_ECDSA
 from m2msec.transport.tls import start_stream_server
-from m2msec.tunnel import Tunnel, TunnelConfig, should_close
+from m2msec.tunnel import DEFAULT_MAX_CONNECTIONS, Tunnel, TunnelConfig, should_close
 
 
 @pytest.fixture(scope="module")
@@ -183,15 +183,16 @@ async def test_many_concurrent_connections(backend: EchoBackend, certs: Certific
             assert (resp.status, resp.body) == (200, body)
         await client.close()
 
-    # all the tunnel's connections come from one source: let the gateway take them all at once
-    gateway = await start_gateway(backend.port, certs, max_handshakes_per_source=100)
+    # as many as the tunnel and the gateway's per-credential cap allow (64), more than the gateway's handshakes in
+    # progress from one source (32): the tunnel queues its handshakes, so none is refused
+    gateway = await start_gateway(backend.port, certs)
     try:
         async with tunnel_to(gateway.port, client_credentials(certs)) as tunnel:
-            await asyncio.gather(*(one(i) for i in range(60)))
-            assert tunnel.accepted == 60 and tunnel.failed == 0
+            await asyncio.gather(*(one(i) for i in range(DEFAULT_MAX_CONNECTIONS)))
+            assert tunnel.accepted == DEFAULT_MAX_CONNECTIONS and tunnel.failed == 0
     finally:
         await gateway.close()
-    assert len(backend.requests) == 180
+    assert len(backend.requests) == 3 * DEFAULT_MAX_CONNECTIONS
 
 
 async def test_large_bodies_both_ways(gateway: Gateway, certs: Certificates) -> None:
