@@ -80,12 +80,14 @@ async def test_cli_certificate_tunnel(tmp_path: Path, certs: Certificates, backe
     assert seen.header("x-m2msec-sa-identity") == f"/{MN_CSE}"
 
 
-async def test_cli_psk_tunnel(tmp_path: Path, certs: Certificates, backend: EchoBackend) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_cli_psk_tunnel(tmp_path: Path, certs: Certificates, backend: EchoBackend, loop: str) -> None:
     gw = await start_gateway(backend.port, certs)
     try:
         env = {**os.environ, "TUNNEL_TEST_KEY": LIGHT1_KEY}
         proc, port = await start_process("--to", f"127.0.0.1:{gw.port}", "--identity", LIGHT1_ID,
-                                         "--key-env", "TUNNEL_TEST_KEY", "--entity-id", IN_CSE, env=env)
+                                         "--key-env", "TUNNEL_TEST_KEY", "--entity-id", IN_CSE, "--loop", loop,
+                                         env=env)
         try:
             client = await PlainClient.connect(port)
             ok = await client.request(onem2m(LIGHT1_AE))
