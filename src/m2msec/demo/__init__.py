@@ -1,0 +1,36 @@
+"""``m2msec demo``: the TR-0038 §7.1 smart home on real processes, on loopback, with no configuration.
+
+:mod:`~m2msec.demo.acme` (the ACME CSE's configuration and probe), :mod:`~m2msec.demo.procs` (starting and
+stopping processes), :mod:`~m2msec.demo.topology` (files, ports, start order), :mod:`~m2msec.demo.clients`
+(Entity A over HTTP and CoAP), :mod:`~m2msec.demo.scenario` (the steps), :mod:`~m2msec.demo.report` (table, JSON).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from m2msec.demo.procs import Processes
+from m2msec.demo.report import Step
+from m2msec.demo.scenario import World, run_steps
+from m2msec.demo.topology import start_all
+
+__all__ = ["run_demo"]
+
+
+async def run_demo(acme: Path, progress: Callable[[str], None]) -> tuple[list[Step], float]:
+    """Start everything in a temporary directory, run the steps, stop everything (whatever happens)."""
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="m2msec-demo-") as tmp:
+        async with Processes(Path(tmp)) as procs:
+            files, ports = await start_all(procs, acme, progress)
+            by_name = {p.name: p for p in procs.procs}
+            world = World(ports, files, by_name["in-gw"], by_name["mn-gw"])
+            try:
+                steps = await run_steps(world, progress)
+            finally:
+                await world.close()
+            progress(f"stopping {len(procs.procs)} processes")
+    return steps, time.monotonic() - start
