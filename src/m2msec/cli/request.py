@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from m2msec import http1
+from m2msec.cli.credentials import add_credential_options, credentials_from_args, peer_from_args
 from m2msec.errors import ConfigurationError, TLSError
-from m2msec.idb import ANY_ENTITY, AnyEntity
-from m2msec.keys.table import check_file_permissions
+from m2msec.idb import AnyEntity
 from m2msec.maf.client_options import add_maf_options, maf_client_from_args
 from m2msec.saef import (
     DEFAULT_KC_LIFETIME,
@@ -35,21 +35,7 @@ if TYPE_CHECKING:
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("request", help="send one oneM2M HTTP request over TLS-PSK")
     p.add_argument("--connect", required=True, metavar="HOST:PORT")
-    p.add_argument("--identity", help="psk_identity (KpsaID), for the Provisioned Symmetric Key SAEF")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--key-file", help="file holding the key in hex")
-    src.add_argument("--key-env", help="environment variable holding the key in hex")
-    p.add_argument("--cert", type=Path, help="own certificate chain (PEM), for the Certificate-Based SAEF")
-    p.add_argument("--cert-key", type=Path, help="private key of --cert (PEM; not readable by others)")
-    p.add_argument("--ca", type=Path, help="trust anchors for the server's certificate (PEM)")
-    idb = p.add_mutually_exclusive_group()
-    idb.add_argument("--entity-id", help="IdB (required): the CSE-ID of Entity B the SA is associated with (with "
-                     "--cert, B's certificate must be a CSE-ID certificate for it, of the SP of --cert unless "
-                     "given as //SP/CSE-ID)")
-    idb.add_argument("--insecure-any-entity", action="store_true",
-                     help="no IdB: accept any server the key or the --ca certifies (another AE's included)")
-    p.add_argument("--server-name", help="SNI host name (TS-0003 §10.2.1)")
-    p.add_argument("--profiles", help="cipher profiles to offer (default onem2m, or ecdhe-ecdsa with --cert)")
+    add_credential_options(p)
     p.add_argument("--origin", help="X-M2M-Origin (From)")
     p.add_argument("-X", "--method", default="GET")
     p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'")
@@ -63,21 +49,11 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: {exc.strerror}") from None
-
-
 async def run(args: argparse.Namespace) -> int:
-    from m2msec.cli.common import parse_hostport, read_key
+    from m2msec.cli.common import parse_hostport
 
     host, port = parse_hostport(args.connect)
-    if args.entity_id is None and not args.insecure_any_entity:
-        raise ConfigurationError("give --entity-id (IdB, the CSE-ID of the server), or --insecure-any-entity "
-                                 "to accept any server")
-    peer: str | AnyEntity = ANY_ENTITY if args.insecure_any_entity else args.entity_id
+    peer = peer_from_args(args)
     maf = maf_client_from_args(args)
     creds: PSKCredentials | CertificateCredentials | None = None
     if maf is not None:
@@ -87,22 +63,8 @@ async def run(args: argparse.Namespace) -> int:
             raise ConfigurationError("--maf needs --entity-id: the Kc is registered for IdB")
         if not args.maf_lifetime > 0:
             raise ConfigurationError("--maf-lifetime must be positive")
-    elif args.cert is not None:
-        if args.identity is not None or args.cert_key is None or args.ca is None:
-            raise ConfigurationError("--cert goes with --cert-key and --ca, and not with --identity")
-        check_file_permissions(args.cert_key)
-        chain, key, anchors = (_read(p) for p in (args.cert, args.cert_key, args.ca))
-        creds = CertificateCredentials(chain, key, anchors, peer_entity=peer,
-                                       profiles=parse_profiles(args.profiles or "ecdhe-ecdsa"))
     else:
-        if args.identity is None:
-            raise ConfigurationError("give --identity with --key-file/--key-env (PSK), or --cert (certificate)")
-        creds = PSKCredentials(
-            kpsa_id=args.identity,
-            kpsa=read_key(args.key_file, args.key_env),
-            peer_entity=peer,
-            profiles=parse_profiles(args.profiles or "onem2m"),
-        )
+        creds = credentials_from_args(args, peer)
     headers: list[tuple[str, str]] = [("host", args.server_name or host)]
     for item in args.header:
         name, sep, value = item.partition(":")
