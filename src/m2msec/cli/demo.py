@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from m2msec.demo.acme import INSTALL_HINT, acme_binary
@@ -20,6 +21,8 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("demo", help="run the TR-0038 smart home (real CSEs) on loopback")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--keep", type=Path, metavar="DIR", help="run in the new directory DIR and keep it (the files, "
+                   "every process's log in DIR/logs) instead of a temporary directory removed at the end")
     p.set_defaults(func=run)
 
 
@@ -34,7 +37,7 @@ async def run(args: argparse.Namespace) -> int:
         return 2
     progress = Progress(quiet=args.quiet)
     try:
-        steps, seconds = await run_demo(acme, progress)
+        steps, seconds = await run_demo(acme, progress, args.keep)
     except M2MSecError as exc:
         if args.json:
             print(document([], 0.0, str(exc)))

@@ -7,6 +7,7 @@ stopping processes), :mod:`~m2msec.demo.topology` (files, ports, start order), :
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,11 +21,17 @@ from m2msec.demo.topology import start_all
 __all__ = ["run_demo"]
 
 
-async def run_demo(acme: Path, progress: Callable[[str], None]) -> tuple[list[Step], float]:
-    """Start everything in a temporary directory, run the steps, stop everything (whatever happens)."""
+async def run_demo(acme: Path, progress: Callable[[str], None], keep: Path | None = None) -> tuple[list[Step], float]:
+    """Start everything in a temporary directory (``keep``: in that new directory, left in place with the
+    processes' logs), run the steps, stop everything (whatever happens)."""
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="m2msec-demo-") as tmp:
-        async with Processes(Path(tmp)) as procs:
+    with contextlib.ExitStack() as stack:
+        if keep is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="m2msec-demo-")))
+        else:
+            keep.mkdir(mode=0o700)
+            work = keep
+        async with Processes(work) as procs:
             files, ports = await start_all(procs, acme, progress)
             by_name = {p.name: p for p in procs.procs}
             world = World(ports, files, by_name["in-gw"], by_name["mn-gw"])

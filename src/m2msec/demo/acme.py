@@ -69,12 +69,14 @@ class AcmeConfig:
     registrees: tuple[str, ...] = ()
     #: seconds between registration attempts and liveliness checks (ACME's default, 60, is far too slow here)
     check_interval: int = 2
+    #: ACME's log level (its log goes to stdout, into the demo's logs directory)
+    log_level: str = "info"
 
     def ini(self) -> str:
         lines = [
             "[basic.config]", f"cseType={self.cse_type}", f"cseID={self.cse_id}", f"cseName={self.cse_name}",
             f"adminID={ADMIN}", "networkInterface=127.0.0.1", "cseHost=127.0.0.1", f"httpPort={self.http_port}",
-            "databaseType=memory", "logLevel=warn", "",
+            "databaseType=memory", f"logLevel={self.log_level}", "",
             "[cse]", f"serviceProviderID=//{self.sp_id}",
         ]
         if self.poa is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,9 @@ class HttpClient:
 
     def __init__(self, sa: EstablishedSA) -> None:
         self.sa = sa
-        self.local_port: int = sa.writer.get_extra_info("sockname")[1]
+        port = sa.writer.get_extra_info("sockname")[1]
+        #: finds this SA's "SA established" line in the gateway's log (by the client's source port)
+        self.log_pattern = rf"SA established with \('127\.0\.0\.1', {port}\): [^\n]*?"
 
     async def send(self, method: str, target: str, origin: str, body: dict[str, Any] | None = None,
                    ty: int | None = None) -> Reply:
@@ -80,10 +83,10 @@ class CoapClient:
 
     binding = "CoAP"
 
-    def __init__(self, transport: Any, inbox: _Inbox, cipher: str) -> None:
+    def __init__(self, transport: Any, inbox: _Inbox, cipher: str, kpsa_id: str) -> None:
         self.transport, self.inbox, self.cipher = transport, inbox, cipher
-        sockname = transport.get_extra_info("sockname")
-        self.local_port: int = sockname[1] if sockname else 0
+        #: finds this SA's "coaps SA" line in the gateway's log (by its PSK identity: one DTLS SA per light here)
+        self.log_pattern = rf"coaps SA with [^\n]*?{re.escape(kpsa_id)}[^\n]*?"
         self._mid = itertools.count(0x2000)
 
     @classmethod
@@ -91,7 +94,7 @@ class CoapClient:
         ctx = TLSContext.dtls_client(ClientConfig(kpsa_id, kpsa, profiles=(ONEM2M_DTLS_PSK,), peer_entity=peer_entity))
         transport, inbox, session = await create_dtls_endpoint(_Inbox, host, port, ctx)
         assert isinstance(inbox, _Inbox)
-        return cls(transport, inbox, session.cipher)
+        return cls(transport, inbox, session.cipher, kpsa_id)
 
     async def send(self, method: str, target: str, origin: str, body: dict[str, Any] | None = None,
                    ty: int | None = None) -> Reply:

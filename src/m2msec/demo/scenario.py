@@ -61,17 +61,16 @@ class World:
                 pass
 
 
-_SA_LINE = (r"SA (?:established )?with \('127\.0\.0\.1', {port}\): (?P<cred>.*?) associated=(?P<id>\S+) "
-            r"(?:cipher=)?(?P<cipher>\S+)")
+_SA_TAIL = r" associated=(?P<id>\S+) (?:cipher=)?(?P<cipher>\S+)"
 
 
 def _unquote(value: str) -> str | None:
     return None if value == "None" else value.strip("'\"")
 
 
-async def sa_seen(gw: Proc, local_port: int, timeout: float = 5.0) -> tuple[str | None, str | None]:
-    """(bound identity, cipher) of the SA from ``local_port`` as the gateway logged it."""
-    rx = re.compile(_SA_LINE.format(port=local_port))
+async def sa_seen(gw: Proc, client: HttpClient | CoapClient, timeout: float = 5.0) -> tuple[str | None, str | None]:
+    """(bound identity, cipher) of ``client``'s SA as the gateway logged it."""
+    rx = re.compile(client.log_pattern + _SA_TAIL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         m = rx.search(gw.output())
@@ -105,7 +104,7 @@ async def cse_registration(w: World) -> Step:
     action = "MN-CSE registers at IN-CSE (CREATE <remoteCSE>)"
     sa = "MN-CSE (tunnel) <-> IN-GW"
     clause = "TS-0003 §8.2.2.2 certificate-based SAE; TS-0001 §10.1.1.2.1 CSE registration"
-    m = await wait_log(w.in_gw, rf"POST /{IN_CSE_NAME}\S* from (\S*{MN_CSE_ID}\S*) -> (\d+) \(rsc (\d+)\)",
+    m = await wait_log(w.in_gw, rf"POST \S*/{IN_CSE_NAME} from (\S*{MN_CSE_ID}\S*) -> (\d+) \(rsc (\d+)\)",
                        REGISTRATION_WAIT)
     if m is None:
         return failed_step("cse-registration", sa, "certificate", "HTTP", action, 2001, clause,
@@ -138,7 +137,7 @@ async def light_registration(w: World, name: str, light: tuple[str, str, str | N
     except M2MSecError as exc:
         return failed_step(f"{name}-registration", sa, "PSK", binding, action, 2001, clause, f"SA refused: {exc}")
     w.clients[name] = client
-    ident, cipher = await sa_seen(w.mn_gw, client.local_port)
+    ident, cipher = await sa_seen(w.mn_gw, client)
     origin = light[2] or "C"
     rn = name.lower()
     reply = await client.send("POST", f"/{MN_CSE_NAME}", origin,
@@ -166,7 +165,7 @@ async def phone_registration(w: World) -> Step:
                            f"SA refused: {exc}")
     client = HttpClient(sa_)
     w.clients["smartphone"] = client
-    ident, cipher = await sa_seen(w.in_gw, client.local_port)
+    ident, cipher = await sa_seen(w.in_gw, client)
     origin = ident or f"//{SP}{PHONE_AE}"
     reply = await client.send("POST", f"/{IN_CSE_NAME}", origin,
                               {"m2m:ae": {"rn": "smartphone", "api": "Nsmartphone", "rr": False, "srv": ["3"]}},
@@ -216,21 +215,31 @@ async def phone_controls_light(w: World, name: str) -> list[Step]:
     sa = "smartphone <-> IN-GW"
     if client is None or phone is None:
         return [failed_step("smartphone-control", sa, "MAF-based", "HTTP", action, 2001, clause, "not registered")]
-    ident, _ = await sa_seen(w.in_gw, client.local_port)
+    ident, _ = await sa_seen(w.in_gw, client)
     target = f"/~/{MN_CSE_ID}/{MN_CSE_NAME}/{name.lower()}/state"
     reply = await client.send("POST", target, ident or phone, {"m2m:cin": {"con": "on"}}, ty=4)
     steps = [Step("smartphone-control", sa, "MAF-based", "HTTP", client.cipher, ident, action,
                   _created(reply, "m2m:cin", "con").replace("con", "content"), reply.rsc, 2001, clause)]
-    relay = rf"POST /{MN_CSE_NAME}/{name.lower()}/state from (\S+) -> (\d+) \(rsc (\d+)\)"
+    path = rf"POST \S*/{MN_CSE_NAME}/{name.lower()}/state"
+    relay = (rf"{path} from (?P<origin>\S+) -> \d+ \(rsc (?P<rsc>\d+)\)"
+             rf"|refused {path} from .*?: rsc=(?P<refused>\d+) (?P<why>.*)")
     seen = await wait_log(w.mn_gw, relay, 2.0)
     sa_m = re.search(rf"SA established with .*?certificate.*?associated='([^']*{IN_CSE_ID})' cipher=(\S+)",
                      w.mn_gw.output())
     steps.append(Step("in-cse-relay", "IN-CSE (tunnel) <-> MN-GW", "certificate", "HTTP",
                       sa_m[2] if sa_m else None, sa_m[1] if sa_m else None,
                       f"IN-CSE relays the smartphone's request to MN-CSE (From {sp_relative(phone)})",
-                      f"forwarded for {seen[1]}" if seen else "not seen at MN-GW",
-                      int(seen[3]) if seen else None, 2001, "TS-0003 §8.2.2.2; TS-0004 §7.3.2.1"))
+                      _relay_result(seen), int(seen["rsc"] or seen["refused"]) if seen else None, 2001,
+                      "TS-0003 §8.2.2.2; TS-0004 §7.3.2.1"))
     return steps
+
+
+def _relay_result(seen: re.Match[str] | None) -> str:
+    if seen is None:
+        return "not seen at MN-GW"
+    if seen["refused"]:
+        return f"refused by MN-GW: {seen['why'][:80]}"
+    return f"forwarded for {_unquote(seen['origin'])}"
 
 
 async def impersonation(w: World, attacker: str, victim: str) -> Step:
@@ -250,7 +259,7 @@ async def impersonation(w: World, attacker: str, victim: str) -> Step:
         check = await victim_client.send("GET", f"/{MN_CSE_NAME}/{victim.lower()}/hijack", target_ae)
     forwarded = check is not None and check.rsc != 4004
     result = f"refused by MN-GW ({reply.status}), {'REACHED the CSE' if forwarded else 'not forwarded'}"
-    ident, _ = await sa_seen(w.mn_gw, client.local_port)
+    ident, _ = await sa_seen(w.mn_gw, client)
     step = Step("impersonation", sa, "PSK", client.binding, client.cipher, ident, action, result, reply.rsc, 4106,
                 clause)
     step.ok = step.ok and not forwarded

@@ -138,10 +138,10 @@ async def start_all(procs: Processes, acme: Path, progress: Callable[[str], None
              f"127.0.0.1:{ports.mn_coaps} (coaps)")
     mn_tunnel = procs.start("mn-tunnel", m2msec_argv(
         "tunnel", "--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{ports.in_gw}", "--cert", str(files.mn_cert),
-        "--key", str(files.mn_key), "--ca", str(files.ca)))
+        "--cert-key", str(files.mn_key), "--ca", str(files.ca), "--entity-id", IN_CSE_ID))
     in_tunnel = procs.start("in-tunnel", m2msec_argv(
         "tunnel", "--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{ports.mn_gw}", "--cert", str(files.in_cert),
-        "--key", str(files.in_key), "--ca", str(files.ca)))
+        "--cert-key", str(files.in_key), "--ca", str(files.ca), "--entity-id", MN_CSE_ID))
     mn_port = await procs.wait_port(mn_tunnel, TUNNEL_LISTEN)
     in_port = await procs.wait_port(in_tunnel, TUNNEL_LISTEN)
     progress(f"tunnels: MN-CSE -> IN-GW via 127.0.0.1:{mn_port}, IN-CSE -> MN-GW via 127.0.0.1:{in_port}")
