@@ -27,6 +27,8 @@ STOP_GRACE = 10.0
 READY_TIMEOUT = 30.0
 #: seconds one ACME start may take (a loaded 2-core machine has needed more than 60 s)
 ACME_START_TIMEOUT = 180.0
+#: ACME starts tried before the demo gives up
+ACME_ATTEMPTS = 2
 POLL = 0.1
 
 
@@ -114,8 +116,18 @@ class Processes:
         config.write(work)
         return self.start(name, config.argv(binary, work), cwd=work)
 
-    async def acme_ready(self, proc: Proc, config: AcmeConfig) -> None:
-        await self.wait_until(proc, lambda: probe(config.http_port, config.cse_name), "answer to a RETRIEVE")
+    async def acme_ready(self, proc: Proc, binary: Path, config: AcmeConfig) -> Proc:
+        """Wait until the CSE answers; an ACME that exits before (it has, now and then, on this machine, without
+        a word) is started again, ``ACME_ATTEMPTS`` times in all. Returns the process that answers."""
+        for attempt in range(1, ACME_ATTEMPTS + 1):
+            try:
+                await self.wait_until(proc, lambda: probe(config.http_port, config.cse_name), "answer to a RETRIEVE")
+                return proc
+            except DemoError:
+                if proc.popen.poll() is None or attempt == ACME_ATTEMPTS:
+                    raise
+            proc = self.start_acme(f"{proc.name}-again", binary, config)
+        raise AssertionError("unreachable")
 
     def stop_all(self) -> None:
         """SIGTERM to every running process (newest first), then SIGKILL to what is left after ``STOP_GRACE``."""

@@ -35,12 +35,12 @@ def failed_step(name: str, sa: str, framework: str, binding: str, action: str, e
     return Step(name, sa, framework, binding, None, None, action, why, None, expected_rsc, clause)
 
 
-COLUMNS = ("#", "step", "SA", "framework", "cipher suite", "bound identity", "result", "RSC", "expected", "")
+COLUMNS = ("#", "SA (who <-> whom)", "framework", "cipher suite", "bound identity", "RSC", "spec", "")
 
 
 def _row(i: int, s: Step) -> tuple[str, ...]:
-    return (str(i), s.action, s.sa, f"{s.framework}/{s.binding}", s.cipher or "-", s.bound_identity or "-",
-            s.result, str(s.rsc) if s.rsc is not None else "-", str(s.expected_rsc), "ok" if s.ok else "UNEXPECTED")
+    return (str(i), s.sa, f"{s.framework}/{s.binding}", s.cipher or "-", s.bound_identity or "-",
+            str(s.rsc) if s.rsc is not None else "-", str(s.expected_rsc), "ok" if s.ok else "UNEXPECTED")
 
 
 def table(steps: Sequence[Step]) -> str:
@@ -48,10 +48,13 @@ def table(steps: Sequence[Step]) -> str:
     widths = [max(len(r[c]) for r in rows) for c in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths).rstrip())
+    lines.append("")
+    for i, s in enumerate(steps, 1):
+        lines.append(f"{i:>2}. {s.action}: {s.result}")
+        lines.append(f"    {s.clause}")
     bad = sum(not s.ok for s in steps)
     lines.append("")
     lines.append("every step behaved as specified" if not bad else f"{bad} step(s) did not behave as specified")
-    lines.append("clauses: " + "; ".join(f"{i} {s.clause}" for i, s in enumerate(steps, 1)))
     return "\n".join(lines)
 
 

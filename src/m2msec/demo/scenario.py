@@ -284,12 +284,22 @@ async def light_reads_state(w: World, name: str) -> Step:
 
 
 async def run_steps(w: World, progress: Callable[[str], None]) -> list[Step]:
-    steps = [await cse_registration(w),
-             await light_registration(w, "ADN-AE1", LIGHT1, coaps=False),
-             await light_registration(w, "ADN-AE2", LIGHT2, coaps=True),
-             await phone_registration(w)]
-    steps.append(await light_grants_phone(w, "ADN-AE1"))
-    steps += await phone_controls_light(w, "ADN-AE1")
-    steps.append(await light_reads_state(w, "ADN-AE1"))
-    steps.append(await impersonation(w, "ADN-AE2", "ADN-AE1"))
+    """The scenario in order; each step's outcome is reported as it completes."""
+    steps: list[Step] = []
+
+    def record(*done: Step) -> None:
+        for s in done:
+            steps.append(s)
+            progress(f"{'ok' if s.ok else 'UNEXPECTED'}: {s.action}: {s.result} (rsc {s.rsc}, expected "
+                     f"{s.expected_rsc})")
+
+    progress("waiting for the MN-CSE's registration at the IN-CSE")
+    record(await cse_registration(w))
+    record(await light_registration(w, "ADN-AE1", LIGHT1, coaps=False))
+    record(await light_registration(w, "ADN-AE2", LIGHT2, coaps=True))
+    record(await phone_registration(w))
+    record(await light_grants_phone(w, "ADN-AE1"))
+    record(*await phone_controls_light(w, "ADN-AE1"))
+    record(await light_reads_state(w, "ADN-AE1"))
+    record(await impersonation(w, "ADN-AE2", "ADN-AE1"))
     return steps

@@ -148,7 +148,7 @@ async def start_all(procs: Processes, acme: Path, progress: Callable[[str], None
     mn_cfg = mn_cse_config(ports, mn_port, in_port)
     mn_cse = procs.start_acme("mn-cse", acme, mn_cfg)
     progress(f"MN-CSE (ACME, {MN_CSE_ID}) starting on 127.0.0.1:{ports.mn_cse} (CoAP {ports.mn_cse_coap})")
-    await asyncio.gather(procs.acme_ready(in_cse, in_cfg), procs.acme_ready(mn_cse, mn_cfg))
+    await asyncio.gather(procs.acme_ready(in_cse, acme, in_cfg), procs.acme_ready(mn_cse, acme, mn_cfg))
     progress("both CSEs answer")
     return files, ports
 

@@ -1,0 +1,85 @@
+"""`m2msec demo` as a user runs it: a real process starting two ACME CSEs, two gateways, a MAF and two tunnels;
+its JSON is checked step by step against what the specifications say (RSC, framework, bound identity), never
+against values the demo computed itself (AE-IDs are checked for their shape)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from acme_cse import needs_acme
+
+from conftest import LIGHT1_KEY, LIGHT2_KEY
+
+pytestmark = needs_acme
+
+#: TS-0001 §7.2: a C-type AE-ID-Stem (CSE-relative) as a CSE assigns it, or the bound TR-0038 one
+AE_STEM = re.compile(r"^C[A-Za-z0-9_.-]+$")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    home = tmp_path_factory.mktemp("home")  # zero configuration: nothing from the user's home is needed
+    result = subprocess.run([sys.executable, "-m", "m2msec", "demo", "--json"], capture_output=True, text=True,
+                            timeout=600, cwd=home, env={**os.environ, "HOME": str(home)})
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    for key in (LIGHT1_KEY, LIGHT2_KEY):  # the TR-0038 keys are in no output
+        assert key not in result.stdout + result.stderr
+    doc: dict[str, Any] = json.loads(result.stdout)
+    assert doc["ok"] is True and doc["error"] is None
+    assert "demo: both CSEs answer" in result.stderr  # progress goes to stderr, never into the JSON
+    return doc
+
+
+def step(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    [found] = [s for s in doc["steps"] if s["name"] == name]
+    assert found["ok"] is True, found
+    return found
+
+
+def test_every_step_behaved_as_specified(demo: dict[str, Any]) -> None:
+    assert all(s["ok"] and s["rsc"] == s["expected_rsc"] for s in demo["steps"])
+    assert demo["seconds"] < 240
+
+
+def test_mn_cse_registers_at_the_in_cse_with_its_certificate(demo: dict[str, Any]) -> None:
+    s = step(demo, "cse-registration")
+    assert (s["rsc"], s["framework"], s["bound_identity"]) == (2001, "certificate", "/mn-cse-123456")
+    assert s["cipher"].startswith("ECDHE-ECDSA-")  # TS-0003 §10.2.3
+
+
+@pytest.mark.parametrize(("name", "binding", "cipher"), [("ADN-AE1", "HTTP", "PSK-"), ("ADN-AE2", "CoAP",
+                                                                                      "PSK-AES128-CCM8")])
+def test_lights_register_over_psk(demo: dict[str, Any], name: str, binding: str, cipher: str) -> None:
+    s = step(demo, f"{name}-registration")
+    assert (s["rsc"], s["framework"], s["binding"]) == (2001, "PSK", binding)
+    assert s["cipher"].startswith(cipher)
+    aei = s["result"].removeprefix("AE-ID ")
+    assert AE_STEM.match(aei), s
+    assert s["bound_identity"] in (aei, f"/mn-cse-123456/{aei}")
+
+
+def test_smartphone_registers_over_the_maf_based_sa(demo: dict[str, Any]) -> None:
+    s = step(demo, "smartphone-registration")
+    assert (s["rsc"], s["framework"]) == (2001, "MAF-based")
+    assert re.fullmatch(r"//in\.provider\.com/id-in/C\S+", s["bound_identity"]), s
+    assert s["result"] == f"AE-ID {s['bound_identity']}"
+
+
+def test_smartphone_controls_the_light_through_both_cses(demo: dict[str, Any]) -> None:
+    assert step(demo, "ADN-AE1-container")["rsc"] == 2001
+    control = step(demo, "smartphone-control")
+    assert control["rsc"] == 2001 and control["framework"] == "MAF-based"
+    relay = step(demo, "in-cse-relay")
+    assert (relay["rsc"], relay["framework"], relay["bound_identity"]) == (2001, "certificate", "/id-in")
+    assert step(demo, "ADN-AE1-state")["result"] == "content 'on'"
+
+
+def test_impersonation_is_refused_before_the_cse(demo: dict[str, Any]) -> None:
+    s = step(demo, "impersonation")
+    assert s["rsc"] == 4106 and "not forwarded" in s["result"]
