@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,3 +86,29 @@ def test_smartphone_controls_the_light_through_both_cses(demo: dict[str, Any]) -
 def test_impersonation_is_refused_before_the_cse(demo: dict[str, Any]) -> None:
     s = step(demo, "impersonation")
     assert s["rsc"] == 4106 and "not forwarded" in s["result"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_demo_leaves_nothing_running(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM once every process runs: each is stopped, the demo exits 130."""
+    proc = subprocess.Popen([sys.executable, "-m", "m2msec", "demo", "--keep", str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    progress = []
+    try:
+        for line in proc.stderr:
+            progress.append(line)
+            if "MN-CSE (ACME" in line:  # the last process started
+                break
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, "".join(progress) + err
+    ports = {int(p) for line in progress for p in re.findall(r"127\.0\.0\.1:(\d+)", line)}
+    assert len(ports) >= 8  # both CSEs, the MAF, both gateways (HTTP, coaps), both tunnels
+    for port in ports:  # nobody listens any more (the coaps port is UDP: its gateway is the HTTP one's process)
+        with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+            s.connect(("127.0.0.1", port))

@@ -9,6 +9,8 @@ to stderr, the table (or ``--json``) to stdout; exit status 0 only if every step
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,8 +38,14 @@ async def run(args: argparse.Namespace) -> int:
         print(f"m2msec: error: {INSTALL_HINT}", file=sys.stderr)
         return 2
     progress = Progress(quiet=args.quiet)
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)  # SIGINT: asyncio.run cancels
     try:
         steps, seconds = await run_demo(acme, progress, args.keep)
+    except asyncio.CancelledError:  # every process was stopped on the way out
+        print("m2msec: demo interrupted", file=sys.stderr)
+        return 130
     except M2MSecError as exc:
         if args.json:
             print(document([], 0.0, str(exc)))
