@@ -126,27 +126,50 @@ async def _light_sa(w: World, light: tuple[str, str, str | None], coaps: bool) -
     return HttpClient(await establish_sa("127.0.0.1", w.ports.mn_gw, PSKCredentials(light[0], key, MN_CSE_ID)))
 
 
-async def light_registration(w: World, name: str, light: tuple[str, str, str | None], coaps: bool) -> Step:
-    """ADN-AE: PSK SAE with MN-GW (TR-0038 Table 7.1.2-2 credentials), then CREATE <AE>."""
-    binding = "CoAP" if coaps else "HTTP"
-    action = f"{name} registers at MN-CSE (CREATE <AE>)"
-    sa = f"{name} <-> MN-GW"
-    clause = "TS-0003 §8.2.2.1 PSK SAE (TR-0038 §7.1.2); TS-0001 §10.2.2.2 AE registration"
-    try:
-        client = await _light_sa(w, light, coaps)
-    except M2MSecError as exc:
-        return failed_step(f"{name}-registration", sa, "PSK", binding, action, 2001, clause, f"SA refused: {exc}")
-    w.clients[name] = client
+@dataclass(frozen=True)
+class Registration:
+    """One CREATE <AE> attempt of a PSK device at the MN-CSE, and what the specification says it gets."""
+
+    step: str
+    who: str
+    credentials: tuple[str, str, str | None]
+    coaps: bool
+    api: str
+    expected_rsc: int
+    clause: str
+
+
+REGISTRATION_CLAUSE = "TS-0003 §8.2.2.1 PSK SAE (TR-0038 §7.1.2); TS-0001 §10.2.2.2 AE registration"
+RULE_CLAUSES = {
+    4126: "TS-0001 §10.2.2.2 <serviceSubscribedAppRule>: App-ID not allowed (4126 APP_RULE_VALIDATION_FAILED)",
+    4128: "TS-0001 §10.2.2.2: no rule for this credential (4128 SERVICE_SUBSCRIPTION_NOT_ESTABLISHED)",
+}
+
+
+async def register(w: World, r: Registration) -> Step:
+    """PSK SAE with MN-GW (the SA of an earlier attempt is reused), then CREATE <AE>: the CSE assigns the
+    AE-ID-Stem (From ``C``) unless the credential is bound to an AE-ID already."""
+    binding = "CoAP" if r.coaps else "HTTP"
+    action = f"{r.who} registers at MN-CSE (CREATE <AE>, api {r.api})"
+    sa = f"{r.who} <-> MN-GW"
+    client = w.clients.get(r.who)
+    if client is None:
+        try:
+            client = await _light_sa(w, r.credentials, r.coaps)
+        except M2MSecError as exc:
+            return failed_step(r.step, sa, "PSK", binding, action, r.expected_rsc, r.clause, f"SA refused: {exc}")
+        w.clients[r.who] = client
     ident, cipher = await sa_seen(w.mn_gw, client)
-    origin = light[2] or "C"
-    rn = name.lower()
-    reply = await client.send("POST", f"/{MN_CSE_NAME}", origin,
-                              {"m2m:ae": {"rn": rn, "api": "Nlight", "rr": False, "srv": ["3"]}}, ty=2)
+    reply = await client.send("POST", f"/{MN_CSE_NAME}", r.credentials[2] or "C",
+                              {"m2m:ae": {"rn": r.who.lower(), "api": r.api, "rr": False, "srv": ["3"]}}, ty=2)
     aei = reply.body.get("m2m:ae", {}).get("aei") if isinstance(reply.body.get("m2m:ae"), dict) else None
-    if aei:
-        w.ids[name] = str(aei)
-    return Step(f"{name}-registration", sa, "PSK", binding, cipher or client.cipher, ident, action,
-                _created(reply, "m2m:ae", "aei").replace("aei", "AE-ID"), reply.rsc, 2001, clause)
+    if aei and reply.rsc == 2001:
+        w.ids[r.who] = str(aei)
+    result = _created(reply, "m2m:ae", "aei").replace("aei", "AE-ID")
+    if reply.rsc in RULE_CLAUSES:
+        result = f"refused by MN-GW ({reply.status})"
+    return Step(r.step, sa, "PSK", binding, cipher or client.cipher, ident, action, result, reply.rsc,
+                r.expected_rsc, r.clause)
 
 
 async def phone_registration(w: World) -> Step:
@@ -283,6 +306,12 @@ async def light_reads_state(w: World, name: str) -> Step:
     return step
 
 
+REGISTRATIONS = (
+    Registration("ADN-AE1-registration", "ADN-AE1", LIGHT1, False, "Nlight", 2001, REGISTRATION_CLAUSE),
+    Registration("ADN-AE2-registration", "ADN-AE2", LIGHT2, True, "Nlight", 2001, REGISTRATION_CLAUSE),
+)
+
+
 async def run_steps(w: World, progress: Callable[[str], None]) -> list[Step]:
     """The scenario in order; each step's outcome is reported as it completes."""
     steps: list[Step] = []
@@ -295,8 +324,8 @@ async def run_steps(w: World, progress: Callable[[str], None]) -> list[Step]:
 
     progress("waiting for the MN-CSE's registration at the IN-CSE")
     record(await cse_registration(w))
-    record(await light_registration(w, "ADN-AE1", LIGHT1, coaps=False))
-    record(await light_registration(w, "ADN-AE2", LIGHT2, coaps=True))
+    for r in REGISTRATIONS:
+        record(await register(w, r))
     record(await phone_registration(w))
     record(await light_grants_phone(w, "ADN-AE1"))
     record(*await phone_controls_light(w, "ADN-AE1"))
