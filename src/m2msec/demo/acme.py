@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[3]
 ADMIN = "CAdmin"
 #: ``$M2MSEC_ACME`` names another acmecse binary
 ACME_ENV = "M2MSEC_ACME"
+#: ACME's [cse.registration] checkInterval in the demo: an MN-CSE up before its registrar (or its tunnel) retries
+#: after this many seconds, where ACME's default (60) would make the demo wait a minute (docs/decisions.md D111)
+CHECK_INTERVAL = 2
 INSTALL_HINT = "ACME (the oneM2M CSE the demo runs) is not installed: run bash scripts/install.sh"
 
 
@@ -67,8 +70,8 @@ class AcmeConfig:
     poa: str | None = None
     #: CSE-IDs that may register here (an IN-CSE's registrees)
     registrees: tuple[str, ...] = ()
-    #: seconds between registration attempts and liveliness checks (ACME's default, 60, is far too slow here)
-    check_interval: int = 2
+    #: seconds between registration attempts and liveliness checks (docs/decisions.md D111)
+    check_interval: int = CHECK_INTERVAL
     #: ACME's log level (its log goes to stdout, into the demo's logs directory)
     log_level: str = "info"
 

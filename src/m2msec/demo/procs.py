@@ -21,13 +21,13 @@ from types import TracebackType
 from m2msec.demo.acme import AcmeConfig, probe
 from m2msec.errors import M2MSecError
 
-#: seconds a process has to exit after SIGTERM before it is killed
+#: seconds a process has to exit after SIGTERM before it is killed (docs/decisions.md D110)
 STOP_GRACE = 10.0
 #: seconds an m2msec process (gateway, MAF, tunnel) has to print its listening line
 READY_TIMEOUT = 30.0
 #: seconds one ACME start may take (a loaded 2-core machine has needed more than 60 s)
 ACME_START_TIMEOUT = 180.0
-#: ACME starts tried before the demo gives up
+#: ACME starts tried before the demo gives up (docs/decisions.md D110)
 ACME_ATTEMPTS = 2
 POLL = 0.1
 

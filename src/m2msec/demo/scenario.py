@@ -20,7 +20,6 @@ from m2msec.demo.report import Step, failed_step
 from m2msec.demo.topology import (
     IN_CSE_ID,
     IN_CSE_NAME,
-    IN_GW_KMID,
     LIGHT1,
     LIGHT2,
     MAF_FQDN,
@@ -39,7 +38,10 @@ from m2msec.saef import PSKCredentials, establish_maf_sa, establish_sa
 
 #: seconds the MN-CSE has to register at the IN-CSE once both answer (it retries every 2 s)
 REGISTRATION_WAIT = 60.0
-_ = IN_GW_KMID
+#: what the light's <accessControlPolicy> grants the smartphone: every operation (TS-0004 accessControlOperations
+#: CREATE 1 | RETRIEVE 2 | UPDATE 4 | DELETE 8 | NOTIFY 16 | DISCOVERY 32), for the smartphone's AE-ID in the
+#: SP-relative form the IN-CSE forwards it in (TS-0004 §7.3.2.6); docs/decisions.md D109
+GRANT_OPERATIONS = 63
 
 
 @dataclass
@@ -217,8 +219,9 @@ async def light_grants_phone(w: World, name: str) -> Step:
     phone = sp_relative(w.ids.get("smartphone", f"//{SP}{PHONE_AE}"))
     rn = name.lower()
     acp = await client.send("POST", f"/{MN_CSE_NAME}/{rn}", me, {"m2m:acp": {
-        "rn": "lightacp", "pv": {"acr": [{"acor": [phone], "acop": 63}, {"acor": [me], "acop": 63}]},
-        "pvs": {"acr": [{"acor": [me], "acop": 63}]}}}, ty=1)
+        "rn": "lightacp", "pv": {"acr": [{"acor": [phone], "acop": GRANT_OPERATIONS},
+                                         {"acor": [me], "acop": GRANT_OPERATIONS}]},
+        "pvs": {"acr": [{"acor": [me], "acop": GRANT_OPERATIONS}]}}}, ty=1)
     if acp.rsc != 2001:
         return Step(f"{name}-container", sa, "PSK", client.binding, client.cipher, me, action,
                     _created(acp, "m2m:acp", "ri"), acp.rsc, 2001, clause)
