@@ -61,8 +61,9 @@ def m2msec_argv(*args: str) -> list[str]:
 class Processes:
     """The processes of one demo run, with their logs under ``work/logs``."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, *, stop_grace: float = STOP_GRACE) -> None:
         self.work = work
+        self.stop_grace = stop_grace
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: list[Proc] = []
@@ -130,11 +131,11 @@ class Processes:
         raise AssertionError("unreachable")
 
     def stop_all(self) -> None:
-        """SIGTERM to every running process (newest first), then SIGKILL to what is left after ``STOP_GRACE``."""
+        """SIGTERM to every running process (newest first), then SIGKILL to what is left after ``stop_grace``."""
         for proc in reversed(self.procs):
             if proc.popen.poll() is None:
                 proc.popen.terminate()
-        deadline = time.monotonic() + STOP_GRACE
+        deadline = time.monotonic() + self.stop_grace
         for proc in reversed(self.procs):
             try:
                 proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
