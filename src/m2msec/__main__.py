@@ -1,4 +1,4 @@
-"""``python -m m2msec``: the ``m2msec`` command (:func:`m2msec.cli.main.main`)."""
+"""``python -m m2msec``: the ``m2msec`` command."""
 
 import sys
 

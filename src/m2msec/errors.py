@@ -46,6 +46,7 @@ __all__ = [
     "NotFound",
     "OneM2MError",
     "OriginatorNotAuthenticated",
+    "SecurityAssociationRequired",
     "ServiceSubscriptionNotEstablished",
     "StorageError",
     "TLSError",
@@ -151,6 +152,13 @@ class OriginatorNotAuthenticated(OneM2MError):
     """TS-0003 §7.2.1: ``From`` does not match the identity associated with the SA."""
 
     rsc = 4106
+    http_status = 403
+
+
+class SecurityAssociationRequired(OneM2MError):
+    """TS-0004 §7.3.2.1: ``From`` names a CSE, but the request does not come through an SA with that CSE."""
+
+    rsc = 4107
     http_status = 403
 
 

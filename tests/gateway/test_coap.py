@@ -185,9 +185,10 @@ def test_rsc_mapping() -> None:
     assert f(coap.coap_code_for(4106)) == "4.03" and f(coap.coap_code_for(4000)) == "4.00"
     assert f(coap.coap_code_for(5103)) == "4.04" and f(coap.coap_code_for(4008)) == "5.04"
     assert f(coap.coap_code_for(4001)) == "5.01" and f(coap.coap_code_for(5207)) == "4.06"
+    assert f(coap.coap_code_for(4128)) == "4.03"  # SERVICE_SUBSCRIPTION_NOT_ESTABLISHED, 403 in TS-0009
     assert f(coap.coap_code_for(4999)) == "4.00" and f(coap.coap_code_for(5999)) == "5.00"  # not in the table
-    # 81 rows in Table 6.2.4-1 less 1000, 1002 and the two 2000 rows; no RSC listed twice
-    assert sum(len(v) for v in coap._RSC_TABLE.values()) == len(coap.RSC_TO_COAP) == 77
+    # 81 rows in Table 6.2.4-1 less 1000, 1002 and the two 2000 rows, plus 4128; no RSC listed twice
+    assert sum(len(v) for v in coap._RSC_TABLE.values()) == len(coap.RSC_TO_COAP) == 78
 
 
 # --- relay rules ---

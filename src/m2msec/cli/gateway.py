@@ -33,6 +33,7 @@ from m2msec.transport.limits import (
 
 if TYPE_CHECKING:
     from m2msec.gateway.maf_resolver import MAFKeyResolver
+    from m2msec.gateway.registrar import Registrar
     from m2msec.gateway.workers import WorkerSockets
 
 #: --max-connections when not given (lowered to what the file-descriptor limit allows)
@@ -78,6 +79,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--cse-id", help="CSE-ID of the CSE behind the gateway (AE-ID certificates may use their stem)")
     p.add_argument("--sp-id", help="the gateway's SP-ID (//domain or domain); required with ecdhe-ecdsa or "
                    "ecdhe-ecdsa-dtls: certificates of other SPs keep their absolute AE-ID/CSE-ID only")
+    p.add_argument("--app-rules", type=Path, metavar="FILE",
+                   help="service subscription rules ([[app_rule]] TOML): CREATE <AE> is checked against them "
+                        "(4128/4126) and the AE-ID the CSE assigns is bound to the SA's Credential-ID")
+    p.add_argument("--registrations", type=Path, metavar="FILE",
+                   help="SQLite file keeping the AE-IDs bound at registration (required with --app-rules)")
     p.add_argument("--handshake-timeout", type=float, default=10.0, metavar="SECONDS")
     p.add_argument("--max-connections", type=int, default=None, metavar="N",
                    help=f"open TLS connections beyond which new ones are reset (default {DEFAULT_MAX_CONNECTIONS}, "
@@ -216,6 +222,7 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
         parse_backend(args.backend)  # a bad URL is reported before anything is adjusted or started
     args.sp_id = _sp_id(args)
     certificate, crls = _certificate(args)  # read once, shared by the HTTP and coaps sides
+    registrar = _registrar(args)
     maf = _maf(args, table)
     coaps: CoapsGateway | None = None
     if args.coap_backend is not None:
@@ -237,11 +244,28 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
                                    max_sa_lifetime=args.max_sa_lifetime,
                                    blockwise=BlockwiseLimits.for_max_body(args.coaps_max_body))
         _fit_file_descriptors(args, coaps_config.max_peers)
-        coaps = CoapsGateway(coaps_config, table, crls=crls, maf=maf)
+        coaps = CoapsGateway(coaps_config, table, crls=crls, maf=maf, registrar=registrar)
     else:
         _fit_file_descriptors(args, 0)
-    http = _http_gateway(args, host, port, table, certificate, crls, maf) if args.backend is not None else None
+    http = (_http_gateway(args, host, port, table, certificate, crls, maf, registrar)
+            if args.backend is not None else None)
     return http, coaps
+
+
+def _registrar(args: argparse.Namespace) -> Registrar | None:
+    """``--app-rules`` with ``--registrations``: the rules and bindings both sides share, None without them."""
+    from m2msec.gateway.registrar import BindingStore, Registrar
+    from m2msec.gateway.subscription import RuleTable
+
+    if args.app_rules is None:
+        if args.registrations is not None:
+            raise ConfigurationError("--registrations needs --app-rules (the rules registrations are checked with)")
+        return None
+    if args.registrations is None:
+        raise ConfigurationError("--app-rules needs --registrations FILE, where the AE-IDs assigned at "
+                                 "registration are kept (a restart must not forget them)")
+    rules = RuleTable.from_file(args.app_rules)
+    return Registrar(rules, BindingStore(args.registrations), cse_id=args.cse_id, sp_id=args.sp_id)
 
 
 def _maf(args: argparse.Namespace, table: PSKTable | None) -> MAFKeyResolver | None:
@@ -305,7 +329,7 @@ def _fit_file_descriptors(args: argparse.Namespace, coaps_peers: int) -> None:
 
 def _http_gateway(args: argparse.Namespace, host: str, port: int, table: PSKTable | None,
                   certificate: CertificateConfig | None, crls: CRLFile | None,
-                  maf: MAFKeyResolver | None = None) -> Gateway:
+                  maf: MAFKeyResolver | None = None, registrar: Registrar | None = None) -> Gateway:
     config = GatewayConfig(
         backend=parse_backend(args.backend),
         host=host,
@@ -326,4 +350,4 @@ def _http_gateway(args: argparse.Namespace, host: str, port: int, table: PSKTabl
         max_sa_lifetime=args.max_sa_lifetime,
         reveal_unknown_psk_identity=args.reveal_unknown_psk_identity,
     )
-    return Gateway(config, table, crls=crls, maf=maf)
+    return Gateway(config, table, crls=crls, maf=maf, registrar=registrar)

@@ -22,9 +22,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from m2msec.errors import BadRequest, M2MSecError, OneM2MError
-from m2msec.gateway.rules import SecurityAssociation, UnboundPolicy, check_originator, identity_fields
+from m2msec.gateway.registration import AECreate, authorize, coap_ae_create
+from m2msec.gateway.rules import SecurityAssociation, UnboundPolicy, identity_fields
+
+if TYPE_CHECKING:
+    from m2msec.gateway.registrar import Registrar
 
 __all__ = [
     "BLOCK1", "BLOCK2", "DELETE", "DROPPED_CODE_CLASSES", "EMPTY", "GET", "IDENTITY_OPTIONS", "MAX_AGE",
@@ -32,8 +37,8 @@ __all__ = [
     "ONEM2M_RQI", "ONEM2M_RSC", "ONEM2M_RVI", "ONEM2M_TY", "OPTION_CREDENTIAL_ID", "OPTION_PSK_IDENTITY",
     "OPTION_SA_IDENTITY", "POST", "PUT", "RSC_TO_COAP", "SIZE1", "SIZE2", "UNREACHABLE_CODE", "URI_PATH",
     "CoAPFormatError", "Decision", "Forward", "Message", "MessageType", "Pass", "Refuse", "check_repeats",
-    "coap_code_for", "decide", "decode_uint", "encode_uint", "format_code", "is_empty", "is_request", "make_code",
-    "originator", "prepare_forward", "prepare_response", "refusal", "reset", "split_code",
+    "coap_code_for", "created_aei", "decide", "decode_uint", "encode_uint", "format_code", "is_empty", "is_request",
+    "make_code", "originator", "prepare_forward", "prepare_response", "refusal", "reset", "split_code",
 ]
 
 
@@ -133,7 +138,8 @@ NON_REPEATABLE_OPTIONS: frozenset[int] = frozenset({
 UNREACHABLE_CODE = make_code(5, 3)
 
 # TS-0008 V3.9.0 Table 6.2.4-1, grouped by CoAP Response Code. Not listed: 1000 (not used), 1002 (2.01 or 2.04)
-# and 2000 (2.05 for RETRIEVE, 2.04 for NOTIFY), which depend on the request.
+# and 2000 (2.05 for RETRIEVE, 2.04 for NOTIFY), which depend on the request. Added: 4128
+# SERVICE_SUBSCRIPTION_NOT_ESTABLISHED (later than V3.9.0) as 4.03, as its sibling 4126, TS-0009 (403) and ACME do.
 _RSC_TABLE: dict[int, tuple[int, ...]] = {
     make_code(2, 1): (1001, 2001),
     make_code(2, 2): (2002,),
@@ -142,7 +148,7 @@ _RSC_TABLE: dict[int, tuple[int, ...]] = {
                       6029),
     make_code(4, 2): (4120, 4122),
     make_code(4, 3): (4101, 4103, 4105, 4106, 4107, 4108, 4109, 4111, 4112, 4113, 4114, 4115, 4116, 4117, 4126,
-                      4127, 5105, 5203, 5205, 5208, 5214, 5215, 5218, 5222),
+                      4127, 4128, 5105, 5203, 5205, 5208, 5214, 5215, 5218, 5222),
     make_code(4, 4): (4004, 4118, 4119, 4121, 5103, 5107, 6003, 6005),
     make_code(4, 5): (4005,),
     make_code(4, 6): (5207,),
@@ -363,10 +369,13 @@ def reset(datagram: bytes) -> bytes | None:
 
 @dataclass(frozen=True)
 class Forward:
-    """Send ``datagram`` to the CSE (``message``: the accepted request as the client sent it)."""
+    """Send ``datagram`` to the CSE (``message``: the accepted request as the client sent it; ``sa``: the SA from now
+    on when the check re-read the registrations; ``create``: the CREATE <AE> it is, whose answer binds an AE-ID)."""
 
     datagram: bytes
     message: Message | None = None
+    sa: SecurityAssociation | None = None
+    create: AECreate | None = None
 
 
 @dataclass(frozen=True)
@@ -393,7 +402,22 @@ Decision = Forward | Refuse | Pass
 DROPPED_CODE_CLASSES = frozenset({1, 6, 7})
 
 
-def decide(msg: Message, sa: SecurityAssociation, policy: UnboundPolicy, message_id: int | None = None) -> Decision:
+def _ae_create(msg: Message, origin: str | None) -> AECreate | None:
+    """The CREATE <AE> ``msg`` is (POST with oneM2M-TY 2), else None; BadRequest when it cannot be checked."""
+    ty, cf = msg.option(ONEM2M_TY), msg.option(CONTENT_FORMAT)
+    return coap_ae_create(msg.code == POST, None if ty is None else decode_uint(ty),
+                          None if cf is None else decode_uint(cf), msg.payload, origin,
+                          block1=msg.option(BLOCK1) is not None)
+
+
+def created_aei(msg: Message) -> bool:
+    """True when ``msg`` is the CSE's 2.01 / oneM2M-RSC 2001 answer (a CREATE <AE> succeeded)."""
+    rsc = msg.option(ONEM2M_RSC)
+    return msg.code == make_code(2, 1) and rsc is not None and decode_uint(rsc) == 2001
+
+
+def decide(msg: Message, sa: SecurityAssociation, policy: UnboundPolicy, message_id: int | None = None, *,
+           registrar: Registrar | None = None, cse_id: str | None = None, sp_id: str | None = None) -> Decision:
     """What the gateway does with a message from the client (``message_id``: for refusing a NON request).
 
     Every message that reaches the CSE loses the client's copies of :data:`IDENTITY_OPTIONS` (D18): a request
@@ -410,11 +434,18 @@ def decide(msg: Message, sa: SecurityAssociation, policy: UnboundPolicy, message
         if msg.type not in (MessageType.CON, MessageType.NON):
             raise BadRequest("a request in an ACK or RST message")  # RFC 7252 §4.2, §4.3
         check_repeats(msg)
-        check_originator(sa, originator(msg), policy)
+        origin = originator(msg)
+        create = None
+        checked = sa
+        if registrar is not None:  # --app-rules: registration checks and bindings (issue 17)
+            create = _ae_create(msg, origin)
+            checked = registrar.authorize(sa, origin, policy, create)
+        else:
+            authorize(sa, origin, policy, cse_id=cse_id, sp_id=sp_id)
     except CoAPFormatError as exc:
         error = BadRequest(str(exc))
     except OneM2MError as exc:
         error = exc
     else:
-        return Forward(prepare_forward(msg, sa), msg)
+        return Forward(prepare_forward(msg, checked), msg, checked if checked is not sa else None, create)
     return Refuse(error, refusal(msg, error, message_id))

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from m2msec.crl import CRLFile
-from m2msec.errors import TargetNotReachable
+from m2msec.errors import BadRequest, TargetNotReachable
 from m2msec.gateway import coap
 from m2msec.gateway.coap_blockwise import (
     MAX_BLOCK1_BODY,
@@ -42,6 +42,8 @@ from m2msec.gateway.coap_blockwise import (
     ToClient,
 )
 from m2msec.gateway.maf_resolver import MAFKeyResolver, revocation_table
+from m2msec.gateway.registrar import Registrar
+from m2msec.gateway.registration import AECreate
 from m2msec.gateway.reload import side_reloader
 from m2msec.gateway.revocation import Revocation, SAGuard
 from m2msec.gateway.rules import CredentialResolver, SecurityAssociation, associate
@@ -63,6 +65,8 @@ log = logging.getLogger("m2msec.gateway.coaps")
 
 #: requests (and their bytes) one peer may queue while its CSE-side socket is being opened
 MAX_PENDING, MAX_PENDING_BYTES = 32, 64 * 1024
+#: CREATE <AE> answers one peer may be awaited for at once (the oldest is forgotten: its AE-ID is then not bound)
+MAX_REGISTERING = 8
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ class _PeerRelay(asyncio.DatagramProtocol):
         self._task: asyncio.Task[None] | None = None
         self._retry_at = 0.0  # loop time before which the CSE counts as unreachable
         self.blocks = PeerBlockwise(gateway.config.blockwise, gateway.budget, self._next_mid)
+        #: CREATE <AE> requests forwarded, by token, until the CSE answers (its 2.01 binds the AE-ID)
+        self.registering: dict[bytes, tuple[AECreate, int]] = {}  # token -> (request, its Message ID)
 
     def _next_mid(self) -> int:
         return next(self._mids) & 0xFFFF
@@ -220,7 +226,9 @@ class _PeerRelay(asyncio.DatagramProtocol):
             return
         if self.guard is not None and self.guard.refuse_coap(msg, self.transport, self._mids):
             return
-        decision = coap.decide(msg, self.sa, self.gateway.config.unbound_policy, next(self._mids) & 0xFFFF)
+        gw, cfg = self.gateway, self.gateway.config
+        decision = coap.decide(msg, self.sa, cfg.unbound_policy, next(self._mids) & 0xFFFF, registrar=gw.registrar,
+                               cse_id=cfg.cse_id, sp_id=cfg.sp_id)
         if isinstance(decision, coap.Refuse):
             log.warning("refused CoAP %s from %s: rsc=%d %s", coap.format_code(msg.code), self.peer,
                         decision.error.rsc, decision.error.detail)
@@ -230,6 +238,21 @@ class _PeerRelay(asyncio.DatagramProtocol):
         if isinstance(decision, coap.Pass) or decision.message is None:
             self._to_cse(decision.datagram)
             return
+        if decision.sa is not None:  # the registrations were re-read: this SA may now use another AE-ID
+            self.sa = decision.sa
+        pending = self.registering.get(msg.token)
+        if pending is not None and pending[1] != msg.message_id:  # not a retransmission of the CREATE <AE>: its
+            error = BadRequest("the token of a CREATE <AE> awaiting its answer is reused")  # answer could be
+            reply = coap.refusal(msg, error, next(self._mids) & 0xFFFF)  # taken for the registration's (D104)
+            log.warning("refused CoAP %s from %s: rsc=%d %s", coap.format_code(msg.code), self.peer, error.rsc,
+                        error.detail)
+            if reply is not None:
+                self._send(reply)
+            return
+        if decision.create is not None and pending is None:
+            if len(self.registering) >= MAX_REGISTERING:
+                self.registering.pop(next(iter(self.registering)))
+            self.registering[msg.token] = (decision.create, msg.message_id)
         self._act(self.blocks.from_client(decision.message, asyncio.get_running_loop().time()))
 
     def _act(self, actions: list[Action]) -> None:
@@ -244,6 +267,12 @@ class _PeerRelay(asyncio.DatagramProtocol):
                 self._to_cse(action.message.encode())
 
     def _to_client(self, msg: coap.Message) -> None:
+        if self.registering and msg.token in self.registering and not coap.is_request(msg.code) \
+                and not coap.is_empty(msg.code):
+            create, _ = self.registering.pop(msg.token)
+            registrar = self.gateway.registrar
+            if registrar is not None and self.sa is not None:
+                self.sa = registrar.registered(self.sa, create, coap.created_aei(msg), msg.payload)
         if self.transport is None:
             return
         self._send(msg.without_options(coap.IDENTITY_OPTIONS).encode())  # CSE copies never reach the client
@@ -284,9 +313,11 @@ class CoapsGateway:
 
     def __init__(self, config: CoapsConfig, table: PSKTable | None, *, resolver: CredentialResolver | None = None,
                  cookie_secret: bytes | None = None, crls: CRLFile | None = None,
-                 maf: MAFKeyResolver | None = None) -> None:
+                 maf: MAFKeyResolver | None = None, registrar: Registrar | None = None) -> None:
         self.config = config
-        self.resolver = resolver
+        #: service subscription rules and registration bindings (``--app-rules``), also the default resolver
+        self.registrar = registrar
+        self.resolver = resolver if resolver is not None else registrar
         self.maf = maf  # MAF-based SAEF (--maf): as on the HTTP side
         self.budget = ByteBudget(config.blockwise.max_total_bytes)  # block-wise bytes of all peers together
         self.context = TLSContext.dtls_server(config.server_config(table, config.profiles, async_psk=maf is not None),

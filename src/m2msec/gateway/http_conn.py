@@ -166,7 +166,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             try:
                 resp = self.guard.refuse_http(req, self.peer) or await gw._process(req, self.sa, self.peer,
-                                                                                   self.lease)
+                                                                                   self.lease, self._rebind)
             finally:
                 gw.body_budget.release(len(req.body), self.lease)
         except asyncio.CancelledError:
@@ -184,6 +184,10 @@ class ClientConnection(asyncio.Protocol):
             self._end()
             return
         self._send(resp)
+
+    def _rebind(self, sa: SecurityAssociation) -> None:
+        """A registration (or a re-read of the registrations) changed what this SA may be used for."""
+        self.sa = sa
 
     def _send(self, resp: http1.Message, *, close: bool = False) -> None:
         """Write ``resp``; its body stays counted in the lease until the client has read it (D46)."""

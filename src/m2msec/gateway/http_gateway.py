@@ -19,6 +19,7 @@ import json
 import logging
 import socket
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -43,15 +44,11 @@ from m2msec.gateway.limits import (
     ResponseDropped,
 )
 from m2msec.gateway.maf_resolver import MAFKeyResolver, revocation_table
+from m2msec.gateway.registrar import Registrar
+from m2msec.gateway.registration import AECreate, authorize, http_ae_create
 from m2msec.gateway.reload import side_reloader
 from m2msec.gateway.revocation import Revocation
-from m2msec.gateway.rules import (
-    IDENTITY_HEADERS,
-    CredentialResolver,
-    SecurityAssociation,
-    check_originator,
-    identity_fields,
-)
+from m2msec.gateway.rules import IDENTITY_HEADERS, CredentialResolver, SecurityAssociation, identity_fields
 from m2msec.gateway.side import SidePolicy
 from m2msec.keys.table import PSKTable
 from m2msec.tls.engine import DEFAULT_SERVER_PROFILES, TLSContext
@@ -136,11 +133,13 @@ class Gateway:
 
     def __init__(
         self, config: GatewayConfig, table: PSKTable | None, *, resolver: CredentialResolver | None = None,
-        crls: CRLFile | None = None, maf: MAFKeyResolver | None = None,
+        crls: CRLFile | None = None, maf: MAFKeyResolver | None = None, registrar: Registrar | None = None,
     ) -> None:
         self.config = config
         self.table = table
-        self.resolver = resolver
+        #: service subscription rules and registration bindings (``--app-rules``), also the default resolver
+        self.registrar = registrar
+        self.resolver = resolver if resolver is not None else registrar
         #: MAF-based SAEF (``--maf``): resolves MAF Key Identifiers at the MAF, the other identities in ``table``
         self.maf = maf
         self.context = TLSContext.server(config.server_config(table, config.profiles, async_psk=maf is not None))
@@ -205,7 +204,10 @@ class Gateway:
         return resp
 
     async def _process(self, req: http1.Message, sa: SecurityAssociation, peer: object,
-                       lease: Lease | None = None) -> http1.Message:
+                       lease: Lease | None = None,
+                       rebind: Callable[[SecurityAssociation], None] | None = None) -> http1.Message:
+        """Check and forward one request; ``rebind`` receives the SA when a registration or a re-read of the
+        bindings changed what it may be used for (the connection keeps it for its next requests)."""
         try:
             check_request_headers(req.headers)  # one From, one RI, ... before anything reads them
         except BadRequest as exc:
@@ -213,8 +215,18 @@ class Gateway:
             return _onem2m_error_response(exc, None)
         origin = req.header("x-m2m-origin")
         request_id = req.header("x-m2m-ri")
+        create: AECreate | None = None
+        cfg = self.config
         try:
-            check_originator(sa, origin, self.config.unbound_policy)
+            if self.registrar is not None:
+                create = http_ae_create(req.method, req.header("content-type"), req.body, origin)
+                checked = self.registrar.authorize(sa, origin, cfg.unbound_policy, create)
+                if checked is not sa:
+                    sa = checked
+                    if rebind is not None:
+                        rebind(sa)
+            else:
+                authorize(sa, origin, cfg.unbound_policy, cse_id=cfg.cse_id, sp_id=cfg.sp_id)
         except OneM2MError as exc:
             log.warning("refused %s %s from %s: rsc=%d %s", req.method, req.target[:200], peer, exc.rsc, exc.detail)
             return _onem2m_error_response(exc, request_id)
@@ -228,6 +240,11 @@ class Gateway:
             return _onem2m_error_response(exc, request_id)
         log.info("%s %s from %r -> %d (rsc %s)", req.method, req.target[:200], sa.identity, resp.status,
                  resp.header("x-m2m-rsc"))
+        if create is not None and self.registrar is not None:
+            created = resp.status == 201 and resp.header("x-m2m-rsc") == "2001"
+            registered = self.registrar.registered(sa, create, created, resp.body)
+            if registered is not sa and rebind is not None:
+                rebind(registered)
         return resp
 
     async def _forward(self, req: http1.Message, sa: SecurityAssociation, lease: Lease | None = None) -> http1.Message:

@@ -41,6 +41,7 @@ __all__ = [
     "ae_id_forms",
     "associate",
     "check_originator",
+    "entity_forms",
     "identity_fields",
     "normalize_sp_id",
 ]
@@ -140,6 +141,18 @@ def ae_id_forms(absolute_ae_id: str, registrar_cse_id: str | None = None, sp_id:
     return frozenset(forms)
 
 
+def entity_forms(entity: str, registrar_cse_id: str | None = None, sp_id: str | None = None) -> frozenset[str]:
+    """The ``From`` forms of an identity a PSK is bound to (a PSK table's ``entity``, a MAF's ``sourceMAFClientID``):
+    an absolute AE-ID or CSE-ID of our SP also in its SP-relative (and, registered here, stem) forms, as for
+    certificates (D94, :func:`ae_id_forms`); any other value as written."""
+    if not entity.startswith("//"):
+        return frozenset({entity})
+    parts = entity[2:].split("/")
+    if len(parts) == 2 and parts[1] and not parts[1].startswith("S"):  # an absolute CSE-ID //sp/cse
+        return frozenset({entity, "/" + parts[1]}) if _own_sp(parts[0], sp_id) else frozenset({entity})
+    return ae_id_forms(entity, registrar_cse_id, sp_id)
+
+
 def _associate_certificate(
     session: SessionInfo, resolver: CredentialResolver | None, registrar_cse_id: str | None, sp_id: str | None
 ) -> SecurityAssociation:
@@ -189,7 +202,7 @@ def associate(
     if credential_id is None:
         credential_id = _credential_id(session.psk_identity)
     if session.entity:
-        allowed = frozenset({session.entity})
+        allowed = entity_forms(session.entity, registrar_cse_id, sp_id)
     elif credential_id is not None and resolver is not None:
         allowed = resolver.resolve(credential_id) or frozenset()
     else:
