@@ -16,8 +16,11 @@ material). Then bytes are copied both ways with backpressure (a direction reads 
 drained). TLS has no half-close in this engine (a close_notify ends the session), so:
 
 - the TLS side ends (the gateway closed): what it sent is delivered, then the plain connection is closed;
-- the plain side sends EOF: nothing more is read from it, the TLS side stays open so a response in flight is
-  still delivered, and both close when the gateway closes or after ``idle_timeout`` without traffic;
+- the plain side sends EOF right after sending (a client that half-closes after its request): the TLS side
+  stays open so the answer is still delivered; both close when the gateway closes, or after ``idle_timeout``
+  without traffic;
+- the plain side sends EOF after the last bytes came from the TLS side, or before sending anything (a client
+  closing its connection): both are closed at once;
 - any error, or ``idle_timeout`` seconds without a byte in either direction: both are closed.
 
 At most ``max_connections`` are open at once; one more is reset at once (D108).
@@ -36,6 +39,7 @@ from m2msec.errors import ConfigurationError, M2MSecError
 from m2msec.idb import require_idb
 from m2msec.saef import CertificateCredentials, PSKCredentials
 from m2msec.tls.engine import TLSContext
+from m2msec.transport.limits import DEFAULT_MAX_CONNECTIONS_PER_SA
 from m2msec.transport.tls import open_connection
 
 __all__ = [
@@ -53,8 +57,9 @@ log = logging.getLogger("m2msec.tunnel")
 #: where the unauthenticated plain side listens by default; any non-loopback address is refused unless
 #: ``allow_remote`` (``--allow-remote``): docs/decisions.md D107
 DEFAULT_LISTEN_HOST: Final = "127.0.0.1"
-#: connections open at once; one more is reset at once (docs/decisions.md D108)
-DEFAULT_MAX_CONNECTIONS: Final = 256
+#: connections open at once; one more is reset at once (docs/decisions.md D108): the gateway's default cap on the
+#: connections of one credential (D47), which all the tunnel's connections share
+DEFAULT_MAX_CONNECTIONS: Final = DEFAULT_MAX_CONNECTIONS_PER_SA
 #: seconds for the TCP connection and the handshake with the target together
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 #: seconds without a byte in either direction before a tunnelled connection is closed (the gateway's idle timeout)
@@ -110,14 +115,17 @@ class TunnelConfig:
 
 
 class _Activity:
-    """When a byte last went through, in the loop's clock."""
+    """When a byte last went through (the loop's clock), and in which direction."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.last = clock()
+        #: True: the last bytes went plain -> TLS (a request may await its answer); False: TLS -> plain; None: none
+        self.upstream: bool | None = None
 
-    def touch(self) -> None:
+    def touch(self, upstream: bool) -> None:
         self.last = self.clock()
+        self.upstream = upstream
 
 
 class Tunnel:
@@ -177,7 +185,7 @@ class Tunnel:
         self.accepted += 1
         if self.active >= cfg.max_connections:
             self.refused += 1
-            log.warning("tunnel: connection from %s refused: %d connections open (the maximum)", peer, self.active)
+            log.warning("connection from %s refused: %d connections open (the maximum)", peer, self.active)
             plain_w.transport.abort()
             return
         task = asyncio.current_task()
@@ -204,7 +212,7 @@ class Tunnel:
             raise
         except (OSError, TimeoutError, M2MSecError) as exc:
             self.failed += 1
-            log.warning("tunnel: connection from %s to %s:%d failed: %s", peer, cfg.target_host, cfg.target_port,
+            log.warning("connection from %s to %s:%d failed: %s", peer, cfg.target_host, cfg.target_port,
                         _reason(exc, cfg.connect_timeout))
             plain_w.transport.abort()  # the CSE sees a reset at once, never a hang
             return
@@ -219,8 +227,8 @@ class Tunnel:
         """Copy both ways until the TLS side ends, an error, or the idle timeout."""
         loop = asyncio.get_running_loop()
         activity = _Activity(loop.time)
-        up = asyncio.create_task(_copy(plain_r, tls_w, activity))
-        down = asyncio.create_task(_copy(tls_r, plain_w, activity))
+        up = asyncio.create_task(_copy(plain_r, tls_w, activity, upstream=True))
+        down = asyncio.create_task(_copy(tls_r, plain_w, activity, upstream=False))
         pending: set[asyncio.Task[None]] = {up, down}
         idle = self.config.idle_timeout
         try:
@@ -233,19 +241,22 @@ class Tunnel:
                     continue
                 if down in done or any(t.exception() is not None for t in done):
                     return  # the TLS side ended (its data delivered), or a write failed
-                # the plain side sent EOF: keep delivering what the TLS side sends (half-close)
+                if not activity.upstream:
+                    return  # the plain side closed after the last answer (or before sending anything)
+                # the plain side sent EOF after sending: keep delivering what the TLS side sends (half-close)
         finally:
             for task in (up, down):
                 task.cancel()
             await asyncio.gather(up, down, return_exceptions=True)
 
 
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, activity: _Activity) -> None:
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, activity: _Activity, *,
+                upstream: bool) -> None:
     while True:
         data = await reader.read(CHUNK)
         if not data:
             return
-        activity.touch()
+        activity.touch(upstream)
         writer.write(data)
         await writer.drain()  # backpressure: read no more until the other side took it
 

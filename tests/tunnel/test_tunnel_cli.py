@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -118,3 +119,66 @@ def test_cli_bad_input_is_one_line(args: list[str], message: str) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert done.stdout == ""
+
+
+def test_docs_list_every_tunnel_option() -> None:
+    import argparse
+
+    from m2msec.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["tunnel"]
+    flags = {s for a in sub._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
+    doc = (Path(__file__).parents[2] / "docs" / "tunnel.md").read_text()
+    table = "\n".join(line for line in doc.splitlines() if line.startswith("| `--"))
+    assert {f for f in flags if f"`{f}" not in table} == set()
+
+
+async def test_cli_logs_one_line_per_failed_connection(certs: Certificates) -> None:
+    """Target down: the plain connection ends at once and the process logs one line for it, without the key."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down = s.getsockname()[1]
+    env = {**os.environ, "TUNNEL_TEST_KEY": LIGHT1_KEY}
+    proc, port = await start_process("--to", f"127.0.0.1:{down}", "--identity", LIGHT1_ID, "--key-env",
+                                     "TUNNEL_TEST_KEY", "--entity-id", IN_CSE, env=env)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        try:
+            async with asyncio.timeout(5):
+                assert await reader.read() == b""
+        except ConnectionResetError:
+            pass
+        writer.close()
+    finally:
+        err = (await stop_process(proc)).decode()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"to 127.0.0.1:{down} failed: cannot connect" in lines[0], err
+    assert LIGHT1_KEY not in err
+
+
+async def test_cli_allow_remote_listens_on_any_address() -> None:
+    env = {**os.environ, "TUNNEL_TEST_KEY": LIGHT1_KEY}
+    proc = await asyncio.create_subprocess_exec(
+        *m2msec("tunnel", "--listen", "0.0.0.0:0", "--allow-remote", "--to", "127.0.0.1:9", "--identity", LIGHT1_ID,
+                "--key-env", "TUNNEL_TEST_KEY", "--entity-id", IN_CSE),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+    assert line.startswith("listening on 0.0.0.0:") and int(line.rpartition(":")[2]) > 0, line
+    await stop_process(proc)
+
+
+def test_cli_busy_port_is_one_line() -> None:
+    env = {**os.environ, "TUNNEL_TEST_KEY": LIGHT1_KEY}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(m2msec("tunnel", "--listen", f"127.0.0.1:{port}", "--to", "127.0.0.1:9", "--identity",
+                                     LIGHT1_ID, "--key-env", "TUNNEL_TEST_KEY", "--entity-id", IN_CSE),
+                              capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode != 0 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], done.stderr

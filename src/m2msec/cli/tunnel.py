@@ -70,6 +70,11 @@ def config_from_args(args: argparse.Namespace) -> TunnelConfig:
 async def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM / SIGINT."""
     tunnel = Tunnel(config_from_args(args))
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the line below: a parent may signal as soon as it reads it
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
     try:
         await tunnel.start()
     except OSError as exc:
@@ -77,11 +82,6 @@ async def run(args: argparse.Namespace) -> int:
     host, port = tunnel.address
     shown = f"[{host}]" if ":" in host else host
     print(f"listening on {shown}:{port}", flush=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
