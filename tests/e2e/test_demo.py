@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from acme_cse import needs_acme
 
-from conftest import LIGHT1_KEY, LIGHT2_KEY
+from conftest import LIGHT1_ID, LIGHT1_KEY, LIGHT2_ID, LIGHT2_KEY
 
 pytestmark = needs_acme
 
@@ -56,15 +56,30 @@ def test_mn_cse_registers_at_the_in_cse_with_its_certificate(demo: dict[str, Any
     assert s["cipher"].startswith("ECDHE-ECDSA-")  # TS-0003 §10.2.3
 
 
-@pytest.mark.parametrize(("name", "binding", "cipher"), [("ADN-AE1", "HTTP", "PSK-"), ("ADN-AE2", "CoAP",
-                                                                                      "PSK-AES128-CCM8")])
-def test_lights_register_over_psk(demo: dict[str, Any], name: str, binding: str, cipher: str) -> None:
+@pytest.mark.parametrize(("name", "binding", "cipher", "kpsa_id"), [
+    ("ADN-AE1", "HTTP", "PSK-", LIGHT1_ID), ("ADN-AE2", "CoAP", "PSK-AES128-CCM8", LIGHT2_ID)])
+def test_lights_register_over_psk_and_the_assigned_ae_id_is_bound(demo: dict[str, Any], name: str, binding: str,
+                                                                  cipher: str, kpsa_id: str) -> None:
     s = step(demo, f"{name}-registration")
     assert (s["rsc"], s["framework"], s["binding"]) == (2001, "PSK", binding)
     assert s["cipher"].startswith(cipher)
-    aei = s["result"].removeprefix("AE-ID ")
-    assert AE_STEM.match(aei), s
-    assert s["bound_identity"] in (aei, f"/mn-cse-123456/{aei}")
+    m = re.fullmatch(r"AE-ID (\S+), bound to (\S+)", s["result"])
+    assert m is not None, s
+    assert AE_STEM.match(m[1]) and m[1] != "C"  # assigned by the CSE (the lights registered with From C)
+    assert s["bound_identity"] == m[1] and m[2] == f"12-{kpsa_id}"  # TS-0003 §10.4 Credential-ID
+
+
+def test_registrations_refused_by_the_service_subscription_rules(demo: dict[str, Any]) -> None:
+    wrong_app = step(demo, "ADN-AE2-wrong-app-id")  # over coaps: 4.03 with oneM2M-RSC
+    assert (wrong_app["rsc"], wrong_app["binding"]) == (4126, "CoAP") and "not forwarded" in wrong_app["result"]
+    assert wrong_app["bound_identity"] == f"12-{LIGHT2_ID}"  # nothing bound yet: its Credential-ID
+    unsubscribed = step(demo, "unsubscribed-registration")
+    assert (unsubscribed["rsc"], unsubscribed["binding"]) == (4128, "HTTP")
+    assert unsubscribed["bound_identity"] == "12-test@onem2m.com"
+
+
+def test_a_cse_id_on_an_sa_of_no_cse_is_4107(demo: dict[str, Any]) -> None:
+    assert step(demo, "cse-id-without-sa")["rsc"] == 4107
 
 
 def test_smartphone_registers_over_the_maf_based_sa(demo: dict[str, Any]) -> None:
@@ -86,6 +101,8 @@ def test_smartphone_controls_the_light_through_both_cses(demo: dict[str, Any]) -
 def test_impersonation_is_refused_before_the_cse(demo: dict[str, Any]) -> None:
     s = step(demo, "impersonation")
     assert s["rsc"] == 4106 and "not forwarded" in s["result"]
+    victim = step(demo, "ADN-AE1-registration")["bound_identity"]
+    assert s["action"].endswith(f"(From {victim})") and s["bound_identity"] != victim
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

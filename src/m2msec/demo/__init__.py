@@ -12,11 +12,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from m2msec.demo.procs import Processes
-from m2msec.demo.report import Step
-from m2msec.demo.scenario import World, run_steps
-from m2msec.demo.topology import start_all
+if TYPE_CHECKING:
+    from m2msec.demo.report import Step
 
 __all__ = ["run_demo"]
 
@@ -24,6 +23,11 @@ __all__ = ["run_demo"]
 async def run_demo(acme: Path, progress: Callable[[str], None], keep: Path | None = None) -> tuple[list[Step], float]:
     """Start everything in a temporary directory (``keep``: in that new directory, left in place with the
     processes' logs), run the steps, stop everything (whatever happens)."""
+    # imported here: `m2msec.demo.acme` is imported by every `m2msec` command line (cli/demo.py), this is not
+    from m2msec.demo.procs import Processes
+    from m2msec.demo.scenario import World, run_steps
+    from m2msec.demo.topology import start_all
+
     start = time.monotonic()
     with contextlib.ExitStack() as stack:
         if keep is None:

@@ -28,6 +28,7 @@ from m2msec.demo.topology import (
     PHONE_AE,
     PHONE_KMID,
     SP,
+    TD_M2M_SE_01,
     Files,
     Ports,
 )
@@ -165,11 +166,16 @@ async def register(w: World, r: Registration) -> Step:
     reply = await client.send("POST", f"/{MN_CSE_NAME}", r.credentials[2] or "C",
                               {"m2m:ae": {"rn": r.who.lower(), "api": r.api, "rr": False, "srv": ["3"]}}, ty=2)
     aei = reply.body.get("m2m:ae", {}).get("aei") if isinstance(reply.body.get("m2m:ae"), dict) else None
+    result = _created(reply, "m2m:ae", "aei").replace("aei", "AE-ID")
     if aei and reply.rsc == 2001:
         w.ids[r.who] = str(aei)
-    result = _created(reply, "m2m:ae", "aei").replace("aei", "AE-ID")
-    if reply.rsc in RULE_CLAUSES:
-        result = f"refused by MN-GW ({reply.status})"
+        bound = await wait_log(w.mn_gw, rf"AE-ID '{re.escape(str(aei))}' registered through .*?, bound to "
+                                        r"Credential-ID '([^']+)'", 2.0)
+        if bound is not None:  # what MN-GW bound the SA's credential to (its log), not what the CSE answered
+            ident = str(aei)
+            result += f", bound to {bound[1]}"
+    elif reply.rsc in RULE_CLAUSES or reply.rsc == 4107:
+        result = f"refused by MN-GW ({reply.status}), not forwarded"
     return Step(r.step, sa, "PSK", binding, cipher or client.cipher, ident, action, result, reply.rsc,
                 r.expected_rsc, r.clause)
 
@@ -265,7 +271,7 @@ def _relay_result(seen: re.Match[str] | None) -> str:
         return "not seen at MN-GW"
     if seen["refused"]:
         return f"refused by MN-GW: {seen['why'][:80]}"
-    return f"forwarded for {_unquote(seen['origin'])}"
+    return f"forwarded to MN-CSE on the SA of {_unquote(seen['origin'])}"
 
 
 async def impersonation(w: World, attacker: str, victim: str) -> Step:
@@ -285,11 +291,26 @@ async def impersonation(w: World, attacker: str, victim: str) -> Step:
         check = await victim_client.send("GET", f"/{MN_CSE_NAME}/{victim.lower()}/hijack", target_ae)
     forwarded = check is not None and check.rsc != 4004
     result = f"refused by MN-GW ({reply.status}), {'REACHED the CSE' if forwarded else 'not forwarded'}"
-    ident, _ = await sa_seen(w.mn_gw, client)
+    ident = w.ids.get(attacker) or (await sa_seen(w.mn_gw, client))[0]
     step = Step("impersonation", sa, "PSK", client.binding, client.cipher, ident, action, result, reply.rsc, 4106,
                 clause)
     step.ok = step.ok and not forwarded
     return step
+
+
+async def cse_id_without_sa(w: World, who: str) -> Step:
+    """A device known only by its Credential-ID (nothing bound: its registration was refused) sends with the
+    IN-CSE's CSE-ID as From: 4107, as no SA with that CSE carries it."""
+    client = w.clients.get(who)
+    action = f"{who} sends as the IN-CSE (From /{IN_CSE_ID})"
+    sa = f"{who} <-> MN-GW"
+    clause = "TS-0004 §7.3.2.1 (4107 SECURITY_ASSOCIATION_REQUIRED)"
+    if client is None:
+        return failed_step("cse-id-without-sa", sa, "PSK", "-", action, 4107, clause, "no SA")
+    reply = await client.send("GET", f"/{MN_CSE_NAME}", f"/{IN_CSE_ID}")
+    ident, _ = await sa_seen(w.mn_gw, client)
+    return Step("cse-id-without-sa", sa, "PSK", client.binding, client.cipher, ident, action,
+                f"refused by MN-GW ({reply.status}), not forwarded", reply.rsc, 4107, clause)
 
 
 async def light_reads_state(w: World, name: str) -> Step:
@@ -311,7 +332,12 @@ async def light_reads_state(w: World, name: str) -> Step:
 
 REGISTRATIONS = (
     Registration("ADN-AE1-registration", "ADN-AE1", LIGHT1, False, "Nlight", 2001, REGISTRATION_CLAUSE),
+    # the same rules over coaps: an App-ID no rule of its credential allows, then the right one (the refused
+    # CREATE never reached the CSE: the second one, with the same resource name, is not a conflict)
+    Registration("ADN-AE2-wrong-app-id", "ADN-AE2", LIGHT2, True, "Nthermostat", 4126, RULE_CLAUSES[4126]),
     Registration("ADN-AE2-registration", "ADN-AE2", LIGHT2, True, "Nlight", 2001, REGISTRATION_CLAUSE),
+    Registration("unsubscribed-registration", "TD_M2M_SE_01 device", TD_M2M_SE_01, False, "APP01", 4128,
+                 RULE_CLAUSES[4128]),
 )
 
 
@@ -334,4 +360,5 @@ async def run_steps(w: World, progress: Callable[[str], None]) -> list[Step]:
     record(*await phone_controls_light(w, "ADN-AE1"))
     record(await light_reads_state(w, "ADN-AE1"))
     record(await impersonation(w, "ADN-AE2", "ADN-AE1"))
+    record(await cse_id_without_sa(w, "TD_M2M_SE_01 device"))
     return steps

@@ -29,10 +29,19 @@ MAF_FQDN = f"maf.{SP}"
 PHONE_KMID, IN_GW_KMID = f"smartphone@{MAF_FQDN}", f"in-gw@{MAF_FQDN}"
 #: the smartphone's AE-ID as provisioned at the MAF (SP-relative; the MAF makes it absolute)
 PHONE_AE = f"/{IN_CSE_ID}/Csmartphone"
-#: TR-0038 Table 7.1.2-2 / TS-0013 TD_M2M_SE_01: published example values (test vectors, not secrets)
-LIGHT1 = ("AE123456789012-Light@in.provider.com", "1a2b3c4d5e6f7a8b", "Clight-AE1")
-LIGHT2 = ("AE123456789015-Light@in.provider.com", "12345678abcdefab", "Clight-AE2")
+#: TR-0038 Table 7.1.2-2 / TS-0013 TD_M2M_SE_01: published example values (test vectors, not secrets). No AE-ID
+#: is bound in the PSK table: the service subscription rules admit the lights' registrations, the CSE assigns
+#: their AE-IDs and MN-GW binds them (docs/gateway.md "Registration upon SAE")
+LIGHT1 = ("AE123456789012-Light@in.provider.com", "1a2b3c4d5e6f7a8b", None)
+LIGHT2 = ("AE123456789015-Light@in.provider.com", "12345678abcdefab", None)
 TD_M2M_SE_01 = ("test@onem2m.com", "123456", None)
+#: MN-GW's service subscription rules: the two lights (by Credential-ID, TS-0003 §10.4), App-IDs Nlight*, any
+#: C-type AE-ID-Stem the CSE assigns; no rule applies to TD_M2M_SE_01's credential
+APP_RULES = f"""[[app_rule]]
+apci = ["12-{LIGHT1[0]}", "12-{LIGHT2[0]}"]
+aai = ["Nlight*"]
+aae = ["C*"]
+"""
 
 LISTEN = r"on 127\.0\.0\.1:(\d+)"
 TUNNEL_LISTEN = r"listening on 127\.0\.0\.1:(\d+)"
@@ -47,6 +56,7 @@ class Files:
     mn_cert: Path
     mn_key: Path
     psk_table: Path
+    app_rules: Path
     maf_config: Path
     phone_km: Path
     in_gw_km: Path
@@ -95,7 +105,10 @@ async def make_files(work: Path, procs: Processes) -> Files:
         proc = procs.start(name, m2msec_argv("maf", "--config", str(maf_config), "clients", "add", kmid,
                                              "--identity", identity, "--generate", "32", "--out", str(out)))
         await procs.wait_line(proc, r"added MAF client")
-    return Files(ca, in_crt, in_key, mn_crt, mn_key, _psk_table(work / "psk.toml"), maf_config, phone_km, in_gw_km)
+    rules = work / "rules.toml"
+    rules.write_text(APP_RULES)
+    return Files(ca, in_crt, in_key, mn_crt, mn_key, _psk_table(work / "psk.toml"), rules, maf_config, phone_km,
+                 in_gw_km)
 
 
 def in_cse_config(ports: Ports) -> AcmeConfig:
@@ -129,7 +142,8 @@ async def start_all(procs: Processes, acme: Path, progress: Callable[[str], None
                                   "--maf", f"https://127.0.0.1:{ports.maf}", "--maf-fqdn", MAF_FQDN,
                                   "--maf-kmid", IN_GW_KMID, "--maf-key-file", str(files.in_gw_km)])
     mn_gw = procs.start("mn-gw", [*_gateway_argv(files, files.mn_cert, files.mn_key, MN_CSE_ID, ports.mn_cse),
-                                  "--psk-table", str(files.psk_table), "--coap-backend",
+                                  "--psk-table", str(files.psk_table), "--app-rules", str(files.app_rules),
+                                  "--registrations", str(work / "registrations.sqlite"), "--coap-backend",
                                   f"127.0.0.1:{ports.mn_cse_coap}", "--coaps-listen", "127.0.0.1:0"])
     ports.in_gw = await procs.wait_port(in_gw, r"m2msec gateway " + LISTEN)
     ports.mn_gw = await procs.wait_port(mn_gw, r"m2msec gateway " + LISTEN)
