@@ -109,6 +109,13 @@ def test_demo_without_acme_names_the_install_command(tmp_path: Path) -> None:
     assert result.stdout == ""
 
 
+def test_demo_keep_needs_a_new_directory(tmp_path: Path) -> None:
+    result = run(["demo", "--keep", str(tmp_path)], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"m2msec: error: --keep {tmp_path}: exists already (give a new directory)"]
+
+
 @contextlib.contextmanager
 def gateway_with_backend(tmp_path: Path, page: str, *extra: str) -> Iterator[int]:
     """`m2msec gateway` as a real process (PSK table with Light 1, plus ``extra`` options) in front of a real

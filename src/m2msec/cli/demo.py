@@ -37,6 +37,9 @@ async def run(args: argparse.Namespace) -> int:
     if acme is None:
         print(f"m2msec: error: {INSTALL_HINT}", file=sys.stderr)
         return 2
+    if args.keep is not None and args.keep.exists():
+        print(f"m2msec: error: --keep {args.keep}: exists already (give a new directory)", file=sys.stderr)
+        return 2
     progress = Progress(quiet=args.quiet)
     task = asyncio.current_task()
     assert task is not None
