@@ -33,12 +33,12 @@ async def run(args: argparse.Namespace) -> int:
     from m2msec.demo.report import document, table
     from m2msec.demo.topology import Progress
 
+    if args.keep is not None and args.keep.exists():
+        print(f"m2msec: error: --keep {args.keep}: exists already (give a new directory)", file=sys.stderr)
+        return 2
     acme = acme_binary()
     if acme is None:
         print(f"m2msec: error: {INSTALL_HINT}", file=sys.stderr)
-        return 2
-    if args.keep is not None and args.keep.exists():
-        print(f"m2msec: error: --keep {args.keep}: exists already (give a new directory)", file=sys.stderr)
         return 2
     progress = Progress(quiet=args.quiet)
     task = asyncio.current_task()
