@@ -22,6 +22,7 @@ def test_mn_cse_ini_registers_through_the_given_address_and_is_reached_at_its_po
     assert "serviceProviderID=//in.provider.com\npoa=http://127.0.0.1:9001\n" in ini
     assert "[cse.registrar]\naddress=http://127.0.0.1:9000\ncseID=/id-in\nresourceName=cse-in\n" in ini
     assert "[coap]\nenable=true\nport=5683\n" in ini
+    assert "allowedCSROriginators" not in ini  # nobody registers at the MN-CSE
 
 
 def test_in_cse_ini_admits_its_registrees_in_the_form_acme_accepts() -> None:

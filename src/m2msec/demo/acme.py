@@ -84,8 +84,9 @@ class AcmeConfig:
         ]
         if self.poa is not None:
             lines.append(f"poa={self.poa}")
-        lines += ["", "[cse.registration]", f"allowedCSROriginators={','.join('/' + r for r in self.registrees)}",
-                  f"checkInterval={self.check_interval}"]
+        lines += ["", "[cse.registration]", f"checkInterval={self.check_interval}"]
+        if self.registrees:  # SP-relative: ACME refuses other forms (and exits 0 without a word)
+            lines.append(f"allowedCSROriginators={','.join('/' + r for r in self.registrees)}")
         if self.registrar is not None:
             reg = self.registrar
             lines += ["", "[cse.registrar]", f"address={reg.address}", f"cseID=/{reg.cse_id}",
