@@ -22,7 +22,7 @@ settings.load_profile("m2msec")
 
 #: test files whose async tests run on both asyncio's loop (the default) and uvloop (``--loop uvloop``)
 BOTH_LOOPS = {"test_transport.py", "test_gateway.py", "test_gateway_certificates.py", "test_dtls.py", "test_limits.py",
-              "test_attack_front.py", "test_asgi_server.py"}
+              "test_attack_front.py", "test_asgi_server.py", "test_tunnel.py"}
 
 
 def pytest_asyncio_loop_factories(

@@ -23,7 +23,8 @@ drained). TLS has no half-close in this engine (a close_notify ends the session)
   closing its connection): both are closed at once;
 - any error, or ``idle_timeout`` seconds without a byte in either direction: both are closed.
 
-At most ``max_connections`` are open at once; one more is reset at once (D108).
+At most ``max_connections`` are open at once; one more is reset at once; at most ``MAX_HANDSHAKES`` handshakes
+run at once, the others wait for one to end (D108).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from m2msec.errors import ConfigurationError, M2MSecError
 from m2msec.idb import require_idb
 from m2msec.saef import CertificateCredentials, PSKCredentials
 from m2msec.tls.engine import TLSContext
-from m2msec.transport.limits import DEFAULT_MAX_CONNECTIONS_PER_SA
+from m2msec.transport.limits import DEFAULT_MAX_CONNECTIONS_PER_SA, DEFAULT_MAX_HANDSHAKES_PER_SOURCE
 from m2msec.transport.tls import open_connection
 
 __all__ = [
@@ -47,9 +48,11 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_LISTEN_HOST",
     "DEFAULT_MAX_CONNECTIONS",
+    "MAX_HANDSHAKES",
     "Tunnel",
     "TunnelConfig",
     "is_loopback",
+    "should_close",
 ]
 
 log = logging.getLogger("m2msec.tunnel")
@@ -60,6 +63,9 @@ DEFAULT_LISTEN_HOST: Final = "127.0.0.1"
 #: connections open at once; one more is reset at once (docs/decisions.md D108): the gateway's default cap on the
 #: connections of one credential (D47), which all the tunnel's connections share
 DEFAULT_MAX_CONNECTIONS: Final = DEFAULT_MAX_CONNECTIONS_PER_SA
+#: handshakes with the target at once; more wait (within the connect timeout): the gateway's default cap on the
+#: handshakes in progress from one source (D31), which a burst of connections from the tunnel would exceed (D108)
+MAX_HANDSHAKES: Final = DEFAULT_MAX_HANDSHAKES_PER_SOURCE
 #: seconds for the TCP connection and the handshake with the target together
 DEFAULT_CONNECT_TIMEOUT: Final = 10.0
 #: seconds without a byte in either direction before a tunnelled connection is closed (the gateway's idle timeout)
@@ -128,6 +134,21 @@ class _Activity:
         self.upstream = upstream
 
 
+def should_close(*, tls_ended: bool, plain_ended: bool, failed: bool, last_upstream: bool | None) -> bool:
+    """Whether a tunnelled connection ends now (both sides closed), after one direction stopped.
+
+    ``tls_ended``: the TLS side reached EOF (what it sent is delivered); ``plain_ended``: the plain side sent EOF;
+    ``failed``: a read or write failed; ``last_upstream``: the direction of the last bytes (True plain -> TLS,
+    False TLS -> plain, None none yet). The TLS side has no half-close, so its end ends the connection. The plain
+    side's EOF ends it unless the last bytes went upstream: a client that half-closes right after its request still
+    gets the answer; one that closes after the last answer, or before sending anything, is gone."""
+    if tls_ended or failed:
+        return True
+    if plain_ended:
+        return last_upstream is not True
+    return False
+
+
 class Tunnel:
     """A plain TCP listener whose connections are carried in TLS connections to ``config.target_*``."""
 
@@ -136,6 +157,7 @@ class Tunnel:
         self.config = config
         # one client context for every connection (the credentials are loaded once)
         self._context = TLSContext.client(config.credentials.client_config(config.server_name))
+        self._handshakes = asyncio.Semaphore(MAX_HANDSHAKES)
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         #: counters: connections accepted, refused (over the cap), failed (no TLS connection), open now
@@ -203,8 +225,8 @@ class Tunnel:
     async def _serve(self, peer: object, plain_r: asyncio.StreamReader, plain_w: asyncio.StreamWriter) -> None:
         cfg = self.config
         try:
-            async with asyncio.timeout(cfg.connect_timeout):
-                tls_r, tls_w, _ = await open_connection(
+            async with asyncio.timeout(cfg.connect_timeout), self._handshakes:
+                tls_r, tls_w, session = await open_connection(
                     cfg.target_host, cfg.target_port, self._context, handshake_timeout=cfg.connect_timeout,
                     limit=CHUNK, peer_entity=cfg.credentials.peer_entity)
         except asyncio.CancelledError:
@@ -216,6 +238,9 @@ class Tunnel:
                         _reason(exc, cfg.connect_timeout))
             plain_w.transport.abort()  # the CSE sees a reset at once, never a hang
             return
+        log.info("connection from %s: SA with %s (%s authentication, %s %s)", peer,
+                 session.entity or f"{cfg.target_host}:{cfg.target_port}", session.authentication, session.version,
+                 session.cipher)
         try:
             await self._pipe(plain_r, plain_w, tls_r, tls_w)
         finally:
@@ -239,11 +264,10 @@ class Tunnel:
                     if idle is not None and loop.time() - activity.last >= idle:
                         return  # idle
                     continue
-                if down in done or any(t.exception() is not None for t in done):
-                    return  # the TLS side ended (its data delivered), or a write failed
-                if not activity.upstream:
-                    return  # the plain side closed after the last answer (or before sending anything)
-                # the plain side sent EOF after sending: keep delivering what the TLS side sends (half-close)
+                failed = any(t.exception() is not None for t in done)
+                if should_close(tls_ended=down in done, plain_ended=up.done(), failed=failed,
+                                last_upstream=activity.upstream):
+                    return
         finally:
             for task in (up, down):
                 task.cancel()

@@ -23,6 +23,7 @@ from tunnel_env import (
 )
 
 from conftest import LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY
+from leaks import assert_no_secret
 from m2msec.errors import ConfigurationError
 from m2msec.gateway.http_gateway import Gateway
 from m2msec.keys.secret import SecretKey
@@ -31,7 +32,7 @@ from m2msec.saef import CertificateCredentials, PSKCredentials
 from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
 from m2msec.tls.profiles import ECDHE_ECDSA
 from m2msec.transport.tls import start_stream_server
-from m2msec.tunnel import Tunnel, TunnelConfig
+from m2msec.tunnel import DEFAULT_MAX_CONNECTIONS, Tunnel, TunnelConfig, should_close
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +59,14 @@ def tunnel_to(port: int, credentials: PSKCredentials | CertificateCredentials, *
 
 
 async def test_certificate_tunnel_carries_the_identity_of_its_certificate(
-    gateway: Gateway, backend: EchoBackend, certs: Certificates
+    gateway: Gateway, backend: EchoBackend, certs: Certificates, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with tunnel_to(gateway.port, client_credentials(certs)) as tunnel:
-        client = await PlainClient.connect(tunnel.port)
-        ok = await client.request(onem2m(f"/{MN_CSE}", body=b'{"m2m:csr": {}}'))
+        with caplog.at_level(logging.INFO, logger="m2msec.tunnel"):
+            client = await PlainClient.connect(tunnel.port)
+            ok = await client.request(onem2m(f"/{MN_CSE}", body=b'{"m2m:csr": {}}'))
+        [established] = [r.getMessage() for r in caplog.records if r.name == "m2msec.tunnel"]
+        assert f"SA with {IN_CSE} (certificate authentication, TLSv1.2 ECDHE-ECDSA-" in established, established
         assert (ok.status, ok.header("x-m2m-rsc"), ok.body) == (200, "2000", b'{"m2m:csr": {}}')
         # the gateway's originator check sees the tunnel's certificate identity, not what the plain client claims
         other = await client.request(onem2m("/other-cse", ri="req-2"))
@@ -134,7 +138,8 @@ async def test_wrong_psk_is_logged_once_without_the_key(
             await closed_without_response(tunnel.port, within=5)
     tunnel_lines = [r.getMessage() for r in caplog.records if r.name == "m2msec.tunnel"]
     assert len(tunnel_lines) == 1, tunnel_lines
-    assert not any(wrong in r.getMessage() or LIGHT1_KEY in r.getMessage() for r in caplog.records)
+    assert_no_secret("\n".join(r.getMessage() for r in caplog.records), [bytes.fromhex(wrong),
+                                                                          bytes.fromhex(LIGHT1_KEY)], where="logs")
     assert backend.requests == []
 
 
@@ -178,15 +183,16 @@ async def test_many_concurrent_connections(backend: EchoBackend, certs: Certific
             assert (resp.status, resp.body) == (200, body)
         await client.close()
 
-    # all the tunnel's connections come from one source: let the gateway take them all at once
-    gateway = await start_gateway(backend.port, certs, max_handshakes_per_source=100)
+    # as many as the tunnel and the gateway's per-credential cap allow (64), more than the gateway's handshakes in
+    # progress from one source (32): the tunnel queues its handshakes, so none is refused
+    gateway = await start_gateway(backend.port, certs)
     try:
         async with tunnel_to(gateway.port, client_credentials(certs)) as tunnel:
-            await asyncio.gather(*(one(i) for i in range(60)))
-            assert tunnel.accepted == 60 and tunnel.failed == 0
+            await asyncio.gather(*(one(i) for i in range(DEFAULT_MAX_CONNECTIONS)))
+            assert tunnel.accepted == DEFAULT_MAX_CONNECTIONS and tunnel.failed == 0
     finally:
         await gateway.close()
-    assert len(backend.requests) == 180
+    assert len(backend.requests) == 3 * DEFAULT_MAX_CONNECTIONS
 
 
 async def test_large_bodies_both_ways(gateway: Gateway, certs: Certificates) -> None:
@@ -327,3 +333,32 @@ async def test_a_client_that_does_not_read_stops_the_sender(certs: Certificates)
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize(("tls_ended", "plain_ended", "failed", "last_upstream", "close"), [
+    (True, False, False, False, True),  # the gateway closed: its answer is delivered, then both close
+    (True, True, False, True, True),
+    (False, False, True, None, True),  # a write failed
+    (False, True, False, True, False),  # half-close right after a request: wait for the answer
+    (False, True, False, False, True),  # the client closed after the last answer
+    (False, True, False, None, True),  # the client closed without sending anything
+    (False, False, False, True, False),  # nothing ended
+])
+def test_when_a_connection_ends(tls_ended: bool, plain_ended: bool, failed: bool, last_upstream: bool | None,
+                                close: bool) -> None:
+    assert should_close(tls_ended=tls_ended, plain_ended=plain_ended, failed=failed,
+                        last_upstream=last_upstream) is close
+
+
+def test_no_key_material_in_reprs(certs: Certificates) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key(certs.mn_cse.private_key_pem(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    scalar = key.private_numbers().private_value.to_bytes(32, "big")
+    psk = TunnelConfig("127.0.0.1", 1, PSKCredentials(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), peer_entity=IN_CSE))
+    cert = TunnelConfig("127.0.0.1", 1, client_credentials(certs))
+    text = repr(psk) + repr(cert) + repr(Tunnel(psk).config)
+    assert_no_secret(text, [bytes.fromhex(LIGHT1_KEY), scalar])
+    assert b"PRIVATE KEY" not in text.encode()

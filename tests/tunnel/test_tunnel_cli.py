@@ -80,12 +80,14 @@ async def test_cli_certificate_tunnel(tmp_path: Path, certs: Certificates, backe
     assert seen.header("x-m2msec-sa-identity") == f"/{MN_CSE}"
 
 
-async def test_cli_psk_tunnel(tmp_path: Path, certs: Certificates, backend: EchoBackend) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_cli_psk_tunnel(tmp_path: Path, certs: Certificates, backend: EchoBackend, loop: str) -> None:
     gw = await start_gateway(backend.port, certs)
     try:
         env = {**os.environ, "TUNNEL_TEST_KEY": LIGHT1_KEY}
         proc, port = await start_process("--to", f"127.0.0.1:{gw.port}", "--identity", LIGHT1_ID,
-                                         "--key-env", "TUNNEL_TEST_KEY", "--entity-id", IN_CSE, env=env)
+                                         "--key-env", "TUNNEL_TEST_KEY", "--entity-id", IN_CSE, "--loop", loop,
+                                         env=env)
         try:
             client = await PlainClient.connect(port)
             ok = await client.request(onem2m(LIGHT1_AE))
@@ -110,6 +112,16 @@ async def test_cli_psk_tunnel(tmp_path: Path, certs: Certificates, backend: Echo
     (["--to", "127.0.0.1:9", "--identity", "a@b.c", "--key-env", "TUNNEL_UNSET_KEY", "--entity-id", "x"],
      "TUNNEL_UNSET_KEY is not set"),
     (["--to", "127.0.0.1:9", "--cert", "/nonexistent.crt", "--entity-id", "x"], "--cert goes with --cert-key"),
+    (["--to", "127.0.0.1:9", "--identity", "a@b.c", "--key-env", "TUNNEL_TEST_KEY", "--entity-id", "x",
+      "--idle-timeout", "0"], "idle timeout must be positive"),
+    (["--to", "127.0.0.1:9", "--identity", "a@b.c", "--key-env", "TUNNEL_TEST_KEY", "--entity-id", "x",
+      "--timeout", "-1"], "connect timeout must be positive"),
+    (["--to", "127.0.0.1:9", "--identity", "a@b.c", "--key-env", "TUNNEL_TEST_KEY", "--entity-id", "x",
+      "--max-connections", "0"], "max connections must be at least 1"),
+    (["--to", "127.0.0.1:9", "--identity", "a@b.c", "--key-env", "TUNNEL_TEST_KEY", "--entity-id", "x",
+      "--profiles", "no-such-profile"], "no-such-profile"),
+    (["--to", "127.0.0.1:0", "--identity", "a@b.c", "--key-env", "TUNNEL_TEST_KEY", "--entity-id", "x"],
+     "--to needs a port"),
 ])
 def test_cli_bad_input_is_one_line(args: list[str], message: str) -> None:
     env = {**os.environ, "TUNNEL_TEST_KEY": LIGHT1_KEY}

@@ -14,6 +14,7 @@ import contextlib
 import signal
 from typing import Any
 
+from m2msec.cli.common import LOOPS, run_async
 from m2msec.cli.credentials import add_credential_options, credentials_from_args, peer_from_args
 from m2msec.errors import ConfigurationError
 from m2msec.tunnel import (
@@ -46,7 +47,13 @@ def add_parser(sub: Any) -> None:
                    help=f"close a connection without traffic for this long (default {DEFAULT_IDLE_TIMEOUT:g})")
     p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
                    help=f"connections open at once; more are reset (default {DEFAULT_MAX_CONNECTIONS})")
-    p.set_defaults(func=run)
+    p.add_argument("--loop", choices=LOOPS, default="asyncio",
+                   help="event loop: asyncio (default) or uvloop (needs the uvloop extra)")
+    p.set_defaults(func=_dispatch)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    return run_async(run(args), loop=args.loop)
 
 
 def config_from_args(args: argparse.Namespace) -> TunnelConfig:
