@@ -12,6 +12,7 @@ import pytest
 from m2msec.demo.acme import AcmeConfig, Registrar, acme_binary
 from m2msec.demo.procs import DemoError, Processes
 from m2msec.demo.report import Step, document, failed_step, table
+from m2msec.demo.scenario import guarded
 
 
 def test_mn_cse_ini_registers_through_the_given_address_and_is_reached_at_its_poa() -> None:
@@ -82,3 +83,18 @@ def test_json_document() -> None:
     assert [s["ok"] for s in doc["steps"]] == [True, False]
     assert doc["steps"][0]["bound_identity"] == "Clight" and doc["steps"][1]["rsc"] is None
     assert json.loads(document([], 0.0, "no CSE"))["ok"] is False
+
+
+async def test_a_step_that_raises_is_one_failed_record_and_the_demo_goes_on() -> None:
+    async def closed() -> Step:
+        raise ConnectionResetError("peer closed")
+
+    [record] = await guarded(closed, "smartphone-control")
+    assert (record.name, record.ok, record.rsc) == ("smartphone-control", False, None)
+    assert record.result == "failed: ConnectionResetError: peer closed"
+
+    async def bug() -> Step:
+        raise KeyError("x")  # not a peer's doing: a bug, not hidden
+
+    with pytest.raises(KeyError):
+        await guarded(bug, "x")
