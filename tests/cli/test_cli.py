@@ -99,11 +99,21 @@ def test_world_readable_key_file_refused(tmp_path: Path, capsys: pytest.CaptureF
     assert "chmod 600" in capsys.readouterr().err
 
 
-def test_demo_runs_with_no_setup(tmp_path: Path) -> None:
-    result = run(["demo"], cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path)})
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "all cases behaved as TS-0003 requires" in result.stdout
-    assert LIGHT1_KEY not in result.stdout + result.stderr
+def test_demo_without_acme_names_the_install_command(tmp_path: Path) -> None:
+    """The demo itself runs in tests/e2e/test_demo.py (it needs ACME); without ACME it says how to get it."""
+    result = run(["demo"], cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path),
+                                                "M2MSEC_ACME": str(tmp_path / "no-acmecse")})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "m2msec: error: ACME (the oneM2M CSE the demo runs) is not installed: run bash scripts/install.sh"]
+    assert result.stdout == ""
+
+
+def test_demo_keep_needs_a_new_directory(tmp_path: Path) -> None:
+    result = run(["demo", "--keep", str(tmp_path)], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"m2msec: error: --keep {tmp_path}: exists already (give a new directory)"]
 
 
 @contextlib.contextmanager
