@@ -281,6 +281,11 @@ async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None)
     (its start lines are the supervisor's to print) and draining before it closes."""
     http, coaps = prepare(args)
     services: list[Gateway | CoapsGateway] = []
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before the start lines: a SIGTERM right after them stops cleanly
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
     if coaps is not None:
         await coaps.start(sock=sockets.udp if sockets is not None else None)
         if sockets is None:
@@ -298,11 +303,6 @@ async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None)
         services.append(http)
     if args.unbound == UnboundPolicy.FORWARD.value:  # D4; said once serving, as a refused start is one line
         logging.getLogger("m2msec.gateway").warning(UNBOUND_FORWARD_WARNING)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     if sockets is not None:
         sockets.serving()
     await stop.wait()
@@ -315,6 +315,9 @@ async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None)
     maf = http.maf if http is not None else coaps.maf if coaps is not None else None
     if maf is not None:
         await maf.close()
+    registrar = http.registrar if http is not None else coaps.registrar if coaps is not None else None
+    if registrar is not None:
+        registrar.close()
     return 0
 
 
