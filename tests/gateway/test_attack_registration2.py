@@ -7,17 +7,39 @@ Each test shows one finding and fails on main (commit e538f11): it is marked ``x
    already exist as they are. Whoever can create files in the directory (a shared ``/tmp``, a group-writable
    directory) plants them before the gateway starts and keeps a read-write descriptor: every binding (an
    identity) is written through a file the attacker can read and rewrite, whatever the main file's mode.
+3. D104/D106 bind the ``aei`` of a JSON 201 answer, and refuse ``rcn``/``rt`` values whose answer holds none; but the
+   client also chooses the answer's serialization: with ``Accept: application/cbor`` (or XML) ACME answers the
+   CREATE <AE> in CBOR, the gateway's strict JSON read finds no ``aei`` and binds nothing (one WARNING). That
+   reopens attack17 findings 9 and 8: (a) a deregistered AE-ID registered anew by another credential stays bound
+   to its former credential, which then acts as the new AE (deletes it: impersonation); (b) registrations with a
+   registrar-assigned stem are never counted against D103's cap.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+
+from acme_cse import CSE_ID, CSE_RN, needs_acme, running_acme
+from registration_front import SP_ID, acme_rsc, ae_body, psk_table, unique
+
+from conftest import LIGHT1_ID, LIGHT1_KEY, LIGHT2_ID, LIGHT2_KEY
+from m2msec import http1
 from m2msec.errors import ConfigurationError
-from m2msec.gateway.registrar import BindingStore
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
+from m2msec.gateway.registrar import BindingStore, Registrar
+from m2msec.gateway.subscription import RuleTable
+from m2msec.keys.secret import SecretKey
+from m2msec.saef import EstablishedSA, PSKCredentials, establish_sa
+
+LIGHT1_CRED = f"12-{LIGHT1_ID}"
+CBOR = "application/cbor"
 
 
 @pytest.mark.xfail(strict=True, reason="attack17b finding 1")
@@ -45,3 +67,105 @@ def test_planted_wal_file_is_refused(tmp_path: Path) -> None:
                 store.close()
     finally:
         os.close(fd)
+
+
+# --- finding 3: the answer's serialization is the client's choice; a CBOR answer binds nothing
+@pytest.fixture(scope="module")
+def acme_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    with running_acme(tmp_path_factory.mktemp("acme-attack17b")) as (http_port, _):
+        yield http_port
+
+
+async def _gateway(acme_http: int, tmp_path: Path, rules: str) -> AsyncIterator[Gateway]:
+    (tmp_path / "rules.toml").write_text(rules)
+    registrar = Registrar(RuleTable.from_file(tmp_path / "rules.toml"),
+                          BindingStore(tmp_path / "registrations.sqlite3"), cse_id=CSE_ID, sp_id=SP_ID)
+    gw = Gateway(GatewayConfig(backend=Backend("127.0.0.1", acme_http), port=0, cse_id=CSE_ID, sp_id=SP_ID),
+                 psk_table(), registrar=registrar)
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.close()
+        registrar.close()
+
+
+async def _sa(gw: Gateway, identity: str, key: str) -> EstablishedSA:
+    return await establish_sa("127.0.0.1", gw.port, PSKCredentials(identity, SecretKey.from_hex(key), CSE_ID))
+
+
+async def _call(sa: EstablishedSA, method: str, path: str, origin: str, body: bytes = b"",
+                content_type: str | None = None, accept: str = "application/json") -> tuple[int, int, bytes]:
+    headers = [("host", "gw"), ("x-m2m-ri", unique("rq")), ("x-m2m-rvi", "3"), ("accept", accept),
+               ("x-m2m-origin", origin)]
+    if content_type is not None:
+        headers.append(("content-type", content_type))
+    resp = await sa.request(http1.Message(headers=headers, body=body, method=method, target=path))
+    return resp.status, int(resp.header("x-m2m-rsc") or 0), resp.body
+
+
+@needs_acme
+@pytest.mark.xfail(strict=True, reason="attack17b finding 3")
+async def test_a_cbor_answer_does_not_leave_an_ae_id_to_its_former_credential(acme_http: int,
+                                                                              tmp_path: Path) -> None:
+    first_rn, second_rn, ae_id = unique("old"), unique("new"), unique("Ckitchen-")
+    overlapping = f"""
+[[app_rule]]                    # LIGHT2: any C-type stem
+apci = ["12-{LIGHT2_ID}"]
+aai = ["Nauto"]
+aae = ["C*"]
+
+[[app_rule]]                    # LIGHT1: the kitchen lights
+apci = ["{LIGHT1_CRED}"]
+aai = ["Nlight"]
+aae = ["Ckitchen-*"]
+"""
+    async for gw in _gateway(acme_http, tmp_path, overlapping):
+        light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+        try:  # LIGHT2 registers the AE-ID, then deregisters: the AE is gone, the binding stays
+            assert (await _call(light2, "POST", f"/{CSE_RN}", ae_id, ae_body(first_rn, "Nauto"),
+                                "application/json;ty=2"))[:2] == (201, 2001)
+            assert (await _call(light2, "DELETE", f"/{CSE_RN}/{first_rn}", ae_id))[:2] == (200, 2002)
+        finally:
+            await light2.close()
+        light1 = await _sa(gw, LIGHT1_ID, LIGHT1_KEY)
+        try:  # the kitchen light registers with that AE-ID, asking for a CBOR answer: rcn/rt are plain (D106)
+            status, rsc, body = await _call(light1, "POST", f"/{CSE_RN}", ae_id, ae_body(second_rn, "Nlight"),
+                                            "application/json;ty=2", accept=CBOR)
+        finally:
+            await light1.close()
+        if (status, rsc) != (201, 2001):
+            return  # refused before the CSE (a fix): nothing to take over
+        light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+        try:  # the former credential still acts as the AE-ID: it deletes the kitchen light's new AE
+            status, rsc, body = await _call(light2, "DELETE", f"/{CSE_RN}/{second_rn}", ae_id)
+        finally:
+            await light2.close()
+    assert acme_rsc(acme_http, f"/{CSE_RN}/{second_rn}") == 2000, "LIGHT2 deleted the AE LIGHT1 registered"
+    assert (status, rsc) == (403, 4106), body[:300]
+
+
+@needs_acme
+@pytest.mark.xfail(strict=True, reason="attack17b finding 3")
+async def test_the_per_credential_cap_also_holds_for_registrations_answered_in_cbor(
+        acme_http: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from m2msec.gateway import registrar as registrar_module
+
+    monkeypatch.setattr(registrar_module, "MAX_AE_IDS_PER_CREDENTIAL", 2)  # D103's 64, made small for the test
+    auto = f"""
+[[app_rule]]
+apci = ["12-{LIGHT2_ID}"]
+aai = ["Nauto"]
+aae = ["C*"]
+"""
+    answers = []
+    async for gw in _gateway(acme_http, tmp_path, auto):
+        light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+        try:
+            for _ in range(4):
+                answers.append(await _call(light2, "POST", f"/{CSE_RN}", "C", ae_body(unique("many"), "Nauto"),
+                                           "application/json;ty=2", accept=CBOR))
+        finally:
+            await light2.close()
+    created = [a[:2] for a in answers if a[:2] == (201, 2001)]
+    assert len(created) <= 2, f"{len(created)} AEs registered at the CSE through one credential capped at 2"
