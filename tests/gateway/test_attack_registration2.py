@@ -13,6 +13,9 @@ Each test shows one finding and fails on main (commit e538f11): it is marked ``x
    reopens attack17 findings 9 and 8: (a) a deregistered AE-ID registered anew by another credential stays bound
    to its former credential, which then acts as the new AE (deletes it: impersonation); (b) registrations with a
    registrar-assigned stem are never counted against D103's cap.
+4. The same for an explicit AE-ID the rules admit (``C*``) but the gateway will not bind (longer than
+   ``MAX_AE_ID_LENGTH``, or with a character ``_plausible_ae_id`` refuses): ACME registers it, the gateway binds
+   nothing, and D103's cap never counts it: one credential fills the CSE with AEs.
 """
 
 from __future__ import annotations
@@ -165,6 +168,33 @@ aae = ["C*"]
             for _ in range(4):
                 answers.append(await _call(light2, "POST", f"/{CSE_RN}", "C", ae_body(unique("many"), "Nauto"),
                                            "application/json;ty=2", accept=CBOR))
+        finally:
+            await light2.close()
+    created = [a[:2] for a in answers if a[:2] == (201, 2001)]
+    assert len(created) <= 2, f"{len(created)} AEs registered at the CSE through one credential capped at 2"
+
+
+# --- finding 4: an AE-ID the gateway will not bind (over MAX_AE_ID_LENGTH) is still registered at the CSE
+@needs_acme
+@pytest.mark.xfail(strict=True, reason="attack17b finding 4")
+async def test_the_per_credential_cap_also_holds_for_ae_ids_too_long_to_bind(
+        acme_http: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from m2msec.gateway import registrar as registrar_module
+
+    monkeypatch.setattr(registrar_module, "MAX_AE_IDS_PER_CREDENTIAL", 2)  # D103's 64, made small for the test
+    auto = f"""
+[[app_rule]]
+apci = ["12-{LIGHT2_ID}"]
+aai = ["Nauto"]
+aae = ["C*"]
+"""
+    answers = []
+    async for gw in _gateway(acme_http, tmp_path, auto):
+        light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+        try:
+            for _ in range(4):  # explicit AE-IDs the rules admit, longer than MAX_AE_ID_LENGTH (256): never bound
+                answers.append(await _call(light2, "POST", f"/{CSE_RN}", unique("C" + "x" * 300),
+                                           ae_body(unique("long"), "Nauto"), "application/json;ty=2"))
         finally:
             await light2.close()
     created = [a[:2] for a in answers if a[:2] == (201, 2001)]
