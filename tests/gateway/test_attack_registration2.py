@@ -20,6 +20,9 @@ Each test shows one finding and fails on main (commit e538f11): it is marked ``x
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -30,19 +33,34 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 from acme_cse import CSE_ID, CSE_RN, needs_acme, running_acme
-from registration_front import SP_ID, acme_rsc, ae_body, psk_table, unique
+from registration_front import SP_ID, Inbox, acme_rsc, ae_body, create_dtls, psk_table, unique
 
 from conftest import LIGHT1_ID, LIGHT1_KEY, LIGHT2_ID, LIGHT2_KEY
 from m2msec import http1
 from m2msec.errors import ConfigurationError
+from m2msec.gateway import coap
+from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
 from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.gateway.registrar import BindingStore, Registrar
 from m2msec.gateway.subscription import RuleTable
 from m2msec.keys.secret import SecretKey
 from m2msec.saef import EstablishedSA, PSKCredentials, establish_sa
+from m2msec.tls.engine import ClientConfig, TLSContext
+from m2msec.tls.profiles import ONEM2M_DTLS_PSK
 
 LIGHT1_CRED = f"12-{LIGHT1_ID}"
 CBOR = "application/cbor"
+OVERLAPPING = f"""
+[[app_rule]]                    # LIGHT2: any C-type stem
+apci = ["12-{LIGHT2_ID}"]
+aai = ["Nauto"]
+aae = ["C*"]
+
+[[app_rule]]                    # LIGHT1: the kitchen lights
+apci = ["{LIGHT1_CRED}"]
+aai = ["Nlight"]
+aae = ["Ckitchen-*"]
+"""
 
 
 @pytest.mark.xfail(strict=True, reason="attack17b finding 1")
@@ -74,9 +92,15 @@ def test_planted_wal_file_is_refused(tmp_path: Path) -> None:
 
 # --- finding 3: the answer's serialization is the client's choice; a CBOR answer binds nothing
 @pytest.fixture(scope="module")
-def acme_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    with running_acme(tmp_path_factory.mktemp("acme-attack17b")) as (http_port, _):
-        yield http_port
+def acme_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    with running_acme(tmp_path_factory.mktemp("acme-attack17b"), coap=True) as (http_port, coap_port):
+        assert coap_port is not None
+        yield http_port, coap_port
+
+
+@pytest.fixture
+def acme_http(acme_ports: tuple[int, int]) -> int:
+    return acme_ports[0]
 
 
 async def _gateway(acme_http: int, tmp_path: Path, rules: str) -> AsyncIterator[Gateway]:
@@ -199,3 +223,82 @@ aae = ["C*"]
             await light2.close()
     created = [a[:2] for a in answers if a[:2] == (201, 2001)]
     assert len(created) <= 2, f"{len(created)} AEs registered at the CSE through one credential capped at 2"
+
+
+# --- finding 3 over coaps: the Accept option (60, CBOR)
+class _Coaps:
+    """Entity A over coaps: one DTLS-PSK association, CON requests, CoAP answers as (code, rsc, payload)."""
+
+    def __init__(self, transport: asyncio.DatagramTransport, inbox: Inbox) -> None:
+        self.transport, self.inbox, self.ids = transport, inbox, itertools.count(0x6000)
+
+    async def call(self, code: int, path: str, origin: str, body: bytes = b"", ty: int | None = None,
+                   accept: int | None = None) -> tuple[str, int, bytes]:
+        n = next(self.ids)
+        options = [(coap.URI_PATH, seg.encode()) for seg in path.strip("/").split("/")]
+        options += [(coap.ONEM2M_RVI, b"3"), (coap.ONEM2M_RQI, unique("rq").encode()),
+                    (coap.ONEM2M_FR, origin.encode())]
+        if ty is not None:
+            options += [(coap.CONTENT_FORMAT, coap.encode_uint(50)), (coap.ONEM2M_TY, coap.encode_uint(ty))]
+        if accept is not None:
+            options.append((coap.ACCEPT, coap.encode_uint(accept)))
+        msg = coap.Message(coap.MessageType.CON, code, n & 0xFFFF, n.to_bytes(2, "big"), [], body)
+        msg = msg.with_options(*options)
+        for _ in range(4):
+            self.transport.sendto(msg.encode())
+            try:
+                while True:
+                    reply = coap.Message.decode(await asyncio.wait_for(self.inbox.q.get(), 2))
+                    if reply.token == msg.token:
+                        rsc = reply.option(coap.ONEM2M_RSC)
+                        return coap.format_code(reply.code), coap.decode_uint(rsc or b""), reply.payload
+            except TimeoutError:
+                continue
+        raise AssertionError("no CoAP response")
+
+
+@contextlib.asynccontextmanager
+async def _coaps_gateway(acme: tuple[int, int], tmp_path: Path, rules: str) -> AsyncIterator[CoapsGateway]:
+    (tmp_path / "rules.toml").write_text(rules)
+    registrar = Registrar(RuleTable.from_file(tmp_path / "rules.toml"),
+                          BindingStore(tmp_path / "registrations.sqlite3"), cse_id=CSE_ID, sp_id=SP_ID)
+    gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=acme[1], port=0, cse_id=CSE_ID,
+                                  sp_id=SP_ID), psk_table(), registrar=registrar)
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.close()
+        registrar.close()
+
+
+@contextlib.asynccontextmanager
+async def _coaps(gw: CoapsGateway, identity: str, key: str) -> AsyncIterator[_Coaps]:
+    ctx = TLSContext.dtls_client(ClientConfig(identity, SecretKey.from_hex(key), profiles=(ONEM2M_DTLS_PSK,),
+                                              peer_entity=CSE_ID))
+    transport, inbox = await create_dtls(gw.port, ctx)
+    try:
+        yield _Coaps(transport, inbox)
+    finally:
+        transport.close()
+
+
+@needs_acme
+@pytest.mark.xfail(strict=True, reason="attack17b finding 3")
+async def test_coaps_a_cbor_answer_does_not_leave_an_ae_id_to_its_former_credential(acme_ports: tuple[int, int],
+                                                                                    tmp_path: Path) -> None:
+    first_rn, second_rn, ae_id = unique("cold"), unique("cnew"), unique("Ckitchen-")
+    async with _coaps_gateway(acme_ports, tmp_path, OVERLAPPING) as gw:
+        async with _coaps(gw, LIGHT2_ID, LIGHT2_KEY) as light2:
+            code, rsc, body = await light2.call(coap.POST, f"/{CSE_RN}", ae_id, ae_body(first_rn, "Nauto"), ty=2)
+            assert (code, rsc) == ("2.01", 2001), body[:300]
+            code, rsc, body = await light2.call(coap.DELETE, f"/{CSE_RN}/{first_rn}", ae_id)
+            assert (code, rsc) == ("2.02", 2002), body[:300]
+        async with _coaps(gw, LIGHT1_ID, LIGHT1_KEY) as light1:  # Accept: 60 (application/cbor)
+            code, rsc, _ = await light1.call(coap.POST, f"/{CSE_RN}", ae_id, ae_body(second_rn, "Nlight"), ty=2,
+                                             accept=60)
+        if (code, rsc) == ("2.01", 2001):
+            async with _coaps(gw, LIGHT2_ID, LIGHT2_KEY) as light2:
+                code, rsc, body = await light2.call(coap.DELETE, f"/{CSE_RN}/{second_rn}", ae_id)
+            assert acme_rsc(acme_ports[0], f"/{CSE_RN}/{second_rn}") == 2000, "LIGHT2 deleted LIGHT1's AE"
+            assert (code, rsc) == ("4.03", 4106), body[:300]
