@@ -7,6 +7,12 @@ Each test shows one finding and fails on main (commit e538f11): it is marked ``x
    checks it (the library control below). A CSE-ID certificate of the IN-CSE that the CA revoked (its key
    stolen) still receives the MN-CSE's registration and every request it sends through the tunnel: whoever holds
    the revoked key impersonates the registrar, and the operator cannot stop it short of a new CA.
+5. The TLS connection is made as soon as a plain connection is accepted, and a connection that never sends a byte
+   lives until ``idle_timeout`` (60 s). Any local process (no credential needed) that opens ``max_connections``
+   silent connections holds every slot of the tunnel, and as many TLS connections at the gateway (its
+   per-credential cap, D47, which they share), for a minute at a time and again on reconnecting: the CSE's
+   registration and retargeted requests are reset meanwhile. Low: D107 already trusts local users with the
+   credential itself; but a slowloris needs no more than a connect().
 """
 
 from __future__ import annotations
@@ -127,3 +133,24 @@ async def test_cli_tunnel_reaches_a_revoked_gateway_today(tmp_path: Path, certs:
     finally:
         await gw.close()
     assert len(backend.requests) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="attack17b finding 5")
+async def test_silent_plain_connections_do_not_hold_the_tunnel(certs: Certificates, backend: EchoBackend) -> None:
+    gw = await start_gateway(backend.port, certs)
+    try:
+        config = TunnelConfig("127.0.0.1", gw.port, CertificateCredentials(
+            certs.mn_cse.certificate_pem(), certs.mn_cse.private_key_pem(), certs.ca.certificate_pem(),
+            peer_entity=IN_CSE), max_connections=2, connect_timeout=1.0)
+        async with Tunnel(config) as tunnel:
+            # a local process connects twice and sends nothing (no credential needed)
+            silent = [await asyncio.open_connection("127.0.0.1", tunnel.port) for _ in range(2)]
+            try:
+                await asyncio.sleep(3.0)  # three connect timeouts later: they hold both slots (and two TLS SAs)
+                assert not await refused(tunnel.port), (
+                    f"the CSE's request was reset: {tunnel.active} silent connections hold the tunnel")
+            finally:
+                for _, writer in silent:
+                    writer.close()
+    finally:
+        await gw.close()
