@@ -247,6 +247,15 @@ class Tunnel:
             tls_w.close()  # close_notify
             plain_w.close()
 
+    def _idle_limit(self, activity: _Activity) -> float | None:
+        """Seconds without traffic before the connection ends: the idle timeout, but only ``connect_timeout`` until
+        the first byte (D108): a local client that opens connections and sends nothing cannot hold every slot, and
+        as many of the gateway's connections, for the whole idle timeout."""
+        cfg = self.config
+        if activity.upstream is None:
+            return _first_byte_limit(cfg.idle_timeout, cfg.connect_timeout)
+        return cfg.idle_timeout
+
     async def _pipe(self, plain_r: asyncio.StreamReader, plain_w: asyncio.StreamWriter,
                     tls_r: asyncio.StreamReader, tls_w: asyncio.StreamWriter) -> None:
         """Copy both ways until the TLS side ends, an error, or the idle timeout."""
@@ -255,14 +264,14 @@ class Tunnel:
         up = asyncio.create_task(_copy(plain_r, tls_w, activity, upstream=True))
         down = asyncio.create_task(_copy(tls_r, plain_w, activity, upstream=False))
         pending: set[asyncio.Task[None]] = {up, down}
-        idle = self.config.idle_timeout
         try:
             while pending:
+                idle = self._idle_limit(activity)
                 wait = None if idle is None else max(0.0, activity.last + idle - loop.time())
                 done, pending = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 if not done:
                     if idle is not None and loop.time() - activity.last >= idle:
-                        return  # idle
+                        return  # idle (or silent from the start)
                     continue
                 failed = any(t.exception() is not None for t in done)
                 if should_close(tls_ended=down in done, plain_ended=up.done(), failed=failed,
@@ -272,6 +281,10 @@ class Tunnel:
             for task in (up, down):
                 task.cancel()
             await asyncio.gather(up, down, return_exceptions=True)
+
+
+def _first_byte_limit(idle: float | None, connect_timeout: float) -> float:
+    return connect_timeout if idle is None else min(idle, connect_timeout)
 
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, activity: _Activity, *,

@@ -1,6 +1,6 @@
 """attack17b: second hostile review of registration upon SAE (issue 17): the fixes since attack17.
 
-Each test shows one finding and fails on main (commit e538f11): it is marked ``xfail(strict=True)`` until fixed.
+Each test shows one finding; it failed on main at commit e538f11 and passes since the fixes that follow the merge.
 
 1. The bindings file's owner/mode check (``registrar._check_owner``, attack17 finding 4) covers the main SQLite
    file only. The store runs in WAL mode, and SQLite opens the side files ``<file>-wal`` / ``<file>-shm`` that
@@ -63,7 +63,6 @@ aae = ["Ckitchen-*"]
 """
 
 
-@pytest.mark.xfail(strict=True, reason="attack17b finding 1")
 def test_planted_wal_file_is_refused(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -132,7 +131,6 @@ async def _call(sa: EstablishedSA, method: str, path: str, origin: str, body: by
 
 
 @needs_acme
-@pytest.mark.xfail(strict=True, reason="attack17b finding 3")
 async def test_a_cbor_answer_does_not_leave_an_ae_id_to_its_former_credential(acme_http: int,
                                                                               tmp_path: Path) -> None:
     first_rn, second_rn, ae_id = unique("old"), unique("new"), unique("Ckitchen-")
@@ -173,7 +171,6 @@ aae = ["Ckitchen-*"]
 
 
 @needs_acme
-@pytest.mark.xfail(strict=True, reason="attack17b finding 3")
 async def test_the_per_credential_cap_also_holds_for_registrations_answered_in_cbor(
         acme_http: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from m2msec.gateway import registrar as registrar_module
@@ -200,7 +197,6 @@ aae = ["C*"]
 
 # --- finding 4: an AE-ID the gateway will not bind (over MAX_AE_ID_LENGTH) is still registered at the CSE
 @needs_acme
-@pytest.mark.xfail(strict=True, reason="attack17b finding 4")
 async def test_the_per_credential_cap_also_holds_for_ae_ids_too_long_to_bind(
         acme_http: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from m2msec.gateway import registrar as registrar_module
@@ -284,7 +280,6 @@ async def _coaps(gw: CoapsGateway, identity: str, key: str) -> AsyncIterator[_Co
 
 
 @needs_acme
-@pytest.mark.xfail(strict=True, reason="attack17b finding 3")
 async def test_coaps_a_cbor_answer_does_not_leave_an_ae_id_to_its_former_credential(acme_ports: tuple[int, int],
                                                                                     tmp_path: Path) -> None:
     first_rn, second_rn, ae_id = unique("cold"), unique("cnew"), unique("Ckitchen-")

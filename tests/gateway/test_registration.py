@@ -296,3 +296,39 @@ def test_entity_forms(entity: str, forms: set[str]) -> None:
 
     assert entity_forms(entity, CSE, SP) == forms
     assert entity_forms(entity, CSE, None) == {entity}  # without an SP-ID every absolute identity is foreign
+
+
+# --- attack17b: the answer's format, the From the gateway can bind ------------------------------------------
+
+@pytest.mark.parametrize(("accept", "ok"), [
+    ([], True), (["application/json"], True), (["application/vnd.onem2m-res+json; q=1"], True), (["*/*"], True),
+    (["application/json, */*;q=0.1"], True), (["application/cbor"], False), (["application/xml"], False),
+    (["application/json, application/cbor"], False), (["application/json", "application/cbor"], False),
+    (["application/*"], False), (["APPLICATION/VND.ONEM2M-RES+CBOR"], False),
+])
+def test_a_create_ae_must_accept_a_json_answer(accept: list[str], ok: bool) -> None:
+    """ACME answers a CREATE <AE> in CBOR or XML when asked: the gateway would read no aei (attack17b finding 3)."""
+    def create() -> object:
+        return http_ae_create("POST", "application/json;ty=2", AE_BODY, "C", "/", accept)
+    if ok:
+        assert create() is not None
+    else:
+        with pytest.raises(BadRequest, match="JSON answer"):
+            create()
+
+
+def test_coap_accept_must_be_json() -> None:
+    assert coap_ae_create(True, 2, 50, AE_BODY, "C", accept=[50]) is not None
+    assert coap_ae_create(True, 2, 50, AE_BODY, "C", accept=[10001]) is not None
+    for accept in ([60], [41], [10000], [50, 60]):
+        with pytest.raises(BadRequest, match="JSON answer"):
+            coap_ae_create(True, 2, 50, AE_BODY, "C", accept=accept)
+
+
+@pytest.mark.parametrize("origin", ["C" + "x" * 300, "Cx*", "C a", 'C"x', "C,x", "C\\x", "Cé"])
+def test_an_explicit_from_the_gateway_cannot_bind_is_refused(origin: str) -> None:
+    """It would register at the CSE and never count against D103 (attack17b finding 4)."""
+    with pytest.raises(BadRequest, match="From of a CREATE"):
+        http_ae_create("POST", "application/json;ty=2", AE_BODY, origin)
+    for assigned in (None, "", "C", "S"):
+        assert http_ae_create("POST", "application/json;ty=2", AE_BODY, assigned) is not None

@@ -303,6 +303,19 @@ def test_bindings_file_is_private(tmp_path: Path) -> None:
             BindingStore(tmp_path / "b.sqlite")
     (tmp_path / "b.sqlite").chmod(0o644)
     BindingStore(tmp_path / "b.sqlite").close()
+    wal = tmp_path / "b.sqlite-wal"  # a side file planted writable (attack17b finding 1)
+    wal.touch()
+    wal.chmod(0o666)
+    with pytest.raises(ConfigurationError, match=r"b\.sqlite-wal"):
+        BindingStore(tmp_path / "b.sqlite")
+    wal.chmod(0o600)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # others may write the directory, and it is not sticky
+    with pytest.raises(ConfigurationError, match="directory others may write"):
+        BindingStore(shared / "b.sqlite")
+    shared.chmod(0o1777)  # sticky, as /tmp: others cannot replace our files
+    BindingStore(shared / "b.sqlite").close()
 
 
 @pytest.mark.parametrize(("args", "message"), [

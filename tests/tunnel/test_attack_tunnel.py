@@ -1,6 +1,6 @@
 """attack17b: second hostile review of ``m2msec tunnel`` (issue 17).
 
-Each test shows one finding and fails on main (commit e538f11): it is marked ``xfail(strict=True)`` until fixed.
+Each test shows one finding; it failed on main at commit e538f11 and passes since the fixes that follow the merge.
 
 2. ``m2msec tunnel`` (like ``m2msec request``: both take ``cli/credentials.py``) has no way to give CRLs for the
    peer gateway's certificate, though :class:`~m2msec.saef.CertificateCredentials` has ``crl_pem`` and the engine
@@ -77,7 +77,6 @@ async def test_library_tunnel_refuses_a_revoked_gateway(certs: Certificates, bac
     assert backend.requests == []
 
 
-@pytest.mark.xfail(strict=True, reason="attack17b finding 2")
 async def test_cli_tunnel_can_refuse_a_revoked_gateway(tmp_path: Path, certs: Certificates,
                                                         backend: EchoBackend) -> None:
     (tmp_path / "mn.crt").write_bytes(certs.mn_cse.certificate_pem())
@@ -107,7 +106,7 @@ async def test_cli_tunnel_can_refuse_a_revoked_gateway(tmp_path: Path, certs: Ce
     assert backend.requests == []
 
 
-async def test_cli_tunnel_reaches_a_revoked_gateway_today(tmp_path: Path, certs: Certificates,
+async def test_cli_tunnel_without_crl_reaches_a_revoked_gateway(tmp_path: Path, certs: Certificates,
                                                            backend: EchoBackend) -> None:
     """The harm (passes on main): the revoked gateway gets the MN-CSE's request through ``m2msec tunnel``, which
     has no option to know better."""
@@ -135,7 +134,6 @@ async def test_cli_tunnel_reaches_a_revoked_gateway_today(tmp_path: Path, certs:
     assert len(backend.requests) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="attack17b finding 5")
 async def test_silent_plain_connections_do_not_hold_the_tunnel(certs: Certificates, backend: EchoBackend) -> None:
     gw = await start_gateway(backend.port, certs)
     try:

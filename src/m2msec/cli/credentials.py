@@ -27,6 +27,7 @@ def add_credential_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cert", type=Path, help="own certificate chain (PEM), for the Certificate-Based SAEF")
     p.add_argument("--cert-key", type=Path, help="private key of --cert (PEM; not readable by others)")
     p.add_argument("--ca", type=Path, help="trust anchors for the server's certificate (PEM)")
+    p.add_argument("--crl", type=Path, help="CRLs of the --ca (PEM or DER): a revoked server certificate is refused")
     idb = p.add_mutually_exclusive_group()
     idb.add_argument("--entity-id", help="IdB (required): the CSE-ID of Entity B the SA is associated with (with "
                      "--cert, B's certificate must be a CSE-ID certificate for it, of the SP of --cert unless "
@@ -60,8 +61,11 @@ def credentials_from_args(args: argparse.Namespace, peer: str | AnyEntity) -> PS
             raise ConfigurationError("--cert goes with --cert-key and --ca, and not with --identity")
         check_file_permissions(args.cert_key)
         chain, key, anchors = (read_file(p) for p in (args.cert, args.cert_key, args.ca))
-        return CertificateCredentials(chain, key, anchors, peer_entity=peer,
+        crl = read_file(args.crl) if args.crl is not None else None
+        return CertificateCredentials(chain, key, anchors, peer_entity=peer, crl_pem=crl,
                                       profiles=parse_profiles(args.profiles or "ecdhe-ecdsa"))
+    if args.crl is not None:
+        raise ConfigurationError("--crl goes with --cert (it checks the server's certificate)")
     if args.identity is None:
         raise ConfigurationError("give --identity with --key-file/--key-env (PSK), or --cert (certificate)")
     return PSKCredentials(

@@ -408,7 +408,8 @@ def _ae_create(msg: Message, origin: str | None) -> AECreate | None:
     return coap_ae_create(msg.code == POST, None if ty is None else decode_uint(ty),
                           None if cf is None else decode_uint(cf), msg.payload, origin,
                           block1=msg.option(BLOCK1) is not None,
-                          queries=[q.decode("utf-8", "replace") for q in msg.options_of(URI_QUERY)])
+                          queries=[q.decode("utf-8", "replace") for q in msg.options_of(URI_QUERY)],
+                          accept=[decode_uint(a) for a in msg.options_of(ACCEPT)])
 
 
 def created_aei(msg: Message) -> bool:

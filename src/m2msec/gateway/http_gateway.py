@@ -219,7 +219,8 @@ class Gateway:
         cfg = self.config
         try:
             if self.registrar is not None:
-                create = http_ae_create(req.method, req.header("content-type"), req.body, origin, req.target)
+                create = http_ae_create(req.method, req.header("content-type"), req.body, origin, req.target,
+                                        [v for k, v in req.headers if normalize_header_name(k) == "accept"])
                 checked = self.registrar.authorize(sa, origin, cfg.unbound_policy, create)
                 if checked is not sa:
                     sa = checked

@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,11 +56,22 @@ CREATE TABLE IF NOT EXISTS ae_binding (
 
 
 def _check_owner(path: Path) -> None:
-    """The bindings are identities: the file must be this user's and writable by nobody else."""
-    st = path.stat()
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise ConfigurationError(f"{path}: the registrations file must belong to this user and be writable by "
-                                 f"nobody else (mode {st.st_mode & 0o777:o}): its rows are identities; chmod 600 it")
+    """The bindings are identities: the file, and SQLite's side files when they exist (a planted ``-wal`` would be
+    used as is), must be this user's and writable by nobody else, in a directory others cannot write to unless it is
+    sticky (where they cannot replace our files)."""
+    directory = path.resolve().parent.stat()
+    if directory.st_mode & 0o022 and not directory.st_mode & stat.S_ISVTX:
+        raise ConfigurationError(f"{path}: the registrations file is in a directory others may write to (mode "
+                                 f"{directory.st_mode & 0o777:o}): its rows are identities")
+    for candidate in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
+        try:
+            st = candidate.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise ConfigurationError(f"{candidate}: the registrations file must belong to this user and be writable "
+                                     f"by nobody else (mode {st.st_mode & 0o777:o}): its rows are identities; "
+                                     "chmod 600 it")
 
 
 class BindingStore:
@@ -83,6 +95,15 @@ class BindingStore:
         rows = self._db.execute("SELECT ae_id FROM ae_binding WHERE credential_id = ? ORDER BY bound_at, ae_id",
                                 (credential_id,)).fetchall()
         return tuple(str(row[0]) for row in rows)
+
+    def unbind_others(self, credential_id: str, forms: frozenset[str]) -> None:
+        """Remove the bindings of ``forms`` (one AE-ID's spellings) to every credential but ``credential_id``."""
+        with self._transaction():
+            self._unbind_others(credential_id, forms)
+
+    def _unbind_others(self, credential_id: str, forms: frozenset[str]) -> None:
+        self._db.executemany("DELETE FROM ae_binding WHERE ae_id = ? AND credential_id != ?",
+                             [(form, credential_id) for form in sorted(forms)])
 
     def held_by_others(self, credential_id: str, ae_ids: set[str]) -> frozenset[str]:
         """Which of ``ae_ids`` are bound to another credential than ``credential_id``."""
@@ -109,8 +130,7 @@ class BindingStore:
             if self.count(credential_id) >= MAX_AE_IDS_PER_CREDENTIAL:
                 return False
             # the CSE registered this AE anew: whoever held it before (an AE since deregistered) holds it no more
-            self._db.executemany("DELETE FROM ae_binding WHERE ae_id = ? AND credential_id != ?",
-                                 [(form, credential_id) for form in sorted(forms | {ae_id})])
+            self._unbind_others(credential_id, forms | {ae_id})
             self._db.execute("INSERT INTO ae_binding (credential_id, ae_id, bound_at) VALUES (?, ?, ?)",
                              (credential_id, ae_id, self._clock()))
             return True
@@ -202,6 +222,12 @@ class Registrar:
         if aei is None:
             log.warning("registration through %s: the CSE's answer holds no AE-ID (aei), nothing is bound",
                         sa.credential)
+            if create.from_ and not create.registrar_assigns and cse_id_of(create.from_) is None:
+                try:  # the CSE registered this From anew: whoever held it before holds it no more (D104)
+                    self.bindings.unbind_others(sa.credential_id,
+                                                registered_forms(create.from_, self.cse_id, self.sp_id))
+                except sqlite3.Error as exc:
+                    log.error("unbinding %r in %s failed: %s", create.from_[:80], self.bindings.path, exc)
             return sa
         forms = registered_forms(aei, self.cse_id, self.sp_id)
         try:

@@ -41,6 +41,7 @@ __all__ = [
     "AECreate",
     "aei_from_body",
     "authorize",
+    "check_accept",
     "check_relayed",
     "check_result_content",
     "coap_ae_create",
@@ -107,8 +108,30 @@ def check_result_content(query: Iterable[tuple[str, str]]) -> None:
             raise BadRequest("a CREATE <AE> through this gateway must be blocking (rt absent or 3)")
 
 
+def check_accept(media_types: Iterable[str]) -> None:
+    """D106: the answer to a CREATE <AE> must be JSON, the gateway's only reading of its ``aei``: every Accept entry
+    (HTTP, comma-separated, parameters ignored) a JSON media type or ``*/*`` (the CSE then answers in the request's
+    JSON). A CBOR or XML answer would bind nothing, leaving the AE-ID to a former holder and the registration
+    uncounted.
+
+    Raises: BadRequest (4000)."""
+    for value in media_types:
+        for entry in value.split(","):
+            media = entry.partition(";")[0].strip().lower()
+            if media and media != "*/*" and media not in JSON_MEDIA_TYPES:
+                raise BadRequest("a CREATE <AE> through this gateway must accept a JSON answer (Accept)")
+
+
+def _ae_create(app_id: str | None, origin: str | None) -> AECreate:
+    create = AECreate(app_id, origin)
+    if origin and not create.registrar_assigns and not _plausible_ae_id(origin):
+        raise BadRequest("the From of a CREATE <AE> must be an AE-ID-Stem the gateway can bind (at most "
+                         f"{MAX_AE_ID_LENGTH} printable characters, no wildcard, quote or separator)")
+    return create
+
+
 def http_ae_create(method: str, content_type: str | None, body: bytes, origin: str | None,
-                   target: str = "/") -> AECreate | None:
+                   target: str = "/", accept: Iterable[str] = ()) -> AECreate | None:
     """The CREATE ``<AE>`` an HTTP request is (TS-0009 §6.4.2: POST with ``ty=2`` in Content-Type), else None.
 
     D100: any reading of the Content-Type parameters that gives 2 makes the request a CREATE <AE>, which must then
@@ -127,11 +150,13 @@ def http_ae_create(method: str, content_type: str | None, body: bytes, origin: s
         raise BadRequest("a CREATE <AE> through this gateway must be JSON (application/json or "
                          "application/vnd.onem2m-res+json)")
     check_result_content(urllib.parse.parse_qsl(urllib.parse.urlsplit(target).query, keep_blank_values=True))
-    return AECreate(parse_ae_body(body), origin)
+    check_accept(accept)
+    return _ae_create(parse_ae_body(body), origin)
 
 
 def coap_ae_create(code_is_post: bool, resource_type: int | None, content_format: int | None, payload: bytes,
-                   origin: str | None, *, block1: bool = False, queries: Iterable[str] = ()) -> AECreate | None:
+                   origin: str | None, *, block1: bool = False, queries: Iterable[str] = (),
+                   accept: Iterable[int] = ()) -> AECreate | None:
     """The CREATE ``<AE>`` a CoAP request is (TS-0008: POST with oneM2M-TY 2), else None.
 
     Raises: BadRequest (4000): not JSON, malformed, or sent block-wise (D101: the rules need the whole body)."""
@@ -142,7 +167,9 @@ def coap_ae_create(code_is_post: bool, resource_type: int | None, content_format
     if block1:
         raise BadRequest("a CREATE <AE> through this gateway must fit one CoAP message (no Block1)")
     check_result_content(q.partition("=")[::2] for q in queries)
-    return AECreate(parse_ae_body(payload), origin)
+    if any(a not in JSON_CONTENT_FORMATS for a in accept):
+        raise BadRequest("a CREATE <AE> through this gateway must accept a JSON answer (Accept 50 or 10001)")
+    return _ae_create(parse_ae_body(payload), origin)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
