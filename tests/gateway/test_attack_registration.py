@@ -24,97 +24,49 @@ The gateways (HTTP over TLS-PSK, coaps over DTLS-PSK) run in-process on loopback
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
 import json
 import sqlite3
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
-from acme_cse import CSE_ID, CSE_RN, needs_acme, running_acme
-from registration_front import SP_ID, Inbox, acme_rsc, ae_body, create_dtls, psk_table, unique
+from acme_cse import CSE_ID, CSE_RN, needs_acme
+from attack_registration_env import (
+    EVIL_CSE_ID,
+    EVIL_IDENTITY,
+    EVIL_KEY,
+    acme_http_fixture,
+    acme_ports_fixture,
+    call,
+    coaps,
+    coaps_gateway,
+    gateway,
+    rules_file,
+    sa,
+    table,
+)
+from registration_front import SP_ID, acme_rsc, ae_body, psk_table, unique
 
 from conftest import LIGHT1_ID, LIGHT1_KEY, LIGHT2_ID, LIGHT2_KEY
-from m2msec import http1
 from m2msec.errors import ConfigurationError
 from m2msec.gateway import coap
-from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
 from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.gateway.registrar import BindingStore, Registrar
 from m2msec.gateway.subscription import RuleTable
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable, PSKEntry
-from m2msec.saef import EstablishedSA, PSKCredentials, establish_sa
-from m2msec.tls.engine import ClientConfig, TLSContext
-from m2msec.tls.profiles import ONEM2M_DTLS_PSK
 
 pytestmark = needs_acme
 
-#: a registree MN-CSE's PSK (its table entry binds it to a CSE-ID: its SA relays, D102)
-EVIL_CSE_ID, EVIL_KEY = "mn-cse-evil", "00112233445566778899aabbccddeeff"
-EVIL_IDENTITY = "CSE000000000666-Evil@in.provider.com"
+#: the module's ACME (fixtures of attack_registration_env)
+acme_ports, acme_http = acme_ports_fixture, acme_http_fixture
+
 LIGHT1_CRED = f"12-{LIGHT1_ID}"
-
-
-@pytest.fixture(scope="module")
-def acme_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
-    with running_acme(tmp_path_factory.mktemp("acme-attack17"), coap=True) as (http_port, coap_port):
-        assert coap_port is not None
-        yield http_port, coap_port
-
-
-@pytest.fixture
-def acme_http(acme_ports: tuple[int, int]) -> int:
-    return acme_ports[0]
-
-
-def _table(evil_entity: str) -> MemoryPSKTable:
-    return MemoryPSKTable([*psk_table().entries(), PSKEntry(EVIL_IDENTITY, SecretKey.from_hex(EVIL_KEY),
-                                                              entity=evil_entity)])
-
-
-def _rules(tmp_path: Path, rules: str) -> Path:
-    (tmp_path / "rules.toml").write_text(rules)
-    return tmp_path / "rules.toml"
-
-
-async def _gateway(acme_http: int, tmp_path: Path, evil_entity: str, *, cse_id: str | None, sp_id: str | None,
-                   rules: str | None) -> AsyncIterator[Gateway]:
-    registrar = None
-    if rules is not None:
-        registrar = Registrar(RuleTable.from_file(_rules(tmp_path, rules)),
-                              BindingStore(tmp_path / "registrations.sqlite3"), cse_id=cse_id, sp_id=sp_id)
-    gw = Gateway(GatewayConfig(backend=Backend("127.0.0.1", acme_http), port=0, cse_id=cse_id, sp_id=sp_id),
-                 _table(evil_entity), registrar=registrar)
-    await gw.start()
-    try:
-        yield gw
-    finally:
-        await gw.close()
-        if registrar is not None:
-            registrar.close()
-
-
-async def _sa(gw: Gateway, identity: str, key: str) -> EstablishedSA:
-    return await establish_sa("127.0.0.1", gw.port, PSKCredentials(identity, SecretKey.from_hex(key), CSE_ID))
-
-
-async def _call(sa: EstablishedSA, method: str, path: str, origin: str, body: bytes = b"",
-                content_type: str | None = None) -> tuple[int, int, bytes]:
-    headers = [("host", "gw"), ("x-m2m-ri", unique("rq")), ("x-m2m-rvi", "3"), ("accept", "application/json"),
-               ("x-m2m-origin", origin)]
-    if content_type is not None:
-        headers.append(("content-type", content_type))
-    resp = await sa.request(http1.Message(headers=headers, body=body, method=method, target=path))
-    return resp.status, int(resp.header("x-m2m-rsc") or 0), resp.body
 
 
 def _register_directly(acme_http: int, rn: str, ae_id: str) -> None:
@@ -137,20 +89,20 @@ aae = ["S*"]
 
 async def test_cse_sa_cannot_act_as_an_s_type_ae_registered_here(acme_http: int, tmp_path: Path) -> None:
     rn, ae_id = unique("svict"), unique("Slight-victim-")
-    async for gw in _gateway(acme_http, tmp_path, f"//{SP_ID}/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID,
+    async for gw in gateway(acme_http, tmp_path, f"//{SP_ID}/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID,
                              rules=S_RULES):
-        light = await _sa(gw, LIGHT1_ID, LIGHT1_KEY)
+        light = await sa(gw, LIGHT1_ID, LIGHT1_KEY)
         try:  # the victim registers its S-type AE-ID through the gateway: it is bound to its Credential-ID
-            status, rsc, body = await _call(light, "POST", f"/{CSE_RN}", ae_id, ae_body(rn, "Nlight"),
+            status, rsc, body = await call(light, "POST", f"/{CSE_RN}", ae_id, ae_body(rn, "Nlight"),
                                             "application/json;ty=2")
             assert (status, rsc) == (201, 2001), body[:300]
             assert json.loads(body)["m2m:ae"]["aei"] == ae_id
             assert gw.registrar is not None and ae_id in gw.registrar.bindings.ae_ids(LIGHT1_CRED)
         finally:
             await light.close()
-        evil = await _sa(gw, EVIL_IDENTITY, EVIL_KEY)
+        evil = await sa(gw, EVIL_IDENTITY, EVIL_KEY)
         try:  # the registree CSE claims the victim's AE-ID: the gateway relays it, ACME deregisters the victim
-            status, rsc, body = await _call(evil, "DELETE", f"/{CSE_RN}/{rn}", ae_id)
+            status, rsc, body = await call(evil, "DELETE", f"/{CSE_RN}/{rn}", ae_id)
         finally:
             await evil.close()
         assert acme_rsc(acme_http, f"/{CSE_RN}/{rn}") == 2000, "the victim's AE was deleted through a CSE's SA"
@@ -166,10 +118,10 @@ async def test_cse_sa_cannot_act_as_an_ae_of_the_cse_without_sp_or_cse_id(acme_h
     cse_id, sp_id = (CSE_ID, None) if missing == "sp-id" else (None, SP_ID)
     # the spelling the gateway cannot recognise as "hosted here"; ACME reduces both to the stem ae_id
     origin = f"//{SP_ID}/{CSE_ID}/{ae_id}" if missing == "sp-id" else f"/{CSE_ID}/{ae_id}"
-    async for gw in _gateway(acme_http, tmp_path, f"/{EVIL_CSE_ID}", cse_id=cse_id, sp_id=sp_id, rules=None):
-        evil = await _sa(gw, EVIL_IDENTITY, EVIL_KEY)
+    async for gw in gateway(acme_http, tmp_path, f"/{EVIL_CSE_ID}", cse_id=cse_id, sp_id=sp_id, rules=None):
+        evil = await sa(gw, EVIL_IDENTITY, EVIL_KEY)
         try:
-            status, rsc, body = await _call(evil, "DELETE", f"/{CSE_RN}/{rn}", origin)
+            status, rsc, body = await call(evil, "DELETE", f"/{CSE_RN}/{rn}", origin)
         finally:
             await evil.close()
     assert acme_rsc(acme_http, f"/{CSE_RN}/{rn}") == 2000, "the AE was deleted through a CSE's SA"
@@ -211,14 +163,14 @@ def _smuggling_body(rn: str, checked_api: str, real_api: str) -> bytes:
 async def test_ae_registers_with_an_app_id_the_rules_refuse_through_acme_comment_stripping(
         acme_http: int, tmp_path: Path) -> None:
     rn, ae_id = unique("appid"), unique("Clight-e2e-")
-    async for gw in _gateway(acme_http, tmp_path, f"/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID, rules=C_RULES):
-        light = await _sa(gw, LIGHT1_ID, LIGHT1_KEY)
+    async for gw in gateway(acme_http, tmp_path, f"/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID, rules=C_RULES):
+        light = await sa(gw, LIGHT1_ID, LIGHT1_KEY)
         try:  # the rules refuse the App-ID Nevil when it is spelt plainly ...
-            status, rsc, _ = await _call(light, "POST", f"/{CSE_RN}", ae_id, ae_body(rn, "Nevil"),
+            status, rsc, _ = await call(light, "POST", f"/{CSE_RN}", ae_id, ae_body(rn, "Nevil"),
                                          "application/json;ty=2")
             assert (status, rsc) == (403, 4126)
             # ... but the gateway checks Nlight in this body, and ACME registers Nevil
-            status, rsc, _ = await _call(light, "POST", f"/{CSE_RN}", ae_id,
+            status, rsc, _ = await call(light, "POST", f"/{CSE_RN}", ae_id,
                                          _smuggling_body(rn, "Nlight", "Nevil"), "application/json;ty=2")
         finally:
             await light.close()
@@ -241,14 +193,14 @@ async def test_a_bindings_file_others_can_write_is_refused(acme_http: int, tmp_p
     try:  # another local user binds the victim's AE-ID to a credential it holds (LIGHT2, no rule at all)
         with sqlite3.connect(path) as other:
             other.execute("INSERT INTO ae_binding VALUES (?, ?, 0)", (f"12-{LIGHT2_ID}", victim))
-        registrar = Registrar(RuleTable.from_file(_rules(tmp_path, C_RULES)), store, cse_id=CSE_ID, sp_id=SP_ID)
+        registrar = Registrar(RuleTable.from_file(rules_file(tmp_path, C_RULES)), store, cse_id=CSE_ID, sp_id=SP_ID)
         gw = Gateway(GatewayConfig(backend=Backend("127.0.0.1", acme_http), port=0, cse_id=CSE_ID, sp_id=SP_ID),
                      psk_table(), registrar=registrar)
         await gw.start()
         try:
-            light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+            light2 = await sa(gw, LIGHT2_ID, LIGHT2_KEY)
             try:
-                status, rsc, _ = await _call(light2, "DELETE", f"/{CSE_RN}/{rn}", victim)
+                status, rsc, _ = await call(light2, "DELETE", f"/{CSE_RN}/{rn}", victim)
             finally:
                 await light2.close()
         finally:
@@ -262,17 +214,17 @@ async def test_a_bindings_file_others_can_write_is_refused(acme_http: int, tmp_p
 # --- finding 5: a CREATE <AE> on a CSE's SA skips the service subscription rules (relayed as any request)
 async def test_cse_sa_cannot_register_an_ae_past_the_rules_and_squat_an_ae_id(acme_http: int, tmp_path: Path) -> None:
     rn, stem = unique("squat"), unique("Clight-e2e-")
-    async for gw in _gateway(acme_http, tmp_path, f"//{SP_ID}/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID,
+    async for gw in gateway(acme_http, tmp_path, f"//{SP_ID}/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID,
                              rules=C_RULES):
-        evil = await _sa(gw, EVIL_IDENTITY, EVIL_KEY)
+        evil = await sa(gw, EVIL_IDENTITY, EVIL_KEY)
         try:  # no rule applies to the CSE's credential, the App-ID is one no rule admits: ACME registers it anyway
-            squat = await _call(evil, "POST", f"/{CSE_RN}", f"/{EVIL_CSE_ID}/{stem}", ae_body(rn, "Nevil"),
+            squat = await call(evil, "POST", f"/{CSE_RN}", f"/{EVIL_CSE_ID}/{stem}", ae_body(rn, "Nevil"),
                                 "application/json;ty=2")
         finally:
             await evil.close()
-        light = await _sa(gw, LIGHT1_ID, LIGHT1_KEY)
+        light = await sa(gw, LIGHT1_ID, LIGHT1_KEY)
         try:  # the light the rules admit with that AE-ID-Stem cannot register any more (ACME's ri is the stem)
-            own = await _call(light, "POST", f"/{CSE_RN}", stem, ae_body(unique("own"), "Nlight"),
+            own = await call(light, "POST", f"/{CSE_RN}", stem, ae_body(unique("own"), "Nlight"),
                               "application/json;ty=2")
         finally:
             await light.close()
@@ -291,18 +243,18 @@ apci = ["{LIGHT1_CRED}", "12-{LIGHT2_ID}"]
 aai = ["Nlight"]
 aae = ["{first}", "{second}"]
 """
-    async for gw in _gateway(acme_http, tmp_path, f"/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID, rules=shared):
-        light1 = await _sa(gw, LIGHT1_ID, LIGHT1_KEY)
+    async for gw in gateway(acme_http, tmp_path, f"/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID, rules=shared):
+        light1 = await sa(gw, LIGHT1_ID, LIGHT1_KEY)
         try:
-            status, rsc, body = await _call(light1, "POST", f"/{CSE_RN}", first, ae_body(rn, "Nlight"),
+            status, rsc, body = await call(light1, "POST", f"/{CSE_RN}", first, ae_body(rn, "Nlight"),
                                             "application/json;ty=2")
             assert (status, rsc) == (201, 2001), body[:300]
             assert gw.registrar is not None and gw.registrar.bindings.ae_ids(LIGHT1_CRED) == (first,)
         finally:
             await light1.close()
-        light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+        light2 = await sa(gw, LIGHT2_ID, LIGHT2_KEY)
         try:  # LIGHT2 never registered `first`: the AE is LIGHT1's registration
-            status, rsc, body = await _call(light2, "DELETE", f"/{CSE_RN}/{rn}", first)
+            status, rsc, body = await call(light2, "DELETE", f"/{CSE_RN}/{rn}", first)
         finally:
             await light2.close()
     assert acme_rsc(acme_http, f"/{CSE_RN}/{rn}") == 2000, "LIGHT2 deleted the AE registered through LIGHT1"
@@ -317,21 +269,21 @@ GOOD_IDENTITY = "CSE000000000777-Good@in.provider.com"
 
 async def test_cse_sa_cannot_act_as_an_ae_of_another_cse(acme_http: int, tmp_path: Path) -> None:
     rn, good_ae = unique("other"), f"/{GOOD_CSE_ID}/{unique('Cgood-')}"
-    table = MemoryPSKTable([*_table(f"/{EVIL_CSE_ID}").entries(),
-                            PSKEntry(GOOD_IDENTITY, SecretKey.from_hex(GOOD_KEY), entity=f"/{GOOD_CSE_ID}")])
-    gw = Gateway(GatewayConfig(backend=Backend("127.0.0.1", acme_http), port=0, cse_id=CSE_ID, sp_id=SP_ID), table)
+    psks = MemoryPSKTable([*table(f"/{EVIL_CSE_ID}").entries(),
+                           PSKEntry(GOOD_IDENTITY, SecretKey.from_hex(GOOD_KEY), entity=f"/{GOOD_CSE_ID}")])
+    gw = Gateway(GatewayConfig(backend=Backend("127.0.0.1", acme_http), port=0, cse_id=CSE_ID, sp_id=SP_ID), psks)
     await gw.start()
     try:
-        good = await _sa(gw, GOOD_IDENTITY, GOOD_KEY)
+        good = await sa(gw, GOOD_IDENTITY, GOOD_KEY)
         try:  # an AE of mn-cse-good, carried by mn-cse-good's own SA
-            status, rsc, body = await _call(good, "POST", f"/{CSE_RN}", good_ae, ae_body(rn, "Nlight"),
+            status, rsc, body = await call(good, "POST", f"/{CSE_RN}", good_ae, ae_body(rn, "Nlight"),
                                             "application/json;ty=2")
             assert (status, rsc) == (201, 2001), body[:300]
         finally:
             await good.close()
-        evil = await _sa(gw, EVIL_IDENTITY, EVIL_KEY)
+        evil = await sa(gw, EVIL_IDENTITY, EVIL_KEY)
         try:  # mn-cse-evil claims that AE of mn-cse-good
-            status, rsc, body = await _call(evil, "DELETE", f"/{CSE_RN}/{rn}", good_ae)
+            status, rsc, body = await call(evil, "DELETE", f"/{CSE_RN}/{rn}", good_ae)
         finally:
             await evil.close()
     finally:
@@ -341,68 +293,14 @@ async def test_cse_sa_cannot_act_as_an_ae_of_another_cse(acme_http: int, tmp_pat
 
 
 # --- findings 1 and 3 over coaps (the same pure checks decide there)
-class _Coaps:
-    """Entity A over coaps: one DTLS-PSK association, CON requests, CoAP answers as (code, rsc, payload)."""
-
-    def __init__(self, transport: asyncio.DatagramTransport, inbox: Inbox) -> None:
-        self.transport, self.inbox, self.ids = transport, inbox, itertools.count(0x5000)
-
-    async def call(self, code: int, path: str, origin: str, body: bytes = b"",
-                   ty: int | None = None) -> tuple[str, int, bytes]:
-        n = next(self.ids)
-        options = [(coap.URI_PATH, seg.encode()) for seg in path.strip("/").split("/")]
-        options += [(coap.ONEM2M_RVI, b"3"), (coap.ONEM2M_RQI, unique("rq").encode()),
-                    (coap.ONEM2M_FR, origin.encode())]
-        if ty is not None:
-            options += [(coap.CONTENT_FORMAT, coap.encode_uint(50)), (coap.ONEM2M_TY, coap.encode_uint(ty))]
-        msg = coap.Message(coap.MessageType.CON, code, n & 0xFFFF, n.to_bytes(2, "big"), [], body)
-        msg = msg.with_options(*options)
-        for _ in range(4):
-            self.transport.sendto(msg.encode())
-            try:
-                while True:
-                    reply = coap.Message.decode(await asyncio.wait_for(self.inbox.q.get(), 2))
-                    if reply.token == msg.token:
-                        rsc = reply.option(coap.ONEM2M_RSC)
-                        return coap.format_code(reply.code), coap.decode_uint(rsc or b""), reply.payload
-            except TimeoutError:
-                continue
-        raise AssertionError("no CoAP response")
-
-
-@contextlib.asynccontextmanager
-async def _coaps_gateway(acme: tuple[int, int], tmp_path: Path, rules: str) -> AsyncIterator[CoapsGateway]:
-    registrar = Registrar(RuleTable.from_file(_rules(tmp_path, rules)),
-                          BindingStore(tmp_path / "registrations.sqlite3"), cse_id=CSE_ID, sp_id=SP_ID)
-    gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=acme[1], port=0, cse_id=CSE_ID,
-                                  sp_id=SP_ID), _table(f"//{SP_ID}/{EVIL_CSE_ID}"), registrar=registrar)
-    await gw.start()
-    try:
-        yield gw
-    finally:
-        await gw.close()
-        registrar.close()
-
-
-@contextlib.asynccontextmanager
-async def _coaps(gw: CoapsGateway, identity: str, key: str) -> AsyncIterator[_Coaps]:
-    ctx = TLSContext.dtls_client(ClientConfig(identity, SecretKey.from_hex(key), profiles=(ONEM2M_DTLS_PSK,),
-                                              peer_entity=CSE_ID))
-    transport, inbox = await create_dtls(gw.port, ctx)
-    try:
-        yield _Coaps(transport, inbox)
-    finally:
-        transport.close()
-
-
 async def test_coaps_cse_sa_cannot_act_as_an_s_type_ae_registered_here(acme_ports: tuple[int, int],
                                                                         tmp_path: Path) -> None:
     rn, ae_id = unique("csvict"), unique("Slight-victim-")
-    async with _coaps_gateway(acme_ports, tmp_path, S_RULES) as gw:
-        async with _coaps(gw, LIGHT1_ID, LIGHT1_KEY) as light:
+    async with coaps_gateway(acme_ports, tmp_path, S_RULES, f"//{SP_ID}/{EVIL_CSE_ID}") as gw:
+        async with coaps(gw, LIGHT1_ID, LIGHT1_KEY) as light:
             code, rsc, body = await light.call(coap.POST, f"/{CSE_RN}", ae_id, ae_body(rn, "Nlight"), ty=2)
             assert (code, rsc) == ("2.01", 2001), body[:300]
-        async with _coaps(gw, EVIL_IDENTITY, EVIL_KEY) as evil:
+        async with coaps(gw, EVIL_IDENTITY, EVIL_KEY) as evil:
             code, rsc, body = await evil.call(coap.DELETE, f"/{CSE_RN}/{rn}", ae_id)
     assert acme_rsc(acme_ports[0], f"/{CSE_RN}/{rn}") == 2000, "the victim's AE was deleted through a CSE's SA"
     assert (code, rsc) == ("4.03", 4106), body[:300]
@@ -411,7 +309,8 @@ async def test_coaps_cse_sa_cannot_act_as_an_s_type_ae_registered_here(acme_port
 async def test_coaps_ae_registers_with_an_app_id_the_rules_refuse(acme_ports: tuple[int, int],
                                                                    tmp_path: Path) -> None:
     rn, ae_id = unique("cappid"), unique("Clight-e2e-")
-    async with _coaps_gateway(acme_ports, tmp_path, C_RULES) as gw, _coaps(gw, LIGHT1_ID, LIGHT1_KEY) as light:
+    async with coaps_gateway(acme_ports, tmp_path, C_RULES, f"//{SP_ID}/{EVIL_CSE_ID}") as gw, \
+            coaps(gw, LIGHT1_ID, LIGHT1_KEY) as light:
         code, rsc, _ = await light.call(coap.POST, f"/{CSE_RN}", ae_id, ae_body(rn, "Nevil"), ty=2)
         assert (code, rsc) == ("4.03", 4126)
         code, rsc, _ = await light.call(coap.POST, f"/{CSE_RN}", ae_id, _smuggling_body(rn, "Nlight", "Nevil"), ty=2)
@@ -434,11 +333,11 @@ aai = ["Nauto"]
 aae = ["C*"]
 """
     answers = []
-    async for gw in _gateway(acme_http, tmp_path, f"/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID, rules=auto):
-        light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+    async for gw in gateway(acme_http, tmp_path, f"/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID, rules=auto):
+        light2 = await sa(gw, LIGHT2_ID, LIGHT2_KEY)
         try:
             for _ in range(4):
-                answers.append(await _call(light2, "POST", f"/{CSE_RN}?rcn=0", "C",
+                answers.append(await call(light2, "POST", f"/{CSE_RN}?rcn=0", "C",
                                            ae_body(unique("many"), "Nauto"), "application/json;ty=2"))
         finally:
             await light2.close()
@@ -462,28 +361,28 @@ apci = ["{LIGHT1_CRED}"]
 aai = ["Nlight"]
 aae = ["Ckitchen-*"]
 """
-    async for gw in _gateway(acme_http, tmp_path, f"/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID, rules=overlapping):
-        light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+    async for gw in gateway(acme_http, tmp_path, f"/{EVIL_CSE_ID}", cse_id=CSE_ID, sp_id=SP_ID, rules=overlapping):
+        light2 = await sa(gw, LIGHT2_ID, LIGHT2_KEY)
         try:  # LIGHT2 registers the AE-ID, then deregisters: the AE is gone, the binding stays
-            assert (await _call(light2, "POST", f"/{CSE_RN}", ae_id, ae_body(first_rn, "Nauto"),
+            assert (await call(light2, "POST", f"/{CSE_RN}", ae_id, ae_body(first_rn, "Nauto"),
                                 "application/json;ty=2"))[:2] == (201, 2001)
-            assert (await _call(light2, "DELETE", f"/{CSE_RN}/{first_rn}", ae_id))[:2] == (200, 2002)
+            assert (await call(light2, "DELETE", f"/{CSE_RN}/{first_rn}", ae_id))[:2] == (200, 2002)
         finally:
             await light2.close()
-        light1 = await _sa(gw, LIGHT1_ID, LIGHT1_KEY)
+        light1 = await sa(gw, LIGHT1_ID, LIGHT1_KEY)
         try:  # the kitchen light registers with that AE-ID (its rules admit it); rcn=3 is refused (D106), so the
             # answer holds the aei and the binding moves to LIGHT1
-            status, rsc, body = await _call(light1, "POST", f"/{CSE_RN}?rcn=3", ae_id, ae_body(second_rn, "Nlight"),
+            status, rsc, body = await call(light1, "POST", f"/{CSE_RN}?rcn=3", ae_id, ae_body(second_rn, "Nlight"),
                                             "application/json;ty=2")
             assert (status, rsc) == (400, 4000), body[:300]
-            status, rsc, body = await _call(light1, "POST", f"/{CSE_RN}", ae_id, ae_body(second_rn, "Nlight"),
+            status, rsc, body = await call(light1, "POST", f"/{CSE_RN}", ae_id, ae_body(second_rn, "Nlight"),
                                             "application/json;ty=2")
             assert (status, rsc) == (201, 2001), body[:300]
         finally:
             await light1.close()
-        light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+        light2 = await sa(gw, LIGHT2_ID, LIGHT2_KEY)
         try:
-            status, rsc, body = await _call(light2, "DELETE", f"/{CSE_RN}/{second_rn}", ae_id)
+            status, rsc, body = await call(light2, "DELETE", f"/{CSE_RN}/{second_rn}", ae_id)
         finally:
             await light2.close()
     assert acme_rsc(acme_http, f"/{CSE_RN}/{second_rn}") == 2000, "LIGHT2 deleted the AE LIGHT1 registered"

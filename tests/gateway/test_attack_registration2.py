@@ -20,33 +20,32 @@ Each test shows one finding; it failed on main at commit e538f11 and passes sinc
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
-from acme_cse import CSE_ID, CSE_RN, needs_acme, running_acme
-from registration_front import SP_ID, Inbox, acme_rsc, ae_body, create_dtls, psk_table, unique
+from acme_cse import CSE_ID, CSE_RN, needs_acme
+from attack_registration_env import (
+    acme_http_fixture,
+    acme_ports_fixture,
+    call,
+    coaps,
+    coaps_gateway,
+    gateway,
+    sa,
+)
+from registration_front import SP_ID, acme_rsc, ae_body, unique
 
 from conftest import LIGHT1_ID, LIGHT1_KEY, LIGHT2_ID, LIGHT2_KEY
-from m2msec import http1
 from m2msec.errors import ConfigurationError
 from m2msec.gateway import coap
-from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
-from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
-from m2msec.gateway.registrar import BindingStore, Registrar
-from m2msec.gateway.subscription import RuleTable
-from m2msec.keys.secret import SecretKey
-from m2msec.saef import EstablishedSA, PSKCredentials, establish_sa
-from m2msec.tls.engine import ClientConfig, TLSContext
-from m2msec.tls.profiles import ONEM2M_DTLS_PSK
+from m2msec.gateway.http_gateway import Gateway
+from m2msec.gateway.registrar import BindingStore
 
 LIGHT1_CRED = f"12-{LIGHT1_ID}"
 CBOR = "application/cbor"
@@ -61,6 +60,10 @@ apci = ["{LIGHT1_CRED}"]
 aai = ["Nlight"]
 aae = ["Ckitchen-*"]
 """
+
+#: the module's ACME (fixtures of attack_registration_env)
+acme_ports, acme_http = acme_ports_fixture, acme_http_fixture
+
 
 
 def test_planted_wal_file_is_refused(tmp_path: Path) -> None:
@@ -90,44 +93,8 @@ def test_planted_wal_file_is_refused(tmp_path: Path) -> None:
 
 
 # --- finding 3: the answer's serialization is the client's choice; a CBOR answer binds nothing
-@pytest.fixture(scope="module")
-def acme_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
-    with running_acme(tmp_path_factory.mktemp("acme-attack17b"), coap=True) as (http_port, coap_port):
-        assert coap_port is not None
-        yield http_port, coap_port
-
-
-@pytest.fixture
-def acme_http(acme_ports: tuple[int, int]) -> int:
-    return acme_ports[0]
-
-
-async def _gateway(acme_http: int, tmp_path: Path, rules: str) -> AsyncIterator[Gateway]:
-    (tmp_path / "rules.toml").write_text(rules)
-    registrar = Registrar(RuleTable.from_file(tmp_path / "rules.toml"),
-                          BindingStore(tmp_path / "registrations.sqlite3"), cse_id=CSE_ID, sp_id=SP_ID)
-    gw = Gateway(GatewayConfig(backend=Backend("127.0.0.1", acme_http), port=0, cse_id=CSE_ID, sp_id=SP_ID),
-                 psk_table(), registrar=registrar)
-    await gw.start()
-    try:
-        yield gw
-    finally:
-        await gw.close()
-        registrar.close()
-
-
-async def _sa(gw: Gateway, identity: str, key: str) -> EstablishedSA:
-    return await establish_sa("127.0.0.1", gw.port, PSKCredentials(identity, SecretKey.from_hex(key), CSE_ID))
-
-
-async def _call(sa: EstablishedSA, method: str, path: str, origin: str, body: bytes = b"",
-                content_type: str | None = None, accept: str = "application/json") -> tuple[int, int, bytes]:
-    headers = [("host", "gw"), ("x-m2m-ri", unique("rq")), ("x-m2m-rvi", "3"), ("accept", accept),
-               ("x-m2m-origin", origin)]
-    if content_type is not None:
-        headers.append(("content-type", content_type))
-    resp = await sa.request(http1.Message(headers=headers, body=body, method=method, target=path))
-    return resp.status, int(resp.header("x-m2m-rsc") or 0), resp.body
+def _gateway(acme_http: int, tmp_path: Path, rules: str) -> AsyncIterator[Gateway]:
+    return gateway(acme_http, tmp_path, None, cse_id=CSE_ID, sp_id=SP_ID, rules=rules)
 
 
 @needs_acme
@@ -146,24 +113,24 @@ aai = ["Nlight"]
 aae = ["Ckitchen-*"]
 """
     async for gw in _gateway(acme_http, tmp_path, overlapping):
-        light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+        light2 = await sa(gw, LIGHT2_ID, LIGHT2_KEY)
         try:  # LIGHT2 registers the AE-ID, then deregisters: the AE is gone, the binding stays
-            assert (await _call(light2, "POST", f"/{CSE_RN}", ae_id, ae_body(first_rn, "Nauto"),
+            assert (await call(light2, "POST", f"/{CSE_RN}", ae_id, ae_body(first_rn, "Nauto"),
                                 "application/json;ty=2"))[:2] == (201, 2001)
-            assert (await _call(light2, "DELETE", f"/{CSE_RN}/{first_rn}", ae_id))[:2] == (200, 2002)
+            assert (await call(light2, "DELETE", f"/{CSE_RN}/{first_rn}", ae_id))[:2] == (200, 2002)
         finally:
             await light2.close()
-        light1 = await _sa(gw, LIGHT1_ID, LIGHT1_KEY)
+        light1 = await sa(gw, LIGHT1_ID, LIGHT1_KEY)
         try:  # the kitchen light registers with that AE-ID, asking for a CBOR answer: rcn/rt are plain (D106)
-            status, rsc, body = await _call(light1, "POST", f"/{CSE_RN}", ae_id, ae_body(second_rn, "Nlight"),
+            status, rsc, body = await call(light1, "POST", f"/{CSE_RN}", ae_id, ae_body(second_rn, "Nlight"),
                                             "application/json;ty=2", accept=CBOR)
         finally:
             await light1.close()
         if (status, rsc) != (201, 2001):
             return  # refused before the CSE (a fix): nothing to take over
-        light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+        light2 = await sa(gw, LIGHT2_ID, LIGHT2_KEY)
         try:  # the former credential still acts as the AE-ID: it deletes the kitchen light's new AE
-            status, rsc, body = await _call(light2, "DELETE", f"/{CSE_RN}/{second_rn}", ae_id)
+            status, rsc, body = await call(light2, "DELETE", f"/{CSE_RN}/{second_rn}", ae_id)
         finally:
             await light2.close()
     assert acme_rsc(acme_http, f"/{CSE_RN}/{second_rn}") == 2000, "LIGHT2 deleted the AE LIGHT1 registered"
@@ -184,10 +151,10 @@ aae = ["C*"]
 """
     answers = []
     async for gw in _gateway(acme_http, tmp_path, auto):
-        light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+        light2 = await sa(gw, LIGHT2_ID, LIGHT2_KEY)
         try:
             for _ in range(4):
-                answers.append(await _call(light2, "POST", f"/{CSE_RN}", "C", ae_body(unique("many"), "Nauto"),
+                answers.append(await call(light2, "POST", f"/{CSE_RN}", "C", ae_body(unique("many"), "Nauto"),
                                            "application/json;ty=2", accept=CBOR))
         finally:
             await light2.close()
@@ -210,10 +177,10 @@ aae = ["C*"]
 """
     answers = []
     async for gw in _gateway(acme_http, tmp_path, auto):
-        light2 = await _sa(gw, LIGHT2_ID, LIGHT2_KEY)
+        light2 = await sa(gw, LIGHT2_ID, LIGHT2_KEY)
         try:
             for _ in range(4):  # explicit AE-IDs the rules admit, longer than MAX_AE_ID_LENGTH (256): never bound
-                answers.append(await _call(light2, "POST", f"/{CSE_RN}", unique("C" + "x" * 300),
+                answers.append(await call(light2, "POST", f"/{CSE_RN}", unique("C" + "x" * 300),
                                            ae_body(unique("long"), "Nauto"), "application/json;ty=2"))
         finally:
             await light2.close()
@@ -222,78 +189,21 @@ aae = ["C*"]
 
 
 # --- finding 3 over coaps: the Accept option (60, CBOR)
-class _Coaps:
-    """Entity A over coaps: one DTLS-PSK association, CON requests, CoAP answers as (code, rsc, payload)."""
-
-    def __init__(self, transport: asyncio.DatagramTransport, inbox: Inbox) -> None:
-        self.transport, self.inbox, self.ids = transport, inbox, itertools.count(0x6000)
-
-    async def call(self, code: int, path: str, origin: str, body: bytes = b"", ty: int | None = None,
-                   accept: int | None = None) -> tuple[str, int, bytes]:
-        n = next(self.ids)
-        options = [(coap.URI_PATH, seg.encode()) for seg in path.strip("/").split("/")]
-        options += [(coap.ONEM2M_RVI, b"3"), (coap.ONEM2M_RQI, unique("rq").encode()),
-                    (coap.ONEM2M_FR, origin.encode())]
-        if ty is not None:
-            options += [(coap.CONTENT_FORMAT, coap.encode_uint(50)), (coap.ONEM2M_TY, coap.encode_uint(ty))]
-        if accept is not None:
-            options.append((coap.ACCEPT, coap.encode_uint(accept)))
-        msg = coap.Message(coap.MessageType.CON, code, n & 0xFFFF, n.to_bytes(2, "big"), [], body)
-        msg = msg.with_options(*options)
-        for _ in range(4):
-            self.transport.sendto(msg.encode())
-            try:
-                while True:
-                    reply = coap.Message.decode(await asyncio.wait_for(self.inbox.q.get(), 2))
-                    if reply.token == msg.token:
-                        rsc = reply.option(coap.ONEM2M_RSC)
-                        return coap.format_code(reply.code), coap.decode_uint(rsc or b""), reply.payload
-            except TimeoutError:
-                continue
-        raise AssertionError("no CoAP response")
-
-
-@contextlib.asynccontextmanager
-async def _coaps_gateway(acme: tuple[int, int], tmp_path: Path, rules: str) -> AsyncIterator[CoapsGateway]:
-    (tmp_path / "rules.toml").write_text(rules)
-    registrar = Registrar(RuleTable.from_file(tmp_path / "rules.toml"),
-                          BindingStore(tmp_path / "registrations.sqlite3"), cse_id=CSE_ID, sp_id=SP_ID)
-    gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=acme[1], port=0, cse_id=CSE_ID,
-                                  sp_id=SP_ID), psk_table(), registrar=registrar)
-    await gw.start()
-    try:
-        yield gw
-    finally:
-        await gw.close()
-        registrar.close()
-
-
-@contextlib.asynccontextmanager
-async def _coaps(gw: CoapsGateway, identity: str, key: str) -> AsyncIterator[_Coaps]:
-    ctx = TLSContext.dtls_client(ClientConfig(identity, SecretKey.from_hex(key), profiles=(ONEM2M_DTLS_PSK,),
-                                              peer_entity=CSE_ID))
-    transport, inbox = await create_dtls(gw.port, ctx)
-    try:
-        yield _Coaps(transport, inbox)
-    finally:
-        transport.close()
-
-
 @needs_acme
 async def test_coaps_a_cbor_answer_does_not_leave_an_ae_id_to_its_former_credential(acme_ports: tuple[int, int],
                                                                                     tmp_path: Path) -> None:
     first_rn, second_rn, ae_id = unique("cold"), unique("cnew"), unique("Ckitchen-")
-    async with _coaps_gateway(acme_ports, tmp_path, OVERLAPPING) as gw:
-        async with _coaps(gw, LIGHT2_ID, LIGHT2_KEY) as light2:
+    async with coaps_gateway(acme_ports, tmp_path, OVERLAPPING) as gw:
+        async with coaps(gw, LIGHT2_ID, LIGHT2_KEY) as light2:
             code, rsc, body = await light2.call(coap.POST, f"/{CSE_RN}", ae_id, ae_body(first_rn, "Nauto"), ty=2)
             assert (code, rsc) == ("2.01", 2001), body[:300]
             code, rsc, body = await light2.call(coap.DELETE, f"/{CSE_RN}/{first_rn}", ae_id)
             assert (code, rsc) == ("2.02", 2002), body[:300]
-        async with _coaps(gw, LIGHT1_ID, LIGHT1_KEY) as light1:  # Accept: 60 (application/cbor)
+        async with coaps(gw, LIGHT1_ID, LIGHT1_KEY) as light1:  # Accept: 60 (application/cbor)
             code, rsc, _ = await light1.call(coap.POST, f"/{CSE_RN}", ae_id, ae_body(second_rn, "Nlight"), ty=2,
                                              accept=60)
         if (code, rsc) == ("2.01", 2001):
-            async with _coaps(gw, LIGHT2_ID, LIGHT2_KEY) as light2:
+            async with coaps(gw, LIGHT2_ID, LIGHT2_KEY) as light2:
                 code, rsc, body = await light2.call(coap.DELETE, f"/{CSE_RN}/{second_rn}", ae_id)
             assert acme_rsc(acme_ports[0], f"/{CSE_RN}/{second_rn}") == 2000, "LIGHT2 deleted LIGHT1's AE"
             assert (code, rsc) == ("4.03", 4106), body[:300]
