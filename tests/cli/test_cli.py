@@ -114,6 +114,11 @@ def test_demo_keep_needs_a_new_directory(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"m2msec: error: --keep {tmp_path}: exists already (give a new directory)"]
+    missing = tmp_path / "missing" / "run"
+    result = run(["demo", "--keep", str(missing)], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"m2msec: error: --keep {missing}: its parent directory does not exist"]
 
 
 @contextlib.contextmanager

@@ -36,6 +36,9 @@ async def run(args: argparse.Namespace) -> int:
     if args.keep is not None and args.keep.exists():
         print(f"m2msec: error: --keep {args.keep}: exists already (give a new directory)", file=sys.stderr)
         return 2
+    if args.keep is not None and not args.keep.absolute().parent.is_dir():
+        print(f"m2msec: error: --keep {args.keep}: its parent directory does not exist", file=sys.stderr)
+        return 2
     acme = acme_binary()
     if acme is None:
         print(f"m2msec: error: {INSTALL_HINT}", file=sys.stderr)
