@@ -35,6 +35,7 @@ from __future__ import annotations
 __all__ = [
     "AppRuleValidationFailed",
     "BadRequest",
+    "CAPIFError",
     "ConfigurationError",
     "Conflict",
     "CredentialsLoadError",
@@ -104,6 +105,22 @@ class MAFError(M2MSecError):
         super().__init__(message or f"the MAF refused the request: {status} {problem}")
         self.status = status
         self.problem = problem
+
+
+class CAPIFError(M2MSecError):
+    """A CAPIF request refused (TS 29.222): rendered as TS 29.122 ``ProblemDetails`` with HTTP ``status`` and, when
+    the API defines one, its ``cause``. ``detail`` is written for the client: never key material."""
+
+    status: int = 400
+    cause: str | None = None
+
+    def __init__(self, detail: str, *, status: int | None = None, cause: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if status is not None:
+            self.status = status
+        if cause is not None:
+            self.cause = cause
 
 
 class TLSError(M2MSecError):
