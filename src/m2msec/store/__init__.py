@@ -14,12 +14,13 @@ from m2msec.errors import ConfigurationError
 from m2msec.keys.secret import SecretKey
 from m2msec.store.aio import AsyncKeyStore
 from m2msec.store.base import KeyStore
-from m2msec.store.records import ClientRegistration, MAFClient, RegisteredKey
+from m2msec.store.records import ClientRegistration, Document, MAFClient, RegisteredKey
 
 __all__ = [
     "STORE_SCHEMES",
     "AsyncKeyStore",
     "ClientRegistration",
+    "Document",
     "KeyStore",
     "MAFClient",
     "RegisteredKey",

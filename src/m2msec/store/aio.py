@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from m2msec.keys.secret import SecretKey
 from m2msec.store.base import KeyStore
-from m2msec.store.records import ClientRegistration, MAFClient, RegisteredKey
+from m2msec.store.records import ClientRegistration, Document, MAFClient, RegisteredKey
 
 __all__ = ["INLINE_READS", "AsyncKeyStore"]
 
@@ -77,6 +77,20 @@ class AsyncKeyStore:
 
     async def delete_registration(self, owner: str) -> None:
         await asyncio.to_thread(self.store.delete_registration, owner)
+
+    async def put_document(self, document: Document, *, replace: bool = False) -> None:
+        await asyncio.to_thread(lambda: self.store.put_document(document, replace=replace))
+
+    async def get_document(self, kind: str, record_id: str) -> Document | None:
+        if self.inline_reads:
+            return self.store.get_document(kind, record_id)
+        return await asyncio.to_thread(self.store.get_document, kind, record_id)
+
+    async def delete_document(self, kind: str, record_id: str) -> None:
+        await asyncio.to_thread(self.store.delete_document, kind, record_id)
+
+    async def documents(self, kind: str) -> list[Document]:
+        return await asyncio.to_thread(self.store.documents, kind)
 
     async def purge_expired(self) -> int:
         return await asyncio.to_thread(self.store.purge_expired)

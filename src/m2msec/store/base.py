@@ -37,6 +37,7 @@ from m2msec.store.records import (
     KIND_MAF_KEY,
     KIND_MAF_REGISTRATION,
     ClientRegistration,
+    Document,
     MAFClient,
     RegisteredKey,
     record_aad,
@@ -165,20 +166,51 @@ class KeyStore(ABC):
             raise NotFound(f"no {kind} record {record_id!r}")
 
     def _get(self, cls: type[_R], record_id: str) -> _R | None:
+        row = self._get_row(cls.kind, record_id)
+        return None if row is None else cls.from_row(record_id, *row)
+
+    def _get_row(self, kind: str, record_id: str) -> tuple[SecretKey | None, float | None, str] | None:
+        """The (key, expiry, meta) of one record, its integrity checked; None when there is none."""
         if not _storable(record_id):
             return None  # no record can have it
         rows, _ = self._exec("SELECT expires, meta, nonce, sealed FROM sealed_record WHERE kind = ? AND id = ?",
-                             (cls.kind, record_id))
+                             (kind, record_id))
         if not rows:
             return None
-        expires, meta, nonce, sealed = rows[0]
-        expires = None if expires is None else float(expires)
-        plain = open_sealed(self._aead, bytes(nonce), bytes(sealed), record_aad(cls.kind, record_id, expires, meta))
+        return self._opened(kind, record_id, *rows[0])
+
+    def _opened(self, kind: str, record_id: str, expires: object, meta: str, nonce: object,
+                sealed: object) -> tuple[SecretKey | None, float | None, str]:
+        when = None if expires is None else float(expires)  # type: ignore[arg-type]
+        plain = open_sealed(self._aead, bytes(nonce), bytes(sealed),  # type: ignore[call-overload]
+                            record_aad(kind, record_id, when, meta))
         if plain is None:
             log.error("%s: %s record %r fails its integrity check (changed without the master key); refused",
-                      self.location, cls.kind, record_id)
-            raise StorageError(f"{cls.kind} record {record_id!r} fails its integrity check")
-        return cls.from_row(record_id, SecretKey(plain) if plain else None, expires, meta)
+                      self.location, kind, record_id)
+            raise StorageError(f"{kind} record {record_id!r} fails its integrity check")
+        return (SecretKey(plain) if plain else None), when, meta
+
+    # -- the services' JSON documents (CAPIF)
+    def put_document(self, document: Document, *, replace: bool = False) -> None:
+        """Store ``document``: a new record (``Conflict`` when its id exists), or with ``replace`` an existing one
+        (``NotFound`` when there is none)."""
+        if replace:
+            self._replace(document.kind, document.record_id, document.expires, document.meta(), document.key)
+        else:
+            self._insert(document.kind, document.record_id, document.expires, document.meta(), document.key)
+
+    def get_document(self, kind: str, record_id: str) -> Document | None:
+        row = self._get_row(kind, record_id)
+        return None if row is None else Document.from_row(kind, record_id, *row)
+
+    def delete_document(self, kind: str, record_id: str) -> None:
+        self._delete(kind, record_id)
+
+    def documents(self, kind: str) -> list[Document]:
+        """Every document of ``kind``, by id (each one's integrity checked)."""
+        rows, _ = self._exec("SELECT id, expires, meta, nonce, sealed FROM sealed_record WHERE kind = ? ORDER BY id",
+                             (kind,))
+        return [Document.from_row(kind, str(r[0]), *self._opened(kind, str(r[0]), *r[1:])) for r in rows]
 
     def _delete(self, kind: str, record_id: str) -> None:
         if not _storable(record_id):

@@ -1,4 +1,4 @@
-"""The records the stores hold: MAF clients and registered keys (MEF and CAPIF records come later).
+"""The records the stores hold: MAF clients and registered keys, and the services' JSON documents (CAPIF).
 
 Each record is one row of the generic sealed-record table: ``kind`` + ``id`` (the primary key), an optional
 expiry time (indexed, for :meth:`~m2msec.store.base.KeyStore.purge_expired`), the non-secret fields as JSON,
@@ -18,11 +18,13 @@ from m2msec.keys.sealing import aad_field
 from m2msec.keys.secret import SecretKey
 
 __all__ = [
+    "DOCUMENT_KINDS",
     "KIND_MAF_CLIENT",
     "KIND_MAF_KEY",
     "KIND_MAF_REGISTRATION",
     "RECORD_FORMAT",
     "ClientRegistration",
+    "Document",
     "MAFClient",
     "RegisteredKey",
     "record_aad",
@@ -31,6 +33,9 @@ __all__ = [
 KIND_MAF_CLIENT = "maf-client"
 KIND_MAF_KEY = "maf-key"
 KIND_MAF_REGISTRATION = "maf-registration"
+#: The kinds of :class:`Document` records (the CCF's, issue 18): none of them is a MAF kind
+DOCUMENT_KINDS = frozenset({"capif-invoker", "capif-provider", "capif-service", "capif-security",
+                            "capif-subscription", "capif-aefpsk", "capif-ca", "capif-revoked"})
 #: Format of the sealed record rows (the prefix of :func:`record_aad`)
 RECORD_FORMAT = 1
 
@@ -154,3 +159,31 @@ class ClientRegistration:
 
     def expired(self, now: float) -> bool:
         return self.expires <= now
+
+
+@dataclass(frozen=True)
+class Document:
+    """A service's JSON object (a CAPIF invoker, provider, published API, security context...) under ``kind`` and
+    ``record_id``, with at most one sealed key (an AEFPSK, the CA's private key in DER) and an optional expiry. The
+    object and the key are bound together by the record's associated data: changing either without the master key
+    makes the record fail its integrity check."""
+
+    kind: str
+    record_id: str
+    body: dict[str, Any]
+    key: SecretKey | None = None
+    expires: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in DOCUMENT_KINDS:
+            raise StorageError(f"unknown document kind {self.kind!r}")
+        if not isinstance(self.body, dict):
+            raise StorageError(f"a {self.kind} document must be a JSON object")
+
+    def meta(self) -> str:
+        return _dump(self.body)
+
+    @classmethod
+    def from_row(cls, kind: str, record_id: str, key: SecretKey | None, expires: float | None,
+                 meta: str) -> Document:
+        return cls(kind, record_id, _load(meta, kind, record_id), key, expires)
