@@ -112,3 +112,15 @@ def test_only_a_tls12_full_handshake_session_qualifies() -> None:
     with pytest.raises(ConfigurationError, match="interface"):
         aefpsk(SecretKey(MASTER), SESSION_ID, "")
     assert "redacted" in repr(aefpsk(SecretKey(MASTER), SESSION_ID, "a:443"))
+
+
+def test_interface_information_of_an_interface_description() -> None:
+    from m2msec.capif.kdf import interface_information_of
+
+    assert interface_information_of({"fqdn": "AEF.example.com", "port": 8443, "apiPrefix": "/nef",
+                                     "securityMethods": ["PSK"]}) == "aef.example.com:8443/nef"
+    assert interface_information_of({"ipv4Addr": "192.0.2.7"}) == "192.0.2.7:443"
+    for bad in ({}, {"fqdn": "a.example", "ipv4Addr": "192.0.2.7"}, {"fqdn": 7}, {"fqdn": "a.example", "port": "1"},
+                {"fqdn": "a.example", "port": True}):
+        with pytest.raises(ConfigurationError):
+            interface_information_of(bad)

@@ -16,7 +16,8 @@ import hashlib
 import hmac
 import ipaddress
 import unicodedata
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 from m2msec.errors import ConfigurationError
 from m2msec.keys.secret import SecretKey
@@ -27,6 +28,7 @@ __all__ = [
     "TLS12_MASTER_SECRET_LENGTH",
     "aefpsk",
     "interface_information",
+    "interface_information_of",
     "kdf",
     "kdf_input",
 ]
@@ -82,6 +84,23 @@ def interface_information(*, fqdn: str | None = None, ipv4_addr: str | None = No
     if not 1 <= chosen <= 65535:
         raise ConfigurationError(f"interface port {chosen} out of range")
     return f"{_host(fqdn, ipv4_addr, ipv6_addr)}:{chosen}{api_prefix or ''}"
+
+
+def interface_information_of(description: Mapping[str, Any]) -> str:
+    """:func:`interface_information` of a TS 29.222 ``InterfaceDescription`` in its JSON form (``fqdn`` /
+    ``ipv4Addr`` / ``ipv6Addr`` — exactly one, the schema's oneOf —, ``port``, ``apiPrefix``; other members, such as
+    ``securityMethods``, do not enter P0)."""
+    addresses = [k for k in ("fqdn", "ipv4Addr", "ipv6Addr") if description.get(k) is not None]
+    if len(addresses) != 1:
+        raise ConfigurationError("an InterfaceDescription names exactly one of fqdn, ipv4Addr, ipv6Addr")
+    values = {k: description.get(k) for k in ("fqdn", "ipv4Addr", "ipv6Addr", "apiPrefix")}
+    if any(v is not None and not isinstance(v, str) for v in values.values()):
+        raise ConfigurationError("InterfaceDescription addresses and apiPrefix are strings")
+    port = description.get("port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
+        raise ConfigurationError("InterfaceDescription port is an integer")
+    return interface_information(fqdn=values["fqdn"], ipv4_addr=values["ipv4Addr"], ipv6_addr=values["ipv6Addr"],
+                                 port=port, api_prefix=values["apiPrefix"])
 
 
 def aefpsk(master_secret: SecretKey, session_id: bytes, interface_info: str) -> SecretKey:
