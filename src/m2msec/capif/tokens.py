@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc import jws, jwt
-from joserfc.errors import ExpiredTokenError, InvalidClaimError, JoseError, MissingClaimError
+from joserfc.errors import BadSignatureError, ExpiredTokenError, InvalidClaimError, JoseError, MissingClaimError
 from joserfc.jwk import ECKey
 
 from m2msec.capif.scope import AccessTokenError, Scope, parse_scope
@@ -184,8 +184,10 @@ def _verify(token: object, keys: VerificationKeys, typ: str, refuse: Callable[[s
         raise refuse("unknown key")
     try:
         decoded = jwt.decode(token, key, algorithms=[ALGORITHM])
-    except (JoseError, ValueError, TypeError):
+    except BadSignatureError:
         raise refuse("bad signature") from None
+    except (JoseError, ValueError, TypeError):
+        raise refuse("malformed") from None
     try:
         claims_registry.validate(decoded.claims)
     except ExpiredTokenError:
