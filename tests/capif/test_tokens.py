@@ -443,3 +443,25 @@ def test_jwks_import_refuses_private_or_foreign_keys() -> None:
                 {"keys": [{**entry, "x": entry["y"]}]}, {"keys": [{**entry, "crv": "P-384"}]}, {"keys": [5]}):
         with pytest.raises(ValueError):
             VerificationKeys.from_jwks(bad)
+
+
+# ------------------------------------------------------------------------------------------------------------- docs
+
+def test_docs_example_runs_and_decisions_cite_the_constants() -> None:
+    import importlib
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "capif-tokens.md").read_text()
+    example = re.search(r"```python\n(.*?)```", doc, re.S)
+    assert example is not None
+    exec(compile(example.group(1), "capif-tokens.md", "exec"), {})  # our own doc
+    rows = {line.split("|")[1].strip(): line for line in (root / "docs" / "decisions.md").read_text().splitlines()
+            if line.startswith("| D11")}
+    tokens = importlib.import_module("m2msec.capif.tokens")
+    for number, constant, value in (("D117", "ONBOARDING_LEEWAY", 30), ("D118", "DEFAULT_ACCESS_TOKEN_LIFETIME", 600)):
+        assert f"`m2msec.capif.tokens.{constant}` |" in rows[number]
+        assert getattr(tokens, constant) == value and f"({value} s" in rows[number]
+    assert "`MAX_TOKEN_LENGTH` (4096)" in rows["D117"] and MAX_TOKEN_LENGTH == 4096
+    assert "`MAX_ACCESS_TOKEN_LEEWAY` (30 s" in rows["D118"] and MAX_ACCESS_TOKEN_LEEWAY == 30
