@@ -63,8 +63,3 @@ def test_the_tabbed_file_loads(tmp_path: Path) -> None:
         yaml.safe_load(text)
     assert "paths" in _doc("TS32291_Nchf_ConvergedCharging.yaml")
 
-
-def test_nothing_in_the_repo_points_at_the_shared_folder() -> None:
-    for path in SPECS_DIR.rglob("*"):
-        if path.is_file():
-            assert "../shared" not in path.read_text(encoding="utf-8"), path
