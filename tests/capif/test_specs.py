@@ -53,7 +53,7 @@ def test_every_external_ref_resolves_inside_specs(name: str) -> None:
     assert not missing, missing
 
 
-def test_the_tabbed_file_loads(tmp_path: Path) -> None:
+def test_the_tabbed_file_loads() -> None:
     # TS32291 has a tab-indented comment line (an upstream defect kept as is): plain YAML rejects it
     import yaml
 
