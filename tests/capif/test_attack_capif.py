@@ -81,3 +81,14 @@ def test_access_token_lifetime_is_bounded(signing_key: ec.EllipticCurvePrivateKe
     with pytest.raises(ValueError):
         issue_access_token(signing_key, issuer=ISSUER, client_id="inv1", scope="aef1:api", now=NOW, jti="j1",
                            lifetime=DEFAULT_ACCESS_TOKEN_LIFETIME * 1000 * 52)
+
+
+@pytest.mark.xfail(strict=True, reason="attack18a finding 4")
+def test_aef_refuses_a_token_valid_for_centuries(signing_key: ec.EllipticCurvePrivateKey) -> None:
+    """The AEF side of finding 4: ``verify_access_token`` takes any ``exp`` (here 10**30) and needs no ``iat``, so
+    nothing downstream bounds what a misconfigured CCF signed."""
+    rsp = issue_access_token(signing_key, issuer=ISSUER, client_id="inv1", scope="aef1:api", now=NOW, jti="j1",
+                             lifetime=10**30)
+    with pytest.raises(TokenRefused):
+        verify_access_token(rsp["access_token"], VerificationKeys([signing_key]), issuer=ISSUER, aef_id="aef1",
+                            api_name="api", now=NOW)
