@@ -15,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 import unicodedata
 from collections.abc import Mapping
 from typing import Any, Final
 
-from m2msec.errors import ConfigurationError
+from m2msec.errors import ConfigurationError, IdentifierError
+from m2msec.identifiers import validate_fqdn
 from m2msec.keys.secret import SecretKey
 
 __all__ = [
@@ -41,6 +43,8 @@ TLS12_MASTER_SECRET_LENGTH: Final = 48
 #: (TS 29.222: the port is optional; HTTPS is what CAPIF-2e runs).
 DEFAULT_INTERFACE_PORT: Final = 443
 _MAX_PARAMETER: Final = 0xFFFF  # Li is two octets
+_API_PREFIX: Final = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=@%-]*)+")  # RFC 3986 path segments, no ':'
+
 
 
 def kdf_input(fc: int, *parameters: bytes) -> bytes:
@@ -61,8 +65,11 @@ def kdf(key: SecretKey, fc: int, *parameters: bytes) -> SecretKey:
 
 
 def _host(fqdn: str | None, ipv4: str | None, ipv6: str | None) -> str:
-    if fqdn:
-        return fqdn.rstrip(".").lower()
+    if fqdn:  # an ASCII host name (IDNA A-labels): nothing NFKC could fold onto another AEF's (attack18a)
+        try:
+            return validate_fqdn(fqdn.rstrip(".").lower(), role="interface fqdn")
+        except IdentifierError as exc:
+            raise ConfigurationError(str(exc)) from None
     try:
         if ipv4:
             return str(ipaddress.IPv4Address(ipv4))
@@ -83,6 +90,8 @@ def interface_information(*, fqdn: str | None = None, ipv4_addr: str | None = No
     chosen = port if port is not None else DEFAULT_INTERFACE_PORT
     if not 1 <= chosen <= 65535:
         raise ConfigurationError(f"interface port {chosen} out of range")
+    if api_prefix and not _API_PREFIX.fullmatch(api_prefix):  # "/"-led ASCII path segments, so P0 splits one way
+        raise ConfigurationError("an apiPrefix is a path of ASCII segments starting with '/'")
     return f"{_host(fqdn, ipv4_addr, ipv6_addr)}:{chosen}{api_prefix or ''}"
 
 

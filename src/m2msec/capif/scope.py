@@ -48,6 +48,16 @@ class Scope:
 
     grants: tuple[tuple[str, tuple[str, ...]], ...]
 
+    def __post_init__(self) -> None:
+        """The rules :func:`parse_scope` applies, for a scope built from names (attack18a: an API name holding
+        ``;aef:`` would otherwise write a grant for another AEF into the token)."""
+        aefs = [aef for aef, _ in self.grants]
+        if not self.grants or len(set(aefs)) != len(aefs):
+            raise _invalid("no AEF, or an AEF ID named twice")
+        for aef, apis in self.grants:
+            if not _NAME.fullmatch(aef) or not apis or not all(_NAME.fullmatch(api) for api in apis):
+                raise _invalid("an empty or invalid AEF ID or API name")
+
     def covers(self, aef_id: str, api_name: str) -> bool:
         """True when this scope grants ``api_name`` of the AEF ``aef_id``."""
         return any(aef == aef_id and api_name in apis for aef, apis in self.grants)

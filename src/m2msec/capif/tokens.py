@@ -34,6 +34,7 @@ __all__ = [
     "INVALID_CREDENTIAL_CAUSE",
     "INVALID_TOKEN_CAUSE",
     "MAX_ACCESS_TOKEN_LEEWAY",
+    "MAX_ACCESS_TOKEN_LIFETIME",
     "MAX_TOKEN_LENGTH",
     "ONBOARDING_LEEWAY",
     "ONBOARDING_TOKEN_TYPE",
@@ -62,6 +63,9 @@ ONBOARDING_TOKEN_TYPE: Final = "capif-onboarding+jwt"
 ACCESS_TOKEN_TYPE: Final = "at+jwt"
 #: docs/decisions.md D118: an access token's lifetime when the caller gives none (seconds; issue 18: ≤ 10 min)
 DEFAULT_ACCESS_TOKEN_LIFETIME: Final = 600
+#: the longest life an access token may be issued with, and that an AEF accepts (``exp - iat``): a bearer token
+#: cannot be revoked, so a misconfigured lifetime must fail loudly rather than mint year-long tokens (D118)
+MAX_ACCESS_TOKEN_LIFETIME: Final = 3600
 #: the largest clock skew an AEF may allow on an access token (seconds; issue 19: ≤ 30 s)
 MAX_ACCESS_TOKEN_LEEWAY: Final = 30
 _HEADER_KEYS: Final = frozenset({"alg", "typ", "kid"})
@@ -297,6 +301,8 @@ def issue_access_token(signing_key: ec.EllipticCurvePrivateKey, *, issuer: str, 
 
     Raises: AccessTokenError (``invalid_scope``): a malformed scope."""
     _check_times(now, lifetime)
+    if lifetime > MAX_ACCESS_TOKEN_LIFETIME:
+        raise ValueError(f"an access token lives at most {MAX_ACCESS_TOKEN_LIFETIME} s")
     if not isinstance(client_id, str) or not client_id:
         raise AccessTokenError("invalid_request", "client_id is required")
     if not isinstance(issuer, str) or not issuer or not isinstance(jti, str) or not jti:
@@ -305,6 +311,8 @@ def issue_access_token(signing_key: ec.EllipticCurvePrivateKey, *, issuer: str, 
     text = str(parsed)
     claims = {"iss": issuer, "iat": now, "exp": now + lifetime, "client_id": client_id, "scope": text, "jti": jti}
     token = _sign(signing_key, ACCESS_TOKEN_TYPE, claims)
+    if len(token) > MAX_TOKEN_LENGTH:  # every AEF would refuse it: say so now, not with a 401 at each call
+        raise AccessTokenError("invalid_scope", f"the scope makes a token longer than {MAX_TOKEN_LENGTH} characters")
     return {"access_token": token, "token_type": "Bearer", "expires_in": lifetime, "scope": text}
 
 
@@ -324,9 +332,13 @@ def verify_access_token(token: object, keys: VerificationKeys, *, issuer: str, a
         return TokenRefused("access token", reason, cause=INVALID_TOKEN_CAUSE)
 
     registry = jwt.JWTClaimsRegistry(now=now, leeway=leeway, iss={"essential": True, "value": issuer},
-                                     exp={"essential": True}, client_id={"essential": True},
-                                     scope={"essential": True})
+                                     exp={"essential": True}, iat={"essential": True},
+                                     client_id={"essential": True}, scope={"essential": True})
     claims = _verify(token, keys, ACCESS_TOKEN_TYPE, refuse, registry)
+    issued, expires = claims["iat"], claims["exp"]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (issued, expires)) or \
+            expires - issued > MAX_ACCESS_TOKEN_LIFETIME:
+        raise refuse("invalid claim (lifetime)")
     client_id, scope_text, jti = claims["client_id"], claims["scope"], claims.get("jti")
     if not isinstance(client_id, str) or not isinstance(scope_text, str) or not (jti is None or isinstance(jti, str)):
         raise refuse("invalid claim (type)")
