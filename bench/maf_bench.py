@@ -31,6 +31,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+from procs import cpu_seconds
+
 from m2msec import http1
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.sqlite_store import MASTER_KEY_ENV
@@ -64,11 +66,6 @@ BARE_SERVER = textwrap.dedent(f"""
 
     asyncio.run(main())
 """)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager

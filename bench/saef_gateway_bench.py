@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from procs import cpu_seconds, free_port, wait_listening
 
 from m2msec.keys.secret import SecretKey
 from m2msec.maf.client import MAFClient, MAFCredentials
@@ -31,26 +31,6 @@ M2MSEC = [sys.executable, "-m", "m2msec.cli.main"]
 FQDN = "maf.m2msec.localhost"  # the MAF's embedded default
 IDB = "/mn-cse-b"
 PLAIN_ID, PLAIN_KEY = "plain@in.provider.com", SecretKey(bytes(range(32)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def wait_listening(port: int) -> None:
-    for _ in range(200):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 async def handshakes(port: int, creds: PSKCredentials, n: int, concurrency: int) -> None:

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 import h11
+from procs import cpu_seconds, free_port, wait_listening
 
 from m2msec import http1
 from m2msec.keys.secret import SecretKey
@@ -33,26 +33,6 @@ M2MSEC = [sys.executable, "-m", "m2msec"]
 IDB, ORIGIN = "in-cse", "CBench"
 PSK_ID, PSK_KEY = "bench@in.provider.com", SecretKey(bytes(range(32)))
 BODY = b'{"m2m:cin": {"con": "' + b"x" * 200 + b'"}}'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def wait_listening(port: int) -> None:
-    for _ in range(200):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def serve_backend(port: int) -> None:
