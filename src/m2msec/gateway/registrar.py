@@ -169,24 +169,23 @@ class Registrar:
         """:class:`~m2msec.gateway.rules.CredentialResolver`: bound AE-IDs (every form) and the rules' stems (D99);
         None when no rule applies to the credential (its bindings count only while one does: removing its rules
         revokes them)."""
-        if not self.rules.applicable(credential_id):
+        ruled = self.rules.resolve(credential_id)  # None exactly when no rule applies
+        if ruled is None:
             return None
         try:
             bound = self._bound_forms(credential_id)
         except sqlite3.Error as exc:
             log.error("reading %s failed: %s", self.bindings.path, exc)
             bound = frozenset()
-        ruled = self.rules.resolve(credential_id)
         if ruled:  # a rule's explicit stem is no identity of this credential once another one holds it (D99)
+            forms = {stem: registered_forms(stem, self.cse_id, self.sp_id) for stem in ruled}
             try:
-                taken = self.bindings.held_by_others(credential_id, {
-                    form for stem in ruled for form in registered_forms(stem, self.cse_id, self.sp_id)})
+                taken = self.bindings.held_by_others(credential_id, set().union(*forms.values()))
             except sqlite3.Error as exc:
                 log.error("reading %s failed: %s", self.bindings.path, exc)
-                taken = None
-            ruled = frozenset(stem for stem in ruled if taken is not None and not (
-                registered_forms(stem, self.cse_id, self.sp_id) & taken))
-        return (ruled or frozenset()) | bound
+                return bound
+            ruled = frozenset(stem for stem, spelt in forms.items() if not spelt & taken)
+        return ruled | bound
 
     def authorize(self, sa: SecurityAssociation, origin: str | None, policy: UnboundPolicy,
                   create: AECreate | None) -> SecurityAssociation:
