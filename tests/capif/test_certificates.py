@@ -39,7 +39,7 @@ def test_a_third_party_request_is_certified_for_the_assigned_id(tmp_path: Path, 
         subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-out", str(tmp_path / "p.pem")], check=True,
                        capture_output=True, timeout=60)
         newkey = f"ec:{tmp_path / 'p.pem'}"
-    ca = create_ca("CCF test CA", permitted_dns=["capif.m2msec.localhost"])
+    ca = create_ca("CCF test CA", permitted_dns=["capif.m2msec.localhost"], now=NOW - timedelta(days=1))
     csr = load_csr(openssl_csr(tmp_path, newkey))
     cert = issue_capif_certificate(ca, csr, CAPIFRole.INVOKER, "INV7f3a", now=NOW)
     assert capif_identity(cert) == (CAPIFRole.INVOKER, "INV7f3a")  # not the CN the request asked for
@@ -84,7 +84,7 @@ def test_a_request_whose_signature_does_not_verify_is_refused() -> None:
 
 
 def test_roles_are_kept_apart() -> None:
-    ca = create_ca("CCF test CA", permitted_dns=["capif.m2msec.localhost"])
+    ca = create_ca("CCF test CA", permitted_dns=["capif.m2msec.localhost"], now=NOW - timedelta(days=1))
     csr = load_csr(_csr(ec.generate_private_key(ec.SECP256R1())))
     aef = issue_capif_certificate(ca, csr, CAPIFRole.AEF, "AEF01", now=NOW)
     assert capif_identity(aef) == (CAPIFRole.AEF, "AEF01")
