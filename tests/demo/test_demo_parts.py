@@ -98,3 +98,19 @@ async def test_a_step_that_raises_is_one_failed_record_and_the_demo_goes_on() ->
 
     with pytest.raises(KeyError):
         await guarded(bug, "x")
+
+
+def test_free_ports_are_below_the_ephemeral_range() -> None:
+    """Ports the kernel hands to other processes meanwhile (port 0, outgoing source ports) come from the ephemeral
+    range: a port chosen there was taken before ACME bound it, and ACME exited without a word (CI, once)."""
+    import socket
+
+    from m2msec.demo.acme import FREE_PORT_FLOOR, _ephemeral_floor, free_port
+
+    floor = _ephemeral_floor()
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        for _ in range(20):
+            port = free_port(kind)
+            assert FREE_PORT_FLOOR <= port < floor
+            with socket.socket(socket.AF_INET, kind) as s:
+                s.bind(("127.0.0.1", port))  # free when returned

@@ -8,6 +8,7 @@ process is the caller's (:mod:`m2msec.demo.procs` for the demo, ``tests/e2e/acme
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import urllib.request
@@ -38,9 +39,35 @@ def acme_binary() -> Path | None:
     return Path(found) if found else None
 
 
+#: lowest port :func:`free_port` picks from; it picks below the kernel's ephemeral range
+FREE_PORT_FLOOR = 20000
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port free on 127.0.0.1 now (another process may take it before it is bound: callers retry or fail)."""
-    with socket.socket(socket.AF_INET, kind) as s:
+    """A port free on 127.0.0.1 now, for a process that binds it later (ACME reads its ports from its config).
+
+    It is drawn below the kernel's ephemeral range: a port the kernel hands out (bind to port 0, the source port of
+    an outgoing connection) is drawn from that range, so every process the demo starts meanwhile could take a port
+    chosen there, and ACME then exits without a word. Another process may still take this one: callers retry or
+    fail."""
+    top = _ephemeral_floor()
+    candidates = list(range(FREE_PORT_FLOOR, top)) if top > FREE_PORT_FLOOR + 100 else []
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, kind) as s:  # no room below the ephemeral range: any free port
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
