@@ -63,6 +63,17 @@ class TLSExtension:
             raise TLSProtocolError("the TLS connection of this request is closed")
         return connection.export_keying_material(label, length, context)
 
+    def master_secret(self) -> SecretKey:
+        """The TLS 1.2 master secret of this connection (CAPIF AEFPSK input, TS 33.122 §6.5.2.1; with
+        ``session.session_id``, P1 of the derivation).
+
+        Raises:
+            TLSProtocolError: the connection is closed, or its session is not TLS 1.2."""
+        connection = self.__connection
+        if connection is None:
+            raise TLSProtocolError("the TLS connection of this request is closed")
+        return connection.master_secret()
+
     def _forget(self) -> None:
         """The connection is closed: drop it (called by the server)."""
         self.__connection = None

@@ -10,7 +10,7 @@ any string passes those, as the contract says; closed ones (``enum`` alone, e.g.
 An operation is named ``"<METHOD> <path template>"`` as in the file (``"POST /onboardedInvokers"``,
 ``"GET /trustedInvokers/{apiInvokerId}"``), by its ``operationId`` where the file has one, and a callback (the
 notification the CCF sends) by ``"<METHOD> <path> callback <name>"`` (``"POST /{subscriberId}/subscriptions callback
-notificationDestination"``). A ``dev`` dependency: the runtime does not import this module.
+notificationDestination"``). The CCF validates every request with it (D122).
 """
 
 from __future__ import annotations

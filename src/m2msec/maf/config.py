@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.identifiers import validate_fqdn
 from m2msec.maf.procedures import DEFAULT_MAX_KEY_LIFETIME, DEFAULT_MAX_REGISTRATION_LIFETIME
-from m2msec.tomlfile import load_toml
+from m2msec.tomlfile import load_settings
 
 __all__ = ["DEFAULT_LISTEN", "DEFAULT_MAF_FQDN", "DEFAULT_SP_ID", "MAFConfig", "default_store_url", "load_config"]
 
@@ -88,21 +88,4 @@ class MAFConfig:
 
 def load_config(path: Path | None) -> MAFConfig:
     """The settings in ``path`` (TOML), or the defaults when ``path`` is None."""
-    if path is None:
-        return MAFConfig()
-    data = load_toml(path)
-    known = {f.name: f for f in fields(MAFConfig)}
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigurationError(f"{path}: unknown key {key!r} (known: {', '.join(known)})")
-        default = known[key].default
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if type(value) is not type(default):
-            raise ConfigurationError(f"{path}: {key} must be a {type(default).__name__}")
-        values[key] = value
-    try:
-        return MAFConfig(**values)
-    except ConfigurationError as exc:
-        raise ConfigurationError(f"{path}: {exc}") from None
+    return MAFConfig() if path is None else load_settings(path, MAFConfig)

@@ -65,6 +65,10 @@ class ServerConfig:
             ``PSKIdentityReceived`` and waits for ``conn.supply_psk(entry)``; ``psk_lookup`` is then not
             used (it may be None). See :mod:`m2msec.tls.async_psk`.
         max_client_hello: with ``async_psk``, the largest TLS 1.3 ClientHello parsed for its identities.
+        optional_client_certificate: certificate suites ask for a client certificate but complete the handshake
+            without one (``SessionInfo.peer_certificate`` is then ``None``); a certificate that is sent is verified
+            as always. For services where some requests are authenticated otherwise (the CAPIF CCF's onboarding,
+            TS 33.122 §6.1: server-authenticated TLS plus an onboarding credential). Off by default.
     """
 
     psk_lookup: PSKLookup | None
@@ -74,6 +78,7 @@ class ServerConfig:
     reveal_unknown_psk_identity: bool = False
     async_psk: bool = False
     max_client_hello: int = DEFAULT_MAX_CLIENT_HELLO
+    optional_client_certificate: bool = False
 
     def __post_init__(self) -> None:
         # below a minimal ClientHello every asynchronous TLS 1.3 client would be refused, silently

@@ -68,8 +68,11 @@ class SessionInfo:
 
     @property
     def authentication(self) -> str:
-        """``"psk"`` or ``"certificate"``: how the peer authenticated."""
-        return "psk" if self.psk_identity is not None else "certificate"
+        """``"psk"`` or ``"certificate"``: how the peer authenticated; ``"none"`` for a client that sent no
+        certificate to a server where it is optional (``ServerConfig.optional_client_certificate``)."""
+        if self.psk_identity is not None:
+            return "psk"
+        return "none" if self.is_server and self.peer_certificate is None else "certificate"
 
 
 @dataclass(frozen=True)
@@ -322,7 +325,8 @@ class TLSConnection(AsyncPSKConnection):
         identity: str | None
         if context.is_server:
             entry = self._psk_entry
-            if entry is None and peer is None:  # cannot happen: one of the two authenticated the client
+            optional = isinstance(context.config, ServerConfig) and context.config.optional_client_certificate
+            if entry is None and peer is None and not optional:  # one of the two must have authenticated the client
                 raise TLSProtocolError("handshake completed without a PSK or a client certificate")
             identity, entity = (entry.identity, entry.entity) if entry is not None else (None, None)
             hint = context.config.identity_hint if isinstance(context.config, ServerConfig) else None

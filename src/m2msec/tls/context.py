@@ -157,7 +157,9 @@ class TLSContext:
             if config.certificate is None or config.certificate.trust_anchors_pem is None:
                 raise ConfigurationError("certificate clients need trust anchors (client CA certificates)")
             # Only certificate suites send a CertificateRequest: PSK clients on the same port are unaffected.
-            self._trust(ctx, config.certificate, SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
+            mode = SSL.VERIFY_PEER if config.optional_client_certificate else \
+                SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+            self._trust(ctx, config.certificate, mode)
         if config.psk_lookup is None and not config.async_psk:
             if not any(p.mutual_certificates for p in config.profiles):
                 raise ConfigurationError("a server without a PSK table needs a certificate profile")
@@ -227,7 +229,8 @@ class TLSContext:
         if any(p.mutual_certificates for p in config.profiles):
             if cred is None or cred.trust_anchors_pem is None:
                 raise ConfigurationError("a certificate client needs its certificate, key and trust anchors")
-            self._use_credential(ctx, cred, "client")
+            if cred.chain_pem or cred.private_key_pem:  # neither: authenticate the server only (CAPIF onboarding)
+                self._use_credential(ctx, cred, "client")
         if config.psk_identity is None or config.psk is None:
             if config.psk_identity is not None or config.psk is not None:
                 raise ConfigurationError("give both the psk identity and the psk, or neither")

@@ -1,0 +1,158 @@
+"""API Invoker Management (TS 29.222 §8.4, ``/api-invoker-management/v1``): onboard, update, offboard.
+
+Onboarding (TS 33.122 §6.1) comes over server-authenticated TLS with an onboarding credential, a JWT issued by
+``m2msec ccf onboarding-credential`` (:mod:`m2msec.capif.tokens`) as ``Authorization: Bearer``. Each credential
+onboards one invoker (D121: its ``jti`` is spent by an atomic insert before the invoker is created, so two requests
+with one credential cannot both succeed). The CCF signs the CSR in ``onboardingInformation.apiInvokerPublicKey`` and
+returns the certificate in ``apiInvokerCertificate``; the ``onboardingId`` of the resource is the API invoker ID.
+Every later call is made with that certificate, and only for the invoker it names (403 otherwise).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final
+
+from cryptography.hazmat.primitives import serialization
+
+from m2msec.capif.ccf.context import CCF, certificate_digest
+from m2msec.capif.ccf.http import MERGE_PATCH, CCFRequest, Reply, operation
+from m2msec.capif.certificates import CAPIFRole, issue_capif_certificate, load_csr
+from m2msec.capif.tokens import INVALID_CREDENTIAL_CAUSE, verify_onboarding_credential
+from m2msec.errors import CAPIFError, Conflict
+from m2msec.store import Document
+
+__all__ = ["API", "INVOKER_KIND", "invoker_location", "purge_hooks"]
+
+API: Final = "api-invoker-management"
+INVOKER_KIND: Final = "capif-invoker"
+REVOKED_KIND: Final = "capif-revoked"
+#: the prefix of API invoker IDs the CCF assigns (D121)
+INVOKER_ID_PREFIX: Final = "INV"
+
+#: called with (ccf, api_invoker_id) after an invoker is offboarded (the security module drops its context)
+purge_hooks: list[Any] = []
+
+
+def invoker_location(ccf: CCF, invoker_id: str) -> str:
+    return f"{ccf.policy.api_root}/{API}/v1/onboardedInvokers/{invoker_id}"
+
+
+def _bearer(request: CCFRequest) -> str:
+    value = request.header("authorization")
+    if value is None:
+        raise CAPIFError("onboarding needs an onboarding credential (Authorization: Bearer)", status=401,
+                         cause=INVALID_CREDENTIAL_CAUSE)
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise CAPIFError("the onboarding credential goes in Authorization: Bearer", status=401,
+                         cause=INVALID_CREDENTIAL_CAUSE)
+    return token.strip()
+
+
+def _certify(ccf: CCF, csr_pem: object, identity: str) -> tuple[str, str]:
+    """Sign the invoker's CSR: (certificate PEM, its digest)."""
+    if not isinstance(csr_pem, str):
+        raise CAPIFError("onboardingInformation.apiInvokerPublicKey must be a PEM certificate signing request",
+                         status=400)
+    cert = issue_capif_certificate(ccf.ca, load_csr(csr_pem), CAPIFRole.INVOKER, identity, now=ccf.now(),
+                                   days=ccf.policy.certificate_days)
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii"), certificate_digest(cert)
+
+
+def _answer(enrolment: dict[str, Any], invoker_id: str, cert_pem: str) -> dict[str, Any]:
+    out = copy.deepcopy(enrolment)
+    out["apiInvokerId"] = invoker_id
+    info = dict(out.get("onboardingInformation") or {})
+    info["apiInvokerCertificate"] = cert_pem
+    info.pop("onboardingSecret", None)  # never echoed
+    out["onboardingInformation"] = info
+    return out
+
+
+@operation(API, "POST", "/onboardedInvokers")
+async def onboard(request: CCFRequest) -> Reply:
+    ccf = request.ccf
+    credential = verify_onboarding_credential(_bearer(request), ccf.verification_keys, issuer=ccf.policy.issuer,
+                                              audience=ccf.policy.onboarding_audience, now=int(ccf.clock()),
+                                              revoked=lambda _: False)
+    body: dict[str, Any] = request.body
+    invoker_id = INVOKER_ID_PREFIX + ccf.new_id()
+    cert_pem, digest = _certify(ccf, body["onboardingInformation"].get("apiInvokerPublicKey"), invoker_id)
+    try:  # D121: spend the credential first, atomically
+        await ccf.store.put_document(Document(REVOKED_KIND, "jti:" + credential.jti,
+                                              {"reason": "used", "at": ccf.clock(), "by": invoker_id}))
+    except Conflict:
+        raise CAPIFError("the onboarding credential was already used or is revoked", status=401,
+                         cause=INVALID_CREDENTIAL_CAUSE) from None
+    answer = _answer(body, invoker_id, cert_pem)
+    await ccf.store.put_document(Document(INVOKER_KIND, invoker_id, {
+        "enrolment": answer, "certificate": digest, "jti": credential.jti, "subject": credential.subject}))
+    await ccf.events.emit("API_INVOKER_ONBOARDED", {"apiInvokerIds": [invoker_id]})
+    return Reply(201, answer, {"Location": invoker_location(ccf, invoker_id)})
+
+
+async def _own(request: CCFRequest) -> Document:
+    """The caller's invoker record, which must be the one the URL names."""
+    record = await request.ccf.authenticate(request.caller, CAPIFRole.INVOKER)
+    if record.record_id != request.params["onboardingId"]:
+        raise CAPIFError("an API invoker manages only its own enrolment", status=403)
+    return record
+
+
+async def _replace(request: CCFRequest, record: Document, enrolment: dict[str, Any]) -> Reply:
+    ccf, invoker_id = request.ccf, record.record_id
+    old = record.body["enrolment"]
+    info = enrolment.get("onboardingInformation") or {}
+    new_key = info.get("apiInvokerPublicKey")
+    body = dict(record.body)
+    if new_key is not None and new_key != old.get("onboardingInformation", {}).get("apiInvokerPublicKey"):
+        cert_pem, body["certificate"] = _certify(ccf, new_key, invoker_id)  # the old certificate stops working
+    else:
+        cert_pem = old["onboardingInformation"]["apiInvokerCertificate"]
+    answer = _answer(enrolment, invoker_id, cert_pem)
+    body["enrolment"] = answer
+    await ccf.store.put_document(Document(INVOKER_KIND, invoker_id, body), replace=True)
+    return Reply(200, answer)
+
+
+@operation(API, "PUT", "/onboardedInvokers/{onboardingId}")
+async def update(request: CCFRequest) -> Reply:
+    record = await _own(request)
+    body: dict[str, Any] = request.body
+    if body.get("apiInvokerId", record.record_id) != record.record_id:
+        raise CAPIFError("apiInvokerId does not match the resource", status=400)
+    return await _replace(request, record, body)
+
+
+def _merge(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merge(out.get(key), value)
+    return out
+
+
+@operation(API, "PATCH", "/onboardedInvokers/{onboardingId}", media=MERGE_PATCH)
+async def modify(request: CCFRequest) -> Reply:
+    record = await _own(request)
+    merged = _merge(record.body["enrolment"], request.body)
+    if not isinstance(merged.get("onboardingInformation"), dict) or "notificationDestination" not in merged:
+        raise CAPIFError("the patch removes a required member of the enrolment", status=400)
+    return await _replace(request, record, merged)
+
+
+@operation(API, "DELETE", "/onboardedInvokers/{onboardingId}", media=None)
+async def offboard(request: CCFRequest) -> Reply:
+    record = await _own(request)
+    ccf = request.ccf
+    await ccf.store.delete_document(INVOKER_KIND, record.record_id)
+    for hook in purge_hooks:
+        await hook(ccf, record.record_id)
+    await ccf.events.emit("API_INVOKER_OFFBOARDED", {"apiInvokerIds": [record.record_id]})
+    return Reply(204)
