@@ -22,10 +22,11 @@ from m2msec.capif.tokens import INVALID_CREDENTIAL_CAUSE, verify_onboarding_cred
 from m2msec.errors import CAPIFError, Conflict
 from m2msec.store import Document
 
-__all__ = ["API", "INVOKER_KIND", "invoker_location", "purge_hooks"]
+__all__ = ["API", "INVOKER_KIND", "REVOKED_KIND", "invoker_location", "purge_hooks"]
 
 API: Final = "api-invoker-management"
 INVOKER_KIND: Final = "capif-invoker"
+#: the store kind of spent and revoked onboarding credentials (record id `jti:<jti>`)
 REVOKED_KIND: Final = "capif-revoked"
 #: the prefix of API invoker IDs the CCF assigns (D121)
 INVOKER_ID_PREFIX: Final = "INV"
