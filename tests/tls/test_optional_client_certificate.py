@@ -8,13 +8,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_certificates import Cert, client_ctx, pki
 
 from conftest import handshake_pair
 from m2msec.errors import HandshakeFailed
 from m2msec.tls.engine import CertificateConfig, ClientConfig, ServerConfig, TLSContext
 from m2msec.tls.profiles import ECDHE_ECDSA
-
-from test_certificates import Cert, client_ctx, pki
 
 __all__ = ["pki"]
 
