@@ -108,3 +108,15 @@ def test_nothing_refers_outside_the_repository() -> None:
     for cited in re.findall(r"docs/tls-stack\.md gotcha (\d+)", "".join(
             Path(ROOT / name).read_text(errors="replace") for name in files if name.endswith((".py", ".md")))):
         assert f"\n{cited}. **" in (ROOT / "docs" / "tls-stack.md").read_text()
+
+
+def test_ccf_doc_lists_every_setting_with_its_default() -> None:
+    from dataclasses import fields
+
+    from m2msec.capif.ccf.config import CCFConfig
+
+    doc = (ROOT / "docs" / "ccf.md").read_text()
+    for f in fields(CCFConfig):
+        default = f.default
+        shown = f'`"{default}"`' if default == "" else f"`{default}`"
+        assert f"| `{f.name}` | {shown} |" in doc, f"{f.name} (default {default!r}) is not in docs/ccf.md's table"
