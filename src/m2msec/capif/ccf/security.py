@@ -120,7 +120,8 @@ async def _negotiate(request: CCFRequest, invoker_id: str, info: list[dict[str, 
         answered.append(out)
         recorded.append(resolved.as_json(selected))
         if selected is SecurityMethod.PSK and resolved.interface is not None:
-            master = master or request.tls.master_secret()
+            if master is None:
+                master = request.tls.master_secret()
             record_id = psk_record_id(invoker_id, resolved.aef_id, resolved.interface)
             keys[record_id] = Document(AEFPSK_KIND, record_id, {
                 "invoker": invoker_id, "aefId": resolved.aef_id, "interface": resolved.interface},

@@ -166,8 +166,8 @@ def resolve_entry(index: int, entry: Mapping[str, Any], services: Sequence[Publi
         services_of = [s for s, _, _ in matches]
         single = p0
     published = frozenset.intersection(*method_sets) if method_sets else frozenset()
-    unique = list(dict.fromkeys(services_of))
-    return Resolved(aef_id, single, tuple((s.api_id, s.api_name) for s in unique), published)
+    apis = tuple(dict.fromkeys((s.api_id, s.api_name) for s in services_of))
+    return Resolved(aef_id, single, apis, published)
 
 
 def psk_selectable(resolved: Resolved, tls_version: str, session_id: bytes) -> str | None:
