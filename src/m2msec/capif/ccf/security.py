@@ -20,6 +20,7 @@ securityInfo entry: {"aefId", "interface": P0 or null, "apis": [[serviceApiId, a
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any, Final
 
 from m2msec.capif.ccf import security_token  # noqa: F401  (declares the token and JWKS operations)
@@ -44,14 +45,17 @@ from m2msec.errors import CAPIFError, Conflict, NotFound
 from m2msec.keys.secret import SecretKey
 from m2msec.store import Document
 
-__all__ = ["API", "AUTHENTICATION_INFO_ENCODING", "REVOKED_EVENT", "purge", "security_location"]
+__all__ = ["API", "AUTHENTICATION_INFO_ENCODING", "REPLACE_STATUS", "REVOKED_EVENT", "purge", "security_location"]
 
 API: Final = "capif-security"
-#: TS 29.222 CAPIFEvent of a revoked security context (Events API)
+#: docs/decisions.md D128: the status of a PUT that replaces an existing security context (the official file gives PUT
+#: no other success status; /update is the partial renegotiation)
+REPLACE_STATUS: Final = 201
+#: docs/decisions.md D131: the TS 29.222 CAPIFEvent of a revocation (the invoker's DELETE, an AEF's POST .../delete)
 REVOKED_EVENT: Final = "API_INVOKER_AUTHORIZATION_REVOKED"
 #: docs/decisions.md D129: how AEFPSK is written in ``SecurityInformation.authenticationInfo`` for the AEF
 #: (RFC 4648 §8 base16, lower case: 64 characters, OpenSSL's ``-psk`` form)
-AUTHENTICATION_INFO_ENCODING: Final = "hex"
+AUTHENTICATION_INFO_ENCODING: Final[Callable[[bytes], str]] = bytes.hex
 #: the members of a SecurityInformation only the CCF writes (an invoker's values are dropped)
 _CCF_MEMBERS: Final = ("selSecurityMethod", "authenticationInfo", "authorizationInfo")
 
@@ -162,8 +166,8 @@ async def create_context(request: CCFRequest) -> Reply:
     answered, entries, keys = await _negotiate(request, invoker_id, info)
     context = {**copy.deepcopy(body), "securityInfo": answered}
     old = await ccf.store.get_document(SECURITY_KIND, invoker_id)
-    await _store(ccf, invoker_id, context, entries, keys, [] if old is None else old.body.get("entries", []))
-    return Reply(201, context, {"Location": security_location(ccf, invoker_id)})
+    new = await _store(ccf, invoker_id, context, entries, keys, [] if old is None else old.body.get("entries", []))
+    return Reply(201 if new else REPLACE_STATUS, context, {"Location": security_location(ccf, invoker_id)})
 
 
 @operation(API, "POST", "/trustedInvokers/{apiInvokerId}/update")
@@ -228,7 +232,7 @@ async def _authentication_info(ccf: CCF, invoker_id: str, entry: dict[str, Any])
         doc = await ccf.store.get_document(AEFPSK_KIND, psk_record_id(invoker_id, entry["aefId"], entry["interface"]))
         if doc is None or doc.key is None:
             raise CAPIFError("the AEFPSK of this security context is missing", status=500)
-        return {"authenticationInfo": doc.key.reveal().hex()}
+        return {"authenticationInfo": AUTHENTICATION_INFO_ENCODING(doc.key.reveal())}
     if entry["sel"] == SecurityMethod.PKI.value:
         return {"authenticationInfo": ccf.ca.certificate_pem().decode("ascii")}
     return {}

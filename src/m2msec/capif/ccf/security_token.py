@@ -1,5 +1,5 @@
 """The CCF's token endpoint (TS 29.222 ``POST /capif-security/v1/securities/{securityId}/token``; TS 33.122 §6.5.2.3,
-Annex C) and the JWK Set AEFs verify its tokens with (D131).
+Annex C) and the JWK Set AEFs verify its tokens with (D132).
 
 The client is the API invoker of the CAPIF-1e certificate (RFC 6749 §4.4 ``client_credentials``; TS 33.122 C.3.1 NOTE
 2: the authenticated TLS session is the client authentication, no ``client_secret`` is issued or read). The
@@ -22,12 +22,17 @@ from m2msec.capif.security_method import SecurityMethod
 from m2msec.capif.tokens import issue_access_token
 from m2msec.errors import CAPIFError
 
-__all__ = ["GRANT_TYPE", "JWKS_MEDIA", "JWKS_PATH"]
+__all__ = ["GRANT_TYPE", "JWKS_MEDIA", "JWKS_PATH", "NOT_OAUTH_ERROR"]
 
 API: Final = "capif-security"
 #: the only grant of the endpoint (TS 29.222 ``AccessTokenReq.grant_type``)
 GRANT_TYPE: Final = "client_credentials"
-#: docs/decisions.md D131: where the CCF publishes its token verification keys; not a 3GPP resource
+#: docs/decisions.md D132: the AccessTokenErr of a request the security context does not allow OAUTH for (no context,
+#: no OAUTH entry, or a scope naming an API of an entry with another method); a scope naming an AEF or API the context
+#: does not name at all is ``invalid_scope``
+NOT_OAUTH_ERROR: Final = "unauthorized_client"
+#: docs/decisions.md D132: where the CCF publishes its token verification keys (``/capif-security/v1`` + this); not a
+#: 3GPP resource
 JWKS_PATH: Final = "/jwks"
 #: RFC 7517 §8.5.1
 JWKS_MEDIA: Final = "application/jwk-set+json"
@@ -53,11 +58,11 @@ def _granted(entries: list[dict[str, Any]], scope_text: str | None) -> str:
     """D132: the scope to issue: ``scope_text`` if the context covers it with OAUTH, else AccessTokenError."""
     oauth = [e for e in entries if e.get("sel") == SecurityMethod.OAUTH.value]
     if not oauth:
-        raise AccessTokenError("unauthorized_client", "the security context selects OAUTH for no AEF")
+        raise AccessTokenError(NOT_OAUTH_ERROR, "the security context selects OAUTH for no AEF")
     if scope_text is None:
         everything = scope_of(oauth)
         if everything is None:
-            raise AccessTokenError("unauthorized_client", "the OAUTH entries of the security context name no API")
+            raise AccessTokenError(NOT_OAUTH_ERROR, "the OAUTH entries of the security context name no API")
         return everything
     scope = parse_scope(scope_text)
     for aef, apis in scope.grants:
@@ -67,7 +72,7 @@ def _granted(entries: list[dict[str, Any]], scope_text: str | None) -> str:
         if outside:
             raise AccessTokenError("invalid_scope", f"the security context does not name {outside[0]} at {aef}")
         if any(api not in allowed for api in apis):
-            raise AccessTokenError("unauthorized_client", f"the security context does not select OAUTH at {aef}")
+            raise AccessTokenError(NOT_OAUTH_ERROR, f"the security context does not select OAUTH at {aef}")
     return str(scope)
 
 
@@ -92,7 +97,7 @@ async def token(request: CCFRequest) -> Reply:
             raise AccessTokenError("invalid_request", "resource owner and authorization code grants are not served")
         doc = await ccf.store.get_document(SECURITY_KIND, invoker_id)
         if doc is None:
-            raise AccessTokenError("unauthorized_client", "the API invoker has no security context")
+            raise AccessTokenError(NOT_OAUTH_ERROR, "the API invoker has no security context")
         scope = _granted(doc.body.get("entries", []), form.get("scope"))
         answer = issue_access_token(ccf.token_key, issuer=ccf.policy.issuer, client_id=invoker_id, scope=scope,
                                     now=int(ccf.clock()), jti=ccf.new_id(),
