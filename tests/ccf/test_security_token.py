@@ -118,3 +118,13 @@ async def test_token_request_must_be_a_form(world: World) -> None:
     answer = await world.call(inv, "POST", token_path(inv.identity),
                               {"grant_type": "client_credentials", "client_id": inv.identity})
     assert answer.status == 415
+
+
+async def test_an_unreadable_form_is_an_access_token_error(world: World) -> None:
+    inv = await onboard(world)
+    async with await world.connect(inv) as conn:
+        for raw in (b"grant_type=a&grant_type=b", b"\xff\xfe", b"a=1&&b"):
+            answer = await conn.request("POST", token_path(inv.identity), raw=raw,
+                                        content_type="application/x-www-form-urlencoded")
+            assert answer.status == 400, answer.body
+            assert answer.json()["error"] == "invalid_request"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 from typing import Any, Final
 
-from m2msec.capif.ccf.http import FORM, CCFRequest, Reply, operation
+from m2msec.capif.ccf.http import FORM, CCFRequest, Reply, operation, problem
 from m2msec.capif.ccf.security_context import SECURITY_KIND, api_names, scope_of
 from m2msec.capif.certificates import CAPIFRole
 from m2msec.capif.scope import AccessTokenError, parse_scope
@@ -42,6 +42,17 @@ _NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 def _error(exc: AccessTokenError) -> Reply:
     return Reply(exc.status, exc.body(), dict(_NO_STORE))
+
+
+def _refusal(exc: CAPIFError) -> Reply:
+    """A refusal of the framework (the form unreadable: 400) as the file wants it: AccessTokenErr for 400/401,
+    ProblemDetails for the rest (403, 413, 415...)."""
+    if isinstance(exc, AccessTokenError):
+        return _error(exc)
+    if exc.status in (400, 401):
+        error = "invalid_request" if exc.status == 400 else "invalid_client"
+        return _error(AccessTokenError(error, exc.detail))
+    return problem(exc.status, exc.detail, exc.cause)
 
 
 async def _client(request: CCFRequest) -> str:
@@ -76,38 +87,35 @@ def _granted(entries: list[dict[str, Any]], scope_text: str | None) -> str:
     return str(scope)
 
 
-@operation(API, "POST", "/securities/{securityId}/token", media=FORM)
+@operation(API, "POST", "/securities/{securityId}/token", media=FORM, render_error=_refusal)
 async def token(request: CCFRequest) -> Reply:
     ccf, form = request.ccf, request.body
-    try:
-        invoker_id = await _client(request)
-        if not secrets.compare_digest(request.params["securityId"].encode(), invoker_id.encode()):
-            raise CAPIFError("an API invoker obtains tokens only under its own securityId", status=403)
-        grant = form.get("grant_type")
-        if not grant:
-            raise AccessTokenError("invalid_request", "grant_type is required")
-        if grant != GRANT_TYPE:
-            raise AccessTokenError("unsupported_grant_type", f"the only grant is {GRANT_TYPE}")
-        client_id = form.get("client_id")
-        if not client_id:
-            raise AccessTokenError("invalid_request", "client_id is required")
-        if not secrets.compare_digest(client_id.encode(), invoker_id.encode()):
-            raise AccessTokenError("invalid_client", "client_id is not the API invoker of the certificate")
-        if "resOwnerId" in form or "authCode" in form:
-            raise AccessTokenError("invalid_request", "resource owner and authorization code grants are not served")
-        doc = await ccf.store.get_document(SECURITY_KIND, invoker_id)
-        if doc is None:
-            raise AccessTokenError(NOT_OAUTH_ERROR, "the API invoker has no security context")
-        scope = _granted(doc.body.get("entries", []), form.get("scope"))
-        answer = issue_access_token(ccf.token_key, issuer=ccf.policy.issuer, client_id=invoker_id, scope=scope,
-                                    now=int(ccf.clock()), jti=ccf.new_id(),
-                                    lifetime=ccf.policy.access_token_lifetime)
-    except AccessTokenError as exc:
-        return _error(exc)
+    invoker_id = await _client(request)
+    if not secrets.compare_digest(request.params["securityId"].encode(), invoker_id.encode()):
+        raise CAPIFError("an API invoker obtains tokens only under its own securityId", status=403)
+    grant = form.get("grant_type")
+    if not grant:
+        raise AccessTokenError("invalid_request", "grant_type is required")
+    if grant != GRANT_TYPE:
+        raise AccessTokenError("unsupported_grant_type", f"the only grant is {GRANT_TYPE}")
+    client_id = form.get("client_id")
+    if not client_id:
+        raise AccessTokenError("invalid_request", "client_id is required")
+    if not secrets.compare_digest(client_id.encode(), invoker_id.encode()):
+        raise AccessTokenError("invalid_client", "client_id is not the API invoker of the certificate")
+    if "resOwnerId" in form or "authCode" in form:
+        raise AccessTokenError("invalid_request", "resource owner and authorization code grants are not served")
+    doc = await ccf.store.get_document(SECURITY_KIND, invoker_id)
+    if doc is None:
+        raise AccessTokenError(NOT_OAUTH_ERROR, "the API invoker has no security context")
+    scope = _granted(doc.body.get("entries", []), form.get("scope"))
+    answer = issue_access_token(ccf.token_key, issuer=ccf.policy.issuer, client_id=invoker_id, scope=scope,
+                                now=int(ccf.clock()), jti=ccf.new_id(),
+                                lifetime=ccf.policy.access_token_lifetime)
     return Reply(200, answer, dict(_NO_STORE))
 
 
 @operation(API, "GET", JWKS_PATH, media=None, official=False)
 async def jwks(request: CCFRequest) -> Reply:
-    """D131: the public keys of the CCF's access tokens, to anyone reaching the CCF over its TLS."""
+    """D132: the public keys of the CCF's access tokens, to anyone reaching the CCF over its TLS."""
     return Reply(200, request.ccf.verification_keys.jwks(), {"Cache-Control": "max-age=300"}, JWKS_MEDIA)
