@@ -199,6 +199,9 @@ async def test_bad_entries_are_refused(world: World) -> None:
     iface = await world.call(inv, "PUT", url, security(
         {"interfaceDetails": {"fqdn": "elsewhere.example", "port": 1}, "prefSecurityMethods": ["PKI"]}))
     assert iface.status == 400 and iface.json()["cause"] == "UNKNOWN_AEF_OR_INTERFACE"
+    elsewhere = await world.call(inv, "PUT", url, security(
+        {"aefId": aef.identity, "apiId": "svc-of-someone-else", "prefSecurityMethods": ["PKI"]}))
+    assert elsewhere.status == 400 and elsewhere.json()["cause"] == "UNKNOWN_AEF_OR_INTERFACE"
     twice = await world.call(inv, "PUT", url, security({"aefId": aef.identity, "prefSecurityMethods": ["PKI"]},
                                                        {"aefId": aef.identity, "prefSecurityMethods": ["PSK"]}))
     assert twice.status == 400
@@ -331,3 +334,31 @@ async def test_bad_query_flags(world: World) -> None:
                                                         "prefSecurityMethods": ["PKI"]}))).status == 201
     answer = await world.call(aef, "GET", f"{url}?authenticationInfo=yes")
     assert answer.status == 400
+
+
+async def test_aefpsk_is_sealed_at_rest(world: World) -> None:
+    aef = one_aef(world)
+    inv = await onboard(world)
+    async with await world.connect(inv) as conn:
+        answer = await conn.request("PUT", f"{SECURITY}/{inv.identity}",
+                                    json_body=security({"aefId": aef.identity, "prefSecurityMethods": ["PSK"]}))
+        key = conn.aefpsk(P0_ONE).reveal()
+    assert answer.status == 201
+    raw = b"".join(p.read_bytes() for p in world.tmp.iterdir() if p.name.startswith("ccf.db"))
+    assert P0_ONE.encode() in raw  # the record is on disk (its body in clear)...
+    assert key not in raw and key.hex().encode() not in raw  # ...its key sealed
+
+
+async def test_other_provider_roles_read_nothing(world: World) -> None:
+    aef = one_aef(world)
+    inv = await onboard(world)
+    assert (await world.call(inv, "PUT", f"{SECURITY}/{inv.identity}",
+                             security({"aefId": aef.identity, "prefSecurityMethods": ["PSK"]}))).status == 201
+    key = new_key()
+    csr = x509.load_pem_x509_csr(csr_pem(key).encode())
+    cert = issue_capif_certificate(world.ccf.ccf.ca, csr, CAPIFRole.APF, "APFx", now=world.ccf.ccf.now(), days=30)
+    world.store.put_document(Document("capif-provider", "func:APFx", {
+        "domain": "DOM1", "role": "APF", "certificate": certificate_digest(cert)}))
+    apf = Identity("APFx", cert.public_bytes(serialization.Encoding.PEM), key_pem(key))
+    answer = await world.call(apf, "GET", f"{SECURITY}/{inv.identity}?authenticationInfo=true")
+    assert answer.status == 403 and b"authenticationInfo" not in answer.body
