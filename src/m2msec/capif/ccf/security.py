@@ -199,12 +199,12 @@ def _flag(request: CCFRequest, name: str) -> bool:
 @operation(API, "GET", "/trustedInvokers/{apiInvokerId}", media=None)
 async def get_context(request: CCFRequest) -> Reply:
     ccf, caller, invoker_id = request.ccf, request.caller, request.params["apiInvokerId"]
-    authentication, authorization = _flag(request, "authenticationInfo"), _flag(request, "authorizationInfo")
     if caller.role is CAPIFRole.INVOKER:
         await _own_invoker(request)
         return Reply(200, (await _context(ccf, invoker_id)).body["context"])  # never a key to the invoker
     record = await ccf.authenticate(caller, CAPIFRole.AEF)
     aef_id = record.record_id.removeprefix("func:")
+    authentication, authorization = _flag(request, "authenticationInfo"), _flag(request, "authorizationInfo")
     doc = await ccf.store.get_document(SECURITY_KIND, invoker_id)
     pairs = [] if doc is None else [
         (i, e) for i, e in zip(doc.body["context"]["securityInfo"], doc.body.get("entries", []), strict=True)
