@@ -110,6 +110,10 @@ class Operation:
     path: str
     handler: Handler
     media: str | None
+    #: False for a resource of m2msec's own, not in the API's official file: its answers are not schema-checked
+    official: bool = True
+    #: how a refusal is answered (None: ProblemDetails); the token endpoint's are AccessTokenErr bodies
+    render_error: Callable[[CAPIFError], Reply] | None = None
 
     @property
     def name(self) -> str:
@@ -125,12 +129,16 @@ class Operation:
 OPERATIONS: list[Operation] = []
 
 
-def operation(api: str, method: str, path: str, *, media: str | None = JSON) -> Callable[[Handler], Handler]:
+def operation(api: str, method: str, path: str, *, media: str | None = JSON, official: bool = True,
+              render_error: Callable[[CAPIFError], Reply] | None = None) -> Callable[[Handler], Handler]:
     """Declare ``handler`` as ``method path`` of ``api`` (the official file's path template); ``media`` is the
-    request body's media type (None: no body; ``application/merge-patch+json`` for PATCH)."""
+    request body's media type (None: no body; ``application/merge-patch+json`` for PATCH). ``official=False``: a
+    non-3GPP resource under the API's root (documented as such), without a body schema to check.
+    ``render_error``: the answer to a CAPIFError of this operation (also of its body's parsing) instead of
+    ProblemDetails."""
 
     def register(handler: Handler) -> Handler:
-        OPERATIONS.append(Operation(api, method.upper(), path, handler, media))
+        OPERATIONS.append(Operation(api, method.upper(), path, handler, media, official, render_error))
         return handler
 
     return register
@@ -212,7 +220,7 @@ def _render(reply: Reply) -> Response:
 def _handle(ccf: CCF, op: Operation, validate_responses: bool) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         reply = await _answer(ccf, op, request)
-        if validate_responses:
+        if validate_responses and op.official:
             try:
                 validate_response(op.api, op.name, reply.status, reply.body, reply.content_type)
             except Exception as exc:  # the tests' guard: a non-conforming answer must not pass as a good one
@@ -244,6 +252,8 @@ async def _answer(ccf: CCF, op: Operation, request: Request) -> Reply:
         headers = {k: ", ".join(v) for k, v in raw.items()}
         return await op.handler(CCFRequest(ccf, caller, dict(request.path_params), query, body, headers, raw))
     except CAPIFError as exc:
+        if op.render_error is not None:
+            return op.render_error(exc)
         return problem(exc.status, exc.detail, exc.cause)
     except StorageError as exc:
         log.error("key store error in %s: %s", op.name, type(exc).__name__)

@@ -1,5 +1,302 @@
 """CAPIF Security (TS 29.222 §8.5, `/capif-security/v1`): trustedInvokers, security method selection, AEFPSK, the
-token endpoint.
+token endpoint (:mod:`.security_token`).
+
+- ``PUT /trustedInvokers/{apiInvokerId}`` (the invoker, for itself): each ``securityInfo`` entry is resolved
+  (:mod:`.security_context`), gets its ``selSecurityMethod`` (D116, D130), and for PSK the CCF derives AEFPSK from
+  *this request's* TLS 1.2 session (TS 33.122 Annex A.1) and keeps it sealed (``capif-aefpsk``); the answer never
+  carries it (the invoker derives it itself on the same connection). 201 + Location, also when it replaces (D128).
+- ``POST .../update`` (the invoker): entries added or renegotiated, the others kept; 200 with the whole context.
+- ``GET`` (an AEF the context names: its entries only, AEFPSK in ``authenticationInfo`` on request, D129; or the
+  invoker itself, never with keys); 404 for an AEF the context does not name.
+- ``DELETE`` (the invoker: its whole context) and ``POST .../delete`` (an AEF: its own authorization for some service
+  APIs, D131); both emit ``API_INVOKER_AUTHORIZATION_REVOKED`` and drop the AEFPSKs no entry uses any more.
+- Offboarding (:mod:`.invokers`) purges the invoker's context and AEFPSKs (:func:`purge`).
+
+Store records: ``capif-security`` / apiInvokerId: ``{"context": ServiceSecurity as answered, "entries": [per
+securityInfo entry: {"aefId", "interface": P0 or null, "apis": [[serviceApiId, apiName], ...], "sel": method}]}``;
+``capif-aefpsk`` / ``"<apiInvokerId> <aefId> <P0>"``: key = AEFPSK, ``{"invoker", "aefId", "interface"}``.
 """
 
 from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any, Final
+
+from m2msec.capif.ccf import security_token  # noqa: F401  (declares the token and JWKS operations)
+from m2msec.capif.ccf.context import CCF
+from m2msec.capif.ccf.http import CCFRequest, Reply, operation
+from m2msec.capif.ccf.invokers import purge_hooks
+from m2msec.capif.ccf.security_context import (
+    AEFPSK_KIND,
+    SECURITY_KIND,
+    PublishedService,
+    entry_key,
+    psk_record_id,
+    resolve_entry,
+    revoke,
+    scope_of,
+    select_for,
+)
+from m2msec.capif.certificates import CAPIFRole
+from m2msec.capif.kdf import aefpsk
+from m2msec.capif.security_method import SecurityMethod
+from m2msec.errors import CAPIFError, Conflict, NotFound
+from m2msec.keys.secret import SecretKey
+from m2msec.store import Document
+
+__all__ = ["API", "AUTHENTICATION_INFO_ENCODING", "REPLACE_STATUS", "REVOKED_EVENT", "purge", "security_location"]
+
+API: Final = "capif-security"
+#: docs/decisions.md D128: the status of a PUT that replaces an existing security context (the official file gives PUT
+#: no other success status; /update is the partial renegotiation)
+REPLACE_STATUS: Final = 201
+#: docs/decisions.md D131: the TS 29.222 CAPIFEvent of a revocation (the invoker's DELETE, an AEF's POST .../delete)
+REVOKED_EVENT: Final = "API_INVOKER_AUTHORIZATION_REVOKED"
+#: docs/decisions.md D129: how AEFPSK is written in ``SecurityInformation.authenticationInfo`` for the AEF
+#: (RFC 4648 §8 base16, lower case: 64 characters, OpenSSL's ``-psk`` form)
+AUTHENTICATION_INFO_ENCODING: Final[Callable[[bytes], str]] = bytes.hex
+#: the members of a SecurityInformation only the CCF writes (an invoker's values are dropped)
+_CCF_MEMBERS: Final = ("selSecurityMethod", "authenticationInfo", "authorizationInfo")
+
+
+def security_location(ccf: CCF, invoker_id: str) -> str:
+    return f"{ccf.policy.api_root}/{API}/v1/trustedInvokers/{invoker_id}"
+
+
+async def _own_invoker(request: CCFRequest) -> str:
+    """The caller's invoker ID, which must be the one the URL names (403 otherwise)."""
+    record = await request.ccf.authenticate(request.caller, CAPIFRole.INVOKER)
+    if record.record_id != request.params["apiInvokerId"]:
+        raise CAPIFError("an API invoker manages only its own security context", status=403)
+    return record.record_id
+
+
+async def _context(ccf: CCF, invoker_id: str) -> Document:
+    doc = await ccf.store.get_document(SECURITY_KIND, invoker_id)
+    if doc is None:
+        raise CAPIFError(f"no security context for API invoker {invoker_id}", status=404)
+    return doc
+
+
+async def _services(ccf: CCF) -> list[PublishedService]:
+    return [PublishedService(d.record_id, d.body.get("description") or {})
+            for d in await ccf.store.documents("capif-service")]
+
+
+async def _put(ccf: CCF, doc: Document) -> bool:
+    """Insert ``doc`` or replace the record of its id; True when it was new."""
+    try:
+        await ccf.store.put_document(doc)
+        return True
+    except Conflict:
+        await ccf.store.put_document(doc, replace=True)
+        return False
+
+
+async def _drop(ccf: CCF, kind: str, record_id: str) -> None:
+    try:
+        await ccf.store.delete_document(kind, record_id)
+    except NotFound:
+        pass
+
+
+def _psk_ids(invoker_id: str, entries: list[dict[str, Any]]) -> set[str]:
+    return {psk_record_id(invoker_id, e["aefId"], e["interface"]) for e in entries
+            if e["sel"] == SecurityMethod.PSK.value and e["interface"] is not None}
+
+
+async def _negotiate(request: CCFRequest, invoker_id: str, info: list[dict[str, Any]]
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Document]]:
+    """Resolve and select every entry of ``info``; derive the AEFPSKs of the PSK ones from this request's session.
+    Returns the answered entries, the recorded entries, and the AEFPSK documents by record id."""
+    ccf, session = request.ccf, request.tls.session
+    services = await _services(ccf)
+    answered: list[dict[str, Any]] = []
+    recorded: list[dict[str, Any]] = []
+    keys: dict[str, Document] = {}
+    master: SecretKey | None = None
+    for index, entry in enumerate(info):
+        resolved = resolve_entry(index, entry, services)
+        selected = select_for(index, entry, resolved, session.version, session.session_id)
+        out = {k: copy.deepcopy(v) for k, v in entry.items() if k not in _CCF_MEMBERS}
+        out["selSecurityMethod"] = selected.value
+        answered.append(out)
+        recorded.append(resolved.as_json(selected))
+        if selected is SecurityMethod.PSK and resolved.interface is not None:
+            if master is None:
+                master = request.tls.master_secret()
+            record_id = psk_record_id(invoker_id, resolved.aef_id, resolved.interface)
+            keys[record_id] = Document(AEFPSK_KIND, record_id, {
+                "invoker": invoker_id, "aefId": resolved.aef_id, "interface": resolved.interface},
+                aefpsk(master, session.session_id, resolved.interface))
+    return answered, recorded, keys
+
+
+def _check_entries(info: list[dict[str, Any]]) -> None:
+    if not info:  # the file says ``minimum: 1`` where minItems was meant (docs/capif.md)
+        raise CAPIFError("securityInfo must name at least one AEF or interface", status=400,
+                         cause="INVALID_MSG_FORMAT")
+    seen: set[tuple[str, str, str]] = set()
+    for index, entry in enumerate(info):
+        key = entry_key(entry)
+        if key in seen:
+            raise CAPIFError(f"securityInfo[{index}] names an AEF or interface (and apiId) named before",
+                             status=400)
+        seen.add(key)
+
+
+async def _store(ccf: CCF, invoker_id: str, context: dict[str, Any], entries: list[dict[str, Any]],
+                 keys: dict[str, Document], old_entries: list[dict[str, Any]]) -> bool:
+    """Write the AEFPSKs, the context, then drop the AEFPSKs no entry uses any more. True when the context is new."""
+    for doc in keys.values():
+        await _put(ccf, doc)
+    new = await _put(ccf, Document(SECURITY_KIND, invoker_id, {"context": context, "entries": entries}))
+    for stale in _psk_ids(invoker_id, old_entries) - _psk_ids(invoker_id, entries):
+        await _drop(ccf, AEFPSK_KIND, stale)
+    return new
+
+
+@operation(API, "PUT", "/trustedInvokers/{apiInvokerId}")
+async def create_context(request: CCFRequest) -> Reply:
+    invoker_id = await _own_invoker(request)
+    ccf, body = request.ccf, request.body
+    info = list(body["securityInfo"])
+    _check_entries(info)
+    answered, entries, keys = await _negotiate(request, invoker_id, info)
+    context = {**copy.deepcopy(body), "securityInfo": answered}
+    old = await ccf.store.get_document(SECURITY_KIND, invoker_id)
+    new = await _store(ccf, invoker_id, context, entries, keys, [] if old is None else old.body.get("entries", []))
+    return Reply(201 if new else REPLACE_STATUS, context, {"Location": security_location(ccf, invoker_id)})
+
+
+@operation(API, "POST", "/trustedInvokers/{apiInvokerId}/update")
+async def update_context(request: CCFRequest) -> Reply:
+    invoker_id = await _own_invoker(request)
+    ccf, body = request.ccf, request.body
+    doc = await _context(ccf, invoker_id)
+    info = list(body["securityInfo"])
+    _check_entries(info)
+    answered, entries, keys = await _negotiate(request, invoker_id, info)
+    replaced = {entry_key(e) for e in info}
+    old_info: list[dict[str, Any]] = doc.body["context"]["securityInfo"]
+    old_entries: list[dict[str, Any]] = doc.body.get("entries", [])
+    kept = [(i, e) for i, e in zip(old_info, old_entries, strict=True) if entry_key(i) not in replaced]
+    context = {**copy.deepcopy(body), "securityInfo": [i for i, _ in kept] + answered}
+    await _store(ccf, invoker_id, context, [e for _, e in kept] + entries, keys, old_entries)
+    return Reply(200, context)
+
+
+def _flag(request: CCFRequest, name: str) -> bool:
+    value = request.query.get(name)
+    if value is None or value == "false":
+        return False
+    if value == "true":
+        return True
+    raise CAPIFError(f"query parameter {name} is true or false", status=400, cause="INVALID_QUERY_PARAM")
+
+
+@operation(API, "GET", "/trustedInvokers/{apiInvokerId}", media=None)
+async def get_context(request: CCFRequest) -> Reply:
+    ccf, caller, invoker_id = request.ccf, request.caller, request.params["apiInvokerId"]
+    if caller.role is CAPIFRole.INVOKER:
+        await _own_invoker(request)
+        return Reply(200, (await _context(ccf, invoker_id)).body["context"])  # never a key to the invoker
+    record = await ccf.authenticate(caller, CAPIFRole.AEF)
+    aef_id = record.record_id.removeprefix("func:")
+    authentication, authorization = _flag(request, "authenticationInfo"), _flag(request, "authorizationInfo")
+    doc = await ccf.store.get_document(SECURITY_KIND, invoker_id)
+    pairs = [] if doc is None else [
+        (i, e) for i, e in zip(doc.body["context"]["securityInfo"], doc.body.get("entries", []), strict=True)
+        if e["aefId"] == aef_id]
+    if doc is None or not pairs:  # an AEF the context does not name learns nothing, not even that it exists
+        raise CAPIFError(f"no security context of API invoker {invoker_id} for this AEF", status=404)
+    info: list[dict[str, Any]] = []
+    for item, entry in pairs:
+        out = dict(item)
+        if authentication:
+            out.update(await _authentication_info(ccf, invoker_id, entry))
+        if authorization and (scope := scope_of([entry])) is not None:
+            out["authorizationInfo"] = scope
+        info.append(out)
+    context = doc.body["context"]
+    answer = {"securityInfo": info, "notificationDestination": context["notificationDestination"]}
+    if "supportedFeatures" in context:
+        answer["supportedFeatures"] = context["supportedFeatures"]
+    return Reply(200, answer)
+
+
+async def _authentication_info(ccf: CCF, invoker_id: str, entry: dict[str, Any]) -> dict[str, str]:
+    """D129: the AEFPSK (hex) of a PSK entry; the CCF's CA certificate (PEM) of a PKI entry; nothing for OAUTH."""
+    if entry["sel"] == SecurityMethod.PSK.value and entry["interface"] is not None:
+        doc = await ccf.store.get_document(AEFPSK_KIND, psk_record_id(invoker_id, entry["aefId"], entry["interface"]))
+        if doc is None or doc.key is None:
+            raise CAPIFError("the AEFPSK of this security context is missing", status=500)
+        return {"authenticationInfo": AUTHENTICATION_INFO_ENCODING(doc.key.reveal())}
+    if entry["sel"] == SecurityMethod.PKI.value:
+        return {"authenticationInfo": ccf.ca.certificate_pem().decode("ascii")}
+    return {}
+
+
+async def _remove(ccf: CCF, invoker_id: str, doc: Document) -> None:
+    for record_id in _psk_ids(invoker_id, doc.body.get("entries", [])):
+        await _drop(ccf, AEFPSK_KIND, record_id)
+    await _drop(ccf, SECURITY_KIND, invoker_id)
+
+
+def _all_api_ids(entries: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(str(a[0]) for e in entries for a in e.get("apis", [])))
+
+
+async def _revoked(ccf: CCF, invoker_id: str, api_ids: list[str]) -> None:
+    detail: dict[str, Any] = {"apiInvokerIds": [invoker_id]}
+    if api_ids:
+        detail["apiIds"] = api_ids
+    await ccf.events.emit(REVOKED_EVENT, detail)
+
+
+@operation(API, "DELETE", "/trustedInvokers/{apiInvokerId}", media=None)
+async def delete_context(request: CCFRequest) -> Reply:
+    invoker_id = await _own_invoker(request)
+    ccf = request.ccf
+    doc = await _context(ccf, invoker_id)
+    await _remove(ccf, invoker_id, doc)
+    await _revoked(ccf, invoker_id, _all_api_ids(doc.body.get("entries", [])))
+    return Reply(204)
+
+
+@operation(API, "POST", "/trustedInvokers/{apiInvokerId}/delete")
+async def revoke_authorization(request: CCFRequest) -> Reply:
+    ccf, body, invoker_id = request.ccf, request.body, request.params["apiInvokerId"]
+    record = await ccf.authenticate(request.caller, CAPIFRole.AEF)
+    aef_id = record.record_id.removeprefix("func:")
+    if body["apiInvokerId"] != invoker_id:
+        raise CAPIFError("apiInvokerId does not match the resource", status=400)
+    if body.get("aefId", aef_id) != aef_id:
+        raise CAPIFError("an AEF revokes only its own authorization of an API invoker", status=403)
+    doc = await ccf.store.get_document(SECURITY_KIND, invoker_id)
+    old_entries: list[dict[str, Any]] = [] if doc is None else doc.body.get("entries", [])
+    if doc is None or not any(e["aefId"] == aef_id for e in old_entries):
+        raise CAPIFError(f"no security context of API invoker {invoker_id} for this AEF", status=404)
+    info, entries, revoked = revoke(doc.body["context"]["securityInfo"], old_entries, aef_id, body["apiIds"])
+    if not revoked:
+        raise CAPIFError("the security context authorizes none of these service APIs at this AEF", status=404)
+    if entries:
+        await _store(ccf, invoker_id, {**doc.body["context"], "securityInfo": info}, entries, {}, old_entries)
+    else:
+        await _remove(ccf, invoker_id, doc)
+    await _revoked(ccf, invoker_id, revoked)
+    return Reply(204)
+
+
+async def purge(ccf: CCF, invoker_id: str) -> None:
+    """Offboarding (TS 33.122 §6.8): the invoker's security context and every AEFPSK of it go."""
+    doc = await ccf.store.get_document(SECURITY_KIND, invoker_id)
+    if doc is not None:
+        await _remove(ccf, invoker_id, doc)
+    for stray in await ccf.store.documents(AEFPSK_KIND):  # none should be left; a crash between writes could
+        if stray.body.get("invoker") == invoker_id:
+            await _drop(ccf, AEFPSK_KIND, stray.record_id)
+
+
+purge_hooks.append(purge)
