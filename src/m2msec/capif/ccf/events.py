@@ -16,7 +16,7 @@ from typing import Any, Final
 from m2msec.capif.ccf import invokers
 from m2msec.capif.ccf.context import CCF
 from m2msec.capif.ccf.events_notifier import SUBSCRIPTION_KIND, DeliveryPolicy, Notifier, start_notifier
-from m2msec.capif.ccf.events_rules import check_subscription
+from m2msec.capif.ccf.events_rules import MAX_SUBSCRIPTIONS, check_subscription
 from m2msec.capif.ccf.http import MERGE_PATCH, CCFRequest, Reply, operation
 from m2msec.capif.certificates import CAPIFRole
 from m2msec.errors import CAPIFError, NotFound
@@ -55,6 +55,9 @@ async def subscribe(request: CCFRequest) -> Reply:
     role = await _subscriber(request)
     ccf, subscriber = request.ccf, request.params["subscriberId"]
     subscription = check_subscription(role, request.body)
+    held = sum(doc.body.get("subscriber") == subscriber for doc in await ccf.store.documents(SUBSCRIPTION_KIND))
+    if held >= MAX_SUBSCRIPTIONS:
+        raise CAPIFError(f"a subscriber holds at most {MAX_SUBSCRIPTIONS} event subscriptions", status=403)
     subscription_id = ccf.new_id()
     await ccf.store.put_document(Document(SUBSCRIPTION_KIND, subscription_id,
                                           {"subscriber": subscriber, "subscription": subscription}))

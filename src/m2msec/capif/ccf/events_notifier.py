@@ -113,9 +113,14 @@ class Notifier:
         self.failed = 0
 
     async def emit(self, event: str, detail: dict[str, Any]) -> None:
-        """Queue ``event`` for delivery; never waits (a full queue drops it, logged)."""
+        """Queue ``event`` for delivery; never waits and never raises (a full queue drops it, logged)."""
         try:
-            self._events.put_nowait((event, json.loads(json.dumps(detail))))
+            copied = json.loads(json.dumps(detail))  # the caller may change its dict after emit returns
+        except (TypeError, ValueError, RecursionError):
+            log.error("%s not queued: its detail is not JSON", event)
+            return
+        try:
+            self._events.put_nowait((event, copied))
         except asyncio.QueueFull:
             self.dropped += 1
             log.warning("event queue full (%d): %s dropped", self.policy.queue_size, event)

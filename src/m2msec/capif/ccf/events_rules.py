@@ -7,7 +7,7 @@
   carries shares an ID with the event's detail. ``eventReq`` is refused (not honoured); ``requestTestNotification``
   and ``websockNotifConfig`` are ignored (features not negotiated: ``supportedFeatures`` answers "0").
 - D136: a notification destination is an absolute ``http``/``https`` URL with a host, without user information or
-  fragment, at most :data:`MAX_DESTINATION` characters.
+  fragment, at most :data:`MAX_DESTINATION` characters; a subscriber holds at most :data:`MAX_SUBSCRIPTIONS`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ __all__ = [
     "FILTERABLE",
     "INVOKER_EVENTS",
     "MAX_DESTINATION",
+    "MAX_SUBSCRIPTIONS",
     "ROLE_EVENTS",
     "SERVICE_EVENTS",
     "SUPPORTED_FEATURES",
@@ -59,6 +60,8 @@ FILTERABLE: Final[Mapping[str, frozenset[str]]] = {
 SUPPORTED_FEATURES: Final = "0"
 #: D136: the longest notification destination accepted
 MAX_DESTINATION: Final = 2048
+#: D136: subscriptions one subscriber may hold (each event fans out to at most this many deliveries per subscriber)
+MAX_SUBSCRIPTIONS: Final = 32
 _SCHEMES: Final = ("http", "https")
 #: TS 29.500 §5.2.7.2 application errors
 MANDATORY_IE_INCORRECT: Final = "MANDATORY_IE_INCORRECT"
