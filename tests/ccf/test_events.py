@@ -457,3 +457,15 @@ async def test_an_event_detail_that_is_not_json_is_dropped_not_raised(world: Wor
     idle = Notifier(world.ccf.ccf, DeliveryPolicy(queue_size=2))
     await idle.emit("API_INVOKER_ONBOARDED", {"apiInvokerIds": [object()]})
     assert idle.dropped == 0 and idle._events.empty()
+
+
+async def test_a_notification_that_breaks_the_schema_is_not_sent(world: World,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    aef = provider_function(world, CAPIFRole.AEF)
+    async with notifier(world) as events, Receiver() as rx:
+        subscription_id(await subscribe(world, aef, ["API_INVOKER_ONBOARDED"], rx.url()))
+        await events.emit("API_INVOKER_ONBOARDED", {"apiInvokerIds": "INV-not-a-list"})
+        await events.drain()
+        assert rx.count == 0
+    assert "breaks the official schema at eventDetail/apiInvokerIds" in caplog.text
+    assert "INV-not-a-list" not in caplog.text

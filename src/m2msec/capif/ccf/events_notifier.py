@@ -1,5 +1,5 @@
-"""Delivering CAPIF event notifications (TS 29.222 §8.3.2.3.3.2 callback) without holding up the request that
-caused them (docs/ccf.md "Events", D135).
+"""Delivering CAPIF event notifications (the ``EventNotification`` callback of TS 29.222 §8.3) without holding up
+the request that caused them (docs/ccf.md "Events", D135).
 
 :meth:`Notifier.emit` only queues the event (a bounded queue: when it is full the event is dropped and logged).
 A dispatcher task finds the matching subscriptions in the store and queues one delivery per subscription; delivery
@@ -166,7 +166,8 @@ class Notifier:
             try:
                 validate_request(_API, NOTIFICATION, notification)
             except SchemaViolation as exc:
-                log.error("%s notification dropped: it breaks the official schema: %s", event, str(exc)[:300])
+                where = [*str(exc).split(": ", 2), "", ""][1][:100]  # the member, not its value
+                log.error("%s notification dropped: it breaks the official schema at %s", event, where)
                 return
             delivery = _Delivery(doc.record_id, subscription["notificationDestination"],
                                  json.dumps(notification, separators=(",", ":")).encode())

@@ -34,7 +34,7 @@ __all__ = [
     "matches",
 ]
 
-#: events about published service APIs (TS 29.222 §8.3.5.3.3); detail ``apiIds``
+#: events about published service APIs; detail ``apiIds``
 SERVICE_EVENTS: Final = frozenset({"SERVICE_API_AVAILABLE", "SERVICE_API_UNAVAILABLE", "SERVICE_API_UPDATE"})
 #: events about API invokers; detail ``apiInvokerIds`` (and ``apiIds`` for a revocation)
 INVOKER_EVENTS: Final = frozenset({"API_INVOKER_ONBOARDED", "API_INVOKER_OFFBOARDED",
