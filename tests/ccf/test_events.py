@@ -55,6 +55,7 @@ class Receiver:
     location: str | None = None
     silent: bool = False  # accept connections and never answer
     tls: ssl.SSLContext | None = None
+    host: str = "127.0.0.1"
     got: asyncio.Queue[Received] = field(default_factory=asyncio.Queue)
     count: int = 0
     server: asyncio.Server | None = None
@@ -65,7 +66,8 @@ class Receiver:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
 
-    def url(self, path: str = "/notify", host: str = "127.0.0.1") -> str:
+    def url(self, path: str = "/notify", host: str | None = None) -> str:
+        host = host or (f"[{self.host}]" if ":" in self.host else self.host)
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}{path}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -86,7 +88,7 @@ class Receiver:
             writer.close()
 
     async def __aenter__(self) -> Receiver:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        self.server = await asyncio.start_server(self._serve, self.host, 0, ssl=self.tls)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -159,7 +161,7 @@ async def test_an_aef_is_told_of_onboarding_and_offboarding(world: World) -> Non
         assert answer.json()["events"] == ["API_INVOKER_ONBOARDED", "API_INVOKER_OFFBOARDED"]
         inv = await onboard(world)
         got = await rx.next()
-        assert got.target == "/notify"
+        assert got.target == "/notify" and got.headers["host"] == f"127.0.0.1:{rx.port}"
         assert got.body == {"subscriptionId": sub, "events": "API_INVOKER_ONBOARDED",
                             "eventDetail": {"apiInvokerIds": [inv.identity]}}
         await offboard(world, inv)
@@ -469,3 +471,22 @@ async def test_a_notification_that_breaks_the_schema_is_not_sent(world: World,
         assert rx.count == 0
     assert "breaks the official schema at eventDetail/apiInvokerIds" in caplog.text
     assert "INV-not-a-list" not in caplog.text
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+async def test_an_ipv6_destination_with_a_query(world: World) -> None:
+    aef = provider_function(world, CAPIFRole.AEF)
+    async with notifier(world), Receiver(host="::1") as rx:
+        subscription_id(await subscribe(world, aef, ["API_INVOKER_ONBOARDED"], rx.url("/cb/path?k=v&x=1")))
+        await onboard(world)
+        got = await rx.next()
+        assert got.target == "/cb/path?k=v&x=1" and got.headers["host"] == f"[::1]:{rx.port}"
