@@ -1,26 +1,124 @@
-"""CAPIF Events (TS 29.222 §8.3, `/capif-events/v1`): subscriptions and notifications."""
+"""CAPIF Events (TS 29.222 §8.3, ``/capif-events/v1``): subscriptions and notifications (docs/ccf.md "Events").
+
+A subscriber is an onboarded API invoker or a registered AEF, APF or AMF, with the certificate the CCF issued it;
+``{subscriberId}`` must be its own identity (403 otherwise) and a subscription is reached only under the subscriber
+that created it (404 under another). What each role may subscribe to and how filters apply: :mod:`.events_rules`
+(D133, D134); destinations: D136. Subscriptions are ``capif-subscription`` documents
+``{"subscriber": id, "subscription": EventSubscription}``; an offboarded invoker's are deleted at once (a
+:data:`~.invokers.purge_hooks` hook), a deregistered function's when the next event finds its record gone (or at once
+through :func:`drop_subscriptions`). Delivery: :mod:`.events_notifier` (D135).
+"""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Final
 
+from m2msec.capif.ccf import invokers
 from m2msec.capif.ccf.context import CCF
+from m2msec.capif.ccf.events_notifier import SUBSCRIPTION_KIND, DeliveryPolicy, Notifier, start_notifier
+from m2msec.capif.ccf.events_rules import MAX_SUBSCRIPTIONS, check_subscription
+from m2msec.capif.ccf.http import MERGE_PATCH, CCFRequest, Reply, operation
+from m2msec.capif.certificates import CAPIFRole
+from m2msec.errors import CAPIFError, NotFound
+from m2msec.store import Document
 
-__all__ = ["Notifier", "start_notifier"]
+__all__ = ["API", "DeliveryPolicy", "Notifier", "drop_subscriptions", "start_notifier", "subscription_location"]
+
+API: Final = "capif-events"
+_ROLES: Final = (CAPIFRole.INVOKER, CAPIFRole.AEF, CAPIFRole.APF, CAPIFRole.AMF)
+#: the members of an EventSubscription a merge patch may change (EventSubscriptionPatch)
+_PATCHABLE: Final = ("events", "eventFilters", "eventReq", "notificationDestination")
 
 
-class Notifier:
-    """Delivers the CCF's events to their subscribers (to be written: subscriptions are not yet served)."""
-
-    def __init__(self, ccf: CCF) -> None:
-        self.ccf = ccf
-
-    async def emit(self, event: str, detail: dict[str, Any]) -> None:
-        return None
+def subscription_location(ccf: CCF, subscriber: str, subscription_id: str) -> str:
+    return f"{ccf.policy.api_root}/{API}/v1/{subscriber}/subscriptions/{subscription_id}"
 
 
-@contextlib.asynccontextmanager
-async def start_notifier(ccf: CCF) -> AsyncIterator[Notifier]:
-    yield Notifier(ccf)
+async def _subscriber(request: CCFRequest) -> CAPIFRole:
+    """The caller's role; the caller must be the subscriber the URL names, with its current certificate."""
+    await request.ccf.authenticate(request.caller, *_ROLES)
+    if request.caller.identity != request.params["subscriberId"]:
+        raise CAPIFError("a subscriber manages only its own event subscriptions", status=403)
+    assert request.caller.role is not None  # authenticate refused a caller without one
+    return request.caller.role
+
+
+async def _own_subscription(request: CCFRequest) -> Document:
+    doc = await request.ccf.store.get_document(SUBSCRIPTION_KIND, request.params["subscriptionId"])
+    if doc is None or doc.body.get("subscriber") != request.params["subscriberId"]:
+        raise CAPIFError("no such event subscription", status=404)
+    return doc
+
+
+@operation(API, "POST", "/{subscriberId}/subscriptions")
+async def subscribe(request: CCFRequest) -> Reply:
+    role = await _subscriber(request)
+    ccf, subscriber = request.ccf, request.params["subscriberId"]
+    subscription = check_subscription(role, request.body)
+    held = sum(doc.body.get("subscriber") == subscriber for doc in await ccf.store.documents(SUBSCRIPTION_KIND))
+    if held >= MAX_SUBSCRIPTIONS:
+        raise CAPIFError(f"a subscriber holds at most {MAX_SUBSCRIPTIONS} event subscriptions", status=403)
+    subscription_id = ccf.new_id()
+    await ccf.store.put_document(Document(SUBSCRIPTION_KIND, subscription_id,
+                                          {"subscriber": subscriber, "subscription": subscription}))
+    return Reply(201, subscription, {"Location": subscription_location(ccf, subscriber, subscription_id)})
+
+
+async def _replace(request: CCFRequest, doc: Document, role: CAPIFRole, wanted: dict[str, Any]) -> Reply:
+    subscription = check_subscription(role, wanted)
+    await request.ccf.store.put_document(
+        Document(SUBSCRIPTION_KIND, doc.record_id, {"subscriber": doc.body["subscriber"],
+                                                    "subscription": subscription}), replace=True)
+    return Reply(200, subscription)
+
+
+@operation(API, "PUT", "/{subscriberId}/subscriptions/{subscriptionId}")
+async def replace(request: CCFRequest) -> Reply:
+    role = await _subscriber(request)
+    doc = await _own_subscription(request)
+    return await _replace(request, doc, role, request.body)
+
+
+@operation(API, "PATCH", "/{subscriberId}/subscriptions/{subscriptionId}", media=MERGE_PATCH)
+async def modify(request: CCFRequest) -> Reply:
+    role = await _subscriber(request)
+    doc = await _own_subscription(request)
+    merged = dict(doc.body["subscription"])
+    for key in _PATCHABLE:
+        if key not in request.body:
+            continue
+        if request.body[key] is None:  # RFC 7396: null removes the member
+            merged.pop(key, None)
+        else:
+            merged[key] = request.body[key]
+    if not merged.get("events") or "notificationDestination" not in merged:
+        raise CAPIFError("the patch removes a required member of the subscription", status=400)
+    return await _replace(request, doc, role, merged)
+
+
+@operation(API, "DELETE", "/{subscriberId}/subscriptions/{subscriptionId}", media=None)
+async def unsubscribe(request: CCFRequest) -> Reply:
+    await _subscriber(request)
+    doc = await _own_subscription(request)
+    try:
+        await request.ccf.store.delete_document(SUBSCRIPTION_KIND, doc.record_id)
+    except NotFound:
+        raise CAPIFError("no such event subscription", status=404) from None
+    return Reply(204)
+
+
+async def drop_subscriptions(ccf: CCF, subscriber: str) -> int:
+    """Delete every subscription of ``subscriber`` (an offboarded invoker, a deregistered provider function)."""
+    dropped = 0
+    for doc in await ccf.store.documents(SUBSCRIPTION_KIND):
+        if doc.body.get("subscriber") == subscriber:
+            try:
+                await ccf.store.delete_document(SUBSCRIPTION_KIND, doc.record_id)
+                dropped += 1
+            except NotFound:
+                continue
+    return dropped
+
+
+if drop_subscriptions not in invokers.purge_hooks:
+    invokers.purge_hooks.append(drop_subscriptions)

@@ -1,0 +1,240 @@
+"""Delivering CAPIF event notifications (the ``EventNotification`` callback of TS 29.222 §8.3) without holding up
+the request that caused them (docs/ccf.md "Events", D135).
+
+:meth:`Notifier.emit` only queues the event (a bounded queue: when it is full the event is dropped and logged).
+A dispatcher task finds the matching subscriptions in the store and queues one delivery per subscription; delivery
+workers POST the ``EventNotification`` as ``application/json`` (HTTP/1.1 with h11 over asyncio streams, TLS with
+Python's ``ssl`` for ``https``), each attempt within a timeout, a few retries with exponential backoff on transport
+errors, 429 and 5xx, never following a redirect. Logs name the destination's origin only (a path or query may carry
+the receiver's token) and the error's type, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import urllib.parse
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+from m2msec.capif.ccf.context import CCF
+from m2msec.capif.ccf.events_rules import check_destination, destination_origin, matches
+from m2msec.capif.schema import SchemaViolation, validate_request
+from m2msec.errors import NotFound
+from m2msec.http1 import HTTPError, Message, request
+
+__all__ = ["NOTIFICATION", "SUBSCRIPTION_KIND", "DeliveryPolicy", "Notifier", "start_notifier"]
+
+log = logging.getLogger("m2msec.ccf.events")
+
+SUBSCRIPTION_KIND: Final = "capif-subscription"
+#: the official name of the notification (the callback of the subscription POST), for validation
+NOTIFICATION: Final = "POST /{subscriberId}/subscriptions callback notificationDestination"
+_API: Final = "capif-events"
+
+#: D135: events waiting for the dispatcher, and deliveries waiting for a worker (each queue); more are dropped
+QUEUE_SIZE: Final = 1024
+#: D135: seconds for one delivery attempt (connect, TLS, request, response)
+DELIVERY_TIMEOUT: Final = 5.0
+#: D135: further attempts after a failed one (transport error, timeout, 429, 5xx), waiting RETRY_BACKOFF * 2**n s
+DELIVERY_RETRIES: Final = 3
+RETRY_BACKOFF: Final = 0.5
+#: D135: deliveries in progress at once
+DELIVERY_WORKERS: Final = 4
+#: D135: the largest response body read from a receiver (then the connection is dropped)
+MAX_RESPONSE: Final = 64 * 1024
+_RETRY_STATUS: Final = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """How notifications are delivered (D135); ``ssl_context`` is the HTTPS trust (D136: None = the system's CAs
+    through :func:`ssl.create_default_context`)."""
+
+    queue_size: int = QUEUE_SIZE
+    timeout: float = DELIVERY_TIMEOUT
+    retries: int = DELIVERY_RETRIES
+    backoff: float = RETRY_BACKOFF
+    workers: int = DELIVERY_WORKERS
+    max_response: int = MAX_RESPONSE
+    ssl_context: ssl.SSLContext | None = None
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    subscription_id: str
+    destination: str
+    body: bytes
+
+
+async def post_json(url: str, body: bytes, *, timeout: float, ssl_context: ssl.SSLContext,
+                    max_response: int = MAX_RESPONSE) -> int:
+    """POST ``body`` as application/json to ``url`` on a new connection; the response status (redirects are not
+    followed). Raises OSError, HTTPError or TimeoutError."""
+    parts = check_destination(url)
+    https = parts.scheme.lower() == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if https else 80)
+    target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    authority = (f"[{host}]" if ":" in host else host) + ("" if parts.port is None else f":{parts.port}")
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port, ssl=ssl_context if https else None,
+                                                       server_hostname=host if https else None)
+        try:
+            answer = await request(reader, writer, Message(
+                method="POST", target=target, body=body,
+                headers=[("host", authority), ("content-type", "application/json"),
+                         ("accept", "application/json, application/problem+json"), ("connection", "close"),
+                         ("user-agent", "m2msec-ccf")]), max_body=max_response)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+    return answer.status
+
+
+class Notifier:
+    """Queues the CCF's events and delivers them to the matching subscriptions (see the module docstring)."""
+
+    def __init__(self, ccf: CCF, policy: DeliveryPolicy | None = None) -> None:
+        self.ccf = ccf
+        self.policy = policy or DeliveryPolicy()
+        self.ssl_context = self.policy.ssl_context or ssl.create_default_context()
+        self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(self.policy.queue_size)
+        self._deliveries: asyncio.Queue[_Delivery] = asyncio.Queue(self.policy.queue_size)
+        self._tasks: list[asyncio.Task[None]] = []
+        #: counters (tests, operators): events dropped on a full queue, deliveries done and given up
+        self.dropped = 0
+        self.delivered = 0
+        self.failed = 0
+
+    async def emit(self, event: str, detail: dict[str, Any]) -> None:
+        """Queue ``event`` for delivery; never waits and never raises (a full queue drops it, logged)."""
+        try:
+            copied = json.loads(json.dumps(detail))  # the caller may change its dict after emit returns
+        except (TypeError, ValueError, RecursionError):
+            log.error("%s not queued: its detail is not JSON", event)
+            return
+        try:
+            self._events.put_nowait((event, copied))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.warning("event queue full (%d): %s dropped", self.policy.queue_size, event)
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._dispatch(), name="ccf-events-dispatch"))
+        for i in range(self.policy.workers):
+            self._tasks.append(asyncio.create_task(self._work(), name=f"ccf-events-deliver-{i}"))
+
+    async def stop(self) -> None:
+        pending = self._events.qsize() + self._deliveries.qsize()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if pending:
+            log.warning("stopped with %d undelivered events or notifications", pending)
+
+    async def drain(self) -> None:
+        """Wait until every queued event has been dispatched and every delivery finished (or given up)."""
+        await self._events.join()
+        await self._deliveries.join()
+
+    async def _dispatch(self) -> None:
+        while True:
+            event, detail = await self._events.get()
+            try:
+                await self._fan_out(event, detail)
+            except Exception as exc:  # the dispatcher must outlive any one event; no traceback in the log
+                log.error("dispatching %s failed: %s", event, type(exc).__name__)
+            finally:
+                self._events.task_done()
+
+    async def _fan_out(self, event: str, detail: dict[str, Any]) -> None:
+        for doc in await self.ccf.store.documents(SUBSCRIPTION_KIND):
+            subscription = doc.body.get("subscription") or {}
+            if not matches(subscription, event, detail):
+                continue
+            if not await self._subscriber_exists(str(doc.body.get("subscriber", ""))):
+                await self._forget(doc.record_id)
+                continue
+            notification = {"subscriptionId": doc.record_id, "events": event, "eventDetail": detail}
+            try:
+                validate_request(_API, NOTIFICATION, notification)
+            except SchemaViolation as exc:
+                where = [*str(exc).split(": ", 2), "", ""][1][:100]  # the member, not its value
+                log.error("%s notification dropped: it breaks the official schema at %s", event, where)
+                return
+            delivery = _Delivery(doc.record_id, subscription["notificationDestination"],
+                                 json.dumps(notification, separators=(",", ":")).encode())
+            try:
+                self._deliveries.put_nowait(delivery)
+            except asyncio.QueueFull:
+                self.dropped += 1
+                log.warning("delivery queue full (%d): %s for subscription %s dropped", self.policy.queue_size,
+                            event, doc.record_id)
+
+    async def _subscriber_exists(self, subscriber: str) -> bool:
+        """A subscription outlives no subscriber (an invoker offboarded, a provider function deregistered)."""
+        store = self.ccf.store
+        if await store.get_document("capif-invoker", subscriber) is not None:
+            return True
+        return await store.get_document("capif-provider", "func:" + subscriber) is not None
+
+    async def _forget(self, subscription_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.ccf.store.delete_document(SUBSCRIPTION_KIND, subscription_id)
+        log.info("subscription %s dropped: its subscriber is gone", subscription_id)
+
+    async def _work(self) -> None:
+        while True:
+            delivery = await self._deliveries.get()
+            try:
+                await self._deliver(delivery)
+            except Exception as exc:
+                self.failed += 1
+                log.error("delivery for subscription %s failed: %s", delivery.subscription_id, type(exc).__name__)
+            finally:
+                self._deliveries.task_done()
+
+    async def _deliver(self, delivery: _Delivery) -> None:
+        policy = self.policy
+        origin = destination_origin(delivery.destination)
+        for attempt in range(policy.retries + 1):
+            if attempt:
+                await asyncio.sleep(policy.backoff * 2 ** (attempt - 1))
+            try:
+                status = await post_json(delivery.destination, delivery.body, timeout=policy.timeout,
+                                         ssl_context=self.ssl_context, max_response=policy.max_response)
+            except (OSError, HTTPError, TimeoutError) as exc:
+                why = f"{type(exc).__name__}"
+            else:
+                if 200 <= status < 300:
+                    self.delivered += 1
+                    return
+                if status not in _RETRY_STATUS:  # a redirect (never followed) or a refusal: not retried
+                    self.failed += 1
+                    log.warning("notification for subscription %s to %s refused with %d", delivery.subscription_id,
+                                origin, status)
+                    return
+                why = f"status {status}"
+            log.info("notification for subscription %s to %s: attempt %d failed (%s)", delivery.subscription_id,
+                     origin, attempt + 1, why)
+        self.failed += 1
+        log.warning("notification for subscription %s to %s given up after %d attempts", delivery.subscription_id,
+                    origin, policy.retries + 1)
+
+
+@contextlib.asynccontextmanager
+async def start_notifier(ccf: CCF, policy: DeliveryPolicy | None = None) -> AsyncIterator[Notifier]:
+    """A running :class:`Notifier` for ``ccf``, stopped on exit (undelivered notifications are dropped, logged)."""
+    notifier = Notifier(ccf, policy)
+    notifier.start()
+    try:
+        yield notifier
+    finally:
+        await notifier.stop()
