@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import MutableMapping, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -434,6 +435,49 @@ async def test_resending_the_same_csr_differently_encoded_keeps_the_certificate(
     assert (await world.call(a, "PUT", f"{INVOKERS}/{a.identity}", a.answer)).status == 200
 
 
+@pytest.mark.xfail(strict=True, reason="a client that sends half a body and goes away makes Starlette raise "
+                   "ClientDisconnect, which http._answer logs at ERROR as 'unexpected ClientDisconnect' (a 500): any "
+                   "anonymous client can fill the operator's error log")
+async def test_a_client_leaving_mid_body_is_not_an_error(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        conn = await world.connect(None)
+        conn.writer.write(http("POST", INVOKERS, b"", [("content-type", "application/json")]).replace(
+            b"content-length: 0", b"content-length: 1000") + b'{"a":')
+        await conn.writer.drain()
+        await asyncio.sleep(0.1)
+        await conn.close()
+    await asyncio.sleep(0.3)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("m2msec")]
+    assert errors == []
+
+
+@pytest.mark.xfail(strict=True, reason="CCFConfig.api_root keeps a trailing slash: every Location header then has "
+                   "'//' before the API name (no route matches it)")
+def test_an_api_root_with_a_trailing_slash_gives_clean_locations() -> None:
+    from types import SimpleNamespace
+
+    from m2msec.capif.ccf.config import CCFConfig
+    from m2msec.capif.ccf.invokers import invoker_location
+
+    config = CCFConfig(api_root="https://ccf.example:8445/")
+    location = invoker_location(SimpleNamespace(policy=SimpleNamespace(api_root=config.api_root)), "INV1")  # type: ignore[arg-type]
+    assert location == "https://ccf.example:8445/api-invoker-management/v1/onboardedInvokers/INV1"
+
+
+@pytest.mark.xfail(strict=True, reason="CCFConfig.api_root is only checked for 'https://' and no further '/': an "
+                   "empty host, spaces, a query or fragment, or user:password@ (published in every Location) pass")
+@pytest.mark.parametrize("api_root", ["https://", "https://a b?x#y", "https://user:pw@ccf.example"])
+def test_api_root_must_be_an_origin(api_root: str) -> None:
+    from m2msec.capif.ccf.config import CCFConfig
+    from m2msec.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        CCFConfig(api_root=api_root)
+
+
 # ====================================================================================== attacks that are refused
 
 async def test_a_credential_raced_by_many_onboardings_onboards_once(world: World) -> None:
@@ -787,3 +831,18 @@ def test_empty_client_credentials_cannot_reach_a_mutual_server() -> None:
                                             certificate=CertificateConfig(b"", b"", ca.certificate_pem())))
     with pytest.raises(HandshakeFailed):
         handshake_pair(server, client)
+
+
+def test_an_issued_credential_is_on_stdout_only_and_the_store_is_private(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in (MASTER_KEY_ENV, "M2MSEC_CCF_STORE", "M2MSEC_DB")}
+    env["XDG_DATA_HOME"] = str(tmp_path / "data")
+    result = subprocess.run([sys.executable, "-m", "m2msec.cli.main", "ccf", "onboarding-credential", "--subject",
+                             "alice"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert token.count(".") == 2
+    for part in token.split("."):
+        assert part not in result.stderr
+    assert jti_of(token) in result.stderr  # what the operator needs to revoke it
+    for file in (tmp_path / "data" / "m2msec").iterdir():
+        assert file.stat().st_mode & 0o077 == 0, file
