@@ -478,6 +478,17 @@ def test_api_root_must_be_an_origin(api_root: str) -> None:
         CCFConfig(api_root=api_root)
 
 
+@pytest.mark.xfail(strict=True, reason="a 401 for a missing or refused Bearer credential carries no "
+                   "WWW-Authenticate header (RFC 9110 §15.5.2, RFC 6750 §3), though TokenRefused.bearer_error is "
+                   "made for it")
+async def test_a_refused_credential_is_answered_with_www_authenticate(world: World) -> None:
+    missing = await world.call(None, "POST", INVOKERS, enrolment(new_key()))
+    refused = await onboard_answer(world, world.credential()[:-3])
+    assert missing.status == refused.status == 401
+    assert (missing.header("www-authenticate") or "").startswith("Bearer")
+    assert 'error="invalid_token"' in (refused.header("www-authenticate") or "")
+
+
 # ====================================================================================== attacks that are refused
 
 async def test_a_credential_raced_by_many_onboardings_onboards_once(world: World) -> None:
