@@ -22,7 +22,8 @@ from m2msec.capif.tokens import INVALID_CREDENTIAL_CAUSE, OnboardingCredential, 
 from m2msec.errors import CAPIFError, Conflict
 from m2msec.store import Document
 
-__all__ = ["API", "INVOKER_KIND", "invoker_location", "merge_patch", "onboarding_credential", "purge_hooks", "spend_credential"]
+__all__ = ["API", "INVOKER_KIND", "invoker_location", "merge_patch", "onboarding_credential", "purge_hooks",
+           "spend_credential"]
 
 API: Final = "api-invoker-management"
 INVOKER_KIND: Final = "capif-invoker"
