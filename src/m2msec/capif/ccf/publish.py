@@ -6,7 +6,7 @@ another role). A description is accepted when (D124) it has ``aefProfiles``, eac
 provider domain (403 otherwise) and describing its interfaces (``interfaceDescriptions``), each interface with at
 least one security method (its own or its profile's: TS 33.122 §6.3 selection needs one); and when (D125) none of
 its interfaces, written as the AEFPSK ``P0`` (:func:`m2msec.capif.kdf.interface_information_of`, D115), is held by
-another AEF: two AEFs sharing a P0 would share every invoker's AEFPSK, so the CCF refuses the second (409).
+another AEF: two AEFs sharing a P0 would share every invoker's AEFPSK, so the CCF refuses the second (403).
 
 The hold on a P0 is a store record, inserted atomically (so two CCF instances cannot both give one P0 to two AEFs):
 ``capif-provider`` ``interface:<sha256 hex of P0>`` → ``{"aef": aefId}``, released when no service API of that AEF
@@ -38,7 +38,7 @@ __all__ = ["API", "INTERFACE_IN_USE_CAUSE", "NO_SECURITY_METHOD_CAUSE", "SERVICE
 API: Final = "published-apis"
 SERVICE_KIND: Final = "capif-service"
 INTERFACE_PREFIX: Final = "interface:"
-#: D125: ProblemDetails cause (409) of an interface whose P0 another AEF holds
+#: D125: ProblemDetails cause (403: the file gives 409 no body) of an interface whose P0 another AEF holds
 INTERFACE_IN_USE_CAUSE: Final = "INTERFACE_HELD_BY_ANOTHER_AEF"
 #: D124: ProblemDetails cause (400) of an interface without any security method (its own or its profile's)
 NO_SECURITY_METHOD_CAUSE: Final = "NO_SECURITY_METHOD"
@@ -95,7 +95,7 @@ async def _check(ccf: CCF, domain: str, description: dict[str, Any]) -> set[tupl
     holders: dict[str, str] = {}
     for aef_id, p0 in sorted(pairs):
         if holders.setdefault(p0, aef_id) != aef_id:
-            raise CAPIFError(f"interface {p0} is given to two AEFs", status=409, cause=INTERFACE_IN_USE_CAUSE)
+            raise CAPIFError(f"interface {p0} is given to two AEFs", status=403, cause=INTERFACE_IN_USE_CAUSE)
     active = (description.get("apiStatus") or {}).get("aefIds", [])
     if not set(active) <= {p["aefId"] for p in profiles}:
         raise CAPIFError("apiStatus.aefIds names an AEF without a profile in this service API", status=400)
@@ -107,7 +107,7 @@ def _claim_id(p0: str) -> str:
 
 
 async def _claim(ccf: CCF, pairs: Iterable[tuple[str, str]]) -> None:
-    """D125: hold each P0 for its AEF (an atomic insert), or 409 when another AEF holds it."""
+    """D125: hold each P0 for its AEF (an atomic insert), or 403 when another AEF holds it."""
     taken: list[tuple[str, str]] = []
     for aef_id, p0 in sorted(pairs):
         try:
@@ -119,7 +119,7 @@ async def _claim(ccf: CCF, pairs: Iterable[tuple[str, str]]) -> None:
         if held is None or held.body.get("aef") != aef_id:
             await _release(ccf, taken)
             raise CAPIFError(f"interface {p0} is already published by another AEF (two AEFs never share an "
-                             "interface: their AEFPSKs would be equal)", status=409, cause=INTERFACE_IN_USE_CAUSE)
+                             "interface: their AEFPSKs would be equal)", status=403, cause=INTERFACE_IN_USE_CAUSE)
 
 
 async def _release(ccf: CCF, pairs: Iterable[tuple[str, str]]) -> None:
