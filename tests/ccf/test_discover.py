@@ -149,3 +149,18 @@ async def test_unknown_and_unevaluated_parameters_are_refused(world: World) -> N
         assert answer.json()["cause"] == "INVALID_QUERY_PARAM"
     repeated = await world.call(inv, "GET", f"{DISCOVER}?api-invoker-id={inv.identity}&api-name=a&api-name=b")
     assert repeated.status == 400
+
+
+def test_decision_rows_point_at_real_constants() -> None:
+    import importlib
+    import re
+    from pathlib import Path
+
+    decisions = (Path(__file__).resolve().parents[2] / "docs" / "decisions.md").read_text()
+    for number in ("D123", "D124", "D125", "D126", "D127"):
+        row = next(line for line in decisions.splitlines() if line.startswith(f"| {number} |"))
+        where = re.findall(r"`(m2msec\.[\w.]+)`", row.split("|")[-2])
+        assert where, number
+        for path in where:
+            module, _, name = path.rpartition(".")
+            assert hasattr(importlib.import_module(module), name), path
