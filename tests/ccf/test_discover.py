@@ -143,7 +143,7 @@ async def test_unknown_and_unevaluated_parameters_are_refused(world: World) -> N
     inv = await onboard(world)
     for filters in ({"api_nmae": "typo"}, {"ue_ip_addr": "x"}, {"service_kpis": "x"}, {"req_api_prov_name": "x"},
                     {"supported_features": "xyz"}, {"preferred_aef_loc": "not json"},
-                    {"preferred_aef_loc": "[1]"}):
+                    {"preferred_aef_loc": "[1]"}, {"preferred_aef_loc": "[" * 5000}):
         answer = await world.call(inv, "GET", discover_path(inv.identity, **filters))
         assert answer.status == 400, filters
         assert answer.json()["cause"] == "INVALID_QUERY_PARAM"

@@ -61,7 +61,7 @@ def _check_query(query: dict[str, str]) -> None:
     if "preferred-aef-loc" in query:
         try:
             location = json.loads(query["preferred-aef-loc"])
-        except ValueError:
+        except (ValueError, RecursionError):
             location = None
         if not isinstance(location, dict):
             raise _refuse("preferred-aef-loc", "an AefLocation JSON object")
