@@ -254,3 +254,45 @@ async def test_mutated_bodies_never_break_the_ccf(world: World) -> None:
             service = await publish(world, p.apf, p.aef)
             url = f"{_apis(p)}/{service['apiId']}"
     assert {400, 201} <= statuses
+
+
+async def test_holds_survive_a_release_racing_a_publication(world: World, monkeypatch: Any) -> None:
+    """D125 under concurrency (two requests interleaved by hand): a release whose scan missed a service API stored
+    meanwhile takes the hold again; a publication that finds its hold gone to another AEF undoes itself."""
+    from m2msec.capif.ccf import publish as module
+    from m2msec.capif.kdf import interface_information_of
+    from m2msec.errors import CAPIFError
+
+    ccf = world.ccf.ccf
+    a = await register_provider(world)
+    b = await register_provider(world)
+    iface = interface_description(77)
+    p0 = interface_information_of(iface)
+    await publish(world, a.apf, a.aef, iface)
+    real = module.services
+    calls = 0
+
+    async def stale_first(c: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return [] if calls == 1 else await real(c)
+
+    monkeypatch.setattr(module, "services", stale_first)
+    await module._release(ccf, {(a.aef.identity, p0)})
+    monkeypatch.setattr(module, "services", real)
+    assert calls == 2
+    clash = await world.call(b.apf, "POST", _apis(b), service_description(b.aef, iface))
+    assert clash.status == 403  # the hold was taken again for A's AEF
+    # the other order: B's AEF holds it when A's publication confirms
+    undone: list[bool] = []
+
+    async def undo() -> None:
+        undone.append(True)
+
+    try:
+        await module._confirm(ccf, {(b.aef.identity, p0)}, undo)
+    except CAPIFError as exc:
+        assert exc.status == 403 and exc.cause == "INTERFACE_HELD_BY_ANOTHER_AEF"
+    else:
+        raise AssertionError("a publication kept an interface another AEF holds")
+    assert undone == [True]

@@ -17,9 +17,10 @@ ServiceAPIDescription}``. Events: SERVICE_API_AVAILABLE, SERVICE_API_UPDATE, SER
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 from m2msec.capif.ccf.context import CCF
@@ -130,10 +131,28 @@ async def _release(ccf: CCF, pairs: Iterable[tuple[str, str]]) -> None:
     in_use: set[tuple[str, str]] = set()
     for doc in await services(ccf):
         in_use |= interfaces_of(doc.body["description"])
+    dropped = set()
     for aef_id, p0 in pairs - in_use:
         held = await ccf.store.get_document(PROVIDER_KIND, _claim_id(p0))
         if held is not None and held.body.get("aef") == aef_id:
             await delete_quietly(ccf, PROVIDER_KIND, _claim_id(p0))
+            dropped.add((aef_id, p0))
+    if dropped:  # a service API of the same AEF stored since the scan keeps its hold
+        used = set().union(*(interfaces_of(d.body["description"]) for d in await services(ccf)))
+        for aef_id, p0 in dropped & used:
+            with contextlib.suppress(Conflict):
+                await ccf.store.put_document(Document(PROVIDER_KIND, _claim_id(p0), {"aef": aef_id}))
+
+
+async def _confirm(ccf: CCF, pairs: set[tuple[str, str]], undo: Callable[[], Awaitable[None]]) -> None:
+    """D125 again once the service API is stored: a release running meanwhile (of another service API of the same
+    AEF, whose scan came before this one was stored) may have dropped a hold; take it again, or undo and refuse."""
+    try:
+        await _claim(ccf, pairs)
+    except CAPIFError:
+        await undo()
+        await _release(ccf, pairs)
+        raise
 
 
 async def withdraw_services(ccf: CCF, func_ids: set[str]) -> list[str]:
@@ -182,10 +201,12 @@ async def publish(request: CCFRequest) -> Reply:
     body: dict[str, Any] = request.body
     if "apiId" in body:
         raise CAPIFError("apiId is assigned by the CCF: it must not be sent when publishing", status=400)
-    await _claim(ccf, await _check(ccf, str(apf.body["domain"]), body))
+    pairs = await _check(ccf, str(apf.body["domain"]), body)
+    await _claim(ccf, pairs)
     api_id = ccf.new_id()
     answer = dict(copy.deepcopy(body), apiId=api_id)
     await ccf.store.put_document(Document(SERVICE_KIND, api_id, {"apf": apf_id, "description": answer}))
+    await _confirm(ccf, pairs, lambda: delete_quietly(ccf, SERVICE_KIND, api_id))
     await ccf.events.emit("SERVICE_API_AVAILABLE", {"apiIds": [api_id]})
     return Reply(201, answer, {"Location": service_location(ccf, apf_id, api_id)})
 
@@ -218,6 +239,12 @@ async def _replace(request: CCFRequest, apf: Document, doc: Document, descriptio
     except NotFound:  # unpublished meanwhile
         await _release(ccf, pairs)
         raise CAPIFError("no such service API published by this APF", status=404) from None
+
+    async def undo() -> None:
+        with contextlib.suppress(NotFound):
+            await ccf.store.put_document(doc, replace=True)
+
+    await _confirm(ccf, pairs, undo)
     await _release(ccf, interfaces_of(doc.body["description"]) - pairs)
     await ccf.events.emit("SERVICE_API_UPDATE", {"apiIds": [api_id]})
     return Reply(200, answer)
