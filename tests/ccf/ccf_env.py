@@ -120,3 +120,95 @@ async def start_world(tmp: Path) -> AsyncIterator[World]:
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     async for w in start_world(tmp_path):
         yield w
+
+
+# --------------------------------------------------------------- API providers and published service APIs (providers)
+
+PUBLISHED = "/published-apis/v1"
+DISCOVER = "/service-apis/v1/allServiceAPIs"
+
+
+@dataclass
+class Provider:
+    """A registered API provider domain: its ID, one function of each role, and the CCF's answer."""
+
+    domain: str
+    amf: Identity
+    apf: Identity
+    aef: Identity
+    answer: dict[str, Any] = field(default_factory=dict)
+    #: the private key (PEM) of each function by apiProvFuncId, for re-keying and extra functions
+    keys: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+
+def provider_function(role: str, key: ec.EllipticCurvePrivateKey, info: str | None = None) -> dict[str, Any]:
+    """An APIProviderFunctionDetails to register with ``key``."""
+    func: dict[str, Any] = {"apiProvFuncRole": role, "regInfo": {"apiProvPubKey": csr_pem(key)}}
+    if info is not None:
+        func["apiProvFuncInfo"] = info
+    return func
+
+
+def identities(answer: dict[str, Any], keys: list[ec.EllipticCurvePrivateKey]) -> list[Identity]:
+    """The Identities of the functions of an APIProviderEnrolmentDetails answer, in order, with ``keys``."""
+    return [Identity(f["apiProvFuncId"], f["regInfo"]["apiProvCert"].encode(), key_pem(k), f)
+            for f, k in zip(answer["apiProvFuncs"], keys, strict=True)]
+
+
+async def register_provider(world: World, **extra: Any) -> Provider:
+    """Register a new API provider domain with one AMF, one APF and one AEF (in that order)."""
+    keys = [new_key(), new_key(), new_key()]
+    body = {"regSec": "provider-secret", "apiProvDomInfo": "test provider", "suppFeat": "0",
+            "apiProvFuncs": [provider_function(r, k, f"{r} function") for r, k in zip(("AMF", "APF", "AEF"), keys,
+                                                                                   strict=True)],
+            **extra}
+    answer = await world.call(None, "POST", PROVIDERS, body,
+                              headers={"authorization": f"Bearer {world.credential()}"})
+    assert answer.status == 201, answer.body
+    result = answer.json()
+    amf, apf, aef = identities(result, keys)
+    return Provider(result["apiProvDomId"], amf, apf, aef, result,
+                    {i.identity: i.private_key_pem for i in (amf, apf, aef)})
+
+
+def interface_description(n: int | None = None, **extra: Any) -> dict[str, Any]:
+    """An InterfaceDescription (a new host name for each ``n``)."""
+    return {"fqdn": f"aef{'' if n is None else n}.test.example", "port": 8443, "apiPrefix": "/api",
+            "securityMethods": ["PSK", "PKI", "OAUTH"], **extra}
+
+
+def service_description(aef: Identity | str, iface: dict[str, Any], name: str = "test-api", **extra: Any
+                        ) -> dict[str, Any]:
+    """A ServiceAPIDescription of one API exposed at ``aef`` on ``iface``."""
+    aef_id = aef if isinstance(aef, str) else aef.identity
+    return {"apiName": name, "description": "a test API", "supportedFeatures": "0", "apiSuppFeats": "0F",
+            "serviceAPICategory": "test",
+            "aefProfiles": [{"aefId": aef_id, "protocol": "HTTP_1_1", "dataFormat": "JSON",
+                             "securityMethods": ["PSK", "PKI", "OAUTH"],
+                             "versions": [{"apiVersion": "v1", "resources": [
+                                 {"resourceName": "items", "commType": "REQUEST_RESPONSE", "uri": "/items",
+                                  "operations": ["GET"]}]}],
+                             "interfaceDescriptions": [iface]}],
+            **extra}
+
+
+async def publish(world: World, apf: Identity, aef: Identity, interface: dict[str, Any] | None = None,
+                  name: str = "test-api", **extra: Any) -> dict[str, Any]:
+    """Publish a service API of ``apf`` exposed at ``aef`` (on ``interface``, by default a new host name); the
+    CCF's answer (a ServiceAPIDescription with its ``apiId``)."""
+    iface = interface if interface is not None else interface_description(next(world._ids))
+    answer = await world.call(apf, "POST", f"{PUBLISHED}/{apf.identity}/service-apis",
+                              service_description(aef, iface, name, **extra))
+    assert answer.status == 201, answer.body
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def discover_path(invoker_id: str | None, **filters: str) -> str:
+    """The Discover Service URL path for ``invoker_id`` (None: no api-invoker-id) with query ``filters``
+    (``api_name="x"`` becomes ``api-name=x``)."""
+    import urllib.parse
+
+    query = {} if invoker_id is None else {"api-invoker-id": invoker_id}
+    query.update({k.replace("_", "-"): v for k, v in filters.items()})
+    return f"{DISCOVER}?{urllib.parse.urlencode(query)}" if query else DISCOVER

@@ -17,6 +17,8 @@ capif-invoker        apiInvokerId                     ``{"enrolment": APIInvoker
 capif-provider       apiProvDomId                     ``{"enrolment": APIProviderEnrolmentDetails as last sent}``
 capif-provider       ``func:`` + apiProvFuncId        ``{"domain": apiProvDomId, "role": "AEF"|"APF"|"AMF",
                                                       "certificate": <sha256 hex>}``
+capif-provider       ``interface:`` + sha256 hex of   ``{"aef": aefId}``: the AEF holding that interface (D125,
+                     the interface's P0               :mod:`.publish`)
 capif-service        serviceApiId                     ``{"apf": apfId, "description": ServiceAPIDescription}``
 capif-security       apiInvokerId                     ``{"context": ServiceSecurity as last sent}``
 capif-aefpsk         see :mod:`.security`             key = AEFPSK

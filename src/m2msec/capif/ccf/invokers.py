@@ -18,11 +18,12 @@ from cryptography.hazmat.primitives import serialization
 from m2msec.capif.ccf.context import CCF, certificate_digest
 from m2msec.capif.ccf.http import MERGE_PATCH, CCFRequest, Reply, operation
 from m2msec.capif.certificates import CAPIFRole, issue_capif_certificate, load_csr
-from m2msec.capif.tokens import INVALID_CREDENTIAL_CAUSE, verify_onboarding_credential
+from m2msec.capif.tokens import INVALID_CREDENTIAL_CAUSE, OnboardingCredential, verify_onboarding_credential
 from m2msec.errors import CAPIFError, Conflict
 from m2msec.store import Document
 
-__all__ = ["API", "INVOKER_KIND", "REVOKED_KIND", "invoker_location", "purge_hooks"]
+__all__ = ["API", "INVOKER_KIND", "REVOKED_KIND", "invoker_location", "merge_patch", "onboarding_credential",
+           "purge_hooks", "spend_credential"]
 
 API: Final = "api-invoker-management"
 INVOKER_KIND: Final = "capif-invoker"
@@ -51,6 +52,27 @@ def _bearer(request: CCFRequest) -> str:
     return token.strip()
 
 
+def onboarding_credential(request: CCFRequest) -> OnboardingCredential:
+    """The verified onboarding credential of the request's ``Authorization: Bearer`` (invoker onboarding, API
+    provider registration); not yet spent: :func:`spend_credential` once the request is known to be good.
+    Raises CAPIFError (401, cause INVALID_ONBOARDING_CREDENTIAL)."""
+    ccf = request.ccf
+    return verify_onboarding_credential(_bearer(request), ccf.verification_keys, issuer=ccf.policy.issuer,
+                                        audience=ccf.policy.onboarding_audience, now=int(ccf.clock()),
+                                        revoked=lambda _: False)
+
+
+async def spend_credential(ccf: CCF, credential: OnboardingCredential, by: str) -> None:
+    """D121: spend the credential (an atomic insert of its ``jti``) before ``by`` (the identity it creates) is
+    stored, so that one credential never creates two. Raises CAPIFError (401): already used or revoked."""
+    try:
+        await ccf.store.put_document(Document(REVOKED_KIND, "jti:" + credential.jti,
+                                              {"reason": "used", "at": ccf.clock(), "by": by}))
+    except Conflict:
+        raise CAPIFError("the onboarding credential was already used or is revoked", status=401,
+                         cause=INVALID_CREDENTIAL_CAUSE) from None
+
+
 def _certify(ccf: CCF, csr_pem: object, identity: str) -> tuple[str, str]:
     """Sign the invoker's CSR: (certificate PEM, its digest)."""
     if not isinstance(csr_pem, str):
@@ -74,18 +96,11 @@ def _answer(enrolment: dict[str, Any], invoker_id: str, cert_pem: str) -> dict[s
 @operation(API, "POST", "/onboardedInvokers")
 async def onboard(request: CCFRequest) -> Reply:
     ccf = request.ccf
-    credential = verify_onboarding_credential(_bearer(request), ccf.verification_keys, issuer=ccf.policy.issuer,
-                                              audience=ccf.policy.onboarding_audience, now=int(ccf.clock()),
-                                              revoked=lambda _: False)
+    credential = onboarding_credential(request)
     body: dict[str, Any] = request.body
     invoker_id = INVOKER_ID_PREFIX + ccf.new_id()
     cert_pem, digest = _certify(ccf, body["onboardingInformation"].get("apiInvokerPublicKey"), invoker_id)
-    try:  # D121: spend the credential first, atomically
-        await ccf.store.put_document(Document(REVOKED_KIND, "jti:" + credential.jti,
-                                              {"reason": "used", "at": ccf.clock(), "by": invoker_id}))
-    except Conflict:
-        raise CAPIFError("the onboarding credential was already used or is revoked", status=401,
-                         cause=INVALID_CREDENTIAL_CAUSE) from None
+    await spend_credential(ccf, credential, invoker_id)  # D121: spent first, atomically
     answer = _answer(body, invoker_id, cert_pem)
     await ccf.store.put_document(Document(INVOKER_KIND, invoker_id, {
         "enrolment": answer, "certificate": digest, "jti": credential.jti, "subject": credential.subject}))
@@ -126,7 +141,7 @@ async def update(request: CCFRequest) -> Reply:
     return await _replace(request, record, body)
 
 
-def _merge(target: Any, patch: Any) -> Any:
+def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7396 JSON merge patch."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
@@ -135,14 +150,14 @@ def _merge(target: Any, patch: Any) -> Any:
         if value is None:
             out.pop(key, None)
         else:
-            out[key] = _merge(out.get(key), value)
+            out[key] = merge_patch(out.get(key), value)
     return out
 
 
 @operation(API, "PATCH", "/onboardedInvokers/{onboardingId}", media=MERGE_PATCH)
 async def modify(request: CCFRequest) -> Reply:
     record = await _own(request)
-    merged = _merge(record.body["enrolment"], request.body)
+    merged = merge_patch(record.body["enrolment"], request.body)
     if not isinstance(merged.get("onboardingInformation"), dict) or "notificationDestination" not in merged:
         raise CAPIFError("the patch removes a required member of the enrolment", status=400)
     return await _replace(request, record, merged)
