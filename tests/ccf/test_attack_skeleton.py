@@ -161,8 +161,6 @@ def jti_of(token: str) -> str:
 
 # ============================================================================================ findings (xfail)
 
-@pytest.mark.xfail(strict=True, reason="PATCH is validated with media type application/json against an operation "
-                   "whose only request media type is application/merge-patch+json: UnknownOperation -> 500 always")
 async def test_patch_is_served_and_only_for_the_caller(world: World) -> None:
     a, b = await onboard(world), await onboard(world)
     async with await world.connect(b) as conn:
