@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from m2msec.capif.ccf.admin import issue_credential
 from m2msec.capif.ccf.config import CCFConfig
 from m2msec.capif.ccf.server import RunningCCF, running_ccf
 from m2msec.capif.client import Answer, CCFConnection
-from m2msec.capif.tokens import issue_onboarding_credential
 from m2msec.store import KeyStore, open_store
 
 CCF_HOST = "ccf.test.example"
@@ -57,9 +57,9 @@ class World:
                    audience: str | None = None, now: int | None = None) -> str:
         """An onboarding credential signed with the CCF's own key (what `m2msec ccf onboarding-credential` does)."""
         ccf = self.ccf.ccf
-        return issue_onboarding_credential(ccf.token_key, issuer=ccf.policy.issuer, subject=subject,
-                                           lifetime=lifetime, now=int(ccf.clock()) if now is None else now,
-                                           jti=jti or f"jti-{next(self._ids)}", audience=audience)
+        return issue_credential(self.store, issuer=ccf.policy.issuer, subject=subject, lifetime=lifetime,
+                                now=int(ccf.clock()) if now is None else now, jti=jti or f"jti-{next(self._ids)}",
+                                audience=audience).token
 
     async def connect(self, who: Identity | None = None) -> CCFConnection:
         return await CCFConnection.open(

@@ -76,8 +76,10 @@ async def test_serve_onboard_revoke(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+    # revoking a used credential offboards what it onboarded; a jti never issued is an error
     used = ccf(tmp_path, "revoke-credential", alice_jti(issued.stderr))
-    one_line_error(used, "already used")
+    assert used.returncode == 0 and "offboarded" in used.stdout, used.stdout + used.stderr
+    one_line_error(ccf(tmp_path, "revoke-credential", "never-issued"), "no onboarding credential")
 
 
 def alice_jti(stderr: str) -> str:

@@ -25,7 +25,7 @@ def optional_server(pki: dict[str, Cert]) -> TLSContext:
 
 
 def anonymous_client(pki: dict[str, Cert], trust: str = "root") -> TLSContext:
-    return TLSContext.client(ClientConfig(None, profiles=(ECDHE_ECDSA,),
+    return TLSContext.client(ClientConfig(None, profiles=(ECDHE_ECDSA,), server_authentication_only=True,
                                           certificate=CertificateConfig(b"", b"", pki[trust].pem)))
 
 

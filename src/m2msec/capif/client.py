@@ -88,7 +88,7 @@ class CCFConnection:
         if (certificate_pem is None) != (private_key_pem is None):
             raise ConfigurationError("give the certificate and its private key, or neither")
         context = TLSContext.client(ClientConfig(
-            None, profiles=(ECDHE_ECDSA,), server_name=ccf_host,
+            None, profiles=(ECDHE_ECDSA,), server_name=ccf_host, server_authentication_only=certificate_pem is None,
             certificate=CertificateConfig(certificate_pem or b"", private_key_pem or b"", ca_pem)))
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=2**16, loop=loop)
@@ -136,8 +136,9 @@ class CCFConnection:
         application/x-www-form-urlencoded, ``raw`` as given (with ``content_type``)."""
         hdrs = [("host", self.ccf_host), ("accept", "application/json")]
         data = b""
-        if json_body is not None:
-            data, content_type = json.dumps(json_body).encode(), content_type or "application/json"
+        if json_body is not None:  # a CAPIF PATCH body is a JSON merge patch (RFC 7396)
+            default = "application/merge-patch+json" if method.upper() == "PATCH" else "application/json"
+            data, content_type = json.dumps(json_body).encode(), content_type or default
         elif form is not None:
             data = urllib.parse.urlencode(dict(form)).encode()
             content_type = content_type or "application/x-www-form-urlencoded"

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final
 
-from m2msec.errors import ConfigurationError, Conflict
+from m2msec.errors import ConfigurationError
 
 __all__ = ["DEFAULT_CREDENTIAL_LIFETIME", "MAX_CREDENTIAL_LIFETIME", "add_parser"]
 
@@ -58,12 +58,10 @@ def _when(seconds: float) -> str:
 
 
 def _credential(args: argparse.Namespace) -> int:
-    import secrets
     import time
 
-    from m2msec.capif.ccf.context import load_or_create_token_key
+    from m2msec.capif.ccf.admin import issue_credential
     from m2msec.capif.ccf.server import open_ccf_store
-    from m2msec.capif.tokens import issue_onboarding_credential
     from m2msec.keys.files import check_new_file, write_secret_file
 
     config = _config(args)
@@ -73,42 +71,36 @@ def _credential(args: argparse.Namespace) -> int:
         raise ConfigurationError("--subject must be 1..256 printable characters")
     if args.out is not None:
         check_new_file(args.out)
-    now, jti = int(time.time()), secrets.token_hex(16)
     with open_ccf_store(config) as store:
-        key = load_or_create_token_key(store)
-    token = issue_onboarding_credential(key, issuer=config.ccf_host, subject=args.subject, lifetime=args.lifetime,
-                                        now=now, jti=jti, audience=config.onboarding_audience or None)
+        issued = issue_credential(store, issuer=config.ccf_host, subject=args.subject, lifetime=args.lifetime,
+                                  now=int(time.time()), audience=config.onboarding_audience or None)
     if args.out is not None:
-        write_secret_file(args.out, token + "\n")
+        write_secret_file(args.out, issued.token + "\n")
     else:
-        print(token)
-    print(f"onboarding credential for {args.subject!r}: jti {jti}, valid until {_when(now + args.lifetime)}"
+        print(issued.token)
+    print(f"onboarding credential for {args.subject!r}: jti {issued.jti}, valid until {_when(issued.expires)}"
           + (f", written to {args.out}" if args.out is not None else ""), file=sys.stderr)
     return 0
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    import time
-
-    from m2msec.capif.ccf.invokers import REVOKED_KIND
-    from m2msec.capif.ccf.server import open_ccf_store
-    from m2msec.store import Document
+    from m2msec.capif.ccf import http
+    from m2msec.capif.ccf.admin import revoke_credential
+    from m2msec.capif.ccf.context import CCFPolicy
+    from m2msec.capif.ccf.server import open_ccf, open_ccf_store
+    from m2msec.errors import CAPIFError
 
     config = _config(args)
     jti = args.jti.strip()
     if not jti or len(jti) > 256 or not jti.isprintable():
         raise ConfigurationError("the jti must be 1..256 printable characters")
     with open_ccf_store(config) as store:
+        ccf = open_ccf(store, CCFPolicy(config.ccf_host, config.api_root or f"https://{config.ccf_host}"))
+        http.load_modules()
         try:
-            store.put_document(Document(REVOKED_KIND, "jti:" + jti, {"reason": "revoked", "at": time.time()}))
-        except Conflict:
-            doc = store.get_document(REVOKED_KIND, "jti:" + jti)
-            if doc is not None and doc.body.get("reason") == "used":
-                raise ConfigurationError(f"credential {jti} was already used (by {doc.body.get('by')}); offboard "
-                                         "that invoker instead") from None
-            print(f"credential {jti} was already revoked")
-            return 0
-    print(f"revoked onboarding credential {jti}")
+            print(asyncio.run(revoke_credential(ccf, jti)))
+        except CAPIFError as exc:
+            raise ConfigurationError(exc.detail) from None
     return 0
 
 

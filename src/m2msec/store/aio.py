@@ -78,8 +78,8 @@ class AsyncKeyStore:
     async def delete_registration(self, owner: str) -> None:
         await asyncio.to_thread(self.store.delete_registration, owner)
 
-    async def put_document(self, document: Document, *, replace: bool = False) -> None:
-        await asyncio.to_thread(lambda: self.store.put_document(document, replace=replace))
+    async def put_document(self, document: Document, *, replace: bool = False, expect: Document | None = None) -> None:
+        await asyncio.to_thread(lambda: self.store.put_document(document, replace=replace, expect=expect))
 
     async def get_document(self, kind: str, record_id: str) -> Document | None:
         if self.inline_reads:

@@ -156,12 +156,20 @@ class KeyStore(ABC):
         self._exec("INSERT INTO sealed_record (kind, id, expires, meta, nonce, sealed) VALUES (?, ?, ?, ?, ?, ?)",
                    (kind, record_id, expires, meta, nonce, sealed))
 
-    def _replace(self, kind: str, record_id: str, expires: float | None, meta: str, key: SecretKey | None) -> None:
+    def _replace(self, kind: str, record_id: str, expires: float | None, meta: str, key: SecretKey | None,
+                 expect_meta: str | None = None) -> None:
         if not _storable(record_id):
             raise NotFound(f"no {kind} record {record_id!r}")
         nonce, sealed = self._sealed_row(kind, record_id, expires, meta, key)
-        _, count = self._exec("UPDATE sealed_record SET expires = ?, meta = ?, nonce = ?, sealed = ? "
-                              "WHERE kind = ? AND id = ?", (expires, meta, nonce, sealed, kind, record_id))
+        if expect_meta is None:
+            _, count = self._exec("UPDATE sealed_record SET expires = ?, meta = ?, nonce = ?, sealed = ? "
+                                  "WHERE kind = ? AND id = ?", (expires, meta, nonce, sealed, kind, record_id))
+        else:  # compare-and-swap: only over the version the caller read
+            _, count = self._exec("UPDATE sealed_record SET expires = ?, meta = ?, nonce = ?, sealed = ? "
+                                  "WHERE kind = ? AND id = ? AND meta = ?",
+                                  (expires, meta, nonce, sealed, kind, record_id, expect_meta))
+            if count == 0 and self._get_row(kind, record_id) is not None:
+                raise Conflict(f"the {kind} record {record_id!r} changed meanwhile")
         if count == 0:
             raise NotFound(f"no {kind} record {record_id!r}")
 
@@ -191,11 +199,15 @@ class KeyStore(ABC):
         return (SecretKey(plain) if plain else None), when, meta
 
     # -- the services' JSON documents (CAPIF)
-    def put_document(self, document: Document, *, replace: bool = False) -> None:
+    def put_document(self, document: Document, *, replace: bool = False, expect: Document | None = None) -> None:
         """Store ``document``: a new record (``Conflict`` when its id exists), or with ``replace`` an existing one
-        (``NotFound`` when there is none)."""
-        if replace:
-            self._replace(document.kind, document.record_id, document.expires, document.meta(), document.key)
+        (``NotFound`` when there is none). With ``expect`` (implies ``replace``): only if the record still holds
+        ``expect``'s body, else ``Conflict`` (compare-and-swap: an update based on a stale read never lands)."""
+        if expect is not None and (expect.kind, expect.record_id) != (document.kind, document.record_id):
+            raise StorageError("expect must be the same record")
+        if replace or expect is not None:
+            self._replace(document.kind, document.record_id, document.expires, document.meta(), document.key,
+                          None if expect is None else expect.meta())
         else:
             self._insert(document.kind, document.record_id, document.expires, document.meta(), document.key)
 

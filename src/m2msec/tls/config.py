@@ -108,3 +108,7 @@ class ClientConfig:
     peer_entity: str | None = None
     server_name: str | None = None
     certificate: CertificateConfig | None = None
+    #: certificate suites without a certificate of the client's own: ``certificate`` holds only the trust anchors
+    #: (empty chain and key) and the server alone is authenticated (CAPIF onboarding, TS 33.122 §6.1). Explicit, so
+    #: that empty certificate files given anywhere else stay a configuration error.
+    server_authentication_only: bool = False

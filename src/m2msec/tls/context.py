@@ -229,7 +229,10 @@ class TLSContext:
         if any(p.mutual_certificates for p in config.profiles):
             if cred is None or cred.trust_anchors_pem is None:
                 raise ConfigurationError("a certificate client needs its certificate, key and trust anchors")
-            if cred.chain_pem or cred.private_key_pem:  # neither: authenticate the server only (CAPIF onboarding)
+            if config.server_authentication_only:  # CAPIF onboarding: the server alone is authenticated
+                if cred.chain_pem or cred.private_key_pem:
+                    raise ConfigurationError("server_authentication_only takes no certificate of the client's own")
+            else:
                 self._use_credential(ctx, cred, "client")
         if config.psk_identity is None or config.psk is None:
             if config.psk_identity is not None or config.psk is not None:

@@ -67,6 +67,11 @@ def sa_share(wanted: int, total: int) -> int:
     return max(1, min(wanted, total // SA_SHARE_DIVISOR))
 
 
+#: what a client without a PSK or certificate is counted as (a server with an optional client certificate); its
+#: connections count per source address (the CCF's onboarding clients: one host cannot hold them all)
+ANONYMOUS = "anonymous"
+
+
 def sa_key(session: SessionInfo) -> str:
     """What one authenticated client is counted as: its PSK identity, else its certificate's SHA-256 fingerprint.
 
@@ -78,7 +83,7 @@ def sa_key(session: SessionInfo) -> str:
     cert = session.peer_certificate
     if cert is not None:
         return "cert:" + cert.fingerprint(hashes.SHA256()).hex()
-    return "anonymous"
+    return ANONYMOUS
 
 
 def source_of(peer: Any) -> str:
@@ -226,6 +231,8 @@ class Slot:
         if limiter.per_sa is None:
             return True
         key = sa_key(session)
+        if key == ANONYMOUS:  # no credential to count by (CAPIF onboarding): each source address is its own
+            key = f"{ANONYMOUS}:{self.source}"
         if not limiter.per_sa.acquire(key):
             log.warning("connection from %s closed: its credential (%s) holds %d connections already",
                         peer, session.authentication, limiter.per_sa.limit)

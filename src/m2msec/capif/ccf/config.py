@@ -8,7 +8,9 @@ same name; unknown keys and wrong types are :class:`~m2msec.errors.Configuration
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -35,6 +37,30 @@ def default_store_url() -> str:
     from m2msec.cli.common import default_db
 
     return "sqlite://" + str(default_db().with_name("ccf.db"))
+
+
+def _origin(text: str) -> str:
+    """``https://host[:port]`` exactly (a trailing ``/`` dropped): what every Location header starts with."""
+    bad = ConfigurationError("api_root must be https://host[:port] (no path, query, fragment or user)")
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise bad
+    try:
+        url = urllib.parse.urlsplit(text.removesuffix("/"))
+        port = url.port
+    except ValueError:
+        raise bad from None
+    host = url.hostname
+    if url.scheme != "https" or not host or url.path or url.query or url.fragment or "@" in url.netloc or port == 0:
+        raise bad
+    if ":" not in host:  # not an IPv6 literal: an IPv4 address or a host name
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            try:
+                validate_fqdn(host.rstrip("."), role="api_root host")
+            except IdentifierError:
+                raise bad from None
+    return f"https://{url.netloc}"
 
 
 @dataclass(frozen=True)
@@ -66,8 +92,8 @@ class CCFConfig:
             raise ConfigurationError("certificate_days must be 1..3650")
         if not self.handshake_timeout > 0:
             raise ConfigurationError("handshake_timeout must be a positive number of seconds")
-        if self.api_root and not (self.api_root.startswith("https://") and "/" not in self.api_root[8:].rstrip("/")):
-            raise ConfigurationError("api_root must be https://host[:port]")
+        if self.api_root:
+            object.__setattr__(self, "api_root", _origin(self.api_root))
 
     @property
     def store_url(self) -> str:

@@ -17,9 +17,9 @@ checked against the official file and a violation becomes a 500, so that no test
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -30,23 +30,29 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from m2msec.asgi.scope import EXTENSION, TLSExtension
+from m2msec.capif.ccf.body import (
+    ANONYMOUS_MAX_BODY,
+    FORM,
+    INVALID_MSG_FORMAT,
+    JSON,
+    MAX_BODY,
+    MERGE_PATCH,
+    ClientGone,
+    read_body,
+)
 from m2msec.capif.ccf.context import CCF, Caller
 from m2msec.capif.schema import SchemaViolation, validate_request, validate_response
-from m2msec.errors import CAPIFError, StorageError
+from m2msec.errors import CAPIFError, Conflict, NotFound, StorageError
 
-__all__ = ["JSON", "MAX_BODY", "MERGE_PATCH", "OPERATIONS", "PROBLEM", "CCFRequest", "Operation", "Reply",
-           "create_app", "operation", "problem"]
+__all__ = ["FORM", "INVALID_MSG_FORMAT", "JSON", "MAX_BODY", "MERGE_PATCH", "OPERATIONS", "PROBLEM", "CCFRequest",
+           "Operation", "Reply", "create_app", "load_modules", "operation", "problem"]
 
 log = logging.getLogger("m2msec.ccf")
 
-JSON: Final = "application/json"
-MERGE_PATCH: Final = "application/merge-patch+json"
-FORM: Final = "application/x-www-form-urlencoded"
 PROBLEM: Final = "application/problem+json"
-#: the largest request body the CCF reads (a CSR is at most 16 KiB, certificates.MAX_CSR_PEM)
-MAX_BODY: Final = 256 * 1024
-#: ProblemDetails.cause of a body that breaks the official schema or is not JSON (TS 29.500 §5.2.7.2)
-INVALID_MSG_FORMAT: Final = "INVALID_MSG_FORMAT"
+#: D143: request bodies are checked against the official schemas in worker threads, this many at once (a large
+#: body takes the validator a while: the event loop, and every other client, must not wait for it)
+VALIDATION_THREADS: Final = 2
 _TITLES: Final = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
                   405: "Method Not Allowed", 409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
                   415: "Unsupported Media Type", 500: "Internal Server Error", 503: "Service Unavailable"}
@@ -82,9 +88,9 @@ class CCFRequest:
     caller: Caller
     params: dict[str, str]
     query: dict[str, str]
-    body: Any
+    body: Any = field(repr=False)
     #: the request's headers (lower-case names; a repeated header's values joined by ", ")
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def header(self, name: str) -> str | None:
         """The one value of header ``name``; a repeated header is refused (400), never read once and used twice."""
@@ -94,6 +100,8 @@ class CCFRequest:
         return values[0] if values else None
 
     _raw_headers: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    #: what the operation's ``precheck`` returned (run before the body was read)
+    checked: Any = field(default=None, repr=False)
 
     @property
     def tls(self) -> TLSExtension:
@@ -114,6 +122,8 @@ class Operation:
     official: bool = True
     #: how a refusal is answered (None: ProblemDetails); the token endpoint's are AccessTokenErr bodies
     render_error: Callable[[CAPIFError], Reply] | None = None
+    #: run before the body is read (the body is then None): refuse early and cheaply, e.g. a bad credential
+    precheck: Callable[[CCFRequest], Awaitable[Any]] | None = None
 
     @property
     def name(self) -> str:
@@ -130,74 +140,19 @@ OPERATIONS: list[Operation] = []
 
 
 def operation(api: str, method: str, path: str, *, media: str | None = JSON, official: bool = True,
-              render_error: Callable[[CAPIFError], Reply] | None = None) -> Callable[[Handler], Handler]:
+              render_error: Callable[[CAPIFError], Reply] | None = None,
+              precheck: Callable[[CCFRequest], Awaitable[Any]] | None = None) -> Callable[[Handler], Handler]:
     """Declare ``handler`` as ``method path`` of ``api`` (the official file's path template); ``media`` is the
     request body's media type (None: no body; ``application/merge-patch+json`` for PATCH). ``official=False``: a
     non-3GPP resource under the API's root (documented as such), without a body schema to check.
     ``render_error``: the answer to a CAPIFError of this operation (also of its body's parsing) instead of
-    ProblemDetails."""
+    ProblemDetails. ``precheck``: run before the body is read (its result is ``request.checked``)."""
 
     def register(handler: Handler) -> Handler:
-        OPERATIONS.append(Operation(api, method.upper(), path, handler, media, official, render_error))
+        OPERATIONS.append(Operation(api, method.upper(), path, handler, media, official, render_error, precheck))
         return handler
 
     return register
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"member {key[:64]!r} is repeated")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def parse_json(raw: bytes) -> Any:
-    """Strict JSON: UTF-8, no repeated member at any depth, no NaN/Infinity. Raises ValueError."""
-    return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-
-
-def _parse_form(raw: bytes) -> dict[str, str]:
-    try:
-        pairs = urllib.parse.parse_qsl(raw.decode("ascii"), keep_blank_values=True, strict_parsing=True,
-                                       max_num_fields=32)
-    except (UnicodeDecodeError, ValueError):
-        raise CAPIFError("the body is not application/x-www-form-urlencoded", status=400,
-                         cause=INVALID_MSG_FORMAT) from None
-    out: dict[str, str] = {}
-    for key, value in pairs:
-        if key in out:
-            raise CAPIFError(f"form parameter {key[:64]!r} is repeated", status=400, cause=INVALID_MSG_FORMAT)
-        out[key] = value
-    return out
-
-
-async def _read_body(request: Request, op: Operation) -> Any:
-    if op.media is None:
-        return None
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != op.media and not (op.media == MERGE_PATCH and media == JSON):
-        raise CAPIFError(f"the request body must be {op.media}", status=415)
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-        raise CAPIFError(f"the largest request body is {MAX_BODY} bytes", status=413)
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY:
-            raise CAPIFError(f"the largest request body is {MAX_BODY} bytes", status=413)
-    if op.media == FORM:
-        return _parse_form(raw)
-    try:
-        return parse_json(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        detail = str(exc) if isinstance(exc, ValueError) and "repeated" in str(exc) else "not strict JSON"
-        raise CAPIFError(f"the request body is {detail}", status=400, cause=INVALID_MSG_FORMAT) from None
 
 
 def _query(request: Request) -> dict[str, str]:
@@ -211,15 +166,22 @@ def _query(request: Request) -> dict[str, str]:
 
 def _render(reply: Reply) -> Response:
     headers = dict(reply.headers)
+    if reply.status == 401 and "WWW-Authenticate" not in headers:  # RFC 9110 §15.5.2
+        headers["WWW-Authenticate"] = 'Bearer realm="CAPIF"'
     if reply.body is None:
         return Response(status_code=reply.status, headers=headers)
-    body = json.dumps(reply.body, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        body = json.dumps(reply.body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, TypeError, RecursionError) as exc:  # never a half-written or non-JSON answer
+        log.error("an answer could not be written as JSON: %s", type(exc).__name__)
+        return _render(problem(500, "the CCF failed to answer this request"))
     return Response(body, status_code=reply.status, headers=headers, media_type=reply.content_type)
 
 
-def _handle(ccf: CCF, op: Operation, validate_responses: bool) -> Callable[[Request], Awaitable[Response]]:
+def _handle(ccf: CCF, op: Operation, validate_responses: bool,
+            limit: asyncio.Semaphore) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        reply = await _answer(ccf, op, request)
+        reply = await _answer(ccf, op, request, limit)
         if validate_responses and op.official:
             try:
                 validate_response(op.api, op.name, reply.status, reply.body, reply.content_type)
@@ -231,30 +193,56 @@ def _handle(ccf: CCF, op: Operation, validate_responses: bool) -> Callable[[Requ
     return endpoint
 
 
-async def _answer(ccf: CCF, op: Operation, request: Request) -> Reply:
+def _headers(request: Request) -> tuple[dict[str, str], dict[str, list[str]]]:
+    raw: dict[str, list[str]] = {}
+    for key, value in request.headers.items():
+        raw.setdefault(key.lower(), []).append(value)
+    return {k: ", ".join(v) for k, v in raw.items()}, raw
+
+
+async def _validate(op: Operation, body: Any, limit: asyncio.Semaphore) -> Reply | None:
+    async with limit:
+        try:
+            await asyncio.to_thread(validate_request, op.api, op.name, body, op.media)
+        except SchemaViolation as exc:
+            where, _, reason = str(exc).partition(": ")[2].partition(": ")
+            return problem(400, f"the body breaks the {op.api} schema: {where}: {reason}"[:512],
+                           INVALID_MSG_FORMAT, [(where, reason[:256])])
+    return None
+
+
+async def _answer(ccf: CCF, op: Operation, request: Request, limit: asyncio.Semaphore) -> Reply:
     try:
         tls = (request.scope.get("extensions") or {}).get(EXTENSION)
         if not isinstance(tls, TLSExtension):
             return problem(403, "requests reach the CCF only over its TLS")
         caller = Caller.of(tls)
-        body = await _read_body(request, op)
+        headers, raw = _headers(request)
+        req = CCFRequest(ccf, caller, dict(request.path_params), _query(request), None, headers, raw)
+        if op.precheck is not None:
+            req.checked = await op.precheck(req)
+        req.body = await read_body(request, op.media,
+                                   limit=MAX_BODY if caller.certificate is not None else ANONYMOUS_MAX_BODY)
         if op.media not in (None, FORM):
-            try:
-                validate_request(op.api, op.name, body, op.media)
-            except SchemaViolation as exc:
-                where, _, reason = str(exc).partition(": ")[2].partition(": ")
-                return problem(400, f"the body breaks the {op.api} schema: {where}: {reason}"[:512],
-                               INVALID_MSG_FORMAT, [(where, reason[:256])])
-        query = _query(request)
-        raw: dict[str, list[str]] = {}
-        for key, value in request.headers.items():
-            raw.setdefault(key.lower(), []).append(value)
-        headers = {k: ", ".join(v) for k, v in raw.items()}
-        return await op.handler(CCFRequest(ccf, caller, dict(request.path_params), query, body, headers, raw))
+            refused = await _validate(op, req.body, limit)
+            if refused is not None:
+                return refused
+        return await op.handler(req)
     except CAPIFError as exc:
         if op.render_error is not None:
             return op.render_error(exc)
-        return problem(exc.status, exc.detail, exc.cause)
+        reply = problem(exc.status, exc.detail, exc.cause)
+        bearer = getattr(exc, "bearer_error", None)
+        if exc.status == 401 and bearer:
+            reply.headers["WWW-Authenticate"] = f'Bearer realm="CAPIF", error="{bearer}"'
+        return reply
+    except ClientGone:
+        log.debug("client left in the middle of its request (%s)", op.name)
+        return problem(400, "the request body was not complete")
+    except NotFound:  # the record went away while the request was served (e.g. offboarded meanwhile)
+        return problem(404, "the resource no longer exists")
+    except Conflict:
+        return problem(409, "the resource changed while this request was served; read it again and retry")
     except StorageError as exc:
         log.error("key store error in %s: %s", op.name, type(exc).__name__)
         return problem(503, "the key store cannot be used now; retry later")
@@ -266,21 +254,31 @@ async def _answer(ccf: CCF, op: Operation, request: Request) -> Reply:
 async def _not_found(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 404)
     detail = "no such method for this resource" if status == 405 else "no such resource at this CCF"
-    return _render(problem(status, detail))
+    reply = problem(status, detail)
+    reply.headers.update(getattr(exc, "headers", None) or {})  # 405: Allow
+    return _render(reply)
+
+
+def load_modules() -> None:
+    """Import every API module: their operations, and the hooks they register with one another."""
+    from m2msec.capif.ccf import discover, events, invokers, providers, publish, security  # noqa: F401
 
 
 def create_app(ccf: CCF, *, validate_responses: bool = False) -> Starlette:
     """The CCF's ASGI application (serve it with :func:`m2msec.asgi.serve`)."""
-    from m2msec.capif.ccf import discover, events, invokers, providers, publish, security  # noqa: F401
+    load_modules()
 
     routes: dict[str, list[Operation]] = {}
     for op in OPERATIONS:
         routes.setdefault(op.route, []).append(op)
+    limit = asyncio.Semaphore(VALIDATION_THREADS)
     table = []
     for path, ops in routes.items():
         for op in ops:
-            table.append(Route(path, _handle(ccf, op, validate_responses), methods=[op.method],
+            table.append(Route(path, _handle(ccf, op, validate_responses, limit), methods=[op.method],
                                name=f"{op.api} {op.name}"))
     from starlette.exceptions import HTTPException
 
-    return Starlette(routes=table, exception_handlers={HTTPException: _not_found})
+    app = Starlette(routes=table, exception_handlers={HTTPException: _not_found})
+    app.router.redirect_slashes = False  # never a redirect built from the client's Host header
+    return app

@@ -11,19 +11,24 @@ Every later call is made with that certificate, and only for the invoker it name
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any, Final
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from m2msec.capif.ccf.context import CCF, certificate_digest
-from m2msec.capif.ccf.http import MERGE_PATCH, CCFRequest, Reply, operation
+from m2msec.capif.ccf.http import INVALID_MSG_FORMAT, JSON, MERGE_PATCH, CCFRequest, Reply, operation
 from m2msec.capif.certificates import CAPIFRole, issue_capif_certificate, load_csr
+from m2msec.capif.schema import SchemaViolation, validate_request
 from m2msec.capif.tokens import INVALID_CREDENTIAL_CAUSE, OnboardingCredential, verify_onboarding_credential
-from m2msec.errors import CAPIFError, Conflict
+from m2msec.errors import CAPIFError, Conflict, StorageError
 from m2msec.store import Document
 
-__all__ = ["API", "INVOKER_KIND", "REVOKED_KIND", "invoker_location", "merge_patch", "onboarding_credential",
-           "purge_hooks", "spend_credential"]
+__all__ = ["API", "INVOKER_KIND", "REVOKED_KIND", "check_credential", "invoker_location", "merge_patch",
+           "offboard_invoker", "onboarding_credential", "purge_hooks", "spend_credential", "unspend_credential"]
+
+log = logging.getLogger("m2msec.ccf")
 
 API: Final = "api-invoker-management"
 INVOKER_KIND: Final = "capif-invoker"
@@ -93,17 +98,40 @@ def _answer(enrolment: dict[str, Any], invoker_id: str, cert_pem: str) -> dict[s
     return out
 
 
-@operation(API, "POST", "/onboardedInvokers")
+async def check_credential(request: CCFRequest) -> OnboardingCredential:
+    """The ``precheck`` of onboarding and registration: the credential verified and not yet spent or revoked,
+    before the body is read (an anonymous client gets no further without one)."""
+    credential = onboarding_credential(request)
+    if await request.ccf.store.get_document(REVOKED_KIND, "jti:" + credential.jti) is not None:
+        raise CAPIFError("the onboarding credential was already used or is revoked", status=401,
+                         cause=INVALID_CREDENTIAL_CAUSE)
+    return credential
+
+
+async def unspend_credential(ccf: CCF, credential: OnboardingCredential) -> None:
+    """Undo :func:`spend_credential` after the identity could not be stored (best effort: the store failed once)."""
+    try:
+        await ccf.store.delete_document(REVOKED_KIND, "jti:" + credential.jti)
+    except StorageError:
+        log.error("a spent onboarding credential could not be restored after a store failure")
+
+
+@operation(API, "POST", "/onboardedInvokers", precheck=check_credential)
 async def onboard(request: CCFRequest) -> Reply:
     ccf = request.ccf
-    credential = onboarding_credential(request)
+    credential: OnboardingCredential = request.checked
     body: dict[str, Any] = request.body
     invoker_id = INVOKER_ID_PREFIX + ccf.new_id()
+    # everything that can fail on this request's account comes before the credential is spent
     cert_pem, digest = _certify(ccf, body["onboardingInformation"].get("apiInvokerPublicKey"), invoker_id)
-    await spend_credential(ccf, credential, invoker_id)  # D121: spent first, atomically
     answer = _answer(body, invoker_id, cert_pem)
-    await ccf.store.put_document(Document(INVOKER_KIND, invoker_id, {
-        "enrolment": answer, "certificate": digest, "jti": credential.jti, "subject": credential.subject}))
+    await spend_credential(ccf, credential, invoker_id)  # D121: spent first, atomically
+    try:
+        await ccf.store.put_document(Document(INVOKER_KIND, invoker_id, {
+            "enrolment": answer, "certificate": digest, "jti": credential.jti, "subject": credential.subject}))
+    except BaseException:
+        await unspend_credential(ccf, credential)
+        raise
     await ccf.events.emit("API_INVOKER_ONBOARDED", {"apiInvokerIds": [invoker_id]})
     return Reply(201, answer, {"Location": invoker_location(ccf, invoker_id)})
 
@@ -116,19 +144,26 @@ async def _own(request: CCFRequest) -> Document:
     return record
 
 
+def _same_key(csr_pem: str, cert_pem: str) -> bool:
+    """Whether the CSR is over the key the current certificate certifies (its text may differ: line ends...)."""
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    current = x509.load_pem_x509_certificate(cert_pem.encode("ascii")).public_key().public_bytes(*spki)
+    return load_csr(csr_pem).public_key().public_bytes(*spki) == current
+
+
 async def _replace(request: CCFRequest, record: Document, enrolment: dict[str, Any]) -> Reply:
     ccf, invoker_id = request.ccf, record.record_id
     old = record.body["enrolment"]
-    info = enrolment.get("onboardingInformation") or {}
-    new_key = info.get("apiInvokerPublicKey")
+    cert_pem = old["onboardingInformation"]["apiInvokerCertificate"]
+    new_key = (enrolment.get("onboardingInformation") or {}).get("apiInvokerPublicKey")
     body = dict(record.body)
-    if new_key is not None and new_key != old.get("onboardingInformation", {}).get("apiInvokerPublicKey"):
+    if isinstance(new_key, str) and not _same_key(new_key, cert_pem):
         cert_pem, body["certificate"] = _certify(ccf, new_key, invoker_id)  # the old certificate stops working
-    else:
-        cert_pem = old["onboardingInformation"]["apiInvokerCertificate"]
     answer = _answer(enrolment, invoker_id, cert_pem)
     body["enrolment"] = answer
-    await ccf.store.put_document(Document(INVOKER_KIND, invoker_id, body), replace=True)
+    # compare-and-swap over the record this request was authenticated with (D144): an update authenticated with a
+    # certificate that a concurrent re-key retires never lands
+    await ccf.store.put_document(Document(INVOKER_KIND, invoker_id, body), expect=record)
     return Reply(200, answer)
 
 
@@ -157,18 +192,29 @@ def merge_patch(target: Any, patch: Any) -> Any:
 @operation(API, "PATCH", "/onboardedInvokers/{onboardingId}", media=MERGE_PATCH)
 async def modify(request: CCFRequest) -> Reply:
     record = await _own(request)
-    merged = merge_patch(record.body["enrolment"], request.body)
-    if not isinstance(merged.get("onboardingInformation"), dict) or "notificationDestination" not in merged:
-        raise CAPIFError("the patch removes a required member of the enrolment", status=400)
+    merged = merge_patch(copy.deepcopy(record.body["enrolment"]), request.body)  # the record must stay as read
+    merged.pop("apiInvokerId", None)
+    if isinstance(merged.get("onboardingInformation"), dict):
+        merged["onboardingInformation"].pop("apiInvokerCertificate", None)
+    try:  # the result must be an enrolment the official schema admits, as a PUT body would be
+        validate_request(API, "PUT /onboardedInvokers/{onboardingId}", merged, JSON)
+    except SchemaViolation as exc:
+        raise CAPIFError(f"the patched enrolment breaks the schema: {str(exc).partition(': ')[2]}"[:512],
+                         status=400, cause=INVALID_MSG_FORMAT) from None
     return await _replace(request, record, merged)
+
+
+async def offboard_invoker(ccf: CCF, invoker_id: str) -> None:
+    """Offboard ``invoker_id``: its record (its certificate stops working), what the purge hooks hold for it
+    (security context, AEFPSKs, subscriptions), then the event. Raises NotFound when there is no such invoker."""
+    await ccf.store.delete_document(INVOKER_KIND, invoker_id)
+    for hook in purge_hooks:
+        await hook(ccf, invoker_id)
+    await ccf.events.emit("API_INVOKER_OFFBOARDED", {"apiInvokerIds": [invoker_id]})
 
 
 @operation(API, "DELETE", "/onboardedInvokers/{onboardingId}", media=None)
 async def offboard(request: CCFRequest) -> Reply:
     record = await _own(request)
-    ccf = request.ccf
-    await ccf.store.delete_document(INVOKER_KIND, record.record_id)
-    for hook in purge_hooks:
-        await hook(ccf, record.record_id)
-    await ccf.events.emit("API_INVOKER_OFFBOARDED", {"apiInvokerIds": [record.record_id]})
+    await offboard_invoker(request.ccf, record.record_id)
     return Reply(204)
