@@ -71,7 +71,7 @@ AUTHENTICATION_INFO_ENCODING: Final[Callable[[bytes], str]] = bytes.hex
 #: docs/decisions.md D140: the official callback the invoker is told of a revocation with (TS 29.222 §8.5: the
 #: ``notificationDestination`` callback of the PUT, body ``SecurityNotification``)
 SECURITY_NOTIFICATION: Final = "POST /trustedInvokers/{apiInvokerId} callback notificationDestination"
-#: docs/decisions.md D140: the ``Cause`` of the SecurityNotification of a withdrawn service API (publish DELETE,
+#: docs/decisions.md D141: the ``Cause`` of the SecurityNotification of a withdrawn service API (publish DELETE,
 #: provider deregistration): TS 29.222 defines OVERLIMIT_USAGE and UNEXPECTED_REASON only
 WITHDRAWN_CAUSE: Final = "UNEXPECTED_REASON"
 #: the members of a SecurityInformation only the CCF writes (an invoker's values are dropped)
