@@ -144,7 +144,7 @@ async def test_an_aef_entry_keeps_the_apis_not_withdrawn(world: World) -> None:
     api_a = await publish(world, p.apf, p.aef, iface, name="api-a")
     api_b = await publish(world, p.apf, p.aef, iface, name="api-b")
     inv = await onboard(world)
-    async with notifier(world), Receiver() as rx:
+    async with notifier(world) as events, Receiver() as rx:
         await put_context(world, inv, rx.url(), {"aefId": p.aef.identity, "prefSecurityMethods": ["PSK"]})
         [record] = aefpsk_records(world, invoker=inv.identity)
         key = record.key
@@ -160,6 +160,7 @@ async def test_an_aef_entry_keeps_the_apis_not_withdrawn(world: World) -> None:
         assert entry["authenticationInfo"] == key.reveal().hex()
         assert entry["authorizationInfo"] == f"3gpp#{p.aef.identity}:api-b"
         assert (await security_notification(rx))["apiIds"] == [api_a["apiId"]]
+        await events.drain()
 
 
 async def test_a_removed_aef_leaves_no_aefpsk(world: World) -> None:
@@ -168,7 +169,7 @@ async def test_a_removed_aef_leaves_no_aefpsk(world: World) -> None:
     api = await publish(world, p.apf, p.aef, name="api-gone")
     elsewhere = await publish(world, other.apf, other.aef, name="api-stays")
     inv = await onboard(world)
-    async with notifier(world), Receiver() as rx:
+    async with notifier(world) as events, Receiver() as rx:
         await put_context(world, inv, rx.url(),
                           {"aefId": p.aef.identity, "prefSecurityMethods": ["PSK"]},
                           {"aefId": other.aef.identity, "prefSecurityMethods": ["PSK"]})
@@ -188,6 +189,7 @@ async def test_a_removed_aef_leaves_no_aefpsk(world: World) -> None:
         assert await security_notification(rx) == {"apiInvokerId": inv.identity, "aefId": p.aef.identity,
                                                     "apiIds": [api["apiId"]], "cause": "UNEXPECTED_REASON"}
         assert world.store.get_document("capif-service", elsewhere["apiId"]) is not None
+        await events.drain()
 
 
 async def test_an_aef_revocation_is_told_to_the_invoker_and_its_own_delete_is_not(world: World) -> None:

@@ -17,9 +17,9 @@ import json
 import logging
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 from m2msec.capif.ccf.context import CCF
 from m2msec.capif.ccf.events_rules import check_destination, destination_origin, matches
@@ -31,6 +31,7 @@ __all__ = ["NOTIFICATION", "SUBSCRIPTION_KIND", "CallbackSink", "DeliveryPolicy"
            "start_notifier"]
 
 log = logging.getLogger("m2msec.ccf.events")
+_T = TypeVar("_T")
 
 SUBSCRIPTION_KIND: Final = "capif-subscription"
 #: the official name of the notification (the callback of the subscription POST), for validation
@@ -116,6 +117,8 @@ class Notifier:
         self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(self.policy.queue_size)
         self._deliveries: asyncio.Queue[_Delivery] = asyncio.Queue(self.policy.queue_size)
         self._tasks: list[asyncio.Task[None]] = []
+        #: store operations in progress (a store call runs in a thread: cancelling its task does not stop it)
+        self._store_calls: set[asyncio.Future[Any]] = set()
         #: counters (tests, operators): events dropped on a full queue, deliveries done and given up
         self.dropped = 0
         self.delivered = 0
@@ -164,6 +167,9 @@ class Notifier:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        # a store call still running in its thread would otherwise outlive the notifier, and the store may be
+        # closed under it as soon as this returns
+        await asyncio.gather(*list(self._store_calls), return_exceptions=True)
         if pending:
             log.warning("stopped with %d undelivered events or notifications", pending)
 
@@ -171,6 +177,13 @@ class Notifier:
         """Wait until every queued event has been dispatched and every delivery finished (or given up)."""
         await self._events.join()
         await self._deliveries.join()
+
+    async def _store(self, call: Awaitable[_T]) -> _T:
+        """Run a store call so that cancelling the caller lets it finish (:meth:`stop` waits for it)."""
+        future = asyncio.ensure_future(call)
+        self._store_calls.add(future)
+        future.add_done_callback(self._store_calls.discard)
+        return await asyncio.shield(future)
 
     async def _dispatch(self) -> None:
         while True:
@@ -183,7 +196,7 @@ class Notifier:
                 self._events.task_done()
 
     async def _fan_out(self, event: str, detail: dict[str, Any]) -> None:
-        for doc in await self.ccf.store.documents(SUBSCRIPTION_KIND):
+        for doc in await self._store(self.ccf.store.documents(SUBSCRIPTION_KIND)):
             subscription = doc.body.get("subscription") or {}
             if not matches(subscription, event, detail):
                 continue
@@ -209,13 +222,13 @@ class Notifier:
     async def _subscriber_exists(self, subscriber: str) -> bool:
         """A subscription outlives no subscriber (an invoker offboarded, a provider function deregistered)."""
         store = self.ccf.store
-        if await store.get_document("capif-invoker", subscriber) is not None:
+        if await self._store(store.get_document("capif-invoker", subscriber)) is not None:
             return True
-        return await store.get_document("capif-provider", "func:" + subscriber) is not None
+        return await self._store(store.get_document("capif-provider", "func:" + subscriber)) is not None
 
     async def _forget(self, subscription_id: str) -> None:
         with contextlib.suppress(NotFound):
-            await self.ccf.store.delete_document(SUBSCRIPTION_KIND, subscription_id)
+            await self._store(self.ccf.store.delete_document(SUBSCRIPTION_KIND, subscription_id))
         log.info("subscription %s dropped: its subscriber is gone", subscription_id)
 
     async def _work(self) -> None:
