@@ -213,3 +213,43 @@ async def test_an_aef_revocation_is_told_to_the_invoker_and_its_own_delete_is_no
         assert (await world.call(inv, "DELETE", f"{SECURITY}/{inv.identity}")).status == 204
         await events.drain()
         assert rx.count == 1
+
+
+async def test_an_updated_service_api_grants_only_what_it_still_publishes(world: World) -> None:
+    p = await register_provider(world)
+    iface_old, iface_new = interface_description(9201), interface_description(9202)
+    psk_api = await publish(world, p.apf, p.aef, iface_old, name="api-moved")
+    oauth_api = await publish(world, p.apf, p.aef, interface_description(9203), name="api-renamed")
+    inv = await onboard(world)
+    service = f"{PUBLISHED}/{p.apf.identity}/service-apis"
+    async with notifier(world) as events, Receiver() as rx:
+        await put_context(world, inv, rx.url(),
+                          {"interfaceDetails": iface_old, "prefSecurityMethods": ["PSK"]},
+                          {"aefId": p.aef.identity, "apiId": oauth_api["apiId"], "prefSecurityMethods": ["OAUTH"]})
+        assert len(aefpsk_records(world, invoker=inv.identity)) == 1
+        # the PSK API moves to another interface: the AEFPSK of the old one no longer names a published interface
+        moved = dict(psk_api)
+        moved["aefProfiles"] = [dict(psk_api["aefProfiles"][0], interfaceDescriptions=[iface_new])]
+        answer = await world.call(p.apf, "PUT", f"{service}/{psk_api['apiId']}", moved)
+        assert answer.status == 200, answer.body
+        assert aefpsk_records(world, invoker=inv.identity) == []
+        assert await security_notification(rx) == {"apiInvokerId": inv.identity, "aefId": p.aef.identity,
+                                                    "apiIds": [psk_api["apiId"]], "cause": "UNEXPECTED_REASON"}
+        got = await world.call(p.aef, "GET", f"{SECURITY}/{inv.identity}")
+        assert [e["selSecurityMethod"] for e in got.json()["securityInfo"]] == ["OAUTH"]
+        # the OAUTH API is renamed: the grant follows the new name, the old one is unknown
+        renamed = await world.call(p.apf, "PATCH", f"{service}/{oauth_api['apiId']}", {"apiName": "api-new-name"},
+                                   content_type="application/merge-patch+json")
+        assert renamed.status == 200, renamed.body
+        assert (await token(world, inv, f"{p.aef.identity}:api-new-name"))[0] == 200
+        assert (await token(world, inv, f"{p.aef.identity}:api-renamed"))[1]["error"] == "invalid_scope"
+        # OAUTH no longer published for it: revoked, and the context (now empty) is gone
+        no_oauth = await world.call(p.apf, "PATCH", f"{service}/{oauth_api['apiId']}", {"aefProfiles": [
+            dict(oauth_api["aefProfiles"][0], securityMethods=["PKI"],
+                 interfaceDescriptions=[dict(interface_description(9203), securityMethods=["PKI"])])]},
+                                    content_type="application/merge-patch+json")
+        assert no_oauth.status == 200, no_oauth.body
+        assert (await security_notification(rx))["apiIds"] == [oauth_api["apiId"]]
+        assert world.store.get_document("capif-security", inv.identity) is None
+        await events.drain()
+        assert rx.count == 2

@@ -40,6 +40,7 @@ from m2msec.capif.ccf.security_context import (
     SECURITY_KIND,
     PublishedService,
     entry_key,
+    narrow,
     psk_record_id,
     resolve_entry,
     revoke,
@@ -55,7 +56,7 @@ from m2msec.keys.secret import SecretKey
 from m2msec.store import Document
 
 __all__ = ["API", "AUTHENTICATION_INFO_ENCODING", "REPLACE_STATUS", "REVOKED_EVENT", "SECURITY_NOTIFICATION",
-           "WITHDRAWN_CAUSE", "forget_aefs", "purge", "security_location", "withdraw"]
+           "WITHDRAWN_CAUSE", "forget_aefs", "narrow_to_update", "purge", "security_location", "withdraw"]
 
 log = logging.getLogger("m2msec.ccf.security")
 
@@ -332,22 +333,44 @@ async def withdraw(ccf: CCF, api_ids: list[str]) -> None:
         old_entries: list[dict[str, Any]] = doc.body.get("entries", [])
         if not any(str(a[0]) in gone for e in old_entries for a in e.get("apis", [])):
             continue
-        context: dict[str, Any] = doc.body["context"]
-        info: list[dict[str, Any]] = context["securityInfo"]
+        info: list[dict[str, Any]] = doc.body["context"]["securityInfo"]
         entries = old_entries
         by_aef: dict[str, list[str]] = {}
         for aef_id in dict.fromkeys(str(e["aefId"]) for e in old_entries):
             info, entries, revoked = revoke(info, entries, aef_id, gone)
             if revoked:
                 by_aef[aef_id] = revoked
-        invoker_id = doc.record_id
-        if entries:
-            await _store(ccf, invoker_id, {**context, "securityInfo": info}, entries, {}, old_entries)
-        else:
-            await _remove(ccf, invoker_id, doc)
-        await _revoked(ccf, invoker_id, list(dict.fromkeys(i for ids in by_aef.values() for i in ids)))
-        for aef_id, revoked in by_aef.items():
-            _tell_invoker(ccf, invoker_id, context, aef_id, revoked, WITHDRAWN_CAUSE)
+        await _apply(ccf, doc, info, entries, by_aef)
+
+
+async def narrow_to_update(ccf: CCF, api_id: str, description: dict[str, Any]) -> None:
+    """D142 (a :data:`.publish.update_hooks` hook): a service API updated (publish PUT/PATCH) stops granting what its
+    new description no longer publishes (an AEF, an interface, the selected method), as a withdrawal of that API
+    for those entries (:func:`withdraw`'s consequences); entries still valid record its new ``apiName``."""
+    for doc in await ccf.store.documents(SECURITY_KIND):
+        old_entries: list[dict[str, Any]] = doc.body.get("entries", [])
+        if not any(str(a[0]) == api_id for e in old_entries for a in e.get("apis", [])):
+            continue
+        info, entries, lost = narrow(doc.body["context"]["securityInfo"], old_entries, api_id, description)
+        if lost or entries != old_entries:
+            await _apply(ccf, doc, info, entries, lost)
+
+
+async def _apply(ccf: CCF, doc: Document, info: list[dict[str, Any]], entries: list[dict[str, Any]],
+                 by_aef: dict[str, list[str]]) -> None:
+    """Store a context some service APIs were taken from (deleted when nothing is left), then emit the event and
+    tell the invoker (D140, cause :data:`WITHDRAWN_CAUSE`)."""
+    invoker_id, context = doc.record_id, doc.body["context"]
+    old_entries: list[dict[str, Any]] = doc.body.get("entries", [])
+    if entries:
+        await _store(ccf, invoker_id, {**context, "securityInfo": info}, entries, {}, old_entries)
+    else:
+        await _remove(ccf, invoker_id, doc)
+    if not by_aef:
+        return
+    await _revoked(ccf, invoker_id, list(dict.fromkeys(i for ids in by_aef.values() for i in ids)))
+    for aef_id, revoked in by_aef.items():
+        _tell_invoker(ccf, invoker_id, context, aef_id, revoked, WITHDRAWN_CAUSE)
 
 
 async def forget_aefs(ccf: CCF, aef_ids: Iterable[str]) -> None:
@@ -373,3 +396,5 @@ if purge not in purge_hooks:
     purge_hooks.append(purge)
 if withdraw not in publish.unpublish_hooks:
     publish.unpublish_hooks.append(withdraw)
+if narrow_to_update not in publish.update_hooks:
+    publish.update_hooks.append(narrow_to_update)
