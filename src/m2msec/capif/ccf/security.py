@@ -56,7 +56,8 @@ from m2msec.keys.secret import SecretKey
 from m2msec.store import Document
 
 __all__ = ["API", "AUTHENTICATION_INFO_ENCODING", "REPLACE_STATUS", "REVOKED_EVENT", "SECURITY_NOTIFICATION",
-           "WITHDRAWN_CAUSE", "forget_aefs", "narrow_to_update", "purge", "security_location", "withdraw"]
+           "UPDATED_CAUSE", "WITHDRAWN_CAUSE", "forget_aefs", "narrow_to_update", "purge", "security_location",
+           "withdraw"]
 
 log = logging.getLogger("m2msec.ccf.security")
 
@@ -75,6 +76,9 @@ SECURITY_NOTIFICATION: Final = "POST /trustedInvokers/{apiInvokerId} callback no
 #: docs/decisions.md D141: the ``Cause`` of the SecurityNotification of a withdrawn service API (publish DELETE,
 #: provider deregistration): TS 29.222 defines OVERLIMIT_USAGE and UNEXPECTED_REASON only
 WITHDRAWN_CAUSE: Final = "UNEXPECTED_REASON"
+#: docs/decisions.md D142: the ``Cause`` of the SecurityNotification of an entry a service API update no longer
+#: covers (its AEF, interface or selected method is no longer published for it; :func:`narrow_to_update`)
+UPDATED_CAUSE: Final = "UNEXPECTED_REASON"
 #: the members of a SecurityInformation only the CCF writes (an invoker's values are dropped)
 _CCF_MEMBERS: Final = ("selSecurityMethod", "authenticationInfo", "authorizationInfo")
 
@@ -340,7 +344,7 @@ async def withdraw(ccf: CCF, api_ids: list[str]) -> None:
             info, entries, revoked = revoke(info, entries, aef_id, gone)
             if revoked:
                 by_aef[aef_id] = revoked
-        await _apply(ccf, doc, info, entries, by_aef)
+        await _apply(ccf, doc, info, entries, by_aef, WITHDRAWN_CAUSE)
 
 
 async def narrow_to_update(ccf: CCF, api_id: str, description: dict[str, Any]) -> None:
@@ -353,13 +357,13 @@ async def narrow_to_update(ccf: CCF, api_id: str, description: dict[str, Any]) -
             continue
         info, entries, lost = narrow(doc.body["context"]["securityInfo"], old_entries, api_id, description)
         if lost or entries != old_entries:
-            await _apply(ccf, doc, info, entries, lost)
+            await _apply(ccf, doc, info, entries, lost, UPDATED_CAUSE)
 
 
 async def _apply(ccf: CCF, doc: Document, info: list[dict[str, Any]], entries: list[dict[str, Any]],
-                 by_aef: dict[str, list[str]]) -> None:
+                 by_aef: dict[str, list[str]], cause: str) -> None:
     """Store a context some service APIs were taken from (deleted when nothing is left), then emit the event and
-    tell the invoker (D140, cause :data:`WITHDRAWN_CAUSE`)."""
+    tell the invoker (D140) with ``cause``."""
     invoker_id, context = doc.record_id, doc.body["context"]
     old_entries: list[dict[str, Any]] = doc.body.get("entries", [])
     if entries:

@@ -33,7 +33,6 @@ __all__ = [
     "PSK_TLS_VERSIONS",
     "SECURITY_KIND",
     "UNKNOWN_AEF_CAUSE",
-    "UPDATE_KEEPS",
     "PublishedService",
     "Resolved",
     "api_names",
@@ -55,9 +54,6 @@ AEFPSK_KIND: Final = "capif-aefpsk"
 #: the TLS versions whose session can key AEFPSK (TS 33.122 Annex A.1: the master secret and the session ID of a
 #: full handshake; D130)
 PSK_TLS_VERSIONS: Final = frozenset({"TLSv1.2"})
-#: docs/decisions.md D142: what a service API update keeps granting an entry: the same AEF (and interface) still
-#: publishing it, with the method the entry selected, and for PSK the very interface (P0) its AEFPSK was derived for
-UPDATE_KEEPS: Final = ("aefId", "interface", "selSecurityMethod")
 #: the ``cause`` of a 400 for an entry naming no published AEF or interface, or an interface two AEFs publish
 UNKNOWN_AEF_CAUSE: Final = "UNKNOWN_AEF_OR_INTERFACE"
 
