@@ -5,8 +5,9 @@ A subscriber is an onboarded API invoker or a registered AEF, APF or AMF, with t
 that created it (404 under another). What each role may subscribe to and how filters apply: :mod:`.events_rules`
 (D133, D134); destinations: D136. Subscriptions are ``capif-subscription`` documents
 ``{"subscriber": id, "subscription": EventSubscription}``; an offboarded invoker's are deleted at once (a
-:data:`~.invokers.purge_hooks` hook), a deregistered function's when the next event finds its record gone (or at once
-through :func:`drop_subscriptions`). Delivery: :mod:`.events_notifier` (D135).
+:data:`~.invokers.purge_hooks` hook), a removed provider function's at once too (:mod:`.providers` calls
+:func:`drop_subscriptions`; the dispatcher also drops those whose subscriber's record is gone). Delivery:
+:mod:`.events_notifier` (D135), which also delivers the invoker's SecurityNotification (D140).
 """
 
 from __future__ import annotations

@@ -17,19 +17,21 @@ import json
 import logging
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 from m2msec.capif.ccf.context import CCF
 from m2msec.capif.ccf.events_rules import check_destination, destination_origin, matches
 from m2msec.capif.schema import SchemaViolation, validate_request
-from m2msec.errors import NotFound
+from m2msec.errors import CAPIFError, NotFound
 from m2msec.http1 import HTTPError, Message, request
 
-__all__ = ["NOTIFICATION", "SUBSCRIPTION_KIND", "DeliveryPolicy", "Notifier", "start_notifier"]
+__all__ = ["NOTIFICATION", "SUBSCRIPTION_KIND", "CallbackSink", "DeliveryPolicy", "Notifier", "send_callback",
+           "start_notifier"]
 
 log = logging.getLogger("m2msec.ccf.events")
+_T = TypeVar("_T")
 
 SUBSCRIPTION_KIND: Final = "capif-subscription"
 #: the official name of the notification (the callback of the subscription POST), for validation
@@ -64,9 +66,17 @@ class DeliveryPolicy:
     ssl_context: ssl.SSLContext | None = None
 
 
+@runtime_checkable
+class CallbackSink(Protocol):
+    """An event sink that also delivers other CAPIF callbacks (the :class:`Notifier`)."""
+
+    def deliver(self, destination: str, body: dict[str, Any], label: str) -> bool: ...
+
+
 @dataclass(frozen=True)
 class _Delivery:
-    subscription_id: str
+    #: what the logs call it: ``subscription <id>``, or another callback's label
+    label: str
     destination: str
     body: bytes
 
@@ -107,6 +117,8 @@ class Notifier:
         self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(self.policy.queue_size)
         self._deliveries: asyncio.Queue[_Delivery] = asyncio.Queue(self.policy.queue_size)
         self._tasks: list[asyncio.Task[None]] = []
+        #: store operations in progress (a store call runs in a thread: cancelling its task does not stop it)
+        self._store_calls: set[asyncio.Future[Any]] = set()
         #: counters (tests, operators): events dropped on a full queue, deliveries done and given up
         self.dropped = 0
         self.delivered = 0
@@ -125,6 +137,25 @@ class Notifier:
             self.dropped += 1
             log.warning("event queue full (%d): %s dropped", self.policy.queue_size, event)
 
+    def deliver(self, destination: str, body: dict[str, Any], label: str) -> bool:
+        """Queue one callback POST of ``body`` (already checked against its official schema) to ``destination``,
+        delivered as event notifications are (timeout, retries, no redirects); ``label`` names it in logs (never a
+        key). False when the destination is not one D136 allows or the queue is full (logged)."""
+        try:
+            check_destination(destination)
+        except CAPIFError:
+            log.warning("%s not sent: its destination %s is not a notification URL", label,
+                        destination_origin(destination))
+            return False
+        try:
+            self._deliveries.put_nowait(_Delivery(label, destination,
+                                                  json.dumps(body, separators=(",", ":")).encode()))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.warning("delivery queue full (%d): %s dropped", self.policy.queue_size, label)
+            return False
+        return True
+
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._dispatch(), name="ccf-events-dispatch"))
         for i in range(self.policy.workers):
@@ -136,6 +167,9 @@ class Notifier:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        # a store call still running in its thread would otherwise outlive the notifier, and the store may be
+        # closed under it as soon as this returns
+        await asyncio.gather(*list(self._store_calls), return_exceptions=True)
         if pending:
             log.warning("stopped with %d undelivered events or notifications", pending)
 
@@ -143,6 +177,13 @@ class Notifier:
         """Wait until every queued event has been dispatched and every delivery finished (or given up)."""
         await self._events.join()
         await self._deliveries.join()
+
+    async def _store(self, call: Awaitable[_T]) -> _T:
+        """Run a store call so that cancelling the caller lets it finish (:meth:`stop` waits for it)."""
+        future = asyncio.ensure_future(call)
+        self._store_calls.add(future)
+        future.add_done_callback(self._store_calls.discard)
+        return await asyncio.shield(future)
 
     async def _dispatch(self) -> None:
         while True:
@@ -155,7 +196,7 @@ class Notifier:
                 self._events.task_done()
 
     async def _fan_out(self, event: str, detail: dict[str, Any]) -> None:
-        for doc in await self.ccf.store.documents(SUBSCRIPTION_KIND):
+        for doc in await self._store(self.ccf.store.documents(SUBSCRIPTION_KIND)):
             subscription = doc.body.get("subscription") or {}
             if not matches(subscription, event, detail):
                 continue
@@ -169,7 +210,7 @@ class Notifier:
                 where = [*str(exc).split(": ", 2), "", ""][1][:100]  # the member, not its value
                 log.error("%s notification dropped: it breaks the official schema at %s", event, where)
                 return
-            delivery = _Delivery(doc.record_id, subscription["notificationDestination"],
+            delivery = _Delivery(f"subscription {doc.record_id}", subscription["notificationDestination"],
                                  json.dumps(notification, separators=(",", ":")).encode())
             try:
                 self._deliveries.put_nowait(delivery)
@@ -181,13 +222,13 @@ class Notifier:
     async def _subscriber_exists(self, subscriber: str) -> bool:
         """A subscription outlives no subscriber (an invoker offboarded, a provider function deregistered)."""
         store = self.ccf.store
-        if await store.get_document("capif-invoker", subscriber) is not None:
+        if await self._store(store.get_document("capif-invoker", subscriber)) is not None:
             return True
-        return await store.get_document("capif-provider", "func:" + subscriber) is not None
+        return await self._store(store.get_document("capif-provider", "func:" + subscriber)) is not None
 
     async def _forget(self, subscription_id: str) -> None:
         with contextlib.suppress(NotFound):
-            await self.ccf.store.delete_document(SUBSCRIPTION_KIND, subscription_id)
+            await self._store(self.ccf.store.delete_document(SUBSCRIPTION_KIND, subscription_id))
         log.info("subscription %s dropped: its subscriber is gone", subscription_id)
 
     async def _work(self) -> None:
@@ -197,7 +238,7 @@ class Notifier:
                 await self._deliver(delivery)
             except Exception as exc:
                 self.failed += 1
-                log.error("delivery for subscription %s failed: %s", delivery.subscription_id, type(exc).__name__)
+                log.error("delivery of %s failed: %s", delivery.label, type(exc).__name__)
             finally:
                 self._deliveries.task_done()
 
@@ -218,15 +259,23 @@ class Notifier:
                     return
                 if status not in _RETRY_STATUS:  # a redirect (never followed) or a refusal: not retried
                     self.failed += 1
-                    log.warning("notification for subscription %s to %s refused with %d", delivery.subscription_id,
+                    log.warning("notification for %s to %s refused with %d", delivery.label,
                                 origin, status)
                     return
                 why = f"status {status}"
-            log.info("notification for subscription %s to %s: attempt %d failed (%s)", delivery.subscription_id,
+            log.info("notification for %s to %s: attempt %d failed (%s)", delivery.label,
                      origin, attempt + 1, why)
         self.failed += 1
-        log.warning("notification for subscription %s to %s given up after %d attempts", delivery.subscription_id,
+        log.warning("notification for %s to %s given up after %d attempts", delivery.label,
                     origin, policy.retries + 1)
+
+
+def send_callback(ccf: CCF, destination: str, body: dict[str, Any], label: str) -> bool:
+    """Hand a callback to the CCF's notifier; False (logged) when its event sink delivers no callbacks."""
+    if isinstance(ccf.events, CallbackSink):
+        return ccf.events.deliver(destination, body, label)
+    log.info("%s not sent: the CCF's event sink delivers no callbacks", label)
+    return False
 
 
 @contextlib.asynccontextmanager

@@ -191,11 +191,14 @@ async def _replace(request: CCFRequest, record: Document, enrolment: dict[str, A
 async def _remove_functions(ccf: CCF, func_ids: set[str]) -> None:
     if not func_ids:
         return
+    from m2msec.capif.ccf import events, security  # they import what imports this module
     from m2msec.capif.ccf.publish import withdraw_services
 
-    for func_id in sorted(func_ids):  # certificates refused from here on
+    for func_id in sorted(func_ids):  # certificates refused from here on, subscriptions gone at once
         await delete_quietly(ccf, PROVIDER_KIND, FUNC_PREFIX + func_id)
-    await withdraw_services(ccf, func_ids)
+        await events.drop_subscriptions(ccf, func_id)
+    await withdraw_services(ccf, func_ids)  # security contexts lose them (security.withdraw, a publish hook)
+    await security.forget_aefs(ccf, func_ids)
 
 
 @operation(API, "PUT", "/registrations/{registrationId}")

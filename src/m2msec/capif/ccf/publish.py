@@ -34,7 +34,7 @@ from m2msec.errors import CAPIFError, ConfigurationError, Conflict, NotFound
 from m2msec.store import Document
 
 __all__ = ["API", "INTERFACE_IN_USE_CAUSE", "NO_SECURITY_METHOD_CAUSE", "SERVICE_KIND", "interfaces_of",
-           "service_location", "services", "unpublish_hooks", "withdraw_services"]
+           "service_location", "services", "unpublish_hooks", "update_hooks", "withdraw_services"]
 
 API: Final = "published-apis"
 SERVICE_KIND: Final = "capif-service"
@@ -48,6 +48,9 @@ FOREIGN_AEF_CAUSE: Final = "AEF_NOT_IN_PROVIDER_DOMAIN"
 
 #: called with (ccf, [apiId, ...]) after service APIs are deleted (the security module drops what refers to them)
 unpublish_hooks: list[Any] = []
+#: called with (ccf, apiId, the new ServiceAPIDescription) after a service API is updated (PUT, PATCH): the security
+#: module drops what its new description no longer publishes (D142)
+update_hooks: list[Any] = []
 
 
 def service_location(ccf: CCF, apf_id: str, api_id: str) -> str:
@@ -246,6 +249,8 @@ async def _replace(request: CCFRequest, apf: Document, doc: Document, descriptio
 
     await _confirm(ccf, pairs, undo)
     await _release(ccf, interfaces_of(doc.body["description"]) - pairs)
+    for hook in update_hooks:
+        await hook(ccf, api_id, answer)
     await ccf.events.emit("SERVICE_API_UPDATE", {"apiIds": [api_id]})
     return Reply(200, answer)
 

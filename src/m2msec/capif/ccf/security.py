@@ -11,6 +11,12 @@ token endpoint (:mod:`.security_token`).
 - ``DELETE`` (the invoker: its whole context) and ``POST .../delete`` (an AEF: its own authorization for some service
   APIs, D131); both emit ``API_INVOKER_AUTHORIZATION_REVOKED`` and drop the AEFPSKs no entry uses any more.
 - Offboarding (:mod:`.invokers`) purges the invoker's context and AEFPSKs (:func:`purge`).
+- A withdrawn service API (publish DELETE, provider deregistration: a :data:`.publish.unpublish_hooks` hook,
+  :func:`withdraw`) is revoked from every context as an AEF's ``POST .../delete`` would (D141); a removed AEF leaves no
+  AEFPSK (:func:`forget_aefs`).
+- Every revocation the invoker did not ask for (an AEF's ``POST .../delete``, a withdrawal) is told to the invoker: a
+  ``SecurityNotification`` POSTed to the context's ``notificationDestination`` (the PUT's callback) through the
+  events notifier (D140).
 
 Store records: ``capif-security`` / apiInvokerId: ``{"context": ServiceSecurity as answered, "entries": [per
 securityInfo entry: {"aefId", "interface": P0 or null, "apis": [[serviceApiId, apiName], ...], "sel": method}]}``;
@@ -20,11 +26,13 @@ securityInfo entry: {"aefId", "interface": P0 or null, "apis": [[serviceApiId, a
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from m2msec.capif.ccf import security_token  # noqa: F401  (declares the token and JWKS operations)
+from m2msec.capif.ccf import publish, security_token  # noqa: F401  (security_token: the token and JWKS operations)
 from m2msec.capif.ccf.context import CCF
+from m2msec.capif.ccf.events_notifier import send_callback
 from m2msec.capif.ccf.http import CCFRequest, Reply, operation
 from m2msec.capif.ccf.invokers import purge_hooks
 from m2msec.capif.ccf.security_context import (
@@ -32,6 +40,7 @@ from m2msec.capif.ccf.security_context import (
     SECURITY_KIND,
     PublishedService,
     entry_key,
+    narrow,
     psk_record_id,
     resolve_entry,
     revoke,
@@ -40,12 +49,17 @@ from m2msec.capif.ccf.security_context import (
 )
 from m2msec.capif.certificates import CAPIFRole
 from m2msec.capif.kdf import aefpsk
+from m2msec.capif.schema import SchemaViolation, validate_request
 from m2msec.capif.security_method import SecurityMethod
 from m2msec.errors import CAPIFError, Conflict, NotFound
 from m2msec.keys.secret import SecretKey
 from m2msec.store import Document
 
-__all__ = ["API", "AUTHENTICATION_INFO_ENCODING", "REPLACE_STATUS", "REVOKED_EVENT", "purge", "security_location"]
+__all__ = ["API", "AUTHENTICATION_INFO_ENCODING", "REPLACE_STATUS", "REVOKED_EVENT", "SECURITY_NOTIFICATION",
+           "UPDATED_CAUSE", "WITHDRAWN_CAUSE", "forget_aefs", "narrow_to_update", "purge", "security_location",
+           "withdraw"]
+
+log = logging.getLogger("m2msec.ccf.security")
 
 API: Final = "capif-security"
 #: docs/decisions.md D128: the status of a PUT that replaces an existing security context (the official file gives PUT
@@ -56,6 +70,15 @@ REVOKED_EVENT: Final = "API_INVOKER_AUTHORIZATION_REVOKED"
 #: docs/decisions.md D129: how AEFPSK is written in ``SecurityInformation.authenticationInfo`` for the AEF
 #: (RFC 4648 §8 base16, lower case: 64 characters, OpenSSL's ``-psk`` form)
 AUTHENTICATION_INFO_ENCODING: Final[Callable[[bytes], str]] = bytes.hex
+#: docs/decisions.md D140: the official callback the invoker is told of a revocation with (TS 29.222 §8.5: the
+#: ``notificationDestination`` callback of the PUT, body ``SecurityNotification``)
+SECURITY_NOTIFICATION: Final = "POST /trustedInvokers/{apiInvokerId} callback notificationDestination"
+#: docs/decisions.md D141: the ``Cause`` of the SecurityNotification of a withdrawn service API (publish DELETE,
+#: provider deregistration): TS 29.222 defines OVERLIMIT_USAGE and UNEXPECTED_REASON only
+WITHDRAWN_CAUSE: Final = "UNEXPECTED_REASON"
+#: docs/decisions.md D142: the ``Cause`` of the SecurityNotification of an entry a service API update no longer
+#: covers (its AEF, interface or selected method is no longer published for it; :func:`narrow_to_update`)
+UPDATED_CAUSE: Final = "UNEXPECTED_REASON"
 #: the members of a SecurityInformation only the CCF writes (an invoker's values are dropped)
 _CCF_MEMBERS: Final = ("selSecurityMethod", "authenticationInfo", "authorizationInfo")
 
@@ -286,7 +309,81 @@ async def revoke_authorization(request: CCFRequest) -> Reply:
     else:
         await _remove(ccf, invoker_id, doc)
     await _revoked(ccf, invoker_id, revoked)
+    _tell_invoker(ccf, invoker_id, doc.body["context"], aef_id, revoked, str(body["cause"]))
     return Reply(204)
+
+
+def _tell_invoker(ccf: CCF, invoker_id: str, context: dict[str, Any], aef_id: str, api_ids: list[str],
+                  cause: str) -> None:
+    """D140: queue the SecurityNotification of a revocation for the context's notificationDestination."""
+    body = {"apiInvokerId": invoker_id, "aefId": aef_id, "apiIds": api_ids, "cause": cause}
+    try:
+        validate_request(API, SECURITY_NOTIFICATION, body)
+    except SchemaViolation:
+        log.error("SecurityNotification to API invoker %s not sent: it breaks the official schema", invoker_id)
+        return
+    send_callback(ccf, str(context.get("notificationDestination", "")), body,
+                  f"SecurityNotification to API invoker {invoker_id}")
+
+
+async def withdraw(ccf: CCF, api_ids: list[str]) -> None:
+    """D141 (a :data:`.publish.unpublish_hooks` hook): service APIs that no longer exist grant nothing. Each context
+    loses them as by each AEF's ``POST .../delete`` (:func:`.security_context.revoke`): entries naming only withdrawn
+    APIs go, the others keep their remaining APIs; AEFPSKs no entry uses are deleted; a context left empty is
+    deleted. The invoker gets one SecurityNotification per AEF (cause :data:`WITHDRAWN_CAUSE`) and the
+    ``API_INVOKER_AUTHORIZATION_REVOKED`` event is emitted."""
+    gone = set(api_ids)
+    for doc in await ccf.store.documents(SECURITY_KIND):
+        old_entries: list[dict[str, Any]] = doc.body.get("entries", [])
+        if not any(str(a[0]) in gone for e in old_entries for a in e.get("apis", [])):
+            continue
+        info: list[dict[str, Any]] = doc.body["context"]["securityInfo"]
+        entries = old_entries
+        by_aef: dict[str, list[str]] = {}
+        for aef_id in dict.fromkeys(str(e["aefId"]) for e in old_entries):
+            info, entries, revoked = revoke(info, entries, aef_id, gone)
+            if revoked:
+                by_aef[aef_id] = revoked
+        await _apply(ccf, doc, info, entries, by_aef, WITHDRAWN_CAUSE)
+
+
+async def narrow_to_update(ccf: CCF, api_id: str, description: dict[str, Any]) -> None:
+    """D142 (a :data:`.publish.update_hooks` hook): a service API updated (publish PUT/PATCH) stops granting what its
+    new description no longer publishes (an AEF, an interface, the selected method), as a withdrawal of that API
+    for those entries (:func:`withdraw`'s consequences); entries still valid record its new ``apiName``."""
+    for doc in await ccf.store.documents(SECURITY_KIND):
+        old_entries: list[dict[str, Any]] = doc.body.get("entries", [])
+        if not any(str(a[0]) == api_id for e in old_entries for a in e.get("apis", [])):
+            continue
+        info, entries, lost = narrow(doc.body["context"]["securityInfo"], old_entries, api_id, description)
+        if lost or entries != old_entries:
+            await _apply(ccf, doc, info, entries, lost, UPDATED_CAUSE)
+
+
+async def _apply(ccf: CCF, doc: Document, info: list[dict[str, Any]], entries: list[dict[str, Any]],
+                 by_aef: dict[str, list[str]], cause: str) -> None:
+    """Store a context some service APIs were taken from (deleted when nothing is left), then emit the event and
+    tell the invoker (D140) with ``cause``."""
+    invoker_id, context = doc.record_id, doc.body["context"]
+    old_entries: list[dict[str, Any]] = doc.body.get("entries", [])
+    if entries:
+        await _store(ccf, invoker_id, {**context, "securityInfo": info}, entries, {}, old_entries)
+    else:
+        await _remove(ccf, invoker_id, doc)
+    if not by_aef:
+        return
+    await _revoked(ccf, invoker_id, list(dict.fromkeys(i for ids in by_aef.values() for i in ids)))
+    for aef_id, revoked in by_aef.items():
+        _tell_invoker(ccf, invoker_id, context, aef_id, revoked, WITHDRAWN_CAUSE)
+
+
+async def forget_aefs(ccf: CCF, aef_ids: Iterable[str]) -> None:
+    """A removed AEF (deregistration) leaves no AEFPSK: after :func:`withdraw` has dropped the entries naming its
+    service APIs, any AEFPSK record still naming it (none should be left) is deleted."""
+    removed = set(aef_ids)
+    for doc in await ccf.store.documents(AEFPSK_KIND):
+        if doc.body.get("aefId") in removed:
+            await _drop(ccf, AEFPSK_KIND, doc.record_id)
 
 
 async def purge(ccf: CCF, invoker_id: str) -> None:
@@ -299,4 +396,9 @@ async def purge(ccf: CCF, invoker_id: str) -> None:
             await _drop(ccf, AEFPSK_KIND, stray.record_id)
 
 
-purge_hooks.append(purge)
+if purge not in purge_hooks:
+    purge_hooks.append(purge)
+if withdraw not in publish.unpublish_hooks:
+    publish.unpublish_hooks.append(withdraw)
+if narrow_to_update not in publish.update_hooks:
+    publish.update_hooks.append(narrow_to_update)

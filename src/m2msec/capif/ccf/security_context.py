@@ -37,12 +37,14 @@ __all__ = [
     "Resolved",
     "api_names",
     "entry_key",
+    "narrow",
     "psk_record_id",
     "psk_selectable",
     "resolve_entry",
     "revoke",
     "scope_of",
     "select_for",
+    "still_granted",
 ]
 
 #: store kinds (context.py's table): the security context of an invoker; one AEFPSK per invoker, AEF and interface
@@ -234,3 +236,48 @@ def revoke(info: Sequence[Mapping[str, Any]], entries: Sequence[Mapping[str, Any
             new_info.append({**item, "apiId": api[0]})
             new_entries.append({**entry, "apis": [list(api)]})
     return new_info, new_entries, revoked
+
+
+def still_granted(item: Mapping[str, Any], entry: Mapping[str, Any], api_id: str,
+                  description: Mapping[str, Any]) -> bool:
+    """D142: whether the recorded ``entry`` (and its SecurityInformation ``item``) still holds for service API
+    ``api_id`` as now described: the same AEF (and interface, for ``interfaceDetails``) publishes it, with the
+    selected method, and a PSK entry still covers exactly the interface its AEFPSK was derived for."""
+    try:
+        resolved = resolve_entry(0, {**item, "apiId": api_id}, [PublishedService(api_id, description)])
+    except CAPIFError:
+        return False
+    try:
+        selected = SecurityMethod(str(entry.get("sel")))
+    except ValueError:
+        return False
+    if resolved.aef_id != entry.get("aefId") or selected not in resolved.published:
+        return False
+    return selected is not SecurityMethod.PSK or resolved.interface == entry.get("interface")
+
+
+def narrow(info: Sequence[Mapping[str, Any]], entries: Sequence[Mapping[str, Any]], api_id: str,
+           description: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, list[str]]]:
+    """D142: the security context after service API ``api_id`` was updated to ``description``: each entry covering it
+    that no longer holds (:func:`still_granted`) loses it as by :func:`revoke`; the others record its new
+    ``apiName`` (what the token endpoint grants). Returns the new ``securityInfo``, the new entries, and the AEFs
+    that lost it (aefId → [api_id])."""
+    name = str(description.get("apiName", ""))
+    new_info: list[dict[str, Any]] = []
+    new_entries: list[dict[str, Any]] = []
+    lost: dict[str, list[str]] = {}
+    for item, entry in zip(info, entries, strict=True):
+        apis = [list(a) for a in entry.get("apis", [])]
+        if not any(a[0] == api_id for a in apis):
+            new_info.append(dict(item))
+            new_entries.append(dict(entry))
+        elif still_granted(item, entry, api_id, description):
+            new_info.append(dict(item))
+            new_entries.append({**entry, "apis": [[a[0], name] if a[0] == api_id else a for a in apis]})
+        else:
+            aef_id = str(entry["aefId"])
+            kept_info, kept_entries, _ = revoke([item], [entry], aef_id, [api_id])
+            new_info.extend(kept_info)
+            new_entries.extend(kept_entries)
+            lost[aef_id] = [api_id]
+    return new_info, new_entries, lost
