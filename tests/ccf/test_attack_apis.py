@@ -1,0 +1,216 @@
+"""Hostile review of the CCF's provider, publish, discover, security and events APIs (issue 18): the findings.
+
+Everything runs against the ``world`` CCF (real TLS on loopback, a real SQLite store, every answer checked against the
+official schemas). Each test here marked ``xfail(strict=True)`` demonstrates a problem that is still there (remove the
+marker with the fix); attacks the CCF refuses today are kept as regression tests in test_attack_apis_held.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from typing import Any
+
+import pytest
+
+from m2msec.capif.ccf.events import DeliveryPolicy
+from m2msec.capif.ccf.events_rules import MAX_SUBSCRIPTIONS
+
+from .ccf_env import (
+    NOTIFY,
+    PROVIDERS,
+    PUBLISHED,
+    Identity,
+    Provider,
+    World,
+    interface_description,
+    onboard,
+    publish,
+    register_provider,
+    world,
+)
+from .test_events import Receiver, notifier, subscribe, subscription_id
+
+__all__ = ["world"]
+
+SECURITY = "/capif-security/v1/trustedInvokers"
+TOKEN = "/capif-security/v1/securities"
+EVENTS = "/capif-events/v1"
+
+
+def expected_aefpsk(master: bytes, session_id: bytes, p0: str) -> bytes:
+    """TS 33.220 B.2 / TS 33.122 A.1 written here: HMAC-SHA-256(master, 0x7A || P0 || L0 || P1 || L1)."""
+    p = p0.encode()
+    s = b"\x7a" + p + len(p).to_bytes(2, "big") + session_id + len(session_id).to_bytes(2, "big")
+    return hmac.new(master, s, hashlib.sha256).digest()
+
+
+def security(*entries: dict[str, Any]) -> dict[str, Any]:
+    return {"securityInfo": list(entries), "notificationDestination": NOTIFY, "supportedFeatures": "0"}
+
+
+async def unpublish(world: World, p: Provider, api_id: str) -> None:
+    gone = await world.call(p.apf, "DELETE", f"{PUBLISHED}/{p.apf.identity}/service-apis/{api_id}")
+    assert gone.status == 204, gone.body
+
+
+async def aef_reads(world: World, aef: Identity, invoker_id: str) -> Any:
+    return await world.call(aef, "GET", f"{SECURITY}/{invoker_id}?authenticationInfo=true&authorizationInfo=true")
+
+
+async def token(world: World, inv: Identity, scope: str | None = None) -> Any:
+    form = {"grant_type": "client_credentials", "client_id": inv.identity}
+    if scope is not None:
+        form["scope"] = scope
+    async with await world.connect(inv) as conn:
+        return await conn.request("POST", f"{TOKEN}/{inv.identity}/token", form=form)
+
+
+# ------------------------------------------------------------- F1/F2: withdrawing a service API keeps its grants alive
+
+@pytest.mark.xfail(strict=True, reason="attack2 F1: unpublishing a service API leaves the invokers' security-context "
+                   "entries and AEFPSKs for it (publish.unpublish_hooks is empty: security.py never registers)")
+async def test_unpublished_interface_aefpsk_stays_readable(world: World) -> None:
+    p = await register_provider(world)
+    iface = interface_description(9101)
+    service = await publish(world, p.apf, p.aef, iface, name="gone-api")
+    inv = await onboard(world)
+    async with await world.connect(inv) as conn:
+        put = await conn.request("PUT", f"{SECURITY}/{inv.identity}",
+                                 json_body=security({"aefId": p.aef.identity, "prefSecurityMethods": ["PSK"]}))
+    assert put.status == 201 and put.json()["securityInfo"][0]["selSecurityMethod"] == "PSK", put.body
+    assert (await aef_reads(world, p.aef, inv.identity)).status == 200
+    await unpublish(world, p, service["apiId"])
+    # the service API and its interface are gone: nothing should still hand the AEF a key for that interface
+    after = await aef_reads(world, p.aef, inv.identity)
+    assert after.status == 404, after.body
+
+
+@pytest.mark.xfail(strict=True, reason="attack2 F1 (impersonation): after an interface moves to another provider "
+                   "domain's AEF, the AEF that unpublished it still reads the AEFPSK the new AEF gets")
+async def test_old_aef_reads_the_aefpsk_of_the_domain_that_took_its_interface_over(world: World) -> None:
+    old, new = await register_provider(world), await register_provider(world)
+    iface = interface_description(9102)
+    p0 = "aef9102.test.example:8443/api"
+    service = await publish(world, old.apf, old.aef, iface, name="moved-api")
+    inv = await onboard(world)
+    async with await world.connect(inv) as conn:
+        put = await conn.request("PUT", f"{SECURITY}/{inv.identity}",
+                                 json_body=security({"aefId": old.aef.identity, "prefSecurityMethods": ["PSK"]}))
+        assert put.status == 201, put.body
+        await unpublish(world, old, service["apiId"])
+        await publish(world, new.apf, new.aef, iface, name="moved-api")  # the hold was released: allowed
+        # the invoker adds the new AEF on the same CAPIF-1e connection (POST /update keeps the other entries)
+        upd = await conn.request("POST", f"{SECURITY}/{inv.identity}/update", json_body=security(
+            {"interfaceDetails": {k: iface[k] for k in ("fqdn", "port", "apiPrefix")},
+             "prefSecurityMethods": ["PSK"]}))
+        assert upd.status == 200, upd.body
+        master = conn.writer.get_extra_info("tls_connection").master_secret().reveal()
+        key = expected_aefpsk(master, conn.session.session_id, p0).hex()
+    got_new = await aef_reads(world, new.aef, inv.identity)
+    assert got_new.status == 200, got_new.body
+    assert [e.get("authenticationInfo") for e in got_new.json()["securityInfo"]] == [key]
+    got_old = await aef_reads(world, old.aef, inv.identity)
+    # today: 200 and the very key the new domain's AEF authenticates this invoker with
+    assert got_old.status == 404 and key.encode() not in got_old.body, got_old.body
+
+
+@pytest.mark.xfail(strict=True, reason="attack2 F2: the token endpoint still grants a service API its APF withdrew "
+                   "(the security context keeps the entry)")
+async def test_no_token_for_an_unpublished_service_api(world: World) -> None:
+    p = await register_provider(world)
+    service = await publish(world, p.apf, p.aef, name="withdrawn-api")
+    inv = await onboard(world)
+    put = await world.call(inv, "PUT", f"{SECURITY}/{inv.identity}",
+                           security({"aefId": p.aef.identity, "prefSecurityMethods": ["OAUTH"]}))
+    assert put.status == 201 and put.json()["securityInfo"][0]["selSecurityMethod"] == "OAUTH", put.body
+    assert (await token(world, inv)).status == 200
+    await unpublish(world, p, service["apiId"])
+    answer = await token(world, inv, f"3gpp#{p.aef.identity}:withdrawn-api")
+    assert answer.status == 400, answer.body  # today: 200, a token for a service API that no longer exists
+
+
+@pytest.mark.xfail(strict=True, reason="attack2 F2: after the whole provider domain is deregistered, invokers still "
+                   "get tokens naming its (deleted) AEF")
+async def test_no_token_for_a_deregistered_aef(world: World) -> None:
+    p = await register_provider(world)
+    await publish(world, p.apf, p.aef, name="dead-api")
+    inv = await onboard(world)
+    put = await world.call(inv, "PUT", f"{SECURITY}/{inv.identity}",
+                           security({"aefId": p.aef.identity, "prefSecurityMethods": ["OAUTH"]}))
+    assert put.status == 201, put.body
+    gone = await world.call(p.amf, "DELETE", f"{PROVIDERS}/{p.domain}")
+    assert gone.status == 204, gone.body
+    answer = await token(world, inv)
+    assert answer.status == 400, answer.body  # today: 200 with scope 3gpp#<deleted AEF>:dead-api
+
+
+# ------------------------------------------------------------------------------ F3: a 500 an APF can plant for invokers
+
+@pytest.mark.xfail(strict=True, reason="attack2 F3: an apiPrefix longer than 65535 octets is published, then every "
+                   "PSK negotiation for it is a 500 (kdf ConfigurationError escapes as an unexpected exception)")
+async def test_an_overlong_api_prefix_never_makes_a_500(world: World) -> None:
+    p = await register_provider(world)
+    iface = interface_description(9103, apiPrefix="/" + "a" * 70_000)
+    answer = await world.call(p.apf, "POST", f"{PUBLISHED}/{p.apf.identity}/service-apis", {
+        "apiName": "long-api", "aefProfiles": [{"aefId": p.aef.identity, "versions": [{"apiVersion": "v1"}],
+                                                "interfaceDescriptions": [iface]}]})
+    if answer.status == 201:  # published: then the invoker's negotiation must still be answered properly
+        inv = await onboard(world)
+        answer = await world.call(inv, "PUT", f"{SECURITY}/{inv.identity}",
+                                  security({"aefId": p.aef.identity, "prefSecurityMethods": ["PSK", "PKI"]}))
+    assert answer.status < 500, answer.body
+
+
+# ---------------------------------------------------------------- F4: one slow receiver holds every delivery worker
+
+@pytest.mark.xfail(strict=True, reason="attack2 F4: an invoker's subscriptions to a silent receiver occupy the "
+                   "shared delivery workers (head-of-line blocking): other subscribers' notifications wait")
+async def test_a_silent_receiver_of_one_invoker_does_not_delay_others(world: World) -> None:
+    policy = DeliveryPolicy(timeout=0.5, retries=1, backoff=0.05, workers=4)
+    p = await register_provider(world)
+    attacker = await onboard(world)
+    async with notifier(world, policy), Receiver(silent=True) as silent, Receiver() as good:
+        for i in range(16):  # MAX_SUBSCRIPTIONS allows 32; 16 are enough at this timeout
+            subscription_id(await subscribe(world, attacker, ["SERVICE_API_AVAILABLE"], silent.url(f"/s{i}")))
+        subscription_id(await subscribe(world, p.aef, ["API_INVOKER_ONBOARDED"], good.url()))
+        await publish(world, p.apf, p.aef, name="bait")  # 16 deliveries to the silent receiver queued first
+        victim = await onboard(world)
+        got = await good.next(timeout=3 * policy.timeout)  # today: ~16 * 1.05 s / 4 workers ≈ 4 s later
+        assert got.body["eventDetail"] == {"apiInvokerIds": [victim.identity]}
+    assert MAX_SUBSCRIPTIONS == 32
+
+
+# -------------------------------------------------------- F5: the subscription bound is not atomic (a concurrent race)
+
+@pytest.mark.xfail(strict=True, reason="attack2 F5: MAX_SUBSCRIPTIONS is counted then inserted (not atomic): "
+                   "concurrent POSTs exceed it")
+async def test_concurrent_subscriptions_respect_the_bound(world: World) -> None:
+    inv = await onboard(world)
+    for i in range(MAX_SUBSCRIPTIONS - 2):
+        subscription_id(await subscribe(world, inv, ["SERVICE_API_AVAILABLE"], f"https://rx.example/{i}"))
+    conns = [await world.connect(inv) for _ in range(12)]  # handshakes done: the requests race in the handler
+    body = {"events": ["SERVICE_API_AVAILABLE"], "notificationDestination": "https://rx.example/race"}
+    try:
+        answers = await asyncio.gather(*(c.request("POST", f"{EVENTS}/{inv.identity}/subscriptions", json_body=body)
+                                         for c in conns))
+    finally:
+        for c in conns:
+            await c.close()
+    assert {a.status for a in answers} <= {201, 403}
+    created = MAX_SUBSCRIPTIONS - 2 + sum(a.status == 201 for a in answers)
+    assert created <= MAX_SUBSCRIPTIONS, created
+
+
+# ------------------------------------------------- F6: SSRF — an invoker points the CCF at internal addresses (D136)
+
+@pytest.mark.xfail(strict=True, reason="attack2 F6 (design, D136): an API invoker (a third party) makes the CCF POST "
+                   "to loopback and link-local (cloud metadata) addresses of the operator's network")
+@pytest.mark.parametrize("destination", [
+    "http://127.0.0.1:22/", "http://[::1]:6379/", "http://169.254.169.254/latest/meta-data/",
+    "http://2130706433:8080/", "http://0x7f.1:8080/"])
+async def test_an_invoker_cannot_aim_notifications_at_internal_addresses(world: World, destination: str) -> None:
+    inv = await onboard(world)
+    answer = await subscribe(world, inv, ["SERVICE_API_AVAILABLE"], destination)
+    assert answer.status == 400, answer.body
