@@ -214,3 +214,48 @@ async def test_an_invoker_cannot_aim_notifications_at_internal_addresses(world: 
     inv = await onboard(world)
     answer = await subscribe(world, inv, ["SERVICE_API_AVAILABLE"], destination)
     assert answer.status == 400, answer.body
+
+
+@pytest.mark.xfail(strict=True, reason="attack2 F1: a PUT of the service API that drops an interface releases its "
+                   "hold but leaves the invokers' AEFPSKs for it readable by the AEF")
+async def test_an_interface_dropped_by_an_update_keeps_no_aefpsk(world: World) -> None:
+    p = await register_provider(world)
+    service = await publish(world, p.apf, p.aef, interface_description(9104), name="moving-api")
+    inv = await onboard(world)
+    async with await world.connect(inv) as conn:
+        put = await conn.request("PUT", f"{SECURITY}/{inv.identity}",
+                                 json_body=security({"aefId": p.aef.identity, "prefSecurityMethods": ["PSK"]}))
+        master = conn.writer.get_extra_info("tls_connection").master_secret().reveal()
+        key = expected_aefpsk(master, conn.session.session_id, "aef9104.test.example:8443/api").hex()
+    assert put.status == 201 and put.json()["securityInfo"][0]["selSecurityMethod"] == "PSK", put.body
+    assert key.encode() in (await aef_reads(world, p.aef, inv.identity)).body
+    moved = dict(service)
+    moved["aefProfiles"] = [dict(service["aefProfiles"][0], interfaceDescriptions=[interface_description(9105)])]
+    answer = await world.call(p.apf, "PUT", f"{PUBLISHED}/{p.apf.identity}/service-apis/{service['apiId']}", moved)
+    assert answer.status == 200, answer.body
+    other = await register_provider(world)  # the released interface is free for any domain now
+    await publish(world, other.apf, other.aef, interface_description(9104), name="taken-api")
+    after = await aef_reads(world, p.aef, inv.identity)
+    # today: 200 with the AEFPSK for aef9104.test.example:8443/api, an interface of another domain's AEF
+    assert key.encode() not in after.body, after.body
+
+
+# ------------------------------------------------------ F7: a token grants service APIs by name, recorded once (stale)
+
+@pytest.mark.xfail(strict=True, reason="attack2 F7: the security context records apiNames at negotiation; after the "
+                   "APF renames the authorized API and publishes another under the old name, the token grants the "
+                   "other API, which the invoker was never authorized for")
+async def test_a_renamed_api_does_not_carry_its_grant_to_a_new_api_of_the_old_name(world: World) -> None:
+    p = await register_provider(world)
+    first = await publish(world, p.apf, p.aef, interface_description(9106), name="alpha")
+    inv = await onboard(world)
+    put = await world.call(inv, "PUT", f"{SECURITY}/{inv.identity}", security(
+        {"aefId": p.aef.identity, "apiId": first["apiId"], "prefSecurityMethods": ["OAUTH"]}))
+    assert put.status == 201 and put.json()["securityInfo"][0]["selSecurityMethod"] == "OAUTH", put.body
+    renamed = await world.call(p.apf, "PATCH", f"{PUBLISHED}/{p.apf.identity}/service-apis/{first['apiId']}",
+                               {"apiName": "beta"})
+    assert renamed.status == 200, renamed.body
+    await publish(world, p.apf, p.aef, interface_description(9107), name="alpha")  # another service API
+    answer = await token(world, inv, f"3gpp#{p.aef.identity}:alpha")
+    # today: 200, a token the AEF reads as a grant for the new "alpha"
+    assert answer.status == 400, answer.body
