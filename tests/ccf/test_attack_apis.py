@@ -8,14 +8,17 @@ marker with the fix); attacks the CCF refuses today are kept as regression tests
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
+import json
 from typing import Any
 
 import pytest
 
 from m2msec.capif.ccf.events import DeliveryPolicy
 from m2msec.capif.ccf.events_rules import MAX_SUBSCRIPTIONS
+from m2msec.capif.tokens import TokenRefused, verify_access_token
 
 from .ccf_env import (
     NOTIFY,
@@ -259,3 +262,38 @@ async def test_a_renamed_api_does_not_carry_its_grant_to_a_new_api_of_the_old_na
     answer = await token(world, inv, f"3gpp#{p.aef.identity}:alpha")
     # today: 200, a token the AEF reads as a grant for the new "alpha"
     assert answer.status == 400, answer.body
+
+
+# ------------------------------------------- F8: an apiName writes a grant for another domain's AEF into the token
+
+@pytest.mark.xfail(strict=True, reason="attack2 F8 (critical): apiName is published unchecked and the token endpoint "
+                   "writes recorded apiNames into the scope unparsed: 'x;<victim AEF>:<api>' grants another domain's "
+                   "AEF (the no-scope request, and authorizationInfo)")
+async def test_an_api_name_cannot_inject_a_grant_for_another_domains_aef(world: World) -> None:
+    victim = await register_provider(world)
+    await publish(world, victim.apf, victim.aef, interface_description(9108), name="payments")
+    attacker = await register_provider(world)
+    injected = f"x;{victim.aef.identity}:payments"  # the victim's aefId is in every discovery answer
+    answer = await world.call(attacker.apf, "POST", f"{PUBLISHED}/{attacker.apf.identity}/service-apis", {
+        "apiName": injected, "aefProfiles": [{"aefId": attacker.aef.identity, "versions": [{"apiVersion": "v1"}],
+                                              "securityMethods": ["OAUTH"],
+                                              "interfaceDescriptions": [interface_description(9109)]}]})
+    if answer.status != 201:  # refused at publication: the fix
+        assert answer.status == 400, answer.body
+        return
+    inv = await onboard(world)
+    put = await world.call(inv, "PUT", f"{SECURITY}/{inv.identity}",
+                           security({"aefId": attacker.aef.identity, "prefSecurityMethods": ["OAUTH"]}))
+    assert put.status == 201, put.body
+    granted = await token(world, inv)  # no scope: "every service API of every OAUTH entry"
+    if granted.status == 200:
+        claims = json.loads(base64.urlsafe_b64decode(granted.json()["access_token"].split(".")[1] + "=="))
+        grants = [part.split(":", 1)[0] for part in claims["scope"].removeprefix("3gpp#").split(";")]
+        ccf = world.ccf.ccf
+        with pytest.raises(TokenRefused):  # today: the victim's AEF accepts it for its "payments" API
+            verify_access_token(granted.json()["access_token"], ccf.verification_keys, issuer=ccf.policy.issuer,
+                                aef_id=victim.aef.identity, api_name="payments", now=int(ccf.clock()))
+        assert victim.aef.identity not in grants, claims["scope"]
+    read = await world.call(attacker.aef, "GET", f"{SECURITY}/{inv.identity}?authorizationInfo=true")
+    assert read.status == 200, read.body
+    assert f";{victim.aef.identity}:" not in read.json()["securityInfo"][0].get("authorizationInfo", ""), read.body
