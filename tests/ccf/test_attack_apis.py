@@ -297,3 +297,22 @@ async def test_an_api_name_cannot_inject_a_grant_for_another_domains_aef(world: 
     read = await world.call(attacker.aef, "GET", f"{SECURITY}/{inv.identity}?authorizationInfo=true")
     assert read.status == 200, read.body
     assert f";{victim.aef.identity}:" not in read.json()["securityInfo"][0].get("authorizationInfo", ""), read.body
+
+
+# ------------------------------------------------ F9: revocations of one provider domain told to every other domain
+
+@pytest.mark.xfail(strict=True, reason="attack2 F9 (low): API_INVOKER_AUTHORIZATION_REVOKED of one provider domain's "
+                   "service APIs is delivered to any other domain's AEF/APF/AMF (which invoker used which API)")
+async def test_a_revocation_is_not_told_to_another_provider_domain(world: World) -> None:
+    mine, theirs = await register_provider(world), await register_provider(world)
+    await publish(world, theirs.apf, theirs.aef, interface_description(9110), name="their-api")
+    inv = await onboard(world)
+    async with notifier(world) as events, Receiver() as rx:
+        subscription_id(await subscribe(world, mine.aef, ["API_INVOKER_AUTHORIZATION_REVOKED"], rx.url()))
+        put = await world.call(inv, "PUT", f"{SECURITY}/{inv.identity}",
+                               security({"aefId": theirs.aef.identity, "prefSecurityMethods": ["OAUTH"]}))
+        assert put.status == 201, put.body
+        assert (await world.call(inv, "DELETE", f"{SECURITY}/{inv.identity}")).status == 204
+        await events.drain()
+        leaked = rx.count  # counted before the receiver answers, so before drain() returns
+    assert leaked == 0, leaked  # today: 1, the other domain learns the invoker and its apiIds
