@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from m2msec.capif.ccf.events import DeliveryPolicy
 from m2msec.capif.ccf.events_rules import MAX_SUBSCRIPTIONS
@@ -29,6 +30,7 @@ from .ccf_env import (
     World,
     interface_description,
     onboard,
+    provider_function,
     publish,
     register_provider,
     world,
@@ -316,3 +318,19 @@ async def test_a_revocation_is_not_told_to_another_provider_domain(world: World)
         await events.drain()
         leaked = rx.count  # counted before the receiver answers, so before drain() returns
     assert leaked == 0, leaked  # today: 1, the other domain learns the invoker and its apiIds
+
+
+# ------------------------------------- F10: one kind of onboarding credential for invokers and provider domains (D123)
+
+@pytest.mark.xfail(strict=True, reason="attack2 F10 (high): an onboarding credential the operator issued to onboard an "
+                   "API invoker registers an API provider domain instead (no purpose claim; D123 reuses D121)")
+async def test_an_invoker_onboarding_credential_does_not_register_a_provider_domain(world: World) -> None:
+    # what `m2msec ccf onboarding-credential --subject app-developer-42` issues for a third-party app developer
+    credential = world.credential("app-developer-42")
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(3)]
+    body = {"regSec": "x", "apiProvFuncs": [provider_function(role, key)
+                                            for role, key in zip(("AMF", "APF", "AEF"), keys, strict=True)]}
+    answer = await world.call(None, "POST", PROVIDERS, body, headers={"authorization": f"Bearer {credential}"})
+    # today: 201, and the developer holds AMF, APF and AEF certificates: it publishes service APIs every invoker
+    # discovers, holds interfaces (D125) and hears of every invoker's onboarding (D133)
+    assert answer.status in (401, 403), answer.body
