@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from m2msec.capif.ccf.context import Caller
 from m2msec.capif.ccf.events import DeliveryPolicy
 from m2msec.capif.ccf.events_rules import MAX_SUBSCRIPTIONS
+from m2msec.capif.ccf.http import CCFRequest
 from m2msec.capif.tokens import TokenRefused, verify_access_token
 
 from .ccf_env import (
@@ -334,3 +336,15 @@ async def test_an_invoker_onboarding_credential_does_not_register_a_provider_dom
     # today: 201, and the developer holds AMF, APF and AEF certificates: it publishes service APIs every invoker
     # discovers, holds interfaces (D125) and hears of every invoker's onboarding (D133)
     assert answer.status in (401, 403), answer.body
+
+
+# ---------------------------------------------------------- F11: the onboarding credential in a CCFRequest's repr
+
+@pytest.mark.xfail(strict=True, reason="attack2 F11 (low): CCFRequest.headers is in the dataclass repr, Authorization "
+                   "(the bearer onboarding credential) included; any log or traceback of a request leaks it")
+async def test_a_request_repr_carries_no_bearer_credential(world: World) -> None:
+    credential = world.credential("repr-check")
+    request = CCFRequest(world.ccf.ccf, Caller(None, None, None, None), {}, {}, None,  # type: ignore[arg-type]
+                         {"authorization": f"Bearer {credential}"}, {"authorization": [f"Bearer {credential}"]})
+    assert request.header("authorization") == f"Bearer {credential}"
+    assert credential not in repr(request)
