@@ -76,8 +76,6 @@ async def token(world: World, inv: Identity, scope: str | None = None) -> Any:
 
 # ------------------------------------------------------------- F1/F2: withdrawing a service API keeps its grants alive
 
-@pytest.mark.xfail(strict=True, reason="attack2 F1: unpublishing a service API leaves the invokers' security-context "
-                   "entries and AEFPSKs for it (publish.unpublish_hooks is empty: security.py never registers)")
 async def test_unpublished_interface_aefpsk_stays_readable(world: World) -> None:
     p = await register_provider(world)
     iface = interface_description(9101)
@@ -123,8 +121,6 @@ async def test_old_aef_reads_the_aefpsk_of_the_domain_that_took_its_interface_ov
     assert got_old.status == 404 and key.encode() not in got_old.body, got_old.body
 
 
-@pytest.mark.xfail(strict=True, reason="attack2 F2: the token endpoint still grants a service API its APF withdrew "
-                   "(the security context keeps the entry)")
 async def test_no_token_for_an_unpublished_service_api(world: World) -> None:
     p = await register_provider(world)
     service = await publish(world, p.apf, p.aef, name="withdrawn-api")
@@ -138,8 +134,6 @@ async def test_no_token_for_an_unpublished_service_api(world: World) -> None:
     assert answer.status == 400, answer.body  # today: 200, a token for a service API that no longer exists
 
 
-@pytest.mark.xfail(strict=True, reason="attack2 F2: after the whole provider domain is deregistered, invokers still "
-                   "get tokens naming its (deleted) AEF")
 async def test_no_token_for_a_deregistered_aef(world: World) -> None:
     p = await register_provider(world)
     await publish(world, p.apf, p.aef, name="dead-api")
@@ -223,8 +217,6 @@ async def test_an_invoker_cannot_aim_notifications_at_internal_addresses(world: 
     assert answer.status == 400, answer.body
 
 
-@pytest.mark.xfail(strict=True, reason="attack2 F1: a PUT of the service API that drops an interface releases its "
-                   "hold but leaves the invokers' AEFPSKs for it readable by the AEF")
 async def test_an_interface_dropped_by_an_update_keeps_no_aefpsk(world: World) -> None:
     p = await register_provider(world)
     service = await publish(world, p.apf, p.aef, interface_description(9104), name="moving-api")
@@ -249,9 +241,6 @@ async def test_an_interface_dropped_by_an_update_keeps_no_aefpsk(world: World) -
 
 # ------------------------------------------------------ F7: a token grants service APIs by name, recorded once (stale)
 
-@pytest.mark.xfail(strict=True, reason="attack2 F7: the security context records apiNames at negotiation; after the "
-                   "APF renames the authorized API and publishes another under the old name, the token grants the "
-                   "other API, which the invoker was never authorized for")
 async def test_a_renamed_api_does_not_carry_its_grant_to_a_new_api_of_the_old_name(world: World) -> None:
     p = await register_provider(world)
     first = await publish(world, p.apf, p.aef, interface_description(9106), name="alpha")
@@ -340,8 +329,6 @@ async def test_an_invoker_onboarding_credential_does_not_register_a_provider_dom
 
 # ---------------------------------------------------------- F11: the onboarding credential in a CCFRequest's repr
 
-@pytest.mark.xfail(strict=True, reason="attack2 F11 (low): CCFRequest.headers is in the dataclass repr, Authorization "
-                   "(the bearer onboarding credential) included; any log or traceback of a request leaks it")
 async def test_a_request_repr_carries_no_bearer_credential(world: World) -> None:
     credential = world.credential("repr-check")
     request = CCFRequest(world.ccf.ccf, Caller(None, None, None, None), {}, {}, None,  # type: ignore[arg-type]
