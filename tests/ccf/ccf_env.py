@@ -54,12 +54,12 @@ class World:
         return self.ccf.ca_pem
 
     def credential(self, subject: str = "tester", *, lifetime: int = 600, jti: str | None = None,
-                   audience: str | None = None, now: int | None = None) -> str:
+                   audience: str | None = None, now: int | None = None, purpose: str = "invoker") -> str:
         """An onboarding credential signed with the CCF's own key (what `m2msec ccf onboarding-credential` does)."""
         ccf = self.ccf.ccf
         return issue_credential(self.store, issuer=ccf.policy.issuer, subject=subject, lifetime=lifetime,
                                 now=int(ccf.clock()) if now is None else now, jti=jti or f"jti-{next(self._ids)}",
-                                audience=audience).token
+                                audience=audience, purpose=purpose).token
 
     async def connect(self, who: Identity | None = None) -> CCFConnection:
         return await CCFConnection.open(
@@ -163,7 +163,7 @@ async def register_provider(world: World, **extra: Any) -> Provider:
                                                                                    strict=True)],
             **extra}
     answer = await world.call(None, "POST", PROVIDERS, body,
-                              headers={"authorization": f"Bearer {world.credential()}"})
+                              headers={"authorization": f"Bearer {world.credential(purpose='provider')}"})
     assert answer.status == 201, answer.body
     result = answer.json()
     amf, apf, aef = identities(result, keys)
@@ -193,10 +193,12 @@ def service_description(aef: Identity | str, iface: dict[str, Any], name: str = 
 
 
 async def publish(world: World, apf: Identity, aef: Identity, interface: dict[str, Any] | None = None,
-                  name: str = "test-api", **extra: Any) -> dict[str, Any]:
-    """Publish a service API of ``apf`` exposed at ``aef`` (on ``interface``, by default a new host name); the
-    CCF's answer (a ServiceAPIDescription with its ``apiId``)."""
+                  name: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Publish a service API of ``apf`` exposed at ``aef`` (on ``interface``, by default a new host name; named
+    ``name``, by default a new ``test-api-<n>``: one AEF exposes one service API of a name, D146); the CCF's answer
+    (a ServiceAPIDescription with its ``apiId``)."""
     iface = interface if interface is not None else interface_description(next(world._ids))
+    name = name if name is not None else f"test-api-{next(world._ids)}"
     answer = await world.call(apf, "POST", f"{PUBLISHED}/{apf.identity}/service-apis",
                               service_description(aef, iface, name, **extra))
     assert answer.status == 201, answer.body

@@ -66,16 +66,16 @@ async def test_role_confusion_and_client_chosen_ids_are_refused(world: World) ->
     body = {"regSec": "s3cret-regsec", "apiProvDomId": "DOMmine",
             "apiProvFuncs": [provider_function("AMF", new_key())]}
     answer = await world.call(None, "POST", PROVIDERS, body,
-                              headers={"authorization": f"Bearer {world.credential()}"})
+                              headers={"authorization": f"Bearer {world.credential(purpose='provider')}"})
     assert answer.status == 400, answer.body
     del body["apiProvDomId"]
     body["apiProvFuncs"][0]["apiProvFuncId"] = p.amf.identity  # an existing function's ID
     answer = await world.call(None, "POST", PROVIDERS, body,
-                              headers={"authorization": f"Bearer {world.credential()}"})
+                              headers={"authorization": f"Bearer {world.credential(purpose='provider')}"})
     assert answer.status == 400, answer.body
     del body["apiProvFuncs"][0]["apiProvFuncId"]
     answer = await world.call(None, "POST", PROVIDERS, body,
-                              headers={"authorization": f"Bearer {world.credential()}"})
+                              headers={"authorization": f"Bearer {world.credential(purpose='provider')}"})
     assert answer.status == 201 and b"s3cret-regsec" not in answer.body, answer.body
 
 

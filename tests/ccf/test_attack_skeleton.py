@@ -835,8 +835,8 @@ def test_empty_client_credentials_cannot_reach_a_mutual_server() -> None:
 def test_an_issued_credential_is_on_stdout_only_and_the_store_is_private(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in (MASTER_KEY_ENV, "M2MSEC_CCF_STORE", "M2MSEC_DB")}
     env["XDG_DATA_HOME"] = str(tmp_path / "data")
-    result = subprocess.run([sys.executable, "-m", "m2msec.cli.main", "ccf", "onboarding-credential", "--subject",
-                             "alice"], capture_output=True, text=True, timeout=60, env=env)
+    result = subprocess.run([sys.executable, "-m", "m2msec.cli.main", "ccf", "onboarding-credential", "--for",
+                             "invoker", "--subject", "alice"], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     assert token.count(".") == 2

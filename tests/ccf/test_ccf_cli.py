@@ -46,11 +46,12 @@ async def _onboard(port: int, ca: bytes, credential: str) -> int:
 
 
 async def test_serve_onboard_revoke(tmp_path: Path) -> None:
-    issued = ccf(tmp_path, "onboarding-credential", "--subject", "alice", "--out", str(tmp_path / "alice.jwt"))
+    issued = ccf(tmp_path, "onboarding-credential", "--for", "invoker", "--subject", "alice", "--out",
+                 str(tmp_path / "alice.jwt"))
     assert issued.returncode == 0, issued.stderr
     assert (tmp_path / "alice.jwt").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "data" / "m2msec" / "ccf.db").exists()
-    second = ccf(tmp_path, "onboarding-credential", "--subject", "bob")
+    second = ccf(tmp_path, "onboarding-credential", "--for", "invoker", "--subject", "bob")
     assert second.returncode == 0, second.stderr
     bob, bob_jti = second.stdout.strip(), second.stderr.split("jti ")[1].split(",")[0]
     assert ccf(tmp_path, "revoke-credential", bob_jti).returncode == 0
@@ -87,8 +88,8 @@ def alice_jti(stderr: str) -> str:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["onboarding-credential", "--subject", "x", "--lifetime", "0"], "--lifetime"),
-    (["onboarding-credential", "--subject", "x\n"], "--subject"),
+    (["onboarding-credential", "--for", "invoker", "--subject", "x", "--lifetime", "0"], "--lifetime"),
+    (["onboarding-credential", "--for", "invoker", "--subject", "x\n"], "--subject"),
     (["revoke-credential", ""], "jti"),
 ])
 def test_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:

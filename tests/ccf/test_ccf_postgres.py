@@ -36,7 +36,7 @@ async def test_two_instances_one_key_space(postgres_url: str, tmp_path: Path) ->
 
         def credential(jti: str) -> str:
             return issue_onboarding_credential(two.ccf.token_key, issuer=CCF_HOST, subject="t", lifetime=600,
-                                               now=int(ccf.clock()), jti=jti)
+                                               purpose="invoker", now=int(ccf.clock()), jti=jti)
 
         # a credential signed with instance two's key onboards at instance one: one token key
         invoker_key = new_key()

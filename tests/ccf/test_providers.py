@@ -59,7 +59,7 @@ async def test_registration_certifies_each_function_in_its_role(world: World) ->
 
 
 async def test_location_and_credential_single_use(world: World) -> None:
-    token = world.credential()
+    token = world.credential(purpose="provider")
     body = {"regSec": "x", "apiProvFuncs": [provider_function("AMF", new_key())]}
     first = await world.call(None, "POST", PROVIDERS, body, headers={"authorization": f"Bearer {token}"})
     assert first.status == 201
@@ -67,16 +67,16 @@ async def test_location_and_credential_single_use(world: World) -> None:
     assert first.header("location") == f"https://ccf.test.example:{world.ccf.port}{PROVIDERS}/{domain}"
     again = await world.call(None, "POST", PROVIDERS, body, headers={"authorization": f"Bearer {token}"})
     assert again.status == 401 and again.json()["cause"] == "INVALID_ONBOARDING_CREDENTIAL"
-    # a credential spent on a provider cannot onboard an invoker either
+    # a provider's credential never onboards an invoker (D147), spent or not
     from .ccf_env import enrolment
 
     inv = await world.call(None, "POST", INVOKERS, enrolment(new_key()), headers={"authorization": f"Bearer {token}"})
-    assert inv.status == 401
+    assert inv.status == 403 and inv.json()["cause"] == "INVALID_ONBOARDING_CREDENTIAL"
 
 
 async def test_registration_refusals(world: World) -> None:
     def auth() -> dict[str, str]:
-        return {"authorization": f"Bearer {world.credential()}"}
+        return {"authorization": f"Bearer {world.credential(purpose='provider')}"}
 
     none = await world.call(None, "POST", PROVIDERS, {"regSec": "x", "apiProvFuncs": [
         provider_function("AMF", new_key())]})

@@ -42,6 +42,9 @@ TLS12_MASTER_SECRET_LENGTH: Final = 48
 #: docs/decisions.md D115: the port written in the interface information when an ``InterfaceDescription`` gives none
 #: (TS 29.222: the port is optional; HTTPS is what CAPIF-2e runs).
 DEFAULT_INTERFACE_PORT: Final = 443
+#: D146: the longest P0 written (a host name of 253, a port, an apiPrefix): far below the KDF's 65,535 octets, so an
+#: interface the CCF accepts always derives
+MAX_INTERFACE_INFORMATION: Final = 1024
 _MAX_PARAMETER: Final = 0xFFFF  # Li is two octets
 _API_PREFIX: Final = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=@%-]*)+")  # RFC 3986 path segments, no ':'
 
@@ -92,7 +95,10 @@ def interface_information(*, fqdn: str | None = None, ipv4_addr: str | None = No
         raise ConfigurationError(f"interface port {chosen} out of range")
     if api_prefix and not _API_PREFIX.fullmatch(api_prefix):  # "/"-led ASCII path segments, so P0 splits one way
         raise ConfigurationError("an apiPrefix is a path of ASCII segments starting with '/'")
-    return f"{_host(fqdn, ipv4_addr, ipv6_addr)}:{chosen}{api_prefix or ''}"
+    p0 = f"{_host(fqdn, ipv4_addr, ipv6_addr)}:{chosen}{api_prefix or ''}"
+    if len(p0) > MAX_INTERFACE_INFORMATION:  # refused where it is published, not at each derivation
+        raise ConfigurationError(f"the interface information is longer than {MAX_INTERFACE_INFORMATION} characters")
+    return p0
 
 
 def interface_information_of(description: Mapping[str, Any]) -> str:

@@ -13,7 +13,7 @@ from typing import Final
 
 from m2msec.errors import CAPIFError
 
-__all__ = ["MAX_SCOPE_LENGTH", "SCOPE_PREFIX", "AccessTokenError", "Scope", "parse_scope"]
+__all__ = ["MAX_SCOPE_LENGTH", "SCOPE_PREFIX", "AccessTokenError", "Scope", "is_scope_name", "parse_scope"]
 
 #: the prefix TS 29.222 puts before the scope's AEF list
 SCOPE_PREFIX: Final = "3gpp#"
@@ -67,6 +67,11 @@ class Scope:
 
     def __str__(self) -> str:
         return SCOPE_PREFIX + ";".join(f"{aef}:{','.join(apis)}" for aef, apis in self.grants)
+
+
+def is_scope_name(text: object) -> bool:
+    """Whether ``text`` can stand in a scope as an AEF ID or API name (no ``;``, ``,``, ``:``, ``#``, space...)."""
+    return isinstance(text, str) and _NAME.fullmatch(text) is not None
 
 
 def _invalid(why: str) -> AccessTokenError:

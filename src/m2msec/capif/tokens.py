@@ -38,6 +38,8 @@ __all__ = [
     "MAX_TOKEN_LENGTH",
     "ONBOARDING_LEEWAY",
     "ONBOARDING_TOKEN_TYPE",
+    "PURPOSES",
+    "PURPOSE_CLAIM",
     "AccessTokenClaims",
     "AccessTokenError",
     "OnboardingCredential",
@@ -51,6 +53,10 @@ __all__ = [
     "verify_onboarding_credential",
 ]
 
+#: D147: the private claim of an onboarding credential saying what it may create, and its values: an API invoker
+#: (API Invoker Management onboarding) or an API provider domain (API Provider Management registration)
+PURPOSE_CLAIM: Final = "capif_purpose"
+PURPOSES: Final = ("invoker", "provider")
 #: the only JWS algorithm signed or accepted (RFC 7518 §3.4: ECDSA P-256 SHA-256)
 ALGORITHM: Final = "ES256"
 #: docs/decisions.md D117: the longest token (characters) looked at; longer ones are refused before any parsing
@@ -227,12 +233,18 @@ class OnboardingCredential:
     issued_at: int
     expires_at: int
     audience: str | None
+    #: what it may create (``PURPOSE_CLAIM``): ``"invoker"`` or ``"provider"``; None when the credential names none
+    purpose: str | None = None
 
 
 def issue_onboarding_credential(signing_key: ec.EllipticCurvePrivateKey, *, issuer: str, subject: str,
-                                lifetime: int, now: int, jti: str, audience: str | None = None) -> str:
+                                lifetime: int, now: int, jti: str, audience: str | None = None,
+                                purpose: str | None = None) -> str:
     """An onboarding credential for ``subject`` (who onboards) valid from ``now`` for ``lifetime`` seconds:
-    ``{iss, sub, iat, nbf, exp, jti[, aud]}`` signed ES256, ``kid`` the key's thumbprint."""
+    ``{iss, sub, iat, nbf, exp, jti[, aud][, capif_purpose]}`` signed ES256, ``kid`` the key's thumbprint;
+    ``purpose`` (one of :data:`PURPOSES`) says what it may create (D147)."""
+    if purpose is not None and purpose not in PURPOSES:
+        raise ValueError(f"purpose is one of {', '.join(PURPOSES)}")
     _check_times(now, lifetime)
     for name, value in (("issuer", issuer), ("subject", subject), ("jti", jti)):
         if not isinstance(value, str) or not value:
@@ -241,6 +253,8 @@ def issue_onboarding_credential(signing_key: ec.EllipticCurvePrivateKey, *, issu
                               "jti": jti}
     if audience is not None:
         claims["aud"] = audience
+    if purpose is not None:
+        claims[PURPOSE_CLAIM] = purpose
     return _sign(signing_key, ONBOARDING_TOKEN_TYPE, claims)
 
 
@@ -274,10 +288,13 @@ def verify_onboarding_credential(token: object, verification_keys: VerificationK
     if aud is not None and not isinstance(aud, str):  # we issue a single audience
         raise refuse("invalid claim (aud)")
     jti = claims["jti"]
+    purpose = claims.get(PURPOSE_CLAIM)
+    if purpose is not None and purpose not in PURPOSES:
+        raise refuse(f"invalid claim ({PURPOSE_CLAIM})")
     if revoked(jti):
         raise refuse("revoked")
     return OnboardingCredential(issuer=claims["iss"], subject=claims["sub"], jti=jti, issued_at=int(claims["iat"]),
-                                expires_at=int(claims["exp"]), audience=aud)
+                                expires_at=int(claims["exp"]), audience=aud, purpose=purpose)
 
 
 # ------------------------------------------------------------------------------------------------------ access token

@@ -33,6 +33,8 @@ def add_parser(sub: Any) -> None:
     o = cs.add_parser("onboarding-credential",
                       help="issue an onboarding credential (a JWT an API invoker or provider onboards with, once)")
     o.add_argument("--subject", required=True, help="who it is for (recorded with the invoker it onboards)")
+    o.add_argument("--for", dest="purpose", required=True, choices=("invoker", "provider"),
+                   help="what it may create: an API invoker (onboarding) or an API provider domain (registration)")
     o.add_argument("--lifetime", type=int, default=DEFAULT_CREDENTIAL_LIFETIME, metavar="SECONDS",
                    help=f"validity (default {DEFAULT_CREDENTIAL_LIFETIME} s, at most {MAX_CREDENTIAL_LIFETIME} s)")
     o.add_argument("--out", type=Path, help="write it to this new file (mode 0600) instead of standard output")
@@ -73,13 +75,15 @@ def _credential(args: argparse.Namespace) -> int:
         check_new_file(args.out)
     with open_ccf_store(config) as store:
         issued = issue_credential(store, issuer=config.ccf_host, subject=args.subject, lifetime=args.lifetime,
-                                  now=int(time.time()), audience=config.onboarding_audience or None)
+                                  now=int(time.time()), purpose=args.purpose,
+                                  audience=config.onboarding_audience or None)
     if args.out is not None:
         write_secret_file(args.out, issued.token + "\n")
     else:
         print(issued.token)
-    print(f"onboarding credential for {args.subject!r}: jti {issued.jti}, valid until {_when(issued.expires)}"
-          + (f", written to {args.out}" if args.out is not None else ""), file=sys.stderr)
+    where = f", written to {args.out}" if args.out is not None else ""
+    print(f"onboarding credential ({args.purpose}) for {args.subject!r}: jti {issued.jti}, valid until "
+          f"{_when(issued.expires)}{where}", file=sys.stderr)
     return 0
 
 

@@ -33,14 +33,15 @@ class IssuedCredential:
         return f"IssuedCredential(jti={self.jti!r}, expires={self.expires})"
 
 
-def issue_credential(store: KeyStore, *, issuer: str, subject: str, lifetime: int, now: int,
+def issue_credential(store: KeyStore, *, issuer: str, subject: str, lifetime: int, now: int, purpose: str,
                      audience: str | None = None, jti: str | None = None) -> IssuedCredential:
-    """Sign an onboarding credential with the CCF's token key and record its jti."""
+    """Sign an onboarding credential for ``purpose`` (``invoker`` or ``provider``, D147) with the CCF's token key
+    and record its jti."""
     jti = jti or secrets.token_hex(16)
     token = issue_onboarding_credential(load_or_create_token_key(store), issuer=issuer, subject=subject,
-                                        lifetime=lifetime, now=now, jti=jti, audience=audience)
-    store.put_document(Document(CREDENTIAL_KIND, jti, {"subject": subject, "expires": now + lifetime},
-                                expires=float(now + lifetime)))
+                                        lifetime=lifetime, now=now, jti=jti, audience=audience, purpose=purpose)
+    store.put_document(Document(CREDENTIAL_KIND, jti, {"subject": subject, "purpose": purpose,
+                                                       "expires": now + lifetime}, expires=float(now + lifetime)))
     return IssuedCredential(token, jti, now + lifetime)
 
 

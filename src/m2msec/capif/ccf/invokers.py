@@ -25,7 +25,8 @@ from m2msec.capif.tokens import INVALID_CREDENTIAL_CAUSE, OnboardingCredential, 
 from m2msec.errors import CAPIFError, Conflict, StorageError
 from m2msec.store import Document
 
-__all__ = ["API", "INVOKER_KIND", "REVOKED_KIND", "check_credential", "invoker_location", "merge_patch",
+__all__ = ["API", "INVOKER_KIND", "REVOKED_KIND", "check_credential", "check_provider_credential", "invoker_location",
+           "merge_patch",
            "offboard_invoker", "onboarding_credential", "purge_hooks", "spend_credential", "unspend_credential"]
 
 log = logging.getLogger("m2msec.ccf")
@@ -57,14 +58,18 @@ def _bearer(request: CCFRequest) -> str:
     return token.strip()
 
 
-def onboarding_credential(request: CCFRequest) -> OnboardingCredential:
+def onboarding_credential(request: CCFRequest, purpose: str = "invoker") -> OnboardingCredential:
     """The verified onboarding credential of the request's ``Authorization: Bearer`` (invoker onboarding, API
     provider registration); not yet spent: :func:`spend_credential` once the request is known to be good.
     Raises CAPIFError (401, cause INVALID_ONBOARDING_CREDENTIAL)."""
     ccf = request.ccf
-    return verify_onboarding_credential(_bearer(request), ccf.verification_keys, issuer=ccf.policy.issuer,
-                                        audience=ccf.policy.onboarding_audience, now=int(ccf.clock()),
-                                        revoked=lambda _: False)
+    credential = verify_onboarding_credential(_bearer(request), ccf.verification_keys, issuer=ccf.policy.issuer,
+                                              audience=ccf.policy.onboarding_audience, now=int(ccf.clock()),
+                                              revoked=lambda _: False)
+    if credential.purpose != purpose:  # D147: an invoker's credential never registers a provider domain
+        raise CAPIFError(f"this onboarding credential is not for onboarding an API {purpose}", status=403,
+                         cause=INVALID_CREDENTIAL_CAUSE)
+    return credential
 
 
 async def spend_credential(ccf: CCF, credential: OnboardingCredential, by: str) -> None:
@@ -98,14 +103,23 @@ def _answer(enrolment: dict[str, Any], invoker_id: str, cert_pem: str) -> dict[s
     return out
 
 
-async def check_credential(request: CCFRequest) -> OnboardingCredential:
-    """The ``precheck`` of onboarding and registration: the credential verified and not yet spent or revoked,
-    before the body is read (an anonymous client gets no further without one)."""
-    credential = onboarding_credential(request)
+async def _unspent(request: CCFRequest, purpose: str) -> OnboardingCredential:
+    credential = onboarding_credential(request, purpose)
     if await request.ccf.store.get_document(REVOKED_KIND, "jti:" + credential.jti) is not None:
         raise CAPIFError("the onboarding credential was already used or is revoked", status=401,
                          cause=INVALID_CREDENTIAL_CAUSE)
     return credential
+
+
+async def check_credential(request: CCFRequest) -> OnboardingCredential:
+    """The ``precheck`` of onboarding: an invoker's credential verified and not yet spent or revoked, before the
+    body is read (an anonymous client gets no further without one)."""
+    return await _unspent(request, "invoker")
+
+
+async def check_provider_credential(request: CCFRequest) -> OnboardingCredential:
+    """The ``precheck`` of API provider registration (:func:`check_credential` for a provider's credential)."""
+    return await _unspent(request, "provider")
 
 
 async def unspend_credential(ccf: CCF, credential: OnboardingCredential) -> None:

@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives import serialization
 
 from m2msec.capif.ccf.context import CCF, certificate_digest
 from m2msec.capif.ccf.http import MERGE_PATCH, CCFRequest, Reply, operation
-from m2msec.capif.ccf.invokers import merge_patch, onboarding_credential, spend_credential
+from m2msec.capif.ccf.invokers import check_provider_credential, merge_patch, spend_credential, unspend_credential
 from m2msec.capif.certificates import CAPIFRole, issue_capif_certificate, load_csr
+from m2msec.capif.tokens import OnboardingCredential
 from m2msec.errors import CAPIFError, NotFound
 from m2msec.store import Document
 
@@ -97,10 +98,10 @@ def _answer(enrolment: dict[str, Any], domain_id: str, funcs: list[dict[str, Any
     return out
 
 
-@operation(API, "POST", "/registrations")
+@operation(API, "POST", "/registrations", precheck=check_provider_credential)
 async def register(request: CCFRequest) -> Reply:
     ccf = request.ccf
-    credential = onboarding_credential(request)
+    credential: OnboardingCredential = request.checked  # D147: a provider's credential, unspent (checked first)
     body: dict[str, Any] = request.body
     if "apiProvDomId" in body:
         raise CAPIFError("apiProvDomId is assigned by the CCF: it must not be sent at registration", status=400)
@@ -118,12 +119,18 @@ async def register(request: CCFRequest) -> Reply:
         funcs.append(out)
         records.append(Document(PROVIDER_KIND, FUNC_PREFIX + func_id,
                                 {"domain": domain_id, "role": role, "certificate": digest}))
-    await spend_credential(ccf, credential, domain_id)  # D121: spent first, atomically
     answer = _answer(body, domain_id, funcs)
-    for record in records:
-        await ccf.store.put_document(record)
-    await ccf.store.put_document(Document(PROVIDER_KIND, domain_id, {
-        "enrolment": answer, "jti": credential.jti, "subject": credential.subject}))
+    await spend_credential(ccf, credential, domain_id)  # D121: spent once all else succeeded, atomically
+    try:
+        for record in records:
+            await ccf.store.put_document(record)
+        await ccf.store.put_document(Document(PROVIDER_KIND, domain_id, {
+            "enrolment": answer, "jti": credential.jti, "subject": credential.subject}))
+    except BaseException:
+        for record in records:
+            await delete_quietly(ccf, PROVIDER_KIND, record.record_id)
+        await unspend_credential(ccf, credential)
+        raise
     return Reply(201, answer, {"Location": registration_location(ccf, domain_id)})
 
 

@@ -29,6 +29,7 @@ from m2msec.capif.ccf.invokers import merge_patch
 from m2msec.capif.ccf.providers import PROVIDER_KIND, delete_quietly, function_record
 from m2msec.capif.certificates import CAPIFRole
 from m2msec.capif.kdf import interface_information_of
+from m2msec.capif.scope import is_scope_name
 from m2msec.capif.security_method import published_methods
 from m2msec.errors import CAPIFError, ConfigurationError, Conflict, NotFound
 from m2msec.store import Document
@@ -45,6 +46,9 @@ INTERFACE_IN_USE_CAUSE: Final = "INTERFACE_HELD_BY_ANOTHER_AEF"
 NO_SECURITY_METHOD_CAUSE: Final = "NO_SECURITY_METHOD"
 #: D124: ProblemDetails cause (403) of an aefId that is not an AEF of the publishing APF's provider domain
 FOREIGN_AEF_CAUSE: Final = "AEF_NOT_IN_PROVIDER_DOMAIN"
+#: D146: an apiName that cannot stand in a scope; a second service API of one name at one AEF
+INVALID_API_NAME_CAUSE: Final = "INVALID_API_NAME"
+API_NAME_IN_USE_CAUSE: Final = "API_NAME_IN_USE"
 
 #: called with (ccf, [apiId, ...]) after service APIs are deleted (the security module drops what refers to them)
 unpublish_hooks: list[Any] = []
@@ -71,11 +75,18 @@ def interfaces_of(description: dict[str, Any]) -> set[tuple[str, str]]:
     return out
 
 
-async def _check(ccf: CCF, domain: str, description: dict[str, Any]) -> set[tuple[str, str]]:
-    """D124: the description's AEFs and interfaces; returns its (aefId, P0) pairs (D125 checked within it)."""
+async def _check(ccf: CCF, domain: str, description: dict[str, Any],
+                 api_id: str | None = None) -> set[tuple[str, str]]:
+    """D124: the description's AEFs and interfaces; returns its (aefId, P0) pairs (D125 checked within it). D146:
+    ``apiName`` can stand in an access token's scope, and no other service API (``api_id`` is this one's) of the same
+    AEF has it."""
     profiles = description.get("aefProfiles")
     if not profiles:
         raise CAPIFError("a service API needs aefProfiles: the AEFs exposing it", status=400)
+    name = description.get("apiName")
+    if not is_scope_name(name):
+        raise CAPIFError("apiName must be printable ASCII without space, ';', ',', ':', '#', '\\' or '\"' (it is "
+                         "written into access token scopes)", status=400, cause=INVALID_API_NAME_CAUSE)
     pairs: set[tuple[str, str]] = set()
     for profile in profiles:
         aef_id = profile["aefId"]
@@ -103,6 +114,13 @@ async def _check(ccf: CCF, domain: str, description: dict[str, Any]) -> set[tupl
     active = (description.get("apiStatus") or {}).get("aefIds", [])
     if not set(active) <= {p["aefId"] for p in profiles}:
         raise CAPIFError("apiStatus.aefIds names an AEF without a profile in this service API", status=400)
+    aefs = {str(p.get("aefId")) for p in profiles}
+    for other in await services(ccf):
+        theirs = other.body.get("description") or {}
+        if other.record_id != api_id and theirs.get("apiName") == name and \
+                aefs & {str(p.get("aefId")) for p in theirs.get("aefProfiles") or []}:
+            raise CAPIFError(f"an AEF of this service API already exposes a service API named {name!r}",
+                             status=403, cause=API_NAME_IN_USE_CAUSE)
     return pairs
 
 
@@ -233,7 +251,7 @@ async def _replace(request: CCFRequest, apf: Document, doc: Document, descriptio
     ccf, api_id = request.ccf, doc.record_id
     if description.get("apiId", api_id) != api_id:
         raise CAPIFError("apiId does not match the resource", status=400)
-    pairs = await _check(ccf, str(apf.body["domain"]), description)
+    pairs = await _check(ccf, str(apf.body["domain"]), description, api_id)
     await _claim(ccf, pairs)
     answer = dict(copy.deepcopy(description), apiId=api_id)
     try:

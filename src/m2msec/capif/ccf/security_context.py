@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from m2msec.capif.kdf import interface_information_of
-from m2msec.capif.scope import SCOPE_PREFIX
+from m2msec.capif.scope import Scope
 from m2msec.capif.security_method import (
     DEFAULT_PRIORITY,
     NO_COMMON_METHOD_CAUSE,
@@ -206,8 +206,9 @@ def scope_of(entries: Iterable[Mapping[str, Any]]) -> str | None:
     for entry in entries:
         names = grants.setdefault(str(entry["aefId"]), [])
         names.extend(n for n in api_names(entry) if n not in names)
-    parts = [f"{aef}:{','.join(names)}" for aef, names in grants.items() if names]
-    return SCOPE_PREFIX + ";".join(parts) if parts else None
+    kept = tuple((aef, tuple(names)) for aef, names in grants.items() if names)
+    # built as a Scope, never by joining strings: a name that could write another grant fails closed (attack2 F8)
+    return str(Scope(kept)) if kept else None
 
 
 def api_names(entry: Mapping[str, Any]) -> list[str]:
