@@ -232,7 +232,7 @@ async def _answer(ccf: CCF, op: Operation, request: Request) -> Reply:
         body = await _read_body(request, op)
         if op.media not in (None, FORM):
             try:
-                validate_request(op.api, op.name, body, JSON)
+                validate_request(op.api, op.name, body, op.media)
             except SchemaViolation as exc:
                 where, _, reason = str(exc).partition(": ")[2].partition(": ")
                 return problem(400, f"the body breaks the {op.api} schema: {where}: {reason}"[:512],
