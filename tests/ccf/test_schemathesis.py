@@ -1,0 +1,332 @@
+"""Property-based tests of every CCF operation from the official OpenAPI (schemathesis), over real TLS.
+
+For each operation of each bundled TS 29.222 document the CCF serves (``m2msec.capif.openapi.APIS`` less
+``aef-security``, which an AEF serves), hypothesis draws schemathesis cases, positive (valid per the schema) and
+negative (breaking it), and a caller: the role TS 29.222 gives the operation (an onboarded invoker's certificate, an
+AEF/APF/AMF function's certificate, or, for the two onboarding POSTs, no certificate and a fresh single-use onboarding
+credential as ``Authorization: Bearer``), sometimes no credential at all; and whether the path parameters name the
+caller's own resources (else they are what schemathesis drew). Each case goes over a new TLS 1.2 connection with
+``requests`` to the CCF on 127.0.0.1, the server name ``ccf.test.example`` checked (:class:`CCFHostAdapter`).
+
+Checks on every answer: no 5xx (``not_a_server_error``), a status the operation lists, the content type and the body
+conforming to the official schema (``status_code_conformance``, ``content_type_conformance``,
+``response_schema_conformance``); a negative case must be refused with a 4xx (``negative_data_rejection``). The CCF
+also runs with ``validate_responses=True``, so a non-conforming answer it builds becomes a 500 the first check catches.
+
+The CCF runs in a thread with its own event loop (the ``world`` machinery of ccf_env, once per module), since
+schemathesis and ``requests`` are synchronous. An operation not implemented on a branch answers a 404 ProblemDetails,
+which the official files list: such operations pass trivially and are named in the run's output ("404 only").
+Provider roles need the API Provider Management registration: when it is not served, their operations run without a
+certificate (printed as well). ``M2MSEC_FUZZ_EXAMPLES`` sets hypothesis' examples per operation (default
+:data:`MAX_EXAMPLES`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from requests.adapters import HTTPAdapter
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from m2msec.capif.openapi import APIS, BUNDLED_DIR
+
+from .ccf_env import CCF_HOST, INVOKERS, PROVIDERS, World, csr_pem, enrolment, key_pem, new_key, start_world
+
+#: hypothesis examples per operation (CI bound: the whole module must stay well under 90 s)
+MAX_EXAMPLES: Final = int(os.environ.get("M2MSEC_FUZZ_EXAMPLES", "25"))
+#: the CCF's APIs: every bundled document but the AEF's own
+CCF_APIS: Final = tuple(api for api in APIS if api != "aef-security")
+CHECKS: Final = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+#: seconds a request may take before the case fails (a hang is a finding too)
+TIMEOUT: Final = 10.0
+
+NONE, ONBOARDING, INVOKER, AEF, APF, AMF = "none", "onboarding", "invoker", "AEF", "APF", "AMF"
+PROVIDER_ROLES: Final = (AEF, APF, AMF)
+
+
+def roles_of(api: str, method: str, path: str) -> tuple[str, ...]:
+    """Who calls an operation (TS 29.222 §5: the invoker onboards, discovers, asks for security and tokens; the AMF
+    registers and manages providers, the APF publishes, the AEF reads and revokes security contexts; any of them
+    subscribes to events)."""
+    if method == "POST" and path in ("/onboardedInvokers", "/registrations"):
+        return (ONBOARDING,)
+    if api in ("api-invoker-management", "service-apis"):
+        return (INVOKER,)
+    if api == "api-provider-management":
+        return (AMF,)
+    if api == "published-apis":
+        return (APF,)
+    if api == "capif-security":
+        invoker_side = (method == "PUT" or path.endswith(("/update", "/token")))
+        return (INVOKER,) if invoker_side else (AEF,)
+    return (INVOKER, AEF, APF, AMF)
+
+
+def load_schema(api: str) -> Any:
+    return schemathesis.openapi.from_dict(json.loads((BUNDLED_DIR / f"{api}.json").read_text()))
+
+
+SCHEMAS: Final = {api: load_schema(api) for api in CCF_APIS}
+OPERATIONS: Final = [(api, method.upper(), path) for api in CCF_APIS
+                     for path, item in json.loads((BUNDLED_DIR / f"{api}.json").read_text())["paths"].items()
+                     for method in item if method in ("get", "put", "post", "patch", "delete")]
+
+
+class CCFHostAdapter(HTTPAdapter):
+    """Connects where the URL says (127.0.0.1) but sends SNI for, and verifies the certificate against, the CCF's
+    host name: urllib3's ``server_hostname`` and ``assert_hostname`` pool arguments."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.update(server_hostname=CCF_HOST, assert_hostname=CCF_HOST)
+        super().init_poolmanager(*args, **kwargs)
+
+
+@dataclass
+class Who:
+    """An identity the CCF certified, as files for ``requests``, with the ids its resources go by."""
+
+    role: str
+    identity: str
+    cert_file: Path
+    key_file: Path
+    #: the provider domain (apiProvDomId) for provider functions
+    domain: str | None = None
+
+
+@dataclass
+class LiveCCF:
+    """The CCF running in its own thread, and the callers of the fuzzed requests."""
+
+    world: World
+    tmp: Path
+    ca_file: Path
+    identities: dict[str, Who] = field(default_factory=dict)
+    providers_served: bool | None = None
+    answered: dict[str, set[int]] = field(default_factory=dict)
+
+    def url(self, api: str) -> str:
+        return f"https://127.0.0.1:{self.world.ccf.port}/{api}/v1"
+
+    def session(self, who: Who | None) -> requests.Session:
+        s = requests.Session()
+        s.trust_env = False  # no REQUESTS_CA_BUNDLE, no proxy from the environment: the CCF's CA, on loopback
+        s.mount("https://", CCFHostAdapter())
+        s.verify = str(self.ca_file)
+        if who is not None:
+            s.cert = (str(who.cert_file), str(who.key_file))
+        return s
+
+    def bearer(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.world.credential('fuzzer')}"}
+
+    def _files(self, name: str, cert_pem: str, key: bytes) -> tuple[Path, Path]:
+        cert_file, key_file = self.tmp / f"{name}.crt", self.tmp / f"{name}.key"
+        cert_file.write_text(cert_pem)
+        key_file.write_bytes(key)
+        return cert_file, key_file
+
+    def onboard(self) -> Who:
+        key = new_key()
+        with self.session(None) as s:
+            r = s.post(self.url("api-invoker-management") + INVOKERS.removeprefix("/api-invoker-management/v1"),
+                       json=enrolment(key), headers=self.bearer(), timeout=TIMEOUT)
+        assert r.status_code == 201, r.text
+        body = r.json()
+        ident = body["apiInvokerId"]
+        cert_file, key_file = self._files(ident, body["onboardingInformation"]["apiInvokerCertificate"], key_pem(key))
+        return Who(INVOKER, ident, cert_file, key_file)
+
+    def register_providers(self) -> bool:
+        """AEF, APF and AMF functions of one provider domain through API Provider Management (if served)."""
+        keys = {role: new_key() for role in PROVIDER_ROLES}
+        token = self.world.credential("fuzzer-provider")
+        details = {"regSec": token, "apiProvDomInfo": "fuzzer provider", "suppFeat": "0",
+                   "apiProvFuncs": [{"regInfo": {"apiProvPubKey": csr_pem(k)}, "apiProvFuncRole": role,
+                                     "apiProvFuncInfo": f"fuzzer {role}"} for role, k in keys.items()]}
+        with self.session(None) as s:
+            r = s.post(self.url("api-provider-management") + PROVIDERS.removeprefix("/api-provider-management/v1"),
+                       json=details, headers={"Authorization": f"Bearer {token}"}, timeout=TIMEOUT)
+        if r.status_code != 201:
+            return False
+        body = r.json()
+        for func in body["apiProvFuncs"]:
+            role, ident = func["apiProvFuncRole"], func["apiProvFuncId"]
+            cert_file, key_file = self._files(ident, func["regInfo"]["apiProvCert"], key_pem(keys[role]))
+            self.identities[role] = Who(role, ident, cert_file, key_file, domain=body["apiProvDomId"])
+        return True
+
+    def who(self, role: str) -> Who | None:
+        """The current identity of ``role`` (made when first needed or after a case may have spent it)."""
+        if role in (NONE, ONBOARDING):
+            return None
+        if role == INVOKER and INVOKER not in self.identities:
+            self.identities[INVOKER] = self.onboard()
+        if role in PROVIDER_ROLES and role not in self.identities:
+            if self.providers_served is False:
+                return None
+            self.providers_served = self.register_providers()
+            if not self.providers_served:
+                return None
+        return self.identities[role]
+
+    def own_id(self, param: str, caller: Who | None) -> str | None:
+        """The caller's own id for path parameter ``param`` (None: leave what schemathesis drew)."""
+        if param == "subscriberId":
+            return caller.identity if caller is not None else None
+        if param == "registrationId":
+            return caller.domain if caller is not None else None
+        role = {"onboardingId": INVOKER, "apiInvokerId": INVOKER, "apfId": APF}.get(param)
+        if role is None:
+            return None
+        who = caller if caller is not None and caller.role == role else self.who(role)
+        return who.identity if who is not None else None
+
+    def spent(self, role: str) -> None:
+        """A changing request of ``role`` on its own resources succeeded: its certificate may be gone (offboarded,
+        replaced by an update), so the next case gets a fresh identity."""
+        if role == INVOKER:
+            self.identities.pop(INVOKER, None)
+        elif role in PROVIDER_ROLES:
+            for r in PROVIDER_ROLES:
+                self.identities.pop(r, None)
+
+
+@contextlib.contextmanager
+def ccf_thread(tmp: Path) -> Iterator[World]:
+    """The ``world`` CCF (real TLS, SQLite, validate_responses) served by an event loop in another thread."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        worlds = start_world(tmp)
+        try:
+            box["world"], box["stop"] = await anext(worlds), stop
+        except BaseException as exc:
+            box["error"] = exc
+            raise
+        finally:
+            ready.set()
+        try:
+            await stop.wait()
+        finally:
+            await worlds.aclose()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), name="ccf", daemon=True)
+    thread.start()
+    try:
+        ready.wait(30)
+        if "world" not in box:
+            raise RuntimeError(f"the CCF did not start: {box.get('error')!r}")
+        yield box["world"]
+    finally:
+        if "stop" in box:
+            loop.call_soon_threadsafe(box["stop"].set)
+        thread.join(30)
+        loop.close()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCCF]:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    with ccf_thread(tmp) as world:
+        ca_file = tmp / "ca.pem"
+        ca_file.write_bytes(world.ca_pem)
+        ccf = LiveCCF(world, tmp, ca_file)
+        yield ccf
+    only_404 = sorted(name for name, statuses in ccf.answered.items() if statuses == {404})
+    print(f"\nschemathesis: {len(ccf.answered)} operations; answering only 404 (not served here): {len(only_404)}")
+    for name, statuses in sorted(ccf.answered.items()):
+        print(f"  {'404 only' if name in only_404 else 'answered'}: {name}: {sorted(statuses)}")
+    if ccf.providers_served is False:
+        print("  provider roles: API Provider Management not served; their operations ran without a certificate")
+
+
+#: the members of the official schemas that carry a PKCS#10 request in PEM (an invoker's, a provider function's)
+CSR_MEMBERS: Final = ("apiInvokerPublicKey", "apiProvPubKey")
+
+
+def with_real_csrs(body: Any) -> None:
+    """Put a real CSR wherever ``body`` has a CSR member of the schema, so that cases reach past the CSR check (a
+    drawn string is never a CSR) into onboarding, updates and registrations."""
+    if isinstance(body, dict):
+        for key, value in body.items():
+            if key in CSR_MEMBERS and isinstance(value, str):
+                body[key] = csr_pem(new_key())
+            else:
+                with_real_csrs(value)
+    elif isinstance(body, list):
+        for item in body:
+            with_real_csrs(item)
+
+
+def case_strategy(api: str, method: str, path: str) -> st.SearchStrategy[Any]:
+    op = SCHEMAS[api][path][method]
+    return st.one_of(op.as_strategy(GenerationMode.POSITIVE), op.as_strategy(GenerationMode.NEGATIVE))
+
+
+@pytest.mark.parametrize(("api", "method", "path"), OPERATIONS, ids=[f"{a} {m} {p}" for a, m, p in OPERATIONS])
+def test_operation_answers_by_the_contract(live: LiveCCF, api: str, method: str, path: str) -> None:
+    roles = roles_of(api, method, path)
+    # the role's own caller three times out of four, no credential at all otherwise
+    callers = st.sampled_from([*roles * 3, NONE])
+
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+    @given(case=case_strategy(api, method, path), role=callers, own=st.booleans(), real_csr=st.booleans())
+    def run(case: Any, role: str, own: bool, real_csr: bool) -> None:
+        who = live.who(role)
+        if real_csr:
+            with_real_csrs(case.body)
+        if own:
+            for name in list(case.path_parameters or {}):
+                mine = live.own_id(name, who)
+                if mine is not None:
+                    case.path_parameters[name] = mine
+        headers = live.bearer() if role == ONBOARDING else None
+        negative = case.meta is not None and case.meta.generation.mode.is_negative
+        with live.session(who) as session:
+            response = case.call(base_url=live.url(api), session=session, headers=headers, timeout=TIMEOUT,
+                                 verify=session.verify, cert=session.cert)
+        live.answered.setdefault(f"{api} {method} {path}", set()).add(response.status_code)
+        if own and who is not None and method != "GET" and response.status_code < 300:
+            live.spent(who.role)
+        case.validate_response(response, checks=CHECKS + ([negative_data_rejection] if negative else []),
+                               headers=headers)
+
+    run()
+
+
+def test_merge_patch_of_an_enrolment_is_answered(live: LiveCCF) -> None:
+    """What the fuzzing found first: every PATCH (application/merge-patch+json) answered 500, its body looked up
+    under application/json in the official file. A PATCH of the invoker's own enrolment now changes it."""
+    who = live.who(INVOKER)
+    assert who is not None
+    with live.session(who) as s:
+        r = s.patch(f"{live.url('api-invoker-management')}/onboardedInvokers/{who.identity}",
+                    data=json.dumps({"apiInvokerInformation": "patched"}),
+                    headers={"Content-Type": "application/merge-patch+json"}, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    assert r.json()["apiInvokerInformation"] == "patched"
+    assert r.json()["apiInvokerId"] == who.identity
