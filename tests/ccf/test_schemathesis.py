@@ -330,3 +330,89 @@ def test_merge_patch_of_an_enrolment_is_answered(live: LiveCCF) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["apiInvokerInformation"] == "patched"
     assert r.json()["apiInvokerId"] == who.identity
+
+
+#: a placeholder replaced, in the JSON text, by an escape JSON allows but Unicode does not (a lone surrogate)
+_MARK: Final = "\x00lone-surrogate\x00"
+JSON_BODY_OPERATIONS: Final = [
+    (api, method, path) for api, method, path in OPERATIONS
+    if "application/json" in (json.loads((BUNDLED_DIR / f"{api}.json").read_text())["paths"][path][method.lower()]
+                              .get("requestBody", {}).get("content", {}))
+    or "application/merge-patch+json" in (json.loads((BUNDLED_DIR / f"{api}.json").read_text())["paths"][path]
+                                          [method.lower()].get("requestBody", {}).get("content", {}))]
+
+
+def string_slots(body: Any) -> list[tuple[Any, Any]]:
+    """(container, key) of every string value in ``body``."""
+    out: list[tuple[Any, Any]] = []
+    stack = [body]
+    while stack:
+        item = stack.pop()
+        pairs = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, list) else ()
+        for key, value in pairs:
+            if isinstance(value, str):
+                out.append((item, key))
+            else:
+                stack.append(value)
+    return out
+
+
+@pytest.mark.parametrize(("api", "method", "path"), JSON_BODY_OPERATIONS,
+                         ids=[f"{a} {m} {p}" for a, m, p in JSON_BODY_OPERATIONS])
+def test_a_lone_surrogate_in_a_valid_body_is_refused(live: LiveCCF, api: str, method: str, path: str) -> None:
+    """A body valid per the schema but with one string holding ``\\ud800`` (JSON syntax allows the escape; it is not
+    Unicode text): refused as 400 INVALID_MSG_FORMAT by a served operation, never a 500 (before: onboarding spent the
+    credential, stored the invoker and then failed to encode its answer, a text/plain 500)."""
+    roles = roles_of(api, method, path)
+    op = SCHEMAS[api][path][method]
+
+    @settings(max_examples=max(5, MAX_EXAMPLES // 5), deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+    @given(case=op.as_strategy(GenerationMode.POSITIVE), role=st.sampled_from(roles), data=st.data())
+    def run(case: Any, role: str, data: st.DataObject) -> None:
+        slots = string_slots(case.body)
+        if not slots:
+            return
+        container, key = data.draw(st.sampled_from(slots))
+        container[key] = _MARK
+        raw = json.dumps(case.body).replace(json.dumps(_MARK)[1:-1], "\\ud800").encode()
+        who = live.who(role)
+        for name in list(case.path_parameters or {}):  # the caller's own resources: past the 403 of another's
+            mine = live.own_id(name, who)
+            if mine is not None:
+                case.path_parameters[name] = mine
+        headers = {"Content-Type": case.media_type or "application/json",
+                   **(live.bearer() if role == ONBOARDING else {})}
+        url = live.url(api) + case.formatted_path
+        with live.session(who) as s:
+            r = s.request(method, url, data=raw, headers=headers, timeout=TIMEOUT)
+        if r.status_code < 300 and method != "POST":
+            live.spent(role)
+        assert r.status_code in (400, 404), (r.status_code, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+        if r.status_code == 400:
+            assert r.json()["cause"] == "INVALID_MSG_FORMAT"
+
+    run()
+
+
+def test_a_number_beyond_a_double_is_refused(live: LiveCCF) -> None:
+    """``1e999`` parses as infinity, which the schema's ``minimum: 0`` (Uncertainty) lets through; echoed, it became
+    ``Infinity``, which is not JSON. Refused now."""
+    body = enrolment(new_key())
+    body["apiList"] = {"serviceAPIDescriptions": [{"apiName": "x", "aefProfiles": [{
+        "aefId": "aef", "versions": [{"apiVersion": "v1"}], "domainName": "aef.example",
+        "aefLocation": {"geoArea": {"shape": "POINT_UNCERTAINTY_CIRCLE", "point": {"lon": 1, "lat": 1},
+                                    "uncertainty": 12345}}}]}]}
+    raw = json.dumps(body).replace("12345", "1e999").encode()
+    with live.session(None) as s:
+        r = s.post(live.url("api-invoker-management") + "/onboardedInvokers", data=raw, timeout=TIMEOUT,
+                   headers={**live.bearer(), "Content-Type": "application/json"})
+        assert r.status_code == 400, r.text
+        assert r.json()["cause"] == "INVALID_MSG_FORMAT"
+        # the same body with a finite number onboards: the refusal is the number's, not the body's
+        ok = s.post(live.url("api-invoker-management") + "/onboardedInvokers", data=raw.replace(b"1e999", b"1e300"),
+                    timeout=TIMEOUT, headers={**live.bearer(), "Content-Type": "application/json"})
+    assert ok.status_code == 201, ok.text
+    assert ok.json()["apiList"]["serviceAPIDescriptions"][0]["aefProfiles"][0]["aefLocation"]["geoArea"][
+        "uncertainty"] == 1e300

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -149,9 +150,35 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: a double overflows to infinity, which JSON cannot carry back
+        raise ValueError("a number is out of the range of a double")
+    return value
+
+
+def _unicode_only(value: Any) -> None:
+    """Every string (and member name) must be Unicode text: a lone surrogate escape (``"\\ud800"``) is valid JSON
+    syntax but cannot be encoded in UTF-8, so an answer echoing it could not be sent (iterative: no recursion)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            item.encode("utf-8")  # UnicodeEncodeError is a ValueError
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def parse_json(raw: bytes) -> Any:
-    """Strict JSON: UTF-8, no repeated member at any depth, no NaN/Infinity. Raises ValueError."""
-    return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    """Strict JSON: UTF-8, no repeated member at any depth, no NaN/Infinity (nor a number that overflows to it),
+    no lone surrogate in a string. Raises ValueError."""
+    value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
+                       parse_float=_finite)
+    _unicode_only(value)
+    return value
 
 
 def _parse_form(raw: bytes) -> dict[str, str]:
