@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import sys
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +46,10 @@ FORM: Final = "application/x-www-form-urlencoded"
 PROBLEM: Final = "application/problem+json"
 #: the largest request body the CCF reads (a CSR is at most 16 KiB, certificates.MAX_CSR_PEM)
 MAX_BODY: Final = 256 * 1024
+#: D137: the largest magnitude of a JSON number in a request (RFC 8259 §6: the range of an IEEE 754 double); a
+#: larger one (1e999) would pass a schema as infinity and be echoed as ``Infinity``, which is not JSON. Strings must be
+#: Unicode text too (RFC 8259 §8.2: no unpaired surrogate escape), or no UTF-8 answer could echo them.
+MAX_JSON_NUMBER: Final = sys.float_info.max
 #: ProblemDetails.cause of a body that breaks the official schema or is not JSON (TS 29.500 §5.2.7.2)
 INVALID_MSG_FORMAT: Final = "INVALID_MSG_FORMAT"
 _TITLES: Final = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
@@ -152,7 +156,7 @@ def _no_constant(name: str) -> Any:
 
 def _finite(text: str) -> float:
     value = float(text)
-    if not math.isfinite(value):  # 1e999: a double overflows to infinity, which JSON cannot carry back
+    if not abs(value) <= MAX_JSON_NUMBER:  # 1e999: a double overflows to infinity, which JSON cannot carry back
         raise ValueError("a number is out of the range of a double")
     return value
 
