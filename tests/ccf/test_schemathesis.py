@@ -424,3 +424,42 @@ def test_a_number_beyond_a_double_is_refused(live: LiveCCF) -> None:
     assert ok.status_code == 201, ok.text
     assert ok.json()["apiList"]["serviceAPIDescriptions"][0]["aefProfiles"][0]["aefLocation"]["geoArea"][
         "uncertainty"] == 1e300
+
+
+CLOSE_DURING_QUERY: Final = """
+import random, sys, tempfile, threading, time
+from m2msec.errors import StorageError
+from m2msec.store import Document, open_store
+path = tempfile.mkdtemp() + "/s.db"
+with open_store("sqlite://" + path) as seed:
+    for i in range(1000):
+        seed.put_document(Document("capif-subscription", f"id{i}", {"x": "y" * 2000}))
+for _ in range(int(sys.argv[1])):
+    store = open_store("sqlite://" + path)
+    def reader():
+        try:
+            while True:
+                store.documents("capif-subscription")
+        except StorageError:
+            pass
+    t = threading.Thread(target=reader)
+    t.start()
+    time.sleep(random.uniform(0.001, 0.02))
+    store.close()
+    t.join(10)
+    assert not t.is_alive()
+print("ok")
+"""
+
+
+def test_closing_the_store_while_a_thread_queries_it_does_not_crash(tmp_path: Path) -> None:
+    """Found by this module at its teardown (with the events notifier): SQLiteKeyStore.close() while the store's
+    executor thread was inside a query (the notifier's documents() of the subscriptions the fuzzing had created)
+    crashed the interpreter with SIGSEGV. Run in a child process, since the failure is a crash."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", CLOSE_DURING_QUERY, "60"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "ok"
