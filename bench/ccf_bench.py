@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -337,6 +338,9 @@ def main() -> None:
     parser.add_argument("--credentials", type=int, default=3000,
                         help="onboarding credentials and CSRs made before the run (the onboard phase stops there)")
     a = parser.parse_args()
+    if shutil.which("openssl") is None:
+        raise SystemExit("ccf_bench.py needs the openssl command line tool (the C baseline server): apt-get install "
+                         "openssl")
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         t0 = time.monotonic()
