@@ -4,9 +4,11 @@ For each operation of each bundled TS 29.222 document the CCF serves (``m2msec.c
 ``aef-security``, which an AEF serves), hypothesis draws schemathesis cases, positive (valid per the schema) and
 negative (breaking it), and a caller: the role TS 29.222 gives the operation (an onboarded invoker's certificate, an
 AEF/APF/AMF function's certificate, or, for the two onboarding POSTs, no certificate and a fresh single-use onboarding
-credential as ``Authorization: Bearer``), sometimes no credential at all; and whether the path parameters name the
-caller's own resources (else they are what schemathesis drew). Each case goes over a new TLS 1.2 connection with
-``requests`` to the CCF on 127.0.0.1, the server name ``ccf.test.example`` checked (:class:`CCFHostAdapter`).
+credential as ``Authorization: Bearer``), sometimes no credential at all; whether the path parameters name the
+caller's own resources (else they are what schemathesis drew); and whether the body is made realistic
+(:func:`realistic`: real CSRs, the caller's own ids) so that cases get past the first semantic checks. Each case goes
+over a new TLS 1.2 connection with ``requests`` to the CCF on 127.0.0.1, the server name ``ccf.test.example`` checked
+(:class:`CCFHostAdapter`).
 
 Checks on every answer: no 5xx (``not_a_server_error``), a status the operation lists, the content type and the body
 conforming to the official schema (``status_code_conformance``, ``content_type_conformance``,
@@ -361,12 +363,16 @@ def test_merge_patch_of_an_enrolment_is_answered(live: LiveCCF) -> None:
 
 #: a placeholder replaced, in the JSON text, by an escape JSON allows but Unicode does not (a lone surrogate)
 _MARK: Final = "\x00lone-surrogate\x00"
-JSON_BODY_OPERATIONS: Final = [
-    (api, method, path) for api, method, path in OPERATIONS
-    if "application/json" in (json.loads((BUNDLED_DIR / f"{api}.json").read_text())["paths"][path][method.lower()]
-                              .get("requestBody", {}).get("content", {}))
-    or "application/merge-patch+json" in (json.loads((BUNDLED_DIR / f"{api}.json").read_text())["paths"][path]
-                                          [method.lower()].get("requestBody", {}).get("content", {}))]
+
+
+def request_media(api: str, method: str, path: str) -> set[str]:
+    """The request body media types the official file gives an operation."""
+    item = json.loads((BUNDLED_DIR / f"{api}.json").read_text())["paths"][path][method.lower()]
+    return set(item.get("requestBody", {}).get("content", {}))
+
+
+JSON_BODY_OPERATIONS: Final = [op for op in OPERATIONS
+                               if request_media(*op) & {"application/json", "application/merge-patch+json"}]
 
 
 def string_slots(body: Any) -> list[tuple[Any, Any]]:
