@@ -90,4 +90,7 @@ class SQLiteKeyStore(KeyStore):
             raise StorageError(f"{self.path}: {exc}") from None
 
     def close(self) -> None:
-        self._db.close()
+        # under the query lock: closing the connection while another thread is inside a query crashed the process
+        # (SIGSEGV in sqlite3); a query after the close is a StorageError ("closed database")
+        with self._lock:
+            self._db.close()
