@@ -141,8 +141,10 @@ class LiveCCF:
             s.cert = (str(who.cert_file), str(who.key_file))
         return s
 
-    def bearer(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.world.credential('fuzzer')}"}
+    def bearer(self, api: str = "api-invoker-management") -> dict[str, str]:
+        """A fresh single-use credential for onboarding (an invoker) or registration (a provider domain, D147)."""
+        purpose = "provider" if api == "api-provider-management" else "invoker"
+        return {"Authorization": f"Bearer {self.world.credential('fuzzer', purpose=purpose)}"}
 
     def _files(self, name: str, cert_pem: str, key: bytes) -> tuple[Path, Path]:
         cert_file, key_file = self.tmp / f"{name}.crt", self.tmp / f"{name}.key"
@@ -164,7 +166,7 @@ class LiveCCF:
     def register_providers(self) -> bool:
         """AEF, APF and AMF functions of one provider domain through API Provider Management (if served)."""
         keys = {role: new_key() for role in PROVIDER_ROLES}
-        token = self.world.credential("fuzzer-provider")
+        token = self.world.credential("fuzzer-provider", purpose="provider")
         details = {"regSec": token, "apiProvDomInfo": "fuzzer provider", "suppFeat": "0",
                    "apiProvFuncs": [{"regInfo": {"apiProvPubKey": csr_pem(k)}, "apiProvFuncRole": role,
                                      "apiProvFuncInfo": f"fuzzer {role}"} for role, k in keys.items()]}
@@ -333,7 +335,7 @@ def test_operation_answers_by_the_contract(live: LiveCCF, api: str, method: str,
                 mine = live.own_id(name, who)
                 if mine is not None:
                     case.path_parameters[name] = mine
-        headers = live.bearer() if role == ONBOARDING else None
+        headers = live.bearer(api) if role == ONBOARDING else None
         negative = case.meta is not None and case.meta.generation.mode.is_negative
         with live.session(who) as session:
             response = case.call(base_url=live.url(api), session=session, headers=headers, timeout=TIMEOUT,
@@ -415,7 +417,7 @@ def test_a_lone_surrogate_in_a_valid_body_is_refused(live: LiveCCF, api: str, me
             if mine is not None:
                 case.path_parameters[name] = mine
         headers = {"Content-Type": case.media_type or "application/json",
-                   **(live.bearer() if role == ONBOARDING else {})}
+                   **(live.bearer(api) if role == ONBOARDING else {})}
         url = live.url(api) + case.formatted_path
         with live.session(who) as s:
             r = s.request(method, url, data=raw, headers=headers, timeout=TIMEOUT)
