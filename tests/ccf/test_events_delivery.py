@@ -5,6 +5,7 @@ address classes from the RFCs, not from the code under test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -245,3 +246,37 @@ async def test_a_security_notification_to_an_internal_address_is_not_queued(worl
 def test_the_setting_defaults_to_public_destinations_only() -> None:
     assert CCFConfig().invoker_private_destinations is False
     assert DeliveryPolicy().invoker_private_destinations is False
+
+
+async def test_the_setting_reaches_the_running_ccfs_notifier(world: World, tmp_path: Any) -> None:
+    from m2msec.capif.ccf.config import load_config
+    from m2msec.capif.ccf.events import Notifier
+    from m2msec.capif.ccf.server import running_ccf
+
+    toml = tmp_path / "ccf.toml"
+    toml.write_text('listen = "127.0.0.1:0"\nccf_host = "ccf.test.example"\ninvoker_private_destinations = true\n')
+    config = load_config(toml)
+    assert config.invoker_private_destinations is True
+    async with running_ccf(config, store=world.store) as other:  # a second instance on the same store
+        assert isinstance(other.ccf.events, Notifier) and other.ccf.events.private_destinations_allowed()
+    assert isinstance(world.ccf.ccf.events, Notifier) and not world.ccf.ccf.events.private_destinations_allowed()
+
+
+async def test_one_subscribers_silent_receivers_hold_two_workers_not_all(world: World) -> None:
+    """Before the breaker can open (each attempt waits its whole timeout), the in-flight caps alone keep the other
+    subscribers served: an invoker with four silent destinations holds two of the four workers."""
+    policy = DeliveryPolicy(timeout=4.0, retries=0, workers=4, invoker_private_destinations=True)
+    attacker = await onboard(world)
+    aef = provider_function(world, CAPIFRole.AEF)
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(notifier(world, policy))
+        silent = [await stack.enter_async_context(Receiver(silent=True)) for _ in range(4)]
+        good = await stack.enter_async_context(Receiver())
+        for rx in silent:
+            subscription_id(await subscribe(world, attacker, ["SERVICE_API_AVAILABLE"], rx.url()))
+        sub = subscription_id(await subscribe(world, aef, ["SERVICE_API_UPDATE"], good.url()))
+        events = world.ccf.ccf.events
+        await events.emit("SERVICE_API_AVAILABLE", {"apiIds": ["api-1"]})  # four silent deliveries first
+        await events.emit("SERVICE_API_UPDATE", {"apiIds": ["api-1"]})
+        got = await good.next(timeout=1.0)
+        assert got.body == {"subscriptionId": sub, "events": "SERVICE_API_UPDATE", "eventDetail": {"apiIds": ["api-1"]}}
