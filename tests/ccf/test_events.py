@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives import serialization
 from m2msec import http1
 from m2msec.capif.ccf.context import certificate_digest
 from m2msec.capif.ccf.events import DeliveryPolicy, Notifier, start_notifier
-from m2msec.capif.ccf.events_rules import MAX_SUBSCRIPTIONS
 from m2msec.capif.certificates import CAPIFRole, issue_capif_certificate, load_csr
 from m2msec.capif.schema import validate_request
 from m2msec.pki import create_ca, issue
@@ -458,23 +457,6 @@ async def test_https_delivery_trusts_the_configured_cas_only(world: World) -> No
             assert got.body["eventDetail"] == {"apiInvokerIds": [inv.identity]}
             await configured.drain()
             assert configured.delivered == 1
-
-
-async def test_a_subscriber_holds_a_bounded_number_of_subscriptions(world: World) -> None:
-    aef = provider_function(world, CAPIFRole.AEF)
-    other = provider_function(world, CAPIFRole.AEF)
-    held = [subscription_id(await subscribe(world, aef, ["API_INVOKER_ONBOARDED"], "http://127.0.0.1:9/"))
-            for _ in range(MAX_SUBSCRIPTIONS)]
-    refused = await subscribe(world, aef, ["API_INVOKER_ONBOARDED"], "http://127.0.0.1:9/")
-    assert refused.status == 403 and str(MAX_SUBSCRIPTIONS) in refused.json()["detail"]
-    assert (await subscribe(world, other, ["API_INVOKER_ONBOARDED"], "http://127.0.0.1:9/")).status == 201
-    assert (await world.call(aef, "DELETE", f"{EVENTS}/{aef.identity}/subscriptions/{held[0]}")).status == 204
-    assert (await subscribe(world, aef, ["API_INVOKER_ONBOARDED"], "http://127.0.0.1:9/")).status == 201
-    assert (await subscribe(world, aef, ["API_INVOKER_ONBOARDED"], "http://127.0.0.1:9/")).status == 403
-    # a slot record is never a subscription: not reachable, not deletable through the API
-    slot = f"slot~{aef.identity}~0"
-    assert world.store.get_document("capif-subscription", slot) is not None
-    assert (await world.call(aef, "DELETE", f"{EVENTS}/{aef.identity}/subscriptions/{slot}")).status == 404
 
 
 async def test_an_event_detail_that_is_not_json_is_dropped_not_raised(world: World) -> None:

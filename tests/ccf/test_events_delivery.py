@@ -127,6 +127,23 @@ async def test_a_failing_destination_is_suspended_and_others_still_served(world:
 
 # ------------------------------------------------------------------------------------- D136: atomic slot records
 
+async def test_a_subscriber_holds_a_bounded_number_of_subscriptions(world: World) -> None:
+    aef = provider_function(world, CAPIFRole.AEF)
+    other = provider_function(world, CAPIFRole.AEF)
+    held = [subscription_id(await subscribe(world, aef, ["API_INVOKER_ONBOARDED"], "http://127.0.0.1:9/"))
+            for _ in range(MAX_SUBSCRIPTIONS)]
+    refused = await subscribe(world, aef, ["API_INVOKER_ONBOARDED"], "http://127.0.0.1:9/")
+    assert refused.status == 403 and str(MAX_SUBSCRIPTIONS) in refused.json()["detail"]
+    assert (await subscribe(world, other, ["API_INVOKER_ONBOARDED"], "http://127.0.0.1:9/")).status == 201
+    assert (await world.call(aef, "DELETE", f"{EVENTS}/{aef.identity}/subscriptions/{held[0]}")).status == 204
+    assert (await subscribe(world, aef, ["API_INVOKER_ONBOARDED"], "http://127.0.0.1:9/")).status == 201
+    assert (await subscribe(world, aef, ["API_INVOKER_ONBOARDED"], "http://127.0.0.1:9/")).status == 403
+    # a slot record is never a subscription: not reachable, not deletable through the API
+    slot = f"slot~{aef.identity}~0"
+    assert world.store.get_document("capif-subscription", slot) is not None
+    assert (await world.call(aef, "DELETE", f"{EVENTS}/{aef.identity}/subscriptions/{slot}")).status == 404
+
+
 async def test_an_orphan_slot_is_taken_over_after_the_grace_period(world: World) -> None:
     aef = provider_function(world, CAPIFRole.AEF)
     now = world.ccf.ccf.clock()
