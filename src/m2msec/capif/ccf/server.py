@@ -89,7 +89,7 @@ async def running_ccf(config: CCFConfig, *, store: KeyStore | None = None, clock
                       validate_responses: bool = False) -> AsyncIterator[RunningCCF]:
     """Start the CCF for ``config`` (the store opened from it unless given); stop it on exit."""
     from m2msec.asgi import serve
-    from m2msec.capif.ccf.events import start_notifier
+    from m2msec.capif.ccf.events import DeliveryPolicy, start_notifier
 
     host, port = parse_hostport(config.listen)
     own_store = store is None
@@ -104,7 +104,8 @@ async def running_ccf(config: CCFConfig, *, store: KeyStore | None = None, clock
         limiter = ConnectionLimiter(MAX_CONNECTIONS, per_source_handshakes=DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
                                     per_source_connections=DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
                                     per_sa=DEFAULT_MAX_CONNECTIONS_PER_SA)
-        async with start_notifier(ccf) as notifier:
+        delivery = DeliveryPolicy(invoker_private_destinations=config.invoker_private_destinations)
+        async with start_notifier(ccf, delivery) as notifier:
             ccf.events = notifier
             server = await serve(create_app(ccf, validate_responses=validate_responses),
                                  server_context(ccf.ca, cert), host, port,
