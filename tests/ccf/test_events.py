@@ -36,7 +36,7 @@ __all__ = ["world"]
 
 EVENTS = "/capif-events/v1"
 NOTIFICATION = "POST /{subscriberId}/subscriptions callback notificationDestination"
-#: the receivers here are on loopback: invokers may aim at them only with D146's setting on
+#: the receivers here are on loopback: invokers may aim at them only with D149's setting on
 FAST = DeliveryPolicy(timeout=2.0, retries=2, backoff=0.05, invoker_private_destinations=True)
 
 
@@ -346,7 +346,7 @@ async def test_service_api_and_revocation_events(world: World) -> None:
         subscription_id(await subscribe(world, amf3, ["API_INVOKER_AUTHORIZATION_REVOKED"], rx.url("/amf3")))
         await events.emit("SERVICE_API_AVAILABLE", {"apiIds": ["api-2"]})  # filtered out
         await events.emit("SERVICE_API_AVAILABLE", {"apiIds": ["api-1", "api-3"]})
-        # D148: each domain learns of its own APIs only (DOM3 of none; api-9 is withdrawn: of no domain)
+        # D151: each domain learns of its own APIs only (DOM3 of none; api-9 is withdrawn: of no domain)
         await events.emit("API_INVOKER_AUTHORIZATION_REVOKED",
                           {"apiInvokerIds": [inv.identity], "apiIds": ["api-1", "api-2", "api-9"]})
         await events.drain()

@@ -1,5 +1,5 @@
-"""Events delivery hardening (issue 18 findings F4, F5, F6): the fair queue and its circuit breaker (D147), the
-subscription slots (D136), and where an API invoker's notifications may go (D146). Expected values are written here:
+"""Events delivery hardening (issue 18 findings F4, F5, F6): the fair queue and its circuit breaker (D150), the
+subscription slots (D136), and where an API invoker's notifications may go (D149). Expected values are written here:
 address classes from the RFCs, not from the code under test."""
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ from .test_events import EVENTS, Receiver, closed_port, notifier, provider_funct
 
 __all__ = ["world"]
 
-STRICT = DeliveryPolicy(timeout=1.0, retries=0, backoff=0.05)  # D146's default: invokers to public addresses only
+STRICT = DeliveryPolicy(timeout=1.0, retries=0, backoff=0.05)  # D149's default: invokers to public addresses only
 
 
 def delivery(origin: str, owner: str = "sub", n: int = 0) -> Delivery:
     return Delivery(f"d{n}", f"http://{origin}/", b"{}", origin, owner, False)
 
 
-# ------------------------------------------------------------------------------------------ D147: the fair queue
+# ------------------------------------------------------------------------------------------ D150: the fair queue
 
 def test_destinations_are_served_round_robin_under_in_flight_caps() -> None:
     q = FairQueue(100, per_destination=1, per_owner=2)
@@ -159,7 +159,7 @@ async def test_an_orphan_slot_is_taken_over_after_the_grace_period(world: World)
     assert (await subscribe(world, aef, ["API_INVOKER_ONBOARDED"], "http://127.0.0.1:9/")).status == 403
 
 
-# --------------------------------------------------------------------------- D146: an invoker's destinations
+# --------------------------------------------------------------------------- D149: an invoker's destinations
 
 @pytest.mark.parametrize("host", [
     "127.0.0.1", "127.1", "2130706433", "0x7f000001", "0177.0.0.1", "0x7f.1", "0.0.0.0", "0", "10.0.0.1",

@@ -80,7 +80,7 @@ class CCFConfig:
     #: the ``aud`` every onboarding credential must carry; "" = none
     onboarding_audience: str = ""
     handshake_timeout: float = 10.0
-    #: D146: let API invokers have notifications sent to loopback, private and other internal addresses
+    #: D149: let API invokers have notifications sent to loopback, private and other internal addresses
     invoker_private_destinations: bool = False
 
     def __post_init__(self) -> None:

@@ -3,7 +3,7 @@
 A subscriber is an onboarded API invoker or a registered AEF, APF or AMF, with the certificate the CCF issued it;
 ``{subscriberId}`` must be its own identity (403 otherwise) and a subscription is reached only under the subscriber
 that created it (404 under another). What each role may subscribe to and how filters apply: :mod:`.events_rules`
-(D133, D134); destinations: D136, and for an API invoker D146 (:mod:`.events_address`). Subscriptions are
+(D133, D134); destinations: D136, and for an API invoker D149 (:mod:`.events_address`). Subscriptions are
 ``capif-subscription`` documents ``{"subscriber": id, "subscription": EventSubscription, "slot": n}``, each holding
 one of its subscriber's slots (:mod:`.events_slots`: the bound of D136, atomic); an offboarded invoker's are
 deleted at once (a :data:`~.invokers.purge_hooks` hook), a removed provider function's at once too
@@ -49,7 +49,7 @@ async def _subscriber(request: CCFRequest) -> CAPIFRole:
 
 def _checked(ccf: CCF, role: CAPIFRole, wanted: dict[str, Any]) -> dict[str, Any]:
     """The subscription as kept (:func:`.events_rules.check_subscription`); an API invoker's destination must not
-    name an internal address (D146) unless the CCF allows it (``DeliveryPolicy.invoker_private_destinations``)."""
+    name an internal address (D149) unless the CCF allows it (``DeliveryPolicy.invoker_private_destinations``)."""
     subscription = check_subscription(role, wanted)
     allowed = isinstance(ccf.events, Notifier) and ccf.events.private_destinations_allowed()
     if role is CAPIFRole.INVOKER and not allowed:

@@ -1,4 +1,4 @@
-"""Where the CCF may send an API invoker's notifications (D146; docs/ccf.md "Events").
+"""Where the CCF may send an API invoker's notifications (D149; docs/ccf.md "Events").
 
 An API invoker is a third party: by default the CCF does not POST its notifications (event notifications, its
 SecurityNotification) to loopback, link-local, private, shared, reserved, multicast or unspecified addresses, whatever
@@ -24,16 +24,16 @@ __all__ = ["INTERNAL_NAMES", "NAT64_NETWORKS", "InternalAddress", "is_public_add
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-#: D146: host names refused for invokers whatever they resolve to (RFC 6761 §6.3)
+#: D149: host names refused for invokers whatever they resolve to (RFC 6761 §6.3)
 INTERNAL_NAMES: Final = ("localhost",)
-#: D146: NAT64 prefixes (RFC 6052, RFC 8215): the IPv4 address in their last 32 bits is what is reached
+#: D149: NAT64 prefixes (RFC 6052, RFC 8215): the IPv4 address in their last 32 bits is what is reached
 NAT64_NETWORKS: Final = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
 _NUMERIC_PART: Final = re.compile(r"0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*")
 _NUMERIC_LOOKING: Final = re.compile(r"[0-9][0-9a-fA-FxX]*")
 
 
 class InternalAddress(OSError):
-    """An API invoker's destination resolves to an address that is not public (D146)."""
+    """An API invoker's destination resolves to an address that is not public (D149)."""
 
 
 def _numeric_ipv4(host: str) -> ipaddress.IPv4Address | None:

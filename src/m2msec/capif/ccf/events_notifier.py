@@ -3,12 +3,12 @@ the request that caused them (docs/ccf.md "Events", D135).
 
 :meth:`Notifier.emit` only queues the event (a bounded queue: when it is full the event is dropped and logged).
 A dispatcher task finds the matching subscriptions in the store (an ``API_INVOKER_AUTHORIZATION_REVOKED`` goes to
-provider functions of the domain owning the revoked APIs only, D148) and queues one delivery per subscription in the
-fair queue of :mod:`.events_queue` (one queue per destination, in-flight caps, a circuit breaker: D147). Delivery
+provider functions of the domain owning the revoked APIs only, D151) and queues one delivery per subscription in the
+fair queue of :mod:`.events_queue` (one queue per destination, in-flight caps, a circuit breaker: D150). Delivery
 workers POST the ``EventNotification`` as ``application/json`` (HTTP/1.1 with h11 over asyncio streams, TLS with
 Python's ``ssl`` for ``https``), each attempt within a timeout, a few retries with exponential backoff on transport
 errors, 429 and 5xx, never following a redirect. An API invoker's destination is resolved at delivery and must be
-public, and the CCF connects to the address it checked (D146, :mod:`.events_address`). Logs name the destination's
+public, and the CCF connects to the address it checked (D149, :mod:`.events_address`). Logs name the destination's
 origin only (a path or query may carry the receiver's token) and the error's type, never a traceback.
 """
 
@@ -50,9 +50,9 @@ DELIVERY_TIMEOUT: Final = 5.0
 #: D135: further attempts after a failed one (transport error, timeout, 429, 5xx), waiting RETRY_BACKOFF * 2**n s
 DELIVERY_RETRIES: Final = 3
 RETRY_BACKOFF: Final = 0.5
-#: D135: deliveries in progress at once (D147: at most IN_FLIGHT_PER_DESTINATION to one destination)
+#: D135: deliveries in progress at once (D150: at most IN_FLIGHT_PER_DESTINATION to one destination)
 DELIVERY_WORKERS: Final = 8
-#: D148: the event only the provider domain owning its ``apiIds`` is told of
+#: D151: the event only the provider domain owning its ``apiIds`` is told of
 REVOKED_EVENT: Final = "API_INVOKER_AUTHORIZATION_REVOKED"
 #: D135: the largest response body read from a receiver (then the connection is dropped)
 MAX_RESPONSE: Final = 64 * 1024
@@ -61,9 +61,9 @@ _RETRY_STATUS: Final = frozenset({429, 500, 502, 503, 504})
 
 @dataclass(frozen=True)
 class DeliveryPolicy:
-    """How notifications are delivered (D135, D147); ``ssl_context`` is the HTTPS trust (D136: None = the system's
+    """How notifications are delivered (D135, D150); ``ssl_context`` is the HTTPS trust (D136: None = the system's
     CAs through :func:`ssl.create_default_context`); ``invoker_private_destinations`` lets API invokers' notifications
-    go to internal addresses too (D146: off by default; ``CCFConfig.invoker_private_destinations``)."""
+    go to internal addresses too (D149: off by default; ``CCFConfig.invoker_private_destinations``)."""
 
     queue_size: int = QUEUE_SIZE
     timeout: float = DELIVERY_TIMEOUT
@@ -85,7 +85,7 @@ class CallbackSink(Protocol):
 async def post_json(url: str, body: bytes, *, timeout: float, ssl_context: ssl.SSLContext,
                     max_response: int = MAX_RESPONSE, public_only: bool = False) -> int:
     """POST ``body`` as application/json to ``url`` on a new connection; the response status (redirects are not
-    followed). With ``public_only`` (D146) the host is resolved first, every address must be public, and the
+    followed). With ``public_only`` (D149) the host is resolved first, every address must be public, and the
     connection goes to the address checked. Raises OSError, HTTPError or TimeoutError."""
     parts = check_destination(url)
     https = parts.scheme.lower() == "https"
@@ -132,7 +132,7 @@ class Notifier:
         self.failed = 0
 
     def private_destinations_allowed(self) -> bool:
-        """D146: whether API invokers may have notifications sent to internal addresses."""
+        """D149: whether API invokers may have notifications sent to internal addresses."""
         return self.policy.invoker_private_destinations
 
     async def emit(self, event: str, detail: dict[str, Any]) -> None:
@@ -150,9 +150,9 @@ class Notifier:
 
     def deliver(self, destination: str, body: dict[str, Any], label: str) -> bool:
         """Queue one callback POST of ``body`` (already checked against its official schema) to an API invoker's
-        ``destination`` (D146 applies), delivered as event notifications are (timeout, retries, no redirects);
-        ``label`` names it in logs (never a key) and is whom it is for (D147). False when the destination is not
-        one D136 or D146 allows or it cannot be queued (logged)."""
+        ``destination`` (D149 applies), delivered as event notifications are (timeout, retries, no redirects);
+        ``label`` names it in logs (never a key) and is whom it is for (D150). False when the destination is not
+        one D136 or D149 allows or it cannot be queued (logged)."""
         try:
             parts = check_destination(destination)
             if not self.policy.invoker_private_destinations:
@@ -215,7 +215,7 @@ class Notifier:
                 self._events.task_done()
 
     async def _fan_out(self, event: str, detail: dict[str, Any]) -> None:
-        owners: dict[str, str] | None = None  # D148: apiId -> provider domain, for a revocation
+        owners: dict[str, str] | None = None  # D151: apiId -> provider domain, for a revocation
         for doc in await self._store(self.ccf.store.documents(SUBSCRIPTION_KIND)):
             subscription = doc.body.get("subscription") or {}
             if not matches(subscription, event, detail):
@@ -258,7 +258,7 @@ class Notifier:
         return "provider", None if domain is None else str(domain)
 
     async def _api_domains(self, api_ids: list[str]) -> dict[str, str]:
-        """D148: the provider domain of each service API still published (its APF's); a withdrawn API has none."""
+        """D151: the provider domain of each service API still published (its APF's); a withdrawn API has none."""
         store, owners = self.ccf.store, {}
         for api_id in dict.fromkeys(api_ids):
             service = await self._store(store.get_document("capif-service", api_id))
@@ -298,7 +298,7 @@ class Notifier:
 
     async def _deliver(self, delivery: Delivery) -> bool | None:
         """Deliver with retries: True delivered, False given up (transport errors, timeouts, 429, 5xx), None refused
-        (by the receiver: a redirect or another status; by D146: an internal address)."""
+        (by the receiver: a redirect or another status; by D149: an internal address)."""
         policy, origin = self.policy, delivery.origin
         public_only = delivery.third_party and not policy.invoker_private_destinations
         for attempt in range(policy.retries + 1):

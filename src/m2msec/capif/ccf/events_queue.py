@@ -1,4 +1,4 @@
-"""Fair delivery scheduling for the events notifier (D147; docs/ccf.md "Events").
+"""Fair delivery scheduling for the events notifier (D150; docs/ccf.md "Events").
 
 Deliveries wait in one queue per destination (its origin, ``scheme://host:port``), served round-robin: a worker takes
 the next delivery of the next destination that has fewer than ``per_destination`` deliveries in flight and whose
@@ -19,15 +19,15 @@ from typing import Final
 __all__ = ["BREAKER_COOLDOWN", "BREAKER_FAILURES", "DESTINATION_QUEUE", "IN_FLIGHT_PER_DESTINATION",
            "IN_FLIGHT_PER_OWNER", "TRACKED_DESTINATIONS", "Delivery", "FairQueue"]
 
-#: D147: deliveries in flight at once to one destination (origin), and for one owner (subscriber)
+#: D150: deliveries in flight at once to one destination (origin), and for one owner (subscriber)
 IN_FLIGHT_PER_DESTINATION: Final = 1
 IN_FLIGHT_PER_OWNER: Final = 2
-#: D147: deliveries queued for one destination; more are dropped (logged)
+#: D150: deliveries queued for one destination; more are dropped (logged)
 DESTINATION_QUEUE: Final = 64
-#: D147: deliveries given up in a row that suspend a destination, and for how long (seconds)
+#: D150: deliveries given up in a row that suspend a destination, and for how long (seconds)
 BREAKER_FAILURES: Final = 2
 BREAKER_COOLDOWN: Final = 60.0
-#: D147: destinations whose failures are remembered (the oldest is forgotten beyond)
+#: D150: destinations whose failures are remembered (the oldest is forgotten beyond)
 TRACKED_DESTINATIONS: Final = 4096
 
 
@@ -40,7 +40,7 @@ class Delivery:
     #: the destination's origin (the queue), and whom the delivery is for (the subscriber or invoker)
     origin: str
     owner: str
-    #: D146: the destination is an API invoker's (a third party): public addresses only, checked when resolved
+    #: D149: the destination is an API invoker's (a third party): public addresses only, checked when resolved
     third_party: bool
 
 
@@ -111,7 +111,7 @@ class FairQueue:
 
     def done(self, delivery: Delivery, ok: bool | None, now: float) -> bool:
         """Record the end of a delivery taken: ``ok`` True delivered, False given up after transport errors,
-        timeouts or 429/5xx (counts towards the breaker), None refused by the receiver or by D146. True when this
+        timeouts or 429/5xx (counts towards the breaker), None refused by the receiver or by D149. True when this
         opened the destination's breaker."""
         for counter, key in ((self._origin_flight, delivery.origin), (self._owner_flight, delivery.owner)):
             counter[key] -= 1
