@@ -26,10 +26,11 @@ from cryptography import x509
 from m2msec import http1
 from m2msec.capif.kdf import aefpsk
 from m2msec.errors import ConfigurationError, HandshakeFailed, TransportError
+from m2msec.idb import ANY_ENTITY
 from m2msec.keys.secret import SecretKey
 from m2msec.tls.engine import CertificateConfig, ClientConfig, SessionInfo, TLSContext
 from m2msec.tls.profiles import ECDHE_ECDSA
-from m2msec.transport.tls import TLSAdapter
+from m2msec.transport.tls import open_connection
 
 __all__ = ["DEFAULT_TIMEOUT", "Answer", "CCFConnection"]
 
@@ -49,14 +50,6 @@ class Answer:
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
-
-
-class _Stream(asyncio.StreamReaderProtocol):
-    transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        super().connection_made(transport)
 
 
 def _check_server(session: SessionInfo, ccf_host: str) -> None:
@@ -90,25 +83,14 @@ class CCFConnection:
         context = TLSContext.client(ClientConfig(
             None, profiles=(ECDHE_ECDSA,), server_name=ccf_host, server_authentication_only=certificate_pem is None,
             certificate=CertificateConfig(certificate_pem or b"", private_key_pem or b"", ca_pem)))
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=2**16, loop=loop)
-        protocol = _Stream(reader, loop=loop)
         try:
             async with asyncio.timeout(timeout):
-                _, adapter = await loop.create_connection(
-                    lambda: TLSAdapter(context, lambda: protocol, handshake_timeout=timeout), host, port)
-                try:
-                    session = await adapter.handshake
-                except BaseException:
-                    if adapter.raw_transport is not None:
-                        adapter.raw_transport.close()
-                    raise
+                reader, writer, session = await open_connection(host, port, context, handshake_timeout=timeout,
+                                                                peer_entity=ANY_ENTITY)  # the CCF is no oneM2M IdB
         except TimeoutError:
             raise TransportError(f"no TLS handshake with the CCF at {host}:{port} within {timeout:g} s") from None
         except OSError as exc:
             raise TransportError(f"cannot connect to the CCF at {host}:{port}: {exc.strerror or exc}") from None
-        assert protocol.transport is not None
-        writer = asyncio.StreamWriter(protocol.transport, protocol, reader, loop)  # type: ignore[arg-type]
         try:
             _check_server(session, ccf_host)
         except HandshakeFailed:
@@ -150,9 +132,14 @@ class CCFConnection:
         if self._http.our_state is h11.DONE and self._http.their_state is h11.DONE:
             self._http.start_next_cycle()
         msg = http1.Message(headers=hdrs, body=data, method=method, target=path)
-        async with asyncio.timeout(self.timeout):
-            await http1.send_message(self._http, self.writer, msg)
-            resp = await http1.read_message(self._http, self.reader, max_body=_MAX_ANSWER)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await http1.send_message(self._http, self.writer, msg)
+                resp = await http1.read_message(self._http, self.reader, max_body=_MAX_ANSWER)
+        except TimeoutError:
+            raise TransportError(f"the CCF did not answer within {self.timeout:g} s") from None
+        except (OSError, http1.HTTPError, h11.ProtocolError) as exc:
+            raise TransportError(f"the exchange with the CCF failed: {type(exc).__name__}") from None
         if resp is None:
             raise TransportError("the CCF closed the connection before answering")
         return Answer(resp.status, {k.lower(): v for k, v in resp.headers}, resp.body)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import signal
 import sys
 from pathlib import Path
 from typing import Any, Final
@@ -123,15 +122,9 @@ def _ca(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     from m2msec.capif.ccf.server import running_ccf
+    from m2msec.cli.common import serve_until_stopped
 
     config = _config(args)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with running_ccf(config) as running:
-        print(f"CCF {config.ccf_host} listening on {running.host}:{running.port} (apiRoot "
-              f"{running.ccf.policy.api_root}, key store {running.ccf.store.store.location})", file=sys.stderr,
-              flush=True)
-        await stop.wait()
-    return 0
+    return await serve_until_stopped(running_ccf(config), lambda running: (
+        f"CCF {config.ccf_host} listening on {running.host}:{running.port} (apiRoot {running.ccf.policy.api_root}, "
+        f"key store {running.ccf.store.store.location})"))

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Coroutine
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +20,7 @@ from m2msec.errors import ConfigurationError
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import check_file_permissions
 
-__all__ = ["LOOPS", "default_db", "parse_hostport", "read_key", "run_async"]
+__all__ = ["LOOPS", "default_db", "parse_hostport", "read_key", "run_async", "serve_until_stopped"]
 
 T = TypeVar("T")
 
@@ -79,3 +82,16 @@ def run_async(coro: Coroutine[Any, Any, T], *, loop: str = "asyncio") -> T:
         coro.close()
         raise ConfigurationError(f"unknown event loop {loop!r}: choose one of {', '.join(LOOPS)}")
     return asyncio.run(coro)
+
+
+async def serve_until_stopped(started: AbstractAsyncContextManager[T], announce: Callable[[T], str]) -> int:
+    """Run a service (``m2msec maf serve``, ``m2msec ccf serve``) until SIGINT or SIGTERM: enter ``started``, print
+    ``announce(running)`` as the start line on standard error, wait, leave. Returns the exit status, 0."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with started as running:
+        print(announce(running), file=sys.stderr, flush=True)
+        await stop.wait()
+    return 0

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -149,16 +147,10 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    from m2msec.cli.common import serve_until_stopped
     from m2msec.maf.server import running_maf
 
     config = _config(args)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with running_maf(config) as running:
-        print(f"MAF {config.maf_fqdn} listening on {running.host}:{running.port} (key store "
-              f"{running.maf.store.store.location})", file=sys.stderr, flush=True)
-        await stop.wait()
-    return 0
-
+    return await serve_until_stopped(running_maf(config), lambda running: (
+        f"MAF {config.maf_fqdn} listening on {running.host}:{running.port} (key store "
+        f"{running.maf.store.store.location})"))
