@@ -160,7 +160,8 @@ def prepare(tmp: Path, count: int) -> Setup:
         store.put_document(Document("capif-service", SERVICE_ID, {"apf": APF_ID, "description": description}))
         stamp = int(time.time())
         credentials = [issue_onboarding_credential(ccf.token_key, issuer=HOST, subject="bench", lifetime=3600,
-                                                   now=stamp, jti=f"bench-{i}") for i in range(count)]
+                                                   now=stamp, jti=f"bench-{i}", purpose="invoker")
+                       for i in range(count)]
         keys, csrs = [], []
         for _ in range(count):
             key = ec.generate_private_key(ec.SECP256R1())
