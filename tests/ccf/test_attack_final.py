@@ -1,0 +1,228 @@
+"""Final hostile review of the CCF (issue 18), after the fixes of two earlier reviews (test_attack_skeleton.py,
+test_attack_apis*.py): above all, requests authenticated just before an offboarding, a deregistration, a removal
+or a revocation that write after it.
+
+Everything runs against the ``world`` CCF (real TLS on loopback, a real SQLite store, every answer checked against
+the official schemas). The window between a request's authentication and its write is made deterministic by a
+:class:`Gate` over the CCF's store (what two concurrent requests hit when the store is slow, e.g. PostgreSQL). Tests
+marked ``xfail(strict=True)`` demonstrate a problem that is still there (remove the marker with the fix); the others
+are attacks refused today, kept as regression tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from m2msec.store import Document
+
+from .ccf_env import (
+    INVOKERS,
+    NOTIFY,
+    PROVIDERS,
+    Identity,
+    World,
+    identities,
+    new_key,
+    onboard,
+    provider_function,
+    publish,
+    register_provider,
+    world,
+)
+
+__all__ = ["world"]
+
+SECURITY = "/capif-security/v1/trustedInvokers"
+TOKEN = "/capif-security/v1/securities"
+
+
+class Gate:
+    """The CCF's store, with the first ``put_document`` matching ``when`` held until :attr:`release` is set."""
+
+    def __init__(self, inner: Any, when: Callable[[Document, bool], bool]) -> None:
+        self.inner, self.when = inner, when
+        self.paused, self.release = asyncio.Event(), asyncio.Event()
+        self.armed = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def put_document(self, document: Document, *, replace: bool = False, expect: Any = None) -> None:
+        if self.armed and self.when(document, replace or expect is not None):
+            self.armed = False
+            self.paused.set()
+            await self.release.wait()
+        await self.inner.put_document(document, replace=replace, expect=expect)
+
+
+def gate(world: World, when: Callable[[Document, bool], bool]) -> Gate:
+    g = Gate(world.ccf.ccf.store, when)
+    world.ccf.ccf.store = g  # type: ignore[assignment]
+    return g
+
+
+def security(*entries: dict[str, Any]) -> dict[str, Any]:
+    return {"securityInfo": list(entries), "notificationDestination": NOTIFY, "supportedFeatures": "0"}
+
+
+async def token(world: World, inv: Identity, scope: str | None = None) -> Any:
+    form = {"grant_type": "client_credentials", "client_id": inv.identity}
+    if scope is not None:
+        form["scope"] = scope
+    async with await world.connect(inv) as conn:
+        return await conn.request("POST", f"{TOKEN}/{inv.identity}/token", form=form)
+
+
+def records_of(world: World, kind: str, invoker_id: str) -> list[str]:
+    return [d.record_id for d in world.store.documents(kind)
+            if d.record_id == invoker_id or d.body.get("invoker") == invoker_id]
+
+
+# ================================================================================================= findings (xfail)
+
+@pytest.mark.xfail(strict=True, reason="F1: a trustedInvokers PUT authenticated before an offboarding writes its "
+                                       "security context and AEFPSK after the purge (no compare-and-swap on the "
+                                       "invoker record); the AEF keeps accepting the offboarded invoker's PSK")
+async def test_a_security_context_in_flight_does_not_outlive_offboarding(world: World) -> None:
+    p = await register_provider(world)
+    await publish(world, p.apf, p.aef, name="psk-api")
+    inv = await onboard(world)
+    g = gate(world, lambda doc, _: doc.kind == "capif-aefpsk")
+    put = asyncio.create_task(world.call(inv, "PUT", f"{SECURITY}/{inv.identity}",
+                                         security({"aefId": p.aef.identity, "prefSecurityMethods": ["PSK"]})))
+    await asyncio.wait_for(g.paused.wait(), 10)  # authenticated, AEFPSK derived, not yet written
+    gone = await world.call(inv, "DELETE", f"{INVOKERS}/{inv.identity}")
+    assert gone.status == 204, gone.body
+    g.release.set()
+    await put
+    # the invoker is offboarded: its certificate is refused, so nothing may still hand its AEFPSK to an AEF
+    assert (await world.call(inv, "GET", f"{SECURITY}/{inv.identity}")).status == 403
+    leaked = await world.call(p.aef, "GET", f"{SECURITY}/{inv.identity}?authenticationInfo=true")
+    assert leaked.status == 404, leaked.body  # today: 200 with the AEFPSK of the offboarded invoker
+    assert records_of(world, "capif-aefpsk", inv.identity) == []
+    assert records_of(world, "capif-security", inv.identity) == []
+
+
+@pytest.mark.xfail(strict=True, reason="F2: an invoker's /update read before an AEF's POST .../delete writes the "
+                                       "whole context back after it: the revocation (204, event sent) is undone "
+                                       "and the token endpoint grants the revoked API again")
+async def test_an_update_in_flight_does_not_undo_an_aefs_revocation(world: World) -> None:
+    p = await register_provider(world)
+    revoked = await publish(world, p.apf, p.aef, name="revoked-api")
+    other = await publish(world, p.apf, p.aef, name="other-api")
+    inv = await onboard(world)
+    one = {"aefId": p.aef.identity, "apiId": revoked["apiId"], "prefSecurityMethods": ["OAUTH"]}
+    two = {"aefId": p.aef.identity, "apiId": other["apiId"], "prefSecurityMethods": ["OAUTH"]}
+    put = await world.call(inv, "PUT", f"{SECURITY}/{inv.identity}", security(one, two))
+    assert put.status == 201, put.body
+    assert (await token(world, inv, f"3gpp#{p.aef.identity}:revoked-api")).status == 200
+    g = gate(world, lambda doc, _: doc.kind == "capif-security")
+    update = asyncio.create_task(world.call(inv, "POST", f"{SECURITY}/{inv.identity}/update", security(two)))
+    await asyncio.wait_for(g.paused.wait(), 10)  # the invoker's /update has read the context, not yet written
+    cut = await world.call(p.aef, "POST", f"{SECURITY}/{inv.identity}/delete", {
+        "apiInvokerId": inv.identity, "aefId": p.aef.identity, "apiIds": [revoked["apiId"]],
+        "cause": "OVERLIMIT_USAGE"})
+    assert cut.status == 204, cut.body
+    g.release.set()
+    assert (await update).status in (200, 404, 409)
+    answer = await token(world, inv, f"3gpp#{p.aef.identity}:revoked-api")
+    assert answer.status == 400, answer.body  # today: 200, a token for the API the AEF revoked
+    context = await world.call(inv, "GET", f"{SECURITY}/{inv.identity}")
+    assert revoked["apiId"] not in context.body.decode()
+
+
+@pytest.mark.xfail(strict=True, reason="F3: a trustedInvokers PUT resolved before a service API is withdrawn "
+                                       "stores an entry for it after the withdrawal hook ran: the token endpoint "
+                                       "grants the withdrawn API")
+async def test_a_security_context_in_flight_does_not_outlive_a_withdrawal(world: World) -> None:
+    p = await register_provider(world)
+    service = await publish(world, p.apf, p.aef, name="withdrawn-api")
+    inv = await onboard(world)
+    g = gate(world, lambda doc, _: doc.kind == "capif-security")
+    put = asyncio.create_task(world.call(inv, "PUT", f"{SECURITY}/{inv.identity}",
+                                         security({"aefId": p.aef.identity, "prefSecurityMethods": ["OAUTH"]})))
+    await asyncio.wait_for(g.paused.wait(), 10)
+    gone = await world.call(p.apf, "DELETE", f"/published-apis/v1/{p.apf.identity}/service-apis/{service['apiId']}")
+    assert gone.status == 204, gone.body
+    g.release.set()
+    await put
+    answer = await token(world, inv, f"3gpp#{p.aef.identity}:withdrawn-api")
+    assert answer.status == 400, answer.body  # today: 200, a token for a service API that no longer exists
+
+
+@pytest.mark.xfail(strict=True, reason="F4: provider PUT/PATCH has no compare-and-swap: an AMF removed from its "
+                                       "domain by another AMF adds a new AMF (its own key) through a request "
+                                       "authenticated before the removal, and keeps control of the domain")
+async def test_a_removed_amf_keeps_no_foothold_through_a_request_in_flight(world: World) -> None:
+    p = await register_provider(world)
+    dom = f"{PROVIDERS}/{p.domain}"
+    # the domain gets a second AMF, B
+    b_key = new_key()
+    added = await world.call(p.amf, "PUT", dom, dict(p.answer, apiProvFuncs=[
+        *p.answer["apiProvFuncs"], provider_function("AMF", b_key, "second AMF")]))
+    assert added.status == 200, added.body
+    enrolment = added.json()
+    b = identities({"apiProvFuncs": enrolment["apiProvFuncs"][3:]}, [b_key])[0]
+    # B (about to be removed: say its key leaked) adds an AMF C of its own; held before C's record is written
+    c_key = new_key()
+    g = gate(world, lambda doc, replace: doc.kind == "capif-provider" and doc.record_id.startswith("func:")
+             and not replace)
+    grab = asyncio.create_task(world.call(b, "PUT", dom, dict(enrolment, apiProvFuncs=[
+        *enrolment["apiProvFuncs"], provider_function("AMF", c_key, "attacker AMF")])))
+    await asyncio.wait_for(g.paused.wait(), 10)
+    # meanwhile the legitimate AMF removes B
+    removed = await world.call(p.amf, "PUT", dom, dict(enrolment, apiProvFuncs=enrolment["apiProvFuncs"][:3]))
+    assert removed.status == 200, removed.body
+    g.release.set()
+    answer = await grab
+    assert (await world.call(b, "PUT", dom, enrolment)).status == 403  # B itself is refused...
+    if answer.status == 200:
+        c = identities({"apiProvFuncs": answer.json()["apiProvFuncs"][4:]}, [c_key])[0]
+        # ...but C, created by B's request after B was removed, manages the domain (today: 200)
+        takeover = await world.call(c, "PUT", dom, dict(enrolment, apiProvFuncs=[
+            *enrolment["apiProvFuncs"][:3], {k: v for k, v in answer.json()["apiProvFuncs"][4].items()}]))
+        assert takeover.status == 403, takeover.body
+    funcs = {d.record_id for d in world.store.documents("capif-provider")
+             if d.record_id.startswith("func:") and d.body.get("domain") == p.domain}
+    assert funcs == {"func:" + i.identity for i in (p.amf, p.apf, p.aef)}, funcs
+
+
+@pytest.mark.xfail(strict=True, reason="F5: a provider PUT authenticated before the domain's deregistration "
+                                       "writes its new function records after it: certified functions of a "
+                                       "domain that no longer exists stay in the store")
+async def test_a_provider_update_in_flight_leaves_nothing_after_deregistration(world: World) -> None:
+    p = await register_provider(world)
+    dom = f"{PROVIDERS}/{p.domain}"
+    g = gate(world, lambda doc, replace: doc.kind == "capif-provider" and doc.record_id.startswith("func:")
+             and not replace)
+    grow = asyncio.create_task(world.call(p.amf, "PUT", dom, dict(p.answer, apiProvFuncs=[
+        *p.answer["apiProvFuncs"], provider_function("AEF", new_key(), "late AEF")])))
+    await asyncio.wait_for(g.paused.wait(), 10)
+    gone = await world.call(p.amf, "DELETE", dom)
+    assert gone.status == 204, gone.body
+    g.release.set()
+    answer = await grow
+    assert answer.status in (403, 404, 409), answer.body
+    left = [d.record_id for d in world.store.documents("capif-provider") if d.record_id == p.domain
+            or d.body.get("domain") == p.domain]
+    assert left == [], left
+
+
+# ============================================================================================ held (regressions)
+
+async def test_an_invoker_update_in_flight_does_not_outlive_offboarding(world: World) -> None:
+    """The invoker-record compare-and-swap (D144) holds for PATCH too: no enrolment comes back after offboarding."""
+    inv = await onboard(world)
+    g = gate(world, lambda doc, replace: doc.kind == "capif-invoker" and replace)
+    patch = asyncio.create_task(world.call(inv, "PATCH", f"{INVOKERS}/{inv.identity}",
+                                           {"apiInvokerInformation": "late"},
+                                           content_type="application/merge-patch+json"))
+    await asyncio.wait_for(g.paused.wait(), 10)
+    assert (await world.call(inv, "DELETE", f"{INVOKERS}/{inv.identity}")).status == 204
+    g.release.set()
+    assert (await patch).status in (403, 404, 409)
+    assert world.store.get_document("capif-invoker", inv.identity) is None
