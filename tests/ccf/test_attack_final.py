@@ -23,14 +23,18 @@ from .ccf_env import (
     INVOKERS,
     NOTIFY,
     PROVIDERS,
+    PUBLISHED,
     Identity,
     World,
+    discover_path,
     identities,
+    interface_description,
     new_key,
     onboard,
     provider_function,
     publish,
     register_provider,
+    service_description,
     world,
 )
 
@@ -226,3 +230,28 @@ async def test_an_invoker_update_in_flight_does_not_outlive_offboarding(world: W
     g.release.set()
     assert (await patch).status in (403, 404, 409)
     assert world.store.get_document("capif-invoker", inv.identity) is None
+
+
+@pytest.mark.xfail(strict=True, reason="F6: a publish authenticated before its domain's deregistration stores the "
+                                       "service API and re-takes its interface hold after the withdrawal ran: an "
+                                       "orphan API nobody can withdraw stays discoverable and keeps the interface "
+                                       "from every other domain")
+async def test_a_publish_in_flight_does_not_outlive_deregistration(world: World) -> None:
+    p = await register_provider(world)
+    iface = interface_description(9301)
+    g = gate(world, lambda doc, replace: doc.kind == "capif-service" and not replace)
+    late = asyncio.create_task(world.call(p.apf, "POST", f"{PUBLISHED}/{p.apf.identity}/service-apis",
+                                          service_description(p.aef, iface, "orphan-api")))
+    await asyncio.wait_for(g.paused.wait(), 10)  # checked and the interface held, not yet stored
+    gone = await world.call(p.amf, "DELETE", f"{PROVIDERS}/{p.domain}")
+    assert gone.status == 204, gone.body
+    g.release.set()
+    await late
+    inv = await onboard(world)
+    found = await world.call(inv, "GET", discover_path(inv.identity, api_name="orphan-api"))
+    assert found.status == 404 or b"orphan-api" not in found.body, found.body
+    # another domain may publish that interface now that its AEF is gone
+    other = await register_provider(world)
+    answer = await world.call(other.apf, "POST", f"{PUBLISHED}/{other.apf.identity}/service-apis",
+                              service_description(other.aef, iface, "orphan-api"))
+    assert answer.status == 201, answer.body
