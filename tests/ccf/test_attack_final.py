@@ -12,6 +12,8 @@ are attacks refused today, kept as regression tests.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from collections.abc import Callable
 from typing import Any
 
@@ -26,9 +28,11 @@ from .ccf_env import (
     PUBLISHED,
     Identity,
     World,
+    csr_pem,
     discover_path,
     identities,
     interface_description,
+    key_pem,
     new_key,
     onboard,
     provider_function,
@@ -79,6 +83,24 @@ async def token(world: World, inv: Identity, scope: str | None = None) -> Any:
         form["scope"] = scope
     async with await world.connect(inv) as conn:
         return await conn.request("POST", f"{TOKEN}/{inv.identity}/token", form=form)
+
+
+def expected_aefpsk(master: bytes, session_id: bytes, p0: str) -> bytes:
+    """TS 33.220 B.2 / TS 33.122 A.1 written here: HMAC-SHA-256(master, 0x7A || P0 || L0 || P1 || L1)."""
+    p = p0.encode()
+    s = b"\x7a" + p + len(p).to_bytes(2, "big") + session_id + len(session_id).to_bytes(2, "big")
+    return hmac.new(master, s, hashlib.sha256).digest()
+
+
+async def rekey(world: World, inv: Identity) -> Identity:
+    """The invoker re-keys (what it does when its key leaked): a new certificate, the old one refused."""
+    key = new_key()
+    answer = await world.call(inv, "PUT", f"{INVOKERS}/{inv.identity}",
+                              dict(inv.answer, onboardingInformation={"apiInvokerPublicKey": csr_pem(key)}))
+    assert answer.status == 200, answer.body
+    cert = answer.json()["onboardingInformation"]["apiInvokerCertificate"].encode()
+    assert cert != inv.certificate_pem
+    return Identity(inv.identity, cert, key_pem(key), answer.json())
 
 
 def records_of(world: World, kind: str, invoker_id: str) -> list[str]:
@@ -214,6 +236,54 @@ async def test_a_provider_update_in_flight_leaves_nothing_after_deregistration(w
     left = [d.record_id for d in world.store.documents("capif-provider") if d.record_id == p.domain
             or d.body.get("domain") == p.domain]
     assert left == [], left
+
+
+@pytest.mark.xfail(strict=True, reason="F9: a trustedInvokers PUT made with a certificate that a concurrent re-key "
+                                       "retires still lands: the holder of the leaked key gets a PSK context whose "
+                                       "AEFPSK it derived itself, and the AEF accepts it as the invoker")
+async def test_a_security_context_in_flight_does_not_outlive_a_rekey(world: World) -> None:
+    p = await register_provider(world)
+    iface = interface_description(9401)
+    p0 = "aef9401.test.example:8443/api"
+    await publish(world, p.apf, p.aef, iface, name="rekeyed-api")
+    victim = await onboard(world)
+    g = gate(world, lambda doc, _: doc.kind == "capif-aefpsk")
+    async with await world.connect(victim) as thief:  # the leaked key, on the attacker's own CAPIF-1e session
+        tls = thief.writer.get_extra_info("tls_connection")
+        known = expected_aefpsk(tls.master_secret().reveal(), thief.session.session_id, p0).hex()
+        put = asyncio.create_task(thief.request("PUT", f"{SECURITY}/{victim.identity}", json_body=security(
+            {"aefId": p.aef.identity, "prefSecurityMethods": ["PSK"]})))
+        await asyncio.wait_for(g.paused.wait(), 10)
+        fresh = await rekey(world, victim)  # the victim notices the leak and re-keys
+        g.release.set()
+        await put
+    assert (await world.call(victim, "GET", f"{SECURITY}/{victim.identity}")).status == 403  # old key refused
+    got = await world.call(p.aef, "GET", f"{SECURITY}/{fresh.identity}?authenticationInfo=true")
+    keys = [] if got.status != 200 else [e.get("authenticationInfo") for e in got.json()["securityInfo"]]
+    assert known not in keys, "the AEF authenticates the invoker with an AEFPSK the thief derived"
+
+
+@pytest.mark.xfail(strict=True, reason="F10 (decision wanted): re-keying an invoker keeps the security context and "
+                                       "AEFPSKs negotiated on sessions of the retired certificate: whoever held the "
+                                       "leaked key keeps a working AEFPSK at the AEF after the re-key")
+async def test_a_rekey_drops_the_aefpsks_of_the_retired_certificate(world: World) -> None:
+    p = await register_provider(world)
+    iface = interface_description(9402)
+    p0 = "aef9402.test.example:8443/api"
+    await publish(world, p.apf, p.aef, iface, name="leaked-api")
+    victim = await onboard(world)
+    async with await world.connect(victim) as thief:
+        put = await thief.request("PUT", f"{SECURITY}/{victim.identity}", json_body=security(
+            {"aefId": p.aef.identity, "prefSecurityMethods": ["PSK"]}))
+        assert put.status == 201, put.body
+        tls = thief.writer.get_extra_info("tls_connection")
+        known = expected_aefpsk(tls.master_secret().reveal(), thief.session.session_id, p0).hex()
+    got = await world.call(p.aef, "GET", f"{SECURITY}/{victim.identity}?authenticationInfo=true")
+    assert [e.get("authenticationInfo") for e in got.json()["securityInfo"]] == [known]  # the test sees the key
+    await rekey(world, victim)
+    after = await world.call(p.aef, "GET", f"{SECURITY}/{victim.identity}?authenticationInfo=true")
+    keys = [] if after.status != 200 else [e.get("authenticationInfo") for e in after.json()["securityInfo"]]
+    assert known not in keys, "the AEFPSK of the leaked key's session outlives the re-key"
 
 
 # ============================================================================================ held (regressions)
