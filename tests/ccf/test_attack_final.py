@@ -110,9 +110,6 @@ def records_of(world: World, kind: str, invoker_id: str) -> list[str]:
 
 # ================================================================================================= findings (xfail)
 
-@pytest.mark.xfail(strict=True, reason="F1: a trustedInvokers PUT authenticated before an offboarding writes its "
-                                       "security context and AEFPSK after the purge (no compare-and-swap on the "
-                                       "invoker record); the AEF keeps accepting the offboarded invoker's PSK")
 async def test_a_security_context_in_flight_does_not_outlive_offboarding(world: World) -> None:
     p = await register_provider(world)
     await publish(world, p.apf, p.aef, name="psk-api")
@@ -133,9 +130,6 @@ async def test_a_security_context_in_flight_does_not_outlive_offboarding(world: 
     assert records_of(world, "capif-security", inv.identity) == []
 
 
-@pytest.mark.xfail(strict=True, reason="F2: an invoker's /update read before an AEF's POST .../delete writes the "
-                                       "whole context back after it: the revocation (204, event sent) is undone "
-                                       "and the token endpoint grants the revoked API again")
 async def test_an_update_in_flight_does_not_undo_an_aefs_revocation(world: World) -> None:
     p = await register_provider(world)
     revoked = await publish(world, p.apf, p.aef, name="revoked-api")
@@ -154,16 +148,13 @@ async def test_an_update_in_flight_does_not_undo_an_aefs_revocation(world: World
         "cause": "OVERLIMIT_USAGE"})
     assert cut.status == 204, cut.body
     g.release.set()
-    assert (await update).status in (200, 404, 409)
+    assert (await update).status in (200, 404, 409, 503)
     answer = await token(world, inv, f"3gpp#{p.aef.identity}:revoked-api")
     assert answer.status == 400, answer.body  # today: 200, a token for the API the AEF revoked
     context = await world.call(inv, "GET", f"{SECURITY}/{inv.identity}")
     assert revoked["apiId"] not in context.body.decode()
 
 
-@pytest.mark.xfail(strict=True, reason="F3: a trustedInvokers PUT resolved before a service API is withdrawn "
-                                       "stores an entry for it after the withdrawal hook ran: the token endpoint "
-                                       "grants the withdrawn API")
 async def test_a_security_context_in_flight_does_not_outlive_a_withdrawal(world: World) -> None:
     p = await register_provider(world)
     service = await publish(world, p.apf, p.aef, name="withdrawn-api")
@@ -180,9 +171,6 @@ async def test_a_security_context_in_flight_does_not_outlive_a_withdrawal(world:
     assert answer.status == 400, answer.body  # today: 200, a token for a service API that no longer exists
 
 
-@pytest.mark.xfail(strict=True, reason="F4: provider PUT/PATCH has no compare-and-swap: an AMF removed from its "
-                                       "domain by another AMF adds a new AMF (its own key) through a request "
-                                       "authenticated before the removal, and keeps control of the domain")
 async def test_a_removed_amf_keeps_no_foothold_through_a_request_in_flight(world: World) -> None:
     p = await register_provider(world)
     dom = f"{PROVIDERS}/{p.domain}"
@@ -217,9 +205,6 @@ async def test_a_removed_amf_keeps_no_foothold_through_a_request_in_flight(world
     assert funcs == {"func:" + i.identity for i in (p.amf, p.apf, p.aef)}, funcs
 
 
-@pytest.mark.xfail(strict=True, reason="F5: a provider PUT authenticated before the domain's deregistration "
-                                       "writes its new function records after it: certified functions of a "
-                                       "domain that no longer exists stay in the store")
 async def test_a_provider_update_in_flight_leaves_nothing_after_deregistration(world: World) -> None:
     p = await register_provider(world)
     dom = f"{PROVIDERS}/{p.domain}"
@@ -232,15 +217,12 @@ async def test_a_provider_update_in_flight_leaves_nothing_after_deregistration(w
     assert gone.status == 204, gone.body
     g.release.set()
     answer = await grow
-    assert answer.status in (403, 404, 409), answer.body
+    assert answer.status in (403, 404, 409, 503), answer.body
     left = [d.record_id for d in world.store.documents("capif-provider") if d.record_id == p.domain
             or d.body.get("domain") == p.domain]
     assert left == [], left
 
 
-@pytest.mark.xfail(strict=True, reason="F9: a trustedInvokers PUT made with a certificate that a concurrent re-key "
-                                       "retires still lands: the holder of the leaked key gets a PSK context whose "
-                                       "AEFPSK it derived itself, and the AEF accepts it as the invoker")
 async def test_a_security_context_in_flight_does_not_outlive_a_rekey(world: World) -> None:
     p = await register_provider(world)
     iface = interface_description(9401)
@@ -263,9 +245,6 @@ async def test_a_security_context_in_flight_does_not_outlive_a_rekey(world: Worl
     assert known not in keys, "the AEF authenticates the invoker with an AEFPSK the thief derived"
 
 
-@pytest.mark.xfail(strict=True, reason="F10 (decision wanted): re-keying an invoker keeps the security context and "
-                                       "AEFPSKs negotiated on sessions of the retired certificate: whoever held the "
-                                       "leaked key keeps a working AEFPSK at the AEF after the re-key")
 async def test_a_rekey_drops_the_aefpsks_of_the_retired_certificate(world: World) -> None:
     p = await register_provider(world)
     iface = interface_description(9402)
@@ -346,10 +325,6 @@ async def test_an_invoker_update_in_flight_does_not_outlive_offboarding(world: W
     assert world.store.get_document("capif-invoker", inv.identity) is None
 
 
-@pytest.mark.xfail(strict=True, reason="F6: a publish authenticated before its domain's deregistration stores the "
-                                       "service API and re-takes its interface hold after the withdrawal ran: an "
-                                       "orphan API nobody can withdraw stays discoverable and keeps the interface "
-                                       "from every other domain")
 async def test_a_publish_in_flight_does_not_outlive_deregistration(world: World) -> None:
     p = await register_provider(world)
     iface = interface_description(9301)
@@ -371,10 +346,6 @@ async def test_a_publish_in_flight_does_not_outlive_deregistration(world: World)
     assert answer.status == 201, answer.body
 
 
-@pytest.mark.xfail(strict=True, reason="F7: an anonymous request to an operation that needs a certificate has its "
-                                       "body (up to 64 KiB) parsed and validated against the official schema "
-                                       "(~80 ms of a 2-thread pool, GIL held) before it is refused: an anonymous "
-                                       "client can keep the validation threads busy for everyone")
 async def test_an_anonymous_body_is_refused_before_it_is_validated(world: World) -> None:
     import m2msec.capif.ccf.http as ccf_http
 
@@ -398,8 +369,6 @@ async def test_an_anonymous_body_is_refused_before_it_is_validated(world: World)
     assert calls == [], calls
 
 
-@pytest.mark.xfail(strict=True, reason="F8: every connection the limiter refuses is one WARNING line, unthrottled: "
-                                       "one anonymous host floods the log at its connect() rate")
 async def test_refused_connections_do_not_flood_the_log(world: World, caplog: pytest.LogCaptureFixture) -> None:
     import logging
 

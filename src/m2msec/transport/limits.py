@@ -25,6 +25,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import hashes
@@ -161,6 +163,7 @@ class ConnectionLimiter:
         self.open_per_source = (SourceLimiter(per_source_connections) if per_source_connections is not None
                                 else None)
         self.per_sa = SourceLimiter(sa_share(per_sa, limit)) if per_sa is not None else None
+        self._refusals = RefusalLog()
 
     def acquire(self) -> bool:
         if self.open >= self.limit:
@@ -179,19 +182,22 @@ class ConnectionLimiter:
         source = source_of(peer)
         sources = self.sources
         if sources is not None and not sources.acquire(source):
-            log.warning("connection from %s refused: %d handshakes from %s in progress", peer, sources.limit, source)
+            self._refusals.warn(source, "connection from %s refused: %d handshakes from %s in progress", peer,
+                                sources.limit, source)
             return None
         if self.max_handshaking is not None and self.handshaking >= self.max_handshaking:
-            log.warning("connection from %s refused: %d handshakes in progress", peer, self.handshaking)
+            self._refusals.warn(source, "connection from %s refused: %d handshakes in progress", peer,
+                                self.handshaking)
             self._unhold(sources, source)
             return None
         per_source = self.open_per_source
         if per_source is not None and not per_source.acquire(source):
-            log.warning("connection from %s refused: %d connections from %s open", peer, per_source.limit, source)
+            self._refusals.warn(source, "connection from %s refused: %d connections from %s open", peer,
+                                per_source.limit, source)
             self._unhold(sources, source)
             return None
         if not self.acquire():
-            log.warning("connection from %s refused: %d connections open", peer, self.limit)
+            self._refusals.warn(source, "connection from %s refused: %d connections open", peer, self.limit)
             self._unhold(sources, source)
             self._unhold(per_source, source)
             return None
@@ -202,6 +208,38 @@ class ConnectionLimiter:
     def _unhold(limiter: SourceLimiter | None, source: str) -> None:
         if limiter is not None:
             limiter.release(source)
+
+
+#: D154: refused connections logged per source address and window; the rest of the window is counted, then summed up
+REFUSAL_LOG_BURST = 5
+REFUSAL_LOG_WINDOW = 60.0
+#: sources whose refusals are counted at once (beyond, the counts start over: memory stays bounded)
+REFUSAL_LOG_SOURCES = 1024
+
+
+class RefusalLog:
+    """Rate-limited WARNING lines for refused connections (D154): one host cannot flood the log by being refused."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.windows: dict[str, tuple[float, int]] = {}  # source -> (window start, refusals in it)
+
+    def warn(self, source: str, message: str, *args: object) -> None:
+        now = self.clock()
+        start, count = self.windows.get(source, (now, 0))
+        if now - start >= REFUSAL_LOG_WINDOW:
+            if count > REFUSAL_LOG_BURST:
+                log.warning("%d more connections from %s refused in %.0f s (not logged one by one)",
+                            count - REFUSAL_LOG_BURST, source, now - start)
+            start, count = now, 0
+        if len(self.windows) >= REFUSAL_LOG_SOURCES and source not in self.windows:
+            self.windows.clear()
+        self.windows[source] = (start, count + 1)
+        if count < REFUSAL_LOG_BURST:
+            log.warning(message, *args)
+        elif count == REFUSAL_LOG_BURST:
+            log.warning(message + " (further refusals of this source are counted for %.0f s)", *args,
+                        REFUSAL_LOG_WINDOW)
 
 
 class Slot:

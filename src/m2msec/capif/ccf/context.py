@@ -57,6 +57,7 @@ __all__ = [
     "TOKEN_KEY_RECORD",
     "CCFPolicy",
     "Caller",
+    "ConcurrentChange",
     "EventSink",
     "certificate_digest",
     "load_or_create_token_key",
@@ -109,6 +110,16 @@ class CCFPolicy:
     @property
     def issuer(self) -> str:
         return self.ccf_host
+
+
+class ConcurrentChange(CAPIFError):
+    """D152: the records this request was based on changed while it was served (a concurrent update, offboarding,
+    re-key, revocation, withdrawal); nothing it would have written stays. Answered 503 with ``Retry-After``: the
+    official files list no 409 with a body for these operations, and the client's right move is to read again and
+    retry (or, if it lost its authorization meanwhile, to be refused then)."""
+
+    status = 503
+    cause = "CONCURRENT_MODIFICATION"
 
 
 class EventSink(Protocol):

@@ -40,7 +40,7 @@ from m2msec.capif.ccf.body import (
     ClientGone,
     read_body,
 )
-from m2msec.capif.ccf.context import CCF, Caller
+from m2msec.capif.ccf.context import CCF, Caller, ConcurrentChange
 from m2msec.capif.schema import SchemaViolation, validate_request, validate_response
 from m2msec.errors import CAPIFError, Conflict, NotFound, StorageError
 
@@ -221,6 +221,10 @@ async def _answer(ccf: CCF, op: Operation, request: Request, limit: asyncio.Sema
         req = CCFRequest(ccf, caller, dict(request.path_params), _query(request), None, headers, raw)
         if op.precheck is not None:
             req.checked = await op.precheck(req)
+        elif caller.certificate is None and op.media is not None:
+            # D143: a body is read only from a client that may send it: with a certificate, or an onboarding
+            # credential (the precheck above); no parsing or schema work for anyone else
+            raise CAPIFError("this operation needs the client certificate the CCF issued", status=401)
         req.body = await read_body(request, op.media,
                                    limit=MAX_BODY if caller.certificate is not None else ANONYMOUS_MAX_BODY)
         if op.media not in (None, FORM):
@@ -232,6 +236,8 @@ async def _answer(ccf: CCF, op: Operation, request: Request, limit: asyncio.Sema
         if op.render_error is not None:
             return op.render_error(exc)
         reply = problem(exc.status, exc.detail, exc.cause)
+        if isinstance(exc, ConcurrentChange):
+            reply.headers["Retry-After"] = "1"
         bearer = getattr(exc, "bearer_error", None)
         if exc.status == 401 and bearer:
             reply.headers["WWW-Authenticate"] = f'Bearer realm="CAPIF", error="{bearer}"'
@@ -242,7 +248,10 @@ async def _answer(ccf: CCF, op: Operation, request: Request, limit: asyncio.Sema
     except NotFound:  # the record went away while the request was served (e.g. offboarded meanwhile)
         return problem(404, "the resource no longer exists")
     except Conflict:
-        return problem(409, "the resource changed while this request was served; read it again and retry")
+        reply = problem(ConcurrentChange.status, "the resource changed while this request was served; read it again "
+                        "and retry", ConcurrentChange.cause)
+        reply.headers["Retry-After"] = "1"
+        return reply
     except StorageError as exc:
         log.error("key store error in %s: %s", op.name, type(exc).__name__)
         return problem(503, "the key store cannot be used now; retry later")

@@ -27,7 +27,8 @@ from m2msec.store import Document
 
 __all__ = ["API", "INVOKER_KIND", "REVOKED_KIND", "check_credential", "check_provider_credential", "invoker_location",
            "merge_patch",
-           "offboard_invoker", "onboarding_credential", "purge_hooks", "spend_credential", "unspend_credential"]
+           "offboard_invoker", "onboarding_credential", "purge_hooks", "rekey_hooks", "spend_credential",
+           "unspend_credential"]
 
 log = logging.getLogger("m2msec.ccf")
 
@@ -40,6 +41,9 @@ INVOKER_ID_PREFIX: Final = "INV"
 
 #: called with (ccf, api_invoker_id) after an invoker is offboarded (the security module drops its context)
 purge_hooks: list[Any] = []
+#: called with (ccf, api_invoker_id) after an invoker replaced its key (D153: the security module drops what was
+#: negotiated under the old one)
+rekey_hooks: list[Any] = []
 
 
 def invoker_location(ccf: CCF, invoker_id: str) -> str:
@@ -171,13 +175,17 @@ async def _replace(request: CCFRequest, record: Document, enrolment: dict[str, A
     cert_pem = old["onboardingInformation"]["apiInvokerCertificate"]
     new_key = (enrolment.get("onboardingInformation") or {}).get("apiInvokerPublicKey")
     body = dict(record.body)
-    if isinstance(new_key, str) and not _same_key(new_key, cert_pem):
+    rekeyed = isinstance(new_key, str) and not _same_key(new_key, cert_pem)
+    if rekeyed:
         cert_pem, body["certificate"] = _certify(ccf, new_key, invoker_id)  # the old certificate stops working
     answer = _answer(enrolment, invoker_id, cert_pem)
     body["enrolment"] = answer
     # compare-and-swap over the record this request was authenticated with (D144): an update authenticated with a
     # certificate that a concurrent re-key retires never lands
     await ccf.store.put_document(Document(INVOKER_KIND, invoker_id, body), expect=record)
+    if rekeyed:
+        for hook in rekey_hooks:
+            await hook(ccf, invoker_id)
     return Reply(200, answer)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives import serialization
 
-from m2msec.capif.ccf.context import CCF, certificate_digest
+from m2msec.capif.ccf.context import CCF, ConcurrentChange, certificate_digest
 from m2msec.capif.ccf.http import MERGE_PATCH, CCFRequest, Reply, operation
 from m2msec.capif.ccf.invokers import check_provider_credential, merge_patch, spend_credential, unspend_credential
 from m2msec.capif.certificates import CAPIFRole, issue_capif_certificate, load_csr
@@ -186,12 +186,30 @@ async def _replace(request: CCFRequest, record: Document, enrolment: dict[str, A
         out["regInfo"] = dict(out["regInfo"], apiProvCert=cert_pem)
         funcs.append(out)
     answer = _answer(enrolment, domain_id, funcs)
+    # D152: the domain record first, over exactly the version this request was authorized against: an update
+    # authorized before a concurrent one (e.g. one removing this very AMF) changed the domain gets 503 (D152) and writes
+    # nothing; a domain deregistered meanwhile, 404
+    written = Document(PROVIDER_KIND, domain_id, dict(record.body, enrolment=answer))
+    await ccf.store.put_document(written, expect=record)
     for doc, existing in writes:
         await ccf.store.put_document(doc, replace=existing)
-    removed = set(current) - kept
-    await _remove_functions(ccf, removed)
-    await ccf.store.put_document(Document(PROVIDER_KIND, domain_id, dict(record.body, enrolment=answer)),
-                                 replace=True)
+    await _remove_functions(ccf, set(current) - kept)
+    # D152: the domain is still the one written and the caller still its AMF (a concurrent removal of this AMF, or a
+    # deregistration, lands between the domain write and the function writes); else the functions this request
+    # wrote are undone and nothing it created survives
+    try:
+        await ccf.authenticate(request.caller, CAPIFRole.AMF)
+        now = await ccf.store.get_document(PROVIDER_KIND, domain_id)
+        confirmed = now is not None and now.body == written.body
+    except CAPIFError:
+        confirmed = False
+    if not confirmed:
+        for doc, existing in writes:
+            if existing:
+                await ccf.store.put_document(current[doc.record_id.removeprefix(FUNC_PREFIX)], replace=True)
+            else:
+                await delete_quietly(ccf, PROVIDER_KIND, doc.record_id)
+        raise ConcurrentChange("the API provider domain changed while this request was served")
     return Reply(200, answer)
 
 
@@ -227,6 +245,6 @@ async def modify(request: CCFRequest) -> Reply:
 async def deregister(request: CCFRequest) -> Reply:
     record = await _own(request)
     ccf = request.ccf
+    await delete_quietly(ccf, PROVIDER_KIND, record.record_id)  # first: an update in flight then writes nothing
     await _remove_functions(ccf, set(await domain_functions(ccf, record.record_id)))
-    await delete_quietly(ccf, PROVIDER_KIND, record.record_id)
     return Reply(204)

@@ -165,10 +165,15 @@ async def _release(ccf: CCF, pairs: Iterable[tuple[str, str]]) -> None:
                 await ccf.store.put_document(Document(PROVIDER_KIND, _claim_id(p0), {"aef": aef_id}))
 
 
-async def _confirm(ccf: CCF, pairs: set[tuple[str, str]], undo: Callable[[], Awaitable[None]]) -> None:
+async def _confirm(ccf: CCF, pairs: set[tuple[str, str]], undo: Callable[[], Awaitable[None]],
+                   functions: Iterable[str] = ()) -> None:
     """D125 again once the service API is stored: a release running meanwhile (of another service API of the same
-    AEF, whose scan came before this one was stored) may have dropped a hold; take it again, or undo and refuse."""
+    AEF, whose scan came before this one was stored) may have dropped a hold; take it again, or undo and refuse.
+    D152: the APF and the AEFs (``functions``) must still exist, else a deregistration ran meanwhile: undo, 404."""
     try:
+        for func_id in functions:
+            if await function_record(ccf, func_id) is None:
+                raise CAPIFError("the API provider function was removed while this request was served", status=404)
         await _claim(ccf, pairs)
     except CAPIFError:
         await undo()
@@ -227,7 +232,7 @@ async def publish(request: CCFRequest) -> Reply:
     api_id = ccf.new_id()
     answer = dict(copy.deepcopy(body), apiId=api_id)
     await ccf.store.put_document(Document(SERVICE_KIND, api_id, {"apf": apf_id, "description": answer}))
-    await _confirm(ccf, pairs, lambda: delete_quietly(ccf, SERVICE_KIND, api_id))
+    await _confirm(ccf, pairs, lambda: delete_quietly(ccf, SERVICE_KIND, api_id), {apf_id, *(a for a, _ in pairs)})
     await ccf.events.emit("SERVICE_API_AVAILABLE", {"apiIds": [api_id]})
     return Reply(201, answer, {"Location": service_location(ccf, apf_id, api_id)})
 
@@ -265,7 +270,7 @@ async def _replace(request: CCFRequest, apf: Document, doc: Document, descriptio
         with contextlib.suppress(NotFound):
             await ccf.store.put_document(doc, replace=True)
 
-    await _confirm(ccf, pairs, undo)
+    await _confirm(ccf, pairs, undo, {str(doc.body["apf"]), *(a for a, _ in pairs)})
     await _release(ccf, interfaces_of(doc.body["description"]) - pairs)
     for hook in update_hooks:
         await hook(ccf, api_id, answer)

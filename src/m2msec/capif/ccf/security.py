@@ -31,10 +31,10 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from m2msec.capif.ccf import publish, security_token  # noqa: F401  (security_token: the token and JWKS operations)
-from m2msec.capif.ccf.context import CCF
+from m2msec.capif.ccf.context import CCF, ConcurrentChange
 from m2msec.capif.ccf.events_notifier import send_callback
 from m2msec.capif.ccf.http import CCFRequest, Reply, operation
-from m2msec.capif.ccf.invokers import purge_hooks
+from m2msec.capif.ccf.invokers import purge_hooks, rekey_hooks
 from m2msec.capif.ccf.security_context import (
     AEFPSK_KIND,
     SECURITY_KIND,
@@ -67,6 +67,8 @@ API: Final = "capif-security"
 REPLACE_STATUS: Final = 201
 #: docs/decisions.md D131: the TS 29.222 CAPIFEvent of a revocation (the invoker's DELETE, an AEF's POST .../delete)
 REVOKED_EVENT: Final = "API_INVOKER_AUTHORIZATION_REVOKED"
+#: D152: how often a withdrawal or update re-reads and re-applies its change to a context that changed meanwhile
+CHANGE_ATTEMPTS: Final = 5
 #: docs/decisions.md D129: how AEFPSK is written in ``SecurityInformation.authenticationInfo`` for the AEF
 #: (RFC 4648 §8 base16, lower case: 64 characters, OpenSSL's ``-psk`` form)
 AUTHENTICATION_INFO_ENCODING: Final[Callable[[bytes], str]] = bytes.hex
@@ -87,12 +89,12 @@ def security_location(ccf: CCF, invoker_id: str) -> str:
     return f"{ccf.policy.api_root}/{API}/v1/trustedInvokers/{invoker_id}"
 
 
-async def _own_invoker(request: CCFRequest) -> str:
-    """The caller's invoker ID, which must be the one the URL names (403 otherwise)."""
+async def _own_invoker(request: CCFRequest) -> Document:
+    """The caller's invoker record, which must be the one the URL names (403 otherwise)."""
     record = await request.ccf.authenticate(request.caller, CAPIFRole.INVOKER)
     if record.record_id != request.params["apiInvokerId"]:
         raise CAPIFError("an API invoker manages only its own security context", status=403)
-    return record.record_id
+    return record
 
 
 async def _context(ccf: CCF, invoker_id: str) -> Document:
@@ -170,32 +172,64 @@ def _check_entries(info: list[dict[str, Any]]) -> None:
 
 
 async def _store(ccf: CCF, invoker_id: str, context: dict[str, Any], entries: list[dict[str, Any]],
-                 keys: dict[str, Document], old_entries: list[dict[str, Any]]) -> bool:
-    """Write the AEFPSKs, the context, then drop the AEFPSKs no entry uses any more. True when the context is new."""
+                 keys: dict[str, Document], old: Document | None) -> Document:
+    """Write the AEFPSKs, then the context over exactly ``old`` (compare-and-swap; None: a new context), then drop
+    the AEFPSKs no entry uses any more. Returns the context written. Raises ConcurrentChange when the context changed
+    meanwhile (a concurrent update, an AEF's revocation, a withdrawal: D152), its new AEFPSKs removed again."""
+    old_entries: list[dict[str, Any]] = [] if old is None else old.body.get("entries", [])
+    before = _psk_ids(invoker_id, old_entries)
     for doc in keys.values():
         await _put(ccf, doc)
-    new = await _put(ccf, Document(SECURITY_KIND, invoker_id, {"context": context, "entries": entries}))
-    for stale in _psk_ids(invoker_id, old_entries) - _psk_ids(invoker_id, entries):
+    new = Document(SECURITY_KIND, invoker_id, {"context": context, "entries": entries})
+    try:
+        if old is None:
+            await ccf.store.put_document(new)
+        else:
+            await ccf.store.put_document(new, expect=old)
+    except (Conflict, NotFound):
+        for record_id in set(keys) - before:
+            await _drop(ccf, AEFPSK_KIND, record_id)
+        raise ConcurrentChange("the security context changed while this request was served; read it and "
+                               "retry") from None
+    for stale in before - _psk_ids(invoker_id, entries):
         await _drop(ccf, AEFPSK_KIND, stale)
     return new
 
 
+async def _confirm(request: CCFRequest, invoker: Document, written: Document) -> None:
+    """D152: after the write, the invoker must still hold the certificate it was authenticated with (not offboarded,
+    not re-keyed) and every service API the entries name must still be published; else what was written is
+    removed (fail closed) and the request refused: nothing negotiated just before an offboarding, a re-key or a
+    withdrawal outlives it."""
+    ccf = request.ccf
+    now = await ccf.store.get_document("capif-invoker", invoker.record_id)
+    named = {str(a[0]) for e in written.body.get("entries", []) for a in e.get("apis", [])}
+    published = {d.record_id for d in await ccf.store.documents("capif-service")}
+    if now is not None and now.body.get("certificate") == invoker.body.get("certificate") and named <= published:
+        return
+    await _remove(ccf, invoker.record_id, written)
+    raise ConcurrentChange("the API invoker or the service APIs changed while this request was served")
+
+
 @operation(API, "PUT", "/trustedInvokers/{apiInvokerId}")
 async def create_context(request: CCFRequest) -> Reply:
-    invoker_id = await _own_invoker(request)
+    invoker = await _own_invoker(request)
+    invoker_id = invoker.record_id
     ccf, body = request.ccf, request.body
     info = list(body["securityInfo"])
     _check_entries(info)
     answered, entries, keys = await _negotiate(request, invoker_id, info)
     context = {**copy.deepcopy(body), "securityInfo": answered}
     old = await ccf.store.get_document(SECURITY_KIND, invoker_id)
-    new = await _store(ccf, invoker_id, context, entries, keys, [] if old is None else old.body.get("entries", []))
-    return Reply(201 if new else REPLACE_STATUS, context, {"Location": security_location(ccf, invoker_id)})
+    written = await _store(ccf, invoker_id, context, entries, keys, old)
+    await _confirm(request, invoker, written)
+    return Reply(201 if old is None else REPLACE_STATUS, context, {"Location": security_location(ccf, invoker_id)})
 
 
 @operation(API, "POST", "/trustedInvokers/{apiInvokerId}/update")
 async def update_context(request: CCFRequest) -> Reply:
-    invoker_id = await _own_invoker(request)
+    invoker = await _own_invoker(request)
+    invoker_id = invoker.record_id
     ccf, body = request.ccf, request.body
     doc = await _context(ccf, invoker_id)
     info = list(body["securityInfo"])
@@ -206,7 +240,8 @@ async def update_context(request: CCFRequest) -> Reply:
     old_entries: list[dict[str, Any]] = doc.body.get("entries", [])
     kept = [(i, e) for i, e in zip(old_info, old_entries, strict=True) if entry_key(i) not in replaced]
     context = {**copy.deepcopy(body), "securityInfo": [i for i, _ in kept] + answered}
-    await _store(ccf, invoker_id, context, [e for _, e in kept] + entries, keys, old_entries)
+    written = await _store(ccf, invoker_id, context, [e for _, e in kept] + entries, keys, doc)
+    await _confirm(request, invoker, written)
     return Reply(200, context)
 
 
@@ -280,7 +315,7 @@ async def _revoked(ccf: CCF, invoker_id: str, api_ids: list[str]) -> None:
 
 @operation(API, "DELETE", "/trustedInvokers/{apiInvokerId}", media=None)
 async def delete_context(request: CCFRequest) -> Reply:
-    invoker_id = await _own_invoker(request)
+    invoker_id = (await _own_invoker(request)).record_id
     ccf = request.ccf
     doc = await _context(ccf, invoker_id)
     await _remove(ccf, invoker_id, doc)
@@ -305,7 +340,7 @@ async def revoke_authorization(request: CCFRequest) -> Reply:
     if not revoked:
         raise CAPIFError("the security context authorizes none of these service APIs at this AEF", status=404)
     if entries:
-        await _store(ccf, invoker_id, {**doc.body["context"], "securityInfo": info}, entries, {}, old_entries)
+        await _store(ccf, invoker_id, {**doc.body["context"], "securityInfo": info}, entries, {}, doc)
     else:
         await _remove(ccf, invoker_id, doc)
     await _revoked(ccf, invoker_id, revoked)
@@ -326,6 +361,31 @@ def _tell_invoker(ccf: CCF, invoker_id: str, context: dict[str, Any], aef_id: st
                   f"SecurityNotification to API invoker {invoker_id}")
 
 
+Change = tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, list[str]]] | None
+
+
+async def _each_context(ccf: CCF, change: Callable[[Document], Change], cause: str) -> None:
+    """Apply ``change`` (None: nothing to do) to every security context, each over the version it read: a context
+    changed meanwhile (:class:`ConcurrentChange` from :func:`_store`) is read again and changed again, a few times
+    (D152)."""
+    for doc in await ccf.store.documents(SECURITY_KIND):
+        current: Document | None = doc
+        for _ in range(CHANGE_ATTEMPTS):
+            if current is None:
+                break
+            planned = change(current)
+            if planned is None:
+                break
+            try:
+                await _apply(ccf, current, *planned, cause)
+                break
+            except ConcurrentChange:
+                current = await ccf.store.get_document(SECURITY_KIND, doc.record_id)
+        else:
+            log.error("security context of API invoker %s changed %d times while a service API was withdrawn or "
+                      "updated; left as it is", doc.record_id, CHANGE_ATTEMPTS)
+
+
 async def withdraw(ccf: CCF, api_ids: list[str]) -> None:
     """D141 (a :data:`.publish.unpublish_hooks` hook): service APIs that no longer exist grant nothing. Each context
     loses them as by each AEF's ``POST .../delete`` (:func:`.security_context.revoke`): entries naming only withdrawn
@@ -333,10 +393,11 @@ async def withdraw(ccf: CCF, api_ids: list[str]) -> None:
     deleted. The invoker gets one SecurityNotification per AEF (cause :data:`WITHDRAWN_CAUSE`) and the
     ``API_INVOKER_AUTHORIZATION_REVOKED`` event is emitted."""
     gone = set(api_ids)
-    for doc in await ccf.store.documents(SECURITY_KIND):
+
+    def change(doc: Document) -> Change:
         old_entries: list[dict[str, Any]] = doc.body.get("entries", [])
         if not any(str(a[0]) in gone for e in old_entries for a in e.get("apis", [])):
-            continue
+            return None
         info: list[dict[str, Any]] = doc.body["context"]["securityInfo"]
         entries = old_entries
         by_aef: dict[str, list[str]] = {}
@@ -344,20 +405,24 @@ async def withdraw(ccf: CCF, api_ids: list[str]) -> None:
             info, entries, revoked = revoke(info, entries, aef_id, gone)
             if revoked:
                 by_aef[aef_id] = revoked
-        await _apply(ccf, doc, info, entries, by_aef, WITHDRAWN_CAUSE)
+        return info, entries, by_aef
+
+    await _each_context(ccf, change, WITHDRAWN_CAUSE)
 
 
 async def narrow_to_update(ccf: CCF, api_id: str, description: dict[str, Any]) -> None:
     """D142 (a :data:`.publish.update_hooks` hook): a service API updated (publish PUT/PATCH) stops granting what its
     new description no longer publishes (an AEF, an interface, the selected method), as a withdrawal of that API
     for those entries (:func:`withdraw`'s consequences); entries still valid record its new ``apiName``."""
-    for doc in await ccf.store.documents(SECURITY_KIND):
+
+    def change(doc: Document) -> Change:
         old_entries: list[dict[str, Any]] = doc.body.get("entries", [])
         if not any(str(a[0]) == api_id for e in old_entries for a in e.get("apis", [])):
-            continue
+            return None
         info, entries, lost = narrow(doc.body["context"]["securityInfo"], old_entries, api_id, description)
-        if lost or entries != old_entries:
-            await _apply(ccf, doc, info, entries, lost, UPDATED_CAUSE)
+        return (info, entries, lost) if lost or entries != old_entries else None
+
+    await _each_context(ccf, change, UPDATED_CAUSE)
 
 
 async def _apply(ccf: CCF, doc: Document, info: list[dict[str, Any]], entries: list[dict[str, Any]],
@@ -365,16 +430,15 @@ async def _apply(ccf: CCF, doc: Document, info: list[dict[str, Any]], entries: l
     """Store a context some service APIs were taken from (deleted when nothing is left), then emit the event and
     tell the invoker (D140) with ``cause``."""
     invoker_id, context = doc.record_id, doc.body["context"]
-    old_entries: list[dict[str, Any]] = doc.body.get("entries", [])
     if entries:
-        await _store(ccf, invoker_id, {**context, "securityInfo": info}, entries, {}, old_entries)
+        await _store(ccf, invoker_id, {**context, "securityInfo": info}, entries, {}, doc)
     else:
         await _remove(ccf, invoker_id, doc)
     if not by_aef:
         return
     await _revoked(ccf, invoker_id, list(dict.fromkeys(i for ids in by_aef.values() for i in ids)))
     for aef_id, revoked in by_aef.items():
-        _tell_invoker(ccf, invoker_id, context, aef_id, revoked, WITHDRAWN_CAUSE)
+        _tell_invoker(ccf, invoker_id, context, aef_id, revoked, cause)
 
 
 async def forget_aefs(ccf: CCF, aef_ids: Iterable[str]) -> None:
@@ -396,8 +460,20 @@ async def purge(ccf: CCF, invoker_id: str) -> None:
             await _drop(ccf, AEFPSK_KIND, stray.record_id)
 
 
+async def rekeyed(ccf: CCF, invoker_id: str) -> None:
+    """D153 (an :data:`.invokers.rekey_hooks` hook): an invoker that replaced its key loses the security context and
+    the AEFPSKs negotiated under the old one (whoever held the old key derived them too); the revocation is emitted,
+    and the invoker negotiates again with its new certificate."""
+    doc = await ccf.store.get_document(SECURITY_KIND, invoker_id)
+    await purge(ccf, invoker_id)
+    if doc is not None:
+        await _revoked(ccf, invoker_id, _all_api_ids(doc.body.get("entries", [])))
+
+
 if purge not in purge_hooks:
     purge_hooks.append(purge)
+if rekeyed not in rekey_hooks:
+    rekey_hooks.append(rekeyed)
 if withdraw not in publish.unpublish_hooks:
     publish.unpublish_hooks.append(withdraw)
 if narrow_to_update not in publish.update_hooks:
