@@ -58,3 +58,36 @@ async def test_two_instances_one_key_space(postgres_url: str, tmp_path: Path) ->
         assert status == 204
         status, _ = await _call(one, "PUT", own, dict(body, apiInvokerInformation="back"), cert=cert, key=key)
         assert status == 403
+
+
+async def test_an_outbox_event_is_relayed_by_one_instance(postgres_url: str, tmp_path: Path) -> None:
+    """D155: an event the operator's process put in the outbox is handed to the notifier of exactly one instance."""
+    from typing import Any
+
+    from m2msec.capif.ccf.outbox import OutboxSink, relay_once
+
+    key_file = tmp_path / "master.key"
+    key_file.write_text(SecretKey.generate(32).reveal().hex())
+    key_file.chmod(0o600)
+    config = CCFConfig(listen="127.0.0.1:0", ccf_host=CCF_HOST, store=postgres_url, master_key_file=str(key_file))
+    seen: list[tuple[str, str, dict[str, Any]]] = []
+
+    class Recorder:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def emit(self, event: str, detail: dict[str, Any]) -> None:
+            seen.append((self.name, event, detail))
+
+    async with running_ccf(config) as one, running_ccf(config) as two:
+        one.ccf.events, two.ccf.events = Recorder("one"), Recorder("two")
+        sink = OutboxSink(one.ccf.store, one.ccf.clock)
+        for i in range(20):
+            await sink.emit("API_INVOKER_OFFBOARDED", {"apiInvokerIds": [f"INV{i}"]})
+        taken = await asyncio.gather(relay_once(one.ccf), relay_once(two.ccf), relay_once(one.ccf))
+        for _ in range(50):  # and the instances' own relays, every second
+            if len(seen) >= 20:
+                break
+            await asyncio.sleep(0.1)
+    assert sum(taken) <= 20
+    assert sorted(d["apiInvokerIds"][0] for _, _, d in seen) == sorted(f"INV{i}" for i in range(20))

@@ -90,6 +90,7 @@ def _revoke(args: argparse.Namespace) -> int:
     from m2msec.capif.ccf import http
     from m2msec.capif.ccf.admin import revoke_credential
     from m2msec.capif.ccf.context import CCFPolicy
+    from m2msec.capif.ccf.outbox import OutboxSink
     from m2msec.capif.ccf.server import open_ccf, open_ccf_store
     from m2msec.errors import CAPIFError
 
@@ -99,6 +100,7 @@ def _revoke(args: argparse.Namespace) -> int:
         raise ConfigurationError("the jti must be 1..256 printable characters")
     with open_ccf_store(config) as store:
         ccf = open_ccf(store, CCFPolicy(config.ccf_host, config.api_root or f"https://{config.ccf_host}"))
+        ccf.events = OutboxSink(ccf.store, ccf.clock)  # D155: the running CCF tells the subscribers
         http.load_modules()
         try:
             print(asyncio.run(revoke_credential(ccf, jti)))

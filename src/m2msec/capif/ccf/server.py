@@ -8,6 +8,7 @@ credential instead); every other operation needs the certificate the CCF issued 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -21,6 +22,7 @@ from m2msec.capif.ca import load_or_create_ca
 from m2msec.capif.ccf.config import CCFConfig
 from m2msec.capif.ccf.context import CCF, CCFPolicy, load_or_create_token_key
 from m2msec.capif.ccf.http import create_app
+from m2msec.capif.ccf.outbox import relay_outbox
 from m2msec.cli.common import parse_hostport
 from m2msec.pki import issue
 from m2msec.pki.profile import CertificateFlavour, Issued
@@ -112,9 +114,12 @@ async def running_ccf(config: CCFConfig, *, store: KeyStore | None = None, clock
                                  handshake_timeout=config.handshake_timeout, limiter=limiter)
             if not config.api_root and port == 0:  # announce the port the system chose
                 ccf.policy = dataclasses.replace(provisional, api_root=f"https://{config.ccf_host}:{server.port}")
+            relay = asyncio.create_task(relay_outbox(ccf), name="ccf-outbox")
             try:
                 yield RunningCCF(ccf, host, server.port, server)
             finally:
+                relay.cancel()
+                await asyncio.gather(relay, return_exceptions=True)
                 server.close()
                 await server.wait_closed()
     finally:
