@@ -104,8 +104,6 @@ class CCFPolicy:
     certificate_days: int = DEFAULT_CERTIFICATE_DAYS
     #: the ``aud`` onboarding credentials must carry (None: they carry none)
     onboarding_audience: str | None = None
-    #: non-standard (docs/ccf.md): derive AEFPSK from a TLS 1.3 session's exporter; off = TLS 1.2 only (TS 33.122)
-    tls13_aefpsk: bool = False
 
     @property
     def issuer(self) -> str:
