@@ -193,16 +193,19 @@ async def _replace(request: CCFRequest, record: Document, enrolment: dict[str, A
     await ccf.store.put_document(written, expect=record)
     for doc, existing in writes:
         await ccf.store.put_document(doc, replace=existing)
-    await _remove_functions(ccf, set(current) - kept)
+    removed = set(current) - kept
+    await _remove_functions(ccf, removed)
     # D152: the domain is still the one written and the caller still its AMF (a concurrent removal of this AMF, or a
     # deregistration, lands between the domain write and the function writes); else the functions this request
     # wrote are undone and nothing it created survives
-    try:
-        await ccf.authenticate(request.caller, CAPIFRole.AMF)
-        now = await ccf.store.get_document(PROVIDER_KIND, domain_id)
-        confirmed = now is not None and now.body == written.body
-    except CAPIFError:
-        confirmed = False
+    now = await ccf.store.get_document(PROVIDER_KIND, domain_id)
+    confirmed = now is not None and now.body == written.body
+    caller = request.caller
+    if confirmed and caller.identity is not None and caller.certificate is not None and caller.identity not in removed:
+        mine = await function_record(ccf, caller.identity)
+        ours = {doc.record_id: doc for doc, _ in writes}.get(FUNC_PREFIX + caller.identity)
+        confirmed = mine is not None and (mine.body == ours.body if ours is not None else
+                                          mine.body.get("certificate") == certificate_digest(caller.certificate))
     if not confirmed:
         for doc, existing in writes:
             if existing:
