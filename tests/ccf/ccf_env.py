@@ -214,3 +214,19 @@ def discover_path(invoker_id: str | None, **filters: str) -> str:
     query = {} if invoker_id is None else {"api-invoker-id": invoker_id}
     query.update({k.replace("_", "-"): v for k, v in filters.items()})
     return f"{DISCOVER}?{urllib.parse.urlencode(query)}" if query else DISCOVER
+
+
+def expected_aefpsk(master: bytes, session_id: bytes, p0: str) -> bytes:
+    """TS 33.220 B.2 / TS 33.122 A.1 written here from the formula, independently of m2msec.capif.kdf:
+    HMAC-SHA-256(master secret, 0x7A || P0 || L0 || P1 || L1), P1 the session ID, Li two octets."""
+    import hashlib
+    import hmac
+
+    p = p0.encode()
+    s = b"\x7a" + p + len(p).to_bytes(2, "big") + session_id + len(session_id).to_bytes(2, "big")
+    return hmac.new(master, s, hashlib.sha256).digest()
+
+
+def security(*entries: dict[str, Any]) -> dict[str, Any]:
+    """A ServiceSecurity body with ``entries`` as its securityInfo."""
+    return {"securityInfo": list(entries), "notificationDestination": NOTIFY, "supportedFeatures": "0"}

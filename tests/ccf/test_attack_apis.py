@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import json
 from typing import Any
 
@@ -24,17 +22,18 @@ from m2msec.capif.ccf.http import CCFRequest
 from m2msec.capif.tokens import TokenRefused, verify_access_token
 
 from .ccf_env import (
-    NOTIFY,
     PROVIDERS,
     PUBLISHED,
     Identity,
     Provider,
     World,
+    expected_aefpsk,
     interface_description,
     onboard,
     provider_function,
     publish,
     register_provider,
+    security,
     world,
 )
 from .test_events import Receiver, notifier, subscribe, subscription_id
@@ -46,15 +45,8 @@ TOKEN = "/capif-security/v1/securities"
 EVENTS = "/capif-events/v1"
 
 
-def expected_aefpsk(master: bytes, session_id: bytes, p0: str) -> bytes:
-    """TS 33.220 B.2 / TS 33.122 A.1 written here: HMAC-SHA-256(master, 0x7A || P0 || L0 || P1 || L1)."""
-    p = p0.encode()
-    s = b"\x7a" + p + len(p).to_bytes(2, "big") + session_id + len(session_id).to_bytes(2, "big")
-    return hmac.new(master, s, hashlib.sha256).digest()
 
 
-def security(*entries: dict[str, Any]) -> dict[str, Any]:
-    return {"securityInfo": list(entries), "notificationDestination": NOTIFY, "supportedFeatures": "0"}
 
 
 async def unpublish(world: World, p: Provider, api_id: str) -> None:

@@ -12,8 +12,6 @@ are attacks refused today, kept as regression tests.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +28,7 @@ from .ccf_env import (
     World,
     csr_pem,
     discover_path,
+    expected_aefpsk,
     identities,
     interface_description,
     key_pem,
@@ -38,6 +37,7 @@ from .ccf_env import (
     provider_function,
     publish,
     register_provider,
+    security,
     service_description,
     world,
 )
@@ -73,8 +73,6 @@ def gate(world: World, when: Callable[[Document, bool], bool]) -> Gate:
     return g
 
 
-def security(*entries: dict[str, Any]) -> dict[str, Any]:
-    return {"securityInfo": list(entries), "notificationDestination": NOTIFY, "supportedFeatures": "0"}
 
 
 async def token(world: World, inv: Identity, scope: str | None = None) -> Any:
@@ -85,11 +83,6 @@ async def token(world: World, inv: Identity, scope: str | None = None) -> Any:
         return await conn.request("POST", f"{TOKEN}/{inv.identity}/token", form=form)
 
 
-def expected_aefpsk(master: bytes, session_id: bytes, p0: str) -> bytes:
-    """TS 33.220 B.2 / TS 33.122 A.1 written here: HMAC-SHA-256(master, 0x7A || P0 || L0 || P1 || L1)."""
-    p = p0.encode()
-    s = b"\x7a" + p + len(p).to_bytes(2, "big") + session_id + len(session_id).to_bytes(2, "big")
-    return hmac.new(master, s, hashlib.sha256).digest()
 
 
 async def rekey(world: World, inv: Identity) -> Identity:

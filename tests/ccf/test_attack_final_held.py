@@ -4,24 +4,22 @@ schemas."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from m2msec.keys.sqlite_store import MASTER_KEY_ENV
 
 from .ccf_env import (
-    NOTIFY,
     PROVIDERS,
     World,
+    expected_aefpsk,
     interface_description,
     onboard,
     publish,
     register_provider,
+    security,
     world,
 )
 
@@ -31,15 +29,8 @@ SECURITY = "/capif-security/v1/trustedInvokers"
 TOKEN = "/capif-security/v1/securities"
 
 
-def expected_aefpsk(master: bytes, session_id: bytes, p0: str) -> bytes:
-    """TS 33.220 B.2 / TS 33.122 A.1 written here: HMAC-SHA-256(master, 0x7A || P0 || L0 || P1 || L1)."""
-    p = p0.encode()
-    s = b"\x7a" + p + len(p).to_bytes(2, "big") + session_id + len(session_id).to_bytes(2, "big")
-    return hmac.new(master, s, hashlib.sha256).digest()
 
 
-def security(*entries: dict[str, Any]) -> dict[str, Any]:
-    return {"securityInfo": list(entries), "notificationDestination": NOTIFY, "supportedFeatures": "0"}
 
 
 async def test_the_aefpsk_reaches_only_the_aef_of_the_entry(world: World) -> None:
