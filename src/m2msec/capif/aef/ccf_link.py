@@ -28,7 +28,8 @@ from m2msec.capif.tokens import VerificationKeys
 from m2msec.errors import ConfigurationError, M2MSecError, TLSError, TransportError
 from m2msec.keys.secret import SecretKey
 
-__all__ = ["LINK_CONNECTIONS", "LINK_DEADLINE", "LINK_TIMEOUT", "CCFLink", "CCFLinkError", "TrustedEntry",
+__all__ = ["AEF_WIDE_PSK_ENTRY_MATCHES", "INVOKER_ID_PATTERN", "LINK_CONNECTIONS", "LINK_DEADLINE", "LINK_TIMEOUT",
+           "CCFLink", "CCFLinkError", "TrustedEntry",
            "TrustedInvoker", "is_invoker_id"]
 
 #: seconds for one TLS handshake with the CCF, and for one exchange on a connection (D160)
@@ -43,12 +44,14 @@ JWKS_PATH: Final = "/capif-security/v1/jwks"
 #: D129: the AEFPSK in ``authenticationInfo``: 32 octets in lower-case hex
 _AEFPSK_HEX: Final = re.compile(r"[0-9a-f]{64}")
 #: D161: what can be an API invoker ID (the CCF's are letters and digits); anything else is never sent to the CCF
-_INVOKER_ID: Final = re.compile(r"[A-Za-z0-9._~-]{1,256}")
+INVOKER_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._~-]{1,256}")
+#: D162: a PSK entry that names the AEF by ``aefId`` alone says no interface: it matches no listener
+AEF_WIDE_PSK_ENTRY_MATCHES: Final = False
 
 
 def is_invoker_id(text: str) -> bool:
     """Whether ``text`` can be an API invoker ID (D161): 1..256 RFC 3986 unreserved characters."""
-    return _INVOKER_ID.fullmatch(text) is not None
+    return INVOKER_ID_PATTERN.fullmatch(text) is not None
 
 
 class CCFLinkError(M2MSecError):
@@ -89,8 +92,8 @@ class TrustedInvoker:
         """The PSK entries with a key for the listener whose P0 is ``interface`` and which serves the service APIs
         ``api_ids`` (D162): an entry naming ``interfaceDetails`` matches by P0; one naming ``aefId`` + ``apiId``
         matches when that API is served there; one naming only ``aefId`` says no interface and never matches."""
-        return [e for e in self.entries if e.method == "PSK" and e.aefpsk is not None and (
-            e.interface == interface if e.interface is not None else e.api_id is not None and e.api_id in api_ids)]
+        return [e for e in self.entries
+                if e.method == "PSK" and e.aefpsk is not None and _located(e, interface, api_ids)]
 
     def api_names(self, aef_id: str) -> tuple[str, ...]:
         """The API names the invoker is authorized for at ``aef_id`` (all entries together)."""
@@ -100,6 +103,14 @@ class TrustedInvoker:
                 if aef == aef_id:
                     names.update(dict.fromkeys(apis))
         return tuple(names)
+
+
+def _located(entry: TrustedEntry, interface: str, api_ids: frozenset[str]) -> bool:
+    if entry.interface is not None:
+        return entry.interface == interface
+    if entry.api_id is not None:
+        return entry.api_id in api_ids
+    return AEF_WIDE_PSK_ENTRY_MATCHES
 
 
 def _entry(item: Any) -> TrustedEntry:

@@ -6,7 +6,7 @@ listener's interface (P0, D115). :class:`AEFPSKResolver` answers the server's PS
 
 * a cached answer at once (:meth:`AEFPSKResolver.lookup_now`, no task): a key for :data:`PSK_CACHE_TTL` seconds, a
   refusal (no security context for this AEF, no PSK entry for this interface) for :data:`NEGATIVE_CACHE_TTL`; at
-  most :data:`PSK_CACHE_SIZE` invokers, the least recently used dropped first (D160);
+  most :data:`PSK_CACHE_SIZE` invokers, the least recently used dropped first (D163);
 * else one ``GET trustedInvokers/{id}`` (:class:`~m2msec.capif.aef.ccf_link.CCFLink`) while the loop serves the
   other clients; handshakes offering an identity already being fetched wait for that one fetch (single-flight); at
   most :data:`PSK_FETCHES_IN_FLIGHT` fetches run at once, a handshake needing another one is refused at once;
@@ -40,13 +40,13 @@ __all__ = ["NEGATIVE_CACHE_TTL", "PSK_CACHE_SIZE", "PSK_CACHE_TTL", "PSK_FETCHES
 
 log = logging.getLogger("m2msec.capif.aef")
 
-#: seconds an AEFPSK fetched from the CCF is used without asking again (revocation is pushed: invalidate()) (D160)
+#: seconds an AEFPSK fetched from the CCF is used without asking again (revocation is pushed: invalidate()) (D163)
 PSK_CACHE_TTL: Final = 300.0
-#: seconds a refusal (no context for this AEF, no PSK entry for this interface) is remembered (D160)
+#: seconds a refusal (no context for this AEF, no PSK entry for this interface) is remembered (D163)
 NEGATIVE_CACHE_TTL: Final = 5.0
-#: invokers whose answer is cached; beyond it the least recently used is dropped (D160)
+#: invokers whose answer is cached; beyond it the least recently used is dropped (D163)
 PSK_CACHE_SIZE: Final = 4096
-#: fetches from the CCF running at once; a handshake needing one more is refused at once (D160)
+#: fetches from the CCF running at once; a handshake needing one more is refused at once (D163)
 PSK_FETCHES_IN_FLIGHT: Final = 64
 
 
@@ -134,7 +134,7 @@ class AEFPSKResolver:
         if flight is None:
             if len(self._inflight) >= self.max_inflight:
                 self.refused_busy += 1
-                log.warning("AEFPSK of %r not fetched: %d fetches from the CCF are running (D160); handshake refused",
+                log.warning("AEFPSK of %r not fetched: %d fetches from the CCF are running (D163); handshake refused",
                             identity, len(self._inflight))
                 return None
             flight = _Flight()
