@@ -3,6 +3,7 @@ that verifies a token the CCF's token endpoint issued, connection reuse with one
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 
@@ -12,7 +13,7 @@ from ccf.ccf_env import World, onboard, register_provider, security, world
 from m2msec.capif.aef.ccf_link import CCFLinkError
 from m2msec.capif.tokens import verify_access_token
 
-from .aef_env import SECURITY, link_for, psk_invoker, running_aef
+from .aef_env import SECURITY, Relay, link_for, psk_invoker, running_aef
 
 __all__ = ["world"]
 
@@ -70,3 +71,19 @@ async def test_an_unreachable_ccf_is_a_clean_error(world: World) -> None:
             await link.trusted_invoker("INVsomeone")
         assert failed.value.status == 0 and failed.value.__cause__ is None
 
+
+
+async def test_the_deadline_bounds_a_call(world: World) -> None:
+    """D160: a CCF that accepts and never answers costs at most the deadline, even under a longer handshake timeout."""
+    aef = (await register_provider(world)).aef
+    relay = Relay(world.ccf.port)
+    relay.silent = True
+    await relay.start()
+    try:
+        async with link_for(world, aef, relay.port, timeout=5.0, deadline=0.5) as link:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(CCFLinkError, match=r"did not answer within 0\.5 s"):
+                await link.trusted_invoker("INVsomeone")
+            assert asyncio.get_running_loop().time() - started < 2.0
+    finally:
+        await relay.down()

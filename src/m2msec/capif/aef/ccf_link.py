@@ -238,7 +238,7 @@ class CCFLink:
             if keep:
                 self._idle.append(conn)
             else:
-                await conn.close()
+                conn.writer.close()  # not awaited: a silent or cancelled exchange must not hold the caller longer
 
     async def _open(self) -> CCFConnection:
         self.connects += 1
