@@ -55,6 +55,7 @@ async def test_rsa_psk_with_the_aefs_rsa_certificate(world: World, rsa_cert: tup
 
 
 async def test_refusals(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     async with running_aef(world) as aef:
         inv = await psk_invoker(world, aef.listener.iface, aef.listener.p0)
         port = aef.listener.port
@@ -232,3 +233,28 @@ async def test_an_entry_naming_aef_and_api(world: World) -> None:
         aef.resolver.api_ids = frozenset({aef.api["apiId"]})
         aef.resolver.invalidate(who.identity)
         assert (await say_hello(aef.listener.port, who.identity, key)).startswith(f"{who.identity}:hello")
+
+
+async def test_fetches_in_flight_are_capped(world: World) -> None:
+    """D163: with the cap of fetches reached, a handshake needing one more is refused at once, not queued."""
+    async with running_aef(world) as aef:
+        held = await psk_invoker(world, aef.listener.iface, aef.listener.p0)
+        other = await psk_invoker(world, aef.listener.iface, aef.listener.p0)
+        gate = asyncio.Event()
+        real = aef.link.trusted_invoker
+
+        async def gated(invoker_id: str):  # type: ignore[no-untyped-def]
+            await gate.wait()
+            return await real(invoker_id)
+
+        aef.resolver.link = type("Gated", (), {"trusted_invoker": staticmethod(gated)})()
+        aef.resolver.max_inflight = 1
+        first = asyncio.create_task(say_hello(aef.listener.port, held.id, held.key))
+        while not aef.resolver.fetches:
+            await asyncio.sleep(0.01)
+        with pytest.raises(REFUSED):
+            await say_hello(aef.listener.port, other.id, other.key, timeout=3)
+        assert aef.resolver.refused_busy == 1 and aef.resolver.fetches == 1
+        gate.set()
+        assert (await first).startswith(f"{held.id}:hello")
+        assert (await say_hello(aef.listener.port, other.id, other.key)).startswith(f"{other.id}:hello")
