@@ -1,29 +1,20 @@
 """The API invoker side of CAPIF (TS 29.222 §8.1, §8.4, §8.5; TS 33.122 §6.1-§6.5, Annex A): onboarding,
 discovery, the security method and AEFPSK, access tokens, offboarding, over :class:`m2msec.capif.client.CCFConnection`.
 
-The invoker's credentials live in a folder the user chooses (D156, docs/capif-invoker.md):
-
-    invoker.json      apiInvokerId, the CCF's address and host name, the notification destination (no secret)
-    invoker.key       the invoker's P-256 private key (PKCS#8 PEM, mode 0600)
-    invoker.crt       the certificate the CCF issued at onboarding
-    ccf-ca.pem        the CA the CCF's server certificate chains to
-    security.json     the ServiceSecurity the CCF answered (no secret)
-    aefpsk/<h>.toml   one per PSK-selected AEF interface (mode 0600): an m2msec PSK table with one entry, identity =
-                      the invoker ID, key = AEFPSK, entity = the aefId, description = P0; ``<h>`` = SHA-256 hex of P0
+The invoker's credentials live in a folder the user chooses: :mod:`m2msec.capif.invoker_folder` (D156).
 
 Nothing here prints or logs a key, a token or a credential; errors name files, statuses and ProblemDetails causes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
 import shutil
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -33,11 +24,27 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from m2msec.capif.client import Answer, CCFConnection
+from m2msec.capif.invoker_folder import (
+    AEFPSK_DIR,
+    CA,
+    CERT,
+    FOLDER_MODE,
+    INFO,
+    KEY,
+    SECURITY_FILE,
+    Invoker,
+    PSKFile,
+    load,
+    psk_file_name,
+    psk_interfaces,
+    psk_table,
+    read_aefpsk,
+    read_file,
+    write_file,
+)
 from m2msec.capif.kdf import interface_information_of
 from m2msec.errors import CAPIFError, ConfigurationError
 from m2msec.keys.files import SECRET_FILE_MODE
-from m2msec.keys.secret import SecretKey
-from m2msec.keys.table import check_file_permissions
 
 __all__ = [
     "AEFPSK_DIR",
@@ -59,46 +66,12 @@ __all__ = [
 INVOKERS: Final = "/api-invoker-management/v1/onboardedInvokers"
 DISCOVER: Final = "/service-apis/v1/allServiceAPIs"
 SECURITY: Final = "/capif-security/v1/trustedInvokers"
-#: D156: the credential folder and its AEFPSK subfolder are the user's only (rwx------)
-FOLDER_MODE: Final = 0o700
-AEFPSK_DIR: Final = "aefpsk"
 #: D157: the methods asked for when the user names none, most preferred first (the CCF applies its own D116 priority
 #: PSK > PKI > OAUTH among those published; an invoker wanting OAuth says so)
 DEFAULT_PREFERENCE: Final = ("PSK", "PKI", "OAUTH")
 #: the Discover Service query parameters :func:`discover` passes on (TS 29.222 §8.1.2.2.3.1; D126 on the CCF side)
 DISCOVER_FILTERS: Final = ("api-name", "api-version", "comm-type", "protocol", "aef-id", "data-format", "api-cat",
                            "preferred-aef-loc", "supported-features", "api-supported-features")
-_INFO, _KEY, _CERT, _CA, _SECURITY = "invoker.json", "invoker.key", "invoker.crt", "ccf-ca.pem", "security.json"
-
-
-@dataclass(frozen=True)
-class Invoker:
-    """An onboarded API invoker's credential folder, loaded."""
-
-    folder: Path
-    invoker_id: str
-    ccf_address: str
-    ccf_port: int
-    ccf_host: str
-    notification_destination: str
-    certificate_pem: bytes
-    ca_pem: bytes
-    private_key_pem: bytes = field(repr=False)
-
-    async def connect(self, timeout: float = 10.0) -> CCFConnection:
-        """A mutually authenticated TLS 1.2 connection to the CCF with the invoker's certificate."""
-        return await CCFConnection.open(self.ccf_address, self.ccf_port, ccf_host=self.ccf_host, ca_pem=self.ca_pem,
-                                        certificate_pem=self.certificate_pem, private_key_pem=self.private_key_pem,
-                                        timeout=timeout)
-
-
-@dataclass(frozen=True)
-class PSKFile:
-    """One AEFPSK written: the AEF, its interface (P0) and the file (never the key)."""
-
-    aef_id: str
-    interface: str
-    path: Path
 
 
 @dataclass(frozen=True)
@@ -110,47 +83,6 @@ class SecurityResult:
 
 
 # ------------------------------------------------------------------------------------------------------- files
-
-def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically (a temporary file of ``mode`` from its creation, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot write: {exc.strerror}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: {exc.strerror or exc}") from None
-
-
-def load(folder: Path | str) -> Invoker:
-    """Load an invoker's credential folder. Raises ConfigurationError (missing or unreadable file, a private key
-    others can read: D35)."""
-    folder = Path(folder)
-    if not (folder / _INFO).is_file():
-        raise ConfigurationError(f"{folder}: not an invoker credential folder (no {_INFO}; run `m2msec capif onboard`)")
-    try:
-        info = json.loads(_read(folder / _INFO))
-        invoker_id, address, port = str(info["apiInvokerId"]), str(info["ccfAddress"]), int(info["ccfPort"])
-        ccf_host, destination = str(info["ccfHost"]), str(info["notificationDestination"])
-    except (ValueError, KeyError, TypeError):
-        raise ConfigurationError(f"{folder / _INFO}: not a valid invoker description") from None
-    check_file_permissions(folder / _KEY)
-    return Invoker(folder, invoker_id, address, port, ccf_host, destination, _read(folder / _CERT),
-                   _read(folder / _CA), _read(folder / _KEY))
-
 
 def _refusal(what: str, answer: Answer) -> CAPIFError:
     """One line for a refusal: the status and the ProblemDetails cause/title (or the OAuth error), never a body
@@ -212,7 +144,7 @@ async def onboard(ccf_address: tuple[str, int], ccf_host: str, ca_pem: bytes, cr
         raise ConfigurationError(f"{out.parent}: cannot create the credential folder: {exc.strerror}") from None
     keep = False
     try:
-        _write(tmp / _KEY, key_pem, SECRET_FILE_MODE)
+        write_file(tmp / KEY, key_pem, SECRET_FILE_MODE)
         body = {"notificationDestination": notification_destination, "apiInvokerInformation": information,
                 "onboardingInformation": {"apiInvokerPublicKey": _csr(key)}, "supportedFeatures": "0"}
         async with await CCFConnection.open(ccf_address[0], ccf_address[1], ccf_host=ccf_host, ca_pem=ca_pem,
@@ -231,9 +163,9 @@ async def onboard(ccf_address: tuple[str, int], ccf_host: str, ca_pem: bytes, cr
         info = {"apiInvokerId": invoker_id, "ccfAddress": ccf_address[0], "ccfPort": ccf_address[1],
                 "ccfHost": ccf_host, "notificationDestination": notification_destination,
                 "location": answer.header("location")}
-        _write(tmp / _CERT, certificate)
-        _write(tmp / _CA, ca_pem)
-        _write(tmp / _INFO, (json.dumps(info, indent=2) + "\n").encode())
+        write_file(tmp / CERT, certificate)
+        write_file(tmp / CA, ca_pem)
+        write_file(tmp / INFO, (json.dumps(info, indent=2) + "\n").encode())
         try:
             os.rename(tmp, out)
         except OSError as exc:
@@ -277,33 +209,6 @@ async def discover(folder: Path | str | Invoker, **filters: str) -> list[dict[st
 
 
 # ---------------------------------------------------------------------------------------------------- security
-
-def _interfaces(descriptions: Sequence[Mapping[str, Any]], aef_id: str, api_id: str | None) -> set[str]:
-    """The P0 of every interface ``aef_id`` publishes (of ``api_id`` only, when given), as the CCF resolves an
-    ``aefId`` entry."""
-    out: set[str] = set()
-    for description in descriptions:
-        if api_id is not None and description.get("apiId") != api_id:
-            continue
-        for profile in description.get("aefProfiles") or []:
-            if isinstance(profile, Mapping) and profile.get("aefId") == aef_id:
-                for interface in profile.get("interfaceDescriptions") or []:
-                    out.add(interface_information_of(interface))
-    return out
-
-
-def _psk_name(p0: str) -> str:
-    return hashlib.sha256(p0.encode("utf-8")).hexdigest() + ".toml"
-
-
-def _psk_table(invoker_id: str, aef_id: str, p0: str, key: SecretKey) -> bytes:
-    def q(text: str) -> str:
-        return json.dumps(text)  # a TOML basic string: JSON's escapes are TOML's
-
-    return (f"# AEFPSK (TS 33.122 Annex A) for {aef_id}, interface {p0}: an m2msec PSK table\n[[psk]]\n"
-            f"identity = {q(invoker_id)}\nkey = \"{key.reveal().hex()}\"\nentity = {q(aef_id)}\n"
-            f"description = {q(p0)}\n").encode()
-
 
 async def obtain_security(folder: Path | str | Invoker, entries: Sequence[Mapping[str, Any]] | None = None, *,
                           aef_id: str | None = None, api_id: str | None = None,
@@ -350,32 +255,22 @@ async def obtain_security(folder: Path | str | Invoker, entries: Sequence[Mappin
                 aef = str(sent.get("aefId") or got.get("aefId"))
                 if discovered is None:
                     discovered = await _discover_on(conn, invoker, {})
-                p0s = _interfaces(discovered, aef, sent.get("apiId"))
+                p0s = psk_interfaces(discovered, aef, sent.get("apiId"))
             if len(p0s) != 1:
                 raise CAPIFError(f"security: PSK was selected for {aef}, but discovery shows {len(p0s)} interfaces "
                                  "for it (one is needed to derive AEFPSK)", status=502)
             p0 = p0s.pop()
             key = conn.aefpsk(p0)  # THIS connection's master secret and session ID: the CCF derived on it too
             psk_dir.mkdir(mode=FOLDER_MODE, exist_ok=True)
-            path = psk_dir / _psk_name(p0)
-            _write(path, _psk_table(invoker.invoker_id, aef or "unknown", p0, key), SECRET_FILE_MODE)
+            path = psk_dir / psk_file_name(p0)
+            write_file(path, psk_table(invoker.invoker_id, aef or "unknown", p0, key), SECRET_FILE_MODE)
             written.append(PSKFile(aef, p0, path))
     keep = {f.path.name for f in written}
     for stale in psk_dir.glob("*.toml") if psk_dir.is_dir() else []:
         if stale.name not in keep:
             stale.unlink(missing_ok=True)
-    _write(invoker.folder / _SECURITY, (json.dumps(context, indent=2) + "\n").encode())
+    write_file(invoker.folder / SECURITY_FILE, (json.dumps(context, indent=2) + "\n").encode())
     return SecurityResult(dict(context), written)
-
-
-def read_aefpsk(path: Path | str) -> tuple[str, SecretKey]:
-    """The (psk identity, AEFPSK) of an AEFPSK file :func:`obtain_security` wrote (checked 0600, D35)."""
-    from m2msec.keys.table import parse_toml_table
-
-    path = Path(path)
-    check_file_permissions(path)
-    [entry] = parse_toml_table(_read(path).decode("utf-8"), str(path)).values()
-    return entry.identity, entry.key
 
 
 # ---------------------------------------------------------------------------------------------------- token
@@ -412,8 +307,8 @@ async def offboard(folder: Path | str | Invoker) -> None:
     psk_dir = invoker.folder / AEFPSK_DIR
     if psk_dir.is_dir():
         shutil.rmtree(psk_dir, ignore_errors=True)
-    (invoker.folder / _SECURITY).unlink(missing_ok=True)
-    info = json.loads(_read(invoker.folder / _INFO))
+    (invoker.folder / SECURITY_FILE).unlink(missing_ok=True)
+    info = json.loads(read_file(invoker.folder / INFO))
     info["offboarded"] = True
-    _write(invoker.folder / _INFO, (json.dumps(info, indent=2) + "\n").encode())
+    write_file(invoker.folder / INFO, (json.dumps(info, indent=2) + "\n").encode())
 
