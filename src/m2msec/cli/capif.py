@@ -1,0 +1,165 @@
+"""``m2msec capif``: the API invoker side of CAPIF (docs/capif-invoker.md) over :mod:`m2msec.capif.invoker`.
+
+Secrets go to 0600 files only (the private key, each AEFPSK); an access token goes to standard output or, with
+``--out``, to a new 0600 file. Every failure is one line on standard error and a non-zero status (cli/main.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+from m2msec.errors import ConfigurationError
+
+__all__ = ["DEFAULT_NOTIFICATION_DESTINATION", "add_parser"]
+
+#: D159: the notificationDestination an invoker gives when its user names none. TS 29.222 makes the member
+#: mandatory in the enrolment and in the security context, but an invoker run from the command line has no receiver;
+#: a reserved name (RFC 2606 ``.invalid``) that no CCF can deliver to says so honestly
+DEFAULT_NOTIFICATION_DESTINATION: Final = "https://notifications.invalid/capif"
+_FILTERS: Final = ("api-name", "api-version", "comm-type", "protocol", "aef-id", "data-format", "api-cat")
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("capif", help="a CAPIF API invoker: onboard, discover, security, "
+                                                "token, offboard (3GPP TS 29.222, TS 33.122)")
+    cs = p.add_subparsers(dest="capif_command", required=True, metavar="ACTION")
+
+    o = cs.add_parser("onboard", help="onboard with the CCF and write a new credential folder")
+    o.add_argument("--ccf", required=True, metavar="HOST:PORT", help="where the CCF listens")
+    o.add_argument("--ccf-host", required=True, help="the CCF's host name (its certificate must name it)")
+    o.add_argument("--ca", required=True, type=Path, help="the CCF's CA certificate (m2msec ccf ca-certificate)")
+    o.add_argument("--credential", required=True, type=Path,
+                   help="file holding the onboarding credential (m2msec ccf onboarding-credential --out)")
+    o.add_argument("--out", required=True, type=Path, help="the new credential folder (must not exist)")
+    o.add_argument("--notification-destination", default=DEFAULT_NOTIFICATION_DESTINATION, metavar="URL",
+                   help=f"where the CCF tells this invoker of revocations (default {DEFAULT_NOTIFICATION_DESTINATION})")
+    o.set_defaults(func=_onboard)
+
+    d = cs.add_parser("discover", help="list the service APIs the CCF lets this invoker discover (JSON)")
+    _folder(d)
+    for name in _FILTERS:
+        d.add_argument(f"--{name}", dest=name.replace("-", "_"), metavar="VALUE", help=f"filter: {name}")
+    d.set_defaults(func=_discover)
+
+    s = cs.add_parser("security", help="obtain the security method for an AEF's API; derive AEFPSK for PSK")
+    _folder(s)
+    s.add_argument("--aef-id", required=True, help="the AEF (apiProvFuncId) to be authorized at")
+    s.add_argument("--api-id", help="only this service API of the AEF (needed for PSK when the AEF has several "
+                   "interfaces)")
+    s.add_argument("--prefer", default="PSK,PKI,OAUTH", metavar="METHODS",
+                   help="preferred methods, comma-separated (PSK, PKI, OAUTH; default PSK,PKI,OAUTH)")
+    s.set_defaults(func=_security)
+
+    t = cs.add_parser("token", help="obtain an OAuth access token (for an AEF whose method is OAUTH)")
+    _folder(t)
+    t.add_argument("--scope", help="3gpp#aefId:apiName[,apiName...][;aefId:...] (default: every OAUTH API)")
+    t.add_argument("--out", type=Path, help="write the token to this new file (mode 0600) instead of standard output")
+    t.set_defaults(func=_token)
+
+    f = cs.add_parser("offboard", help="offboard from the CCF (its AEFPSK files are deleted)")
+    _folder(f)
+    f.set_defaults(func=_offboard)
+
+
+def _quiet_idb() -> None:
+    """CCFConnection connects with ANY_ENTITY (the CCF is no oneM2M entity: it is authenticated by its certificate
+    naming ``--ccf-host``, client._check_server), which m2msec.idb warns about on every connection; for this
+    command that warning is noise, so it is shown with -v only."""
+    import logging
+
+    idb = logging.getLogger("m2msec.idb")
+    if not idb.isEnabledFor(logging.DEBUG):
+        idb.setLevel(logging.ERROR)
+
+
+def _folder(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--folder", required=True, type=Path, help="the invoker's credential folder (m2msec capif onboard)")
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise ConfigurationError(f"{path}: no such {what} file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"{path}: cannot read the {what}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+async def _onboard(args: argparse.Namespace) -> int:
+    _quiet_idb()
+    from m2msec.capif.invoker import onboard
+    from m2msec.cli.common import parse_hostport
+    from m2msec.keys.table import check_file_permissions
+
+    address = parse_hostport(args.ccf)
+    ca = _read_text(args.ca, "CA certificate").encode("ascii")
+    if "-----BEGIN CERTIFICATE-----" not in ca.decode("ascii"):
+        raise ConfigurationError(f"{args.ca}: not a PEM certificate")
+    _read_text(args.credential, "onboarding credential")  # a missing file named as such before the permissions
+    check_file_permissions(args.credential)
+    credential = _read_text(args.credential, "onboarding credential")
+    inv = await onboard(address, args.ccf_host, ca, credential, args.out, args.notification_destination)
+    print(f"onboarded as {inv.invoker_id}; credentials in {inv.folder}")
+    return 0
+
+
+async def _discover(args: argparse.Namespace) -> int:
+    _quiet_idb()
+    from m2msec.capif.invoker import discover
+
+    filters = {name: value for name in _FILTERS if (value := getattr(args, name.replace("-", "_"))) is not None}
+    found = await discover(args.folder, **filters)
+    print(json.dumps(found, indent=2))
+    if not found:
+        print("no service API matches", file=sys.stderr)
+    return 0
+
+
+async def _security(args: argparse.Namespace) -> int:
+    _quiet_idb()
+    from m2msec.capif.invoker import obtain_security
+
+    methods = [m.strip().upper() for m in args.prefer.split(",") if m.strip()]
+    if not methods or any(m not in ("PSK", "PKI", "OAUTH") for m in methods):
+        raise ConfigurationError("--prefer lists PSK, PKI, OAUTH, comma-separated")
+    result = await obtain_security(args.folder, aef_id=args.aef_id, api_id=args.api_id, preferred=methods)
+    files = {f.aef_id: f for f in result.psk_files}
+    for entry in result.context.get("securityInfo", []):
+        line = f"{entry.get('aefId', args.aef_id)}: {entry.get('selSecurityMethod')}"
+        psk = files.get(str(entry.get("aefId", args.aef_id)))
+        if entry.get("selSecurityMethod") == "PSK" and psk is not None:
+            line += f" (AEFPSK for {psk.interface} in {psk.path})"
+        print(line)
+    return 0
+
+
+async def _token(args: argparse.Namespace) -> int:
+    _quiet_idb()
+    from m2msec.capif.invoker import token
+    from m2msec.keys.files import check_new_file, write_secret_file
+
+    if args.out is not None:
+        check_new_file(args.out)
+    got = await token(args.folder, args.scope)
+    if args.out is not None:
+        write_secret_file(args.out, got["access_token"] + "\n")
+    else:
+        print(got["access_token"])
+    where = f", written to {args.out}" if args.out is not None else ""
+    print(f"access token for {got.get('scope', 'every OAUTH API')}, expires in {got.get('expires_in')} s{where}",
+          file=sys.stderr)
+    return 0
+
+
+async def _offboard(args: argparse.Namespace) -> int:
+    _quiet_idb()
+    from m2msec.capif.invoker import load, offboard
+
+    inv = load(args.folder)
+    await offboard(inv)
+    print(f"offboarded {inv.invoker_id}")
+    return 0
