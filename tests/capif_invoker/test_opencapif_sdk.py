@@ -152,12 +152,7 @@ async def test_opencapif_sdk_with_a_p256_key_onboards_and_discovers(world: World
     await run_sdk(world, tmp_path, "p256")
 
 
-RSA_REFUSED = ("the CCF certifies RSA CSRs (D119) but its TLS server accepts P-256 client certificates only "
-               "(TS-0003 §10.1.1.1 profile): the SDK's RSA invoker onboards, then every call with its certificate "
-               "fails the handshake (docs/capif-invoker.md)")
-
-
 @pytest.mark.interop
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=RSA_REFUSED)
 async def test_opencapif_sdk_as_published_onboards_and_discovers(world: World, tmp_path: Path) -> None:
+    """The SDK as published (RSA-2048 keys): the CCF certifies them (D119) and its TLS accepts them (D164)."""
     await run_sdk(world, tmp_path, "rsa")

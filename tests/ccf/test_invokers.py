@@ -4,6 +4,7 @@ the certificate the CCF issued; update, offboarding, and one invoker never reach
 from __future__ import annotations
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from m2msec.capif.certificates import CAPIFRole
@@ -102,3 +103,23 @@ async def test_a_certificate_of_another_ca_fails_the_handshake(world: World) -> 
     except HandshakeFailed:
         return
     raise AssertionError("a foreign certificate was accepted")
+
+
+async def test_rsa_and_p384_invokers_call_with_the_certificate_they_got(world: World) -> None:
+    """D119 certifies P-384 and RSA >= 2048 CSRs (opencapif-sdk sends RSA-2048); D164: the CCF's TLS then accepts
+    those certificates too (the engine's default is TS-0003's P-256 only)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from .ccf_env import Identity, csr_pem, key_pem
+
+    keys = (rsa.generate_private_key(public_exponent=65537, key_size=2048), ec.generate_private_key(ec.SECP384R1()))
+    for key in keys:
+        body = dict(enrolment(new_key()), onboardingInformation={"apiInvokerPublicKey": csr_pem(key)})  # type: ignore[arg-type]
+        answer = await world.call(None, "POST", INVOKERS, body,
+                                  headers={"authorization": f"Bearer {world.credential()}"})
+        assert answer.status == 201, answer.body
+        got = answer.json()
+        who = Identity(got["apiInvokerId"], got["onboardingInformation"]["apiInvokerCertificate"].encode(),
+                       key_pem(key), got)  # type: ignore[arg-type]
+        again = await world.call(who, "PUT", f"{INVOKERS}/{who.identity}", dict(got, apiInvokerInformation="x"))
+        assert again.status == 200, again.body

@@ -69,6 +69,7 @@ class ServerConfig:
             without one (``SessionInfo.peer_certificate`` is then ``None``); a certificate that is sent is verified
             as always. For services where some requests are authenticated otherwise (the CAPIF CCF's onboarding,
             TS 33.122 §6.1: server-authenticated TLS plus an onboarding credential). Off by default.
+        capif_client_keys: accept P-384 and RSA (>= 2048 bits) client certificate keys as well as P-256 (D164).
     """
 
     psk_lookup: PSKLookup | None
@@ -79,6 +80,9 @@ class ServerConfig:
     async_psk: bool = False
     max_client_hello: int = DEFAULT_MAX_CLIENT_HELLO
     optional_client_certificate: bool = False
+    #: client certificates may also carry a P-384 or an RSA (>= 2048 bits) key (the 3GPP TS 33.310 profile of CAPIF
+    #: clients, D164); the default is TS-0003 §10.1.1.1's P-256 only
+    capif_client_keys: bool = False
 
     def __post_init__(self) -> None:
         # below a minimal ClientHello every asynchronous TLS 1.3 client would be refused, silently

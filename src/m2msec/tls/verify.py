@@ -82,9 +82,16 @@ def _verify_peer(conn: SSL.Connection, cert: _crypto.X509, errno: int, depth: in
         # an RSA_PSK server certificate is RSA by definition (RFC 4279 §4); everything else is P-256
         if isinstance(key, rsa.RSAPublicKey) and owner is not None and not owner._context.is_server:
             profile_ok = True
+        config = owner._context.config if owner is not None else None
+        if getattr(config, "capif_client_keys", False):  # D164: the CAPIF clients' TS 33.310 profile
+            profile_ok = profile_ok or (isinstance(key, ec.EllipticCurvePublicKey) and
+                                        key.curve.name == "secp384r1") or \
+                (isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048)
         if not profile_ok:
             if owner is not None:
-                owner._verify_failure = "peer certificate key is not EC P-256 (TS-0003 §10.1.1.1)"
+                owner._verify_failure = ("peer certificate key is not EC P-256, P-384 or RSA >= 2048 (D164)"
+                                         if getattr(config, "capif_client_keys", False) else
+                                         "peer certificate key is not EC P-256 (TS-0003 §10.1.1.1)")
                 # pyOpenSSL's callback cannot set a verify error code, so OpenSSL sends internal_error
                 owner._verify_alert = "internal_error"
             return False

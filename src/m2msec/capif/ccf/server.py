@@ -59,7 +59,7 @@ def server_context(ca: Issued, server: Issued) -> TLSContext:
     key = server.private_key_pem()
     return TLSContext.server(ServerConfig(
         psk_lookup=None, profiles=(ECDHE_ECDSA,), certificate=CertificateConfig(chain, key, ca.certificate_pem()),
-        optional_client_certificate=True))
+        optional_client_certificate=True, capif_client_keys=True))  # D164: the keys D119 certifies
 
 
 @dataclass
