@@ -31,6 +31,7 @@ from m2msec.tls.engine import ClientConfig, SessionInfo
 __all__ = [
     "ANY_ENTITY",
     "IDB_FORMS",
+    "NOT_ONEM2M",
     "AnyEntity",
     "check_peer_entity",
     "client_idb",
@@ -47,6 +48,7 @@ class AnyEntity(enum.Enum):
     """The type of :data:`ANY_ENTITY` (an enum, so it is one value and cannot be mistaken for an identity)."""
 
     INSECURE_ANY_ENTITY = "insecure-any-entity"
+    NOT_ONEM2M = "not-onem2m"
 
 
 #: docs/decisions.md D23: Entity A without an IdB is refused before any packet is sent (TLS and DTLS,
@@ -54,6 +56,9 @@ class AnyEntity(enum.Enum):
 #: authenticate instead. Insecure: with certificates, any entity the trust anchors certify (another AE,
 #: another CSE) is accepted as B.
 ANY_ENTITY: Final = AnyEntity.INSECURE_ANY_ENTITY
+#: the server is no oneM2M entity (the CAPIF CCF): there is no IdB, and the caller checks the server's identity
+#: itself (m2msec.capif.client checks the CCF's host name in its certificate); no warning, unlike ANY_ENTITY
+NOT_ONEM2M: Final = AnyEntity.NOT_ONEM2M
 
 
 #: docs/decisions.md D39: the forms of IdB. The SP-relative ones (first two) name a CSE of Entity A's own SP:
@@ -71,6 +76,8 @@ def require_idb(peer_entity: str | AnyEntity | None, *, own_chain_pem: bytes | N
     Raises: ConfigurationError: no IdB (``None`` or empty), a malformed one, or an SP-relative one that cannot
         be pinned.
     """
+    if peer_entity is NOT_ONEM2M:
+        return None
     if peer_entity is ANY_ENTITY:
         log.warning("IdB check disabled (ANY_ENTITY): any server the credentials authenticate is taken as Entity B")
         return None

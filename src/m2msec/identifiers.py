@@ -53,8 +53,12 @@ _REL_ALLOWED = "allowed: A-Z a-z 0-9 . _ -"
 
 
 def _show(text: str) -> str:
-    """``repr`` of *text*, truncated to 80 characters (keeps messages on one line)."""
-    return repr(text[:_SHOW_LIMIT]) + ("..." if len(text) > _SHOW_LIMIT else "")
+    """``repr`` of *text*, at most about 80 characters (keeps messages on one line and short: the repr of a
+    non-ASCII character can take ten)."""
+    shown = repr(text[:_SHOW_LIMIT])
+    if len(shown) > _SHOW_LIMIT + 2:
+        return shown[:_SHOW_LIMIT] + "..."
+    return shown + ("..." if len(text) > _SHOW_LIMIT else "")
 
 
 def _error(what: str, text: str, problem: str) -> IdentifierError:

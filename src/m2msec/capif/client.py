@@ -26,7 +26,7 @@ from cryptography import x509
 from m2msec import http1
 from m2msec.capif.kdf import aefpsk
 from m2msec.errors import ConfigurationError, HandshakeFailed, TransportError
-from m2msec.idb import ANY_ENTITY
+from m2msec.idb import NOT_ONEM2M
 from m2msec.keys.secret import SecretKey
 from m2msec.tls.engine import CertificateConfig, ClientConfig, SessionInfo, TLSContext
 from m2msec.tls.profiles import ECDHE_ECDSA
@@ -85,8 +85,9 @@ class CCFConnection:
             certificate=CertificateConfig(certificate_pem or b"", private_key_pem or b"", ca_pem)))
         try:
             async with asyncio.timeout(timeout):
+                # the CCF is no oneM2M entity: its host name is checked below (_check_server)
                 reader, writer, session = await open_connection(host, port, context, handshake_timeout=timeout,
-                                                                peer_entity=ANY_ENTITY)  # the CCF is no oneM2M IdB
+                                                                peer_entity=NOT_ONEM2M)
         except TimeoutError:
             raise TransportError(f"no TLS handshake with the CCF at {host}:{port} within {timeout:g} s") from None
         except OSError as exc:

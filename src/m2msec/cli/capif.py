@@ -65,17 +65,6 @@ def add_parser(sub: Any) -> None:
     f.set_defaults(func=_offboard)
 
 
-def _quiet_idb() -> None:
-    """CCFConnection connects with ANY_ENTITY (the CCF is no oneM2M entity: it is authenticated by its certificate
-    naming ``--ccf-host``, client._check_server), which m2msec.idb warns about on every connection; for this
-    command that warning is noise, so it is shown with -v only."""
-    import logging
-
-    idb = logging.getLogger("m2msec.idb")
-    if not idb.isEnabledFor(logging.DEBUG):
-        idb.setLevel(logging.ERROR)
-
-
 def _folder(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folder", required=True, type=Path, help="the invoker's credential folder (m2msec capif onboard)")
 
@@ -90,7 +79,6 @@ def _read_text(path: Path, what: str) -> str:
 
 
 async def _onboard(args: argparse.Namespace) -> int:
-    _quiet_idb()
     from m2msec.capif.invoker import onboard
     from m2msec.cli.common import parse_hostport
     from m2msec.keys.table import check_file_permissions
@@ -108,7 +96,6 @@ async def _onboard(args: argparse.Namespace) -> int:
 
 
 async def _discover(args: argparse.Namespace) -> int:
-    _quiet_idb()
     from m2msec.capif.invoker import discover
 
     filters = {name: value for name in _FILTERS if (value := getattr(args, name.replace("-", "_"))) is not None}
@@ -120,7 +107,6 @@ async def _discover(args: argparse.Namespace) -> int:
 
 
 async def _security(args: argparse.Namespace) -> int:
-    _quiet_idb()
     from m2msec.capif.invoker import obtain_security
 
     methods = [m.strip().upper() for m in args.prefer.split(",") if m.strip()]
@@ -138,7 +124,6 @@ async def _security(args: argparse.Namespace) -> int:
 
 
 async def _token(args: argparse.Namespace) -> int:
-    _quiet_idb()
     from m2msec.capif.invoker import token
     from m2msec.keys.files import check_new_file, write_secret_file
 
@@ -156,7 +141,6 @@ async def _token(args: argparse.Namespace) -> int:
 
 
 async def _offboard(args: argparse.Namespace) -> int:
-    _quiet_idb()
     from m2msec.capif.invoker import load, offboard
 
     inv = load(args.folder)
