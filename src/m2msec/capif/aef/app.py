@@ -1,0 +1,265 @@
+"""The AEF front (issue 19): an ASGI application, served over m2msec TLS (:mod:`m2msec.asgi`), that authenticates
+each API call by the connection's CAPIF-2e method (TS 33.122 §6.5.2), checks the invoker's authorization with the
+CCF, and forwards the call to the API provider's backend over plain HTTP/1.1.
+
+The method is the connection's:
+
+* a TLS-PSK session (the engine resolved psk_identity = API invoker ID to its AEFPSK, :mod:`.psk`): ``PSK``;
+* a client certificate (verified by the engine against the CCF's CA): ``PKI``, the invoker ID is its CN and its OU
+  must be ``api-invoker`` (D119);
+* neither: ``OAUTH``, ``Authorization: Bearer <access token>`` verified locally with the CCF's JWK Set
+  (:func:`m2msec.capif.tokens.verify_access_token`), the invoker ID is the token's ``client_id``.
+
+Then the invoker's security context at the CCF (``trustedInvokers/{id}``) must select that method for this AEF and
+the API the path belongs to (:func:`.authorize.authorize`); refusals are TS 29.122 ProblemDetails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import h11
+
+from m2msec import http1
+from m2msec.asgi import tls_extension
+from m2msec.capif.aef.authorize import ServedAPI, authorize
+from m2msec.capif.aef.ccf_link import CCFLinkError, TrustedInvoker, is_invoker_id
+from m2msec.capif.certificates import CAPIFRole, capif_identity
+from m2msec.capif.tokens import INVALID_TOKEN_CAUSE, TokenRefused, VerificationKeys, verify_access_token
+from m2msec.errors import CAPIFError
+
+__all__ = ["BACKEND_TIMEOUT", "FORWARD_DROPPED_HEADERS", "INVOKER_ID_HEADER", "JWKS_CACHE_TTL", "TRUST_CACHE_TTL",
+           "AEFFront", "CCFSource"]
+
+log = logging.getLogger("m2msec.aef")
+
+#: D165: the header the backend reads the authenticated API invoker ID from (a client-sent one is never forwarded)
+INVOKER_ID_HEADER: Final = "x-capif-invoker-id"
+#: D165: the header naming the CAPIF-2e method the call was authenticated with (client-sent ones dropped too)
+METHOD_HEADER: Final = "x-capif-security-method"
+#: D165: request headers never forwarded: hop-by-hop (RFC 9110 §7.6.1), the credential, the identity headers
+FORWARD_DROPPED_HEADERS: Final = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+    "proxy-authorization", "proxy-authenticate", "host", "content-length", "expect", "authorization",
+    INVOKER_ID_HEADER, METHOD_HEADER})
+#: response headers of the backend not passed on (hop-by-hop; the length is set again)
+_RESPONSE_DROPPED: Final = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+                                      "content-length", "proxy-authenticate"})
+#: D167: seconds an invoker's security context fetched for a PKI or OAUTH call is reused (PSK: the resolver's, D163)
+TRUST_CACHE_TTL: Final = 30.0
+#: D167: seconds the CCF's JWK Set is reused before it is fetched again (at once when a token names an unknown key)
+JWKS_CACHE_TTL: Final = 300.0
+#: D168: seconds for one exchange with the backend (connect, send, answer)
+BACKEND_TIMEOUT: Final = 30.0
+#: largest backend answer passed on (bytes)
+MAX_BACKEND_ANSWER: Final = http1.DEFAULT_MAX_BODY
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class CCFSource(Protocol):
+    async def trusted_invoker(self, invoker_id: str) -> TrustedInvoker | None: ...
+
+    async def jwks(self) -> VerificationKeys: ...
+
+
+class PSKTrust(Protocol):
+    def trusted(self, invoker_id: str) -> TrustedInvoker | None: ...
+
+    def invalidate(self, invoker_id: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Caller:
+    invoker_id: str
+    method: str
+
+
+class AEFFront:
+    """The ASGI application (see the module docstring). ``apis``: the service APIs served (path prefix → API name);
+    ``backend``: (host, port) of the plain HTTP service; ``issuer``: the CCF's token issuer; ``resolver``: the
+    listener's PSK resolver (its cached contexts are reused), ``clock``: wall-clock seconds."""
+
+    def __init__(self, *, aef_id: str, apis: Sequence[ServedAPI], ccf: CCFSource, backend: tuple[str, int],
+                 issuer: str, resolver: PSKTrust | None = None, clock: Callable[[], float] = time.time,
+                 trust_ttl: float = TRUST_CACHE_TTL, backend_timeout: float = BACKEND_TIMEOUT) -> None:
+        self.aef_id, self.apis, self.ccf, self.backend, self.issuer = aef_id, tuple(apis), ccf, backend, issuer
+        self.resolver, self.clock, self.trust_ttl, self.backend_timeout = resolver, clock, trust_ttl, backend_timeout
+        self._trust: dict[str, tuple[float, TrustedInvoker]] = {}
+        self._keys: tuple[float, VerificationKeys] | None = None
+        #: calls forwarded to the backend
+        self.forwarded = 0
+
+    def __repr__(self) -> str:
+        return f"<AEFFront {self.aef_id} {[a.name for a in self.apis]} -> {self.backend[0]}:{self.backend[1]}>"
+
+    def invalidate(self, invoker_id: str) -> None:
+        """Forget what the CCF said of ``invoker_id`` (revocation, offboarding), here and in the PSK resolver."""
+        self._trust.pop(invoker_id, None)
+        if self.resolver is not None:
+            self.resolver.invalidate(invoker_id)
+
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            status, headers, body = await self._handle(scope, receive)
+        except CAPIFError as exc:
+            status, headers, body = _problem(exc)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _handle(self, scope: Message, receive: Receive) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        path: str = scope["path"]
+        api = next((a for a in self.apis if a.serves(path)), None)
+        if api is None:
+            raise CAPIFError("no API of this AEF is served at this path", status=404)
+        caller = await self._authenticate(scope, api)
+        trusted = await self._trusted(caller)
+        try:
+            authorize(trusted, caller.method, self.aef_id, api)
+        except CAPIFError as exc:
+            log.info("AEF: %s call of %r to %s refused: %s", caller.method, caller.invoker_id, api.name, exc.cause)
+            raise
+        body = await _read_body(receive)
+        return await self._forward(scope, caller, body)
+
+    async def _authenticate(self, scope: Message, api: ServedAPI) -> _Caller:
+        session = tls_extension(scope).session
+        if session.authentication == "psk":
+            identity = session.psk_identity
+            if not identity or not is_invoker_id(identity):
+                raise CAPIFError("the PSK identity is no API invoker ID", status=401)
+            return _Caller(identity, "PSK")
+        if session.peer_certificate is not None:
+            role, identity = capif_identity(session.peer_certificate)
+            if role is not CAPIFRole.INVOKER:
+                raise CAPIFError("the client certificate is not an API invoker's", status=403)
+            return _Caller(identity, "PKI")
+        token = _bearer(scope)
+        if token is None:
+            raise TokenRefused("API call", "no credential (TLS-PSK, an invoker certificate or a bearer token)",
+                               cause=INVALID_TOKEN_CAUSE)
+        claims = await self._verify(token, api)
+        return _Caller(claims, "OAUTH")
+
+    async def _verify(self, token: str, api: ServedAPI) -> str:
+        now = self.clock()
+        keys = await self._jwks(now)
+        try:
+            claims = verify_access_token(token, keys, issuer=self.issuer, aef_id=self.aef_id, api_name=api.name,
+                                         now=int(now))
+        except TokenRefused as exc:
+            if exc.reason != "unknown key":
+                raise
+            keys = await self._jwks(now, fresh=True)  # the CCF may have a new token key
+            claims = verify_access_token(token, keys, issuer=self.issuer, aef_id=self.aef_id, api_name=api.name,
+                                         now=int(now))
+        return claims.client_id
+
+    async def _jwks(self, now: float, *, fresh: bool = False) -> VerificationKeys:
+        if self._keys is not None and not fresh and now < self._keys[0]:
+            return self._keys[1]
+        try:
+            keys = await self.ccf.jwks()
+        except CCFLinkError as exc:
+            log.warning("AEF: the CCF's JWK Set not obtained: %s", exc)
+            raise CAPIFError("the CCF cannot be asked now; try again later", status=503) from None
+        self._keys = (now + JWKS_CACHE_TTL, keys)
+        return keys
+
+    async def _trusted(self, caller: _Caller) -> TrustedInvoker | None:
+        if caller.method == "PSK" and self.resolver is not None:
+            cached = self.resolver.trusted(caller.invoker_id)
+            if cached is not None:
+                return cached
+        now = self.clock()
+        hit = self._trust.get(caller.invoker_id)
+        if hit is not None and now < hit[0]:
+            return hit[1]
+        try:
+            trusted = await self.ccf.trusted_invoker(caller.invoker_id)
+        except CCFLinkError as exc:
+            log.warning("AEF: security context of %r not obtained: %s", caller.invoker_id, exc)
+            raise CAPIFError("the CCF cannot be asked now; try again later", status=503) from None
+        if trusted is not None:
+            self._trust[caller.invoker_id] = (now + self.trust_ttl, trusted)
+        return trusted
+
+    async def _forward(self, scope: Message, caller: _Caller, body: bytes
+                       ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        host, port = self.backend
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
+                   if k.decode("latin-1").lower() not in FORWARD_DROPPED_HEADERS]
+        headers = [("host", f"{host}:{port}"), *headers, (INVOKER_ID_HEADER, caller.invoker_id),
+                   (METHOD_HEADER, caller.method), ("connection", "close")]
+        target = scope["raw_path"].decode("latin-1") or "/"
+        if scope["query_string"]:
+            target += "?" + scope["query_string"].decode("latin-1")
+        message = http1.Message(headers=headers, body=body, method=scope["method"], target=target)
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(self.backend_timeout):
+                reader, writer = await asyncio.open_connection(host, port)
+                answer = await http1.request(reader, writer, message, max_body=MAX_BACKEND_ANSWER)
+        except (TimeoutError, OSError, http1.HTTPError, h11.ProtocolError) as exc:
+            log.warning("AEF: the backend %s:%d failed: %s", host, port, type(exc).__name__)
+            raise CAPIFError("the API's backend did not answer", status=502) from None
+        finally:
+            if writer is not None:
+                writer.close()
+        self.forwarded += 1
+        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers
+               if k.lower() not in _RESPONSE_DROPPED]
+        out.append((b"content-length", str(len(answer.body)).encode()))
+        return answer.status, out, answer.body
+
+
+def _bearer(scope: Message) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            kind, _, token = bytes(value).decode("latin-1").partition(" ")
+            if kind.lower() == "bearer" and token.strip():
+                return str(token.strip())
+    return None
+
+
+async def _read_body(receive: Receive) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise CAPIFError("the client left", status=400)
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _problem(exc: CAPIFError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """TS 29.122 ProblemDetails of a refusal (never a key or a token: ``detail`` is written for the client)."""
+    problem: dict[str, Any] = {"title": _TITLES.get(exc.status, "Error"), "status": exc.status, "detail": exc.detail}
+    if exc.cause:
+        problem["cause"] = exc.cause
+    body = json.dumps(problem).encode()
+    headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
+    if exc.status == 401:
+        error = exc.bearer_error if isinstance(exc, TokenRefused) else "invalid_token"
+        headers.append((b"www-authenticate", f'Bearer error="{error}"'.encode()))
+    return exc.status, headers, body
+
+
+_TITLES: Final = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+                  502: "Bad Gateway", 503: "Service Unavailable"}

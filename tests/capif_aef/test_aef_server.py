@@ -1,0 +1,138 @@
+"""The AEF front (issue 19): the three CAPIF-2e methods over real sockets — a real CCF (``world``), the AEF front
+served by m2msec.asgi on one TLS port, a real backend HTTP service, invokers with our engine's client."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ccf.ccf_env import World, onboard, world
+from m2msec.errors import HandshakeFailed, HandshakeTimeout
+from m2msec.tls.profiles import DHE_PSK, ECDHE_PSK, PSK
+
+from .aef_server_env import (
+    access_token,
+    call,
+    invoker_with,
+    pki_context,
+    psk_context,
+    psk_invoker,
+    running_front,
+    server_only_context,
+)
+
+__all__ = ["world"]
+
+WRONG_METHOD = "SECURITY_METHOD_NOT_SELECTED"
+REFUSED = (HandshakeFailed, HandshakeTimeout, ConnectionError)
+
+
+async def test_psk_reaches_the_backend_with_the_invoker_id(world: World) -> None:
+    async with running_front(world) as aef:
+        inv = await psk_invoker(world, aef.iface, aef.p0)
+        for profile in (PSK.name, DHE_PSK.name, ECDHE_PSK.name):
+            reply = await call(aef.port, psk_context(inv.id, inv.key, profile), "/api/items?x=1")
+            assert reply.status == 200, reply.body
+            assert reply.json() == {"invoker": inv.id, "path": "/api/items?x=1"}
+            assert reply.headers["x-backend"] == "yes"
+        seen = aef.backend.seen[-1]
+        assert seen.header("x-capif-invoker-id") == inv.id and seen.header("x-capif-security-method") == "PSK"
+        assert aef.running.app.forwarded == 3
+
+
+async def test_pki_reaches_the_backend(world: World) -> None:
+    async with running_front(world) as aef:
+        who = await invoker_with(world, aef.iface, "PKI")
+        reply = await call(aef.port, pki_context(who, aef.server_ca_pem), method="POST", body=b'{"a": 1}',
+                           headers=(("content-type", "application/json"),))
+        assert reply.status == 200, reply.body
+        assert reply.json()["invoker"] == who.identity
+        seen = aef.backend.seen[-1]
+        assert seen.method == "POST" and seen.body == b'{"a": 1}' and seen.header("x-capif-security-method") == "PKI"
+
+
+async def test_oauth_reaches_the_backend_and_the_token_is_not_forwarded(world: World) -> None:
+    async with running_front(world) as aef:
+        who = await invoker_with(world, aef.iface, "OAUTH")
+        token = await access_token(world, who)
+        reply = await call(aef.port, server_only_context(aef.server_ca_pem),
+                           headers=(("authorization", f"Bearer {token}"),))
+        assert reply.status == 200, reply.body
+        assert reply.json()["invoker"] == who.identity
+        seen = aef.backend.seen[-1]
+        assert seen.header("authorization") is None and seen.header("x-capif-security-method") == "OAUTH"
+
+
+async def test_a_client_supplied_invoker_id_header_is_not_forwarded(world: World) -> None:
+    async with running_front(world) as aef:
+        inv = await psk_invoker(world, aef.iface, aef.p0)
+        reply = await call(aef.port, psk_context(inv.id, inv.key),
+                           headers=(("X-CAPIF-Invoker-Id", "INVsomeoneelse"), ("x-capif-security-method", "PKI")))
+        assert reply.status == 200
+        seen = aef.backend.seen[-1]
+        assert [v for k, v in seen.headers if k == "x-capif-invoker-id"] == [inv.id]
+        assert [v for k, v in seen.headers if k == "x-capif-security-method"] == ["PSK"]
+
+
+async def test_a_wrong_method_is_refused_with_the_failure_indication(world: World) -> None:
+    async with running_front(world) as aef:
+        who = await invoker_with(world, aef.iface, "OAUTH")  # selected OAUTH, comes with its certificate
+        reply = await call(aef.port, pki_context(who, aef.server_ca_pem))
+        assert reply.status == 403
+        problem = reply.json()
+        assert problem["cause"] == WRONG_METHOD and "OAUTH" in problem["detail"]
+        assert reply.headers["content-type"] == "application/problem+json"
+        assert aef.backend.seen == []
+
+
+async def test_an_unknown_invoker_gets_no_handshake(world: World) -> None:
+    async with running_front(world) as aef:
+        with pytest.raises(REFUSED):
+            await call(aef.port, psk_context("INVnobody", bytes(32)))
+        inv = await psk_invoker(world, aef.iface, aef.p0)
+        with pytest.raises(REFUSED):  # a key one bit off
+            await call(aef.port, psk_context(inv.id, bytes([inv.key[0] ^ 1]) + inv.key[1:]))
+        assert aef.backend.seen == []
+
+
+async def test_an_invoker_without_a_context_is_refused(world: World) -> None:
+    async with running_front(world) as aef:
+        who = await onboard(world)  # onboarded, never asked for a security method
+        reply = await call(aef.port, pki_context(who, aef.server_ca_pem))
+        assert reply.status == 403 and reply.json()["cause"] == "API_INVOKER_NOT_AUTHORIZED"
+        assert aef.backend.seen == []
+
+
+async def test_no_credential_and_bad_tokens_are_refused(world: World) -> None:
+    async with running_front(world) as aef:
+        context = server_only_context(aef.server_ca_pem)
+        reply = await call(aef.port, context)
+        assert reply.status == 401 and reply.headers["www-authenticate"].startswith("Bearer")
+        reply = await call(aef.port, context, headers=(("authorization", "Bearer not.a.token"),))
+        assert reply.status == 401 and reply.json()["cause"] == "INVALID_TOKEN"
+        assert "not.a.token" not in reply.body.decode()
+        assert aef.backend.seen == []
+
+
+async def test_a_token_for_another_aef_is_refused(world: World) -> None:
+    async with running_front(world) as aef, running_front(world) as other:
+        who = await invoker_with(world, other.iface, "OAUTH")
+        token = await access_token(world, who)
+        assert (await call(other.port, server_only_context(other.server_ca_pem),
+                           headers=(("authorization", f"Bearer {token}"),))).status == 200
+        reply = await call(aef.port, server_only_context(aef.server_ca_pem),
+                           headers=(("authorization", f"Bearer {token}"),))
+        assert reply.status == 403 and reply.json()["cause"] == "INSUFFICIENT_SCOPE"
+        assert aef.backend.seen == []
+
+
+async def test_an_expired_token_is_refused(world: World) -> None:
+    async with running_front(world) as aef:
+        who = await invoker_with(world, aef.iface, "OAUTH")
+        token = await access_token(world, who)
+        aef.running.app.clock = lambda: time.time() + 24 * 3600  # a day later
+        reply = await call(aef.port, server_only_context(aef.server_ca_pem),
+                           headers=(("authorization", f"Bearer {token}"),))
+        assert reply.status == 401 and reply.json()["cause"] == "INVALID_TOKEN"
+        assert aef.backend.seen == []
