@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-from ccf.ccf_env import World, onboard, world
+from ccf.ccf_env import World, onboard, security, world
 from m2msec.errors import HandshakeFailed, HandshakeTimeout
 from m2msec.tls.profiles import DHE_PSK, ECDHE_PSK, PSK
 
+from .aef_env import SECURITY
 from .aef_server_env import (
     access_token,
     call,
@@ -136,3 +137,57 @@ async def test_an_expired_token_is_refused(world: World) -> None:
                            headers=(("authorization", f"Bearer {token}"),))
         assert reply.status == 401 and reply.json()["cause"] == "INVALID_TOKEN"
         assert aef.backend.seen == []
+
+
+async def test_after_renegotiation_the_new_method_is_served_at_once(world: World) -> None:
+    """D166/D167: the invoker selected OAUTH and called; it renegotiates to PKI (trustedInvokers /update); its token
+    is then refused with the failure indication (after asking the CCF again) and its certificate accepted at once."""
+    async with running_front(world) as aef:
+        who = await invoker_with(world, aef.iface, "OAUTH")
+        token = await access_token(world, who)
+        bearer = (("authorization", f"Bearer {token}"),)
+        assert (await call(aef.port, server_only_context(aef.server_ca_pem), headers=bearer)).status == 200
+        answer = await world.call(who, "POST", f"{SECURITY}/{who.identity}/update",
+                                  security({"interfaceDetails": aef.iface, "prefSecurityMethods": ["PKI"]}))
+        assert answer.status == 200, answer.body
+        assert answer.json()["securityInfo"][0]["selSecurityMethod"] == "PKI"
+        assert (await call(aef.port, pki_context(who, aef.server_ca_pem))).status == 200  # the cache said OAUTH
+        reply = await call(aef.port, server_only_context(aef.server_ca_pem), headers=bearer)
+        assert reply.status == 403 and reply.json()["cause"] == WRONG_METHOD and "PKI" in reply.json()["detail"]
+        assert len(aef.backend.seen) == 2
+
+
+async def test_an_aef_certificate_is_no_invoker_credential(world: World) -> None:
+    async with running_front(world) as aef:
+        reply = await call(aef.port, pki_context(aef.provider.aef, aef.server_ca_pem))
+        assert reply.status == 403 and aef.backend.seen == []
+
+
+async def test_a_path_of_no_api_is_not_found(world: World) -> None:
+    async with running_front(world) as aef:
+        who = await invoker_with(world, aef.iface, "PKI")
+        reply = await call(aef.port, pki_context(who, aef.server_ca_pem), "/other/items")
+        assert reply.status == 404 and aef.backend.seen == []
+        reply = await call(aef.port, pki_context(who, aef.server_ca_pem), "/apiary")
+        assert reply.status == 404
+
+
+async def test_a_backend_down_is_a_clean_502(world: World) -> None:
+    async with running_front(world) as aef:
+        who = await invoker_with(world, aef.iface, "PKI")
+        await aef.backend.stop()
+        reply = await call(aef.port, pki_context(who, aef.server_ca_pem))
+        assert reply.status == 502 and reply.json()["title"] == "Bad Gateway"
+        assert "Traceback" not in reply.body.decode()
+
+
+async def test_the_ccf_unreachable_is_a_clean_503(world: World) -> None:
+    async with running_front(world) as aef:
+        who = await invoker_with(world, aef.iface, "PKI")
+        cached = await invoker_with(world, aef.iface, "PKI")
+        assert (await call(aef.port, pki_context(cached, aef.server_ca_pem))).status == 200
+        aef.running.link.port = 1  # nothing listens there: the CCF is gone for the AEF
+        await aef.running.link.close()
+        reply = await call(aef.port, pki_context(who, aef.server_ca_pem))
+        assert reply.status == 503
+        assert (await call(aef.port, pki_context(cached, aef.server_ca_pem))).status == 200  # cached: served

@@ -128,9 +128,16 @@ class AEFFront:
         if api is None:
             raise CAPIFError("no API of this AEF is served at this path", status=404)
         caller = await self._authenticate(scope, api)
-        trusted = await self._trusted(caller)
+        trusted, cached = await self._trusted(caller)
         try:
-            authorize(trusted, caller.method, self.aef_id, api)
+            try:
+                authorize(trusted, caller.method, self.aef_id, api)
+            except CAPIFError:
+                if not cached:
+                    raise
+                # the invoker may just have renegotiated (trustedInvokers /update, D166): ask the CCF again
+                trusted, _ = await self._trusted(caller, fresh=True)
+                authorize(trusted, caller.method, self.aef_id, api)
         except CAPIFError as exc:
             log.info("AEF: %s call of %r to %s refused: %s", caller.method, caller.invoker_id, api.name, exc.cause)
             raise
@@ -181,15 +188,16 @@ class AEFFront:
         self._keys = (now + JWKS_CACHE_TTL, keys)
         return keys
 
-    async def _trusted(self, caller: _Caller) -> TrustedInvoker | None:
-        if caller.method == "PSK" and self.resolver is not None:
+    async def _trusted(self, caller: _Caller, *, fresh: bool = False) -> tuple[TrustedInvoker | None, bool]:
+        """The invoker's context naming this AEF, and whether it came from a cache."""
+        if caller.method == "PSK" and self.resolver is not None and not fresh:
             cached = self.resolver.trusted(caller.invoker_id)
             if cached is not None:
-                return cached
+                return cached, True
         now = self.clock()
         hit = self._trust.get(caller.invoker_id)
-        if hit is not None and now < hit[0]:
-            return hit[1]
+        if hit is not None and now < hit[0] and not fresh:
+            return hit[1], True
         try:
             trusted = await self.ccf.trusted_invoker(caller.invoker_id)
         except CCFLinkError as exc:
@@ -197,7 +205,9 @@ class AEFFront:
             raise CAPIFError("the CCF cannot be asked now; try again later", status=503) from None
         if trusted is not None:
             self._trust[caller.invoker_id] = (now + self.trust_ttl, trusted)
-        return trusted
+        else:
+            self._trust.pop(caller.invoker_id, None)
+        return trusted, False
 
     async def _forward(self, scope: Message, caller: _Caller, body: bytes
                        ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
