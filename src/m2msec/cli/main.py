@@ -23,7 +23,7 @@ __all__ = ["main", "run_async"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from m2msec.cli import capif, ccf, demo, gateway, keys, maf, pki, request, tunnel
+    from m2msec.cli import aef, capif, ccf, demo, gateway, keys, maf, pki, request, tunnel
 
     parser = argparse.ArgumentParser(
         prog="m2msec", description="oneM2M TS-0003 security associations: TLS-PSK gateway, client and key store"
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     tunnel.add_parser(sub)
     ccf.add_parser(sub)
     capif.add_parser(sub)
+    aef.add_parser(sub)
     return parser
 
 
