@@ -55,7 +55,7 @@ _RESPONSE_DROPPED: Final = frozenset({"connection", "keep-alive", "te", "trailer
 TRUST_CACHE_TTL: Final = 30.0
 #: D167: seconds the CCF's JWK Set is reused before it is fetched again (at once when a token names an unknown key)
 JWKS_CACHE_TTL: Final = 300.0
-#: D168: seconds for one exchange with the backend (connect, send, answer)
+#: D169: seconds for one exchange with the backend (connect, send, answer); past it the call is answered 502
 BACKEND_TIMEOUT: Final = 30.0
 #: largest backend answer passed on (bytes)
 MAX_BACKEND_ANSWER: Final = http1.DEFAULT_MAX_BODY
