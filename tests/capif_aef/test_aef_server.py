@@ -8,6 +8,9 @@ import time
 import pytest
 
 from ccf.ccf_env import World, onboard, security, world
+from m2msec.capif.aef.app import CCFSource
+from m2msec.capif.aef.ccf_link import TrustedInvoker
+from m2msec.capif.tokens import VerificationKeys
 from m2msec.errors import HandshakeFailed, HandshakeTimeout
 from m2msec.tls.profiles import DHE_PSK, ECDHE_PSK, PSK
 
@@ -151,6 +154,7 @@ async def test_after_renegotiation_the_new_method_is_served_at_once(world: World
                                   security({"interfaceDetails": aef.iface, "prefSecurityMethods": ["PKI"]}))
         assert answer.status == 200, answer.body
         assert answer.json()["securityInfo"][0]["selSecurityMethod"] == "PKI"
+        aef.running.app.clock = lambda: time.time() + 2  # the cached context is older than TRUST_REFETCH_AFTER
         assert (await call(aef.port, pki_context(who, aef.server_ca_pem))).status == 200  # the cache said OAUTH
         reply = await call(aef.port, server_only_context(aef.server_ca_pem), headers=bearer)
         assert reply.status == 403 and reply.json()["cause"] == WRONG_METHOD and "PKI" in reply.json()["detail"]
@@ -191,3 +195,35 @@ async def test_the_ccf_unreachable_is_a_clean_503(world: World) -> None:
         reply = await call(aef.port, pki_context(who, aef.server_ca_pem))
         assert reply.status == 503
         assert (await call(aef.port, pki_context(cached, aef.server_ca_pem))).status == 200  # cached: served
+
+
+class CountingCCF:
+    def __init__(self, inner: CCFSource) -> None:
+        self.inner, self.asked = inner, 0
+
+    async def trusted_invoker(self, invoker_id: str) -> TrustedInvoker | None:
+        self.asked += 1
+        return await self.inner.trusted_invoker(invoker_id)
+
+    async def jwks(self) -> VerificationKeys:
+        return await self.inner.jwks()
+
+
+async def test_refused_calls_ask_the_ccf_at_most_once_a_second(world: World) -> None:
+    """D167: a refusal from a cached context asks the CCF again only when the context is older than 1 s."""
+    async with running_front(world) as aef:
+        counting = CountingCCF(aef.running.link)
+        aef.running.app.ccf = counting
+        who = await invoker_with(world, aef.iface, "OAUTH")
+        now = time.time()
+        aef.running.app.clock = lambda: now
+        for _ in range(5):
+            reply = await call(aef.port, pki_context(who, aef.server_ca_pem))
+            assert reply.status == 403 and reply.json()["cause"] == WRONG_METHOD
+        assert counting.asked == 1
+        aef.running.app.clock = lambda: now + 1.5
+        assert (await call(aef.port, pki_context(who, aef.server_ca_pem))).status == 403
+        assert counting.asked == 2
+        aef.running.app.clock = lambda: now + 31  # past TRUST_CACHE_TTL: asked again before deciding
+        assert (await call(aef.port, pki_context(who, aef.server_ca_pem))).status == 403
+        assert counting.asked == 3 and aef.backend.seen == []

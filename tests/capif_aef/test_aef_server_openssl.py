@@ -52,7 +52,7 @@ async def test_openssl_pki_invoker_reaches_the_backend(world: World, tmp_path: P
         (tmp_path / "inv.crt").write_bytes(who.certificate_pem)
         (tmp_path / "inv.key").write_bytes(who.private_key_pem)
         (tmp_path / "ca.pem").write_bytes(aef.server_ca_pem)
-        status, output = await s_client(aef.port, "-cert", str(tmp_path / "inv.crt"), "-key",
+        _, output = await s_client(aef.port, "-cert", str(tmp_path / "inv.crt"), "-key",
                                         str(tmp_path / "inv.key"), "-CAfile", str(tmp_path / "ca.pem"),
                                         "-verify_return_error", "-servername", "aef.test.example",
                                         "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256")

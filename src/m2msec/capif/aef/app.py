@@ -35,6 +35,7 @@ from m2msec.capif.tokens import INVALID_TOKEN_CAUSE, TokenRefused, VerificationK
 from m2msec.errors import CAPIFError
 
 __all__ = ["BACKEND_TIMEOUT", "FORWARD_DROPPED_HEADERS", "INVOKER_ID_HEADER", "JWKS_CACHE_TTL", "TRUST_CACHE_TTL",
+           "TRUST_REFETCH_AFTER",
            "AEFFront", "CCFSource"]
 
 log = logging.getLogger("m2msec.aef")
@@ -53,6 +54,9 @@ _RESPONSE_DROPPED: Final = frozenset({"connection", "keep-alive", "te", "trailer
                                       "content-length", "proxy-authenticate"})
 #: D167: seconds an invoker's security context fetched for a PKI or OAUTH call is reused (PSK: the resolver's, D163)
 TRUST_CACHE_TTL: Final = 30.0
+#: D167: a refusal from a cached context asks the CCF again only when that context is at least this old (seconds):
+#: refused calls cannot make the AEF ask the CCF more than once a second per invoker
+TRUST_REFETCH_AFTER: Final = 1.0
 #: D167: seconds the CCF's JWK Set is reused before it is fetched again (at once when a token names an unknown key)
 JWKS_CACHE_TTL: Final = 300.0
 #: D169: seconds for one exchange with the backend (connect, send, answer); past it the call is answered 502
@@ -93,6 +97,7 @@ class AEFFront:
                  trust_ttl: float = TRUST_CACHE_TTL, backend_timeout: float = BACKEND_TIMEOUT) -> None:
         self.aef_id, self.apis, self.ccf, self.backend, self.issuer = aef_id, tuple(apis), ccf, backend, issuer
         self.resolver, self.clock, self.trust_ttl, self.backend_timeout = resolver, clock, trust_ttl, backend_timeout
+        #: invoker ID -> (when fetched, context)
         self._trust: dict[str, tuple[float, TrustedInvoker]] = {}
         self._keys: tuple[float, VerificationKeys] | None = None
         #: calls forwarded to the backend
@@ -196,15 +201,15 @@ class AEFFront:
                 return cached, True
         now = self.clock()
         hit = self._trust.get(caller.invoker_id)
-        if hit is not None and now < hit[0] and not fresh:
-            return hit[1], True
+        if hit is not None and now < hit[0] + self.trust_ttl and (not fresh or now < hit[0] + TRUST_REFETCH_AFTER):
+            return hit[1], not fresh
         try:
             trusted = await self.ccf.trusted_invoker(caller.invoker_id)
         except CCFLinkError as exc:
             log.warning("AEF: security context of %r not obtained: %s", caller.invoker_id, exc)
             raise CAPIFError("the CCF cannot be asked now; try again later", status=503) from None
         if trusted is not None:
-            self._trust[caller.invoker_id] = (now + self.trust_ttl, trusted)
+            self._trust[caller.invoker_id] = (now, trusted)
         else:
             self._trust.pop(caller.invoker_id, None)
         return trusted, False
