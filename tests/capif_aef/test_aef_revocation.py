@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -17,6 +18,7 @@ import pytest
 
 from ccf.ccf_env import World, world
 from m2msec import http1
+from m2msec.capif.aef.config import load_config
 from m2msec.capif.aef.events import REVOCATION_EVENTS
 from m2msec.capif.schema import validate_request
 from m2msec.idb import NOT_ONEM2M
@@ -205,3 +207,12 @@ async def test_without_the_receiver_the_cached_key_still_serves(world: World) ->
         finally:
             kept.close()
 
+
+
+@pytest.mark.parametrize(("line", "expected"), [("", ("127.0.0.1", 0)), ('events = "off"\n', None),
+                                                 ('events = "10.1.2.3:8099"\n', ("10.1.2.3", 8099))])
+def test_the_events_listener_is_configurable(tmp_path: Path, line: str, expected: tuple[str, int] | None) -> None:
+    from .test_aef_server_config import GOOD, files
+
+    config = load_config(files(tmp_path, line + GOOD))
+    assert config.events_listen == expected

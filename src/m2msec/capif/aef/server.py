@@ -15,7 +15,7 @@ from m2msec.asgi import serve
 from m2msec.capif.aef.app import AEFFront
 from m2msec.capif.aef.ccf_link import CCFLink
 from m2msec.capif.aef.config import AEFConfig
-from m2msec.capif.aef.events import EVENTS_LISTEN, AEFEventsReceiver
+from m2msec.capif.aef.events import AEFEventsReceiver
 from m2msec.capif.aef.psk import AEFPSKResolver
 from m2msec.capif.aef.security_api import SecurityAPI
 from m2msec.errors import ConfigurationError
@@ -52,10 +52,15 @@ class RunningAEF:
 
 @contextlib.asynccontextmanager
 async def running_aef_front(config: AEFConfig, *, sock: socket.socket | None = None,
-                            events: tuple[str, int] | None = EVENTS_LISTEN, **serve_kw: Any
+                            events: tuple[str, int] | bool | None = True, **serve_kw: Any
                             ) -> AsyncIterator[RunningAEF]:
     """Start the AEF front (on ``sock`` when given, else on ``config.listen``) until the block ends; with ``events``
-    (host, port) it receives the CCF's revocation notifications there (:mod:`.events`; None: not subscribed)."""
+    (host, port) it receives the CCF's revocation notifications there (:mod:`.events`; None: not subscribed; True:
+    ``config.events_listen``)."""
+    if events is True:
+        events = config.events_listen
+    elif events is False:
+        events = None
     if len({a.interface for a in config.apis}) != 1:
         raise ConfigurationError("the APIs of one AEF front share its listener's interface P0 (one [[api]] "
                                  "interface value)")
