@@ -104,6 +104,8 @@ async def test_revoke_authorization_by_the_ccf_ends_the_invoker_and_others_are_r
             assert (ok.status, ok.json()) == (200, {"supportedFeatures": "0"})
             assert ended(await kept.get())
             assert (await kept_other.get()).status == 200
+            # D173: no local deny-list; the CCF still holds the context, so a new connection is served again
+            assert (await call(aef.port, pki_context(inv, aef.server_ca_pem))).status == 200
         finally:
             kept.close()
             kept_other.close()

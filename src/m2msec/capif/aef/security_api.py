@@ -29,11 +29,15 @@ from m2msec.capif.certificates import CAPIFRole, capif_identity
 from m2msec.capif.schema import SchemaViolation, validate_request, validate_response
 from m2msec.errors import CAPIFError
 
-__all__ = ["SUPPORTED_FEATURES", "SecurityAPI"]
+__all__ = ["CALLERS", "SUPPORTED_FEATURES", "SecurityAPI"]
 
 log = logging.getLogger("m2msec.aef.security")
 
 _API: Final = "aef-security"
+#: D172: who may call each operation (TS 29.222 §8.6 names the consumers: the API invoker for check-authentication,
+#: the CCF for revoke-authorization); the front checks the connection's credential against it
+CALLERS: Final = {"check-authentication": "an API invoker on TLS-PSK or with its CCF certificate, for its own ID",
+                  "revoke-authorization": "the CCF: a client certificate from the CCF's CA naming the CCF host"}
 #: D172: no optional feature of the AEF Security API is supported (TS 29.222 §8.6.6)
 SUPPORTED_FEATURES: Final = "0"
 _JSON: Final = [(b"content-type", b"application/json")]
