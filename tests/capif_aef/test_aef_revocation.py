@@ -26,7 +26,18 @@ from m2msec.tls.engine import TLSContext
 from m2msec.transport.tls import open_connection
 
 from .aef_env import SECURITY
-from .aef_server_env import AEF_HOST, Front, call, invoker_with, pki_context, psk_context, psk_invoker, running_front
+from .aef_server_env import (
+    AEF_HOST,
+    Front,
+    access_token,
+    call,
+    invoker_with,
+    pki_context,
+    psk_context,
+    psk_invoker,
+    running_front,
+    server_only_context,
+)
 from .test_aef_server import REFUSED
 
 __all__ = ["world"]
@@ -46,10 +57,10 @@ class Kept:
                                                   peer_entity=NOT_ONEM2M)
         return cls(reader, writer)
 
-    async def get(self, path: str = "/api/items") -> http1.Message:
+    async def get(self, path: str = "/api/items", token: str | None = None) -> http1.Message:
         conn = h11.Connection(h11.CLIENT)
-        await http1.send_message(conn, self.writer, http1.Message(headers=[("host", AEF_HOST)], method="GET",
-                                                                  target=path))
+        headers = [("host", AEF_HOST)] + ([("authorization", f"Bearer {token}")] if token else [])
+        await http1.send_message(conn, self.writer, http1.Message(headers=headers, method="GET", target=path))
         answer = await asyncio.wait_for(http1.read_message(conn, self.reader), 10)
         assert answer is not None
         return answer
@@ -84,12 +95,16 @@ async def test_offboarding_cuts_off_live_psk_and_pki_invokers_and_others_keep_wo
         psk = await psk_invoker(world, aef.iface, aef.p0)
         pki = await invoker_with(world, aef.iface, "PKI")
         other = await psk_invoker(world, aef.iface, aef.p0)
+        oauth = await invoker_with(world, aef.iface, "OAUTH")
+        token = await access_token(world, oauth)
         kept_psk = await Kept.open(aef.port, psk_context(psk.id, psk.key))
         kept_pki = await Kept.open(aef.port, pki_context(pki, aef.server_ca_pem))
         kept_other = await Kept.open(aef.port, psk_context(other.id, other.key))
+        kept_oauth = await Kept.open(aef.port, server_only_context(aef.server_ca_pem))
         try:
             for kept in (kept_psk, kept_pki, kept_other):
                 assert (await kept.get()).status == 200
+            assert (await kept_oauth.get(token=token)).status == 200
             assert (await world.call(psk.identity, "DELETE", OFFBOARD.format(psk.id))).status == 204
             await notified(aef, 1)
             assert ended(await kept_psk.get())
@@ -106,30 +121,50 @@ async def test_offboarding_cuts_off_live_psk_and_pki_invokers_and_others_keep_wo
 
             assert (await kept_other.get()).status == 200  # the other invoker: same connection, and a new one
             assert (await call(aef.port, psk_context(other.id, other.key))).status == 200
-            assert [m.header("x-capif-invoker-id") for m in aef.backend.seen] == [psk.id, pki.identity, other.id,
-                                                                                   other.id, other.id]
+
+            # OAuth: the token is unexpired, but the invoker is offboarded
+            assert (await world.call(oauth, "DELETE", OFFBOARD.format(oauth.identity))).status == 204
+            await notified(aef, 3)
+            assert ended(await kept_oauth.get(token=token))
+            again = await call(aef.port, server_only_context(aef.server_ca_pem),
+                               headers=(("authorization", f"Bearer {token}"),))
+            assert again.status == 403
+            assert [m.header("x-capif-invoker-id") for m in aef.backend.seen] == [
+                psk.id, pki.identity, other.id, oauth.identity, other.id, other.id]
         finally:
-            for kept in (kept_psk, kept_pki, kept_other):
+            for kept in (kept_psk, kept_pki, kept_other, kept_oauth):
                 kept.close()
 
 
-async def test_the_aefs_own_revocation_at_the_ccf_ends_the_psk_invoker(world: World) -> None:
+async def revoke_at_the_ccf(world: World, aef: Front, invoker_id: str) -> None:
+    revoke = await world.call(aef.provider.aef, "POST", f"{SECURITY}/{invoker_id}/delete", {
+        "apiInvokerId": invoker_id, "aefId": aef.id, "apiIds": [aef.api["apiId"]], "cause": "OVERLIMIT_USAGE"})
+    assert revoke.status == 204, revoke.body
+
+
+async def test_the_aefs_own_revocation_at_the_ccf_ends_psk_and_pki_invokers(world: World) -> None:
     async with running_front(world) as aef:
         inv = await psk_invoker(world, aef.iface, aef.p0)
+        pki = await invoker_with(world, aef.iface, "PKI")
         other = await psk_invoker(world, aef.iface, aef.p0)
         kept = await Kept.open(aef.port, psk_context(inv.id, inv.key))
+        kept_pki = await Kept.open(aef.port, pki_context(pki, aef.server_ca_pem))
         try:
-            assert (await kept.get()).status == 200
-            revoke = await world.call(aef.provider.aef, "POST", f"{SECURITY}/{inv.id}/delete", {
-                "apiInvokerId": inv.id, "aefId": aef.id, "apiIds": [aef.api["apiId"]], "cause": "OVERLIMIT_USAGE"})
-            assert revoke.status == 204, revoke.body
+            assert (await kept.get()).status == 200 and (await kept_pki.get()).status == 200
+            await revoke_at_the_ccf(world, aef, inv.id)
             await notified(aef, 1)
             assert ended(await kept.get())
             with pytest.raises(REFUSED):
                 await call(aef.port, psk_context(inv.id, inv.key))
+            assert (await kept_pki.get()).status == 200  # not revoked yet
+            await revoke_at_the_ccf(world, aef, pki.identity)
+            await notified(aef, 2)
+            assert ended(await kept_pki.get())
+            assert (await call(aef.port, pki_context(pki, aef.server_ca_pem))).status == 403
             assert (await call(aef.port, psk_context(other.id, other.key))).status == 200
         finally:
             kept.close()
+            kept_pki.close()
 
 
 async def post(destination: str, body: bytes) -> int:

@@ -120,10 +120,11 @@ class AEFFront:
         self._keys: tuple[float, VerificationKeys] | None = None
         #: calls forwarded to the backend
         self.forwarded = 0
-        #: D171: the live TLS sessions each invoker made calls on (weak: a closed connection drops out), and those
-        #: ended by a revocation: their next request is refused 403 and the connection closed
+        #: D171: the live TLS sessions each invoker made calls on (weak: a closed connection drops out), and the
+        #: invokers a revocation ended on each: their next request there is refused 403 and the connection closed (an
+        #: OAUTH session carrying another invoker's token is that invoker's to use)
         self._live: dict[str, weakref.WeakSet[Any]] = {}
-        self._ended: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._ended: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
         #: the AEF Security API (``/aef-security/v1/...``, :mod:`.security_api`), set by the server
         self.security_api: Callable[[Message, bytes], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]]] | \
             None = None
@@ -142,7 +143,7 @@ class AEFFront:
         ended: their next request is refused (403) and the connection closed (D171)."""
         self.invalidate(invoker_id)
         for session in list(self._live.pop(invoker_id, ())):
-            self._ended.add(session)
+            self._ended.setdefault(session, set()).add(invoker_id)
         log.info("AEF: state of API invoker %r dropped (revocation)", invoker_id)
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
@@ -172,7 +173,7 @@ class AEFFront:
             raise CAPIFError("no API of this AEF is served at this path", status=404)
         caller = await self._authenticate(scope, api)
         session = tls_extension(scope).session
-        if session in self._ended:
+        if caller.invoker_id in self._ended.get(session, ()):
             log.info("AEF: %s call of %r refused: its connection was ended by a revocation", caller.method,
                      caller.invoker_id)
             raise _SAEnded("the security association ended (authorization revoked)", status=403,
