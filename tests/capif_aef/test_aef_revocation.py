@@ -10,17 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
 import h11
 import pytest
 
-from ccf.ccf_env import World, world
+from ccf.ccf_env import CCF_HOST, World, register_provider, world
 from m2msec import http1
 from m2msec.capif.aef.config import load_config
-from m2msec.capif.aef.events import REVOCATION_EVENTS
+from m2msec.capif.aef.events import REVOCATION_EVENTS, AEFEventsReceiver
 from m2msec.capif.schema import validate_request
+from m2msec.errors import M2MSecError
 from m2msec.idb import NOT_ONEM2M
 from m2msec.tls.engine import TLSContext
 from m2msec.transport.tls import open_connection
@@ -251,3 +253,20 @@ def test_the_events_listener_is_configurable(tmp_path: Path, line: str, expected
 
     config = load_config(files(tmp_path, line + GOOD))
     assert config.events_listen == expected
+
+
+async def test_no_subscription_no_receiver(world: World) -> None:
+    """D170: the CCF unreachable, or refusing (another AEF's ID), at start: the receiver raises and does not listen."""
+    provider = await register_provider(world)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = int(closed.getsockname()[1])
+    closed.close()
+    creds = dict(ccf_host=CCF_HOST, ca_pem=world.ca_pem, certificate_pem=provider.aef.certificate_pem,
+                 private_key_pem=provider.aef.private_key_pem)
+    for aef_id, port in ((provider.aef.identity, closed_port), ("AEFnotmine", world.ccf.port)):
+        receiver = AEFEventsReceiver(aef_id, lambda _: None, ccf_address=("127.0.0.1", port), **creds)
+        with pytest.raises(M2MSecError):
+            async with receiver:
+                pytest.fail("started without a subscription")
+        assert receiver.subscription is None and receiver._server is None
