@@ -16,6 +16,7 @@ from ccf.ccf_env import CCF_HOST, Identity, Provider, World, onboard, publish, r
 from m2msec import http1
 from m2msec.capif.aef.authorize import ServedAPI
 from m2msec.capif.aef.config import AEFConfig
+from m2msec.capif.aef.events import EVENTS_LISTEN
 from m2msec.capif.aef.server import RunningAEF, running_aef_front
 from m2msec.idb import NOT_ONEM2M
 from m2msec.keys.secret import SecretKey
@@ -90,7 +91,8 @@ def server_credentials() -> tuple[bytes, bytes, bytes]:
 
 
 @contextlib.asynccontextmanager
-async def running_front(world: World, **kw: Any) -> AsyncIterator[Front]:
+async def running_front(world: World, *, events: tuple[str, int] | None = EVENTS_LISTEN, **kw: Any
+                        ) -> AsyncIterator[Front]:
     """A registered provider whose AEF front listens on 127.0.0.1 (port chosen by the system) with one published API
     under /api, forwarding to a recording backend."""
     provider = await register_provider(world)
@@ -110,7 +112,7 @@ async def running_front(world: World, **kw: Any) -> AsyncIterator[Front]:
         private_key_pem=provider.aef.private_key_pem, server_certificate_pem=chain, server_key_pem=key,
         apis=(ServedAPI(api["apiName"], "/api", p0, api["apiId"]),), **kw)
     try:
-        async with running_aef_front(config, sock=sock) as running:
+        async with running_aef_front(config, sock=sock, events=events) as running:
             yield Front(world, provider, running, backend, api, iface, p0, server_ca)
     finally:
         await backend.stop()

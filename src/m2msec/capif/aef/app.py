@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -34,9 +35,18 @@ from m2msec.capif.certificates import CAPIFRole, capif_identity
 from m2msec.capif.tokens import INVALID_TOKEN_CAUSE, TokenRefused, VerificationKeys, verify_access_token
 from m2msec.errors import CAPIFError
 
-__all__ = ["BACKEND_TIMEOUT", "FORWARD_DROPPED_HEADERS", "INVOKER_ID_HEADER", "JWKS_CACHE_TTL", "TRUST_CACHE_TTL",
-           "TRUST_REFETCH_AFTER",
-           "AEFFront", "CCFSource"]
+__all__ = [
+    "BACKEND_TIMEOUT",
+    "FORWARD_DROPPED_HEADERS",
+    "INVOKER_ID_HEADER",
+    "JWKS_CACHE_TTL",
+    "SA_ENDED_CAUSE",
+    "SECURITY_API_PREFIX",
+    "TRUST_CACHE_TTL",
+    "TRUST_REFETCH_AFTER",
+    "AEFFront",
+    "CCFSource",
+]
 
 log = logging.getLogger("m2msec.aef")
 
@@ -61,6 +71,10 @@ TRUST_REFETCH_AFTER: Final = 1.0
 JWKS_CACHE_TTL: Final = 300.0
 #: D169: seconds for one exchange with the backend (connect, send, answer); past it the call is answered 502
 BACKEND_TIMEOUT: Final = 30.0
+#: the AEF Security API's path prefix (TS 29.222 §8.6), served by the front itself, never forwarded
+SECURITY_API_PREFIX: Final = "/aef-security/v1/"
+#: D171: the ProblemDetails cause of a call on a connection a revocation ended (the connection is then closed)
+SA_ENDED_CAUSE: Final = "API_INVOKER_NOT_AUTHORIZED"
 #: largest backend answer passed on (bytes)
 MAX_BACKEND_ANSWER: Final = http1.DEFAULT_MAX_BODY
 
@@ -79,6 +93,10 @@ class PSKTrust(Protocol):
     def trusted(self, invoker_id: str) -> TrustedInvoker | None: ...
 
     def invalidate(self, invoker_id: str) -> None: ...
+
+
+class _SAEnded(CAPIFError):
+    """A call on a connection a revocation ended (D171): refused, and the connection closed."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +120,14 @@ class AEFFront:
         self._keys: tuple[float, VerificationKeys] | None = None
         #: calls forwarded to the backend
         self.forwarded = 0
+        #: D171: the live TLS sessions each invoker made calls on (weak: a closed connection drops out), and the
+        #: invokers a revocation ended on each: their next request there is refused 403 and the connection closed (an
+        #: OAUTH session carrying another invoker's token is that invoker's to use)
+        self._live: dict[str, weakref.WeakSet[Any]] = {}
+        self._ended: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+        #: the AEF Security API (``/aef-security/v1/...``, :mod:`.security_api`), set by the server
+        self.security_api: Callable[[Message, bytes], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]]] | \
+            None = None
 
     def __repr__(self) -> str:
         return f"<AEFFront {self.aef_id} {[a.name for a in self.apis]} -> {self.backend[0]}:{self.backend[1]}>"
@@ -112,6 +138,14 @@ class AEFFront:
         if self.resolver is not None:
             self.resolver.invalidate(invoker_id)
 
+    def revoke(self, invoker_id: str) -> None:
+        """Revocation or offboarding (TS 33.122 §6.8): :meth:`invalidate`, and the invoker's live connections are
+        ended: their next request is refused (403) and the connection closed (D171)."""
+        self.invalidate(invoker_id)
+        for session in list(self._live.pop(invoker_id, ())):
+            self._ended.setdefault(session, set()).add(invoker_id)
+        log.info("AEF: state of API invoker %r dropped (revocation)", invoker_id)
+
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
@@ -121,9 +155,14 @@ class AEFFront:
         if scope["type"] != "http":
             return
         try:
-            status, headers, body = await self._handle(scope, receive)
+            if self.security_api is not None and scope["path"].startswith(SECURITY_API_PREFIX):
+                status, headers, body = await self.security_api(scope, await _read_body(receive))
+            else:
+                status, headers, body = await self._handle(scope, receive)
         except CAPIFError as exc:
             status, headers, body = _problem(exc)
+            if isinstance(exc, _SAEnded):
+                headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -133,6 +172,12 @@ class AEFFront:
         if api is None:
             raise CAPIFError("no API of this AEF is served at this path", status=404)
         caller = await self._authenticate(scope, api)
+        session = tls_extension(scope).session
+        if caller.invoker_id in self._ended.get(session, ()):
+            log.info("AEF: %s call of %r refused: its connection was ended by a revocation", caller.method,
+                     caller.invoker_id)
+            raise _SAEnded("the security association ended (authorization revoked)", status=403,
+                             cause=SA_ENDED_CAUSE)
         trusted, cached = await self._trusted(caller)
         try:
             try:
@@ -146,6 +191,7 @@ class AEFFront:
         except CAPIFError as exc:
             log.info("AEF: %s call of %r to %s refused: %s", caller.method, caller.invoker_id, api.name, exc.cause)
             raise
+        self._live.setdefault(caller.invoker_id, weakref.WeakSet()).add(session)
         body = await _read_body(receive)
         return await self._forward(scope, caller, body)
 

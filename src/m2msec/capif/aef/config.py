@@ -5,6 +5,7 @@ listen = "0.0.0.0:8443"
 backend = "http://127.0.0.1:8080"
 aef_id = "AEF…"                          # from the provider registration
 profiles = "psk,dhe-psk,ecdhe-psk,ecdhe-ecdsa"
+events = "127.0.0.1:0"                   # optional: the revocation notifications' listener (D170); "off": none
 
 [ccf]
 address = "ccf.example:8445"
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from m2msec.capif.aef.authorize import ServedAPI
+from m2msec.capif.aef.events import EVENTS_LISTEN
 from m2msec.cli.common import parse_hostport
 from m2msec.errors import ConfigurationError
 
@@ -63,6 +65,8 @@ class AEFConfig:
     server_key_pem: bytes
     apis: tuple[ServedAPI, ...]
     profiles: str = DEFAULT_PROFILES
+    #: D170: where the CCF's revocation notifications are received (None: not subscribed)
+    events_listen: tuple[str, int] | None = EVENTS_LISTEN
 
     def __repr__(self) -> str:
         return f"<AEFConfig {self.aef_id} on {self.listen[0]}:{self.listen[1]} apis={[a.name for a in self.apis]}>"
@@ -107,7 +111,7 @@ def load_config(path: Path | str, *, overrides: dict[str, str] | None = None) ->
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"{where}: cannot read: {exc}") from None
     doc.update(overrides or {})
-    known = {"listen", "backend", "aef_id", "profiles", "ccf", "credentials", "tls", "api"}
+    known = {"listen", "backend", "aef_id", "profiles", "events", "ccf", "credentials", "tls", "api"}
     if unknown := sorted(set(doc) - known):
         raise ConfigurationError(f"{where}: unknown keys {unknown}")
     base = path.parent
@@ -118,6 +122,7 @@ def load_config(path: Path | str, *, overrides: dict[str, str] | None = None) ->
     apis = tuple(ServedAPI(_str(a, "name", where), _str(a, "prefix", where), _str(a, "interface", where),
                            a.get("api_id") if isinstance(a.get("api_id"), str) else None) for a in apis_doc)
     host = _str(ccf, "host", where)
+    events = _str(doc, "events", where, f"{EVENTS_LISTEN[0]}:{EVENTS_LISTEN[1]}")
     return AEFConfig(
         listen=parse_hostport(_str(doc, "listen", where)), backend=parse_backend(_str(doc, "backend", where)),
         aef_id=_str(doc, "aef_id", where), ccf_address=parse_hostport(_str(ccf, "address", where)), ccf_host=host,
@@ -126,4 +131,5 @@ def load_config(path: Path | str, *, overrides: dict[str, str] | None = None) ->
         private_key_pem=_file(base, creds, "private_key", where),
         server_certificate_pem=_file(base, tls, "certificate", where),
         server_key_pem=_file(base, tls, "private_key", where), apis=apis,
-        profiles=_str(doc, "profiles", where, DEFAULT_PROFILES))
+        profiles=_str(doc, "profiles", where, DEFAULT_PROFILES),
+        events_listen=None if events == "off" else parse_hostport(events))

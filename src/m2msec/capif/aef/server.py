@@ -15,7 +15,9 @@ from m2msec.asgi import serve
 from m2msec.capif.aef.app import AEFFront
 from m2msec.capif.aef.ccf_link import CCFLink
 from m2msec.capif.aef.config import AEFConfig
+from m2msec.capif.aef.events import AEFEventsReceiver
 from m2msec.capif.aef.psk import AEFPSKResolver
+from m2msec.capif.aef.security_api import SecurityAPI
 from m2msec.errors import ConfigurationError
 from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
 from m2msec.tls.profiles import parse_profiles
@@ -41,6 +43,7 @@ class RunningAEF:
     resolver: AEFPSKResolver
     app: AEFFront
     server: Any
+    events: AEFEventsReceiver | None = None
 
     @property
     def port(self) -> int:
@@ -49,8 +52,15 @@ class RunningAEF:
 
 @contextlib.asynccontextmanager
 async def running_aef_front(config: AEFConfig, *, sock: socket.socket | None = None,
-                            **serve_kw: Any) -> AsyncIterator[RunningAEF]:
-    """Start the AEF front (on ``sock`` when given, else on ``config.listen``) until the block ends."""
+                            events: tuple[str, int] | bool | None = True, **serve_kw: Any
+                            ) -> AsyncIterator[RunningAEF]:
+    """Start the AEF front (on ``sock`` when given, else on ``config.listen``) until the block ends; with ``events``
+    (host, port) it receives the CCF's revocation notifications there (:mod:`.events`; None: not subscribed; True:
+    ``config.events_listen``)."""
+    if events is True:
+        events = config.events_listen
+    elif events is False:
+        events = None
     if len({a.interface for a in config.apis}) != 1:
         raise ConfigurationError("the APIs of one AEF front share its listener's interface P0 (one [[api]] "
                                  "interface value)")
@@ -60,12 +70,20 @@ async def running_aef_front(config: AEFConfig, *, sock: socket.socket | None = N
                               api_ids=frozenset(a.api_id for a in config.apis if a.api_id))
     app = AEFFront(aef_id=config.aef_id, apis=config.apis, ccf=link, backend=config.backend, issuer=config.issuer,
                    resolver=resolver)
+    app.security_api = SecurityAPI(app, ccf_host=config.ccf_host)
     where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": config.listen[0],
                                                                       "port": config.listen[1]}
     try:
         server = await serve(app, front_context(config), psk_resolver=resolver, lifespan="off", **where, **serve_kw)
         try:
-            yield RunningAEF(config, link, resolver, app, server)
+            if events is None:
+                yield RunningAEF(config, link, resolver, app, server)
+            else:
+                async with AEFEventsReceiver(
+                        config.aef_id, app.revoke, ccf_address=config.ccf_address, ccf_host=config.ccf_host,
+                        ca_pem=config.ccf_ca_pem, certificate_pem=config.certificate_pem,
+                        private_key_pem=config.private_key_pem, listen=events) as receiver:
+                    yield RunningAEF(config, link, resolver, app, server, receiver)
         finally:
             await server.aclose()
     finally:
