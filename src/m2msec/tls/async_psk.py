@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_SUPPLIED_IDENTITIES", "AsyncPSK", "AsyncPSKConnection", "PSKIdentityReceived"]
 
+#: the TLS 1.3 cipher suites (RFC 8446 B.4): a ServerHello choosing one of them says nothing of PSK
+_TLS13_SUITES = (0x1301, 0x13FF)
 #: identities one connection may ask the application about (a TLS 1.3 ClientHello may list many; with
 #: hiding only the first is ever used, revealed each refused one lets OpenSSL try the next)
 MAX_SUPPLIED_IDENTITIES = 4
@@ -75,6 +77,12 @@ class AsyncPSK:
         psk = suite is not None and is_psk_suite(suite)
         if self.tls is not None:
             self.tls.client_key_exchange = psk
+            if suite is not None and not psk and not _TLS13_SUITES[0] <= suite <= _TLS13_SUITES[1] \
+                    and self.tls.held == 0:
+                # a TLS 1.2 certificate suite: nothing more to peek, and the client's later records are not all
+                # plaintext (its encrypted Finished, read as a handshake header, could claim more bytes than its
+                # record holds and stall the handshake: about 1 in 1,000 before this)
+                self.tls.gave_up = True
         elif not psk and self.datagrams is not None:
             self.datagrams.gave_up = True  # nothing to peek in a certificate key exchange
 
