@@ -3,11 +3,25 @@ Confirmed problems are ``xfail(strict=True)``; attacks refused that are worth ke
 
 from __future__ import annotations
 
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from ccf.ccf_env import World, world
+from ccf.ccf_env import CCF_HOST, World, onboard, publish, register_provider, security, world
+from m2msec.capif.aef.authorize import ServedAPI
+from m2msec.capif.aef.config import AEFConfig, load_config
+from m2msec.capif.aef.events import EVENTS_LISTEN
+from m2msec.capif.aef.server import running_aef_front
+from m2msec.errors import M2MSecError
 
+from .aef_env import SECURITY, interface, p0_of
 from .aef_server_env import (
+    Backend,
+    Front,
     access_token,
     call,
     invoker_with,
@@ -15,6 +29,7 @@ from .aef_server_env import (
     psk_context,
     psk_invoker,
     running_front,
+    server_credentials,
     server_only_context,
 )
 
@@ -127,3 +142,93 @@ async def test_request_smuggling_headers_do_not_reach_the_backend(world: World) 
         assert seen.body == b"abc"
         assert seen.header("host") == f"127.0.0.1:{aef.backend.port}"
         assert seen.header("transfer-encoding") is None
+
+
+@contextlib.asynccontextmanager
+async def _front_with_nested_api(world: World) -> AsyncIterator[tuple[Front, dict[str, Any]]]:
+    """The AEF front of :func:`running_front`, configured (as an operator may write the [[api]] tables) with the
+    published API under /api first and a second published API of the same interface under /api/admin after it."""
+    provider = await register_provider(world)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port = int(sock.getsockname()[1])
+    iface, p0 = interface(port), p0_of(port)
+    api = await publish(world, provider.apf, provider.aef, interface=iface)
+    backend = Backend()
+    await backend.start()
+    chain, key, server_ca = server_credentials()
+    second = await publish(world, provider.apf, provider.aef, interface=iface)
+    admin = ServedAPI(second["apiName"], "/api/admin", p0, second["apiId"])
+    config = AEFConfig(
+        listen=("127.0.0.1", port), backend=("127.0.0.1", backend.port), aef_id=provider.aef.identity,
+        ccf_address=("127.0.0.1", world.ccf.port), ccf_host=CCF_HOST, issuer=world.ccf.ccf.policy.issuer,
+        ccf_ca_pem=world.ca_pem, certificate_pem=provider.aef.certificate_pem,
+        private_key_pem=provider.aef.private_key_pem, server_certificate_pem=chain, server_key_pem=key,
+        apis=(ServedAPI(api["apiName"], "/api", p0, api["apiId"]), admin))
+    try:
+        async with running_aef_front(config, sock=sock, events=EVENTS_LISTEN) as running:
+            yield Front(world, provider, running, backend, api, iface, p0, server_ca), second
+    finally:
+        await backend.stop()
+        sock.close()
+
+
+@pytest.mark.xfail(strict=True, reason="F3: the API of a path is the FIRST [[api]] whose prefix matches, not the "
+                   "longest: an invoker authorized for /api reaches /api/admin (another API) when /api is listed first")
+async def test_a_nested_api_prefix_is_authorized_as_its_own_api(world: World) -> None:
+    async with _front_with_nested_api(world) as (aef, _second):
+        who = await onboard(world)  # a security context for the /api API only (by apiId), PKI
+        answer = await world.call(who, "PUT", f"{SECURITY}/{who.identity}", security(
+            {"aefId": aef.id, "apiId": aef.api["apiId"], "prefSecurityMethods": ["PKI"]}))
+        assert answer.status == 201, answer.body
+        ok = await call(aef.port, pki_context(who, aef.server_ca_pem), "/api/items")
+        assert ok.status == 200, ok.body
+        before = len(aef.backend.seen)
+        reply = await call(aef.port, pki_context(who, aef.server_ca_pem), "/api/admin/users")
+        assert reply.status == 403, reply.body
+        assert len(aef.backend.seen) == before
+
+
+@pytest.mark.xfail(strict=True, reason="F4: `aef serve` loads the AEF's CAPIF private key and TLS server key without "
+                   "the D35 permission check the invoker folder applies (a world-readable key is accepted silently)")
+@pytest.mark.parametrize("key_file", ["aef.key", "server.key"])
+def test_the_front_refuses_a_world_readable_private_key(tmp_path: Path, key_file: str) -> None:
+    for name in ("ca.pem", "aef.crt", "aef.key", "server.crt", "server.key"):
+        (tmp_path / name).write_bytes(f"-- {name} --".encode())
+        (tmp_path / name).chmod(0o600 if name.endswith(".key") else 0o644)
+    (tmp_path / key_file).chmod(0o644)
+    tmp_path.chmod(0o700)
+    (tmp_path / "aef.toml").write_text(_CONFIG)
+    with pytest.raises(M2MSecError, match=key_file):
+        load_config(tmp_path / "aef.toml")
+
+
+def test_the_config_accepts_private_keys_of_mode_0600(tmp_path: Path) -> None:
+    """The control of the test above: the same folder with both keys 0600 loads."""
+    for name in ("ca.pem", "aef.crt", "aef.key", "server.crt", "server.key"):
+        (tmp_path / name).write_bytes(f"-- {name} --".encode())
+        (tmp_path / name).chmod(0o600 if name.endswith(".key") else 0o644)
+    tmp_path.chmod(0o700)
+    (tmp_path / "aef.toml").write_text(_CONFIG)
+    assert load_config(tmp_path / "aef.toml").private_key_pem == b"-- aef.key --"
+
+
+_CONFIG = """listen = "127.0.0.1:8443"
+backend = "http://127.0.0.1:8080"
+aef_id = "AEF1"
+[ccf]
+address = "127.0.0.1:8445"
+host = "ccf.example"
+ca = "ca.pem"
+[credentials]
+certificate = "aef.crt"
+private_key = "aef.key"
+[tls]
+certificate = "server.crt"
+private_key = "server.key"
+[[api]]
+name = "weather"
+prefix = "/weather"
+interface = "aef.example:8443/weather"
+"""
