@@ -4,7 +4,9 @@ Confirmed problems are ``xfail(strict=True)``; attacks refused that are worth ke
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -232,3 +234,41 @@ name = "weather"
 prefix = "/weather"
 interface = "aef.example:8443/weather"
 """
+
+
+async def test_no_key_material_in_the_logs_at_debug_level(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """A PSK call, an OAUTH call and refused attempts with everything logged at DEBUG: neither the AEFPSK, the access
+    token, nor the events path token appear in any log record."""
+    caplog.set_level(logging.DEBUG)
+    async with running_front(world) as aef:
+        inv = await psk_invoker(world, aef.iface, aef.p0)
+        who = await invoker_with(world, aef.iface, "OAUTH")
+        token = await access_token(world, who)
+        assert (await call(aef.port, psk_context(inv.id, inv.key))).status == 200
+        assert (await call(aef.port, server_only_context(aef.server_ca_pem),
+                           headers=(("authorization", f"Bearer {token}"),))).status == 200
+        # refused: the token on the wrong API path, a token of the PSK invoker's ID with a bad signature
+        assert (await call(aef.port, server_only_context(aef.server_ca_pem), "/nowhere",
+                           headers=(("authorization", f"Bearer {token}"),))).status == 404
+        assert (await call(aef.port, server_only_context(aef.server_ca_pem),
+                           headers=(("authorization", f"Bearer {token[:-4]}AAAA"),))).status == 401
+        assert aef.running.events is not None
+        path_token = aef.running.events.path.rsplit("/", 1)[1]
+    text = caplog.text + "".join(repr(r.args) for r in caplog.records)
+    assert caplog.records  # the capture works
+    for secret in (inv.key.hex(), inv.key.hex().upper(), token, token.split(".")[2], path_token):
+        assert secret not in text
+
+
+async def test_the_provider_folder_keys_are_private(world: World, tmp_path: Path) -> None:
+    """`m2msec aef register` writes the AMF/APF/AEF private keys 0600 in a 0700 folder."""
+    from m2msec.capif.aef.register import register
+
+    out = tmp_path / "provider"
+    await register(("127.0.0.1", world.ccf.port), CCF_HOST, world.ca_pem, world.credential(purpose="provider"), out)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    keys = sorted(p.name for p in out.iterdir() if p.name.endswith(".key"))
+    assert keys == ["aef.key", "amf.key", "apf.key"]
+    for name in keys:
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o600, name
+        assert b"PRIVATE KEY" in (out / name).read_bytes()
