@@ -4,6 +4,7 @@ Confirmed problems are ``xfail(strict=True)``; attacks refused that are worth ke
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 import stat
@@ -13,12 +14,25 @@ from typing import Any
 
 import pytest
 
-from ccf.ccf_env import CCF_HOST, World, onboard, publish, register_provider, security, world
+from ccf.ccf_env import (
+    CCF_HOST,
+    INVOKERS,
+    Identity,
+    World,
+    csr_pem,
+    key_pem,
+    new_key,
+    onboard,
+    publish,
+    register_provider,
+    security,
+    world,
+)
 from m2msec.capif.aef.authorize import ServedAPI
 from m2msec.capif.aef.config import AEFConfig, load_config
 from m2msec.capif.aef.events import EVENTS_LISTEN
 from m2msec.capif.aef.server import running_aef_front
-from m2msec.errors import M2MSecError
+from m2msec.errors import HandshakeFailed, HandshakeTimeout, M2MSecError
 
 from .aef_env import SECURITY, interface, p0_of
 from .aef_server_env import (
@@ -36,6 +50,8 @@ from .aef_server_env import (
 )
 
 __all__ = ["world"]
+
+REFUSED = (HandshakeFailed, HandshakeTimeout, ConnectionError)
 
 
 def _resolves_outside(target: str, prefix: str = "/api") -> bool:
@@ -272,3 +288,62 @@ async def test_the_provider_folder_keys_are_private(world: World, tmp_path: Path
     for name in keys:
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o600, name
         assert b"PRIVATE KEY" in (out / name).read_bytes()
+
+
+async def _rekeyed(world: World, who: Identity) -> Identity:
+    """``who`` after a certificate update (PUT onboardedInvokers with a new CSR, e.g. its key leaked): the CCF's
+    answer carries the new certificate; the old one is then refused by the CCF (checked here)."""
+    key = new_key()
+    body = dict(who.answer, onboardingInformation={"apiInvokerPublicKey": csr_pem(key)})
+    answer = await world.call(who, "PUT", f"{INVOKERS}/{who.identity}", body)
+    assert answer.status == 200, answer.body
+    new = Identity(who.identity, answer.json()["onboardingInformation"]["apiInvokerCertificate"].encode(),
+                   key_pem(key), answer.json())
+    assert new.certificate_pem != who.certificate_pem
+    # the CCF: the old certificate is refused although it still chains to the CA; the new one is served
+    assert (await world.call(who, "GET", f"{SECURITY}/{who.identity}")).status == 403
+    assert (await world.call(new, "GET", f"{SECURITY}/{who.identity}")).status in (200, 404)
+    return new
+
+
+async def _rekeyed_with_context(world: World, who: Identity, iface: dict[str, Any]) -> Identity:
+    """:func:`_rekeyed`, then the invoker (with its new certificate) obtains a PKI security context again."""
+    new = await _rekeyed(world, who)
+    answer = await world.call(new, "PUT", f"{SECURITY}/{new.identity}",
+                              security({"interfaceDetails": iface, "prefSecurityMethods": ["PKI"]}))
+    assert answer.status in (200, 201), answer.body
+    assert answer.json()["securityInfo"][0]["selSecurityMethod"] == "PKI"
+    return new
+
+
+@pytest.mark.xfail(strict=True, reason="F5: the AEF front accepts any unexpired invoker certificate of the CCF's CA: "
+                   "a certificate the CCF replaced (invoker re-keyed after a key leak) still authenticates as the "
+                   "invoker over PKI (impersonation with the leaked old key)")
+async def test_a_replaced_invoker_certificate_no_longer_authenticates_at_the_aef(world: World) -> None:
+    async with running_front(world) as aef:
+        old = await invoker_with(world, aef.iface, "PKI")
+        assert (await call(aef.port, pki_context(old, aef.server_ca_pem))).status == 200
+        new = await _rekeyed_with_context(world, old, aef.iface)
+        assert (await call(aef.port, pki_context(new, aef.server_ca_pem))).status == 200
+        before = len(aef.backend.seen)
+        try:
+            reply = await call(aef.port, pki_context(old, aef.server_ca_pem))
+        except REFUSED:
+            reply = None
+        assert reply is None or reply.status in (401, 403), reply
+        assert len(aef.backend.seen) == before
+
+
+@pytest.mark.xfail(strict=True, reason="F5: the replaced certificate also passes the AEF Security API's "
+                   "check-authentication (the AEF asks the CCF about the invoker ID only, not the certificate)")
+async def test_a_replaced_invoker_certificate_fails_check_authentication(world: World) -> None:
+    async with running_front(world) as aef:
+        old = await invoker_with(world, aef.iface, "PKI")
+        await _rekeyed_with_context(world, old, aef.iface)
+        body = json.dumps({"apiInvokerId": old.identity, "supportedFeatures": "0"}).encode()
+        try:
+            reply = await call(aef.port, pki_context(old, aef.server_ca_pem), "/aef-security/v1/check-authentication",
+                               method="POST", body=body, headers=(("content-type", "application/json"),))
+        except REFUSED:
+            reply = None
+        assert reply is None or reply.status in (401, 403), reply
