@@ -3,6 +3,7 @@ Confirmed problems are ``xfail(strict=True)``; attacks refused that are worth ke
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -33,6 +34,8 @@ from m2msec.capif.aef.config import AEFConfig, load_config
 from m2msec.capif.aef.events import EVENTS_LISTEN
 from m2msec.capif.aef.server import running_aef_front
 from m2msec.errors import HandshakeFailed, HandshakeTimeout, M2MSecError
+from m2msec.idb import NOT_ONEM2M
+from m2msec.transport.tls import open_connection
 
 from .aef_env import SECURITY, interface, p0_of
 from .aef_server_env import (
@@ -150,16 +153,46 @@ async def test_a_forged_or_garbled_bearer_token_is_refused_without_a_secret_in_t
         assert not aef.backend.seen
 
 
-async def test_request_smuggling_headers_do_not_reach_the_backend(world: World) -> None:
+async def _raw(port: int, context: Any, request: bytes) -> bytes:
+    """Send ``request`` as written over TLS; what the front answers until it closes (the request says close)."""
+    reader, writer, _ = await open_connection("127.0.0.1", port, context, handshake_timeout=10,
+                                              peer_entity=NOT_ONEM2M)
+    try:
+        writer.write(request)
+        await writer.drain()
+        out = b""
+        while chunk := await asyncio.wait_for(reader.read(65536), 10):
+            out += chunk
+        return out
+    finally:
+        writer.close()
+
+
+async def test_request_smuggling_to_the_backend_is_refused_or_reframed(world: World) -> None:
     async with running_front(world) as aef:
         inv = await psk_invoker(world, aef.iface, aef.p0)
-        reply = await call(aef.port, psk_context(inv.id, inv.key), method="POST", body=b"abc",
-                           headers=(("x-forwarded-for", "10.0.0.1"),))
-        assert reply.status == 200, reply.body
-        seen = aef.backend.seen[-1]
-        assert seen.body == b"abc"
+        ctx = psk_context(inv.id, inv.key)
+        smuggled = b"GET /admin HTTP/1.1\r\nhost: x\r\n\r\n"
+        # Content-Length and Transfer-Encoding together (CL.TE / TE.CL desync): refused, nothing forwarded
+        both = (b"POST /api/items HTTP/1.1\r\nhost: a\r\nconnection: close\r\ncontent-length: 5\r\n"
+                b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled)
+        answer = await _raw(aef.port, ctx, both)
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+        assert aef.backend.seen == []
+        # chunked with a request hidden after a chunk and hop-by-hop headers: one body, re-framed with its length
+        body = b"abc\r\n0\r\n\r\n" + smuggled
+        chunked = (b"POST /api/items HTTP/1.1\r\nhost: a\r\nconnection: close, keep-alive\r\nte: trailers\r\n"
+                   b"keep-alive: timeout=5\r\nproxy-connection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n"
+                   + f"{len(body):x}".encode() + b"\r\n" + body + b"\r\n0\r\n\r\n")
+        answer = await _raw(aef.port, ctx, chunked)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+        [seen] = aef.backend.seen
+        assert (seen.method, seen.target, seen.body) == ("POST", "/api/items", body)
+        assert seen.header("content-length") == str(len(body))
         assert seen.header("host") == f"127.0.0.1:{aef.backend.port}"
-        assert seen.header("transfer-encoding") is None
+        for hop in ("transfer-encoding", "te", "keep-alive", "proxy-connection"):
+            assert seen.header(hop) is None, hop
+        assert seen.header("connection") == "close"
 
 
 @contextlib.asynccontextmanager
