@@ -380,3 +380,23 @@ async def test_a_replaced_invoker_certificate_fails_check_authentication(world: 
         except REFUSED:
             reply = None
         assert reply is None or reply.status in (401, 403), reply
+
+
+@pytest.mark.xfail(strict=True, reason="F6: an access token obtained with the old key before a re-key (D153: whoever "
+                   "held the old key) stays valid at the AEF until it expires once the invoker negotiated OAUTH again")
+async def test_a_token_obtained_before_a_rekey_is_refused_after_it(world: World) -> None:
+    async with running_front(world) as aef:
+        old = await invoker_with(world, aef.iface, "OAUTH")
+        stolen = await access_token(world, old)  # the holder of the old (leaked) key asks for a token
+        ctx = server_only_context(aef.server_ca_pem)
+        assert (await call(aef.port, ctx, headers=(("authorization", f"Bearer {stolen}"),))).status == 200
+        new = await _rekeyed(world, old)
+        answer = await world.call(new, "PUT", f"{SECURITY}/{new.identity}",
+                                  security({"interfaceDetails": aef.iface, "prefSecurityMethods": ["OAUTH"]}))
+        assert answer.status in (200, 201), answer.body
+        fresh = await access_token(world, new)
+        assert (await call(aef.port, ctx, headers=(("authorization", f"Bearer {fresh}"),))).status == 200
+        before = len(aef.backend.seen)
+        reply = await call(aef.port, ctx, headers=(("authorization", f"Bearer {stolen}"),))
+        assert reply.status in (401, 403), reply
+        assert len(aef.backend.seen) == before
