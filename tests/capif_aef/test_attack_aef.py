@@ -400,3 +400,18 @@ async def test_a_token_obtained_before_a_rekey_is_refused_after_it(world: World)
         reply = await call(aef.port, ctx, headers=(("authorization", f"Bearer {stolen}"),))
         assert reply.status in (401, 403), reply
         assert len(aef.backend.seen) == before
+
+
+@pytest.mark.xfail(strict=True, reason="F4: `m2msec aef register` reads an onboarding credential others can read "
+                   "(`m2msec capif onboard` refuses it, D35) and spends it")
+async def test_aef_register_refuses_a_credential_file_others_can_read(world: World, tmp_path: Path) -> None:
+    from m2msec.cli.main import main
+
+    (tmp_path / "ccf-ca.pem").write_bytes(world.ca_pem)
+    (tmp_path / "credential").write_text(world.credential(purpose="provider"))
+    (tmp_path / "credential").chmod(0o644)
+    tmp_path.chmod(0o700)
+    code = await asyncio.to_thread(main, ["aef", "register", "--ccf", f"127.0.0.1:{world.ccf.port}", "--ccf-host",
+                                          CCF_HOST, "--ca", str(tmp_path / "ccf-ca.pem"), "--credential",
+                                          str(tmp_path / "credential"), "--out", str(tmp_path / "provider")])
+    assert code != 0 and not (tmp_path / "provider").exists()
