@@ -21,6 +21,7 @@ from ccf.ccf_env import (
     Identity,
     World,
     csr_pem,
+    expected_aefpsk,
     key_pem,
     new_key,
     onboard,
@@ -415,3 +416,39 @@ async def test_aef_register_refuses_a_credential_file_others_can_read(world: Wor
                                           CCF_HOST, "--ca", str(tmp_path / "ccf-ca.pem"), "--credential",
                                           str(tmp_path / "credential"), "--out", str(tmp_path / "provider")])
     assert code != 0 and not (tmp_path / "provider").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="F7: a revocation ends only the TLS sessions that already made a call (D171 "
+                   "_live); a PSK session opened with the old AEFPSK and kept idle survives the re-key's revocation "
+                   "and is served as the invoker once it negotiated again")
+async def test_an_idle_session_of_a_revoked_aefpsk_does_not_survive_the_revocation(world: World) -> None:
+    from .test_aef_revocation import Kept, notified
+
+    async with running_front(world) as aef:
+        inv = await psk_invoker(world, aef.iface, aef.p0)
+        assert (await call(aef.port, psk_context(inv.id, inv.key))).status == 200
+        # the holder of the old key opens a session with the old AEFPSK and makes no call yet
+        idle = await Kept.open(aef.port, psk_context(inv.id, inv.key))
+        try:
+            new = await _rekeyed(world, inv.identity)  # the CCF purges the context and its AEFPSKs, and notifies
+            await notified(aef, 1)
+            async with await world.connect(new) as conn:  # the invoker negotiates PSK again: a new AEFPSK
+                answer = await conn.request("PUT", f"{SECURITY}/{new.identity}", json_body=security(
+                    {"interfaceDetails": aef.iface, "prefSecurityMethods": ["PSK"]}))
+                assert answer.status in (200, 201), answer.body
+                tls = conn.writer.get_extra_info("tls_connection")
+                new_key = expected_aefpsk(tls.master_secret().reveal(), conn.session.session_id, aef.p0)
+            assert new_key != inv.key
+            assert (await call(aef.port, psk_context(inv.id, new_key))).status == 200
+            with pytest.raises(REFUSED):  # a new handshake with the old AEFPSK fails
+                await call(aef.port, psk_context(inv.id, inv.key))
+            before = len(aef.backend.seen)
+            try:
+                answer = await idle.get()
+                status = answer.status
+            except (*REFUSED, AssertionError):
+                status = None
+            assert status in (None, 401, 403), status
+            assert len(aef.backend.seen) == before
+        finally:
+            idle.close()
