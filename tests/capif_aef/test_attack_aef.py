@@ -452,3 +452,35 @@ async def test_an_idle_session_of_a_revoked_aefpsk_does_not_survive_the_revocati
             assert len(aef.backend.seen) == before
         finally:
             idle.close()
+
+
+@pytest.mark.xfail(strict=True, reason="F8: each bearer token naming an unknown key id makes the front fetch the "
+                   "CCF's JWK Set again (no rate limit, unlike D167's trust refetch): an unauthenticated client turns "
+                   "each request into a CCF request")
+async def test_unknown_key_ids_do_not_make_the_front_hammer_the_ccf(world: World) -> None:
+    import base64
+
+    async with running_front(world) as aef:
+        who = await invoker_with(world, aef.iface, "OAUTH")
+        token = await access_token(world, who)
+        head, payload, sig = token.split(".")
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+        link = aef.running.app.ccf
+        fetches = 0
+        real = link.jwks
+
+        async def counting() -> Any:
+            nonlocal fetches
+            fetches += 1
+            return await real()
+
+        link.jwks = counting  # type: ignore[method-assign]
+        ctx = server_only_context(aef.server_ca_pem)
+        assert (await call(aef.port, ctx, headers=(("authorization", f"Bearer {token}"),))).status == 200
+        first = fetches  # the first call may fetch the key set once
+        for n in range(20):
+            forged_head = base64.urlsafe_b64encode(json.dumps(dict(header, kid=f"nope-{n}")).encode()).rstrip(b"=")
+            reply = await call(aef.port, ctx, headers=(("authorization", f"Bearer {forged_head.decode()}.{payload}."
+                                                                          f"{sig}"),))
+            assert reply.status == 401, reply.body
+        assert fetches - first <= 2, fetches - first
