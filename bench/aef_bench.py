@@ -170,6 +170,7 @@ async def start_front(world: World, tmp: Path, backend_port: int) -> tuple[async
     """Register a provider, publish the API, start ``m2msec aef serve``; (process, port, server CA PEM)."""
     (tmp / "ccf-ca.pem").write_bytes(world.ca_pem)
     (tmp / "credential").write_text(world.credential(purpose="provider"))
+    (tmp / "credential").chmod(0o600)
     ccf = f"127.0.0.1:{world.ccf.port}"
     await cli("aef", "register", "--ccf", ccf, "--ccf-host", CCF_HOST, "--ca", str(tmp / "ccf-ca.pem"),
               "--credential", str(tmp / "credential"), "--out", str(tmp / "provider"))

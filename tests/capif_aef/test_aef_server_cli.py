@@ -46,6 +46,7 @@ async def aef_process(config: Path) -> AsyncIterator[str]:
 async def test_register_publish_serve(world: World, tmp_path: Path) -> None:
     (tmp_path / "ccf-ca.pem").write_bytes(world.ca_pem)
     (tmp_path / "credential").write_text(world.credential(purpose="provider"))
+    (tmp_path / "credential").chmod(0o600)  # a bearer credential others can read is refused
     ccf = f"127.0.0.1:{world.ccf.port}"
     code = await asyncio.to_thread(main, ["aef", "register", "--ccf", ccf, "--ccf-host", CCF_HOST, "--ca",
                                           str(tmp_path / "ccf-ca.pem"), "--credential",
@@ -59,6 +60,7 @@ async def test_register_publish_serve(world: World, tmp_path: Path) -> None:
     chain, key, server_ca = server_credentials()
     (tmp_path / "server.crt").write_bytes(chain)
     (tmp_path / "server.key").write_bytes(key)
+    (tmp_path / "server.key").chmod(0o600)
     backend = Backend()
     await backend.start()
     port = free_port()

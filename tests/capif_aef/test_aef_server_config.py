@@ -34,6 +34,8 @@ interface = "aef.example:8443/weather"
 def files(tmp: Path, text: str = GOOD) -> Path:
     for name in ("ca.pem", "aef.crt", "aef.key", "server.crt", "server.key"):
         (tmp / name).write_bytes(f"-- {name} --".encode())
+        if name.endswith(".key"):
+            (tmp / name).chmod(0o600)  # private keys readable by others are refused
     (tmp / "aef.toml").write_text(text)
     return tmp / "aef.toml"
 

@@ -68,8 +68,6 @@ def _resolves_outside(target: str, prefix: str = "/api") -> bool:
     return not (path == prefix or path.startswith(prefix + "/"))
 
 
-@pytest.mark.xfail(strict=True, reason="F1: the API is chosen on the decoded path without removing dot segments, and "
-                   "the raw target is forwarded: /api/../admin is authorized as the /api API and reaches the backend")
 @pytest.mark.parametrize("target", ["/api/../admin", "/api/%2e%2e/admin", "/api/..%2Fadmin"])
 async def test_dot_segments_do_not_leave_the_authorized_api(world: World, target: str) -> None:
     async with running_front(world) as aef:
@@ -81,8 +79,6 @@ async def test_dot_segments_do_not_leave_the_authorized_api(world: World, target
         assert all(not _resolves_outside(m.target or "") for m in forwarded), (reply.status, forwarded[0].target)
 
 
-@pytest.mark.xfail(strict=True, reason="F2: identity header spelt with underscores (x_capif_invoker_id) is forwarded; "
-                   "CGI/WSGI backends map it to the same HTTP_X_CAPIF_INVOKER_ID as the AEF's own header")
 async def test_an_underscore_spelling_of_the_identity_header_is_not_forwarded(world: World) -> None:
     async with running_front(world) as aef:
         inv = await psk_invoker(world, aef.iface, aef.p0)
@@ -226,8 +222,6 @@ async def _front_with_nested_api(world: World) -> AsyncIterator[tuple[Front, dic
         sock.close()
 
 
-@pytest.mark.xfail(strict=True, reason="F3: the API of a path is the FIRST [[api]] whose prefix matches, not the "
-                   "longest: an invoker authorized for /api reaches /api/admin (another API) when /api is listed first")
 async def test_a_nested_api_prefix_is_authorized_as_its_own_api(world: World) -> None:
     async with _front_with_nested_api(world) as (aef, _second):
         who = await onboard(world)  # a security context for the /api API only (by apiId), PKI
@@ -242,8 +236,6 @@ async def test_a_nested_api_prefix_is_authorized_as_its_own_api(world: World) ->
         assert len(aef.backend.seen) == before
 
 
-@pytest.mark.xfail(strict=True, reason="F4: `aef serve` loads the AEF's CAPIF private key and TLS server key without "
-                   "the D35 permission check the invoker folder applies (a world-readable key is accepted silently)")
 @pytest.mark.parametrize("key_file", ["aef.key", "server.key"])
 def test_the_front_refuses_a_world_readable_private_key(tmp_path: Path, key_file: str) -> None:
     for name in ("ca.pem", "aef.crt", "aef.key", "server.crt", "server.key"):
@@ -403,8 +395,6 @@ async def test_a_token_obtained_before_a_rekey_is_refused_after_it(world: World)
         assert len(aef.backend.seen) == before
 
 
-@pytest.mark.xfail(strict=True, reason="F4: `m2msec aef register` reads an onboarding credential others can read "
-                   "(`m2msec capif onboard` refuses it, D35) and spends it")
 async def test_aef_register_refuses_a_credential_file_others_can_read(world: World, tmp_path: Path) -> None:
     from m2msec.cli.main import main
 
@@ -454,9 +444,6 @@ async def test_an_idle_session_of_a_revoked_aefpsk_does_not_survive_the_revocati
             idle.close()
 
 
-@pytest.mark.xfail(strict=True, reason="F8: each bearer token naming an unknown key id makes the front fetch the "
-                   "CCF's JWK Set again (no rate limit, unlike D167's trust refetch): an unauthenticated client turns "
-                   "each request into a CCF request")
 async def test_unknown_key_ids_do_not_make_the_front_hammer_the_ccf(world: World) -> None:
     import base64
 

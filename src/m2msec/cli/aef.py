@@ -53,7 +53,9 @@ def _read(path: Path, what: str) -> bytes:
 async def _register(args: argparse.Namespace) -> int:
     from m2msec.capif.aef.register import register
     from m2msec.cli.common import parse_hostport
+    from m2msec.keys.table import check_file_permissions
 
+    check_file_permissions(args.credential)  # a bearer credential others can read is refused, as by `capif onboard`
     ids = await register(parse_hostport(args.ccf), args.ccf_host, _read(args.ca, "CA certificate"),
                          _read(args.credential, "credential").decode("ascii", "replace"), args.out)
     print(json.dumps(ids))

@@ -69,6 +69,8 @@ TRUST_CACHE_TTL: Final = 30.0
 TRUST_REFETCH_AFTER: Final = 1.0
 #: D167: seconds the CCF's JWK Set is reused before it is fetched again (at once when a token names an unknown key)
 JWKS_CACHE_TTL: Final = 300.0
+#: D174: an unknown key ID makes the front fetch the key set again at most this often (seconds)
+JWKS_REFETCH_AFTER: Final = 1.0
 #: D169: seconds for one exchange with the backend (connect, send, answer); past it the call is answered 502
 BACKEND_TIMEOUT: Final = 30.0
 #: the AEF Security API's path prefix (TS 29.222 §8.6), served by the front itself, never forwarded
@@ -168,7 +170,12 @@ class AEFFront:
 
     async def _handle(self, scope: Message, receive: Receive) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         path: str = scope["path"]
-        api = next((a for a in self.apis if a.serves(path)), None)
+        if _ambiguous_path(path, scope.get("raw_path", b"")):
+            raise CAPIFError("the path has dot segments, an encoded slash or a backslash: refused, since the backend "
+                             "may read it as another resource than the API it was authorized for", status=400)
+        # the longest matching prefix: a nested API (/api/admin under /api) is its own API (D174)
+        candidates = [a for a in self.apis if a.serves(path)]
+        api = max(candidates, key=lambda a: len(a.prefix), default=None)
         if api is None:
             raise CAPIFError("no API of this AEF is served at this path", status=404)
         caller = await self._authenticate(scope, api)
@@ -229,8 +236,9 @@ class AEFFront:
         return claims.client_id
 
     async def _jwks(self, now: float, *, fresh: bool = False) -> VerificationKeys:
-        if self._keys is not None and not fresh and now < self._keys[0]:
-            return self._keys[1]
+        if self._keys is not None and now < self._keys[0] and \
+                (not fresh or now - (self._keys[0] - JWKS_CACHE_TTL) < JWKS_REFETCH_AFTER):
+            return self._keys[1]  # D174: a forged key ID makes the front ask the CCF at most once a second
         try:
             keys = await self.ccf.jwks()
         except CCFLinkError as exc:
@@ -264,7 +272,7 @@ class AEFFront:
                        ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         host, port = self.backend
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
-                   if k.decode("latin-1").lower() not in FORWARD_DROPPED_HEADERS]
+                   if k.decode("latin-1").lower().replace("_", "-") not in FORWARD_DROPPED_HEADERS]
         headers = [("host", f"{host}:{port}"), *headers, (INVOKER_ID_HEADER, caller.invoker_id),
                    (METHOD_HEADER, caller.method), ("connection", "close")]
         target = scope["raw_path"].decode("latin-1") or "/"
@@ -287,6 +295,15 @@ class AEFFront:
                if k.lower() not in _RESPONSE_DROPPED]
         out.append((b"content-length", str(len(answer.body)).encode()))
         return answer.status, out, answer.body
+
+
+def _ambiguous_path(path: str, raw: bytes) -> bool:
+    """D174: a path a backend could resolve to another resource than the one the front authorized (RFC 3986 §5.2.4
+    dot segments, raw or percent-encoded; an encoded slash; a backslash)."""
+    segments = path.split("/")
+    lowered = raw.lower()
+    return any(seg in (".", "..") for seg in segments) or "\\" in path or b"%2f" in lowered or b"%5c" in lowered \
+        or b"\\" in raw
 
 
 def _bearer(scope: Message) -> str | None:

@@ -89,6 +89,13 @@ def _str(table: dict[str, Any], key: str, where: str, default: str | None = None
 
 def _file(base: Path, table: dict[str, Any], key: str, where: str) -> bytes:
     path = base / _str(table, key, where)
+    if key == "private_key":  # D13/D35 rules for every secret file: ours, not readable by others
+        from m2msec.keys.table import check_file_permissions
+
+        try:
+            check_file_permissions(path)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{where}: {key}: {exc}") from None
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -121,6 +128,9 @@ def load_config(path: Path | str, *, overrides: dict[str, str] | None = None) ->
         raise ConfigurationError(f"{where}: at least one [[api]] table is required")
     apis = tuple(ServedAPI(_str(a, "name", where), _str(a, "prefix", where), _str(a, "interface", where),
                            a.get("api_id") if isinstance(a.get("api_id"), str) else None) for a in apis_doc)
+    prefixes = [a.prefix.rstrip("/") for a in apis]
+    if len(set(prefixes)) != len(prefixes):
+        raise ConfigurationError(f"{where}: two [[api]] tables have one prefix")
     host = _str(ccf, "host", where)
     events = _str(doc, "events", where, f"{EVENTS_LISTEN[0]}:{EVENTS_LISTEN[1]}")
     return AEFConfig(
