@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -18,12 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from m2msec.capif.client import Answer, CCFConnection
+from m2msec.capif.client import CCFConnection
 from m2msec.capif.invoker_folder import (
     AEFPSK_DIR,
     CA,
@@ -34,12 +31,19 @@ from m2msec.capif.invoker_folder import (
     SECURITY_FILE,
     Invoker,
     PSKFile,
+    check_new_folder,
+    create_at_ccf,
+    credential_token,
+    csr_pem,
+    json_of,
     load,
     psk_file_name,
     psk_interfaces,
     psk_table,
     read_aefpsk,
     read_file,
+    refusal,
+    temporary_folder,
     write_file,
 )
 from m2msec.capif.kdf import interface_information_of
@@ -84,38 +88,7 @@ class SecurityResult:
 
 # ------------------------------------------------------------------------------------------------------- files
 
-def _refusal(what: str, answer: Answer) -> CAPIFError:
-    """One line for a refusal: the status and the ProblemDetails cause/title (or the OAuth error), never a body
-    member that could echo a credential."""
-    reason = ""
-    try:
-        body = answer.json()
-    except ValueError:
-        body = None
-    if isinstance(body, Mapping):
-        parts = [str(body[k]) for k in ("cause", "error", "title") if isinstance(body.get(k), str)]
-        detail = body.get("detail")
-        if isinstance(detail, str) and len(detail) <= 300 and detail.isprintable():
-            parts.append(detail)
-        reason = ": " + "; ".join(dict.fromkeys(parts)) if parts else ""
-    return CAPIFError(f"{what} refused by the CCF: HTTP {answer.status}{reason}", status=answer.status)
-
-
-def _json_of(what: str, answer: Answer) -> Any:
-    try:
-        return answer.json()
-    except ValueError:
-        raise CAPIFError(f"{what}: the CCF's answer is not JSON", status=502) from None
-
-
 # ---------------------------------------------------------------------------------------------------- onboard
-
-def _csr(key: ec.EllipticCurvePrivateKey) -> str:
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "m2msec API invoker")]))
-           .sign(key, hashes.SHA256()))
-    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
 
 async def onboard(ccf_address: tuple[str, int], ccf_host: str, ca_pem: bytes, credential: str, out_dir: Path | str,
                   notification_destination: str, *, information: str = "m2msec API invoker",
@@ -126,34 +99,20 @@ async def onboard(ccf_address: tuple[str, int], ccf_host: str, ca_pem: bytes, cr
 
     Raises: ConfigurationError (``out_dir`` exists, its parent does not), TransportError / HandshakeFailed (the CCF
     unreachable or not the one ``ca_pem`` and ``ccf_host`` name), CAPIFError (the CCF refused)."""
-    out = Path(out_dir)
-    if out.exists() or out.is_symlink():
-        raise ConfigurationError(f"{out}: exists already; choose a new folder for the invoker's credentials")
-    if not out.parent.is_dir():
-        raise ConfigurationError(f"{out}: directory {out.parent} does not exist")
-    credential = credential.strip()
-    if not credential or not credential.isascii() or any(c.isspace() for c in credential):
-        raise ConfigurationError("the onboarding credential is not a token (one line of ASCII without spaces)")
+    out = check_new_folder(out_dir, "invoker")
+    credential = credential_token(credential)
     key = ec.generate_private_key(ec.SECP256R1())
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    tmp = out.with_name(f".{out.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        tmp.mkdir(mode=FOLDER_MODE)
-    except OSError as exc:
-        raise ConfigurationError(f"{out.parent}: cannot create the credential folder: {exc.strerror}") from None
+    tmp = temporary_folder(out, "credential folder")
     keep = False
     try:
         write_file(tmp / KEY, key_pem, SECRET_FILE_MODE)
         body = {"notificationDestination": notification_destination, "apiInvokerInformation": information,
-                "onboardingInformation": {"apiInvokerPublicKey": _csr(key)}, "supportedFeatures": "0"}
-        async with await CCFConnection.open(ccf_address[0], ccf_address[1], ccf_host=ccf_host, ca_pem=ca_pem,
-                                            timeout=timeout) as conn:
-            answer = await conn.request("POST", INVOKERS, json_body=body,
-                                        headers={"authorization": f"Bearer {credential}"})
-        if answer.status != 201:
-            raise _refusal("onboarding", answer)
-        result = _json_of("onboarding", answer)
+                "onboardingInformation": {"apiInvokerPublicKey": csr_pem(key, "m2msec API invoker")},
+                "supportedFeatures": "0"}
+        answer, result = await create_at_ccf(ccf_address, ccf_host, ca_pem, credential, INVOKERS, body,
+                                             "onboarding", timeout)
         try:
             invoker_id = str(result["apiInvokerId"])
             certificate = str(result["onboardingInformation"]["apiInvokerCertificate"]).encode("ascii")
@@ -194,8 +153,8 @@ async def _discover_on(conn: CCFConnection, invoker: Invoker, filters: Mapping[s
     if answer.status == 404:  # D127: nothing matches (the CCF's ProblemDetails says so)
         return []
     if answer.status != 200:
-        raise _refusal("discovery", answer)
-    found = _json_of("discovery", answer)
+        raise refusal("discovery", answer)
+    found = json_of("discovery", answer)
     apis = found.get("serviceAPIDescriptions") if isinstance(found, Mapping) else None
     return [d for d in apis if isinstance(d, dict)] if isinstance(apis, list) else []
 
@@ -237,8 +196,8 @@ async def obtain_security(folder: Path | str | Invoker, entries: Sequence[Mappin
     async with await invoker.connect() as conn:
         answer = await conn.request("PUT", f"{SECURITY}/{invoker.invoker_id}", json_body=body)
         if answer.status not in (200, 201):
-            raise _refusal("the security method request", answer)
-        context = _json_of("security", answer)
+            raise refusal("the security method request", answer)
+        context = json_of("security", answer)
         answered = context.get("securityInfo") if isinstance(context, Mapping) else None
         if not isinstance(answered, list):
             raise CAPIFError("security: the CCF's answer has no securityInfo", status=502)
@@ -286,8 +245,8 @@ async def token(folder: Path | str | Invoker, scope: str | None = None) -> dict[
     async with await invoker.connect() as conn:
         answer = await conn.request("POST", f"/capif-security/v1/securities/{invoker.invoker_id}/token", form=form)
     if answer.status != 200:
-        raise _refusal("the token request", answer)
-    got = _json_of("token", answer)
+        raise refusal("the token request", answer)
+    got = json_of("token", answer)
     if not isinstance(got, dict) or not isinstance(got.get("access_token"), str):
         raise CAPIFError("token: the CCF's answer has no access_token", status=502)
     return got
@@ -303,7 +262,7 @@ async def offboard(folder: Path | str | Invoker) -> None:
     async with await invoker.connect() as conn:
         answer = await conn.request("DELETE", f"{INVOKERS}/{invoker.invoker_id}")
     if answer.status != 204:
-        raise _refusal("offboarding", answer)
+        raise refusal("offboarding", answer)
     psk_dir = invoker.folder / AEFPSK_DIR
     if psk_dir.is_dir():
         shutil.rmtree(psk_dir, ignore_errors=True)

@@ -24,9 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from m2msec.capif.client import CCFConnection
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from m2msec.capif.client import Answer, CCFConnection
 from m2msec.capif.kdf import interface_information_of
-from m2msec.errors import ConfigurationError
+from m2msec.errors import CAPIFError, ConfigurationError
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import check_file_permissions, parse_toml_table
 
@@ -35,12 +40,19 @@ __all__ = [
     "FOLDER_MODE",
     "Invoker",
     "PSKFile",
+    "check_new_folder",
+    "create_at_ccf",
+    "credential_token",
+    "csr_pem",
+    "json_of",
     "load",
     "psk_file_name",
     "psk_interfaces",
     "psk_table",
     "read_aefpsk",
     "read_file",
+    "refusal",
+    "temporary_folder",
     "write_file",
 ]
 
@@ -156,3 +168,77 @@ def read_aefpsk(path: Path | str) -> tuple[str, SecretKey]:
     check_file_permissions(path)
     [entry] = parse_toml_table(read_file(path).decode("utf-8"), str(path)).values()
     return entry.identity, entry.key
+
+
+# ------------------------------------------ creating an identity at the CCF (invoker onboarding, provider registration)
+
+def check_new_folder(out_dir: Path | str, whose: str) -> Path:
+    """``out_dir`` for a new credential folder: it must not exist and its parent must. Raises ConfigurationError."""
+    out = Path(out_dir)
+    if out.exists() or out.is_symlink():
+        raise ConfigurationError(f"{out}: exists already; choose a new folder for the {whose}'s credentials")
+    if not out.parent.is_dir():
+        raise ConfigurationError(f"{out}: directory {out.parent} does not exist")
+    return out
+
+
+def credential_token(credential: str) -> str:
+    """The onboarding credential as sent: one line of ASCII without spaces. Raises ConfigurationError."""
+    credential = credential.strip()
+    if not credential or not credential.isascii() or any(c.isspace() for c in credential):
+        raise ConfigurationError("the onboarding credential is not a token (one line of ASCII without spaces)")
+    return credential
+
+
+def temporary_folder(out: Path, what: str) -> Path:
+    """A new private folder beside ``out`` to prepare it in (renamed to ``out`` once complete)."""
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        tmp.mkdir(mode=FOLDER_MODE)
+    except OSError as exc:
+        raise ConfigurationError(f"{out.parent}: cannot create the {what}: {exc.strerror}") from None
+    return tmp
+
+
+def csr_pem(key: ec.EllipticCurvePrivateKey, common_name: str) -> str:
+    """A PKCS#10 request over ``key`` (the CCF certifies the key only, D119)."""
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+           .sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def refusal(what: str, answer: Answer) -> CAPIFError:
+    """One line for a refusal: the status and the ProblemDetails cause/title (or the OAuth error), never a body
+    member that could echo a credential."""
+    reason = ""
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    if isinstance(body, Mapping):
+        parts = [str(body[k]) for k in ("cause", "error", "title") if isinstance(body.get(k), str)]
+        detail = body.get("detail")
+        if isinstance(detail, str) and len(detail) <= 300 and detail.isprintable():
+            parts.append(detail)
+        reason = ": " + "; ".join(dict.fromkeys(parts)) if parts else ""
+    return CAPIFError(f"{what} refused by the CCF: HTTP {answer.status}{reason}", status=answer.status)
+
+
+def json_of(what: str, answer: Answer) -> Any:
+    try:
+        return answer.json()
+    except ValueError:
+        raise CAPIFError(f"{what}: the CCF's answer is not JSON", status=502) from None
+
+
+async def create_at_ccf(ccf_address: tuple[str, int], ccf_host: str, ca_pem: bytes, credential: str, path: str,
+                        body: Mapping[str, Any], what: str, timeout: float) -> tuple[Answer, Any]:
+    """POST ``body`` to ``path`` with the onboarding ``credential`` as Bearer over server-authenticated TLS; the
+    201 answer and its JSON. Raises CAPIFError (refused, or not JSON), TransportError, HandshakeFailed."""
+    async with await CCFConnection.open(ccf_address[0], ccf_address[1], ccf_host=ccf_host, ca_pem=ca_pem,
+                                        timeout=timeout) as conn:
+        answer = await conn.request("POST", path, json_body=body, headers={"authorization": f"Bearer {credential}"})
+    if answer.status != 201:
+        raise refusal(what, answer)
+    return answer, json_of(what, answer)

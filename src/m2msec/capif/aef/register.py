@@ -17,15 +17,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from m2msec.capif.aef.authorize import ServedAPI
 from m2msec.capif.client import CCFConnection
-from m2msec.capif.invoker import _json_of, _refusal
-from m2msec.capif.invoker_folder import FOLDER_MODE, write_file
+from m2msec.capif.invoker_folder import (
+    check_new_folder,
+    create_at_ccf,
+    credential_token,
+    csr_pem,
+    json_of,
+    refusal,
+    temporary_folder,
+    write_file,
+)
 from m2msec.capif.kdf import interface_information_of
 from m2msec.errors import CAPIFError, ConfigurationError
 from m2msec.keys.files import SECRET_FILE_MODE
@@ -37,47 +43,26 @@ ROLES: Final = ("AMF", "APF", "AEF")
 PROVIDER_FILE: Final = "provider.json"
 
 
-def _csr(key: ec.EllipticCurvePrivateKey, role: str) -> str:
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"m2msec {role}")]))
-           .sign(key, hashes.SHA256()))
-    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-
 async def register(ccf_address: tuple[str, int], ccf_host: str, ca_pem: bytes, credential: str, out_dir: Path | str,
                    *, information: str = "m2msec API provider", timeout: float = 10.0) -> dict[str, str]:
     """Register a provider domain with one AMF, APF and AEF; write ``out_dir`` (must not exist); return the IDs
     (``apiProvDomId``, ``AMF``, ``APF``, ``AEF``). Raises ConfigurationError, TransportError, CAPIFError."""
-    out = Path(out_dir)
-    if out.exists() or out.is_symlink():
-        raise ConfigurationError(f"{out}: exists already; choose a new folder for the provider's credentials")
-    if not out.parent.is_dir():
-        raise ConfigurationError(f"{out}: directory {out.parent} does not exist")
-    credential = credential.strip()
-    if not credential or not credential.isascii() or any(c.isspace() for c in credential):
-        raise ConfigurationError("the onboarding credential is not a token (one line of ASCII without spaces)")
+    out = check_new_folder(out_dir, "provider")
+    credential = credential_token(credential)
     keys = {role: ec.generate_private_key(ec.SECP256R1()) for role in ROLES}
     body = {"regSec": secrets.token_urlsafe(24), "apiProvDomInfo": information, "suppFeat": "0",
             "apiProvFuncs": [{"apiProvFuncRole": role, "apiProvFuncInfo": f"m2msec {role}",
-                              "regInfo": {"apiProvPubKey": _csr(keys[role], role)}} for role in ROLES]}
-    tmp = out.with_name(f".{out.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        tmp.mkdir(mode=FOLDER_MODE)
-    except OSError as exc:
-        raise ConfigurationError(f"{out.parent}: cannot create the folder: {exc.strerror}") from None
+                              "regInfo": {"apiProvPubKey": csr_pem(keys[role], f"m2msec {role}")}}
+                             for role in ROLES]}
+    tmp = temporary_folder(out, "folder")
     keep = False
     try:
         for role, key in keys.items():
             write_file(tmp / f"{role.lower()}.key", key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
                 SECRET_FILE_MODE)
-        async with await CCFConnection.open(ccf_address[0], ccf_address[1], ccf_host=ccf_host, ca_pem=ca_pem,
-                                            timeout=timeout) as conn:
-            answer = await conn.request("POST", REGISTRATIONS, json_body=body,
-                                        headers={"authorization": f"Bearer {credential}"})
-        if answer.status != 201:
-            raise _refusal("provider registration", answer)
-        result = _json_of("provider registration", answer)
+        _, result = await create_at_ccf(ccf_address, ccf_host, ca_pem, credential, REGISTRATIONS, body,
+                                        "provider registration", timeout)
         ids: dict[str, str] = {}
         try:
             ids["apiProvDomId"] = str(result["apiProvDomId"])
@@ -132,6 +117,6 @@ async def publish(ccf_address: tuple[str, int], ccf_host: str, ca_pem: bytes, ap
                                      "interfaceDescriptions": [interface_description(api.interface)]}]}
             answer = await conn.request("POST", f"/published-apis/v1/{apf_id}/service-apis", json_body=body)
             if answer.status != 201:
-                raise _refusal(f"publishing {api.name}", answer)
-            ids.append(str(_json_of("publishing", answer).get("apiId", "")))
+                raise refusal(f"publishing {api.name}", answer)
+            ids.append(str(json_of("publishing", answer).get("apiId", "")))
     return ids
