@@ -1,11 +1,5 @@
-"""Hostile review of the CCF skeleton (issue 18): onboarding, the HTTP framework, the engine's optional client
-certificate, the admin CLI.
-
-Everything runs against the ``world`` CCF (real TLS on loopback, a real SQLite store, every answer checked against
-the official schemas), or the engine directly where noted. Tests marked ``xfail(strict=True)`` demonstrate a bug
-that is still there (the lead removes the marker with the fix); the others are attacks that are refused today and
-are kept as regression tests.
-"""
+"""Hostile review of the CCF skeleton (issue 18): the attacks that were refused from the start, kept as regression
+tests (the findings are in test_attack_skeleton.py, the helpers in attack_skeleton_env.py)."""
 
 from __future__ import annotations
 
