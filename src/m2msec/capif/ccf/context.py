@@ -47,7 +47,7 @@ from m2msec.asgi import TLSExtension
 from m2msec.capif.ca import CA_KIND
 from m2msec.capif.certificates import DEFAULT_CERTIFICATE_DAYS, CAPIFRole, capif_identity
 from m2msec.capif.tokens import DEFAULT_ACCESS_TOKEN_LIFETIME, VerificationKeys
-from m2msec.errors import CAPIFError, Conflict
+from m2msec.errors import CAPIFError, Conflict, NotFound
 from m2msec.keys.secret import SecretKey
 from m2msec.pki.profile import Issued
 from m2msec.store import AsyncKeyStore, Document, KeyStore
@@ -60,6 +60,7 @@ __all__ = [
     "ConcurrentChange",
     "EventSink",
     "certificate_digest",
+    "delete_quietly",
     "load_or_create_token_key",
 ]
 
@@ -70,6 +71,14 @@ TOKEN_KEY_RECORD: Final = "token-key"
 def certificate_digest(cert: x509.Certificate) -> str:
     """SHA-256 of the certificate's DER, hex: what an identity's record keeps of its current certificate."""
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+async def delete_quietly(ccf: CCF, kind: str, record_id: str) -> None:
+    """Delete a record another request may have deleted first."""
+    try:
+        await ccf.store.delete_document(kind, record_id)
+    except NotFound:
+        pass
 
 
 def load_or_create_token_key(store: KeyStore) -> ec.EllipticCurvePrivateKey:

@@ -17,12 +17,12 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives import serialization
 
-from m2msec.capif.ccf.context import CCF, ConcurrentChange, certificate_digest
+from m2msec.capif.ccf.context import CCF, ConcurrentChange, certificate_digest, delete_quietly
 from m2msec.capif.ccf.http import MERGE_PATCH, CCFRequest, Reply, operation
 from m2msec.capif.ccf.invokers import check_provider_credential, merge_patch, spend_credential, unspend_credential
 from m2msec.capif.certificates import CAPIFRole, issue_capif_certificate, load_csr
 from m2msec.capif.tokens import OnboardingCredential
-from m2msec.errors import CAPIFError, NotFound
+from m2msec.errors import CAPIFError
 from m2msec.store import Document
 
 __all__ = ["API", "DOMAIN_ID_PREFIX", "FUNCTION_ROLES", "PROVIDER_KIND", "REG_SEC_ANSWER", "delete_quietly",
@@ -39,14 +39,6 @@ FUNCTION_ROLES: Final = {"AEF": CAPIFRole.AEF, "APF": CAPIFRole.APF, "AMF": CAPI
 #: D123: ``regSec`` is required by the schema in requests and answers but authenticates nothing here (the Bearer
 #: credential does): what was sent is neither stored nor echoed (clients put their token there); answers carry this
 REG_SEC_ANSWER: Final = "not-echoed"
-
-
-async def delete_quietly(ccf: CCF, kind: str, record_id: str) -> None:
-    """Delete a record another request may have deleted first."""
-    try:
-        await ccf.store.delete_document(kind, record_id)
-    except NotFound:
-        pass
 
 
 def registration_location(ccf: CCF, domain_id: str) -> str:

@@ -23,10 +23,10 @@ import hashlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
-from m2msec.capif.ccf.context import CCF
+from m2msec.capif.ccf.context import CCF, delete_quietly
 from m2msec.capif.ccf.http import MERGE_PATCH, CCFRequest, Reply, operation
 from m2msec.capif.ccf.invokers import merge_patch
-from m2msec.capif.ccf.providers import PROVIDER_KIND, delete_quietly, function_record
+from m2msec.capif.ccf.providers import PROVIDER_KIND, function_record
 from m2msec.capif.certificates import CAPIFRole
 from m2msec.capif.kdf import interface_information_of
 from m2msec.capif.scope import is_scope_name

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from m2msec.capif.ccf import publish, security_token  # noqa: F401  (security_token: the token and JWKS operations)
-from m2msec.capif.ccf.context import CCF, ConcurrentChange
+from m2msec.capif.ccf.context import CCF, ConcurrentChange, delete_quietly
 from m2msec.capif.ccf.events_notifier import send_callback
 from m2msec.capif.ccf.http import CCFRequest, Reply, operation
 from m2msec.capif.ccf.invokers import purge_hooks, rekey_hooks
@@ -119,13 +119,6 @@ async def _put(ccf: CCF, doc: Document) -> bool:
         return False
 
 
-async def _drop(ccf: CCF, kind: str, record_id: str) -> None:
-    try:
-        await ccf.store.delete_document(kind, record_id)
-    except NotFound:
-        pass
-
-
 def _psk_ids(invoker_id: str, entries: list[dict[str, Any]]) -> set[str]:
     return {psk_record_id(invoker_id, e["aefId"], e["interface"]) for e in entries
             if e["sel"] == SecurityMethod.PSK.value and e["interface"] is not None}
@@ -188,11 +181,11 @@ async def _store(ccf: CCF, invoker_id: str, context: dict[str, Any], entries: li
             await ccf.store.put_document(new, expect=old)
     except (Conflict, NotFound):
         for record_id in set(keys) - before:
-            await _drop(ccf, AEFPSK_KIND, record_id)
+            await delete_quietly(ccf, AEFPSK_KIND, record_id)
         raise ConcurrentChange("the security context changed while this request was served; read it and "
                                "retry") from None
     for stale in before - _psk_ids(invoker_id, entries):
-        await _drop(ccf, AEFPSK_KIND, stale)
+        await delete_quietly(ccf, AEFPSK_KIND, stale)
     return new
 
 
@@ -298,8 +291,8 @@ async def _authentication_info(ccf: CCF, invoker_id: str, entry: dict[str, Any])
 
 async def _remove(ccf: CCF, invoker_id: str, doc: Document) -> None:
     for record_id in _psk_ids(invoker_id, doc.body.get("entries", [])):
-        await _drop(ccf, AEFPSK_KIND, record_id)
-    await _drop(ccf, SECURITY_KIND, invoker_id)
+        await delete_quietly(ccf, AEFPSK_KIND, record_id)
+    await delete_quietly(ccf, SECURITY_KIND, invoker_id)
 
 
 def _all_api_ids(entries: list[dict[str, Any]]) -> list[str]:
@@ -447,7 +440,7 @@ async def forget_aefs(ccf: CCF, aef_ids: Iterable[str]) -> None:
     removed = set(aef_ids)
     for doc in await ccf.store.documents(AEFPSK_KIND):
         if doc.body.get("aefId") in removed:
-            await _drop(ccf, AEFPSK_KIND, doc.record_id)
+            await delete_quietly(ccf, AEFPSK_KIND, doc.record_id)
 
 
 async def purge(ccf: CCF, invoker_id: str) -> None:
@@ -457,7 +450,7 @@ async def purge(ccf: CCF, invoker_id: str) -> None:
         await _remove(ccf, invoker_id, doc)
     for stray in await ccf.store.documents(AEFPSK_KIND):  # none should be left; a crash between writes could
         if stray.body.get("invoker") == invoker_id:
-            await _drop(ccf, AEFPSK_KIND, stray.record_id)
+            await delete_quietly(ccf, AEFPSK_KIND, stray.record_id)
 
 
 async def rekeyed(ccf: CCF, invoker_id: str) -> None:
