@@ -342,9 +342,6 @@ async def _rekeyed_with_context(world: World, who: Identity, iface: dict[str, An
     return new
 
 
-@pytest.mark.xfail(strict=True, reason="F5: the AEF front accepts any unexpired invoker certificate of the CCF's CA: "
-                   "a certificate the CCF replaced (invoker re-keyed after a key leak) still authenticates as the "
-                   "invoker over PKI (impersonation with the leaked old key)")
 async def test_a_replaced_invoker_certificate_no_longer_authenticates_at_the_aef(world: World) -> None:
     async with running_front(world) as aef:
         old = await invoker_with(world, aef.iface, "PKI")
@@ -360,8 +357,6 @@ async def test_a_replaced_invoker_certificate_no_longer_authenticates_at_the_aef
         assert len(aef.backend.seen) == before
 
 
-@pytest.mark.xfail(strict=True, reason="F5: the replaced certificate also passes the AEF Security API's "
-                   "check-authentication (the AEF asks the CCF about the invoker ID only, not the certificate)")
 async def test_a_replaced_invoker_certificate_fails_check_authentication(world: World) -> None:
     async with running_front(world) as aef:
         old = await invoker_with(world, aef.iface, "PKI")
@@ -375,8 +370,6 @@ async def test_a_replaced_invoker_certificate_fails_check_authentication(world: 
         assert reply is None or reply.status in (401, 403), reply
 
 
-@pytest.mark.xfail(strict=True, reason="F6: an access token obtained with the old key before a re-key (D153: whoever "
-                   "held the old key) stays valid at the AEF until it expires once the invoker negotiated OAUTH again")
 async def test_a_token_obtained_before_a_rekey_is_refused_after_it(world: World) -> None:
     async with running_front(world) as aef:
         old = await invoker_with(world, aef.iface, "OAUTH")
@@ -408,9 +401,6 @@ async def test_aef_register_refuses_a_credential_file_others_can_read(world: Wor
     assert code != 0 and not (tmp_path / "provider").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="F7: a revocation ends only the TLS sessions that already made a call (D171 "
-                   "_live); a PSK session opened with the old AEFPSK and kept idle survives the re-key's revocation "
-                   "and is served as the invoker once it negotiated again")
 async def test_an_idle_session_of_a_revoked_aefpsk_does_not_survive_the_revocation(world: World) -> None:
     from .test_aef_revocation import Kept, notified
 

@@ -5,6 +5,7 @@ module's)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import itertools
@@ -170,9 +171,12 @@ async def test_an_aef_entry_over_several_interfaces_never_gets_psk(world: World)
                             security({"aefId": aef.identity, "prefSecurityMethods": ["PSK"]}))
     assert only.status == 400 and only.json()["cause"] == "NO_COMMON_SECURITY_METHOD"
     assert "interfaceDetails" in only.json()["detail"]
-    # the PKI entry gives the AEF the CA to check the invoker's certificate with
+    # the PKI entry gives the AEF the invoker's current certificate as its RFC 8705 x5t#S256 thumbprint (D175),
+    # computed here from the certificate the invoker holds
     got = await world.call(aef, "GET", f"{SECURITY}/{inv.identity}?authenticationInfo=true")
-    assert got.json()["securityInfo"][0]["authenticationInfo"] == world.ca_pem.decode()
+    der = x509.load_pem_x509_certificate(inv.certificate_pem).public_bytes(serialization.Encoding.DER)
+    expected = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+    assert got.json()["securityInfo"][0]["authenticationInfo"] == expected
 
 
 def test_psk_needs_a_tls12_session_with_a_session_id() -> None:

@@ -128,3 +128,37 @@ async def test_an_unreadable_form_is_an_access_token_error(world: World) -> None
                                         content_type="application/x-www-form-urlencoded")
             assert answer.status == 400, answer.body
             assert answer.json()["error"] == "invalid_request"
+
+
+async def _generation_seen_by(world: World, aef: Identity, inv: Identity) -> str:
+    got = await world.call(aef, "GET", f"{SECURITY}/{inv.identity}?authenticationInfo=true")
+    assert got.status == 200, got.body
+    oauth = [e for e in got.json()["securityInfo"] if e["selSecurityMethod"] == "OAUTH"]
+    return str(oauth[0]["authenticationInfo"])
+
+
+async def _token_generation(world: World, inv: Identity, aef: Identity) -> str | None:
+    status, body, _ = await post_token(world, inv, {"grant_type": "client_credentials", "client_id": inv.identity,
+                                                    "scope": f"3gpp#{aef.identity}:api-x"})
+    assert status == 200, body
+    keys = VerificationKeys.from_jwks((await world.call(None, "GET", JWKS)).json())
+    claims = verify_access_token(body["access_token"], keys, issuer="ccf.test.example", aef_id=aef.identity,
+                                 api_name="api-x", now=int(world.ccf.ccf.clock()))
+    return claims.context
+
+
+async def test_tokens_carry_the_context_generation_the_aef_is_given(world: World) -> None:
+    """D176: the token's ``capif_ctx`` is what the AEF reads as the OAUTH entry's authenticationInfo; /update keeps
+    it (tokens stay valid), a new PUT replaces it (tokens of the old context stop matching)."""
+    inv, oauth, psk = await oauth_world(world)
+    first = await _generation_seen_by(world, oauth, inv)
+    assert len(first) >= 16 and await _token_generation(world, inv, oauth) == first
+    updated = await world.call(inv, "POST", f"{SECURITY}/{inv.identity}/update", security(
+        {"aefId": psk.identity, "prefSecurityMethods": ["OAUTH"]}))
+    assert updated.status == 200, updated.body
+    assert await _generation_seen_by(world, oauth, inv) == first
+    again = await world.call(inv, "PUT", f"{SECURITY}/{inv.identity}", security(
+        {"aefId": oauth.identity, "prefSecurityMethods": ["OAUTH"]}))
+    assert again.status == 201, again.body
+    second = await _generation_seen_by(world, oauth, inv)
+    assert second != first and await _token_generation(world, inv, oauth) == second

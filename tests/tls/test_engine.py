@@ -54,6 +54,9 @@ def test_every_family_handshakes_and_agrees(
     # TS-0003 §8.2.2.1: B associates the context with the entity bound to the KpsaID, A with IdB
     assert s.session.psk_identity == LIGHT1_ID and s.session.entity == LIGHT1_AE
     assert c.session.entity == HOME_GATEWAY_CSE_ID
+    # D175: the server's session names the key it was authenticated with (the AEF compares it), never in its repr
+    assert s.session.psk_key is not None and s.session.psk_key.reveal() == bytes.fromhex(LIGHT1_KEY)
+    assert c.session.psk_key is None and LIGHT1_KEY not in repr(s.session).lower()
     # TS-0003 §10.3.1: both ends export the same 48 bytes
     e1 = s.export_keying_material("EXPORTER-oneM2M-Connection", 48)
     e2 = c.export_keying_material("EXPORTER-oneM2M-Connection", 48)

@@ -10,12 +10,14 @@ authenticated call reads it back with :func:`capif_identity`, never from the URL
 
 from __future__ import annotations
 
+import base64
 import enum
+import hashlib
 from datetime import datetime, timedelta
 from typing import Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -29,6 +31,7 @@ __all__ = [
     "MIN_RSA_BITS",
     "CAPIFRole",
     "capif_identity",
+    "certificate_thumbprint",
     "issue_capif_certificate",
     "load_csr",
 ]
@@ -134,3 +137,12 @@ def capif_identity(cert: x509.Certificate) -> tuple[CAPIFRole, str]:
         raise CAPIFError("the client certificate names no CAPIF role", status=401) from None
     return role, str(cns[0].value)
 
+
+
+def certificate_thumbprint(cert: x509.Certificate | str) -> str:
+    """RFC 8705 §3.1 ``x5t#S256`` of a certificate: base64url (no padding) of the SHA-256 of its DER; given as a
+    SHA-256 hex digest (a CCF record's ``certificate``), the same value from that digest. D175: what the CCF tells
+    an AEF of an invoker's current certificate (``authenticationInfo`` of a PKI entry)."""
+    digest = bytes.fromhex(cert) if isinstance(cert, str) else \
+        hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")

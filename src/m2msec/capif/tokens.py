@@ -29,6 +29,7 @@ from m2msec.errors import CAPIFError
 __all__ = [
     "ACCESS_TOKEN_TYPE",
     "ALGORITHM",
+    "CONTEXT_CLAIM",
     "DEFAULT_ACCESS_TOKEN_LIFETIME",
     "INSUFFICIENT_SCOPE_CAUSE",
     "INVALID_CREDENTIAL_CAUSE",
@@ -56,6 +57,10 @@ __all__ = [
 #: D147: the private claim of an onboarding credential saying what it may create, and its values: an API invoker
 #: (API Invoker Management onboarding) or an API provider domain (API Provider Management registration)
 PURPOSE_CLAIM: Final = "capif_purpose"
+#: docs/decisions.md D176: the private claim of an access token naming the generation of the security context it was
+#: issued under; the AEF compares it with the generation the CCF gives for the OAUTH entry, so a token from before a
+#: re-key or a new PUT is refused at once
+CONTEXT_CLAIM: Final = "capif_ctx"
 PURPOSES: Final = ("invoker", "provider")
 #: the only JWS algorithm signed or accepted (RFC 7518 §3.4: ECDSA P-256 SHA-256)
 ALGORITHM: Final = "ES256"
@@ -308,13 +313,17 @@ class AccessTokenClaims:
     scope: Scope
     jti: str | None
     expires_at: int
+    #: D176: the generation of the security context the token was issued under (:data:`CONTEXT_CLAIM`)
+    context: str | None = None
 
 
 def issue_access_token(signing_key: ec.EllipticCurvePrivateKey, *, issuer: str, client_id: str, scope: str | Scope,
-                       now: int, jti: str, lifetime: int = DEFAULT_ACCESS_TOKEN_LIFETIME) -> dict[str, Any]:
+                       now: int, jti: str, lifetime: int = DEFAULT_ACCESS_TOKEN_LIFETIME,
+                       context: str | None = None) -> dict[str, Any]:
     """The ``AccessTokenRsp`` for ``client_id`` (the API invoker ID) and ``scope``: ``access_token`` a JWT
     ``{iss, iat, exp, client_id, scope, jti}`` (no ``aud``: the scope names the AEFs, D118), ``token_type``
-    ``Bearer``, ``expires_in`` = ``lifetime``, ``scope`` in its canonical ``3gpp#`` form.
+    ``Bearer``, ``expires_in`` = ``lifetime``, ``scope`` in its canonical ``3gpp#`` form; ``context``: the
+    generation of the invoker's security context, as :data:`CONTEXT_CLAIM` (D176).
 
     Raises: AccessTokenError (``invalid_scope``): a malformed scope."""
     _check_times(now, lifetime)
@@ -327,6 +336,8 @@ def issue_access_token(signing_key: ec.EllipticCurvePrivateKey, *, issuer: str, 
     parsed = scope if isinstance(scope, Scope) else parse_scope(scope)
     text = str(parsed)
     claims = {"iss": issuer, "iat": now, "exp": now + lifetime, "client_id": client_id, "scope": text, "jti": jti}
+    if context is not None:
+        claims[CONTEXT_CLAIM] = context
     token = _sign(signing_key, ACCESS_TOKEN_TYPE, claims)
     if len(token) > MAX_TOKEN_LENGTH:  # every AEF would refuse it: say so now, not with a 401 at each call
         raise AccessTokenError("invalid_scope", f"the scope makes a token longer than {MAX_TOKEN_LENGTH} characters")
@@ -361,6 +372,9 @@ def verify_access_token(token: object, keys: VerificationKeys, *, issuer: str, a
         raise refuse("invalid claim (type)")
     if "aud" in claims:
         raise refuse("invalid claim (aud)")
+    context = claims.get(CONTEXT_CLAIM)
+    if context is not None and not isinstance(context, str):
+        raise refuse("invalid claim (type)")
     try:
         scope = parse_scope(scope_text)
     except AccessTokenError:
@@ -369,4 +383,4 @@ def verify_access_token(token: object, keys: VerificationKeys, *, issuer: str, a
         raise TokenRefused("access token", "scope does not cover this AEF and API", cause=INSUFFICIENT_SCOPE_CAUSE,
                            status=403, bearer_error="insufficient_scope")
     return AccessTokenClaims(issuer=claims["iss"], client_id=client_id, scope=scope, jti=jti,
-                             expires_at=int(claims["exp"]))
+                             expires_at=int(claims["exp"]), context=context)

@@ -45,7 +45,8 @@ PSK_NOT_ACCEPTED = ("the server did not authenticate with the PSK (it sent a cer
 _RESERVED_EXPORT_LABELS = frozenset({"client finished", "server finished", "master secret", "key expansion"})
 @dataclass(frozen=True)
 class SessionInfo:
-    """What the handshake established. Holds no key material.
+    """What the handshake established. Holds no key material in the open: ``psk_key`` (server side) is the
+    :class:`~m2msec.keys.secret.SecretKey` the session was authenticated with, never in repr or comparisons.
 
     ``psk_identity`` is the identity the client used. ``entity`` is the identity the security context
     is associated with: on a server, the AE-ID/CSE-ID bound to the identity in the PSK table (or
@@ -65,6 +66,9 @@ class SessionInfo:
     peer_certificate: x509.Certificate | None = field(default=None, repr=False, compare=False)
     #: the chain OpenSSL verified, leaf first, trust anchor last (empty without a verified peer certificate)
     peer_chain: tuple[x509.Certificate, ...] = field(default=(), repr=False, compare=False)
+    #: server side: the key of the PSK entry the client authenticated with (D175: an application that may see the
+    #: key of an identity change, the AEF, checks that a session still runs on the current one)
+    psk_key: SecretKey | None = field(default=None, repr=False, compare=False)
 
     @property
     def authentication(self) -> str:
@@ -349,6 +353,7 @@ class TLSConnection(AsyncPSKConnection):
             session_id=self._session_id() if version != "TLSv1.3" else b"",
             peer_certificate=peer,
             peer_chain=tuple(self._ssl.get_verified_chain(as_cryptography=True) or ()) if peer else (),
+            psk_key=self._psk_entry.key if context.is_server and self._psk_entry is not None else None,
         )
 
     def _session_id(self) -> bytes:

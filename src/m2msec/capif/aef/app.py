@@ -29,10 +29,16 @@ import h11
 
 from m2msec import http1
 from m2msec.asgi import tls_extension
-from m2msec.capif.aef.authorize import ServedAPI, authorize
+from m2msec.capif.aef.authorize import Presented, ServedAPI, StaleCredential, authorize
 from m2msec.capif.aef.ccf_link import CCFLinkError, TrustedInvoker, is_invoker_id
-from m2msec.capif.certificates import CAPIFRole, capif_identity
-from m2msec.capif.tokens import INVALID_TOKEN_CAUSE, TokenRefused, VerificationKeys, verify_access_token
+from m2msec.capif.certificates import CAPIFRole, capif_identity, certificate_thumbprint
+from m2msec.capif.tokens import (
+    INVALID_TOKEN_CAUSE,
+    AccessTokenClaims,
+    TokenRefused,
+    VerificationKeys,
+    verify_access_token,
+)
 from m2msec.errors import CAPIFError
 
 __all__ = [
@@ -104,7 +110,11 @@ class _SAEnded(CAPIFError):
 @dataclass(frozen=True)
 class _Caller:
     invoker_id: str
-    method: str
+    presented: Presented
+
+    @property
+    def method(self) -> str:
+        return self.presented.method
 
 
 class AEFFront:
@@ -163,7 +173,7 @@ class AEFFront:
                 status, headers, body = await self._handle(scope, receive)
         except CAPIFError as exc:
             status, headers, body = _problem(exc)
-            if isinstance(exc, _SAEnded):
+            if isinstance(exc, _SAEnded | StaleCredential):  # the connection's credential is done with
                 headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -188,13 +198,13 @@ class AEFFront:
         trusted, cached = await self._trusted(caller)
         try:
             try:
-                authorize(trusted, caller.method, self.aef_id, api)
+                authorize(trusted, caller.presented, self.aef_id, api)
             except CAPIFError:
                 if not cached:
                     raise
                 # the invoker may just have renegotiated (trustedInvokers /update, D166): ask the CCF again
                 trusted, _ = await self._trusted(caller, fresh=True)
-                authorize(trusted, caller.method, self.aef_id, api)
+                authorize(trusted, caller.presented, self.aef_id, api)
         except CAPIFError as exc:
             log.info("AEF: %s call of %r to %s refused: %s", caller.method, caller.invoker_id, api.name, exc.cause)
             raise
@@ -208,20 +218,20 @@ class AEFFront:
             identity = session.psk_identity
             if not identity or not is_invoker_id(identity):
                 raise CAPIFError("the PSK identity is no API invoker ID", status=401)
-            return _Caller(identity, "PSK")
+            return _Caller(identity, Presented("PSK", psk=session.psk_key))
         if session.peer_certificate is not None:
             role, identity = capif_identity(session.peer_certificate)
             if role is not CAPIFRole.INVOKER:
                 raise CAPIFError("the client certificate is not an API invoker's", status=403)
-            return _Caller(identity, "PKI")
+            return _Caller(identity, Presented("PKI", thumbprint=certificate_thumbprint(session.peer_certificate)))
         token = _bearer(scope)
         if token is None:
             raise TokenRefused("API call", "no credential (TLS-PSK, an invoker certificate or a bearer token)",
                                cause=INVALID_TOKEN_CAUSE)
         claims = await self._verify(token, api)
-        return _Caller(claims, "OAUTH")
+        return _Caller(claims.client_id, Presented("OAUTH", generation=claims.context))
 
-    async def _verify(self, token: str, api: ServedAPI) -> str:
+    async def _verify(self, token: str, api: ServedAPI) -> AccessTokenClaims:
         now = self.clock()
         keys = await self._jwks(now)
         try:
@@ -233,7 +243,7 @@ class AEFFront:
             keys = await self._jwks(now, fresh=True)  # the CCF may have a new token key
             claims = verify_access_token(token, keys, issuer=self.issuer, aef_id=self.aef_id, api_name=api.name,
                                          now=int(now))
-        return claims.client_id
+        return claims
 
     async def _jwks(self, now: float, *, fresh: bool = False) -> VerificationKeys:
         if self._keys is not None and now < self._keys[0] and \

@@ -43,6 +43,8 @@ SECURITY_PATH: Final = "/capif-security/v1/trustedInvokers"
 JWKS_PATH: Final = "/capif-security/v1/jwks"
 #: D129: the AEFPSK in ``authenticationInfo``: 32 octets in lower-case hex
 _AEFPSK_HEX: Final = re.compile(r"[0-9a-f]{64}")
+#: D175: a certificate's RFC 8705 ``x5t#S256``: SHA-256 in base64url without padding (43 characters)
+_THUMBPRINT: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 #: D161: what can be an API invoker ID (the CCF's are letters and digits); anything else is never sent to the CCF
 INVOKER_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._~-]{1,256}")
 #: D162: a PSK entry that names the AEF by ``aefId`` alone says no interface: it matches no listener
@@ -75,10 +77,12 @@ class TrustedEntry:
     api_id: str | None
     #: the AEFPSK of a PSK entry
     aefpsk: SecretKey | None = field(default=None, repr=False)
-    #: the CCF's CA certificate (PEM) of a PKI entry
-    ca_pem: str | None = field(default=None, repr=False)
+    #: D175: a PKI entry's ``x5t#S256`` thumbprint of the invoker's current certificate
+    thumbprint: str | None = None
     #: the entry's grant (``authorizationInfo``)
     scope: Scope | None = None
+    #: D176: an OAUTH entry's security context generation (what the invoker's tokens must carry)
+    generation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,15 +126,21 @@ def _entry(item: Any) -> TrustedEntry:
         raise ValueError("aefId and apiId are strings")
     auth, grant = item.get("authenticationInfo"), item.get("authorizationInfo")
     key: SecretKey | None = None
-    ca_pem: str | None = None
+    thumbprint = generation = None
     if method == "PSK":
         if not isinstance(auth, str) or not _AEFPSK_HEX.fullmatch(auth):
             raise ValueError("a PSK entry whose authenticationInfo is not an AEFPSK in hex (D129)")
         key = SecretKey(bytes.fromhex(auth))
-    elif method == "PKI" and isinstance(auth, str):
-        ca_pem = auth
+    elif method == "PKI":
+        if not isinstance(auth, str) or not _THUMBPRINT.fullmatch(auth):
+            raise ValueError("a PKI entry whose authenticationInfo is not a certificate thumbprint (D175)")
+        thumbprint = auth
+    elif method == "OAUTH" and auth is not None:
+        if not isinstance(auth, str) or not 0 < len(auth) <= 256:
+            raise ValueError("an OAUTH entry whose authenticationInfo is not a context generation (D176)")
+        generation = auth
     scope = parse_scope(grant) if isinstance(grant, str) else None
-    return TrustedEntry(method, interface, aef_id, api_id, key, ca_pem, scope)
+    return TrustedEntry(method, interface, aef_id, api_id, key, thumbprint, scope, generation)
 
 
 def parse_trusted_invoker(invoker_id: str, body: Any) -> TrustedInvoker:

@@ -24,8 +24,9 @@ from cryptography.x509.oid import NameOID
 
 from m2msec.asgi import tls_extension
 from m2msec.capif.aef.app import SECURITY_API_PREFIX, AEFFront, Message
+from m2msec.capif.aef.authorize import Presented, StaleCredential, current
 from m2msec.capif.aef.ccf_link import CCFLinkError
-from m2msec.capif.certificates import CAPIFRole, capif_identity
+from m2msec.capif.certificates import CAPIFRole, capif_identity, certificate_thumbprint
 from m2msec.capif.schema import SchemaViolation, validate_request, validate_response
 from m2msec.errors import CAPIFError
 
@@ -73,11 +74,12 @@ class SecurityAPI:
     async def _check(self, scope: Message, request: dict[str, Any]) -> None:
         session = tls_extension(scope).session
         if session.authentication == "psk":
-            caller = session.psk_identity
+            caller, presented = session.psk_identity, Presented("PSK", psk=session.psk_key)
         elif session.peer_certificate is not None:
             role, caller = capif_identity(session.peer_certificate)
             if role is not CAPIFRole.INVOKER:
                 raise CAPIFError("check-authentication is asked by an API invoker", status=403)
+            presented = Presented("PKI", thumbprint=certificate_thumbprint(session.peer_certificate))
         else:
             raise CAPIFError("check-authentication needs TLS-PSK or an API invoker certificate", status=401)
         invoker_id = request["apiInvokerId"]
@@ -91,6 +93,9 @@ class SecurityAPI:
         if trusted is None or not trusted.entries:
             raise CAPIFError("no security context of this API invoker names this AEF", status=403,
                              cause="API_INVOKER_NOT_AUTHORIZED")
+        if not any(current(e, presented) for e in trusted.entries):  # D175: a replaced certificate, an old AEFPSK
+            raise StaleCredential("the credential of this connection is not the current one of the API invoker's "
+                                  "security context at this AEF", status=403, cause="API_INVOKER_NOT_AUTHORIZED")
 
     def _revoke(self, scope: Message, request: dict[str, Any]) -> None:
         cert = tls_extension(scope).session.peer_certificate

@@ -19,7 +19,8 @@ token endpoint (:mod:`.security_token`).
   events notifier (D140).
 
 Store records: ``capif-security`` / apiInvokerId: ``{"context": ServiceSecurity as answered, "entries": [per
-securityInfo entry: {"aefId", "interface": P0 or null, "apis": [[serviceApiId, apiName], ...], "sel": method}]}``;
+securityInfo entry: {"aefId", "interface": P0 or null, "apis": [[serviceApiId, apiName], ...], "sel": method}],
+"generation": random ID (D176)}``;
 ``capif-aefpsk`` / ``"<apiInvokerId> <aefId> <P0>"``: key = AEFPSK, ``{"invoker", "aefId", "interface"}``.
 """
 
@@ -37,8 +38,10 @@ from m2msec.capif.ccf.http import CCFRequest, Reply, operation
 from m2msec.capif.ccf.invokers import purge_hooks, rekey_hooks
 from m2msec.capif.ccf.security_context import (
     AEFPSK_KIND,
+    GENERATION,
     SECURITY_KIND,
     PublishedService,
+    context_generation,
     entry_key,
     narrow,
     psk_record_id,
@@ -47,7 +50,7 @@ from m2msec.capif.ccf.security_context import (
     scope_of,
     select_for,
 )
-from m2msec.capif.certificates import CAPIFRole
+from m2msec.capif.certificates import CAPIFRole, certificate_thumbprint
 from m2msec.capif.kdf import aefpsk
 from m2msec.capif.schema import SchemaViolation, validate_request
 from m2msec.capif.security_method import SecurityMethod
@@ -165,15 +168,18 @@ def _check_entries(info: list[dict[str, Any]]) -> None:
 
 
 async def _store(ccf: CCF, invoker_id: str, context: dict[str, Any], entries: list[dict[str, Any]],
-                 keys: dict[str, Document], old: Document | None) -> Document:
+                 keys: dict[str, Document], old: Document | None, *, anew: bool = False) -> Document:
     """Write the AEFPSKs, then the context over exactly ``old`` (compare-and-swap; None: a new context), then drop
     the AEFPSKs no entry uses any more. Returns the context written. Raises ConcurrentChange when the context changed
-    meanwhile (a concurrent update, an AEF's revocation, a withdrawal: D152), its new AEFPSKs removed again."""
+    meanwhile (a concurrent update, an AEF's revocation, a withdrawal: D152), its new AEFPSKs removed again.
+    ``anew`` (a PUT) or no ``old``: the context gets a new generation (D176), else it keeps ``old``'s."""
     old_entries: list[dict[str, Any]] = [] if old is None else old.body.get("entries", [])
     before = _psk_ids(invoker_id, old_entries)
     for doc in keys.values():
         await _put(ccf, doc)
-    new = Document(SECURITY_KIND, invoker_id, {"context": context, "entries": entries})
+    kept = None if old is None or anew else context_generation(old)
+    generation = kept if kept is not None else ccf.new_id()
+    new = Document(SECURITY_KIND, invoker_id, {"context": context, "entries": entries, GENERATION: generation})
     try:
         if old is None:
             await ccf.store.put_document(new)
@@ -214,7 +220,7 @@ async def create_context(request: CCFRequest) -> Reply:
     answered, entries, keys = await _negotiate(request, invoker_id, info)
     context = {**copy.deepcopy(body), "securityInfo": answered}
     old = await ccf.store.get_document(SECURITY_KIND, invoker_id)
-    written = await _store(ccf, invoker_id, context, entries, keys, old)
+    written = await _store(ccf, invoker_id, context, entries, keys, old, anew=True)
     await _confirm(request, invoker, written)
     return Reply(201 if old is None else REPLACE_STATUS, context, {"Location": security_location(ccf, invoker_id)})
 
@@ -266,7 +272,7 @@ async def get_context(request: CCFRequest) -> Reply:
     for item, entry in pairs:
         out = dict(item)
         if authentication:
-            out.update(await _authentication_info(ccf, invoker_id, entry))
+            out.update(await _authentication_info(ccf, invoker_id, entry, doc))
         if authorization and (scope := scope_of([entry])) is not None:
             out["authorizationInfo"] = scope
         info.append(out)
@@ -277,15 +283,22 @@ async def get_context(request: CCFRequest) -> Reply:
     return Reply(200, answer)
 
 
-async def _authentication_info(ccf: CCF, invoker_id: str, entry: dict[str, Any]) -> dict[str, str]:
-    """D129: the AEFPSK (hex) of a PSK entry; the CCF's CA certificate (PEM) of a PKI entry; nothing for OAUTH."""
+async def _authentication_info(ccf: CCF, invoker_id: str, entry: dict[str, Any], doc: Document) -> dict[str, str]:
+    """D129: the AEFPSK (hex) of a PSK entry; D175: the thumbprint of the invoker's current certificate for a PKI
+    entry; D176: the context's generation for an OAUTH entry."""
     if entry["sel"] == SecurityMethod.PSK.value and entry["interface"] is not None:
-        doc = await ccf.store.get_document(AEFPSK_KIND, psk_record_id(invoker_id, entry["aefId"], entry["interface"]))
-        if doc is None or doc.key is None:
+        psk = await ccf.store.get_document(AEFPSK_KIND, psk_record_id(invoker_id, entry["aefId"], entry["interface"]))
+        if psk is None or psk.key is None:
             raise CAPIFError("the AEFPSK of this security context is missing", status=500)
-        return {"authenticationInfo": AUTHENTICATION_INFO_ENCODING(doc.key.reveal())}
-    if entry["sel"] == SecurityMethod.PKI.value:
-        return {"authenticationInfo": ccf.ca.certificate_pem().decode("ascii")}
+        return {"authenticationInfo": AUTHENTICATION_INFO_ENCODING(psk.key.reveal())}
+    if entry["sel"] == SecurityMethod.PKI.value:  # D175: the invoker's current certificate, not the CA
+        invoker = await ccf.store.get_document("capif-invoker", invoker_id)
+        if invoker is None or not isinstance(digest := invoker.body.get("certificate"), str):
+            raise CAPIFError("the API invoker of this security context is gone", status=404)
+        return {"authenticationInfo": certificate_thumbprint(digest)}
+    generation = context_generation(doc)
+    if entry["sel"] == SecurityMethod.OAUTH.value and generation is not None:  # D176: what its tokens must carry
+        return {"authenticationInfo": generation}
     return {}
 
 

@@ -27,15 +27,18 @@ from m2msec.capif.security_method import (
     select_method,
 )
 from m2msec.errors import CAPIFError, ConfigurationError
+from m2msec.store import Document
 
 __all__ = [
     "AEFPSK_KIND",
+    "GENERATION",
     "PSK_TLS_VERSIONS",
     "SECURITY_KIND",
     "UNKNOWN_AEF_CAUSE",
     "PublishedService",
     "Resolved",
     "api_names",
+    "context_generation",
     "entry_key",
     "narrow",
     "psk_record_id",
@@ -50,6 +53,10 @@ __all__ = [
 #: store kinds (context.py's table): the security context of an invoker; one AEFPSK per invoker, AEF and interface
 SECURITY_KIND: Final = "capif-security"
 AEFPSK_KIND: Final = "capif-aefpsk"
+#: D176: the member of a ``capif-security`` record naming the context's generation: a random ID given when the
+#: context is created or replaced by a PUT, kept by /update and the CCF's own narrowing; access tokens carry it
+#: (:data:`m2msec.capif.tokens.CONTEXT_CLAIM`) and an AEF refuses a token of another generation
+GENERATION: Final = "generation"
 
 #: the TLS versions whose session can key AEFPSK (TS 33.122 Annex A.1: the master secret and the session ID of a
 #: full handshake; D130)
@@ -89,6 +96,13 @@ class Resolved:
         """The entry's record in the ``capif-security`` document (``entries``)."""
         return {"aefId": self.aef_id, "interface": self.interface, "apis": [list(a) for a in self.apis],
                 "sel": selected.value}
+
+
+def context_generation(doc: Document) -> str | None:
+    """D176: the generation of a ``capif-security`` record (a :class:`~m2msec.store.Document`), None for a record
+    written before generations existed."""
+    value = doc.body.get(GENERATION)
+    return value if isinstance(value, str) and value else None
 
 
 def psk_record_id(invoker_id: str, aef_id: str, interface: str) -> str:

@@ -15,7 +15,7 @@ import secrets
 from typing import Any, Final
 
 from m2msec.capif.ccf.http import FORM, CCFRequest, Reply, operation, problem
-from m2msec.capif.ccf.security_context import SECURITY_KIND, api_names, scope_of
+from m2msec.capif.ccf.security_context import SECURITY_KIND, api_names, context_generation, scope_of
 from m2msec.capif.certificates import CAPIFRole
 from m2msec.capif.scope import AccessTokenError, parse_scope
 from m2msec.capif.security_method import SecurityMethod
@@ -111,7 +111,7 @@ async def token(request: CCFRequest) -> Reply:
     scope = _granted(doc.body.get("entries", []), form.get("scope"))
     answer = issue_access_token(ccf.token_key, issuer=ccf.policy.issuer, client_id=invoker_id, scope=scope,
                                 now=int(ccf.clock()), jti=ccf.new_id(),
-                                lifetime=ccf.policy.access_token_lifetime)
+                                lifetime=ccf.policy.access_token_lifetime, context=context_generation(doc))
     return Reply(200, answer, dict(_NO_STORE))
 
 
