@@ -32,7 +32,7 @@ from m2msec.tls.engine import CertificateConfig, ClientConfig, SessionInfo, TLSC
 from m2msec.tls.profiles import ECDHE_ECDSA
 from m2msec.transport.tls import open_connection
 
-__all__ = ["DEFAULT_TIMEOUT", "Answer", "CCFConnection"]
+__all__ = ["DEFAULT_TIMEOUT", "Answer", "CCFConnection", "check_server_name"]
 
 #: seconds for the handshake and for each exchange
 DEFAULT_TIMEOUT: Final = 10.0
@@ -52,16 +52,19 @@ class Answer:
         return self.headers.get(name.lower())
 
 
-def _check_server(session: SessionInfo, ccf_host: str) -> None:
+def check_server_name(session: SessionInfo, host: str, who: str = "the CCF") -> None:
+    """The server's verified certificate must name ``host`` (a SAN dNSName; the engine verified the chain, not the
+    name). Raises HandshakeFailed."""
     cert = session.peer_certificate
     if cert is None:
-        raise HandshakeFailed("the CCF presented no certificate")
+        raise HandshakeFailed(f"{who} presented no certificate")
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        raise HandshakeFailed("the CCF's certificate names no host") from None
-    if ccf_host.lower() not in (n.lower() for n in names.get_values_for_type(x509.DNSName)):
-        raise HandshakeFailed(f"the CCF's certificate is not for {ccf_host!r}")
+        raise HandshakeFailed(f"{who}'s certificate names no host") from None
+    if host.lower() not in (n.lower() for n in names.get_values_for_type(x509.DNSName)):
+        raise HandshakeFailed(f"{who}'s certificate is not for {host!r}")
+
 
 
 class CCFConnection:
@@ -85,7 +88,7 @@ class CCFConnection:
             certificate=CertificateConfig(certificate_pem or b"", private_key_pem or b"", ca_pem)))
         try:
             async with asyncio.timeout(timeout):
-                # the CCF is no oneM2M entity: its host name is checked below (_check_server)
+                # the CCF is no oneM2M entity: its host name is checked below (check_server_name)
                 reader, writer, session = await open_connection(host, port, context, handshake_timeout=timeout,
                                                                 peer_entity=NOT_ONEM2M)
         except TimeoutError:
@@ -93,7 +96,7 @@ class CCFConnection:
         except OSError as exc:
             raise TransportError(f"cannot connect to the CCF at {host}:{port}: {exc.strerror or exc}") from None
         try:
-            _check_server(session, ccf_host)
+            check_server_name(session, ccf_host)
         except HandshakeFailed:
             writer.close()
             raise

@@ -25,7 +25,7 @@ _FILTERS: Final = ("api-name", "api-version", "comm-type", "protocol", "aef-id",
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser("capif", help="a CAPIF API invoker: onboard, discover, security, "
-                                                "token, offboard (3GPP TS 29.222, TS 33.122)")
+                                                "token, call, offboard (3GPP TS 29.222, TS 33.122)")
     cs = p.add_subparsers(dest="capif_command", required=True, metavar="ACTION")
 
     o = cs.add_parser("onboard", help="onboard with the CCF and write a new credential folder")
@@ -59,6 +59,23 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--scope", help="3gpp#aefId:apiName[,apiName...][;aefId:...] (default: every OAUTH API)")
     t.add_argument("--out", type=Path, help="write the token to this new file (mode 0600) instead of standard output")
     t.set_defaults(func=_token)
+
+    c = cs.add_parser("call", help="call an AEF's service API with the selected method (PSK, PKI or OAuth); the "
+                      "answer's body goes to standard output")
+    _folder(c)
+    c.add_argument("--aef", required=True, metavar="HOST:PORT", help="where the AEF listens")
+    c.add_argument("--aef-host", help="the AEF's host name as published (its interface P0 and its certificate's "
+                   "name; default the HOST of --aef)")
+    c.add_argument("--aef-ca", type=Path, help="CA certificate of the AEF's server certificate (PKI and OAuth)")
+    c.add_argument("--method", type=str.upper, choices=("PSK", "PKI", "OAUTH"),
+                   help="the CAPIF-2e method (default: PSK when an AEFPSK for this interface is in the folder, else "
+                   "the one the security context selected)")
+    c.add_argument("--token", type=Path, help="file holding an access token (OAuth; default: obtain a new one)")
+    c.add_argument("-X", "--request", default="GET", metavar="METHOD", help="the HTTP method (default GET)")
+    c.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'", help="a request header")
+    c.add_argument("--data", metavar="@FILE|TEXT", help="the request body (@FILE reads a file, @- standard input)")
+    c.add_argument("path", help="the resource path, /apiPrefix/... (with ?query)")
+    c.set_defaults(func=_call)
 
     f = cs.add_parser("offboard", help="offboard from the CCF (its AEFPSK files are deleted)")
     _folder(f)
@@ -146,4 +163,44 @@ async def _offboard(args: argparse.Namespace) -> int:
     inv = load(args.folder)
     await offboard(inv)
     print(f"offboarded {inv.invoker_id}")
+    return 0
+
+
+def _body(data: str | None) -> bytes:
+    if data is None:
+        return b""
+    if not data.startswith("@"):
+        return data.encode("utf-8")
+    if data == "@-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(data[1:]).read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"{data[1:]}: cannot read the body: {exc.strerror or exc}") from None
+
+
+async def _call(args: argparse.Namespace) -> int:
+    from m2msec.capif.invoker_call import call_aef, refused
+    from m2msec.cli.common import parse_hostport
+    from m2msec.keys.table import check_file_permissions
+
+    headers = []
+    for text in args.header:
+        name, sep, value = text.partition(":")
+        if not sep or not name.strip() or any(c in text for c in "\r\n"):
+            raise ConfigurationError(f"-H {text!r}: a header is 'NAME: VALUE' on one line")
+        headers.append((name.strip(), value.strip()))
+    ca = _read_text(args.aef_ca, "CA certificate").encode("ascii") if args.aef_ca is not None else None
+    access_token = None
+    if args.token is not None:
+        check_file_permissions(args.token)
+        access_token = _read_text(args.token, "access token").strip()
+    answer = await call_aef(args.folder, parse_hostport(args.aef), args.path, request_method=args.request.upper(),
+                            body=_body(args.data), headers=headers, aef_host=args.aef_host, aef_ca_pem=ca,
+                            method=args.method, access_token=access_token)
+    if not 200 <= answer.status < 300:
+        raise refused(answer)
+    sys.stdout.buffer.write(answer.body)
+    sys.stdout.flush()
+    print(f"HTTP {answer.status} ({answer.method})", file=sys.stderr)
     return 0
