@@ -2,7 +2,7 @@
 # Installs everything m2msec and its tests need: the Debian packages of the real (D)TLS peers (openssl,
 # gnutls-bin, libcoap3-bin), of the C benchmark baseline (libssl-dev, gcc) and the PostgreSQL server the store
 # tests start in a temporary directory (postgresql: initdb, pg_ctl under /usr/lib/postgresql/*/bin), a virtualenv in .venv with
-# the package and its dev extras, and ACME (a real oneM2M CSE) in .venv-acme. Safe to run again.
+# the package and its dev extras, ACME (a real oneM2M CSE) in .venv-acme and opencapif_sdk in .venv-opencapif. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -22,4 +22,8 @@ PY="${PYTHON:-python3}"
 # A real oneM2M CSE (ACME) for the end-to-end tests, in its own venv so its dependencies never mix with ours.
 [ -x .venv-acme/bin/python ] || "$PY" -m venv .venv-acme
 .venv-acme/bin/python -m pip install -q 'acmecse==2026.5.3'
+# ETSI OpenCAPIF's Python SDK, the CAPIF client a user would reach for, in its own venv too: it pins cryptography
+# < 46 and pyOpenSSL < 26, m2msec 50 and 26 (tests/capif_invoker/test_opencapif_sdk.py runs it against our CCF).
+[ -x .venv-opencapif/bin/python ] || "$PY" -m venv .venv-opencapif
+.venv-opencapif/bin/python -m pip install -q 'opencapif_sdk==0.1.24'
 echo "m2msec installed in .venv: run 'bash scripts/test.sh' to test, '.venv/bin/m2msec demo' to try it."

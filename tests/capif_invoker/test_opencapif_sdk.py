@@ -2,8 +2,8 @@
 
 The SDK pins cryptography < 46 and pyOpenSSL < 26 while m2msec pins cryptography 50 and pyOpenSSL 26
 (docs/capif-invoker.md): it cannot live in m2msec's environment, so it runs as a process of another Python that has
-it, named by ``M2MSEC_OPENCAPIF_PYTHON`` (e.g. ``python3 -m venv /tmp/ocs && /tmp/ocs/bin/pip install
-opencapif_sdk``); without one the test is skipped. The SDK first asks an OpenCAPIF *register* service (not 3GPP:
+it: the ``.venv-opencapif`` scripts/install.sh makes (opencapif_sdk 0.1.24 from PyPI), or the one named by
+``M2MSEC_OPENCAPIF_PYTHON``; without either the test is skipped. The SDK first asks an OpenCAPIF *register* service (not 3GPP:
 ``GET /getauth`` with a user name and password) for the CA, an access token and the CCF's URLs; the test plays that
 service, handing out our CCF's CA and one of its onboarding credentials as the token. The SDK then talks to our CCF
 only: ``POST /onboardedInvokers`` (an RSA-2048 CSR) and ``GET /allServiceAPIs`` with the certificate it got."""
@@ -31,7 +31,9 @@ from ccf.ccf_env import CCF_HOST, World, publish, register_provider, world
 
 __all__ = ["world"]
 
-SDK_PYTHON = os.environ.get("M2MSEC_OPENCAPIF_PYTHON")
+#: the Python that has the SDK: scripts/install.sh makes .venv-opencapif; M2MSEC_OPENCAPIF_PYTHON names another
+_INSTALLED = Path(__file__).resolve().parents[2] / ".venv-opencapif" / "bin" / "python"
+SDK_PYTHON = os.environ.get("M2MSEC_OPENCAPIF_PYTHON") or (str(_INSTALLED) if _INSTALLED.exists() else None)
 
 DRIVER = textwrap.dedent("""
     import json, socket, sys
