@@ -1,0 +1,105 @@
+"""Issue 19, second hostile review: attacks on the AEF front over real sockets (CCF, AEF front, backend, invokers),
+after the current-credential fix (D175, D176). Confirmed problems are ``xfail(strict=True)``; attacks refused that
+are worth keeping pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from ccf.ccf_env import World, security, world
+from m2msec.capif.aef.app import TRUST_CACHE_TTL
+
+from .aef_env import SECURITY
+from .aef_server_env import (
+    access_token,
+    call,
+    invoker_with,
+    psk_context,
+    psk_invoker,
+    running_front,
+    server_only_context,
+)
+from .test_attack_aef import _raw
+
+__all__ = ["world"]
+
+
+def _leaves_api(target: str, prefix: str = "/api") -> bool:
+    """Whether ``target``, read as a Tomcat/Jetty/Spring backend reads it (``;`` path parameters stripped from each
+    segment, then dot segments removed), leaves ``prefix``."""
+    from posixpath import normpath
+    from urllib.parse import unquote
+
+    path = unquote(target.split("?", 1)[0])
+    path = "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
+    path = normpath(path)
+    return not (path == prefix or path.startswith(prefix + "/"))
+
+
+@pytest.mark.xfail(strict=True, reason="R1: a '..;' path-parameter dot segment is forwarded: a Tomcat/Spring "
+                                       "backend serves /admin for a call authorized for /api")
+@pytest.mark.parametrize("target", ["/api/..;/admin", "/api/..;x=1/admin", "/api/.;/..;/admin"])
+async def test_path_parameter_dot_segments_do_not_leave_the_authorized_api(world: World, target: str) -> None:
+    async with running_front(world) as aef:
+        inv = await psk_invoker(world, aef.iface, aef.p0)
+        reply = await call(aef.port, psk_context(inv.id, inv.key), target)
+        forwarded = aef.backend.seen
+        assert all(not _leaves_api(m.target or "") for m in forwarded), (reply.status, forwarded[0].target)
+
+
+@pytest.mark.xfail(strict=True, reason="R2: after a new PUT (new generation, D176) a token of the old generation "
+                                       f"is still served for up to TRUST_CACHE_TTL ({TRUST_CACHE_TTL:.0f} s)")
+async def test_a_token_of_a_replaced_context_is_refused_at_once(world: World) -> None:
+    async with running_front(world) as aef:
+        who = await invoker_with(world, aef.iface, "OAUTH")
+        old = await access_token(world, who)
+        headers = (("authorization", f"Bearer {old}"),)
+        assert (await call(aef.port, server_only_context(aef.server_ca_pem), headers=headers)).status == 200  # the AEF caches the context
+        # the invoker replaces its context (e.g. it fears the token leaked): a new generation, old tokens are void
+        answer = await world.call(who, "PUT", f"{SECURITY}/{who.identity}",
+                                  security({"interfaceDetails": aef.iface, "prefSecurityMethods": ["OAUTH"]}))
+        assert answer.status in (200, 201), answer.body
+        # the thief of the old token calls before the invoker's next call refreshed the AEF's cached context
+        before = len(aef.backend.seen)
+        reply = await call(aef.port, server_only_context(aef.server_ca_pem), headers=headers)
+        assert reply.status == 403 and len(aef.backend.seen) == before, reply.status
+
+
+async def test_an_absolute_form_target_naming_another_host_is_forwarded_as_origin_form(world: World) -> None:
+    async with running_front(world) as aef:
+        inv = await psk_invoker(world, aef.iface, aef.p0)
+        request = (b"GET http://internal.example:8080/api/items?x=1 HTTP/1.1\r\nhost: internal.example\r\n"
+                   b"connection: close\r\n\r\n")
+        answer = await _raw(aef.port, psk_context(inv.id, inv.key), request)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+        [seen] = aef.backend.seen
+        assert seen.target == "/api/items?x=1"
+        assert seen.header("host") == f"127.0.0.1:{aef.backend.port}"
+
+
+@pytest.mark.parametrize("spelling", ["X-CAPIF-INVOKER-ID", "x-capif-invoker-id", "X_Capif_Invoker_Id"])
+async def test_repeated_identity_headers_in_any_spelling_never_reach_the_backend(world: World, spelling: str) -> None:
+    async with running_front(world) as aef:
+        inv = await psk_invoker(world, aef.iface, aef.p0)
+        reply = await call(aef.port, psk_context(inv.id, inv.key),
+                           headers=((spelling, "INVvictim"), (spelling, "INVvictim2"),
+                                    ("x-capif-security-method", "PKI")))
+        assert reply.status == 200, reply.body
+        seen = aef.backend.seen[-1]
+        ids = [v for k, v in seen.headers if k.lower().replace("_", "-") == "x-capif-invoker-id"]
+        methods = [v for k, v in seen.headers if k.lower().replace("_", "-") == "x-capif-security-method"]
+        assert ids == [inv.id] and methods == ["PSK"]
+
+
+async def test_an_obs_folded_identity_header_stays_inside_the_previous_value(world: World) -> None:
+    """h11 unfolds an obs-fold line (RFC 9112 §5.2) into the previous field's value: the folded identity header is
+    no header of its own, neither at the front nor at the backend."""
+    async with running_front(world) as aef:
+        inv = await psk_invoker(world, aef.iface, aef.p0)
+        request = (b"GET /api/items HTTP/1.1\r\nhost: a\r\nx-other: a\r\n x-capif-invoker-id: INVvictim\r\n"
+                   b"connection: close\r\n\r\n")
+        answer = await _raw(aef.port, psk_context(inv.id, inv.key), request)
+        assert answer.startswith((b"HTTP/1.1 200", b"HTTP/1.1 400")), answer[:80]
+        for seen in aef.backend.seen:
+            assert [v for k, v in seen.headers if k.lower() == "x-capif-invoker-id"] == [inv.id]
+            assert all("\r" not in v and "\n" not in v for _, v in seen.headers)
