@@ -54,14 +54,15 @@ async def test_a_token_of_a_replaced_context_is_refused_at_once(world: World) ->
         who = await invoker_with(world, aef.iface, "OAUTH")
         old = await access_token(world, who)
         headers = (("authorization", f"Bearer {old}"),)
-        assert (await call(aef.port, server_only_context(aef.server_ca_pem), headers=headers)).status == 200  # the AEF caches the context
+        server = server_only_context(aef.server_ca_pem)
+        assert (await call(aef.port, server, headers=headers)).status == 200  # the AEF caches the context
         # the invoker replaces its context (e.g. it fears the token leaked): a new generation, old tokens are void
         answer = await world.call(who, "PUT", f"{SECURITY}/{who.identity}",
                                   security({"interfaceDetails": aef.iface, "prefSecurityMethods": ["OAUTH"]}))
         assert answer.status in (200, 201), answer.body
         # the thief of the old token calls before the invoker's next call refreshed the AEF's cached context
         before = len(aef.backend.seen)
-        reply = await call(aef.port, server_only_context(aef.server_ca_pem), headers=headers)
+        reply = await call(aef.port, server, headers=headers)
         assert reply.status == 403 and len(aef.backend.seen) == before, reply.status
 
 
