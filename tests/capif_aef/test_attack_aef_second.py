@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from ccf.ccf_env import World, security, world
+from ccf.ccf_env import World, onboard, security, world
 from m2msec.capif.aef.app import TRUST_CACHE_TTL
 
 from .aef_env import SECURITY
@@ -14,12 +14,13 @@ from .aef_server_env import (
     access_token,
     call,
     invoker_with,
+    pki_context,
     psk_context,
     psk_invoker,
     running_front,
     server_only_context,
 )
-from .test_attack_aef import _raw
+from .test_attack_aef import _front_with_nested_api, _raw
 
 __all__ = ["world"]
 
@@ -104,3 +105,29 @@ async def test_an_obs_folded_identity_header_stays_inside_the_previous_value(wor
         for seen in aef.backend.seen:
             assert [v for k, v in seen.headers if k.lower() == "x-capif-invoker-id"] == [inv.id]
             assert all("\r" not in v and "\n" not in v for _, v in seen.headers)
+
+
+def _merged(target: str) -> str:
+    """``target``'s path as a backend that merges repeated slashes (nginx ``merge_slashes``, Spring, many routers)
+    and matches paths without regard to case reads it."""
+    import re
+
+    return re.sub("/+", "/", target.split("?", 1)[0]).lower()
+
+
+@pytest.mark.xfail(strict=True, reason="R3: '/api//admin' (and '/api/ADMIN') is authorized as the outer /api API "
+                                       "and forwarded as written: a slash-merging backend serves the nested API")
+@pytest.mark.parametrize("target", ["/api//admin/users", "/api//admin",
+                                    "/api/ADMIN/users"])
+async def test_a_nested_api_is_not_reached_through_an_empty_segment_or_another_case(world: World, target: str) -> None:
+    async with _front_with_nested_api(world) as (aef, _second):
+        who = await onboard(world)  # a security context for the /api API only (by apiId), PKI
+        answer = await world.call(who, "PUT", f"{SECURITY}/{who.identity}", security(
+            {"aefId": aef.id, "apiId": aef.api["apiId"], "prefSecurityMethods": ["PKI"]}))
+        assert answer.status == 201, answer.body
+        assert (await call(aef.port, pki_context(who, aef.server_ca_pem), "/api/items")).status == 200
+        before = len(aef.backend.seen)
+        reply = await call(aef.port, pki_context(who, aef.server_ca_pem), target)
+        reached = [m.target for m in aef.backend.seen[before:]
+                   if _merged(m.target or "") == "/api/admin" or _merged(m.target or "").startswith("/api/admin/")]
+        assert reached == [], (reply.status, reached)
