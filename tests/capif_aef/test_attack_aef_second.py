@@ -151,3 +151,34 @@ async def test_an_aefpsk_replaced_by_a_new_put_no_longer_authenticates(world: Wo
         except REFUSED:
             reply = None
         assert reply in (None, 401, 403) and len(aef.backend.seen) == before, reply
+
+
+async def test_stale_credential_refusals_log_no_secret_at_debug_level(world: World,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Refusals of the current-credential check (D175, D176), logged at DEBUG: a wrong AEFPSK for a known invoker
+    (the handshake), a forged token carrying another generation: no key, token or generation in any record."""
+    import base64
+    import json
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    async with running_front(world) as aef:
+        inv = await psk_invoker(world, aef.iface, aef.p0)
+        who = await invoker_with(world, aef.iface, "OAUTH")
+        token = await access_token(world, who)
+        payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        generation = payload["capif_ctx"]
+        assert (await call(aef.port, psk_context(inv.id, inv.key))).status == 200
+        wrong = bytes(b ^ 0xFF for b in inv.key)
+        with pytest.raises(REFUSED):
+            await call(aef.port, psk_context(inv.id, wrong))
+        server = server_only_context(aef.server_ca_pem)
+        assert (await call(aef.port, server, headers=(("authorization", f"Bearer {token}"),))).status == 200
+        head, _, sig = token.split(".")
+        forged = base64.urlsafe_b64encode(json.dumps({**payload, "capif_ctx": "x"}).encode()).rstrip(b"=").decode()
+        reply = await call(aef.port, server, headers=(("authorization", f"Bearer {head}.{forged}.{sig}"),))
+        assert reply.status == 401
+    text = caplog.text + "".join(repr(r.args) for r in caplog.records)
+    assert caplog.records
+    for secret in (inv.key.hex(), wrong.hex(), token, token.split(".")[2], generation):
+        assert secret not in text
