@@ -200,3 +200,14 @@ async def test_an_aefpsk_renegotiated_away_no_longer_authenticates(world: World)
         except REFUSED:
             reply = None
         assert reply in (None, 401, 403) and len(aef.backend.seen) == before, reply
+
+
+@pytest.mark.xfail(strict=True, reason="R4: client-sent X-Original-URL / X-Rewrite-URL reach the backend: a "
+                                       "Symfony/IIS/Zend backend routes by them to a path the front never authorized")
+@pytest.mark.parametrize("header", ["x-original-url", "x-rewrite-url"])
+async def test_url_override_headers_do_not_reach_the_backend(world: World, header: str) -> None:
+    async with running_front(world) as aef:
+        inv = await psk_invoker(world, aef.iface, aef.p0)
+        reply = await call(aef.port, psk_context(inv.id, inv.key), "/api/items", headers=((header, "/admin"),))
+        overrides = [v for m in aef.backend.seen for k, v in m.headers if k.lower() == header]
+        assert all(not _leaves_api(v) for v in overrides), (reply.status, overrides)
