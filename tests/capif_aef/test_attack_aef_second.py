@@ -211,3 +211,20 @@ async def test_url_override_headers_do_not_reach_the_backend(world: World, heade
         reply = await call(aef.port, psk_context(inv.id, inv.key), "/api/items", headers=((header, "/admin"),))
         overrides = [v for m in aef.backend.seen for k, v in m.headers if k.lower() == header]
         assert all(not _leaves_api(v) for v in overrides), (reply.status, overrides)
+
+
+@pytest.mark.parametrize("target", ["/aef-security/v1/../../api/items", "/aef-security%2Fv1/check-authentication",
+                                    "/aef-security/v1/check-authentication/../../../api/items",
+                                    "/aef-security/v1/revoke-authorization?x=/api/items"])
+async def test_security_api_paths_are_never_forwarded_nor_revoke(world: World, target: str) -> None:
+    """Spellings of the AEF Security API's paths: answered by the front (4xx), never forwarded, and a PSK invoker
+    cannot revoke anyone through them (revoke-authorization is the CCF's, D172)."""
+    async with running_front(world) as aef:
+        inv = await psk_invoker(world, aef.iface, aef.p0)
+        victim = await psk_invoker(world, aef.iface, aef.p0)
+        body = f'{{"revokeInfo": {{"apiInvokerId": "{victim.id}", "apiIds": ["x"]}}}}'.encode()
+        reply = await call(aef.port, psk_context(inv.id, inv.key), target, method="POST", body=body,
+                           headers=(("content-type", "application/json"),))
+        assert 400 <= reply.status < 500, reply.status
+        assert aef.backend.seen == []
+        assert (await call(aef.port, psk_context(victim.id, victim.key))).status == 200
