@@ -1,13 +1,12 @@
 """Issue 19, second hostile review: attacks on the AEF front over real sockets (CCF, AEF front, backend, invokers),
-after the current-credential fix (D175, D176). Confirmed problems are ``xfail(strict=True)``; attacks refused that
-are worth keeping pass."""
+after the current-credential fix (D175, D176). The confirmed problems R1-R4 are fixed (D182, D183) and their tests
+pass; so do the attacks refused from the start, kept."""
 
 from __future__ import annotations
 
 import pytest
 
 from ccf.ccf_env import World, onboard, security, world
-from m2msec.capif.aef.app import TRUST_CACHE_TTL
 
 from .aef_env import SECURITY
 from .aef_server_env import (
@@ -20,6 +19,7 @@ from .aef_server_env import (
     running_front,
     server_only_context,
 )
+from .test_aef_revocation import notified
 from .test_attack_aef import REFUSED, _front_with_nested_api, _raw
 
 __all__ = ["world"]
@@ -37,8 +37,6 @@ def _leaves_api(target: str, prefix: str = "/api") -> bool:
     return not (path == prefix or path.startswith(prefix + "/"))
 
 
-@pytest.mark.xfail(strict=True, reason="R1: a '..;' path-parameter dot segment is forwarded: a Tomcat/Spring "
-                                       "backend serves /admin for a call authorized for /api")
 @pytest.mark.parametrize("target", ["/api/..;/admin", "/api/..;x=1/admin", "/api/.;/..;/admin"])
 async def test_path_parameter_dot_segments_do_not_leave_the_authorized_api(world: World, target: str) -> None:
     async with running_front(world) as aef:
@@ -48,8 +46,6 @@ async def test_path_parameter_dot_segments_do_not_leave_the_authorized_api(world
         assert all(not _leaves_api(m.target or "") for m in forwarded), (reply.status, forwarded[0].target)
 
 
-@pytest.mark.xfail(strict=True, reason="R2: after a new PUT (new generation, D176) a token of the old generation "
-                                       f"is still served for up to TRUST_CACHE_TTL ({TRUST_CACHE_TTL:.0f} s)")
 async def test_a_token_of_a_replaced_context_is_refused_at_once(world: World) -> None:
     async with running_front(world) as aef:
         who = await invoker_with(world, aef.iface, "OAUTH")
@@ -61,6 +57,7 @@ async def test_a_token_of_a_replaced_context_is_refused_at_once(world: World) ->
         answer = await world.call(who, "PUT", f"{SECURITY}/{who.identity}",
                                   security({"interfaceDetails": aef.iface, "prefSecurityMethods": ["OAUTH"]}))
         assert answer.status in (200, 201), answer.body
+        await notified(aef, 1)  # D182: the CCF tells the AEF the context was replaced (delivered in milliseconds)
         # the thief of the old token calls before the invoker's next call refreshed the AEF's cached context
         before = len(aef.backend.seen)
         reply = await call(aef.port, server, headers=headers)
@@ -115,8 +112,6 @@ def _merged(target: str) -> str:
     return re.sub("/+", "/", target.split("?", 1)[0]).lower()
 
 
-@pytest.mark.xfail(strict=True, reason="R3: '/api//admin' (and '/api/ADMIN') is authorized as the outer /api API "
-                                       "and forwarded as written: a slash-merging backend serves the nested API")
 @pytest.mark.parametrize("target", ["/api//admin/users", "/api//admin",
                                     "/api/ADMIN/users"])
 async def test_a_nested_api_is_not_reached_through_an_empty_segment_or_another_case(world: World, target: str) -> None:
@@ -133,8 +128,6 @@ async def test_a_nested_api_is_not_reached_through_an_empty_segment_or_another_c
         assert reached == [], (reply.status, reached)
 
 
-@pytest.mark.xfail(strict=True, reason="R2: after a new PUT replaced the AEFPSK, the old AEFPSK still handshakes "
-                                       "and is served from the resolver's cache (PSK_CACHE_TTL, 300 s)")
 async def test_an_aefpsk_replaced_by_a_new_put_no_longer_authenticates(world: World) -> None:
     async with running_front(world) as aef:
         inv = await psk_invoker(world, aef.iface, aef.p0)
@@ -145,6 +138,7 @@ async def test_an_aefpsk_replaced_by_a_new_put_no_longer_authenticates(world: Wo
                 {"interfaceDetails": aef.iface, "prefSecurityMethods": ["PSK"]}))
             assert answer.status in (200, 201), answer.body
             assert conn.aefpsk(aef.p0).reveal() != inv.key
+        await notified(aef, 1)  # D182: the replaced context's AEF is told
         before = len(aef.backend.seen)
         try:
             reply: int | None = (await call(aef.port, psk_context(inv.id, inv.key))).status
@@ -184,8 +178,6 @@ async def test_stale_credential_refusals_log_no_secret_at_debug_level(world: Wor
         assert secret not in text
 
 
-@pytest.mark.xfail(strict=True, reason="R2: after /update renegotiated PSK away (its AEFPSK deleted), the AEFPSK "
-                                       "still handshakes and is served from the resolver's cache (300 s)")
 async def test_an_aefpsk_renegotiated_away_no_longer_authenticates(world: World) -> None:
     async with running_front(world) as aef:
         inv = await psk_invoker(world, aef.iface, aef.p0, prefer=("PSK", "OAUTH"))
@@ -194,6 +186,7 @@ async def test_an_aefpsk_renegotiated_away_no_longer_authenticates(world: World)
                                   security({"interfaceDetails": aef.iface, "prefSecurityMethods": ["OAUTH"]}))
         assert answer.status == 200, answer.body
         assert answer.json()["securityInfo"][0]["selSecurityMethod"] == "OAUTH"
+        await notified(aef, 1)  # D182: the AEF of the replaced entry is told
         before = len(aef.backend.seen)
         try:
             reply: int | None = (await call(aef.port, psk_context(inv.id, inv.key))).status
@@ -202,8 +195,6 @@ async def test_an_aefpsk_renegotiated_away_no_longer_authenticates(world: World)
         assert reply in (None, 401, 403) and len(aef.backend.seen) == before, reply
 
 
-@pytest.mark.xfail(strict=True, reason="R4: client-sent X-Original-URL / X-Rewrite-URL reach the backend: a "
-                                       "Symfony/IIS/Zend backend routes by them to a path the front never authorized")
 @pytest.mark.parametrize("header", ["x-original-url", "x-rewrite-url"])
 async def test_url_override_headers_do_not_reach_the_backend(world: World, header: str) -> None:
     async with running_front(world) as aef:

@@ -3,10 +3,11 @@
 The SDK pins cryptography < 46 and pyOpenSSL < 26 while m2msec pins cryptography 50 and pyOpenSSL 26
 (docs/capif-invoker.md): it cannot live in m2msec's environment, so it runs as a process of another Python that has
 it: the ``.venv-opencapif`` scripts/install.sh makes (opencapif_sdk 0.1.24 from PyPI), or the one named by
-``M2MSEC_OPENCAPIF_PYTHON``; without either the test is skipped. The SDK first asks an OpenCAPIF *register* service (not 3GPP:
-``GET /getauth`` with a user name and password) for the CA, an access token and the CCF's URLs; the test plays that
-service, handing out our CCF's CA and one of its onboarding credentials as the token. The SDK then talks to our CCF
-only: ``POST /onboardedInvokers`` (an RSA-2048 CSR) and ``GET /allServiceAPIs`` with the certificate it got."""
+``M2MSEC_OPENCAPIF_PYTHON``; without either the test is skipped. The SDK first asks an OpenCAPIF *register* service
+(not 3GPP: ``GET /getauth`` with a user name and password) for the CA, an access token and the CCF's URLs; the test
+plays that service, handing out our CCF's CA and one of its onboarding credentials as the token. The SDK then talks
+to our CCF only: ``POST /onboardedInvokers`` (an RSA-2048 CSR) and ``GET /allServiceAPIs`` with the certificate it
+got."""
 
 from __future__ import annotations
 

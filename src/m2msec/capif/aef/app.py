@@ -64,7 +64,12 @@ METHOD_HEADER: Final = "x-capif-security-method"
 FORWARD_DROPPED_HEADERS: Final = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
     "proxy-authorization", "proxy-authenticate", "host", "content-length", "expect", "authorization",
-    INVOKER_ID_HEADER, METHOD_HEADER})
+    INVOKER_ID_HEADER, METHOD_HEADER,
+    # D183: headers some backends route, rewrite or trust by (Symfony/IIS URL overrides, method overrides, the
+    # client address as proxies write it): a client's would reach another resource or speak for the front
+    "x-original-url", "x-rewrite-url", "x-http-method-override", "x-http-method", "x-method-override", "forwarded",
+    "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-forwarded-prefix",
+    "x-real-ip"})
 #: response headers of the backend not passed on (hop-by-hop; the length is set again)
 _RESPONSE_DROPPED: Final = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
                                       "content-length", "proxy-authenticate"})
@@ -181,11 +186,14 @@ class AEFFront:
     async def _handle(self, scope: Message, receive: Receive) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         path: str = scope["path"]
         if _ambiguous_path(path, scope.get("raw_path", b"")):
-            raise CAPIFError("the path has dot segments, an encoded slash or a backslash: refused, since the backend "
-                             "may read it as another resource than the API it was authorized for", status=400)
+            raise CAPIFError("the path has dot segments (also with ;parameters), an empty segment, an encoded slash or "
+                             "a backslash: refused, since the backend may read it as another resource than the API "
+                             "it was authorized for", status=400)
         # the longest matching prefix: a nested API (/api/admin under /api) is its own API (D174)
-        candidates = [a for a in self.apis if a.serves(path)]
-        api = max(candidates, key=lambda a: len(a.prefix), default=None)
+        api = _longest(self.apis, path)
+        if api is not _longest(self.apis, path.lower(), folded=True):  # D183: /api/ADMIN is neither /api nor
+            raise CAPIFError("the path differs from a published API prefix in letter case only: refused, since "
+                             "the backend may match it either way", status=400)
         if api is None:
             raise CAPIFError("no API of this AEF is served at this path", status=404)
         caller = await self._authenticate(scope, api)
@@ -308,12 +316,19 @@ class AEFFront:
 
 
 def _ambiguous_path(path: str, raw: bytes) -> bool:
-    """D174: a path a backend could resolve to another resource than the one the front authorized (RFC 3986 §5.2.4
-    dot segments, raw or percent-encoded; an encoded slash; a backslash)."""
-    segments = path.split("/")
+    """D174, D183: a path a backend could resolve to another resource than the one the front authorized (RFC 3986
+    §5.2.4 dot segments, raw or percent-encoded, also with RFC 3986 §3.3 ``;parameters`` a servlet container strips;
+    an empty segment, which slash-merging backends drop; an encoded slash; a backslash)."""
+    segments = [seg.split(";", 1)[0] for seg in path.split("/")[1:]]
     lowered = raw.lower()
-    return any(seg in (".", "..") for seg in segments) or "\\" in path or b"%2f" in lowered or b"%5c" in lowered \
-        or b"\\" in raw
+    return any(seg in ("", ".", "..") for seg in segments[:-1]) or segments[-1:] in (["."], [".."]) \
+        or "\\" in path or b"%2f" in lowered or b"%5c" in lowered or b"\\" in raw
+
+
+def _longest(apis: Sequence[ServedAPI], path: str, *, folded: bool = False) -> ServedAPI | None:
+    """The API whose prefix is the longest matching ``path`` (prefixes lower-cased when ``folded``)."""
+    candidates = [a for a in apis if (a.serves_folded(path) if folded else a.serves(path))]
+    return max(candidates, key=lambda a: len(a.prefix), default=None)
 
 
 def _bearer(scope: Message) -> str | None:

@@ -82,6 +82,11 @@ class ServedAPI:
         prefix = self.prefix.rstrip("/")
         return path == prefix or path.startswith(prefix + "/") or prefix == ""
 
+    def serves_folded(self, lowered_path: str) -> bool:
+        """:meth:`serves` for a lower-cased path, the prefix lower-cased too (D183)."""
+        prefix = self.prefix.rstrip("/").lower()
+        return lowered_path == prefix or lowered_path.startswith(prefix + "/") or prefix == ""
+
 
 def _concerns(entry: TrustedEntry, aef_id: str, api: ServedAPI) -> bool:
     """Whether ``entry`` is about ``api`` at ``aef_id``: it names the listener's interface, the API's ID, or the AEF;

@@ -82,7 +82,7 @@ class TrustedEntry:
     #: the entry's grant (``authorizationInfo``)
     scope: Scope | None = None
     #: D176: an OAUTH entry's security context generation (what the invoker's tokens must carry)
-    generation: str | None = None
+    generation: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -222,6 +222,8 @@ async def create_context(request: CCFRequest) -> Reply:
     old = await ccf.store.get_document(SECURITY_KIND, invoker_id)
     written = await _store(ccf, invoker_id, context, entries, keys, old, anew=True)
     await _confirm(request, invoker, written)
+    if old is not None:  # D182: the replaced context's AEFs drop what they cached of it (its AEFPSKs, generation)
+        await _revoked(ccf, invoker_id, _all_api_ids(old.body.get("entries", [])))
     return Reply(201 if old is None else REPLACE_STATUS, context, {"Location": security_location(ccf, invoker_id)})
 
 
@@ -241,6 +243,9 @@ async def update_context(request: CCFRequest) -> Reply:
     context = {**copy.deepcopy(body), "securityInfo": [i for i, _ in kept] + answered}
     written = await _store(ccf, invoker_id, context, [e for _, e in kept] + entries, keys, doc)
     await _confirm(request, invoker, written)
+    gone = [e for i, e in zip(old_info, old_entries, strict=True) if entry_key(i) in replaced]
+    if gone:  # D182: the AEFs of the replaced entries drop what they cached of them
+        await _revoked(ccf, invoker_id, _all_api_ids(gone))
     return Reply(200, context)
 
 
