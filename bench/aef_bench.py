@@ -2,10 +2,13 @@
 OAuth with a CCF access token) against direct calls to the same backend (plain HTTP), measured in the same run.
 
 Processes: a small HTTP/1.1 backend (keep-alive, answers 200 with a short JSON echo naming the invoker the AEF
-forwarded), ``m2msec aef serve`` in front of it (registered with ``m2msec aef register``, its API published with
-``m2msec aef publish``); this process runs the CCF (``running_ccf`` on a SQLite store, loopback TLS) and the clients.
-Invokers are onboarded at the CCF, each obtains a security context selecting its method (PSK: AEFPSK derived on
-that CAPIF-1e connection; OAuth: a token from the token endpoint). Two modes, each in alternating rounds over the
+forwarded), ``m2msec aef serve`` in front of it (registered with ``m2msec.capif.aef.register``, as ``m2msec aef
+register`` does; its configuration written by ``m2msec.capif.aef.config_file``; its API published with ``m2msec aef
+publish``); this process runs the CCF (``running_ccf``, as ``m2msec ccf serve`` does: a SQLite store, loopback TLS)
+and the clients. Only the package's public API is used (nothing from tests/): m2msec installed is enough.
+Invokers are onboarded with ``m2msec.capif.invoker`` (what ``m2msec capif onboard`` does), each obtains a security
+context selecting its method (PSK: AEFPSK derived on that CAPIF-1e connection and read back from its file; OAuth: a
+token from the token endpoint). Two modes, each in alternating rounds over the
 four paths: ``keep-alive`` (``--concurrency`` connections sending calls one after the other) and ``connect`` (a new
 connection, hence a new TLS handshake, per call). Printed per mode and path: calls/s (best round), the ratio
 calls/s through the AEF / direct calls/s, and the AEF process's CPU per call (/proc, all its threads).
@@ -28,10 +31,14 @@ from pathlib import Path
 import h11
 from procs import cpu_seconds, free_port, wait_listening
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from ccf.ccf_env import CCF_HOST, World, onboard, security, start_world
 from m2msec import http1
+from m2msec.capif import invoker
+from m2msec.capif.aef.config_file import ConfigAPI, render_config
+from m2msec.capif.aef.register import PROVIDER_FILE, register
+from m2msec.capif.ccf.admin import issue_credential
+from m2msec.capif.ccf.config import CCFConfig
+from m2msec.capif.ccf.server import RunningCCF, running_ccf
+from m2msec.cli.capif import DEFAULT_NOTIFICATION_DESTINATION
 from m2msec.cli.main import main as m2msec_main
 from m2msec.errors import HandshakeTimeout
 from m2msec.idb import NOT_ONEM2M
@@ -42,7 +49,7 @@ from m2msec.tls.profiles import ECDHE_ECDSA, parse_profiles
 from m2msec.transport.tls import open_connection
 
 AEF_HOST = "aef.bench.example"
-SECURITY = "/capif-security/v1/trustedInvokers"
+CCF_HOST = "ccf.bench.example"
 PATH = "/weather/today"
 BODY = b'{"city": "Sophia Antipolis", "forecast": "sun", "temperature": 21, "wind": "' + b"w" * 120 + b'"}'
 
@@ -135,46 +142,56 @@ async def cli(*argv: str) -> None:
         raise SystemExit(f"m2msec {' '.join(argv[:2])} failed: exit status {code}")
 
 
-async def invoker_paths(world: World, port: int, server_ca: bytes, profile: str) -> list[Route]:
-    """One onboarded invoker per method, each with its security context at the CCF."""
+class CCF:
+    """The CCF as ``m2msec ccf serve`` runs it (a SQLite key store in the temporary folder, loopback TLS) and what
+    its operator hands out: its CA certificate and onboarding credentials (``m2msec ccf onboarding-credential``)."""
+
+    def __init__(self, running: RunningCCF, tmp: Path) -> None:
+        self.running, self.tmp = running, tmp
+        self.address = ("127.0.0.1", running.port)
+        self.ca_pem = running.ca_pem
+        self.issuer = running.ccf.policy.issuer
+        self._store = running.ccf.store.store
+
+    def credential(self, purpose: str) -> str:
+        return issue_credential(self._store, issuer=self.issuer, subject=f"bench {purpose}", lifetime=600,
+                                now=int(time.time()), purpose=purpose).token
+
+
+async def invoker_paths(ccf: CCF, port: int, server_ca: bytes, profile: str) -> list[Route]:
+    """One invoker per method, onboarded and given its security context with m2msec.capif.invoker (what
+    ``m2msec capif onboard`` / ``security`` / ``token`` do)."""
     iface = {"ipv4Addr": "127.0.0.1", "port": port, "apiPrefix": "/weather"}
-    p0 = f"127.0.0.1:{port}/weather"
     paths: list[Route] = []
     for method in ("PSK", "PKI", "OAUTH"):
-        who = await onboard(world)
-        async with await world.connect(who) as conn:
-            put = await conn.request("PUT", f"{SECURITY}/{who.identity}", json_body=security(
-                {"interfaceDetails": iface, "prefSecurityMethods": [method]}))
-            assert put.status == 201 and put.json()["securityInfo"][0]["selSecurityMethod"] == method, put.body
-            if method == "PSK":
-                config = ClientConfig(who.identity, conn.aefpsk(p0), profiles=parse_profiles(profile),
-                                      peer_entity=NOT_ONEM2M)
-                paths.append(Route(f"AEF PSK ({profile})", port, TLSContext.client(config), [], who.identity))
-            elif method == "PKI":
-                config = ClientConfig(None, profiles=(ECDHE_ECDSA,), server_name=AEF_HOST, certificate=
-                                      CertificateConfig(who.certificate_pem, who.private_key_pem, server_ca))
-                paths.append(Route("AEF PKI", port, TLSContext.client(config), [], who.identity))
-            else:
-                token = await conn.request("POST", f"/capif-security/v1/securities/{who.identity}/token",
-                                           form={"grant_type": "client_credentials", "client_id": who.identity})
-                assert token.status == 200, token.body
-                config = ClientConfig(None, profiles=(ECDHE_ECDSA,), server_name=AEF_HOST,
-                                      server_authentication_only=True,
-                                      certificate=CertificateConfig(b"", b"", server_ca))
-                paths.append(Route("AEF OAuth", port, TLSContext.client(config),
-                                   [("authorization", f"Bearer {token.json()['access_token']}")], who.identity))
+        who = await invoker.onboard(ccf.address, CCF_HOST, ccf.ca_pem, ccf.credential("invoker"),
+                                    ccf.tmp / f"invoker-{method.lower()}", DEFAULT_NOTIFICATION_DESTINATION)
+        got = await invoker.obtain_security(who, [{"interfaceDetails": iface, "prefSecurityMethods": [method]}])
+        selected = [e.get("selSecurityMethod") for e in got.context["securityInfo"]]
+        assert selected == [method], selected
+        if method == "PSK":
+            identity, aefpsk = invoker.read_aefpsk(got.psk_files[0].path)
+            config = ClientConfig(identity, aefpsk, profiles=parse_profiles(profile), peer_entity=NOT_ONEM2M)
+            paths.append(Route(f"AEF PSK ({profile})", port, TLSContext.client(config), [], who.invoker_id))
+        elif method == "PKI":
+            config = ClientConfig(None, profiles=(ECDHE_ECDSA,), server_name=AEF_HOST, certificate=
+                                  CertificateConfig(who.certificate_pem, who.private_key_pem, server_ca))
+            paths.append(Route("AEF PKI", port, TLSContext.client(config), [], who.invoker_id))
+        else:
+            token = (await invoker.token(who))["access_token"]
+            config = ClientConfig(None, profiles=(ECDHE_ECDSA,), server_name=AEF_HOST,
+                                  server_authentication_only=True, certificate=CertificateConfig(b"", b"", server_ca))
+            paths.append(Route("AEF OAuth", port, TLSContext.client(config), [("authorization", f"Bearer {token}")],
+                               who.invoker_id))
     return paths
 
 
-async def start_front(world: World, tmp: Path, backend_port: int) -> tuple[asyncio.subprocess.Process, int, bytes]:
-    """Register a provider, publish the API, start ``m2msec aef serve``; (process, port, server CA PEM)."""
-    (tmp / "ccf-ca.pem").write_bytes(world.ca_pem)
-    (tmp / "credential").write_text(world.credential(purpose="provider"))
-    (tmp / "credential").chmod(0o600)
-    ccf = f"127.0.0.1:{world.ccf.port}"
-    await cli("aef", "register", "--ccf", ccf, "--ccf-host", CCF_HOST, "--ca", str(tmp / "ccf-ca.pem"),
-              "--credential", str(tmp / "credential"), "--out", str(tmp / "provider"))
-    ids = json.loads((tmp / "provider" / "provider.json").read_text())
+async def start_front(ccf: CCF, tmp: Path, backend_port: int) -> tuple[asyncio.subprocess.Process, int, bytes]:
+    """Register a provider (m2msec.capif.aef.register), publish the API (``m2msec aef publish``), start
+    ``m2msec aef serve``; (process, port, server CA PEM)."""
+    (tmp / "ccf-ca.pem").write_bytes(ccf.ca_pem)
+    ids = await register(ccf.address, CCF_HOST, ccf.ca_pem, ccf.credential("provider"), tmp / "provider")
+    assert json.loads((tmp / "provider" / PROVIDER_FILE).read_text())["AEF"] == ids["AEF"]
     ca = create_ca("AEF operator CA", permitted_dns=["bench.example"])
     cert = issue(ca, CertificateFlavour.FQDN, AEF_HOST)
     (tmp / "server.crt").write_bytes(cert.certificate_pem())
@@ -182,26 +199,10 @@ async def start_front(world: World, tmp: Path, backend_port: int) -> tuple[async
     (tmp / "server.key").chmod(0o600)
     port = free_port()
     config = tmp / "aef.toml"
-    config.write_text(f"""
-listen = "127.0.0.1:{port}"
-backend = "http://127.0.0.1:{backend_port}"
-aef_id = "{ids['AEF']}"
-[ccf]
-address = "{ccf}"
-host = "{CCF_HOST}"
-issuer = "{world.ccf.ccf.policy.issuer}"
-ca = "ccf-ca.pem"
-[credentials]
-certificate = "provider/aef.crt"
-private_key = "provider/aef.key"
-[tls]
-certificate = "server.crt"
-private_key = "server.key"
-[[api]]
-name = "weather"
-prefix = "/weather"
-interface = "127.0.0.1:{port}/weather"
-""")
+    config.write_text(render_config(
+        listen=f"127.0.0.1:{port}", backend=f"http://127.0.0.1:{backend_port}", aef_id=ids["AEF"],
+        ccf_address=f"127.0.0.1:{ccf.address[1]}", ccf_host=CCF_HOST, issuer=ccf.issuer, ccf_ca="ccf-ca.pem",
+        apis=[ConfigAPI("weather", "/weather", f"127.0.0.1:{port}/weather")]))
     await cli("aef", "publish", "--config", str(config), "--provider", str(tmp / "provider"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("M2MSEC_")}
     log = (tmp / "aef.log").open("wb")
@@ -261,12 +262,14 @@ async def bench(args: argparse.Namespace, tmp: Path) -> None:
     aef: asyncio.subprocess.Process | None = None
     try:
         wait_listening(backend_port)
-        async for world in start_world(tmp):
+        config = CCFConfig(listen="127.0.0.1:0", ccf_host=CCF_HOST, store=f"sqlite://{tmp}/ccf.db")
+        async with running_ccf(config) as running:  # as `m2msec ccf serve` runs it
+            ccf = CCF(running, tmp)
             t0 = time.perf_counter()
-            aef, port, server_ca = await start_front(world, tmp, backend_port)
+            aef, port, server_ca = await start_front(ccf, tmp, backend_port)
             assert backend.pid is not None
             paths = [Route("direct", backend_port, None, [], "-"),
-                     *await invoker_paths(world, port, server_ca, args.psk_profile)]
+                     *await invoker_paths(ccf, port, server_ca, args.psk_profile)]
             print(f"setup (CCF, register, publish, aef serve, 3 invokers with contexts): "
                   f"{time.perf_counter() - t0:.1f} s")
             modes = (("keep-alive", True, args.calls), ("connect", False, args.calls // 5))

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import socket
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
 
 from ccf.ccf_env import (
     CCF_HOST,
@@ -185,6 +189,23 @@ def link_for(world: World, aef: Identity, port: int | None = None, **kw: Any) ->
                    certificate_pem=aef.certificate_pem, private_key_pem=aef.private_key_pem, **kw)
 
 
+def hold_lookups(aef: AEF, *, only: str | None = None, asked: list[str] | None = None) -> asyncio.Event:
+    """Make the resolver's look-ups at the CCF (of ``only`` that invoker, by default of all) wait until the returned
+    event is set, then go to the real link; each invoker ID looked up is appended to ``asked``."""
+    gate = asyncio.Event()
+    real = aef.link.trusted_invoker
+
+    async def held(invoker_id: str) -> Any:
+        if asked is not None:
+            asked.append(invoker_id)
+        if only is None or invoker_id == only:
+            await gate.wait()
+        return await real(invoker_id)
+
+    aef.resolver.link = type("Held", (), {"trusted_invoker": staticmethod(held)})()
+    return gate
+
+
 @contextlib.asynccontextmanager
 async def running_aef(world: World, *, profiles: str = LISTENER_PROFILES,
                       certificate: tuple[bytes, bytes] | None = None, port: int | None = None,
@@ -201,3 +222,43 @@ async def running_aef(world: World, *, profiles: str = LISTENER_PROFILES,
     finally:
         await listener.stop()
         await link.close()
+
+
+# ------------------------------------------------------------------------------- openssl s_client as an invoker
+
+OPENSSL = shutil.which("openssl")
+#: one TLS 1.2 suite of each RFC 4279 / RFC 5489 family the listener offers
+PSK_SUITES = ("PSK-AES128-GCM-SHA256", "DHE-PSK-AES128-GCM-SHA256", "ECDHE-PSK-AES128-CBC-SHA256")
+
+
+def openssl_has_psk() -> bool:
+    if OPENSSL is None:
+        return False
+    try:
+        listed = subprocess.run([OPENSSL, "ciphers", "-v", ":".join(PSK_SUITES)], capture_output=True, timeout=10)
+        helped = subprocess.run([OPENSSL, "s_client", "-help"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return listed.returncode == 0 and b"-psk_identity" in helped.stdout + helped.stderr
+
+
+needs_openssl_psk = pytest.mark.skipif(not openssl_has_psk(), reason="openssl with TLS 1.2 PSK suites is not available")
+
+
+async def openssl_s_client(port: int, sent: bytes, *options: str) -> tuple[int, bytes]:
+    """``openssl s_client -connect 127.0.0.1:port -tls1_2 -quiet <options>``: send ``sent``, return its exit status
+    and everything it printed (stdout and stderr) once it ends."""
+    assert OPENSSL is not None
+    proc = await asyncio.create_subprocess_exec(
+        OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2", "-quiet", *options,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(sent)
+        await proc.stdin.drain()
+        output = await asyncio.wait_for(proc.stdout.read(), 20)
+        return await asyncio.wait_for(proc.wait(), 10), output
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

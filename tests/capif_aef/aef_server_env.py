@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from m2msec.capif.aef.authorize import ServedAPI
 from m2msec.capif.aef.config import AEFConfig
 from m2msec.capif.aef.events import EVENTS_LISTEN
 from m2msec.capif.aef.server import RunningAEF, running_aef_front
+from m2msec.errors import HandshakeFailed, HandshakeTimeout
 from m2msec.idb import NOT_ONEM2M
 from m2msec.keys.secret import SecretKey
 from m2msec.pki import create_ca, issue
@@ -30,6 +32,10 @@ from .aef_env import SECURITY, interface, p0_of, psk_invoker
 
 #: the AEF's server name (its certificate, from a CA of the operator's, D168)
 AEF_HOST = "aef.test.example"
+#: what a refused handshake or a dropped connection raises at the invoker
+REFUSED = (HandshakeFailed, HandshakeTimeout, ConnectionError)
+#: more APIs for :func:`running_front` to serve: given the provider, the front's interface and P0, publish and return
+MoreAPIs = Callable[[Provider, dict[str, Any], str], Awaitable[Sequence[ServedAPI]]]
 
 
 class Backend:
@@ -91,10 +97,10 @@ def server_credentials() -> tuple[bytes, bytes, bytes]:
 
 
 @contextlib.asynccontextmanager
-async def running_front(world: World, *, events: tuple[str, int] | None = EVENTS_LISTEN, **kw: Any
-                        ) -> AsyncIterator[Front]:
+async def running_front(world: World, *, events: tuple[str, int] | None = EVENTS_LISTEN,
+                        more_apis: MoreAPIs | None = None, **kw: Any) -> AsyncIterator[Front]:
     """A registered provider whose AEF front listens on 127.0.0.1 (port chosen by the system) with one published API
-    under /api, forwarding to a recording backend."""
+    under /api (then those of ``more_apis``, in its order), forwarding to a recording backend."""
     provider = await register_provider(world)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -105,12 +111,13 @@ async def running_front(world: World, *, events: tuple[str, int] | None = EVENTS
     backend = Backend()
     await backend.start()
     chain, key, server_ca = server_credentials()
+    more = tuple(await more_apis(provider, iface, p0)) if more_apis is not None else ()
     config = AEFConfig(
         listen=("127.0.0.1", port), backend=("127.0.0.1", backend.port), aef_id=provider.aef.identity,
         ccf_address=("127.0.0.1", world.ccf.port), ccf_host=CCF_HOST, issuer=world.ccf.ccf.policy.issuer,
         ccf_ca_pem=world.ca_pem, certificate_pem=provider.aef.certificate_pem,
         private_key_pem=provider.aef.private_key_pem, server_certificate_pem=chain, server_key_pem=key,
-        apis=(ServedAPI(api["apiName"], "/api", p0, api["apiId"]),), **kw)
+        apis=(ServedAPI(api["apiName"], "/api", p0, api["apiId"]), *more), **kw)
     try:
         async with running_aef_front(config, sock=sock, events=events) as running:
             yield Front(world, provider, running, backend, api, iface, p0, server_ca)
@@ -178,5 +185,53 @@ async def access_token(world: World, who: Identity) -> str:
     return token
 
 
-__all__ = ["AEF_HOST", "Backend", "Front", "access_token", "call", "invoker_with", "pki_context", "psk_context",
-           "psk_invoker", "running_front", "server_only_context"]
+# ------------------------------------------------------------ kept connections and the front's revocation receiver
+
+class Kept:
+    """One TLS connection to the front kept open across requests (HTTP/1.1 keep-alive)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int, context: TLSContext) -> Kept:
+        reader, writer, _ = await open_connection("127.0.0.1", port, context, handshake_timeout=10,
+                                                  peer_entity=NOT_ONEM2M)
+        return cls(reader, writer)
+
+    async def get(self, path: str = "/api/items", token: str | None = None) -> http1.Message:
+        conn = h11.Connection(h11.CLIENT)
+        headers = [("host", AEF_HOST)] + ([("authorization", f"Bearer {token}")] if token else [])
+        await http1.send_message(conn, self.writer, http1.Message(headers=headers, method="GET", target=path))
+        answer = await asyncio.wait_for(http1.read_message(conn, self.reader), 10)
+        assert answer is not None
+        return answer
+
+    async def closed_by_the_front(self) -> bool:
+        try:
+            return await asyncio.wait_for(self.reader.read(1), 5) == b""
+        except (ConnectionError, OSError):
+            return True
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def notified(aef: Front, count: int) -> None:
+    """Wait until the front's receiver acted on ``count`` notifications (the CCF delivers asynchronously)."""
+    events = aef.running.events
+    assert events is not None
+    async with asyncio.timeout(10):
+        while events.received < count:
+            await asyncio.sleep(0.02)
+
+
+def ended(answer: http1.Message) -> bool:
+    body = json.loads(answer.body)
+    return answer.status == 403 and body["cause"] == "API_INVOKER_NOT_AUTHORIZED" and \
+        (answer.header("connection") or "").lower() == "close"
+
+
+__all__ = ["AEF_HOST", "REFUSED", "Backend", "Front", "Kept", "MoreAPIs", "access_token", "call", "ended",
+           "invoker_with", "notified", "pki_context", "psk_context", "psk_invoker", "running_front",
+           "server_only_context"]

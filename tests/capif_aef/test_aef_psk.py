@@ -15,7 +15,7 @@ from ccf.ccf_env import INVOKERS, World, expected_aefpsk, onboard, publish, regi
 from m2msec.errors import HandshakeFailed, HandshakeTimeout
 from m2msec.tls.profiles import DHE_PSK, ECDHE_PSK, PSK, RSA_PSK, CipherProfile
 
-from .aef_env import SECURITY, Listener, Relay, link_for, psk_invoker, running_aef, say_hello
+from .aef_env import SECURITY, Listener, Relay, hold_lookups, link_for, psk_invoker, running_aef, say_hello
 
 __all__ = ["world"]
 
@@ -111,14 +111,7 @@ async def test_offboarding_then_invalidate_ends_the_psk(world: World) -> None:
 async def test_invalidate_during_a_fetch_hands_out_no_key(world: World) -> None:
     async with running_aef(world) as aef:
         inv = await psk_invoker(world, aef.listener.iface, aef.listener.p0)
-        gate = asyncio.Event()
-        real = aef.link.trusted_invoker
-
-        async def slow(invoker_id: str):  # type: ignore[no-untyped-def]
-            await gate.wait()
-            return await real(invoker_id)
-
-        aef.resolver.link = type("Slow", (), {"trusted_invoker": staticmethod(slow)})()
+        gate = hold_lookups(aef)
         attempt = asyncio.create_task(say_hello(aef.listener.port, inv.id, inv.key))
         while not aef.resolver.fetches:
             await asyncio.sleep(0.01)
@@ -133,17 +126,8 @@ async def test_lookups_are_coalesced_and_others_are_not_stalled(world: World) ->
     async with running_aef(world) as aef:
         slow_one = await psk_invoker(world, aef.listener.iface, aef.listener.p0)
         quick = await psk_invoker(world, aef.listener.iface, aef.listener.p0)
-        gate = asyncio.Event()
-        real = aef.link.trusted_invoker
         asked: list[str] = []
-
-        async def gated(invoker_id: str):  # type: ignore[no-untyped-def]
-            asked.append(invoker_id)
-            if invoker_id == slow_one.id:
-                await gate.wait()
-            return await real(invoker_id)
-
-        aef.resolver.link = type("Gated", (), {"trusted_invoker": staticmethod(gated)})()
+        gate = hold_lookups(aef, only=slow_one.id, asked=asked)
         waiting = [asyncio.create_task(say_hello(aef.listener.port, slow_one.id, slow_one.key)) for _ in range(5)]
         while not asked:
             await asyncio.sleep(0.01)
@@ -240,14 +224,7 @@ async def test_fetches_in_flight_are_capped(world: World) -> None:
     async with running_aef(world) as aef:
         held = await psk_invoker(world, aef.listener.iface, aef.listener.p0)
         other = await psk_invoker(world, aef.listener.iface, aef.listener.p0)
-        gate = asyncio.Event()
-        real = aef.link.trusted_invoker
-
-        async def gated(invoker_id: str):  # type: ignore[no-untyped-def]
-            await gate.wait()
-            return await real(invoker_id)
-
-        aef.resolver.link = type("Gated", (), {"trusted_invoker": staticmethod(gated)})()
+        gate = hold_lookups(aef)
         aef.resolver.max_inflight = 1
         first = asyncio.create_task(say_hello(aef.listener.port, held.id, held.key))
         while not aef.resolver.fetches:

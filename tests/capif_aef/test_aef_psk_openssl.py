@@ -4,54 +4,21 @@ the formula over the invoker's CAPIF-1e session, never by m2msec. Skipped when o
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import subprocess
-
 import pytest
 
 from ccf.ccf_env import World, world
 
-from .aef_env import psk_invoker, running_aef
+from .aef_env import OPENSSL, PSK_SUITES, needs_openssl_psk, openssl_has_psk, openssl_s_client, psk_invoker, running_aef
 
-__all__ = ["world"]
+__all__ = ["OPENSSL", "needs_openssl_psk", "openssl_has_psk", "world"]
 
-OPENSSL = shutil.which("openssl")
-#: one TLS 1.2 suite of each RFC 4279 / RFC 5489 family the listener offers
-SUITES = ("PSK-AES128-GCM-SHA256", "DHE-PSK-AES128-GCM-SHA256", "ECDHE-PSK-AES128-CBC-SHA256")
-
-
-def openssl_has_psk() -> bool:
-    if OPENSSL is None:
-        return False
-    try:
-        listed = subprocess.run([OPENSSL, "ciphers", "-v", ":".join(SUITES)], capture_output=True, timeout=10)
-        helped = subprocess.run([OPENSSL, "s_client", "-help"], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return listed.returncode == 0 and b"-psk_identity" in helped.stdout + helped.stderr
-
-
-needs_openssl_psk = pytest.mark.skipif(not openssl_has_psk(), reason="openssl with TLS 1.2 PSK suites is not available")
+SUITES = PSK_SUITES
 
 
 async def s_client(port: int, identity: str, key_hex: str, suite: str) -> tuple[int, bytes]:
-    """Run s_client, send one line, return its exit status and everything it printed."""
-    assert OPENSSL is not None
-    proc = await asyncio.create_subprocess_exec(
-        OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-psk", key_hex, "-psk_identity", identity, "-tls1_2",
-        "-cipher", suite, "-quiet", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT)
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        proc.stdin.write(b"hello from openssl\n")
-        await proc.stdin.drain()
-        output = await asyncio.wait_for(proc.stdout.read(), 20)
-        return await asyncio.wait_for(proc.wait(), 10), output
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    """Run s_client with the PSK, send one line, return its exit status and everything it printed."""
+    return await openssl_s_client(port, b"hello from openssl\n", "-psk", key_hex, "-psk_identity", identity,
+                                  "-cipher", suite)
 
 
 @needs_openssl_psk

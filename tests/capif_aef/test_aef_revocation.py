@@ -14,7 +14,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import h11
 import pytest
 
 from ccf.ccf_env import CCF_HOST, World, register_provider, world
@@ -23,73 +22,28 @@ from m2msec.capif.aef.config import load_config
 from m2msec.capif.aef.events import REVOCATION_EVENTS, AEFEventsReceiver
 from m2msec.capif.schema import validate_request
 from m2msec.errors import M2MSecError
-from m2msec.idb import NOT_ONEM2M
-from m2msec.tls.engine import TLSContext
-from m2msec.transport.tls import open_connection
 
 from .aef_env import SECURITY
 from .aef_server_env import (
-    AEF_HOST,
+    REFUSED,
     Front,
+    Kept,
     access_token,
     call,
+    ended,
     invoker_with,
+    notified,
     pki_context,
     psk_context,
     psk_invoker,
     running_front,
     server_only_context,
 )
-from .test_aef_server import REFUSED
 
-__all__ = ["world"]
+#: Kept, ended and notified live in aef_server_env; still importable from here
+__all__ = ["Kept", "ended", "notified", "world"]
 
 OFFBOARD = "/api-invoker-management/v1/onboardedInvokers/{}"
-
-
-class Kept:
-    """One TLS connection to the front kept open across requests (HTTP/1.1 keep-alive)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, port: int, context: TLSContext) -> Kept:
-        reader, writer, _ = await open_connection("127.0.0.1", port, context, handshake_timeout=10,
-                                                  peer_entity=NOT_ONEM2M)
-        return cls(reader, writer)
-
-    async def get(self, path: str = "/api/items", token: str | None = None) -> http1.Message:
-        conn = h11.Connection(h11.CLIENT)
-        headers = [("host", AEF_HOST)] + ([("authorization", f"Bearer {token}")] if token else [])
-        await http1.send_message(conn, self.writer, http1.Message(headers=headers, method="GET", target=path))
-        answer = await asyncio.wait_for(http1.read_message(conn, self.reader), 10)
-        assert answer is not None
-        return answer
-
-    async def closed_by_the_front(self) -> bool:
-        try:
-            return await asyncio.wait_for(self.reader.read(1), 5) == b""
-        except (ConnectionError, OSError):
-            return True
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-async def notified(aef: Front, count: int) -> None:
-    """Wait until the front's receiver acted on ``count`` notifications (the CCF delivers asynchronously)."""
-    events = aef.running.events
-    assert events is not None
-    async with asyncio.timeout(10):
-        while events.received < count:
-            await asyncio.sleep(0.02)
-
-
-def ended(answer: http1.Message) -> bool:
-    body = json.loads(answer.body)
-    return answer.status == 403 and body["cause"] == "API_INVOKER_NOT_AUTHORIZED" and \
-        (answer.header("connection") or "").lower() == "close"
 
 
 async def test_offboarding_cuts_off_live_psk_and_pki_invokers_and_others_keep_working(world: World) -> None:

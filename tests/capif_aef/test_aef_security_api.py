@@ -12,8 +12,18 @@ from m2msec.capif.schema import validate_request, validate_response
 from m2msec.tls.engine import CertificateConfig, ClientConfig, TLSContext
 from m2msec.tls.profiles import ECDHE_ECDSA
 
-from .aef_server_env import AEF_HOST, Reply, call, invoker_with, pki_context, psk_context, psk_invoker, running_front
-from .test_aef_revocation import Kept, ended
+from .aef_server_env import (
+    AEF_HOST,
+    Kept,
+    Reply,
+    call,
+    ended,
+    invoker_with,
+    pki_context,
+    psk_context,
+    psk_invoker,
+    running_front,
+)
 
 __all__ = ["world"]
 

@@ -11,11 +11,11 @@ from ccf.ccf_env import World, onboard, security, world
 from m2msec.capif.aef.app import CCFSource
 from m2msec.capif.aef.ccf_link import TrustedInvoker
 from m2msec.capif.tokens import VerificationKeys
-from m2msec.errors import HandshakeFailed, HandshakeTimeout
 from m2msec.tls.profiles import DHE_PSK, ECDHE_PSK, PSK
 
 from .aef_env import SECURITY
 from .aef_server_env import (
+    REFUSED,
     access_token,
     call,
     invoker_with,
@@ -29,7 +29,6 @@ from .aef_server_env import (
 __all__ = ["world"]
 
 WRONG_METHOD = "SECURITY_METHOD_NOT_SELECTED"
-REFUSED = (HandshakeFailed, HandshakeTimeout, ConnectionError)
 
 
 async def test_psk_reaches_the_backend_with_the_invoker_id(world: World) -> None:

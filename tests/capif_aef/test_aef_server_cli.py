@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ccf.ccf_env import CCF_HOST, World, expected_aefpsk, onboard, security, world
+from m2msec.capif.aef.config_file import ConfigAPI, render_config
 from m2msec.cli.main import main
 
 from .aef_env import SECURITY
@@ -66,26 +67,10 @@ async def test_register_publish_serve(world: World, tmp_path: Path) -> None:
     port = free_port()
     p0 = f"127.0.0.1:{port}/weather"
     config = tmp_path / "aef.toml"
-    config.write_text(f"""
-listen = "127.0.0.1:{port}"
-backend = "http://127.0.0.1:{backend.port}"
-aef_id = "{ids['AEF']}"
-[ccf]
-address = "{ccf}"
-host = "{CCF_HOST}"
-issuer = "{world.ccf.ccf.policy.issuer}"
-ca = "ccf-ca.pem"
-[credentials]
-certificate = "provider/aef.crt"
-private_key = "provider/aef.key"
-[tls]
-certificate = "server.crt"
-private_key = "server.key"
-[[api]]
-name = "weather"
-prefix = "/weather"
-interface = "{p0}"
-""")
+    config.write_text(render_config(
+        listen=f"127.0.0.1:{port}", backend=f"http://127.0.0.1:{backend.port}", aef_id=ids["AEF"], ccf_address=ccf,
+        ccf_host=CCF_HOST, issuer=world.ccf.ccf.policy.issuer, ccf_ca="ccf-ca.pem",
+        apis=[ConfigAPI("weather", "/weather", p0)]))
     code = await asyncio.to_thread(main, ["aef", "publish", "--config", str(config), "--provider", str(folder)])
     assert code == 0
     try:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from m2msec.capif.aef.config import DEFAULT_PROFILES, load_config, parse_backend
+from m2msec.capif.aef.config_file import ConfigAPI, render_config
 from m2msec.capif.aef.register import interface_description
 from m2msec.errors import ConfigurationError
 
@@ -78,3 +79,23 @@ def test_interface_descriptions_from_p0() -> None:
                                                         "securityMethods": ["PSK", "PKI", "OAUTH"]}
     with pytest.raises(ConfigurationError):
         interface_description("no-port/api")
+
+
+def test_render_config_writes_what_load_config_reads(tmp_path: Path) -> None:
+    """The text of m2msec.capif.aef.config_file (the benchmark's and the CLI test's) loads to the values it was given,
+    quotes and backslashes in values included."""
+    text = render_config(listen="127.0.0.1:8443", backend="http://127.0.0.1:8080", aef_id='AEF"1\\x',
+                         ccf_address="127.0.0.1:8445", ccf_host="ccf.example", issuer="https://issuer.example",
+                         ccf_ca="ca.pem", credentials=("aef.crt", "aef.key"),
+                         apis=[ConfigAPI("weather", "/weather", "aef.example:8443/weather"),
+                               ConfigAPI("maps", "/maps", "aef.example:8443/maps")])
+    config = load_config(files(tmp_path, text))
+    assert (config.listen, config.backend, config.aef_id) == (("127.0.0.1", 8443), ("127.0.0.1", 8080), 'AEF"1\\x')
+    assert (config.ccf_address, config.ccf_host, config.issuer) == (("127.0.0.1", 8445), "ccf.example",
+                                                                    "https://issuer.example")
+    assert (config.ccf_ca_pem, config.private_key_pem, config.server_key_pem) == (
+        b"-- ca.pem --", b"-- aef.key --", b"-- server.key --")
+    assert [(a.name, a.prefix, a.interface) for a in config.apis] == [
+        ("weather", "/weather", "aef.example:8443/weather"), ("maps", "/maps", "aef.example:8443/maps")]
+    assert "issuer" not in render_config(listen="a:1", backend="http://b:2", aef_id="A", ccf_address="c:3",
+                                         ccf_host="c", ccf_ca="ca.pem", apis=[])

@@ -4,13 +4,12 @@ with the invoker ID. Skipped when openssl lacks TLS-PSK."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from ccf.ccf_env import World, world
 
+from .aef_env import needs_openssl_psk, openssl_s_client
 from .aef_server_env import invoker_with, psk_invoker, running_front
-from .test_aef_psk_openssl import OPENSSL, needs_openssl_psk
 
 __all__ = ["world"]
 
@@ -18,20 +17,7 @@ REQUEST = b"GET /api/items?via=openssl HTTP/1.1\r\nHost: aef.test.example\r\nCon
 
 
 async def s_client(port: int, *options: str) -> tuple[int, bytes]:
-    assert OPENSSL is not None
-    proc = await asyncio.create_subprocess_exec(
-        OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2", "-quiet", *options,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        proc.stdin.write(REQUEST)
-        await proc.stdin.drain()
-        output = await asyncio.wait_for(proc.stdout.read(), 20)
-        return await asyncio.wait_for(proc.wait(), 10), output
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    return await openssl_s_client(port, REQUEST, *options)
 
 
 @needs_openssl_psk

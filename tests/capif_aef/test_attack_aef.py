@@ -4,10 +4,10 @@ Confirmed problems are ``xfail(strict=True)``; attacks refused that are worth ke
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
-import socket
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +19,7 @@ from ccf.ccf_env import (
     CCF_HOST,
     INVOKERS,
     Identity,
+    Provider,
     World,
     csr_pem,
     expected_aefpsk,
@@ -26,36 +27,34 @@ from ccf.ccf_env import (
     new_key,
     onboard,
     publish,
-    register_provider,
     security,
     world,
 )
 from m2msec.capif.aef.authorize import ServedAPI
-from m2msec.capif.aef.config import AEFConfig, load_config
-from m2msec.capif.aef.events import EVENTS_LISTEN
-from m2msec.capif.aef.server import running_aef_front
-from m2msec.errors import HandshakeFailed, HandshakeTimeout, M2MSecError
+from m2msec.capif.aef.config import load_config
+from m2msec.errors import M2MSecError
 from m2msec.idb import NOT_ONEM2M
 from m2msec.transport.tls import open_connection
 
-from .aef_env import SECURITY, interface, p0_of
+from .aef_env import SECURITY
 from .aef_server_env import (
-    Backend,
+    REFUSED,
     Front,
+    Kept,
     access_token,
     call,
     invoker_with,
+    notified,
     pki_context,
     psk_context,
     psk_invoker,
     running_front,
-    server_credentials,
     server_only_context,
 )
+from .test_aef_server_config import GOOD, files
 
 __all__ = ["world"]
 
-REFUSED = (HandshakeFailed, HandshakeTimeout, ConnectionError)
 
 
 def _resolves_outside(target: str, prefix: str = "/api") -> bool:
@@ -130,15 +129,17 @@ async def test_a_token_for_a_pki_invoker_is_refused_without_its_certificate(worl
         assert reply.status == 403 and not aef.backend.seen
 
 
+def _b64json(part: str) -> Any:
+    """A JWT part (base64url without padding) decoded as JSON."""
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
 async def test_a_forged_or_garbled_bearer_token_is_refused_without_a_secret_in_the_answer(world: World) -> None:
     async with running_front(world) as aef:
         who = await invoker_with(world, aef.iface, "OAUTH")
         token = await access_token(world, who)
         head, payload, sig = token.split(".")
-        import base64
-        import json
-
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = _b64json(payload)
         claims["client_id"] = "INVvictim"
         forged_payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
         for bad in (f"{head}.{forged_payload}.{sig}", f"{head}.{payload}.", "eyJhbGciOiJub25lIn0." + payload + "."):
@@ -196,30 +197,15 @@ async def test_request_smuggling_to_the_backend_is_refused_or_reframed(world: Wo
 async def _front_with_nested_api(world: World) -> AsyncIterator[tuple[Front, dict[str, Any]]]:
     """The AEF front of :func:`running_front`, configured (as an operator may write the [[api]] tables) with the
     published API under /api first and a second published API of the same interface under /api/admin after it."""
-    provider = await register_provider(world)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    port = int(sock.getsockname()[1])
-    iface, p0 = interface(port), p0_of(port)
-    api = await publish(world, provider.apf, provider.aef, interface=iface)
-    backend = Backend()
-    await backend.start()
-    chain, key, server_ca = server_credentials()
-    second = await publish(world, provider.apf, provider.aef, interface=iface)
-    admin = ServedAPI(second["apiName"], "/api/admin", p0, second["apiId"])
-    config = AEFConfig(
-        listen=("127.0.0.1", port), backend=("127.0.0.1", backend.port), aef_id=provider.aef.identity,
-        ccf_address=("127.0.0.1", world.ccf.port), ccf_host=CCF_HOST, issuer=world.ccf.ccf.policy.issuer,
-        ccf_ca_pem=world.ca_pem, certificate_pem=provider.aef.certificate_pem,
-        private_key_pem=provider.aef.private_key_pem, server_certificate_pem=chain, server_key_pem=key,
-        apis=(ServedAPI(api["apiName"], "/api", p0, api["apiId"]), admin))
-    try:
-        async with running_aef_front(config, sock=sock, events=EVENTS_LISTEN) as running:
-            yield Front(world, provider, running, backend, api, iface, p0, server_ca), second
-    finally:
-        await backend.stop()
-        sock.close()
+    published: list[dict[str, Any]] = []
+
+    async def admin(provider: Provider, iface: dict[str, Any], p0: str) -> tuple[ServedAPI]:
+        second = await publish(world, provider.apf, provider.aef, interface=iface)
+        published.append(second)
+        return (ServedAPI(second["apiName"], "/api/admin", p0, second["apiId"]),)
+
+    async with running_front(world, more_apis=admin) as aef:
+        yield aef, published[0]
 
 
 async def test_a_nested_api_prefix_is_authorized_as_its_own_api(world: World) -> None:
@@ -238,44 +224,24 @@ async def test_a_nested_api_prefix_is_authorized_as_its_own_api(world: World) ->
 
 @pytest.mark.parametrize("key_file", ["aef.key", "server.key"])
 def test_the_front_refuses_a_world_readable_private_key(tmp_path: Path, key_file: str) -> None:
-    for name in ("ca.pem", "aef.crt", "aef.key", "server.crt", "server.key"):
-        (tmp_path / name).write_bytes(f"-- {name} --".encode())
-        (tmp_path / name).chmod(0o600 if name.endswith(".key") else 0o644)
+    config = _key_files(tmp_path)
     (tmp_path / key_file).chmod(0o644)
-    tmp_path.chmod(0o700)
-    (tmp_path / "aef.toml").write_text(_CONFIG)
     with pytest.raises(M2MSecError, match=key_file):
-        load_config(tmp_path / "aef.toml")
+        load_config(config)
 
 
 def test_the_config_accepts_private_keys_of_mode_0600(tmp_path: Path) -> None:
     """The control of the test above: the same folder with both keys 0600 loads."""
-    for name in ("ca.pem", "aef.crt", "aef.key", "server.crt", "server.key"):
-        (tmp_path / name).write_bytes(f"-- {name} --".encode())
-        (tmp_path / name).chmod(0o600 if name.endswith(".key") else 0o644)
-    tmp_path.chmod(0o700)
-    (tmp_path / "aef.toml").write_text(_CONFIG)
-    assert load_config(tmp_path / "aef.toml").private_key_pem == b"-- aef.key --"
+    assert load_config(_key_files(tmp_path)).private_key_pem == b"-- aef.key --"
 
 
-_CONFIG = """listen = "127.0.0.1:8443"
-backend = "http://127.0.0.1:8080"
-aef_id = "AEF1"
-[ccf]
-address = "127.0.0.1:8445"
-host = "ccf.example"
-ca = "ca.pem"
-[credentials]
-certificate = "aef.crt"
-private_key = "aef.key"
-[tls]
-certificate = "server.crt"
-private_key = "server.key"
-[[api]]
-name = "weather"
-prefix = "/weather"
-interface = "aef.example:8443/weather"
-"""
+def _key_files(tmp: Path) -> Path:
+    """The configuration of test_aef_server_config.py and its files (keys 0600, the others 0644) in a 0700 folder."""
+    config = files(tmp, GOOD)
+    for name in ("ca.pem", "aef.crt", "server.crt"):
+        (tmp / name).chmod(0o644)
+    tmp.chmod(0o700)
+    return config
 
 
 async def test_no_key_material_in_the_logs_at_debug_level(world: World, caplog: pytest.LogCaptureFixture) -> None:
@@ -402,7 +368,6 @@ async def test_aef_register_refuses_a_credential_file_others_can_read(world: Wor
 
 
 async def test_an_idle_session_of_a_revoked_aefpsk_does_not_survive_the_revocation(world: World) -> None:
-    from .test_aef_revocation import Kept, notified
 
     async with running_front(world) as aef:
         inv = await psk_invoker(world, aef.iface, aef.p0)
@@ -435,13 +400,11 @@ async def test_an_idle_session_of_a_revoked_aefpsk_does_not_survive_the_revocati
 
 
 async def test_unknown_key_ids_do_not_make_the_front_hammer_the_ccf(world: World) -> None:
-    import base64
-
     async with running_front(world) as aef:
         who = await invoker_with(world, aef.iface, "OAUTH")
         token = await access_token(world, who)
         head, payload, sig = token.split(".")
-        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+        header = _b64json(head)
         link = aef.running.app.ccf
         fetches = 0
         real = link.jwks

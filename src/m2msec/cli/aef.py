@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from m2msec.cli.capif import add_enrolment_arguments
 from m2msec.errors import ConfigurationError
 
 __all__ = ["add_parser"]
@@ -23,12 +24,7 @@ def add_parser(sub: Any) -> None:
     cs = p.add_subparsers(dest="aef_command", required=True, metavar="ACTION")
 
     r = cs.add_parser("register", help="register an API provider domain (AMF, APF, AEF) and write a new folder")
-    r.add_argument("--ccf", required=True, metavar="HOST:PORT", help="where the CCF listens")
-    r.add_argument("--ccf-host", required=True, help="the CCF's host name (its certificate must name it)")
-    r.add_argument("--ca", required=True, type=Path, help="the CCF's CA certificate")
-    r.add_argument("--credential", required=True, type=Path,
-                   help="file holding an onboarding credential made --for provider")
-    r.add_argument("--out", required=True, type=Path, help="the new provider folder (must not exist)")
+    add_enrolment_arguments(r, "provider", "provider folder")
     r.set_defaults(func=_register)
 
     pub = cs.add_parser("publish", help="publish the configured API(s) with the provider folder's APF")

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from m2msec.errors import ConfigurationError
 
-__all__ = ["DEFAULT_NOTIFICATION_DESTINATION", "add_parser"]
+__all__ = ["DEFAULT_NOTIFICATION_DESTINATION", "add_enrolment_arguments", "add_parser"]
 
 #: D159: the notificationDestination an invoker gives when its user names none. TS 29.222 makes the member
 #: mandatory in the enrolment and in the security context, but an invoker run from the command line has no receiver;
@@ -29,12 +29,7 @@ def add_parser(sub: Any) -> None:
     cs = p.add_subparsers(dest="capif_command", required=True, metavar="ACTION")
 
     o = cs.add_parser("onboard", help="onboard with the CCF and write a new credential folder")
-    o.add_argument("--ccf", required=True, metavar="HOST:PORT", help="where the CCF listens")
-    o.add_argument("--ccf-host", required=True, help="the CCF's host name (its certificate must name it)")
-    o.add_argument("--ca", required=True, type=Path, help="the CCF's CA certificate (m2msec ccf ca-certificate)")
-    o.add_argument("--credential", required=True, type=Path,
-                   help="file holding the onboarding credential (m2msec ccf onboarding-credential --out)")
-    o.add_argument("--out", required=True, type=Path, help="the new credential folder (must not exist)")
+    add_enrolment_arguments(o, "invoker", "credential folder")
     o.add_argument("--notification-destination", default=DEFAULT_NOTIFICATION_DESTINATION, metavar="URL",
                    help=f"where the CCF tells this invoker of revocations (default {DEFAULT_NOTIFICATION_DESTINATION})")
     o.set_defaults(func=_onboard)
@@ -80,6 +75,17 @@ def add_parser(sub: Any) -> None:
     f = cs.add_parser("offboard", help="offboard from the CCF (its AEFPSK files are deleted)")
     _folder(f)
     f.set_defaults(func=_offboard)
+
+
+def add_enrolment_arguments(p: argparse.ArgumentParser, purpose: str, folder: str) -> None:
+    """The options of a command that creates something at the CCF with an onboarding credential made ``--for
+    purpose`` and writes a new ``folder``: ``capif onboard`` (an invoker), ``aef register`` (a provider domain)."""
+    p.add_argument("--ccf", required=True, metavar="HOST:PORT", help="where the CCF listens")
+    p.add_argument("--ccf-host", required=True, help="the CCF's host name (its certificate must name it)")
+    p.add_argument("--ca", required=True, type=Path, help="the CCF's CA certificate (m2msec ccf ca-certificate)")
+    p.add_argument("--credential", required=True, type=Path, help="file holding an onboarding credential made --for "
+                   f"{purpose} (m2msec ccf onboarding-credential --out)")
+    p.add_argument("--out", required=True, type=Path, help=f"the new {folder} (must not exist)")
 
 
 def _folder(p: argparse.ArgumentParser) -> None:
