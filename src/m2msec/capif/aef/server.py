@@ -87,4 +87,5 @@ async def running_aef_front(config: AEFConfig, *, sock: socket.socket | None = N
         finally:
             await server.aclose()
     finally:
+        await app.aclose()  # the backend connections (D177)
         await link.close()
