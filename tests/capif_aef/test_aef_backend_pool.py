@@ -8,20 +8,25 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import h11
+import pytest
 
 from ccf.ccf_env import World, world
 from m2msec import http1
 from m2msec.capif.aef.app import INVOKER_ID_HEADER, MAX_BACKEND_ANSWER
-from m2msec.capif.aef.backend import BackendPool
+from m2msec.capif.aef.backend import BACKEND_MAX_CONNECTIONS, BackendPool
+from m2msec.capif.aef.config import load_config
+from m2msec.errors import ConfigurationError
 from m2msec.idb import NOT_ONEM2M
 from m2msec.tls.engine import TLSContext
 from m2msec.transport.tls import open_connection
 
 from .aef_server_env import AEF_HOST, Front, psk_context, psk_invoker, running_front
 from .test_aef_revocation import OFFBOARD, Kept, notified
+from .test_aef_server_config import GOOD, files
 
 __all__ = ["world"]
 
@@ -95,16 +100,17 @@ class CountingBackend:
 
 
 @contextlib.asynccontextmanager
-async def pooled_front(world: World, **pool: Any) -> AsyncIterator[tuple[Front, CountingBackend]]:
-    """:func:`running_front` forwarding to a :class:`CountingBackend` through a pool with ``pool`` bounds."""
+async def pooled_front(world: World, **kw: Any) -> AsyncIterator[tuple[Front, CountingBackend]]:
+    """:func:`running_front` (``kw``: configuration) forwarding to a :class:`CountingBackend` instead of its own."""
     backend = CountingBackend()
     backend.server = await asyncio.start_server(backend.serve, "127.0.0.1", 0)
     try:
-        async with running_front(world) as aef:
+        async with running_front(world, **kw) as aef:
             app = aef.running.app
             await app.pool.aclose()
             app.backend = ("127.0.0.1", backend.port)
-            app.pool = BackendPool("127.0.0.1", backend.port, max_answer=MAX_BACKEND_ANSWER, **pool)
+            app.pool = BackendPool("127.0.0.1", backend.port, max_answer=MAX_BACKEND_ANSWER,
+                                   max_connections=aef.running.config.backend_connections)
             yield aef, backend
     finally:
         backend.server.close()
@@ -151,7 +157,7 @@ async def test_calls_on_one_client_connection_share_one_backend_connection(world
 
 
 async def test_concurrent_calls_are_bounded_by_the_maximum(world: World) -> None:
-    async with pooled_front(world, max_connections=2) as (aef, backend):
+    async with pooled_front(world, backend_connections=2) as (aef, backend):
         backend.delay = 0.2
         inv = await psk_invoker(world, aef.iface, aef.p0)
         clients = [await Client.open(aef.port, psk_context(inv.id, inv.key)) for _ in range(6)]
@@ -261,3 +267,11 @@ async def test_offboarding_closes_the_invokers_idle_connection_at_once(world: Wo
         finally:
             kept_gone.close()
             kept_stays.close()
+
+
+def test_backend_connections_in_the_configuration(tmp_path: Path) -> None:
+    assert load_config(files(tmp_path)).backend_connections == BACKEND_MAX_CONNECTIONS == 64
+    assert load_config(files(tmp_path, "backend_connections = 3\n" + GOOD)).backend_connections == 3
+    for bad in ("0", "-1", "4097", '"8"', "2.5", "true"):
+        with pytest.raises(ConfigurationError, match="backend_connections"):
+            load_config(files(tmp_path, f"backend_connections = {bad}\n" + GOOD))
