@@ -48,6 +48,7 @@ from m2msec.errors import CAPIFError
 
 __all__ = [
     "BACKEND_TIMEOUT",
+    "CLOSE_AT_REVOCATION",
     "FORWARD_DROPPED_HEADERS",
     "INVOKER_ID_HEADER",
     "JWKS_CACHE_TTL",
@@ -88,7 +89,10 @@ BACKEND_TIMEOUT: Final = 30.0
 SECURITY_API_PREFIX: Final = "/aef-security/v1/"
 #: D171: the ProblemDetails cause of a call on a connection a revocation ended (the connection is then closed)
 SA_ENDED_CAUSE: Final = "API_INVOKER_NOT_AUTHORIZED"
-#: largest backend answer passed on (bytes)
+#: D179: a revocation closes the invoker's connections (idle at once, busy after the response in flight) instead of
+#: waiting for their next request (D171, which stays the fallback)
+CLOSE_AT_REVOCATION: Final = True
+#: D177: largest backend answer passed on (bytes); a larger one is 502 and its connection closed
 MAX_BACKEND_ANSWER: Final = http1.DEFAULT_MAX_BODY
 
 Message = MutableMapping[str, Any]
@@ -170,7 +174,8 @@ class AEFFront:
         for session in list(self._live.pop(invoker_id, ())):
             self._ended.setdefault(session, set()).add(invoker_id)
         for connection in list(self._connections.pop(invoker_id, ())):
-            connection.close()
+            if CLOSE_AT_REVOCATION:
+                connection.close()
         log.info("AEF: state of API invoker %r dropped (revocation)", invoker_id)
 
     async def aclose(self) -> None:
