@@ -275,3 +275,21 @@ def test_backend_connections_in_the_configuration(tmp_path: Path) -> None:
     for bad in ("0", "-1", "4097", '"8"', "2.5", "true"):
         with pytest.raises(ConfigurationError, match="backend_connections"):
             load_config(files(tmp_path, f"backend_connections = {bad}\n" + GOOD))
+
+
+async def test_a_revocation_during_a_call_closes_the_connection_after_its_answer(world: World) -> None:
+    async with pooled_front(world) as (aef, backend):
+        backend.delay = 0.5
+        inv = await psk_invoker(world, aef.iface, aef.p0)
+        client = await Client.open(aef.port, psk_context(inv.id, inv.key))
+        try:
+            pending = asyncio.ensure_future(client.ask())
+            async with asyncio.timeout(5):
+                while backend.busy == 0:
+                    await asyncio.sleep(0.01)
+                aef.running.app.revoke(inv.id)  # what a notification does (D171, D179)
+                answer = await pending
+                assert answer.status == 200 and answer.header("connection") == "close"
+                assert await client.reader.read(1) == b""
+        finally:
+            client.close()
