@@ -210,7 +210,9 @@ class Kept:
     async def closed_by_the_front(self) -> bool:
         try:
             return await asyncio.wait_for(self.reader.read(1), 5) == b""
-        except (ConnectionError, OSError):
+        except TimeoutError:  # still open (an OSError too: caught first, else a timeout would count as closed)
+            return False
+        except OSError:
             return True
 
     def close(self) -> None:

@@ -63,14 +63,12 @@ async def test_offboarding_cuts_off_live_psk_and_pki_invokers_and_others_keep_wo
             assert (await kept_oauth.get(token=token)).status == 200
             assert (await world.call(psk.identity, "DELETE", OFFBOARD.format(psk.id))).status == 204
             await notified(aef, 1)
-            assert ended(await kept_psk.get())
-            assert await kept_psk.closed_by_the_front()
+            assert await kept_psk.closed_by_the_front()  # idle: closed at once (D179)
             with pytest.raises(REFUSED):  # the AEFPSK is gone: no handshake
                 await call(aef.port, psk_context(psk.id, psk.key))
 
             assert (await world.call(pki, "DELETE", OFFBOARD.format(pki.identity))).status == 204
             await notified(aef, 2)
-            assert ended(await kept_pki.get())
             assert await kept_pki.closed_by_the_front()
             again = await call(aef.port, pki_context(pki, aef.server_ca_pem))  # the certificate chains: the call fails
             assert again.status == 403 and again.json()["cause"] == "API_INVOKER_NOT_AUTHORIZED"
@@ -81,7 +79,7 @@ async def test_offboarding_cuts_off_live_psk_and_pki_invokers_and_others_keep_wo
             # OAuth: the token is unexpired, but the invoker is offboarded
             assert (await world.call(oauth, "DELETE", OFFBOARD.format(oauth.identity))).status == 204
             await notified(aef, 3)
-            assert ended(await kept_oauth.get(token=token))
+            assert await kept_oauth.closed_by_the_front()  # idle: closed at once (D179)
             again = await call(aef.port, server_only_context(aef.server_ca_pem),
                                headers=(("authorization", f"Bearer {token}"),))
             assert again.status == 403
@@ -109,13 +107,13 @@ async def test_the_aefs_own_revocation_at_the_ccf_ends_psk_and_pki_invokers(worl
             assert (await kept.get()).status == 200 and (await kept_pki.get()).status == 200
             await revoke_at_the_ccf(world, aef, inv.id)
             await notified(aef, 1)
-            assert ended(await kept.get())
+            assert await kept.closed_by_the_front()  # idle: closed at once (D179)
             with pytest.raises(REFUSED):
                 await call(aef.port, psk_context(inv.id, inv.key))
             assert (await kept_pki.get()).status == 200  # not revoked yet
             await revoke_at_the_ccf(world, aef, pki.identity)
             await notified(aef, 2)
-            assert ended(await kept_pki.get())
+            assert await kept_pki.closed_by_the_front()  # idle: closed at once (D179)
             assert (await call(aef.port, pki_context(pki, aef.server_ca_pem))).status == 403
             assert (await call(aef.port, psk_context(other.id, other.key))).status == 200
         finally:
@@ -164,7 +162,7 @@ async def test_forged_or_malformed_notifications_change_nothing(world: World, ca
             assert (await kept.get()).status == 200  # still served from the same connection
             # the genuine path and subscription: acted on (what the CCF would send)
             assert await post(events.destination, good) == 204
-            assert ended(await kept.get())
+            assert await kept.closed_by_the_front()  # idle: closed at once (D179)
         finally:
             kept.close()
     assert events.path.rsplit("/", 1)[1] not in caplog.text  # the path's token is never logged

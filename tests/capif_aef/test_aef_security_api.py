@@ -17,7 +17,6 @@ from .aef_server_env import (
     Kept,
     Reply,
     call,
-    ended,
     invoker_with,
     pki_context,
     psk_context,
@@ -112,7 +111,7 @@ async def test_revoke_authorization_by_the_ccf_ends_the_invoker_and_others_are_r
             assert checked(await post(aef.port, ccf, REVOKE, {"revokeInfo": {}}), op).status == 400
             ok = checked(await post(aef.port, ccf, REVOKE, body), op)
             assert (ok.status, ok.json()) == (200, {"supportedFeatures": "0"})
-            assert ended(await kept.get())
+            assert await kept.closed_by_the_front()  # idle: closed at once (D179)
             assert (await kept_other.get()).status == 200
             # D173: no local deny-list; the CCF still holds the context, so a new connection is served again
             assert (await call(aef.port, pki_context(inv, aef.server_ca_pem))).status == 200

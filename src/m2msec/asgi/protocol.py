@@ -131,8 +131,9 @@ class Cycle:
             if kind != "http.response.start":
                 raise RuntimeError(f"expected 'http.response.start', got {kind!r}")
             headers = list(message.get("headers", ()))
-            if protocol.state.stopping or protocol.conn.they_are_waiting_for_100_continue:
-                # stopping: this is the connection's last response; a client still waiting for 100 Continue may
+            if protocol.state.stopping or protocol.closing or protocol.conn.they_are_waiting_for_100_continue:
+                # stopping or closing (TLSExtension.close): this is the connection's last response; a client still
+                # waiting for 100 Continue may
                 # or may not send its body now, so the connection cannot carry another request
                 headers.append((b"connection", b"close"))
             status = int(message["status"])
@@ -180,6 +181,8 @@ class HTTPProtocol(asyncio.Protocol):
         self._timer_kind: str | None = None  # _IDLE, _REQUEST or None (no deadline)
         self._timer_at = 0.0
         self._paused = False
+        #: the application asked for the connection to end (TLSExtension.close): it closes after this response
+        self.closing = False
         self._writable = asyncio.Event()
         self._writable.set()
 
@@ -188,7 +191,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         session: SessionInfo = transport.get_extra_info("m2msec_session")
         connection: TLSConnection = transport.get_extra_info("tls_connection")
-        self.extension = TLSExtension(session, connection)
+        self.extension = TLSExtension(session, connection, self.close_soon)
         self.peer = address(transport.get_extra_info("peername"))
         self.local = address(transport.get_extra_info("sockname"))
         if self.state.stopping:
@@ -347,7 +350,7 @@ class HTTPProtocol(asyncio.Protocol):
             self.abort()
 
     def response_done(self, cycle: Cycle) -> None:
-        if self.conn.our_state is h11.MUST_CLOSE or self.state.stopping:
+        if self.conn.our_state is h11.MUST_CLOSE or self.state.stopping or self.closing:
             self.close()
         elif self.conn.their_state is h11.DONE:
             self._next_cycle()
@@ -392,6 +395,14 @@ class HTTPProtocol(asyncio.Protocol):
     def stop(self) -> None:
         """The server is stopping: an idle connection closes now, a busy one after its response."""
         if self.cycle is None:
+            self.close()
+
+    def close_soon(self) -> None:
+        """The application ends this connection (:meth:`TLSExtension.close`): now when idle (or its response is
+        already sent), else after the response in flight."""
+        self.closing = True
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
             self.close()
 
     # -- timers: one TimerHandle per connection. Setting a later deadline than the armed one only moves

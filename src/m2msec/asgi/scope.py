@@ -5,7 +5,7 @@ Pure: built from an h11 ``Request`` and what the connection knows, no I/O (docs/
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -39,14 +39,17 @@ class TLSExtension:
     ``session`` is the :class:`~m2msec.tls.engine.SessionInfo` (who authenticated: PSK identity or peer
     certificate, the associated entity, the cipher; no key material). :meth:`export_keying_material` is the
     RFC 5705 exporter of *this* connection. Nothing else of the connection is reachable from here, and once the
-    connection is gone the exporter refuses (the connection is no longer referenced).
+    connection is gone the exporter refuses (the connection is no longer referenced). :meth:`close` lets the
+    application end the connection (e.g. its peer's authorization was revoked). Weak references to it are allowed.
     """
 
-    __slots__ = ("__connection", "session")
+    __slots__ = ("__closer", "__connection", "__weakref__", "session")
 
-    def __init__(self, session: SessionInfo, connection: TLSConnection) -> None:
+    def __init__(self, session: SessionInfo, connection: TLSConnection,
+                 closer: Callable[[], None] | None = None) -> None:
         self.session = session
         self.__connection: TLSConnection | None = connection
+        self.__closer = closer
 
     def __repr__(self) -> str:
         who = self.session.psk_identity if self.session.psk_identity is not None else self.session.entity
@@ -74,9 +77,17 @@ class TLSExtension:
             raise TLSProtocolError("the TLS connection of this request is closed")
         return connection.master_secret()
 
+    def close(self) -> None:
+        """Close this connection: at once when it is idle (TLS close_notify, then the transport), else once the
+        response in flight is sent (it carries ``connection: close``). Nothing when it is already closed."""
+        closer = self.__closer
+        if closer is not None:
+            closer()
+
     def _forget(self) -> None:
         """The connection is closed: drop it (called by the server)."""
         self.__connection = None
+        self.__closer = None
 
 
 def tls_extension(scope: Mapping[str, Any]) -> TLSExtension:

@@ -25,11 +25,16 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-import h11
-
 from m2msec import http1
-from m2msec.asgi import tls_extension
+from m2msec.asgi import TLSExtension, tls_extension
 from m2msec.capif.aef.authorize import Presented, ServedAPI, StaleCredential, authorize
+from m2msec.capif.aef.backend import (
+    BACKEND_IDLE_EXPIRY,
+    BACKEND_MAX_CONNECTIONS,
+    BACKEND_MAX_IDLE,
+    BackendFailed,
+    BackendPool,
+)
 from m2msec.capif.aef.ccf_link import CCFLinkError, TrustedInvoker, is_invoker_id
 from m2msec.capif.certificates import CAPIFRole, capif_identity, certificate_thumbprint
 from m2msec.capif.tokens import (
@@ -43,6 +48,7 @@ from m2msec.errors import CAPIFError
 
 __all__ = [
     "BACKEND_TIMEOUT",
+    "CLOSE_AT_REVOCATION",
     "FORWARD_DROPPED_HEADERS",
     "INVOKER_ID_HEADER",
     "JWKS_CACHE_TTL",
@@ -88,7 +94,10 @@ BACKEND_TIMEOUT: Final = 30.0
 SECURITY_API_PREFIX: Final = "/aef-security/v1/"
 #: D171: the ProblemDetails cause of a call on a connection a revocation ended (the connection is then closed)
 SA_ENDED_CAUSE: Final = "API_INVOKER_NOT_AUTHORIZED"
-#: largest backend answer passed on (bytes)
+#: D179: a revocation closes the invoker's connections (idle at once, busy after the response in flight) instead of
+#: waiting for their next request (D171, which stays the fallback)
+CLOSE_AT_REVOCATION: Final = True
+#: D177: largest backend answer passed on (bytes); a larger one is 502 and its connection closed
 MAX_BACKEND_ANSWER: Final = http1.DEFAULT_MAX_BODY
 
 Message = MutableMapping[str, Any]
@@ -129,7 +138,9 @@ class AEFFront:
 
     def __init__(self, *, aef_id: str, apis: Sequence[ServedAPI], ccf: CCFSource, backend: tuple[str, int],
                  issuer: str, resolver: PSKTrust | None = None, clock: Callable[[], float] = time.time,
-                 trust_ttl: float = TRUST_CACHE_TTL, backend_timeout: float = BACKEND_TIMEOUT) -> None:
+                 trust_ttl: float = TRUST_CACHE_TTL, backend_timeout: float = BACKEND_TIMEOUT,
+                 backend_connections: int = BACKEND_MAX_CONNECTIONS, backend_idle: int = BACKEND_MAX_IDLE,
+                 backend_idle_expiry: float = BACKEND_IDLE_EXPIRY) -> None:
         self.aef_id, self.apis, self.ccf, self.backend, self.issuer = aef_id, tuple(apis), ccf, backend, issuer
         self.resolver, self.clock, self.trust_ttl, self.backend_timeout = resolver, clock, trust_ttl, backend_timeout
         #: invoker ID -> (when fetched, context)
@@ -142,6 +153,11 @@ class AEFFront:
         #: OAUTH session carrying another invoker's token is that invoker's to use)
         self._live: dict[str, weakref.WeakSet[Any]] = {}
         self._ended: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+        #: D179: the connections (their TLS extension, a close handle) each invoker made calls on, closed on revoke
+        self._connections: dict[str, weakref.WeakSet[TLSExtension]] = {}
+        #: D177: keep-alive connections to the backend
+        self.pool = BackendPool(*backend, max_answer=MAX_BACKEND_ANSWER, max_connections=backend_connections,
+                                max_idle=backend_idle, idle_expiry=backend_idle_expiry)
         #: the AEF Security API (``/aef-security/v1/...``, :mod:`.security_api`), set by the server
         self.security_api: Callable[[Message, bytes], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]]] | \
             None = None
@@ -157,16 +173,25 @@ class AEFFront:
 
     def revoke(self, invoker_id: str) -> None:
         """Revocation or offboarding (TS 33.122 §6.8): :meth:`invalidate`, and the invoker's live connections are
-        ended: their next request is refused (403) and the connection closed (D171)."""
+        ended: closed at once when idle, after the response in flight otherwise (D179); a request that still reaches
+        one is refused (403) and the connection closed (D171)."""
         self.invalidate(invoker_id)
         for session in list(self._live.pop(invoker_id, ())):
             self._ended.setdefault(session, set()).add(invoker_id)
+        for connection in list(self._connections.pop(invoker_id, ())):
+            if CLOSE_AT_REVOCATION:
+                connection.close()
         log.info("AEF: state of API invoker %r dropped (revocation)", invoker_id)
+
+    async def aclose(self) -> None:
+        """Close the backend connections (the front stops)."""
+        await self.pool.aclose()
 
     async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
+            await self.aclose()
             await send({"type": "lifespan.shutdown.complete"})
             return
         if scope["type"] != "http":
@@ -217,6 +242,7 @@ class AEFFront:
             log.info("AEF: %s call of %r to %s refused: %s", caller.method, caller.invoker_id, api.name, exc.cause)
             raise
         self._live.setdefault(caller.invoker_id, weakref.WeakSet()).add(session)
+        self._connections.setdefault(caller.invoker_id, weakref.WeakSet()).add(tls_extension(scope))
         body = await _read_body(receive)
         return await self._forward(scope, caller, body)
 
@@ -289,30 +315,26 @@ class AEFFront:
     async def _forward(self, scope: Message, caller: _Caller, body: bytes
                        ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         host, port = self.backend
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
+        # built per call: the identity headers are this call's (the pool shares connections, never headers)
+        headers = [(k, v) for k, v in scope["headers"]
                    if k.decode("latin-1").lower().replace("_", "-") not in FORWARD_DROPPED_HEADERS]
-        headers = [("host", f"{host}:{port}"), *headers, (INVOKER_ID_HEADER, caller.invoker_id),
-                   (METHOD_HEADER, caller.method), ("connection", "close")]
+        headers = [(b"host", f"{host}:{port}".encode()), *headers,
+                   (INVOKER_ID_HEADER.encode(), caller.invoker_id.encode("latin-1")),
+                   (METHOD_HEADER.encode(), caller.method.encode())]
         target = scope["raw_path"].decode("latin-1") or "/"
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
-        message = http1.Message(headers=headers, body=body, method=scope["method"], target=target)
-        writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self.backend_timeout):
-                reader, writer = await asyncio.open_connection(host, port)
-                answer = await http1.request(reader, writer, message, max_body=MAX_BACKEND_ANSWER)
-        except (TimeoutError, OSError, http1.HTTPError, h11.ProtocolError) as exc:
-            log.warning("AEF: the backend %s:%d failed: %s", host, port, type(exc).__name__)
+                status, answer_headers, answer = await self.pool.request(scope["method"], target, headers, body)
+        except (TimeoutError, BackendFailed) as exc:
+            reason = exc.reason if isinstance(exc, BackendFailed) else "timeout"
+            log.warning("AEF: the backend %s:%d failed: %s", host, port, reason)
             raise CAPIFError("the API's backend did not answer", status=502) from None
-        finally:
-            if writer is not None:
-                writer.close()
         self.forwarded += 1
-        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers
-               if k.lower() not in _RESPONSE_DROPPED]
-        out.append((b"content-length", str(len(answer.body)).encode()))
-        return answer.status, out, answer.body
+        out = [(k.lower(), v) for k, v in answer_headers if k.lower().decode("latin-1") not in _RESPONSE_DROPPED]
+        out.append((b"content-length", str(len(answer)).encode()))
+        return status, out, answer
 
 
 def _ambiguous_path(path: str, raw: bytes) -> bool:

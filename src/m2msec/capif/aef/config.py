@@ -6,6 +6,7 @@ backend = "http://127.0.0.1:8080"
 aef_id = "AEF…"                          # from the provider registration
 profiles = "psk,dhe-psk,ecdhe-psk,ecdhe-ecdsa"
 events = "127.0.0.1:0"                   # optional: the revocation notifications' listener (D170); "off": none
+backend_connections = 64                 # optional: most connections to the backend at once (D177)
 
 [ccf]
 address = "ccf.example:8445"
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from m2msec.capif.aef.authorize import ServedAPI
+from m2msec.capif.aef.backend import BACKEND_MAX_CONNECTIONS
 from m2msec.capif.aef.events import EVENTS_LISTEN
 from m2msec.cli.common import parse_hostport
 from m2msec.errors import ConfigurationError
@@ -48,6 +50,8 @@ __all__ = ["DEFAULT_PROFILES", "AEFConfig", "load_config", "parse_backend"]
 #: D168: the listener's suites: the RFC 4279 PSK families for method 1 and ECDHE-ECDSA with the operator's server
 #: certificate for methods 2 (mutual) and 3 (server-authenticated + bearer token), on one port
 DEFAULT_PROFILES: Final = "psk,dhe-psk,ecdhe-psk,ecdhe-ecdsa"
+#: the largest backend_connections accepted (each is a socket of the front's process)
+_MAX_BACKEND_CONNECTIONS: Final = 4096
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class AEFConfig:
     profiles: str = DEFAULT_PROFILES
     #: D170: where the CCF's revocation notifications are received (None: not subscribed)
     events_listen: tuple[str, int] | None = EVENTS_LISTEN
+    #: D177: most connections to the backend open at once
+    backend_connections: int = BACKEND_MAX_CONNECTIONS
 
     def __repr__(self) -> str:
         return f"<AEFConfig {self.aef_id} on {self.listen[0]}:{self.listen[1]} apis={[a.name for a in self.apis]}>"
@@ -118,7 +124,8 @@ def load_config(path: Path | str, *, overrides: dict[str, str] | None = None) ->
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"{where}: cannot read: {exc}") from None
     doc.update(overrides or {})
-    known = {"listen", "backend", "aef_id", "profiles", "events", "ccf", "credentials", "tls", "api"}
+    known = {"listen", "backend", "aef_id", "profiles", "events", "backend_connections", "ccf", "credentials", "tls",
+             "api"}
     if unknown := sorted(set(doc) - known):
         raise ConfigurationError(f"{where}: unknown keys {unknown}")
     base = path.parent
@@ -133,6 +140,10 @@ def load_config(path: Path | str, *, overrides: dict[str, str] | None = None) ->
         raise ConfigurationError(f"{where}: two [[api]] tables have one prefix")
     host = _str(ccf, "host", where)
     events = _str(doc, "events", where, f"{EVENTS_LISTEN[0]}:{EVENTS_LISTEN[1]}")
+    connections = doc.get("backend_connections", BACKEND_MAX_CONNECTIONS)
+    if type(connections) is not int or not 1 <= connections <= _MAX_BACKEND_CONNECTIONS:
+        raise ConfigurationError(f"{where}: backend_connections is a number of connections, 1 to "
+                                 f"{_MAX_BACKEND_CONNECTIONS}")
     return AEFConfig(
         listen=parse_hostport(_str(doc, "listen", where)), backend=parse_backend(_str(doc, "backend", where)),
         aef_id=_str(doc, "aef_id", where), ccf_address=parse_hostport(_str(ccf, "address", where)), ccf_host=host,
@@ -142,4 +153,4 @@ def load_config(path: Path | str, *, overrides: dict[str, str] | None = None) ->
         server_certificate_pem=_file(base, tls, "certificate", where),
         server_key_pem=_file(base, tls, "private_key", where), apis=apis,
         profiles=_str(doc, "profiles", where, DEFAULT_PROFILES),
-        events_listen=None if events == "off" else parse_hostport(events))
+        events_listen=None if events == "off" else parse_hostport(events), backend_connections=connections)

@@ -69,7 +69,7 @@ async def running_aef_front(config: AEFConfig, *, sock: socket.socket | None = N
     resolver = AEFPSKResolver(link, config.apis[0].interface,
                               api_ids=frozenset(a.api_id for a in config.apis if a.api_id))
     app = AEFFront(aef_id=config.aef_id, apis=config.apis, ccf=link, backend=config.backend, issuer=config.issuer,
-                   resolver=resolver)
+                   resolver=resolver, backend_connections=config.backend_connections)
     app.security_api = SecurityAPI(app, ccf_host=config.ccf_host)
     where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": config.listen[0],
                                                                       "port": config.listen[1]}
@@ -87,4 +87,5 @@ async def running_aef_front(config: AEFConfig, *, sock: socket.socket | None = N
         finally:
             await server.aclose()
     finally:
+        await app.aclose()  # the backend connections (D177)
         await link.close()
