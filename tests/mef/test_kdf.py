@@ -48,7 +48,7 @@ def test_regression_values() -> None:
 def test_target_id_is_normalised_before_derivation() -> None:
     # D186: NFKC, no trailing dot, lowercase
     want = expected(KE, "22", "in-cse.sp.example.com")
-    for variant in ("IN-CSE.sp.Example.COM", "in-cse.sp.example.com.", "ｉｎ-cse.sp.example.com"):
+    for variant in ("IN-CSE.sp.Example.COM", "in-cse.sp.example.com.", "\uff49\uff4e-cse.sp.example.com"):
         assert kdf.usage_constrained_key(SecretKey(KE), 22, variant).reveal() == want
 
 

@@ -10,12 +10,13 @@ import secrets
 
 import pytest
 
+from leaks import assert_no_secret
 from m2msec.errors import HandshakeFailed, MEFError
 from m2msec.keys.secret import SecretKey
 from m2msec.mef.client import Enrolment, MEFCredentials, MEFFetcher, MEFRefused, enrol
 from m2msec.mef.procedures import revoke_enrolee
 from m2msec.saef import ANY_ENTITY, PSKCredentials, establish_sa
-from leaks import assert_no_secret
+
 from .world import (
     ENROLEE_ID,
     GW,
