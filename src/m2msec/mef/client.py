@@ -297,7 +297,7 @@ async def enrol(mef_address: str, credentials: MEFCredentials, *, mef_fqdn: str,
 
 @dataclass(frozen=True)
 class FetchedCredential:
-    """fetchCredentials' answer: the usage-constrained key, the EnroleeID to bind it to (D196), its expiry."""
+    """fetchCredentials' answer: the usage-constrained key, the EnroleeID to bind it to, its expiry."""
 
     credential: SecretKey = field(repr=False)
     enrolee_id: str
