@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from m2msec.errors import ConfigurationError, TransportError
-from m2msec.mef.client import MEFCredentials, MEFFetcher, check_distinct_fqdns, enrol
+from m2msec.mef.client import MEFCredentials, MEFFetcher, check_distinct_fqdns, enrol, keid_of
 from m2msec.mef.config import MEFConfig
 from m2msec.mef.procedures import MEF
 from m2msec.mef.server import running_mef
@@ -90,6 +90,14 @@ async def test_the_fetcher_survives_a_mef_restart(tmp_path: Path) -> None:
     finally:
         await fetcher.close()
         store.close()
+
+
+def test_keid_of_recognises_only_this_mef_s_keids() -> None:
+    relative = bytes(range(16))
+    assert keid_of(relative.hex().upper() + "@" + MEF_FQDN, MEF_FQDN) is not None
+    assert keid_of(relative.hex() + "@maf.sp.example.com", MEF_FQDN) is None
+    assert keid_of("Light-1@in.provider.com", MEF_FQDN) is None
+    assert keid_of("", MEF_FQDN) is None
 
 
 def test_a_mef_fqdn_must_not_be_a_maf_fqdn() -> None:

@@ -187,6 +187,10 @@ async def test_refusal_bodies_are_problems_without_keys(world: World) -> None:
         code, body, resp = await call(sa, "POST", "/mef/v1/enrolment", {})  # a target is no enrolee
         assert (code, body["errorString"]) == (403, "not-an-enrolee")
         bodies.append(resp.body)
+        code, body, _ = await call(sa, "POST", "/mef/v1/enrolment", {"mafEnrolment": "yes"})
+        assert (code, body["errorString"]) == (400, "bad-request")
+        code, body, _ = await call(sa, "POST", "/mef/v1/enrolment", {"extra": 1})
+        assert (code, body["errorString"]) == (400, "bad-request")
         code, body, resp = await call(sa, "POST", "/mef/v1/enrolment", {"x": "y" * 70000})
         assert (code, body["errorString"]) == (413, "body-too-large")
         bodies.append(resp.body)

@@ -39,7 +39,7 @@ from m2msec.tls.profiles import ECDHE_ECDSA, CipherProfile
 from m2msec.transport.tls import TLSAdapter
 
 __all__ = ["DEFAULT_MEF_TIMEOUT", "Enrolment", "FetchedCredential", "MEFCredentials", "MEFFetcher", "MEFRefused",
-           "check_distinct_fqdns", "enrol"]
+           "check_distinct_fqdns", "enrol", "keid_of"]
 
 #: seconds one MEF step (handshake, or one request and its answer) may take (D195, as the MAF's D93)
 DEFAULT_MEF_TIMEOUT: Final = 5.0
@@ -59,6 +59,16 @@ def check_distinct_fqdns(mef_fqdn: str, maf_fqdns: Iterable[str]) -> None:
         if maf.lower().rstrip(".") == mef:
             raise ConfigurationError(f"the MEF-FQDN {mef!r} is also a MAF-FQDN: KeIDs and MAF key identifiers "
                                      "could not be told apart")
+
+
+def keid_of(identity: str, mef_fqdn: str) -> KeID | None:
+    """The KeID a ``psk_identity`` names when it is one of the MEF at ``mef_fqdn`` (lowercase FQDN), else None:
+    how a target's PSK resolver tells a remotely provisioned identity from its other ones (D189)."""
+    try:
+        keid = KeID.parse(identity)
+    except (IdentifierError, ValueError):
+        return None
+    return keid if keid.mef_fqdn == mef_fqdn else None
 
 
 @dataclass(frozen=True)
