@@ -18,6 +18,7 @@ reasons only. Code that builds a message from a value that might be secret must 
     │   └── Conflict
     ├── TransportError                  no TCP connection to the peer
     ├── MAFError                        a MAF refused a procedure (RFC 9457 problem: status and type)
+    ├── MEFError                        a MEF refused a procedure (RFC 9457 problem: status and type)
     ├── TLSError
     │   ├── HandshakeFailed             the peer could not be authenticated (or failed to authenticate us)
     │   ├── HandshakeTimeout
@@ -44,6 +45,7 @@ __all__ = [
     "IdentifierError",
     "M2MSecError",
     "MAFError",
+    "MEFError",
     "NotFound",
     "OneM2MError",
     "OriginatorNotAuthenticated",
@@ -103,6 +105,17 @@ class MAFError(M2MSecError):
 
     def __init__(self, status: int, problem: str, message: str | None = None) -> None:
         super().__init__(message or f"the MAF refused the request: {status} {problem}")
+        self.status = status
+        self.problem = problem
+
+
+class MEFError(M2MSecError):
+    """A MEF refused a procedure (docs/mef.md): its HTTP ``status`` and the problem ``type`` name (the part after
+    ``urn:m2msec:mef:``, e.g. ``unknown-keid``); ``status`` 0 when the MEF's answer broke the contract. The MEF's
+    ``detail`` is never echoed; nothing in it is key material."""
+
+    def __init__(self, status: int, problem: str, message: str | None = None) -> None:
+        super().__init__(message or f"the MEF refused the request: {status} {problem}")
         self.status = status
         self.problem = problem
 

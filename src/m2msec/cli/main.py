@@ -23,7 +23,7 @@ __all__ = ["main", "run_async"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from m2msec.cli import aef, capif, ccf, demo, gateway, keys, maf, pki, request, tunnel
+    from m2msec.cli import aef, capif, ccf, demo, gateway, keys, maf, mef, pki, request, tunnel
 
     parser = argparse.ArgumentParser(
         prog="m2msec", description="oneM2M TS-0003 security associations: TLS-PSK gateway, client and key store"
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     pki.add_parser(sub)
     maf.add_parser(sub)
+    mef.add_parser(sub)
     tunnel.add_parser(sub)
     ccf.add_parser(sub)
     capif.add_parser(sub)

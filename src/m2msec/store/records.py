@@ -33,10 +33,11 @@ __all__ = [
 KIND_MAF_CLIENT = "maf-client"
 KIND_MAF_KEY = "maf-key"
 KIND_MAF_REGISTRATION = "maf-registration"
-#: The kinds of :class:`Document` records (the CCF's, issue 18): none of them is a MAF kind
+#: The kinds of :class:`Document` records (the CCF's, issue 18; the MEF's, issue 20): none of them is a MAF kind
 DOCUMENT_KINDS = frozenset({"capif-invoker", "capif-provider", "capif-service", "capif-security", "capif-credential",
                             "capif-outbox",
-                            "capif-subscription", "capif-aefpsk", "capif-ca", "capif-revoked"})
+                            "capif-subscription", "capif-aefpsk", "capif-ca", "capif-revoked",
+                            "mef-enrolee", "mef-target", "mef-ke"})
 #: Format of the sealed record rows (the prefix of :func:`record_aad`)
 RECORD_FORMAT = 1
 
