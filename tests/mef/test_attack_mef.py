@@ -59,7 +59,6 @@ async def _get(world: World, who: str, path: str, headers: list[tuple[str, str]]
 # -- confirmed problems
 
 
-@pytest.mark.xfail(strict=True, reason="M2: a repeated X-M2M-Origin is checked on its first value only")
 async def test_repeated_origin_header_is_refused(world: World) -> None:
     keid, _ = await _enrol_by_hand(world)
     status, body = await _get(world, GW, f"/mef/v1/fetchCredentials/{keid}/22",
@@ -68,7 +67,6 @@ async def test_repeated_origin_header_is_refused(world: World) -> None:
     assert "credential" not in body
 
 
-@pytest.mark.xfail(strict=True, reason="M1: a second Enrolment Exchange on one MEF Handshake extends the Ke's expiry")
 async def test_reenrolment_on_one_handshake_does_not_extend_the_ke(world: World) -> None:
     sa = await _sa(world, KPMID, KPM)
     try:
@@ -82,7 +80,6 @@ async def test_reenrolment_on_one_handshake_does_not_extend_the_ke(world: World)
     assert status != 201 or second["lifetime"] == first["lifetime"]
 
 
-@pytest.mark.xfail(strict=True, reason="M3: an enrolee may be added under a case variant of a target's identity")
 async def test_enrolee_cannot_take_a_case_variant_of_a_target_identity(world: World) -> None:
     try:
         add_enrolee(world.store, GW.upper(), enrolee_id="//sp.example.com/in-cse/CAE9", kpm=KPM,
@@ -96,7 +93,6 @@ async def test_enrolee_cannot_take_a_case_variant_of_a_target_identity(world: Wo
     pytest.fail("one FQDN is both an enrolee (by its upper-case form) and an Enrolment Target")
 
 
-@pytest.mark.xfail(strict=True, reason="M4: a target not listed for a KeID learns its enrolee is revoked")
 async def test_unlisted_target_cannot_tell_revoked_from_live(world: World) -> None:
     keid, _ = await _enrol_by_hand(world)
     live = await _get(world, OTHER, f"/mef/v1/fetchCredentials/{keid}/22")
@@ -106,7 +102,6 @@ async def test_unlisted_target_cannot_tell_revoked_from_live(world: World) -> No
     assert (revoked[0], revoked[1]["errorString"]) == (live[0], live[1]["errorString"])
 
 
-@pytest.mark.xfail(strict=True, reason="M5: targets revoke does not normalise the ID that targets add normalised")
 async def test_revoking_a_target_by_another_form_of_its_fqdn(world: World) -> None:
     async with MEFFetcher(world.address, world.target(GW), mef_fqdn=MEF_FQDN) as gw:
         keid, _ = await _enrol_by_hand(world)
@@ -116,7 +111,6 @@ async def test_revoking_a_target_by_another_form_of_its_fqdn(world: World) -> No
             await gw.fetch(keid, 22)
 
 
-@pytest.mark.xfail(strict=True, reason="M6: the server's own refusals (431) are text/plain, not MEF problem+json")
 async def test_oversized_head_is_a_mef_problem(world: World) -> None:
     sa = await _sa(world, GW, TARGET_PSKS[GW])
     try:

@@ -22,7 +22,7 @@ from m2msec.asgi.limits import Limits
 from m2msec.asgi.scope import TLSExtension, address, ambiguous, build_scope, declared_length, head_size
 from m2msec.tls.engine import SessionInfo, TLSConnection
 
-__all__ = ["COALESCE", "HIGH_WATER", "ASGIApp", "Cycle", "HTTPProtocol", "ServerState"]
+__all__ = ["COALESCE", "HIGH_WATER", "ASGIApp", "Cycle", "ErrorBody", "HTTPProtocol", "ServerState", "plain_error"]
 
 log = logging.getLogger("m2msec.asgi")
 
@@ -43,12 +43,22 @@ _IDLE, _REQUEST = "idle", "request"
 _TIMER_SLACK = 0.001
 
 
+#: what a server's own refusals carry: (content type, body) for a status; :func:`plain_error` by default, a
+#: service gives its own (problem+json) with ``serve(error_body=...)``
+ErrorBody = Callable[[int], tuple[str, bytes]]
+
+
+def plain_error(status: int) -> tuple[str, bytes]:
+    return "text/plain; charset=utf-8", f"{status} {HTTPStatus(status).phrase}\n".encode("ascii")
+
+
 class ServerState:
     """What a server's connections share: its limits, the live connections and tasks, whether it is stopping."""
 
-    def __init__(self, app: ASGIApp, limits: Limits) -> None:
+    def __init__(self, app: ASGIApp, limits: Limits, error_body: ErrorBody = plain_error) -> None:
         self.app = app
         self.limits = limits
+        self.error_body = error_body
         self.lifespan_state: dict[str, Any] | None = None
         self.connections: set[HTTPProtocol] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -62,11 +72,11 @@ def _phrase(status: int) -> str:
         return ""
 
 
-def _error_response(status: int) -> bytes:
+def _error_response(status: int, error_body: ErrorBody = plain_error) -> bytes:
     """A complete response the server sends on its own, before closing the connection."""
     phrase = HTTPStatus(status).phrase
-    body = f"{status} {phrase}\n".encode("ascii")
-    return (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    media, body = error_body(status)
+    return (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: {media}\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode("ascii") + body
 
 
@@ -380,7 +390,7 @@ class HTTPProtocol(asyncio.Protocol):
                 self.close()
                 return
         if self.transport is not None:
-            self.transport.write(_error_response(status))
+            self.transport.write(_error_response(status, self.state.error_body))
         self.close()
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ from m2msec.asgi.limits import (
     DEFAULT_WRITE_TIMEOUT,
     Limits,
 )
-from m2msec.asgi.protocol import ASGIApp, HTTPProtocol, ServerState
+from m2msec.asgi.protocol import ASGIApp, ErrorBody, HTTPProtocol, ServerState, plain_error
 from m2msec.tls.engine import TLSContext
 from m2msec.transport.limits import ConnectionLimiter
 from m2msec.transport.psk_resolver import PSKResolver
@@ -135,11 +135,14 @@ async def serve(
     write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     lifespan: LifespanMode = "auto",
+    error_body: ErrorBody = plain_error,
     **server_kwargs: Any,
 ) -> Server:
     """Run ``app``'s lifespan startup, then serve it over TLS (``context``: a server :class:`TLSContext`) on
     ``host:port`` or on the listening socket ``sock``.
 
+    ``error_body``: the (content type, body) of the refusals the server makes itself (400, 408, 413, 431...;
+    plain text by default), so that a service answers them in its own error format.
     ``psk_resolver``, ``limiter`` and ``handshake_timeout`` go to :func:`m2msec.transport.tls.start_server`; the
     limits are described in docs/asgi.md; other keyword arguments go to ``loop.create_server`` (``backlog``,
     ``reuse_port``...).
@@ -154,7 +157,7 @@ async def serve(
         from m2msec.errors import ConfigurationError
 
         raise ConfigurationError("serve needs a server context")
-    state = ServerState(app, limits)
+    state = ServerState(app, limits, error_body)
     runner = Lifespan(app, lifespan)
     await runner.startup()
     if runner.supported:

@@ -8,6 +8,7 @@ and ``errorString`` (TS-0003 §8.3.2.1's failure answer); bodies are capped at 6
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import Callable
@@ -40,6 +41,12 @@ def problem_body(name: str, detail: str | None = None, status: int | None = None
     if detail:
         body["detail"] = detail
     return json.dumps(body).encode()
+
+
+def server_problem(status: int) -> tuple[str, bytes]:
+    """The problem+json of a refusal ``m2msec.asgi`` makes itself (``serve(error_body=...)``): 400, 408, 413, 431."""
+    name = {408: "request-timeout", 413: "body-too-large", 431: "header-too-large"}.get(status, "bad-request")
+    return _PROBLEM_JSON, problem_body(name, status=status)
 
 
 def problem(name: str, detail: str | None = None, status: int | None = None) -> Response:
@@ -102,9 +109,10 @@ def identify(request: Request, sp_id: str) -> tuple[str, Credential]:
         identity, credential = str(session.psk_identity), "psk"
     else:
         identity, credential = _certificate_identity(session, sp_id), "certificate"
-    origin = request.headers.get("x-m2m-origin")
-    if origin is not None and origin != identity:
-        raise MEFProblem("originator-mismatch", "X-M2M-Origin is not the identity of this MEF Handshake")
+    origins = request.headers.getlist("x-m2m-origin")  # every copy: a repeated header is never checked once
+    if origins and (len(origins) != 1 or not hmac.compare_digest(origins[0].encode(), identity.encode())):
+        raise MEFProblem("originator-mismatch", "X-M2M-Origin is not (exactly once) the identity of this MEF "
+                         "Handshake")
     return identity, credential  # type: ignore[return-value]
 
 

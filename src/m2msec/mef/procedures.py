@@ -135,7 +135,7 @@ def add_enrolee(store: KeyStore, record_id: str, *, enrolee_id: str, targets: It
     target: the MEF Handshake could not tell them apart)."""
     if not lifetime > 0:
         raise IdentifierError("an Enrolment Expiry must be a positive number of seconds")
-    if store.get_document(KIND_TARGET, record_id) is not None:
+    if store.get_document(KIND_TARGET, identity_key(record_id)) is not None:
         raise Conflict(f"{record_id!r} is an Enrolment Target's identity")
     enrolee = Enrolee(record_id, enrolee_id, "psk" if kpm is not None else "certificate", _check_targets(targets),
                       lifetime, kpm=kpm)
@@ -149,7 +149,7 @@ def add_target(store: KeyStore, target_id: str, kind: str, psk: SecretKey | None
     if kind not in TARGET_KIND_SUIDS:
         raise IdentifierError(f"a target kind is one of {', '.join(TARGET_KIND_SUIDS)}")
     target = Target(kdf.normalize_target_id(target_id), kind, "psk" if psk is not None else "certificate", psk)
-    if store.get_document(KIND_ENROLEE, target.target_id) is not None:
+    if any(identity_key(d.record_id) == target.target_id for d in store.documents(KIND_ENROLEE)):
         raise Conflict(f"{target.target_id!r} is an enrolee's identity")
     store.put_document(target.document())
     return target
@@ -175,7 +175,16 @@ def revoke_enrolee(store: KeyStore, record_id: str) -> None:
 
 def revoke_target(store: KeyStore, target_id: str) -> None:
     """Delete a target's credential: it can no longer authenticate to the MEF. Raises NotFound."""
-    store.delete_document(KIND_TARGET, target_id)
+    store.delete_document(KIND_TARGET, kdf.normalize_target_id(target_id))
+
+
+def identity_key(identity: str) -> str:
+    """D198: the form in which an enrolee's and a target's identities must differ: an FQDN as it enters §10.3.7
+    (:func:`~m2msec.mef.kdf.normalize_target_id`), anything else as it is."""
+    try:
+        return kdf.normalize_target_id(identity)
+    except IdentifierError:
+        return identity
 
 
 def parse_suid(text: str) -> int:
@@ -225,8 +234,11 @@ class MEF:
                        ke, expires)
         try:
             await self.store.put_document(doc)
-        except Conflict:  # a second Enrolment Exchange on the same MEF Handshake: the same Ke, a new expiry
-            await self.store.put_document(doc, replace=True)
+        except Conflict:  # a second Enrolment Exchange on the same MEF Handshake: the same Ke, its FIRST expiry
+            first = await self.store.get_document(KIND_KE, relative.hex())
+            if first is None or first.expires is None or first.body.get("enrolee") != enrolee.record_id:
+                raise MEFProblem("storage-unavailable", "the Enrolment Key could not be stored") from None
+            expires = first.expires
         log.info("enrolee %s (%s) enrolled: KeID %s", enrolee.record_id, enrolee.enrolee_id, keid)
         return EnrolmentResponse(keID=str(keid), lifetime=_timestamp(expires), enroleeID=enrolee.enrolee_id,
                                  instructions=self._instructions(enrolee, request))
@@ -255,16 +267,18 @@ class MEF:
             if keid.mef_fqdn == self.mef_fqdn else None
         if ke_doc is None or ke_doc.key is None or ke_doc.expires is None:
             raise self._refused(keid, target, MEFProblem("unknown-keid", "no Enrolment Key has this KeID"))
+        # the target must be one of the KeID's before it learns anything of the KeID's state (expiry, revocation)
+        enrolee = await self.enrolee(str(ke_doc.body.get("enrolee")))
+        entry = None if enrolee is None else next((t for t in enrolee.targets if t.target_id == target.target_id),
+                                                  None)
+        if enrolee is None or entry is None:
+            raise self._refused(keid, target, MEFProblem("not-the-target",
+                                                         "the requester is not an Enrolment Target of this KeID"))
         now = self.clock()
         if ke_doc.expires <= now:
             raise self._refused(keid, target, MEFProblem("ke-expired", "the Enrolment Key has expired"))
-        enrolee = await self.enrolee(str(ke_doc.body.get("enrolee")))
-        if enrolee is None or enrolee.status != "active":
+        if enrolee.status != "active":
             raise self._refused(keid, target, MEFProblem("enrolee-revoked", "the KeID's enrolee is revoked"))
-        entry = next((t for t in enrolee.targets if t.target_id == target.target_id), None)
-        if entry is None:
-            raise self._refused(keid, target, MEFProblem("not-the-target",
-                                                         "the requester is not an Enrolment Target of this KeID"))
         if suid not in entry.suids or suid not in TARGET_KIND_SUIDS[target.kind]:
             raise self._refused(keid, target, MEFProblem("suid-not-allowed",
                                                          f"SUID {suid} is not allowed for this target"))

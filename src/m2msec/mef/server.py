@@ -19,7 +19,7 @@ from m2msec.cli.common import parse_hostport
 from m2msec.errors import StorageError
 from m2msec.keys.table import PSKEntry
 from m2msec.maf.server import connection_limiter, server_context
-from m2msec.mef.app import create_app
+from m2msec.mef.app import create_app, server_problem
 from m2msec.mef.config import MEFConfig
 from m2msec.mef.procedures import MEF
 from m2msec.store import AsyncKeyStore, KeyStore, open_store
@@ -102,7 +102,7 @@ async def running_mef(config: MEFConfig, *, store: KeyStore | None = None,
                   remote_management_uri=config.remote_management_uri, clock=clock)
         server = await serve(create_app(mef, sp_id=config.sp_id), mef_context(config), host, port,
                              psk_resolver=psk_resolver(mef), handshake_timeout=config.handshake_timeout,
-                             limiter=connection_limiter())
+                             limiter=connection_limiter(), error_body=server_problem)
         purge = asyncio.create_task(_purge(mef, config.purge_interval))
         try:
             yield RunningMEF(mef, host, server.port, server)

@@ -49,6 +49,9 @@ PROBLEMS: Final[dict[str, tuple[int, str]]] = {
     "unsupported-media-type": (415, "the body is not JSON"),
     "not-found": (404, "no such resource"),
     "method-not-allowed": (405, "the resource does not take this method"),
+    # refusals the HTTP server makes itself, before the app (m2msec.asgi, answered by server_problem)
+    "request-timeout": (408, "the request did not arrive in time"),
+    "header-too-large": (431, "the request head is larger than the server takes"),
 }
 
 
