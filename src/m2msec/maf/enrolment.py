@@ -156,4 +156,6 @@ class KmIDAssigner:
             await self.store.update_client(MAFClient(client.kmid, client.km, client.identity, client.expires,
                                                      client.labels, client.admin_fqdn, "revoked", client.reg_id))
             replaced.append(client.kmid)
+        log.info("assigned a KmID to the Enrolee %s over a KeID session (%d previous KmIDs revoked)", identity,
+                 len(replaced))
         return kmid, replaced
