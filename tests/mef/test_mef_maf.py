@@ -12,6 +12,7 @@ import hmac
 import logging
 import os
 import re
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,3 +251,26 @@ async def test_a_key_procedure_from_a_keid_client_registers_first_then_uses_the_
         key = await a.register_key(suid=32, target_ids=[IDB], lifetime=600)
         assert a.registration is not None and a.registration.assigned_symm_key_id == a.credentials.kmid
     assert key.kc is not None and key.source_maf_client_id == ENROLEE_ID
+
+
+async def test_an_unreachable_mef_fails_keid_handshakes_only(world: World, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    enrolment = await enrol(world.address, MEFCredentials(KPMID, KPM), mef_fqdn=MEF_FQDN, maf_enrolment=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    config = dataclasses.replace(maf_config(tmp_path, world), mef=f"127.0.0.1:{dead}", mef_timeout=1.0)
+    store = open_store(config.store)
+    store.register_client(ProvisionedClient(GW_KMID, GW_KM, IDB))
+    try:
+        async with running_maf(config, store=store, clock=world.clock) as maf:
+            creds = MAFCredentials(MAF, kmid=str(enrolment.keid), km=enrolment.credential(21, MAF), mef_fqdn=MEF_FQDN)
+            with caplog.at_level(logging.WARNING, "m2msec.maf.enrolment"), pytest.raises(HandshakeFailed):
+                async with MAFClient("127.0.0.1", maf.port, creds, clock=world.clock) as a:
+                    await a.register()
+            assert "cannot ask the MEF" in caplog.text
+            async with MAFClient("127.0.0.1", maf.port, MAFCredentials(MAF, kmid=GW_KMID, km=GW_KM),
+                                 clock=world.clock) as gw:
+                assert (await gw.register(lifetime=600)).assigned_symm_key_id is None
+    finally:
+        store.close()

@@ -60,12 +60,19 @@ class RemoteKm:
         self.cache_size = cache_size
         self.in_flight = in_flight
         self._cache: OrderedDict[str, FetchedCredential] = OrderedDict()
-        self._pending: dict[str, asyncio.Future[FetchedCredential | None]] = {}
+        self._pending: dict[str, asyncio.Task[FetchedCredential | None]] = {}
         #: how many fetchCredentials requests were sent (for tests and logs)
         self.fetches = 0
 
     def __repr__(self) -> str:
         return f"<RemoteKm via {self.fetcher!r}>"
+
+    async def close(self) -> None:
+        """Cancel the fetches in flight and close the MEF connection."""
+        for task in list(self._pending.values()):
+            task.cancel()
+        await asyncio.gather(*self._pending.values(), return_exceptions=True)
+        await self.fetcher.close()
 
     def keid(self, identity: str) -> KeID | None:
         """The KeID ``identity`` names when it is one of the configured MEF's, else None."""
@@ -88,24 +95,21 @@ class RemoteKm:
         if got is not None:
             return got
         key = str(keid)
-        pending = self._pending.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        if len(self._pending) >= self.in_flight:
-            log.warning("KeID %s: %d MEF fetches in flight already; handshake refused", key, self.in_flight)
-            return None
-        future: asyncio.Future[FetchedCredential | None] = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
-        try:
-            result = await self._fetch(keid)
-            future.set_result(result)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters see it, nobody else is warned
-            raise
-        finally:
+        task = self._pending.get(key)
+        if task is None:
+            if len(self._pending) >= self.in_flight:
+                log.warning("KeID %s: %d MEF fetches in flight already; handshake refused", key, self.in_flight)
+                return None
+            # its own task: a handshake that gives up (timeout, cancellation) never cancels the others' fetch
+            task = self._pending[key] = asyncio.create_task(self._fetch(keid))
+            task.add_done_callback(lambda t: self._done(key, t))
+        return await asyncio.shield(task)
+
+    def _done(self, key: str, task: asyncio.Task[FetchedCredential | None]) -> None:
+        if self._pending.get(key) is task:
             del self._pending[key]
-        return result
+        if not task.cancelled() and task.exception() is not None:
+            log.error("KeID %s: the MEF fetch failed: %s", key, type(task.exception()).__name__)
 
     async def _fetch(self, keid: KeID) -> FetchedCredential | None:
         self.fetches += 1

@@ -204,8 +204,8 @@ async def running_maf(config: MAFConfig, *, store: KeyStore | None = None,
             purge.cancel()
             server.close()
             await server.wait_closed()
-            if fetcher is not None:
-                await fetcher.close()
+            if remote is not None:
+                await remote.close()
     finally:
         if own_store:
             store.close()
