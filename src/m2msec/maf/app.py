@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from m2msec.errors import IdentifierError, StorageError
 from m2msec.keys.secret import SecretKey
 from m2msec.maf import wire
+from m2msec.maf.enrolment import KEID_SESSION_PROBLEM
 from m2msec.maf.procedures import (
     EXPORTER_CONNECTION_LABEL,
     EXPORTER_CONNECTION_LENGTH,
@@ -110,10 +111,29 @@ def _extension(request: Request) -> Any:
     return ext
 
 
-async def identify(request: Request, maf: MAF) -> Requester:
+async def _enrolee(maf: MAF, identity: str, keid_allowed: bool) -> Requester | None:
+    """The requester of a KeID session (docs/maf.md "Enrolees of a MEF"), None if ``identity`` is no KeID of the
+    configured MEF. Only Client Registration may run on one: anything else is 403 ``kmid-required`` (D205)."""
+    remote = maf.remote
+    keid = remote.keid(identity) if remote is not None else None
+    if remote is None or keid is None:
+        return None
+    if not keid_allowed:
+        raise MAFProblem(403, KEID_SESSION_PROBLEM, "a KeID session may only run Client Registration; use the "
+                         "assignedSymmKeyID it answers as the KmID of later MAF Handshakes")
+    fetched = remote.cached(keid) or await remote.get(keid)
+    if fetched is None:
+        raise MAFProblem(403, "client-revoked", "this MAF client's credential is no longer valid")
+    return Requester(wire.absolute_id(fetched.enrolee_id, maf.policy.sp_id), fetched=fetched)
+
+
+async def identify(request: Request, maf: MAF, *, keid_allowed: bool = False) -> Requester:
     """The requester, from the MAF Handshake of this request's connection only (docs/maf.md "Transport")."""
     session = _extension(request).session
     if session.psk_identity is not None:
+        enrolee = await _enrolee(maf, session.psk_identity, keid_allowed)
+        if enrolee is not None:
+            return enrolee
         try:
             kmid = canonical_kmid(session.psk_identity)
         except IdentifierError:
@@ -167,7 +187,7 @@ def create_app(maf: MAF, *, max_body: int = MAX_BODY) -> ASGIApp:
               response_model_exclude_none=True)
     async def client_registration(body: wire.ClientRegistrationRequest, request: Request,
                                   response: Response) -> wire.ClientRegistrationResponse:
-        out = await maf.register_client(await identify(request, maf), body)
+        out = await maf.register_client(await identify(request, maf, keid_allowed=True), body)
         response.headers["Location"] = f"{API_PREFIX}/registrations/{out.mafClientRegID}"
         return out
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import time
 import urllib.parse
@@ -95,6 +96,9 @@ class MAFCredentials:
     trust_anchors_pem: bytes | None = None
     admin_fqdn: str | None = None
     profiles: tuple[CipherProfile, ...] | None = None
+    #: with ``kmid`` a KeID of this MEF-FQDN and ``km`` = §10.3.7 KDF(Ke, 21, MAF-FQDN): a remotely provisioned
+    #: Km; the first Client Registration answers the KmID to use instead (docs/maf.md "Enrolees of a MEF")
+    mef_fqdn: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -114,7 +118,9 @@ class MAFCredentials:
                 kmid = KmID.parse(self.kmid)
             except IdentifierError as exc:
                 raise ConfigurationError(f"KmID: {exc}") from None
-            if kmid.maf_fqdn != self.maf_fqdn:
+            if self.mef_fqdn is not None and kmid.maf_fqdn == self.mef_fqdn.lower().rstrip("."):
+                pass  # a KeID (same syntax as a KmID, §10.3.4/§10.3.5): exchanged at Client Registration
+            elif kmid.maf_fqdn != self.maf_fqdn:
                 raise ConfigurationError(f"the KmID {self.kmid!r} is not of the MAF {self.maf_fqdn!r}")
         elif self.chain_pem is None or self.private_key_pem is None or not self.trust_anchors_pem:
             raise ConfigurationError("a certificate MAF credential needs the chain, its key and the MAF's "
@@ -123,6 +129,12 @@ class MAFCredentials:
     @property
     def admin(self) -> str:
         return self.admin_fqdn or self.maf_fqdn
+
+    @property
+    def is_keid(self) -> bool:
+        """True while the PSK identity is a KeID of ``mef_fqdn`` (before the MAF assigned a KmID)."""
+        return (self.kmid is not None and self.mef_fqdn is not None
+                and KmID.parse(self.kmid).maf_fqdn == self.mef_fqdn.lower().rstrip("."))
 
     def client_config(self) -> ClientConfig:
         if self.kmid is not None:
@@ -203,7 +215,8 @@ class MAFClient:
 
     def __init__(self, host: str, port: int, credentials: MAFCredentials, *, timeout: float = DEFAULT_MAF_TIMEOUT,
                  clock: Callable[[], float] = time.time,
-                 registration_lifetime: float = DEFAULT_REGISTRATION_LIFETIME) -> None:
+                 registration_lifetime: float = DEFAULT_REGISTRATION_LIFETIME,
+                 on_kmid: Callable[[str], None] | None = None) -> None:
         if not timeout > 0:
             raise ConfigurationError("the MAF timeout must be positive")
         self.host, self.port = host, port
@@ -215,6 +228,8 @@ class MAFClient:
         self._context = TLSContext.client(credentials.client_config())
         self._conn: _Connection | None = None
         self._lock = asyncio.Lock()
+        #: called with the KmID the MAF assigned to a KeID client, for a caller that keeps it with Km
+        self.on_kmid = on_kmid
 
     def __repr__(self) -> str:
         return f"<MAFClient {self.credentials.maf_fqdn} at {self.host}:{self.port}>"
@@ -345,7 +360,25 @@ class MAFClient:
                 "adminFQDN": self.credentials.admin, **optional_members(labels=labels)}
         reg = registration_from(await self._json("POST", "/registrations", body, expect=201))
         self.registration = reg
+        if self.credentials.is_keid:
+            await self._take_kmid(reg.assigned_symm_key_id)
         return reg
+
+    async def _take_kmid(self, assigned: str | None) -> None:
+        """After a Client Registration with (KeID, Km): later MAF Handshakes use (KmID, Km) (§8.8.2.3, D194)."""
+        try:
+            kmid = KmID.parse(assigned or "")
+        except IdentifierError:
+            raise MAFError(0, "bad-response", "the MAF assigned no valid KmID (assignedSymmKeyID) to this "
+                           "KeID client") from None
+        if kmid.maf_fqdn != self.maf_fqdn:
+            raise MAFError(0, "bad-response", "the KmID the MAF assigned is not of its MAF-FQDN")
+        self.credentials = dataclasses.replace(self.credentials, kmid=str(assigned), mef_fqdn=None)
+        self._context = TLSContext.client(self.credentials.client_config())
+        await self.close()  # the KeID session ends; the next request runs a MAF Handshake with the KmID
+        log.info("the MAF %s assigned a KmID; using it from now on", self.maf_fqdn)
+        if self.on_kmid is not None:
+            self.on_kmid(str(assigned))
 
     async def configuration(self, reg_id: str | None = None) -> dict[str, Any]:
         """Client Configuration Retrieval: the ``mafClientCfg`` object."""

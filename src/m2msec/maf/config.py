@@ -16,6 +16,7 @@ from typing import Any
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.identifiers import validate_fqdn
 from m2msec.maf.procedures import DEFAULT_MAX_KEY_LIFETIME, DEFAULT_MAX_REGISTRATION_LIFETIME
+from m2msec.mef.client import DEFAULT_MEF_TIMEOUT
 from m2msec.tomlfile import load_settings
 
 __all__ = ["DEFAULT_LISTEN", "DEFAULT_MAF_FQDN", "DEFAULT_SP_ID", "MAFConfig", "default_store_url", "load_config"]
@@ -61,6 +62,16 @@ class MAFConfig:
     handshake_timeout: float = 10.0
     #: seconds between purges of expired keys and registrations
     purge_interval: float = 60.0
+    #: the MEF whose Enrolees may register with (KeID, Km) (docs/maf.md "Enrolees of a MEF"): ``HOST:PORT`` and
+    #: its MEF-FQDN; the MAF authenticates as an Enrolment Target with ``mef_psk_file`` (hex, identity
+    #: ``mef_psk_identity``, default the MAF-FQDN) or with its certificate, checking the MEF's against
+    #: ``mef_trust_anchors``
+    mef: str = ""
+    mef_fqdn: str = ""
+    mef_psk_identity: str = ""
+    mef_psk_file: str = ""
+    mef_trust_anchors: str = ""
+    mef_timeout: float = DEFAULT_MEF_TIMEOUT
 
     def __post_init__(self) -> None:
         try:
@@ -68,7 +79,9 @@ class MAFConfig:
             object.__setattr__(self, "sp_id", validate_fqdn(self.sp_id.removeprefix("//"), role="SP-ID"))
         except IdentifierError as exc:
             raise ConfigurationError(str(exc)) from None
-        for name in ("max_key_lifetime", "max_registration_lifetime", "handshake_timeout", "purge_interval"):
+        self._check_mef()
+        for name in ("max_key_lifetime", "max_registration_lifetime", "handshake_timeout", "purge_interval",
+                     "mef_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigurationError(f"{name} must be a positive number of seconds")
         cert = (self.certificate, self.private_key, self.client_trust_anchors)
@@ -77,6 +90,23 @@ class MAFConfig:
         if any(cert) and not all(cert):
             raise ConfigurationError("certificate, private_key and client_trust_anchors go together: the MAF "
                                      "Handshake with certificates is mutual")
+
+    def _check_mef(self) -> None:
+        if not self.mef:
+            if self.mef_fqdn or self.mef_psk_file or self.mef_psk_identity or self.mef_trust_anchors:
+                raise ConfigurationError("the mef_* settings need mef (the MEF's HOST:PORT)")
+            return
+        try:
+            object.__setattr__(self, "mef_fqdn", validate_fqdn(self.mef_fqdn.rstrip("."), role="MEF-FQDN"))
+        except IdentifierError as exc:
+            raise ConfigurationError(f"mef_fqdn: {exc}") from None
+        if self.mef_fqdn == self.maf_fqdn:
+            raise ConfigurationError("mef_fqdn is the MAF-FQDN: KeIDs and KmIDs could not be told apart (D189)")
+        if bool(self.mef_psk_file) == bool(self.mef_trust_anchors):
+            raise ConfigurationError("the MAF authenticates to its MEF with mef_psk_file, or with its certificate "
+                                     "and mef_trust_anchors: exactly one")
+        if self.mef_trust_anchors and not self.certificate:
+            raise ConfigurationError("mef_trust_anchors needs the MAF's certificate and private_key")
 
     @property
     def store_url(self) -> str:

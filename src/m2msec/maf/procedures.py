@@ -18,7 +18,9 @@ from m2msec.identifiers import SUID, CredentialID, CredIDType, KmID
 from m2msec.keys.secret import SecretKey
 from m2msec.maf import wire
 from m2msec.maf.cache import TTLCache
+from m2msec.maf.enrolment import KmIDAssigner, RemoteKm
 from m2msec.maf.wire import MAFProblem, absolute_id, format_timestamp, parse_timestamp
+from m2msec.mef.client import FetchedCredential
 from m2msec.store import AsyncKeyStore, ClientRegistration, MAFClient, RegisteredKey
 
 __all__ = [
@@ -79,6 +81,8 @@ class Requester:
     identity: str
     #: the canonical KmID of a PSK requester (its client record is re-checked on every request)
     kmid: str | None = None
+    #: on a KeID session (docs/maf.md "Enrolees of a MEF"): Km and the EnroleeID the MEF answered (D194)
+    fetched: FetchedCredential | None = None
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,12 @@ class MAF:
     """The procedures (TS-0003 §8.8.2.3 to §8.8.2.10) over an :class:`~m2msec.store.AsyncKeyStore`."""
 
     def __init__(self, store: AsyncKeyStore, policy: MAFPolicy, *, clock: Callable[[], float] = time.time,
-                 new_reg_id: Callable[[], str] = lambda: secrets.token_hex(8)) -> None:
+                 new_reg_id: Callable[[], str] = lambda: secrets.token_hex(8),
+                 remote: RemoteKm | None = None) -> None:
         self.store = store
+        #: KeID sessions: Km from the MEF (None: this MAF serves no MEF's enrolees)
+        self.remote = remote
+        self._assigner = KmIDAssigner(store, policy.maf_fqdn)
         self.policy = policy
         self.clock = clock
         self._new_reg_id = new_reg_id
@@ -179,10 +187,17 @@ class MAF:
                               req: wire.ClientRegistrationRequest) -> wire.ClientRegistrationResponse:
         self._check_maf(req.mafFQDN)
         expires = self._expiry(req.expirationTime, self.policy.max_registration_lifetime)
+        assigned = None
+        if who.fetched is not None:  # a KeID session: the Enrolee gets its KmID (§8.8.2.3, §10.7; D194)
+            expires = min(expires, float(int(who.fetched.expires)))
+            assigned, replaced = await self._assigner.assign(who.fetched, who.identity, expires)
+            for kmid in replaced:
+                self._clients.drop(kmid)
         reg = ClientRegistration(who.identity, self._new_reg_id(), expires, tuple(req.labels or ()), req.adminFQDN)
         await self._put_registration(reg)  # a new registration of the same client replaces the last one
         return wire.ClientRegistrationResponse(mafClientRegID=reg.reg_id, expirationTime=format_timestamp(expires),
-                                               mafClientID=who.identity, adminFQDN=req.adminFQDN, labels=req.labels)
+                                               mafClientID=who.identity, adminFQDN=req.adminFQDN, labels=req.labels,
+                                               assignedSymmKeyID=assigned)
 
     async def client_config(self, who: Requester, reg_id: str, maf_fqdn: str) -> wire.ClientConfigResponse:
         self._check_maf(maf_fqdn)

@@ -16,12 +16,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from m2msec.cli.common import parse_hostport
+from m2msec.cli.common import parse_hostport, read_key
 from m2msec.errors import ConfigurationError, IdentifierError, StorageError
 from m2msec.keys.table import PSKEntry, check_file_permissions
 from m2msec.maf.app import create_app
 from m2msec.maf.config import MAFConfig
+from m2msec.maf.enrolment import RemoteKm
 from m2msec.maf.procedures import MAF, MAFPolicy, canonical_kmid
+from m2msec.mef.client import MEFCredentials, MEFFetcher, check_distinct_fqdns
 from m2msec.store import AsyncKeyStore, KeyStore, MAFClient, open_store
 from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
 from m2msec.tls.profiles import ECDHE_ECDSA, parse_profiles
@@ -33,8 +35,8 @@ from m2msec.transport.limits import (
 )
 from m2msec.transport.psk_resolver import MISS, ProbeAnswer, PSKResolver
 
-__all__ = ["MAX_CONNECTIONS", "RunningMAF", "connection_limiter", "kmid_resolver", "open_maf_store", "running_maf",
-           "server_context"]
+__all__ = ["MAX_CONNECTIONS", "RunningMAF", "connection_limiter", "kmid_resolver", "mef_fetcher", "open_maf_store",
+           "running_maf", "server_context"]
 
 log = logging.getLogger("m2msec.maf")
 
@@ -77,6 +79,11 @@ class _KmIDResolver:
         return PSKEntry(identity, client.km, entity=None)
 
     def lookup_now(self, identity: str) -> ProbeAnswer:
+        remote = self.maf.remote
+        keid = remote.keid(identity) if remote is not None else None
+        if remote is not None and keid is not None:  # a KeID session: Km from the MEF (docs/maf.md, D194)
+            fetched = remote.cached(keid)
+            return MISS if fetched is None else PSKEntry(identity, fetched.credential, entity=None)
         kmid = self._kmid(identity)
         if kmid is None:
             return None
@@ -84,6 +91,11 @@ class _KmIDResolver:
         return self._entry(identity, client) if hit else MISS
 
     async def __call__(self, identity: str) -> PSKEntry | None:
+        remote = self.maf.remote
+        keid = remote.keid(identity) if remote is not None else None
+        if remote is not None and keid is not None:
+            fetched = await remote.get(keid)
+            return None if fetched is None else PSKEntry(identity, fetched.credential, entity=None)
         kmid = self._kmid(identity)
         if kmid is None:
             return None
@@ -126,6 +138,23 @@ def server_context(config: MAFConfig) -> TLSContext:
                                           async_psk=True))
 
 
+def mef_fetcher(config: MAFConfig, clock: Callable[[], float]) -> MEFFetcher | None:
+    """The MAF's client of its MEF (docs/maf.md "Enrolees of a MEF"), None without ``mef``: the MAF authenticates
+    as the Enrolment Target ``mef_psk_identity`` (default: its MAF-FQDN) with ``mef_psk_file``, or with its own
+    FQDN certificate and ``mef_trust_anchors``. D189: the MEF-FQDN must not be the MAF-FQDN."""
+    if not config.mef:
+        return None
+    check_distinct_fqdns(config.mef_fqdn, [config.maf_fqdn])
+    if config.mef_psk_file:
+        credentials = MEFCredentials(config.mef_psk_identity or config.maf_fqdn,
+                                     read_key(config.mef_psk_file, None))
+    else:
+        credentials = MEFCredentials(chain_pem=_read(config.certificate, "certificate"),
+                                     private_key_pem=_read(config.private_key, "private key"),
+                                     trust_anchors_pem=_read(config.mef_trust_anchors, "MEF trust anchors"))
+    return MEFFetcher(config.mef, credentials, mef_fqdn=config.mef_fqdn, timeout=config.mef_timeout, clock=clock)
+
+
 @dataclass
 class RunningMAF:
     maf: MAF
@@ -160,7 +189,9 @@ async def running_maf(config: MAFConfig, *, store: KeyStore | None = None,
                            http_port=port or None,
                            max_key_lifetime=config.max_key_lifetime,
                            max_registration_lifetime=config.max_registration_lifetime)
-        maf = MAF(AsyncKeyStore(store), policy, clock=clock)
+        fetcher = mef_fetcher(config, clock)
+        remote = None if fetcher is None else RemoteKm(fetcher, config.mef_fqdn, clock=clock)
+        maf = MAF(AsyncKeyStore(store), policy, clock=clock, remote=remote)
         context = server_context(config)
         server = await serve(create_app(maf), context, host, port, psk_resolver=kmid_resolver(maf),
                              handshake_timeout=config.handshake_timeout, limiter=connection_limiter())
@@ -173,6 +204,8 @@ async def running_maf(config: MAFConfig, *, store: KeyStore | None = None,
             purge.cancel()
             server.close()
             await server.wait_closed()
+            if remote is not None:
+                await remote.close()
     finally:
         if own_store:
             store.close()
