@@ -283,3 +283,18 @@ async def test_chain_routes_keids_to_the_mef_and_maf_ids_to_the_maf(world: World
         assert "MAF Key Retrieval" in caplog.text and "MEF fetch" not in caplog.text and maf.retrievals == 1
     finally:
         await g.close()
+
+
+def test_docs_cite_the_gateway_decisions_with_their_values() -> None:
+    from m2msec.gateway import mef_resolver
+
+    root = Path(__file__).resolve().parents[2]
+    decisions = (root / "docs" / "decisions.md").read_text()
+    mef_doc, gw_doc = (root / "docs" / "mef.md").read_text(), (root / "docs" / "gateway.md").read_text()
+    for number, constant in (("D196", "BOUND_ENROLEE_PREFIX"), ("D200", "MEF_FETCHES_IN_FLIGHT"),
+                             ("D201", "MEF_KEY_CACHE_SIZE")):
+        [row] = [line for line in decisions.splitlines() if line.startswith(f"| {number} |")]
+        assert f"m2msec.gateway.mef_resolver.{constant}" in row and number in mef_doc and number in gw_doc
+    assert mef_resolver.MEF_FETCHES_IN_FLIGHT == 64 and "at most 64 fetches" in gw_doc
+    assert mef_resolver.MEF_KEY_CACHE_SIZE == 4096 and "at most 4096 keys" in gw_doc
+    assert mef_resolver.SUID_KPSA == 22
