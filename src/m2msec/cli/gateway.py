@@ -32,9 +32,10 @@ from m2msec.transport.limits import (
 )
 
 if TYPE_CHECKING:
-    from m2msec.gateway.maf_resolver import MAFKeyResolver
+    from m2msec.gateway.mef_resolver import RemoteKeyResolver
     from m2msec.gateway.registrar import Registrar
     from m2msec.gateway.workers import WorkerSockets
+    from m2msec.mef.client import MEFFetcher
 
 #: --max-connections when not given (lowered to what the file-descriptor limit allows)
 DEFAULT_MAX_CONNECTIONS = 10000
@@ -110,6 +111,7 @@ def add_parser(sub: Any) -> None:
                    help=f"an SA older than this is closed at its next request (default {DEFAULT_MAX_SA_LIFETIME:g})")
     add_maf_options(p, role="its MAF Key Identifiers (<RelativeKeyID>@<MAF-FQDN>) are resolved there by Key "
                     "Retrieval (Kc cached until it expires); other PSK identities still go to --psk-table / --db")
+    add_mef_options(p)
     p.add_argument("--quiet", action="store_const", dest="log_level", const=logging.WARNING,
                    default=logging.INFO, help="log warnings only")
     p.add_argument("--loop", choices=LOOPS, default="asyncio",
@@ -223,7 +225,7 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
     args.sp_id = _sp_id(args)
     certificate, crls = _certificate(args)  # read once, shared by the HTTP and coaps sides
     registrar = _registrar(args)
-    maf = _maf(args, table)
+    maf = _remote_keys(args, table)
     coaps: CoapsGateway | None = None
     if args.coap_backend is not None:
         coaps_profiles = parse_profiles(args.coaps_profiles)
@@ -268,12 +270,88 @@ def _registrar(args: argparse.Namespace) -> Registrar | None:
     return Registrar(rules, BindingStore(args.registrations), cse_id=args.cse_id, sp_id=args.sp_id)
 
 
-def _maf(args: argparse.Namespace, table: PSKTable | None) -> MAFKeyResolver | None:
-    """``--maf``: the resolver both sides share (one MAF client, one Kc cache), None without it."""
+def add_mef_options(p: argparse.ArgumentParser) -> None:
+    """``--mef*``: the gateway as an Enrolment Target of a MEF (docs/mef.md), as :func:`add_maf_options` for a MAF."""
+    from m2msec.mef.client import DEFAULT_MEF_TIMEOUT
+
+    g = p.add_argument_group("remotely provisioned Kpsa (MEF, TS-0003 §8.3.2.1)")
+    g.add_argument("--mef", metavar="HOST:PORT", help="the MEF: a PSK identity that is a KeID (<RelativeKeID>@"
+                   "<MEF-FQDN>) of it gets its Kpsa there (fetchCredentials, SUID 22, cached until it expires); "
+                   "other PSK identities still go to --maf / --psk-table / --db")
+    g.add_argument("--mef-fqdn", metavar="FQDN", help="the MEF-FQDN (default: the host of --mef when it is a name)")
+    g.add_argument("--mef-target-id", metavar="FQDN", help="the gateway's Enrolment-Target-ID: its PSK identity "
+                   "for the MEF Handshake (the FQDN Enrolees derive Kpsa for)")
+    g.add_argument("--mef-key-file", type=Path, metavar="FILE",
+                   help="the gateway's target PSK at the MEF in hex (no access for the group or others)")
+    g.add_argument("--mef-cert", type=Path, metavar="FILE", help="or its FQDN certificate chain (PEM) for the MEF "
+                   "Handshake")
+    g.add_argument("--mef-cert-key", type=Path, metavar="FILE", help="private key of --mef-cert (PEM)")
+    g.add_argument("--mef-ca", type=Path, metavar="FILE",
+                   help="trust anchors of the MEF's FQDN certificate (PEM), with --mef-cert")
+    g.add_argument("--mef-timeout", type=float, default=DEFAULT_MEF_TIMEOUT, metavar="SECONDS",
+                   help=f"seconds one MEF exchange may take (default {DEFAULT_MEF_TIMEOUT:g})")
+
+
+_MEF_OPTIONS = ("mef_fqdn", "mef_target_id", "mef_key_file", "mef_cert", "mef_cert_key", "mef_ca")
+
+
+def mef_fetcher_from_args(args: argparse.Namespace) -> MEFFetcher | None:
+    """The MEF fetcher the ``--mef*`` options describe, None without ``--mef``. Raises ConfigurationError."""
+    import ipaddress
+
+    from m2msec.cli.common import parse_hostport, read_key
+    from m2msec.mef.client import MEFCredentials, MEFFetcher
+
+    if args.mef is None:
+        given = [name for name in _MEF_OPTIONS if getattr(args, name) is not None]
+        if given:
+            raise ConfigurationError(f"--{given[0].replace('_', '-')} needs --mef")
+        return None
+    host, _ = parse_hostport(args.mef)
+    fqdn = args.mef_fqdn
+    if fqdn is None:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            fqdn = host
+        else:
+            raise ConfigurationError("--mef names an IP address: give the MEF's FQDN with --mef-fqdn")
+    if not args.mef_timeout > 0:
+        raise ConfigurationError("--mef-timeout must be positive")
+    psk = args.mef_target_id is not None or args.mef_key_file is not None
+    cert = args.mef_cert is not None or args.mef_cert_key is not None or args.mef_ca is not None
+    if psk == cert:
+        raise ConfigurationError("--mef needs the gateway's target credential: --mef-target-id with --mef-key-file, "
+                                 "or --mef-cert with --mef-cert-key and --mef-ca")
+    if psk:
+        if args.mef_target_id is None or args.mef_key_file is None:
+            raise ConfigurationError("give --mef-target-id and --mef-key-file together")
+        credentials = MEFCredentials(args.mef_target_id, read_key(str(args.mef_key_file), None))
+    else:
+        if args.mef_cert is None or args.mef_cert_key is None or args.mef_ca is None:
+            raise ConfigurationError("give --mef-cert, --mef-cert-key and --mef-ca together")
+        check_file_permissions(args.mef_cert_key)
+        credentials = MEFCredentials(chain_pem=_read(args.mef_cert, "certificate"),
+                                     private_key_pem=_read(args.mef_cert_key, "private key"),
+                                     trust_anchors_pem=_read(args.mef_ca, "MEF trust anchors"))
+    return MEFFetcher(args.mef, credentials, mef_fqdn=fqdn, timeout=args.mef_timeout)
+
+
+def _remote_keys(args: argparse.Namespace, table: PSKTable | None) -> RemoteKeyResolver | None:
+    """``--maf`` and / or ``--mef``: the resolver both sides share (one MAF client with its Kc cache, one MEF
+    fetcher with its Kpsa cache; with both, chained by FQDN in front of the table), None without either."""
     from m2msec.gateway.maf_resolver import MAFKeyResolver
+    from m2msec.gateway.mef_resolver import ChainResolver, MEFKeyResolver
+    from m2msec.mef.client import check_distinct_fqdns
 
     client = maf_client_from_args(args)
-    return MAFKeyResolver(client, table) if client is not None else None
+    fetcher = mef_fetcher_from_args(args)
+    if fetcher is None:
+        return MAFKeyResolver(client, table) if client is not None else None
+    if client is None:
+        return MEFKeyResolver(fetcher, table)
+    check_distinct_fqdns(fetcher.mef_fqdn, [client.maf_fqdn])  # D189: else a KeID could pass for a MAF key's id
+    return ChainResolver([MAFKeyResolver(client), MEFKeyResolver(fetcher)], table)
 
 
 async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None) -> int:
@@ -332,7 +410,7 @@ def _fit_file_descriptors(args: argparse.Namespace, coaps_peers: int) -> None:
 
 def _http_gateway(args: argparse.Namespace, host: str, port: int, table: PSKTable | None,
                   certificate: CertificateConfig | None, crls: CRLFile | None,
-                  maf: MAFKeyResolver | None = None, registrar: Registrar | None = None) -> Gateway:
+                  maf: RemoteKeyResolver | None = None, registrar: Registrar | None = None) -> Gateway:
     config = GatewayConfig(
         backend=parse_backend(args.backend),
         host=host,

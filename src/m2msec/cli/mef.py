@@ -66,6 +66,22 @@ def add_parser(sub: Any) -> None:
     tr.add_argument("target_id")
     tr.set_defaults(func=_revoke_target)
 
+    en = ms.add_parser("enrol", help="as an Enrolee: enrol at a MEF and write the KeID and one derived key")
+    en.add_argument("--mef", required=True, metavar="HOST:PORT", help="the MEF")
+    en.add_argument("--mef-fqdn", required=True, metavar="FQDN", help="the MEF-FQDN (the @ part of the KeID)")
+    en.add_argument("--kpm-id", required=True, metavar="ID", help="own KpmID")
+    en.add_argument("--kpm-file", required=True, type=Path, metavar="FILE",
+                    help="own Kpm in hex (no access for the group or others)")
+    en.add_argument("--target", required=True, metavar="TARGET_ID",
+                    help="the Enrolment-Target-ID (FQDN) to derive a key for, e.g. the gateway's --mef-target-id")
+    en.add_argument("--suid", required=True, type=int, metavar="N", help="its SUID: 22 (Kpsa for the PSK SAEF with a "
+                    "CSE such as m2msec gateway) or 21 (Km for a MAF)")
+    en.add_argument("--out-dir", required=True, type=Path, metavar="DIR",
+                    help="writes DIR/keid (the KeID, the key's PSK identity) and DIR/<SUID>-<TARGET_ID>.key (hex, "
+                    "mode 0600; created, never overwritten)")
+    en.add_argument("--timeout", type=float, metavar="SECONDS", help="seconds one MEF step may take (default 5)")
+    en.set_defaults(func=_enrol)
+
 
 def _config(args: argparse.Namespace) -> Any:
     from m2msec.mef.config import load_config
@@ -219,3 +235,39 @@ async def _serve(args: argparse.Namespace) -> int:
     return await serve_until_stopped(running_mef(config), lambda running: (
         f"MEF {config.mef_fqdn} listening on {running.host}:{running.port} (key store "
         f"{running.mef.store.store.location})"))
+
+
+async def _enrol(args: argparse.Namespace) -> int:
+    """The Enrolee's side (docs/mef.md): enrol, derive the §10.3.7 key for (SUID, target), write it for
+    ``m2msec request --identity <KeID> --key-file ...``; one line out, never a key."""
+    from m2msec.cli.common import read_key
+    from m2msec.keys.files import check_new_file, write_secret_file
+    from m2msec.mef import kdf
+    from m2msec.mef.client import DEFAULT_MEF_TIMEOUT, MEFCredentials, enrol
+
+    try:
+        target = kdf.normalize_target_id(args.target)
+        kdf.encode_suid(args.suid)
+    except IdentifierError as exc:
+        raise ConfigurationError(f"--target/--suid: {exc}") from None
+    timeout = DEFAULT_MEF_TIMEOUT if args.timeout is None else args.timeout
+    out: Path = args.out_dir
+    if not out.is_dir():
+        raise ConfigurationError(f"--out-dir {out}: no such directory")
+    keid_file, key_file = out / "keid", out / f"{args.suid}-{target}.key"
+    for path in (keid_file, key_file):  # refused before enrolling: no Ke is spent on a run that cannot finish
+        check_new_file(path)
+    kpm = read_key(str(args.kpm_file), None)
+    enrolment = await enrol(args.mef, MEFCredentials(args.kpm_id, kpm), mef_fqdn=args.mef_fqdn, timeout=timeout)
+    try:
+        key = enrolment.credential(args.suid, target)
+    except IdentifierError as exc:
+        raise ConfigurationError(str(exc)) from None
+    write_secret_file(key_file, key.reveal().hex() + "\n")
+    try:
+        write_secret_file(keid_file, f"{enrolment.keid}\n")
+    except BaseException:
+        key_file.unlink(missing_ok=True)
+        raise
+    print(f"enrolled {enrolment.keid} as {enrolment.enrolee_id}: SUID {args.suid} key for {target} in {key_file}")
+    return 0

@@ -41,7 +41,8 @@ from m2msec.gateway.coap_blockwise import (
     PeerBlockwise,
     ToClient,
 )
-from m2msec.gateway.maf_resolver import MAFKeyResolver, revocation_table
+from m2msec.gateway.maf_resolver import revocation_table
+from m2msec.gateway.mef_resolver import RemoteKeyResolver
 from m2msec.gateway.registrar import Registrar
 from m2msec.gateway.registration import AECreate
 from m2msec.gateway.reload import side_reloader
@@ -313,12 +314,12 @@ class CoapsGateway:
 
     def __init__(self, config: CoapsConfig, table: PSKTable | None, *, resolver: CredentialResolver | None = None,
                  cookie_secret: bytes | None = None, crls: CRLFile | None = None,
-                 maf: MAFKeyResolver | None = None, registrar: Registrar | None = None) -> None:
+                 maf: RemoteKeyResolver | None = None, registrar: Registrar | None = None) -> None:
         self.config = config
         #: service subscription rules and registration bindings (``--app-rules``), also the default resolver
         self.registrar = registrar
         self.resolver = resolver if resolver is not None else registrar
-        self.maf = maf  # MAF-based SAEF (--maf): as on the HTTP side
+        self.maf = maf  # remote keys (--maf, --mef): as on the HTTP side
         self.budget = ByteBudget(config.blockwise.max_total_bytes)  # block-wise bytes of all peers together
         self.context = TLSContext.dtls_server(config.server_config(table, config.profiles, async_psk=maf is not None),
                                               cookie_secret=cookie_secret)

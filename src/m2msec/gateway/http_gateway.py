@@ -43,7 +43,8 @@ from m2msec.gateway.limits import (
     Lease,
     ResponseDropped,
 )
-from m2msec.gateway.maf_resolver import MAFKeyResolver, revocation_table
+from m2msec.gateway.maf_resolver import revocation_table
+from m2msec.gateway.mef_resolver import RemoteKeyResolver
 from m2msec.gateway.registrar import Registrar
 from m2msec.gateway.registration import AECreate, authorize, http_ae_create
 from m2msec.gateway.reload import side_reloader
@@ -133,14 +134,14 @@ class Gateway:
 
     def __init__(
         self, config: GatewayConfig, table: PSKTable | None, *, resolver: CredentialResolver | None = None,
-        crls: CRLFile | None = None, maf: MAFKeyResolver | None = None, registrar: Registrar | None = None,
+        crls: CRLFile | None = None, maf: RemoteKeyResolver | None = None, registrar: Registrar | None = None,
     ) -> None:
         self.config = config
         self.table = table
         #: service subscription rules and registration bindings (``--app-rules``), also the default resolver
         self.registrar = registrar
         self.resolver = resolver if resolver is not None else registrar
-        #: MAF-based SAEF (``--maf``): resolves MAF Key Identifiers at the MAF, the other identities in ``table``
+        #: remote keys (``--maf``, ``--mef``): MAF Key Identifiers / KeIDs resolved remotely, the rest in ``table``
         self.maf = maf
         self.context = TLSContext.server(config.server_config(table, config.profiles, async_psk=maf is not None))
         self.limiter = ConnectionLimiter(config.max_connections,

@@ -32,7 +32,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 from m2msec.errors import IdentifierError, M2MSecError, MAFError
 from m2msec.identifiers import CredentialID, MAFKeyIdentifier
@@ -41,8 +41,8 @@ from m2msec.maf.client import MAFClient
 from m2msec.maf.client_wire import SUID_SAEF, RetrievedKey
 from m2msec.transport.psk_resolver import MISS, ProbeAnswer
 
-__all__ = ["BOUND_SOURCE_PREFIX", "MAF_KEY_CACHE_SIZE", "MAF_RETRIEVALS_IN_FLIGHT", "MAFKeyResolver", "MAFTable",
-           "entry_for", "revocation_table"]
+__all__ = ["BOUND_SOURCE_PREFIX", "MAF_KEY_CACHE_SIZE", "MAF_RETRIEVALS_IN_FLIGHT", "KeyLookup", "MAFKeyResolver",
+           "MAFTable", "entry_for", "revocation_table"]
 
 log = logging.getLogger("m2msec.gateway.maf")
 
@@ -218,10 +218,18 @@ class MAFKeyResolver:
         await self.client.close()
 
 
+class KeyLookup(Protocol):
+    """What the revocation guard's view reads: a remote-key resolver (``--maf``, ``--mef`` or both) and its table."""
+
+    @property
+    def table(self) -> PSKTable | None: ...
+    def lookup(self, identity: str) -> PSKEntry | None: ...
+
+
 class MAFTable:
     """The view of the PSK table and the MAF keys the revocation guard reads (:meth:`MAFKeyResolver.lookup`)."""
 
-    def __init__(self, resolver: MAFKeyResolver) -> None:
+    def __init__(self, resolver: KeyLookup) -> None:
         self.resolver = resolver
 
     def lookup(self, identity: str) -> PSKEntry | None:
@@ -232,7 +240,7 @@ class _InMemoryMAFTable(MemoryPSKTable):
     """:class:`MAFTable` over an in-memory PSK table: read at every request like that table itself (the revocation
     guard reuses lookups only of stores read from disk), so that ``--maf`` does not delay a removed PSK's end."""
 
-    def __init__(self, resolver: MAFKeyResolver) -> None:
+    def __init__(self, resolver: KeyLookup) -> None:
         super().__init__()
         self.resolver = resolver
 
@@ -240,8 +248,9 @@ class _InMemoryMAFTable(MemoryPSKTable):
         return self.resolver.lookup(identity)
 
 
-def revocation_table(resolver: MAFKeyResolver) -> PSKTable:
-    """What a side's revocation guard reads with ``--maf``: the MAF keys and the PSK table, through ``resolver``."""
+def revocation_table(resolver: KeyLookup) -> PSKTable:
+    """What a side's revocation guard reads with ``--maf`` (or ``--mef``): the remote keys and the PSK table,
+    through ``resolver``."""
     if resolver.table is None or isinstance(resolver.table, MemoryPSKTable):
         return _InMemoryMAFTable(resolver)
     return MAFTable(resolver)
