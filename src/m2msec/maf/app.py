@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Query, Request, Response
@@ -30,6 +30,16 @@ from m2msec.maf.procedures import (
     canonical_kmid,
 )
 from m2msec.maf.wire import API_PREFIX, MAX_BODY, MAFProblem
+from m2msec.service_app import (  # noqa: F401  (ASGI types re-exported for their earlier importers)
+    PROBLEM_JSON,
+    ASGIApp,
+    JSONBodyGuard,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    send_problem,
+)
 
 __all__ = ["TLS_EXTENSION", "create_app", "identify"]
 
@@ -37,17 +47,9 @@ log = logging.getLogger("m2msec.maf")
 
 #: The ASGI scope extension :mod:`m2msec.asgi` fills with the connection's TLS session and exporter
 TLS_EXTENSION = "m2msec.tls"
-_PROBLEM_JSON = "application/problem+json"
 _TITLES = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
            410: "Gone", 413: "Content Too Large", 415: "Unsupported Media Type", 500: "Internal Server Error",
            503: "Service Unavailable"}
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 
 def problem_body(status: int, name: str, detail: str | None) -> bytes:
     body: dict[str, Any] = {"type": wire.PROBLEM_TYPE_PREFIX + name, "title": _TITLES.get(status, "Error"),
@@ -58,50 +60,25 @@ def problem_body(status: int, name: str, detail: str | None) -> bytes:
 
 
 def problem(status: int, name: str, detail: str | None = None) -> Response:
-    return Response(problem_body(status, name, detail), status_code=status, media_type=_PROBLEM_JSON)
+    return Response(problem_body(status, name, detail), status_code=status, media_type=PROBLEM_JSON)
 
 
-async def _send_problem(send: Send, status: int, name: str, detail: str) -> None:
-    body = problem_body(status, name, detail)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", _PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
-
-
-class BodyGuard:
+class BodyGuard(JSONBodyGuard):
     """ASGI middleware: a request body must be JSON and at most ``max_body`` bytes, checked before the
     application reads it (413 / 415 problem+json; a chunked body that grows past the cap is cut off)."""
 
     def __init__(self, app: ASGIApp, max_body: int = MAX_BODY) -> None:
-        self.app = app
-        self.max_body = max_body
+        super().__init__(app, max_body)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await _send_problem(send, 413, "body-too-large", f"the largest request body is {self.max_body} bytes")
-            return
-        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if media != b"application/json":
-            await _send_problem(send, 415, "unsupported-media-type", "request bodies are application/json")
-            return
-        seen = 0
+    async def refuse(self, send: Send, name: str) -> None:
+        if name == "body-too-large":
+            await send_problem(send, 413, problem_body(413, name, f"the largest request body is {self.max_body} "
+                                                                  "bytes"))
+        else:
+            await send_problem(send, 415, problem_body(415, name, "request bodies are application/json"))
 
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise MAFProblem(413, "body-too-large", f"the largest request body is {self.max_body} bytes")
-            return message
-
-        await self.app(scope, limited, send)
+    def too_large(self) -> Exception:
+        return MAFProblem(413, "body-too-large", f"the largest request body is {self.max_body} bytes")
 
 
 def _extension(request: Request) -> Any:

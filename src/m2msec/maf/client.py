@@ -17,7 +17,6 @@ registers again before it expires or when the MAF answers ``not-registered`` / `
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import dataclasses
 import logging
@@ -27,10 +26,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-import h11
-
 from m2msec import http1
-from m2msec.errors import ConfigurationError, HandshakeFailed, IdentifierError, MAFError, TransportError
+from m2msec.errors import ConfigurationError, IdentifierError, MAFError
 from m2msec.identifiers import KmID, validate_fqdn
 from m2msec.keys.secret import SecretKey
 from m2msec.maf.client_wire import (
@@ -51,9 +48,9 @@ from m2msec.maf.client_wire import (
     split_exported,
 )
 from m2msec.saef import EXPORTER_CONNECTION_LABEL
-from m2msec.tls.engine import DEFAULT_CLIENT_PROFILES, CertificateConfig, ClientConfig, SessionInfo, TLSContext
-from m2msec.tls.profiles import ECDHE_ECDSA, CipherProfile
-from m2msec.transport.tls import TLSAdapter
+from m2msec.service_client import KeptConnection, ServiceConnection, check_fqdn_peer, psk_or_certificate_config
+from m2msec.tls.engine import ClientConfig, SessionInfo, TLSContext
+from m2msec.tls.profiles import CipherProfile
 
 __all__ = [
     "DEFAULT_MAF_TIMEOUT",
@@ -137,76 +134,22 @@ class MAFCredentials:
                 and KmID.parse(self.kmid).maf_fqdn == self.mef_fqdn.lower().rstrip("."))
 
     def client_config(self) -> ClientConfig:
-        if self.kmid is not None:
-            return ClientConfig(psk_identity=self.kmid, psk=self.km,
-                                profiles=self.profiles or DEFAULT_CLIENT_PROFILES, server_name=self.maf_fqdn)
-        assert self.chain_pem is not None and self.private_key_pem is not None
-        cert = CertificateConfig(self.chain_pem, self.private_key_pem, self.trust_anchors_pem)
-        return ClientConfig(None, None, profiles=self.profiles or (ECDHE_ECDSA,), server_name=self.maf_fqdn,
-                            certificate=cert)
+        return psk_or_certificate_config(self.maf_fqdn, psk_identity=self.kmid, psk=self.km,
+                                         chain_pem=self.chain_pem, private_key_pem=self.private_key_pem,
+                                         trust_anchors_pem=self.trust_anchors_pem, profiles=self.profiles)
 
 
 def check_maf_peer(session: SessionInfo, maf_fqdn: str) -> None:
     """TS-0003 §8.8.2.2: the MAF authenticated by the Km (PSK), or by a verified FQDN certificate for its FQDN.
 
     Raises: HandshakeFailed: anything else."""
-    if session.psk_identity is not None:
-        return
-    if session.peer_certificate is None:
-        raise HandshakeFailed("the MAF was authenticated neither by the Km nor by a verified certificate")
-    from m2msec.pki import CertificateFlavour, identity_from_certificate
-
-    try:
-        ident = identity_from_certificate(session.peer_certificate)
-    except IdentifierError as exc:
-        raise HandshakeFailed(f"the MAF's certificate names no FQDN ({exc})") from None
-    if ident.flavour is not CertificateFlavour.FQDN or ident.value.lower() != maf_fqdn:
-        raise HandshakeFailed(f"the MAF's certificate is a {ident.flavour.value} certificate for "
-                              f"{ident.value[:80]!r}, not for the MAF-FQDN {maf_fqdn!r}")
+    check_fqdn_peer(session, maf_fqdn, service="MAF", psk_name="Km")
 
 
-class _Stream(asyncio.StreamReaderProtocol):
-    """A stream protocol that keeps the TLS transport it was given (for the writer)."""
-
-    transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        super().connection_made(transport)
-
-
-class _Connection:
-    """One MAF Handshake and the HTTP/1.1 exchanges over it."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: SessionInfo) -> None:
-        self.reader, self.writer, self.session = reader, writer, session
-        self.http = h11.Connection(h11.CLIENT)
-        self.exported_key_used = False  # the MAF takes one exporter-derived key per handshake
-        self.used = False
-
-    @property
-    def reusable(self) -> bool:
-        if self.writer.is_closing() or self.reader.at_eof():
-            return False
-        state = (self.http.our_state, self.http.their_state)
-        return state in ((h11.IDLE, h11.IDLE), (h11.DONE, h11.DONE))
-
-    def export_kc(self) -> tuple[bytes, SecretKey]:
-        tls = self.writer.get_extra_info("tls_connection")
-        return split_exported(tls.export_keying_material(EXPORTER_CONNECTION_LABEL, KC_EXPORT_LENGTH, None))
-
-    async def exchange(self, msg: http1.Message) -> http1.Message:
-        if self.http.our_state is h11.DONE and self.http.their_state is h11.DONE:
-            self.http.start_next_cycle()
-        self.used = True
-        await http1.send_message(self.http, self.writer, msg)
-        resp = await http1.read_message(self.http, self.reader, max_body=MAX_ANSWER_BODY)
-        if resp is None:
-            raise http1.HTTPError("the MAF closed the connection before answering")
-        return resp
-
-    def close(self) -> None:
-        self.writer.close()
+def _export_kc(conn: ServiceConnection) -> tuple[bytes, SecretKey]:
+    """(KcID, Kc) of ``conn``'s MAF Handshake; the MAF takes one exporter-derived key per handshake."""
+    conn.exported_key_used = True
+    return split_exported(conn.export(EXPORTER_CONNECTION_LABEL, KC_EXPORT_LENGTH))
 
 
 class MAFClient:
@@ -225,9 +168,9 @@ class MAFClient:
         self.clock = clock
         self.registration_lifetime = registration_lifetime
         self.registration: Registration | None = None
-        self._context = TLSContext.client(credentials.client_config())
-        self._conn: _Connection | None = None
-        self._lock = asyncio.Lock()
+        self._kept = KeptConnection(host, port, TLSContext.client(credentials.client_config()), service="MAF",
+                                    timeout=timeout, check_peer=lambda s: check_maf_peer(s, self.maf_fqdn),
+                                    max_body=MAX_ANSWER_BODY)
         #: called with the KmID the MAF assigned to a KeID client, for a caller that keeps it with Km
         self.on_kmid = on_kmid
 
@@ -245,55 +188,9 @@ class MAFClient:
         return self.credentials.maf_fqdn
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-            try:
-                await conn.writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
+        await self._kept.close()
 
-    # -- the MAF Handshake
-    async def _handshake(self) -> _Connection:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=2**16, loop=loop)
-        protocol = _Stream(reader, loop=loop)
-        try:
-            async with asyncio.timeout(self.timeout):
-                _, adapter = await loop.create_connection(
-                    lambda: TLSAdapter(self._context, lambda: protocol, handshake_timeout=self.timeout),
-                    self.host, self.port)
-                try:
-                    session = await adapter.handshake
-                except BaseException:
-                    if adapter.raw_transport is not None:
-                        adapter.raw_transport.close()
-                    raise
-        except TimeoutError:
-            raise TransportError(f"no MAF Handshake with {self.host}:{self.port} within {self.timeout:g} s") from None
-        except OSError as exc:
-            raise TransportError(f"cannot connect to the MAF at {self.host}:{self.port}: "
-                                 f"{exc.strerror or exc}") from None
-        assert protocol.transport is not None
-        writer = asyncio.StreamWriter(protocol.transport, protocol, reader, loop)  # type: ignore[arg-type]
-        try:
-            check_maf_peer(session, self.maf_fqdn)
-        except HandshakeFailed:
-            writer.close()
-            raise
-        return _Connection(reader, writer, session)
-
-    async def _connection(self, *, fresh: bool = False) -> _Connection:
-        conn = self._conn
-        if conn is not None and (fresh or not conn.reusable):
-            self._conn = None
-            conn.close()
-            conn = None
-        if conn is None:
-            conn = self._conn = await self._handshake()
-        return conn
-
-    # -- one request
+    # -- one request over the kept MAF Handshake
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
                        expect: int = 200, exported_key: bool = False
                        ) -> tuple[http1.Message, tuple[bytes, SecretKey] | None]:
@@ -305,29 +202,10 @@ class MAFClient:
             data = encode_json(body)
             headers.append(("content-type", "application/json"))
         msg = http1.Message(headers=headers, body=data, method=method, target=MAF_PREFIX + path)
-        async with self._lock:
-            for attempt in (0, 1):
-                conn = await self._connection(fresh=exported_key and self._conn is not None
-                                              and self._conn.exported_key_used)
-                reused = conn.used
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        resp = await conn.exchange(msg)
-                except (http1.HTTPError, ConnectionError, TimeoutError) as exc:
-                    self._conn = None
-                    conn.close()
-                    if reused and attempt == 0 and not isinstance(exc, TimeoutError):
-                        continue  # the MAF closed an idle connection: one new handshake
-                    what = "no answer in time" if isinstance(exc, TimeoutError) else "no valid answer"
-                    raise TransportError(f"{what} from the MAF at {self.host}:{self.port}") from None
-                kc = None
-                if exported_key:
-                    conn.exported_key_used = True
-                    kc = conn.export_kc()
-                if resp.header("connection") == "close":
-                    self._conn = None
-                    conn.close()
-                break
+        if exported_key:
+            resp, kc = await self._kept.request(msg, fresh=lambda conn: conn.exported_key_used, on_answer=_export_kc)
+        else:
+            resp, kc = await self._kept.request(msg)
         if resp.status != expect:
             raise problem_from(resp.status, resp.body)
         return resp, kc
@@ -374,7 +252,7 @@ class MAFClient:
         if kmid.maf_fqdn != self.maf_fqdn:
             raise MAFError(0, "bad-response", "the KmID the MAF assigned is not of its MAF-FQDN")
         self.credentials = dataclasses.replace(self.credentials, kmid=str(assigned), mef_fqdn=None)
-        self._context = TLSContext.client(self.credentials.client_config())
+        self._kept.context = TLSContext.client(self.credentials.client_config())
         await self.close()  # the KeID session ends; the next request runs a MAF Handshake with the KmID
         log.info("the MAF %s assigned a KmID; using it from now on", self.maf_fqdn)
         if self.on_kmid is not None:

@@ -7,16 +7,16 @@ and unreadable files are :class:`~m2msec.errors.ConfigurationError` naming the f
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
+from m2msec import service_config
 from m2msec.errors import ConfigurationError, IdentifierError
 from m2msec.identifiers import validate_fqdn
 from m2msec.maf.procedures import DEFAULT_MAX_KEY_LIFETIME, DEFAULT_MAX_REGISTRATION_LIFETIME
 from m2msec.mef.client import DEFAULT_MEF_TIMEOUT
+from m2msec.service_config import ServiceConfig
 from m2msec.tomlfile import load_settings
 
 __all__ = ["DEFAULT_LISTEN", "DEFAULT_MAF_FQDN", "DEFAULT_SP_ID", "MAFConfig", "default_store_url", "load_config"]
@@ -30,17 +30,17 @@ DEFAULT_SP_ID = "m2msec.localhost"
 
 
 def default_store_url() -> str:
-    """``$M2MSEC_MAF_STORE``, else an SQLite file beside ``m2msec keys``'s default store."""
-    env = os.environ.get("M2MSEC_MAF_STORE")
-    if env:
-        return env
-    from m2msec.cli.common import default_db
-
-    return "sqlite://" + str(default_db().with_name("maf.db"))
+    """``$M2MSEC_MAF_STORE``, else an SQLite file ``maf.db`` beside ``m2msec keys``'s default store."""
+    return service_config.default_store_url(MAFConfig.STORE_ENV, MAFConfig.STORE_FILE)
 
 
 @dataclass(frozen=True)
-class MAFConfig:
+class MAFConfig(ServiceConfig):
+    SERVICE: ClassVar[str] = "MAF"
+    FQDN_FIELD: ClassVar[str] = "maf_fqdn"
+    STORE_ENV: ClassVar[str] = "M2MSEC_MAF_STORE"
+    STORE_FILE: ClassVar[str] = "maf.db"
+
     listen: str = DEFAULT_LISTEN
     maf_fqdn: str = DEFAULT_MAF_FQDN
     sp_id: str = DEFAULT_SP_ID
@@ -74,22 +74,10 @@ class MAFConfig:
     mef_timeout: float = DEFAULT_MEF_TIMEOUT
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "maf_fqdn", validate_fqdn(self.maf_fqdn.rstrip("."), role="MAF-FQDN"))
-            object.__setattr__(self, "sp_id", validate_fqdn(self.sp_id.removeprefix("//"), role="SP-ID"))
-        except IdentifierError as exc:
-            raise ConfigurationError(str(exc)) from None
+        self._normalise_names()
         self._check_mef()
-        for name in ("max_key_lifetime", "max_registration_lifetime", "handshake_timeout", "purge_interval",
-                     "mef_timeout"):
-            if not getattr(self, name) > 0:
-                raise ConfigurationError(f"{name} must be a positive number of seconds")
-        cert = (self.certificate, self.private_key, self.client_trust_anchors)
-        if self.client_crl and not all(cert):
-            raise ConfigurationError("client_crl needs certificate, private_key and client_trust_anchors")
-        if any(cert) and not all(cert):
-            raise ConfigurationError("certificate, private_key and client_trust_anchors go together: the MAF "
-                                     "Handshake with certificates is mutual")
+        self._check_common(("max_key_lifetime", "max_registration_lifetime", "handshake_timeout",
+                            "purge_interval", "mef_timeout"))
 
     def _check_mef(self) -> None:
         if not self.mef:
@@ -107,13 +95,6 @@ class MAFConfig:
                                      "and mef_trust_anchors: exactly one")
         if self.mef_trust_anchors and not self.certificate:
             raise ConfigurationError("mef_trust_anchors needs the MAF's certificate and private_key")
-
-    @property
-    def store_url(self) -> str:
-        return self.store or default_store_url()
-
-    def with_overrides(self, **values: Any) -> MAFConfig:
-        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
 
 
 def load_config(path: Path | None) -> MAFConfig:

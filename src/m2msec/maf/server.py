@@ -14,25 +14,24 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from m2msec.cli.common import parse_hostport, read_key
-from m2msec.errors import ConfigurationError, IdentifierError, StorageError
-from m2msec.keys.table import PSKEntry, check_file_permissions
+from m2msec.errors import IdentifierError, StorageError
+from m2msec.keys.table import PSKEntry
 from m2msec.maf.app import create_app
 from m2msec.maf.config import MAFConfig
 from m2msec.maf.enrolment import RemoteKm
 from m2msec.maf.procedures import MAF, MAFPolicy, canonical_kmid
 from m2msec.mef.client import MEFCredentials, MEFFetcher, check_distinct_fqdns
-from m2msec.store import AsyncKeyStore, KeyStore, MAFClient, open_store
-from m2msec.tls.engine import CertificateConfig, ServerConfig, TLSContext
-from m2msec.tls.profiles import ECDHE_ECDSA, parse_profiles
-from m2msec.transport.limits import (
-    DEFAULT_MAX_CONNECTIONS_PER_SA,
-    DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
-    DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
-    ConnectionLimiter,
+from m2msec.service_server import (  # MAX_CONNECTIONS, connection_limiter, server_context: re-exported
+    MAX_CONNECTIONS,
+    connection_limiter,
+    open_service_store,
+    purge_every,
+    read_file,
+    server_context,
 )
+from m2msec.store import AsyncKeyStore, KeyStore, MAFClient
 from m2msec.transport.psk_resolver import MISS, ProbeAnswer, PSKResolver
 
 __all__ = ["MAX_CONNECTIONS", "RunningMAF", "connection_limiter", "kmid_resolver", "mef_fetcher", "open_maf_store",
@@ -40,22 +39,8 @@ __all__ = ["MAX_CONNECTIONS", "RunningMAF", "connection_limiter", "kmid_resolver
 
 log = logging.getLogger("m2msec.maf")
 
-#: Connections (in their MAF Handshake or established) the MAF keeps open at once; one more is refused at once.
-#: Under it, the gateway's per-source caps (D31, D47): handshakes in progress and connections per source address,
-#: established connections per client credential. D60.
-MAX_CONNECTIONS = 4096
-
-
-def connection_limiter() -> ConnectionLimiter:
-    """The MAF's caps on its connections (:data:`MAX_CONNECTIONS` and the gateway's per-source defaults)."""
-    return ConnectionLimiter(MAX_CONNECTIONS, per_source_handshakes=DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
-                             per_source_connections=DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
-                             per_sa=DEFAULT_MAX_CONNECTIONS_PER_SA)
-
-
 def open_maf_store(config: MAFConfig, **options: object) -> KeyStore:
-    key_file = config.master_key_file or None
-    return open_store(config.store_url, master_key_file=key_file, **options)  # type: ignore[arg-type]
+    return open_service_store(config, **options)
 
 
 class _KmIDResolver:
@@ -112,32 +97,6 @@ def kmid_resolver(maf: MAF) -> PSKResolver:
     return _KmIDResolver(maf)
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot read the {what}: {exc.strerror}") from None
-
-
-def server_context(config: MAFConfig) -> TLSContext:
-    """PSK MAF Handshakes (async KmID lookup) and, with a certificate configured, mutual certificate ones."""
-    profiles = parse_profiles(config.profiles)
-    if any(p.mutual_certificates for p in profiles):
-        raise ConfigurationError("profiles lists PSK profiles only; certificates are enabled by certificate, "
-                                 "private_key and client_trust_anchors (TS-0003 §10.2.3 suites, D84)")
-    certificate = None
-    if config.certificate:
-        # the MAF's private key gets the checks of every other secret file (`m2msec gateway --key`, D13 rules)
-        check_file_permissions(Path(config.private_key))
-        certificate = CertificateConfig(_read(config.certificate, "certificate"),
-                                        _read(config.private_key, "private key"),
-                                        _read(config.client_trust_anchors, "client trust anchors"),
-                                        _read(config.client_crl, "client CRLs") if config.client_crl else None)
-        profiles = (*profiles, ECDHE_ECDSA)
-    return TLSContext.server(ServerConfig(psk_lookup=None, profiles=profiles, certificate=certificate,
-                                          async_psk=True))
-
-
 def mef_fetcher(config: MAFConfig, clock: Callable[[], float]) -> MEFFetcher | None:
     """The MAF's client of its MEF (docs/maf.md "Enrolees of a MEF"), None without ``mef``: the MAF authenticates
     as the Enrolment Target ``mef_psk_identity`` (default: its MAF-FQDN) with ``mef_psk_file``, or with its own
@@ -149,9 +108,9 @@ def mef_fetcher(config: MAFConfig, clock: Callable[[], float]) -> MEFFetcher | N
         credentials = MEFCredentials(config.mef_psk_identity or config.maf_fqdn,
                                      read_key(config.mef_psk_file, None))
     else:
-        credentials = MEFCredentials(chain_pem=_read(config.certificate, "certificate"),
-                                     private_key_pem=_read(config.private_key, "private key"),
-                                     trust_anchors_pem=_read(config.mef_trust_anchors, "MEF trust anchors"))
+        credentials = MEFCredentials(chain_pem=read_file(config.certificate, "certificate"),
+                                     private_key_pem=read_file(config.private_key, "private key"),
+                                     trust_anchors_pem=read_file(config.mef_trust_anchors, "MEF trust anchors"))
     return MEFFetcher(config.mef, credentials, mef_fqdn=config.mef_fqdn, timeout=config.mef_timeout, clock=clock)
 
 
@@ -161,18 +120,6 @@ class RunningMAF:
     host: str
     port: int
     server: object
-
-
-async def _purge(maf: MAF, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            count = await maf.store.purge_expired()
-        except StorageError:
-            log.error("key store error while purging expired records")
-            continue
-        if count:
-            log.info("purged %d expired MAF records", count)
 
 
 @contextlib.asynccontextmanager
@@ -197,7 +144,7 @@ async def running_maf(config: MAFConfig, *, store: KeyStore | None = None,
                              handshake_timeout=config.handshake_timeout, limiter=connection_limiter())
         if policy.http_port is None:  # listening on port 0: announce the port the system chose
             maf.policy = dataclasses.replace(policy, http_port=server.port)
-        purge = asyncio.create_task(_purge(maf, config.purge_interval))
+        purge = asyncio.create_task(purge_every(maf.store, config.purge_interval, log, "expired MAF records"))
         try:
             yield RunningMAF(maf, host, server.port, server)
         finally:

@@ -21,16 +21,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from m2msec.errors import IdentifierError, StorageError
 from m2msec.keys.secret import SecretKey
-from m2msec.maf.app import TLS_EXTENSION, ASGIApp, Message, Receive, Scope, Send
+from m2msec.maf.app import TLS_EXTENSION
 from m2msec.maf.wire import MAFProblem
 from m2msec.mef import kdf, wire
 from m2msec.mef.procedures import MEF, Credential
 from m2msec.mef.wire import API_PREFIX, MAX_BODY, PROBLEMS, MEFProblem
+from m2msec.service_app import PROBLEM_JSON, ASGIApp, JSONBodyGuard, Send, send_problem
 
 __all__ = ["create_app", "identify", "problem"]
 
 log = logging.getLogger("m2msec.mef")
-_PROBLEM_JSON = "application/problem+json"
 
 
 def problem_body(name: str, detail: str | None = None, status: int | None = None) -> bytes:
@@ -46,53 +46,23 @@ def problem_body(name: str, detail: str | None = None, status: int | None = None
 def server_problem(status: int) -> tuple[str, bytes]:
     """The problem+json of a refusal ``m2msec.asgi`` makes itself (``serve(error_body=...)``): 400, 408, 413, 431."""
     name = {408: "request-timeout", 413: "body-too-large", 431: "header-too-large"}.get(status, "bad-request")
-    return _PROBLEM_JSON, problem_body(name, status=status)
+    return PROBLEM_JSON, problem_body(name, status=status)
 
 
 def problem(name: str, detail: str | None = None, status: int | None = None) -> Response:
     return Response(problem_body(name, detail, status), status_code=status or PROBLEMS[name][0],
-                    media_type=_PROBLEM_JSON)
+                    media_type=PROBLEM_JSON)
 
 
-class _BodyGuard:
+class _BodyGuard(JSONBodyGuard):
     """A request body must be JSON and at most ``max_body`` bytes, checked before the app reads it (the MAF's
     :class:`~m2msec.maf.app.BodyGuard` rule, answered with the MEF's problem types)."""
 
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
-        self.app, self.max_body = app, max_body
+    async def refuse(self, send: Send, name: str) -> None:
+        await send_problem(send, PROBLEMS[name][0], problem_body(name, PROBLEMS[name][1]))
 
-    async def _refuse(self, send: Send, name: str) -> None:
-        status = PROBLEMS[name][0]
-        body = problem_body(name, PROBLEMS[name][1])
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", _PROBLEM_JSON.encode()),
-                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await self._refuse(send, "body-too-large")
-            return
-        if headers.get(b"content-type", b"").split(b";")[0].strip().lower() != b"application/json":
-            await self._refuse(send, "unsupported-media-type")
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise MEFProblem("body-too-large", PROBLEMS["body-too-large"][1])
-            return message
-
-        await self.app(scope, limited, send)
+    def too_large(self) -> Exception:
+        return MEFProblem("body-too-large", PROBLEMS["body-too-large"][1])
 
 
 def _session(request: Request) -> Any:

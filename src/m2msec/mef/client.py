@@ -24,19 +24,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import h11
-
 from m2msec import http1
 from m2msec.cli.common import parse_hostport
-from m2msec.errors import ConfigurationError, HandshakeFailed, IdentifierError, MEFError, TransportError
+from m2msec.errors import ConfigurationError, IdentifierError, MEFError, TransportError
 from m2msec.identifiers import KeID, validate_fqdn
 from m2msec.keys.secret import SecretKey
 from m2msec.maf.client_wire import decode_json, encode_json, parse_timestamp
 from m2msec.mef import kdf
 from m2msec.mef.wire import API_PREFIX, PROBLEM_TYPE_PREFIX
-from m2msec.tls.engine import DEFAULT_CLIENT_PROFILES, CertificateConfig, ClientConfig, SessionInfo, TLSContext
-from m2msec.tls.profiles import ECDHE_ECDSA, CipherProfile
-from m2msec.transport.tls import TLSAdapter
+from m2msec.service_client import KeptConnection, ServiceConnection, check_fqdn_peer, psk_or_certificate_config
+from m2msec.tls.engine import ClientConfig, SessionInfo, TLSContext
+from m2msec.tls.profiles import CipherProfile
 
 __all__ = ["DEFAULT_MEF_TIMEOUT", "Enrolment", "FetchedCredential", "MEFCredentials", "MEFFetcher", "MEFRefused",
            "check_distinct_fqdns", "enrol", "keid_of"]
@@ -95,97 +93,14 @@ class MEFCredentials:
                                      "anchors")
 
     def client_config(self, mef_fqdn: str) -> ClientConfig:
-        if self.psk_identity is not None:
-            return ClientConfig(psk_identity=self.psk_identity, psk=self.psk,
-                                profiles=self.profiles or DEFAULT_CLIENT_PROFILES, server_name=mef_fqdn)
-        assert self.chain_pem is not None and self.private_key_pem is not None
-        cert = CertificateConfig(self.chain_pem, self.private_key_pem, self.trust_anchors_pem)
-        return ClientConfig(None, None, profiles=self.profiles or (ECDHE_ECDSA,), server_name=mef_fqdn,
-                            certificate=cert)
+        return psk_or_certificate_config(mef_fqdn, psk_identity=self.psk_identity, psk=self.psk,
+                                         chain_pem=self.chain_pem, private_key_pem=self.private_key_pem,
+                                         trust_anchors_pem=self.trust_anchors_pem, profiles=self.profiles)
 
 
 def _check_mef_peer(session: SessionInfo, mef_fqdn: str) -> None:
     """§8.3.2.1: the MEF authenticated by the PSK, or by a verified FQDN certificate for ``mef_fqdn`` (§10.1.3)."""
-    if session.psk_identity is not None:
-        return
-    if session.peer_certificate is None:
-        raise HandshakeFailed("the MEF was authenticated neither by the PSK nor by a verified certificate")
-    from m2msec.pki import CertificateFlavour, identity_from_certificate
-
-    try:
-        ident = identity_from_certificate(session.peer_certificate)
-    except IdentifierError as exc:
-        raise HandshakeFailed(f"the MEF's certificate names no FQDN ({exc})") from None
-    if ident.flavour is not CertificateFlavour.FQDN or ident.value.lower() != mef_fqdn:
-        raise HandshakeFailed(f"the MEF's certificate is not an FQDN certificate for {mef_fqdn!r}")
-
-
-class _Stream(asyncio.StreamReaderProtocol):
-    transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        super().connection_made(transport)
-
-
-class _Channel:
-    """One MEF Handshake and the HTTP/1.1 exchanges over it."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.http = h11.Connection(h11.CLIENT)
-        self.used = False
-
-    @classmethod
-    async def open(cls, host: str, port: int, context: TLSContext, mef_fqdn: str, timeout: float) -> _Channel:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=2**16, loop=loop)
-        protocol = _Stream(reader, loop=loop)
-        try:
-            async with asyncio.timeout(timeout):
-                _, adapter = await loop.create_connection(
-                    lambda: TLSAdapter(context, lambda: protocol, handshake_timeout=timeout), host, port)
-                try:
-                    session = await adapter.handshake
-                except BaseException:
-                    if adapter.raw_transport is not None:
-                        adapter.raw_transport.close()
-                    raise
-        except TimeoutError:
-            raise TransportError(f"no MEF Handshake with {host}:{port} within {timeout:g} s") from None
-        except OSError as exc:
-            raise TransportError(f"cannot connect to the MEF at {host}:{port}: {exc.strerror or exc}") from None
-        assert protocol.transport is not None
-        writer = asyncio.StreamWriter(protocol.transport, protocol, reader, loop)  # type: ignore[arg-type]
-        try:
-            _check_mef_peer(session, mef_fqdn)
-        except HandshakeFailed:
-            writer.close()
-            raise
-        return cls(reader, writer)
-
-    @property
-    def reusable(self) -> bool:
-        if self.writer.is_closing() or self.reader.at_eof():
-            return False
-        return (self.http.our_state, self.http.their_state) in ((h11.IDLE, h11.IDLE), (h11.DONE, h11.DONE))
-
-    def export(self, label: str, length: int) -> SecretKey:
-        key: SecretKey = self.writer.get_extra_info("tls_connection").export_keying_material(label, length, None)
-        return key
-
-    async def exchange(self, msg: http1.Message) -> http1.Message:
-        if self.http.our_state is h11.DONE and self.http.their_state is h11.DONE:
-            self.http.start_next_cycle()
-        self.used = True
-        await http1.send_message(self.http, self.writer, msg)
-        resp = await http1.read_message(self.http, self.reader, max_body=MAX_ANSWER_BODY)
-        if resp is None:
-            raise http1.HTTPError("the MEF closed the connection before answering")
-        return resp
-
-    def close(self) -> None:
-        self.writer.close()
+    check_fqdn_peer(session, mef_fqdn, service="MEF", psk_name="PSK")
 
 
 def _message(method: str, path: str, mef_fqdn: str, body: dict[str, Any] | None) -> http1.Message:
@@ -274,7 +189,9 @@ async def enrol(mef_address: str, credentials: MEFCredentials, *, mef_fqdn: str,
     if not timeout > 0:
         raise ConfigurationError("the MEF timeout must be positive")
     context = TLSContext.client(credentials.client_config(mef_fqdn))
-    channel = await _Channel.open(host, port, context, mef_fqdn, timeout)
+    channel = await ServiceConnection.open(host, port, context, service="MEF", timeout=timeout,
+                                           check_peer=lambda s: _check_mef_peer(s, mef_fqdn),
+                                           max_body=MAX_ANSWER_BODY)
     try:
         relative, ke = kdf.split_bootstrap(channel.export(kdf.EXPORTER_BOOTSTRAP_LABEL, kdf.BOOTSTRAP_EXPORT_LENGTH))
         body = {"certificateEnrolment": False, "mafEnrolment": maf_enrolment, "remoteManagement": remote_management}
@@ -330,9 +247,9 @@ class MEFFetcher:
         self.host, self.port = parse_hostport(mef_address)
         self.timeout = timeout
         self.clock = clock
-        self._context = TLSContext.client(credentials.client_config(self.mef_fqdn))
-        self._channel: _Channel | None = None
-        self._lock = asyncio.Lock()
+        self._kept = KeptConnection(self.host, self.port, TLSContext.client(credentials.client_config(self.mef_fqdn)),
+                                    service="MEF", timeout=timeout,
+                                    check_peer=lambda s: _check_mef_peer(s, self.mef_fqdn), max_body=MAX_ANSWER_BODY)
 
     def __repr__(self) -> str:
         return f"<MEFFetcher {self.mef_fqdn} at {self.host}:{self.port}>"
@@ -344,42 +261,14 @@ class MEFFetcher:
         await self.close()
 
     async def close(self) -> None:
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            channel.close()
-            try:
-                await channel.writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
+        await self._kept.close()
 
     async def fetch(self, keid: KeID | str, suid: int) -> FetchedCredential:
         """``GET fetchCredentials/<KeID>/<SUID>``. Raises MEFRefused (e.g. 404 ``unknown-keid``, 403
         ``not-the-target``, 403 ``suid-not-allowed``, 410 ``ke-expired``), TransportError, HandshakeFailed."""
         path = f"/fetchCredentials/{urllib.parse.quote(str(keid), safe='@')}/{int(suid)}"
         msg = _message("GET", path, self.mef_fqdn, None)
-        async with self._lock:
-            for attempt in (0, 1):
-                channel = self._channel
-                if channel is None or not channel.reusable:
-                    if channel is not None:
-                        channel.close()
-                    channel = self._channel = await _Channel.open(self.host, self.port, self._context,
-                                                                  self.mef_fqdn, self.timeout)
-                reused = channel.used
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        resp = await channel.exchange(msg)
-                except (http1.HTTPError, ConnectionError, TimeoutError) as exc:
-                    self._channel = None
-                    channel.close()
-                    if reused and attempt == 0 and not isinstance(exc, TimeoutError):
-                        continue  # the MEF closed an idle connection: one new handshake
-                    what = "no answer in time" if isinstance(exc, TimeoutError) else "no valid answer"
-                    raise TransportError(f"{what} from the MEF at {self.host}:{self.port}") from None
-                if resp.header("connection") == "close":
-                    self._channel = None
-                    channel.close()
-                break
+        resp, _ = await self._kept.request(msg)
         if resp.status != 200:
             raise _refusal(resp.status, resp.body)
         obj = decode_json(resp.body)

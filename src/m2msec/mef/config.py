@@ -7,14 +7,12 @@ of :class:`MEFConfig`'s fields by the same name; unknown keys and wrong types ar
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import ClassVar, Final
 
-from m2msec.errors import ConfigurationError, IdentifierError
-from m2msec.identifiers import validate_fqdn
+from m2msec import service_config
+from m2msec.service_config import ServiceConfig
 from m2msec.tomlfile import load_settings
 
 __all__ = ["DEFAULT_LISTEN", "DEFAULT_MAX_CREDENTIAL_LIFETIME", "DEFAULT_MEF_FQDN", "DEFAULT_SP_ID", "MEFConfig",
@@ -32,16 +30,16 @@ DEFAULT_MAX_CREDENTIAL_LIFETIME: Final = 86400.0
 
 def default_store_url() -> str:
     """``$M2MSEC_MEF_STORE``, else an SQLite file ``mef.db`` beside ``m2msec keys``'s default store."""
-    env = os.environ.get("M2MSEC_MEF_STORE")
-    if env:
-        return env
-    from m2msec.cli.common import default_db
-
-    return "sqlite://" + str(default_db().with_name("mef.db"))
+    return service_config.default_store_url(MEFConfig.STORE_ENV, MEFConfig.STORE_FILE)
 
 
 @dataclass(frozen=True)
-class MEFConfig:
+class MEFConfig(ServiceConfig):
+    SERVICE: ClassVar[str] = "MEF"
+    FQDN_FIELD: ClassVar[str] = "mef_fqdn"
+    STORE_ENV: ClassVar[str] = "M2MSEC_MEF_STORE"
+    STORE_FILE: ClassVar[str] = "mef.db"
+
     listen: str = DEFAULT_LISTEN
     mef_fqdn: str = DEFAULT_MEF_FQDN
     sp_id: str = DEFAULT_SP_ID
@@ -64,27 +62,8 @@ class MEFConfig:
     purge_interval: float = 60.0
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "mef_fqdn", validate_fqdn(self.mef_fqdn.rstrip("."), role="MEF-FQDN"))
-            object.__setattr__(self, "sp_id", validate_fqdn(self.sp_id.removeprefix("//"), role="SP-ID"))
-        except IdentifierError as exc:
-            raise ConfigurationError(str(exc)) from None
-        for name in ("max_credential_lifetime", "handshake_timeout", "purge_interval"):
-            if not getattr(self, name) > 0:
-                raise ConfigurationError(f"{name} must be a positive number of seconds")
-        cert = (self.certificate, self.private_key, self.client_trust_anchors)
-        if self.client_crl and not all(cert):
-            raise ConfigurationError("client_crl needs certificate, private_key and client_trust_anchors")
-        if any(cert) and not all(cert):
-            raise ConfigurationError("certificate, private_key and client_trust_anchors go together: the MEF "
-                                     "Handshake with certificates is mutual")
-
-    @property
-    def store_url(self) -> str:
-        return self.store or default_store_url()
-
-    def with_overrides(self, **values: Any) -> MEFConfig:
-        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None})
+        self._normalise_names()
+        self._check_common(("max_credential_lifetime", "handshake_timeout", "purge_interval"))
 
 
 def load_config(path: Path | None) -> MEFConfig:

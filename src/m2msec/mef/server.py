@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from m2msec.cli.common import parse_hostport
 from m2msec.errors import StorageError
 from m2msec.keys.table import PSKEntry
-from m2msec.maf.server import connection_limiter, server_context
 from m2msec.mef.app import create_app, server_problem
 from m2msec.mef.config import MEFConfig
 from m2msec.mef.procedures import MEF
-from m2msec.store import AsyncKeyStore, KeyStore, open_store
+from m2msec.service_server import connection_limiter, open_service_store, purge_every, server_context
+from m2msec.store import AsyncKeyStore, KeyStore
 from m2msec.tls.engine import TLSContext
 from m2msec.transport.psk_resolver import PSKResolver
 
@@ -32,8 +32,7 @@ log = logging.getLogger("m2msec.mef")
 
 
 def open_mef_store(config: MEFConfig, **options: object) -> KeyStore:
-    key_file = config.master_key_file or None
-    return open_store(config.store_url, master_key_file=key_file, **options)  # type: ignore[arg-type]
+    return open_service_store(config, **options)
 
 
 class _Resolver:
@@ -65,7 +64,7 @@ def psk_resolver(mef: MEF) -> PSKResolver:
 
 def mef_context(config: MEFConfig) -> TLSContext:
     """PSK MEF Handshakes and, with a certificate configured, mutual certificate ones (the MAF's rules)."""
-    return server_context(config)  # type: ignore[arg-type]  # same fields as MAFConfig's TLS settings
+    return server_context(config)
 
 
 @dataclass
@@ -74,18 +73,6 @@ class RunningMEF:
     host: str
     port: int
     server: object
-
-
-async def _purge(mef: MEF, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            count = await mef.store.purge_expired()
-        except StorageError:
-            log.error("key store error while purging expired records")
-            continue
-        if count:
-            log.info("purged %d expired Enrolment Keys", count)
 
 
 @contextlib.asynccontextmanager
@@ -103,7 +90,7 @@ async def running_mef(config: MEFConfig, *, store: KeyStore | None = None,
         server = await serve(create_app(mef, sp_id=config.sp_id), mef_context(config), host, port,
                              psk_resolver=psk_resolver(mef), handshake_timeout=config.handshake_timeout,
                              limiter=connection_limiter(), error_body=server_problem)
-        purge = asyncio.create_task(_purge(mef, config.purge_interval))
+        purge = asyncio.create_task(purge_every(mef.store, config.purge_interval, log, "expired Enrolment Keys"))
         try:
             yield RunningMEF(mef, host, server.port, server)
         finally:
