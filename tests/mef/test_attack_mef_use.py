@@ -1,0 +1,142 @@
+"""Hostile review of what is built on the MEF (issue 20): the gateway's MEF resolver (``--mef``) and the MAF's
+KeID path, over real sockets (the real MEF of tests/mef/world.py, the real gateway and MAF, clocks injected).
+
+Strict xfails are confirmed problems (U<n>, see the reason); plain tests are attacks refused and kept."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+import pytest
+
+from leaks import assert_no_secret
+from m2msec import http1
+from m2msec.errors import HandshakeFailed, MAFError
+from m2msec.gateway.mef_resolver import MEFKeyResolver
+from m2msec.mef.procedures import revoke_enrolee
+from m2msec.saef import PSKCredentials, establish_sa
+
+from .test_mef_gateway import IDB, Gw, enrolled, gw, kpsa, request  # noqa: F401 (gw is a fixture)
+from .test_mef_maf import GW_KMID, Both, both, km_of  # noqa: F401 (both is a fixture)
+from .world import ENROLEE_ID, KPM, KPMID, MAF, MEF_FQDN, SP, World
+
+VICTIM = f"//{SP}/in-cse/CVictim"
+#: well inside the enrolee's Ke lifetime (3600 s in world.py): what a revocation may reasonably take to reach
+#: the targets (a fix may keep a short revalidation interval, not Ke's whole lifetime)
+REVOCATION_DELAY = 600.0
+
+
+# -- confirmed problems -------------------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="U1: an enrolee revoked at the MEF keeps its Kpsa at the gateway for the rest "
+                   "of Ke's lifetime (cached until the MEF's lifetime, never revalidated)")
+async def test_u1_gateway_serves_a_revoked_enrolee_from_its_cache(world: World, gw: Gw) -> None:
+    e = await enrolled(world)
+    creds = PSKCredentials(str(e.keid), kpsa(e), peer_entity=IDB)
+    sa = await establish_sa("127.0.0.1", gw.port, creds)
+    assert (await sa.request(request(ENROLEE_ID))).status == 200
+    await sa.close()
+    revoke_enrolee(world.store, KPMID)  # docs/mef.md: "its KeIDs are refused (enrolee-revoked)"
+    world.clock.now += REVOCATION_DELAY
+    with pytest.raises(HandshakeFailed):
+        late = await establish_sa("127.0.0.1", gw.port, creds)
+        await late.close()
+
+
+@pytest.mark.xfail(strict=True, reason="U2: an enrolee revoked at the MEF still gets a fresh KmID at the MAF (cached "
+                   "Km serves the KeID handshake and Client Registration assigns a new MAF client)")
+async def test_u2_maf_assigns_a_kmid_to_a_revoked_enrolee(both: Both) -> None:
+    enrolment = await both.enrol()
+    km = enrolment.credential(21, MAF)
+    async with both.client(str(enrolment.keid), km) as a:
+        first = (await a.register()).assigned_symm_key_id
+    assert first is not None
+    revoke_enrolee(both.mef.store, KPMID)
+    both.mef.clock.now += REVOCATION_DELAY
+    try:
+        async with both.client(str(enrolment.keid), km) as b:
+            again = (await b.register()).assigned_symm_key_id
+    except (HandshakeFailed, MAFError):
+        again = None
+    assert again is None, "a revoked enrolee was assigned a new KmID"
+    # and the KmID it held before the revocation no longer runs a MAF Handshake
+    record = both.store.get_client(first)
+    assert record is not None and record.status != "active"
+
+
+@pytest.mark.xfail(strict=True, reason="U3: MEF refusals are not cached at the gateway: every handshake offering a "
+                   "refused KeID is one more fetchCredentials at the MEF (a free flood for any client)")
+async def test_u3_refused_keid_is_fetched_at_every_handshake(world: World, gw: Gw) -> None:
+    made_up, key = f"{secrets.token_hex(16)}@{MEF_FQDN}", kpsa(await enrolled(world))
+    for _ in range(3):  # the same made-up KeID (the MEF answers unknown-keid), one handshake after the other
+        with pytest.raises(HandshakeFailed):
+            await establish_sa("127.0.0.1", gw.port, PSKCredentials(made_up, key, peer_entity=IDB))
+    assert isinstance(gw.resolver, MEFKeyResolver)
+    assert gw.resolver.fetches <= 1, f"{gw.resolver.fetches} fetches for one refused KeID"
+
+
+# -- attacks refused, kept ----------------------------------------------------------------------------------------
+
+async def test_repeated_origin_on_a_mef_sa_never_reaches_the_cse_as_another(world: World, gw: Gw) -> None:
+    e = await enrolled(world)
+    sa = await establish_sa("127.0.0.1", gw.port, PSKCredentials(str(e.keid), kpsa(e), peer_entity=IDB))
+    for first, second in ((ENROLEE_ID, VICTIM), (VICTIM, ENROLEE_ID), (ENROLEE_ID, ENROLEE_ID)):
+        msg = http1.Message(headers=[("host", "in-cse"), ("x-m2m-origin", first), ("x-m2m-origin", second),
+                                     ("x-m2m-ri", "r1"), ("x-m2m-rvi", "3")], method="GET", target="/in-cse")
+        resp = await sa.request(msg)
+        assert resp.status != 200
+    resp = await sa.request(request(VICTIM, "r2"))
+    assert resp.status == 403 and resp.header("x-m2m-rsc") == "4106"
+    await sa.close()
+    for seen in gw.cse.requests:
+        assert [v for k, v in seen.headers if k.lower() == "x-m2m-origin"] == [ENROLEE_ID]
+
+
+async def test_keid_spellings_share_one_fetch_and_one_binding(world: World, gw: Gw) -> None:
+    e = await enrolled(world)
+    key = kpsa(e)
+    hexpart = e.keid.relative_ke_id.hex()
+    spellings = [str(e.keid), f"{hexpart.upper()}@{MEF_FQDN.upper()}", f"{hexpart}@{MEF_FQDN.title()}"]
+    for ident in spellings:
+        sa = await establish_sa("127.0.0.1", gw.port, PSKCredentials(ident, key, peer_entity=IDB))
+        assert (await sa.request(request(VICTIM))).header("x-m2m-rsc") == "4106"  # bound whatever the spelling
+        assert (await sa.request(request(ENROLEE_ID, "r2"))).status == 200
+        await sa.close()
+    assert isinstance(gw.resolver, MEFKeyResolver) and gw.resolver.fetches == 1
+
+
+async def test_keids_of_other_mef_fqdns_never_reach_the_mef(world: World, gw: Gw) -> None:
+    e = await enrolled(world)
+    key = kpsa(e)
+    hexpart = e.keid.relative_ke_id.hex()
+    for ident in (f"{hexpart}@mef2.sp.example.com", f"{hexpart}@{MAF}", f"{hexpart}@xn--mf-9ia.sp.example.com",
+                  f"{hexpart}@{MEF_FQDN}.evil.example", f"{hexpart}@{MEF_FQDN}..", f"{hexpart}@@{MEF_FQDN}"):
+        with pytest.raises(HandshakeFailed):
+            await establish_sa("127.0.0.1", gw.port, PSKCredentials(ident, key, peer_entity=IDB))
+    assert isinstance(gw.resolver, MEFKeyResolver) and gw.resolver.fetches == 0 and not gw.cse.requests
+
+
+async def test_wrong_key_for_a_valid_keid_is_refused_and_binds_nothing(world: World, gw: Gw) -> None:
+    e = await enrolled(world)
+    for wrong in (kpsa(e, suid=b"21"), kpsa(e, MAF), km_of(e.ke, "22", MEF_FQDN)):
+        with pytest.raises(HandshakeFailed):
+            await establish_sa("127.0.0.1", gw.port, PSKCredentials(str(e.keid), wrong, peer_entity=IDB))
+    assert not gw.cse.requests
+
+
+async def test_keid_session_at_the_maf_runs_no_key_procedure_and_leaks_nothing(
+        both: Both, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    enrolment = await both.enrol()
+    km = enrolment.credential(21, MAF)
+    async with both.client(str(enrolment.keid), km) as a:
+        for call in (a.configuration("0123"), a.deregister("0123")):
+            with pytest.raises(MAFError) as err:
+                await call
+            assert (err.value.status, err.value.problem) == (403, "kmid-required")
+        reg = await a.register()
+    assert reg.maf_client_id == ENROLEE_ID  # the requester is the MEF's EnroleeID, never something the client says
+    gateway_client = both.store.get_client(GW_KMID)
+    assert gateway_client is not None and gateway_client.status == "active"  # another client's KmID untouched
+    assert_no_secret(caplog.text, [enrolment.ke.reveal(), km.reveal(), KPM.reveal()], where="MAF/MEF log")
