@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -14,17 +16,42 @@ from leaks import assert_no_secret
 from m2msec import http1
 from m2msec.errors import HandshakeFailed, MAFError
 from m2msec.gateway.mef_resolver import MEFKeyResolver
+from m2msec.maf.server import running_maf
 from m2msec.mef.procedures import revoke_enrolee
 from m2msec.saef import PSKCredentials, establish_sa
+from m2msec.store import MAFClient as ProvisionedClient
+from m2msec.store import open_store
 
-from .test_mef_gateway import IDB, Gw, enrolled, gw, kpsa, request  # noqa: F401 (gw is a fixture)
-from .test_mef_maf import GW_KMID, Both, both, km_of  # noqa: F401 (both is a fixture)
+from .test_mef_gateway import IDB, Gw, enrolled, kpsa, mef_resolver, request, start_gateway
+from .test_mef_maf import GW_KM, GW_KMID, Both, km_of, maf_config
+from .test_mef_maf import IDB as MAF_IDB
 from .world import ENROLEE_ID, KPM, KPMID, MAF, MEF_FQDN, SP, World
 
 VICTIM = f"//{SP}/in-cse/CVictim"
 #: well inside the enrolee's Ke lifetime (3600 s in world.py): what a revocation may reasonably take to reach
 #: the targets (a fix may keep a short revalidation interval, not Ke's whole lifetime)
 REVOCATION_DELAY = 600.0
+
+
+@pytest.fixture
+async def gw(world: World) -> AsyncIterator[Gw]:
+    """The gateway of test_mef_gateway.py: --mef as Enrolment Target GW, a PSK table, a recording CSE."""
+    g = await start_gateway(lambda table: mef_resolver(world.address, world.clock, table=table))
+    yield g
+    await g.close()
+
+
+@pytest.fixture
+async def both(world: World, tmp_path: Path) -> AsyncIterator[Both]:
+    """The MAF of test_mef_maf.py: the MEF's target MAF, with the gateway's own MAF client GW_KMID."""
+    config = maf_config(tmp_path, world)
+    store = open_store(config.store)
+    store.register_client(ProvisionedClient(GW_KMID, GW_KM, MAF_IDB))
+    try:
+        async with running_maf(config, store=store, clock=world.clock) as maf:
+            yield Both(world, maf, store)
+    finally:
+        store.close()
 
 
 # -- confirmed problems -------------------------------------------------------------------------------------------
@@ -140,3 +167,17 @@ async def test_keid_session_at_the_maf_runs_no_key_procedure_and_leaks_nothing(
     gateway_client = both.store.get_client(GW_KMID)
     assert gateway_client is not None and gateway_client.status == "active"  # another client's KmID untouched
     assert_no_secret(caplog.text, [enrolment.ke.reveal(), km.reveal(), KPM.reveal()], where="MAF/MEF log")
+
+
+@pytest.mark.xfail(strict=True, reason="U4: every Client Registration on one KeID session writes a new MAF client "
+                   "record (the replaced ones stay, revoked, until Ke expires) and scans them all: unbounded growth")
+async def test_u4_registrations_on_one_keid_session_grow_the_maf_store(both: Both) -> None:
+    enrolment = await both.enrol()
+    for _ in range(20):  # one KeID handshake each (the Km stays cached at the MAF: no MEF fetch)
+        async with both.client(str(enrolment.keid), enrolment.credential(21, MAF)) as a:
+            await a.register()
+    assert both.remote_fetches == 1
+    records = both.store.ids("maf-client")
+    active = [k for k in records if (c := both.store.get_client(k)) is not None and c.status == "active"]
+    assert len(active) == 2  # the gateway's client and the Enrolee's latest KmID
+    assert len(records) <= 3, f"{len(records)} MAF client records after 20 registrations of one Enrolee"
