@@ -5,19 +5,29 @@ Strict xfails are confirmed problems (U<n>, see the reason); plain tests are att
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from leaks import assert_no_secret
 from m2msec import http1
+from m2msec.asgi import serve
 from m2msec.errors import HandshakeFailed, MAFError
 from m2msec.gateway.mef_resolver import MEFKeyResolver
+from m2msec.keys.secret import SecretKey
+from m2msec.keys.table import PSKEntry
 from m2msec.maf.server import running_maf
+from m2msec.mef.config import MEFConfig
 from m2msec.mef.procedures import revoke_enrolee
+from m2msec.mef.server import mef_context
 from m2msec.saef import PSKCredentials, establish_sa
 from m2msec.store import MAFClient as ProvisionedClient
 from m2msec.store import open_store
@@ -25,7 +35,7 @@ from m2msec.store import open_store
 from .test_mef_gateway import IDB, Gw, enrolled, kpsa, mef_resolver, request, start_gateway
 from .test_mef_maf import GW_KM, GW_KMID, Both, km_of, maf_config
 from .test_mef_maf import IDB as MAF_IDB
-from .world import ENROLEE_ID, KPM, KPMID, MAF, MEF_FQDN, SP, World
+from .world import ENROLEE_ID, GW, KPM, KPMID, MAF, MEF_FQDN, NOW, SP, TARGET_PSKS, Clock, World
 
 VICTIM = f"//{SP}/in-cse/CVictim"
 #: well inside the enrolee's Ke lifetime (3600 s in world.py): what a revocation may reasonably take to reach
@@ -101,6 +111,18 @@ async def test_u3_refused_keid_is_fetched_at_every_handshake(world: World, gw: G
             await establish_sa("127.0.0.1", gw.port, PSKCredentials(made_up, key, peer_entity=IDB))
     assert isinstance(gw.resolver, MEFKeyResolver)
     assert gw.resolver.fetches <= 1, f"{gw.resolver.fetches} fetches for one refused KeID"
+
+
+@pytest.mark.xfail(strict=True, reason="U3: MEF refusals are not cached at the MAF either: every KeID handshake with "
+                   "a refused KeID is one more fetchCredentials at the MEF")
+async def test_u3_refused_keid_is_fetched_at_every_maf_handshake(both: Both) -> None:
+    enrolment = await both.enrol()
+    made_up = f"{secrets.token_hex(16)}@{MEF_FQDN}"
+    for _ in range(3):
+        with pytest.raises(HandshakeFailed):
+            async with both.client(made_up, enrolment.credential(21, MAF)) as a:
+                await a.register()
+    assert both.remote_fetches <= 1, f"{both.remote_fetches} fetches for one refused KeID"
 
 
 # -- attacks refused, kept ----------------------------------------------------------------------------------------
@@ -181,3 +203,70 @@ async def test_u4_registrations_on_one_keid_session_grow_the_maf_store(both: Bot
     active = [k for k in records if (c := both.store.get_client(k)) is not None and c.status == "active"]
     assert len(active) == 2  # the gateway's client and the Enrolee's latest KmID
     assert len(records) <= 3, f"{len(records)} MAF client records after 20 registrations of one Enrolee"
+
+
+# -- a lying MEF: a real TLS-PSK server (the MEF's own TLS context) answering fetchCredentials as told ------------
+
+@dataclass
+class LyingMEF:
+    answer: dict[str, object]
+    port: int = 0
+    asked: list[str] = field(default_factory=list)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.asked.append(scope["path"])
+        body = json.dumps(self.answer).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _target_psk(identity: str) -> PSKEntry | None:
+    return PSKEntry(identity, TARGET_PSKS[GW], entity=None) if identity == GW else None
+
+
+@pytest.fixture
+async def liar(tmp_path: Path) -> AsyncIterator[LyingMEF]:
+    lying = LyingMEF({})
+    config = MEFConfig(listen="127.0.0.1:0", mef_fqdn=MEF_FQDN, sp_id=SP, store=f"sqlite://{tmp_path}/unused.db")
+    server = await serve(lying, mef_context(config), "127.0.0.1", 0, psk_resolver=_target_psk, lifespan="off")
+    lying.port = server.port
+    try:
+        yield lying
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def _answer(key: bytes, enrolee: str, lifetime: float) -> dict[str, object]:
+    return {"status": True, "credential": base64.b64encode(key).decode(), "enroleeID": enrolee,
+            "lifetime": time.strftime("%Y%m%dT%H%M%S", time.gmtime(int(lifetime)))}
+
+
+async def test_a_lying_mef_s_malformed_answers_are_refused(liar: LyingMEF) -> None:
+    clock = Clock()
+    g = await start_gateway(lambda table: mef_resolver(f"127.0.0.1:{liar.port}", clock, table=table))
+    try:
+        key32, key16 = secrets.token_bytes(32), secrets.token_bytes(16)
+        bad = [_answer(key16, ENROLEE_ID, NOW + 3600),            # a credential of the wrong length
+               _answer(key32, "CAE1", NOW + 3600),                # an EnroleeID that is not absolute
+               _answer(key32, "11-someone@maf.sp.example.com", NOW + 3600),  # a Credential-ID, not an entity
+               _answer(key32, ENROLEE_ID, NOW - 1),                # already expired
+               {**_answer(key32, ENROLEE_ID, NOW + 3600), "status": "true"}]  # status not the JSON true
+        for n, answer in enumerate(bad):
+            liar.answer = answer
+            keid = f"{n:032x}@{MEF_FQDN}"
+            psk = SecretKey(key16 if answer["credential"] == base64.b64encode(key16).decode() else key32)
+            with pytest.raises(HandshakeFailed):
+                await establish_sa("127.0.0.1", g.port, PSKCredentials(keid, psk, peer_entity=IDB))
+        assert len(liar.asked) == len(bad) and not g.cse.requests
+        liar.answer = _answer(key32, ENROLEE_ID, NOW + 3600)  # the control: a well-formed answer is served
+        sa = await establish_sa("127.0.0.1", g.port, PSKCredentials(f"{99:032x}@{MEF_FQDN}", SecretKey(key32),
+                                                                    peer_entity=IDB))
+        assert (await sa.request(request(ENROLEE_ID))).status == 200
+        await sa.close()
+    finally:
+        await g.close()
