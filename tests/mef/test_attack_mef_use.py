@@ -270,3 +270,18 @@ async def test_a_lying_mef_s_malformed_answers_are_refused(liar: LyingMEF) -> No
         await sa.close()
     finally:
         await g.close()
+
+
+@pytest.mark.xfail(strict=True, reason="U5: a KeID Client Registration revokes every active MAF client of the same "
+                   "identity, also one provisioned with `maf clients add` (D207 meant the Enrolee's own KmIDs)")
+async def test_u5_keid_registration_revokes_a_provisioned_client_of_the_same_identity(both: Both) -> None:
+    provisioned_id, provisioned_km = f"{'ab' * 16}@{MAF}", SecretKey(bytes(range(7, 39)))
+    both.store.register_client(ProvisionedClient(provisioned_id, provisioned_km, ENROLEE_ID))  # as maf clients add
+    enrolment = await both.enrol()  # the MEF enrolee KPMID has the EnroleeID ENROLEE_ID too
+    try:
+        async with both.client(str(enrolment.keid), enrolment.credential(21, MAF)) as a:
+            await a.register()
+    except (HandshakeFailed, MAFError):
+        pass  # refusing the colliding registration is a fix too
+    record = both.store.get_client(provisioned_id)
+    assert record is not None and record.status == "active", "the provisioned client was revoked by an Enrolee"
