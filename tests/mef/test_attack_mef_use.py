@@ -66,8 +66,6 @@ async def both(world: World, tmp_path: Path) -> AsyncIterator[Both]:
 
 # -- confirmed problems -------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="U1: an enrolee revoked at the MEF keeps its Kpsa at the gateway for the rest "
-                   "of Ke's lifetime (cached until the MEF's lifetime, never revalidated)")
 async def test_u1_gateway_serves_a_revoked_enrolee_from_its_cache(world: World, gw: Gw) -> None:
     e = await enrolled(world)
     creds = PSKCredentials(str(e.keid), kpsa(e), peer_entity=IDB)
@@ -102,8 +100,6 @@ async def test_u2_maf_assigns_a_kmid_to_a_revoked_enrolee(both: Both) -> None:
     assert record is not None and record.status != "active"
 
 
-@pytest.mark.xfail(strict=True, reason="U3: MEF refusals are not cached at the gateway: every handshake offering a "
-                   "refused KeID is one more fetchCredentials at the MEF (a free flood for any client)")
 async def test_u3_refused_keid_is_fetched_at_every_handshake(world: World, gw: Gw) -> None:
     made_up, key = f"{secrets.token_hex(16)}@{MEF_FQDN}", kpsa(await enrolled(world))
     for _ in range(3):  # the same made-up KeID (the MEF answers unknown-keid), one handshake after the other

@@ -40,7 +40,8 @@ from m2msec.keys.table import PSKEntry, PSKTable
 from m2msec.mef.client import FetchedCredential, MEFFetcher
 from m2msec.transport.psk_resolver import MISS, ProbeAnswer
 
-__all__ = ["BOUND_ENROLEE_PREFIX", "MEF_FETCHES_IN_FLIGHT", "MEF_KEY_CACHE_SIZE", "SUID_KPSA", "ChainResolver",
+__all__ = ["BOUND_ENROLEE_PREFIX", "MEF_FETCHES_IN_FLIGHT", "MEF_KEY_CACHE_SIZE", "MEF_RECHECK_INTERVAL",
+           "MEF_REFUSAL_CACHE_TTL", "SUID_KPSA", "ChainResolver",
            "MEFKeyResolver", "RemoteKeyResolver", "entry_for"]
 
 log = logging.getLogger("m2msec.gateway.mef")
@@ -57,6 +58,15 @@ MEF_FETCHES_IN_FLIGHT: Final = 64
 #: Kpsa entries the gateway keeps between their fetch and the expiry the MEF answers; beyond it the oldest is
 #: dropped (a live SA with a dropped key ends at its next request, a new handshake fetches it again). As D92. D201.
 MEF_KEY_CACHE_SIZE: Final = 4096
+
+#: D202: seconds a fetched Kpsa serves new handshakes before the MEF is asked again (an enrolee revoked at the MEF
+#: is refused after at most this long, not at Ke's expiry); a live SA keeps its key meanwhile, and its key is checked
+#: again in the background (ended at its next request when the MEF refuses it)
+MEF_RECHECK_INTERVAL: Final = 60.0
+
+#: D203: seconds a KeID the MEF refused (a definitive answer: unknown, not this target, expired, revoked) is refused
+#: without asking again: made-up KeIDs do not make the gateway hammer the MEF; at most MEF_KEY_CACHE_SIZE remembered
+MEF_REFUSAL_CACHE_TTL: Final = 5.0
 
 #: an EnroleeID starting so is an absolute AE-ID / CSE-ID: the SA is bound to it (D196); anything else is refused
 BOUND_ENROLEE_PREFIX: Final = "//"
@@ -96,7 +106,8 @@ class MEFKeyResolver:
     the time the MEF's expiry is compared with."""
 
     def __init__(self, fetcher: MEFFetcher, table: PSKTable | None = None, *, clock: Callable[[], float] = time.time,
-                 max_cache: int = MEF_KEY_CACHE_SIZE, max_inflight: int = MEF_FETCHES_IN_FLIGHT) -> None:
+                 max_cache: int = MEF_KEY_CACHE_SIZE, max_inflight: int = MEF_FETCHES_IN_FLIGHT,
+                 recheck: float = MEF_RECHECK_INTERVAL, refusal_ttl: float = MEF_REFUSAL_CACHE_TTL) -> None:
         if max_cache < 1:
             raise ValueError("the MEF key cache holds at least one key")
         if max_inflight < 1:
@@ -107,7 +118,11 @@ class MEFKeyResolver:
         self.max_cache = max_cache
         self.max_inflight = max_inflight
         self.mef_fqdn = fetcher.mef_fqdn
-        self._cache: OrderedDict[str, tuple[float, PSKEntry]] = OrderedDict()
+        self.recheck, self.refusal_ttl = recheck, refusal_ttl
+        #: KeID -> (expiry, entry, when to ask the MEF again)
+        self._cache: OrderedDict[str, tuple[float, PSKEntry, float]] = OrderedDict()
+        #: KeID -> until when a refusal of the MEF stands (D203)
+        self._refused: OrderedDict[str, float] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[PSKEntry | None]] = {}
         #: fetchCredentials requests started
         self.fetches = 0
@@ -135,20 +150,48 @@ class MEFKeyResolver:
             return entry
         return dataclasses.replace(entry, identity=identity)
 
-    def cached(self, identity: str) -> PSKEntry | None:
+    def cached(self, identity: str, *, live: bool = False) -> PSKEntry | None:
+        """The cached Kpsa of a KeID: for a new handshake only until its recheck time (D202); for a ``live`` SA
+        (the revocation guard) until its expiry, a background fetch checking it again once past the recheck time."""
         key = self._key(identity)
         hit = self._cache.get(key) if key is not None else None
         if key is None or hit is None:
             return None
-        if self.clock() < hit[0]:
-            return self._for(hit[1], identity)
-        del self._cache[key]  # expired: never served again
-        return None
+        now = self.clock()
+        if now >= hit[0]:
+            del self._cache[key]  # expired: never served again
+            return None
+        if now >= hit[2]:
+            if not live:
+                return None
+            self._revalidate(key)
+        return self._for(hit[1], identity)
+
+    def _revalidate(self, key: str) -> None:
+        if key in self._inflight or len(self._inflight) >= self.max_inflight:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(self._fetch(key))
+        self._inflight[key] = task
+        task.add_done_callback(lambda _: self._inflight.pop(key, None))
+
+    def _refused_now(self, key: str) -> bool:
+        until = self._refused.get(key)
+        if until is None:
+            return False
+        if self.clock() < until:
+            return True
+        del self._refused[key]
+        return False
 
     def lookup(self, identity: str) -> PSKEntry | None:
-        """Synchronous: the cached Kpsa of a KeID (no network), else the PSK table's entry."""
+        """Synchronous, for the revocation guard of live SAs: the cached Kpsa of a KeID (no network, D202), else the
+        PSK table's entry."""
         if self.ours(identity):
-            return self.cached(identity)
+            return self.cached(identity, live=True)
         return self.table.lookup(identity) if self.table is not None else None
 
     def lookup_now(self, identity: str) -> ProbeAnswer:
@@ -156,9 +199,11 @@ class MEFKeyResolver:
         a KeID whose Kpsa must be fetched."""
         if identity in self._cache:
             entry = self.cached(identity)
-            return entry if entry is not None else MISS
-        if self.ours(identity):
-            return MISS
+            if entry is not None:
+                return entry
+        key = self._key(identity)
+        if key is not None:
+            return None if self._refused_now(key) else MISS
         return self.table.lookup(identity) if self.table is not None else None
 
     async def __call__(self, identity: str) -> PSKEntry | None:
@@ -168,6 +213,8 @@ class MEFKeyResolver:
         entry = self.cached(identity)
         if entry is not None:
             return entry
+        if self._refused_now(key):
+            return None
         task = self._inflight.get(key)
         if task is None:
             if len(self._inflight) >= self.max_inflight:
@@ -187,13 +234,25 @@ class MEFKeyResolver:
             fetched = await self.fetcher.fetch(keid, SUID_KPSA)
         except MEFError as exc:
             log.warning("MEF fetch of %r refused by %s: %d %s", keid, self.mef_fqdn, exc.status, exc.problem)
+            self._cache.pop(keid, None)  # a revoked enrolee's live SAs end at their next request (D202)
+            self._refused[keid] = self.clock() + self.refusal_ttl
+            self._refused.move_to_end(keid)
+            while len(self._refused) > self.max_cache:
+                self._refused.popitem(last=False)
             return None
         except M2MSecError as exc:
             log.warning("MEF fetch of %r failed: %s", keid, exc)
+            hit = self._cache.get(keid)
+            if hit is not None:  # the MEF unreachable: a live SA keeps its key, checked again later
+                self._cache[keid] = (hit[0], hit[1], self.clock() + self.recheck)
             return None
-        entry = entry_for(keid, fetched, self.clock())
-        if entry is not None:
-            self._cache[keid] = (fetched.expires, entry)
+        now = self.clock()
+        entry = entry_for(keid, fetched, now)
+        if entry is None:
+            self._cache.pop(keid, None)
+        else:
+            self._refused.pop(keid, None)
+            self._cache[keid] = (fetched.expires, entry, now + self.recheck)
             self._cache.move_to_end(keid)
             while len(self._cache) > self.max_cache:
                 self._cache.popitem(last=False)
