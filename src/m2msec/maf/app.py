@@ -101,7 +101,7 @@ async def _enrolee(maf: MAF, identity: str, keid_allowed: bool) -> Requester | N
     fetched = remote.cached(keid) or await remote.get(keid)
     if fetched is None:
         raise MAFProblem(403, "client-revoked", "this MAF client's credential is no longer valid")
-    return Requester(wire.absolute_id(fetched.enrolee_id, maf.policy.sp_id), fetched=fetched)
+    return Requester(wire.absolute_id(fetched.enrolee_id, maf.policy.sp_id), fetched=fetched, keid=keid)
 
 
 async def identify(request: Request, maf: MAF, *, keid_allowed: bool = False) -> Requester:

@@ -13,12 +13,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from m2msec.errors import Conflict, NotFound
-from m2msec.identifiers import SUID, CredentialID, CredIDType, KmID
+from m2msec.errors import Conflict, HandshakeFailed, MEFError, NotFound, TransportError
+from m2msec.identifiers import SUID, CredentialID, CredIDType, KeID, KmID
 from m2msec.keys.secret import SecretKey
 from m2msec.maf import wire
 from m2msec.maf.cache import TTLCache
-from m2msec.maf.enrolment import KmIDAssigner, RemoteKm
+from m2msec.maf.enrolment import (
+    ENROLEE_REFUSED_PROBLEM,
+    MEF_UNAVAILABLE_PROBLEM,
+    KmIDAssigner,
+    RemoteKm,
+    definitive,
+)
 from m2msec.maf.wire import MAFProblem, absolute_id, format_timestamp, parse_timestamp
 from m2msec.mef.client import FetchedCredential
 from m2msec.store import AsyncKeyStore, ClientRegistration, MAFClient, RegisteredKey
@@ -83,6 +89,8 @@ class Requester:
     kmid: str | None = None
     #: on a KeID session (docs/maf.md "Enrolees of a MEF"): Km and the EnroleeID the MEF answered (D194)
     fetched: FetchedCredential | None = None
+    #: the KeID of that session (Client Registration asks the MEF about it again, D210)
+    keid: KeID | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,7 @@ class MAF:
         self.store = store
         #: KeID sessions: Km from the MEF (None: this MAF serves no MEF's enrolees)
         self.remote = remote
-        self._assigner = KmIDAssigner(store, policy.maf_fqdn)
+        self._assigner = KmIDAssigner(store, policy.maf_fqdn, policy.sp_id)
         self.policy = policy
         self.clock = clock
         self._new_reg_id = new_reg_id
@@ -189,8 +197,9 @@ class MAF:
         expires = self._expiry(req.expirationTime, self.policy.max_registration_lifetime)
         assigned = None
         if who.fetched is not None:  # a KeID session: the Enrolee gets its KmID (§8.8.2.3, §10.7; D194)
-            expires = min(expires, float(int(who.fetched.expires)))
-            assigned, replaced = await self._assigner.assign(who.fetched, who.identity, expires)
+            fresh = await self._recheck(who)
+            expires = min(expires, float(int(who.fetched.expires)), float(int(fresh.expires)))
+            assigned, replaced = await self._assigner.assign(fresh, who.identity, expires)
             for kmid in replaced:
                 self._clients.drop(kmid)
         reg = ClientRegistration(who.identity, self._new_reg_id(), expires, tuple(req.labels or ()), req.adminFQDN)
@@ -198,6 +207,27 @@ class MAF:
         return wire.ClientRegistrationResponse(mafClientRegID=reg.reg_id, expirationTime=format_timestamp(expires),
                                                mafClientID=who.identity, adminFQDN=req.adminFQDN, labels=req.labels,
                                                assignedSymmKeyID=assigned)
+
+    async def _recheck(self, who: Requester) -> FetchedCredential:
+        """D210: the MEF asked again (never the cache) before a KmID is assigned; its refusal is 403
+        ``enrolee-refused`` (``enrolee-revoked`` also revokes the KmIDs assigned to the EnroleeID), no answer 503."""
+        if self.remote is None or who.keid is None or who.fetched is None:
+            raise MAFProblem(403, ENROLEE_REFUSED_PROBLEM, "this MAF serves no MEF's enrolees")
+        try:
+            fresh = await self.remote.recheck(who.keid)
+        except MEFError as exc:
+            if not definitive(exc):
+                raise MAFProblem(503, MEF_UNAVAILABLE_PROBLEM, "the MEF cannot confirm this KeID now; retry later")\
+                    from None
+            if exc.problem == "enrolee-revoked":
+                for kmid in await self._assigner.revoke(who.identity):
+                    self._clients.drop(kmid)
+            raise MAFProblem(403, ENROLEE_REFUSED_PROBLEM, "the MEF no longer provisions this KeID") from None
+        except (TransportError, HandshakeFailed):
+            raise MAFProblem(503, MEF_UNAVAILABLE_PROBLEM, "the MEF cannot confirm this KeID now; retry later")\
+                from None
+        self._assigner.check(who.fetched, fresh, who.identity)
+        return fresh
 
     async def client_config(self, who: Requester, reg_id: str, maf_fqdn: str) -> wire.ClientConfigResponse:
         self._check_maf(maf_fqdn)
