@@ -16,7 +16,8 @@ other handshakes (the engine's async PSK path, :mod:`m2msec.transport.psk_resolv
   docs/decisions.md D94), else with it as a Credential-ID (``11-<KmID>``), resolved by the gateway's
   CredentialResolver as for a PSK (:func:`m2msec.gateway.rules.associate`);
 * a MAF that is down, slow or refusing fails that client only: one log line, the handshake refused as for an
-  unknown identity, no key.
+  unknown identity, no key; a refusal (a problem answer) stands for :data:`MAF_REFUSAL_CACHE_TTL` seconds, the
+  handshakes offering that identity meanwhile refused without a retrieval (D213).
 
 Every other identity is looked up in the PSK table as without ``--maf`` (a synchronous read). A cached Kc and a
 table identity are answered at once (:meth:`MAFKeyResolver.lookup_now`, the transports' synchronous probe): no
@@ -38,8 +39,8 @@ from m2msec.keys.table import MemoryPSKTable, PSKEntry, PSKTable
 from m2msec.maf.client import MAFClient
 from m2msec.maf.client_wire import SUID_SAEF, RetrievedKey
 
-__all__ = ["BOUND_SOURCE_PREFIX", "MAF_KEY_CACHE_SIZE", "MAF_RETRIEVALS_IN_FLIGHT", "KeyLookup", "MAFKeyResolver",
-           "MAFTable", "entry_for", "revocation_table"]
+__all__ = ["BOUND_SOURCE_PREFIX", "MAF_KEY_CACHE_SIZE", "MAF_REFUSAL_CACHE_TTL", "MAF_RETRIEVALS_IN_FLIGHT",
+           "KeyLookup", "MAFKeyResolver", "MAFTable", "entry_for", "revocation_table"]
 
 log = logging.getLogger("m2msec.gateway.maf")
 
@@ -52,6 +53,11 @@ MAF_KEY_CACHE_SIZE: Final = 4096
 #: client can offer made-up identities, each one a retrieval: unbounded, they queued for minutes behind each other
 #: (outliving the handshakes that started them) and new clients' keys waited behind them. D59.
 MAF_RETRIEVALS_IN_FLIGHT: Final = 64
+
+#: D213: seconds a MAF Key Identifier the MAF refused (a problem answer: unknown-key, not-a-target, key-expired) is
+#: refused without a Key Retrieval: made-up identities do not make the gateway hammer the MAF (as the MEF's D203);
+#: at most MAF_KEY_CACHE_SIZE remembered
+MAF_REFUSAL_CACHE_TTL: Final = 5.0
 
 #: a ``sourceMAFClientID`` starting so is an AE-ID / CSE-ID in the absolute form the MAF returns: the SA is bound to
 #: exactly that value, the only ``From`` then accepted (no SP- or CSE-relative forms derived from it); anything else
@@ -94,8 +100,9 @@ def _maf_key_id(identity: str) -> MAFKeyIdentifier | None:
 
 class MAFKeyResolver(RemoteKeyCache):
     """The ``psk_resolver`` of a gateway side with ``--maf`` (see the module docstring). ``clock``: Unix seconds,
-    the time the MAF's expirationTime is compared with. A Kc serves until its expirationTime: no recheck, no
-    remembered refusal (the shared mechanics: :class:`~m2msec.gateway.remote_keys.RemoteKeyCache`)."""
+    the time the MAF's expirationTime is compared with. A Kc serves until its expirationTime (no recheck); a
+    refusal stands ``refusal_ttl`` seconds (D213). The shared mechanics:
+    :class:`~m2msec.gateway.remote_keys.RemoteKeyCache`."""
 
     request_name = "MAF Key Retrieval"
     refusal_error = MAFError
@@ -104,8 +111,10 @@ class MAFKeyResolver(RemoteKeyCache):
     inflight_message = "at least one Key Retrieval must be allowed to run"
 
     def __init__(self, client: MAFClient, table: PSKTable | None = None, *, clock: Callable[[], float] = time.time,
-                 max_cache: int = MAF_KEY_CACHE_SIZE, max_inflight: int = MAF_RETRIEVALS_IN_FLIGHT) -> None:
-        super().__init__(client.maf_fqdn, table, clock=clock, max_cache=max_cache, max_inflight=max_inflight, log=log)
+                 max_cache: int = MAF_KEY_CACHE_SIZE, max_inflight: int = MAF_RETRIEVALS_IN_FLIGHT,
+                 refusal_ttl: float = MAF_REFUSAL_CACHE_TTL) -> None:
+        super().__init__(client.maf_fqdn, table, clock=clock, max_cache=max_cache, max_inflight=max_inflight, log=log,
+                         refusal_ttl=refusal_ttl)
         self.client = client
         self.maf_fqdn = client.maf_fqdn
         #: Key Retrievals started (each is one request to the MAF)
