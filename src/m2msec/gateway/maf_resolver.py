@@ -16,7 +16,8 @@ other handshakes (the engine's async PSK path, :mod:`m2msec.transport.psk_resolv
   docs/decisions.md D94), else with it as a Credential-ID (``11-<KmID>``), resolved by the gateway's
   CredentialResolver as for a PSK (:func:`m2msec.gateway.rules.associate`);
 * a MAF that is down, slow or refusing fails that client only: one log line, the handshake refused as for an
-  unknown identity, no key.
+  unknown identity, no key; a refusal (a problem answer) stands for :data:`MAF_REFUSAL_CACHE_TTL` seconds, the
+  handshakes offering that identity meanwhile refused without a retrieval (D213).
 
 Every other identity is looked up in the PSK table as without ``--maf`` (a synchronous read). A cached Kc and a
 table identity are answered at once (:meth:`MAFKeyResolver.lookup_now`, the transports' synchronous probe): no
@@ -25,24 +26,21 @@ task, only a Kc not yet (or no longer) cached goes to the MAF.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import functools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from m2msec.errors import IdentifierError, M2MSecError, MAFError
+from m2msec.errors import IdentifierError, MAFError
+from m2msec.gateway.remote_keys import Fetched, RemoteKeyCache
 from m2msec.identifiers import CredentialID, MAFKeyIdentifier
 from m2msec.keys.table import MemoryPSKTable, PSKEntry, PSKTable
 from m2msec.maf.client import MAFClient
 from m2msec.maf.client_wire import SUID_SAEF, RetrievedKey
-from m2msec.transport.psk_resolver import MISS, ProbeAnswer
 
-__all__ = ["BOUND_SOURCE_PREFIX", "MAF_KEY_CACHE_SIZE", "MAF_RETRIEVALS_IN_FLIGHT", "KeyLookup", "MAFKeyResolver",
-           "MAFTable", "entry_for", "revocation_table"]
+__all__ = ["BOUND_SOURCE_PREFIX", "MAF_KEY_CACHE_SIZE", "MAF_REFUSAL_CACHE_TTL", "MAF_RETRIEVALS_IN_FLIGHT",
+           "KeyLookup", "MAFKeyResolver", "MAFTable", "entry_for", "revocation_table"]
 
 log = logging.getLogger("m2msec.gateway.maf")
 
@@ -55,6 +53,11 @@ MAF_KEY_CACHE_SIZE: Final = 4096
 #: client can offer made-up identities, each one a retrieval: unbounded, they queued for minutes behind each other
 #: (outliving the handshakes that started them) and new clients' keys waited behind them. D59.
 MAF_RETRIEVALS_IN_FLIGHT: Final = 64
+
+#: D213: seconds a MAF Key Identifier the MAF refused (a problem answer: unknown-key, not-a-target, key-expired) is
+#: refused without a Key Retrieval: made-up identities do not make the gateway hammer the MAF (as the MEF's D203);
+#: at most MAF_KEY_CACHE_SIZE remembered
+MAF_REFUSAL_CACHE_TTL: Final = 5.0
 
 #: a ``sourceMAFClientID`` starting so is an AE-ID / CSE-ID in the absolute form the MAF returns: the SA is bound to
 #: exactly that value, the only ``From`` then accepted (no SP- or CSE-relative forms derived from it); anything else
@@ -95,126 +98,47 @@ def _maf_key_id(identity: str) -> MAFKeyIdentifier | None:
         return None
 
 
-class MAFKeyResolver:
+class MAFKeyResolver(RemoteKeyCache):
     """The ``psk_resolver`` of a gateway side with ``--maf`` (see the module docstring). ``clock``: Unix seconds,
-    the time the MAF's expirationTime is compared with."""
+    the time the MAF's expirationTime is compared with. A Kc serves until its expirationTime (no recheck); a
+    refusal stands ``refusal_ttl`` seconds (D213). The shared mechanics:
+    :class:`~m2msec.gateway.remote_keys.RemoteKeyCache`."""
+
+    request_name = "MAF Key Retrieval"
+    refusal_error = MAFError
+    busy_message = "MAF Key Retrieval of %r refused: %d retrievals are running already (D59)"
+    cache_size_message = "the MAF key cache holds at least one key"
+    inflight_message = "at least one Key Retrieval must be allowed to run"
 
     def __init__(self, client: MAFClient, table: PSKTable | None = None, *, clock: Callable[[], float] = time.time,
-                 max_cache: int = MAF_KEY_CACHE_SIZE, max_inflight: int = MAF_RETRIEVALS_IN_FLIGHT) -> None:
-        if max_cache < 1:
-            raise ValueError("the MAF key cache holds at least one key")
-        if max_inflight < 1:
-            raise ValueError("at least one Key Retrieval must be allowed to run")
+                 max_cache: int = MAF_KEY_CACHE_SIZE, max_inflight: int = MAF_RETRIEVALS_IN_FLIGHT,
+                 refusal_ttl: float = MAF_REFUSAL_CACHE_TTL) -> None:
+        super().__init__(client.maf_fqdn, table, clock=clock, max_cache=max_cache, max_inflight=max_inflight, log=log,
+                         refusal_ttl=refusal_ttl)
         self.client = client
-        self.table = table
-        self.clock = clock
-        self.max_cache = max_cache
-        self.max_inflight = max_inflight
         self.maf_fqdn = client.maf_fqdn
-        self._cache: OrderedDict[str, tuple[float, PSKEntry]] = OrderedDict()
-        self._inflight: dict[str, asyncio.Task[PSKEntry | None]] = {}
         #: Key Retrievals started (each is one request to the MAF)
         self.retrievals = 0
-        #: handshakes refused because :attr:`max_inflight` retrievals were running
-        self.refused_busy = 0
 
     def __repr__(self) -> str:
         return f"<MAFKeyResolver {self.maf_fqdn} {len(self._cache)} cached>"
 
-    def ours(self, identity: str) -> bool:
-        """Is ``identity`` a MAF Key Identifier of our MAF?"""
-        return self._key(identity) is not None
-
-    def _key(self, identity: str) -> str | None:
+    def _canonical(self, identity: str) -> str | None:
         """The cache and single-flight key of a MAF Key Identifier of our MAF: its canonical spelling (lowercase hex
         and MAF-FQDN), so that spellings in other letter cases share one entry and one retrieval; None for any other
         identity."""
-        if identity in self._cache:  # canonical spellings are the keys: no parse for the usual case
-            return identity
         parsed = _maf_key_id(identity)
         return str(parsed) if parsed is not None and parsed.maf_fqdn == self.maf_fqdn else None
 
-    @staticmethod
-    def _for(entry: PSKEntry | None, identity: str) -> PSKEntry | None:
-        # the engine wants the entry of the identity offered, spelled as offered
-        if entry is None or entry.identity == identity:
-            return entry
-        return dataclasses.replace(entry, identity=identity)
-
-    def cached(self, identity: str) -> PSKEntry | None:
-        key = self._key(identity)
-        hit = self._cache.get(key) if key is not None else None
-        if key is None or hit is None:
-            return None
-        if self.clock() < hit[0]:
-            return self._for(hit[1], identity)
-        del self._cache[key]  # expired: never served again
-        return None
-
-    def lookup(self, identity: str) -> PSKEntry | None:
-        """Synchronous: the cached Kc of a MAF identity (no network), else the PSK table's entry."""
-        if self.ours(identity):
-            return self.cached(identity)
-        return self.table.lookup(identity) if self.table is not None else None
-
-    def lookup_now(self, identity: str) -> ProbeAnswer:
-        """The transports' synchronous probe: a cached Kc, a table identity's entry (or None), or :data:`MISS`
-        for a MAF identity whose Kc must be retrieved (then the transport awaits :meth:`__call__`)."""
-        if identity in self._cache:
-            entry = self.cached(identity)
-            if entry is not None:
-                return entry
-            return MISS  # expired: the MAF says so (key-expired) and is asked again
-        if self.ours(identity):
-            return MISS
-        return self.table.lookup(identity) if self.table is not None else None
-
-    async def __call__(self, identity: str) -> PSKEntry | None:
-        key = self._key(identity)
-        if key is None:
-            return self.table.lookup(identity) if self.table is not None else None
-        entry = self.cached(identity)
-        if entry is not None:
-            return entry
-        task = self._inflight.get(key)
-        if task is None:
-            if len(self._inflight) >= self.max_inflight:
-                self.refused_busy += 1
-                log.warning("MAF Key Retrieval of %r refused: %d retrievals are running already (D59)", identity[:80],
-                            len(self._inflight))
-                return None
-            task = asyncio.get_running_loop().create_task(self._retrieve(key))
-            self._inflight[key] = task
-            task.add_done_callback(lambda _: self._inflight.pop(key, None))
-        # a waiter cancelled (its handshake timed out) does not cancel the retrieval the others wait for
-        return self._for(await asyncio.shield(task), identity)
-
-    async def _retrieve(self, identity: str) -> PSKEntry | None:
+    async def _ask(self, key: str) -> Fetched:
         self.retrievals += 1
-        parsed = _maf_key_id(identity)
+        parsed = _maf_key_id(key)
         assert parsed is not None
-        relative = parsed.kc_id.hex()
-        try:
-            key = await self.client.retrieve_key(relative)
-        except MAFError as exc:
-            log.warning("MAF Key Retrieval of %r refused by %s: %d %s", identity, self.maf_fqdn, exc.status,
-                        exc.problem)
-            return None
-        except M2MSecError as exc:
-            log.warning("MAF Key Retrieval of %r failed: %s", identity, exc)
-            return None
+        retrieved = await self.client.retrieve_key(parsed.kc_id.hex())
         now = self.clock()
-        entry = entry_for(identity, key, now)
-        if entry is not None:
-            self._cache[identity] = (key.expiration, entry)
-            self._cache.move_to_end(identity)
-            while len(self._cache) > self.max_cache:
-                self._cache.popitem(last=False)
-        return entry
+        return Fetched(entry_for(key, retrieved, now), retrieved.expiration, now)
 
-    async def close(self) -> None:
-        for task in list(self._inflight.values()):
-            task.cancel()
+    async def _close_remote(self) -> None:
         await self.client.close()
 
 

@@ -25,20 +25,18 @@ else to the PSK table.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import functools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-from m2msec.errors import IdentifierError, M2MSecError, MEFError
+from m2msec.errors import IdentifierError, MEFError
+from m2msec.gateway.remote_keys import Fetched, RemoteKeyCache
 from m2msec.identifiers import SUID, KeID
 from m2msec.keys.table import PSKEntry, PSKTable
 from m2msec.mef.client import FetchedCredential, MEFFetcher
-from m2msec.transport.psk_resolver import MISS, ProbeAnswer
+from m2msec.transport.psk_resolver import ProbeAnswer
 
 __all__ = ["BOUND_ENROLEE_PREFIX", "MEF_FETCHES_IN_FLIGHT", "MEF_KEY_CACHE_SIZE", "MEF_RECHECK_INTERVAL",
            "MEF_REFUSAL_CACHE_TTL", "SUID_KPSA", "ChainResolver",
@@ -101,166 +99,42 @@ def _keid(identity: str) -> KeID | None:
         return None
 
 
-class MEFKeyResolver:
+class MEFKeyResolver(RemoteKeyCache):
     """The ``psk_resolver`` of a gateway side with ``--mef`` (see the module docstring). ``clock``: Unix seconds,
-    the time the MEF's expiry is compared with."""
+    the time the MEF's expiry is compared with. The shared mechanics (single flight, cache, recheck, refusals):
+    :class:`~m2msec.gateway.remote_keys.RemoteKeyCache`."""
+
+    request_name = "MEF fetch"
+    refusal_error = MEFError
+    busy_message = "MEF fetch of %r refused: %d fetches are running already (D200)"
+    cache_size_message = "the MEF key cache holds at least one key"
+    inflight_message = "at least one fetch must be allowed to run"
 
     def __init__(self, fetcher: MEFFetcher, table: PSKTable | None = None, *, clock: Callable[[], float] = time.time,
                  max_cache: int = MEF_KEY_CACHE_SIZE, max_inflight: int = MEF_FETCHES_IN_FLIGHT,
                  recheck: float = MEF_RECHECK_INTERVAL, refusal_ttl: float = MEF_REFUSAL_CACHE_TTL) -> None:
-        if max_cache < 1:
-            raise ValueError("the MEF key cache holds at least one key")
-        if max_inflight < 1:
-            raise ValueError("at least one fetch must be allowed to run")
+        super().__init__(fetcher.mef_fqdn, table, clock=clock, max_cache=max_cache, max_inflight=max_inflight, log=log,
+                         recheck=recheck, refusal_ttl=refusal_ttl)
         self.fetcher = fetcher
-        self.table = table
-        self.clock = clock
-        self.max_cache = max_cache
-        self.max_inflight = max_inflight
         self.mef_fqdn = fetcher.mef_fqdn
-        self.recheck, self.refusal_ttl = recheck, refusal_ttl
-        #: KeID -> (expiry, entry, when to ask the MEF again)
-        self._cache: OrderedDict[str, tuple[float, PSKEntry, float]] = OrderedDict()
-        #: KeID -> until when a refusal of the MEF stands (D203)
-        self._refused: OrderedDict[str, float] = OrderedDict()
-        self._inflight: dict[str, asyncio.Task[PSKEntry | None]] = {}
         #: fetchCredentials requests started
         self.fetches = 0
-        #: handshakes refused because :attr:`max_inflight` fetches were running
-        self.refused_busy = 0
 
     def __repr__(self) -> str:
         return f"<MEFKeyResolver {self.mef_fqdn} {len(self._cache)} cached>"
 
-    def ours(self, identity: str) -> bool:
-        """Is ``identity`` a KeID of our MEF?"""
-        return self._key(identity) is not None
-
-    def _key(self, identity: str) -> str | None:
+    def _canonical(self, identity: str) -> str | None:
         """The cache and single-flight key of a KeID of our MEF (its canonical spelling), None for any other."""
-        if identity in self._cache:
-            return identity
         keid = _keid(identity)
         return str(keid) if keid is not None and keid.mef_fqdn == self.mef_fqdn else None
 
-    @staticmethod
-    def _for(entry: PSKEntry | None, identity: str) -> PSKEntry | None:
-        # the engine wants the entry of the identity offered, spelled as offered
-        if entry is None or entry.identity == identity:
-            return entry
-        return dataclasses.replace(entry, identity=identity)
-
-    def cached(self, identity: str, *, live: bool = False) -> PSKEntry | None:
-        """The cached Kpsa of a KeID: for a new handshake only until its recheck time (D202); for a ``live`` SA
-        (the revocation guard) until its expiry, a background fetch checking it again once past the recheck time."""
-        key = self._key(identity)
-        hit = self._cache.get(key) if key is not None else None
-        if key is None or hit is None:
-            return None
-        now = self.clock()
-        if now >= hit[0]:
-            del self._cache[key]  # expired: never served again
-            return None
-        if now >= hit[2]:
-            if not live:
-                return None
-            self._revalidate(key)
-        return self._for(hit[1], identity)
-
-    def _revalidate(self, key: str) -> None:
-        if key in self._inflight or len(self._inflight) >= self.max_inflight:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        task = loop.create_task(self._fetch(key))
-        self._inflight[key] = task
-        task.add_done_callback(lambda _: self._inflight.pop(key, None))
-
-    def _refused_now(self, key: str) -> bool:
-        until = self._refused.get(key)
-        if until is None:
-            return False
-        if self.clock() < until:
-            return True
-        del self._refused[key]
-        return False
-
-    def lookup(self, identity: str) -> PSKEntry | None:
-        """Synchronous, for the revocation guard of live SAs: the cached Kpsa of a KeID (no network, D202), else the
-        PSK table's entry."""
-        if self.ours(identity):
-            return self.cached(identity, live=True)
-        return self.table.lookup(identity) if self.table is not None else None
-
-    def lookup_now(self, identity: str) -> ProbeAnswer:
-        """The transports' synchronous probe: a cached Kpsa, a table identity's entry (or None), or :data:`MISS` for
-        a KeID whose Kpsa must be fetched."""
-        if identity in self._cache:
-            entry = self.cached(identity)
-            if entry is not None:
-                return entry
-        key = self._key(identity)
-        if key is not None:
-            return None if self._refused_now(key) else MISS
-        return self.table.lookup(identity) if self.table is not None else None
-
-    async def __call__(self, identity: str) -> PSKEntry | None:
-        key = self._key(identity)
-        if key is None:
-            return self.table.lookup(identity) if self.table is not None else None
-        entry = self.cached(identity)
-        if entry is not None:
-            return entry
-        if self._refused_now(key):
-            return None
-        task = self._inflight.get(key)
-        if task is None:
-            if len(self._inflight) >= self.max_inflight:
-                self.refused_busy += 1
-                log.warning("MEF fetch of %r refused: %d fetches are running already (D200)", identity[:80],
-                            len(self._inflight))
-                return None
-            task = asyncio.get_running_loop().create_task(self._fetch(key))
-            self._inflight[key] = task
-            task.add_done_callback(lambda _: self._inflight.pop(key, None))
-        # a waiter cancelled (its handshake timed out) does not cancel the fetch the others wait for
-        return self._for(await asyncio.shield(task), identity)
-
-    async def _fetch(self, keid: str) -> PSKEntry | None:
+    async def _ask(self, key: str) -> Fetched:
         self.fetches += 1
-        try:
-            fetched = await self.fetcher.fetch(keid, SUID_KPSA)
-        except MEFError as exc:
-            log.warning("MEF fetch of %r refused by %s: %d %s", keid, self.mef_fqdn, exc.status, exc.problem)
-            self._cache.pop(keid, None)  # a revoked enrolee's live SAs end at their next request (D202)
-            self._refused[keid] = self.clock() + self.refusal_ttl
-            self._refused.move_to_end(keid)
-            while len(self._refused) > self.max_cache:
-                self._refused.popitem(last=False)
-            return None
-        except M2MSecError as exc:
-            log.warning("MEF fetch of %r failed: %s", keid, exc)
-            hit = self._cache.get(keid)
-            if hit is not None:  # the MEF unreachable: a live SA keeps its key, checked again later
-                self._cache[keid] = (hit[0], hit[1], self.clock() + self.recheck)
-            return None
+        fetched = await self.fetcher.fetch(key, SUID_KPSA)
         now = self.clock()
-        entry = entry_for(keid, fetched, now)
-        if entry is None:
-            self._cache.pop(keid, None)
-        else:
-            self._refused.pop(keid, None)
-            self._cache[keid] = (fetched.expires, entry, now + self.recheck)
-            self._cache.move_to_end(keid)
-            while len(self._cache) > self.max_cache:
-                self._cache.popitem(last=False)
-        return entry
+        return Fetched(entry_for(key, fetched, now), fetched.expires, now)
 
-    async def close(self) -> None:
-        for task in list(self._inflight.values()):
-            task.cancel()
+    async def _close_remote(self) -> None:
         await self.fetcher.close()
 
 
