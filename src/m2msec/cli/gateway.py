@@ -28,7 +28,11 @@ from m2msec.tls.profiles import parse_profiles
 from m2msec.transport.limits import (
     DEFAULT_MAX_CONNECTIONS_PER_SA,
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+    DEFAULT_MAX_FAILED_HANDSHAKES_PER_SOURCE,
     DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+    FAILED_HANDSHAKE_WINDOW,
+    ConnectionLimiter,
+    FailureRate,
 )
 
 if TYPE_CHECKING:
@@ -98,6 +102,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-handshakes-per-source", type=int, default=DEFAULT_MAX_HANDSHAKES_PER_SOURCE, metavar="N",
                    help="TLS connections and DTLS peers one source (IPv4 address, IPv6 /64) may have in their "
                    f"handshake at once (default {DEFAULT_MAX_HANDSHAKES_PER_SOURCE})")
+    p.add_argument("--max-failed-handshakes-per-source", type=int, default=DEFAULT_MAX_FAILED_HANDSHAKES_PER_SOURCE,
+                   metavar="N", help="failed TLS/DTLS handshakes one source address (IPv6: /64) may have per "
+                   f"{FAILED_HANDSHAKE_WINDOW:.0f} s before its connections are refused until the window ends "
+                   f"(default {DEFAULT_MAX_FAILED_HANDSHAKES_PER_SOURCE}; 0: no limit)")
     p.add_argument("--max-connections-per-source", type=int, default=DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
                    metavar="N", help="TLS connections and DTLS peers one source may have open at once (default "
                    f"{DEFAULT_MAX_CONNECTIONS_PER_SOURCE})")
@@ -214,6 +222,8 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
         raise ConfigurationError("--write-timeout must be positive")
     if args.max_handshakes_per_source < 1:
         raise ConfigurationError("--max-handshakes-per-source must be at least 1")
+    if args.max_failed_handshakes_per_source < 0:
+        raise ConfigurationError("--max-failed-handshakes-per-source must be 0 (no limit) or more")
     if args.max_connections_per_source < 1:
         raise ConfigurationError("--max-connections-per-source must be at least 1")
     if args.max_connections_per_sa < 1:
@@ -251,7 +261,14 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
         _fit_file_descriptors(args, 0)
     http = (_http_gateway(args, host, port, table, certificate, crls, maf, registrar)
             if args.backend is not None else None)
+    if http is not None:
+        limit_failures(http.limiter, args.max_failed_handshakes_per_source)
     return http, coaps
+
+
+def limit_failures(limiter: ConnectionLimiter, per_source: int) -> None:
+    """``--max-failed-handshakes-per-source`` on one side's limiter (0: none; D220)."""
+    limiter.failures = FailureRate(per_source) if per_source > 0 else None
 
 
 def _registrar(args: argparse.Namespace) -> Registrar | None:
@@ -366,6 +383,8 @@ async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None)
             loop.add_signal_handler(sig, stop.set)
     if coaps is not None:
         await coaps.start(sock=sockets.udp if sockets is not None else None)
+        if coaps.protocol is not None:  # its limiter exists once it listens
+            limit_failures(coaps.protocol.limiter, args.max_failed_handshakes_per_source)
         if sockets is None:
             cfg = coaps.config
             print(f"m2msec coaps gateway on {cfg.host}:{coaps.port} -> coap://{cfg.backend_host}:{cfg.backend_port}",

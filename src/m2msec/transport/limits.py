@@ -18,6 +18,12 @@ authenticated client, the SA's credential (:func:`sa_key`: PSK identity or certi
 never more than :func:`sa_share` of the connection cap, so one credential cannot hold every slot even where its
 clients share their address with everyone else. A connection over its SA's cap is closed right after the
 handshake (the slot is free again before the next connection is accepted).
+
+Failed handshakes are rate-limited per source (docs/decisions.md D220): a connection (a DTLS peer whose cookie
+came back) that goes before its handshake completes (a wrong key, garbage, a timeout, a close mid-handshake) counts
+as one failure of its source (:class:`FailureRate`); a source with :data:`DEFAULT_MAX_FAILED_HANDSHAKES_PER_SOURCE`
+failures in the current :data:`FAILED_HANDSHAKE_WINDOW` is refused at once until the window ends. The address is
+one the peer proved it receives at (the TCP handshake, the DTLS cookie), so a spoofed source cannot lock another out.
 """
 
 from __future__ import annotations
@@ -37,10 +43,13 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS_PER_SA",
     "DEFAULT_MAX_CONNECTIONS_PER_SOURCE",
+    "DEFAULT_MAX_FAILED_HANDSHAKES_PER_SOURCE",
     "DEFAULT_MAX_HANDSHAKES_PER_SOURCE",
+    "FAILED_HANDSHAKE_WINDOW",
     "IPV6_SOURCE_PREFIX",
     "SA_SHARE_DIVISOR",
     "ConnectionLimiter",
+    "FailureRate",
     "Slot",
     "SourceLimiter",
     "sa_key",
@@ -60,6 +69,14 @@ IPV6_SOURCE_PREFIX = 64
 DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 1000
 #: established TLS connections, and DTLS peers, one SA credential may hold at once (D47)
 DEFAULT_MAX_CONNECTIONS_PER_SA = 64
+#: failed handshakes one source may have per FAILED_HANDSHAKE_WINDOW before its connections are refused until the
+#: window ends (D220). Generous: 5 a second on average, far above a misconfigured device retrying or a NAT's few
+#: broken clients, far below what a wrong-key or garbage flood sends (thousands a second).
+DEFAULT_MAX_FAILED_HANDSHAKES_PER_SOURCE = 300
+#: seconds of one failure-counting window (fixed windows per source, D220)
+FAILED_HANDSHAKE_WINDOW = 60.0
+#: sources whose failures are counted at once (D220): beyond, expired windows are pruned, then all counts start over
+FAILED_HANDSHAKE_SOURCES = 65536
 #: ... and never more than 1/SA_SHARE_DIVISOR of the server's connection (or peer) cap (D47)
 SA_SHARE_DIVISOR = 2
 
@@ -135,6 +152,52 @@ class SourceLimiter:
             self.held.pop(source, None)
 
 
+class FailureRate:
+    """Failed handshakes per source in fixed windows of ``window`` seconds (D220): :meth:`blocked` once a source has
+    ``limit`` of them in its current window. Memory is bounded (:data:`FAILED_HANDSHAKE_SOURCES` sources)."""
+
+    def __init__(self, limit: int, window: float = FAILED_HANDSHAKE_WINDOW,
+                 clock: Callable[[], float] = time.monotonic, max_sources: int = FAILED_HANDSHAKE_SOURCES) -> None:
+        if limit < 1:
+            raise ValueError("the failed-handshake limit must be at least 1")
+        if not window > 0:
+            raise ValueError("the failed-handshake window must be positive")
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self.max_sources = max_sources
+        self.windows: dict[str, tuple[float, int]] = {}  # source -> (window start, failures in it)
+        self.refused = 0
+
+    def blocked(self, source: str) -> bool:
+        """True (counted in :attr:`refused`) if ``source`` has used up its failures in its current window."""
+        entry = self.windows.get(source)
+        if entry is None:
+            return False
+        start, count = entry
+        if self.clock() - start >= self.window:
+            del self.windows[source]
+            return False
+        if count >= self.limit:
+            self.refused += 1
+            return True
+        return False
+
+    def failed(self, source: str) -> None:
+        """One handshake of ``source`` failed."""
+        now = self.clock()
+        start, count = self.windows.get(source, (now, 0))
+        if now - start >= self.window:
+            start, count = now, 0
+        windows = self.windows
+        if len(windows) >= self.max_sources and source not in windows:
+            for key in [k for k, (begun, _) in windows.items() if now - begun >= self.window]:
+                del windows[key]
+            if len(windows) >= self.max_sources:
+                windows.clear()
+        windows[source] = (start, count + 1)
+
+
 class ConnectionLimiter:
     """Caps the connections (TLS) or peers (DTLS) a server keeps open, handshaking or not; one over a cap is refused
     at once. The one cap mechanism of both transports: :meth:`admit` when a connection (a DTLS peer whose cookie came
@@ -147,11 +210,16 @@ class ConnectionLimiter:
     With ``per_source_connections``, each source may have at most that many connections open (:attr:`open_per_source`,
     checked before the handshake); with ``per_sa``, each authenticated client (its credential, :func:`sa_key`) at most
     ``sa_share(per_sa, limit)`` established ones (:attr:`per_sa`): one more is closed right after its handshake
-    (docs/decisions.md D47)."""
+    (docs/decisions.md D47).
+
+    With ``failed_per_source`` (on by default, None turns it off), a source with that many failed handshakes in
+    ``failure_window`` seconds is refused until its window ends (:attr:`failures`, D220)."""
 
     def __init__(self, limit: int, *, per_source_handshakes: int | None = None,
                  per_source_connections: int | None = None, per_sa: int | None = None,
-                 max_handshaking: int | None = None) -> None:
+                 max_handshaking: int | None = None,
+                 failed_per_source: int | None = DEFAULT_MAX_FAILED_HANDSHAKES_PER_SOURCE,
+                 failure_window: float = FAILED_HANDSHAKE_WINDOW) -> None:
         if limit < 1:
             raise ValueError("the connection limit must be at least 1")
         self.limit = limit
@@ -163,6 +231,7 @@ class ConnectionLimiter:
         self.open_per_source = (SourceLimiter(per_source_connections) if per_source_connections is not None
                                 else None)
         self.per_sa = SourceLimiter(sa_share(per_sa, limit)) if per_sa is not None else None
+        self.failures = FailureRate(failed_per_source, failure_window) if failed_per_source is not None else None
         self._refusals = RefusalLog()
 
     def acquire(self) -> bool:
@@ -177,9 +246,14 @@ class ConnectionLimiter:
 
     def admit(self, peer: Any) -> Slot | None:
         """A slot for a new connection from ``peer`` (a transport address), or None (logged) if a cap is reached:
-        its source's handshakes first (a connection refused there must not take a global slot either), then all
-        handshakes, then its source's connections, then all connections."""
+        its source's failed handshakes first, then its source's handshakes (a connection refused there must not take
+        a global slot either), then all handshakes, then its source's connections, then all connections."""
         source = source_of(peer)
+        failures = self.failures
+        if failures is not None and failures.blocked(source):
+            self._refusals.warn(source, "connection from %s refused: %d failed handshakes from %s within %.0f s",
+                                peer, failures.limit, source, failures.window)
+            return None
         sources = self.sources
         if sources is not None and not sources.acquire(source):
             self._refusals.warn(source, "connection from %s refused: %d handshakes from %s in progress", peer,
@@ -283,6 +357,8 @@ class Slot:
         limiter, self.limiter = self.limiter, None
         if limiter is None:
             return
+        if self.handshaking and limiter.failures is not None:
+            limiter.failures.failed(self.source)  # gone before its handshake completed (D220)
         self._end_handshake(limiter)
         ConnectionLimiter._unhold(limiter.open_per_source, self.source)
         if self.sa is not None and limiter.per_sa is not None:
