@@ -50,6 +50,9 @@ from m2msec.transport.tls import TLSAdapter
 SCENARIOS = ["baseline", "halfopen", "slowloris", "garbage", "wrongkey", "coaps-random", "coaps-spoofed"]
 PROCESSES = 2
 HANDSHAKE_TIMEOUT = 5.0
+#: seconds the legitimate client gives one cycle (handshake, with the DTLS retransmissions of RFC 6347 §4.2.4 at 1,
+#: 2, 4 s; the request, CoAP CON retransmitted at 1, 2, 4 s)
+LEGIT_TIMEOUT = 10.0
 
 
 def source(index: int, n: int) -> str:
@@ -212,7 +215,7 @@ async def legit(kind: str, port: int, end: float, latencies: list[float], failur
     cycle = tls_cycle if kind == "tls" else dtls_cycle
     while loop.time() < end:
         try:
-            latencies.append(await cycle(port, context, timeout=5))
+            latencies.append(await cycle(port, context, timeout=LEGIT_TIMEOUT))
         except Exception as exc:
             failures.append(type(exc).__name__)
         await asyncio.sleep(0.05)

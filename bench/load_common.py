@@ -188,8 +188,18 @@ async def dtls_cycle(port: int, context: TLSContext, entity: str = LEGIT[2], tim
         assert isinstance(inbox, _Inbox)
         request = Message(MessageType.CON, coap.GET, 0x1234, b"lg", [], b"").with_options(
             (coap.URI_PATH, CSE_ID.encode()), (coap.ONEM2M_RQI, b"load"), (coap.ONEM2M_FR, entity.encode()))
-        transport.sendto(request.encode())
-        answer = Message.decode(await asyncio.wait_for(inbox.queue.get(), timeout))
+        # a CON request is retransmitted until answered (RFC 7252 §4.2; 1 s, doubling, instead of ACK_TIMEOUT 2 s)
+        wait, deadline = 1.0, time.monotonic() + timeout
+        while True:
+            transport.sendto(request.encode())
+            try:
+                data = await asyncio.wait_for(inbox.queue.get(), min(wait, max(0.0, deadline - time.monotonic())))
+                break
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+                wait *= 2
+        answer = Message.decode(data)
         if coap.format_code(answer.code) != "2.05":
             raise RuntimeError(f"answer {coap.format_code(answer.code)}")
     finally:

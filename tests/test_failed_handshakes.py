@@ -236,3 +236,27 @@ def test_cli_refuses_a_negative_failure_limit(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "--max-failed-handshakes-per-source must be 0 (no limit) or more" in proc.stderr
+
+
+async def test_dtls_datagrams_that_are_no_client_hello_are_dropped_unparsed() -> None:
+    context = TLSContext.dtls_server(ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,)))
+    udp, proto = await start_dtls_server(Silent, SERVER, 0, context, handshake_timeout=2)
+    assert isinstance(proto, DTLSServerProtocol)
+    port = udp.get_extra_info("sockname")[1]
+    try:
+        junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        junk.bind((ATTACKER, 0))
+        junk.setblocking(False)
+        # random bytes, an application-data record, a handshake record in epoch 1, one too short to be a ClientHello
+        datagrams = [bytes(range(200)), b"\x17\xfe\xfd" + bytes(60), b"\x16\xfe\xfd\x00\x01" + bytes(60),
+                     b"\x16\xfe\xfd" + bytes(10)]
+        for datagram in datagrams * 25:
+            junk.sendto(datagram, (SERVER, port))
+        await until(lambda: proto.ignored == 100)
+        junk.close()
+        assert proto.peers == {} and proto.handshaking == 0
+        client, session = await dtls_handshake_from(ATTACKER, port, LIGHT1_KEY)  # a real ClientHello still is one
+        assert session.psk_identity == LIGHT1_ID and proto.ignored == 100
+        client.close()
+    finally:
+        udp.close()

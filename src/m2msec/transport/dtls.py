@@ -245,6 +245,7 @@ class DTLSServerProtocol(_Endpoint):
         self.peers: dict[Address, _Peer] = {}
         self.deadlines = Deadlines(handshake_timeout)  # the handshake timeout, one timer for all peers
         self.dropped = 0  # datagrams refused because a cap was reached
+        self.ignored = 0  # datagrams from unknown peers that are no ClientHello: dropped unparsed
         self._sweeper: asyncio.TimerHandle | None = None
 
     @property
@@ -287,7 +288,12 @@ class DTLSServerProtocol(_Endpoint):
         if peer is not None and (peer.conn.session is None or not _is_initial_client_hello(data)):
             self._process(peer, data)
             return
-        # a new peer, or an established one starting over (RFC 6347 §4.2.8): stateless until the cookie is back
+        # a new peer, or an established one starting over (RFC 6347 §4.2.8): stateless until the cookie is back.
+        # Only a ClientHello can start a handshake: anything else from an unknown peer (a random-datagram flood) is
+        # dropped before an engine connection is built for it (issue 21 part 3: that cost starved real peers)
+        if not _is_initial_client_hello(data):
+            self.ignored += 1
+            return
         conn = self.context.dtls_connection(addr, mtu=self.mtu)
         try:
             events = conn.receive_datagram(data)
