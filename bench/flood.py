@@ -230,7 +230,7 @@ def summary(name: str, latencies: list[float], failures: list[str]) -> str:
 
 
 async def scenario(name: str, args: argparse.Namespace) -> None:
-    async with gateway("--handshake-timeout", str(HANDSHAKE_TIMEOUT), name="flood") as gw:
+    async with gateway("--handshake-timeout", str(HANDSHAKE_TIMEOUT), *args.gateway_args.split(), name="flood") as gw:
         await tls_cycle(gw.port, tls_context())
         await dtls_cycle(gw.coaps_port, dtls_context())
         await asyncio.sleep(0.5)
@@ -274,6 +274,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per scenario")
     p.add_argument("--halfopen", type=int, default=5000, help="half-open TCP connections in all")
     p.add_argument("--only", default=",".join(SCENARIOS))
+    p.add_argument("--gateway-args", default="", metavar="ARGS",
+                   help="more gateway options, e.g. '--max-failed-handshakes-per-source 0' (the limit off)")
     p.add_argument("--attack", choices=SCENARIOS[1:], help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
