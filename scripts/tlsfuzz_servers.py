@@ -7,7 +7,8 @@ Three configurations of the same engine (m2msec.tls) and asyncio adapter (m2msec
 - ``ecdsa``: the certificate profile ``ecdhe-ecdsa`` (TS-0003 §10.2.3) plus ``tls13``, a P-256 server certificate
   from m2msec.pki; a fuzzing configuration: the client certificate is optional (tlsfuzzer sends none).
 - ``rsa``: a fuzzing-only profile with RSA key exchange and AES suites and an RSA-2048 server certificate, for the
-  TLS 1.2 scripts that cannot be switched off RSA key exchange. Not a profile m2msec offers.
+  TLS 1.2 scripts that cannot be switched off RSA key exchange, plus ``tls13`` for the TLS 1.3 scripts that offer
+  RSA signature schemes only. Not a profile m2msec offers.
 
 Run standalone (``python scripts/tlsfuzz_servers.py``) it prints ``NAME PORT`` lines and serves until killed.
 """
@@ -31,7 +32,7 @@ from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import MemoryPSKTable, PSKEntry
 from m2msec.pki import CertificateFlavour, create_ca, issue
-from m2msec.tls.config import CertificateConfig
+from m2msec.tls.config import CertificateConfig, ServerConfig
 from m2msec.tls.profiles import DHE_PSK, ECDHE_ECDSA, ECDHE_PSK, ONEM2M_PSK, PSK, TLS13_PSK, CipherProfile
 
 #: the PSK tlsfuzzer's TLS 1.3 PSK scripts use (--psk/--psk-iden); a test key, never a deployed one
@@ -75,6 +76,17 @@ def _ecdsa_certificate() -> CertificateConfig:
                              trust_anchors_pem=ca.certificate_pem())
 
 
+class FuzzGatewayConfig(GatewayConfig):
+    """Fuzzing only: a handshake that authenticated the server alone completes (the engine otherwise closes it:
+    tlsfuzzer has no PSK in its TLS 1.2 scripts and sends no client certificate); the gateway then binds the SA
+    to nothing (D215) and refuses each request with 403 / RSC 4106."""
+
+    def server_config(self, table: object, profiles: tuple[CipherProfile, ...], *,
+                      async_psk: bool = False) -> ServerConfig:
+        base = super().server_config(table, profiles, async_psk=async_psk)  # type: ignore[arg-type]
+        return dataclasses.replace(base, optional_client_certificate=True)
+
+
 async def _backend() -> asyncio.Server:
     """The stand-in CSE: answers every request 200 with X-M2M-RSC 2000."""
 
@@ -100,7 +112,7 @@ async def _backend() -> asyncio.Server:
 CONFIGURATIONS: dict[str, tuple[CipherProfile, ...]] = {
     "psk": (TLS13_PSK, ONEM2M_PSK, PSK, ECDHE_PSK, DHE_PSK),
     "ecdsa": (TLS13_PSK, FUZZ_ECDSA),
-    "rsa": (FUZZ_RSA,),
+    "rsa": (TLS13_PSK, FUZZ_RSA),
 }
 
 
@@ -112,7 +124,7 @@ async def start_gateways() -> tuple[dict[str, int], list[Gateway], asyncio.Serve
     ports: dict[str, int] = {}
     gateways: list[Gateway] = []
     for name, profiles in CONFIGURATIONS.items():
-        config = GatewayConfig(backend=Backend("127.0.0.1", backend_port), host="127.0.0.1", port=0,
+        config = FuzzGatewayConfig(backend=Backend("127.0.0.1", backend_port), host="127.0.0.1", port=0,
                                    profiles=profiles, certificate=certificates[name],
                                    handshake_timeout=HANDSHAKE_TIMEOUT, max_handshakes_per_source=4096,
                                    max_connections_per_source=4096)
