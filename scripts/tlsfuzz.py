@@ -11,6 +11,7 @@ and exits 1 when any run fails. tlsfuzzer itself is found at ``--tlsfuzzer`` / `
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -140,6 +141,18 @@ def summary_line(out: str) -> str:
     return " ".join(f"{k.lower()}={v}" for k, v in fields.items())
 
 
+class _Errors(logging.Handler):
+    """Every ERROR the gateway process logs while fuzzed (an exception in a protocol callback, a crashed task):
+    tlsfuzzer sees only the wire, so these count as a failure of the run."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(f"{record.name}: {record.getMessage()}"[:300])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tlsfuzzer", type=Path, default=Path(os.environ.get("TLSFUZZER", DEFAULT_TLSFUZZER)))
@@ -154,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs = [r for r in RUNS if (not opts.quick or r.quick) and (not opts.only or r.script in opts.only)]
     python = ensure_venv(opts.venv)
+    errors = _Errors()
+    logging.getLogger().addHandler(errors)
+    logging.getLogger("m2msec").setLevel(logging.ERROR)  # the gateway's per-request refusals are expected here
     started = time.monotonic()
     failed = 0
     with running_gateways() as ports, ThreadPoolExecutor(max(1, opts.jobs)) as pool:
@@ -169,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
                 (opts.log_dir / f"{run.name}-{run.config}.log").write_text(out)
             if not ok:
                 print("\n".join("    " + line for line in out.splitlines()[-25:]), flush=True)
-    print(f"tlsfuzz: {len(runs) - failed} passed, {failed} failed in {time.monotonic() - started:.0f} s")
-    return 1 if failed else 0
+    for line in errors.records:
+        print(f"gateway error: {line}")
+    print(f"tlsfuzz: {len(runs) - failed} passed, {failed} failed in {time.monotonic() - started:.0f} s; "
+          f"{len(errors.records)} gateway errors logged")
+    return 1 if failed or errors.records else 0
 
 
 if __name__ == "__main__":
