@@ -5,7 +5,7 @@ It creates tlsfuzzer's own venv when missing (tlslite-ng 0.9.0b2 and ecdsa from 
 three configurations on loopback in front of a stand-in CSE (scripts/tlsfuzz_servers.py), runs each script with
 the options of its row in ``RUNS``, prints PASS/FAIL per run with the configuration it ran against and a summary,
 and exits 1 when any run fails. tlsfuzzer itself is found at ``--tlsfuzzer`` / ``$TLSFUZZER`` (default
-``../shared/tools/tlsfuzzer`` beside the repository); without it the command says so and exits 0 (``skipped``).
+``shared/tools/tlsfuzzer`` beside the repository); without it the command says so and exits 0 (``skipped``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The CI subset of scripts/tlsfuzz.py (docs/security.md section 1): tlsfuzzer's TLS 1.3 PSK scripts (psk_ke
 refusals declared with -x) and the two conversation scripts against the real gateway over loopback.
 
-tlsfuzzer comes from ../shared/tools/tlsfuzzer beside the repository (or $TLSFUZZER); without it the test is
+tlsfuzzer comes from shared/tools/tlsfuzzer beside the repository (or $TLSFUZZER); without it the test is
 skipped with a message. Its venv (tlslite-ng, ecdsa from PyPI) is created on first use (about 15 s), then reused.
 """
 
