@@ -110,10 +110,11 @@ RUNS: tuple[Run, ...] = (
 def ensure_venv(venv: Path) -> Path:
     """tlsfuzzer's own venv (it must not share the project's packages); created with pip from PyPI when missing."""
     python = venv / "bin" / "python"
-    if python.exists():
+    if python.exists() and subprocess.run([str(python), "-c", "import tlslite, ecdsa"], capture_output=True,
+                                          timeout=60).returncode == 0:
         return python
     print(f"creating tlsfuzzer venv {venv} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
     subprocess.run([str(python), "-m", "pip", "install", "-q", TLSLITE, "ecdsa"], check=True, timeout=600)
     return python
 
