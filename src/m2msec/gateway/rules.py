@@ -52,6 +52,11 @@ HEADER_CREDENTIAL_ID = "x-m2msec-credential-id"  # TS-0003 §10.4 Credential-ID 
 HEADER_PSK_IDENTITY = "x-m2msec-psk-identity"  # the KpsaID the client authenticated with
 IDENTITY_HEADERS = (HEADER_SA_IDENTITY, HEADER_CREDENTIAL_ID, HEADER_PSK_IDENTITY)
 
+#: D215: a session that authenticated the server only (a certificate suite whose client sent no certificate, as a
+#: ServerConfig with optional_client_certificate allows) gets an SA bound to nothing: each request is refused as
+#: for a certificate without a oneM2M identity (TS-0003 §8.2.2.2), instead of failing an assertion.
+NO_CLIENT_CREDENTIAL = "no client credential (server-authenticated session)"
+
 #: docs/decisions.md D22: an AE-ID or CSE-ID certificate of another service provider (any trusted CA may
 #: issue one) is associated with its absolute form only: the Absolute AE-ID ``//sp/cse/Cx`` and, for a CSE,
 #: this absolute CSE-ID (TS-0001 §7.2). The SP-relative and CSE-relative forms name an entity of *our* SP:
@@ -163,7 +168,8 @@ def _associate_certificate(
         identity_service_provider,
     )
 
-    assert session.peer_certificate is not None
+    if session.peer_certificate is None:  # D215: a server-authenticated session (no PSK, no client certificate)
+        return SecurityAssociation(NO_CLIENT_CREDENTIAL, None, None, None, frozenset())
     try:
         ident = identity_from_certificate(session.peer_certificate)  # an unmarked dNSName is an FQDN (D41)
         sp = identity_service_provider(session.peer_certificate, ident)

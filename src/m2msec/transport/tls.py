@@ -39,6 +39,11 @@ from m2msec.transport.common import NOT_SESSION_INFO, Deadline, Deadlines, sessi
 from m2msec.transport.limits import ConnectionLimiter, Slot
 from m2msec.transport.psk_resolver import MISS, PendingLookups, PSKResolver, check_resolver, probe, resolve
 
+#: D214: buffers written together (an HTTP head and its body) that fit in one record are sent as one record, so
+#: a response is one TLS record, not one per buffer (RFC 8446 §5.1 allows either; peers such as tlsfuzzer and
+#: small clients expect one). A joined copy of at most this many bytes costs less than a record's overhead.
+COALESCE_RECORD_BYTES = 16384
+
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "ConnectionLimiter",
@@ -76,13 +81,16 @@ class TLSTransport(asyncio.Transport):
         self.writelines((data,))
 
     def writelines(self, list_of_data: Any) -> None:
-        """Each buffer goes to the engine as it is (no joined copy); the records leave in one write."""
+        """Buffers that together fit in ``COALESCE_RECORD_BYTES`` go to the engine joined, as one record (D214);
+        larger ones as they are (no joined copy); the records leave in one write."""
         if self._closing:
             return
+        parts = [data for data in list_of_data if data]
+        if len(parts) > 1 and sum(len(data) for data in parts) <= COALESCE_RECORD_BYTES:
+            parts = [b"".join(parts)]
         try:
-            for data in list_of_data:
-                if data:
-                    self._adapter.tls.send(data)
+            for data in parts:
+                self._adapter.tls.send(data)
         except TLSError as exc:
             log.info("send failed on %s: %s", self._adapter.peer, exc)
             self.abort()
