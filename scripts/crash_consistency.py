@@ -142,7 +142,7 @@ def campaign(scenario: Scenario, kills: int, *, max_delay: float = 0.4, rng: ran
         result.lost = max(result.lost, lost)
         result.partial = max(result.partial, partial)
         if log is not None and (n + 1) % 20 == 0:
-            log(f"  {scenario.name}: {n + 1} kills, {len(acknowledged)} keys")
+            log(f"  {scenario.name}: {n + 1} kills, {len(acknowledged) * scenario.keys_per_ack} keys")
     try:  # at the end: every acknowledged record decrypts, not only this round's
         lost, partial = scenario.check(acknowledged, acknowledged)
         result.lost, result.partial = max(result.lost, lost), max(result.partial, partial)
