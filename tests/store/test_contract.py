@@ -243,7 +243,7 @@ def test_lines_printed_before_ready_was_read_are_counted(store_url: str, master_
     """Regression (116 of 120 under load): ids the writer printed while the parent was slow to read "ready"."""
     with open_store(store_url, master_key):
         pass
-    proc = _writer(store_url, 5, "random", master_key, delay=3.0)  # the 5 ids are printed before "ready" is read
+    proc = _writer(store_url, 5, "random", master_key, delay=1.5)  # the ids are printed before "ready" is read
     code, lines = _finish(proc, 60)
     assert code == 0 and len(set(lines)) == 5
 
