@@ -337,3 +337,114 @@ def test_cli_processes_at_debug(tmp_path: Path) -> None:
 
     assert_no_secret("\n".join([*outputs, *logs]), [*TEST_KEYS, wrong, generated, master], where="CLI output")
     assert "handshake failed" in "".join(logs) or "failed" in "".join(logs)  # the gateway logged the refusals
+
+
+# ---------------------------------------------------------------------------------------------- pki (issue 21)
+
+
+def _private_key_secrets(path: Path) -> tuple[list[bytes], list[str]]:
+    """The DER and the private scalar of a PEM private key file, and its PEM body lines (base64, wrapped)."""
+    pem = path.read_bytes()
+    key = serialization.load_pem_private_key(pem, None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    body = [line for line in pem.decode().splitlines() if line and not line.startswith("-----")]
+    return [der, key.private_numbers().private_value.to_bytes(32, "big")], body
+
+
+def test_pki_cli_at_debug(tmp_path: Path) -> None:
+    """Every ``m2msec -v pki`` action and its refusals: no private key byte, PEM line or PEM armour printed."""
+    ca, leaf, req, inter = (str(tmp_path / n) for n in ("ca", "leaf", "req", "inter"))
+    cse = ["--flavour", "cse-id", "--id", "in-cse", "--sp-domain", "m2m.provider.com"]
+    outputs = [
+        _run(["-v", "pki", "ca", "--out", ca, "--name", "root", "--permit-dns", "m2m.provider.com"]),
+        _run(["-v", "pki", "ca", "--out", inter, "--name", "inter", "--issuer-prefix", ca, "--permit-dns",
+              "m2m.provider.com"]),
+        _run(["-v", "pki", "issue", "--ca", ca, *cse, "--out", leaf]),
+        _run(["-v", "pki", "csr", *cse, "--out", req]),
+        _run(["-v", "pki", "sign-csr", "--ca", ca, "--csr", f"{req}.csr", "--flavour", "cse-id", "--out",
+              str(tmp_path / "signed.crt")]),
+        _run(["-v", "pki", "crl", "--ca", ca, "--revoke", "0x1234", "--out", str(tmp_path / "ca.crl")]),
+        _run(["-v", "pki", "show", f"{leaf}.crt"]),
+    ]
+    assert [out.split("\n", 1)[0] for out in outputs] == ["exit 0"] * len(outputs), outputs
+    keys = [Path(f"{p}.key") for p in (ca, inter, leaf, req)]
+    secrets_, lines = [], []
+    for path in keys:
+        found, body = _private_key_secrets(path)
+        secrets_ += found
+        lines += body
+    refusals = [
+        _run(["-v", "pki", "show", f"{leaf}.key"]),  # a private key where a certificate belongs
+        _run(["-v", "pki", "sign-csr", "--ca", ca, "--csr", f"{leaf}.key", "--flavour", "cse-id", "--out",
+              str(tmp_path / "x.crt")]),
+        _run(["-v", "pki", "issue", "--ca", ca, *cse, "--out", leaf]),  # exists
+    ]
+    (tmp_path / "ca.key").chmod(0o644)  # a readable CA key is refused, never shown
+    refusals.append(_run(["-v", "pki", "issue", "--ca", ca, *cse, "--out", str(tmp_path / "other")]))
+    (tmp_path / "ca.key").chmod(0o600)
+    truncated = tmp_path / "cut"
+    truncated.with_suffix(".crt").write_bytes((tmp_path / "ca.crt").read_bytes())
+    cut = truncated.with_suffix(".key")
+    cut.write_bytes((tmp_path / "ca.key").read_bytes()[:-40])  # a damaged PEM that still holds most of the key
+    cut.chmod(0o600)
+    refusals.append(_run(["-v", "pki", "crl", "--ca", str(truncated), "--out", str(tmp_path / "y.crl")]))
+    assert not any(out.startswith("exit 0") for out in refusals), refusals
+    text = "\n".join(outputs + refusals)
+    assert_no_secret(text, secrets_, where="pki output")
+    assert "PRIVATE KEY" not in text
+    for line in lines:
+        assert line not in text, "a line of a private key PEM was printed"
+
+
+# ---------------------------------------------------------------------------------------------- coaps (issue 21)
+
+
+async def test_coaps_refusals_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """The coaps relay at DEBUG: refused requests (4106, an unknown critical option, a repeated From), a wrong-key
+    DTLS handshake; no log line, CoAP error payload or repr holds a key."""
+    import asyncio
+
+    from m2msec.gateway import coap
+    from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
+    from m2msec.transport.dtls import create_dtls_endpoint
+
+    caplog.set_level(logging.DEBUG)
+
+    class Inbox(asyncio.DatagramProtocol):
+        def __init__(self) -> None:
+            self.q: asyncio.Queue[bytes] = asyncio.Queue()
+
+        def datagram_received(self, data: bytes, addr: object) -> None:
+            self.q.put_nowait(data)
+
+    gw = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=9, port=0), make_table())
+    await gw.start()
+    wrong = secrets.token_bytes(8)
+    outputs: list[str] = []
+    try:
+        ctx = TLSContext.dtls_client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY),
+                                                  profiles=(ONEM2M_DTLS_PSK,), peer_entity=HOME_GATEWAY_CSE_ID))
+        transport, inbox, _ = await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, ctx)
+        bad = [[(coap.ONEM2M_FR, b"CAdmin")], [(coap.ONEM2M_FR, LIGHT1_AE.encode()), (2049, LIGHT1_KEY.encode())],
+               [(coap.ONEM2M_FR, LIGHT1_AE.encode()), (coap.ONEM2M_FR, b"CAdmin")]]
+        for n, options in enumerate(bad):
+            msg = coap.Message(coap.MessageType.CON, coap.GET, 0x100 + n, bytes([n + 1]), [], b"").with_options(
+                (coap.URI_PATH, b"cse"), (coap.ONEM2M_RQI, b"r"), *options)
+            transport.sendto(msg.encode())  # type: ignore[union-attr]
+            reply = coap.Message.decode(await asyncio.wait_for(inbox.q.get(), 5))  # type: ignore[union-attr]
+            assert coap.format_code(reply.code) in ("4.00", "4.03")
+            outputs += [repr(reply), reply.payload.decode("utf-8", "replace")]
+        transport.close()  # type: ignore[union-attr]
+        wrong_ctx = TLSContext.dtls_client(ClientConfig(LIGHT1_ID, SecretKey(wrong), profiles=(ONEM2M_DTLS_PSK,),
+                                                        peer_entity=HOME_GATEWAY_CSE_ID))
+        with pytest.raises((HandshakeFailed, TimeoutError)) as info:  # the server's alert may be lost: either
+            await asyncio.wait_for(create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, wrong_ctx), 3)
+        outputs.append(_described(info.value))
+        await asyncio.sleep(0.1)
+    finally:
+        await gw.close()
+    assert "4106" in caplog.text or "refused" in caplog.text
+    # the CoAP diagnostic may name the option, never echo a value that happens to be a key
+    assert_no_secret("\n".join([caplog.text, *outputs]), [*TEST_KEYS, wrong], where="coaps output")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -190,12 +191,30 @@ async def test_two_connections_register_concurrently(store_url: str, master_key:
             await s.close()
 
 
-def _writer(url: str, count: int, mode: str, master_key: SecretKey) -> subprocess.Popen[str]:
+def _writer(url: str, count: int, mode: str, master_key: SecretKey, delay: float = 0.0) -> subprocess.Popen[str]:
+    """A writer process past its "ready" line, stderr merged into stdout. Never ``communicate()`` after
+    ``readline()``: it reads the pipe's descriptor directly and so loses the ids ``readline()`` had already
+    pulled into the stdout buffer (the 116-of-120 failure under load)."""
     env = {**os.environ, "M2MSEC_MASTER_KEY": master_key.reveal().hex()}
     proc = subprocess.Popen([sys.executable, WRITER, url, str(count), mode], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    time.sleep(delay)  # > 0: a parent slow to read, as on a loaded machine
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     return proc
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, list[str]]:
+    """Wait for a writer; its exit code and every line it printed after "ready" (buffered ones included)."""
+    assert proc.stdout is not None
+    reader = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        rest = reader.submit(proc.stdout.read).result(timeout=timeout)
+        return proc.wait(timeout=timeout), rest.split()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.shutdown(wait=True)
+        proc.stdout.close()
 
 
 def test_concurrent_processes_never_collide(store_url: str, master_key: SecretKey) -> None:
@@ -203,21 +222,30 @@ def test_concurrent_processes_never_collide(store_url: str, master_key: SecretKe
         pass  # created once, so the writers only open it
     writers = [_writer(store_url, 40, "counter", master_key) for _ in range(3)]
     acknowledged: list[str] = []
-    results = []
+    codes = []
     try:
         for proc in writers:
-            out, err = proc.communicate(timeout=120)
-            results.append((proc.returncode, err))
-            acknowledged += out.split()
+            code, lines = _finish(proc, 120)
+            codes.append(code)
+            acknowledged += lines if code == 0 else [" ".join(lines)]  # the error, for the assertion
     finally:
         for proc in writers:
             if proc.poll() is None:
                 proc.kill()
-            proc.communicate()
-    assert [code for code, _ in results] == [0, 0, 0], results
+                proc.wait()
+    assert codes == [0, 0, 0], acknowledged
     assert len(acknowledged) == 120 and len(set(acknowledged)) == 120  # every writer drew 0, 1, 2...: none shared
     with open_store(store_url, master_key) as s:
         assert set(s.ids(KIND_MAF_KEY)) == set(acknowledged)
+
+
+def test_lines_printed_before_ready_was_read_are_counted(store_url: str, master_key: SecretKey) -> None:
+    """Regression (116 of 120 under load): ids the writer printed while the parent was slow to read "ready"."""
+    with open_store(store_url, master_key):
+        pass
+    proc = _writer(store_url, 5, "random", master_key, delay=1.5)  # the ids are printed before "ready" is read
+    code, lines = _finish(proc, 60)
+    assert code == 0 and len(set(lines)) == 5
 
 
 def test_killed_writer_loses_no_acknowledged_record(store_url: str, master_key: SecretKey) -> None:
@@ -230,9 +258,9 @@ def test_killed_writer_loses_no_acknowledged_record(store_url: str, master_key: 
     while time.monotonic() < deadline:  # keep reading: the burst goes on while we kill it
         acknowledged.append(proc.stdout.readline().strip())
     proc.send_signal(signal.SIGKILL)
-    rest, _ = proc.communicate(timeout=30)
-    acknowledged += [line for line in rest.split() if len(line) == 32]
-    assert proc.returncode == -signal.SIGKILL
+    code, rest = _finish(proc, 30)
+    acknowledged += [line for line in rest if len(line) == 32]
+    assert code == -signal.SIGKILL
     with open_store(store_url, master_key) as s:
         stored = set(s.ids(KIND_MAF_KEY))
         assert set(acknowledged) <= stored

@@ -32,10 +32,11 @@ if TYPE_CHECKING:
     from m2msec.gateway.registrar import Registrar
 
 __all__ = [
-    "BLOCK1", "BLOCK2", "DELETE", "DROPPED_CODE_CLASSES", "EMPTY", "GET", "IDENTITY_OPTIONS", "MAX_AGE",
-    "NON_REPEATABLE_OPTIONS", "ONEM2M_FR",
+    "BLOCK1", "BLOCK2", "DELETE", "DROPPED_CODE_CLASSES", "EMPTY", "GET", "IDENTITY_OPTIONS",
+    "KNOWN_CRITICAL_OPTIONS", "MAX_AGE", "NON_REPEATABLE_OPTIONS", "ONEM2M_FR",
     "ONEM2M_RQI", "ONEM2M_RSC", "ONEM2M_RVI", "ONEM2M_TY", "OPTION_CREDENTIAL_ID", "OPTION_PSK_IDENTITY",
-    "OPTION_SA_IDENTITY", "POST", "PUT", "RSC_TO_COAP", "SIZE1", "SIZE2", "UNREACHABLE_CODE", "URI_PATH",
+    "OPTION_SA_IDENTITY", "POST", "PROXY_OPTIONS", "PUT", "RSC_TO_COAP",
+    "SIZE1", "SIZE2", "UNREACHABLE_CODE", "URI_PATH",
     "CoAPFormatError", "Decision", "Forward", "Message", "MessageType", "Pass", "Refuse", "check_repeats",
     "coap_code_for", "created_aei", "decide", "decode_uint", "encode_uint", "format_code", "is_empty", "is_request",
     "make_code", "originator", "prepare_forward", "prepare_response", "refusal", "reset", "split_code",
@@ -129,7 +130,22 @@ NON_REPEATABLE_OPTIONS: frozenset[int] = frozenset({
     ONEM2M_OT, ONEM2M_RTURI, ONEM2M_TY, ONEM2M_RVI, ONEM2M_ASRI, ONEM2M_FR, ONEM2M_RQI, ONEM2M_RQET, ONEM2M_RSET,
     ONEM2M_OET, ONEM2M_EC, ONEM2M_RSC, ONEM2M_GID, ONEM2M_CTO, ONEM2M_CTS, ONEM2M_ATI, ONEM2M_VSI, ONEM2M_GTM,
     ONEM2M_AUS, BLOCK2, BLOCK1, SIZE2, SIZE1,
+    # RFC 7252 §5.10 Table 4: not Repeatable (D227: a repeat is refused like a repeated oneM2M option; Proxy-Uri
+    # and Proxy-Scheme are refused whatever their count, PROXY_OPTIONS)
+    URI_HOST, 5, URI_PORT, CONTENT_FORMAT, MAX_AGE, ACCEPT,
 })
+
+# Critical options the gateway knows (D227, RFC 7252 §5.4.1: an unrecognized critical option must not be
+# ignored): RFC 7252's If-Match, Uri-Host, If-None-Match, Uri-Port, Uri-Path, Uri-Query, Accept, RFC 7959's
+# Block2/Block1 and every oneM2M option of TS-0008 Table 6.2.2.4.0-1. A request with another critical option
+# (OSCORE, Q-Block, an experimental one the CSE might read as an identity) is refused with 4.00 / rsc 4000
+# rather than forwarded for the CSE to interpret unchecked.
+KNOWN_CRITICAL_OPTIONS: frozenset[int] = frozenset(
+    {1, URI_HOST, 5, URI_PORT, URI_PATH, URI_QUERY, ACCEPT, BLOCK2, BLOCK1} | NON_REPEATABLE_OPTIONS)
+
+# RFC 7252 §5.7.2 Proxy-Uri and Proxy-Scheme: the gateway relays to its one CSE and is no forward proxy; a CSE
+# that is one would carry the gateway's identity options to another host. Refused (D228).
+PROXY_OPTIONS: frozenset[int] = frozenset({35, 39})
 
 # What the gateway answers when it cannot reach the CSE (decision D26): 5.03 Service Unavailable with Max-Age
 # (RFC 7252 §5.9.3.4: retry after that many seconds) and oneM2M-RSC 5103 TARGET_NOT_REACHABLE. TS-0008 Table
@@ -300,9 +316,14 @@ def originator(msg: Message) -> str | None:
 
 
 def check_repeats(msg: Message) -> None:
-    """Raise :class:`CoAPFormatError` when ``msg`` repeats an option of :data:`NON_REPEATABLE_OPTIONS`."""
+    """Raise :class:`CoAPFormatError` when ``msg`` repeats an option of :data:`NON_REPEATABLE_OPTIONS`, carries
+    an unknown critical option (:data:`KNOWN_CRITICAL_OPTIONS`) or a proxy option (:data:`PROXY_OPTIONS`)."""
     seen: set[int] = set()
     for number, _ in msg.options:
+        if number in PROXY_OPTIONS:
+            raise CoAPFormatError(f"option {number} (Proxy-Uri/Proxy-Scheme): the gateway is not a forward proxy")
+        if number & 1 and number not in KNOWN_CRITICAL_OPTIONS:
+            raise CoAPFormatError(f"unrecognized critical option {number}")
         if number in NON_REPEATABLE_OPTIONS:
             if number in seen:
                 raise CoAPFormatError(f"option {number} repeated")

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from m2msec import http1
+from m2msec.errors import BadRequest
+from m2msec.gateway.headers import MAX_REQUEST_HEAD, check_request_framing
 from m2msec.gateway.limits import Lease
 from m2msec.gateway.revocation import SAGuard
 from m2msec.gateway.rules import SecurityAssociation, associate
@@ -41,8 +43,8 @@ __all__ = ["ClientConnection"]
 
 log = logging.getLogger("m2msec.gateway")
 
-#: largest request head h11 buffers (bytes)
-MAX_HEAD = 16384
+#: largest request head h11 buffers (bytes); a whole head that arrives at once is counted by check_request_framing
+MAX_HEAD = MAX_REQUEST_HEAD
 
 
 class ClientConnection(asyncio.Protocol):
@@ -126,6 +128,8 @@ class ClientConnection(asyncio.Protocol):
                         self._close()
                         return
                     self.request = http1.message_head(event, self.gateway.config.max_body)
+                    if isinstance(event, h11.Request):
+                        _check_framing(event, self.request)
                 elif self._body.feed(event):
                     break
             except h11.RemoteProtocolError as exc:
@@ -288,3 +292,11 @@ class ClientConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _check_framing(event: h11.Request, head: http1.Message) -> None:
+    """:func:`check_request_framing` of a parsed head, as the HTTPError that refuses it (400, closed)."""
+    try:
+        check_request_framing(event.http_version.decode("ascii"), head.method, head.target, head.headers)
+    except BadRequest as exc:
+        raise http1.HTTPError(exc.detail) from None
