@@ -135,7 +135,7 @@ class VerificationKeys:
                 raise ValueError("only EC public keys are accepted in a JWK Set")
             try:
                 jwk = ECKey.import_key({k: v for k, v in entry.items() if k in ("kty", "crv", "x", "y")})
-            except (JoseError, ValueError, TypeError) as exc:
+            except (JoseError, ValueError, TypeError, KeyError) as exc:  # KeyError: an unknown "crv" (issue 21)
                 raise ValueError("an invalid EC key in the JWK Set") from exc
             public = jwk.public_key
             assert isinstance(public, ec.EllipticCurvePublicKey)
