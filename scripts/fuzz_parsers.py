@@ -4,17 +4,21 @@
     .venv/bin/python scripts/fuzz_parsers.py --inputs 100000            # every parser
     .venv/bin/python scripts/fuzz_parsers.py --inputs 2000 --only coap  # parsers whose name contains "coap"
 
-A mutation fuzzer (seeded, reproducible with ``--seed``): each input is a seed of the parser's corpus (valid
-messages made with the package's own encoders) mutated 1-6 times (bit flips, random bytes, interesting bytes,
-deletions, duplications, dictionary tokens, splices with another seed), or plain random bytes. Inputs that raised
-something new are kept in the corpus. Each input runs under a wall-clock alarm (``--timeout``, a hang is a finding)
-and the whole run under an address-space limit (``--memory``, a MemoryError is a finding).
+Two engines. ``--engine atheris`` (coverage-guided: libFuzzer through atheris, one child process per parser, its
+bytecode instrumented; needs ``pip install atheris``): libFuzzer's own ``-runs``, ``-timeout``, ``-rss_limit_mb``
+bound the run, an input that raises anything else is a crash (written to ``--out``). ``--engine mutate`` (the
+default, no extra dependency): a mutation fuzzer, seeded and reproducible with ``--seed``: each input is a seed of
+the parser's corpus (valid messages made with the package's own encoders) mutated 1-6 times (bit flips, random
+bytes, interesting bytes, deletions, duplications, dictionary tokens, splices with another seed), or plain random
+bytes. Inputs with a new outcome are kept in the corpus. Each input runs under a wall-clock alarm (``--timeout``, a
+hang is a finding) and the whole run under an address-space limit (``--memory``, a MemoryError is a finding).
 
-A finding is any exception that is not one of the parser's allowed classes: the package's own errors
-(m2msec.errors.M2MSecError and its subclasses), plus the documented ValueError subclasses a parser names (pydantic's
-ValidationError for the wire models, m2msec.http1.HTTPError for the HTTP reader). Findings are written to
-``--out`` (one file per input) and the script exits 1. Per parser it prints: inputs tried, exceptions by type, the
-largest time one input took.
+A finding is any exception outside the parser's allowed classes (tests/fuzz/fuzz_targets*.py): the package's own
+errors (m2msec.errors.M2MSecError), LibraryRefusal (h11 or cryptography's loader refused the input before m2msec
+saw it, as in the service), and what the parser's caller documents and handles: m2msec.http1.HTTPError (the
+gateway answers 400/413), ValueError and AttributeError of VerificationKeys.from_jwks (CCFLink.jwks turns them
+into CCFLinkError). Findings are written to ``--out`` and the script exits 1. Per parser it prints: inputs tried,
+exceptions by type, the largest time one input took.
 """
 
 from __future__ import annotations
@@ -22,9 +26,15 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import gc
+import inspect
+import json
+import math
+import os
 import random
 import resource
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -152,6 +162,72 @@ def report(result: Result) -> str:
             f"total {result.elapsed:6.1f} s  {status}\n{'':<24} {kinds}")
 
 
+_INSTRUMENTED = frozenset({"m2msec", "h11", "fuzz_targets", "fuzz_targets_base", "fuzz_targets_services"})
+
+
+def atheris_child(target: Target, inputs: int, timeout: float, memory: int, out: Path, stats: Path) -> None:
+    """Run in a child process: libFuzzer drives ``target`` for ``inputs`` runs; writes the figures to ``stats``."""
+    import atheris  # type: ignore[import-not-found]
+
+    counts: collections.Counter[str] = collections.Counter()
+    worst = [0.0]
+
+    def write() -> None:
+        stats.write_text(json.dumps({"inputs": counts.total(), "by_type": counts, "max_time": worst[0]}))
+
+    def one(data: bytes) -> None:
+        t0 = time.perf_counter()
+        kind = "ok"
+        try:
+            target.run(data)
+        except target.allowed as exc:
+            kind = type(exc).__name__
+        except BaseException as exc:  # goes on to libFuzzer: a crash, its input kept under --out
+            kind = f"FINDING {type(exc).__module__}.{type(exc).__name__}"
+            raise
+        finally:
+            worst[0] = max(worst[0], time.perf_counter() - t0)
+            counts[kind] += 1
+            if counts.total() % 1000 == 0 or counts.total() >= inputs or kind.startswith("FINDING"):
+                write()
+
+    corpus = Path(tempfile.mkdtemp(prefix=f"m2msec-fuzz-{target.name}-"))
+    for n, seed in enumerate(target.seeds):
+        (corpus / f"seed-{n}").write_bytes(seed)
+        with contextlib.suppress(*target.allowed):
+            target.run(seed)  # imports everything the target reaches before the bytecode is instrumented
+    # only m2msec's own code, h11 and the targets: instrument_all() (every loaded module) costs ~40 s per parser
+    for obj in gc.get_objects():
+        if inspect.isfunction(obj) and (obj.__module__ or "").split(".")[0] in _INSTRUMENTED:
+            with contextlib.suppress(Exception):
+                atheris.instrument_func(obj)
+    out.mkdir(parents=True, exist_ok=True)
+    atheris.Setup([sys.argv[0], f"-runs={inputs}", f"-timeout={math.ceil(timeout)}", f"-rss_limit_mb={memory}",
+                   f"-malloc_limit_mb={memory}", f"-max_len={target.max_len}", f"-artifact_prefix={out}/{target.name}-",
+                   "-print_final_stats=1", str(corpus)], one)
+    atheris.Fuzz()
+
+
+def run_atheris(target: Target, args: argparse.Namespace) -> Result:
+    stats = Path(tempfile.mkstemp(prefix=f"m2msec-fuzz-{target.name}-", suffix=".json")[1])
+    start = time.monotonic()
+    cmd = [sys.executable, __file__, "--atheris-child", target.name, "--inputs", str(args.inputs), "--timeout",
+           str(args.timeout), "--memory", str(args.memory), "--out", str(args.out), "--stats", str(stats)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=dict(os.environ, PYTHONHASHSEED="0"))
+    result = Result(target.name, elapsed=time.monotonic() - start)
+    with contextlib.suppress(OSError, ValueError):
+        figures = json.loads(stats.read_text())
+        result.inputs, result.max_time = figures["inputs"], figures["max_time"]
+        result.by_type.update(figures["by_type"])
+    stats.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        first = next((n for n, line in enumerate(lines) if "Uncaught Python exception" in line or "ERROR:" in line), 0)
+        keep = lines[first:first + 16] + [line for line in lines if "Test unit written" in line]
+        result.findings.append((f"libFuzzer exit {proc.returncode}", b"", "\n".join(keep)))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", type=int, default=100_000, help="inputs per parser (default 100000)")
@@ -161,8 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", type=int, default=2048, help="address-space limit, MiB (default 2048)")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "m2msec-fuzz-findings",
                         help="where findings are written (default: $TMPDIR/m2msec-fuzz-findings)")
+    parser.add_argument("--engine", choices=("mutate", "atheris"), default="mutate",
+                        help="mutate (default) or atheris (coverage-guided, needs the atheris package)")
     parser.add_argument("--list", action="store_true", help="list the parsers and exit")
+    parser.add_argument("--atheris-child", help=argparse.SUPPRESS)
+    parser.add_argument("--stats", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.atheris_child:
+        child = next(t for t in TARGETS if t.name == args.atheris_child)
+        atheris_child(child, args.inputs, args.timeout, args.memory, args.out, args.stats)
+        return 0
     targets = [t for t in TARGETS if not args.only or any(o in t.name for o in args.only)]
     if args.list:
         for t in TARGETS:
@@ -173,20 +257,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     limit = args.memory * 1024 * 1024
     with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+        if args.engine == "mutate":  # libFuzzer has its own limits (and needs more address space for its shadow)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     failed = 0
     for i, target in enumerate(targets):
-        rng = random.Random(f"{args.seed}/{target.name}")
-        result = run_target(target, args.inputs, rng, args.timeout,
-                            progress=lambda line: print(line, file=sys.stderr, flush=True))
+        if args.engine == "atheris":
+            result = run_atheris(target, args)
+        else:
+            rng = random.Random(f"{args.seed}/{target.name}")
+            result = run_target(target, args.inputs, rng, args.timeout,
+                                progress=lambda line: print(line, file=sys.stderr, flush=True))
         print(report(result), flush=True)
         if result.findings:
             failed += 1
             args.out.mkdir(parents=True, exist_ok=True)
             for n, (_kind, data, _text) in enumerate(result.findings[:50]):
-                (args.out / f"{target.name}-{i}-{n}.bin").write_bytes(data)
+                if data:
+                    (args.out / f"{target.name}-{i}-{n}.bin").write_bytes(data)
             for kind, data, text in result.findings[:5]:
                 print(f"    {kind}: {text}\n      input {data[:200]!r}", flush=True)
+            print(f"    inputs written to {args.out}", flush=True)
     print(f"{len(targets)} parsers, {failed} with findings")
     return 1 if failed else 0
 
