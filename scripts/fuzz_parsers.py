@@ -33,6 +33,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,7 +192,8 @@ def atheris_child(target: Target, inputs: int, timeout: float, memory: int, out:
             if counts.total() % 1000 == 0 or counts.total() >= inputs or kind.startswith("FINDING"):
                 write()
 
-    corpus = Path(tempfile.mkdtemp(prefix=f"m2msec-fuzz-{target.name}-"))
+    corpus = stats.with_suffix(".corpus")  # the parent removes it with the figures
+    corpus.mkdir()
     for n, seed in enumerate(target.seeds):
         (corpus / f"seed-{n}").write_bytes(seed)
         with contextlib.suppress(*target.allowed):
@@ -220,6 +222,7 @@ def run_atheris(target: Target, args: argparse.Namespace) -> Result:
         result.inputs, result.max_time = figures["inputs"], figures["max_time"]
         result.by_type.update(figures["by_type"])
     stats.unlink(missing_ok=True)
+    shutil.rmtree(stats.with_suffix(".corpus"), ignore_errors=True)
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         first = next((n for n, line in enumerate(lines) if "Uncaught Python exception" in line or "ERROR:" in line), 0)

@@ -8,7 +8,9 @@ Shared by scripts/fuzz_parsers.py (100,000 inputs per parser) and tests/fuzz/tes
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -183,7 +185,9 @@ def _toml_run(data: bytes) -> None:
 
 @functools.cache
 def _import_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="m2msec-fuzz-"))
+    path = Path(tempfile.mkdtemp(prefix="m2msec-fuzz-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 @functools.cache
