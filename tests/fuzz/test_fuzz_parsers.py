@@ -32,6 +32,9 @@ def _mutated(target: Target) -> st.SearchStrategy[bytes]:
     return st.builds(mutate, st.sampled_from(target.seeds), st.randoms(use_true_random=False))
 
 
+# cryptography warns (and will refuse, in a later release) when it loads a certificate with a serial number <= 0:
+# a warning of the loader, not an exception of m2msec's parsers (pytest turns warnings into errors)
+@pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
 @pytest.mark.parametrize("target", TARGETS, ids=[t.name for t in TARGETS])
 def test_parser_raises_only_its_errors(target: Target) -> None:
     @settings(max_examples=_EXAMPLES, deadline=None, database=None,
