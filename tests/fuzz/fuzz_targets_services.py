@@ -145,7 +145,9 @@ _MEF_SEEDS = [b'{"certificateEnrolment":true,"mafEnrolment":false}',
               b'{"keID":"k@mef.example","lifetime":"20261202T120000","enroleeID":"e","instructions":[{"instructionType":'
               b'"mafEnrolment","suids":[22],"credentialType":"symmetric","mafFQDN":"maf.example.com"}]}',
               b'{"status":true,"credential":"AAAA","enroleeID":"e","lifetime":"20261202T120000"}']
-_JSON_DICT = [b'"', b"{", b"}", b"[", b"]", b",", b":", b"null", b"true", b"1e400", b"-0", b"\\u0000", b"\\ud800",
+# deep nesting: CPython's json raises RecursionError past ~1,000 levels (no ValueError)
+_JSON_DICT = [b"[" * 2000, b'{"a":' * 1200, b'"', b"{", b"}", b"[", b"]", b",", b":", b"null", b"true", b"1e400",
+              b"-0", b"\\u0000", b"\\ud800",
               b"18446744073709551616", b'"SUID"', b'"labels"', b'"targetIDs"', b'"keyValue"', b'"expirationTime"',
               b"99999999T999999", b"00000000T000000"]
 

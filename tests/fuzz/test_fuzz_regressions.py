@@ -92,3 +92,68 @@ def test_security_info_of_another_shape_is_a_link_error() -> None:
     for body in (None, [], "x", {"securityInfo": [{"selSecurityMethod": "PSK", "interfaceDetails": 1}]}):
         with pytest.raises(CCFLinkError):
             parse_trusted_invoker("inv1", body)
+
+
+_DEEP = b"[" * 5000  # deeper than CPython's json recursion limit: json.loads raises RecursionError, no ValueError
+
+
+def test_deeply_nested_json_from_the_ccf_is_a_link_error() -> None:
+    """Found by hand after the fuzz runs (the fuzzers stay under ~1,000 '[' in a row): ccf_link._json let
+    RecursionError through, out of CCFLink.jwks and CCFLink.trusted_invoker."""
+    from m2msec.capif.aef.ccf_link import CCFLinkError, _json
+    from m2msec.capif.client import Answer
+
+    with pytest.raises(CCFLinkError, match="not JSON"):
+        _json(Answer(200, {}, _DEEP))
+
+
+def test_deeply_nested_json_from_the_maf_is_a_maf_error() -> None:
+    """The same in the MAF client's reading of the MAF's answers (decode_json, problem_from)."""
+    from m2msec.errors import MAFError
+    from m2msec.maf.client_wire import decode_json, problem_from
+
+    with pytest.raises(MAFError):
+        decode_json(_DEEP)
+    assert problem_from(400, _DEEP).problem == "http-400"
+
+
+def test_deeply_nested_event_notification_is_refused() -> None:
+    """The same in the AEF's CAPIF event receiver: 400, counted as refused."""
+    from m2msec.capif.aef.events import AEFEventsReceiver
+
+    receiver = AEFEventsReceiver("aef1", lambda _: None, ccf_address=("127.0.0.1", 1), ccf_host="ccf", ca_pem=b"",
+                                 certificate_pem=b"", private_key_pem=b"")
+    assert receiver.handle("POST", receiver.path, _DEEP) == 400
+    assert receiver.refused == 1
+
+
+async def test_deeply_nested_security_api_request_is_a_400() -> None:
+    """The same in the AEF Security API (a request of anyone who reaches the AEF): 400 MANDATORY_IE_INCORRECT, not a
+    RecursionError. The body is refused before the front is used, so none is given."""
+    from m2msec.capif.aef.security_api import SECURITY_API_PREFIX, SecurityAPI
+    from m2msec.errors import CAPIFError
+
+    api = SecurityAPI(None, ccf_host="ccf")  # type: ignore[arg-type]
+    scope = {"path": SECURITY_API_PREFIX + "check-authentication", "method": "POST"}
+    with pytest.raises(CAPIFError) as caught:
+        await api(scope, _DEEP)  # type: ignore[arg-type]
+    assert caught.value.status == 400
+
+
+def test_deeply_nested_token_header_or_claims_are_refused() -> None:
+    """Found by the capif-claims target once its dictionary had deep nesting: a deeply nested claim set raised
+    RecursionError out of verify_access_token; a deeply nested header does so without any key."""
+    from joserfc import jws
+    from joserfc.jwk import ECKey
+
+    from m2msec.capif.tokens import ACCESS_TOKEN_TYPE, TokenRefused, verify_access_token
+
+    key = ec.derive_private_key(7, ec.SECP256R1())
+    keys = VerificationKeys([key.public_key()])
+    jwk = ECKey.import_key(key)
+    header = {"alg": "ES256", "typ": ACCESS_TOKEN_TYPE, "kid": str(jwk.thumbprint())}
+    signed = jws.serialize_compact(header, b"[" * 2000, jwk)
+    unsigned = base64.urlsafe_b64encode(b"[" * 2000).rstrip(b"=").decode() + ".e30.AAAA"
+    for token in (signed, unsigned):
+        with pytest.raises(TokenRefused, match="malformed"):
+            verify_access_token(token, keys, issuer="ccf", aef_id="aef1", api_name="api1", now=1_800_000_000)

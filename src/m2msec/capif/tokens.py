@@ -188,7 +188,7 @@ def _verify(token: object, keys: VerificationKeys, typ: str, refuse: Callable[[s
         raise refuse("not a JWS compact serialization")
     try:
         header = jws.extract_compact(token.encode("ascii")).headers()
-    except (JoseError, ValueError, TypeError):
+    except (JoseError, ValueError, TypeError, RecursionError):  # RecursionError: a deeply nested header (issue 21)
         raise refuse("malformed") from None
     if not set(header) <= _HEADER_KEYS:
         raise refuse("unexpected header parameter")
@@ -204,7 +204,7 @@ def _verify(token: object, keys: VerificationKeys, typ: str, refuse: Callable[[s
         decoded = jwt.decode(token, key, algorithms=[ALGORITHM])
     except BadSignatureError:
         raise refuse("bad signature") from None
-    except (JoseError, ValueError, TypeError):
+    except (JoseError, ValueError, TypeError, RecursionError):
         raise refuse("malformed") from None
     try:
         claims_registry.validate(decoded.claims)

@@ -266,5 +266,5 @@ class CCFLink:
 def _json(answer: Answer) -> Any:
     try:
         return answer.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deep nesting (issue 21)
         raise CCFLinkError("the CCF's answer is not JSON", answer.status) from None
