@@ -157,3 +157,16 @@ def test_deeply_nested_token_header_or_claims_are_refused() -> None:
     for token in (signed, unsigned):
         with pytest.raises(TokenRefused, match="malformed"):
             verify_access_token(token, keys, issuer="ccf", aef_id="aef1", api_name="api1", now=1_800_000_000)
+
+
+def test_deeply_nested_answers_to_the_invoker_are_refusals() -> None:
+    """Found by the same grep for json.loads after the fuzz runs: the invoker's readers of CCF and AEF answers."""
+    from m2msec.capif.client import Answer
+    from m2msec.capif.invoker_call import AEFAnswer
+    from m2msec.capif.invoker_folder import json_of, refusal
+    from m2msec.errors import CAPIFError
+
+    with pytest.raises(CAPIFError, match="not JSON"):
+        json_of("onboarding", Answer(200, {}, _DEEP))
+    assert str(refusal("onboarding", Answer(403, {}, _DEEP))) == "onboarding refused by the CCF: HTTP 403"
+    assert AEFAnswer(400, {}, _DEEP).problem().startswith("HTTP 400")
