@@ -82,6 +82,16 @@ def _der_items(data: bytes) -> Iterable[bytes]:
         pos = end
 
 
+def _parse_all(crl: x509.CertificateRevocationList) -> None:
+    """Read every field the checks below use: cryptography parses them lazily, so a malformed issuer, date, extension
+    or entry would otherwise raise ValueError at the first handshake that reads it, not here (issue 21)."""
+    crl.issuer.rfc4514_string()
+    _crl_order(crl)
+    _ = crl.next_update_utc
+    for entry in crl:
+        _ = entry.serial_number
+
+
 def load_crls(data: bytes, source: str = "CRL data") -> tuple[x509.CertificateRevocationList, ...]:
     """Every CRL in ``data`` (PEM blocks, or DER).
 
@@ -97,7 +107,10 @@ def load_crls(data: bytes, source: str = "CRL data") -> tuple[x509.CertificateRe
             crls = [x509.load_pem_x509_crl(block + b"\n") for block in blocks]
         elif data.strip():
             crls = [x509.load_der_x509_crl(item) for item in _der_items(data)]
-    except ValueError as exc:
+        for crl in crls:
+            _parse_all(crl)
+    # InvalidVersion, DuplicateExtension: no ValueError (found by scripts/fuzz_parsers.py, issue 21)
+    except (ValueError, x509.InvalidVersion, x509.DuplicateExtension) as exc:
         raise ConfigurationError(f"{source}: not a valid CRL ({exc})") from None
     if not crls:
         raise ConfigurationError(f"{source}: holds no CRL (expected PEM '-----BEGIN X509 CRL-----' blocks or DER)")

@@ -58,7 +58,7 @@ class AEFAnswer:
         """One line of a refusal: the status and the ProblemDetails cause/title/detail (nothing else of the body)."""
         try:
             body = json.loads(self.body) if self.body else None
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: deep nesting (issue 21)
             body = None
         parts = [f"HTTP {self.status}"]
         if isinstance(body, dict):

@@ -214,7 +214,7 @@ def refusal(what: str, answer: Answer) -> CAPIFError:
     reason = ""
     try:
         body = answer.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deep nesting (issue 21)
         body = None
     if isinstance(body, Mapping):
         parts = [str(body[k]) for k in ("cause", "error", "title") if isinstance(body.get(k), str)]
@@ -228,7 +228,7 @@ def refusal(what: str, answer: Answer) -> CAPIFError:
 def json_of(what: str, answer: Answer) -> Any:
     try:
         return answer.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CAPIFError(f"{what}: the CCF's answer is not JSON", status=502) from None
 
 

@@ -135,7 +135,7 @@ class VerificationKeys:
                 raise ValueError("only EC public keys are accepted in a JWK Set")
             try:
                 jwk = ECKey.import_key({k: v for k, v in entry.items() if k in ("kty", "crv", "x", "y")})
-            except (JoseError, ValueError, TypeError) as exc:
+            except (JoseError, ValueError, TypeError, KeyError) as exc:  # KeyError: an unknown "crv" (issue 21)
                 raise ValueError("an invalid EC key in the JWK Set") from exc
             public = jwk.public_key
             assert isinstance(public, ec.EllipticCurvePublicKey)
@@ -188,7 +188,7 @@ def _verify(token: object, keys: VerificationKeys, typ: str, refuse: Callable[[s
         raise refuse("not a JWS compact serialization")
     try:
         header = jws.extract_compact(token.encode("ascii")).headers()
-    except (JoseError, ValueError, TypeError):
+    except (JoseError, ValueError, TypeError, RecursionError):  # RecursionError: a deeply nested header (issue 21)
         raise refuse("malformed") from None
     if not set(header) <= _HEADER_KEYS:
         raise refuse("unexpected header parameter")
@@ -204,7 +204,7 @@ def _verify(token: object, keys: VerificationKeys, typ: str, refuse: Callable[[s
         decoded = jwt.decode(token, key, algorithms=[ALGORITHM])
     except BadSignatureError:
         raise refuse("bad signature") from None
-    except (JoseError, ValueError, TypeError):
+    except (JoseError, ValueError, TypeError, RecursionError):
         raise refuse("malformed") from None
     try:
         claims_registry.validate(decoded.claims)

@@ -86,7 +86,7 @@ def decode_json(body: bytes) -> dict[str, Any]:
     """A JSON object. Raises: MAFError: anything else (status 0)."""
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting (issue 21)
         raise _broken("the body is not JSON") from None
     if not isinstance(obj, dict):
         raise _broken("the body is not a JSON object")
@@ -99,7 +99,7 @@ def problem_from(status: int, body: bytes) -> MAFError:
     name = f"http-{status}"
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting (issue 21)
         obj = None
     if isinstance(obj, dict):
         kind = obj.get("type")

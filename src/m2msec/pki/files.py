@@ -20,7 +20,7 @@ def load_issued(cert_pem: bytes, key_pem: bytes | None) -> Issued:
     """
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError (issue 21)
         raise ConfigurationError("not a PEM certificate") from None
     if key_pem is None:
         return Issued(cert, None)

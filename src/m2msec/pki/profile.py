@@ -92,7 +92,8 @@ def _ext(cert: x509.Certificate | x509.CertificateSigningRequest, cls: type[E]) 
         return cert.extensions.get_extension_for_class(cls).value
     except x509.ExtensionNotFound:
         return None
-    except ValueError as exc:  # duplicate or malformed extensions
+    # duplicate (cryptography's DuplicateExtension is no ValueError: found by scripts/fuzz_parsers.py) or malformed
+    except (ValueError, x509.DuplicateExtension) as exc:
         raise IdentifierError(f"extensions cannot be parsed: {exc}") from None
 
 

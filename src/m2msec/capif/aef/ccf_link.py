@@ -120,7 +120,10 @@ def _located(entry: TrustedEntry, interface: str, api_ids: frozenset[str]) -> bo
 def _entry(item: Any) -> TrustedEntry:
     if not isinstance(item, dict) or not isinstance(method := item.get("selSecurityMethod"), str):
         raise ValueError("a securityInfo entry without selSecurityMethod")
-    interface = interface_information_of(item["interfaceDetails"]) if "interfaceDetails" in item else None
+    details = item.get("interfaceDetails")
+    if "interfaceDetails" in item and not isinstance(details, dict):  # issue 21: was an AttributeError
+        raise ValueError("interfaceDetails is not an InterfaceDescription object")
+    interface = interface_information_of(details) if details is not None else None
     aef_id, api_id = item.get("aefId"), item.get("apiId")
     if not isinstance(aef_id, str | None) or not isinstance(api_id, str | None):
         raise ValueError("aefId and apiId are strings")
@@ -263,5 +266,5 @@ class CCFLink:
 def _json(answer: Answer) -> Any:
     try:
         return answer.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deep nesting (issue 21)
         raise CCFLinkError("the CCF's answer is not JSON", answer.status) from None

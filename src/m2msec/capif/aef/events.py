@@ -146,7 +146,7 @@ class AEFEventsReceiver:
         try:
             notification: Any = json.loads(body)
             validate_request(_API, _CALLBACK, notification)
-        except (ValueError, SchemaViolation):
+        except (ValueError, RecursionError, SchemaViolation):  # RecursionError: deep nesting (issue 21)
             self.refused += 1
             log.info("AEF %s: a notification refused (not an EventNotification)", self.aef_id)
             return 400

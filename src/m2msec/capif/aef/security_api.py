@@ -60,7 +60,7 @@ class SecurityAPI:
         try:
             request: Any = json.loads(body)
             validate_request(_API, operation, request)
-        except (ValueError, SchemaViolation) as exc:
+        except (ValueError, RecursionError, SchemaViolation) as exc:  # RecursionError: deep nesting (issue 21)
             detail = str(exc) if isinstance(exc, SchemaViolation) else "the body is not JSON"
             raise CAPIFError(detail, status=400, cause="MANDATORY_IE_INCORRECT") from None
         if name == "check-authentication":
