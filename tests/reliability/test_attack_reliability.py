@@ -1,0 +1,287 @@
+"""Hostile review of issue 21's defences (rel-review): the failed-handshake rate limit (D220), the DTLS junk filter,
+the HTTP framing refusals (D225/D226) and the CoAP option refusals (D227/D228).
+
+xfail(strict) tests are confirmed problems (the report ranks them L1..); plain tests are attacks that were refused
+and are worth keeping. Real TLS over loopback (127/8 gives distinct source addresses) where the defence is a socket
+path; the pure function where the defence is one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+from test_http_smuggling import RecordingCSE, cse, exchange, gateway, req  # noqa: F401 (fixtures)
+
+from conftest import LIGHT1_ID, LIGHT1_KEY, LIGHT2_KEY, make_table
+from m2msec.capif.invoker_folder import INFO
+from m2msec.capif.invoker_folder import load as load_invoker
+from m2msec.errors import ConfigurationError, HandshakeFailed, StorageError
+from m2msec.gateway.coap import (
+    BLOCK2,
+    KNOWN_CRITICAL_OPTIONS,
+    LOCATION_PATH,
+    NON_REPEATABLE_OPTIONS,
+    URI_PATH,
+    URI_QUERY,
+    CoAPFormatError,
+    Message,
+    MessageType,
+    check_repeats,
+    make_code,
+)
+from m2msec.gateway.http_gateway import Gateway
+from m2msec.keys.secret import SecretKey
+from m2msec.store.records import _load as load_record_fields
+from m2msec.tls.engine import ClientConfig, ServerConfig, SessionInfo, TLSContext
+from m2msec.tls.profiles import ONEM2M_PSK
+from m2msec.transport.dtls import _is_initial_client_hello
+from m2msec.transport.limits import ConnectionLimiter, FailureRate, source_of
+from m2msec.transport.tls import TLSAdapter, start_server
+
+SERVER = "127.0.0.1"
+ETAG = 4  # RFC 7252 §5.10.6, Repeatable in a request
+NAT = "127.0.0.2"  # one public address shared by an attacker and a legitimate device (carrier NAT, L4 balancer)
+
+
+async def until_true(condition: object, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+async def handshake_from(source: str, port: int, key: str) -> tuple[TLSAdapter, SessionInfo]:
+    ctx = TLSContext.client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(key), profiles=(ONEM2M_PSK,)))
+    loop = asyncio.get_running_loop()
+    _, adapter = await loop.create_connection(lambda: TLSAdapter(ctx, asyncio.Protocol), SERVER, port,
+                                              local_addr=(source, 0))
+    try:
+        return adapter, await asyncio.wait_for(adapter.handshake, 5)
+    except BaseException:
+        if adapter.raw_transport is not None:
+            adapter.raw_transport.close()
+        raise
+
+
+async def succeeds(source: str, port: int) -> bool:
+    try:
+        adapter, session = await handshake_from(source, port, LIGHT1_KEY)
+    except (HandshakeFailed, ConnectionError, TimeoutError):
+        return False
+    assert session.psk_identity == LIGHT1_ID and adapter.raw_transport is not None
+    adapter.raw_transport.close()
+    return True
+
+
+async def psk_server(limiter: ConnectionLimiter) -> asyncio.Server:
+    context = TLSContext.server(ServerConfig(make_table().lookup, profiles=(ONEM2M_PSK,)))
+    return await start_server(asyncio.Protocol, SERVER, 0, context, limiter=limiter, handshake_timeout=5)
+
+
+# ------------------------------------------------------------------ D220: the failed-handshake limit, lock-out
+
+
+@pytest.mark.xfail(strict=True, reason="L1: an attacker sharing a NAT/balancer address locks out every device "
+                   "behind it, right key or not, for the rest of the window (D220 blocks the whole source)")
+async def test_l1_an_attacker_behind_the_same_nat_locks_out_a_device_with_the_right_key() -> None:
+    limiter = ConnectionLimiter(100, failed_per_source=3, failure_window=30.0)
+    server = await psk_server(limiter)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for _ in range(3):  # the attacker's wrong-key handshakes, from the shared address
+            with pytest.raises(HandshakeFailed):
+                await handshake_from(NAT, port, LIGHT2_KEY)
+        await until_true(lambda: limiter.failures is not None and limiter.failures.blocked(NAT))
+        assert await succeeds(NAT, port), "a device with the right key, behind the same NAT, is refused"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.xfail(strict=True, reason="L4: a TCP connect-and-close with no byte sent (a balancer health check, a "
+                   "port probe) counts as a failed handshake of its source")
+async def test_l4_a_tcp_health_check_is_no_failed_handshake() -> None:
+    limiter = ConnectionLimiter(100, failed_per_source=300)
+    server = await psk_server(limiter)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for _ in range(5):
+            probe = socket.create_connection((SERVER, port), timeout=5, source_address=(NAT, 0))
+            probe.close()
+        await asyncio.sleep(0.5)  # every probe accepted and gone
+        assert limiter.open == 0
+        assert limiter.failures is not None and limiter.failures.windows == {}, limiter.failures.windows
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_device_that_fails_once_and_retries_with_the_right_key_is_served() -> None:
+    limiter = ConnectionLimiter(100, failed_per_source=3, failure_window=30.0)
+    server = await psk_server(limiter)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(HandshakeFailed):
+            await handshake_from(NAT, port, LIGHT2_KEY)
+        assert await succeeds(NAT, port)
+        assert await succeeds(NAT, port)
+        assert limiter.failures is not None and limiter.failures.windows[NAT][1] == 1
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+# ------------------------------------------------------------------ D220: evasion
+
+
+@pytest.mark.xfail(strict=True, reason="L2: failing from 65,536 other sources (the /64s of one IPv6 /48) clears "
+                   "every failure count, so a blocked source is served again at once")
+def test_l2_a_blocked_source_stays_blocked_while_other_sources_fail() -> None:
+    rate = FailureRate(3)  # the defaults: 60 s window, FAILED_HANDSHAKE_SOURCES sources
+    attacker = source_of(("2001:db8:0:1::7", 443))
+    for _ in range(3):
+        rate.failed(attacker)
+    assert rate.blocked(attacker)
+    prefix_48 = [source_of((f"2001:db8:1:{i:x}::1", 443)) for i in range(65536)]
+    assert len(set(prefix_48)) == 65536  # one customer's /48 is 65,536 distinct sources (the /64 granularity)
+    for source in prefix_48:
+        rate.failed(source)
+    assert rate.blocked(attacker)
+
+
+@pytest.mark.xfail(strict=True, reason="L3: fixed windows let one source fail almost twice the limit within "
+                   "a fraction of a second at a window boundary")
+def test_l3_no_more_than_the_limit_of_failures_in_any_window_long_span() -> None:
+    clock = [100.0]
+    rate = FailureRate(300, 60.0, clock=lambda: clock[0])
+
+    def burst() -> int:
+        n = 0
+        while not rate.blocked("a"):
+            rate.failed("a")
+            n += 1
+        return n
+
+    rate.failed("a")  # one failure opens the window at t=100
+    clock[0] = 159.95
+    first = burst()
+    clock[0] = 160.0  # 50 ms later the window is over
+    second = burst()
+    assert first + second <= rate.limit, f"{first + second} failures within 50 ms"
+
+
+# ------------------------------------------------------------------ the DTLS junk filter
+
+
+def dtls_record(content_type: int, version: bytes, epoch: int, body: bytes) -> bytes:
+    return bytes([content_type]) + version + struct.pack("!H", epoch) + b"\0" * 6 + struct.pack("!H", len(body)) + body
+
+
+def client_hello_fragment(msg_seq: int, offset: int, total: int, fragment: bytes) -> bytes:
+    return (b"\x01" + total.to_bytes(3, "big") + struct.pack("!H", msg_seq) + offset.to_bytes(3, "big")
+            + len(fragment).to_bytes(3, "big") + fragment)
+
+
+@pytest.mark.parametrize("version", [b"\xfe\xff", b"\xfe\xfd"], ids=["dtls1.0-record", "dtls1.2-record"])
+def test_the_dtls_filter_keeps_every_form_of_client_hello(version: bytes) -> None:
+    body = b"\xfe\xfd" + b"\x11" * 40
+    whole = dtls_record(22, version, 0, client_hello_fragment(0, 0, len(body), body))
+    retransmitted_with_cookie = dtls_record(22, version, 0, client_hello_fragment(1, 0, len(body), body))
+    second_fragment = dtls_record(22, version, 0, client_hello_fragment(0, 20, len(body), body[20:]))
+    assert _is_initial_client_hello(whole)
+    assert _is_initial_client_hello(retransmitted_with_cookie)
+    assert _is_initial_client_hello(second_fragment)  # a ClientHello split over records: its later part too
+    assert not _is_initial_client_hello(dtls_record(23, version, 1, b"\x00" * 40))  # epoch-1 data of a lost peer
+    assert not _is_initial_client_hello(dtls_record(21, version, 0, b"\x02\x28" + b"\0" * 20))  # an alert
+
+
+# ------------------------------------------------------------------ CoAP: D227 / D228
+
+
+def coap_request(*options: tuple[int, bytes]) -> Message:
+    return Message(MessageType.CON, make_code(0, 1), 1, b"t", list(options))
+
+
+def test_repeatable_and_elective_options_still_pass() -> None:
+    check_repeats(coap_request((URI_PATH, b"cse"), (URI_PATH, b"ae"), (URI_QUERY, b"a=1"), (URI_QUERY, b"b=2"),
+                               (1, b"e1"), (1, b"e2"), (ETAG, b"x"), (ETAG, b"y"),
+                               (LOCATION_PATH, b"a"), (LOCATION_PATH, b"b")))
+    # elective options nobody here knows (Observe 6, Echo 252, No-Response 258, Request-Tag 292, a private 2048)
+    check_repeats(coap_request((6, b""), (252, b"e"), (258, b"\x02"), (292, b"r"), (2048, b"v"), (2048, b"w")))
+    # every oneM2M option once, as a CSE or AE sends them
+    check_repeats(coap_request(*((n, b"1") for n in sorted(NON_REPEATABLE_OPTIONS))))
+    assert BLOCK2 in KNOWN_CRITICAL_OPTIONS
+
+
+@pytest.mark.parametrize("number", [9, 19, 31, 35, 39, 341])
+def test_unknown_critical_and_proxy_options_are_refused(number: int) -> None:
+    with pytest.raises(CoAPFormatError):
+        check_repeats(coap_request((URI_PATH, b"cse"), (number, b"v")))
+
+
+# ------------------------------------------------------------------ HTTP framing: D225 / D226 variants
+
+
+FRAMING_REFUSED: list[tuple[str, bytes]] = [
+    ("te chunked, identity", req("te-ci", "Transfer-Encoding: chunked, identity", method="POST", body=b"0\r\n\r\n")),
+    ("te Chunked with a content-length", req("te-case", "Content-Length: 5", "Transfer-Encoding: Chunked",
+                                              method="POST", body=b"0\r\n\r\n")),
+    ("te with a tab and a content-length", req("te-tab", "Content-Length: 5", "Transfer-Encoding:\tchunked",
+                                                method="POST", body=b"0\r\n\r\n")),
+    ("te chunked twice", req("te-2", "Transfer-Encoding: chunked", "Transfer-Encoding: chunked", method="POST",
+                             body=b"0\r\n\r\n")),
+    ("content-length with a plus", req("cl-plus", "Content-Length: +3", method="POST", body=b"abc")),
+    ("content-length with a space inside", req("cl-sp", "Content-Length: 1 0", method="POST", body=b"a" * 10)),
+]
+
+
+@pytest.mark.parametrize(("case", "raw"), FRAMING_REFUSED, ids=[c for c, _ in FRAMING_REFUSED])
+async def test_framing_variants_are_refused_and_never_forwarded(gateway: Gateway, cse: RecordingCSE,  # noqa: F811
+                                                                case: str, raw: bytes) -> None:
+    answers, _ = await exchange(gateway, raw)
+    assert [a.status for a in answers][:1] in ([400], [501]), (case, answers)
+    assert cse.requests == [], case
+
+
+async def test_leading_zero_content_length_is_reframed_not_passed_on(gateway: Gateway,  # noqa: F811
+                                                                     cse: RecordingCSE) -> None:  # noqa: F811
+    answers, _ = await exchange(gateway, req("cl-zero", "Content-Length: 0003", method="POST", body=b"abc"))
+    assert [a.status for a in answers] == [200]
+    assert [v for k, v in cse.requests[0].headers if k == "content-length"] == ["3"]
+    assert cse.requests[0].body == b"abc"
+
+
+async def test_a_lone_chunked_body_is_forwarded_with_the_gateways_own_length(gateway: Gateway,  # noqa: F811
+                                                                             cse: RecordingCSE) -> None:  # noqa: F811
+    raw = req("te-up", "Transfer-Encoding: CHUNKED", method="POST")[:-2] + b"\r\n3\r\nabc\r\n0\r\n\r\n"
+    answers, _ = await exchange(gateway, raw)
+    assert [a.status for a in answers] == [200]
+    forwarded = cse.requests[0]
+    assert forwarded.body == b"abc" and forwarded.header("transfer-encoding") is None
+    assert forwarded.header("content-length") == "3"
+
+
+# ------------------------------------------------------------------ JSON depth: readers the issue-21 fix missed
+
+DEEP = "[" * 100_000
+
+
+@pytest.mark.xfail(strict=True, reason="L5: a deeply nested record meta in the key store escapes as RecursionError, "
+                   "not StorageError (store/records.py _load catches ValueError only)")
+def test_l5_a_deeply_nested_store_record_is_a_storage_error() -> None:
+    with pytest.raises(StorageError):
+        load_record_fields(DEEP, "maf-key", "r1")
+
+
+@pytest.mark.xfail(strict=True, reason="L5: a deeply nested invoker.json escapes as RecursionError, not "
+                   "ConfigurationError (capif/invoker_folder.py load)")
+def test_l5_a_deeply_nested_invoker_file_is_a_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / INFO).write_text(DEEP)
+    with pytest.raises(ConfigurationError):
+        load_invoker(tmp_path)
