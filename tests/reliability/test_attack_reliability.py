@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_http_smuggling import RecordingCSE, cse, exchange, gateway, req  # noqa: F401 (fixtures)
 
-from conftest import LIGHT1_ID, LIGHT1_KEY, LIGHT2_KEY, make_table
+from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_ID, LIGHT1_KEY, LIGHT2_KEY, make_table
 from m2msec.capif.invoker_folder import INFO
 from m2msec.capif.invoker_folder import load as load_invoker
 from m2msec.errors import ConfigurationError, HandshakeFailed, StorageError
@@ -33,14 +33,14 @@ from m2msec.gateway.coap import (
     check_repeats,
     make_code,
 )
-from m2msec.gateway.http_gateway import Gateway
+from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.store.records import _load as load_record_fields
 from m2msec.tls.engine import ClientConfig, ServerConfig, SessionInfo, TLSContext
 from m2msec.tls.profiles import ONEM2M_PSK
 from m2msec.transport.dtls import _is_initial_client_hello
 from m2msec.transport.limits import ConnectionLimiter, FailureRate, source_of
-from m2msec.transport.tls import TLSAdapter, start_server
+from m2msec.transport.tls import TLSAdapter, open_connection, start_server
 
 SERVER = "127.0.0.1"
 ETAG = 4  # RFC 7252 §5.10.6, Repeatable in a request
@@ -285,3 +285,48 @@ def test_l5_a_deeply_nested_invoker_file_is_a_configuration_error(tmp_path: Path
     (tmp_path / INFO).write_text(DEEP)
     with pytest.raises(ConfigurationError):
         load_invoker(tmp_path)
+
+
+# ------------------------------------------------------------------ HTTP framing of the CSE's answer
+
+
+RAW_ANSWERS = {
+    "chunked": b"HTTP/1.1 200 OK\r\nX-M2M-RSC: 2000\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "Chunked and a content-length": (b"HTTP/1.1 200 OK\r\nX-M2M-RSC: 2000\r\nContent-Length: 40\r\n"
+                                     b"Transfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("kind", list(RAW_ANSWERS))
+async def test_a_chunked_cse_answer_reaches_the_client_reframed_once(kind: str) -> None:
+    """The CSE's Transfer-Encoding (with a Content-Length too) never reaches the client: one answer, the gateway's
+    own Content-Length, the decoded body, and the connection still serves the next request."""
+
+    async def raw_cse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(RAW_ANSWERS[kind])
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(raw_cse, SERVER, 0)
+    gw = Gateway(GatewayConfig(backend=Backend(SERVER, server.sockets[0].getsockname()[1]), port=0), make_table())
+    await gw.start()
+    try:
+        ctx = TLSContext.client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(ONEM2M_PSK,),
+                                             peer_entity=HOME_GATEWAY_CSE_ID))
+        reader, writer, _ = await open_connection(SERVER, gw.port, ctx)
+        for ri in ("a1", "a2"):
+            writer.write(req(ri))
+            head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode("latin-1").lower()
+            assert head.startswith("http/1.1 200") and "transfer-encoding" not in head, head
+            assert "\r\ncontent-length: 3\r\n" in head, head
+            assert await asyncio.wait_for(reader.readexactly(3), 5) == b"abc"
+        writer.close()
+    finally:
+        await gw.close()
+        server.close()
+        await server.wait_closed()
