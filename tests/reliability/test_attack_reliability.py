@@ -36,9 +36,9 @@ from m2msec.gateway.coap import (
 from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
 from m2msec.keys.secret import SecretKey
 from m2msec.store.records import _load as load_record_fields
-from m2msec.tls.engine import ClientConfig, ServerConfig, SessionInfo, TLSContext
-from m2msec.tls.profiles import ONEM2M_PSK
-from m2msec.transport.dtls import _is_initial_client_hello
+from m2msec.tls.engine import DEFAULT_DTLS_MTU, ClientConfig, ServerConfig, SessionInfo, TLSContext
+from m2msec.tls.profiles import ONEM2M_DTLS_PSK, ONEM2M_PSK
+from m2msec.transport.dtls import DTLSServerProtocol, _is_initial_client_hello, start_dtls_server
 from m2msec.transport.limits import ConnectionLimiter, FailureRate, source_of
 from m2msec.transport.tls import TLSAdapter, open_connection, start_server
 
@@ -87,9 +87,9 @@ async def psk_server(limiter: ConnectionLimiter) -> asyncio.Server:
 # ------------------------------------------------------------------ D220: the failed-handshake limit, lock-out
 
 
-@pytest.mark.xfail(strict=True, reason="L1: an attacker sharing a NAT/balancer address locks out every device "
+@pytest.mark.xfail(strict=True, reason="L2: an attacker sharing a NAT/balancer address locks out every device "
                    "behind it, right key or not, for the rest of the window (D220 blocks the whole source)")
-async def test_l1_an_attacker_behind_the_same_nat_locks_out_a_device_with_the_right_key() -> None:
+async def test_l2_an_attacker_behind_the_same_nat_locks_out_a_device_with_the_right_key() -> None:
     limiter = ConnectionLimiter(100, failed_per_source=3, failure_window=30.0)
     server = await psk_server(limiter)
     port = server.sockets[0].getsockname()[1]
@@ -140,9 +140,9 @@ async def test_a_device_that_fails_once_and_retries_with_the_right_key_is_served
 # ------------------------------------------------------------------ D220: evasion
 
 
-@pytest.mark.xfail(strict=True, reason="L2: failing from 65,536 other sources (the /64s of one IPv6 /48) clears "
+@pytest.mark.xfail(strict=True, reason="L3: failing from 65,536 other sources (the /64s of one IPv6 /48) clears "
                    "every failure count, so a blocked source is served again at once")
-def test_l2_a_blocked_source_stays_blocked_while_other_sources_fail() -> None:
+def test_l3_a_blocked_source_stays_blocked_while_other_sources_fail() -> None:
     rate = FailureRate(3)  # the defaults: 60 s window, FAILED_HANDSHAKE_SOURCES sources
     attacker = source_of(("2001:db8:0:1::7", 443))
     for _ in range(3):
@@ -155,9 +155,9 @@ def test_l2_a_blocked_source_stays_blocked_while_other_sources_fail() -> None:
     assert rate.blocked(attacker)
 
 
-@pytest.mark.xfail(strict=True, reason="L3: fixed windows let one source fail almost twice the limit within "
+@pytest.mark.xfail(strict=True, reason="L5: fixed windows let one source fail almost twice the limit within "
                    "a fraction of a second at a window boundary")
-def test_l3_no_more_than_the_limit_of_failures_in_any_window_long_span() -> None:
+def test_l5_no_more_than_the_limit_of_failures_in_any_window_long_span() -> None:
     clock = [100.0]
     rate = FailureRate(300, 60.0, clock=lambda: clock[0])
 
@@ -174,6 +174,75 @@ def test_l3_no_more_than_the_limit_of_failures_in_any_window_long_span() -> None
     clock[0] = 160.0  # 50 ms later the window is over
     second = burst()
     assert first + second <= rate.limit, f"{first + second} failures within 50 ms"
+
+
+# ------------------------------------------------------------------ D220 over DTLS: an off-path spoofer
+
+
+class Silent(asyncio.DatagramProtocol):
+    pass
+
+
+FATAL_ALERT = b"\x15\xfe\xfd\x00\x00" + b"\x00\x00\x00\x00\x00\x63" + b"\x00\x02" + b"\x02\x28"  # epoch 0
+
+
+async def dtls_handshake_by_hand(spoofed: bytes | None) -> tuple[dict[str, tuple[float, int]], bool]:
+    """A victim's handshake driven by hand from a UDP socket of 127.0.0.3: cookie exchange done, the server's flight
+    received; then ``spoofed`` (a datagram the victim never sent: an off-path attacker spoofing its address and port,
+    which the server cannot tell from one sent on the victim's socket, which is how it is sent here), then the
+    victim's own next flight. The failures counted per source after ``spoofed``, and whether the handshake ended."""
+    context = TLSContext.dtls_server(ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,)))
+    udp, proto = await start_dtls_server(Silent, SERVER, 0, context, handshake_timeout=5)
+    assert isinstance(proto, DTLSServerProtocol)
+    failures = proto.limiter.failures = FailureRate(2, 30.0)
+    server = (SERVER, udp.get_extra_info("sockname")[1])
+    victim = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    victim.bind(("127.0.0.3", 0))
+    victim.setblocking(False)
+    loop = asyncio.get_running_loop()
+    client = TLSContext.dtls_client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(ONEM2M_DTLS_PSK,),
+                                                 peer_entity=HOME_GATEWAY_CSE_ID))
+    conn = client.dtls_connection(server, mtu=DEFAULT_DTLS_MTU)
+
+    def send() -> None:
+        for datagram in conn.datagrams_to_send():
+            victim.sendto(datagram, server)
+
+    async def receive() -> bytes:
+        return await asyncio.wait_for(loop.sock_recv(victim, 65536), 2)
+
+    try:
+        send()  # ClientHello
+        conn.receive_datagram(await receive())  # HelloVerifyRequest
+        send()  # ClientHello with the cookie: the server keeps a peer now
+        flight = await receive()
+        assert len(proto.peers) == 1
+        if spoofed is not None:
+            victim.sendto(spoofed, server)
+        await asyncio.sleep(0.2)
+        counted = dict(failures.windows)
+        conn.receive_datagram(flight)
+        send()  # the victim's own next flight
+        try:
+            events = conn.receive_datagram(await receive())
+        except (HandshakeFailed, TimeoutError):
+            return counted, False
+        return counted, any(type(e).__name__ == "HandshakeCompleted" for e in events)
+    finally:
+        victim.close()
+        udp.close()
+
+
+async def test_the_hand_driven_dtls_handshake_completes_without_a_spoofed_datagram() -> None:
+    assert await dtls_handshake_by_hand(None) == ({}, True)
+
+
+@pytest.mark.xfail(strict=True, reason="L1: one spoofed 24-byte epoch-0 alert from a DTLS client's address and port "
+                   "aborts its handshake after the cookie and counts as a failure of its source (lock-out by spoofing)")
+async def test_l1_a_spoofed_alert_neither_aborts_a_dtls_handshake_nor_counts_against_its_source() -> None:
+    counted, completed = await dtls_handshake_by_hand(FATAL_ALERT)
+    assert counted == {}, f"the spoofed datagram counted against the victim's source: {counted}"
+    assert completed, "the victim's handshake was aborted"
 
 
 # ------------------------------------------------------------------ the DTLS junk filter
@@ -272,16 +341,16 @@ async def test_a_lone_chunked_body_is_forwarded_with_the_gateways_own_length(gat
 DEEP = "[" * 100_000
 
 
-@pytest.mark.xfail(strict=True, reason="L5: a deeply nested record meta in the key store escapes as RecursionError, "
+@pytest.mark.xfail(strict=True, reason="L6: a deeply nested record meta in the key store escapes as RecursionError, "
                    "not StorageError (store/records.py _load catches ValueError only)")
-def test_l5_a_deeply_nested_store_record_is_a_storage_error() -> None:
+def test_l6_a_deeply_nested_store_record_is_a_storage_error() -> None:
     with pytest.raises(StorageError):
         load_record_fields(DEEP, "maf-key", "r1")
 
 
-@pytest.mark.xfail(strict=True, reason="L5: a deeply nested invoker.json escapes as RecursionError, not "
+@pytest.mark.xfail(strict=True, reason="L6: a deeply nested invoker.json escapes as RecursionError, not "
                    "ConfigurationError (capif/invoker_folder.py load)")
-def test_l5_a_deeply_nested_invoker_file_is_a_configuration_error(tmp_path: Path) -> None:
+def test_l6_a_deeply_nested_invoker_file_is_a_configuration_error(tmp_path: Path) -> None:
     (tmp_path / INFO).write_text(DEEP)
     with pytest.raises(ConfigurationError):
         load_invoker(tmp_path)
