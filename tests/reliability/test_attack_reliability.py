@@ -341,15 +341,11 @@ async def test_a_lone_chunked_body_is_forwarded_with_the_gateways_own_length(gat
 DEEP = "[" * 100_000
 
 
-@pytest.mark.xfail(strict=True, reason="L6: a deeply nested record meta in the key store escapes as RecursionError, "
-                   "not StorageError (store/records.py _load catches ValueError only)")
 def test_l6_a_deeply_nested_store_record_is_a_storage_error() -> None:
     with pytest.raises(StorageError):
         load_record_fields(DEEP, "maf-key", "r1")
 
 
-@pytest.mark.xfail(strict=True, reason="L6: a deeply nested invoker.json escapes as RecursionError, not "
-                   "ConfigurationError (capif/invoker_folder.py load)")
 def test_l6_a_deeply_nested_invoker_file_is_a_configuration_error(tmp_path: Path) -> None:
     (tmp_path / INFO).write_text(DEEP)
     with pytest.raises(ConfigurationError):

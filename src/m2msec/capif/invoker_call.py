@@ -112,7 +112,7 @@ def choose_method(invoker: Invoker, aef_host: str, port: int, path: str, method:
         selected = {str(e["selSecurityMethod"]) for e in context["securityInfo"]} - {"PSK"}
     except FileNotFoundError:
         raise ConfigurationError(f"{invoker.folder}: no security context; run `m2msec capif security` first") from None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         raise ConfigurationError(f"{invoker.folder / SECURITY_FILE}: not a security context") from None
     if len(selected) != 1:
         raise ConfigurationError("the security context does not tell which method this AEF takes: name it (--method "

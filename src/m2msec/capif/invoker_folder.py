@@ -127,7 +127,7 @@ def load(folder: Path | str) -> Invoker:
         info = json.loads(read_file(folder / INFO))
         invoker_id, address, port = str(info["apiInvokerId"]), str(info["ccfAddress"]), int(info["ccfPort"])
         ccf_host, destination = str(info["ccfHost"]), str(info["notificationDestination"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise ConfigurationError(f"{folder / INFO}: not a valid invoker description") from None
     check_file_permissions(folder / KEY)
     return Invoker(folder, invoker_id, address, port, ccf_host, destination, read_file(folder / CERT),

@@ -66,7 +66,7 @@ async def _publish(args: argparse.Namespace) -> int:
     try:
         ids = json.loads(_read(args.provider / PROVIDER_FILE, "provider IDs"))
         apf_id = str(ids["APF"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise ConfigurationError(f"{args.provider}: not a provider folder of `m2msec aef register`") from None
     api_ids = await publish(config.ccf_address, config.ccf_host, config.ccf_ca_pem,
                             (apf_id, _read(args.provider / "apf.crt", "APF certificate"),

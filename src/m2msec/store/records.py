@@ -56,7 +56,7 @@ def _dump(fields: dict[str, Any]) -> str:
 def _load(meta: str, kind: str, record_id: str) -> dict[str, Any]:
     try:
         fields = json.loads(meta)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a deeply nested document (json raises no ValueError)
         raise StorageError(f"{kind} record {record_id!r} is damaged") from None
     if not isinstance(fields, dict):
         raise StorageError(f"{kind} record {record_id!r} is damaged")
