@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import resource
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import h11
+from load_common import CSE_ID, rss_kib, stub_cse  # the stub CSE and RSS reader the load scripts share
 
 from m2msec import http1
 from m2msec.gateway.limits import FDS_PER_CONNECTION, max_connections_for
@@ -45,36 +44,10 @@ from m2msec.transport.tls import open_connection
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "bench" / "build"
-CSE_ID = "mn-cse-123456"
 IDENTITIES = [(f"idle{i}@bench.example", f"{i:02x}" * 16, f"Cidle-AE{i}") for i in range(8)]
 GOAL_KIB = 64
 #: --max-connections = connections + CAP_MARGIN
 CAP_MARGIN = 50
-
-
-def vm_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-async def stub_cse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    conn = h11.Connection(h11.SERVER)
-    try:
-        while (req := await http1.read_message(conn, reader)) is not None:
-            await http1.send_message(conn, writer, http1.Message(
-                headers=[("content-type", "application/json"), ("x-m2m-rsc", "2000"),
-                         ("x-m2m-ri", req.header("x-m2m-ri") or "")],
-                body=json.dumps({"m2m:cb": {"rn": CSE_ID}}).encode(), status=200))
-            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                break
-            conn.start_next_cycle()
-    except (ConnectionError, h11.ProtocolError):
-        pass
-    finally:
-        writer.close()
 
 
 def table_file() -> Path:
@@ -171,12 +144,12 @@ async def run(args: argparse.Namespace) -> int:
         assert (await clients.request_all(1)) == Counter({"200": 1}), "warm-up request failed"
         await clients.held.pop()[0].close()
         await asyncio.sleep(1)
-        before = vm_rss_kib(gw.pid)
+        before = rss_kib(gw.pid)
         t0 = time.monotonic()
         opened, refused, _ = await clients.open_many(1, args.connections, args.concurrency)
         took = time.monotonic() - t0
         await asyncio.sleep(2)
-        after = vm_rss_kib(gw.pid)
+        after = rss_kib(gw.pid)
         per = (after - before) / max(opened, 1)
         print(f"opened {opened} of {args.connections} connections in {took:.1f} s (refused: {dict(refused)})")
         print(f"gateway VmRSS before {before / 1024:.1f} MiB, after {after / 1024:.1f} MiB: "
