@@ -22,7 +22,7 @@ from m2msec.gateway.limits import DEFAULT_BODY_BUDGET, DEFAULT_WRITE_TIMEOUT, fi
 from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME
 from m2msec.gateway.rules import UnboundPolicy
 from m2msec.keys.table import PSKTable, TomlPSKTable, check_file_permissions
-from m2msec.maf.client_options import add_maf_options, maf_client_from_args
+from m2msec.maf.client_options import add_maf_options, maf_client_from_args, service_fqdn
 from m2msec.tls.engine import CertificateConfig
 from m2msec.tls.profiles import parse_profiles
 from m2msec.transport.limits import (
@@ -314,7 +314,6 @@ _MEF_OPTIONS = ("mef_fqdn", "mef_target_id", "mef_key_file", "mef_cert", "mef_ce
 
 def mef_fetcher_from_args(args: argparse.Namespace) -> MEFFetcher | None:
     """The MEF fetcher the ``--mef*`` options describe, None without ``--mef``. Raises ConfigurationError."""
-    import ipaddress
 
     from m2msec.cli.common import parse_hostport, read_key
     from m2msec.mef.client import MEFCredentials, MEFFetcher
@@ -325,14 +324,7 @@ def mef_fetcher_from_args(args: argparse.Namespace) -> MEFFetcher | None:
             raise ConfigurationError(f"--{given[0].replace('_', '-')} needs --mef")
         return None
     host, _ = parse_hostport(args.mef)
-    fqdn = args.mef_fqdn
-    if fqdn is None:
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            fqdn = host
-        else:
-            raise ConfigurationError("--mef names an IP address: give the MEF's FQDN with --mef-fqdn")
+    fqdn = service_fqdn(host, args.mef_fqdn, "mef")
     if not args.mef_timeout > 0:
         raise ConfigurationError("--mef-timeout must be positive")
     psk = args.mef_target_id is not None or args.mef_key_file is not None

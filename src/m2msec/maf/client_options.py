@@ -77,6 +77,20 @@ def _no_maf_options(args: argparse.Namespace) -> None:
         raise ConfigurationError(f"--{given[0].replace('_', '-')} needs --maf")
 
 
+def service_fqdn(host: str, given: str | None, option: str) -> str:
+    """The FQDN of a service reached at ``host`` (``--OPTION``): ``given`` (``--OPTION-fqdn``), else the host when it
+    is a name. Raises ConfigurationError for an IP address without ``given`` (its certificate and identifiers name
+    an FQDN)."""
+    if given is not None:
+        return given
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    raise ConfigurationError(f"--{option} names an IP address: give the {option.upper()}'s FQDN with "
+                             f"--{option}-fqdn")
+
+
 def maf_client_from_args(args: argparse.Namespace, **kwargs: Any) -> MAFClient | None:
     """The MAF client the ``--maf*`` options describe, None without ``--maf``.
 
@@ -85,14 +99,7 @@ def maf_client_from_args(args: argparse.Namespace, **kwargs: Any) -> MAFClient |
         _no_maf_options(args)
         return None
     host, port = parse_maf_url(args.maf)
-    fqdn = args.maf_fqdn
-    if fqdn is None:
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            fqdn = host
-        else:
-            raise ConfigurationError("--maf names an IP address: give the MAF's FQDN with --maf-fqdn")
+    fqdn = service_fqdn(host, args.maf_fqdn, "maf")
     if not args.maf_timeout > 0:
         raise ConfigurationError("--maf-timeout must be positive")
     return MAFClient(host, port, _credentials(args, fqdn), timeout=args.maf_timeout, **kwargs)
