@@ -119,7 +119,7 @@ async def test_r1_a_blocked_source_gets_no_more_than_its_rate_of_real_handshakes
         await server.wait_closed()
 
 
-# ------------------------------------------------------------------ R2: D232 is one record type away
+# ------------------------------------------------------------------ R3: D232 is one record type away
 
 
 def dtls_record(content_type: int, epoch: int, seq: int, body: bytes) -> bytes:
@@ -137,28 +137,28 @@ def handshake_message(msg_type: int, msg_seq: int, body: bytes) -> bytes:
 SPOOFED_CLIENT_KEY_EXCHANGE = dtls_record(22, 0, 0x63, handshake_message(16, 2, b"\xff\xff"))
 
 
-async def test_r2_a_spoofed_plaintext_handshake_message_aborts_another_dtls_handshake() -> None:
+async def test_r3_a_spoofed_plaintext_handshake_message_aborts_another_dtls_handshake() -> None:
     """Kept as a plain test of what D232 leaves (DTLS 1.2 has no key before the Finished to authenticate an epoch-0
     record with): the abort is one predictable datagram away, as L1's was. Its lock-out half is the xfail below."""
     _, completed = await dtls_handshake_by_hand(SPOOFED_CLIENT_KEY_EXCHANGE)
     assert not completed
 
 
-@pytest.mark.xfail(strict=True, reason="R2: one spoofed epoch-0 handshake record (ClientKeyExchange, message_seq 2: "
+@pytest.mark.xfail(strict=True, reason="R3: one spoofed epoch-0 handshake record (ClientKeyExchange, message_seq 2: "
                    "not guessed, always 2) still ends another's DTLS handshake after its cookie AND counts a failure "
                    "against its source (L1's off-path lock-out); D232 only cut out alerts")
-async def test_r2_a_spoofed_plaintext_handshake_message_does_not_count_against_the_victim() -> None:
+async def test_r3_a_spoofed_plaintext_handshake_message_does_not_count_against_the_victim() -> None:
     counted, _ = await dtls_handshake_by_hand(SPOOFED_CLIENT_KEY_EXCHANGE)
     assert counted == {}, f"the spoofed datagram counted against the victim's source: {counted}"
 
 
-# ------------------------------------------------------------------ R3, R4: the bucket's cap and threshold
+# ------------------------------------------------------------------ R4, R5: the bucket's cap and threshold
 
 
-@pytest.mark.xfail(strict=True, reason="R3: whenever a full bucket drains by half a failure, a source may open its "
+@pytest.mark.xfail(strict=True, reason="R4: whenever a full bucket drains by half a failure, a source may open its "
                    "per-source cap (32) of handshakes at once, and their failures beyond the bucket are forgiven "
                    "(debt capped at one window): ~32 failures every 0.5 interval instead of 1 per interval")
-def test_r3_a_source_cannot_burst_its_handshake_cap_each_time_its_bucket_drains() -> None:
+def test_r4_a_source_cannot_burst_its_handshake_cap_each_time_its_bucket_drains() -> None:
     limit, window, cap = 10, 10.0, 32  # 10 failures, then one a second
     limiter = ConnectionLimiter(1000, per_source_handshakes=cap, failed_per_source=limit, failure_window=window)
     assert limiter.failures is not None
@@ -180,9 +180,9 @@ def test_r3_a_source_cannot_burst_its_handshake_cap_each_time_its_bucket_drains(
     assert failed <= allowed, f"{failed} failed handshakes in 5 s, the bucket allows {allowed:.0f}"
 
 
-@pytest.mark.xfail(strict=True, reason="R4: a source failing whenever it is not blocked fails twice the configured "
+@pytest.mark.xfail(strict=True, reason="R5: a source failing whenever it is not blocked fails twice the configured "
                    "rate: it is unblocked half a failure's weight below full, and the next failure is capped at full")
-def test_r4_the_sustained_rate_is_the_limit_per_window() -> None:
+def test_r5_the_sustained_rate_is_the_limit_per_window() -> None:
     clock = Clock()
     limit, window = 300, 60.0
     rate = FailureRate(limit, window, clock=clock)
@@ -196,6 +196,9 @@ def test_r4_the_sustained_rate_is_the_limit_per_window() -> None:
     assert failed <= allowed, f"{failed} failures in 600 s, the configured rate allows {allowed:.0f}"
 
 
+# ------------------------------------------------------------------ R7: making room walks the table
+
+
 class ScanCountingDict(dict[str, float]):
     """The debt table, counting the entries its ``items()`` yields: how much of the table one call walks."""
 
@@ -207,11 +210,11 @@ class ScanCountingDict(dict[str, float]):
             yield item
 
 
-@pytest.mark.xfail(strict=True, reason="R6: with the table full of blocked sources (cheap at a small "
+@pytest.mark.xfail(strict=True, reason="R7: with the table full of blocked sources (cheap at a small "
                    "--max-failed-handshakes-per-source: at 1 a failure blocks a /64 for 30 s), every failure from a "
                    "new source walks the whole table twice in _make_room (5 ms each at 65,536 sources, 1 us normally) "
                    "and is then not tracked at all")
-def test_r6_a_failure_from_a_new_source_does_not_walk_a_table_full_of_blocked_sources() -> None:
+def test_r7_a_failure_from_a_new_source_does_not_walk_a_table_full_of_blocked_sources() -> None:
     clock = Clock()
     size = 4096
     rate = FailureRate(1, 60.0, clock=clock, max_sources=size)
@@ -225,7 +228,7 @@ def test_r6_a_failure_from_a_new_source_does_not_walk_a_table_full_of_blocked_so
     assert table.scanned <= new * 64, f"{new} failures walked {table.scanned} table entries ({size} tracked)"
 
 
-# ------------------------------------------------------------------ R5: a real client's own alert mid-handshake
+# ------------------------------------------------------------------ R6: a real client's own alert mid-handshake
 
 
 async def drive(conn: DTLSConnection, sock: socket.socket, server: tuple[str, int], budget: float) -> bool:
@@ -255,11 +258,11 @@ def dtls_client() -> TLSContext:
                                                peer_entity=HOME_GATEWAY_CSE_ID))
 
 
-@pytest.mark.xfail(strict=True, reason="R5: a client that aborts its own handshake with a fatal alert (epoch 0) and "
+@pytest.mark.xfail(strict=True, reason="R6: a client that aborts its own handshake with a fatal alert (epoch 0) and "
                    "starts over from the same port (a constrained device's one socket) is stuck until the server's "
                    "handshake timeout: D232 drops its alert, and a ClientHello to a handshaking peer is fed to the old "
                    "handshake")
-async def test_r5_a_client_that_aborts_and_retries_from_the_same_port_is_served() -> None:
+async def test_r6_a_client_that_aborts_and_retries_from_the_same_port_is_served() -> None:
     context = TLSContext.dtls_server(ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,)))
     udp, proto = await start_dtls_server(Silent, SERVER, 0, context, handshake_timeout=6)
     assert isinstance(proto, DTLSServerProtocol)
@@ -282,6 +285,59 @@ async def test_r5_a_client_that_aborts_and_retries_from_the_same_port_is_served(
         assert await drive(second, sock, server, 3.0), "the retry from the same port was not served within 3 s"
     finally:
         sock.close()
+        udp.close()
+
+
+# ------------------------------------------------------------------ R2: DTLS refusals cost the full parse
+
+
+async def cookie_client_hello(sock: socket.socket, server: tuple[str, int]) -> bytes:
+    """The cookie exchange from ``sock``: the cookie-bearing ClientHello, not yet sent."""
+    loop = asyncio.get_running_loop()
+    conn = dtls_client().dtls_connection(server, mtu=DEFAULT_DTLS_MTU)
+    for datagram in conn.datagrams_to_send():  # ClientHello
+        sock.sendto(datagram, server)
+    conn.receive_datagram(await asyncio.wait_for(loop.sock_recv(sock, 65536), 2))  # HelloVerifyRequest
+    (hello,) = conn.datagrams_to_send()
+    return hello
+
+
+@pytest.mark.xfail(strict=True, reason="R2: a blocked DTLS source whose one handshake is in progress is refused only "
+                   "after its ClientHello went through the engine (a connection built, the ClientHello and cookie "
+                   "checked, the server's flight made): one cookie exchange lets it replay that ClientHello at line "
+                   "rate, each costing the full parse the TLS side saves by refusing at accept")
+async def test_r2_a_blocked_dtls_source_is_refused_before_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[object] = []
+    dtls_connection = TLSContext.dtls_connection
+
+    def counting(self: TLSContext, peer: object, *, mtu: int = DEFAULT_DTLS_MTU) -> DTLSConnection:
+        built.append(peer)
+        return dtls_connection(self, peer, mtu=mtu)
+
+    monkeypatch.setattr(TLSContext, "dtls_connection", counting)
+    context = TLSContext.dtls_server(ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,)))
+    udp, proto = await start_dtls_server(Silent, SERVER, 0, context, handshake_timeout=5)
+    assert isinstance(proto, DTLSServerProtocol)
+    failures = proto.limiter.failures = FailureRate(1, 60.0)
+    failures.failed(ATTACKER)  # its bucket is full
+    server = (SERVER, udp.get_extra_info("sockname")[1])
+    holder, replayer = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    try:
+        for sock in (holder, replayer):
+            sock.bind((ATTACKER, 0))
+            sock.setblocking(False)
+        holder.sendto(await cookie_client_hello(holder, server), server)  # takes the one handshake (D230)
+        await until(lambda: failures.probing == {ATTACKER})
+        hello = await cookie_client_hello(replayer, server)
+        dropped, before = proto.dropped, len(built)
+        for _ in range(50):
+            replayer.sendto(hello, server)
+        await until(lambda: proto.dropped + proto.ignored >= dropped + 50)
+        assert len(proto.peers) == 1
+        assert len(built) == before, f"{len(built) - before} engine connections built for 50 refused datagrams"
+    finally:
+        holder.close()
+        replayer.close()
         udp.close()
 
 
