@@ -20,7 +20,6 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from m2msec.errors import HandshakeFailed, HandshakeTimeout, TLSError
@@ -30,21 +29,25 @@ from m2msec.tls.engine import (
     ClientConfig,
     ConnectionClosed,
     DataReceived,
-    DTLSConnection,
     Event,
     HandshakeCompleted,
     PSKIdentityReceived,
     SessionInfo,
     TLSContext,
 )
-from m2msec.transport.common import NOT_SESSION_INFO, Deadline, Deadlines, session_extra_info, start_application
-from m2msec.transport.dtls_records import is_initial_client_hello, without_plaintext_alerts
+from m2msec.transport.common import Deadlines, start_application
+from m2msec.transport.dtls_peer import DTLSPeerTransport, _Peer
+from m2msec.transport.dtls_records import (
+    client_random,
+    has_protected_record,
+    is_initial_client_hello,
+    without_plaintext_alerts,
+)
 from m2msec.transport.limits import (
     DEFAULT_MAX_CONNECTIONS_PER_SA,
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
     DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
     ConnectionLimiter,
-    Slot,
     SourceLimiter,
     source_of,
 )
@@ -56,64 +59,6 @@ log = logging.getLogger("m2msec.transport.dtls")
 
 Address = Any
 AppFactory = Callable[[], asyncio.DatagramProtocol]
-
-
-@dataclass(eq=False)
-class _Peer:
-    conn: DTLSConnection
-    addr: Address
-    started: float
-    last_seen: float
-    app: asyncio.DatagramProtocol | None = None
-    transport: DTLSPeerTransport | None = None
-    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
-    slot: Slot | None = None  # what it holds in the server's limiter
-    deadline: Deadline | None = field(default=None, repr=False)  # of its handshake (server side)
-    lookup: asyncio.Task[None] | None = field(default=None, repr=False)  # its PSK resolution (server side)
-
-
-class DTLSPeerTransport(asyncio.DatagramTransport):
-    """One authenticated peer, as its application protocol sees it."""
-
-    def __init__(self, endpoint: _Endpoint, peer: _Peer) -> None:
-        super().__init__()
-        self._endpoint = endpoint
-        self._peer = peer
-        self._closing = False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "peername":
-            return self._peer.addr
-        value = session_extra_info(name, self._peer.conn.session, self._peer.conn, default)
-        return default if value is NOT_SESSION_INFO else value
-
-    def sendto(self, data: bytes | bytearray | memoryview, addr: Address = None) -> None:
-        if self._closing:
-            return
-        try:
-            self._peer.conn.send(bytes(data))
-        except TLSError as exc:
-            log.info("send to %s failed: %s", self._peer.addr, exc)
-            self._endpoint._drop(self._peer)
-            return
-        self._endpoint._flush(self._peer)
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        if not self._closing:
-            self._closing = True
-            self._peer.conn.close()  # close_notify
-            self._endpoint._flush(self._peer)
-            self._endpoint._drop(self._peer)
-
-    def abort(self) -> None:
-        self._closing = True
-        self._endpoint._drop(self._peer)
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -285,20 +230,26 @@ class DTLSServerProtocol(_Endpoint):
     def datagram_received(self, data: bytes, addr: Address) -> None:
         peer = self.peers.get(addr)
         # A peer mid-handshake gets everything, retransmitted ClientHellos included: restarting it there would
-        # race our own retransmitted flight and strand the client. Only an established peer may start over.
-        if peer is not None and (peer.conn.session is None or not is_initial_client_hello(data)):
-            if peer.conn.session is None:  # mid-handshake: a spoofed epoch-0 alert must not end it (D232)
-                data = without_plaintext_alerts(data)
-                if not data:
-                    self.ignored += 1
-                    return
-            self._process(peer, data)
-            return
+        # race our own retransmitted flight and strand the client. An established peer may start over, and so may
+        # one mid-handshake with a ClientHello of a new client random (it gave up and began again, D232)
+        if peer is not None:
+            hello = is_initial_client_hello(data)
+            if peer.conn.session is not None and not hello:
+                self._process(peer, data)
+                return
+            if peer.conn.session is None and not (hello and client_random(data) not in (None, peer.hello_random)):
+                self._handshake_datagram(peer, data)
+                return
         # a new peer, or an established one starting over (RFC 6347 §4.2.8): stateless until the cookie is back.
         # Only a ClientHello can start a handshake: anything else from an unknown peer (a random-datagram flood) is
         # dropped before an engine connection is built for it (issue 21 part 3: that cost starved real peers)
         if not is_initial_client_hello(data):
             self.ignored += 1
+            return
+        failures = self.limiter.failures
+        if failures is not None and failures.blocked(source_of(addr)):  # before any engine work (review R2)
+            failures.refused += 1
+            self.dropped += 1
             return
         conn = self.context.dtls_connection(addr, mtu=self.mtu)
         try:
@@ -328,11 +279,27 @@ class DTLSServerProtocol(_Endpoint):
         slot.counts = True  # it sent a ClientHello with a cookie: unfinished, it is a failure (D231)
         self._send(conn.datagrams_to_send(), addr)
         now = self.loop.time()
-        peer = _Peer(conn, addr, now, now, slot=slot)
+        peer = _Peer(conn, addr, now, now, slot=slot, hello_random=client_random(data))
         peer.deadline = self.deadlines.add(lambda: self._handshake_timed_out(peer))
         self.peers[addr] = peer
         self._schedule(peer)
         self._dispatch(peer, events)
+
+    def _handshake_datagram(self, peer: _Peer, data: bytes) -> None:
+        """A datagram for a peer mid-handshake. Its epoch-0 alerts are cut out (D232); if it holds nothing
+        authenticated (epoch 0 only) and the handshake fails on it, the failure does not count against the source:
+        anyone who knows the peer's address and port could have sent it (review R3)."""
+        data = without_plaintext_alerts(data)
+        if not data:
+            self.ignored += 1
+            return
+        slot = peer.slot
+        if slot is None or has_protected_record(data):
+            self._process(peer, data)
+            return
+        slot.counts = False
+        self._process(peer, data)
+        slot.counts = True  # a timeout still counts
 
     def _ask(self, peer: _Peer, identity: str) -> None:
         if self.psk_resolver is not None:

@@ -7,7 +7,13 @@ unknown address is dropped unparsed, issue 21 part 3) and which records a peer m
 
 from __future__ import annotations
 
-__all__ = ["DROP_PLAINTEXT_ALERTS_IN_HANDSHAKE", "is_initial_client_hello", "without_plaintext_alerts"]
+__all__ = [
+    "DROP_PLAINTEXT_ALERTS_IN_HANDSHAKE",
+    "client_random",
+    "has_protected_record",
+    "is_initial_client_hello",
+    "without_plaintext_alerts",
+]
 
 #: D232: epoch-0 alert records reaching a peer whose handshake is in progress are dropped, not processed
 DROP_PLAINTEXT_ALERTS_IN_HANDSHAKE = True
@@ -40,3 +46,22 @@ def without_plaintext_alerts(datagram: bytes) -> bytes:
 def is_initial_client_hello(datagram: bytes) -> bool:
     """A handshake record in epoch 0 whose first message is a ClientHello (RFC 6347 §4.1, §4.2.2)."""
     return len(datagram) > 25 and datagram[0] == 22 and datagram[3:5] == b"\0\0" and datagram[13] == 1
+
+
+def client_random(datagram: bytes) -> bytes | None:
+    """The client random of an initial ClientHello whose first fragment this is (RFC 6347 §4.2.2: record header,
+    handshake header with a fragment offset of 0, client_version, random), else None."""
+    if len(datagram) < 59 or datagram[19:22] != b"\0\0\0":
+        return None
+    return datagram[27:59]
+
+
+def has_protected_record(datagram: bytes) -> bool:
+    """Does ``datagram`` hold a record of an epoch above 0 (one the engine authenticates)? Records are walked by
+    their lengths; a truncated one ends the walk."""
+    offset, end = 0, len(datagram)
+    while offset + _RECORD_HEADER <= end:
+        if datagram[offset + 3:offset + 5] != b"\0\0":
+            return True
+        offset += _RECORD_HEADER + int.from_bytes(datagram[offset + 11:offset + 13], "big")
+    return False

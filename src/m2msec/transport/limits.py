@@ -24,10 +24,10 @@ cookie came back) that sent something and goes before its handshake completes (a
 close mid-handshake) counts as one failure of its source; a silent connect-and-close (a health check, a port probe)
 does not (D231). Failures fill a leaky bucket per source (:class:`FailureRate`: at most
 :data:`DEFAULT_MAX_FAILED_HANDSHAKES_PER_SOURCE` at once, draining at that many per :data:`FAILED_HANDSHAKE_WINDOW`);
-a source whose bucket is full keeps one handshake at a time, every other connection of it is refused at once (D230),
-so a device with the right key behind a failing one's address still gets through. The address is one the peer proved
-it receives at (the TCP handshake, the DTLS cookie), so a spoofed source cannot lock another out, and an epoch-0
-alert cannot end another's DTLS handshake (D232).
+a handshake in progress holds a failure's weight until it completes (D230); a source whose bucket is full is refused
+at once. The address is one the peer proved it receives at (the TCP handshake, the DTLS cookie), so a spoofed source
+cannot fill another's bucket, and an unauthenticated epoch-0 DTLS record can neither end another's handshake by an
+alert nor count against its source (D232).
 """
 
 from __future__ import annotations
@@ -73,9 +73,10 @@ IPV6_SOURCE_PREFIX = 64
 DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 1000
 #: established TLS connections, and DTLS peers, one SA credential may hold at once (D47)
 DEFAULT_MAX_CONNECTIONS_PER_SA = 64
-#: failed handshakes one source may have in its bucket (draining at this many per FAILED_HANDSHAKE_WINDOW) before it
-#: is held to one handshake at a time (D220, D229, D230). Generous: 5 a second on average, far above a misconfigured
-#: device retrying or a NAT's few broken clients, far below what a wrong-key or garbage flood sends (thousands/s).
+#: failed handshakes (and handshakes in progress) one source may have in its bucket, draining at this many per
+#: FAILED_HANDSHAKE_WINDOW, before its connections are refused (D220, D229, D230). Generous: 5 a second on average,
+#: far above a misconfigured device retrying or a NAT's few broken clients, far below what a wrong-key or garbage
+#: flood sends (thousands/s).
 DEFAULT_MAX_FAILED_HANDSHAKES_PER_SOURCE = 300
 #: seconds in which a full bucket of failures drains (D229)
 FAILED_HANDSHAKE_WINDOW = 60.0
@@ -157,15 +158,18 @@ class SourceLimiter:
 
 
 class FailureRate:
-    """Failed handshakes per source, as a leaky bucket (GCRA, D229): each failure adds ``window / limit`` seconds to
-    its source's debt, which drains at one second per second; the source is :meth:`blocked` while its bucket holds
-    ``limit`` failures. So no burst above ``limit`` and ``limit`` per ``window`` sustained (the fixed windows before let
-    almost twice the limit through within milliseconds at a window boundary, issue 21 review L5); one float per
-    source.
+    """Failed handshakes per source, as a leaky bucket (GCRA, D229): each failure weighs ``window / limit`` seconds of
+    debt, which drains at one second per second; the source is :meth:`blocked` while its bucket holds ``limit``
+    failures. No burst above ``limit``, and ``limit`` per ``window`` sustained; one float per source.
 
-    Memory is bounded (:data:`FAILED_HANDSHAKE_SOURCES` sources): when full, drained sources go, then those furthest
-    from their limit; a blocked source is never forgotten to make room (L3), and while every tracked source is
-    blocked a new one is not tracked (:attr:`untracked` counts them)."""
+    A handshake is charged (:meth:`charge`) when it is admitted and refunded (:meth:`refund`) when it completes or
+    goes without counting (D230, D231), so handshakes in progress use the bucket too: a source cannot open its whole
+    per-source handshake cap each time its bucket drains by one failure (issue 21 second review, R4).
+
+    Memory is bounded (:data:`FAILED_HANDSHAKE_SOURCES` sources): when full, drained sources go, then the least
+    indebted half of the unblocked ones; a blocked source is never forgotten to make room (L3). While (nearly) every
+    tracked source is blocked, a new one is not tracked (:attr:`untracked`) and the table is not walked again until
+    the first of them can be unblocked (R7)."""
 
     def __init__(self, limit: int, window: float = FAILED_HANDSHAKE_WINDOW,
                  clock: Callable[[], float] = time.monotonic, max_sources: int = FAILED_HANDSHAKE_SOURCES) -> None:
@@ -178,16 +182,16 @@ class FailureRate:
         self.clock = clock
         self.max_sources = max_sources
         self.interval = window / limit  # what one failure weighs, in seconds of debt
-        # blocked while the debt exceeds this: `limit` failures at one instant are `window` of debt; half an interval
-        # below it keeps float rounding from blocking at limit - 1
-        self._full = window - self.interval / 2
+        # blocked while the debt exceeds the room for limit - 1 failures (GCRA's burst tolerance), with a tolerance
+        # far below one failure's weight so that float rounding never blocks at limit - 1
+        self._full = window - self.interval + self.interval * 1e-6
         self.debt: dict[str, float] = {}  # source -> when its bucket is empty again (GCRA's theoretical arrival time)
         self.refused = 0
         self.untracked = 0
-        self.probing: set[str] = set()  # blocked sources with their one handshake in progress (D230)
+        self._no_room_until = float("-inf")
 
     def count(self, source: str) -> float:
-        """The failures ``source`` has in its bucket now (fractional: the bucket drains continuously)."""
+        """The failures (and handshakes in progress) ``source`` has in its bucket now; fractional, it drains."""
         empty_at = self.debt.get(source)
         return 0.0 if empty_at is None else max(0.0, empty_at - self.clock()) / self.interval
 
@@ -202,31 +206,60 @@ class FailureRate:
             return False
         return debt > self._full
 
-    def failed(self, source: str) -> None:
-        """One handshake of ``source`` failed. The debt never exceeds ``window``: a source that keeps failing stays
-        blocked, and one that stops is served again within one interval (``window / limit``) of falling under."""
+    def charge(self, source: str) -> bool:
+        """One failure's weight on ``source`` (a handshake admitted, or failed); False if it could not be tracked."""
         now = self.clock()
         debt = self.debt
         empty_at = debt.get(source)
         if empty_at is None and len(debt) >= self.max_sources and not self._make_room(now):
             self.untracked += 1
-            return
-        start = now if empty_at is None or empty_at < now else empty_at
-        debt[source] = min(start + self.interval, now + self.window)
+            return False
+        debt[source] = (now if empty_at is None or empty_at < now else empty_at) + self.interval
+        return True
+
+    def failed(self, source: str) -> None:
+        """One failure of ``source`` outside a slot (a tool, a test): a charge that stays."""
+        self.charge(source)
+
+    def refund(self, source: str) -> None:
+        """Take back one :meth:`charge` (the handshake completed, or went without counting)."""
+        empty_at = self.debt.get(source)
+        if empty_at is not None:
+            empty_at -= self.interval
+            if empty_at <= self.clock():
+                del self.debt[source]
+            else:
+                self.debt[source] = empty_at
 
     def _make_room(self, now: float) -> bool:
-        """Forget drained sources, else the half least in debt of those not blocked; False if all are blocked."""
+        """Forget drained sources, else the least indebted half of the unblocked ones; False if (nearly) all are
+        blocked, and then the table is not walked again until the first of them can be unblocked."""
+        if now < self._no_room_until:
+            return False
         debt = self.debt
-        for key in [k for k, empty_at in debt.items() if empty_at <= now]:
+        drained: list[str] = []
+        open_sources: list[tuple[float, str]] = []
+        next_change = float("inf")
+        for key, empty_at in debt.items():  # one walk
+            if empty_at <= now:
+                drained.append(key)
+            elif empty_at - now <= self._full:
+                open_sources.append((empty_at, key))
+                next_change = min(next_change, empty_at)  # when it has drained
+            else:
+                next_change = min(next_change, empty_at - self._full)  # when it is no longer blocked
+        for key in drained:
             del debt[key]
         if len(debt) < self.max_sources:
             return True
-        open_sources = sorted((empty_at, k) for k, empty_at in debt.items() if empty_at - now <= self._full)
-        if len(open_sources) < self.max_sources // 8:  # nearly all blocked: no scan of the table per new source
+        if not open_sources or len(open_sources) < self.max_sources // 8:  # (nearly) all blocked: no new walk
+            # before the next change
+            self._no_room_until = next_change
             return False
+        open_sources.sort()
         for _, key in open_sources[: max(1, len(open_sources) // 2)]:
             del debt[key]
-        return len(debt) < self.max_sources
+        return True
 
 
 class ConnectionLimiter:
@@ -243,9 +276,9 @@ class ConnectionLimiter:
     ``sa_share(per_sa, limit)`` established ones (:attr:`per_sa`): one more is closed right after its handshake
     (docs/decisions.md D47).
 
-    With ``failed_per_source`` (on by default, None turns it off), a source with that many failed handshakes in its
-    bucket (draining in ``failure_window`` seconds) keeps one handshake at a time until it drains (:attr:`failures`,
-    D220, D229, D230)."""
+    With ``failed_per_source`` (on by default, None turns it off), a source with that many failed handshakes (and
+    handshakes in progress) in its bucket, which drains in ``failure_window`` seconds, is refused until one failure
+    has drained (:attr:`failures`, D220, D229, D230)."""
 
     def __init__(self, limit: int, *, per_source_handshakes: int | None = None,
                  per_source_connections: int | None = None, per_sa: int | None = None,
@@ -283,16 +316,11 @@ class ConnectionLimiter:
         source = source_of(peer)
         failures = self.failures
         sources = self.sources
-        probe = failures is not None and failures.blocked(source)
-        if probe and failures is not None:
-            if source in failures.probing:
-                # a blocked source keeps one handshake at a time (D230): a device with the right key behind the
-                # same address as a failing one (a NAT, a balancer) still gets through; the failing one is throttled
-                failures.refused += 1
-                self._refusals.warn(source, "connection from %s refused: %d failed handshakes from %s within %.0f "
-                                    "s, and one of its handshakes is in progress", peer, failures.limit, source,
-                                    failures.window)
-                return None
+        if failures is not None and failures.blocked(source):
+            failures.refused += 1
+            self._refusals.warn(source, "connection from %s refused: %d failed handshakes from %s within %.0f s",
+                                peer, failures.limit, source, failures.window)
+            return None
         if sources is not None and not sources.acquire(source):
             self._refusals.warn(source, "connection from %s refused: %d handshakes from %s in progress", peer,
                                 sources.limit, source)
@@ -315,9 +343,8 @@ class ConnectionLimiter:
             return None
         self.handshaking += 1
         slot = Slot(self, source)
-        if probe and failures is not None:
-            failures.probing.add(source)
-            slot.probe = True
+        # its handshake takes a failure's weight now, given back if it completes or goes silent (D230)
+        slot.charged = failures is not None and failures.charge(source)
         return slot
 
     @staticmethod
@@ -361,7 +388,7 @@ class RefusalLog:
 class Slot:
     """What one connection holds in its :class:`ConnectionLimiter`."""
 
-    __slots__ = ("counts", "handshaking", "limiter", "probe", "sa", "source")
+    __slots__ = ("charged", "counts", "handshaking", "limiter", "sa", "source")
 
     def __init__(self, limiter: ConnectionLimiter, source: str) -> None:
         self.limiter: ConnectionLimiter | None = limiter
@@ -371,15 +398,19 @@ class Slot:
         #: set once the peer has sent something (or timed out): only then does an unfinished handshake count as a
         #: failure of its source (D231: a connect-and-close health check or port probe is none)
         self.counts = False
-        self.probe = False  # the one handshake its blocked source may have (D230)
+        self.charged = False  # a failure's weight in its source's bucket while the handshake is in progress (D230)
 
     def _end_handshake(self, limiter: ConnectionLimiter) -> None:
         if self.handshaking:
             self.handshaking = False
             limiter.handshaking -= 1
             ConnectionLimiter._unhold(limiter.sources, self.source)
-            if self.probe and limiter.failures is not None:
-                limiter.failures.probing.discard(self.source)
+
+    def _refund(self, limiter: ConnectionLimiter) -> None:
+        if self.charged:
+            self.charged = False
+            if limiter.failures is not None:
+                limiter.failures.refund(self.source)
 
     def established(self, session: SessionInfo, peer: Any) -> bool:
         """The handshake completed: its handshake slot is free again, and the SA's connection is counted.
@@ -388,6 +419,7 @@ class Slot:
         if limiter is None:
             return True
         self._end_handshake(limiter)
+        self._refund(limiter)
         if limiter.per_sa is None:
             return True
         key = sa_key(session)
@@ -405,8 +437,8 @@ class Slot:
         limiter, self.limiter = self.limiter, None
         if limiter is None:
             return
-        if self.handshaking and self.counts and limiter.failures is not None:
-            limiter.failures.failed(self.source)  # gone before its handshake completed (D220, D231)
+        if not (self.handshaking and self.counts):  # else gone before its handshake completed: the charge stays
+            self._refund(limiter)
         self._end_handshake(limiter)
         ConnectionLimiter._unhold(limiter.open_per_source, self.source)
         if self.sa is not None and limiter.per_sa is not None:
