@@ -18,7 +18,7 @@ from m2msec.crl import CRLFile
 from m2msec.errors import ConfigurationError
 from m2msec.gateway.coap_blockwise import BlockwiseLimits
 from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
-from m2msec.gateway.config import apply_config_file, name_file_key, track_given
+from m2msec.gateway.config import GIVEN, apply_config_file, name_file_key, track_given
 from m2msec.gateway.http_gateway import Gateway, GatewayConfig, parse_backend
 from m2msec.gateway.limits import DEFAULT_BODY_BUDGET, DEFAULT_WRITE_TIMEOUT, fit_connection_cap
 from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME
@@ -151,6 +151,20 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.config is not None:
         args.config = args.config.absolute()  # read again on SIGHUP, whatever the working directory then
         apply_config_file(gateway_parser(), args, args.config)
+    return args
+
+
+def reread(running: argparse.Namespace) -> argparse.Namespace:
+    """The options again for a reload: the defaults, then ``--config`` read again, then the command line's."""
+    parser = gateway_parser()
+    args = parser.parse_args([])
+    given: dict[str, Any] = dict(getattr(running, GIVEN, {}))
+    for dest, value in given.items():
+        setattr(args, dest, value)
+    setattr(args, GIVEN, given)
+    args.config, args.verbose = running.config, getattr(running, "verbose", False)
+    if args.config is not None:
+        apply_config_file(parser, args, args.config)
     return args
 
 
@@ -360,13 +374,19 @@ def _remote_keys(args: argparse.Namespace, table: PSKTable | None) -> RemoteKeyR
 async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None) -> int:
     """Serve until SIGTERM / SIGINT; as worker ``sockets.index`` of ``--workers``, on its share of the sockets
     (its start lines are the supervisor's to print) and draining before it closes."""
+    from m2msec.gateway.reload import ConfigReload
+
+    running = argparse.Namespace(**vars(args))  # as resolved: what a reload compares the new options with
     http, coaps = prepare(args)
     services: list[Gateway | CoapsGateway] = []
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    reload = ConfigReload(running, http, coaps)
     for sig in (signal.SIGINT, signal.SIGTERM):  # before the start lines: a SIGTERM right after them stops cleanly
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, reload.request)  # config, certificates, CRLs, PSK table again
     if coaps is not None:
         await coaps.start(sock=sockets.udp if sockets is not None else None)
         if coaps.protocol is not None:  # its limiter exists once it listens
@@ -389,6 +409,8 @@ async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None)
     if sockets is not None:
         sockets.serving()
     await stop.wait()
+    loop.remove_signal_handler(signal.SIGHUP)
+    await reload.wait()
     if sockets is not None:
         from m2msec.gateway.worker import drain
 
