@@ -19,8 +19,7 @@ looping (D62). SIGTERM / SIGINT to the supervisor sends SIGTERM to every worker 
 so that a terminal's Ctrl-C, sent to the whole process group, is the supervisor's alone), which drains
 (:mod:`m2msec.gateway.worker`, D64); the supervisor exits 0 once all have exited. SIGHUP to the supervisor checks
 the configuration again and, when it is valid, is forwarded to every worker, which reloads (D240). The connection
-caps are per
-worker (:data:`PER_WORKER_LIMITS`, D63).
+caps are per worker (:data:`PER_WORKER_LIMITS`, D63).
 """
 
 from __future__ import annotations
