@@ -33,6 +33,12 @@ FROM_FILE = "file_options"
 #: long options that are not keys of the file: they say which file to read and what to do with it
 NOT_IN_FILE = frozenset({"--help", "--config", "--check-config"})
 
+#: docs/decisions.md D237: keys are spelled as the options, with hyphens; ``max_connections`` is refused (with the
+#: hyphenated spelling in the message) rather than read as a second spelling of one key
+ACCEPT_UNDERSCORES = False
+#: docs/decisions.md D238: a relative path in the file is relative to the file's folder, not the working directory
+RELATIVE_TO_CONFIG_FILE = True
+
 _BOOL_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction)
 _TRACKED: dict[type[argparse.Action], type[argparse.Action]] = {}
 
@@ -141,10 +147,10 @@ def _read(path: Path) -> dict[str, Any]:
 def from_file(parser: argparse.ArgumentParser, path: Path) -> dict[str, tuple[str, Any]]:
     """The options ``path`` sets: dest -> (key, value), checked against ``parser``. Raises ConfigurationError."""
     keys = file_options(parser)
-    folder = path.parent
+    folder = path.parent if RELATIVE_TO_CONFIG_FILE else Path.cwd()
     values: dict[str, tuple[str, Any]] = {}
     for key, raw in _read(path).items():
-        action = keys.get(key)
+        action = keys.get(key.replace("_", "-") if ACCEPT_UNDERSCORES else key)
         if action is None:
             hint = key.replace("_", "-")
             reason = (f"unknown key (keys are the option names with hyphens: {hint!r})" if hint in keys

@@ -68,6 +68,9 @@ PER_WORKER_LIMITS = ("--max-connections", "--max-body-memory", "--max-handshakes
 #: --workers is refused above this many workers per CPU the process may use: an event-loop worker beyond one per
 #: CPU adds nothing but memory, and a typo such as 1000 would start a thousand interpreters (D66)
 MAX_WORKERS_PER_CPU = 4
+#: the signal that reloads the configuration: the supervisor checks the new one, then sends this to every worker
+#: (each reads the files again itself), never to a worker when the check failed (D240)
+RELOAD_SIGNAL = signal.SIGHUP
 #: listen(2) backlog of each worker's TCP socket (connections wait here while their worker restarts)
 LISTEN_BACKLOG = socket.SOMAXCONN
 
@@ -228,7 +231,7 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT) and self.stopping is None:
             self.stopping = signum
-        elif signum == signal.SIGHUP:
+        elif signum == RELOAD_SIGNAL:
             self.reloading = True
 
     def _reload(self) -> None:
@@ -257,7 +260,7 @@ class Supervisor:
         for w in self.workers:
             if w.process is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    w.process.send_signal(signal.SIGHUP)
+                    w.process.send_signal(RELOAD_SIGNAL)
 
     def _read_ready(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -292,7 +295,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until SIGTERM / SIGINT (exit 0 once every worker has) or until workers cannot start (raise)."""
-        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, RELOAD_SIGNAL)}
         handlers[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda s, f: None)
         old_wakeup = signal.set_wakeup_fd(self._wake_w)
         announced = False
