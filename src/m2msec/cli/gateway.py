@@ -409,7 +409,8 @@ async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None)
     if sockets is not None:
         sockets.serving()
     await stop.wait()
-    loop.remove_signal_handler(signal.SIGHUP)
+    with contextlib.suppress(NotImplementedError):
+        loop.remove_signal_handler(signal.SIGHUP)
     await reload.wait()
     if sockets is not None:
         from m2msec.gateway.worker import drain
