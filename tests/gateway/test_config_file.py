@@ -150,3 +150,25 @@ def test_docs_list_every_key_with_the_parsers_default() -> None:
     assert {"listen", "psk-table", "maf", "mef-timeout", "quiet", "workers", "loop"} <= keys
     assert not keys & {"help", "config", "check-config"}
     assert RELOADABLE <= {a.dest for a in file_options(gateway_parser()).values()}
+
+
+@pytest.mark.parametrize(("cert", "key", "named", "reason"), [
+    ("a.pem", "b.key", "key", "is not the private key of the first certificate of --cert"),
+    ("psk.toml", "a.key", "cert", "not a PEM certificate chain"),
+    ("a.pem", "psk.toml", "key", "not an unencrypted PEM private key"),
+])
+def test_certificate_errors_name_the_key(folder: Path, capsys: pytest.CaptureFixture[str], cert: str, key: str,
+                                         named: str, reason: str) -> None:
+    from test_sighup import rsa_certificate
+
+    rsa_certificate(folder, "a.example")
+    rsa_certificate(folder, "b.example")
+    base = 'backend = "http://127.0.0.1:9"\npsk-table = "psk.toml"\nprofiles = "onem2m,rsa-psk"\n'
+    (folder / "g.toml").write_text(base + 'cert = "a.pem"\nkey = "a.key"\n')
+    assert main(["gateway", "--config", str(folder / "g.toml"), "--check-config"]) == 0
+    assert capsys.readouterr().out == "configuration OK\n"
+    (folder / "g.toml").write_text(base + f'cert = "{cert}"\nkey = "{key}"\n')
+    assert main(["gateway", "--config", str(folder / "g.toml"), "--check-config"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"m2msec: error: {folder / 'g.toml'}: {named!r}: --{named} ") and reason in err, err
+    assert LIGHT1_KEY not in err and "PRIVATE KEY" not in err

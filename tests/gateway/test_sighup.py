@@ -128,10 +128,19 @@ async def test_sighup_good_then_broken_config_while_an_sa_stays_live(tmp_path: P
             await wait_for_log(gw, "ERROR", errors)
             lines = [line for line in gw.log.splitlines() if "ERROR" in line]
             assert len(lines) == errors and str(config) in lines[-1] and reason in lines[-1], lines
+        write_config(config, cse, "new", per_source=4)
+        config.write_text(config.read_text().replace('key = "new.key"', 'key = "old.key"'))  # not its key
+        os.kill(gw.proc.pid, signal.SIGHUP)
+        errors += 1
+        await wait_for_log(gw, "ERROR", errors)
+        assert "'key': --key " in gw.log and "is not the private key of the first certificate" in gw.log
         (tmp_path / "new.pem").write_text("not a certificate")  # an unreadable certificate
         write_config(config, cse, "new", per_source=4)
         os.kill(gw.proc.pid, signal.SIGHUP)
-        await wait_for_log(gw, "ERROR", errors + 1)
+        errors += 1
+        await wait_for_log(gw, "ERROR", errors)
+        assert "'cert': --cert " in gw.log.splitlines()[-1] and "not a PEM certificate chain" in gw.log
+        assert len([line for line in gw.log.splitlines() if "ERROR" in line]) == errors
         assert gw.log.count("configuration reloaded") == 1
         assert await status(live) == 200
         assert await served_certificate(gw.port) == "new.example"  # the one loaded before

@@ -225,11 +225,32 @@ def _certificate(args: argparse.Namespace) -> tuple[CertificateConfig | None, CR
     check_file_permissions(args.key)
     chain, key = _read(args.cert, "certificate"), _read(args.key, "private key")
     assert chain is not None and key is not None
+    _check_pair(args.cert, chain, args.key, key)
     client_ca = _read(args.client_ca, "client CA certificates")
     crls = None
     if args.crl is not None:  # refuses a file without a CRL, or with a CRL no client CA signed (D50)
         crls = CRLFile(args.crl, trusted=_client_cas(args.client_ca, client_ca))
     return CertificateConfig(chain, key, client_ca, _read(args.crl, "CRL")), crls
+
+
+def _check_pair(cert_path: Path, chain: bytes, key_path: Path, key: bytes) -> None:
+    """--cert holds a PEM chain and --key a PEM private key of its first certificate: said here with the option and
+    the file (at start, --check-config and reload), before the engine's own, anonymous refusal."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        leaf = x509.load_pem_x509_certificates(chain)[0]
+    except ValueError:
+        raise ConfigurationError(f"--cert {cert_path}: not a PEM certificate chain") from None
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # never the reason: it may quote the key
+        raise ConfigurationError(f"--key {key_path}: not an unencrypted PEM private key") from None
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+        raise ConfigurationError(f"--key {key_path} is not the private key of the first certificate of --cert "
+                                 f"{cert_path}")
 
 
 def _client_cas(path: Path | None, data: bytes | None) -> list[x509.Certificate]:
