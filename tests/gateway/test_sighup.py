@@ -16,12 +16,25 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from test_workers import TABLE_ENTRY, GatewayProcess, StubCSE, cse, gateway, private, request  # noqa: F401
+from test_coaps_relay import Client, Inbox, client_context
+from test_workers import (  # noqa: F401  (fixtures re-used)
+    TABLE_ENTRY,
+    GatewayProcess,
+    SlowCoapBackend,
+    StubCSE,
+    coap_cse,
+    cse,
+    gateway,
+    private,
+    request,
+)
 
 from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGHT2_AE, LIGHT2_ID, LIGHT2_KEY
 from m2msec.errors import M2MSecError
+from m2msec.gateway import coap
 from m2msec.keys.secret import SecretKey
 from m2msec.saef import EstablishedSA, PSKCredentials, establish_sa
+from m2msec.transport.dtls import create_dtls_endpoint
 
 ONE = TABLE_ENTRY.format(LIGHT1_ID, LIGHT1_KEY, LIGHT1_AE)
 BOTH = ONE + TABLE_ENTRY.format(LIGHT2_ID, LIGHT2_KEY, LIGHT2_AE)
@@ -190,4 +203,36 @@ async def test_sighup_without_config_file_reads_the_files_again(tmp_path: Path, 
         os.kill(gw.proc.pid, signal.SIGHUP)
         await wait_for_log(gw, "configuration reloaded")
         assert await served_certificate(gw.port) == "new.example"
+        assert await gw.stop() == 0
+
+
+async def test_sighup_on_the_coaps_side_keeps_a_dtls_peer(tmp_path: Path,
+                                                           coap_cse: tuple[SlowCoapBackend, int]) -> None:  # noqa: F811
+    """The DTLS side too: a raised per-source cap applies to the next peer, the live peer keeps its association."""
+    backend, bport = coap_cse
+    backend.body = b"from the CSE"
+    private(tmp_path / "psk.toml", ONE)
+    config = tmp_path / "gateway.toml"
+    base = f'coap-backend = "127.0.0.1:{bport}"\ncoaps-listen = "127.0.0.1:0"\npsk-table = "psk.toml"\n'
+    config.write_text(base + "max-connections-per-source = 1\n")
+    async with gateway(tmp_path, "--config", str(config), workers="1") as gw:
+        transport, inbox, _ = await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, client_context())
+        live = Client(transport, inbox)  # type: ignore[arg-type]
+        assert coap.format_code((await live.send(live.request(coap.GET))).code) == "2.05"
+        with pytest.raises(M2MSecError):  # the source's one peer is taken
+            await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, client_context(), handshake_timeout=1.5)
+        config.write_text(base + "max-connections-per-source = 4\n")
+        os.kill(gw.proc.pid, signal.SIGHUP)
+        await wait_for_log(gw, "configuration reloaded")
+        second, inbox2, _ = await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, client_context())
+        other = Client(second, inbox2)  # type: ignore[arg-type]
+        assert coap.format_code((await other.send(other.request(coap.GET))).code) == "2.05"
+        config.write_text(base + 'coaps-profiles = "no-such-profile"\n')
+        os.kill(gw.proc.pid, signal.SIGHUP)
+        await wait_for_log(gw, "ERROR")
+        assert coap.format_code((await live.send(live.request(coap.GET))).code) == "2.05"  # across both reloads
+        assert "--coaps-profiles: unknown cipher profile" in gw.log
+        assert gw.log.count("coaps SA with") == 2  # no association was made again
+        second.close()
+        transport.close()
         assert await gw.stop() == 0

@@ -26,7 +26,7 @@ from m2msec.gateway.rules import UnboundPolicy
 from m2msec.keys.table import PSKTable, TomlPSKTable, check_file_permissions
 from m2msec.maf.client_options import add_maf_options, maf_client_from_args
 from m2msec.tls.engine import CertificateConfig
-from m2msec.tls.profiles import parse_profiles
+from m2msec.tls.profiles import CipherProfile, parse_profiles
 from m2msec.transport.limits import (
     DEFAULT_MAX_CONNECTIONS_PER_SA,
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
@@ -270,9 +270,9 @@ def _sp_id(args: argparse.Namespace) -> str | None:
     from m2msec.errors import IdentifierError
     from m2msec.gateway.rules import normalize_sp_id
 
-    served = ([args.profiles] if args.backend is not None else []) + (
-        [args.coaps_profiles] if args.coap_backend is not None else [])
-    certificates = any(p.mutual_certificates for names in served for p in parse_profiles(names))
+    served = ([_profiles(args.profiles, "--profiles")] if args.backend is not None else []) + (
+        [_profiles(args.coaps_profiles, "--coaps-profiles")] if args.coap_backend is not None else [])
+    certificates = any(p.mutual_certificates for profiles in served for p in profiles)
     if args.sp_id is None:
         if certificates:
             raise ConfigurationError("certificate profiles (ecdhe-ecdsa, ecdhe-ecdsa-dtls) need --sp-id, the "
@@ -282,6 +282,13 @@ def _sp_id(args: argparse.Namespace) -> str | None:
         return normalize_sp_id(args.sp_id)
     except IdentifierError as exc:
         raise ConfigurationError(f"--sp-id: {exc}") from None
+
+
+def _profiles(names: str, option: str) -> tuple[CipherProfile, ...]:
+    try:
+        return parse_profiles(names)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{option}: {exc}") from None
 
 
 def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | None]:
@@ -326,7 +333,7 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
     maf = _remote_keys(args, table)
     coaps: CoapsGateway | None = None
     if args.coap_backend is not None:
-        coaps_profiles = parse_profiles(args.coaps_profiles)
+        coaps_profiles = _profiles(args.coaps_profiles, "--coaps-profiles")
         if table is None and maf is None and not any(p.mutual_certificates for p in coaps_profiles):
             raise ConfigurationError("coaps:// needs a PSK table (--psk-table or --db) or the ecdhe-ecdsa-dtls profile")
         if args.coaps_max_body < 1:
@@ -464,7 +471,7 @@ def _http_gateway(args: argparse.Namespace, host: str, port: int, table: PSKTabl
         backend=parse_backend(args.backend),
         host=host,
         port=port,
-        profiles=parse_profiles(args.profiles),
+        profiles=_profiles(args.profiles, "--profiles"),
         identity_hint=args.identity_hint,
         unbound_policy=UnboundPolicy(args.unbound),
         handshake_timeout=args.handshake_timeout,

@@ -161,15 +161,16 @@ class ConfigReload:
                 exc = name_file_key(new, exc)
             log.error("reload refused, the running configuration stays: %s", exc)
             return False
-        try:
-            for old, side in ((self.http, built[0]), (self.coaps, built[1])):
-                if old is not None and side is not None:
-                    await _apply(old, side, new)
-        except Exception as exc:
-            log.error("reload failed while applying: %s", exc)
-            return False
-        finally:
+        try:  # every new context is built before any side changes: a failure changes nothing
+            plans = [(old, side, _plan(old, side)) for old, side in ((self.http, built[0]), (self.coaps, built[1]))
+                     if old is not None and side is not None]
+        except M2MSecError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
             await release(*built)
+            return False
+        for old, side, (config, context) in plans:
+            await _apply(old, side, config, context, new)
+        await release(*built)
         restart = [key for key, action in file_options(gateway_parser()).items()
                    if action.dest not in RELOADABLE and getattr(fresh, action.dest, None) !=
                    getattr(self.running, action.dest, None)]
@@ -188,14 +189,19 @@ class ConfigReload:
         return True
 
 
-async def _apply(old: Any, new: Any, args: argparse.Namespace) -> None:
-    """Move the side ``old`` (serving) to the configuration of ``new`` (built, not serving), keeping its table."""
-    from m2msec.cli.gateway import limit_failures
-
+def _plan(old: Any, new: Any) -> tuple[Any, TLSContext]:
+    """The configuration of ``new`` (built, not serving) for the side ``old`` (serving), with what cannot change
+    without a restart kept, and its TLS context over ``old``'s table. Raises ConfigurationError."""
     kept = {name: getattr(old.config, name) for name in _KEPT_FIELDS if hasattr(old.config, name)}
     config = dataclasses.replace(new.config, **kept)
     server = config.server_config(old.table, config.profiles, async_psk=old.maf is not None)
-    context = TLSContext.dtls_server(server) if old.context.dtls else TLSContext.server(server)
+    return config, TLSContext.dtls_server(server) if old.context.dtls else TLSContext.server(server)
+
+
+async def _apply(old: Any, new: Any, config: Any, context: TLSContext, args: argparse.Namespace) -> None:
+    """Move the side ``old`` to ``config`` and ``context`` (:func:`_plan`), and to ``new``'s CRL file."""
+    from m2msec.cli.gateway import limit_failures
+
     old.context.adopt(context)  # new handshakes only: live SAs keep theirs
     old.config = config
     old.revocation.crls = new.revocation.crls
