@@ -437,9 +437,7 @@ async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None)
     if sockets is not None:
         sockets.serving()
     await stop.wait()
-    with contextlib.suppress(NotImplementedError):
-        loop.remove_signal_handler(signal.SIGHUP)
-    await reload.wait()
+    await reload.close()  # a SIGHUP while stopping (draining) is ignored, never the default action (exit)
     if sockets is not None:
         from m2msec.gateway.worker import drain
 

@@ -126,15 +126,20 @@ class ConfigReload:
         self.reloads = 0
         self._task: asyncio.Task[None] | None = None
         self._again = False
+        self._closed = False
 
     def request(self) -> None:
         """The SIGHUP handler: reload now, or once more after the reload under way."""
+        if self._closed:
+            return
         if self._task is not None and not self._task.done():
             self._again = True
             return
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def wait(self) -> None:
+    async def close(self) -> None:
+        """No reload from now on (the gateway is stopping); let the one under way finish."""
+        self._closed = True
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -142,8 +147,11 @@ class ConfigReload:
     async def _run(self) -> None:
         while True:
             self._again = False
-            await self.reload()
-            if not self._again:
+            try:
+                await self.reload()
+            except Exception as exc:  # one line (its type: the text could quote anything), never a traceback
+                log.error("reload failed, the running configuration stays: internal error %s", type(exc).__name__)
+            if not self._again or self._closed:
                 return
 
     async def reload(self) -> bool:
