@@ -156,29 +156,22 @@ class ConfigReload:
 
     async def reload(self) -> bool:
         """Read and apply the configuration again; False (one ERROR line, nothing changed) when it is refused."""
-        from m2msec.cli.gateway import gateway_parser, prepare, release, reread
-        from m2msec.gateway.config import file_options, name_file_key
+        from m2msec.cli.gateway import gateway_parser
+        from m2msec.gateway.config import file_options
 
-        new: argparse.Namespace | None = None
+        try:  # files read, keys and certificates parsed, contexts built: in a thread, the event loop serves on
+            new, fresh, built, plans = await asyncio.to_thread(self._build)
+        except M2MSecError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return False
         try:
-            new = reread(self.running)
-            fresh = argparse.Namespace(**vars(new))
-            built = prepare(new)  # every check of a start, every file read again
-        except M2MSecError as exc:
-            if new is not None and isinstance(exc, ConfigurationError):
-                exc = name_file_key(new, exc)
-            log.error("reload refused, the running configuration stays: %s", exc)
-            return False
-        try:  # every new context is built before any side changes: a failure changes nothing
-            plans = [(old, side, _plan(old, side)) for old, side in ((self.http, built[0]), (self.coaps, built[1]))
-                     if old is not None and side is not None]
-        except M2MSecError as exc:
-            log.error("reload refused, the running configuration stays: %s", exc)
-            await release(*built)
-            return False
-        for old, side, (config, context) in plans:
-            await _apply(old, side, config, context, new)
-        await release(*built)
+            if isinstance(plans, M2MSecError):
+                log.error("reload refused, the running configuration stays: %s", plans)
+                return False
+            for old, side, (config, context) in plans:
+                await _apply(old, side, config, context, new)
+        finally:
+            await _discard(*built)
         restart = [key for key, action in file_options(gateway_parser()).items()
                    if action.dest not in RELOADABLE and getattr(fresh, action.dest, None) !=
                    getattr(self.running, action.dest, None)]
@@ -195,6 +188,43 @@ class ConfigReload:
         else:
             log.info("configuration reloaded")
         return True
+
+
+    def _build(self) -> tuple[argparse.Namespace, argparse.Namespace, tuple[Any, Any], list[Any] | M2MSecError]:
+        """The new options (as resolved, and as :func:`prepare` adjusted them), the services :func:`prepare` builds
+        from them (every check of a start, every file read again) and each side's plan (:func:`_plan`), or the
+        error that refuses the plans. Runs in a worker thread. Raises M2MSecError (naming the file's key)."""
+        from m2msec.cli.gateway import prepare, reread
+        from m2msec.gateway.config import name_file_key
+
+        new: argparse.Namespace | None = None
+        try:
+            new = reread(self.running)
+            fresh = argparse.Namespace(**vars(new))
+            built = prepare(new)
+        except ConfigurationError as exc:
+            raise (name_file_key(new, exc) if new is not None else exc) from None
+        http, coaps = built
+        registrar = http.registrar if http is not None else coaps.registrar if coaps is not None else None
+        if registrar is not None:  # not used (the running one stays); its SQLite connection belongs to this thread
+            registrar.close()
+        try:  # every new context is built before any side changes: a failure changes nothing
+            plans: list[Any] | M2MSecError = [
+                (old, side, _plan(old, side)) for old, side in ((self.http, http), (self.coaps, coaps))
+                if old is not None and side is not None]
+        except M2MSecError as exc:
+            plans = exc
+        return new, fresh, built, plans
+
+
+async def _discard(http: Any, coaps: Any) -> None:
+    """Close what :meth:`ConfigReload._build` built and the running services do not take (their registrar is
+    closed already)."""
+    if http is not None:
+        http.backend_pool.close()
+    maf = http.maf if http is not None else coaps.maf if coaps is not None else None
+    if maf is not None:
+        await maf.close()
 
 
 def _plan(old: Any, new: Any) -> tuple[Any, TLSContext]:
