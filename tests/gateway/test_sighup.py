@@ -236,3 +236,28 @@ async def test_sighup_on_the_coaps_side_keeps_a_dtls_peer(tmp_path: Path,
         second.close()
         transport.close()
         assert await gw.stop() == 0
+
+
+async def test_sighup_with_registration_rules(tmp_path: Path, cse: StubCSE) -> None:  # noqa: F811
+    """--app-rules / --registrations: the reload checks the rules file again (a broken one is refused) and keeps
+    the running registrar and its SQLite bindings."""
+    private(tmp_path / "psk.toml", ONE)
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[app_rule]]\napci = ["*"]\naai = ["Nlight"]\naae = ["C*"]\n')
+    config = tmp_path / "gateway.toml"
+    base = (f'listen = "127.0.0.1:0"\nbackend = "{cse.url}"\npsk-table = "psk.toml"\napp-rules = "rules.toml"\n'
+            'registrations = "bindings.db"\n')
+    config.write_text(base)
+    async with gateway(tmp_path, "--config", str(config), workers="1") as gw:
+        live = await connect(gw.port)
+        assert await status(live) == 200
+        config.write_text(base + "max-sa-lifetime = 600\n")
+        os.kill(gw.proc.pid, signal.SIGHUP)
+        await wait_for_log(gw, "configuration reloaded")
+        rules.write_text('[[app_rule]]\napci = "x"\n')
+        os.kill(gw.proc.pid, signal.SIGHUP)
+        await wait_for_log(gw, "ERROR")
+        assert "app_rule 0" in gw.log and "Traceback" not in gw.log
+        assert await status(live) == 200
+        await live.close()
+        assert await gw.stop() == 0
