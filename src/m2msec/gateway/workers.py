@@ -183,6 +183,7 @@ class _Worker:
     started: float = 0.0
     ready: bool = False
     restart_at: float | None = None
+    generation: int = 0  # the supervisor's reload count when this worker was started
 
 
 def _status(code: int) -> str:
@@ -203,6 +204,7 @@ class Supervisor:
         self.stopping: int | None = None  # the signal that asked us to stop
         self.failure: str | None = None
         self.reloading = False  # a SIGHUP to handle
+        self.generation = 0  # configurations reloaded
         self._ready_r, self._ready_w = os.pipe()
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._ready_r, self._wake_r, self._wake_w):
@@ -226,6 +228,7 @@ class Supervisor:
             proc.stdin.write(pickle.dumps(spec))
             proc.stdin.close()
         w.process, w.started, w.ready, w.restart_at = proc, self.clock(), False, None
+        w.generation = self.generation
         log.info("worker %d started (pid %d)", w.index, proc.pid)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -257,10 +260,16 @@ class Supervisor:
             if action.dest not in RELOADABLE:
                 setattr(fresh, action.dest, getattr(self.args, action.dest, None))
         self.args = fresh
+        self.generation += 1
         for w in self.workers:
-            if w.process is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    w.process.send_signal(RELOAD_SIGNAL)
+            if w.ready:  # one still starting ignores SIGHUP: it gets it once ready (_read_ready)
+                self._signal(w, RELOAD_SIGNAL)
+
+    @staticmethod
+    def _signal(w: _Worker, signum: int) -> None:
+        if w.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                w.process.send_signal(signum)
 
     def _read_ready(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -268,6 +277,8 @@ class Supervisor:
                 for w in self.workers:
                     if w.process is not None and str(w.process.pid) == line:
                         w.ready = True
+                        if w.generation != self.generation:  # started before a reload, which it ignored
+                            self._signal(w, RELOAD_SIGNAL)
         with contextlib.suppress(BlockingIOError):
             os.read(self._wake_r, 4096)
 
