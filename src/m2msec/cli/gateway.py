@@ -305,7 +305,7 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
         if not args.db.exists():
             raise ConfigurationError(f"{args.db}: no such key store (create it with 'm2msec keys add')")
         table = SQLitePSKStore(args.db, master_key_file=args.master_key_file)
-    if args.handshake_timeout <= 0:
+    if not args.handshake_timeout > 0:  # NaN too
         raise ConfigurationError("--handshake-timeout must be positive")
     if not args.max_sa_lifetime > 0:
         raise ConfigurationError("--max-sa-lifetime must be positive")
@@ -313,7 +313,7 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
         raise ConfigurationError("--max-connections must be at least 1")
     if args.max_body_memory < 1:
         raise ConfigurationError("--max-body-memory must be at least 1")
-    if args.write_timeout <= 0:
+    if not args.write_timeout > 0:
         raise ConfigurationError("--write-timeout must be positive")
     if args.max_handshakes_per_source < 1:
         raise ConfigurationError("--max-handshakes-per-source must be at least 1")

@@ -218,3 +218,16 @@ def reference_table(parser: argparse.ArgumentParser, reloadable: frozenset[str])
         applied = "applied" if action.dest in reloadable else "needs a restart"
         lines.append(f"| `{key}` | {kind} | {_default(action)} | `--{key}` | {applied} |")
     return lines
+
+
+def main() -> None:
+    """``python -m m2msec.gateway.config``: print the key table of docs/gateway.md (paste it between the
+    ``config-keys`` markers when options change; tests/gateway/test_config_file.py checks it)."""
+    from m2msec.cli.gateway import gateway_parser
+    from m2msec.gateway.reload import RELOADABLE
+
+    print("\n".join(reference_table(gateway_parser(), RELOADABLE)))
+
+
+if __name__ == "__main__":
+    main()
