@@ -13,18 +13,20 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 
 from m2msec.cli.common import LOOPS, run_async
+from m2msec.cli.gateway_mef import add_mef_options, mef_fetcher_from_args
 from m2msec.crl import CRLFile
 from m2msec.errors import ConfigurationError
 from m2msec.gateway.coap_blockwise import BlockwiseLimits
 from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
+from m2msec.gateway.config import GIVEN, apply_config_file, name_file_key, track_given
 from m2msec.gateway.http_gateway import Gateway, GatewayConfig, parse_backend
 from m2msec.gateway.limits import DEFAULT_BODY_BUDGET, DEFAULT_WRITE_TIMEOUT, fit_connection_cap
 from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME
 from m2msec.gateway.rules import UnboundPolicy
 from m2msec.keys.table import PSKTable, TomlPSKTable, check_file_permissions
-from m2msec.maf.client_options import add_maf_options, maf_client_from_args, service_fqdn
+from m2msec.maf.client_options import add_maf_options, maf_client_from_args
 from m2msec.tls.engine import CertificateConfig
-from m2msec.tls.profiles import parse_profiles
+from m2msec.tls.profiles import CipherProfile, parse_profiles
 from m2msec.transport.limits import (
     DEFAULT_MAX_CONNECTIONS_PER_SA,
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
@@ -39,7 +41,6 @@ if TYPE_CHECKING:
     from m2msec.gateway.mef_resolver import RemoteKeyResolver
     from m2msec.gateway.registrar import Registrar
     from m2msec.gateway.workers import WorkerSockets
-    from m2msec.mef.client import MEFFetcher
 
 #: --max-connections when not given (lowered to what the file-descriptor limit allows)
 DEFAULT_MAX_CONNECTIONS = 10000
@@ -52,6 +53,12 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "gateway", help="terminate TLS-PSK and forward oneM2M HTTP requests to a CSE"
     )
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="TOML file holding these options (keys: the option names without --); options given here "
+                   "override it; reloaded on SIGHUP (docs/gateway.md, Configuration file)")
+    p.add_argument("--check-config", action="store_true",
+                   help="build everything the options describe (keys, certificates, CRLs, rules), print "
+                   "'configuration OK' and exit, without listening")
     p.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT", help="default 127.0.0.1:8443")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--psk-table", type=Path, metavar="FILE", help="TOML PSK table (reloaded on change)")
@@ -127,16 +134,76 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--workers", default="1", metavar="N",
                    help="processes serving the same ports (SO_REUSEPORT), under one supervisor that restarts them; "
                    "auto: one per CPU this process may use (default 1: a single process)")
+    track_given(p)  # last: the options given on the command line override --config
     p.set_defaults(func=_dispatch)
+
+
+def gateway_parser() -> argparse.ArgumentParser:
+    """A fresh ``m2msec gateway`` parser: the schema of the configuration file (:mod:`m2msec.gateway.config`)."""
+    parser = argparse.ArgumentParser(prog="m2msec")
+    sub = parser.add_subparsers()
+    add_parser(sub)
+    return sub.choices["gateway"]
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the values of ``--config`` the command line did not give (an error is one line)."""
+    if args.config is not None:
+        args.config = args.config.absolute()  # read again on SIGHUP, whatever the working directory then
+        apply_config_file(gateway_parser(), args, args.config)
+    return args
+
+
+def reread(running: argparse.Namespace) -> argparse.Namespace:
+    """The options again for a reload: the defaults, then ``--config`` read again, then the command line's."""
+    parser = gateway_parser()
+    args = parser.parse_args([])
+    given: dict[str, Any] = dict(getattr(running, GIVEN, {}))
+    for dest, value in given.items():
+        setattr(args, dest, value)
+    setattr(args, GIVEN, given)
+    args.config, args.verbose = running.config, getattr(running, "verbose", False)
+    if args.config is not None:
+        apply_config_file(parser, args, args.config)
+    return args
 
 
 def _dispatch(args: argparse.Namespace) -> Any:
     """--workers 1: :func:`run` in this process on ``--loop``; more: the supervisor of :mod:`m2msec.gateway.workers`
-    (each worker runs :func:`run` on ``--loop``)."""
+    (each worker runs :func:`run` on ``--loop``). ``--check-config``: :func:`check_config`."""
     from m2msec.gateway.workers import supervise, worker_count
 
-    workers = worker_count(args.workers)
-    return run_async(run(args), loop=args.loop) if workers == 1 else supervise(args, workers)
+    args = resolve(args)
+    try:
+        if args.check_config:
+            return check_config(args)
+        workers = worker_count(args.workers)
+        return run_async(run(args), loop=args.loop) if workers == 1 else supervise(args, workers)
+    except ConfigurationError as exc:
+        raise name_file_key(args, exc) from None
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """``--check-config``: build what :func:`prepare` builds (nothing listens), say so, release it."""
+    from m2msec.gateway.workers import worker_count
+
+    worker_count(args.workers)
+    http, coaps = prepare(args)
+    run_async(release(http, coaps))
+    print("configuration OK", flush=True)
+    return 0
+
+
+async def release(http: Gateway | None, coaps: CoapsGateway | None) -> None:
+    """Close what :func:`prepare` built for services that never started (``--check-config``, a reload)."""
+    if http is not None:
+        http.backend_pool.close()
+    maf = http.maf if http is not None else coaps.maf if coaps is not None else None
+    if maf is not None:  # the two sides share one
+        await maf.close()
+    registrar = http.registrar if http is not None else coaps.registrar if coaps is not None else None
+    if registrar is not None:
+        registrar.close()
 
 
 def _read(path: Path | None, what: str) -> bytes | None:
@@ -158,11 +225,32 @@ def _certificate(args: argparse.Namespace) -> tuple[CertificateConfig | None, CR
     check_file_permissions(args.key)
     chain, key = _read(args.cert, "certificate"), _read(args.key, "private key")
     assert chain is not None and key is not None
+    _check_pair(args.cert, chain, args.key, key)
     client_ca = _read(args.client_ca, "client CA certificates")
     crls = None
     if args.crl is not None:  # refuses a file without a CRL, or with a CRL no client CA signed (D50)
         crls = CRLFile(args.crl, trusted=_client_cas(args.client_ca, client_ca))
     return CertificateConfig(chain, key, client_ca, _read(args.crl, "CRL")), crls
+
+
+def _check_pair(cert_path: Path, chain: bytes, key_path: Path, key: bytes) -> None:
+    """--cert holds a PEM chain and --key a PEM private key of its first certificate: said here with the option and
+    the file (at start, --check-config and reload), before the engine's own, anonymous refusal."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        leaf = x509.load_pem_x509_certificates(chain)[0]
+    except ValueError:
+        raise ConfigurationError(f"--cert {cert_path}: not a PEM certificate chain") from None
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # never the reason: it may quote the key
+        raise ConfigurationError(f"--key {key_path}: not an unencrypted PEM private key") from None
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+        raise ConfigurationError(f"--key {key_path} is not the private key of the first certificate of --cert "
+                                 f"{cert_path}")
 
 
 def _client_cas(path: Path | None, data: bytes | None) -> list[x509.Certificate]:
@@ -182,9 +270,9 @@ def _sp_id(args: argparse.Namespace) -> str | None:
     from m2msec.errors import IdentifierError
     from m2msec.gateway.rules import normalize_sp_id
 
-    served = ([args.profiles] if args.backend is not None else []) + (
-        [args.coaps_profiles] if args.coap_backend is not None else [])
-    certificates = any(p.mutual_certificates for names in served for p in parse_profiles(names))
+    served = ([_profiles(args.profiles, "--profiles")] if args.backend is not None else []) + (
+        [_profiles(args.coaps_profiles, "--coaps-profiles")] if args.coap_backend is not None else [])
+    certificates = any(p.mutual_certificates for profiles in served for p in profiles)
     if args.sp_id is None:
         if certificates:
             raise ConfigurationError("certificate profiles (ecdhe-ecdsa, ecdhe-ecdsa-dtls) need --sp-id, the "
@@ -194,6 +282,13 @@ def _sp_id(args: argparse.Namespace) -> str | None:
         return normalize_sp_id(args.sp_id)
     except IdentifierError as exc:
         raise ConfigurationError(f"--sp-id: {exc}") from None
+
+
+def _profiles(names: str, option: str) -> tuple[CipherProfile, ...]:
+    try:
+        return parse_profiles(names)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{option}: {exc}") from None
 
 
 def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | None]:
@@ -210,7 +305,7 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
         if not args.db.exists():
             raise ConfigurationError(f"{args.db}: no such key store (create it with 'm2msec keys add')")
         table = SQLitePSKStore(args.db, master_key_file=args.master_key_file)
-    if args.handshake_timeout <= 0:
+    if not args.handshake_timeout > 0:  # NaN too
         raise ConfigurationError("--handshake-timeout must be positive")
     if not args.max_sa_lifetime > 0:
         raise ConfigurationError("--max-sa-lifetime must be positive")
@@ -218,7 +313,7 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
         raise ConfigurationError("--max-connections must be at least 1")
     if args.max_body_memory < 1:
         raise ConfigurationError("--max-body-memory must be at least 1")
-    if args.write_timeout <= 0:
+    if not args.write_timeout > 0:
         raise ConfigurationError("--write-timeout must be positive")
     if args.max_handshakes_per_source < 1:
         raise ConfigurationError("--max-handshakes-per-source must be at least 1")
@@ -238,7 +333,7 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
     maf = _remote_keys(args, table)
     coaps: CoapsGateway | None = None
     if args.coap_backend is not None:
-        coaps_profiles = parse_profiles(args.coaps_profiles)
+        coaps_profiles = _profiles(args.coaps_profiles, "--coaps-profiles")
         if table is None and maf is None and not any(p.mutual_certificates for p in coaps_profiles):
             raise ConfigurationError("coaps:// needs a PSK table (--psk-table or --db) or the ecdhe-ecdsa-dtls profile")
         if args.coaps_max_body < 1:
@@ -287,65 +382,6 @@ def _registrar(args: argparse.Namespace) -> Registrar | None:
     return Registrar(rules, BindingStore(args.registrations), cse_id=args.cse_id, sp_id=args.sp_id)
 
 
-def add_mef_options(p: argparse.ArgumentParser) -> None:
-    """``--mef*``: the gateway as an Enrolment Target of a MEF (docs/mef.md), as :func:`add_maf_options` for a MAF."""
-    from m2msec.mef.client import DEFAULT_MEF_TIMEOUT
-
-    g = p.add_argument_group("remotely provisioned Kpsa (MEF, TS-0003 §8.3.2.1)")
-    g.add_argument("--mef", metavar="HOST:PORT", help="the MEF: a PSK identity that is a KeID (<RelativeKeID>@"
-                   "<MEF-FQDN>) of it gets its Kpsa there (fetchCredentials, SUID 22, cached until it expires); "
-                   "other PSK identities still go to --maf / --psk-table / --db")
-    g.add_argument("--mef-fqdn", metavar="FQDN", help="the MEF-FQDN (default: the host of --mef when it is a name)")
-    g.add_argument("--mef-target-id", metavar="FQDN", help="the gateway's Enrolment-Target-ID: its PSK identity "
-                   "for the MEF Handshake (the FQDN Enrolees derive Kpsa for)")
-    g.add_argument("--mef-key-file", type=Path, metavar="FILE",
-                   help="the gateway's target PSK at the MEF in hex (no access for the group or others)")
-    g.add_argument("--mef-cert", type=Path, metavar="FILE", help="or its FQDN certificate chain (PEM) for the MEF "
-                   "Handshake")
-    g.add_argument("--mef-cert-key", type=Path, metavar="FILE", help="private key of --mef-cert (PEM)")
-    g.add_argument("--mef-ca", type=Path, metavar="FILE",
-                   help="trust anchors of the MEF's FQDN certificate (PEM), with --mef-cert")
-    g.add_argument("--mef-timeout", type=float, default=DEFAULT_MEF_TIMEOUT, metavar="SECONDS",
-                   help=f"seconds one MEF exchange may take (default {DEFAULT_MEF_TIMEOUT:g})")
-
-
-_MEF_OPTIONS = ("mef_fqdn", "mef_target_id", "mef_key_file", "mef_cert", "mef_cert_key", "mef_ca")
-
-
-def mef_fetcher_from_args(args: argparse.Namespace) -> MEFFetcher | None:
-    """The MEF fetcher the ``--mef*`` options describe, None without ``--mef``. Raises ConfigurationError."""
-
-    from m2msec.cli.common import parse_hostport, read_key
-    from m2msec.mef.client import MEFCredentials, MEFFetcher
-
-    if args.mef is None:
-        given = [name for name in _MEF_OPTIONS if getattr(args, name) is not None]
-        if given:
-            raise ConfigurationError(f"--{given[0].replace('_', '-')} needs --mef")
-        return None
-    host, _ = parse_hostport(args.mef)
-    fqdn = service_fqdn(host, args.mef_fqdn, "mef")
-    if not args.mef_timeout > 0:
-        raise ConfigurationError("--mef-timeout must be positive")
-    psk = args.mef_target_id is not None or args.mef_key_file is not None
-    cert = args.mef_cert is not None or args.mef_cert_key is not None or args.mef_ca is not None
-    if psk == cert:
-        raise ConfigurationError("--mef needs the gateway's target credential: --mef-target-id with --mef-key-file, "
-                                 "or --mef-cert with --mef-cert-key and --mef-ca")
-    if psk:
-        if args.mef_target_id is None or args.mef_key_file is None:
-            raise ConfigurationError("give --mef-target-id and --mef-key-file together")
-        credentials = MEFCredentials(args.mef_target_id, read_key(str(args.mef_key_file), None))
-    else:
-        if args.mef_cert is None or args.mef_cert_key is None or args.mef_ca is None:
-            raise ConfigurationError("give --mef-cert, --mef-cert-key and --mef-ca together")
-        check_file_permissions(args.mef_cert_key)
-        credentials = MEFCredentials(chain_pem=_read(args.mef_cert, "certificate"),
-                                     private_key_pem=_read(args.mef_cert_key, "private key"),
-                                     trust_anchors_pem=_read(args.mef_ca, "MEF trust anchors"))
-    return MEFFetcher(args.mef, credentials, mef_fqdn=fqdn, timeout=args.mef_timeout)
-
-
 def _remote_keys(args: argparse.Namespace, table: PSKTable | None) -> RemoteKeyResolver | None:
     """``--maf`` and / or ``--mef``: the resolver both sides share (one MAF client with its Kc cache, one MEF
     fetcher with its Kpsa cache; with both, chained by FQDN in front of the table), None without either."""
@@ -366,13 +402,19 @@ def _remote_keys(args: argparse.Namespace, table: PSKTable | None) -> RemoteKeyR
 async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None) -> int:
     """Serve until SIGTERM / SIGINT; as worker ``sockets.index`` of ``--workers``, on its share of the sockets
     (its start lines are the supervisor's to print) and draining before it closes."""
+    from m2msec.gateway.reload import ConfigReload
+
+    running = argparse.Namespace(**vars(args))  # as resolved: what a reload compares the new options with
     http, coaps = prepare(args)
     services: list[Gateway | CoapsGateway] = []
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    reload = ConfigReload(running, http, coaps)
     for sig in (signal.SIGINT, signal.SIGTERM):  # before the start lines: a SIGTERM right after them stops cleanly
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, reload.request)  # config, certificates, CRLs, PSK table again
     if coaps is not None:
         await coaps.start(sock=sockets.udp if sockets is not None else None)
         if coaps.protocol is not None:  # its limiter exists once it listens
@@ -395,6 +437,7 @@ async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None)
     if sockets is not None:
         sockets.serving()
     await stop.wait()
+    await reload.close()  # a SIGHUP while stopping (draining) is ignored, never the default action (exit)
     if sockets is not None:
         from m2msec.gateway.worker import drain
 
@@ -426,7 +469,7 @@ def _http_gateway(args: argparse.Namespace, host: str, port: int, table: PSKTabl
         backend=parse_backend(args.backend),
         host=host,
         port=port,
-        profiles=parse_profiles(args.profiles),
+        profiles=_profiles(args.profiles, "--profiles"),
         identity_hint=args.identity_hint,
         unbound_policy=UnboundPolicy(args.unbound),
         handshake_timeout=args.handshake_timeout,

@@ -316,6 +316,7 @@ class CoapsGateway:
                  cookie_secret: bytes | None = None, crls: CRLFile | None = None,
                  maf: RemoteKeyResolver | None = None, registrar: Registrar | None = None) -> None:
         self.config = config
+        self.table = table  # read per handshake; a reload (SIGHUP) builds its new context over it
         #: service subscription rules and registration bindings (``--app-rules``), also the default resolver
         self.registrar = registrar
         self.resolver = resolver if resolver is not None else registrar

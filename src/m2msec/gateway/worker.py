@@ -12,6 +12,9 @@ open TLS connections to end, at most
 :data:`~m2msec.gateway.workers.DRAIN_TIMEOUT` seconds (serving coaps, at least
 :data:`~m2msec.gateway.workers.COAPS_DRAIN_GRACE` for the CSE's answers still due), then closes what is left and
 exits 0.
+
+SIGHUP (forwarded by the supervisor) reloads the configuration as in a single process
+(:class:`~m2msec.gateway.reload.ConfigReload`): each worker reads the files again itself.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ def main() -> int:
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else args.log_level,
                         format=f"%(asctime)s %(levelname)s %(name)s [worker {index}]: %(message)s")
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until run() serves and reloads on it: never a death by SIGHUP
     _die_with_parent(spec["supervisor"])
     tcp = socket.socket(fileno=spec["tcp"]) if spec["tcp"] is not None else None
     udp = socket.socket(fileno=spec["udp"]) if spec["udp"] is not None else None

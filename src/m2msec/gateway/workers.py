@@ -17,8 +17,9 @@ Restarts back off (:class:`RestartPolicy`, D61); a worker that keeps dying befor
 a table edited into an invalid one) makes the supervisor stop all workers and exit with one error line instead of
 looping (D62). SIGTERM / SIGINT to the supervisor sends SIGTERM to every worker (workers run with SIGINT blocked,
 so that a terminal's Ctrl-C, sent to the whole process group, is the supervisor's alone), which drains
-(:mod:`m2msec.gateway.worker`, D64); the supervisor exits 0 once all have exited. The connection caps are per
-worker (:data:`PER_WORKER_LIMITS`, D63).
+(:mod:`m2msec.gateway.worker`, D64); the supervisor exits 0 once all have exited. SIGHUP to the supervisor checks
+the configuration again and, when it is valid, is forwarded to every worker, which reloads (D240). The connection
+caps are per worker (:data:`PER_WORKER_LIMITS`, D63).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
-from m2msec.errors import ConfigurationError
+from m2msec.errors import ConfigurationError, M2MSecError
 from m2msec.gateway.reuseport import pin_group
 
 __all__ = ["DRAIN_TIMEOUT", "MAX_WORKERS_PER_CPU", "PER_WORKER_LIMITS", "RestartPolicy", "WorkerSockets",
@@ -67,6 +68,9 @@ PER_WORKER_LIMITS = ("--max-connections", "--max-body-memory", "--max-handshakes
 #: --workers is refused above this many workers per CPU the process may use: an event-loop worker beyond one per
 #: CPU adds nothing but memory, and a typo such as 1000 would start a thousand interpreters (D66)
 MAX_WORKERS_PER_CPU = 4
+#: the signal that reloads the configuration: the supervisor checks the new one, then sends this to every worker
+#: (each reads the files again itself), never to a worker when the check failed (D240)
+RELOAD_SIGNAL = signal.SIGHUP
 #: listen(2) backlog of each worker's TCP socket (connections wait here while their worker restarts)
 LISTEN_BACKLOG = socket.SOMAXCONN
 
@@ -179,6 +183,7 @@ class _Worker:
     started: float = 0.0
     ready: bool = False
     restart_at: float | None = None
+    generation: int = 0  # the supervisor's reload count when this worker was started
 
 
 def _status(code: int) -> str:
@@ -198,6 +203,8 @@ class Supervisor:
         self.clock = clock
         self.stopping: int | None = None  # the signal that asked us to stop
         self.failure: str | None = None
+        self.reloading = False  # a SIGHUP to handle
+        self.generation = 0  # configurations reloaded
         self._ready_r, self._ready_w = os.pipe()
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._ready_r, self._wake_r, self._wake_w):
@@ -221,11 +228,48 @@ class Supervisor:
             proc.stdin.write(pickle.dumps(spec))
             proc.stdin.close()
         w.process, w.started, w.ready, w.restart_at = proc, self.clock(), False, None
+        w.generation = self.generation
         log.info("worker %d started (pid %d)", w.index, proc.pid)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT) and self.stopping is None:
             self.stopping = signum
+        elif signum == RELOAD_SIGNAL:
+            self.reloading = True
+
+    def _reload(self) -> None:
+        """SIGHUP: check the configuration as at start (one ERROR line and nothing more when it is refused), then
+        forward SIGHUP to every worker, each of which reads it again; workers restarted later start with it."""
+        from m2msec.cli.common import run_async
+        from m2msec.cli.gateway import gateway_parser, prepare, release, reread
+        from m2msec.gateway.config import file_options, name_file_key
+        from m2msec.gateway.reload import RELOADABLE
+
+        self.reloading = False
+        new: argparse.Namespace | None = None
+        try:
+            new = reread(self.args)
+            fresh = argparse.Namespace(**vars(new))
+            run_async(release(*prepare(new)))
+        except M2MSecError as exc:
+            if new is not None and isinstance(exc, ConfigurationError):
+                exc = name_file_key(new, exc)
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return
+        for action in file_options(gateway_parser()).values():  # the sockets and the rest stay as started
+            if action.dest not in RELOADABLE:
+                setattr(fresh, action.dest, getattr(self.args, action.dest, None))
+        self.args = fresh
+        self.generation += 1
+        for w in self.workers:
+            if w.ready:  # one still starting ignores SIGHUP: it gets it once ready (_read_ready)
+                self._signal(w, RELOAD_SIGNAL)
+
+    @staticmethod
+    def _signal(w: _Worker, signum: int) -> None:
+        if w.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                w.process.send_signal(signum)
 
     def _read_ready(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -233,6 +277,8 @@ class Supervisor:
                 for w in self.workers:
                     if w.process is not None and str(w.process.pid) == line:
                         w.ready = True
+                        if w.generation != self.generation:  # started before a reload, which it ignored
+                            self._signal(w, RELOAD_SIGNAL)
         with contextlib.suppress(BlockingIOError):
             os.read(self._wake_r, 4096)
 
@@ -260,7 +306,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until SIGTERM / SIGINT (exit 0 once every worker has) or until workers cannot start (raise)."""
-        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, RELOAD_SIGNAL)}
         handlers[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda s, f: None)
         old_wakeup = signal.set_wakeup_fd(self._wake_w)
         announced = False
@@ -271,6 +317,8 @@ class Supervisor:
                 if not announced and all(w.ready for w in self.workers):
                     announced = True
                     _announce(self.args, self.workers)
+                if self.reloading:
+                    self._reload()
                 self._reap()
                 now = self.clock()
                 for w in self.workers:

@@ -129,6 +129,9 @@ class TLSConnection(AsyncPSKConnection):
     def __init__(self, context: TLSContext) -> None:
         self._context = context
         self._ssl = SSL.Connection(context._ctx, None)
+        # the callbacks of the OpenSSL context this connection was made from, kept alive with it even after
+        # TLSContext.adopt() moved the context on to a new configuration (a reload)
+        self._callbacks = context._keepalive
         # a weak reference back: a strong one would make a reference cycle (this -> SSL.Connection -> this), and
         # every dropped connection, OpenSSL's SSL object with it, would wait for the cyclic garbage collector
         self._ssl.set_app_data(weakref.ref(self))

@@ -282,6 +282,23 @@ class TLSContext:
         self._install_trust_store(self._ctx, crls)
         return True
 
+    def adopt(self, other: TLSContext) -> None:
+        """Make the connections made from now on use ``other``'s configuration (certificate, key, trust anchors,
+        CRLs, profiles, PSK settings): the gateway's reload (SIGHUP). Connections already made keep the OpenSSL
+        context they were made from, with its callbacks, until they end. A DTLS server keeps its cookie secret,
+        so that cookies sent before the reload still verify."""
+        if other.dtls != self.dtls or other.is_server != self.is_server:
+            raise ConfigurationError("a reloaded context must be of the same kind (TLS or DTLS, server or client)")
+        if self.dtls and self.is_server:
+            other._cookies = self._cookies  # other's cookie callbacks read other._cookies
+        self.config = other.config
+        self._ctx = other._ctx
+        self._keepalive = other._keepalive
+        if hasattr(other, "_anchors"):
+            self._anchors = other._anchors
+        elif hasattr(self, "_anchors"):
+            del self._anchors
+
     @property
     def verifies_certificates(self) -> bool:
         """Whether this context has trust anchors to verify a peer's certificate chain with."""
