@@ -23,6 +23,7 @@ from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME
 from m2msec.gateway.rules import UnboundPolicy
 from m2msec.keys.table import PSKTable, TomlPSKTable, check_file_permissions
 from m2msec.maf.client_options import add_maf_options, maf_client_from_args, service_fqdn
+from m2msec.metrics import add_observability_options, start_observability
 from m2msec.tls.engine import CertificateConfig
 from m2msec.tls.profiles import parse_profiles
 from m2msec.transport.limits import (
@@ -120,6 +121,7 @@ def add_parser(sub: Any) -> None:
     add_maf_options(p, role="its MAF Key Identifiers (<RelativeKeyID>@<MAF-FQDN>) are resolved there by Key "
                     "Retrieval (Kc cached until it expires); other PSK identities still go to --psk-table / --db")
     add_mef_options(p)
+    add_observability_options(p)
     p.add_argument("--quiet", action="store_const", dest="log_level", const=logging.WARNING,
                    default=logging.INFO, help="log warnings only")
     p.add_argument("--loop", choices=LOOPS, default="asyncio",
@@ -367,6 +369,7 @@ async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None)
     """Serve until SIGTERM / SIGINT; as worker ``sockets.index`` of ``--workers``, on its share of the sockets
     (its start lines are the supervisor's to print) and draining before it closes."""
     http, coaps = prepare(args)
+    observability = start_observability(args, http, coaps, sockets)  # --metrics: before the sides start
     services: list[Gateway | CoapsGateway] = []
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -407,6 +410,8 @@ async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None)
     registrar = http.registrar if http is not None else coaps.registrar if coaps is not None else None
     if registrar is not None:
         registrar.close()
+    if observability is not None:
+        await observability.close()
     return 0
 
 

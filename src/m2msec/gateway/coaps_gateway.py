@@ -26,7 +26,7 @@ import math
 import random
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from m2msec.crl import CRLFile
 from m2msec.errors import BadRequest, TargetNotReachable
@@ -61,6 +61,9 @@ from m2msec.transport.limits import (
 )
 
 __all__ = ["CoapsConfig", "CoapsGateway"]
+
+if TYPE_CHECKING:
+    from m2msec.metrics import GatewayMetrics
 
 log = logging.getLogger("m2msec.gateway.coaps")
 
@@ -328,6 +331,9 @@ class CoapsGateway:
         self._reloader = side_reloader(table, crls, self.context, config.reload_interval)
         self._udp: asyncio.DatagramTransport | None = None
         self.protocol: DTLSServerProtocol | None = None
+        self.table = table
+        #: ``--metrics`` (m2msec.metrics), set before :meth:`start`; None: off
+        self.observer: GatewayMetrics | None = None
 
     @property
     def port(self) -> int:
