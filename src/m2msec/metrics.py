@@ -46,6 +46,7 @@ __all__ = [
     "MetricsServer",
     "Observability",
     "add_observability_options",
+    "check_metrics_workers",
     "start_observability",
 ]
 
@@ -242,6 +243,13 @@ def add_observability_options(p: argparse.ArgumentParser) -> None:
                    help="text (default) or json: one JSON object per line")
 
 
+def check_metrics_workers(args: argparse.Namespace, workers: int) -> None:
+    """D254: ``--metrics`` is refused with ``--workers`` > 1, before any worker starts: each worker's counters are
+    its own, and a scrape on a shared port would see one worker at random."""
+    if getattr(args, "metrics", None) is not None and workers > 1:
+        raise ConfigurationError("--metrics works with --workers 1 only (each worker would count for itself)")
+
+
 class Observability:
     """What :func:`start_observability` started: the metrics, their listener and the table-size task."""
 
@@ -269,12 +277,11 @@ class Observability:
 def start_observability(args: argparse.Namespace, http: Gateway | None, coaps: CoapsGateway | None,
                         sockets: WorkerSockets | None = None) -> Observability | None:
     """With ``--metrics``: the metrics of ``http`` and ``coaps`` (given to them before they start) and their
-    listener; None without. Refused in a worker of ``--workers`` > 1 (D254: each worker's counters are its own;
-    a scrape would see one worker at random)."""
+    listener; None without. Refused in a worker of ``--workers`` > 1 (D254, :func:`check_metrics_workers`)."""
     if getattr(args, "metrics", None) is None:
         return None
     if sockets is not None:
-        raise ConfigurationError("--metrics works with --workers 1 only (each worker counts for itself)")
+        check_metrics_workers(args, 2)
     host, port = parse_metrics_address(args.metrics)
     if not _is_loopback(host):
         log.warning("metrics on %s:%d are served to the network, without authentication", host, port)

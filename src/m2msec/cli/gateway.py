@@ -23,7 +23,7 @@ from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME
 from m2msec.gateway.rules import UnboundPolicy
 from m2msec.keys.table import PSKTable, TomlPSKTable, check_file_permissions
 from m2msec.maf.client_options import add_maf_options, maf_client_from_args, service_fqdn
-from m2msec.metrics import add_observability_options, start_observability
+from m2msec.metrics import add_observability_options, check_metrics_workers, start_observability
 from m2msec.tls.engine import CertificateConfig
 from m2msec.tls.profiles import parse_profiles
 from m2msec.transport.limits import (
@@ -138,6 +138,7 @@ def _dispatch(args: argparse.Namespace) -> Any:
     from m2msec.gateway.workers import supervise, worker_count
 
     workers = worker_count(args.workers)
+    check_metrics_workers(args, workers)
     return run_async(run(args), loop=args.loop) if workers == 1 else supervise(args, workers)
 
 

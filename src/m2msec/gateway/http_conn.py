@@ -80,7 +80,7 @@ class ClientConnection(asyncio.Protocol):
         self.guard = gw.revocation.open(session, tls)
         log.info("SA established with %s: %s associated=%r cipher=%s %s",
                  self.peer, self.sa.credential, self.sa.identity, session.cipher, session.version,
-                 extra={"event": "sa_established", "peer": self.peer, "sa": self.sa.credential,
+                 extra={"event": "sa_established", "peer": self.peer, "sa": self.sa.psk_identity or self.sa.credential,
                         "credential_id": self.sa.credential_id})
         self.lease = gw.body_budget.lease(sa_key(session), self._evicted)
         self._body.lease = self.lease
@@ -154,7 +154,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _bad_request(self, exc: http1.HTTPError) -> None:
         log.info("bad request from %s (%s): %s", self.peer, self.sa.credential if self.sa else None, exc,
-                 extra={"event": "bad_request", "peer": self.peer, "sa": self.sa.credential if self.sa else None})
+                 extra={"event": "bad_request", "peer": self.peer, "sa": self.sa.psk_identity if self.sa else None})
         self._release_request()
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             resp = self.gateway._refusal(exc)

@@ -305,4 +305,5 @@ class Gateway:
 
 def _fields(event: str, peer: object, sa: SecurityAssociation, rsc: int | str | None) -> dict[str, object]:
     """The ``extra=`` of a request's log line (the JSON log's fields, m2msec.logs)."""
-    return {"event": event, "peer": peer, "sa": sa.credential, "credential_id": sa.credential_id, "rsc": rsc}
+    return {"event": event, "peer": peer, "sa": sa.psk_identity or sa.credential, "credential_id": sa.credential_id,
+            "rsc": int(rsc) if isinstance(rsc, str) and rsc.isdigit() else rsc}
