@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from m2msec.gateway.coaps_gateway import CoapsGateway
     from m2msec.gateway.http_gateway import Gateway
     from m2msec.gateway.workers import WorkerSockets
+    from m2msec.tls.engine import SessionInfo
 
 __all__ = [
     "FAILURE_REASONS",
@@ -135,6 +136,11 @@ class GatewayMetrics:
         self.open.labels(transport).inc()
         if self._identities is not None:
             self._identities.labels(self._identity(identity)).inc()
+
+    def dtls_established(self, session: SessionInfo, seconds: float) -> None:
+        certificate = session.peer_certificate
+        self.handshake_completed("dtls", certificate is not None, seconds, session.psk_identity if certificate is None
+                                 else certificate.subject.rfc4514_string())
 
     def handshake_failed(self, transport: str, reason: str) -> None:
         self.handshake_failures.labels(transport, reason if reason in FAILURE_REASONS else "protocol").inc()
