@@ -5,7 +5,7 @@ On-demand benchmark, not a test:
     .venv/bin/python bench/metrics_cost.py [--handshakes N] [--requests N] [--rounds R]
 
 Two ``m2msec gateway`` processes (bench/load_common.py: a TOML table, a keep-alive stub CSE in this process), one
-started with ``--metrics 127.0.0.1:PORT``, one without, measured in alternating rounds (off, on, off, on, ...):
+started with ``--metrics 127.0.0.1:PORT``, one without, measured in turn (off, on, on, off, off, on, ...):
 
 * N sequential TLS 1.2 PSK cycles (connect, full handshake, one GET, close) -- the handshake path with its
   observer calls (outcome, duration, open-connection gauge, request, backend latency);
@@ -89,8 +89,8 @@ async def main() -> None:
     figures: dict[str, dict[str, list[float]]] = {"off": {"hs": [], "rq": []}, "on": {"hs": [], "rq": []}}
     async with gateway(name="metrics-off") as off, \
             gateway("--metrics", f"127.0.0.1:{metrics_port}", name="metrics-on") as on:
-        for _ in range(args.rounds):
-            for label, gw in (("off", off), ("on", on)):
+        for n in range(args.rounds):  # which goes first alternates: no position bias
+            for label, gw in (("off", off), ("on", on))[::1 if n % 2 == 0 else -1]:
                 figures[label]["hs"].append(await measured(gw.pid, cycles(gw.port, args.handshakes))
                                             / args.handshakes)
                 figures[label]["rq"].append(await measured(gw.pid, requests(gw.port, args.requests)) / args.requests)
