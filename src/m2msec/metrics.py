@@ -36,6 +36,8 @@ from m2msec.errors import ConfigurationError
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
 
+    from cryptography import x509
+
     from m2msec.gateway.coaps_gateway import CoapsGateway
     from m2msec.gateway.http_gateway import Gateway
     from m2msec.gateway.workers import WorkerSockets
@@ -135,18 +137,18 @@ class GatewayMetrics:
         return identity
 
     # -- events
-    def handshake_completed(self, transport: str, certificate: bool, seconds: float, identity: str | None) -> None:
-        completed, duration, open_now = self._completed[transport, certificate]
+    def handshake_completed(self, transport: str, session: SessionInfo, seconds: float) -> None:
+        certificate = session.peer_certificate
+        completed, duration, open_now = self._completed[transport, certificate is not None]
         completed.inc()
         duration.observe(seconds)
         open_now.inc()
         if self._identities is not None:
+            identity = session.psk_identity if certificate is None else _certificate_identity(certificate)
             self._identities.labels(self._identity(identity)).inc()
 
     def dtls_established(self, session: SessionInfo, seconds: float) -> None:
-        certificate = session.peer_certificate
-        self.handshake_completed("dtls", certificate is not None, seconds, session.psk_identity if certificate is None
-                                 else certificate.subject.rfc4514_string())
+        self.handshake_completed("dtls", session, seconds)
 
     def handshake_failed(self, transport: str, reason: str) -> None:
         self.handshake_failures.labels(transport, reason if reason in FAILURE_REASONS else "protocol").inc()
@@ -172,6 +174,17 @@ class GatewayMetrics:
     def reloaded(self, source: object) -> None:
         name = type(source).__name__
         self.reloads.labels("crl" if name == "CRLFile" else "psk_table" if "PSK" in name else name.lower()).inc()
+
+
+def _certificate_identity(certificate: x509.Certificate) -> str | None:
+    """A certificate client's oneM2M identity (its AE-ID, CSE-ID, ... as the gateway reads it), else its subject."""
+    from m2msec.errors import IdentifierError
+    from m2msec.pki import identity_from_certificate
+
+    try:
+        return identity_from_certificate(certificate).value
+    except IdentifierError:
+        return certificate.subject.rfc4514_string() or None
 
 
 class _Server(ThreadingMixIn, WSGIServer):

@@ -234,9 +234,9 @@ async def test_identity_labels_only_when_asked(backend: RecordingBackend, tmp_pa
 def test_identity_labels_are_bounded() -> None:
     metrics = GatewayMetrics(identity_labels=True)
     for n in range(MAX_IDENTITY_LABELS + 50):
-        metrics.handshake_completed("tls", False, 0.001, f"scan{n}@x.com")
+        metrics.request("http", f"scan{n}@x.com")
     identities = {s.labels["identity"]: s.value for m in metrics.registry.collect()
-                  if m.name == "m2msec_gateway_identity_handshakes" for s in m.samples if s.name.endswith("_total")}
+                  if m.name == "m2msec_gateway_identity_requests" for s in m.samples if s.name.endswith("_total")}
     assert len(identities) == MAX_IDENTITY_LABELS + 1
     assert identities[OTHER_IDENTITIES] == 50 and identities["scan0@x.com"] == 1
 

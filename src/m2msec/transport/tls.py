@@ -257,10 +257,7 @@ class TLSAdapter(asyncio.Protocol):
     def _completed(self, session: SessionInfo) -> None:
         self._reported = True
         assert self._observer is not None
-        seconds = asyncio.get_running_loop().time() - self._started
-        self._observer.handshake_completed("tls", session.peer_certificate is not None, seconds,
-                                           session.psk_identity if session.peer_certificate is None
-                                           else session.peer_certificate.subject.rfc4514_string())
+        self._observer.handshake_completed("tls", session, asyncio.get_running_loop().time() - self._started)
 
     def _fail(self, exc: TLSError) -> None:
         if not self.handshake.done():
