@@ -115,6 +115,10 @@ class GatewayMetrics:
                                     self.handshake_seconds.labels(t), self.open.labels(t))
                            for t in ("tls", "dtls") for c in (False, True)}
         self._requests = {t: self.requests.labels(t) for t in ("http", "coap")}
+        #: the coaps side's count of ClientHellos (after the cookie) dropped by a cap, read at each scrape
+        self.dtls_dropped: Callable[[], int] | None = None
+        self._dropped_seen = 0
+        self._sync_lock = threading.Lock()
         self._identities: Counter | None = None
         self._identity_requests: Counter | None = None
         self._named: set[str] = set()
@@ -135,6 +139,15 @@ class GatewayMetrics:
             return OTHER_IDENTITIES
         self._named.add(identity)
         return identity
+
+    def sync(self) -> None:
+        """Before a scrape: what is counted elsewhere (DTLS refusals by a cap: ``DTLSServerProtocol.dropped``)."""
+        if self.dtls_dropped is not None:
+            with self._sync_lock:
+                dropped = self.dtls_dropped()
+                if dropped > self._dropped_seen:
+                    self.handshake_failures.labels("dtls", "refused_by_limit").inc(dropped - self._dropped_seen)
+                    self._dropped_seen = dropped
 
     # -- events
     def handshake_completed(self, transport: str, session: SessionInfo, seconds: float) -> None:
@@ -208,6 +221,7 @@ class MetricsServer:
         def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")
             if path == "/metrics":
+                metrics.sync()
                 answer: Iterable[bytes] = prometheus(environ, start_response)
                 return answer
             if path == "/healthz":
@@ -318,6 +332,9 @@ def start_observability(args: argparse.Namespace, http: Gateway | None, coaps: C
         if side is not None:
             side.observer = metrics
             tables.append(side.table)
+    if coaps is not None:
+        side = coaps
+        metrics.dtls_dropped = lambda: side.protocol.dropped if side.protocol is not None else 0
     main = http if http is not None else coaps
     assert main is not None
     # one side's reloader is enough: both sides poll the same sources, which reload once (gateway/reload.py)

@@ -164,6 +164,24 @@ async def test_refused_certificates(gateway: Gateway, ca: Issued, backend: Recor
     await good.close()
 
 
+
+async def test_a_certificate_and_crl_issued_by_a_clock_just_ahead_are_accepted(
+    ca: Issued, backend: RecordingBackend, server_cert: Issued,  # noqa: F811
+) -> None:
+    """D235: the CA's clock 30 s ahead of the gateway's, standing for OpenSSL's coarse clock a few ms behind the one
+    ``issue``/``create_crl`` date with (the flaky "tls alert bad certificate" right after issuance)."""
+    ahead = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
+    crl = create_crl(ca, [], now=ahead)
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    gw = await start(backend.port, ca, server_cert, crl=crl.public_bytes(Encoding.PEM))
+    try:
+        sa = await connect(gw, issue(ca, F.CSE_ID, "mn-cse-5", sp_domain=SP, now=ahead), ca)
+        assert await exchange(sa, "/mn-cse-5") == (200, "2000")
+        await sa.close()
+    finally:
+        await gw.close()
+
 async def test_entity_a_checks_idb_in_the_server_certificate(gateway: Gateway, ca: Issued) -> None:
     client = issue(ca, F.CSE_ID, "mn-cse-123456", sp_domain=SP)
     with pytest.raises(HandshakeFailed, match="not IdB 'some-other-cse'"):

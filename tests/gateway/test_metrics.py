@@ -170,15 +170,17 @@ async def test_known_handshakes_and_requests_counted_exactly(backend: RecordingB
 
 
 async def test_failed_handshake_limit_and_backend_errors(backend: RecordingBackend, tmp_path: Path) -> None:
-    """A source over --max-failed-handshakes-per-source (D220) is refused_by_limit; a CSE that is gone is a
+    """A source over --max-failed-handshakes-per-source (D220, D229) is refused_by_limit; a CSE that is gone is a
     backend error, answered 5103 by the gateway."""
     gw, port, obs = await observed(backend, tmp_path)
     gw.limiter.failures = FailureRate(1)
     try:
         with pytest.raises(HandshakeFailed):
             await connect(gw, LIGHT1_ID, LIGHT2_KEY)
+        probe = await raw(gw.port)  # the one handshake a blocked source keeps (D230)
         with pytest.raises((HandshakeFailed, OSError)):
-            await connect(gw)  # the source used up its failures: refused at once
+            await connect(gw)  # the source used up its failures: any other connection is refused at once
+        probe.close()  # silent: no failure of its source (D231), a handshake "closed" for the metrics
         assert backend.server is not None
         backend.server.close()
         await backend.server.wait_closed()
@@ -193,6 +195,7 @@ async def test_failed_handshake_limit_and_backend_errors(backend: RecordingBacke
     assert resp.header("x-m2m-rsc") == "5103"
     assert value(found, "m2msec_gateway_handshake_failures_total", transport="tls", reason="bad_key") == 1
     assert value(found, "m2msec_gateway_handshake_failures_total", transport="tls", reason="refused_by_limit") == 1
+    assert value(found, "m2msec_gateway_handshake_failures_total", transport="tls", reason="closed") == 1
     assert value(found, "m2msec_gateway_backend_errors_total", kind="unreachable") == 1
     assert value(found, "m2msec_gateway_refusals_total", transport="http", rsc="5103") == 1
     assert value(found, "m2msec_gateway_backend_latency_seconds_count") == 0

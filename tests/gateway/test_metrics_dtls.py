@@ -38,6 +38,7 @@ async def backend() -> AsyncIterator[tuple[Backend, int]]:
 
 async def test_dtls_handshakes_and_refusals_counted_exactly(backend: tuple[Backend, int]) -> None:
     cfg = CoapsConfig(backend_host="127.0.0.1", backend_port=backend[1], port=0, handshake_timeout=0.5,
+                      max_peers_per_source=1,
                       blockwise=BlockwiseLimits(max_body=8192))
     gw = CoapsGateway(cfg, make_table())
     obs = start_observability(argparse.Namespace(metrics="127.0.0.1:0", metrics_identity_labels=False), None, gw)
@@ -51,6 +52,11 @@ async def test_dtls_handshakes_and_refusals_counted_exactly(backend: tuple[Backe
         assert rsc(await c.send(c.request(coap.GET, frm=b"CAdmin"))) == 4106
         found = await samples(port)
         assert value(found, "m2msec_gateway_open_connections", transport="dtls") == 1
+        # a second peer of the same source while the first is open: over --max-connections-per-source 1, its
+        # ClientHello (after the cookie) is dropped; the client gives up before it would retransmit (1 s)
+        with pytest.raises((HandshakeFailed, HandshakeTimeout)):
+            await create_dtls_endpoint(Inbox, "127.0.0.1", gw.port, client(LIGHT1_ID, LIGHT1_KEY),
+                                       handshake_timeout=0.8)
         transport.close()
         # a wrong key and an unknown identity both get silence (RFC 4279 §2, D34): the server's timeout ends them
         for identity, key in [(LIGHT1_ID, LIGHT2_KEY), ("nobody@in.provider.com", LIGHT1_KEY)]:
@@ -61,7 +67,7 @@ async def test_dtls_handshakes_and_refusals_counted_exactly(backend: tuple[Backe
     finally:
         await gw.close()
         await obs.close()
-    want = {"unknown_identity": 1, "timeout": 1}
+    want = {"unknown_identity": 1, "timeout": 1, "refused_by_limit": 1}
     for reason in FAILURE_REASONS:
         assert value(found, "m2msec_gateway_handshake_failures_total", transport="dtls",
                      reason=reason) == want.get(reason, 0), reason

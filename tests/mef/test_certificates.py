@@ -7,6 +7,7 @@ import hashlib
 import hmac
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,16 @@ async def test_a_certificate_that_is_no_enrolee_or_from_another_ca_is_refused(cw
     enrolee = issue(cworld.ca, F.CSE_ID, "mn-cse-7", sp_domain=SP)
     with pytest.raises(HandshakeFailed, match="FQDN certificate"):  # the MEF's certificate names another FQDN
         await enrol(cworld.address, cworld.creds(enrolee), mef_fqdn="mef2.sp.example.com")
+
+
+async def test_a_certificate_issued_by_a_clock_just_ahead_of_the_mefs_is_accepted(cworld: CertWorld) -> None:
+    """D235: the CA's clock 30 s ahead of the MEF's. It stands for the flaky case: OpenSSL verifies against the
+    coarse wall clock, a few ms behind the clock ``issue`` dated the certificate with, so a handshake right after
+    issuance failed with "tls alert bad certificate" (certificate is not yet valid) a few times in a thousand."""
+    ahead = datetime.now(UTC) + timedelta(seconds=30)
+    enrolee = issue(cworld.ca, F.CSE_ID, "mn-cse-7", sp_domain=SP, now=ahead)
+    got = await enrol(cworld.address, cworld.creds(enrolee), mef_fqdn=MEF_FQDN)
+    assert got.enrolee_id == f"//{SP}/mn-cse-7"
+    too_far = issue(cworld.ca, F.CSE_ID, "mn-cse-7", sp_domain=SP, now=datetime.now(UTC) + timedelta(minutes=6))
+    with pytest.raises(HandshakeFailed, match="bad certificate"):  # the dates are still checked
+        await enrol(cworld.address, cworld.creds(too_far), mef_fqdn=MEF_FQDN)

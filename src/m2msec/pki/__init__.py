@@ -50,6 +50,7 @@ from m2msec.pki.profile import (
     PROFILE_CURVE,
     PROFILE_HASH,
     SAN_TYPES,
+    VALIDITY_BACKDATE,
     WILDCARD,
     CertificateFlavour,
     CertificateIdentity,
@@ -62,8 +63,9 @@ from m2msec.pki.profile import (
 __all__ = [
     "AE_ID_URI_PREFIX", "CA_KEY_USAGE", "CA_MUST_BIND_SP", "CA_NAME_CONSTRAINTS_CRITICAL", "CREDENTIAL_ID_TYPES",
     "CSE_ID_CERTIFICATE_POLICY", "CSE_ID_DNS_FORM", "END_ENTITY_BASIC_CONSTRAINTS", "END_ENTITY_KEY_USAGE",
-    "HARDWARE_MODULE_NAME_OID", "NODE_ID_URI_PREFIX", "PROFILE_CURVE", "PROFILE_HASH", "SAN_TYPES", "WILDCARD",
-    "CertificateFlavour", "CertificateIdentity", "Issued", "ca_binds_service_provider", "check_service_provider",
+    "HARDWARE_MODULE_NAME_OID", "NODE_ID_URI_PREFIX", "PROFILE_CURVE", "PROFILE_HASH", "SAN_TYPES",
+    "VALIDITY_BACKDATE", "WILDCARD", "CertificateFlavour", "CertificateIdentity", "Issued",
+    "ca_binds_service_provider", "check_service_provider",
     "create_ca", "create_crl", "decode_hardware_module_name", "encode_hardware_module_name",
     "identity_from_certificate", "identity_service_provider", "issue", "load_issued", "make_csr", "sign_csr",
     "write_issued", "write_private_key",
@@ -105,7 +107,8 @@ def _builder(ca: x509.Certificate | None, subject: x509.Name, key: ec.EllipticCu
         _p256(ca.public_key(), "the CA key"))
     return (
         x509.CertificateBuilder().subject_name(subject).issuer_name(ca.subject if ca else subject).public_key(key)
-        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(not_after)
+        .serial_number(x509.random_serial_number()).not_valid_before(now - VALIDITY_BACKDATE)  # D235
+        .not_valid_after(not_after)
         .add_extension(ski, critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
     )
@@ -125,7 +128,8 @@ def create_ca(common_name: str, *, permitted_dns: Sequence[str] = (), permitted_
 
     Args: common_name: subject CN (1..64 characters); permitted_dns: permitted DNS subtrees; permitted_uri_hosts:
         permitted URI hosts; issuer: signing CA (None: self-signed root); path_length: pathLenConstraint;
-        days: validity (capped at the issuer's); now: start of validity.
+        days: validity (capped at the issuer's); now: the issuing instant (notBefore is
+        :data:`VALIDITY_BACKDATE` earlier, D235).
     Returns: the CA certificate and its new P-256 key.
     Raises: ConfigurationError: no subtree, subtrees outside the issuer's, bad CN, days, path length or issuer;
         IdentifierError: a malformed subtree name.
@@ -185,7 +189,8 @@ def issue(ca: Issued, flavour: CertificateFlavour, identity: str, *, sp_domain: 
 
     Args: ca: issuing CA with its key; flavour: the flavour; identity: CSE-ID (with *sp_domain*) | Absolute AE-ID |
         Node-ID | ``<hwType>/<serial>`` (device) | FQDN; sp_domain: for CSE-ID only; public_key: certify this
-        P-256 key (None: generate one); days: validity (capped at the CA's); now: start of validity.
+        P-256 key (None: generate one); days: validity (capped at the CA's); now: the issuing instant (notBefore is
+        :data:`VALIDITY_BACKDATE` earlier, D235).
     Returns: the certificate and its new key (None when *public_key* was given).
     Raises: IdentifierError: malformed identity; ConfigurationError: the CA's nameConstraints refuse the name,
         missing or extra *sp_domain*, non-P-256 key, bad days, CA without key.
@@ -236,14 +241,16 @@ def create_crl(ca: Issued, revoked_serials: Iterable[int], *, now: datetime | No
                next_update_days: int = 7) -> x509.CertificateRevocationList:
     """A CRL signed by *ca* (TS-0003 §8.1.2.2 revocation checking); its CRL number is the Unix time of *now*.
 
-    Args: ca: the CA with its key; revoked_serials: serial numbers; now: thisUpdate; next_update_days: nextUpdate.
+    Args: ca: the CA with its key; revoked_serials: serial numbers; now: the issuing instant (thisUpdate is
+        :data:`VALIDITY_BACKDATE` earlier, D235); next_update_days: nextUpdate, counted from *now*.
     Returns: the CRL.
     Raises: ConfigurationError: a serial not in 1..2**159-1, bad days, CA without key.
     """
     signer, now = _signer(ca), _now(now)
     if isinstance(next_update_days, bool) or not isinstance(next_update_days, int) or next_update_days < 1:
         raise ConfigurationError(f"next_update_days must be a positive integer, got {next_update_days!r}")
-    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca.certificate.subject).last_update(now)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca.certificate.subject)
+               .last_update(now - VALIDITY_BACKDATE)  # D235
                .next_update(now + timedelta(days=next_update_days))
                .add_extension(x509.CRLNumber(int(now.timestamp())), critical=False))
     for serial in sorted(set(revoked_serials)):

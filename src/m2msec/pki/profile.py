@@ -7,6 +7,7 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Final, TypeVar
 
 from cryptography import x509
@@ -75,6 +76,13 @@ CREDENTIAL_ID_TYPES: Final[Mapping[CertificateFlavour, CredIDType]] = {
 }
 #: TS-0003 §8.1.2.2: CA certificates "shall include the name constraint extensions"; RFC 5280 §4.2.1.10: critical.
 CA_NAME_CONSTRAINTS_CRITICAL: Final = True
+#: docs/decisions.md D235: RFC 5280 §4.1.2.5 / §5.1.2.4 leave notBefore and thisUpdate to the issuer, and TS-0003
+#: §10.1.1.1 is silent. A certificate or CRL dated exactly at issuance is "not yet valid" to any verifier whose
+#: clock reads a moment earlier, including OpenSSL on the same host: it reads the coarse wall clock (time(2)), up
+#: to a few milliseconds behind ``datetime.now``, and cryptography truncates the date to the second. So notBefore
+#: and thisUpdate are backdated by this much (as the CCF's CAPIF certificates are); notAfter, nextUpdate and the
+#: cRLNumber still count from the issuing instant.
+VALIDITY_BACKDATE: Final = timedelta(minutes=5)
 
 _DNS_FLAVOURS = (CertificateFlavour.CSE_ID, CertificateFlavour.FQDN)
 _OID = re.compile(r"(0|[1-9][0-9]{0,38})(\.(0|[1-9][0-9]{0,38}))+")  # arcs < 10**39: covers 2.25.<UUID>
