@@ -25,6 +25,7 @@ from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME
 from m2msec.gateway.rules import UnboundPolicy
 from m2msec.keys.table import PSKTable, TomlPSKTable, check_file_permissions
 from m2msec.maf.client_options import add_maf_options, maf_client_from_args
+from m2msec.metrics import add_observability_options, check_metrics_workers, start_observability
 from m2msec.tls.engine import CertificateConfig
 from m2msec.tls.profiles import CipherProfile, parse_profiles
 from m2msec.transport.limits import (
@@ -127,6 +128,7 @@ def add_parser(sub: Any) -> None:
     add_maf_options(p, role="its MAF Key Identifiers (<RelativeKeyID>@<MAF-FQDN>) are resolved there by Key "
                     "Retrieval (Kc cached until it expires); other PSK identities still go to --psk-table / --db")
     add_mef_options(p)
+    add_observability_options(p)
     p.add_argument("--quiet", action="store_const", dest="log_level", const=logging.WARNING,
                    default=logging.INFO, help="log warnings only")
     p.add_argument("--loop", choices=LOOPS, default="asyncio",
@@ -178,6 +180,7 @@ def _dispatch(args: argparse.Namespace) -> Any:
         if args.check_config:
             return check_config(args)
         workers = worker_count(args.workers)
+        check_metrics_workers(args, workers)
         return run_async(run(args), loop=args.loop) if workers == 1 else supervise(args, workers)
     except ConfigurationError as exc:
         raise name_file_key(args, exc) from None
@@ -406,6 +409,7 @@ async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None)
 
     running = argparse.Namespace(**vars(args))  # as resolved: what a reload compares the new options with
     http, coaps = prepare(args)
+    observability = start_observability(args, http, coaps, sockets)  # --metrics: before the sides start
     services: list[Gateway | CoapsGateway] = []
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -450,6 +454,8 @@ async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None)
     registrar = http.registrar if http is not None else coaps.registrar if coaps is not None else None
     if registrar is not None:
         registrar.close()
+    if observability is not None:
+        await observability.close()
     return 0
 
 

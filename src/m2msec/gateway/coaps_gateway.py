@@ -26,7 +26,7 @@ import math
 import random
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from m2msec.crl import CRLFile
 from m2msec.errors import BadRequest, TargetNotReachable
@@ -61,6 +61,9 @@ from m2msec.transport.limits import (
 )
 
 __all__ = ["CoapsConfig", "CoapsGateway"]
+
+if TYPE_CHECKING:
+    from m2msec.metrics import GatewayMetrics
 
 log = logging.getLogger("m2msec.gateway.coaps")
 
@@ -199,7 +202,10 @@ class _PeerRelay(asyncio.DatagramProtocol):
                 lambda: _Backend(self), remote_addr=(cfg.backend_host, cfg.backend_port)
             )
         except OSError as exc:
-            log.error("cannot reach the CSE at %s:%d: %s", cfg.backend_host, cfg.backend_port, exc)
+            log.error("cannot reach the CSE at %s:%d: %s", cfg.backend_host, cfg.backend_port, exc,
+                      extra={"event": "backend_error", "peer": self.peer})
+            if self.gateway.observer is not None:
+                self.gateway.observer.backend_failed("unreachable")
             self._retry_at = asyncio.get_running_loop().time() + cfg.backend_retry
             self._task = None  # tried again on a message after backend_retry seconds
             queued, self.pending, self.pending_bytes = self.pending, [], 0
@@ -225,6 +231,8 @@ class _PeerRelay(asyncio.DatagramProtocol):
             if rst is not None and self.transport is not None:
                 self.transport.sendto(rst)
             return
+        if self.gateway.observer is not None and coap.is_request(msg.code):
+            self.gateway.observer.request("coap", self.sa.psk_identity or self.sa.credential)
         if self.guard is not None and self.guard.refuse_coap(msg, self.transport, self._mids):
             return
         gw, cfg = self.gateway, self.gateway.config
@@ -232,7 +240,11 @@ class _PeerRelay(asyncio.DatagramProtocol):
                                cse_id=cfg.cse_id, sp_id=cfg.sp_id)
         if isinstance(decision, coap.Refuse):
             log.warning("refused CoAP %s from %s: rsc=%d %s", coap.format_code(msg.code), self.peer,
-                        decision.error.rsc, decision.error.detail)
+                        decision.error.rsc, decision.error.detail,
+                        extra={"event": "request_refused", "peer": self.peer, "sa": self.sa.psk_identity or
+                               self.sa.credential, "credential_id": self.sa.credential_id, "rsc": decision.error.rsc})
+            if gw.observer is not None:
+                gw.observer.refused("coap", decision.error.rsc)
             if decision.datagram is not None:
                 self._send(decision.datagram)
             return
@@ -301,6 +313,8 @@ class _PeerRelay(asyncio.DatagramProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.gateway.observer is not None:  # the established peer ends (counted open by the DTLS server)
+            self.gateway.observer.closed("dtls")
         self.blocks.close()
         self.pending.clear()
         self.pending_bytes = 0
@@ -329,6 +343,9 @@ class CoapsGateway:
         self._reloader = side_reloader(table, crls, self.context, config.reload_interval)
         self._udp: asyncio.DatagramTransport | None = None
         self.protocol: DTLSServerProtocol | None = None
+        self.table = table
+        #: ``--metrics`` (m2msec.metrics), set before :meth:`start`; None: off
+        self.observer: GatewayMetrics | None = None
 
     @property
     def port(self) -> int:
@@ -352,6 +369,7 @@ class CoapsGateway:
 
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise ConfigurationError(f"cannot listen on udp {cfg.host}:{cfg.port}: {reason}") from None
+        self.protocol.observer = self.observer
         self._reloader.start()
         if cfg.blockwise.max_body > MAX_BLOCK1_BODY:
             log.info("coaps: Block1 request bodies are capped at %d bytes (one datagram to the CSE); "

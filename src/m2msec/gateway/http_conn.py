@@ -79,7 +79,9 @@ class ClientConnection(asyncio.Protocol):
                             entry.credential_id if entry is not None else None)
         self.guard = gw.revocation.open(session, tls)
         log.info("SA established with %s: %s associated=%r cipher=%s %s",
-                 self.peer, self.sa.credential, self.sa.identity, session.cipher, session.version)
+                 self.peer, self.sa.credential, self.sa.identity, session.cipher, session.version,
+                 extra={"event": "sa_established", "peer": self.peer, "sa": self.sa.psk_identity or self.sa.credential,
+                        "credential_id": self.sa.credential_id})
         self.lease = gw.body_budget.lease(sa_key(session), self._evicted)
         self._body.lease = self.lease
         gw._clients.add(self)
@@ -151,10 +153,13 @@ class ClientConnection(asyncio.Protocol):
         self.request = None
 
     def _bad_request(self, exc: http1.HTTPError) -> None:
-        log.info("bad request from %s (%s): %s", self.peer, self.sa.credential if self.sa else None, exc)
+        log.info("bad request from %s (%s): %s", self.peer, self.sa.credential if self.sa else None, exc,
+                 extra={"event": "bad_request", "peer": self.peer, "sa": self.sa.psk_identity if self.sa else None})
         self._release_request()
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            self._send(self.gateway._refusal(exc), close=True)
+            resp = self.gateway._refusal(exc)
+            self._count(resp)
+            self._send(resp, close=True)
         else:
             self._close()
 
@@ -169,8 +174,10 @@ class ClientConnection(asyncio.Protocol):
         assert self.guard is not None and self.sa is not None
         try:
             try:
-                resp = self.guard.refuse_http(req, self.peer) or await gw._process(req, self.sa, self.peer,
-                                                                                   self.lease, self._rebind)
+                refused = self.guard.refuse_http(req, self.peer)
+                if refused is not None:
+                    self._count(refused)
+                resp = refused or await gw._process(req, self.sa, self.peer, self.lease, self._rebind)
             finally:
                 gw.body_budget.release(len(req.body), self.lease)
         except asyncio.CancelledError:
@@ -184,10 +191,18 @@ class ClientConnection(asyncio.Protocol):
             self._abort()
             return
         self.task = None
+        if gw.observer is not None:
+            gw.observer.request("http", self.sa.psk_identity or self.sa.credential)
         if self._lost:
             self._end()
             return
         self._send(resp)
+
+    def _count(self, resp: http1.Message) -> None:
+        """A refusal made here (not by :meth:`Gateway._process`), for the metrics."""
+        rsc = resp.header("x-m2m-rsc")
+        if self.gateway.observer is not None and rsc is not None:
+            self.gateway.observer.refused("http", int(rsc))
 
     def _rebind(self, sa: SecurityAssociation) -> None:
         """A registration (or a re-read of the registrations) changed what this SA may be used for."""

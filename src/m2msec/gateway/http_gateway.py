@@ -22,6 +22,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import TYPE_CHECKING
 
 from m2msec import http1
 from m2msec.crl import CRLFile
@@ -60,6 +61,9 @@ from m2msec.transport.limits import (
     DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
 )
 from m2msec.transport.tls import ConnectionLimiter, start_server
+
+if TYPE_CHECKING:
+    from m2msec.metrics import GatewayMetrics
 
 __all__ = ["Backend", "Gateway", "GatewayConfig", "parse_backend"]
 
@@ -156,6 +160,8 @@ class Gateway:
         #: keep-alive connections to the CSE, shared by all clients (gateway/backend_pool.py, D56-D58)
         self.backend_pool = BackendPool(config.backend.host, config.backend.port)
         self._clients: set[ClientConnection] = set()  # live connections (gateway/http_conn.py)
+        #: ``--metrics`` (m2msec.metrics), set before :meth:`start`; None: off
+        self.observer: GatewayMetrics | None = None
 
     @property
     def port(self) -> int:
@@ -169,14 +175,15 @@ class Gateway:
             self._server = await start_server(
                 lambda: ClientConnection(self), host, port, self.context,
                 handshake_timeout=self.config.handshake_timeout, limiter=self.limiter, sock=sock,
-                psk_resolver=self.maf,
+                psk_resolver=self.maf, observer=self.observer,
             )
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc or type(exc).__name__}"
             ) from None
         self._reloader.start()
-        log.info("gateway listening on %s:%d, backend %s", self.config.host, self.port, self.config.backend)
+        log.info("gateway listening on %s:%d, backend %s", self.config.host, self.port, self.config.backend,
+                 extra={"event": "started"})
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -212,8 +219,7 @@ class Gateway:
         try:
             check_request_headers(req.headers)  # one From, one RI, ... before anything reads them
         except BadRequest as exc:
-            log.warning("refused %s %s from %s: rsc=%d %s", req.method, req.target[:200], peer, exc.rsc, exc.detail)
-            return _onem2m_error_response(exc, None)
+            return self._refuse(req, sa, peer, exc, None)
         origin = req.header("x-m2m-origin")
         request_id = req.header("x-m2m-ri")
         create: AECreate | None = None
@@ -230,24 +236,35 @@ class Gateway:
             else:
                 authorize(sa, origin, cfg.unbound_policy, cse_id=cfg.cse_id, sp_id=cfg.sp_id)
         except OneM2MError as exc:
-            log.warning("refused %s %s from %s: rsc=%d %s", req.method, req.target[:200], peer, exc.rsc, exc.detail)
-            return _onem2m_error_response(exc, request_id)
+            return self._refuse(req, sa, peer, exc, request_id)
         try:
             resp = await self._forward(req, sa, lease)
         except ResponseDropped as exc:  # executed by the CSE: no Retry-After (D46)
-            log.warning("response to %s %s from %s dropped: %s", req.method, req.target[:200], peer, exc.detail)
-            return _onem2m_error_response(exc, request_id)
+            log.warning("response to %s %s from %s dropped: %s", req.method, req.target[:200], peer, exc.detail,
+                        extra=_fields("response_dropped", peer, sa, exc.rsc))
+            return self._refuse(req, sa, peer, exc, request_id, logged=True)
         except OneM2MError as exc:
-            log.error("forwarding %s %s failed: %s", req.method, req.target[:200], exc.detail)
-            return _onem2m_error_response(exc, request_id)
+            log.error("forwarding %s %s failed: %s", req.method, req.target[:200], exc.detail,
+                      extra=_fields("backend_error", peer, sa, exc.rsc))
+            return self._refuse(req, sa, peer, exc, request_id, logged=True)
         log.info("%s %s from %r -> %d (rsc %s)", req.method, req.target[:200], sa.identity, resp.status,
-                 resp.header("x-m2m-rsc"))
+                 resp.header("x-m2m-rsc"), extra=_fields("request_done", peer, sa, resp.header("x-m2m-rsc")))
         if create is not None and self.registrar is not None:
             created = resp.status == 201 and resp.header("x-m2m-rsc") == "2001"
             registered = self.registrar.registered(sa, create, created, resp.body)
             if registered is not sa and rebind is not None:
                 rebind(registered)
         return resp
+
+    def _refuse(self, req: http1.Message, sa: SecurityAssociation, peer: object, exc: OneM2MError,
+                request_id: str | None, *, logged: bool = False) -> http1.Message:
+        """The gateway's own answer ``exc`` to ``req``: logged (unless ``logged``) and counted."""
+        if not logged:
+            log.warning("refused %s %s from %s: rsc=%d %s", req.method, req.target[:200], peer, exc.rsc, exc.detail,
+                        extra=_fields("request_refused", peer, sa, exc.rsc))
+        if self.observer is not None:
+            self.observer.refused("http", exc.rsc)
+        return _onem2m_error_response(exc, request_id)
 
     async def _forward(self, req: http1.Message, sa: SecurityAssociation, lease: Lease | None = None) -> http1.Message:
         backend = self.config.backend
@@ -259,14 +276,20 @@ class Gateway:
         out = http1.Message(headers=headers, body=req.body, method=req.method, target=backend.path_prefix + target)
         if lease is not None:
             lease.forwarded = True  # from here the CSE may execute it: never evicted, never "retry" (D46)
+        observer = self.observer
+        started = asyncio.get_running_loop().time() if observer is not None else 0.0
         try:
             async with asyncio.timeout(self.config.backend_timeout):
                 resp = await self.backend_pool.request(out, max_body=self.config.max_body,
                                                        budget=self.body_budget if lease is not None else None,
                                                        lease=lease)
         except (OSError, TimeoutError) as exc:
+            if observer is not None:
+                observer.backend_failed("timeout" if isinstance(exc, TimeoutError) else "unreachable")
             raise TargetNotReachable(f"the CSE at {backend} is not reachable") from exc
         except http1.HTTPError as exc:
+            if observer is not None:
+                observer.backend_failed("response_too_large" if exc.busy else "invalid_response")
             if exc.busy:  # the answer does not fit the body memory now (D46), but the CSE executed the request
                 raise ResponseDropped("the CSE's response did not fit the gateway's memory; "
                                       "the request was executed") from None
@@ -274,5 +297,13 @@ class Gateway:
         finally:
             if lease is not None:
                 lease.forwarded = False  # the response is read (or failed): evictable again while it is written
+        if observer is not None:
+            observer.backend_answered(asyncio.get_running_loop().time() - started)
         resp.headers = [(k, v) for k, v in strip_gateway_headers(resp.headers) if k not in _HOP_BY_HOP]
         return resp
+
+
+def _fields(event: str, peer: object, sa: SecurityAssociation, rsc: int | str | None) -> dict[str, object]:
+    """The ``extra=`` of a request's log line (the JSON log's fields, m2msec.logs)."""
+    return {"event": event, "peer": peer, "sa": sa.psk_identity or sa.credential, "credential_id": sa.credential_id,
+            "rsc": int(rsc) if isinstance(rsc, str) and rsc.isdigit() else rsc}

@@ -53,6 +53,8 @@ class Reloader:
         self.interval = interval
         self._seen = [source.generation for source, _ in self.sources]
         self._task: asyncio.Task[None] | None = None
+        #: told each source that reloaded (``--metrics``: the reload counter, m2msec.metrics)
+        self.on_reload: Callable[[Reloadable], None] | None = None
 
     def start(self) -> None:
         if self.sources and self._task is None:
@@ -70,6 +72,8 @@ class Reloader:
             await asyncio.to_thread(source.poll)
             if source.generation != self._seen[n]:
                 self._seen[n] = source.generation
+                if self.on_reload is not None:
+                    self.on_reload(source)
                 if callback is not None:
                     try:
                         callback()

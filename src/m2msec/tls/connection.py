@@ -19,6 +19,7 @@ from m2msec.keys.table import PSKEntry
 from m2msec.tls import _shim
 from m2msec.tls.async_psk import AsyncPSK, AsyncPSKConnection, PSKIdentityReceived
 from m2msec.tls.config import ClientConfig, ServerConfig
+from m2msec.tls.failures import failure_kind
 
 if TYPE_CHECKING:
     from m2msec.tls.context import TLSContext
@@ -145,6 +146,7 @@ class TLSConnection(AsyncPSKConnection):
         self._identity_hint: str | None = None
         self._verify_failure: str | None = None
         self._verify_alert: str | None = None
+        self._failure_kind: str | None = None
         self._async: AsyncPSK | None = None
         config = context.config
         if isinstance(config, ServerConfig) and config.async_psk:
@@ -181,6 +183,11 @@ class TLSConnection(AsyncPSKConnection):
         return self._psk_failure
 
     @property
+    def failure_kind(self) -> str:
+        """Server side, after a failed handshake: why, in one word (:mod:`m2msec.tls.failures`)."""
+        return self._failure_kind or "protocol"
+
+    @property
     def psk_entry(self) -> PSKEntry | None:
         """Server side: the PSK table entry the client authenticated with."""
         return self._psk_entry
@@ -215,6 +222,7 @@ class TLSConnection(AsyncPSKConnection):
             _shim.feed(self._ssl, data)
         elif self.state is ConnectionState.HANDSHAKING:
             self.state = ConnectionState.FAILED
+            self._failure_kind = "closed"
             raise HandshakeFailed("connection closed by peer during the handshake")
         else:
             self.state = ConnectionState.CLOSED
@@ -401,6 +409,12 @@ class TLSConnection(AsyncPSKConnection):
 
     # -- errors
     def _handshake_error(self, exc: SSL.Error) -> HandshakeFailed:
+        failed = self._classify(exc)
+        self._failure_kind = failure_kind(failed, verify_failure=self._verify_failure is not None,
+                                          psk_failure=self._psk_failure, known_identity=self._psk_entry is not None)
+        return failed
+
+    def _classify(self, exc: SSL.Error) -> HandshakeFailed:
         reason = _reason(exc)
         if self._verify_failure is not None:
             return HandshakeFailed(self._verify_failure, alert=self._verify_alert)

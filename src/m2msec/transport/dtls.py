@@ -35,6 +35,7 @@ from m2msec.tls.engine import (
     SessionInfo,
     TLSContext,
 )
+from m2msec.tls.failures import HandshakeObserver, failure_of, observe_established, observe_failed, stalled_kind
 from m2msec.transport.common import Deadlines, start_application
 from m2msec.transport.dtls_peer import DTLSPeerTransport, _Peer
 from m2msec.transport.dtls_records import (
@@ -70,6 +71,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.mtu = mtu
         self.transport: asyncio.DatagramTransport | None = None
         self.loop = asyncio.get_running_loop()
+        self.observer: HandshakeObserver | None = None  # a server's --metrics (m2msec.metrics), set before it serves
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's UDPTransport is not a subclass
@@ -146,6 +148,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         """Hook: the handshake with ``peer`` completed."""
 
     def _fail(self, peer: _Peer, exc: TLSError) -> None:
+        observe_failed(self.observer, failure_of(peer.conn, exc))
         self._drop(peer)
 
     def _drop(self, peer: _Peer) -> None:
@@ -336,6 +339,7 @@ class DTLSServerProtocol(_Endpoint):
             # an unknown identity is answered as a wrong key is (RFC 4279 §2): silence, so it ends here
             log.info("DTLS handshake from %s timed out (identity %r): %s", peer.addr, peer.conn.offered_identity,
                      peer.conn.psk_failure or "no answer")
+            observe_failed(self.observer, stalled_kind(peer.conn.psk_failure))
             self._drop(peer)
 
     def _established(self, peer: _Peer, session: SessionInfo) -> None:
@@ -343,6 +347,7 @@ class DTLSServerProtocol(_Endpoint):
             peer.deadline.cancel()
             peer.deadline = None
         log.info("DTLS SA with %s: psk_identity=%r %s", peer.addr, session.psk_identity, session.cipher)
+        observe_established(self.observer, session, self.loop.time() - peer.started)
 
     def _drop(self, peer: _Peer) -> None:
         if self.peers.get(peer.addr) is peer:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from m2msec.errors import HandshakeFailed, HandshakeTimeout, TLSError
 from m2msec.idb import AnyEntity, check_peer_entity, client_idb
@@ -38,6 +38,9 @@ from m2msec.tls.engine import (
 from m2msec.transport.common import NOT_SESSION_INFO, Deadline, Deadlines, session_extra_info, start_application
 from m2msec.transport.limits import ConnectionLimiter, Slot
 from m2msec.transport.psk_resolver import MISS, PendingLookups, PSKResolver, check_resolver, probe, resolve
+
+if TYPE_CHECKING:
+    from m2msec.metrics import GatewayMetrics
 
 #: D214: buffers written together (an HTTP head and its body) that fit in one record are sent as one record, so
 #: a response is one TLS record, not one per buffer (RFC 8446 §5.1 allows either; peers such as tlsfuzzer and
@@ -152,8 +155,13 @@ class TLSAdapter(asyncio.Protocol):
         deadlines: Deadlines | None = None,
         psk_resolver: PSKResolver | None = None,
         pending_lookups: PendingLookups | None = None,
+        observer: GatewayMetrics | None = None,
     ) -> None:
         self.context = context
+        #: the gateway's metrics (None: off); each connection reports one outcome (completed or failed)
+        self._observer = observer
+        self._reported = observer is None
+        self._started = 0.0
         self._resolver = psk_resolver
         self._pending = pending_lookups if pending_lookups is not None else PendingLookups()
         self._lookup: asyncio.Task[None] | None = None
@@ -176,9 +184,12 @@ class TLSAdapter(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.raw_transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport is not a subclass
         self.peer = transport.get_extra_info("peername")
+        if self._observer is not None:
+            self._started = asyncio.get_running_loop().time()
         if self._limiter is not None:
             self._slot = self._limiter.admit(self.peer)
             if self._slot is None:
+                self._failed("refused_by_limit")
                 transport.abort()  # type: ignore[attr-defined]
                 return
         self._deadline = self._deadlines.add(self._handshake_timed_out)
@@ -202,8 +213,11 @@ class TLSAdapter(asyncio.Protocol):
             self._lookup.cancel()  # a resolution outlasting the connection (handshake timeout) is dropped
             self._lookup = None
         if not self.handshake.done():
+            self._failed("closed")
             self.handshake.set_exception(HandshakeFailed("connection lost during the handshake"))
             self.handshake.exception()  # mark retrieved: a server has nobody awaiting it
+        if self.session is not None and self._observer is not None:
+            self._observer.closed("tls")
         if self.app is not None:
             self.app.connection_lost(exc)
         self.raw_transport = None
@@ -232,8 +246,22 @@ class TLSAdapter(asyncio.Protocol):
         if self.session is None:
             if self._slot is not None:
                 self._slot.counts = True  # a silent connection that held its slot to the end counts too (D231)
-            log.info("handshake from %s timed out after %.1f s", self.peer, self._timeout)
+            log.info("handshake from %s timed out after %.1f s", self.peer, self._timeout,
+                     extra={"event": "handshake_timeout", "peer": self.peer, "sa": self.tls.offered_identity})
+            self._failed("timeout")
             self._fail(HandshakeTimeout(f"handshake did not complete within {self._timeout} s"))
+
+    def _failed(self, reason: str) -> None:
+        """Report the connection's failed handshake to the observer (once)."""
+        if not self._reported:
+            self._reported = True
+            assert self._observer is not None
+            self._observer.handshake_failed("tls", reason)
+
+    def _completed(self, session: SessionInfo) -> None:
+        self._reported = True
+        assert self._observer is not None
+        self._observer.handshake_completed("tls", session, asyncio.get_running_loop().time() - self._started)
 
     def _fail(self, exc: TLSError) -> None:
         if not self.handshake.done():
@@ -274,12 +302,16 @@ class TLSAdapter(asyncio.Protocol):
             events = step()
         except HandshakeFailed as exc:
             identity = self.tls.offered_identity
-            log.info("handshake from %s failed (identity %r): %s", self.peer, identity, exc.reason)
+            kind = self.tls.failure_kind
+            log.info("handshake from %s failed (identity %r): %s", self.peer, identity, exc.reason,
+                     extra={"event": "handshake_failed", "peer": self.peer, "sa": identity, "reason": kind})
+            self._failed(kind)
             self.flush()  # the alert
             self._fail(exc)
             return
         except TLSError as exc:
-            log.info("TLS error on %s: %s", self.peer, exc)
+            log.info("TLS error on %s: %s", self.peer, exc, extra={"event": "tls_error", "peer": self.peer})
+            self._failed("protocol")
             self.flush()
             self._fail(exc)
             return
@@ -288,9 +320,12 @@ class TLSAdapter(asyncio.Protocol):
             if isinstance(event, HandshakeCompleted):
                 self._cancel_timer()
                 if self._slot is not None and not self._slot.established(event.session, self.peer):
+                    self._failed("refused_by_limit")
                     self._fail(HandshakeFailed("too many connections for this credential"))
                     return
                 self.session = event.session
+                if not self._reported:
+                    self._completed(event.session)
                 self._app_transport = TLSTransport(self)
                 self.app = start_application(self._app_factory, self._app_transport)
                 if not self.handshake.done():
@@ -318,6 +353,7 @@ async def start_server(
     limiter: ConnectionLimiter | None = None,
     psk_resolver: PSKResolver | None = None,
     pending_lookups: PendingLookups | None = None,
+    observer: GatewayMetrics | None = None,
     **kwargs: Any,
 ) -> asyncio.Server:
     """Serve TLS on ``host:port`` (or on a listening ``sock=``, with ``host=None``); each authenticated
@@ -325,14 +361,16 @@ async def start_server(
 
     ``limiter`` (a :class:`ConnectionLimiter`) caps the open connections and counts the refused ones.
     ``psk_resolver`` (with a ``ServerConfig(async_psk=True)`` context) resolves PSK identities asynchronously,
-    at most ``pending_lookups`` at a time (:mod:`m2msec.transport.psk_resolver`)."""
+    at most ``pending_lookups`` at a time (:mod:`m2msec.transport.psk_resolver`). ``observer`` (the gateway's
+    :class:`~m2msec.metrics.GatewayMetrics`) hears each handshake's outcome and each established connection's end."""
     check_resolver(context, psk_resolver)
     loop = asyncio.get_running_loop()
     deadlines = Deadlines(handshake_timeout)  # one handshake timer for all the server's connections
     pending = pending_lookups if pending_lookups is not None else PendingLookups()
     return await loop.create_server(
         lambda: TLSAdapter(context, app_factory, handshake_timeout=handshake_timeout, limiter=limiter,
-                           deadlines=deadlines, psk_resolver=psk_resolver, pending_lookups=pending),
+                           deadlines=deadlines, psk_resolver=psk_resolver, pending_lookups=pending,
+                           observer=observer),
         host, port, **kwargs,
     )
 
