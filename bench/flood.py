@@ -15,8 +15,10 @@ file descriptors before, at the peak and once the attack is over (every socket r
 Scenarios: ``baseline`` (no attack); ``halfopen`` (--halfopen TCP connections from 200 addresses, never a byte);
 ``slowloris`` (handshakes done, then an HTTP request head one byte a second); ``garbage`` (random bytes as a
 ClientHello, as fast as they go); ``wrongkey`` (TLS-PSK handshakes with a wrong key, 8 at a time per process);
-``coaps-random`` (random datagrams); ``coaps-spoofed`` (valid DTLS ClientHellos from 256 addresses per process that
-never answer the HelloVerifyRequest: what spoofed sources look like).
+``coaps-wrongkey`` (DTLS-PSK handshakes with a wrong key, cookie returned, 16 at a time per process: the gateway
+stays silent and times each peer out); ``coaps-random`` (random datagrams); ``coaps-spoofed`` (valid DTLS
+ClientHellos from 256 addresses per process that never answer the HelloVerifyRequest: what spoofed sources look
+like).
 """
 
 from __future__ import annotations
@@ -45,9 +47,12 @@ from load_common import (
     tls_cycle,
 )
 
+from m2msec.tls.engine import DEFAULT_DTLS_MTU
+from m2msec.transport.dtls import _ClientProtocol
 from m2msec.transport.tls import TLSAdapter
 
-SCENARIOS = ["baseline", "halfopen", "slowloris", "garbage", "wrongkey", "coaps-random", "coaps-spoofed"]
+SCENARIOS = ["baseline", "halfopen", "slowloris", "garbage", "wrongkey", "coaps-wrongkey", "coaps-random",
+             "coaps-spoofed"]
 PROCESSES = 2
 HANDSHAKE_TIMEOUT = 5.0
 #: seconds the legitimate client gives one cycle (handshake, with the DTLS retransmissions of RFC 6347 §4.2.4 at 1,
@@ -117,6 +122,32 @@ async def attack_wrongkey(port: int, index: int, duration: float) -> dict[str, i
                 counts["bad_mac" if "mac" in str(exc) else "reset"] += 1
 
     await asyncio.gather(*(one() for _ in range(8)))
+    return counts
+
+
+async def attack_coaps_wrongkey(port: int, index: int, duration: float) -> dict[str, int]:
+    loop = asyncio.get_running_loop()
+    context = dtls_context(LEGIT[0], WRONG_KEY)
+    counts = {"attempts": 0, "no_answer": 0, "other": 0}
+    end = loop.time() + duration
+
+    async def one() -> None:
+        while loop.time() < end:
+            counts["attempts"] += 1
+            udp, proto = await loop.create_datagram_endpoint(
+                lambda: _ClientProtocol(context, asyncio.DatagramProtocol, mtu=DEFAULT_DTLS_MTU,
+                                        remote=("127.0.0.1", port)),
+                local_addr=(source(index, 0), 0), remote_addr=("127.0.0.1", port))
+            try:
+                await asyncio.wait_for(proto.handshake, 0.1)  # the gateway never answers a wrong key's Finished
+            except TimeoutError:
+                counts["no_answer"] += 1
+            except Exception:
+                counts["other"] += 1
+            finally:
+                udp.close()
+
+    await asyncio.gather(*(one() for _ in range(16)))
     return counts
 
 
@@ -199,6 +230,8 @@ def run_attack(args: argparse.Namespace) -> None:
         result = asyncio.run(attack_wrongkey(port, index, duration))
     elif kind == "slowloris":
         result = asyncio.run(attack_slowloris(port, index, 300, duration))
+    elif kind == "coaps-wrongkey":
+        result = asyncio.run(attack_coaps_wrongkey(port, index, duration))
     elif kind == "coaps-random":
         result = attack_coaps_random(port, index, duration)
     else:

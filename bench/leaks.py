@@ -113,12 +113,14 @@ async def run(args: argparse.Namespace) -> int:
                   f"{dict(sorted(outcome.items()))}", flush=True)
         await asyncio.sleep(1.5)
         end_fds, end_clients, end_rss = fd_count(gw.pid), client_sockets(gw.pid, gw.port), rss_kib(gw.pid)
+        to_cse = client_sockets(gw.pid, gw.cse_port, remote=True)
         warm_point = curve[min(args.warmup, len(curve)) - 1]
         growth = (end_rss - warm_point[3]) / 1024
         fds_ok = end_fds <= warm_point[1] and end_clients == 0
         verdict = "back to baseline" if fds_ok else "NOT back"
         print(f"after all cycles and timeouts: {end_fds} fds (after the warm-up {warm_point[1]}, before the first "
-              f"cycle {base_fds}), {end_clients} client connections held: {verdict}; VmRSS {end_rss / 1024:.1f} MiB: "
+              f"cycle {base_fds}; {to_cse} of them keep-alive connections to the CSE), {end_clients} client "
+              f"connections held: {verdict}; VmRSS {end_rss / 1024:.1f} MiB: "
               f"{growth:+.1f} MiB since the warm-up ({args.warmup} rounds; goal < "
               f"{GOAL_MIB} MiB: {'met' if growth < GOAL_MIB else 'NOT met'})", flush=True)
         return 0 if fds_ok and growth < GOAL_MIB else 1

@@ -40,8 +40,9 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def client_sockets(pid: int, port: int) -> int:
-    """The process's TCP sockets on local ``port`` other than its listener: the client connections it holds."""
+def client_sockets(pid: int, port: int, *, remote: bool = False) -> int:
+    """The process's TCP sockets on local ``port`` other than its listener: the client connections it holds
+    (``remote``: the sockets connected to remote ``port``, e.g. the keep-alive connections to a CSE)."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         with contextlib.suppress(OSError):
@@ -53,7 +54,8 @@ def client_sockets(pid: int, port: int) -> int:
         with open(f"/proc/{pid}/net/{table}", encoding="ascii") as fh:
             for line in list(fh)[1:]:
                 fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] != "0A" and fields[9] in inodes:
+                address = fields[2] if remote else fields[1]
+                if int(address.rsplit(":", 1)[1], 16) == port and fields[3] != "0A" and fields[9] in inodes:
                     count += 1
     return count
 
@@ -108,6 +110,7 @@ class Gateway:
     coaps_port: int
     proc: asyncio.subprocess.Process
     log: Path
+    cse_port: int = 0
 
 
 @contextlib.asynccontextmanager
@@ -136,7 +139,7 @@ async def gateway(*extra: str, name: str = "load") -> AsyncIterator[Gateway]:
                  for words in (line.split() for line in lines) if "on" in words}
         if set(ports) != {"coaps", "gateway"}:
             raise SystemExit(f"the gateway did not start: {lines} {log.read_text()[-500:]}")
-        yield Gateway(proc.pid, ports["gateway"], ports["coaps"], proc, log)
+        yield Gateway(proc.pid, ports["gateway"], ports["coaps"], proc, log, cse.sockets[0].getsockname()[1])
     finally:
         if proc.returncode is None:
             proc.terminate()

@@ -109,14 +109,14 @@ def _serve_blocking(ctx: Any, sock: socket.socket, count: int) -> None:
     """The engine under the simplest server: one thread, recvfrom/sendto, the gateway's per-peer rules."""
     from m2msec.errors import TLSError
     from m2msec.tls.engine import ConnectionClosed
-    from m2msec.transport.dtls import _is_initial_client_hello
+    from m2msec.transport.dtls_records import is_initial_client_hello
 
     peers: dict[Any, Any] = {}
     closed = 0
     while closed < count:
         data, addr = sock.recvfrom(65535)
         conn = peers.get(addr)
-        if conn is None or (conn.session is not None and _is_initial_client_hello(data)):
+        if conn is None or (conn.session is not None and is_initial_client_hello(data)):
             conn = ctx.dtls_connection(addr)
             try:
                 events = conn.receive_datagram(data)

@@ -44,34 +44,49 @@ class Clock:
         return self.now
 
 
-def test_failure_rate_blocks_a_source_for_the_rest_of_its_window_only() -> None:
+def test_failure_rate_blocks_a_source_while_its_bucket_is_full() -> None:
     clock = Clock()
-    rate = FailureRate(3, 10.0, clock=clock)
+    rate = FailureRate(3, 10.0, clock=clock)  # each failure weighs 10/3 s and drains at 1 s/s (D229)
     for _ in range(2):
         rate.failed("a")
     assert not rate.blocked("a")
     rate.failed("a")
-    assert rate.blocked("a") and not rate.blocked("b") and rate.refused == 1
-    clock.now += 9.9
+    assert rate.blocked("a") and not rate.blocked("b")
+    assert rate.count("a") == pytest.approx(3.0)
+    clock.now += 1.0  # 0.3 failures drained: blocked until half a failure's weight has
     assert rate.blocked("a")
-    clock.now += 0.1  # the window is over: the source starts again from zero
-    assert not rate.blocked("a") and "a" not in rate.windows
-    rate.failed("a")
-    assert rate.windows["a"] == (clock.now, 1)
+    clock.now += 1.0
+    assert not rate.blocked("a") and rate.count("a") == pytest.approx(2.4)
+    rate.failed("a")  # one more fills it again
+    assert rate.blocked("a")
+    for _ in range(50):
+        rate.failed("a")  # a source that keeps failing: its debt is capped at one window
+    assert rate.count("a") == pytest.approx(3.0)
+    clock.now += 10.0  # drained
+    assert not rate.blocked("a") and "a" not in rate.debt
 
 
-def test_failure_rate_memory_is_bounded() -> None:
+def test_failure_rate_memory_is_bounded_and_keeps_blocked_sources() -> None:
     clock = Clock()
-    rate = FailureRate(2, 10.0, clock=clock, max_sources=4)
+    rate = FailureRate(2, 10.0, clock=clock, max_sources=8)
+    for _ in range(2):
+        rate.failed("blocked")
     for source in "abc":
         rate.failed(source)
-    clock.now += 10
-    rate.failed("d")
-    rate.failed("e")  # full: the expired a, b, c go, d stays
-    assert set(rate.windows) == {"d", "e"}
-    for source in "fgh":
-        rate.failed(source)  # full of live windows: everything starts over
-    assert len(rate.windows) <= 4 and "h" in rate.windows
+    clock.now += 6  # a, b, c drained (5 s each); "blocked" drained 6 of its 10 s
+    for _ in range(4):
+        rate.failed("blocked")  # full again
+    for source in "defghij":
+        rate.failed(source)  # 8 tracked with "j": full
+    assert len(rate.debt) <= 8 and "a" not in rate.debt and rate.blocked("blocked")
+    for source in "klmnop":
+        rate.failed(source)  # room is made from the least indebted open sources, never from a blocked one
+    assert len(rate.debt) <= 8 and rate.blocked("blocked") and "p" in rate.debt
+    full = FailureRate(1, 10.0, clock=clock, max_sources=2)
+    full.failed("x")
+    full.failed("y")
+    full.failed("z")  # every tracked source is blocked: the newcomer is not tracked, nobody is forgotten
+    assert set(full.debt) == {"x", "y"} and full.untracked == 1
     with pytest.raises(ValueError):
         FailureRate(0)
 
@@ -116,20 +131,26 @@ async def test_tls_a_source_failing_its_handshakes_is_refused_and_others_are_not
         answer = await asyncio.wait_for(reader.read(), 5)  # an alert, then the close
         assert answer[:1] == b"\x15"
         writer.close()
-        await until(lambda: limiter.failures is not None and limiter.failures.windows.get(ATTACKER, (0, 0))[1] == 3)
-        # the source has used up its failures: even the right key is refused now, before any handshake
+        await until(lambda: limiter.failures is not None and limiter.failures.blocked(ATTACKER))
+        # the source has used up its failures: one handshake at a time now (D230). While one is in progress (a
+        # silent connection here), every other connection of the source is refused before any handshake
+        silent = socket.create_connection((SERVER, port), timeout=5, source_address=(ATTACKER, 0))
+        await until(lambda: limiter.sources is not None and limiter.sources.held.get(ATTACKER) == 1)
         with pytest.raises(HandshakeFailed, match="connection lost during the handshake"):
             await tls_handshake_from(ATTACKER, port)
         assert limiter.failures is not None and limiter.failures.refused == 1
+        silent.close()  # it sent nothing: no failure (D231)
+        await until(lambda: limiter.sources is not None and limiter.sources.held == {})
+        adapter, session = await tls_handshake_from(ATTACKER, port)  # alone, the right key is served
+        assert session.psk_identity == LIGHT1_ID
+        assert adapter.raw_transport is not None
+        adapter.raw_transport.close()
         adapter, session = await tls_handshake_from(VICTIM, port)  # another source is served
         assert session.psk_identity == LIGHT1_ID
         assert adapter.raw_transport is not None
         adapter.raw_transport.close()
-        await asyncio.sleep(1.05)  # the window is over
-        adapter, session = await tls_handshake_from(ATTACKER, port)
-        assert session.psk_identity == LIGHT1_ID
-        assert adapter.raw_transport is not None
-        adapter.raw_transport.close()
+        await asyncio.sleep(1.05)  # drained: the source is no longer blocked
+        assert not limiter.failures.blocked(ATTACKER)
     finally:
         server.close()
         await server.wait_closed()
@@ -148,7 +169,7 @@ async def test_tls_a_completed_handshake_is_no_failure() -> None:
             assert adapter.raw_transport is not None
             adapter.raw_transport.close()
             await until(lambda: limiter.open == 0)
-        assert limiter.failures is not None and limiter.failures.windows == {}
+        assert limiter.failures is not None and limiter.failures.debt == {}
     finally:
         server.close()
         await server.wait_closed()
@@ -175,6 +196,23 @@ async def dtls_handshake_from(source: str, port: int, key: str) -> tuple[asyncio
         raise
 
 
+async def stall_after_cookie(source: str, port: int) -> socket.socket:
+    """A DTLS client from ``source`` that returns the cookie and then says nothing: the server keeps it as a peer
+    in its handshake until the handshake timeout."""
+    client = TLSContext.dtls_client(ClientConfig(LIGHT1_ID, SecretKey.from_hex(LIGHT1_KEY), profiles=(ONEM2M_DTLS_PSK,),
+                                                 peer_entity=HOME_GATEWAY_CSE_ID))
+    conn = client.dtls_connection((SERVER, port), mtu=DEFAULT_DTLS_MTU)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((source, 0))
+    sock.settimeout(2)
+    for datagram in conn.datagrams_to_send():  # ClientHello
+        sock.sendto(datagram, (SERVER, port))
+    conn.receive_datagram(await asyncio.to_thread(sock.recv, 65536))  # HelloVerifyRequest
+    for datagram in conn.datagrams_to_send():  # ClientHello with the cookie
+        sock.sendto(datagram, (SERVER, port))
+    return sock
+
+
 async def test_dtls_wrong_key_peers_are_counted_after_the_cookie_and_their_source_refused() -> None:
     context = TLSContext.dtls_server(ServerConfig(make_table().lookup, profiles=(ONEM2M_DTLS_PSK,)))
     udp, proto = await start_dtls_server(Silent, SERVER, 0, context, handshake_timeout=0.3)
@@ -189,16 +227,28 @@ async def test_dtls_wrong_key_peers_are_counted_after_the_cookie_and_their_sourc
             spoof.sendto(b"\x16\xfe\xfd" + bytes(10) + b"\x00\x10" + bytes(16), (SERVER, port))
         spoof.close()
         await asyncio.sleep(0.1)
-        assert proto.limiter.failures.windows == {} and proto.handshaking == 0
+        assert proto.limiter.failures.debt == {} and proto.handshaking == 0
         for _ in range(2):  # a wrong key is answered with silence (RFC 4279 §2): the server times it out
             with pytest.raises((HandshakeFailed, TimeoutError)):
                 await dtls_handshake_from(ATTACKER, port, LIGHT2_KEY)
-        await until(lambda: proto.limiter.failures is not None
-                    and proto.limiter.failures.windows.get(ATTACKER, (0, 0))[1] == 2)
-        dropped = proto.dropped
-        with pytest.raises((HandshakeFailed, TimeoutError)):  # even the right key: dropped after the cookie
-            await dtls_handshake_from(ATTACKER, port, LIGHT1_KEY)
-        assert proto.dropped > dropped and proto.limiter.failures.refused >= 1
+        await until(lambda: proto.limiter.failures is not None and proto.limiter.failures.blocked(ATTACKER))
+        # blocked: one handshake at a time (D230). One stalled after the cookie holds it, so even the right key is
+        # dropped after its cookie; once that one is gone, the right key is served
+        stalled = await stall_after_cookie(ATTACKER, port)
+        try:
+            await until(lambda: len(proto.peers) == 1)
+            dropped, refused = proto.dropped, proto.limiter.failures.refused
+            second = await stall_after_cookie(ATTACKER, port)  # its cookie came back, but the slot is taken
+            second.close()
+            await until(lambda: proto.dropped > dropped)
+            assert len(proto.peers) == 1 and proto.limiter.failures.refused == refused + 1
+        finally:
+            stalled.close()
+        await until(lambda: proto.peers == {})  # timed out: a failure, still blocked
+        assert proto.limiter.failures.blocked(ATTACKER)
+        client, session = await dtls_handshake_from(ATTACKER, port, LIGHT1_KEY)
+        assert session.psk_identity == LIGHT1_ID
+        client.close()
         client, session = await dtls_handshake_from(VICTIM, port, LIGHT1_KEY)
         assert session.psk_identity == LIGHT1_ID
         client.close()

@@ -38,6 +38,7 @@ from m2msec.tls.engine import (
     TLSContext,
 )
 from m2msec.transport.common import NOT_SESSION_INFO, Deadline, Deadlines, session_extra_info, start_application
+from m2msec.transport.dtls_records import is_initial_client_hello, without_plaintext_alerts
 from m2msec.transport.limits import (
     DEFAULT_MAX_CONNECTIONS_PER_SA,
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
@@ -285,13 +286,18 @@ class DTLSServerProtocol(_Endpoint):
         peer = self.peers.get(addr)
         # A peer mid-handshake gets everything, retransmitted ClientHellos included: restarting it there would
         # race our own retransmitted flight and strand the client. Only an established peer may start over.
-        if peer is not None and (peer.conn.session is None or not _is_initial_client_hello(data)):
+        if peer is not None and (peer.conn.session is None or not is_initial_client_hello(data)):
+            if peer.conn.session is None:  # mid-handshake: a spoofed epoch-0 alert must not end it (D232)
+                data = without_plaintext_alerts(data)
+                if not data:
+                    self.ignored += 1
+                    return
             self._process(peer, data)
             return
         # a new peer, or an established one starting over (RFC 6347 §4.2.8): stateless until the cookie is back.
         # Only a ClientHello can start a handshake: anything else from an unknown peer (a random-datagram flood) is
         # dropped before an engine connection is built for it (issue 21 part 3: that cost starved real peers)
-        if not _is_initial_client_hello(data):
+        if not is_initial_client_hello(data):
             self.ignored += 1
             return
         conn = self.context.dtls_connection(addr, mtu=self.mtu)
@@ -319,6 +325,7 @@ class DTLSServerProtocol(_Endpoint):
         if slot is None:
             self.dropped += 1
             return
+        slot.counts = True  # it sent a ClientHello with a cookie: unfinished, it is a failure (D231)
         self._send(conn.datagrams_to_send(), addr)
         now = self.loop.time()
         peer = _Peer(conn, addr, now, now, slot=slot)
@@ -394,11 +401,6 @@ class DTLSServerProtocol(_Endpoint):
                     self._drop(peer)
         interval = max(self.idle_timeout / 4, 0.05)  # handshakes have their own deadlines
         self._sweeper = self.loop.call_later(interval, self._sweep)
-
-
-def _is_initial_client_hello(datagram: bytes) -> bool:
-    """A handshake record in epoch 0 whose first message is a ClientHello (RFC 6347 §4.1, §4.2.2)."""
-    return len(datagram) > 25 and datagram[0] == 22 and datagram[3:5] == b"\0\0" and datagram[13] == 1
 
 
 class _ClientProtocol(_Endpoint):

@@ -19,11 +19,15 @@ never more than :func:`sa_share` of the connection cap, so one credential cannot
 clients share their address with everyone else. A connection over its SA's cap is closed right after the
 handshake (the slot is free again before the next connection is accepted).
 
-Failed handshakes are rate-limited per source (docs/decisions.md D220): a connection (a DTLS peer whose cookie
-came back) that goes before its handshake completes (a wrong key, garbage, a timeout, a close mid-handshake) counts
-as one failure of its source (:class:`FailureRate`); a source with :data:`DEFAULT_MAX_FAILED_HANDSHAKES_PER_SOURCE`
-failures in the current :data:`FAILED_HANDSHAKE_WINDOW` is refused at once until the window ends. The address is
-one the peer proved it receives at (the TCP handshake, the DTLS cookie), so a spoofed source cannot lock another out.
+Failed handshakes are rate-limited per source (docs/decisions.md D220, D229-D231): a connection (a DTLS peer whose
+cookie came back) that sent something and goes before its handshake completes (a wrong key, garbage, a timeout, a
+close mid-handshake) counts as one failure of its source; a silent connect-and-close (a health check, a port probe)
+does not (D231). Failures fill a leaky bucket per source (:class:`FailureRate`: at most
+:data:`DEFAULT_MAX_FAILED_HANDSHAKES_PER_SOURCE` at once, draining at that many per :data:`FAILED_HANDSHAKE_WINDOW`);
+a source whose bucket is full keeps one handshake at a time, every other connection of it is refused at once (D230),
+so a device with the right key behind a failing one's address still gets through. The address is one the peer proved
+it receives at (the TCP handshake, the DTLS cookie), so a spoofed source cannot lock another out, and an epoch-0
+alert cannot end another's DTLS handshake (D232).
 """
 
 from __future__ import annotations
@@ -69,11 +73,11 @@ IPV6_SOURCE_PREFIX = 64
 DEFAULT_MAX_CONNECTIONS_PER_SOURCE = 1000
 #: established TLS connections, and DTLS peers, one SA credential may hold at once (D47)
 DEFAULT_MAX_CONNECTIONS_PER_SA = 64
-#: failed handshakes one source may have per FAILED_HANDSHAKE_WINDOW before its connections are refused until the
-#: window ends (D220). Generous: 5 a second on average, far above a misconfigured device retrying or a NAT's few
-#: broken clients, far below what a wrong-key or garbage flood sends (thousands a second).
+#: failed handshakes one source may have in its bucket (draining at this many per FAILED_HANDSHAKE_WINDOW) before it
+#: is held to one handshake at a time (D220, D229, D230). Generous: 5 a second on average, far above a misconfigured
+#: device retrying or a NAT's few broken clients, far below what a wrong-key or garbage flood sends (thousands/s).
 DEFAULT_MAX_FAILED_HANDSHAKES_PER_SOURCE = 300
-#: seconds of one failure-counting window (fixed windows per source, D220)
+#: seconds in which a full bucket of failures drains (D229)
 FAILED_HANDSHAKE_WINDOW = 60.0
 #: sources whose failures are counted at once (D220): beyond, expired windows are pruned, then all counts start over
 FAILED_HANDSHAKE_SOURCES = 65536
@@ -153,8 +157,15 @@ class SourceLimiter:
 
 
 class FailureRate:
-    """Failed handshakes per source in fixed windows of ``window`` seconds (D220): :meth:`blocked` once a source has
-    ``limit`` of them in its current window. Memory is bounded (:data:`FAILED_HANDSHAKE_SOURCES` sources)."""
+    """Failed handshakes per source, as a leaky bucket (GCRA, D229): each failure adds ``window / limit`` seconds to
+    its source's debt, which drains at one second per second; the source is :meth:`blocked` while its bucket holds
+    ``limit`` failures. So no burst above ``limit`` and ``limit`` per ``window`` sustained (the fixed windows before let
+    almost twice the limit through within milliseconds at a window boundary, issue 21 review L5); one float per
+    source.
+
+    Memory is bounded (:data:`FAILED_HANDSHAKE_SOURCES` sources): when full, drained sources go, then those furthest
+    from their limit; a blocked source is never forgotten to make room (L3), and while every tracked source is
+    blocked a new one is not tracked (:attr:`untracked` counts them)."""
 
     def __init__(self, limit: int, window: float = FAILED_HANDSHAKE_WINDOW,
                  clock: Callable[[], float] = time.monotonic, max_sources: int = FAILED_HANDSHAKE_SOURCES) -> None:
@@ -166,36 +177,56 @@ class FailureRate:
         self.window = window
         self.clock = clock
         self.max_sources = max_sources
-        self.windows: dict[str, tuple[float, int]] = {}  # source -> (window start, failures in it)
+        self.interval = window / limit  # what one failure weighs, in seconds of debt
+        # blocked while the debt exceeds this: `limit` failures at one instant are `window` of debt; half an interval
+        # below it keeps float rounding from blocking at limit - 1
+        self._full = window - self.interval / 2
+        self.debt: dict[str, float] = {}  # source -> when its bucket is empty again (GCRA's theoretical arrival time)
         self.refused = 0
+        self.untracked = 0
+        self.probing: set[str] = set()  # blocked sources with their one handshake in progress (D230)
+
+    def count(self, source: str) -> float:
+        """The failures ``source`` has in its bucket now (fractional: the bucket drains continuously)."""
+        empty_at = self.debt.get(source)
+        return 0.0 if empty_at is None else max(0.0, empty_at - self.clock()) / self.interval
 
     def blocked(self, source: str) -> bool:
-        """True (counted in :attr:`refused`) if ``source`` has used up its failures in its current window."""
-        entry = self.windows.get(source)
-        if entry is None:
+        """True if ``source`` holds ``limit`` failures (the caller counts the refusal in :attr:`refused`)."""
+        empty_at = self.debt.get(source)
+        if empty_at is None:
             return False
-        start, count = entry
-        if self.clock() - start >= self.window:
-            del self.windows[source]
+        debt = empty_at - self.clock()
+        if debt <= 0:
+            del self.debt[source]
             return False
-        if count >= self.limit:
-            self.refused += 1
-            return True
-        return False
+        return debt > self._full
 
     def failed(self, source: str) -> None:
-        """One handshake of ``source`` failed."""
+        """One handshake of ``source`` failed. The debt never exceeds ``window``: a source that keeps failing stays
+        blocked, and one that stops is served again within one interval (``window / limit``) of falling under."""
         now = self.clock()
-        start, count = self.windows.get(source, (now, 0))
-        if now - start >= self.window:
-            start, count = now, 0
-        windows = self.windows
-        if len(windows) >= self.max_sources and source not in windows:
-            for key in [k for k, (begun, _) in windows.items() if now - begun >= self.window]:
-                del windows[key]
-            if len(windows) >= self.max_sources:
-                windows.clear()
-        windows[source] = (start, count + 1)
+        debt = self.debt
+        empty_at = debt.get(source)
+        if empty_at is None and len(debt) >= self.max_sources and not self._make_room(now):
+            self.untracked += 1
+            return
+        start = now if empty_at is None or empty_at < now else empty_at
+        debt[source] = min(start + self.interval, now + self.window)
+
+    def _make_room(self, now: float) -> bool:
+        """Forget drained sources, else the half least in debt of those not blocked; False if all are blocked."""
+        debt = self.debt
+        for key in [k for k, empty_at in debt.items() if empty_at <= now]:
+            del debt[key]
+        if len(debt) < self.max_sources:
+            return True
+        open_sources = sorted((empty_at, k) for k, empty_at in debt.items() if empty_at - now <= self._full)
+        if len(open_sources) < self.max_sources // 8:  # nearly all blocked: no scan of the table per new source
+            return False
+        for _, key in open_sources[: max(1, len(open_sources) // 2)]:
+            del debt[key]
+        return len(debt) < self.max_sources
 
 
 class ConnectionLimiter:
@@ -212,8 +243,9 @@ class ConnectionLimiter:
     ``sa_share(per_sa, limit)`` established ones (:attr:`per_sa`): one more is closed right after its handshake
     (docs/decisions.md D47).
 
-    With ``failed_per_source`` (on by default, None turns it off), a source with that many failed handshakes in
-    ``failure_window`` seconds is refused until its window ends (:attr:`failures`, D220)."""
+    With ``failed_per_source`` (on by default, None turns it off), a source with that many failed handshakes in its
+    bucket (draining in ``failure_window`` seconds) keeps one handshake at a time until it drains (:attr:`failures`,
+    D220, D229, D230)."""
 
     def __init__(self, limit: int, *, per_source_handshakes: int | None = None,
                  per_source_connections: int | None = None, per_sa: int | None = None,
@@ -250,11 +282,17 @@ class ConnectionLimiter:
         a global slot either), then all handshakes, then its source's connections, then all connections."""
         source = source_of(peer)
         failures = self.failures
-        if failures is not None and failures.blocked(source):
-            self._refusals.warn(source, "connection from %s refused: %d failed handshakes from %s within %.0f s",
-                                peer, failures.limit, source, failures.window)
-            return None
         sources = self.sources
+        probe = failures is not None and failures.blocked(source)
+        if probe and failures is not None:
+            if source in failures.probing:
+                # a blocked source keeps one handshake at a time (D230): a device with the right key behind the
+                # same address as a failing one (a NAT, a balancer) still gets through; the failing one is throttled
+                failures.refused += 1
+                self._refusals.warn(source, "connection from %s refused: %d failed handshakes from %s within %.0f "
+                                    "s, and one of its handshakes is in progress", peer, failures.limit, source,
+                                    failures.window)
+                return None
         if sources is not None and not sources.acquire(source):
             self._refusals.warn(source, "connection from %s refused: %d handshakes from %s in progress", peer,
                                 sources.limit, source)
@@ -276,7 +314,11 @@ class ConnectionLimiter:
             self._unhold(per_source, source)
             return None
         self.handshaking += 1
-        return Slot(self, source)
+        slot = Slot(self, source)
+        if probe and failures is not None:
+            failures.probing.add(source)
+            slot.probe = True
+        return slot
 
     @staticmethod
     def _unhold(limiter: SourceLimiter | None, source: str) -> None:
@@ -319,19 +361,25 @@ class RefusalLog:
 class Slot:
     """What one connection holds in its :class:`ConnectionLimiter`."""
 
-    __slots__ = ("handshaking", "limiter", "sa", "source")
+    __slots__ = ("counts", "handshaking", "limiter", "probe", "sa", "source")
 
     def __init__(self, limiter: ConnectionLimiter, source: str) -> None:
         self.limiter: ConnectionLimiter | None = limiter
         self.source = source
         self.handshaking = True
         self.sa: str | None = None
+        #: set once the peer has sent something (or timed out): only then does an unfinished handshake count as a
+        #: failure of its source (D231: a connect-and-close health check or port probe is none)
+        self.counts = False
+        self.probe = False  # the one handshake its blocked source may have (D230)
 
     def _end_handshake(self, limiter: ConnectionLimiter) -> None:
         if self.handshaking:
             self.handshaking = False
             limiter.handshaking -= 1
             ConnectionLimiter._unhold(limiter.sources, self.source)
+            if self.probe and limiter.failures is not None:
+                limiter.failures.probing.discard(self.source)
 
     def established(self, session: SessionInfo, peer: Any) -> bool:
         """The handshake completed: its handshake slot is free again, and the SA's connection is counted.
@@ -357,8 +405,8 @@ class Slot:
         limiter, self.limiter = self.limiter, None
         if limiter is None:
             return
-        if self.handshaking and limiter.failures is not None:
-            limiter.failures.failed(self.source)  # gone before its handshake completed (D220)
+        if self.handshaking and self.counts and limiter.failures is not None:
+            limiter.failures.failed(self.source)  # gone before its handshake completed (D220, D231)
         self._end_handshake(limiter)
         ConnectionLimiter._unhold(limiter.open_per_source, self.source)
         if self.sa is not None and limiter.per_sa is not None:

@@ -185,6 +185,8 @@ class TLSAdapter(asyncio.Protocol):
         self.flush()  # a client's ClientHello
 
     def data_received(self, data: bytes) -> None:
+        if self._slot is not None:
+            self._slot.counts = True  # it spoke: an unfinished handshake is now a failure of its source (D231)
         self._feed(data)
 
     def eof_received(self) -> bool | None:
@@ -228,6 +230,8 @@ class TLSAdapter(asyncio.Protocol):
     def _handshake_timed_out(self) -> None:
         self._deadline = None
         if self.session is None:
+            if self._slot is not None:
+                self._slot.counts = True  # a silent connection that held its slot to the end counts too (D231)
             log.info("handshake from %s timed out after %.1f s", self.peer, self._timeout)
             self._fail(HandshakeTimeout(f"handshake did not complete within {self._timeout} s"))
 
