@@ -3,6 +3,7 @@ gateway (as flags today; as the file itself through --check-config and --config 
 
 from __future__ import annotations
 
+import select
 import shlex
 import signal
 import subprocess
@@ -117,13 +118,30 @@ def test_unit_reload_commands_on_a_serving_gateway(tmp_path: Path) -> None:
             assert result.returncode == 0, result.stdout + result.stderr
         hup = shlex.split(kill.replace("$MAINPID", str(gateway.pid)))
         subprocess.run(hup, check=True, timeout=10)
+        log = wait_for_line(gateway, "configuration reloaded")
         config.write_text(config.read_text().replace('profiles = "onem2m,ecdhe-psk"', 'profiles = "no-such"'))
         assert subprocess.run(local(checks[0]), capture_output=True, timeout=60).returncode != 0
         subprocess.run(hup, check=True, timeout=10)
-        time.sleep(1)  # let the gateway read the file (the log lines below are what is checked)
+        log += wait_for_line(gateway, "reload refused")
         assert gateway.poll() is None
     finally:
         gateway.send_signal(signal.SIGTERM)
         _, err = gateway.communicate(timeout=30)
     assert gateway.returncode == 0, err
-    assert err.count("configuration reloaded") == 1 and err.count("reload refused") == 1, err
+    assert (log + err).count("configuration reloaded") == 1 and (log + err).count("reload refused") == 1, log + err
+
+
+def wait_for_line(proc: subprocess.Popen[str], text: str, timeout: float = 20) -> str:
+    """The stderr lines of `proc` up to the first one containing `text` (failing after `timeout` seconds)."""
+    assert proc.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {text!r} within {timeout} s; stderr so far: {seen}"
+        ready, _, _ = select.select([proc.stderr], [], [], left)
+        if ready:
+            line = proc.stderr.readline()
+            assert line, f"the gateway exited before {text!r}; stderr: {seen}"
+            seen += line
+    return seen
