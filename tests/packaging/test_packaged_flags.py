@@ -3,6 +3,7 @@ gateway (as flags today; as the file itself through --check-config and --config 
 
 from __future__ import annotations
 
+import os
 import select
 import shlex
 import signal
@@ -132,16 +133,17 @@ def test_unit_reload_commands_on_a_serving_gateway(tmp_path: Path) -> None:
 
 
 def wait_for_line(proc: subprocess.Popen[str], text: str, timeout: float = 20) -> str:
-    """The stderr lines of `proc` up to the first one containing `text` (failing after `timeout` seconds)."""
+    """What `proc` writes on stderr until `text` appears (failing after `timeout` seconds). Reads the pipe's file
+    descriptor directly: select() on a buffered reader would miss lines already in its buffer."""
     assert proc.stderr is not None
-    seen = ""
+    fd = proc.stderr.fileno()
+    seen = b""
     deadline = time.monotonic() + timeout
-    while text not in seen:
+    while text.encode() not in seen:
         left = deadline - time.monotonic()
-        assert left > 0, f"no {text!r} within {timeout} s; stderr so far: {seen}"
-        ready, _, _ = select.select([proc.stderr], [], [], left)
-        if ready:
-            line = proc.stderr.readline()
-            assert line, f"the gateway exited before {text!r}; stderr: {seen}"
-            seen += line
-    return seen
+        assert left > 0, f"no {text!r} within {timeout} s; stderr so far: {seen.decode(errors='replace')}"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"the gateway exited before {text!r}; stderr: {seen.decode(errors='replace')}"
+            seen += chunk
+    return seen.decode(errors="replace")
