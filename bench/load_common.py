@@ -114,11 +114,14 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def gateway(*extra: str, name: str = "load") -> AsyncIterator[Gateway]:
-    """``m2msec gateway`` (TLS and coaps) in front of the stub CSEs, with ``extra`` options."""
+async def gateway(*extra: str, name: str = "load", quiet: bool = True,
+                  more_keys: int = 0) -> AsyncIterator[Gateway]:
+    """``m2msec gateway`` (TLS and coaps) in front of the stub CSEs, with ``extra`` options (and ``more_keys``
+    made-up identities in its PSK table)."""
     BUILD.mkdir(parents=True, exist_ok=True)
     table = BUILD / f"{name}-psk.toml"
-    rows = (f'[[psk]]\nidentity = "{i}"\nkey = "{k}"\nentity = "{e}"\n' for i, k, e in (LEGIT, ATTACK))
+    rows = [f'[[psk]]\nidentity = "{i}"\nkey = "{k}"\nentity = "{e}"\n' for i, k, e in (LEGIT, ATTACK)]
+    rows += [f'[[psk]]\nidentity = "filler{n}@load.test"\nkey = "{n:032x}"\n' for n in range(more_keys)]
     table.write_text("".join(rows))
     table.chmod(0o600)
     loop = asyncio.get_running_loop()
@@ -128,7 +131,7 @@ async def gateway(*extra: str, name: str = "load") -> AsyncIterator[Gateway]:
     cmd = [str(m2msec), "gateway", "--listen", "127.0.0.1:0", "--coaps-listen", "127.0.0.1:0",
            "--psk-table", str(table), "--backend", f"http://127.0.0.1:{cse.sockets[0].getsockname()[1]}",
            "--coap-backend", f"127.0.0.1:{udp.get_extra_info('sockname')[1]}", "--profiles", "onem2m",
-           "--cse-id", CSE_ID, "--quiet", *extra]
+           "--cse-id", CSE_ID, *(["--quiet"] if quiet else []), *extra]
     log = BUILD / f"{name}-gateway.log"
     with log.open("wb") as fh:
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.PIPE, stderr=fh)
