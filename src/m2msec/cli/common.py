@@ -33,6 +33,16 @@ def default_db() -> Path:
     return Path(base) / "m2msec" / "keys.db"
 
 
+def read_file(path: Path | None, what: str) -> bytes | None:
+    """The bytes of ``path`` (None for None); unreadable: ConfigurationError naming the file and ``what`` it is."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read {what}: {exc.strerror}") from None
+
+
 def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep:

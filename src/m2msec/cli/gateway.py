@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from m2msec.cli.common import LOOPS, run_async
+from m2msec.cli.common import LOOPS, read_file, run_async
 from m2msec.cli.gateway_mef import add_mef_options, mef_fetcher_from_args
 from m2msec.crl import CRLFile
 from m2msec.errors import ConfigurationError
@@ -209,15 +209,6 @@ async def release(http: Gateway | None, coaps: CoapsGateway | None) -> None:
         registrar.close()
 
 
-def _read(path: Path | None, what: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot read {what}: {exc.strerror}") from None
-
-
 def _certificate(args: argparse.Namespace) -> tuple[CertificateConfig | None, CRLFile | None]:
     if args.cert is None and args.key is None:
         if args.client_ca is not None or args.crl is not None:
@@ -226,14 +217,14 @@ def _certificate(args: argparse.Namespace) -> tuple[CertificateConfig | None, CR
     if args.cert is None or args.key is None:
         raise ConfigurationError("give both --cert and --key")
     check_file_permissions(args.key)
-    chain, key = _read(args.cert, "certificate"), _read(args.key, "private key")
+    chain, key = read_file(args.cert, "certificate"), read_file(args.key, "private key")
     assert chain is not None and key is not None
     _check_pair(args.cert, chain, args.key, key)
-    client_ca = _read(args.client_ca, "client CA certificates")
+    client_ca = read_file(args.client_ca, "client CA certificates")
     crls = None
     if args.crl is not None:  # refuses a file without a CRL, or with a CRL no client CA signed (D50)
         crls = CRLFile(args.crl, trusted=_client_cas(args.client_ca, client_ca))
-    return CertificateConfig(chain, key, client_ca, _read(args.crl, "CRL")), crls
+    return CertificateConfig(chain, key, client_ca, read_file(args.crl, "CRL")), crls
 
 
 def _check_pair(cert_path: Path, chain: bytes, key_path: Path, key: bytes) -> None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from m2msec.cli.common import read_file
 from m2msec.errors import ConfigurationError
 from m2msec.keys.table import check_file_permissions
 from m2msec.maf.client_options import service_fqdn
@@ -14,15 +15,6 @@ if TYPE_CHECKING:
     from m2msec.mef.client import MEFFetcher
 
 __all__ = ["add_mef_options", "mef_fetcher_from_args"]
-
-
-def _read(path: Path | None, what: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot read {what}: {exc.strerror}") from None
 
 
 def add_mef_options(p: argparse.ArgumentParser) -> None:
@@ -78,7 +70,7 @@ def mef_fetcher_from_args(args: argparse.Namespace) -> MEFFetcher | None:
         if args.mef_cert is None or args.mef_cert_key is None or args.mef_ca is None:
             raise ConfigurationError("give --mef-cert, --mef-cert-key and --mef-ca together")
         check_file_permissions(args.mef_cert_key)
-        credentials = MEFCredentials(chain_pem=_read(args.mef_cert, "certificate"),
-                                     private_key_pem=_read(args.mef_cert_key, "private key"),
-                                     trust_anchors_pem=_read(args.mef_ca, "MEF trust anchors"))
+        credentials = MEFCredentials(chain_pem=read_file(args.mef_cert, "certificate"),
+                                     private_key_pem=read_file(args.mef_cert_key, "private key"),
+                                     trust_anchors_pem=read_file(args.mef_ca, "MEF trust anchors"))
     return MEFFetcher(args.mef, credentials, mef_fqdn=fqdn, timeout=args.mef_timeout)
