@@ -50,7 +50,9 @@ class JSONFormatter(logging.Formatter):
                 line[name] = _peer(value) if name == "peer" else value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        # ASCII only: U+2028, U+2029, U+0085 in a peer-chosen string (a PSK identity) would split the line for
+        # readers that take them as line ends (str.splitlines) and let the tail pass as an event of its own (O11)
+        return json.dumps(line, default=str, ensure_ascii=True)
 
 
 def use_format(name: str) -> None:

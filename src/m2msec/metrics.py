@@ -23,6 +23,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sized
 from socketserver import ThreadingMixIn
@@ -200,9 +201,38 @@ def _certificate_identity(certificate: x509.Certificate) -> str | None:
         return certificate.subject.rfc4514_string() or None
 
 
+#: metrics clients served at once; one more is closed at accept (a scraper needs one: the rest is someone's flood)
+METRICS_MAX_CLIENTS = 8
+
+
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    _slots: threading.BoundedSemaphore | None = None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per client, at most :data:`METRICS_MAX_CLIENTS` of them (slow clients cannot pile up threads)."""
+        if self._slots is None:
+            self._slots = threading.BoundedSemaphore(METRICS_MAX_CLIENTS)
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            assert self._slots is not None
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A metrics client that times out or goes away: one DEBUG line, not socketserver's traceback (O5)."""
+        log.debug("metrics client %s: %s", client_address, type(sys.exc_info()[1]).__name__)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -215,7 +245,8 @@ class _QuietHandler(WSGIRequestHandler):
 class MetricsServer:
     """``/metrics`` (Prometheus text format) and ``/healthz`` on ``host:port``, in a daemon thread."""
 
-    def __init__(self, metrics: GatewayMetrics, host: str, port: int) -> None:
+    def __init__(self, metrics: GatewayMetrics, host: str, port: int,
+                 healthy: Callable[[], bool] = lambda: True) -> None:
         prometheus = make_wsgi_app(metrics.registry)
 
         def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -225,6 +256,10 @@ class MetricsServer:
                 answer: Iterable[bytes] = prometheus(environ, start_response)
                 return answer
             if path == "/healthz":
+                if not healthy():
+                    start_response("503 Service Unavailable", [("Content-Type", "text/plain"),
+                                                               ("Content-Length", "12")])
+                    return [b"not serving\n"]
                 start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
                 return [b"ok\n"]
             start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")])
@@ -313,6 +348,27 @@ class Observability:
         await asyncio.to_thread(self.server.close)
 
 
+#: seconds /healthz waits for the event loop to answer before it says 503 (a stalled loop serves nobody)
+HEALTH_LOOP_TIMEOUT = 2.0
+
+
+def _health_check(sides: list[Gateway | CoapsGateway]) -> Callable[[], bool]:
+    """/healthz (O6): from the metrics thread, ask the event loop whether every side still listens; a loop that does
+    not answer within :data:`HEALTH_LOOP_TIMEOUT` is unhealthy too."""
+    loop = asyncio.get_running_loop()
+
+    async def serving() -> bool:
+        return all(side.serving for side in sides)
+
+    def healthy() -> bool:
+        try:
+            return asyncio.run_coroutine_threadsafe(serving(), loop).result(HEALTH_LOOP_TIMEOUT)
+        except Exception:  # timeout, or the loop is closed
+            return False
+
+    return healthy
+
+
 def start_observability(args: argparse.Namespace, http: Gateway | None, coaps: CoapsGateway | None,
                         sockets: WorkerSockets | None = None) -> Observability | None:
     """With ``--metrics``: the metrics of ``http`` and ``coaps`` (given to them before they start) and their
@@ -325,7 +381,7 @@ def start_observability(args: argparse.Namespace, http: Gateway | None, coaps: C
     if not _is_loopback(host):
         log.warning("metrics on %s:%d are served to the network, without authentication", host, port)
     metrics = GatewayMetrics(identity_labels=args.metrics_identity_labels)
-    server = MetricsServer(metrics, host, port)
+    server = MetricsServer(metrics, host, port, _health_check([s for s in (http, coaps) if s is not None]))
     log.info("metrics on http://%s:%d/metrics", host, server.port, extra={"event": "metrics_started"})
     tables = []
     for side in (http, coaps):

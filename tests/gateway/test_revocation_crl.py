@@ -227,7 +227,7 @@ def test_sa_status_pure(ca: Issued) -> None:
         (["--crl", "{ca}"], "holds no CRL"),  # a certificate given as --crl: refused, not "CRL checking on" with none
         (["--crl", "{tmp}/absent.crl"], "cannot read CRL file"),
         (["--crl", "{tmp}/forged.crl"], "holds a CRL not signed by any client CA certificate"),  # D50
-        (["--max-sa-lifetime", "0"], "--max-sa-lifetime must be positive"),
+        (["--max-sa-lifetime", "0"], "--max-sa-lifetime must be a positive number of seconds"),
     ],
 )
 def test_gateway_cli_refuses_bad_crl_and_lifetime(

@@ -6,13 +6,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-
-from m2msec.cli.common import LOOPS, read_file, run_async
+from m2msec.cli.common import LOOPS, run_async
+from m2msec.cli.gateway_certs import certificate_options
 from m2msec.cli.gateway_mef import add_mef_options, mef_fetcher_from_args
 from m2msec.crl import CRLFile
 from m2msec.errors import ConfigurationError
@@ -23,9 +23,14 @@ from m2msec.gateway.http_gateway import Gateway, GatewayConfig, parse_backend
 from m2msec.gateway.limits import DEFAULT_BODY_BUDGET, DEFAULT_WRITE_TIMEOUT, fit_connection_cap
 from m2msec.gateway.revocation import DEFAULT_MAX_SA_LIFETIME
 from m2msec.gateway.rules import UnboundPolicy
-from m2msec.keys.table import PSKTable, TomlPSKTable, check_file_permissions
+from m2msec.keys.table import PSKTable, TomlPSKTable
 from m2msec.maf.client_options import add_maf_options, maf_client_from_args
-from m2msec.metrics import add_observability_options, check_metrics_workers, start_observability
+from m2msec.metrics import (
+    add_observability_options,
+    check_metrics_workers,
+    parse_metrics_address,
+    start_observability,
+)
 from m2msec.tls.engine import CertificateConfig
 from m2msec.tls.profiles import CipherProfile, parse_profiles
 from m2msec.transport.limits import (
@@ -175,22 +180,49 @@ def _dispatch(args: argparse.Namespace) -> Any:
     (each worker runs :func:`run` on ``--loop``). ``--check-config``: :func:`check_config`."""
     from m2msec.gateway.workers import supervise, worker_count
 
+    early_sighup(True)
     args = resolve(args)
     try:
         if args.check_config:
             return check_config(args)
         workers = worker_count(args.workers)
-        check_metrics_workers(args, workers)
-        return run_async(run(args), loop=args.loop) if workers == 1 else supervise(args, workers)
+        use_logging(args)
+        if workers > 1:
+            return supervise(args, workers)
+        try:
+            return run_async(run(args), loop=args.loop)
+        finally:  # run() blocked SIGHUP while stopping (O2); ignored from now on, one pending discarded
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     except ConfigurationError as exc:
         raise name_file_key(args, exc) from None
 
 
+_EARLY_SIGHUP = [False]
+
+
+def early_sighup(install: bool) -> bool:
+    """Until :func:`run` reloads on SIGHUP, one that comes (``systemctl reload`` right after ``start``) is only
+    remembered, never the default action, death (O2). ``install``: start remembering; else: was one received?"""
+    if install:
+        with contextlib.suppress(ValueError):  # not the main thread: signals are not ours
+            signal.signal(signal.SIGHUP, lambda signum, frame: _EARLY_SIGHUP.__setitem__(0, True))
+        return False
+    received, _EARLY_SIGHUP[0] = _EARLY_SIGHUP[0], False
+    return received
+
+
+def use_logging(args: argparse.Namespace) -> None:
+    """``quiet`` and ``log-format`` as the configuration file may set them (main() read the command line's, O1)."""
+    from m2msec import logs
+
+    logging.getLogger().setLevel(logging.DEBUG if getattr(args, "verbose", False) else args.log_level)
+    logs.use_format(args.log_format)
+
+
 def check_config(args: argparse.Namespace) -> int:
     """``--check-config``: build what :func:`prepare` builds (nothing listens), say so, release it."""
-    from m2msec.gateway.workers import worker_count
-
-    worker_count(args.workers)
     http, coaps = prepare(args)
     run_async(release(http, coaps))
     print("configuration OK", flush=True)
@@ -207,56 +239,10 @@ async def release(http: Gateway | None, coaps: CoapsGateway | None) -> None:
     registrar = http.registrar if http is not None else coaps.registrar if coaps is not None else None
     if registrar is not None:
         registrar.close()
-
-
-def _certificate(args: argparse.Namespace) -> tuple[CertificateConfig | None, CRLFile | None]:
-    if args.cert is None and args.key is None:
-        if args.client_ca is not None or args.crl is not None:
-            raise ConfigurationError("--client-ca and --crl need the gateway's own --cert and --key")
-        return None, None
-    if args.cert is None or args.key is None:
-        raise ConfigurationError("give both --cert and --key")
-    check_file_permissions(args.key)
-    chain, key = read_file(args.cert, "certificate"), read_file(args.key, "private key")
-    assert chain is not None and key is not None
-    _check_pair(args.cert, chain, args.key, key)
-    client_ca = read_file(args.client_ca, "client CA certificates")
-    crls = None
-    if args.crl is not None:  # refuses a file without a CRL, or with a CRL no client CA signed (D50)
-        crls = CRLFile(args.crl, trusted=_client_cas(args.client_ca, client_ca))
-    return CertificateConfig(chain, key, client_ca, read_file(args.crl, "CRL")), crls
-
-
-def _check_pair(cert_path: Path, chain: bytes, key_path: Path, key: bytes) -> None:
-    """--cert holds a PEM chain and --key a PEM private key of its first certificate: said here with the option and
-    the file (at start, --check-config and reload), before the engine's own, anonymous refusal."""
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        leaf = x509.load_pem_x509_certificates(chain)[0]
-    except ValueError:
-        raise ConfigurationError(f"--cert {cert_path}: not a PEM certificate chain") from None
-    try:
-        private = serialization.load_pem_private_key(key, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):  # never the reason: it may quote the key
-        raise ConfigurationError(f"--key {key_path}: not an unencrypted PEM private key") from None
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if private.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
-        raise ConfigurationError(f"--key {key_path} is not the private key of the first certificate of --cert "
-                                 f"{cert_path}")
-
-
-def _client_cas(path: Path | None, data: bytes | None) -> list[x509.Certificate]:
-    """The --client-ca certificates, which must sign the --crl CRLs."""
-    if path is None or data is None:
-        raise ConfigurationError("--crl needs --client-ca: the CA certificates that sign the CRLs")
-    try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificates(data)
-        return [x509.load_der_x509_certificate(data)]
-    except ValueError:
-        raise ConfigurationError(f"{path}: not a PEM or DER certificate file") from None
+    table = http.table if http is not None else coaps.table if coaps is not None else None
+    close = getattr(table, "close", None)  # a key store opened for nothing: its descriptors go too (O6)
+    if close is not None:
+        close()
 
 
 def _sp_id(args: argparse.Namespace) -> str | None:
@@ -299,16 +285,18 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
         if not args.db.exists():
             raise ConfigurationError(f"{args.db}: no such key store (create it with 'm2msec keys add')")
         table = SQLitePSKStore(args.db, master_key_file=args.master_key_file)
-    if not args.handshake_timeout > 0:  # NaN too
-        raise ConfigurationError("--handshake-timeout must be positive")
-    if not args.max_sa_lifetime > 0:
-        raise ConfigurationError("--max-sa-lifetime must be positive")
+    for option in ("handshake_timeout", "max_sa_lifetime", "write_timeout"):  # NaN, inf and <= 0 refused (O9)
+        if not 0 < getattr(args, option) < math.inf:
+            raise ConfigurationError(f"--{option.replace('_', '-')} must be a positive number of seconds")
+    from m2msec.gateway.workers import worker_count
+
+    check_metrics_workers(args, worker_count(args.workers))  # what run() would refuse, --check-config too (O3)
+    if args.metrics is not None:
+        parse_metrics_address(args.metrics)
     if args.max_connections is not None and args.max_connections < 1:
         raise ConfigurationError("--max-connections must be at least 1")
     if args.max_body_memory < 1:
         raise ConfigurationError("--max-body-memory must be at least 1")
-    if not args.write_timeout > 0:
-        raise ConfigurationError("--write-timeout must be positive")
     if args.max_handshakes_per_source < 1:
         raise ConfigurationError("--max-handshakes-per-source must be at least 1")
     if args.max_failed_handshakes_per_source < 0:
@@ -322,7 +310,7 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
     if args.backend is not None:
         parse_backend(args.backend)  # a bad URL is reported before anything is adjusted or started
     args.sp_id = _sp_id(args)
-    certificate, crls = _certificate(args)  # read once, shared by the HTTP and coaps sides
+    certificate, crls = certificate_options(args)  # read once, shared by the HTTP and coaps sides
     registrar = _registrar(args)
     maf = _remote_keys(args, table)
     coaps: CoapsGateway | None = None
@@ -431,7 +419,11 @@ async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None)
         logging.getLogger("m2msec.gateway").warning(UNBOUND_FORWARD_WARNING)
     if sockets is not None:
         sockets.serving()
+    if early_sighup(False):
+        reload.request()  # the SIGHUP that came while starting
     await stop.wait()
+    with contextlib.suppress(ValueError):  # stopping: SIGHUP stays pending, never the default action (O2) once the
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # loop's handler goes with the loop
     await reload.close()  # a SIGHUP while stopping (draining) is ignored, never the default action (exit)
     if sockets is not None:
         from m2msec.gateway.worker import drain

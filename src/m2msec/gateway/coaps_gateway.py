@@ -352,6 +352,11 @@ class CoapsGateway:
         assert self._udp is not None, "coaps gateway not started"
         return int(self._udp.get_extra_info("sockname")[1])
 
+    @property
+    def serving(self) -> bool:
+        """Is its UDP socket open (the metrics listener's /healthz, O6)?"""
+        return self._udp is not None and not self._udp.is_closing()
+
     async def start(self, *, sock: socket.socket | None = None) -> None:
         """Listen on ``config.host:config.port``, or on ``sock`` (a bound UDP socket, e.g. a worker's share)."""
         cfg = self.config

@@ -16,7 +16,9 @@ file's. Every error is one :class:`~m2msec.errors.ConfigurationError` line namin
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -131,9 +133,19 @@ def _convert(action: argparse.Action, value: object, folder: Path) -> Any:
     return value
 
 
+#: D241: a configuration file that group or others may write is refused (it decides keys, backends, policies)
+CONFIG_FILE_FORBIDDEN_MODE = stat.S_IWGRP | stat.S_IWOTH
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_bytes().decode("utf-8")
+        with path.open("rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            if mode & CONFIG_FILE_FORBIDDEN_MODE:
+                raise ConfigurationError(f"{path}: the configuration file may be written by group or others (mode "
+                                         f"{stat.S_IMODE(mode):04o}): it names the keys, backends and policies the "
+                                         "gateway uses; run chmod go-w on it")
+            text = fh.read().decode("utf-8")
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot read the configuration file: {exc.strerror or exc}") from None
     except UnicodeDecodeError:

@@ -89,14 +89,17 @@ class Backend:
 def parse_backend(url: str) -> Backend:
     """Parse ``http://HOST:PORT[/prefix]`` (the CSE's HTTP binding; plain HTTP, loopback expected)."""
     parts = urllib.parse.urlsplit(url)
+    if "@" in parts.netloc:  # never quoted: user:password@ would be in the error line (O7)
+        raise ConfigurationError("--backend must not carry user information (user:password@): the gateway sends "
+                                 "no credentials to the CSE")
     if parts.scheme != "http" or not parts.hostname:
-        raise ConfigurationError(f"backend must be an http://HOST:PORT URL, not {url!r}")
+        raise ConfigurationError(f"--backend must be an http://HOST:PORT URL, not {url!r}")
     try:
         port = parts.port or 80
     except ValueError:
-        raise ConfigurationError(f"backend URL {url!r} has an invalid port") from None
+        raise ConfigurationError(f"--backend URL {url!r} has an invalid port") from None
     if parts.query or parts.fragment:
-        raise ConfigurationError("backend URL must not have a query or fragment")
+        raise ConfigurationError("--backend URL must not have a query or fragment")
     return Backend(parts.hostname, port, parts.path.rstrip("/"))
 
 
@@ -162,6 +165,11 @@ class Gateway:
         self._clients: set[ClientConnection] = set()  # live connections (gateway/http_conn.py)
         #: ``--metrics`` (m2msec.metrics), set before :meth:`start`; None: off
         self.observer: GatewayMetrics | None = None
+
+    @property
+    def serving(self) -> bool:
+        """Is its TLS listener open (the metrics listener's /healthz, O6)?"""
+        return self._server is not None and self._server.is_serving()
 
     @property
     def port(self) -> int:

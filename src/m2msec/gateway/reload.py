@@ -184,6 +184,10 @@ class ConfigReload:
                 setattr(fresh, action.dest, getattr(self.running, action.dest, None))
         if not getattr(self.running, "verbose", False):
             logging.getLogger().setLevel(fresh.log_level)
+        if fresh.unbound == "forward" and self.running.unbound != "forward":  # said as at a start (D4, O10)
+            from m2msec.cli.gateway import UNBOUND_FORWARD_WARNING
+
+            log.warning(UNBOUND_FORWARD_WARNING)
         self.running = fresh
         self.reloads += 1
         if restart:
@@ -218,6 +222,10 @@ class ConfigReload:
                 if old is not None and side is not None]
         except M2MSecError as exc:
             plans = exc
+        table = http.table if http is not None else coaps.table if coaps is not None else None
+        close = getattr(table, "close", None)  # the sides keep their store: the one opened here goes (O6), in
+        if close is not None:  # this thread, which its SQLite connection belongs to
+            close()
         return new, fresh, built, plans
 
 
@@ -248,8 +256,10 @@ async def _apply(old: Any, new: Any, config: Any, context: TLSContext, args: arg
     old.config = config
     old.revocation.crls = new.revocation.crls
     old.revocation.max_lifetime = config.max_sa_lifetime
+    on_reload = old._reloader.on_reload  # the metrics' reload counter (O8)
     await old._reloader.close()
     old._reloader = side_reloader(old.table, new.revocation.crls, old.context, config.reload_interval)
+    old._reloader.on_reload = on_reload
     old._reloader.start()
     await old._reloader.poll_once()  # the PSK table read again now, not at the next poll
     limiter = getattr(old, "limiter", None)

@@ -329,9 +329,11 @@ class Supervisor:
                     self._wait(max(0.0, min(due)) if due else None)
             self._shut_down()
         finally:
-            signal.set_wakeup_fd(old_wakeup)
+            # a SIGHUP from now on is ignored, not the default action (death) of a supervisor that is ending (O2)
+            handlers[RELOAD_SIGNAL] = signal.SIG_IGN
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+            signal.set_wakeup_fd(old_wakeup)
             for fd in (self._ready_r, self._ready_w, self._wake_r, self._wake_w):
                 os.close(fd)
         if self.failure is not None:
