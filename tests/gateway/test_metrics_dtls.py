@@ -4,11 +4,9 @@ parsed with the Prometheus client's own parser; counts exact."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-from test_coaps_relay import Backend, Client, Inbox, rsc
+from test_coaps_relay import Backend, Client, Inbox, backend, rsc  # noqa: F401 (backend: a fixture)
 from test_metrics import samples, until, value
 
 from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_ID, LIGHT1_KEY, LIGHT2_KEY, make_table
@@ -28,15 +26,7 @@ def client(identity: str, key: str) -> TLSContext:
                                                peer_entity=HOME_GATEWAY_CSE_ID))
 
 
-@pytest.fixture
-async def backend() -> AsyncIterator[tuple[Backend, int]]:
-    transport, proto = await asyncio.get_running_loop().create_datagram_endpoint(
-        Backend, local_addr=("127.0.0.1", 0))
-    yield proto, int(transport.get_extra_info("sockname")[1])
-    transport.close()
-
-
-async def test_dtls_handshakes_and_refusals_counted_exactly(backend: tuple[Backend, int]) -> None:
+async def test_dtls_handshakes_and_refusals_counted_exactly(backend: tuple[Backend, int]) -> None:  # noqa: F811
     cfg = CoapsConfig(backend_host="127.0.0.1", backend_port=backend[1], port=0, handshake_timeout=0.5,
                       max_peers_per_source=1,
                       blockwise=BlockwiseLimits(max_body=8192))
