@@ -322,7 +322,7 @@ class CRLFile:
                     _ = new.index
                     self.crls = new
                     self.generation += 1
-                    log.info("reloaded %d CRL(s) from %s", len(crls), self.path)
+                    log.info("reloaded %d CRL(s) from %s", len(crls), self.path, extra={"event": "crls_reloaded"})
             self._alert()
 
     def __repr__(self) -> str:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -137,3 +139,25 @@ def test_workers_with_metrics_refused_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines() == ["m2msec: error: --metrics works with --workers 1 only (each worker would "
                                           "count for itself)"]
+
+
+def test_cap_refusals_and_reloads_have_event_names(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The lines that were `event: "log"`: a connection refused by a cap, and a PSK table read again."""
+    from m2msec.keys.table import TomlPSKTable
+    from m2msec.transport.limits import ConnectionLimiter
+
+    caplog.set_level(logging.INFO)
+    limiter = ConnectionLimiter(1)
+    assert limiter.admit(("192.0.2.7", 4000)) is not None
+    assert limiter.admit(("192.0.2.8", 4001)) is None  # the global cap
+    table_file = tmp_path / "psk.toml"
+    table_file.write_text('[[psk]]\nidentity = "a@x.com"\nkey = "00112233445566778899aabbccddeeff"\n')
+    table_file.chmod(0o600)
+    table = TomlPSKTable(table_file)
+    table_file.write_text('[[psk]]\nidentity = "b@x.com"\nkey = "00112233445566778899aabbccddeeff"\n')
+    os.utime(table_file, (time.time() + 5, time.time() + 5))  # a change the poll sees whatever the clock's grain
+    table.poll()
+    lines = [json.loads(JSONFormatter().format(r)) for r in caplog.records]
+    refused = [o for o in lines if o["event"] == "connection_refused"]
+    assert len(refused) == 1 and refused[0]["peer"] == "192.0.2.8:4001" and refused[0]["level"] == "WARNING"
+    assert [o["event"] for o in lines if "reloaded PSK table" in str(o["message"])] == ["psk_table_reloaded"]

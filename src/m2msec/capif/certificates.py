@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from m2msec.errors import CAPIFError
-from m2msec.pki.profile import Issued
+from m2msec.pki.profile import VALIDITY_BACKDATE, Issued
 
 __all__ = [
     "DEFAULT_CERTIFICATE_DAYS",
@@ -110,7 +110,7 @@ def issue_capif_certificate(ca: Issued, csr: x509.CertificateSigningRequest, rol
         .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role.value),
                                  x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
         .issuer_name(ca.certificate.subject).public_key(key).serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(not_after)
+        .not_valid_before(now - VALIDITY_BACKDATE).not_valid_after(not_after)  # D235
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=usage_rsa, content_commitment=False,
                                      data_encipherment=False, key_agreement=False, key_cert_sign=False,

@@ -154,7 +154,8 @@ class ConfigReload:
             try:
                 await self.reload()
             except Exception as exc:  # one line (its type: the text could quote anything), never a traceback
-                log.error("reload failed, the running configuration stays: internal error %s", type(exc).__name__)
+                log.error("reload failed, the running configuration stays: internal error %s", type(exc).__name__,
+                          extra={"event": "reload_failed"})
             if not self._again or self._closed:
                 return
 
@@ -166,11 +167,12 @@ class ConfigReload:
         try:  # files read, keys and certificates parsed, contexts built: in a thread, the event loop serves on
             new, fresh, built, plans = await asyncio.to_thread(self._build)
         except M2MSecError as exc:
-            log.error("reload refused, the running configuration stays: %s", exc)
+            log.error("reload refused, the running configuration stays: %s", exc, extra={"event": "reload_refused"})
             return False
         try:
             if isinstance(plans, M2MSecError):
-                log.error("reload refused, the running configuration stays: %s", plans)
+                log.error("reload refused, the running configuration stays: %s", plans,
+                          extra={"event": "reload_refused"})
                 return False
             for old, side, (config, context) in plans:
                 await _apply(old, side, config, context, new)
@@ -194,7 +196,7 @@ class ConfigReload:
             log.warning("configuration reloaded; changed but needing a restart (still running with the old "
                         "values): %s", ", ".join(restart))
         else:
-            log.info("configuration reloaded")
+            log.info("configuration reloaded", extra={"event": "config_reloaded"})
         return True
 
 

@@ -340,7 +340,7 @@ class TomlPSKTable(MemoryPSKTable):
                 raise
             self.replace(entries)
             self.generation += 1
-        log.info("reloaded PSK table %s: %d entries", self.path, len(entries))
+        log.info("reloaded PSK table %s: %d entries", self.path, len(entries), extra={"event": "psk_table_reloaded"})
         return True
 
     def poll(self) -> None:
@@ -368,7 +368,8 @@ class TomlPSKTable(MemoryPSKTable):
             self._failing_since, self._failed_signature, self._emptied = None, None, False
             self.replace(entries)
             self.generation += 1
-        log.info("reloaded PSK table %s: %d entries%s", self.path, len(entries), " (valid again)" if recovered else "")
+        log.info("reloaded PSK table %s: %d entries%s", self.path, len(entries), " (valid again)" if recovered else "",
+                 extra={"event": "psk_table_reloaded"})
 
     def _failing(self, signature: tuple[int, int, int, int], reason: str) -> None:
         now = self.clock()

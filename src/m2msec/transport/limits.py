@@ -373,16 +373,17 @@ class RefusalLog:
         if now - start >= REFUSAL_LOG_WINDOW:
             if count > REFUSAL_LOG_BURST:
                 log.warning("%d more connections from %s refused in %.0f s (not logged one by one)",
-                            count - REFUSAL_LOG_BURST, source, now - start)
+                            count - REFUSAL_LOG_BURST, source, now - start, extra={"event": "connections_refused"})
             start, count = now, 0
         if len(self.windows) >= REFUSAL_LOG_SOURCES and source not in self.windows:
             self.windows.clear()
         self.windows[source] = (start, count + 1)
+        extra = {"event": "connection_refused", "peer": args[0] if args else None}
         if count < REFUSAL_LOG_BURST:
-            log.warning(message, *args)
+            log.warning(message, *args, extra=extra)
         elif count == REFUSAL_LOG_BURST:
             log.warning(message + " (further refusals of this source are counted for %.0f s)", *args,
-                        REFUSAL_LOG_WINDOW)
+                        REFUSAL_LOG_WINDOW, extra=extra)
 
 
 class Slot:
