@@ -283,3 +283,22 @@ async def test_dtls_datagrams_that_are_no_client_hello_are_dropped_unparsed() ->
         client.close()
     finally:
         udp.close()
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(7, 7), (0, None)])
+async def test_the_configs_carry_the_limit_to_both_sides(limit: int, expected: int | None) -> None:
+    """An embedder sets the limit through GatewayConfig / CoapsConfig (SidePolicy), as the CLI does."""
+    from m2msec.gateway.coaps_gateway import CoapsConfig, CoapsGateway
+    from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
+
+    http = Gateway(GatewayConfig(backend=Backend("127.0.0.1", 9), port=0, max_failed_handshakes_per_source=limit),
+                   make_table())
+    coaps = CoapsGateway(CoapsConfig(backend_host="127.0.0.1", backend_port=9, port=0,
+                                     max_failed_handshakes_per_source=limit), make_table())
+    await coaps.start()
+    try:
+        assert coaps.protocol is not None
+        for limiter in (http.limiter, coaps.protocol.limiter):
+            assert (limiter.failures.limit if limiter.failures is not None else None) == expected
+    finally:
+        await coaps.close()

@@ -39,8 +39,6 @@ from m2msec.transport.limits import (
     DEFAULT_MAX_FAILED_HANDSHAKES_PER_SOURCE,
     DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
     FAILED_HANDSHAKE_WINDOW,
-    ConnectionLimiter,
-    FailureRate,
 )
 
 if TYPE_CHECKING:
@@ -331,6 +329,7 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
                                    max_peers_per_source=args.max_connections_per_source,
                                    max_peers_per_sa=args.max_connections_per_sa,
                                    max_sa_lifetime=args.max_sa_lifetime,
+                                   max_failed_handshakes_per_source=args.max_failed_handshakes_per_source,
                                    blockwise=BlockwiseLimits.for_max_body(args.coaps_max_body))
         _fit_file_descriptors(args, coaps_config.max_peers)
         coaps = CoapsGateway(coaps_config, table, crls=crls, maf=maf, registrar=registrar)
@@ -338,14 +337,7 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
         _fit_file_descriptors(args, 0)
     http = (_http_gateway(args, host, port, table, certificate, crls, maf, registrar)
             if args.backend is not None else None)
-    if http is not None:
-        limit_failures(http.limiter, args.max_failed_handshakes_per_source)
     return http, coaps
-
-
-def limit_failures(limiter: ConnectionLimiter, per_source: int) -> None:
-    """``--max-failed-handshakes-per-source`` on one side's limiter (0: none; D220)."""
-    limiter.failures = FailureRate(per_source) if per_source > 0 else None
 
 
 def _registrar(args: argparse.Namespace) -> Registrar | None:
@@ -400,8 +392,6 @@ async def run(args: argparse.Namespace, *, sockets: WorkerSockets | None = None)
         loop.add_signal_handler(signal.SIGHUP, reload.request)  # config, certificates, CRLs, PSK table again
     if coaps is not None:
         await coaps.start(sock=sockets.udp if sockets is not None else None)
-        if coaps.protocol is not None:  # its limiter exists once it listens
-            limit_failures(coaps.protocol.limiter, args.max_failed_handshakes_per_source)
         if sockets is None:
             cfg = coaps.config
             print(f"m2msec coaps gateway on {cfg.host}:{coaps.port} -> coap://{cfg.backend_host}:{cfg.backend_port}",
@@ -473,5 +463,6 @@ def _http_gateway(args: argparse.Namespace, host: str, port: int, table: PSKTabl
         sp_id=args.sp_id,
         max_sa_lifetime=args.max_sa_lifetime,
         reveal_unknown_psk_identity=args.reveal_unknown_psk_identity,
+        max_failed_handshakes_per_source=args.max_failed_handshakes_per_source,
     )
     return Gateway(config, table, crls=crls, maf=maf, registrar=registrar)

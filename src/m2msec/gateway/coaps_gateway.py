@@ -57,6 +57,7 @@ from m2msec.transport.limits import (
     DEFAULT_MAX_CONNECTIONS_PER_SA,
     DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
     DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
+    limit_failures,
     sa_key,
 )
 
@@ -375,6 +376,7 @@ class CoapsGateway:
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise ConfigurationError(f"cannot listen on udp {cfg.host}:{cfg.port}: {reason}") from None
         self.protocol.observer = self.observer
+        limit_failures(self.protocol.limiter, cfg.max_failed_handshakes_per_source)
         self._reloader.start()
         if cfg.blockwise.max_body > MAX_BLOCK1_BODY:
             log.info("coaps: Block1 request bodies are capped at %d bytes (one datagram to the CSE); "

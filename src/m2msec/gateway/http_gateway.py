@@ -154,7 +154,8 @@ class Gateway:
         self.limiter = ConnectionLimiter(config.max_connections,
                                          per_source_handshakes=config.max_handshakes_per_source,
                                          per_source_connections=config.max_connections_per_source,
-                                         per_sa=config.max_connections_per_sa)
+                                         per_sa=config.max_connections_per_sa,
+                                         failed_per_source=config.max_failed_handshakes_per_source or None)
         self.body_budget = BodyBudget(config.max_body_memory)
         self.revocation = Revocation(revocation_table(maf) if maf is not None else table, crls,
                                      max_lifetime=config.max_sa_lifetime)

@@ -21,7 +21,7 @@ from m2msec.crl import CRLFile
 from m2msec.errors import ConfigurationError, M2MSecError
 from m2msec.keys.table import PSKTable, TomlPSKTable
 from m2msec.tls.engine import TLSContext
-from m2msec.transport.limits import sa_share
+from m2msec.transport.limits import limit_failures, sa_share
 
 if TYPE_CHECKING:
     from m2msec.gateway.coaps_gateway import CoapsGateway
@@ -252,8 +252,6 @@ def _plan(old: Any, new: Any) -> tuple[Any, TLSContext]:
 
 async def _apply(old: Any, new: Any, config: Any, context: TLSContext, args: argparse.Namespace) -> None:
     """Move the side ``old`` to ``config`` and ``context`` (:func:`_plan`), and to ``new``'s CRL file."""
-    from m2msec.cli.gateway import limit_failures
-
     old.context.adopt(context)  # new handshakes only: live SAs keep theirs
     old.config = config
     old.revocation.crls = new.revocation.crls
@@ -278,6 +276,4 @@ async def _apply(old: Any, new: Any, config: Any, context: TLSContext, args: arg
                                   (limiter.per_sa, None if per_sa is None else sa_share(per_sa, limiter.limit))):
         if source_limiter is not None and value is not None:
             source_limiter.limit = value
-    failures = args.max_failed_handshakes_per_source
-    if (limiter.failures.limit if limiter.failures is not None else 0) != failures:
-        limit_failures(limiter, failures)
+    limit_failures(limiter, config.max_failed_handshakes_per_source)

@@ -11,6 +11,7 @@ from m2msec.gateway.rules import UnboundPolicy
 from m2msec.keys.table import PSKTable
 from m2msec.tls.engine import CertificateConfig, ServerConfig
 from m2msec.tls.profiles import CipherProfile
+from m2msec.transport.limits import DEFAULT_MAX_FAILED_HANDSHAKES_PER_SOURCE
 from m2msec.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT
 
 __all__ = ["SidePolicy"]
@@ -35,6 +36,8 @@ class SidePolicy:
     max_sa_lifetime: float = DEFAULT_MAX_SA_LIFETIME
     #: tell clients their PSK identity is unknown instead of failing as for a wrong key (RFC 4279 §2, D34)
     reveal_unknown_psk_identity: bool = False
+    #: failed handshakes one source may have in its bucket (D220, D229; 0: no limit)
+    max_failed_handshakes_per_source: int = DEFAULT_MAX_FAILED_HANDSHAKES_PER_SOURCE
 
     def server_config(self, table: PSKTable | None, profiles: tuple[CipherProfile, ...], *,
                       async_psk: bool = False) -> ServerConfig:

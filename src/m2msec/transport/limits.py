@@ -56,6 +56,7 @@ __all__ = [
     "FailureRate",
     "Slot",
     "SourceLimiter",
+    "limit_failures",
     "sa_key",
     "sa_share",
     "source_of",
@@ -351,6 +352,13 @@ class ConnectionLimiter:
     def _unhold(limiter: SourceLimiter | None, source: str) -> None:
         if limiter is not None:
             limiter.release(source)
+
+
+def limit_failures(limiter: ConnectionLimiter, per_source: int) -> None:
+    """``--max-failed-handshakes-per-source`` on a limiter (0: none; D220); a changed limit starts counting over."""
+    current = limiter.failures.limit if limiter.failures is not None else 0
+    if current != per_source:
+        limiter.failures = FailureRate(per_source) if per_source > 0 else None
 
 
 #: D154: refused connections logged per source address and window; the rest of the window is counted, then summed up
