@@ -229,11 +229,22 @@ def check_config(args: argparse.Namespace) -> int:
 
 async def release(http: Gateway | None, coaps: CoapsGateway | None) -> None:
     """Close what :func:`prepare` built for services that never started (``--check-config``, a reload)."""
+    await close_clients(http, coaps)
+    close_stores(http, coaps)
+
+
+async def close_clients(http: Gateway | None, coaps: CoapsGateway | None) -> None:
+    """The connections :func:`prepare` built: the HTTP side's pool to the CSE, the MAF/MEF client both share."""
     if http is not None:
         http.backend_pool.close()
     maf = http.maf if http is not None else coaps.maf if coaps is not None else None
-    if maf is not None:  # the two sides share one
+    if maf is not None:
         await maf.close()
+
+
+def close_stores(http: Gateway | None, coaps: CoapsGateway | None) -> None:
+    """The SQLite files :func:`prepare` opened (the registrations, a key store), both sides sharing each; to be
+    called in the thread that opened them (a SQLite connection belongs to it)."""
     registrar = http.registrar if http is not None else coaps.registrar if coaps is not None else None
     if registrar is not None:
         registrar.close()

@@ -127,7 +127,6 @@ class ConfigReload:
         self.running = running  # the options in force, as resolved before prepare() adjusted them
         self.http = http
         self.coaps = coaps
-        self.reloads = 0
         self._task: asyncio.Task[None] | None = None
         self._again = False
         self._closed = False
@@ -161,11 +160,10 @@ class ConfigReload:
 
     async def reload(self) -> bool:
         """Read and apply the configuration again; False (one ERROR line, nothing changed) when it is refused."""
-        from m2msec.cli.gateway import gateway_parser
-        from m2msec.gateway.config import file_options
+        from m2msec.cli.gateway import close_clients
 
         try:  # files read, keys and certificates parsed, contexts built: in a thread, the event loop serves on
-            new, fresh, built, plans = await asyncio.to_thread(self._build)
+            fresh, built, plans = await asyncio.to_thread(self._build)
         except M2MSecError as exc:
             log.error("reload refused, the running configuration stays: %s", exc, extra={"event": "reload_refused"})
             return False
@@ -175,15 +173,10 @@ class ConfigReload:
                           extra={"event": "reload_refused"})
                 return False
             for old, side, (config, context) in plans:
-                await _apply(old, side, config, context, new)
+                await _apply(old, side, config, context)
         finally:
-            await _discard(*built)
-        restart = [key for key, action in file_options(gateway_parser()).items()
-                   if action.dest not in RELOADABLE and getattr(fresh, action.dest, None) !=
-                   getattr(self.running, action.dest, None)]
-        for key, action in file_options(gateway_parser()).items():
-            if key in restart:  # the running value stays, and is what the next reload compares with
-                setattr(fresh, action.dest, getattr(self.running, action.dest, None))
+            await close_clients(*built)  # the running sides keep theirs
+        restart = keep_restart_options(fresh, self.running)
         if not getattr(self.running, "verbose", False):
             logging.getLogger().setLevel(fresh.log_level)
         if fresh.unbound == "forward" and self.running.unbound != "forward":  # said as at a start (D4, O10)
@@ -191,7 +184,6 @@ class ConfigReload:
 
             log.warning(UNBOUND_FORWARD_WARNING)
         self.running = fresh
-        self.reloads += 1
         if restart:
             log.warning("configuration reloaded; changed but needing a restart (still running with the old "
                         "values): %s", ", ".join(restart))
@@ -199,12 +191,11 @@ class ConfigReload:
             log.info("configuration reloaded", extra={"event": "config_reloaded"})
         return True
 
-
-    def _build(self) -> tuple[argparse.Namespace, argparse.Namespace, tuple[Any, Any], list[Any] | M2MSecError]:
-        """The new options (as resolved, and as :func:`prepare` adjusted them), the services :func:`prepare` builds
+    def _build(self) -> tuple[argparse.Namespace, tuple[Any, Any], list[Any] | M2MSecError]:
+        """The new options (as resolved, before :func:`prepare` adjusted them), the services :func:`prepare` builds
         from them (every check of a start, every file read again) and each side's plan (:func:`_plan`), or the
         error that refuses the plans. Runs in a worker thread. Raises M2MSecError (naming the file's key)."""
-        from m2msec.cli.gateway import prepare, reread
+        from m2msec.cli.gateway import close_stores, prepare, reread
         from m2msec.gateway.config import name_file_key
 
         new: argparse.Namespace | None = None
@@ -215,30 +206,33 @@ class ConfigReload:
         except ConfigurationError as exc:
             raise (name_file_key(new, exc) if new is not None else exc) from None
         http, coaps = built
-        registrar = http.registrar if http is not None else coaps.registrar if coaps is not None else None
-        if registrar is not None:  # not used (the running one stays); its SQLite connection belongs to this thread
-            registrar.close()
+        plans: list[Any] | M2MSecError
         try:  # every new context is built before any side changes: a failure changes nothing
-            plans: list[Any] | M2MSecError = [
-                (old, side, _plan(old, side)) for old, side in ((self.http, http), (self.coaps, coaps))
-                if old is not None and side is not None]
+            plans = [(old, side, _plan(old, side)) for old, side in ((self.http, http), (self.coaps, coaps))
+                     if old is not None and side is not None]
         except M2MSecError as exc:
             plans = exc
-        table = http.table if http is not None else coaps.table if coaps is not None else None
-        close = getattr(table, "close", None)  # the sides keep their store: the one opened here goes (O6), in
-        if close is not None:  # this thread, which its SQLite connection belongs to
-            close()
-        return new, fresh, built, plans
+        finally:  # the running sides keep their registrar and key store: the ones opened here go, in this thread
+            close_stores(http, coaps)
+        return fresh, built, plans
 
 
-async def _discard(http: Any, coaps: Any) -> None:
-    """Close what :meth:`ConfigReload._build` built and the running services do not take (their registrar is
-    closed already)."""
-    if http is not None:
-        http.backend_pool.close()
-    maf = http.maf if http is not None else coaps.maf if coaps is not None else None
-    if maf is not None:
-        await maf.close()
+def keep_restart_options(fresh: argparse.Namespace, running: argparse.Namespace) -> list[str]:
+    """The keys of the options ``fresh`` changes that need a restart (not :data:`RELOADABLE`, D239); ``fresh`` gets
+    their running values back, which the next reload compares with. The single process and the supervisor of
+    ``--workers`` both use it."""
+    from m2msec.cli.gateway import gateway_parser
+    from m2msec.gateway.config import file_options
+
+    changed: list[str] = []
+    for key, action in file_options(gateway_parser()).items():
+        if action.dest in RELOADABLE:
+            continue
+        kept = getattr(running, action.dest, None)
+        if getattr(fresh, action.dest, None) != kept:
+            changed.append(key)
+        setattr(fresh, action.dest, kept)
+    return changed
 
 
 def _plan(old: Any, new: Any) -> tuple[Any, TLSContext]:
@@ -250,7 +244,7 @@ def _plan(old: Any, new: Any) -> tuple[Any, TLSContext]:
     return config, TLSContext.dtls_server(server) if old.context.dtls else TLSContext.server(server)
 
 
-async def _apply(old: Any, new: Any, config: Any, context: TLSContext, args: argparse.Namespace) -> None:
+async def _apply(old: Any, new: Any, config: Any, context: TLSContext) -> None:
     """Move the side ``old`` to ``config`` and ``context`` (:func:`_plan`), and to ``new``'s CRL file."""
     old.context.adopt(context)  # new handshakes only: live SAs keep theirs
     old.config = config

@@ -241,9 +241,9 @@ class Supervisor:
         """SIGHUP: check the configuration as at start (one ERROR line and nothing more when it is refused), then
         forward SIGHUP to every worker, each of which reads it again; workers restarted later start with it."""
         from m2msec.cli.common import run_async
-        from m2msec.cli.gateway import gateway_parser, prepare, release, reread
-        from m2msec.gateway.config import file_options, name_file_key
-        from m2msec.gateway.reload import RELOADABLE
+        from m2msec.cli.gateway import prepare, release, reread
+        from m2msec.gateway.config import name_file_key
+        from m2msec.gateway.reload import keep_restart_options
 
         self.reloading = False
         new: argparse.Namespace | None = None
@@ -256,9 +256,7 @@ class Supervisor:
                 exc = name_file_key(new, exc)
             log.error("reload refused, the running configuration stays: %s", exc)
             return
-        for action in file_options(gateway_parser()).values():  # the sockets and the rest stay as started
-            if action.dest not in RELOADABLE:
-                setattr(fresh, action.dest, getattr(self.args, action.dest, None))
+        keep_restart_options(fresh, self.args)  # the sockets and the rest stay as started (each worker logs them)
         self.args = fresh
         self.generation += 1
         for w in self.workers:
