@@ -41,6 +41,16 @@ HOME_GATEWAY_CSE_ID = "mn-cse-123456"
 TD_ID, TD_KEY = "test@onem2m.com", "123456"
 
 
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait (polling every 10 ms) until ``condition()`` holds; AssertionError after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
 def make_table() -> MemoryPSKTable:
     return MemoryPSKTable(
         [

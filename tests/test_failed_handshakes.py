@@ -7,13 +7,11 @@ import asyncio
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_ID, LIGHT1_KEY, LIGHT2_KEY, make_table
+from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_ID, LIGHT1_KEY, LIGHT2_KEY, make_table, until
 from m2msec.cli.gateway import prepare
 from m2msec.cli.main import build_parser
 from m2msec.errors import HandshakeFailed
@@ -26,14 +24,6 @@ from m2msec.transport.tls import TLSAdapter, start_server
 
 SERVER = "127.0.0.1"
 ATTACKER, VICTIM = "127.0.0.2", "127.0.0.3"
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 class Clock:

@@ -8,14 +8,22 @@ import asyncio
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import h11
 import pytest
 
-from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_AE, LIGHT1_ID, LIGHT1_KEY, LIGHT2_AE, LIGHT2_ID, LIGHT2_KEY, make_table
+from conftest import (
+    HOME_GATEWAY_CSE_ID,
+    LIGHT1_AE,
+    LIGHT1_ID,
+    LIGHT1_KEY,
+    LIGHT2_AE,
+    LIGHT2_ID,
+    LIGHT2_KEY,
+    make_table,
+    until,
+)
 from m2msec import http1
 from m2msec.errors import ConfigurationError, HandshakeFailed
 from m2msec.gateway.http_gateway import Backend, Gateway, GatewayConfig
@@ -29,14 +37,6 @@ from m2msec.transport.tls import ConnectionLimiter, TLSAdapter, open_connection,
 
 SERVER = "127.0.0.1"
 ATTACKER, VICTIM, OTHER, FOURTH = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 def test_source_of_aggregates_ipv6_per_64_and_unmaps_ipv4() -> None:

@@ -13,12 +13,11 @@ import asyncio
 import socket
 import struct
 import time
-from collections.abc import Callable
 
 import pytest
 from test_attack_reliability import FATAL_ALERT, Silent, dtls_handshake_by_hand
 
-from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_ID, LIGHT1_KEY, LIGHT2_KEY, make_table
+from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_ID, LIGHT1_KEY, LIGHT2_KEY, make_table, until
 from m2msec.errors import HandshakeFailed
 from m2msec.keys.secret import SecretKey
 from m2msec.keys.table import PSKEntry
@@ -42,14 +41,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 class CountingTable:

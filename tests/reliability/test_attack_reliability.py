@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_http_smuggling import RecordingCSE, cse, exchange, gateway, req  # noqa: F401 (fixtures)
 
-from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_ID, LIGHT1_KEY, LIGHT2_KEY, make_table
+from conftest import HOME_GATEWAY_CSE_ID, LIGHT1_ID, LIGHT1_KEY, LIGHT2_KEY, make_table, until
 from m2msec.capif.invoker_folder import INFO
 from m2msec.capif.invoker_folder import load as load_invoker
 from m2msec.errors import ConfigurationError, HandshakeFailed, StorageError
@@ -46,15 +46,6 @@ from m2msec.transport.tls import TLSAdapter, open_connection, start_server
 SERVER = "127.0.0.1"
 ETAG = 4  # RFC 7252 §5.10.6, Repeatable in a request
 NAT = "127.0.0.2"  # one public address shared by an attacker and a legitimate device (carrier NAT, L4 balancer)
-
-
-async def until_true(condition: object, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():  # type: ignore[operator]
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 async def handshake_from(source: str, port: int, key: str) -> tuple[TLSAdapter, SessionInfo]:
@@ -99,9 +90,9 @@ async def test_l2_a_device_behind_a_failing_nat_is_served_once_one_failure_has_d
         for _ in range(3):  # the attacker's wrong-key handshakes, from the shared address
             with pytest.raises(HandshakeFailed):
                 await handshake_from(NAT, port, LIGHT2_KEY)
-        await until_true(lambda: limiter.failures is not None and limiter.failures.blocked(NAT))
+        await until(lambda: limiter.failures is not None and limiter.failures.blocked(NAT))
         assert not await succeeds(NAT, port), "the bucket is full: the shared address is refused"
-        await until_true(lambda: limiter.failures is not None and not limiter.failures.blocked(NAT), timeout=1.0)
+        await until(lambda: limiter.failures is not None and not limiter.failures.blocked(NAT), timeout=1.0)
         assert await succeeds(NAT, port), "a device with the right key, behind the same NAT, is refused"
     finally:
         server.close()
