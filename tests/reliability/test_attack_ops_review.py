@@ -154,7 +154,8 @@ async def handshake(port: int, identity: str = LIGHT1_ID, key: str = LIGHT1_KEY,
 
 @pytest.mark.parametrize(("extra", "flags"), [
     pytest.param('log-format = "json"\n', []),
-    pytest.param("", ["--log-format", "json"], id="flag")])  # the command-line path works
+    pytest.param("", ["--log-format", "json"], id="flag"),  # the command-line path works
+    pytest.param('log-format = "json"\nworkers = 2\n', [], id="workers")])  # the workers' lines too
 def test_o1_log_format_json(tmp_path: Path, extra: str, flags: list[str]) -> None:
     with gateway(["--config", str(base_config(tmp_path, extra)), *flags], tmp_path / "gw.log") as gw:
         gw.serving()

@@ -180,11 +180,11 @@ def _dispatch(args: argparse.Namespace) -> Any:
 
     early_sighup(True)
     args = resolve(args)
+    use_logging(args)
     try:
         if args.check_config:
             return check_config(args)
         workers = worker_count(args.workers)
-        use_logging(args)
         if workers > 1:
             return supervise(args, workers)
         try:
@@ -212,7 +212,8 @@ def early_sighup(install: bool) -> bool:
 
 
 def use_logging(args: argparse.Namespace) -> None:
-    """``quiet`` and ``log-format`` as the configuration file may set them (main() read the command line's, O1)."""
+    """``--quiet``, ``--verbose`` and ``--log-format``, from the command line or the configuration file (O1): main()
+    set up logging before the file was read. A worker of ``--workers`` calls it too."""
     from m2msec import logs
 
     logging.getLogger().setLevel(logging.DEBUG if getattr(args, "verbose", False) else args.log_level)

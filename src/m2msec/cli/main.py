@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from m2msec import __version__, logs
+from m2msec import __version__
 from m2msec.cli.common import run_async
 from m2msec.errors import M2MSecError
 
@@ -52,7 +52,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else getattr(args, "log_level", logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logs.use_format(getattr(args, "log_format", "text"))  # --log-format json (m2msec gateway)
     try:
         result = args.func(args)
         if asyncio.iscoroutine(result):

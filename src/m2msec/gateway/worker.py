@@ -92,8 +92,10 @@ def main() -> int:
     spec: dict[str, Any] = pickle.load(sys.stdin.buffer)  # written by our supervisor (trusted: our parent)
     args: argparse.Namespace = spec["args"]
     index: int = spec["index"]
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else args.log_level,
-                        format=f"%(asctime)s %(levelname)s %(name)s [worker {index}]: %(message)s")
+    logging.basicConfig(format=f"%(asctime)s %(levelname)s %(name)s [worker {index}]: %(message)s")
+    from m2msec.cli.gateway import use_logging
+
+    use_logging(args)  # --quiet / --log-format as the supervisor resolved them, JSON lines included
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until run() serves and reloads on it: never a death by SIGHUP
     _die_with_parent(spec["supervisor"])
