@@ -255,14 +255,13 @@ def close_stores(http: Gateway | None, coaps: CoapsGateway | None) -> None:
         close()
 
 
-def _sp_id(args: argparse.Namespace) -> str | None:
-    """--sp-id, normalized; required when certificate clients can connect (they are associated by SP, D22)."""
+def _sp_id(args: argparse.Namespace, served: tuple[CipherProfile, ...]) -> str | None:
+    """--sp-id, normalized; required when certificate clients can connect to the ``served`` profiles (they are
+    associated by SP, D22)."""
     from m2msec.errors import IdentifierError
     from m2msec.gateway.rules import normalize_sp_id
 
-    served = ([_profiles(args.profiles, "--profiles")] if args.backend is not None else []) + (
-        [_profiles(args.coaps_profiles, "--coaps-profiles")] if args.coap_backend is not None else [])
-    certificates = any(p.mutual_certificates for profiles in served for p in profiles)
+    certificates = any(p.mutual_certificates for p in served)
     if args.sp_id is None:
         if certificates:
             raise ConfigurationError("certificate profiles (ecdhe-ecdsa, ecdhe-ecdsa-dtls) need --sp-id, the "
@@ -319,13 +318,14 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
         raise ConfigurationError("give --backend (HTTP), --coap-backend (CoAP) or both")
     if args.backend is not None:
         parse_backend(args.backend)  # a bad URL is reported before anything is adjusted or started
-    args.sp_id = _sp_id(args)
+    http_profiles = _profiles(args.profiles, "--profiles") if args.backend is not None else ()
+    coaps_profiles = _profiles(args.coaps_profiles, "--coaps-profiles") if args.coap_backend is not None else ()
+    args.sp_id = _sp_id(args, http_profiles + coaps_profiles)
     certificate, crls = certificate_options(args)  # read once, shared by the HTTP and coaps sides
     registrar = _registrar(args)
     maf = _remote_keys(args, table)
     coaps: CoapsGateway | None = None
     if args.coap_backend is not None:
-        coaps_profiles = _profiles(args.coaps_profiles, "--coaps-profiles")
         if table is None and maf is None and not any(p.mutual_certificates for p in coaps_profiles):
             raise ConfigurationError("coaps:// needs a PSK table (--psk-table or --db) or the ecdhe-ecdsa-dtls profile")
         if args.coaps_max_body < 1:
@@ -347,7 +347,7 @@ def prepare(args: argparse.Namespace) -> tuple[Gateway | None, CoapsGateway | No
         coaps = CoapsGateway(coaps_config, table, crls=crls, maf=maf, registrar=registrar)
     else:
         _fit_file_descriptors(args, 0)
-    http = (_http_gateway(args, host, port, table, certificate, crls, maf, registrar)
+    http = (_http_gateway(args, host, port, http_profiles, table, certificate, crls, maf, registrar)
             if args.backend is not None else None)
     return http, coaps
 
@@ -453,14 +453,15 @@ def _fit_file_descriptors(args: argparse.Namespace, coaps_peers: int) -> None:
         args.max_connections = cap
 
 
-def _http_gateway(args: argparse.Namespace, host: str, port: int, table: PSKTable | None,
+def _http_gateway(args: argparse.Namespace, host: str, port: int, profiles: tuple[CipherProfile, ...],
+                  table: PSKTable | None,
                   certificate: CertificateConfig | None, crls: CRLFile | None,
                   maf: RemoteKeyResolver | None = None, registrar: Registrar | None = None) -> Gateway:
     config = GatewayConfig(
         backend=parse_backend(args.backend),
         host=host,
         port=port,
-        profiles=_profiles(args.profiles, "--profiles"),
+        profiles=profiles,
         identity_hint=args.identity_hint,
         unbound_policy=UnboundPolicy(args.unbound),
         handshake_timeout=args.handshake_timeout,
